@@ -1,0 +1,124 @@
+"""Typed settings, read once at the edge (CLI, Celery app, API) and passed inward.
+
+Every setting comes from an environment variable with the prefix ``IMAP_PIPELINE_`` (for
+example ``IMAP_PIPELINE_DATABASE_URL``) or from ``<data_dir>/runtime.env``, which
+``imap-pipeline up`` writes so that a second terminal finds the services it started.
+Nothing below ``pipeline/`` reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigurationError
+
+ENV_PREFIX = "IMAP_PIPELINE_"
+DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
+RUNTIME_ENV_NAME = "runtime.env"
+
+
+def _runtime_env_file() -> Path:
+    # The only place that peeks at the environment before settings exist: it has to know where
+    # the data folder is to find the runtime file that `up` wrote there.
+    data_dir = os.environ.get(ENV_PREFIX + "DATA_DIR")
+    return (Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR) / RUNTIME_ENV_NAME
+
+
+class Settings(BaseSettings):
+    """All configuration of imap-pipeline. Defaults work on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # --- services -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of Postgres. Unset: `up` starts its own in data_dir.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (broker, leases, rate limits). Unset: `up` starts its own.",
+    )
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Where `up` keeps its state.")
+    embedded_postgres_port: int = 55432
+    embedded_redis_port: int = 56379
+
+    # --- secrets --------------------------------------------------------------------------
+    encryption_keys: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Comma-separated Fernet keys; the first encrypts, all decrypt (rotation). "
+            "Unset: `up` creates one in data_dir/encryption.key."
+        ),
+    )
+    api_keys: SecretStr | None = Field(default=None, description="Comma-separated API keys.")
+
+    # --- sync -----------------------------------------------------------------------------
+    retention_days: int = Field(default=90, ge=1, description="Rolling window, by INTERNALDATE.")
+    sync_batch_size: int = Field(
+        default=100, ge=1, le=2000, description="Messages fetched and committed per batch."
+    )
+    sync_batch_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
+    )
+    imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
+    db_statement_timeout_ms: int = Field(default=60_000, ge=0)
+
+    # --- processes --------------------------------------------------------------------------
+    worker_concurrency: int = Field(default=0, ge=0, description="0: one per CPU core.")
+    flower_port: int = 5555
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Read settings from the environment and the runtime file `up` left behind."""
+        env_file = _runtime_env_file()
+        return cls(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[call-arg]
+
+    def require_database_url(self) -> str:
+        """The Postgres URL, or a ConfigurationError that says how to set it."""
+        if not self.database_url:
+            raise ConfigurationError(
+                "No database configured: set IMAP_PIPELINE_DATABASE_URL "
+                "(e.g. postgresql://127.0.0.1:5432/imap_pipeline) or start `imap-pipeline up`."
+            )
+        return self.database_url
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or a ConfigurationError that says how to set it."""
+        if not self.redis_url:
+            raise ConfigurationError(
+                "No Redis configured: set IMAP_PIPELINE_REDIS_URL "
+                "(e.g. redis://127.0.0.1:6379/0) or start `imap-pipeline up`."
+            )
+        return self.redis_url
+
+    @cached_property
+    def encryption_key_list(self) -> list[str]:
+        """Configured Fernet keys, newest (encrypting) first."""
+        raw = self.encryption_keys.get_secret_value() if self.encryption_keys else ""
+        if not raw:
+            key_file = self.data_dir / "encryption.key"
+            if key_file.exists():
+                raw = key_file.read_text().strip()
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        if not keys:
+            raise ConfigurationError(
+                "No encryption key: set IMAP_PIPELINE_ENCRYPTION_KEYS to one or more Fernet keys "
+                "(generate one with `imap-pipeline keygen`), or let `imap-pipeline up` create one."
+            )
+        return keys
+
+    @cached_property
+    def api_key_list(self) -> list[str]:
+        """Configured API keys (plaintext as given; the API hashes them at startup)."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]
