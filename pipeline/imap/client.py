@@ -1,0 +1,587 @@
+"""One IMAP session: connect (implicit TLS, STARTTLS or, when allowed, plaintext), log in, and
+run the commands the sync engine needs, returning plain typed values.
+
+Built on imap-tools for connection set-up, folder names (modified UTF-7) and login, and on the
+imaplib connection beneath it for the raw ``UID FETCH`` the sync path needs. Every driver error
+is wrapped in the :mod:`pipeline.errors` IMAP subtree. Fetches always use ``BODY.PEEK`` so
+syncing never sets ``\\Seen``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import re
+import socket
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
+from imap_tools.errors import MailboxLoginError
+from imap_tools.imap_utf7 import utf7_decode, utf7_encode
+
+from pipeline.errors import (
+    ImapAuthError,
+    ImapConnectError,
+    ImapError,
+    ImapFolderError,
+    ImapProtocolError,
+    ImapThrottledError,
+    ImapTlsError,
+)
+from pipeline.imap.roles import detect_role
+
+TlsMode = Literal["ssl", "starttls", "plain"]
+
+DEFAULT_TIMEOUT_S = 60.0  # socket timeout for every command; a hung server fails, never hangs
+THROTTLE_MARKERS = (
+    "[limit]",
+    "[throttled]",
+    "[unavailable]",
+    "too many connections",
+    "too many simultaneous",
+    "maximum number of connections",
+    "try again later",
+)
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+_FETCH_UID = re.compile(rb"UID (\d+)")
+_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_FETCH_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
+_LIST_LINE = re.compile(rb'\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.+)$')
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach an IMAP server (no secrets)."""
+
+    host: str
+    port: int
+    tls: TlsMode
+    username: str
+    verify_tls: bool = True
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    ca_file: Path | None = None  # extra trust anchors, e.g. a private CA
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A folder as LIST reports it."""
+
+    raw_name: str  # as the server spells it (modified UTF-7), used in commands
+    name: str  # decoded for people
+    delimiter: str | None
+    attributes: tuple[str, ...]
+    role: str | None
+
+    @property
+    def selectable(self) -> bool:
+        """False for ``\\Noselect`` / ``\\NonExistent`` containers."""
+        lowered = {a.lower() for a in self.attributes}
+        return not ({"\\noselect", "\\nonexistent"} & lowered)
+
+
+@dataclass(frozen=True)
+class SelectInfo:
+    """What SELECT/EXAMINE tells about a folder."""
+
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    """What STATUS tells about a folder without selecting it."""
+
+    messages: int
+    uidnext: int | None
+    uidvalidity: int
+    unseen: int | None = None
+    highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    """A message's envelope facts, without its content."""
+
+    uid: int
+    size: int
+    internaldate: datetime
+    flags: tuple[str, ...]
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """A whole message as the server holds it."""
+
+    uid: int
+    size: int
+    internaldate: datetime
+    flags: tuple[str, ...]
+    raw: bytes = field(repr=False)
+    modseq: int | None = None
+
+
+def parse_internaldate(value: str) -> datetime:
+    """Parse an IMAP INTERNALDATE (``"17-Jul-1996 02:44:25 -0700"``) into aware UTC."""
+    try:
+        return datetime.strptime(value.strip(), "%d-%b-%Y %H:%M:%S %z").astimezone(UTC)
+    except ValueError as exc:
+        raise ImapProtocolError(f"Unreadable INTERNALDATE {value!r} from the server.") from exc
+
+
+def imap_date(day: date) -> str:
+    """A date in IMAP SEARCH syntax (``1-Feb-2026``), independent of the locale."""
+    return f"{day.day}-{MONTHS[day.month - 1]}-{day.year}"
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """Compress UIDs into an IMAP sequence set (``1:5,7,9:12``)."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("uid_set needs at least one UID")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _is_throttle(message: str) -> bool:
+    lowered = message.lower()
+    return any(marker in lowered for marker in THROTTLE_MARKERS)
+
+
+def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
+    if not endpoint.verify_tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=str(endpoint.ca_file) if endpoint.ca_file else None)
+
+
+class ImapSession:
+    """A logged-in IMAP session. Use :func:`open_session`; close with :meth:`close`."""
+
+    def __init__(self, mailbox: Any, endpoint: Endpoint) -> None:
+        self._mailbox = mailbox
+        self.endpoint = endpoint
+        self.selected: str | None = None
+        self.capabilities = frozenset(_text(c).upper() for c in mailbox.client.capabilities)
+        self.condstore_enabled = False
+
+    # --- plumbing -------------------------------------------------------------------------
+    @property
+    def raw(self) -> imaplib.IMAP4:
+        """The imaplib connection, for callers that need a command not wrapped here."""
+        client: imaplib.IMAP4 = self._mailbox.client
+        return client
+
+    def __enter__(self) -> ImapSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Log out, ignoring a connection that is already gone."""
+        with contextlib.suppress(imaplib.IMAP4.error, OSError):
+            self.raw.logout()
+
+    def _call(self, what: str, *args: Any) -> tuple[str, list[Any]]:
+        """Run an imaplib command, wrapping driver errors and checking for OK."""
+        try:
+            typ, data = getattr(self.raw, what)(*args)
+        except imaplib.IMAP4.abort as exc:
+            raise ImapProtocolError(f"The IMAP session was dropped during {what}: {exc}") from exc
+        except imaplib.IMAP4.error as exc:
+            if _is_throttle(str(exc)):
+                raise ImapThrottledError(f"The server throttled {what}: {exc}") from exc
+            raise ImapProtocolError(f"IMAP {what} failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise ImapConnectError(f"IMAP {what} timed out.") from exc
+        except OSError as exc:
+            raise ImapConnectError(f"IMAP connection lost during {what}: {exc}") from exc
+        if typ != "OK":
+            detail = " ".join(_text(d) for d in data if d is not None)
+            if _is_throttle(detail):
+                raise ImapThrottledError(f"The server throttled {what}: {detail}")
+            raise ImapProtocolError(f"IMAP {what} answered {typ}: {detail}")
+        return typ, list(data)
+
+    def _uid(self, command: str, *args: str) -> list[Any]:
+        return self._call("uid", command, *args)[1]
+
+    def has(self, capability: str) -> bool:
+        """Whether the server announced ``capability``."""
+        return capability.upper() in self.capabilities
+
+    def enable_condstore(self) -> bool:
+        """ENABLE CONDSTORE where offered, so SELECT reports HIGHESTMODSEQ. Idempotent."""
+        if self.condstore_enabled:
+            return True
+        if not self.has("CONDSTORE"):
+            return False
+        if self.has("ENABLE"):
+            self._call("_simple_command", "ENABLE", "CONDSTORE")
+        self.condstore_enabled = True
+        return True
+
+    # --- folders --------------------------------------------------------------------------
+    def list_folders(self) -> list[FolderInfo]:
+        """Every folder, with its decoded name and detected role."""
+        _, data = self._call("list", '""', "*")
+        folders: list[FolderInfo] = []
+        pending: bytes | None = None
+        for item in data:
+            if item is None:
+                continue
+            if isinstance(item, tuple):  # name sent as a literal
+                line = item[0].rsplit(b"{", 1)[0] + b'"' + item[1].replace(b'"', b'\\"') + b'"'
+            else:
+                line = item
+            if pending is not None:
+                line, pending = pending + line, None
+            match = _LIST_LINE.match(line)
+            if not match:
+                continue
+            attrs = tuple(_text(a) for a in match["flags"].split())
+            delim_raw = match["delim"]
+            delim = None if delim_raw == b"NIL" else _text(delim_raw[1:-1]).replace("\\\\", "\\")
+            raw_name = _text(match["name"].strip())
+            if raw_name.startswith('"') and raw_name.endswith('"'):
+                raw_name = raw_name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+            name = "INBOX" if raw_name.upper() == "INBOX" else utf7_decode(raw_name.encode())
+            folders.append(
+                FolderInfo(raw_name, name, delim, attrs, detect_role(name, attrs, delim))
+            )
+        return folders
+
+    def _quoted(self, raw_name: str) -> str:
+        return '"' + raw_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def select(self, raw_name: str, *, readonly: bool = True) -> SelectInfo:
+        """SELECT (or EXAMINE when ``readonly``) a folder."""
+        try:
+            typ, data = self.raw.select(self._quoted(raw_name), readonly)
+        except imaplib.IMAP4.abort as exc:
+            raise ImapProtocolError(
+                f"The IMAP session was dropped selecting a folder: {exc}"
+            ) from exc
+        except imaplib.IMAP4.error as exc:
+            raise ImapFolderError(f"Cannot open folder {raw_name!r}: {exc}") from exc
+        except OSError as exc:
+            raise ImapConnectError(f"IMAP connection lost opening a folder: {exc}") from exc
+        if typ != "OK":
+            raise ImapFolderError(f"Cannot open folder {raw_name!r}: {_text(data[0])}")
+        self.selected = raw_name
+
+        def code(name: str) -> int | None:
+            _, values = self.raw.response(name)
+            for value in values or []:
+                if value:
+                    return int(_text(value).split()[0])
+            return None
+
+        uidvalidity = code("UIDVALIDITY")
+        if uidvalidity is None:
+            raise ImapProtocolError(f"The server reported no UIDVALIDITY for {raw_name!r}.")
+        return SelectInfo(
+            uidvalidity=uidvalidity,
+            uidnext=code("UIDNEXT"),
+            exists=int(_text(data[0]) or 0),
+            highestmodseq=code("HIGHESTMODSEQ"),
+        )
+
+    def status(self, raw_name: str) -> FolderStatus:
+        """STATUS of a folder: cheap, does not select it."""
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
+        if self.has("CONDSTORE"):
+            items.append("HIGHESTMODSEQ")
+        _, data = self._call("status", self._quoted(raw_name), "(" + " ".join(items) + ")")
+        text = " ".join(_text(d if not isinstance(d, tuple) else d[-1]) for d in data if d)
+        inner = text.rsplit("(", 1)[-1].rstrip(")").split()
+        values = {inner[i].upper(): int(inner[i + 1]) for i in range(0, len(inner) - 1, 2)}
+        if "UIDVALIDITY" not in values:
+            raise ImapProtocolError(f"STATUS of {raw_name!r} carried no UIDVALIDITY: {text}")
+        return FolderStatus(
+            messages=values.get("MESSAGES", 0),
+            uidnext=values.get("UIDNEXT"),
+            uidvalidity=values["UIDVALIDITY"],
+            unseen=values.get("UNSEEN"),
+            highestmodseq=values.get("HIGHESTMODSEQ"),
+        )
+
+    def create_folder(self, name: str) -> str:
+        """Create a folder from its display name; returns the raw (encoded) name."""
+        raw_name = utf7_encode(name).decode("ascii")
+        self._call("create", self._quoted(raw_name))
+        return raw_name
+
+    def rename_folder(self, raw_name: str, new_name: str) -> str:
+        """Rename a folder; returns the new raw name."""
+        new_raw = utf7_encode(new_name).decode("ascii")
+        self._call("rename", self._quoted(raw_name), self._quoted(new_raw))
+        return new_raw
+
+    def delete_folder(self, raw_name: str) -> None:
+        """Delete a folder on the server."""
+        self._call("delete", self._quoted(raw_name))
+
+    # --- messages in the selected folder --------------------------------------------------
+    def search_uids(self, *criteria: str) -> list[int]:
+        """UID SEARCH in the selected folder; returns ascending UIDs."""
+        data = self._uid("SEARCH", *criteria)
+        uids: list[int] = []
+        for chunk in data:
+            if chunk:
+                uids.extend(int(x) for x in _text(chunk).split() if x.isdigit())
+        return sorted(uids)
+
+    def uids_since(self, day: date) -> list[int]:
+        """UIDs whose INTERNALDATE is on or after ``day`` (server's notion of the day)."""
+        return self.search_uids("SINCE", imap_date(day))
+
+    def fetch_meta(
+        self, uids: Sequence[int], *, changedsince: int | None = None
+    ) -> list[MessageMeta]:
+        """UID, size, INTERNALDATE and flags (and MODSEQ under CONDSTORE) of ``uids``."""
+        if not uids:
+            return []
+        items = (
+            "(UID RFC822.SIZE INTERNALDATE FLAGS"
+            + (" MODSEQ" if self.condstore_enabled else "")
+            + ")"
+        )
+        args = [uid_set(uids), items]
+        if changedsince is not None:
+            args.append(f"(CHANGEDSINCE {changedsince})")
+        data = self._uid("FETCH", *args)
+        metas: list[MessageMeta] = []
+        for item in data:
+            line = item[0] if isinstance(item, tuple) else item
+            if not isinstance(line, bytes):
+                continue
+            meta = self._meta(line)
+            if meta is not None:
+                metas.append(meta)
+        return metas
+
+    def fetch_flags(
+        self, uids: Sequence[int], *, changedsince: int | None = None
+    ) -> list[MessageMeta]:
+        """Alias of :meth:`fetch_meta`, for readers of flag-refresh code."""
+        return self.fetch_meta(uids, changedsince=changedsince)
+
+    def _meta(self, line: bytes) -> MessageMeta | None:
+        uid = _FETCH_UID.search(line)
+        size = _FETCH_SIZE.search(line)
+        when = _FETCH_DATE.search(line)
+        if not (uid and size and when):
+            return None  # an unsolicited FETCH (flag change elsewhere), not ours
+        flags = _FETCH_FLAGS.search(line)
+        modseq = _FETCH_MODSEQ.search(line)
+        return MessageMeta(
+            uid=int(uid[1]),
+            size=int(size[1]),
+            internaldate=parse_internaldate(_text(when[1])),
+            flags=tuple(_text(f) for f in flags[1].split()) if flags else (),
+            modseq=int(modseq[1]) if modseq else None,
+        )
+
+    def fetch_messages(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+        """Whole messages (``BODY.PEEK[]``: never sets ``\\Seen``) with their metadata."""
+        if not uids:
+            return
+        items = "(UID RFC822.SIZE INTERNALDATE FLAGS" + (
+            " MODSEQ" if self.condstore_enabled else ""
+        )
+        data = self._uid("FETCH", uid_set(uids), items + " BODY.PEEK[])")
+        for i, item in enumerate(data):
+            if not isinstance(item, tuple):
+                continue
+            # Servers may send some items after the literal: they arrive in the next element.
+            tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
+            meta = self._meta(item[0] + b" " + tail)
+            if meta is None:
+                continue
+            yield FetchedMessage(
+                uid=meta.uid,
+                size=meta.size,
+                internaldate=meta.internaldate,
+                flags=meta.flags,
+                raw=item[1],
+                modseq=meta.modseq,
+            )
+
+    def fetch_headers(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw header block of each message (``BODY.PEEK[HEADER]``), by UID."""
+        if not uids:
+            return {}
+        data = self._uid("FETCH", uid_set(uids), "(UID BODY.PEEK[HEADER])")
+        out: dict[int, bytes] = {}
+        for i, item in enumerate(data):
+            if not isinstance(item, tuple):
+                continue
+            tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
+            uid = _FETCH_UID.search(item[0] + b" " + tail)
+            if uid:
+                out[int(uid[1])] = item[1]
+        return out
+
+    def fetch_raw(self, uid: int) -> bytes | None:
+        """One whole message, or None if the UID is gone."""
+        for message in self.fetch_messages([uid]):
+            if message.uid == uid:
+                return message.raw
+        return None
+
+    def fetch_part(self, uid: int, section: str) -> bytes | None:
+        """One MIME part (``BODY.PEEK[section]``, still transfer-encoded), or None if gone."""
+        data = self._uid("FETCH", str(uid), f"(UID BODY.PEEK[{section}])")
+        for item in data:
+            if isinstance(item, tuple):
+                return bytes(item[1])
+        return None
+
+    def store_flags(self, uids: Sequence[int], flags: Sequence[str], *, add: bool) -> None:
+        """Add or remove flags (``+FLAGS.SILENT`` / ``-FLAGS.SILENT``)."""
+        if uids:
+            op = "+FLAGS.SILENT" if add else "-FLAGS.SILENT"
+            self._uid("STORE", uid_set(uids), op, "(" + " ".join(flags) + ")")
+
+    def move(self, uids: Sequence[int], dest_raw_name: str) -> None:
+        """Move messages to another folder (MOVE, or COPY + delete + expunge)."""
+        if not uids:
+            return
+        if self.has("MOVE"):
+            self._uid("MOVE", uid_set(uids), self._quoted(dest_raw_name))
+            return
+        self._uid("COPY", uid_set(uids), self._quoted(dest_raw_name))
+        self.store_flags(uids, ["\\Deleted"], add=True)
+        if self.has("UIDPLUS"):
+            self._uid("EXPUNGE", uid_set(uids))
+        else:
+            self._call("expunge")
+
+    def append(
+        self,
+        raw_name: str,
+        message: bytes,
+        *,
+        flags: Sequence[str] = (),
+        when: datetime | None = None,
+    ) -> None:
+        """APPEND a message to a folder."""
+        date_time = imaplib.Time2Internaldate(when) if when else None
+        flag_list = "(" + " ".join(flags) + ")" if flags else None
+        self._call("append", self._quoted(raw_name), flag_list, date_time, message)
+
+    def noop(self) -> None:
+        """NOOP: keeps the session alive and collects pending untagged responses."""
+        self._call("noop")
+
+
+def open_session(endpoint: Endpoint, password: str) -> ImapSession:
+    """Connect and log in.
+
+    Raises:
+        ImapConnectError: The host cannot be reached.
+        ImapTlsError: TLS failed (handshake, certificate, hostname).
+        ImapAuthError: The server refused the credentials.
+        ImapThrottledError: The provider refused the login for now.
+        ImapError: Anything else that went wrong talking to the server.
+    """
+    where = f"{endpoint.host}:{endpoint.port}"
+    mailbox: Any
+    try:
+        if endpoint.tls == "ssl":
+            mailbox = MailBox(
+                endpoint.host,
+                endpoint.port,
+                timeout=endpoint.timeout_s,
+                ssl_context=_ssl_context(endpoint),
+            )
+        elif endpoint.tls == "starttls":
+            mailbox = MailBoxStartTls(
+                endpoint.host,
+                endpoint.port,
+                timeout=endpoint.timeout_s,
+                ssl_context=_ssl_context(endpoint),
+            )
+        else:
+            mailbox = MailBoxUnencrypted(endpoint.host, endpoint.port, timeout=endpoint.timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        raise ImapTlsError(
+            f"The certificate of {where} could not be verified ({exc.verify_message}). "
+            "Check the host name, or allow an unverified certificate for this grant."
+        ) from exc
+    except ssl.SSLError as exc:
+        raise ImapTlsError(
+            f"TLS with {where} failed ({exc.reason}). Check the port and TLS mode "
+            "(993 is usually implicit TLS, 143 STARTTLS)."
+        ) from exc
+    except TimeoutError as exc:
+        raise ImapConnectError(f"Timed out connecting to {where}.") from exc
+    except socket.gaierror as exc:
+        raise ImapConnectError(f"Cannot resolve the IMAP host {endpoint.host!r}.") from exc
+    except OSError as exc:
+        raise ImapConnectError(f"Cannot connect to {where}: {exc.strerror or exc}.") from exc
+    except imaplib.IMAP4.error as exc:
+        message = str(exc)
+        if endpoint.tls == "starttls":
+            raise ImapTlsError(f"{where} refused STARTTLS: {message}") from exc
+        raise ImapProtocolError(f"{where} did not greet as an IMAP server: {message}") from exc
+    except Exception as exc:  # imap-tools raises its own errors for a failed STARTTLS
+        if endpoint.tls == "starttls":
+            raise ImapTlsError(f"{where} refused STARTTLS.") from exc
+        raise ImapError(f"Cannot set up an IMAP session with {where}.") from exc
+    try:
+        mailbox.login(endpoint.username, password, initial_folder=None)
+    except MailboxLoginError as exc:
+        detail = _text(getattr(exc, "command_result", ("", [b""]))[1][0] or b"")
+        with contextlib.suppress(OSError):
+            mailbox.client.shutdown()
+        if _is_throttle(detail):
+            raise ImapThrottledError(f"{where} refused the login for now: {detail}") from exc
+        raise ImapAuthError(
+            f"{where} refused the login for {endpoint.username!r}: "
+            f"{detail or 'wrong credentials'}. "
+            "Check the username and password (many providers need an app password)."
+        ) from exc
+    except imaplib.IMAP4.error as exc:
+        if _is_throttle(str(exc)):
+            raise ImapThrottledError(f"{where} refused the login for now: {exc}") from exc
+        if "LOGINDISABLED" in str(exc).upper() or "plaintext" in str(exc).lower():
+            raise ImapAuthError(f"{where} does not allow a login without TLS.") from exc
+        raise ImapAuthError(f"{where} refused the login for {endpoint.username!r}: {exc}") from exc
+    except OSError as exc:
+        raise ImapConnectError(f"The connection to {where} dropped during login: {exc}") from exc
+    return ImapSession(mailbox, endpoint)
