@@ -1,0 +1,67 @@
+"""The ``imap-pipeline`` console script.
+
+Each command group lives in its own module of this package and exposes
+``register(subparsers)``; :func:`main` discovers them, so a new area adds a module here and
+touches nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from pipeline.errors import PipelineError
+
+Handler = Callable[[argparse.Namespace], int]
+
+err_console = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every command module's subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="imap-pipeline",
+        description="Self-hosted IMAP sync engine in the shape of the Nylas v3 IMAP connector.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except PipelineError as exc:
+        # One clear line, never a stack trace, never a secret (messages are written that way).
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
