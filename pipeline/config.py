@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,7 +69,15 @@ class Settings(BaseSettings):
         description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
     )
     imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
-    db_statement_timeout_ms: int = Field(default=60_000, ge=0)
+    imap_ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle trusted for IMAP/SMTP TLS (private CAs)."
+    )
+    sync_chunk_budget_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A sync task works at most this long, then continues in a new task "
+        "(keeps every task far below the broker's visibility timeout).",
+    )
 
     # --- processes --------------------------------------------------------------------------
     worker_concurrency: int = Field(default=0, ge=0, description="0: one per CPU core.")
@@ -78,10 +87,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @classmethod
-    def load(cls, **overrides: object) -> Settings:
+    def load(cls, **overrides: Any) -> Settings:
         """Read settings from the environment and the runtime file `up` left behind."""
         env_file = _runtime_env_file()
-        return cls(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[call-arg]
+        return cls(_env_file=env_file if env_file.exists() else None, **overrides)
 
     def require_database_url(self) -> str:
         """The Postgres URL, or a ConfigurationError that says how to set it."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 from kombu import Queue
 
 from beat_schedule import BEAT_SCHEDULE
-
 from pipeline.presets import queue_names
 from workers.settings import settings
 

@@ -1,0 +1,1 @@
+"""Folders: mailboxes on the server and the sync checkpoint kept for each."""

@@ -1,0 +1,1 @@
+"""Grants: connected IMAP accounts — creation (with a real login), credentials, status."""

@@ -1,0 +1,81 @@
+"""Every query about grants."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.models import Grant
+
+
+class GrantRepository:
+    """Grants table access; never commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, grant_id: str) -> Grant | None:
+        """A grant by id (None if absent or not a UUID)."""
+        if not _looks_like_uuid(grant_id):
+            return None
+        return self.session.get(Grant, grant_id)
+
+    def get_by_email(self, email: str) -> Grant | None:
+        """A grant by its email address (case-insensitive)."""
+        from sqlalchemy import func
+
+        return self.session.scalar(
+            select(Grant).where(func.lower(Grant.email) == email.strip().lower())
+        )
+
+    def find(self, id_or_email: str) -> Grant | None:
+        """A grant by id or by email address."""
+        if "@" in id_or_email:
+            return self.get_by_email(id_or_email)
+        return self.get(id_or_email)
+
+    def get_for_update(self, grant_id: str) -> Grant | None:
+        """A grant, row-locked until the transaction ends."""
+        return self.session.scalar(select(Grant).where(Grant.id == grant_id).with_for_update())
+
+    def list(self, *, status: str | None = None) -> Sequence[Grant]:
+        """All grants, oldest first."""
+        query = select(Grant).order_by(Grant.created_at, Grant.id)
+        if status:
+            query = query.where(Grant.grant_status == status)
+        return self.session.scalars(query).all()
+
+    def add(self, grant: Grant) -> Grant:
+        """Stage a new grant."""
+        self.session.add(grant)
+        self.session.flush()
+        return grant
+
+    def set_status(self, grant_id: str, status: str, detail: str | None) -> None:
+        """Set the grant's status (valid / invalid) and the reason."""
+        self.session.execute(
+            update(Grant)
+            .where(Grant.id == grant_id)
+            .values(grant_status=status, status_detail=detail)
+        )
+
+    def set_sync_state(self, grant_id: str, state: str) -> None:
+        """Set the grant's overall sync state."""
+        self.session.execute(update(Grant).where(Grant.id == grant_id).values(sync_state=state))
+
+    def remove(self, grant_id: str) -> bool:
+        """Delete a grant and everything hanging off it (cascades)."""
+        result = self.session.execute(delete(Grant).where(Grant.id == grant_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _looks_like_uuid(value: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Messages: normalized mail, where it sits on the server, threads and attachments."""

@@ -1,0 +1,216 @@
+"""Every query about messages, placements, attachments, threads and sync failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from pipeline.models import Attachment, Message, Placement, SyncFailure, Thread
+
+
+class MessageRepository:
+    """Message-side tables; never commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- locking ------------------------------------------------------------------------------
+    def lock_grant(self, grant_id: str) -> None:
+        """Serialize message writes of one grant until the transaction ends.
+
+        Concurrent chunks of the same grant would otherwise race on identity and thread
+        assignment; the lock is held only for the short write phase, never during IMAP I/O.
+        """
+        self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": "grant:" + grant_id},
+        )
+
+    # --- identity -----------------------------------------------------------------------------
+    def ids_by_identity(
+        self, grant_id: str, keys: Iterable[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        """Existing messages of a grant by identity key: key -> (id, thread_id)."""
+        keys = list(set(keys))
+        if not keys:
+            return {}
+        rows = self.session.execute(
+            select(Message.identity_key, Message.id, Message.thread_id).where(
+                Message.grant_id == grant_id, Message.identity_key.in_(keys)
+            )
+        ).tuples()
+        return {key: (mid, tid) for key, mid, tid in rows}
+
+    def ids_by_header_hash(self, grant_id: str, hashes: Iterable[str]) -> dict[str, list[str]]:
+        """Existing messages of a grant by header hash (for re-mapping after a reindex)."""
+        hashes = list(set(hashes))
+        if not hashes:
+            return {}
+        out: dict[str, list[str]] = {}
+        for h, mid in self.session.execute(
+            select(Message.header_hash, Message.id).where(
+                Message.grant_id == grant_id, Message.header_hash.in_(hashes)
+            )
+        ).tuples():
+            out.setdefault(h, []).append(mid)
+        return out
+
+    def insert_messages(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert new messages (identity conflicts are left alone: running twice is harmless)."""
+        if rows:
+            self.session.execute(
+                pg_insert(Message).on_conflict_do_nothing(constraint="uq_messages_grant_identity"),
+                list(rows),
+            )
+
+    def insert_attachments(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert attachment metadata rows."""
+        if rows:
+            self.session.execute(pg_insert(Attachment), list(rows))
+
+    def upsert_placements(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record where messages sit; a UID already known is re-pointed (idempotent)."""
+        if not rows:
+            return
+        stmt = pg_insert(Placement)
+        self.session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Placement.folder_id, Placement.uid],
+                set_={
+                    "uidvalidity": stmt.excluded.uidvalidity,
+                    "message_id": stmt.excluded.message_id,
+                    "flags": stmt.excluded.flags,
+                    "modseq": stmt.excluded.modseq,
+                },
+            ),
+            list(rows),
+        )
+
+    def placed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:
+        """UIDs of a folder already stored under this UIDVALIDITY (the sync checkpoint)."""
+        return set(
+            self.session.scalars(
+                select(Placement.uid).where(
+                    Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
+                )
+            )
+        )
+
+    def count_placed(self, folder_id: str, uidvalidity: int) -> int:
+        """How many messages of a folder are stored under this UIDVALIDITY."""
+        return int(
+            self.session.scalar(
+                select(func.count()).where(
+                    Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
+                )
+            )
+            or 0
+        )
+
+    def drop_stale_placements(self, folder_id: str, uidvalidity: int) -> int:
+        """Forget placements recorded under another UIDVALIDITY (the UIDs mean nothing now)."""
+        result = self.session.execute(
+            delete(Placement).where(
+                Placement.folder_id == folder_id, Placement.uidvalidity != uidvalidity
+            )
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # --- failures -----------------------------------------------------------------------------
+    def failed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:
+        """UIDs that could not be normalized (recorded, skipped)."""
+        return set(
+            self.session.scalars(
+                select(SyncFailure.uid).where(
+                    SyncFailure.folder_id == folder_id, SyncFailure.uidvalidity == uidvalidity
+                )
+            )
+        )
+
+    def record_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Record messages that could not be normalized."""
+        if rows:
+            self.session.execute(
+                pg_insert(SyncFailure).on_conflict_do_nothing(constraint="uq_sync_failures_place"),
+                list(rows),
+            )
+
+    # --- threads ------------------------------------------------------------------------------
+    def threads_by_message_ids(self, grant_id: str, message_ids: Iterable[str]) -> dict[str, str]:
+        """Thread of messages whose Message-ID header is in ``message_ids``: header -> thread."""
+        ids = [m for m in set(message_ids) if m]
+        if not ids:
+            return {}
+        rows = self.session.execute(
+            select(Message.message_id_header, Message.thread_id).where(
+                Message.grant_id == grant_id,
+                Message.message_id_header.in_(ids),
+                Message.thread_id.is_not(None),
+            )
+        ).tuples()
+        return {str(h): str(t) for h, t in rows}
+
+    def threads_referencing(self, grant_id: str, message_ids: Iterable[str]) -> dict[str, str]:
+        """Threads of stored messages that reference any of ``message_ids`` (children seen first).
+
+        Returns:
+            Referenced Message-ID -> thread id.
+        """
+        ids = [m for m in set(message_ids) if m]
+        if not ids:
+            return {}
+        out: dict[str, str] = {}
+        rows = self.session.execute(
+            select(Message.references, Message.in_reply_to, Message.thread_id).where(
+                Message.grant_id == grant_id,
+                Message.references.overlap(ids),
+                Message.thread_id.is_not(None),
+            )
+        ).tuples()
+        wanted = set(ids)
+        for refs, _, thread_id in rows:
+            for ref in refs:
+                if ref in wanted:
+                    out.setdefault(ref, str(thread_id))
+        return out
+
+    def threads_by_subject(self, grant_id: str, subject_keys: Iterable[str]) -> dict[str, str]:
+        """Most recent thread per normalized subject."""
+        keys = [k for k in set(subject_keys) if k]
+        if not keys:
+            return {}
+        rows = self.session.execute(
+            select(Thread.subject_key, Thread.id)
+            .where(Thread.grant_id == grant_id, Thread.subject_key.in_(keys))
+            .order_by(Thread.latest_message_at.asc().nulls_first())
+        ).tuples()
+        return {k: str(t) for k, t in rows}  # later rows (more recent) win
+
+    def insert_threads(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert new threads."""
+        if rows:
+            self.session.execute(pg_insert(Thread), list(rows))
+
+    def touch_threads(self, latest: Mapping[str, datetime]) -> None:
+        """Move each thread's latest-message time forward."""
+        for thread_id, when in latest.items():
+            self.session.execute(
+                update(Thread)
+                .where(Thread.id == thread_id)
+                .values(latest_message_at=func.greatest(Thread.latest_message_at, when))
+            )
+
+    def merge_threads(self, into: str, others: Iterable[str]) -> None:
+        """Fold threads into one when a message turns out to link them."""
+        others = [o for o in set(others) if o != into]
+        if not others:
+            return
+        self.session.execute(
+            update(Message).where(Message.thread_id.in_(others)).values(thread_id=into)
+        )
+        self.session.execute(delete(Thread).where(Thread.id.in_(others)))

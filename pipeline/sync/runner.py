@@ -1,0 +1,274 @@
+"""The folder sync state machine, run by Celery tasks and called directly by tests.
+
+A folder moves through these states (``folders.state``)::
+
+    pending --plan--> syncing --all planned UIDs stored or failed--> synced
+       ^                 |  ^                                          |
+       |                 |  +-- worker killed / budget spent: the next |
+       |                 |      run re-plans; stored UIDs are skipped  |
+       |                 v                                             v
+       +----------- failed (IMAP error; retried)          new mail: UIDs >= synced_uid
+
+The checkpoint is the set of placements already stored for the folder's UIDVALIDITY, so a run
+that dies anywhere loses nothing and repeats nothing: the next run plans only what is missing.
+``to_sync`` counts the UIDs in the retention window at planning time (for progress);
+``synced_uid`` is the UIDNEXT the initial sync covered; incremental fetching starts there.
+
+Units of work: every batch commits on its own (this module owns those transactions, like a
+task does); IMAP I/O and parsing happen outside transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import Settings
+from pipeline.errors import ImapFolderError
+from pipeline.folders.repository import FolderRepository
+from pipeline.grants.repository import GrantRepository
+from pipeline.imap import FolderInfo, ImapSession, MessageMeta
+from pipeline.messages.repository import MessageRepository
+from pipeline.models import Folder, Grant
+from pipeline.sync.store import parse_batch, write_batch
+
+log = logging.getLogger(__name__)
+
+META_SLICE = 5000  # UIDs per metadata FETCH: keeps one response line bounded
+
+ImapOpener = Callable[[Session, Grant], ImapSession]
+
+
+@dataclass
+class FolderChanges:
+    """What a folder discovery found."""
+
+    created: list[str] = field(default_factory=list)
+    renamed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    selectable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SyncOutcome:
+    """What one folder sync run did."""
+
+    folder_id: str
+    state: str
+    stored: int = 0
+    failed: int = 0
+    remaining: int = 0
+    new_message_ids: list[str] = field(default_factory=list)
+    grant_completed: bool = False
+
+    @property
+    def more(self) -> bool:
+        """True when the run stopped at its time budget with work left."""
+        return self.remaining > 0
+
+
+def window_start(settings: Settings, now: datetime) -> datetime:
+    """The oldest INTERNALDATE kept: ``now - retention_days``."""
+    return now - timedelta(days=settings.retention_days)
+
+
+def discover_folders(session: Session, grant: Grant, listed: Sequence[FolderInfo]) -> FolderChanges:
+    """Bring the grant's folder rows in line with the server's LIST. Never commits.
+
+    ``\\Noselect`` folders are kept out; a folder gone from the server is deleted with its
+    placements (messages left in no folder are cleaned up by the caller's policy).
+    """
+    changes = FolderChanges()
+    existing = {f.raw_name: f for f in FolderRepository(session).for_grant(grant.id)}
+    seen: set[str] = set()
+    for info in listed:
+        if not info.selectable:
+            continue
+        seen.add(info.raw_name)
+        folder = existing.get(info.raw_name)
+        if folder is None:
+            folder = Folder(
+                grant_id=grant.id,
+                raw_name=info.raw_name,
+                name=info.name,
+                delimiter=info.delimiter,
+                role=info.role,
+                attributes=list(info.attributes),
+                state="pending",
+            )
+            session.add(folder)
+            session.flush()
+            changes.created.append(folder.id)
+        else:
+            if (folder.role, list(folder.attributes)) != (info.role, list(info.attributes)):
+                folder.role = info.role
+                folder.attributes = list(info.attributes)
+        changes.selectable.append(folder.id)
+    for raw_name, folder in existing.items():
+        if raw_name not in seen:
+            changes.deleted.append(folder.id)
+            session.delete(folder)
+    session.flush()
+    return changes
+
+
+def _select_window(imap: ImapSession, since: datetime) -> list[MessageMeta]:
+    # SEARCH SINCE has day granularity in the server's time zone: ask a day early, then keep
+    # exactly what lies in the window by INTERNALDATE.
+    uids = imap.uids_since((since - timedelta(days=1)).date())
+    metas: list[MessageMeta] = []
+    for start in range(0, len(uids), META_SLICE):
+        metas.extend(imap.fetch_meta(uids[start : start + META_SLICE]))
+    return [m for m in metas if m.internaldate >= since]
+
+
+def _batches(metas: Sequence[MessageMeta], count: int, max_bytes: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    size = 0
+    for meta in metas:
+        if batch and (len(batch) >= count or size + meta.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(meta.uid)
+        size += meta.size
+    if batch:
+        yield batch
+
+
+def sync_folder(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    imap: ImapSession,
+    grant_id: str,
+    folder_id: str,
+    *,
+    now: datetime | None = None,
+    budget_s: float | None = None,
+) -> SyncOutcome:
+    """Run the folder's state machine for at most ``budget_s`` seconds.
+
+    Initial sync (state ``pending``/``syncing``/``failed``): store every message of the retention
+    window not stored yet. Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
+
+    Raises:
+        ImapError: The session failed; what was committed stays, the next run resumes.
+    """
+    started = time.monotonic()
+    budget = settings.sync_chunk_budget_s if budget_s is None else budget_s
+    now = now or datetime.now(UTC)
+    since = window_start(settings, now)
+    with sessions.begin() as db:
+        folder = FolderRepository(db).get(folder_id)
+        if folder is None or folder.grant_id != grant_id:
+            return SyncOutcome(folder_id, "gone")
+        raw_name, state, synced_uid = folder.raw_name, folder.state, folder.synced_uid
+        stored_validity = folder.uidvalidity
+    try:
+        info = imap.select(raw_name, readonly=True)
+    except ImapFolderError as exc:
+        with sessions.begin() as db:
+            FolderRepository(db).set_state(folder_id, "failed", str(exc))
+        return SyncOutcome(folder_id, "failed")
+
+    with sessions.begin() as db:
+        folder = FolderRepository(db).get_for_update(folder_id)
+        assert folder is not None
+        messages = MessageRepository(db)
+        if stored_validity is not None and stored_validity != info.uidvalidity:
+            # The server renumbered the folder: its cached UIDs mean nothing now. Messages keep
+            # their identity and are re-placed by identity as the folder is fetched again.
+            dropped = messages.drop_stale_placements(folder_id, info.uidvalidity)
+            log.warning(
+                "UIDVALIDITY changed; reindexing",
+                extra={"grant_id": grant_id, "folder_id": folder_id, "dropped": dropped},
+            )
+            state, synced_uid = "syncing", 0
+            folder.synced_uid = 0
+        folder.uidvalidity = info.uidvalidity
+        if state in ("pending", "failed"):
+            state = "syncing"
+        folder.state = state
+        folder.state_detail = None
+        placed = messages.placed_uids(folder_id, info.uidvalidity)
+        failed = messages.failed_uids(folder_id, info.uidvalidity)
+
+    if state == "syncing":
+        window = _select_window(imap, since)
+        todo = [m for m in window if m.uid not in placed and m.uid not in failed]
+        with sessions.begin() as db:
+            folder = FolderRepository(db).get(folder_id)
+            assert folder is not None
+            folder.to_sync = len(window)
+            folder.uidnext = info.uidnext
+    else:
+        if info.uidnext is not None and info.uidnext <= synced_uid:
+            todo = []
+        else:
+            new_uids = [
+                u for u in imap.search_uids("UID", f"{max(synced_uid, 1)}:*") if u >= synced_uid
+            ]
+            todo = [
+                m
+                for m in imap.fetch_meta(new_uids)
+                if m.uid not in placed and m.uid not in failed and m.internaldate >= since
+            ]
+
+    outcome = SyncOutcome(folder_id, state)
+    batches = list(_batches(todo, settings.sync_batch_size, settings.sync_batch_bytes))
+    for index, batch in enumerate(batches):
+        fetched = list(imap.fetch_messages(batch))
+        items, failures = parse_batch(fetched)
+        vanished = len(batch) - len(fetched)
+        with sessions.begin() as db:
+            written = write_batch(
+                db,
+                grant_id=grant_id,
+                folder_id=folder_id,
+                uidvalidity=info.uidvalidity,
+                items=items,
+                failures=failures,
+            )
+            if vanished and state == "syncing":
+                FolderRepository(db).shrink_plan(folder_id, vanished)
+        outcome.stored += len(items)
+        outcome.failed += written.failed
+        outcome.new_message_ids.extend(written.new_message_ids)
+        if time.monotonic() - started > budget and index + 1 < len(batches):
+            outcome.remaining = sum(len(b) for b in batches[index + 1 :])
+            log.info(
+                "sync budget spent; continuing in a new task",
+                extra={"grant_id": grant_id, "folder_id": folder_id, "left": outcome.remaining},
+            )
+            return outcome
+
+    with sessions.begin() as db:
+        folder = FolderRepository(db).get_for_update(folder_id)
+        if folder is None:
+            return outcome
+        top = max((m.uid for m in todo), default=0)
+        folder.synced_uid = max(folder.synced_uid, info.uidnext or top + 1, top + 1)
+        folder.uidnext = info.uidnext
+        folder.highestmodseq = info.highestmodseq
+        folder.last_synced_at = now
+        folder.state = "synced"
+        outcome.state = "synced"
+        outcome.grant_completed = _complete_grant_if_done(db, grant_id, now)
+    return outcome
+
+
+def _complete_grant_if_done(db: Session, grant_id: str, now: datetime) -> bool:
+    """Mark the grant's initial sync complete once every folder is synced (exactly once)."""
+    grant = GrantRepository(db).get_for_update(grant_id)
+    if grant is None or grant.initial_sync_completed_at is not None:
+        return False
+    folders = FolderRepository(db).for_grant(grant_id)
+    if any(f.state not in ("synced", "stopped") for f in folders):
+        return False
+    grant.initial_sync_completed_at = now
+    grant.sync_state = "synced"
+    return True
