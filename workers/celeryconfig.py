@@ -12,7 +12,7 @@ Why the numbers are what they are:
 
 from __future__ import annotations
 
-from kombu import Queue
+from kombu.entity import Queue
 
 from beat_schedule import BEAT_SCHEDULE
 from pipeline.presets import queue_names

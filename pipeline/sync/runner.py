@@ -149,11 +149,14 @@ def sync_folder(
     *,
     now: datetime | None = None,
     budget_s: float | None = None,
+    on_batch: Callable[[], object] | None = None,
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
     Initial sync (state ``pending``/``syncing``/``failed``): store every message of the retention
     window not stored yet. Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
+
+    ``on_batch`` is called after every committed batch (the task renews its lock there).
 
     Raises:
         ImapError: The session failed; what was committed stays, the next run resumes.
@@ -238,6 +241,8 @@ def sync_folder(
         outcome.stored += len(items)
         outcome.failed += written.failed
         outcome.new_message_ids.extend(written.new_message_ids)
+        if on_batch is not None:
+            on_batch()  # e.g. renew the caller's lock
         if time.monotonic() - started > budget and index + 1 < len(batches):
             outcome.remaining = sum(len(b) for b in batches[index + 1 :])
             log.info(

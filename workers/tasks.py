@@ -1,0 +1,155 @@
+"""Thin Celery tasks: ids in, open a session, call a typed function in ``pipeline``.
+
+Task names are the public contract (any Celery client may enqueue them):
+
+- ``pipeline.grants.create(request)``: connect an account. ``request`` holds the fields of
+  :class:`pipeline.grants.schemas.GrantRequest` with ``password_sealed`` (and optionally
+  ``smtp_password_sealed``) instead of plaintext passwords, sealed with
+  :class:`pipeline.crypto.SecretBox` — see :func:`workers.enqueue.create_grant`.
+- ``pipeline.sync.grant(grant_id)``: discover folders and sync each.
+- ``pipeline.sync.folder(grant_id, folder_id)``: sync one folder for a bounded time,
+  continuing in a new task when work remains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_shutdown
+
+from pipeline.crypto import SecretBox
+from pipeline.errors import (
+    GrantNotFound,
+    ImapAuthError,
+    ImapConnectError,
+    ImapError,
+    ImapProtocolError,
+    ImapThrottledError,
+    PipelineError,
+)
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant
+from pipeline.sync.runner import discover_folders, sync_folder
+from workers import enqueue
+from workers.app import app
+from workers.resources import close_all_imap, imap_for, redis_client, release_imap, sessions
+from workers.settings import settings
+
+log = logging.getLogger(__name__)
+
+FOLDER_LOCK_TTL_S = 60  # renewed after every batch; a killed worker's lock lapses this fast
+RETRY_BACKOFF_MAX_S = 600  # stays far below the broker's visibility timeout
+TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
+
+
+@worker_process_shutdown.connect
+def _close_pool(**_: Any) -> None:
+    close_all_imap()
+
+
+@app.task(name="pipeline.grants.create", ignore_result=False)
+def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
+    """Connect an account from sealed credentials; enqueue its initial sync."""
+    box = SecretBox(settings().encryption_key_list)
+    fields = dict(request)
+    fields["password"] = box.open(fields.pop("password_sealed"))
+    if fields.get("smtp_password_sealed"):
+        fields["smtp_password"] = box.open(fields.pop("smtp_password_sealed"))
+    fields.pop("smtp_password_sealed", None)
+    try:
+        req = GrantRequest.model_validate(fields)
+        with sessions().begin() as db:
+            result = create_grant(db, settings(), req)
+            grant_id, provider = result.grant.id, result.grant.provider
+    except PipelineError as exc:
+        log.warning("grant creation failed: %s", exc)
+        return {"status": "invalid", "error": str(exc)}
+    enqueue.sync_grant(grant_id, provider)
+    return {"status": "valid", "grant_id": grant_id}
+
+
+@app.task(
+    name="pipeline.sync.grant",
+    bind=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    max_retries=8,
+)
+def sync_grant_task(self: Task, grant_id: str) -> None:
+    """Discover a grant's folders, then enqueue a sync of each (Inbox and Sent first)."""
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        if grant is None or grant.grant_status != "valid":
+            return
+        provider = grant.provider
+        try:
+            imap = imap_for(db, grant)
+        except ImapAuthError:
+            return  # the grant is now invalid (committed with this transaction)
+        try:
+            changes = discover_folders(db, grant, imap.list_folders())
+        except ImapError:
+            release_imap(grant_id, imap, healthy=False)
+            raise
+        release_imap(grant_id, imap, healthy=True)
+        if grant.sync_state == "pending":
+            grant.sync_state = "syncing"
+        folder_ids = list(changes.selectable)
+    for folder_id in folder_ids:
+        enqueue.sync_folder(grant_id, folder_id, provider)
+
+
+@app.task(
+    name="pipeline.sync.folder",
+    bind=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    max_retries=8,
+)
+def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any]:
+    """Sync one folder for at most ``sync_chunk_budget_s``; continue in a new task if needed."""
+    r = redis_client()
+    lock_key = f"imap-pipeline:lock:folder:{folder_id}"
+    dirty_key = f"imap-pipeline:dirty:folder:{folder_id}"
+    token = f"{os.getpid()}:{self.request.id}"
+    if not r.set(lock_key, token, nx=True, ex=FOLDER_LOCK_TTL_S):
+        # Someone is syncing it now; make sure they look again when they finish.
+        r.set(dirty_key, "1", ex=FOLDER_LOCK_TTL_S * 10)
+        return {"skipped": "locked"}
+    try:
+        with sessions().begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            if grant is None:
+                raise GrantNotFound(grant_id)
+            if grant.grant_status != "valid":
+                return {"skipped": "grant invalid"}
+            provider = grant.provider
+            try:
+                imap = imap_for(db, grant)
+            except ImapAuthError:
+                return {"skipped": "grant invalid"}
+        healthy = False
+        try:
+            outcome = sync_folder(
+                sessions(),
+                settings(),
+                imap,
+                grant_id,
+                folder_id,
+                on_batch=lambda: r.expire(lock_key, FOLDER_LOCK_TTL_S),
+            )
+            healthy = True
+        finally:
+            release_imap(grant_id, imap, healthy=healthy)
+    finally:
+        if r.get(lock_key) == token.encode():
+            r.delete(lock_key)
+    if outcome.more or r.getdel(dirty_key):
+        enqueue.sync_folder(grant_id, folder_id, provider)
+    return {"state": outcome.state, "stored": outcome.stored, "failed": outcome.failed}
