@@ -1,0 +1,253 @@
+"""``imap-pipeline grants add | list | status | remove | sync``."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.errors import ConfigurationError, PipelineError
+from pipeline.folders.repository import FolderRepository
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant, get_grant
+from pipeline.grants.views import grant_dict, status_dict
+from pipeline.presets import PRESETS
+
+console = Console()
+STATUS_POLL_S = 1.0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``grants`` command group."""
+    grants = sub.add_parser("grants", help="connect and inspect IMAP accounts")
+    gsub = grants.add_subparsers(dest="grants_command", metavar="SUBCOMMAND", required=True)
+
+    add = gsub.add_parser("add", help="connect an IMAP account (logs in before storing it)")
+    add.add_argument("--email", required=True)
+    add.add_argument("--provider", choices=sorted(PRESETS), help="default: from the domain")
+    add.add_argument("--host", help="IMAP host (default: from the provider preset)")
+    add.add_argument("--port", type=int)
+    add.add_argument("--tls", choices=["ssl", "starttls", "plain"])
+    add.add_argument("--username", help="default: the email address")
+    add.add_argument("--allow-plaintext", action="store_true", help="permit --tls plain")
+    add.add_argument(
+        "--insecure-skip-verify", action="store_true", help="do not verify the certificate"
+    )
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument("--smtp-host")
+    add.add_argument("--smtp-port", type=int)
+    add.add_argument("--smtp-tls", choices=["ssl", "starttls", "plain"])
+    add.add_argument("--smtp-username")
+    add.add_argument("--no-sync", action="store_true", help="store the grant, sync later")
+    add.add_argument("--json", action="store_true", help="print the grant as JSON")
+    add.set_defaults(handler=_add)
+
+    lst = gsub.add_parser("list", help="list grants")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(handler=_list)
+
+    status = gsub.add_parser("status", help="per-folder sync status (live while syncing)")
+    status.add_argument("grant", nargs="?", help="grant id or email (default: all)")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--once", action="store_true", help="print once, do not follow")
+    status.set_defaults(handler=_status)
+
+    rm = gsub.add_parser("remove", help="remove a grant and all its data")
+    rm.add_argument("grant")
+    rm.set_defaults(handler=_remove)
+
+    sync = gsub.add_parser("sync", help="enqueue a sync of every folder of a grant now")
+    sync.add_argument("grant")
+    sync.set_defaults(handler=_sync)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"IMAP password for {args.email}: ")
+    if not password:
+        raise ConfigurationError("An empty password was given.")
+    return password
+
+
+def _enqueue_sync(grant_id: str, provider: str) -> bool:
+    from workers import enqueue
+
+    try:
+        enqueue.sync_grant(grant_id, provider)
+    except Exception as exc:  # broker down: the grant is stored; reconciliation syncs it later
+        console.print(f"[yellow]warning:[/] could not enqueue the sync ({type(exc).__name__}).")
+        return False
+    return True
+
+
+def _add(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    request = GrantRequest(
+        email=args.email,
+        password=_read_password(args),
+        provider=args.provider,
+        imap_host=args.host,
+        imap_port=args.port,
+        imap_tls=args.tls,
+        imap_username=args.username,
+        allow_plaintext=args.allow_plaintext,
+        verify_tls=not args.insecure_skip_verify,
+        smtp_host=args.smtp_host,
+        smtp_port=args.smtp_port,
+        smtp_tls=args.smtp_tls,
+        smtp_username=args.smtp_username,
+    )
+    with session_scope(settings.require_database_url()) as db:
+        result = create_grant(db, settings, request)
+        view = grant_dict(result.grant)
+        grant_id, provider = result.grant.id, result.grant.provider
+    queued = False if args.no_sync else _enqueue_sync(grant_id, provider)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        verb = "connected" if result.created else "re-authenticated"
+        console.print(
+            f"[green]{verb}[/] {view['email']} as grant [bold]{grant_id}[/] ({provider})"
+            + (" — initial sync queued" if queued else "")
+        )
+        console.print(f"watch it: imap-pipeline grants status {grant_id}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    with session_scope(settings.require_database_url()) as db:
+        views = [grant_dict(g) for g in GrantRepository(db).list()]
+    if args.json:
+        print(json.dumps(views, indent=2))
+        return 0
+    table = Table("id", "email", "preset", "status", "sync")
+    for v in views:
+        table.add_row(
+            v["id"],
+            v["email"],
+            v["settings"]["provider_preset"],
+            v["grant_status"],
+            v["sync_state"],
+        )
+    console.print(table)
+    return 0
+
+
+def _load_status(settings: Settings, grant_ref: str) -> dict[str, Any]:
+    with session_scope(settings.require_database_url()) as db:
+        grant = get_grant(db, grant_ref)
+        folders = FolderRepository(db)
+        return status_dict(grant, folders.for_grant(grant.id), folders.counts(grant.id))
+
+
+def _status_table(view: dict[str, Any]) -> Table:
+    table = Table(
+        "folder",
+        "role",
+        "uidvalidity",
+        "stored",
+        "in window",
+        "failed",
+        "state",
+        title=f"{view['email']} — {view['grant_status']}, {view['sync_state']}"
+        + (f" ({view['status_detail']})" if view.get("status_detail") else ""),
+    )
+    for f in view["folders"]:
+        table.add_row(
+            f["name"],
+            f["role"] or "",
+            str(f["uidvalidity"] or ""),
+            str(f["stored"]),
+            str(f["in_window"]),
+            str(f["failed"]),
+            f["state"] + (f": {f['state_detail']}" if f["state_detail"] else ""),
+        )
+    return table
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    if not args.grant:
+        with session_scope(settings.require_database_url()) as db:
+            refs = [g.id for g in GrantRepository(db).list()]
+        views = [_load_status(settings, ref) for ref in refs]
+        if args.json:
+            print(json.dumps(views, indent=2))
+        else:
+            for v in views:
+                console.print(_status_table(v))
+        return 0
+    view = _load_status(settings, args.grant)
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    if args.once or view["sync_state"] not in ("pending", "syncing") or not console.is_terminal:
+        console.print(_status_table(view))
+        return 0
+    return _follow(settings, args.grant)
+
+
+def _follow(settings: Settings, grant_ref: str) -> int:
+    """A live progress bar per folder until the initial sync completes (Ctrl-C leaves)."""
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[state]}"),
+        console=console,
+    ) as progress:
+        bars: dict[str, Any] = {}
+        while True:
+            view = _load_status(settings, grant_ref)
+            for f in view["folders"]:
+                if f["id"] not in bars:
+                    bars[f["id"]] = progress.add_task(f["name"], total=None, state=f["state"])
+                progress.update(
+                    bars[f["id"]],
+                    completed=f["stored"] + f["failed"],
+                    total=max(f["in_window"], 1),
+                    state=f["state"],
+                )
+            if view["sync_state"] not in ("pending", "syncing"):
+                break
+            time.sleep(STATUS_POLL_S)
+    console.print(_status_table(view))
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    with session_scope(settings.require_database_url()) as db:
+        grant = get_grant(db, args.grant)
+        email, grant_id = grant.email, grant.id
+        GrantRepository(db).remove(grant_id)
+    console.print(f"removed grant {grant_id} ({email}) and its data")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    with session_scope(settings.require_database_url()) as db:
+        grant = get_grant(db, args.grant)
+        if grant.grant_status != "valid":
+            raise PipelineError(
+                f"Grant {grant.id} is {grant.grant_status}: {grant.status_detail or ''} "
+                "Re-authenticate it with `imap-pipeline grants add`."
+            )
+        grant_id, provider = grant.id, grant.provider
+    if _enqueue_sync(grant_id, provider):
+        console.print(f"sync of {grant_id} queued")
+    return 0
