@@ -277,3 +277,39 @@ def _complete_grant_if_done(db: Session, grant_id: str, now: datetime) -> bool:
     grant.initial_sync_completed_at = now
     grant.sync_state = "synced"
     return True
+
+
+def sync_grant_inline(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    grant_id: str,
+    *,
+    now: datetime | None = None,
+) -> list[SyncOutcome]:
+    """Discover and sync every folder of a grant in this process, one after another.
+
+    What the Celery tasks do spread over workers, for tests, tools and small installs.
+    """
+    from pipeline.grants.service import open_grant_session
+
+    with sessions.begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        if grant is None or grant.grant_status != "valid":
+            return []
+        imap = open_grant_session(db, settings, grant)
+    outcomes: list[SyncOutcome] = []
+    try:
+        with sessions.begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            assert grant is not None
+            changes = discover_folders(db, grant, imap.list_folders())
+            if grant.sync_state == "pending":
+                grant.sync_state = "syncing"
+        for folder_id in changes.selectable:
+            outcome = sync_folder(sessions, settings, imap, grant_id, folder_id, now=now)
+            while outcome.more:
+                outcome = sync_folder(sessions, settings, imap, grant_id, folder_id, now=now)
+            outcomes.append(outcome)
+    finally:
+        imap.close()
+    return outcomes

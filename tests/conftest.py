@@ -1,0 +1,199 @@
+"""Shared fixtures: real Postgres, Redis and Dovecot, isolated per test.
+
+- Postgres: the server on 127.0.0.1:5432 (or IMAP_PIPELINE_TEST_PG); one template database is
+  migrated per session, and every test gets its own copy of it.
+- Redis: a private ``redis-server`` per session on a free port, flushed before each test.
+- Dovecot: a private server per session (plain + STARTTLS port and an implicit-TLS port, with a
+  throwaway CA from ``trustme``); every test gets its own mail user.
+
+A missing service fails the run in CI (``CI=true``); locally it skips only when
+``IMAP_PIPELINE_SKIP_SERVICES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from pipeline.config import Settings
+from pipeline.crypto import generate_key
+from pipeline.db import get_engine, migrate
+from pipeline.local import free_port
+from pipeline.local.dovecot import LocalDovecot
+from tests.support.services import MailUser, TlsFiles
+
+PG_ADMIN_URL = os.environ.get(
+    "IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_START_TIMEOUT_S = 10
+
+
+def service_unavailable(what: str) -> None:
+    """Fail in CI; skip locally only when asked to."""
+    if os.environ.get("IMAP_PIPELINE_SKIP_SERVICES") == "1" and os.environ.get("CI") != "true":
+        pytest.skip(f"{what} unavailable (IMAP_PIPELINE_SKIP_SERVICES=1)")
+    pytest.fail(f"{what} is required for this test and is not available", pytrace=False)
+
+
+def _pg_url(dbname: str) -> str:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{dbname}"
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database for this test session."""
+    name = f"ipt_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        _admin(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError:
+        service_unavailable("Postgres")
+    url = _pg_url(name)
+    migrate(url)
+    get_engine.cache_clear()
+    # Nobody may stay connected to a template.
+    _admin(
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
+        "AND pid <> pg_backend_pid()"
+    )
+    yield name
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"ipt_{uuid.uuid4().hex[:12]}"
+    for attempt in range(5):
+        try:
+            _admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+            break
+        except psycopg.errors.ObjectInUse:  # template briefly busy: retry
+            time.sleep(0.2 * (attempt + 1))
+    url = _pg_url(name)
+    yield url
+    get_engine(url).dispose()
+    get_engine.cache_clear()
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for this session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_unavailable("redis-server")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                service_unavailable("Redis")
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The private Redis, emptied for this test."""
+    redis.Redis.from_url(redis_server, socket_timeout=5).flushall()
+    return redis_server
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Certificates for the test Dovecot."""
+    return TlsFiles(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def dovecot(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
+) -> Iterator[LocalDovecot]:
+    """A private Dovecot: plain/STARTTLS on ``.port``, implicit TLS on ``.imaps_port``."""
+    if not Path("/usr/sbin/dovecot").exists():
+        service_unavailable("Dovecot (apt-get install -y dovecot-imapd)")
+    server = LocalDovecot(
+        tmp_path_factory.mktemp("dovecot"),
+        free_port(),
+        imaps_port=free_port(),
+        tls_cert=tls_files.cert_file,
+        tls_key=tls_files.key_file,
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+MAIL_USER_POOL = 400  # users made up front: Dovecot re-reads its passwd-file at most once a second
+
+
+@pytest.fixture(scope="session")
+def _mail_user_pool(dovecot: LocalDovecot) -> Iterator[MailUser]:
+    users = [
+        MailUser(dovecot, f"u{uuid.uuid4().hex[:10]}", uuid.uuid4().hex)
+        for _ in range(MAIL_USER_POOL)
+    ]
+    for user in users:
+        dovecot.add_user(user.name, user.password)
+    time.sleep(1.1)
+    return iter(users)
+
+
+@pytest.fixture
+def mail_user(_mail_user_pool: Iterator[MailUser]) -> MailUser:
+    """A fresh, empty mailbox on the test Dovecot."""
+    return next(_mail_user_pool)
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tls_files: TlsFiles, tmp_path: Path) -> Settings:
+    """Settings pointing at this test's services."""
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        encryption_keys=generate_key(),  # type: ignore[arg-type]
+        imap_ca_file=tls_files.ca_file,
+        data_dir=tmp_path / "data",
+        sync_batch_size=20,
+    )

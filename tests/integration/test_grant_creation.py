@@ -1,0 +1,136 @@
+"""Connecting an account: a real login in every TLS mode before anything is stored."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from pipeline.config import Settings
+from pipeline.crypto import SecretBox
+from pipeline.db import session_scope
+from pipeline.errors import ConfigurationError, ImapAuthError, ImapConnectError, ImapTlsError
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant
+from pipeline.local import free_port
+from pipeline.models import Grant
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def _request(user: MailUser, port: int, tls: str, **extra: object) -> GrantRequest:
+    return GrantRequest.model_validate(
+        {
+            "email": user.email,
+            "password": user.password,
+            "imap_host": "127.0.0.1",
+            "imap_port": port,
+            "imap_tls": tls,
+            "imap_username": user.name,
+            **extra,
+        }
+    )
+
+
+def _grant_count(settings: Settings) -> int:
+    with session_scope(settings.require_database_url()) as db:
+        return int(db.scalar(select(func.count()).select_from(Grant)) or 0)
+
+
+@pytest.mark.parametrize("mode", ["ssl", "starttls", "plain"])
+def test_each_tls_mode_logs_in_and_stores_the_grant(
+    settings: Settings, mail_user: MailUser, mode: str
+) -> None:
+    port = mail_user.server.imaps_port if mode == "ssl" else mail_user.server.port
+    assert port is not None
+    request = _request(mail_user, port, mode, allow_plaintext=(mode == "plain"))
+    with session_scope(settings.require_database_url()) as db:
+        result = create_grant(db, settings, request)
+        assert result.created
+        grant_id = result.grant.id
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        assert grant.grant_status == "valid"
+        assert grant.imap_tls == mode
+        assert "IDLE" in grant.capabilities
+        # the password is sealed at rest, and opens with the configured key
+        assert mail_user.password not in grant.secrets_sealed
+        opened = SecretBox(settings.encryption_key_list).open_json(grant.secrets_sealed)
+        assert opened["imap_password"] == mail_user.password
+
+
+def test_plaintext_needs_explicit_permission(settings: Settings, mail_user: MailUser) -> None:
+    with (
+        pytest.raises(ConfigurationError, match="without TLS"),
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, settings, _request(mail_user, mail_user.server.port, "plain"))
+    assert _grant_count(settings) == 0
+
+
+def test_wrong_password_is_a_clear_error_and_stores_nothing(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    request = _request(mail_user, mail_user.server.port, "starttls").model_copy(
+        update={"password": SecretStr("not-the-password")}
+    )
+    with (
+        pytest.raises(ImapAuthError) as info,
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, settings, request)
+    assert "refused the login" in str(info.value)
+    assert "not-the-password" not in str(info.value)
+    assert _grant_count(settings) == 0
+
+
+def test_unreachable_host(settings: Settings, mail_user: MailUser) -> None:
+    closed = free_port()
+    with (
+        pytest.raises(ImapConnectError, match="Cannot connect"),
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, settings, _request(mail_user, closed, "ssl"))
+    assert _grant_count(settings) == 0
+
+
+def test_implicit_tls_against_a_plain_port_is_a_tls_error(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    with (
+        pytest.raises(ImapTlsError),
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, settings, _request(mail_user, mail_user.server.port, "ssl"))
+    assert _grant_count(settings) == 0
+
+
+def test_untrusted_certificate_is_refused_unless_the_grant_allows_it(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    untrusting = settings.model_copy(update={"imap_ca_file": None})
+    port = mail_user.server.imaps_port
+    assert port is not None
+    with (
+        pytest.raises(ImapTlsError, match="could not be verified"),
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, untrusting, _request(mail_user, port, "ssl"))
+    with session_scope(settings.require_database_url()) as db:
+        result = create_grant(db, untrusting, _request(mail_user, port, "ssl", verify_tls=False))
+        assert result.grant.verify_tls is False
+
+
+def test_same_email_again_reauthenticates_the_existing_grant(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    request = _request(mail_user, mail_user.server.port, "starttls")
+    with session_scope(settings.require_database_url()) as db:
+        first = create_grant(db, settings, request).grant.id
+    with session_scope(settings.require_database_url()) as db:
+        again = create_grant(db, settings, request)
+        assert not again.created
+        assert again.grant.id == first
+    assert _grant_count(settings) == 1

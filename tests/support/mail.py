@@ -1,0 +1,92 @@
+"""Helpers to put mail on the test Dovecot the way a real MTA or client would."""
+
+from __future__ import annotations
+
+import imaplib
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+
+from pipeline.local.dovecot import LocalDovecot
+
+
+def make_message(
+    subject: str = "Hello",
+    body: str = "Hi there",
+    *,
+    sender: str = "Alice <alice@example.test>",
+    to: str = "Bob <bob@example.test>",
+    date: datetime | None = None,
+    message_id: str | None = "auto",
+    in_reply_to: str | None = None,
+    html: str | None = None,
+) -> bytes:
+    """A small well-formed message."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    if message_id == "auto":
+        msg["Message-ID"] = make_msgid(domain="example.test")
+    elif message_id:
+        msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg.set_content(body)
+    if html:
+        msg.add_alternative(html, subtype="html")
+    return msg.as_bytes()
+
+
+def imap_login(server: LocalDovecot, user: str, password: str) -> imaplib.IMAP4:
+    """A plain imaplib session on the test server (test-side tooling, not the code under test)."""
+    conn = imaplib.IMAP4("127.0.0.1", server.port, timeout=30)
+    conn.login(user, password)
+    return conn
+
+
+def append(
+    server: LocalDovecot,
+    user: str,
+    password: str,
+    raw: bytes,
+    *,
+    folder: str = "INBOX",
+    when: datetime | None = None,
+    flags: str = "",
+) -> None:
+    """APPEND one message with an INTERNALDATE."""
+    conn = imap_login(server, user, password)
+    try:
+        typ, data = conn.append(
+            f'"{folder}"',
+            f"({flags})" if flags else None,
+            imaplib.Time2Internaldate(when or datetime.now(UTC)),
+            raw,
+        )
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def create_folder(server: LocalDovecot, user: str, password: str, raw_name: str) -> None:
+    """CREATE a folder (``raw_name`` already in modified UTF-7)."""
+    conn = imap_login(server, user, password)
+    try:
+        typ, data = conn.create(f'"{raw_name}"')
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def flags_of(server: LocalDovecot, user: str, password: str, folder: str = "INBOX") -> list[str]:
+    """FLAGS of every message in a folder, as the server holds them."""
+    conn = imap_login(server, user, password)
+    try:
+        conn.select(f'"{folder}"', readonly=True)
+        _typ, data = conn.fetch("1:*", "(FLAGS)")
+        return [d.decode() for d in data if isinstance(d, bytes)]
+    finally:
+        conn.logout()
