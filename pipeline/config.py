@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         "(keeps every task far below the broker's visibility timeout).",
     )
 
+    sync_lock_ttl_s: int = Field(
+        default=60,
+        ge=5,
+        le=600,
+        description="A folder's sync lock lapses this long after its holder's last batch "
+        "(how soon a folder whose worker died is picked up again).",
+    )
+
     # --- processes --------------------------------------------------------------------------
     worker_concurrency: int = Field(default=0, ge=0, description="0: one per CPU core.")
     flower_port: int = 5555

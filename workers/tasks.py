@@ -41,7 +41,6 @@ from workers.settings import settings
 
 log = logging.getLogger(__name__)
 
-FOLDER_LOCK_TTL_S = 60  # renewed after every batch; a killed worker's lock lapses this fast
 RETRY_BACKOFF_MAX_S = 600  # stays far below the broker's visibility timeout
 TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
 
@@ -49,6 +48,12 @@ TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
 @worker_process_shutdown.connect
 def _close_pool(**_: Any) -> None:
     close_all_imap()
+
+
+def _provider_of(grant_id: str) -> str:
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        return grant.provider if grant else "generic"
 
 
 @app.task(name="pipeline.grants.create", ignore_result=False)
@@ -118,9 +123,14 @@ def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any
     lock_key = f"imap-pipeline:lock:folder:{folder_id}"
     dirty_key = f"imap-pipeline:dirty:folder:{folder_id}"
     token = f"{os.getpid()}:{self.request.id}"
-    if not r.set(lock_key, token, nx=True, ex=FOLDER_LOCK_TTL_S):
-        # Someone is syncing it now; make sure they look again when they finish.
-        r.set(dirty_key, "1", ex=FOLDER_LOCK_TTL_S * 10)
+    lock_ttl = settings().sync_lock_ttl_s
+    if not r.set(lock_key, token, nx=True, ex=lock_ttl):
+        # Someone is syncing it now: make sure they look again when they finish, and in case
+        # they died, come back once their lock has lapsed (one such retry at a time).
+        r.set(dirty_key, "1", ex=lock_ttl * 10)
+        wait = max(int(r.ttl(lock_key)), 1) + 1
+        if r.set(f"imap-pipeline:retry:folder:{folder_id}", "1", nx=True, ex=wait + 5):
+            enqueue.sync_folder(grant_id, folder_id, _provider_of(grant_id), countdown=wait)
         return {"skipped": "locked"}
     try:
         with sessions().begin() as db:
@@ -142,7 +152,7 @@ def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any
                 imap,
                 grant_id,
                 folder_id,
-                on_batch=lambda: r.expire(lock_key, FOLDER_LOCK_TTL_S),
+                on_batch=lambda: r.expire(lock_key, lock_ttl),
             )
             healthy = True
         finally:

@@ -59,14 +59,14 @@ class FolderRepository:
                 .join(Folder, Folder.id == Placement.folder_id)
                 .where(Folder.grant_id == grant_id, Placement.uidvalidity == Folder.uidvalidity)
                 .group_by(Placement.folder_id)
-            ).tuples()
+            ).all()
         )
         failed = dict(
             self.session.execute(
                 select(SyncFailure.folder_id, func.count())
                 .where(SyncFailure.grant_id == grant_id)
                 .group_by(SyncFailure.folder_id)
-            ).tuples()
+            ).all()
         )
         ids = set(stored) | set(failed)
         return {

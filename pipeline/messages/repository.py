@@ -43,7 +43,7 @@ class MessageRepository:
             select(Message.identity_key, Message.id, Message.thread_id).where(
                 Message.grant_id == grant_id, Message.identity_key.in_(keys)
             )
-        ).tuples()
+        )
         return {key: (mid, tid) for key, mid, tid in rows}
 
     def ids_by_header_hash(self, grant_id: str, hashes: Iterable[str]) -> dict[str, list[str]]:
@@ -56,7 +56,7 @@ class MessageRepository:
             select(Message.header_hash, Message.id).where(
                 Message.grant_id == grant_id, Message.header_hash.in_(hashes)
             )
-        ).tuples():
+        ):
             out.setdefault(h, []).append(mid)
         return out
 
@@ -152,7 +152,7 @@ class MessageRepository:
                 Message.message_id_header.in_(ids),
                 Message.thread_id.is_not(None),
             )
-        ).tuples()
+        )
         return {str(h): str(t) for h, t in rows}
 
     def threads_referencing(self, grant_id: str, message_ids: Iterable[str]) -> dict[str, str]:
@@ -171,7 +171,7 @@ class MessageRepository:
                 Message.references.overlap(ids),
                 Message.thread_id.is_not(None),
             )
-        ).tuples()
+        )
         wanted = set(ids)
         for refs, _, thread_id in rows:
             for ref in refs:
@@ -188,7 +188,7 @@ class MessageRepository:
             select(Thread.subject_key, Thread.id)
             .where(Thread.grant_id == grant_id, Thread.subject_key.in_(keys))
             .order_by(Thread.latest_message_at.asc().nulls_first())
-        ).tuples()
+        )
         return {k: str(t) for k, t in rows}  # later rows (more recent) win
 
     def insert_threads(self, rows: Sequence[Mapping[str, Any]]) -> None:

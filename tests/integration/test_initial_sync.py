@@ -73,7 +73,7 @@ def test_syncing_never_marks_mail_read(settings: Settings, mail_user: MailUser) 
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     assert flags_of(server, mail_user.name, mail_user.password) == before
     with session_scope(settings.require_database_url()) as db:
-        unread = dict(db.execute(select(Message.subject, Message.unread)).tuples())
+        unread = dict(db.execute(select(Message.subject, Message.unread)).all())
     assert unread == {"unread one": True, "read one": False}
 
 
@@ -128,7 +128,7 @@ def test_folders_with_non_ascii_names_and_roles(settings: Settings, mail_user: M
                 select(Folder.name, Message.subject)
                 .join(Placement, Placement.folder_id == Folder.id)
                 .join(Message, Message.id == Placement.message_id)
-            ).tuples()
+            ).all()
         )
     assert placed == {"Entwürfe": "draft", "Reçus/2026": "kept"}
 
@@ -183,7 +183,7 @@ def test_threads_by_references_then_subject(settings: Settings, mail_user: MailU
     grant_id = connect(settings, mail_user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     with session_scope(settings.require_database_url()) as db:
-        thread_of = dict(db.execute(select(Message.message_id_header, Message.thread_id)).tuples())
+        thread_of = dict(db.execute(select(Message.message_id_header, Message.thread_id)).all())
     assert thread_of["<root@example.test>"] == thread_of["<reply@example.test>"]
     assert thread_of["<orphan@example.test>"] == thread_of["<root@example.test>"]
     assert thread_of["<other@example.test>"] != thread_of["<root@example.test>"]
@@ -199,13 +199,13 @@ def test_messages_without_message_id_get_a_stable_identity(
     sessions = sessions_for(settings)
     sync_grant_inline(sessions, settings, grant_id)
     with session_scope(settings.require_database_url()) as db:
-        first = dict(db.execute(select(Message.subject, Message.identity_key)).tuples())
+        first = dict(db.execute(select(Message.subject, Message.identity_key)).all())
         for folder in db.scalars(select(Folder)):
             folder.state = "syncing"
         db.execute(Placement.__table__.delete())
     sync_grant_inline(sessions, settings, grant_id)
     with session_scope(settings.require_database_url()) as db:
-        again = dict(db.execute(select(Message.subject, Message.identity_key)).tuples())
+        again = dict(db.execute(select(Message.subject, Message.identity_key)).all())
     assert set(first) == {"no id 1", "no id 2"}
     assert first["no id 1"] != first["no id 2"]
     assert again == first
