@@ -1,0 +1,120 @@
+"""What callers of the webhook service send and get back, with Nylas v3 field names.
+
+The HTTP API serialises these models as they are (``model_dump(exclude_none=True)``); times are
+unix seconds, as in Nylas. ``webhook_secret`` is set only in the answer to a create or a
+secret rotation, the one time the plaintext secret is ever shown.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TRIGGER_TYPES: frozenset[str] = frozenset(
+    {
+        "message.created",
+        "message.updated",
+        "message.deleted",
+        "folder.created",
+        "folder.updated",
+        "folder.deleted",
+        "grant.created",
+        "grant.updated",
+        "grant.deleted",
+        "grant.expired",
+        "grant.imap_sync_completed",
+    }
+)
+"""The Nylas v3 trigger types this engine emits (the IMAP subset)."""
+
+TRUNCATED_SUFFIX = ".truncated"
+
+DestinationStatus = Literal["active", "failing", "failed", "paused"]
+
+MAX_DESCRIPTION_CHARS = 1000
+MAX_URL_CHARS = 2000
+MAX_NOTIFICATION_EMAILS = 20
+
+
+def check_trigger_types(values: list[str]) -> list[str]:
+    """Deduplicated trigger types in the order given, or ValueError naming the unknown ones."""
+    unknown = sorted(set(values) - TRIGGER_TYPES)
+    if unknown:
+        raise ValueError(
+            f"unknown trigger type(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(TRIGGER_TYPES))}"
+        )
+    if not values:
+        raise ValueError("at least one trigger type is required")
+    return list(dict.fromkeys(values))
+
+
+class WebhookDestinationOut(BaseModel):
+    """A webhook destination as the API shows it (Nylas v3 ``Webhook`` object)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    description: str
+    trigger_types: list[str]
+    webhook_url: str
+    status: DestinationStatus
+    notification_email_addresses: list[str]
+    status_updated_at: int
+    created_at: int
+    updated_at: int
+    webhook_secret: str | None = Field(default=None, repr=False)
+
+
+class CreateWebhookRequest(BaseModel):
+    """Body of ``POST /v3/webhooks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    trigger_types: list[str]
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
+    notification_email_addresses: list[str] = Field(
+        default_factory=list, max_length=MAX_NOTIFICATION_EMAILS
+    )
+
+    @field_validator("trigger_types")
+    @classmethod
+    def _check_triggers(cls, value: list[str]) -> list[str]:
+        return check_trigger_types(value)
+
+
+class UpdateWebhookRequest(BaseModel):
+    """Body of ``PUT /v3/webhooks/{id}``: only the fields given change.
+
+    ``status`` may be set to ``active`` (also to revive a ``failed`` destination) or ``paused``
+    (Nylas spells it ``pause``; both are accepted).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
+    trigger_types: list[str] | None = None
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
+    notification_email_addresses: list[str] | None = Field(
+        default=None, max_length=MAX_NOTIFICATION_EMAILS
+    )
+    status: Literal["active", "paused", "pause"] | None = None
+
+    @field_validator("trigger_types")
+    @classmethod
+    def _check_triggers(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_trigger_types(value)
+
+
+class TestEventResult(BaseModel):
+    """Outcome of :meth:`WebhookService.send_test_event`."""
+
+    model_config = ConfigDict(frozen=True)
+    __test__ = False  # not a pytest test class, whatever the name suggests
+
+    success: bool
+    status_code: int | None
+    latency_ms: int
+    error: str | None = None
