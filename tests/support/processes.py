@@ -1,0 +1,109 @@
+"""Run the pipeline's own processes (Celery workers) as a user would, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.presets import queue_names
+
+WORKER_READY_TIMEOUT_S = 60
+
+
+def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a pipeline process needs to use ``settings``' services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAP_PIPELINE_")}
+    env.update(
+        {
+            "IMAP_PIPELINE_DATABASE_URL": settings.require_database_url(),
+            "IMAP_PIPELINE_REDIS_URL": settings.require_redis_url(),
+            "IMAP_PIPELINE_ENCRYPTION_KEYS": ",".join(settings.encryption_key_list),
+            "IMAP_PIPELINE_DATA_DIR": str(settings.data_dir),
+            "IMAP_PIPELINE_SYNC_BATCH_SIZE": str(settings.sync_batch_size),
+        }
+    )
+    if settings.imap_ca_file:
+        env["IMAP_PIPELINE_IMAP_CA_FILE"] = str(settings.imap_ca_file)
+    env.update(extra)
+    return env
+
+
+class CeleryWorker:
+    """``celery -A workers worker`` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, concurrency: int = 2) -> None:
+        self.env = env
+        self.name = f"test-{uuid.uuid4().hex[:8]}"
+        self.log_path = log_dir / f"{self.name}.log"
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CeleryWorker:
+        queues = ",".join([*queue_names(), "webhooks", "maintenance"])
+        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
+            self.process = self._spawn(queues, log)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while b" ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    def _spawn(self, queues: str, log: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                str(self.concurrency),
+                "-n",
+                f"{self.name}@%h",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while b" ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and children), as a crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Warm shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
