@@ -1,0 +1,43 @@
+"""Webhooks: destinations, the transactional outbox and signed at-least-once delivery.
+
+Modules, one per concept:
+
+- :mod:`~pipeline.webhooks.outbox` — ``emit()`` in the writer's transaction; ``dispatch_batch()``
+  turns outbox rows into per-destination deliveries.
+- :mod:`~pipeline.webhooks.delivery` — ``Drainer``: per-destination sign, POST, record, retry.
+- :mod:`~pipeline.webhooks.sweep` — periodic repair (lost messages, long waits, retention).
+- :mod:`~pipeline.webhooks.service` — ``WebhookService``: create/list/get/update/delete,
+  rotate_secret, send_test_event (CLI and ``/v3/webhooks``).
+- :mod:`~pipeline.webhooks.payloads`, :mod:`~pipeline.webhooks.signing` — the Nylas v3 envelope
+  and ``X-Nylas-Signature``.
+- :mod:`~pipeline.webhooks.ssrf` — refuses destinations on private/loopback/link-local addresses.
+- :mod:`~pipeline.webhooks.settings` — ``WebhookSettings`` (``IMAP_PIPELINE_WEBHOOK_*``).
+- :mod:`~pipeline.webhooks.models`, :mod:`~pipeline.webhooks.repository` — tables and every query.
+- :mod:`~pipeline.webhooks.errors` — the ``WebhookError`` subtree.
+
+Celery lives outside: ``workers.webhook_tasks`` holds the thin tasks and ``kick()``.
+"""
+
+from pipeline.webhooks.errors import (
+    ChallengeFailed,
+    DestinationRefused,
+    InvalidWebhookRequest,
+    WebhookError,
+    WebhookNotFound,
+    WebhookPayloadError,
+)
+from pipeline.webhooks.outbox import emit
+from pipeline.webhooks.schemas import TRIGGER_TYPES
+from pipeline.webhooks.settings import WebhookSettings
+
+__all__ = [
+    "TRIGGER_TYPES",
+    "ChallengeFailed",
+    "DestinationRefused",
+    "InvalidWebhookRequest",
+    "WebhookError",
+    "WebhookNotFound",
+    "WebhookPayloadError",
+    "WebhookSettings",
+    "emit",
+]

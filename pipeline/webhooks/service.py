@@ -1,0 +1,328 @@
+"""Managing webhook destinations: the Python API behind the CLI and ``/v3/webhooks``.
+
+Every method takes the caller's session and never commits; the caller (request, CLI command)
+owns the transaction. Network checks (SSRF guard, challenge handshake) run *before* anything is
+written, so a destination that fails them leaves nothing behind.
+
+The plaintext secret exists only in the answer to :meth:`WebhookService.create` and
+:meth:`WebhookService.rotate_secret`; it is stored sealed with the configured encryption keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from pipeline.crypto import SecretBox
+from pipeline.models import new_id
+from pipeline.webhooks import payloads, repository, ssrf
+from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
+from pipeline.webhooks.models import WebhookDestination
+from pipeline.webhooks.schemas import (
+    TRIGGER_TYPES,
+    CreateWebhookRequest,
+    TestEventResult,
+    UpdateWebhookRequest,
+    WebhookDestinationOut,
+)
+from pipeline.webhooks.sender import OutgoingRequest, Sender
+from pipeline.webhooks.settings import WebhookSettings
+from pipeline.webhooks.signing import new_secret, sign
+
+MOCK_GRANT_ID = "00000000-0000-4000-8000-000000000000"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _unix(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+def to_out(destination: WebhookDestination, *, secret: str | None = None) -> WebhookDestinationOut:
+    """The Nylas-shaped view of a destination (with ``webhook_secret`` only when given)."""
+    return WebhookDestinationOut(
+        id=destination.id,
+        description=destination.description,
+        trigger_types=list(destination.trigger_types),
+        webhook_url=destination.webhook_url,
+        status=destination.status,  # type: ignore[arg-type]
+        notification_email_addresses=list(destination.notification_email_addresses),
+        status_updated_at=_unix(destination.status_updated_at),
+        created_at=_unix(destination.created_at),
+        updated_at=_unix(destination.updated_at),
+        webhook_secret=secret,
+    )
+
+
+def _parse(model: type[M], value: M | dict[str, Any]) -> M:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidWebhookRequest(f"Invalid webhook request: {problems}.") from exc
+
+
+def _check_emails(addresses: list[str]) -> list[str]:
+    bad = [a for a in addresses if "@" not in a or any(c.isspace() for c in a)]
+    if bad:
+        raise InvalidWebhookRequest(f"Not an email address: {', '.join(bad)}.")
+    return list(dict.fromkeys(addresses))
+
+
+def mock_object(trigger_type: str, grant_id: str = MOCK_GRANT_ID) -> dict[str, Any]:
+    """A representative ``data.object`` for a trigger type (test events, docs)."""
+    family = trigger_type.split(".", 1)[0]
+    now = int(datetime.now(UTC).timestamp())
+    if family == "message":
+        return {
+            "id": new_id(),
+            "grant_id": grant_id,
+            "object": "message",
+            "subject": "Test notification from imap-pipeline",
+            "from": [{"name": "imap-pipeline", "email": "test@example.com"}],
+            "to": [{"name": "", "email": "you@example.com"}],
+            "date": now,
+            "unread": True,
+            "starred": False,
+            "folders": [],
+            "snippet": "This is a test notification.",
+            "body": "<p>This is a test notification.</p>",
+        }
+    if family == "folder":
+        return {"id": new_id(), "grant_id": grant_id, "object": "folder", "name": "Test"}
+    return {
+        "id": grant_id,
+        "object": "grant",
+        "provider": "imap",
+        "grant_status": "valid",
+        "created_at": now,
+    }
+
+
+class WebhookService:
+    """Create, read, update, delete destinations; rotate secrets; send test events.
+
+    Args:
+        settings: webhook settings (timeouts, SSRF guard, application id).
+        box: seals and opens destination secrets.
+        sender: HTTP sender for challenges and test events (one is made if not given; close
+            the service then, or use it as a context manager).
+        resolver: DNS resolution for the SSRF guard (tests substitute it).
+    """
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        box: SecretBox,
+        *,
+        sender: Sender | None = None,
+        resolver: ssrf.Resolver = ssrf.resolve,
+    ) -> None:
+        self._settings = settings
+        self._box = box
+        self._own_sender = sender is None
+        self._sender = sender if sender is not None else Sender(settings)
+        self._resolver = resolver
+
+    def close(self) -> None:
+        """Close the sender this service made for itself."""
+        if self._own_sender:
+            self._sender.close()
+
+    def __enter__(self) -> WebhookService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def list(
+        self, session: Session, *, limit: int | None = None, after_id: str | None = None
+    ) -> list[WebhookDestinationOut]:
+        """Destinations ordered by id; ``after_id``/``limit`` page through them."""
+        rows = repository.list_destinations(session, limit=limit, after_id=after_id)
+        return [to_out(d) for d in rows]
+
+    def get(self, session: Session, destination_id: str) -> WebhookDestinationOut:
+        """One destination (without its secret).
+
+        Raises:
+            WebhookNotFound: no destination with that id.
+        """
+        return to_out(self._load(session, destination_id))
+
+    # --- changes ----------------------------------------------------------------------------
+
+    def create(
+        self, session: Session, request: CreateWebhookRequest | dict[str, Any]
+    ) -> WebhookDestinationOut:
+        """Verify the URL (SSRF guard, then the challenge handshake) and store a destination.
+
+        Returns the destination with ``webhook_secret``: the only time it is shown.
+
+        Raises:
+            InvalidWebhookRequest: malformed request or URL, unknown trigger types.
+            DestinationRefused: the URL resolves to a non-public address not allowed.
+            ChallengeFailed: the destination did not echo the challenge within the timeout.
+        """
+        req = _parse(CreateWebhookRequest, request)
+        emails = _check_emails(req.notification_email_addresses)
+        self._verify_url(req.webhook_url)
+        secret = new_secret()
+        destination = repository.add_destination(
+            session,
+            webhook_url=req.webhook_url,
+            description=req.description,
+            trigger_types=req.trigger_types,
+            notification_email_addresses=emails,
+            secret_sealed=self._box.seal(secret),
+        )
+        return to_out(destination, secret=secret)
+
+    def update(
+        self,
+        session: Session,
+        destination_id: str,
+        request: UpdateWebhookRequest | dict[str, Any],
+    ) -> WebhookDestinationOut:
+        """Change the fields given. A new URL is verified like on create.
+
+        Setting ``status`` to ``active`` revives a ``failing`` or ``failed`` destination;
+        ``paused`` stops deliveries until it is set ``active`` again (pending ones wait).
+
+        Raises:
+            WebhookNotFound, InvalidWebhookRequest, DestinationRefused, ChallengeFailed.
+        """
+        req = _parse(UpdateWebhookRequest, request)
+        destination = self._load(session, destination_id)
+        if req.webhook_url is not None and req.webhook_url != destination.webhook_url:
+            self._verify_url(req.webhook_url)
+            destination.webhook_url = req.webhook_url
+        if req.trigger_types is not None:
+            destination.trigger_types = req.trigger_types
+        if req.description is not None:
+            destination.description = req.description
+        if req.notification_email_addresses is not None:
+            destination.notification_email_addresses = _check_emails(
+                req.notification_email_addresses
+            )
+        if req.status is not None:
+            status = "paused" if req.status in ("pause", "paused") else "active"
+            repository.set_status(session, destination, status)
+        repository.touch_destination(session, destination)
+        return to_out(destination)
+
+    def delete(self, session: Session, destination_id: str) -> None:
+        """Delete a destination and everything still owed to it.
+
+        Raises:
+            WebhookNotFound: no destination with that id.
+        """
+        if not _is_uuid(destination_id) or not repository.delete_destination(
+            session, destination_id
+        ):
+            raise WebhookNotFound(f"No webhook destination with id {destination_id!r}.")
+
+    def rotate_secret(self, session: Session, destination_id: str) -> WebhookDestinationOut:
+        """Give a destination a new secret; the answer carries it, the only time it is shown.
+
+        Notifications signed from now on use the new secret, retries of earlier ones included.
+
+        Raises:
+            WebhookNotFound: no destination with that id.
+        """
+        destination = self._load(session, destination_id)
+        secret = new_secret()
+        destination.secret_sealed = self._box.seal(secret)
+        repository.touch_destination(session, destination)
+        return to_out(destination, secret=secret)
+
+    # --- testing ----------------------------------------------------------------------------
+
+    def send_test_event(
+        self, session: Session, *, trigger_type: str, webhook_url: str
+    ) -> TestEventResult:
+        """POST a signed sample notification to a configured destination, now, once.
+
+        Nothing is written; the result says whether the destination answered 2xx.
+
+        Raises:
+            InvalidWebhookRequest: unknown trigger type.
+            WebhookNotFound: no destination has that URL (the secret to sign with is its own).
+            DestinationRefused: the URL resolves to a non-public address not allowed.
+        """
+        if trigger_type not in TRIGGER_TYPES:
+            raise InvalidWebhookRequest(
+                f"Unknown trigger type {trigger_type!r}; known: {', '.join(sorted(TRIGGER_TYPES))}."
+            )
+        destination = repository.find_destination_by_url(session, webhook_url)
+        if destination is None:
+            raise WebhookNotFound(
+                f"No webhook destination with URL {webhook_url!r}; create it first."
+            )
+        ssrf.check_destination(webhook_url, self._settings, resolver=self._resolver)
+        notification = payloads.build(
+            notification_id=new_id(),
+            type=trigger_type,
+            grant_id=MOCK_GRANT_ID,
+            occurred_at=datetime.now(UTC),
+            attempt=1,
+            application_id=self._settings.application_id,
+            obj=mock_object(trigger_type),
+            max_bytes=self._settings.max_payload_bytes,
+        )
+        secret = self._box.open(destination.secret_sealed)
+        result = self._sender.post(
+            OutgoingRequest(
+                key=0,
+                url=webhook_url,
+                body=notification.body,
+                signature=sign(secret, notification.body),
+            )
+        )
+        error = result.error_class
+        if error is None and not result.ok:
+            error = f"HTTP {result.status_code}"
+        return TestEventResult(
+            success=result.ok,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=error,
+        )
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _verify_url(self, url: str) -> None:
+        ssrf.check_destination(url, self._settings, resolver=self._resolver)
+        self._sender.challenge(url)
+
+    def _load(self, session: Session, destination_id: str) -> WebhookDestination:
+        destination = (
+            repository.get_destination(session, destination_id)
+            if _is_uuid(destination_id)
+            else None
+        )
+        if destination is None:
+            raise WebhookNotFound(
+                f"No webhook destination with id {destination_id!r}; "
+                "list them with `imap-pipeline webhooks list`."
+            )
+        return destination
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
