@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         "(keeps every task far below the broker's visibility timeout).",
     )
 
+    sync_parallel_ranges: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="A large initial folder sync is split into this many UID ranges, each a "
+        "task of its own, so several workers share one big folder.",
+    )
     sync_lock_ttl_s: int = Field(
         default=60,
         ge=5,

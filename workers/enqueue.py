@@ -14,11 +14,21 @@ def sync_grant(grant_id: str, provider: str) -> None:
     app.send_task("pipeline.sync.grant", args=[grant_id], queue=preset(provider).queue)
 
 
-def sync_folder(grant_id: str, folder_id: str, provider: str, *, countdown: float = 0) -> None:
-    """Sync one folder (initial window or new mail)."""
+def sync_folder(
+    grant_id: str,
+    folder_id: str,
+    provider: str,
+    *,
+    countdown: float = 0,
+    uid_range: tuple[int, int] | None = None,
+) -> None:
+    """Sync one folder (initial window or new mail), or one UID range of its initial sync."""
+    args: list[object] = [grant_id, folder_id]
+    if uid_range is not None:
+        args.extend(uid_range)
     app.send_task(
         "pipeline.sync.folder",
-        args=[grant_id, folder_id],
+        args=args,
         queue=preset(provider).queue,
         countdown=countdown or None,
     )

@@ -117,10 +117,14 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     max_retries=8,
 )
-def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any]:
-    """Sync one folder for at most ``sync_chunk_budget_s``; continue in a new task if needed."""
+def sync_folder_task(
+    self: Task, grant_id: str, folder_id: str, lo: int | None = None, hi: int | None = None
+) -> dict[str, Any]:
+    """Sync one folder (or the UID range ``lo``..``hi`` of its initial sync) for at most
+    ``sync_chunk_budget_s``; continue in a new task if work remains."""
     r = redis_client()
-    lock_key = f"imap-pipeline:lock:folder:{folder_id}"
+    uid_range = (lo, hi) if lo is not None and hi is not None else None
+    lock_key = f"imap-pipeline:lock:folder:{folder_id}" + (f":{lo}-{hi}" if uid_range else "")
     dirty_key = f"imap-pipeline:dirty:folder:{folder_id}"
     token = f"{os.getpid()}:{self.request.id}"
     lock_ttl = settings().sync_lock_ttl_s
@@ -129,8 +133,10 @@ def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any
         # they died, come back once their lock has lapsed (one such retry at a time).
         r.set(dirty_key, "1", ex=lock_ttl * 10)
         wait = max(int(r.ttl(lock_key)), 1) + 1
-        if r.set(f"imap-pipeline:retry:folder:{folder_id}", "1", nx=True, ex=wait + 5):
-            enqueue.sync_folder(grant_id, folder_id, _provider_of(grant_id), countdown=wait)
+        if r.set(lock_key.replace(":lock:", ":retry:"), "1", nx=True, ex=wait + 5):
+            enqueue.sync_folder(
+                grant_id, folder_id, _provider_of(grant_id), countdown=wait, uid_range=uid_range
+            )
         return {"skipped": "locked"}
     try:
         with sessions().begin() as db:
@@ -153,6 +159,8 @@ def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any
                 grant_id,
                 folder_id,
                 on_batch=lambda: r.expire(lock_key, lock_ttl),
+                uid_range=uid_range,
+                split=settings().sync_parallel_ranges,
             )
             healthy = True
         finally:
@@ -160,6 +168,10 @@ def sync_folder_task(self: Task, grant_id: str, folder_id: str) -> dict[str, Any
     finally:
         if r.get(lock_key) == token.encode():
             r.delete(lock_key)
-    if outcome.more or r.getdel(dirty_key):
+    for part in outcome.ranges:
+        enqueue.sync_folder(grant_id, folder_id, provider, uid_range=part)
+    if outcome.more:
+        enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
+    elif uid_range is None and r.getdel(dirty_key):
         enqueue.sync_folder(grant_id, folder_id, provider)
     return {"state": outcome.state, "stored": outcome.stored, "failed": outcome.failed}

@@ -150,6 +150,11 @@ def _max_countdown_s() -> float:
 # --- enqueueing --------------------------------------------------------------------------------
 
 
+def _publish(task_name: str, args: list[str], *, countdown: float | None = None) -> None:
+    """Send a task message by name to the webhooks queue (ids only in ``args``)."""
+    app.send_task(task_name, args=args, queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
 def _deliver_flag(destination_id: str) -> str:
     return f"{KEY_PREFIX}:deliver-queued:{destination_id}"
 
@@ -174,7 +179,7 @@ def kick() -> None:
     try:
         if r.set(KICK_FLAG, b"1", nx=True, ex=FLAG_TTL_S):
             try:
-                dispatch.apply_async(queue=WEBHOOK_QUEUE)
+                _publish(DISPATCH_TASK, [])
             except ENQUEUE_ERRORS:
                 r.delete(KICK_FLAG)
                 raise
@@ -189,7 +194,7 @@ def enqueue_deliver(destination_id: str) -> None:
     try:
         if r.set(flag, b"1", nx=True, ex=FLAG_TTL_S):
             try:
-                deliver.apply_async(args=[destination_id], queue=WEBHOOK_QUEUE)
+                _publish(DELIVER_TASK, [destination_id])
             except ENQUEUE_ERRORS:
                 r.delete(flag)
                 raise
@@ -218,7 +223,7 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
         if current is not None and float(current) <= due + COUNTDOWN_SLACK_S:
             return  # an earlier (or same-time) drain is already scheduled
         r.set(key, repr(due).encode(), ex=math.ceil(delay + COUNTDOWN_SLACK_S))
-        deliver.apply_async(args=[destination_id], queue=WEBHOOK_QUEUE, countdown=delay)
+        _publish(DELIVER_TASK, [destination_id], countdown=delay)
     except ENQUEUE_ERRORS as exc:
         log.warning(
             "webhook retry not scheduled destination=%s (the sweep will pick it up): %s",

@@ -65,6 +65,7 @@ class SyncOutcome:
     remaining: int = 0
     new_message_ids: list[str] = field(default_factory=list)
     grant_completed: bool = False
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # split the rest over tasks
 
     @property
     def more(self) -> bool:
@@ -150,6 +151,8 @@ def sync_folder(
     now: datetime | None = None,
     budget_s: float | None = None,
     on_batch: Callable[[], object] | None = None,
+    uid_range: tuple[int, int] | None = None,
+    split: int = 1,
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
@@ -157,6 +160,10 @@ def sync_folder(
     window not stored yet. Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
 
     ``on_batch`` is called after every committed batch (the task renews its lock there).
+
+    A large initial sync can be spread over workers: with ``split > 1`` the planning run returns
+    ``ranges`` of UIDs instead of fetching, and each range is then run with ``uid_range``; the
+    range that stores the last planned message marks the folder synced.
 
     Raises:
         ImapError: The session failed; what was committed stays, the next run resumes.
@@ -200,7 +207,15 @@ def sync_folder(
         placed = messages.placed_uids(folder_id, info.uidvalidity)
         failed = messages.failed_uids(folder_id, info.uidvalidity)
 
-    if state == "syncing":
+    if state == "syncing" and uid_range is not None:
+        lo, hi = uid_range
+        in_range = imap.search_uids("UID", f"{lo}:{hi}")
+        todo = [
+            m
+            for m in imap.fetch_meta([u for u in in_range if lo <= u <= hi])
+            if m.internaldate >= since and m.uid not in placed and m.uid not in failed
+        ]
+    elif state == "syncing":
         window = _select_window(imap, since)
         todo = [m for m in window if m.uid not in placed and m.uid not in failed]
         with sessions.begin() as db:
@@ -208,6 +223,12 @@ def sync_folder(
             assert folder is not None
             folder.to_sync = len(window)
             folder.uidnext = info.uidnext
+        if split > 1 and len(todo) > split * settings.sync_batch_size:
+            step = -(-len(todo) // split)
+            groups = [todo[i : i + step] for i in range(0, len(todo), step)]
+            outcome = SyncOutcome(folder_id, state)
+            outcome.ranges = [(g[0].uid, g[-1].uid) for g in groups]
+            return outcome
     else:
         if info.uidnext is not None and info.uidnext <= synced_uid:
             todo = []
@@ -255,8 +276,15 @@ def sync_folder(
         folder = FolderRepository(db).get_for_update(folder_id)
         if folder is None:
             return outcome
+        if uid_range is not None:
+            done = MessageRepository(db).count_placed(folder_id, info.uidvalidity) + len(
+                MessageRepository(db).failed_uids(folder_id, info.uidvalidity)
+            )
+            if done < folder.to_sync:
+                return outcome  # other ranges are still running; the last one finishes
         top = max((m.uid for m in todo), default=0)
-        folder.synced_uid = max(folder.synced_uid, info.uidnext or top + 1, top + 1)
+        planned = folder.uidnext if uid_range is not None else info.uidnext
+        folder.synced_uid = max(folder.synced_uid, planned or top + 1, top + 1)
         folder.uidnext = info.uidnext
         folder.highestmodseq = info.highestmodseq
         folder.last_synced_at = now
