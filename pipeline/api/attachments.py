@@ -1,0 +1,169 @@
+"""Attachments: metadata (``GET .../attachments/{id}``) and bytes (``.../download``).
+
+Only metadata is stored. A download opens an IMAP session for the grant, fetches the one MIME
+part (``BODY.PEEK[<part>]``: reading it never marks the message read) from a folder that holds
+the message, undoes its Content-Transfer-Encoding and sends it with the attachment's content
+type. imaplib reads a literal whole, so the part is held in memory once (parts are bounded by the
+provider's message size limit) and then streamed to the client in chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
+
+from pipeline.api import queries
+from pipeline.api.deps import Db, PathGrant, State, ok
+from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.messages import attachment_view
+from pipeline.errors import ImapAuthError
+from pipeline.grants.service import open_grant_session
+from pipeline.models import Attachment, Grant
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["attachments"])
+
+CHUNK_BYTES = 64 * 1024  # streamed response chunk
+_MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+_CTE = re.compile(rb"^content-transfer-encoding:[ \t]*([^\r\n;]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def transfer_encoding(mime_header: bytes | None) -> str:
+    """The Content-Transfer-Encoding named in a part's header block (``7bit`` when absent)."""
+    if not mime_header:
+        return "7bit"
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", mime_header)
+    match = _CTE.search(unfolded)
+    return match[1].strip().decode("ascii", "replace").lower() if match else "7bit"
+
+
+def decode_part(data: bytes, encoding: str) -> bytes:
+    """Undo a transfer encoding; broken base64 is decoded as far as it goes."""
+    if encoding == "base64":
+        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        compact = compact[: len(compact) - len(compact) % 4]
+        try:
+            return base64.b64decode(compact)
+        except binascii.Error:
+            return b""
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(data)
+    return data
+
+
+def media_type(content_type: str) -> str:
+    """A safe Content-Type value (``application/octet-stream`` for anything odd)."""
+    value = content_type.strip().lower()
+    return value if _MEDIA_TYPE.match(value) else "application/octet-stream"
+
+
+def content_disposition(filename: str | None, *, inline: bool) -> str:
+    """A Content-Disposition header with an ASCII fallback and the RFC 6266 UTF-8 name."""
+    kind = "inline" if inline else "attachment"
+    if not filename:
+        return kind
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename)[:200] or "attachment"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def path_attachment(
+    db: Session, grant: Grant, attachment_id: str, message_id: str | None
+) -> Attachment:
+    """The grant's attachment named in the path, or a 404."""
+    att = queries.get_attachment(db, grant.id, attachment_id)
+    if att is None or (message_id is not None and message_id != att.message_id):
+        raise not_found(f"No attachment {attachment_id!r} in this grant.")
+    return att
+
+
+MessageIdQuery = Annotated[
+    str | None, Query(max_length=64, description="The message the attachment belongs to.")
+]
+
+
+@router.get("/grants/{grant_id}/attachments/{attachment_id}", summary="Attachment metadata")
+def get_attachment(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    attachment_id: str,
+    message_id: MessageIdQuery = None,
+) -> dict[str, Any]:
+    """Filename, content type, size and inline facts of one attachment."""
+    return ok(request, attachment_view(path_attachment(db, grant, attachment_id, message_id)))
+
+
+def fetch_attachment(db: Session, api_settings: Any, grant: Grant, att: Attachment) -> bytes:
+    """The decoded bytes of an attachment, fetched from the IMAP server.
+
+    Raises:
+        ApiError: 404 when no folder holds the message any more, or the UID is gone.
+        ImapError: The server could not be reached or refused us (mapped to 4xx/504).
+    """
+    locations = queries.locations_of(db, att.message_id)
+    if not locations:
+        raise not_found("The message of this attachment is no longer on the server.")
+    try:
+        imap = open_grant_session(db, api_settings, grant)
+    except ImapAuthError:
+        db.commit()  # keep the grant marked invalid
+        raise
+    try:
+        for where in locations:
+            imap.select(where.raw_name, readonly=True)
+            data = imap.fetch_part(where.uid, att.part_path)
+            if data is None:
+                continue
+            header = imap.fetch_part(where.uid, f"{att.part_path}.MIME")
+            if not header and att.part_path == "1":
+                header = imap.fetch_part(where.uid, "HEADER")  # a single-part message
+            return decode_part(data, transfer_encoding(header))
+    finally:
+        imap.close()
+    raise not_found("The message of this attachment is no longer on the server.")
+
+
+@router.get(
+    "/grants/{grant_id}/attachments/{attachment_id}/download",
+    summary="Download an attachment",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_attachment(
+    request: Request,
+    db: Db,
+    api: State,
+    grant: PathGrant,
+    attachment_id: str,
+    message_id: MessageIdQuery = None,
+) -> StreamingResponse:
+    """The attachment's bytes, with its content type."""
+    att = path_attachment(db, grant, attachment_id, message_id)
+    data = fetch_attachment(db, api.settings, grant, att)
+    log.info(
+        "attachment downloaded",
+        extra={"grant_id": grant.id, "request_id": request_id_of(request), "bytes": len(data)},
+    )
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield data[start : start + CHUNK_BYTES]
+
+    return StreamingResponse(
+        chunks(),
+        media_type=media_type(att.content_type),
+        headers={
+            "Content-Length": str(len(data)),
+            "Content-Disposition": content_disposition(att.filename, inline=att.is_inline),
+        },
+    )

@@ -1,0 +1,81 @@
+"""What endpoints share: the app's state, a database session per request, the grant in the path,
+and the v3 success envelopes.
+
+The request owns its transaction: read-only endpoints never commit (the session is closed, which
+rolls back); writing endpoints call ``db.commit()`` themselves and only then enqueue work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.api.auth import KeyRing
+from pipeline.api.errors import not_found, request_id_of
+from pipeline.config import Settings
+from pipeline.grants.repository import GrantRepository
+from pipeline.models import Grant
+
+SyncEnqueuer = Callable[[str, str], None]
+
+
+@dataclass
+class ApiState:
+    """Everything the endpoints need, built once by :func:`pipeline.api.create_app`."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    keys: KeyRing
+    enqueue_sync: SyncEnqueuer
+    max_body_bytes: int
+
+
+def api_state(request: Request) -> ApiState:
+    """The app's :class:`ApiState`."""
+    state: ApiState = request.app.state.api
+    return state
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """A session for this request; closed (and rolled back unless committed) afterwards."""
+    session = api_state(request).sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+Db = Annotated[Session, Depends(get_db)]
+State = Annotated[ApiState, Depends(api_state)]
+
+
+def path_grant(
+    db: Db,
+    grant_id: Annotated[str, Path(description="The grant's id, or its email address.")],
+) -> Grant:
+    """The grant named in the path, by id or by email address.
+
+    Raises:
+        ApiError: 404 ``not_found_error`` when there is no such grant.
+    """
+    grant = GrantRepository(db).find(grant_id.strip())
+    if grant is None:
+        raise not_found(f"No grant {grant_id!r}: GET /v3/grants lists them.")
+    return grant
+
+
+PathGrant = Annotated[Grant, Depends(path_grant)]
+
+
+def ok(request: Request, data: Any) -> dict[str, Any]:
+    """The v3 envelope of one object."""
+    return {"request_id": request_id_of(request), "data": data}
+
+
+def page(request: Request, data: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """The v3 envelope of a list page."""
+    return {"request_id": request_id_of(request), "data": data, "next_cursor": next_cursor}

@@ -1,0 +1,154 @@
+"""Grants: ``GET /v3/grants``, ``GET|PATCH|DELETE /v3/grants/{grant_id}``.
+
+``{grant_id}`` is the grant's id or its email address. PATCH changes connection settings or
+credentials and logs in with the result before anything is stored, like ``/connect/custom``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from pipeline.api import queries
+from pipeline.api.deps import Db, PathGrant, State, SyncEnqueuer, ok
+from pipeline.api.errors import invalid_request, request_id_of
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant, grant_secrets
+from pipeline.grants.views import grant_dict
+from pipeline.models import Grant
+from pipeline.presets import TlsMode
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["grants"])
+
+DEFAULT_GRANTS_LIMIT = 10  # Nylas v3 default for GET /v3/grants
+MAX_GRANTS_LIMIT = 200
+
+
+def grant_view(grant: Grant) -> dict[str, Any]:
+    """A grant in the Nylas v3 shape (never any secret)."""
+    view = grant_dict(grant)
+    view.setdefault("account_id", None)
+    view.setdefault("provider_user_id", grant.imap_username)
+    return view
+
+
+class GrantSettingsUpdate(BaseModel):
+    """Settings a PATCH may change; unset fields keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    imap_username: str | None = Field(default=None, max_length=320)
+    imap_password: SecretStr | None = None
+    imap_host: str | None = Field(default=None, max_length=255)
+    imap_port: int | None = Field(default=None, ge=1, le=65535)
+    imap_tls: TlsMode | None = None
+    smtp_username: str | None = Field(default=None, max_length=320)
+    smtp_password: SecretStr | None = None
+    smtp_host: str | None = Field(default=None, max_length=255)
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_tls: TlsMode | None = None
+
+
+class GrantUpdate(BaseModel):
+    """Body of ``PATCH /v3/grants/{grant_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: GrantSettingsUpdate | None = None
+    scope: list[str] | None = None  # accepted for SDK compatibility; IMAP has no scopes
+
+
+@router.get("/grants", summary="List grants")
+def list_grants(
+    request: Request,
+    db: Db,
+    limit: Annotated[int, Query(ge=1, le=MAX_GRANTS_LIMIT)] = DEFAULT_GRANTS_LIMIT,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    grant_status: Annotated[str | None, Query(max_length=16)] = None,
+) -> dict[str, Any]:
+    """Grants, oldest first, paged by ``limit`` and ``offset`` like Nylas v3."""
+    rows = queries.list_grants(db, limit=limit, offset=offset, email=email, status=grant_status)
+    return {
+        "request_id": request_id_of(request),
+        "data": [grant_view(g) for g in rows],
+        "limit": limit,
+        "offset": offset,
+        "next_cursor": None,
+    }
+
+
+@router.get("/grants/{grant_id}", summary="Get a grant")
+def get_grant(request: Request, grant: PathGrant) -> dict[str, Any]:
+    """One grant, by id or email address."""
+    return ok(request, grant_view(grant))
+
+
+@router.patch("/grants/{grant_id}", summary="Update a grant's settings or credentials")
+def update_grant(
+    request: Request, grant: PathGrant, body: GrantUpdate, db: Db, api: State
+) -> dict[str, Any]:
+    """Change settings; a real login with the merged settings must succeed first."""
+    if body.settings is None or not body.settings.model_fields_set:
+        return ok(request, grant_view(grant))
+    new = body.settings
+    secrets = grant_secrets(grant, api.settings)
+    port_changed = new.imap_port is not None and new.imap_port != grant.imap_port
+    imap_tls: TlsMode | None = new.imap_tls or (
+        None if port_changed else grant.imap_tls  # type: ignore[assignment]
+    )
+    smtp_password = new.smtp_password or (
+        SecretStr(secrets["smtp_password"]) if "smtp_password" in secrets else None
+    )
+    try:
+        grant_request = GrantRequest(
+            email=grant.email,
+            password=new.imap_password or SecretStr(secrets["imap_password"]),
+            provider=grant.provider,
+            imap_host=new.imap_host or grant.imap_host,
+            imap_port=new.imap_port or grant.imap_port,
+            imap_tls=imap_tls,
+            imap_username=new.imap_username or grant.imap_username,
+            allow_plaintext=grant.imap_tls == "plain",
+            verify_tls=grant.verify_tls,
+            smtp_host=new.smtp_host or grant.smtp_host,
+            smtp_port=new.smtp_port or grant.smtp_port,
+            smtp_tls=new.smtp_tls or grant.smtp_tls,  # type: ignore[arg-type]
+            smtp_username=new.smtp_username or grant.smtp_username,
+            smtp_password=smtp_password,
+        )
+    except ValidationError as exc:
+        raise invalid_request(f"Invalid settings: {exc.errors()[0]['msg']}.") from exc
+    was_valid = grant.grant_status == "valid"
+    updated = create_grant(db, api.settings, grant_request).grant
+    db.commit()
+    if not was_valid:
+        enqueue_after_commit(api.enqueue_sync, updated)
+    return ok(request, grant_view(updated))
+
+
+@router.delete("/grants/{grant_id}", summary="Delete a grant and all its data")
+def delete_grant(request: Request, grant: PathGrant, db: Db) -> dict[str, Any]:
+    """Remove the grant with its folders, messages and threads (the listeners let go of it)."""
+    GrantRepository(db).remove(grant.id)
+    db.commit()
+    log.info("grant deleted", extra={"grant_id": grant.id})
+    return {"request_id": request_id_of(request)}
+
+
+def enqueue_after_commit(enqueue: SyncEnqueuer, grant: Grant) -> None:
+    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
+    try:
+        enqueue(grant.id, grant.provider)
+    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
+        log.warning(
+            "could not enqueue the sync (%s); reconciliation will pick the grant up",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )

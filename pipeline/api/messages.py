@@ -1,0 +1,265 @@
+"""Messages: ``GET /v3/grants/{grant_id}/messages`` and ``.../messages/{message_id}``.
+
+Lists are newest first and keyset-paginated (see :mod:`pipeline.api.pagination`); every filter
+is served by an index (see :mod:`pipeline.api.queries`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
+
+from pipeline.api import queries
+from pipeline.api.deps import Db, PathGrant, ok, page
+from pipeline.api.errors import invalid_request, not_found
+from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from pipeline.models import Attachment, Grant, Message
+
+router = APIRouter(tags=["messages"])
+
+MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
+MAX_FILTER_VALUES = 50  # addresses or folders in one filter
+ALWAYS_SELECTED = ("id", "grant_id", "object")  # the SDK needs these to build its objects
+
+Fields = Literal["standard", "include_headers", "include_tracking_options"]
+
+
+def unix(value: datetime | None) -> int | None:
+    """Seconds since the epoch (the API's time format)."""
+    return int(value.timestamp()) if value is not None else None
+
+
+def from_unix(value: int | None) -> datetime | None:
+    """A unix timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def attachment_view(att: Attachment) -> dict[str, Any]:
+    """Attachment metadata in the Nylas v3 shape."""
+    return {
+        "id": att.id,
+        "grant_id": att.grant_id,
+        "message_id": att.message_id,
+        "filename": att.filename,
+        "content_type": att.content_type,
+        "size": att.size,
+        "content_id": att.content_id,
+        "content_disposition": "inline" if att.is_inline else "attachment",
+        "is_inline": att.is_inline,
+    }
+
+
+def message_view(
+    message: Message,
+    folder_ids: list[str],
+    attachments: list[Attachment],
+    *,
+    include_headers: bool = False,
+    include_body: bool = True,
+) -> dict[str, Any]:
+    """A message in the Nylas v3 shape."""
+    view: dict[str, Any] = {
+        "id": message.id,
+        "grant_id": message.grant_id,
+        "object": "message",
+        "thread_id": message.thread_id,
+        "subject": message.subject,
+        "from": message.from_,
+        "to": message.to,
+        "cc": message.cc,
+        "bcc": message.bcc,
+        "reply_to": message.reply_to,
+        "date": unix(message.date),
+        "created_at": unix(message.date),
+        "unread": message.unread,
+        "starred": message.starred,
+        "snippet": message.snippet,
+        "folders": folder_ids,
+        "attachments": [attachment_view(a) for a in attachments],
+    }
+    if include_body:
+        view["body"] = message.body
+    if include_headers:
+        view["headers"] = message.headers
+    return view
+
+
+def parse_select(select: str | None) -> set[str] | None:
+    """The fields a ``select`` parameter keeps (None: all)."""
+    if not select:
+        return None
+    return {f.strip() for f in select.split(",") if f.strip()} | set(ALWAYS_SELECTED)
+
+
+def apply_select(view: dict[str, Any], selected: set[str] | None) -> dict[str, Any]:
+    """Only the selected fields of a view."""
+    if selected is None:
+        return view
+    return {k: v for k, v in view.items() if k in selected}
+
+
+def message_views(
+    db: Session, rows: list[Message], *, include_headers: bool, selected: set[str] | None
+) -> list[dict[str, Any]]:
+    """Views of several messages, with their folders and attachments in two queries."""
+    ids = [m.id for m in rows]
+    folders = queries.folder_ids_of(db, ids)
+    attachments = queries.attachments_of(db, ids)
+    return [
+        apply_select(
+            message_view(
+                m, folders.get(m.id, []), attachments.get(m.id, []), include_headers=include_headers
+            ),
+            selected,
+        )
+        for m in rows
+    ]
+
+
+def _addresses(values: list[str] | None) -> list[str]:
+    """Repeated parameters and comma-separated lists, flattened."""
+    out = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+    if len(out) > MAX_FILTER_VALUES:
+        raise invalid_request(f"At most {MAX_FILTER_VALUES} addresses per filter.")
+    return out
+
+
+def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list[str] | None:
+    """Folder ids for an ``in`` filter (ids or names).
+
+    Raises:
+        ApiError: 404 when a folder is unknown.
+    """
+    names = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+    if not names:
+        return None
+    if len(names) > MAX_FILTER_VALUES:
+        raise invalid_request(f"At most {MAX_FILTER_VALUES} folders in `in`.")
+    ids: list[str] = []
+    for name in names:
+        folder = queries.find_folder(db, grant.id, name)
+        if folder is None:
+            raise not_found(f"No folder {name!r} for this grant: GET .../folders lists them.")
+        ids.append(folder.id)
+    return ids
+
+
+Timestamp = Annotated[int | None, Query(ge=0, le=MAX_UNIX_S)]
+AddressList = Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)]
+
+
+def build_filter(
+    db: Session,
+    grant: Grant,
+    *,
+    in_: list[str] | None,
+    unread: bool | None,
+    starred: bool | None,
+    subject: str | None,
+    from_: list[str] | None,
+    to: list[str] | None,
+    cc: list[str] | None,
+    bcc: list[str] | None,
+    any_email: list[str] | None,
+    thread_id: str | None,
+    received_before: int | None,
+    received_after: int | None,
+    has_attachment: bool | None,
+) -> queries.MessageFilter:
+    """The query parameters as a :class:`~pipeline.api.queries.MessageFilter`."""
+    return queries.MessageFilter(
+        folder_ids=resolve_folders(db, grant, in_),
+        unread=unread,
+        starred=starred,
+        subject=subject or None,
+        from_=_addresses(from_),
+        to=_addresses(to),
+        cc=_addresses(cc),
+        bcc=_addresses(bcc),
+        any_email=_addresses(any_email),
+        thread_id=thread_id,
+        received_before=from_unix(received_before),
+        received_after=from_unix(received_after),
+        has_attachment=has_attachment,
+    )
+
+
+@router.get("/grants/{grant_id}/messages", summary="List messages")
+def list_messages(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    page_token: Annotated[str | None, Query(max_length=512)] = None,
+    in_: Annotated[list[str] | None, Query(alias="in", max_length=MAX_FILTER_VALUES)] = None,
+    unread: bool | None = None,
+    starred: bool | None = None,
+    subject: Annotated[str | None, Query(max_length=998)] = None,
+    from_: Annotated[list[str] | None, Query(alias="from", max_length=MAX_FILTER_VALUES)] = None,
+    to: AddressList = None,
+    cc: AddressList = None,
+    bcc: AddressList = None,
+    any_email: AddressList = None,
+    thread_id: Annotated[str | None, Query(max_length=64)] = None,
+    received_before: Timestamp = None,
+    received_after: Timestamp = None,
+    has_attachment: bool | None = None,
+    fields: Fields = "standard",
+    select: Annotated[str | None, Query(max_length=1000)] = None,
+) -> dict[str, Any]:
+    """A page of the grant's messages, newest first, with the given filters."""
+    flt = build_filter(
+        db,
+        grant,
+        in_=in_,
+        unread=unread,
+        starred=starred,
+        subject=subject,
+        from_=from_,
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        any_email=any_email,
+        thread_id=thread_id,
+        received_before=received_before,
+        received_after=received_after,
+        has_attachment=has_attachment,
+    )
+    after = decode_cursor(page_token) if page_token is not None else None
+    rows = queries.list_messages(db, grant.id, flt, limit + 1, after)
+    next_cursor = (
+        encode_cursor(rows[limit - 1].date, rows[limit - 1].id) if len(rows) > limit else None
+    )
+    rows = rows[:limit]
+    data = message_views(
+        db, rows, include_headers=fields == "include_headers", selected=parse_select(select)
+    )
+    return page(request, data, next_cursor)
+
+
+def path_message(db: Session, grant: Grant, message_id: str) -> Message:
+    """The grant's message named in the path, or a 404."""
+    message = queries.get_message(db, grant.id, message_id)
+    if message is None:
+        raise not_found(f"No message {message_id!r} in this grant.")
+    return message
+
+
+@router.get("/grants/{grant_id}/messages/{message_id}", summary="Get a message")
+def get_message(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    message_id: str,
+    fields: Fields = "standard",
+    select: Annotated[str | None, Query(max_length=1000)] = None,
+) -> dict[str, Any]:
+    """One message with its folders and attachments."""
+    message = path_message(db, grant, message_id)
+    (view,) = message_views(
+        db, [message], include_headers=fields == "include_headers", selected=parse_select(select)
+    )
+    return ok(request, view)

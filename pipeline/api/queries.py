@@ -1,0 +1,355 @@
+"""Every query the HTTP API runs (the API's repository); nothing here commits.
+
+Message lists are keyset-paginated on ``(date DESC, id DESC)`` and every filter is written so that
+an index of migration 0301 (or of the foundation) can serve it:
+
+- no filter, ``received_before/after``: ``ix_messages_grant_date`` scanned backwards;
+- ``unread``: ``ix_api_messages_grant_unread_date``; ``starred`` and ``has_attachment``: partial
+  indexes on ``(grant_id, date, id)``;
+- ``from/to/cc/bcc/any_email``: the GIN index on the lower-cased addresses of all four headers
+  (the expression below must stay identical to the index's);
+- ``subject``: the trigram GIN index (case-insensitive substring);
+- ``in``: EXISTS on placements by message id; ``thread_id``: ``ix_messages_thread``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    cast,
+    exists,
+    false,
+    func,
+    literal_column,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Session, aliased, defer
+
+from pipeline.api.pagination import Cursor
+from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
+
+
+def is_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID (ids of every object); other strings never match a row."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+# --- filters -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MessageFilter:
+    """The list filters of ``GET /messages`` (and of threads, applied to their messages)."""
+
+    folder_ids: list[str] | None = None
+    unread: bool | None = None
+    starred: bool | None = None
+    subject: str | None = None
+    from_: list[str] = field(default_factory=list)
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    any_email: list[str] = field(default_factory=list)
+    thread_id: str | None = None
+    received_before: datetime | None = None
+    received_after: datetime | None = None
+    has_attachment: bool | None = None
+
+
+_EMAILS_PATH: ColumnElement[Any] = literal_column("'$[*].email'::jsonpath")
+
+
+def _emails(addresses: Any) -> ColumnElement[Any]:
+    """Lower-cased addresses of a JSONB participants column, as a JSONB array of strings."""
+    return func.jsonb_path_query_array(  # type: ignore[no-any-return]
+        cast(func.lower(cast(addresses, Text)), JSONB), _EMAILS_PATH
+    )
+
+
+def participants_expr(m: Any) -> ColumnElement[Any]:
+    """Every address of From, To, Cc and Bcc, lower-cased: the GIN-indexed expression."""
+    return _emails(m.from_.op("||")(m.to).op("||")(m.cc).op("||")(m.bcc))
+
+
+def _any_of(expr: ColumnElement[Any], emails: Sequence[str]) -> ColumnElement[bool]:
+    values = sorted({e.strip().lower() for e in emails if e.strip()})
+    return expr.op("?|")(cast(values, ARRAY(Text)))  # type: ignore[no-any-return]
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
+    """WHERE conditions of a filter, on the message entity (or alias) ``m``."""
+    conds: list[ColumnElement[bool]] = []
+    if flt.folder_ids is not None:
+        conds.append(
+            exists().where(Placement.message_id == m.id, Placement.folder_id.in_(flt.folder_ids))
+        )
+    if flt.unread is not None:
+        conds.append(m.unread.is_(flt.unread))
+    if flt.starred is not None:
+        conds.append(m.starred.is_(flt.starred))
+    if flt.has_attachment is not None:
+        conds.append(m.has_attachments.is_(flt.has_attachment))
+    if flt.subject:
+        conds.append(m.subject.ilike("%" + _like_escape(flt.subject) + "%", escape="\\"))
+    if flt.thread_id is not None:
+        conds.append(m.thread_id == flt.thread_id if is_uuid(flt.thread_id) else false())
+    if flt.received_before is not None:
+        conds.append(m.date < flt.received_before)
+    if flt.received_after is not None:
+        conds.append(m.date > flt.received_after)
+    everyone = participants_expr(m)
+    for column, emails in (
+        (None, flt.any_email),
+        (m.from_, flt.from_),
+        (m.to, flt.to),
+        (m.cc, flt.cc),
+        (m.bcc, flt.bcc),
+    ):
+        if not emails:
+            continue
+        # The indexed expression narrows the rows; the exact header is checked on those.
+        conds.append(_any_of(everyone, emails))
+        if column is not None:
+            conds.append(_any_of(_emails(column), emails))
+    return conds
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def list_messages_query(
+    grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
+) -> Select[Message]:
+    """The page query: ``limit`` messages after ``after``, newest first."""
+    query = select(Message).where(Message.grant_id == grant_id, *message_conditions(Message, flt))
+    if after is not None:
+        query = query.where(tuple_(Message.date, Message.id) < tuple_(after.at, after.id))
+    return query.order_by(Message.date.desc(), Message.id.desc()).limit(limit)
+
+
+def list_messages(
+    session: Session, grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
+) -> list[Message]:
+    """Up to ``limit`` messages of a grant after the cursor, newest first."""
+    return list(session.scalars(list_messages_query(grant_id, flt, limit, after)))
+
+
+def get_message(session: Session, grant_id: str, message_id: str) -> Message | None:
+    """One message of a grant (None when absent or not a UUID)."""
+    if not is_uuid(message_id):
+        return None
+    return session.scalar(
+        select(Message).where(Message.id == message_id, Message.grant_id == grant_id)
+    )
+
+
+def folder_ids_of(session: Session, message_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The folders holding each message: message id -> folder ids (sorted)."""
+    out: dict[str, list[str]] = {mid: [] for mid in message_ids}
+    if not message_ids:
+        return out
+    rows = session.execute(
+        select(Placement.message_id, Placement.folder_id)
+        .where(Placement.message_id.in_(message_ids))
+        .distinct()
+        .order_by(Placement.message_id, Placement.folder_id)
+    )
+    for mid, fid in rows:
+        out.setdefault(str(mid), []).append(str(fid))
+    return out
+
+
+def attachments_of(session: Session, message_ids: Sequence[str]) -> dict[str, list[Attachment]]:
+    """Attachment metadata of each message, in MIME order."""
+    out: dict[str, list[Attachment]] = {mid: [] for mid in message_ids}
+    if not message_ids:
+        return out
+    rows = session.scalars(
+        select(Attachment)
+        .where(Attachment.message_id.in_(message_ids))
+        .order_by(Attachment.message_id, Attachment.part_path)
+    )
+    for att in rows:
+        out.setdefault(str(att.message_id), []).append(att)
+    return out
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a message sits on the server right now."""
+
+    folder_id: str
+    raw_name: str
+    uidvalidity: int
+    uid: int
+    role: str | None
+
+
+def locations_of(session: Session, message_id: str) -> list[Location]:
+    """Current placements of a message (UIDs of the folder's current UIDVALIDITY), Inbox first."""
+    rows = session.execute(
+        select(Folder.id, Folder.raw_name, Placement.uidvalidity, Placement.uid, Folder.role)
+        .join(Folder, Folder.id == Placement.folder_id)
+        .where(Placement.message_id == message_id, Placement.uidvalidity == Folder.uidvalidity)
+        .order_by((Folder.role == "inbox").desc(), Folder.raw_name)
+    )
+    return [Location(str(f), str(r), int(v), int(u), role) for f, r, v, u, role in rows]
+
+
+# --- folders -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderTotals:
+    """Messages and unread messages of one folder."""
+
+    total: int
+    unread: int
+
+
+def folder_totals(session: Session, folder_ids: Sequence[str]) -> dict[str, FolderTotals]:
+    """Stored and unread message counts per folder (current UIDVALIDITY only)."""
+    if not folder_ids:
+        return {}
+    rows = session.execute(
+        select(
+            Placement.folder_id,
+            func.count(),
+            func.count().filter(Message.unread.is_(True)),
+        )
+        .join(Message, Message.id == Placement.message_id)
+        .join(Folder, Folder.id == Placement.folder_id)
+        .where(Placement.folder_id.in_(folder_ids), Placement.uidvalidity == Folder.uidvalidity)
+        .group_by(Placement.folder_id)
+    )
+    return {str(fid): FolderTotals(int(t), int(u)) for fid, t, u in rows}
+
+
+def list_folders(session: Session, grant_id: str) -> list[Folder]:
+    """A grant's folders, Inbox first, then Sent, then by name."""
+    return list(
+        session.scalars(
+            select(Folder)
+            .where(Folder.grant_id == grant_id)
+            .order_by(
+                (Folder.role == "inbox").desc(),
+                (Folder.role == "sent").desc(),
+                Folder.name,
+                Folder.id,
+            )
+        )
+    )
+
+
+def find_folder(session: Session, grant_id: str, id_or_name: str) -> Folder | None:
+    """A grant's folder by id, or by its name as shown or as the server spells it."""
+    if is_uuid(id_or_name):
+        found = session.scalar(
+            select(Folder).where(Folder.id == id_or_name, Folder.grant_id == grant_id)
+        )
+        if found is not None:
+            return found
+    return session.scalar(
+        select(Folder)
+        .where(
+            Folder.grant_id == grant_id,
+            (Folder.name == id_or_name) | (Folder.raw_name == id_or_name),
+        )
+        .order_by(Folder.name)
+        .limit(1)
+    )
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def list_threads(
+    session: Session, grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
+) -> list[Thread]:
+    """Up to ``limit`` threads with a message matching ``flt``, most recent first."""
+    m = aliased(Message, name="tm")
+    query = select(Thread).where(
+        Thread.grant_id == grant_id,
+        Thread.latest_message_at.is_not(None),
+        exists().where(m.thread_id == Thread.id, *message_conditions(m, flt)),
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(Thread.latest_message_at, Thread.id) < tuple_(after.at, after.id)
+        )
+    query = query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def get_thread(session: Session, grant_id: str, thread_id: str) -> Thread | None:
+    """One thread of a grant (None when absent or not a UUID)."""
+    if not is_uuid(thread_id):
+        return None
+    return session.scalar(select(Thread).where(Thread.id == thread_id, Thread.grant_id == grant_id))
+
+
+def messages_of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, list[Message]]:
+    """Every message of each thread, oldest first, without bodies and headers (loaded lazily)."""
+    out: dict[str, list[Message]] = {tid: [] for tid in thread_ids}
+    if not thread_ids:
+        return out
+    rows = session.scalars(
+        select(Message)
+        .options(defer(Message.body), defer(Message.headers))
+        .where(Message.thread_id.in_(thread_ids))
+        .order_by(Message.thread_id, Message.date, Message.id)
+    )
+    for message in rows:
+        out.setdefault(str(message.thread_id), []).append(message)
+    return out
+
+
+# --- attachments -------------------------------------------------------------------------------
+
+
+def get_attachment(session: Session, grant_id: str, attachment_id: str) -> Attachment | None:
+    """One attachment's metadata (None when absent or not a UUID)."""
+    if not is_uuid(attachment_id):
+        return None
+    return session.scalar(
+        select(Attachment).where(Attachment.id == attachment_id, Attachment.grant_id == grant_id)
+    )
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+
+def list_grants(
+    session: Session,
+    *,
+    limit: int,
+    offset: int,
+    email: str | None = None,
+    status: str | None = None,
+) -> list[Grant]:
+    """Grants, oldest first, with optional filters."""
+    query = select(Grant)
+    if email:
+        query = query.where(func.lower(Grant.email) == email.strip().lower())
+    if status:
+        query = query.where(Grant.grant_status == status)
+    query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
+    return list(session.scalars(query))

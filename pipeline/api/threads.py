@@ -1,0 +1,147 @@
+"""Threads: ``GET /v3/grants/{grant_id}/threads`` and ``.../threads/{thread_id}``.
+
+A thread's flags and lists are computed from its messages: unread or starred if any message is,
+participants are everyone in From/To/Cc/Bcc (first spelling of each address wins), folders the
+union of its messages' folders. Lists are newest first by the latest message, keyset-paginated.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.orm import Session
+
+from pipeline.api import queries
+from pipeline.api.deps import Db, PathGrant, ok, page
+from pipeline.api.errors import not_found
+from pipeline.api.messages import (
+    AddressList,
+    Timestamp,
+    apply_select,
+    build_filter,
+    message_view,
+    parse_select,
+    unix,
+)
+from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from pipeline.models import Grant, Message, Thread
+
+router = APIRouter(tags=["threads"])
+
+
+def _participants(messages: list[Message]) -> list[dict[str, str]]:
+    seen: dict[str, dict[str, str]] = {}
+    for m in messages:
+        for person in [*m.from_, *m.to, *m.cc, *m.bcc]:
+            key = str(person.get("email", "")).lower()
+            if key and key not in seen:
+                seen[key] = {"name": person.get("name", ""), "email": person.get("email", "")}
+    return list(seen.values())
+
+
+def thread_views(db: Session, threads: list[Thread]) -> list[dict[str, Any]]:
+    """Threads in the Nylas v3 shape, computed from their messages."""
+    ids = [t.id for t in threads]
+    members = queries.messages_of_threads(db, ids)
+    all_ids = [m.id for ms in members.values() for m in ms]
+    folders = queries.folder_ids_of(db, all_ids)
+    latest_ids = [ms[-1].id for ms in members.values() if ms]
+    attachments = queries.attachments_of(db, latest_ids)
+    views = []
+    for t in threads:
+        messages = members.get(t.id, [])
+        latest = messages[-1] if messages else None
+        thread_folders = sorted({f for m in messages for f in folders.get(m.id, [])})
+        views.append(
+            {
+                "id": t.id,
+                "grant_id": t.grant_id,
+                "object": "thread",
+                "subject": latest.subject if latest else t.subject,
+                "snippet": latest.snippet if latest else "",
+                "message_ids": [m.id for m in messages],
+                "draft_ids": [],
+                "has_drafts": False,
+                "participants": _participants(messages),
+                "unread": any(m.unread for m in messages),
+                "starred": any(m.starred for m in messages),
+                "has_attachments": any(m.has_attachments for m in messages),
+                "folders": thread_folders,
+                "earliest_message_date": unix(messages[0].date) if messages else None,
+                "latest_message_received_date": unix(latest.date) if latest else None,
+                "latest_message_sent_date": unix(latest.date) if latest else None,
+                "latest_draft_or_message": (
+                    message_view(latest, folders.get(latest.id, []), attachments.get(latest.id, []))
+                    if latest
+                    else None
+                ),
+            }
+        )
+    return views
+
+
+@router.get("/grants/{grant_id}/threads", summary="List threads")
+def list_threads(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    page_token: Annotated[str | None, Query(max_length=512)] = None,
+    in_: Annotated[list[str] | None, Query(alias="in", max_length=50)] = None,
+    unread: bool | None = None,
+    starred: bool | None = None,
+    subject: Annotated[str | None, Query(max_length=998)] = None,
+    from_: Annotated[list[str] | None, Query(alias="from", max_length=50)] = None,
+    to: AddressList = None,
+    cc: AddressList = None,
+    bcc: AddressList = None,
+    any_email: AddressList = None,
+    latest_message_before: Timestamp = None,
+    latest_message_after: Timestamp = None,
+    has_attachment: bool | None = None,
+    select: Annotated[str | None, Query(max_length=1000)] = None,
+) -> dict[str, Any]:
+    """A page of threads that have a message matching every filter, most recent first."""
+    flt = build_filter(
+        db,
+        grant,
+        in_=in_,
+        unread=unread,
+        starred=starred,
+        subject=subject,
+        from_=from_,
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        any_email=any_email,
+        thread_id=None,
+        received_before=latest_message_before,
+        received_after=latest_message_after,
+        has_attachment=has_attachment,
+    )
+    after = decode_cursor(page_token) if page_token is not None else None
+    rows = queries.list_threads(db, grant.id, flt, limit + 1, after)
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        assert last.latest_message_at is not None  # the query only returns dated threads
+        next_cursor = encode_cursor(last.latest_message_at, last.id)
+    selected = parse_select(select)
+    data = [apply_select(v, selected) for v in thread_views(db, rows[:limit])]
+    return page(request, data, next_cursor)
+
+
+def path_thread(db: Session, grant: Grant, thread_id: str) -> Thread:
+    """The grant's thread named in the path, or a 404."""
+    thread = queries.get_thread(db, grant.id, thread_id)
+    if thread is None:
+        raise not_found(f"No thread {thread_id!r} in this grant.")
+    return thread
+
+
+@router.get("/grants/{grant_id}/threads/{thread_id}", summary="Get a thread")
+def get_thread(request: Request, db: Db, grant: PathGrant, thread_id: str) -> dict[str, Any]:
+    """One thread with its message ids, participants and latest message."""
+    (view,) = thread_views(db, [path_thread(db, grant, thread_id)])
+    return ok(request, view)

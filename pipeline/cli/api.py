@@ -1,0 +1,58 @@
+"""``imap-pipeline api``: serve the HTTP API with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import Settings
+
+KEEPALIVE_TIMEOUT_S = 5  # idle keep-alive connections are closed after this long
+GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long to finish on Ctrl-C / SIGTERM
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``api`` command."""
+    api = sub.add_parser("api", help="serve the HTTP API (Nylas v3 shape)")
+    api.add_argument("--host", help="address to listen on (default: IMAP_PIPELINE_API_HOST)")
+    api.add_argument("--port", type=int, help="port to listen on (default: IMAP_PIPELINE_API_PORT)")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.set_defaults(handler=_api)
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeline.api import create_app
+
+    settings = Settings.load()
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    if args.workers > 1:
+        # Each worker process builds its own app (and engine) from the environment.
+        uvicorn.run(
+            "pipeline.cli.api:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=args.workers,
+            timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            log_level=settings.log_level.lower(),
+        )
+        return 0
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+def app_from_environment() -> object:
+    """The app built from the environment (uvicorn's factory for several workers)."""
+    from pipeline.api import create_app
+
+    return create_app(Settings.load())

@@ -1,0 +1,53 @@
+"""Fixtures for the HTTP API: a real uvicorn server on a free port (see ``api_support``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from api_support import API_KEY, OTHER_KEY, SERVER_START_TIMEOUT_S, ApiServer
+from pydantic import SecretStr
+
+from pipeline.api import create_app
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.local import free_port
+from pipeline.models import Grant
+
+
+@pytest.fixture
+def api_settings(settings: Settings) -> Settings:
+    """The test settings with two API keys."""
+    return settings.model_copy(update={"api_keys": SecretStr(f"{API_KEY},{OTHER_KEY}")})
+
+
+@pytest.fixture
+def api(api_settings: Settings) -> Iterator[ApiServer]:
+    """The API served by uvicorn in a thread on a free port."""
+    port = free_port()
+    server_info = ApiServer(url=f"http://127.0.0.1:{port}", settings=api_settings)
+
+    def record(grant_id: str, provider: str) -> None:
+        # Enqueue must come after commit: the grant has to be visible to another session.
+        with session_scope(api_settings.require_database_url()) as db:
+            if db.get(Grant, grant_id) is None:
+                server_info.enqueued_uncommitted.append(grant_id)
+        server_info.enqueued.append((grant_id, provider))
+
+    app = create_app(api_settings, enqueue_sync=record)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the API server did not start", pytrace=False)
+        time.sleep(0.02)
+    yield server_info
+    server.should_exit = True
+    thread.join(timeout=15)
