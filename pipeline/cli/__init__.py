@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 
 Handler = Callable[[argparse.Namespace], int]
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from pipeline.config import Settings
 from pipeline.crypto import generate_key
 from pipeline.db import check_connection, migrate
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

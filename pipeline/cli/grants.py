@@ -23,7 +23,7 @@ from pipeline.grants.service import create_grant, get_grant
 from pipeline.grants.views import grant_dict, status_dict
 from pipeline.presets import PRESETS
 
-console = Console()
+console = Console(soft_wrap=True)
 STATUS_POLL_S = 1.0
 
 

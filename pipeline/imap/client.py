@@ -573,7 +573,7 @@ def open_session(endpoint: Endpoint, password: str) -> ImapSession:
             raise ImapThrottledError(f"{where} refused the login for now: {detail}") from exc
         raise ImapAuthError(
             f"{where} refused the login for {endpoint.username!r}: "
-            f"{detail or 'wrong credentials'}. "
+            f"{detail.rstrip('.') or 'wrong credentials'}. "
             "Check the username and password (many providers need an app password)."
         ) from exc
     except imaplib.IMAP4.error as exc:

@@ -1,0 +1,100 @@
+"""The `imap-pipeline grants` commands as a person runs them in a terminal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import Settings
+from pipeline.sync.runner import sync_grant_inline
+from tests.integration.test_initial_sync import sessions_for
+from tests.support.mail import append, make_message
+from tests.support.processes import pipeline_env
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+CLI_TIMEOUT_S = 60
+
+
+def cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=pipeline_env(settings),
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+
+
+def add_args(user: MailUser) -> list[str]:
+    return [
+        "grants",
+        "add",
+        "--email",
+        user.email,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(user.server.port),
+        "--tls",
+        "starttls",
+        "--username",
+        user.name,
+        "--password-stdin",
+        "--no-sync",
+    ]
+
+
+def test_wrong_password_is_one_clear_line(settings: Settings, mail_user: MailUser) -> None:
+    result = cli(settings, *add_args(mail_user), stdin="wrong-password-123\n")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    assert "refused the login" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "wrong-password-123" not in result.stderr + result.stdout
+    listed = cli(settings, "grants", "list", "--json")
+    assert json.loads(listed.stdout) == []
+
+
+def test_add_then_status_as_json(settings: Settings, mail_user: MailUser) -> None:
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("hello"))
+    added = cli(settings, *add_args(mail_user), "--json", stdin=mail_user.password + "\n")
+    assert added.returncode == 0, added.stderr
+    grant = json.loads(added.stdout)
+    assert grant["email"] == mail_user.email
+    assert grant["grant_status"] == "valid"
+    assert mail_user.password not in added.stdout
+    sync_grant_inline(sessions_for(settings), settings, grant["id"])
+
+    status = cli(settings, "grants", "status", mail_user.email, "--json")
+    assert status.returncode == 0, status.stderr
+    view = json.loads(status.stdout)
+    assert view["sync_state"] == "synced"
+    inbox = next(f for f in view["folders"] if f["role"] == "inbox")
+    assert inbox["stored"] == 1
+    assert inbox["state"] == "synced"
+    assert isinstance(inbox["uidvalidity"], int)
+    # a human table too, without following (no terminal here)
+    table = cli(settings, "grants", "status", grant["id"])
+    assert "INBOX" in table.stdout and "synced" in table.stdout
+
+    removed = cli(settings, "grants", "remove", grant["id"])
+    assert removed.returncode == 0
+    assert json.loads(cli(settings, "grants", "list", "--json").stdout) == []
+
+
+def test_unknown_provider_domain_needs_a_host(settings: Settings) -> None:
+    result = cli(
+        settings, "grants", "add", "--email", "x@unknown.example", "--password-stdin", stdin="pw\n"
+    )
+    assert result.returncode == 1
+    assert "No IMAP host known" in result.stderr
+    assert "Traceback" not in result.stderr
