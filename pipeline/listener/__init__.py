@@ -1,0 +1,32 @@
+"""IDLE listeners: watch every valid grant's Inbox and Sent live and signal changes.
+
+A listener process (``imap-pipeline listen``) holds a fair share of all grants through Redis
+leases, keeps one IMAP IDLE connection per watched folder on one asyncio event loop, and turns
+every change into a coalesced, durable ``pipeline.sync.folder`` enqueue. It never writes message
+rows; its only database write marks a grant invalid after a refused login.
+
+Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
+:mod:`~pipeline.listener.idle` (one connection's state machine),
+:mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
+(Redis leases, heartbeats, connection slots), :mod:`~pipeline.listener.process` (the process),
+:mod:`~pipeline.listener.settings` (``IMAP_PIPELINE_LISTENER_*``).
+"""
+
+from __future__ import annotations
+
+from pipeline.listener.events import CHANGED_KEY, ChangePublisher, FolderRef
+from pipeline.listener.leases import LISTENERS_KEY, LeaseStore, conn_key, lease_key
+from pipeline.listener.process import Listener
+from pipeline.listener.settings import ListenerSettings
+
+__all__ = [
+    "CHANGED_KEY",
+    "LISTENERS_KEY",
+    "ChangePublisher",
+    "FolderRef",
+    "LeaseStore",
+    "Listener",
+    "ListenerSettings",
+    "conn_key",
+    "lease_key",
+]

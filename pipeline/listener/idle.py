@@ -1,0 +1,315 @@
+"""The IDLE connection of one watched folder: a small state machine on the event loop.
+
+::
+
+                 start()
+                    |
+                    v
+     +-------> WAITING_SLOT --(all of the grant's connection slots taken)--> retry in ~5 s
+     |              | slot in imap-pipeline:conn:<grant_id>
+     |              v
+     |         CONNECTING  greeting, [STARTTLS], LOGIN, ENABLE CONDSTORE/QRESYNC, EXAMINE
+     |              |   \\
+     |              |    `--(login refused: NO [AUTHENTICATIONFAILED])--> INVALID (final:
+     |              |        the grant is marked invalid once, nobody retries it)
+     |              |  publish "reconnect" unless the EXAMINE snapshot proves nothing changed
+     |              v
+     |     IDLE capability? --no--> POLLING: NOOP every poll_interval_s
+     |              | yes               |
+     |              v                   |
+     |          IDLING <---------+      |  EXISTS / EXPUNGE / VANISHED / FETCH
+     |              |            |      |  --> publish, stay
+     |   renew_s passed: DONE, IDLE (RENEWING)
+     |              |                   |
+     |    * BYE, EOF, reset, timeout, TLS or protocol error
+     |              v                   v
+     +-------- BACKOFF: sleep reconnect_delay(attempt), jittered exponential; ``attempt``
+               resets only after a connection stayed up backoff_reset_after_s
+               (a server that accepts and then drops never gets a reconnect storm)
+
+     stop() in any state: DONE, LOGOUT, slot released --> STOPPED
+
+IDLE is re-issued every ``min(preset.idle_renew_s, IDLE_RENEW_MAX_S)`` minus up to
+:data:`RENEW_JITTER_FRACTION` (so 2,000 connections do not renew in the same second). The
+DONE/IDLE round trip doubles as a liveness check: a silently dead peer is noticed within one
+renewal (and sooner by TCP keep-alive).
+
+No database session lives here: the watcher gets a plain :class:`WatchTarget` and a password,
+and reports through the callbacks of :class:`WatchContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pydantic import SecretStr
+
+from pipeline.errors import ImapAuthError, ImapError
+from pipeline.imap.client import Endpoint
+from pipeline.listener.events import FolderRef
+from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify
+from pipeline.listener.settings import ListenerSettings
+from pipeline.presets import preset
+
+log = logging.getLogger(__name__)
+
+IDLE_RENEW_MAX_S = 28 * 60  # RFC 2177: servers may end IDLE after 29 min; always renew before
+RENEW_JITTER_FRACTION = 0.1  # renew up to 10 % early, spread over connections
+NO_SLOT_RETRY_S = 5.0  # all connection slots of the account taken: look again this soon
+LOGOUT_TIMEOUT_S = 3.0  # DONE + LOGOUT on stop; then the socket is just closed
+
+
+class WatchState(Enum):
+    """Where a watcher is in the diagram above."""
+
+    WAITING_SLOT = "waiting_slot"
+    CONNECTING = "connecting"
+    IDLING = "idling"
+    RENEWING = "renewing"
+    POLLING = "polling"
+    BACKOFF = "backoff"
+    INVALID = "invalid"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class WatchTarget:
+    """One folder to watch (plain values read from Postgres by the listener)."""
+
+    grant_id: str
+    folder_id: str
+    provider: str
+    role: str
+    raw_name: str
+    endpoint: Endpoint
+    baseline: Snapshot | None = None  # what the last sync saw; a match skips a needless sync
+
+    @property
+    def ref(self) -> FolderRef:
+        """The folder as events name it."""
+        return FolderRef(self.grant_id, self.folder_id, self.provider)
+
+
+@dataclass
+class WatchContext:
+    """What a watcher needs from its listener; shared by all watchers of a process."""
+
+    settings: ListenerSettings
+    publish: Callable[[FolderRef, str], None]
+    acquire_slot: Callable[[WatchTarget], Awaitable[bool]]
+    release_slot: Callable[[WatchTarget], Awaitable[None]]
+    auth_failed: Callable[[WatchTarget, str], Awaitable[None]]
+    login_gate: asyncio.Semaphore
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def idle_renew_s(provider: str, rng: random.Random | None = None) -> float:
+    """Seconds between IDLE re-issues for ``provider``: under its preset and under 29 min."""
+    base = float(min(preset(provider).idle_renew_s, IDLE_RENEW_MAX_S))
+    jitter: float = (rng or random.Random()).uniform(0, RENEW_JITTER_FRACTION)
+    return base * (1 - jitter)
+
+
+def reconnect_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Jittered exponential backoff ("equal jitter"): half fixed, half random, capped."""
+    ceiling: float = min(max_s, base_s * 2.0 ** min(attempt, 32))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class _Dropped(ImapError):
+    """The server said BYE while we were idling."""
+
+
+class FolderWatcher:
+    """Keeps one IDLE (or polling) connection to one folder and publishes its changes."""
+
+    def __init__(self, target: WatchTarget, password: SecretStr, ctx: WatchContext) -> None:
+        self.target = target
+        self._password = password
+        self._ctx = ctx
+        self.state = WatchState.STOPPED
+        self.connects = 0  # successful logins, for tests and the status line
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._known: Snapshot | None = target.baseline
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start watching in a task on the running loop."""
+        if self._task is None or self._task.done():
+            self.state = WatchState.WAITING_SLOT
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"watch:{self.target.grant_id}:{self.target.role}"
+            )
+
+    async def stop(self) -> None:
+        """Stop: DONE + LOGOUT if connected, release the slot. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.state is not WatchState.INVALID:
+            self.state = WatchState.STOPPED
+
+    @property
+    def running(self) -> bool:
+        """Whether the watcher's task is alive."""
+        return self._task is not None and not self._task.done()
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _log_extra(self) -> dict[str, str]:
+        return {"grant_id": self.target.grant_id, "folder_id": self.target.folder_id}
+
+    async def _run(self) -> None:
+        settings = self._ctx.settings
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            self.state = WatchState.WAITING_SLOT
+            if not await self._ctx.acquire_slot(self.target):
+                await asyncio.sleep(NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5))
+                continue
+            up_since: float | None = None
+            try:
+                conn = await self._connect()
+                up_since = loop.time()
+                await self._watch(conn)
+            except ImapAuthError as exc:
+                self.state = WatchState.INVALID
+                self.last_error = str(exc)
+                log.warning(
+                    "login refused for grant=%s folder=%s; marking the grant invalid: %s",
+                    self.target.grant_id,
+                    self.target.folder_id,
+                    exc,
+                    extra=self._log_extra(),
+                )
+                await self._ctx.release_slot(self.target)
+                await self._ctx.auth_failed(self.target, str(exc))
+                return
+            except ImapError as exc:
+                self.last_error = str(exc)
+                log.info(
+                    "connection of grant=%s folder=%s ended: %s",
+                    self.target.grant_id,
+                    self.target.folder_id,
+                    exc,
+                    extra=self._log_extra(),
+                )
+            except asyncio.CancelledError:
+                await self._ctx.release_slot(self.target)
+                raise
+            except Exception as exc:  # a bug must not end the watch; log it and reconnect
+                self.last_error = repr(exc)
+                log.exception(
+                    "unexpected error watching grant=%s folder=%s",
+                    self.target.grant_id,
+                    self.target.folder_id,
+                    extra=self._log_extra(),
+                )
+            await self._ctx.release_slot(self.target)
+            if up_since is not None and loop.time() - up_since >= settings.backoff_reset_after_s:
+                attempt = 0
+            delay = reconnect_delay(
+                attempt, settings.backoff_base_s, settings.backoff_max_s, self._ctx.rng
+            )
+            attempt += 1
+            self.state = WatchState.BACKOFF
+            log.debug(
+                "grant=%s folder=%s reconnects in %.1f s (attempt %d)",
+                self.target.grant_id,
+                self.target.folder_id,
+                delay,
+                attempt,
+                extra=self._log_extra(),
+            )
+            await asyncio.sleep(delay)
+
+    async def _connect(self) -> ImapConnection:
+        settings = self._ctx.settings
+        self.state = WatchState.CONNECTING
+        async with self._ctx.login_gate:
+            conn = await ImapConnection.open(
+                self.target.endpoint,
+                connect_timeout_s=settings.connect_timeout_s,
+                command_timeout_s=settings.command_timeout_s,
+            )
+            try:
+                await conn.login(self.target.endpoint.username, self._password.get_secret_value())
+                await conn.enable("QRESYNC" if conn.has("QRESYNC") else "CONDSTORE")
+                snapshot = await conn.examine(self.target.raw_name)
+            except BaseException:
+                conn.abort()
+                raise
+        self.connects += 1
+        changed = not snapshot.proves_unchanged_since(self._known)
+        self._known = snapshot
+        log.info(
+            "watching grant=%s folder=%s (%s)%s",
+            self.target.grant_id,
+            self.target.folder_id,
+            "IDLE" if conn.has("IDLE") else "polling",
+            "" if changed else ", unchanged since last seen",
+            extra=self._log_extra(),
+        )
+        if changed:
+            self._ctx.publish(self.target.ref, "reconnect")
+        return conn
+
+    async def _watch(self, conn: ImapConnection) -> None:
+        try:
+            if conn.has("IDLE"):
+                await self._idle(conn)
+            else:
+                await self._poll(conn)
+        except asyncio.CancelledError:
+            await asyncio.shield(conn.logout(LOGOUT_TIMEOUT_S))
+            raise
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _idle(self, conn: ImapConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._handle(await conn.idle_start())
+            self.state = WatchState.IDLING
+            deadline = loop.time() + idle_renew_s(self.target.provider, self._ctx.rng)
+            while (remaining := deadline - loop.time()) > 0:
+                line = await conn.idle_wait(remaining)
+                if line is None:
+                    break
+                self._handle([line])
+            self.state = WatchState.RENEWING
+            self._handle(await conn.idle_done())
+
+    async def _poll(self, conn: ImapConnection) -> None:
+        while True:
+            self.state = WatchState.POLLING
+            await asyncio.sleep(self._ctx.settings.poll_interval_s)
+            _, untagged, _ = await conn.command("NOOP", check=True)
+            self._handle(untagged)
+
+    def _handle(self, lines: list[bytes]) -> None:
+        """Publish once for a batch of untagged lines that mean "changed"; raise on BYE."""
+        reason: str | None = None
+        for line in lines:
+            change = classify(line)
+            if change is Change.BYE:
+                if reason is not None:
+                    self._ctx.publish(self.target.ref, reason)
+                raise _Dropped(
+                    f"The server ended the session: {line[:120].decode(errors='replace')}"
+                )
+            if change is not Change.NONE and reason is None:
+                reason = change.value
+        if reason is not None:
+            self._known = None  # the folder moved on from the last snapshot
+            self._ctx.publish(self.target.ref, reason)

@@ -1,0 +1,237 @@
+"""Grant leases, listener heartbeats and per-account connection slots, all in Redis.
+
+Keys (every expiry is measured on the Redis server's clock, so listeners on machines with
+skewed clocks agree):
+
+``imap-pipeline:listeners``  (sorted set)
+    member: listener id; score: expiry in unix ms. A listener re-adds itself every
+    ``lease_renew_s``; members past their score are dropped by whoever looks. Its size is the
+    number of live listeners, used for the fair share.
+
+``imap-pipeline:lease:<grant_id>``  (string, with a TTL)
+    value: the owning listener's id; TTL ``lease_ttl_s``. Claimed with ``SET NX PX``, renewed
+    and released only by its owner (compare-and-set in Lua). One owner per grant; when the
+    owner dies the key expires and another listener claims it on its next round.
+
+``imap-pipeline:conn:<grant_id>``  (sorted set: a counting semaphore)
+    member: one holder per open IMAP connection, e.g. ``listener:<listener_id>:<folder_id>``
+    or ``worker:<hostname>:<pid>``; score: expiry in unix ms. A holder may open a connection
+    only if, after dropping expired members, fewer than the provider's ``max_connections``
+    remain (:data:`SLOT_ACQUIRE_LUA`). Holders renew their score while connected and remove
+    themselves when done; a crashed holder's slot lapses after ``conn_slot_ttl_s``. Workers can
+    respect the same cap by running the same script.
+
+Fair share: with ``G`` grants to watch and ``L`` live listeners, each listener holds at most
+``ceil(G / L)`` leases. A new listener's heartbeat lowers everybody's cap; those above it release
+the surplus and the newcomer claims it, so listeners converge to an even spread.
+
+Every call carries a timeout through the client's socket timeout and an ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable, Sequence
+
+import redis.asyncio as aioredis
+
+KEY_PREFIX = "imap-pipeline"
+LISTENERS_KEY = f"{KEY_PREFIX}:listeners"
+REDIS_CALL_TIMEOUT_S = 5.0  # any one Redis round trip
+CLAIM_BATCH = 200  # leases claimed per round trip
+
+_NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+
+HEARTBEAT_LUA = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+"""KEYS: listeners zset. ARGV: listener id, ttl ms, 1 join/renew | 0 leave. Returns live count."""
+
+RENEW_LUA = """
+local kept = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    kept[#kept + 1] = 1
+  else
+    kept[#kept + 1] = 0
+  end
+end
+return kept
+"""
+"""KEYS: lease keys. ARGV: owner id, ttl ms. Returns 1 per key still ours (renewed), else 0."""
+
+RELEASE_LUA = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    n = n + redis.call('DEL', key)
+  end
+end
+return n
+"""
+"""KEYS: lease keys. ARGV: owner id. Deletes only the keys this owner holds."""
+
+SLOT_ACQUIRE_LUA = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+  return 1
+end
+return 0
+"""
+)
+"""KEYS: conn zset. ARGV: holder, cap, ttl ms. Returns 1 when the holder has a slot."""
+
+SLOT_RENEW_LUA = (
+    _NOW_MS
+    + """
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local holder = ARGV[i + 1]
+  if redis.call('ZSCORE', key, holder) then
+    redis.call('ZADD', key, now + ttl, holder)
+    redis.call('PEXPIRE', key, ttl * 2)
+  end
+end
+return #KEYS
+"""
+)
+"""KEYS: conn zsets (repeat a key per holder). ARGV: ttl ms, then one holder per key."""
+
+
+def lease_key(grant_id: str) -> str:
+    """The lease key of a grant."""
+    return f"{KEY_PREFIX}:lease:{grant_id}"
+
+
+def conn_key(grant_id: str) -> str:
+    """The connection-slot semaphore of a grant (shared with workers)."""
+    return f"{KEY_PREFIX}:conn:{grant_id}"
+
+
+def fair_share(grants: int, live_listeners: int) -> int:
+    """Most grants one listener should hold: ``ceil(grants / live listeners)``."""
+    return math.ceil(grants / max(live_listeners, 1))
+
+
+class LeaseStore:
+    """One listener's view of the lease keys. Every method is one or a few Redis round trips.
+
+    Raises (every method):
+        redis.exceptions.RedisError, OSError, TimeoutError: Redis is unreachable or slow; the
+            caller decides (the listener keeps its watchers until its leases may have lapsed).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis[bytes],
+        listener_id: str,
+        *,
+        lease_ttl_s: float,
+        slot_ttl_s: float,
+    ) -> None:
+        self._redis = redis
+        self.listener_id = listener_id
+        self._lease_ttl_ms = int(lease_ttl_s * 1000)
+        self._slot_ttl_ms = int(slot_ttl_s * 1000)
+        self._heartbeat = redis.register_script(HEARTBEAT_LUA)
+        self._renew = redis.register_script(RENEW_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+        self._slot_acquire = redis.register_script(SLOT_ACQUIRE_LUA)
+        self._slot_renew = redis.register_script(SLOT_RENEW_LUA)
+
+    # --- listeners ----------------------------------------------------------------------------
+    async def heartbeat(self) -> int:
+        """Say this listener is alive; returns how many listeners are (this one included)."""
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            live = await self._heartbeat(
+                keys=[LISTENERS_KEY], args=[self.listener_id, self._lease_ttl_ms, "1"]
+            )
+        return int(live)
+
+    async def leave(self) -> None:
+        """Remove this listener from the live set (clean shutdown)."""
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            await self._heartbeat(keys=[LISTENERS_KEY], args=[self.listener_id, 0, "0"])
+
+    # --- grant leases -------------------------------------------------------------------------
+    async def claim(self, candidates: Sequence[str], want: int) -> list[str]:
+        """Claim up to ``want`` of ``candidates`` (in order) that nobody holds; returns them."""
+        won: list[str] = []
+        index = 0
+        while index < len(candidates) and len(won) < want:
+            batch = candidates[index : index + min(CLAIM_BATCH, want - len(won))]
+            index += len(batch)
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                pipe = self._redis.pipeline(transaction=False)
+                for grant_id in batch:
+                    pipe.set(lease_key(grant_id), self.listener_id, nx=True, px=self._lease_ttl_ms)
+                results = await pipe.execute()
+            won.extend(g for g, ok in zip(batch, results, strict=True) if ok)
+        return won
+
+    async def renew(self, grant_ids: Iterable[str]) -> set[str]:
+        """Extend this listener's leases; returns the grants whose lease was lost."""
+        ids = list(grant_ids)
+        if not ids:
+            return set()
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            kept = await self._renew(
+                keys=[lease_key(g) for g in ids], args=[self.listener_id, self._lease_ttl_ms]
+            )
+        return {g for g, ok in zip(ids, kept, strict=True) if not int(ok)}
+
+    async def release(self, grant_ids: Iterable[str]) -> None:
+        """Give leases back (only those this listener still holds)."""
+        keys = [lease_key(g) for g in grant_ids]
+        if keys:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                await self._release(keys=keys, args=[self.listener_id])
+
+    async def owner(self, grant_id: str) -> str | None:
+        """Who holds a grant's lease (None if nobody)."""
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            value = await self._redis.get(lease_key(grant_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+    # --- connection slots ---------------------------------------------------------------------
+    def holder(self, folder_id: str) -> str:
+        """The slot holder name of this listener's connection to ``folder_id``."""
+        return f"listener:{self.listener_id}:{folder_id}"
+
+    async def acquire_slot(self, grant_id: str, holder: str, cap: int) -> bool:
+        """Take one of the grant's ``cap`` connection slots; False when all are taken."""
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            got = await self._slot_acquire(
+                keys=[conn_key(grant_id)], args=[holder, cap, self._slot_ttl_ms]
+            )
+        return bool(int(got))
+
+    async def renew_slots(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Keep ``(grant_id, holder)`` slots alive."""
+        if slots:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                await self._slot_renew(
+                    keys=[conn_key(g) for g, _ in slots],
+                    args=[self._slot_ttl_ms, *(h for _, h in slots)],
+                )
+
+    async def release_slot(self, grant_id: str, holder: str) -> None:
+        """Give a connection slot back."""
+        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            await self._redis.zrem(conn_key(grant_id), holder)

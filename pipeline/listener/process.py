@@ -1,0 +1,375 @@
+"""One listener process: which grants to watch, leases for them, and a watcher per folder.
+
+::
+
+    every plan_refresh_s:  read valid grants + Inbox/Sent folders from Postgres (read-only)
+                           -> drop grants gone or invalid, restart grants whose server,
+                              password or folders changed
+    every lease_renew_s:   heartbeat (live listeners) -> renew own leases (lost: stop those)
+                           -> renew connection slots
+                           -> fair share = ceil(grants / live listeners):
+                              above it: release the surplus; below it: claim free grants
+    on shutdown:           stop every watcher (DONE, LOGOUT), send pending events,
+                           release leases, leave the live set
+
+If Redis cannot be reached for so long that this listener's leases may have lapsed, it stops
+its watchers (self-fencing) so that two listeners never watch one grant for long; it claims
+again when Redis is back. A refused login marks the grant invalid in one short transaction, the
+only database write a listener makes, and nobody retries it until the grant is re-authenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import Settings
+from pipeline.crypto import SecretBox
+from pipeline.errors import CryptoError
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.service import endpoint_for
+from pipeline.listener.events import ChangePublisher, Enqueue
+from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
+from pipeline.listener.leases import LeaseStore, fair_share
+from pipeline.listener.protocol import Snapshot
+from pipeline.listener.repository import WatchRepository
+from pipeline.listener.settings import ListenerSettings
+from pipeline.presets import preset
+
+log = logging.getLogger(__name__)
+
+DB_CALL_TIMEOUT_S = 30.0  # reading the plan or marking a grant invalid
+SHUTDOWN_TIMEOUT_S = 10.0  # DONE + LOGOUT of every connection, then pending events
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class GrantPlan:
+    """What to watch for one grant, as read from Postgres."""
+
+    grant_id: str
+    provider: str
+    targets: tuple[WatchTarget, ...]
+    secrets_sealed: str = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the server, the credentials or the watched folders change."""
+        parts = [self.secrets_sealed, self.provider]
+        for t in self.targets:
+            parts += [t.folder_id, t.role, t.raw_name, repr(t.endpoint)]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def load_plan(sessions: sessionmaker[Session], settings: Settings) -> dict[str, GrantPlan]:
+    """Valid grants and their Inbox/Sent folders, as plain values (blocking; run in a thread)."""
+    targets: dict[str, list[WatchTarget]] = {}
+    grants: dict[str, tuple[str, str]] = {}
+    with sessions() as db:
+        for grant, folder in WatchRepository(db).watched():
+            grants[grant.id] = (grant.provider, grant.secrets_sealed)
+            targets.setdefault(grant.id, []).append(
+                WatchTarget(
+                    grant_id=grant.id,
+                    folder_id=folder.id,
+                    provider=grant.provider,
+                    role=folder.role or "",
+                    raw_name=folder.raw_name,
+                    endpoint=endpoint_for(grant, settings),
+                    baseline=Snapshot(
+                        uidvalidity=folder.uidvalidity,
+                        uidnext=folder.uidnext,
+                        exists=None,
+                        highestmodseq=folder.highestmodseq,
+                    ),
+                )
+            )
+        db.rollback()  # read-only: end the transaction, write nothing
+    return {
+        gid: GrantPlan(gid, grants[gid][0], tuple(ts), grants[gid][1])
+        for gid, ts in targets.items()
+    }
+
+
+def default_listener_id() -> str:
+    """``host:pid:random``: unique per process, readable in Redis."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Held:
+    plan: GrantPlan
+    watchers: list[FolderWatcher]
+
+
+class Listener:
+    """Watches a fair share of all valid grants until :meth:`run`'s stop event is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        listener_settings: ListenerSettings,
+        *,
+        redis: aioredis.Redis[bytes],
+        sessions: sessionmaker[Session],
+        enqueue: Enqueue,
+        listener_id: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lsettings = listener_settings
+        self.id = listener_id or default_listener_id()
+        self._sessions = sessions
+        self._rng = rng or random.Random()
+        self.publisher = ChangePublisher(redis, enqueue, debounce_s=listener_settings.debounce_s)
+        self.leases = LeaseStore(
+            redis,
+            self.id,
+            lease_ttl_s=listener_settings.lease_ttl_s,
+            slot_ttl_s=listener_settings.conn_slot_ttl_s,
+        )
+        self._box = SecretBox(settings.encryption_key_list)
+        self._plan: dict[str, GrantPlan] = {}
+        self._held: dict[str, _Held] = {}
+        self._invalid: dict[str, str] = {}  # grant id -> fingerprint refused here
+        self._slots: set[tuple[str, str]] = set()
+        self._last_renewal: float | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.live_listeners = 0
+        self.ready = asyncio.Event()  # set after the first lease round (tests, status)
+        self.ctx = WatchContext(
+            settings=listener_settings,
+            publish=self.publisher.folder_changed,
+            acquire_slot=self._acquire_slot,
+            release_slot=self._release_slot,
+            auth_failed=self._auth_failed,
+            login_gate=asyncio.Semaphore(listener_settings.max_concurrent_logins),
+            rng=self._rng,
+        )
+
+    # --- what tests and the status line see ---------------------------------------------------
+    @property
+    def held(self) -> list[str]:
+        """Grant ids this listener holds leases for."""
+        return sorted(self._held)
+
+    def watchers(self) -> list[FolderWatcher]:
+        """Every folder watcher of this process."""
+        return [w for h in self._held.values() for w in h.watchers]
+
+    def states(self) -> dict[WatchState, int]:
+        """How many watchers are in each state."""
+        counts: dict[WatchState, int] = {}
+        for w in self.watchers():
+            counts[w.state] = counts.get(w.state, 0) + 1
+        return counts
+
+    # --- main loop ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until ``stop`` is set, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        publisher = loop.create_task(self.publisher.run(), name="listener-publisher")
+        log.info("listener %s starting", self.id)
+        try:
+            next_plan = loop.time()
+            while not stop.is_set():
+                if loop.time() >= next_plan:
+                    await self._refresh_plan()
+                    next_plan = loop.time() + self.lsettings.plan_refresh_s
+                await self._lease_round()
+                self.ready.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.lsettings.lease_renew_s):
+                        await stop.wait()
+        finally:
+            await self._shutdown()
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            log.info("listener %s stopped", self.id)
+
+    async def _refresh_plan(self) -> None:
+        try:
+            async with asyncio.timeout(DB_CALL_TIMEOUT_S):
+                plan = await asyncio.to_thread(load_plan, self._sessions, self.settings)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning("could not read grants from Postgres (%s); keeping the last plan", exc)
+            return
+        self._plan = plan
+        for grant_id, fingerprint in list(self._invalid.items()):
+            if grant_id not in plan or plan[grant_id].fingerprint != fingerprint:
+                del self._invalid[grant_id]
+        for grant_id, held in list(self._held.items()):
+            new = plan.get(grant_id)
+            if new is None:
+                log.info("grant=%s is no longer to be watched", grant_id)
+                await self._drop(grant_id, release=True)
+            elif new.fingerprint != held.plan.fingerprint:
+                log.info("grant=%s changed (server, password or folders); restarting", grant_id)
+                await self._drop(grant_id, release=False)
+                self._start(new)
+
+    async def _lease_round(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.live_listeners = await self.leases.heartbeat()
+            lost = await self.leases.renew(list(self._held))
+            self._last_renewal = loop.time()
+        except REDIS_ERRORS as exc:
+            log.warning("listener %s cannot reach Redis (%s)", self.id, type(exc).__name__)
+            self._fence_if_lapsed(loop.time())
+            return
+        for grant_id in lost:
+            log.warning("lease of grant=%s was lost to another listener; stopping", grant_id)
+            await self._drop(grant_id, release=False)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.leases.renew_slots(sorted(self._slots))
+        eligible = [g for g in self._plan if g not in self._invalid]
+        share = fair_share(len(eligible), self.live_listeners)
+        surplus = len(self._held) - share
+        if surplus > 0:
+            for grant_id in self._rng.sample(sorted(self._held), surplus):
+                await self._drop(grant_id, release=True)
+            log.info("listener %s released %d grants (fair share %d)", self.id, surplus, share)
+        elif surplus < 0:
+            candidates = [g for g in eligible if g not in self._held]
+            self._rng.shuffle(candidates)
+            try:
+                won = await self.leases.claim(candidates, -surplus)
+            except REDIS_ERRORS as exc:
+                log.warning("claiming grants failed (%s)", type(exc).__name__)
+                return
+            for grant_id in won:
+                plan = self._plan.get(grant_id)
+                if plan is not None:
+                    self._start(plan)
+            if won:
+                log.info("listener %s claimed %d grants (fair share %d)", self.id, len(won), share)
+
+    def _fence_if_lapsed(self, now: float) -> None:
+        if self._last_renewal is None or not self._held:
+            return
+        if now - self._last_renewal >= self.lsettings.lease_ttl_s - self.lsettings.lease_renew_s:
+            log.error(
+                "listener %s could not renew its leases for %.0f s; stopping %d grants so that "
+                "no grant is watched twice",
+                self.id,
+                now - self._last_renewal,
+                len(self._held),
+            )
+            for grant_id in list(self._held):
+                self._spawn(self._drop(grant_id, release=False))
+
+    # --- grants -------------------------------------------------------------------------------
+    def _start(self, plan: GrantPlan) -> None:
+        try:
+            password = self._box.open_json(plan.secrets_sealed)["imap_password"]
+        except (CryptoError, KeyError, ValueError) as exc:
+            log.error(
+                "grant=%s: cannot decrypt its password (%s); not watching it", plan.grant_id, exc
+            )
+            self._invalid[plan.grant_id] = plan.fingerprint
+            self._spawn(self.leases.release([plan.grant_id]))
+            return
+        secret = SecretStr(password)
+        watchers = [FolderWatcher(t, secret, self.ctx) for t in plan.targets]
+        self._held[plan.grant_id] = _Held(plan, watchers)
+        for watcher in watchers:
+            watcher.start()
+
+    async def _drop(self, grant_id: str, *, release: bool) -> None:
+        held = self._held.pop(grant_id, None)
+        if held is not None:
+            await asyncio.gather(*(w.stop() for w in held.watchers))
+        self.publisher.forget(grant_id)
+        if release:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.leases.release([grant_id])
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _auth_failed(self, target: WatchTarget, message: str) -> None:
+        held = self._held.get(target.grant_id)
+        if held is None or target.grant_id in self._invalid:
+            return
+        self._invalid[target.grant_id] = held.plan.fingerprint
+        # The caller is one of the grant's watchers: stop the grant from a separate task.
+        self._spawn(self._invalidate(target.grant_id, message))
+
+    async def _invalidate(self, grant_id: str, message: str) -> None:
+        await self._drop(grant_id, release=True)
+        try:
+            async with asyncio.timeout(DB_CALL_TIMEOUT_S):
+                await asyncio.to_thread(self._mark_invalid, grant_id, message)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.error("could not mark grant=%s invalid (%s)", grant_id, exc)
+            return
+        log.warning("grant=%s marked invalid after a refused login", grant_id)
+
+    def _mark_invalid(self, grant_id: str, message: str) -> None:
+        with self._sessions() as db:
+            GrantRepository(db).set_status(grant_id, "invalid", message)
+            db.commit()
+
+    # --- connection slots ---------------------------------------------------------------------
+    async def _acquire_slot(self, target: WatchTarget) -> bool:
+        holder = self.leases.holder(target.folder_id)
+        cap = preset(target.provider).max_connections
+        try:
+            ok = await self.leases.acquire_slot(target.grant_id, holder, cap)
+        except REDIS_ERRORS as exc:
+            # Fail open: watching matters more than the cap while Redis is briefly away.
+            log.warning("grant=%s: connection slot unknown (%s)", target.grant_id, exc)
+            return True
+        if ok:
+            self._slots.add((target.grant_id, holder))
+        else:
+            log.info(
+                "grant=%s folder=%s: all %d connections of the account are in use; waiting",
+                target.grant_id,
+                target.folder_id,
+                cap,
+            )
+        return ok
+
+    async def _release_slot(self, target: WatchTarget) -> None:
+        holder = self.leases.holder(target.folder_id)
+        if (target.grant_id, holder) not in self._slots:
+            return
+        self._slots.discard((target.grant_id, holder))
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.leases.release_slot(target.grant_id, holder)
+
+    # --- shutdown -----------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        held = list(self._held)
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                await asyncio.gather(*(self._drop(g, release=False) for g in held))
+        except TimeoutError:
+            log.warning("listener %s: some connections did not log out in time", self.id)
+        await self.publisher.flush(SHUTDOWN_TIMEOUT_S)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.leases.release(held)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.leases.leave()
+        for task in list(self._background):
+            task.cancel()

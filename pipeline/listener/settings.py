@@ -1,0 +1,93 @@
+"""Listener settings, read once at the edge (``imap-pipeline listen``) and passed inward.
+
+Every field comes from an environment variable ``IMAP_PIPELINE_LISTENER_<FIELD>`` (for example
+``IMAP_PIPELINE_LISTENER_DEBOUNCE_S=0.5``). The defaults keep the promises of issue 3: a dead
+listener's grants are watched again within 30 s (lease TTL + one renewal round + a login), and
+a burst of arrivals becomes about one sync run per debounce window.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LISTENER_ENV_PREFIX = "IMAP_PIPELINE_LISTENER_"
+
+
+class ListenerSettings(BaseSettings):
+    """Tunables of one listener process. Defaults work on one machine and in production."""
+
+    model_config = SettingsConfigDict(env_prefix=LISTENER_ENV_PREFIX, extra="ignore")
+
+    # --- leases -----------------------------------------------------------------------------
+    lease_ttl_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        description="A grant lease (and a listener heartbeat) lapses this long after its last "
+        "renewal: how long a dead listener's grants stay unwatched, at most.",
+    )
+    lease_renew_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often leases and the heartbeat are renewed and free grants claimed.",
+    )
+    plan_refresh_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the list of valid grants and their Inbox/Sent folders is re-read "
+        "from Postgres (new, removed and invalidated grants are noticed this fast).",
+    )
+    conn_slot_ttl_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        description="A connection slot in imap-pipeline:conn:<grant_id> lapses this long after "
+        "its holder stopped renewing it (a crashed listener frees its slots).",
+    )
+
+    # --- events -----------------------------------------------------------------------------
+    debounce_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="At most one sync enqueue per folder per window: the first change is sent "
+        "at once, later ones in the window are folded into one send at its end.",
+    )
+
+    # --- connections ------------------------------------------------------------------------
+    connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="TCP connect + TLS handshake + greeting."
+    )
+    command_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest wait for the answer to one IMAP command."
+    )
+    poll_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Servers without IDLE: how often the watched folder is checked with NOOP.",
+    )
+    backoff_base_s: float = Field(
+        default=1.0, gt=0, description="First reconnect delay; doubles per failed attempt."
+    )
+    backoff_max_s: float = Field(default=300.0, gt=0, description="Longest reconnect delay.")
+    backoff_reset_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A connection must stay up this long before the reconnect delay resets "
+        "(a server that accepts and then drops does not get a reconnect storm).",
+    )
+    max_concurrent_logins: int = Field(
+        default=50,
+        ge=1,
+        description="Logins (TCP + TLS + LOGIN + EXAMINE) in flight at once in this process: "
+        "smooths the burst after a server restart or at start-up.",
+    )
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> ListenerSettings:
+        if self.lease_renew_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                "lease_renew_s must be at most half of lease_ttl_s, or a single slow renewal "
+                "lets the lease lapse and another listener take the grant."
+            )
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be at least backoff_base_s")
+        return self
