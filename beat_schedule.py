@@ -1,10 +1,72 @@
 """Every periodic job of imap-pipeline, in one place: what runs, how often, on which queue.
 
-Celery beat reads ``BEAT_SCHEDULE`` (see workers/celeryconfig.py).
+Celery beat reads ``BEAT_SCHEDULE`` (see workers/celeryconfig.py). Exactly one beat schedules at
+a time: ``beat_settings()`` selects celery-redbeat, which keeps the schedule in Redis and holds a
+lock there; a second ``celery -A workers beat`` waits as a standby and takes over within
+``BEAT_LOCK_TIMEOUT_S + BEAT_MAX_LOOP_S`` seconds of the active one dying. Every job is also
+harmless when it runs twice or overlaps itself (each takes a Redis job lock, see
+:mod:`pipeline.maintenance.locks`), because a lock in Redis is a guard, not a guarantee.
+
+=============================================  ==========  ===========  ==========================
+job (task name)                                every       queue        what
+=============================================  ==========  ===========  ==========================
+pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS of every folder,
+                                                                        spread over the interval
+pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
+pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work
+=============================================  ==========  ===========  ==========================
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
+PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
+RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this (plus the stall)
+MAINTENANCE_QUEUE = "maintenance"
+
+# celery-redbeat: the active beat renews its lock every loop (at most BEAT_MAX_LOOP_S apart); a
+# standby polls the lock every BEAT_MAX_LOOP_S. A dead beat's lock lapses after
+# BEAT_LOCK_TIMEOUT_S, so a standby takes over within 30 + 5 s (the issue asks for a minute).
+BEAT_LOCK_TIMEOUT_S = 30
+BEAT_MAX_LOOP_S = 5
+BEAT_KEY_PREFIX = "imap-pipeline:redbeat:"
+BEAT_REDIS_TIMEOUT_S = 10  # every Redis call of the scheduler fails instead of hanging
+
+
+def _job(task: str, every_s: float) -> dict[str, Any]:
+    # An entry that missed its slot by more than its interval is dropped, not replayed: the next
+    # run does the same work (jobs are idempotent), so a beat outage causes no burst.
+    return {
+        "task": task,
+        "schedule": float(every_s),
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": float(every_s)},
+    }
+
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "uidvalidity-sweep": _job("pipeline.maintenance.sweep_uidvalidity", SWEEP_INTERVAL_S),
+    "retention-purge": _job("pipeline.maintenance.purge", PURGE_INTERVAL_S),
+    "reconcile": _job("pipeline.maintenance.reconcile", RECONCILE_INTERVAL_S),
+}
+
+
+def beat_settings(redis_url: str) -> dict[str, Any]:
+    """Celery settings that make ``celery -A workers beat`` use celery-redbeat.
+
+    Merge into the Celery configuration (``globals().update(beat_settings(broker_url))`` in
+    workers/celeryconfig.py).
+    """
+    return {
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_max_loop_interval": BEAT_MAX_LOOP_S,
+        "redbeat_redis_url": redis_url,
+        "redbeat_redis_options": {
+            "socket_timeout": BEAT_REDIS_TIMEOUT_S,
+            "socket_connect_timeout": BEAT_REDIS_TIMEOUT_S,
+        },
+        "redbeat_key_prefix": BEAT_KEY_PREFIX,
+        "redbeat_lock_key": BEAT_KEY_PREFIX + "lock",
+        "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
+    }
