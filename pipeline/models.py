@@ -100,9 +100,10 @@ class Grant(Base):
 class Folder(Base):
     """A mailbox on the server and our sync checkpoint for it.
 
-    States: ``pending`` (discovered, not synced) -> ``syncing`` (initial sync running;
-    ``synced_uid`` is the checkpoint) -> ``synced``. ``failed`` after an error the next run
-    retries; ``stopped`` when we gave up on purpose (``state_detail`` says why).
+    States: ``pending`` (discovered, not synced) -> ``syncing`` (initial sync running) ->
+    ``synced``; ``reindexing`` while a new UIDVALIDITY is being indexed beside the old view;
+    ``failed`` after an error the next run retries; ``stopped`` when we gave up on purpose
+    (``state_detail`` says why). See :mod:`pipeline.sync.runner`.
     """
 
     __tablename__ = "folders"
@@ -117,6 +118,7 @@ class Folder(Base):
     role: Mapped[str | None] = mapped_column(String(16))  # inbox, sent, drafts, trash, ...
     attributes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    reindex_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     uidnext: Mapped[int | None] = mapped_column(BigInteger)
     highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
@@ -204,15 +206,20 @@ class Message(Base):
 
 
 class Placement(Base):
-    """Where a message sits on the server: folder, UIDVALIDITY and UID (a cache)."""
+    """Where a message sits on the server: folder, UIDVALIDITY and UID (a cache).
+
+    Placements of a UIDVALIDITY other than the folder's current one belong to a reindex in
+    progress (see ``Folder.reindex_uidvalidity``): readers join on the folder's current
+    UIDVALIDITY and keep seeing the old view until the new one is complete.
+    """
 
     __tablename__ = "placements"
 
     folder_id: Mapped[str] = mapped_column(
         UUID(as_uuid=False), ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True
     )
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
     message_id: Mapped[str] = mapped_column(
         UUID(as_uuid=False), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
     )

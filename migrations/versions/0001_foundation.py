@@ -52,6 +52,7 @@ def upgrade() -> None:
     sa.Column('role', sa.String(length=16), nullable=True),
     sa.Column('attributes', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.Column('uidvalidity', sa.BigInteger(), nullable=True),
+    sa.Column('reindex_uidvalidity', sa.BigInteger(), nullable=True),
     sa.Column('uidnext', sa.BigInteger(), nullable=True),
     sa.Column('highestmodseq', sa.BigInteger(), nullable=True),
     sa.Column('state', sa.String(length=16), nullable=False),
@@ -150,7 +151,7 @@ def upgrade() -> None:
     sa.Column('modseq', sa.BigInteger(), nullable=True),
     sa.ForeignKeyConstraint(['folder_id'], ['folders.id'], name=op.f('fk_placements_folder_id_folders'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['message_id'], ['messages.id'], name=op.f('fk_placements_message_id_messages'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('folder_id', 'uid', name=op.f('pk_placements'))
+    sa.PrimaryKeyConstraint('folder_id', 'uidvalidity', 'uid', name=op.f('pk_placements'))
     )
     op.create_index('ix_placements_message', 'placements', ['message_id'], unique=False)
     # ### end Alembic commands ###

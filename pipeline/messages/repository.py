@@ -80,9 +80,8 @@ class MessageRepository:
         stmt = pg_insert(Placement)
         self.session.execute(
             stmt.on_conflict_do_update(
-                index_elements=[Placement.folder_id, Placement.uid],
+                index_elements=[Placement.folder_id, Placement.uidvalidity, Placement.uid],
                 set_={
-                    "uidvalidity": stmt.excluded.uidvalidity,
                     "message_id": stmt.excluded.message_id,
                     "flags": stmt.excluded.flags,
                     "modseq": stmt.excluded.modseq,
@@ -112,14 +111,27 @@ class MessageRepository:
             or 0
         )
 
-    def drop_stale_placements(self, folder_id: str, uidvalidity: int) -> int:
-        """Forget placements recorded under another UIDVALIDITY (the UIDs mean nothing now)."""
+    def drop_other_placements(self, folder_id: str, uidvalidity: int) -> list[str]:
+        """Forget a folder's placements under any other UIDVALIDITY; returns their messages."""
         result = self.session.execute(
-            delete(Placement).where(
-                Placement.folder_id == folder_id, Placement.uidvalidity != uidvalidity
-            )
+            delete(Placement)
+            .where(Placement.folder_id == folder_id, Placement.uidvalidity != uidvalidity)
+            .returning(Placement.message_id)
         )
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return sorted({str(mid) for (mid,) in result})
+
+    def delete_unplaced(self, grant_id: str, message_ids: Iterable[str]) -> list[str]:
+        """Delete those of ``message_ids`` that no folder holds any more; returns their ids."""
+        ids = list(set(message_ids))
+        if not ids:
+            return []
+        still_placed = select(Placement.message_id).where(Placement.message_id == Message.id)
+        result = self.session.execute(
+            delete(Message)
+            .where(Message.grant_id == grant_id, Message.id.in_(ids), ~still_placed.exists())
+            .returning(Message.id)
+        )
+        return sorted(str(mid) for (mid,) in result)
 
     # --- failures -----------------------------------------------------------------------------
     def failed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:

@@ -2,17 +2,25 @@
 
 A folder moves through these states (``folders.state``)::
 
-    pending --plan--> syncing --all planned UIDs stored or failed--> synced
-       ^                 |  ^                                          |
-       |                 |  +-- worker killed / budget spent: the next |
-       |                 |      run re-plans; stored UIDs are skipped  |
-       |                 v                                             v
-       +----------- failed (IMAP error; retried)          new mail: UIDs >= synced_uid
+    pending --plan--> syncing --all planned UIDs stored or failed--> synced <-----+
+       ^                 |  ^                                          |           |
+       |                 |  +-- worker killed / budget spent: the next |           |
+       |                 |      run re-plans; stored UIDs are skipped  |           |
+       |                 v                                             v           |
+       +----------- failed (IMAP error; retried)       UIDVALIDITY changed         |
+                                                              |                    |
+                                                         reindexing --complete: switch
 
-The checkpoint is the set of placements already stored for the folder's UIDVALIDITY, so a run
-that dies anywhere loses nothing and repeats nothing: the next run plans only what is missing.
+The checkpoint is the set of placements already stored for a UIDVALIDITY, so a run that dies
+anywhere loses nothing and repeats nothing: the next run plans only what is missing.
 ``to_sync`` counts the UIDs in the retention window at planning time (for progress);
 ``synced_uid`` is the UIDNEXT the initial sync covered; incremental fetching starts there.
+
+Reindex: when the server's UIDVALIDITY differs from the folder's, the new numbering is indexed
+beside the old one (placements carry their UIDVALIDITY; readers join on the folder's current
+one, so they keep the old view). Messages are matched by identity, so they keep their ids. When
+the window is complete, one transaction switches the folder to the new UIDVALIDITY, drops the
+old placements and deletes only the messages no folder holds any more.
 
 Units of work: every batch commits on its own (this module owns those transactions, like a
 task does); IMAP I/O and parsing happen outside transactions.
@@ -66,6 +74,8 @@ class SyncOutcome:
     new_message_ids: list[str] = field(default_factory=list)
     grant_completed: bool = False
     ranges: list[tuple[int, int]] = field(default_factory=list)  # split the rest over tasks
+    reindexed: bool = False  # a new UIDVALIDITY became the folder's view in this run
+    deleted_message_ids: list[str] = field(default_factory=list)  # gone for good in a reindex
 
     @property
     def more(self) -> bool:
@@ -156,8 +166,9 @@ def sync_folder(
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
-    Initial sync (state ``pending``/``syncing``/``failed``): store every message of the retention
-    window not stored yet. Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
+    Initial sync (state ``pending``/``syncing``/``failed``) and reindex (``reindexing``): store
+    every message of the retention window not stored yet under the server's UIDVALIDITY.
+    Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
 
     ``on_batch`` is called after every committed batch (the task renews its lock there).
 
@@ -177,7 +188,6 @@ def sync_folder(
         if folder is None or folder.grant_id != grant_id:
             return SyncOutcome(folder_id, "gone")
         raw_name, state, synced_uid = folder.raw_name, folder.state, folder.synced_uid
-        stored_validity = folder.uidvalidity
     try:
         info = imap.select(raw_name, readonly=True)
     except ImapFolderError as exc:
@@ -189,25 +199,30 @@ def sync_folder(
         folder = FolderRepository(db).get_for_update(folder_id)
         assert folder is not None
         messages = MessageRepository(db)
-        if stored_validity is not None and stored_validity != info.uidvalidity:
-            # The server renumbered the folder: its cached UIDs mean nothing now. Messages keep
-            # their identity and are re-placed by identity as the folder is fetched again.
-            dropped = messages.drop_stale_placements(folder_id, info.uidvalidity)
-            log.warning(
-                "UIDVALIDITY changed; reindexing",
-                extra={"grant_id": grant_id, "folder_id": folder_id, "dropped": dropped},
-            )
-            state, synced_uid = "syncing", 0
-            folder.synced_uid = 0
-        folder.uidvalidity = info.uidvalidity
+        if folder.uidvalidity is None:
+            folder.uidvalidity = info.uidvalidity
+        if folder.uidvalidity != info.uidvalidity:
+            # The server renumbered the folder. Index the new UIDVALIDITY beside the old view
+            # (readers keep seeing the old one) and switch at once when it is complete.
+            if folder.reindex_uidvalidity != info.uidvalidity:
+                log.warning(
+                    "UIDVALIDITY changed; reindexing",
+                    extra={"grant_id": grant_id, "folder_id": folder_id},
+                )
+                folder.reindex_uidvalidity = info.uidvalidity
+            state = "reindexing"
+        elif state == "reindexing":  # the server went back to the validity we hold
+            folder.reindex_uidvalidity = None
+            state = "synced"
         if state in ("pending", "failed"):
             state = "syncing"
         folder.state = state
         folder.state_detail = None
         placed = messages.placed_uids(folder_id, info.uidvalidity)
         failed = messages.failed_uids(folder_id, info.uidvalidity)
+    initial = state in ("syncing", "reindexing")
 
-    if state == "syncing" and uid_range is not None:
+    if initial and uid_range is not None:
         lo, hi = uid_range
         in_range = imap.search_uids("UID", f"{lo}:{hi}")
         todo = [
@@ -215,7 +230,7 @@ def sync_folder(
             for m in imap.fetch_meta([u for u in in_range if lo <= u <= hi])
             if m.internaldate >= since and m.uid not in placed and m.uid not in failed
         ]
-    elif state == "syncing":
+    elif initial:
         window = _select_window(imap, since)
         todo = [m for m in window if m.uid not in placed and m.uid not in failed]
         with sessions.begin() as db:
@@ -257,7 +272,7 @@ def sync_folder(
                 items=items,
                 failures=failures,
             )
-            if vanished and state == "syncing":
+            if vanished and initial:
                 FolderRepository(db).shrink_plan(folder_id, vanished)
         outcome.stored += len(items)
         outcome.failed += written.failed
@@ -284,6 +299,15 @@ def sync_folder(
                 return outcome  # other ranges are still running; the last one finishes
         top = max((m.uid for m in todo), default=0)
         planned = folder.uidnext if uid_range is not None else info.uidnext
+        if state == "reindexing":
+            # the switch: one transaction drops the old view and deletes what is really gone
+            messages = MessageRepository(db)
+            previous = messages.drop_other_placements(folder_id, info.uidvalidity)
+            outcome.deleted_message_ids = messages.delete_unplaced(grant_id, previous)
+            folder.uidvalidity = info.uidvalidity
+            folder.reindex_uidvalidity = None
+            folder.synced_uid = max(planned or top + 1, top + 1)
+            outcome.reindexed = True
         folder.synced_uid = max(folder.synced_uid, planned or top + 1, top + 1)
         folder.uidnext = info.uidnext
         folder.highestmodseq = info.highestmodseq

@@ -1,0 +1,118 @@
+"""A folder whose UIDVALIDITY changes is reindexed consistently: ids kept, old view until done."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.grants.service import open_grant_session
+from pipeline.models import Folder, Grant, Message, Placement
+from pipeline.sync.runner import sync_folder, sync_grant_inline
+from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.mail import append, imap_login, make_message
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def seed_and_sync(settings: Settings, user: MailUser, count: int) -> tuple[str, dict[str, str]]:
+    for i in range(count):
+        append(user.server, user.name, user.password, make_message(f"m{i}"))
+    grant_id = connect(settings, user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    return grant_id, ids_by_subject(settings)
+
+
+def ids_by_subject(settings: Settings) -> dict[str, str]:
+    with session_scope(settings.require_database_url()) as db:
+        return dict(db.execute(select(Message.subject, Message.id)).all())
+
+
+def inbox(settings: Settings) -> Folder:
+    with session_scope(settings.require_database_url()) as db:
+        return db.scalars(select(Folder).where(Folder.role == "inbox")).one()
+
+
+def test_new_uidvalidity_same_messages_keeps_every_id(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id, before = seed_and_sync(settings, mail_user, 12)
+    old_validity = inbox(settings).uidvalidity
+    mail_user.server.doveadm(
+        "mailbox", "update", "-u", mail_user.name, "--uid-validity", "2000000", "INBOX"
+    )
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    folder = inbox(settings)
+    assert old_validity != 2000000
+    assert folder.uidvalidity == 2000000
+    assert folder.reindex_uidvalidity is None
+    assert folder.state == "synced"
+    assert ids_by_subject(settings) == before
+    with session_scope(settings.require_database_url()) as db:
+        validities = set(db.scalars(select(Placement.uidvalidity)))
+    assert validities == {2000000}
+
+
+def test_fresh_uids_after_the_index_is_lost(settings: Settings, mail_user: MailUser) -> None:
+    grant_id, before = seed_and_sync(settings, mail_user, 8)
+    old_validity = inbox(settings).uidvalidity
+    maildir = mail_user.server.maildir(mail_user.name)
+    for path in maildir.iterdir():
+        if path.name == "dovecot-uidlist" or path.name.startswith("dovecot.index"):
+            path.unlink()
+    # a message removed meanwhile is really gone; the rest keep their ids
+    conn = imap_login(mail_user.server, mail_user.name, mail_user.password)
+    conn.select("INBOX")
+    typ, data = conn.search(None, "SUBJECT", '"m3"')
+    assert typ == "OK" and data[0]
+    conn.store(data[0].decode(), "+FLAGS", "(\\Deleted)")
+    conn.expunge()
+    conn.logout()
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    assert inbox(settings).uidvalidity != old_validity
+    after = ids_by_subject(settings)
+    expected = {k: v for k, v in before.items() if k != "m3"}
+    assert after == expected
+
+
+def test_readers_keep_the_old_view_until_the_reindex_completes(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id, before = seed_and_sync(settings, mail_user, 30)
+    old_validity = inbox(settings).uidvalidity
+    mail_user.server.doveadm(
+        "mailbox", "update", "-u", mail_user.name, "--uid-validity", "3000000", "INBOX"
+    )
+    sessions = sessions_for(settings)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+    folder_id = inbox(settings).id
+    try:
+        # one batch, then the budget is spent: the reindex is half done
+        partial = sync_folder(sessions, settings, imap, grant_id, folder_id, budget_s=0)
+        assert partial.more
+        mid = inbox(settings)
+        assert (mid.state, mid.uidvalidity, mid.reindex_uidvalidity) == (
+            "reindexing",
+            old_validity,
+            3000000,
+        )
+        with session_scope(settings.require_database_url()) as db:
+            current = db.scalars(
+                select(Placement.uid).where(
+                    Placement.folder_id == folder_id, Placement.uidvalidity == old_validity
+                )
+            ).all()
+        assert len(current) == 30  # the old view is whole
+        done = sync_folder(sessions, settings, imap, grant_id, folder_id)
+        while done.more:
+            done = sync_folder(sessions, settings, imap, grant_id, folder_id)
+    finally:
+        imap.close()
+    assert done.reindexed and done.deleted_message_ids == []
+    assert inbox(settings).uidvalidity == 3000000
+    assert ids_by_subject(settings) == before
