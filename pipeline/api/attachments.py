@@ -50,8 +50,11 @@ def transfer_encoding(mime_header: bytes | None) -> str:
 def decode_part(data: bytes, encoding: str) -> bytes:
     """Undo a transfer encoding; broken base64 is decoded as far as it goes."""
     if encoding == "base64":
-        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-        compact = compact[: len(compact) - len(compact) % 4]
+        # Drop line breaks, padding and junk, then re-pad: a lone trailing character is noise.
+        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", data.split(b"=", 1)[0])
+        if len(compact) % 4 == 1:
+            compact = compact[:-1]
+        compact += b"=" * (-len(compact) % 4)
         try:
             return base64.b64decode(compact)
         except binascii.Error:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal,
     literal_column,
     select,
     tuple_,
@@ -135,13 +136,20 @@ def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
 # --- messages ----------------------------------------------------------------------------------
 
 
+def _position(after: Cursor, at_column: Any, id_column: Any) -> ColumnElement[Any]:
+    """A cursor as a row value typed like the columns it is compared with (uuid, timestamptz)."""
+    return tuple_(literal(after.at, type_=at_column.type), literal(after.id, type_=id_column.type))
+
+
 def list_messages_query(
     grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
 ) -> Select[Message]:
     """The page query: ``limit`` messages after ``after``, newest first."""
     query = select(Message).where(Message.grant_id == grant_id, *message_conditions(Message, flt))
     if after is not None:
-        query = query.where(tuple_(Message.date, Message.id) < tuple_(after.at, after.id))
+        query = query.where(
+            tuple_(Message.date, Message.id) < _position(after, Message.date, Message.id)
+        )
     return query.order_by(Message.date.desc(), Message.id.desc()).limit(limit)
 
 
@@ -293,7 +301,8 @@ def list_threads(
     )
     if after is not None:
         query = query.where(
-            tuple_(Thread.latest_message_at, Thread.id) < tuple_(after.at, after.id)
+            tuple_(Thread.latest_message_at, Thread.id)
+            < _position(after, Thread.latest_message_at, Thread.id)
         )
     query = query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
     return list(session.scalars(query))

@@ -75,3 +75,16 @@ def sync(settings: Settings, grant_id: str) -> None:
 def now() -> datetime:
     """Aware UTC now."""
     return datetime.now(UTC)
+
+
+def connect_and_sync(api: object, user: MailUser) -> str:
+    """Create the grant through the API (plain HTTP) and sync it in this process."""
+    from typing import cast
+
+    server = cast("ApiServer", api)
+    with server.http() as http:
+        response = http.post("/v3/connect/custom", json=connect_body(user))
+    assert response.status_code == 201, response.text
+    grant_id = str(response.json()["data"]["id"])
+    sync(server.settings, grant_id)
+    return grant_id
