@@ -1,0 +1,133 @@
+"""Folders and threads through the API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from api_support import ApiServer, append_many, connect_and_sync, now
+from nylas.models.errors import NylasApiError
+
+from tests.support.mail import create_folder, make_message
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def test_folders_list_and_get(api: ApiServer, mail_user: MailUser) -> None:
+    server = mail_user.server
+    create_folder(server, mail_user.name, mail_user.password, "Projects")
+    create_folder(server, mail_user.name, mail_user.password, "Projects/2026")
+    t = now()
+    append_many(
+        mail_user,
+        [
+            (make_message("one", date=t), "", t),
+            (make_message("two", date=t), "\\Seen", t),
+            (make_message("three", date=t), "", t),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    folders = {f.name: f for f in client.folders.list(grant_id).data}
+    assert {"INBOX", "Projects", "Projects/2026"} <= set(folders)
+    inbox = folders["INBOX"]
+    assert inbox.grant_id == grant_id
+    assert inbox.object == "folder"
+    assert inbox.total_count == 3
+    assert inbox.unread_count == 2
+    assert inbox.system_folder is True
+    assert folders["Projects/2026"].parent_id == folders["Projects"].id
+    assert folders["Projects"].child_count == 1
+    assert folders["Projects"].total_count == 0
+    assert client.folders.find(grant_id, inbox.id).data.name == "INBOX"
+    with api.http() as http:
+        by_name = http.get(f"/v3/grants/{grant_id}/folders/INBOX")
+        missing = http.get(f"/v3/grants/{grant_id}/folders/Nope")
+    assert by_name.json()["data"]["id"] == inbox.id
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_threads_list_get_and_page(api: ApiServer, mail_user: MailUser) -> None:
+    t = now()
+    root = make_message(
+        "Plans",
+        sender="Carol <carol@example.test>",
+        to="Bob <bob@example.test>",
+        message_id="<root@example.test>",
+        date=t - timedelta(hours=3),
+    )
+    reply = make_message(
+        "Re: Plans",
+        sender="Bob <bob@example.test>",
+        to="Carol <carol@example.test>",
+        message_id="<reply@example.test>",
+        in_reply_to="<root@example.test>",
+        date=t - timedelta(hours=1),
+    )
+    alone = [
+        (
+            make_message(f"alone {i}", sender="dan@example.test", date=t - timedelta(hours=10 + i)),
+            "\\Seen",
+            t - timedelta(hours=10 + i),
+        )
+        for i in range(5)
+    ]
+    append_many(
+        mail_user,
+        [(root, "\\Seen", t - timedelta(hours=3)), (reply, "", t - timedelta(hours=1)), *alone],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+
+    threads = client.threads.list(grant_id).data
+    assert len(threads) == 6
+    first = threads[0]  # the conversation has the most recent message
+    assert first.subject == "Re: Plans"
+    assert len(first.message_ids) == 2
+    assert first.unread is True
+    assert first.starred is False
+    assert first.object == "thread"
+    assert {p["email"] for p in first.participants or []} == {
+        "carol@example.test",
+        "bob@example.test",
+    }
+    assert first.earliest_message_date is not None
+    assert first.latest_message_received_date is not None
+    assert first.earliest_message_date < first.latest_message_received_date
+    assert first.latest_draft_or_message.id == first.message_ids[-1]
+    assert first.latest_draft_or_message.subject == "Re: Plans"
+    assert len(first.folders) == 1
+
+    found = client.threads.find(grant_id, first.id).data
+    assert found.message_ids == first.message_ids
+    messages = {m.id: m for m in client.messages.list(grant_id).data}
+    assert {messages[mid].thread_id for mid in found.message_ids} == {first.id}
+
+    assert [x.id for x in client.threads.list(grant_id, query_params={"unread": True}).data] == [
+        first.id
+    ]
+    dan = client.threads.list(grant_id, query_params={"any_email": ["dan@example.test"]}).data
+    assert len(dan) == 5
+
+    # pages of two, no repeats, same order as one page
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, object] = {"limit": 2}
+        if cursor:
+            params["page_token"] = cursor
+        page = client.threads.list(grant_id, query_params=params)  # type: ignore[arg-type]
+        seen.extend(x.id for x in page.data)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == [x.id for x in threads]
+
+    with pytest.raises(NylasApiError) as caught:
+        client.threads.find(grant_id, "00000000-0000-4000-8000-000000000000")
+    assert caught.value.status_code == 404
+    with api.http() as http:
+        bad = http.get(f"/v3/grants/{grant_id}/threads", params={"page_token": "zzz"})
+    assert bad.status_code == 400
