@@ -1,0 +1,324 @@
+"""Per-provider and per-account limits shared by every process, in Redis.
+
+Celery's ``rate_limit`` counts per worker process; providers count per account and per source.
+Every worker process (and the listener, for connections) therefore asks Redis, where one Lua
+script decides atomically. All times are the Redis server's clock (``TIME``), so machines with
+skewed clocks agree.
+
+Keys::
+
+    imap-pipeline:rl:<bucket>            hash {tokens, ts}: token bucket, PEXPIREd when full
+        bucket = ops:p:<scope> | ops:a:<grant_id> | login:p:<scope> | login:a:<grant_id>
+    imap-pipeline:conn:<grant_id>        sorted set: connection slots (counting semaphore)
+    imap-pipeline:backoff:a:<grant_id>   string with TTL: the account is backing off
+    imap-pipeline:backoff:p:<scope>      string with TTL: the whole provider is backing off
+    imap-pipeline:throttles:<scope>      sorted set: recent throttled accounts of a provider
+    imap-pipeline:limits:<provider>      hash: operator overrides of :class:`Limits` fields
+
+``scope`` is the preset name (``yahoo``); for ``generic`` it is ``generic:<imap host>``, since
+unrelated servers must not share one bucket.
+
+Token buckets: a request of ``cost`` tokens takes them from *every* bucket it names (provider
+and account) or from none, and learns how long to wait otherwise. A bucket refills at ``rate``
+tokens per second up to ``capacity`` (the allowed burst, ``BURST_S`` seconds' worth, at least
+one token), so over any window ``T`` at most ``rate * T + capacity`` requests pass.
+
+Connection slots (the semantics agreed with the listener, see
+:mod:`pipeline.listener.leases`): ``imap-pipeline:conn:<grant_id>`` is a sorted set whose
+members are holders, one per open IMAP connection (``listener:<id>:<folder_id>``,
+``worker:<host>:<pid>``), scored by their expiry in unix ms. A holder may connect only if,
+after expired members are dropped, fewer than the provider's ``max_connections`` remain (or it
+already holds a slot). Holders renew while connected and remove themselves when they close; a
+crashed holder's slot lapses at its expiry.
+
+Backoff: a throttling answer (``ImapThrottledError``) puts the account in backoff, doubling
+from ``ACCOUNT_BACKOFF_BASE_S`` up to ``ACCOUNT_BACKOFF_MAX_S`` while throttles repeat; when
+``PROVIDER_THROTTLED_ACCOUNTS`` accounts of one provider are throttled within
+``PROVIDER_THROTTLE_WINDOW_S``, the whole provider backs off for ``PROVIDER_BACKOFF_S``.
+:func:`RateLimiter.status` shows both.
+
+Every Redis call goes through a client built with a socket timeout; a Redis error surfaces as
+:class:`pipeline.errors.ServiceError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import redis
+
+from pipeline.errors import PipelineError, ServiceError
+from pipeline.listener.leases import SLOT_ACQUIRE_LUA, conn_key
+from pipeline.presets import preset
+
+KEY_PREFIX = "imap-pipeline"
+BURST_S = 1.0  # a bucket holds at most this many seconds' worth of tokens (and at least one)
+ACCOUNT_BACKOFF_BASE_S = 30.0  # first back-off after a throttling answer
+ACCOUNT_BACKOFF_MAX_S = 15 * 60.0  # providers lift most throttles within minutes
+THROTTLE_MEMORY_S = 60 * 60  # consecutive throttles within this long double the back-off
+PROVIDER_THROTTLED_ACCOUNTS = 3  # this many throttled accounts at once: the provider is pushing
+PROVIDER_THROTTLE_WINDOW_S = 60.0
+PROVIDER_BACKOFF_S = 60.0
+WORKER_SLOT_TTL_S = 10 * 60.0  # > one sync chunk (120 s) + pool idle (60 s); renewed on use
+
+# Provider-wide defaults: what one source (our install) may ask of a provider in total. The
+# presets give the per-account figures; these are conservative across all accounts.
+PROVIDER_OPS_PER_S = 200.0
+PROVIDER_LOGINS_PER_MIN = 600.0
+
+
+class RateLimited(PipelineError):
+    """No token or connection slot now; try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How hard one provider may be used. Rates are per second or per minute as named."""
+
+    account_ops_per_s: float
+    account_logins_per_min: float
+    provider_ops_per_s: float
+    provider_logins_per_min: float
+    max_connections: int  # per account, listener + workers together
+
+
+def default_limits(provider: str) -> Limits:
+    """The preset's per-account limits and the provider-wide defaults."""
+    p = preset(provider)
+    return Limits(
+        account_ops_per_s=p.ops_per_second,
+        account_logins_per_min=float(p.logins_per_minute),
+        provider_ops_per_s=PROVIDER_OPS_PER_S,
+        provider_logins_per_min=PROVIDER_LOGINS_PER_MIN,
+        max_connections=p.max_connections,
+    )
+
+
+def scope_of(provider: str, imap_host: str) -> str:
+    """The provider bucket name: the preset, or ``generic:<host>`` for unknown servers."""
+    name = preset(provider).name
+    return f"{name}:{imap_host.lower()}" if name == "generic" else name
+
+
+# KEYS: bucket hashes. ARGV: cost, then rate (tokens/s) and capacity per key.
+# Returns 0 when the tokens were taken from every bucket, else the wait in ms until they could be.
+BUCKET_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local cost = tonumber(ARGV[1])
+local levels = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[i * 2])
+  local cap = tonumber(ARGV[i * 2 + 1])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or cap
+  local ts = tonumber(state[2]) or now
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate / 1000)
+  levels[i] = tokens
+  if tokens < cost then
+    wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
+  end
+end
+if wait > 0 then
+  return wait
+end
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[i * 2])
+  local cap = tonumber(ARGV[i * 2 + 1])
+  redis.call('HSET', key, 'tokens', levels[i] - cost, 'ts', now)
+  redis.call('PEXPIRE', key, math.ceil(cap * 1000 / rate) + 1000)
+end
+return 0
+"""
+
+# KEYS: recent-throttles zset of the provider. ARGV: grant id, window ms.
+# Returns how many distinct accounts were throttled within the window.
+THROTTLE_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+def _capacity(rate_per_s: float) -> float:
+    return max(1.0, rate_per_s * BURST_S)
+
+
+def worker_holder() -> str:
+    """This worker process's holder id in connection-slot sets."""
+    return f"worker:{socket.gethostname()}:{os.getpid()}"
+
+
+class RateLimiter:
+    """Shared limits for one process. Cheap to create; holds only the Redis client.
+
+    Args:
+        client: A Redis client created with a socket timeout.
+    """
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._redis = client
+        self._bucket = client.register_script(BUCKET_LUA)
+        self._slot = client.register_script(SLOT_ACQUIRE_LUA)
+        self._throttle = client.register_script(THROTTLE_LUA)
+
+    # --- configuration ------------------------------------------------------------------
+    def limits(self, provider: str) -> Limits:
+        """The provider's limits with operator overrides from ``imap-pipeline:limits:<p>``."""
+        base = default_limits(provider)
+        raw = self._call(self._redis.hgetall, f"{KEY_PREFIX}:limits:{preset(provider).name}")
+        overrides: dict[str, Any] = {}
+        names = {f.name: f.type for f in fields(Limits)}
+        for key, value in raw.items():
+            name = key.decode()
+            if name in names:
+                number = float(value)
+                overrides[name] = int(number) if name == "max_connections" else number
+        return replace(base, **overrides)
+
+    def set_limits(self, provider: str, values: Mapping[str, float]) -> None:
+        """Store operator overrides for a provider (takes effect at the next request)."""
+        unknown = set(values) - {f.name for f in fields(Limits)}
+        if unknown:
+            raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
+        key = f"{KEY_PREFIX}:limits:{preset(provider).name}"
+        self._call(self._redis.hset, key, mapping={k: str(v) for k, v in values.items()})
+
+    # --- tokens ---------------------------------------------------------------------------
+    def try_login(self, provider: str, imap_host: str, grant_id: str) -> float:
+        """Take a login token of the account and of the provider; 0.0, or seconds to wait."""
+        limits = self.limits(provider)
+        scope = scope_of(provider, imap_host)
+        backoff = self.backoff_remaining(scope, grant_id)
+        if backoff > 0:
+            return backoff
+        return self._take(
+            [
+                (f"login:p:{scope}", limits.provider_logins_per_min / 60.0),
+                (f"login:a:{grant_id}", limits.account_logins_per_min / 60.0),
+            ],
+            1,
+        )
+
+    def try_ops(self, provider: str, imap_host: str, grant_id: str, cost: int = 1) -> float:
+        """Take ``cost`` operation tokens of the account and provider; 0.0, or seconds to wait."""
+        limits = self.limits(provider)
+        scope = scope_of(provider, imap_host)
+        backoff = self.backoff_remaining(scope, grant_id)
+        if backoff > 0:
+            return backoff
+        return self._take(
+            [
+                (f"ops:p:{scope}", limits.provider_ops_per_s),
+                (f"ops:a:{grant_id}", limits.account_ops_per_s),
+            ],
+            cost,
+        )
+
+    def _take(self, buckets: list[tuple[str, float]], cost: int) -> float:
+        keys = [f"{KEY_PREFIX}:rl:{name}" for name, _ in buckets]
+        args: list[float] = [cost]
+        for _, rate in buckets:
+            if rate <= 0:
+                raise ValueError("a rate limit must be positive")
+            args.extend([rate, max(_capacity(rate), cost)])
+        wait_ms = int(self._call(self._bucket, keys=keys, args=args))
+        return wait_ms / 1000.0
+
+    # --- connection slots ---------------------------------------------------------------
+    def acquire_connection(
+        self, grant_id: str, holder: str, cap: int, ttl_s: float = WORKER_SLOT_TTL_S
+    ) -> bool:
+        """Take (or renew) ``holder``'s slot in the account's connection set."""
+        ttl_ms = int(ttl_s * 1000)
+        return bool(self._call(self._slot, keys=[conn_key(grant_id)], args=[holder, cap, ttl_ms]))
+
+    def release_connection(self, grant_id: str, holder: str) -> None:
+        """Give ``holder``'s slot back."""
+        self._call(self._redis.zrem, conn_key(grant_id), holder)
+
+    def connections(self, grant_id: str) -> int:
+        """Live connection slots of an account (listener and workers)."""
+        now_ms = self._now_ms()
+        return int(self._call(self._redis.zcount, conn_key(grant_id), now_ms, "+inf"))
+
+    # --- backoff --------------------------------------------------------------------------
+    def throttled(self, provider: str, imap_host: str, grant_id: str) -> float:
+        """Record a throttling answer; returns the account's back-off in seconds."""
+        scope = scope_of(provider, imap_host)
+        count_key = f"{KEY_PREFIX}:backoff:n:{grant_id}"
+        streak = int(self._call(self._redis.incr, count_key))
+        self._call(self._redis.expire, count_key, THROTTLE_MEMORY_S)
+        doubled = math.ldexp(ACCOUNT_BACKOFF_BASE_S, min(streak - 1, 30))
+        backoff = min(doubled, ACCOUNT_BACKOFF_MAX_S)
+        self._call(
+            self._redis.set, f"{KEY_PREFIX}:backoff:a:{grant_id}", "1", px=int(backoff * 1000)
+        )
+        window_ms = int(PROVIDER_THROTTLE_WINDOW_S * 1000)
+        recent = int(
+            self._call(
+                self._throttle,
+                keys=[f"{KEY_PREFIX}:throttles:{scope}"],
+                args=[grant_id, window_ms],
+            )
+        )
+        if recent >= PROVIDER_THROTTLED_ACCOUNTS:
+            self._call(
+                self._redis.set,
+                f"{KEY_PREFIX}:backoff:p:{scope}",
+                "1",
+                px=int(PROVIDER_BACKOFF_S * 1000),
+            )
+        return backoff
+
+    def recovered(self, grant_id: str) -> None:
+        """A session worked again: later throttles start from the base back-off."""
+        self._call(self._redis.delete, f"{KEY_PREFIX}:backoff:n:{grant_id}")
+
+    def backoff_remaining(self, scope: str, grant_id: str) -> float:
+        """Seconds until the account and its provider are out of back-off (0.0: not in it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
+        pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
+        account_ms, provider_ms = self._call(pipe.execute)
+        return float(max(int(account_ms), int(provider_ms), 0)) / 1000.0
+
+    def status(self, provider: str, imap_host: str, grant_id: str) -> dict[str, Any]:
+        """What the limits do to this grant now, for ``grants status`` and the API."""
+        scope = scope_of(provider, imap_host)
+        limits = self.limits(provider)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
+        pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
+        account_ms, provider_ms = self._call(pipe.execute)
+        return {
+            "account_backoff_s": max(int(account_ms), 0) / 1000.0,
+            "provider_backoff_s": max(int(provider_ms), 0) / 1000.0,
+            "connections": self.connections(grant_id),
+            "max_connections": limits.max_connections,
+        }
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        seconds, micros = self._call(self._redis.time)
+        return int(seconds) * 1000 + math.floor(int(micros) / 1000)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise ServiceError(f"Redis is not usable for rate limits: {exc}") from exc

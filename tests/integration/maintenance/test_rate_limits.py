@@ -1,0 +1,164 @@
+"""Shared rate limits in a real Redis: token buckets, connection slots, back-off, and a global
+login limit held by four worker processes against a real Dovecot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from pipeline.config import Settings
+from pipeline.listener.leases import conn_key
+from pipeline.ratelimit import (
+    ACCOUNT_BACKOFF_BASE_S,
+    PROVIDER_THROTTLED_ACCOUNTS,
+    RateLimiter,
+    scope_of,
+)
+from tests.integration.test_initial_sync import connect
+from tests.support.processes import pipeline_env
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+HAMMER_S = 10.0
+WORKERS = 4
+PROVIDER_LOGINS_PER_S = 2.0
+
+
+@pytest.fixture
+def limiter(redis_url: str) -> RateLimiter:
+    return RateLimiter(redis.Redis.from_url(redis_url, socket_timeout=5))
+
+
+def test_a_bucket_allows_its_burst_then_says_how_long_to_wait(limiter: RateLimiter) -> None:
+    limiter.set_limits("yahoo", {"account_ops_per_s": 5, "provider_ops_per_s": 1000})
+    granted = [limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g1") for _ in range(5)]
+    assert granted == [0.0] * 5
+    wait = limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g1")
+    assert 0.0 < wait <= 0.25
+    time.sleep(wait + 0.05)
+    assert limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g1") == 0.0
+    # another account has its own bucket
+    assert limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g2") == 0.0
+
+
+def test_a_denied_account_does_not_spend_provider_tokens(limiter: RateLimiter) -> None:
+    limiter.set_limits("gmail", {"account_logins_per_min": 60, "provider_logins_per_min": 120})
+    assert limiter.try_login("gmail", "imap.gmail.com", "a") == 0.0  # account a: 1 of 1 burst
+    for _ in range(5):
+        assert limiter.try_login("gmail", "imap.gmail.com", "a") > 0.0
+    # the provider bucket (burst 2) still has its second token for another account
+    assert limiter.try_login("gmail", "imap.gmail.com", "b") == 0.0
+    assert limiter.try_login("gmail", "imap.gmail.com", "c") > 0.0
+
+
+def test_generic_servers_do_not_share_a_provider_bucket() -> None:
+    assert scope_of("generic", "Mail.Example.org") == "generic:mail.example.org"
+    assert scope_of("generic", "imap.other.test") != scope_of("generic", "mail.example.org")
+    assert scope_of("yahoo", "imap.mail.yahoo.com") == "yahoo"
+
+
+def test_connection_cap_counts_listener_and_worker_holders(
+    limiter: RateLimiter, redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    seconds, _ = client.time()
+    # the listener holds one IDLE connection (its own script writes the same set)
+    client.zadd(conn_key("g"), {"listener:l1:inbox": (seconds + 60) * 1000})
+    assert limiter.acquire_connection("g", "worker:h:1", cap=3)
+    assert limiter.acquire_connection("g", "worker:h:2", cap=3)
+    assert not limiter.acquire_connection("g", "worker:h:3", cap=3)
+    assert limiter.acquire_connection("g", "worker:h:1", cap=3)  # a holder renews its own
+    assert limiter.connections("g") == 3
+    limiter.release_connection("g", "worker:h:2")
+    assert limiter.acquire_connection("g", "worker:h:3", cap=3)
+    # a crashed holder's slot lapses at its expiry
+    assert limiter.acquire_connection("g2", "worker:dead:9", cap=1, ttl_s=0.2)
+    assert not limiter.acquire_connection("g2", "worker:h:1", cap=1)
+    time.sleep(0.3)
+    assert limiter.acquire_connection("g2", "worker:h:1", cap=1)
+
+
+def test_throttling_backs_off_the_account_then_the_provider(limiter: RateLimiter) -> None:
+    host = "imap.aol.com"
+    assert limiter.throttled("aol", host, "a") == ACCOUNT_BACKOFF_BASE_S
+    assert limiter.throttled("aol", host, "a") == 2 * ACCOUNT_BACKOFF_BASE_S
+    assert limiter.try_login("aol", host, "a") > ACCOUNT_BACKOFF_BASE_S
+    assert limiter.try_login("aol", host, "b") == 0.0
+    status = limiter.status("aol", host, "a")
+    assert status["account_backoff_s"] > ACCOUNT_BACKOFF_BASE_S
+    assert status["provider_backoff_s"] == 0.0
+    for n in range(PROVIDER_THROTTLED_ACCOUNTS):
+        limiter.throttled("aol", host, f"other{n}")
+    assert limiter.try_ops("aol", host, "fresh") > 0.0
+    assert limiter.status("aol", host, "fresh")["provider_backoff_s"] > 0.0
+    limiter.recovered("a")
+    assert limiter.throttled("aol", host, "a") == ACCOUNT_BACKOFF_BASE_S
+
+
+HAMMER = """
+import sys, time
+from pipeline.grants.repository import GrantRepository
+from pipeline.ratelimit import RateLimited
+from workers.resources import imap_for, release_imap, sessions
+
+grant_id, until = sys.argv[1], float(sys.argv[2])
+while time.time() < until:
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        try:
+            imap = imap_for(db, grant)
+        except RateLimited as exc:
+            time.sleep(min(exc.retry_after_s, 0.05))
+            continue
+    release_imap(grant_id, imap, healthy=False)  # closed: the next round logs in again
+"""
+
+
+def test_four_workers_hold_the_global_login_rate(
+    settings: Settings,
+    limiter: RateLimiter,
+    mail_user: MailUser,
+    _mail_user_pool: object,
+) -> None:
+    users = [mail_user, *(next(_mail_user_pool) for _ in range(WORKERS - 1))]  # type: ignore[call-overload]
+    grants = [connect(settings, user) for user in users]
+    limiter.set_limits(
+        "generic",
+        {
+            "provider_logins_per_min": PROVIDER_LOGINS_PER_S * 60,
+            "account_logins_per_min": 6000,  # per-account limits out of the way
+            "account_ops_per_s": 1000,
+            "provider_ops_per_s": 1000,
+        },
+    )
+    log_path = mail_user.server.log_path
+    offset = log_path.stat().st_size
+    until = time.time() + HAMMER_S
+    env = pipeline_env(settings)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", HAMMER, grant_id, str(until)], env=env)
+        for grant_id in grants
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=HAMMER_S + 60) == 0
+    time.sleep(0.5)  # Dovecot writes its log asynchronously
+    names = "|".join(re.escape(u.name) for u in users)
+    pattern = re.compile(rf"^(\w+ +\d+ [\d:]+) .*Login: user=<({names})>", re.M)
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        found = pattern.findall(log.read().decode(errors="replace"))
+    per_second = Counter(stamp for stamp, _ in found)
+    per_user = Counter(user for _, user in found)
+    capacity = max(1.0, PROVIDER_LOGINS_PER_S)  # BURST_S = 1 s worth
+    assert len(found) <= PROVIDER_LOGINS_PER_S * HAMMER_S + capacity + 1, per_second
+    assert len(found) >= PROVIDER_LOGINS_PER_S * HAMMER_S * 0.7, per_second  # not starved
+    # any one-second window: the rate plus the burst (log stamps have one-second resolution)
+    assert max(per_second.values()) <= PROVIDER_LOGINS_PER_S + capacity, per_second
+    assert len(per_user) == WORKERS  # every worker got its share
