@@ -86,6 +86,13 @@ class Settings(BaseSettings):
         description="A large initial folder sync is split into this many UID ranges, each a "
         "task of its own, so several workers share one big folder.",
     )
+    orphan_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="A message that vanished from its last folder is deleted (message.deleted) "
+        "only after this long: a move between folders re-places it first and keeps its id. "
+        "Keep it above the polling interval of folders without IDLE.",
+    )
     sync_lock_ttl_s: int = Field(
         default=60,
         ge=5,

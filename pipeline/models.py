@@ -185,6 +185,9 @@ class Message(Base):
     starred: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     flags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     has_attachments: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Set when the last placement vanished; a move re-places it within the grace period,
+    # otherwise it is deleted (message.deleted). See pipeline.sync.runner.
+    orphaned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

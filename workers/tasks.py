@@ -38,6 +38,7 @@ from workers import enqueue
 from workers.app import app
 from workers.resources import close_all_imap, imap_for, redis_client, release_imap, sessions
 from workers.settings import settings
+from workers.webhook_tasks import kick
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
     except PipelineError as exc:
         log.warning("grant creation failed: %s", exc)
         return {"status": "invalid", "error": str(exc)}
+    kick()  # grant.created / grant.updated
     enqueue.sync_grant(grant_id, provider)
     return {"status": "valid", "grant_id": grant_id}
 
@@ -95,17 +97,20 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
         try:
             imap = imap_for(db, grant)
         except ImapAuthError:
-            return  # the grant is now invalid (committed with this transaction)
-        try:
-            changes = discover_folders(db, grant, imap.list_folders())
-        except ImapError:
-            release_imap(grant_id, imap, healthy=False)
-            raise
-        release_imap(grant_id, imap, healthy=True)
-        if grant.sync_state == "pending":
-            grant.sync_state = "syncing"
-        folder_ids = list(changes.selectable)
-    for folder_id in folder_ids:
+            imap = None  # the grant is now invalid and grant.expired is in the outbox
+        if imap is not None:
+            try:
+                changes = discover_folders(db, grant, imap.list_folders())
+            except ImapError:
+                release_imap(grant_id, imap, healthy=False)
+                raise
+            release_imap(grant_id, imap, healthy=True)
+            if grant.sync_state == "pending":
+                grant.sync_state = "syncing"
+    kick()
+    if imap is None:
+        return
+    for folder_id in changes.selectable:
         enqueue.sync_folder(grant_id, folder_id, provider)
 
 
@@ -149,7 +154,12 @@ def sync_folder_task(
             try:
                 imap = imap_for(db, grant)
             except ImapAuthError:
-                return {"skipped": "grant invalid"}
+                expired = True
+            else:
+                expired = False
+        if expired:
+            kick()  # grant.expired
+            return {"skipped": "grant invalid"}
         healthy = False
         try:
             outcome = sync_folder(
@@ -168,6 +178,8 @@ def sync_folder_task(
     finally:
         if r.get(lock_key) == token.encode():
             r.delete(lock_key)
+    if outcome.emitted:
+        kick()
     for part in outcome.ranges:
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=part)
     if outcome.more:

@@ -103,6 +103,7 @@ def upgrade() -> None:
     sa.Column('starred', sa.Boolean(), nullable=False),
     sa.Column('flags', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.Column('has_attachments', sa.Boolean(), nullable=False),
+    sa.Column('orphaned_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['grant_id'], ['grants.id'], name=op.f('fk_messages_grant_id_grants'), ondelete='CASCADE'),

@@ -19,7 +19,7 @@ from pipeline.errors import ConfigurationError, PipelineError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant, get_grant
+from pipeline.grants.service import create_grant, get_grant, remove_grant
 from pipeline.grants.views import grant_dict, status_dict
 from pipeline.presets import PRESETS
 
@@ -233,7 +233,7 @@ def _remove(args: argparse.Namespace) -> int:
     with session_scope(settings.require_database_url()) as db:
         grant = get_grant(db, args.grant)
         email, grant_id = grant.email, grant.id
-        GrantRepository(db).remove(grant_id)
+        remove_grant(db, grant)
     console.print(f"removed grant {grant_id} ({email}) and its data")
     return 0
 

@@ -14,6 +14,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.imap import Endpoint, ImapSession, open_session
 from pipeline.models import Grant
+from pipeline.sync import events
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ def create_grant(session: Session, settings: Settings, request: GrantRequest) ->
     grant.status_detail = None
     grant.capabilities = capabilities
     session.flush()
+    session.refresh(grant)  # server-side timestamps for the notification
+    events.grant(session, "grant.created" if created else "grant.updated", grant)
     log.info(
         "grant %s",
         "created" if created else "re-authenticated",
@@ -110,9 +113,19 @@ def open_grant_session(session: Session, settings: Settings, grant: Grant) -> Im
     try:
         return open_session(endpoint_for(grant, settings), password)
     except ImapAuthError as exc:
+        was_valid = grant.grant_status == "valid"
         GrantRepository(session).set_status(grant.id, "invalid", str(exc))
         grant.grant_status = "invalid"
+        grant.status_detail = str(exc)
+        if was_valid:
+            events.grant(session, "grant.expired", grant)
         raise
+
+
+def remove_grant(session: Session, grant: Grant) -> None:
+    """Delete a grant with all its data and notify ``grant.deleted`` (caller commits)."""
+    events.grant(session, "grant.deleted", grant)
+    GrantRepository(session).remove(grant.id)
 
 
 def get_grant(session: Session, id_or_email: str) -> Grant:

@@ -394,6 +394,26 @@ class ImapSession:
                 metas.append(meta)
         return metas
 
+    def fetch_changed_since(self, modseq: int) -> list[MessageMeta]:
+        """Every message of the selected folder whose flags changed after ``modseq``
+        (CONDSTORE ``CHANGEDSINCE``)."""
+        items = "(UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ)"
+        data = self._uid("FETCH", "1:*", items, f"(CHANGEDSINCE {modseq})")
+        metas: list[MessageMeta] = []
+        for item in data:
+            line = item[0] if isinstance(item, tuple) else item
+            if isinstance(line, bytes):
+                meta = self._meta(line)
+                if meta is not None:
+                    metas.append(meta)
+        return metas
+
+    def present_uids(self, uids: Sequence[int]) -> set[int]:
+        """Which of ``uids`` still exist in the selected folder (an expunge check)."""
+        if not uids:
+            return set()
+        return set(self.search_uids("UID", uid_set(uids)))
+
     def fetch_flags(
         self, uids: Sequence[int], *, changedsince: int | None = None
     ) -> list[MessageMeta]:
@@ -412,7 +432,10 @@ class ImapSession:
             uid=int(uid[1]),
             size=int(size[1]),
             internaldate=parse_internaldate(_text(when[1])),
-            flags=tuple(_text(f) for f in flags[1].split()) if flags else (),
+            # \Recent is per-session noise, not a property of the message
+            flags=tuple(f for f in (_text(x) for x in flags[1].split()) if f != "\\Recent")
+            if flags
+            else (),
             modseq=int(modseq[1]) if modseq else None,
         )
 

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from pipeline.models import Attachment, Message, Placement, SyncFailure, Thread
+from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure, Thread
 
 
 class MessageRepository:
@@ -132,6 +132,137 @@ class MessageRepository:
             .returning(Message.id)
         )
         return sorted(str(mid) for (mid,) in result)
+
+    def current_folder_ids(self, message_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Folders holding each message, in each folder's current view (not a reindex's)."""
+        ids = list(set(message_ids))
+        out: dict[str, list[str]] = {mid: [] for mid in ids}
+        if not ids:
+            return out
+        rows = self.session.execute(
+            select(Placement.message_id, Placement.folder_id)
+            .join(Folder, Folder.id == Placement.folder_id)
+            .where(Placement.message_id.in_(ids), Placement.uidvalidity == Folder.uidvalidity)
+            .distinct()
+        ).all()
+        for mid, fid in rows:
+            out[str(mid)].append(str(fid))
+        return out
+
+    def with_attachments(
+        self, message_ids: Iterable[str]
+    ) -> list[tuple[Message, list[Attachment]]]:
+        """Messages and their attachment rows."""
+        ids = list(set(message_ids))
+        if not ids:
+            return []
+        messages = self.session.scalars(select(Message).where(Message.id.in_(ids))).all()
+        atts: dict[str, list[Attachment]] = {}
+        for att in self.session.scalars(select(Attachment).where(Attachment.message_id.in_(ids))):
+            atts.setdefault(att.message_id, []).append(att)
+        return [(m, atts.get(m.id, [])) for m in messages]
+
+    def placements_of(self, folder_id: str, uidvalidity: int) -> dict[int, tuple[str, list[str]]]:
+        """A folder's placements under a UIDVALIDITY: uid -> (message id, flags)."""
+        rows = self.session.execute(
+            select(Placement.uid, Placement.message_id, Placement.flags).where(
+                Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
+            )
+        ).all()
+        return {int(uid): (str(mid), list(flags)) for uid, mid, flags in rows}
+
+    def set_placement_flags(
+        self, folder_id: str, uidvalidity: int, uid: int, flags: Sequence[str], modseq: int | None
+    ) -> None:
+        """Record a placement's new flags."""
+        self.session.execute(
+            update(Placement)
+            .where(
+                Placement.folder_id == folder_id,
+                Placement.uidvalidity == uidvalidity,
+                Placement.uid == uid,
+            )
+            .values(flags=list(flags), modseq=modseq)
+        )
+
+    def set_message_flags(self, message_id: str, flags: Sequence[str]) -> None:
+        """Mirror a copy's flags on the message (unread, starred)."""
+        self.session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(
+                flags=list(flags),
+                unread="\\Seen" not in flags,
+                starred="\\Flagged" in flags,
+                updated_at=func.now(),
+            )
+        )
+
+    def drop_placements(self, folder_id: str, uidvalidity: int, uids: Iterable[int]) -> list[str]:
+        """Forget expunged UIDs; returns the messages they pointed at."""
+        uid_list = list(uids)
+        if not uid_list:
+            return []
+        result = self.session.execute(
+            delete(Placement)
+            .where(
+                Placement.folder_id == folder_id,
+                Placement.uidvalidity == uidvalidity,
+                Placement.uid.in_(uid_list),
+            )
+            .returning(Placement.message_id)
+        )
+        return sorted({str(mid) for (mid,) in result})
+
+    def unplaced(self, message_ids: Iterable[str]) -> list[str]:
+        """Those of ``message_ids`` that no folder holds any more."""
+        ids = list(set(message_ids))
+        if not ids:
+            return []
+        still_placed = select(Placement.message_id).where(Placement.message_id == Message.id)
+        return sorted(
+            str(m)
+            for m in self.session.scalars(
+                select(Message.id).where(Message.id.in_(ids), ~still_placed.exists())
+            )
+        )
+
+    def mark_orphaned(self, message_ids: Iterable[str], when: datetime) -> None:
+        """Note when messages lost their last placement (a move may re-place them soon)."""
+        ids = list(message_ids)
+        if ids:
+            self.session.execute(
+                update(Message)
+                .where(Message.id.in_(ids), Message.orphaned_at.is_(None))
+                .values(orphaned_at=when)
+            )
+
+    def clear_orphaned(self, message_ids: Iterable[str]) -> list[str]:
+        """Messages found again (moved): no longer orphans; returns those that were."""
+        ids = list(message_ids)
+        if not ids:
+            return []
+        result = self.session.execute(
+            update(Message)
+            .where(Message.id.in_(ids), Message.orphaned_at.is_not(None))
+            .values(orphaned_at=None)
+            .returning(Message.id)
+        )
+        return [str(m) for (m,) in result]
+
+    def expired_orphans(self, grant_id: str, before: datetime) -> list[str]:
+        """Orphans of a grant whose grace period is over, still unplaced."""
+        still_placed = select(Placement.message_id).where(Placement.message_id == Message.id)
+        return [
+            str(m)
+            for m in self.session.scalars(
+                select(Message.id).where(
+                    Message.grant_id == grant_id,
+                    Message.orphaned_at < before,
+                    ~still_placed.exists(),
+                )
+            )
+        ]
 
     # --- failures -----------------------------------------------------------------------------
     def failed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:

@@ -43,11 +43,13 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo, ImapSession, MessageMeta
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
+from pipeline.sync import events
 from pipeline.sync.store import parse_batch, write_batch
 
 log = logging.getLogger(__name__)
 
 META_SLICE = 5000  # UIDs per metadata FETCH: keeps one response line bounded
+FLAG_REFRESH_LIMIT = 2000  # without CONDSTORE, re-read the flags of this many recent UIDs
 
 ImapOpener = Callable[[Session, Grant], ImapSession]
 
@@ -75,7 +77,8 @@ class SyncOutcome:
     grant_completed: bool = False
     ranges: list[tuple[int, int]] = field(default_factory=list)  # split the rest over tasks
     reindexed: bool = False  # a new UIDVALIDITY became the folder's view in this run
-    deleted_message_ids: list[str] = field(default_factory=list)  # gone for good in a reindex
+    deleted_message_ids: list[str] = field(default_factory=list)  # gone for good
+    emitted: int = 0  # notifications written to the webhook outbox
 
     @property
     def more(self) -> bool:
@@ -95,6 +98,7 @@ def discover_folders(session: Session, grant: Grant, listed: Sequence[FolderInfo
     placements (messages left in no folder are cleaned up by the caller's policy).
     """
     changes = FolderChanges()
+    live = grant.initial_sync_completed_at is not None  # no notifications for the first look
     existing = {f.raw_name: f for f in FolderRepository(session).for_grant(grant.id)}
     seen: set[str] = set()
     for info in listed:
@@ -115,6 +119,8 @@ def discover_folders(session: Session, grant: Grant, listed: Sequence[FolderInfo
             session.add(folder)
             session.flush()
             changes.created.append(folder.id)
+            if live:
+                events.folder(session, "folder.created", folder)
         else:
             if (folder.role, list(folder.attributes)) != (info.role, list(info.attributes)):
                 folder.role = info.role
@@ -123,6 +129,8 @@ def discover_folders(session: Session, grant: Grant, listed: Sequence[FolderInfo
     for raw_name, folder in existing.items():
         if raw_name not in seen:
             changes.deleted.append(folder.id)
+            if live:
+                events.folder(session, "folder.deleted", folder)
             session.delete(folder)
     session.flush()
     return changes
@@ -188,6 +196,13 @@ def sync_folder(
         if folder is None or folder.grant_id != grant_id:
             return SyncOutcome(folder_id, "gone")
         raw_name, state, synced_uid = folder.raw_name, folder.state, folder.synced_uid
+        stored_modseq, last_synced = folder.highestmodseq, folder.last_synced_at
+        grant = GrantRepository(db).get(grant_id)
+        live = grant is not None and grant.initial_sync_completed_at is not None
+    # Notifications only once the historical sync is done, and not for mail that piled up
+    # while the grant was out of service for long.
+    notify = live and (last_synced is None or now - last_synced < events.SILENT_AFTER)
+    imap.enable_condstore()
     try:
         info = imap.select(raw_name, readonly=True)
     except ImapFolderError as exc:
@@ -258,6 +273,21 @@ def sync_folder(
             ]
 
     outcome = SyncOutcome(folder_id, state)
+    if not initial:
+        _apply_flag_and_expunge_changes(
+            sessions,
+            settings,
+            imap,
+            outcome,
+            grant_id,
+            folder_id,
+            info.uidvalidity,
+            stored_modseq if info.highestmodseq is not None else None,
+            info.highestmodseq,
+            now=now,
+            notify=notify,
+            live=live,
+        )
     batches = list(_batches(todo, settings.sync_batch_size, settings.sync_batch_bytes))
     for index, batch in enumerate(batches):
         fetched = list(imap.fetch_messages(batch))
@@ -274,6 +304,16 @@ def sync_folder(
             )
             if vanished and initial:
                 FolderRepository(db).shrink_plan(folder_id, vanished)
+            if not initial:
+                # a known message found here was moved or copied: same id, new folder
+                MessageRepository(db).clear_orphaned(written.existing_message_ids)
+                if notify:
+                    outcome.emitted += events.messages(
+                        db, grant_id, "message.created", written.new_message_ids
+                    )
+                    outcome.emitted += events.messages(
+                        db, grant_id, "message.updated", written.existing_message_ids
+                    )
         outcome.stored += len(items)
         outcome.failed += written.failed
         outcome.new_message_ids.extend(written.new_message_ids)
@@ -308,6 +348,11 @@ def sync_folder(
             folder.reindex_uidvalidity = None
             folder.synced_uid = max(planned or top + 1, top + 1)
             outcome.reindexed = True
+            if live:
+                outcome.emitted += events.folder(db, "folder.updated", folder)
+                outcome.emitted += events.messages_deleted(
+                    db, grant_id, outcome.deleted_message_ids
+                )
         folder.synced_uid = max(folder.synced_uid, planned or top + 1, top + 1)
         folder.uidnext = info.uidnext
         folder.highestmodseq = info.highestmodseq
@@ -315,7 +360,82 @@ def sync_folder(
         folder.state = "synced"
         outcome.state = "synced"
         outcome.grant_completed = _complete_grant_if_done(db, grant_id, now)
+        if outcome.grant_completed:
+            completed = GrantRepository(db).get(grant_id)
+            assert completed is not None
+            outcome.emitted += events.grant(db, "grant.imap_sync_completed", completed)
+    if not initial:
+        outcome.deleted_message_ids.extend(
+            finalize_orphans(sessions, grant_id, now=now, grace_s=settings.orphan_grace_s)
+        )
     return outcome
+
+
+def _apply_flag_and_expunge_changes(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    imap: ImapSession,
+    outcome: SyncOutcome,
+    grant_id: str,
+    folder_id: str,
+    uidvalidity: int,
+    stored_modseq: int | None,
+    server_modseq: int | None,
+    *,
+    now: datetime,
+    notify: bool,
+    live: bool,
+) -> None:
+    """Bring flags and expunges of an already synced folder up to date.
+
+    Flags: CONDSTORE ``CHANGEDSINCE`` where the server has it, else a bounded refresh of the
+    most recent UIDs. Expunges: the stored UIDs the server no longer has. A message whose last
+    placement vanished is only marked orphaned: a move shows up as an expunge here and an
+    arrival elsewhere, and must keep its id (see :func:`finalize_orphans`).
+    """
+    with sessions.begin() as db:
+        current = MessageRepository(db).placements_of(folder_id, uidvalidity)
+    if not current:
+        return
+    if stored_modseq is not None and server_modseq is not None and imap.condstore_enabled:
+        metas = imap.fetch_changed_since(stored_modseq) if server_modseq > stored_modseq else []
+    else:
+        metas = imap.fetch_flags(sorted(current)[-FLAG_REFRESH_LIMIT:])
+    gone = set(current) - imap.present_uids(sorted(current))
+    with sessions.begin() as db:
+        repo = MessageRepository(db)
+        updated: list[str] = []
+        for meta in metas:
+            if meta.uid not in current or meta.uid in gone:
+                continue
+            message_id, flags = current[meta.uid]
+            if sorted(meta.flags) != sorted(flags):
+                repo.set_placement_flags(folder_id, uidvalidity, meta.uid, meta.flags, meta.modseq)
+                repo.set_message_flags(message_id, meta.flags)
+                updated.append(message_id)
+        left = repo.drop_placements(folder_id, uidvalidity, gone)
+        orphans = repo.unplaced(left)
+        repo.mark_orphaned(orphans, now)
+        updated.extend(m for m in left if m not in orphans)  # still held by another folder
+        if live and notify:
+            outcome.emitted += events.messages(db, grant_id, "message.updated", updated)
+
+
+def finalize_orphans(
+    sessions: sessionmaker[Session], grant_id: str, *, now: datetime, grace_s: float
+) -> list[str]:
+    """Delete messages that stayed in no folder for ``grace_s`` and notify ``message.deleted``.
+
+    Idempotent; beat's reconciliation calls it too, for grants whose folders are quiet.
+    """
+    with sessions.begin() as db:
+        repo = MessageRepository(db)
+        expired = repo.expired_orphans(grant_id, now - timedelta(seconds=grace_s))
+        deleted = repo.delete_unplaced(grant_id, expired)
+        grant = GrantRepository(db).get(grant_id)
+        if deleted and grant is not None and grant.initial_sync_completed_at is not None:
+            events.messages_deleted(db, grant_id, deleted)
+    return deleted
 
 
 def _complete_grant_if_done(db: Session, grant_id: str, now: datetime) -> bool:

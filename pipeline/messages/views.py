@@ -1,0 +1,81 @@
+"""Messages, folders and threads as API objects (Nylas v3 shape), for responses and webhooks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pipeline.models import Attachment, Folder, Message
+
+
+def unix(value: datetime | None) -> int | None:
+    """Seconds since the epoch (the API's time format)."""
+    return int(value.timestamp()) if value is not None else None
+
+
+def attachment_view(att: Attachment) -> dict[str, Any]:
+    """Attachment metadata in the Nylas v3 shape."""
+    return {
+        "id": att.id,
+        "grant_id": att.grant_id,
+        "message_id": att.message_id,
+        "filename": att.filename,
+        "content_type": att.content_type,
+        "size": att.size,
+        "content_id": att.content_id,
+        "content_disposition": "inline" if att.is_inline else "attachment",
+        "is_inline": att.is_inline,
+    }
+
+
+def message_view(
+    message: Message,
+    folder_ids: list[str],
+    attachments: list[Attachment],
+    *,
+    include_headers: bool = False,
+    include_body: bool = True,
+) -> dict[str, Any]:
+    """A message in the Nylas v3 shape."""
+    view: dict[str, Any] = {
+        "id": message.id,
+        "grant_id": message.grant_id,
+        "object": "message",
+        "thread_id": message.thread_id,
+        "subject": message.subject,
+        "from": message.from_,
+        "to": message.to,
+        "cc": message.cc,
+        "bcc": message.bcc,
+        "reply_to": message.reply_to,
+        "date": unix(message.date),
+        "created_at": unix(message.date),
+        "unread": message.unread,
+        "starred": message.starred,
+        "snippet": message.snippet,
+        "folders": folder_ids,
+        "attachments": [attachment_view(a) for a in attachments],
+    }
+    if include_body:
+        view["body"] = message.body
+    if include_headers:
+        view["headers"] = message.headers
+    return view
+
+
+def deleted_message_view(message_id: str, grant_id: str) -> dict[str, Any]:
+    """What a ``message.deleted`` notification carries: the id, nothing else is left."""
+    return {"id": message_id, "grant_id": grant_id, "object": "message"}
+
+
+def folder_view(folder: Folder) -> dict[str, Any]:
+    """A folder in the Nylas v3 shape."""
+    return {
+        "id": folder.id,
+        "grant_id": folder.grant_id,
+        "object": "folder",
+        "name": folder.name,
+        "attributes": list(folder.attributes),
+        "system_folder": folder.role is not None,
+        "parent_id": None,
+    }

@@ -1,0 +1,69 @@
+"""Notifications the sync emits, written to the webhook outbox in the caller's transaction.
+
+Rules (Nylas v3 semantics): nothing for mail found by the initial (historical) sync or by a
+reindex, nothing for mail that arrived while a grant was out of service for more than
+``SILENT_AFTER``; ``message.created`` for new mail, ``message.updated`` for flag changes and
+moves (a message keeps its id), ``message.deleted`` only for mail that is really gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from pipeline.grants.views import grant_dict
+from pipeline.messages.repository import MessageRepository
+from pipeline.messages.views import deleted_message_view, folder_view, message_view
+from pipeline.models import Folder, Grant
+from pipeline.webhooks.outbox import emit
+
+SILENT_AFTER = timedelta(hours=72)  # mail found after a longer outage is synced silently
+
+
+def messages(session: Session, grant_id: str, type_: str, message_ids: Iterable[str]) -> int:
+    """Emit ``message.created`` / ``message.updated`` for messages; returns how many."""
+    repo = MessageRepository(session)
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return 0
+    folders = repo.current_folder_ids(ids)
+    count = 0
+    for message, attachments in repo.with_attachments(ids):
+        emit(
+            session,
+            grant_id=grant_id,
+            type=type_,
+            obj=message_view(message, folders.get(message.id, []), attachments),
+            subject_id=message.id,
+        )
+        count += 1
+    return count
+
+
+def messages_deleted(session: Session, grant_id: str, message_ids: Iterable[str]) -> int:
+    """Emit ``message.deleted``; returns how many."""
+    count = 0
+    for message_id in dict.fromkeys(message_ids):
+        emit(
+            session,
+            grant_id=grant_id,
+            type="message.deleted",
+            obj=deleted_message_view(message_id, grant_id),
+            subject_id=message_id,
+        )
+        count += 1
+    return count
+
+
+def folder(session: Session, type_: str, row: Folder) -> int:
+    """Emit ``folder.created`` / ``folder.updated`` / ``folder.deleted``."""
+    emit(session, grant_id=row.grant_id, type=type_, obj=folder_view(row), subject_id=row.id)
+    return 1
+
+
+def grant(session: Session, type_: str, row: Grant) -> int:
+    """Emit a ``grant.*`` notification."""
+    emit(session, grant_id=row.id, type=type_, obj=grant_dict(row), subject_id=row.id)
+    return 1
