@@ -20,8 +20,8 @@ unrelated servers must not share one bucket.
 
 Token buckets: a request of ``cost`` tokens takes them from *every* bucket it names (provider
 and account) or from none, and learns how long to wait otherwise. A bucket refills at ``rate``
-tokens per second up to ``capacity`` (the allowed burst, ``BURST_S`` seconds' worth, at least
-one token), so over any window ``T`` at most ``rate * T + capacity`` requests pass.
+tokens per second up to its capacity (the allowed burst, :func:`capacity`), so over any window
+``T`` at most ``rate * T + capacity`` requests pass.
 
 Connection slots (the semantics agreed with the listener, see
 :mod:`pipeline.listener.leases`): ``imap-pipeline:conn:<grant_id>`` is a sorted set whose
@@ -57,7 +57,9 @@ from pipeline.listener.leases import SLOT_ACQUIRE_LUA, conn_key
 from pipeline.presets import preset
 
 KEY_PREFIX = "imap-pipeline"
-BURST_S = 1.0  # a bucket holds at most this many seconds' worth of tokens (and at least one)
+BURST_S = 1.0  # a bucket holds this many seconds' worth of tokens...
+MIN_BURST = 3.0  # ...and at least this many (a first sync opens a few sessions at once), but
+# never more than one minute's worth (a "6 logins per minute" account stays near 6)
 ACCOUNT_BACKOFF_BASE_S = 30.0  # first back-off after a throttling answer
 ACCOUNT_BACKOFF_MAX_S = 15 * 60.0  # providers lift most throttles within minutes
 THROTTLE_MEMORY_S = 60 * 60  # consecutive throttles within this long double the back-off
@@ -153,8 +155,9 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
-def _capacity(rate_per_s: float) -> float:
-    return max(1.0, rate_per_s * BURST_S)
+def capacity(rate_per_s: float) -> float:
+    """How many tokens a bucket refilling at ``rate_per_s`` holds (its allowed burst)."""
+    return max(1.0, min(MIN_BURST, rate_per_s * 60.0), rate_per_s * BURST_S)
 
 
 def worker_holder() -> str:
@@ -234,7 +237,7 @@ class RateLimiter:
         for _, rate in buckets:
             if rate <= 0:
                 raise ValueError("a rate limit must be positive")
-            args.extend([rate, max(_capacity(rate), cost)])
+            args.extend([rate, max(capacity(rate), cost)])
         wait_ms = int(self._call(self._bucket, keys=keys, args=args))
         return wait_ms / 1000.0
 

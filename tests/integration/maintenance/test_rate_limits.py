@@ -18,6 +18,7 @@ from pipeline.ratelimit import (
     ACCOUNT_BACKOFF_BASE_S,
     PROVIDER_THROTTLED_ACCOUNTS,
     RateLimiter,
+    capacity,
     scope_of,
 )
 from tests.integration.test_initial_sync import connect
@@ -49,13 +50,16 @@ def test_a_bucket_allows_its_burst_then_says_how_long_to_wait(limiter: RateLimit
 
 
 def test_a_denied_account_does_not_spend_provider_tokens(limiter: RateLimiter) -> None:
-    limiter.set_limits("gmail", {"account_logins_per_min": 60, "provider_logins_per_min": 120})
+    limiter.set_limits("gmail", {"account_logins_per_min": 1, "provider_logins_per_min": 120})
+    assert capacity(1 / 60) == 1.0
+    assert capacity(2.0) == 3.0
     assert limiter.try_login("gmail", "imap.gmail.com", "a") == 0.0  # account a: 1 of 1 burst
     for _ in range(5):
         assert limiter.try_login("gmail", "imap.gmail.com", "a") > 0.0
-    # the provider bucket (burst 2) still has its second token for another account
+    # the provider bucket (burst 3) still has two tokens for other accounts
     assert limiter.try_login("gmail", "imap.gmail.com", "b") == 0.0
-    assert limiter.try_login("gmail", "imap.gmail.com", "c") > 0.0
+    assert limiter.try_login("gmail", "imap.gmail.com", "c") == 0.0
+    assert limiter.try_login("gmail", "imap.gmail.com", "d") > 0.0
 
 
 def test_generic_servers_do_not_share_a_provider_bucket() -> None:
@@ -156,9 +160,9 @@ def test_four_workers_hold_the_global_login_rate(
         found = pattern.findall(log.read().decode(errors="replace"))
     per_second = Counter(stamp for stamp, _ in found)
     per_user = Counter(user for _, user in found)
-    capacity = max(1.0, PROVIDER_LOGINS_PER_S)  # BURST_S = 1 s worth
-    assert len(found) <= PROVIDER_LOGINS_PER_S * HAMMER_S + capacity + 1, per_second
+    burst = capacity(PROVIDER_LOGINS_PER_S)
+    assert len(found) <= PROVIDER_LOGINS_PER_S * HAMMER_S + burst + 1, per_second
     assert len(found) >= PROVIDER_LOGINS_PER_S * HAMMER_S * 0.7, per_second  # not starved
     # any one-second window: the rate plus the burst (log stamps have one-second resolution)
-    assert max(per_second.values()) <= PROVIDER_LOGINS_PER_S + capacity, per_second
+    assert max(per_second.values()) <= PROVIDER_LOGINS_PER_S + burst, per_second
     assert len(per_user) == WORKERS  # every worker got its share
