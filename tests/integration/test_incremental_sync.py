@@ -1,0 +1,132 @@
+"""After the initial sync: new mail, flag changes, expunges and moves, with their notifications."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.models import Folder, Message
+from pipeline.sync.runner import sync_grant_inline
+from pipeline.webhooks.models import OutboxEvent
+from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.mail import append, create_folder, imap_login, make_message
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def events(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    with session_scope(settings.require_database_url()) as db:
+        rows = db.execute(select(OutboxEvent.type, OutboxEvent.object).order_by(OutboxEvent.seq))
+        return [(t, dict(o)) for t, o in rows]
+
+
+def types(settings: Settings) -> list[str]:
+    return [t for t, _ in events(settings)]
+
+
+def synced_grant(settings: Settings, user: MailUser, subjects: list[str]) -> str:
+    for subject in subjects:
+        append(user.server, user.name, user.password, make_message(subject))
+    create_folder(user.server, user.name, user.password, "Archive")
+    grant_id = connect(settings, user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    return grant_id
+
+
+def server_command(user: MailUser, *commands: tuple[str, ...]) -> None:
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        conn.select("INBOX")
+        for command in commands:
+            typ, data = conn.uid(*command)
+            assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def test_the_historical_sync_notifies_nothing_but_the_grant(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    synced_grant(settings, mail_user, ["old 1", "old 2"])
+    assert types(settings) == ["grant.created", "grant.imap_sync_completed"]
+
+
+def test_new_mail_is_message_created(settings: Settings, mail_user: MailUser) -> None:
+    grant_id = synced_grant(settings, mail_user, ["old"])
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("brand new"))
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    created = [o for t, o in events(settings) if t == "message.created"]
+    assert [o["subject"] for o in created] == ["brand new"]
+    assert created[0]["grant_id"] == grant_id
+    assert created[0]["unread"] is True
+    assert len(created[0]["folders"]) == 1
+
+
+def test_flag_change_is_message_updated(settings: Settings, mail_user: MailUser) -> None:
+    grant_id = synced_grant(settings, mail_user, ["to read", "untouched"])
+    server_command(mail_user, ("STORE", "1", "+FLAGS", "(\\Seen \\Flagged)"))
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    updated = [o for t, o in events(settings) if t == "message.updated"]
+    assert [(o["subject"], o["unread"], o["starred"]) for o in updated] == [
+        ("to read", False, True)
+    ]
+    with session_scope(settings.require_database_url()) as db:
+        flags = dict(db.execute(select(Message.subject, Message.unread)).all())
+    assert flags == {"to read": False, "untouched": True}
+
+
+def test_expunge_is_message_deleted_after_the_grace_period(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id = synced_grant(settings, mail_user, ["doomed", "kept"])
+    with session_scope(settings.require_database_url()) as db:
+        doomed_id = db.scalars(select(Message.id).where(Message.subject == "doomed")).one()
+    server_command(mail_user, ("STORE", "1", "+FLAGS", "(\\Deleted)"), ("EXPUNGE", "1"))
+    sessions = sessions_for(settings)
+    sync_grant_inline(sessions, settings, grant_id)
+    # within the grace period it is only orphaned: a move could still re-place it
+    assert "message.deleted" not in types(settings)
+    sync_grant_inline(sessions, settings.model_copy(update={"orphan_grace_s": 0}), grant_id)
+    deleted = [o for t, o in events(settings) if t == "message.deleted"]
+    assert [o["id"] for o in deleted] == [doomed_id]
+    with session_scope(settings.require_database_url()) as db:
+        assert db.scalars(select(Message.subject)).all() == ["kept"]
+
+
+def test_a_move_keeps_the_id_and_is_message_updated(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id = synced_grant(settings, mail_user, ["mover"])
+    with session_scope(settings.require_database_url()) as db:
+        (message_id,) = db.scalars(select(Message.id)).all()
+        archive_id = db.scalars(select(Folder.id).where(Folder.name == "Archive")).one()
+    server_command(mail_user, ("MOVE", "1", "Archive"))
+    sync_grant_inline(
+        sessions_for(settings), settings.model_copy(update={"orphan_grace_s": 0}), grant_id
+    )
+    assert "message.deleted" not in types(settings)
+    assert "message.created" not in types(settings)
+    updated = [o for t, o in events(settings) if t == "message.updated"]
+    assert updated and all(o["id"] == message_id for o in updated)
+    assert updated[-1]["folders"] == [archive_id]
+    with session_scope(settings.require_database_url()) as db:
+        assert db.scalars(select(Message.id)).all() == [message_id]
+
+
+def test_mail_after_a_long_outage_is_synced_silently(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id = synced_grant(settings, mail_user, ["before"])
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(update(Folder).values(last_synced_at=datetime.now(UTC) - timedelta(days=4)))
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("during outage"))
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    assert "message.created" not in types(settings)
+    with session_scope(settings.require_database_url()) as db:
+        assert sorted(db.scalars(select(Message.subject))) == ["before", "during outage"]
