@@ -55,7 +55,7 @@ def attachment_view(att: Attachment) -> dict[str, Any]:
 def message_view(
     message: Message,
     folder_ids: list[str],
-    attachments: list[Attachment],
+    attachments: list[dict[str, Any]],
     *,
     include_headers: bool = False,
     include_body: bool = True,
@@ -78,7 +78,7 @@ def message_view(
         "starred": message.starred,
         "snippet": message.snippet,
         "folders": folder_ids,
-        "attachments": [attachment_view(a) for a in attachments],
+        "attachments": attachments,
     }
     if include_body:
         view["body"] = message.body
@@ -104,14 +104,17 @@ def apply_select(view: dict[str, Any], selected: set[str] | None) -> dict[str, A
 def message_views(
     db: Session, rows: list[Message], *, include_headers: bool, selected: set[str] | None
 ) -> list[dict[str, Any]]:
-    """Views of several messages, with their folders and attachments in two queries."""
+    """Views of some messages, with their folders and attachments (two more queries)."""
     ids = [m.id for m in rows]
     folders = queries.folder_ids_of(db, ids)
     attachments = queries.attachments_of(db, ids)
     return [
         apply_select(
             message_view(
-                m, folders.get(m.id, []), attachments.get(m.id, []), include_headers=include_headers
+                m,
+                folders.get(m.id, []),
+                [attachment_view(a) for a in attachments.get(m.id, [])],
+                include_headers=include_headers,
             ),
             selected,
         )
@@ -229,14 +232,24 @@ def list_messages(
         has_attachment=has_attachment,
     )
     after = decode_cursor(page_token) if page_token is not None else None
-    rows = queries.list_messages(db, grant.id, flt, limit + 1, after)
-    next_cursor = (
-        encode_cursor(rows[limit - 1].date, rows[limit - 1].id) if len(rows) > limit else None
+    include_headers = fields == "include_headers"
+    rows = queries.list_messages(
+        db, grant.id, flt, limit + 1, after, include_headers=include_headers
     )
-    rows = rows[:limit]
-    data = message_views(
-        db, rows, include_headers=fields == "include_headers", selected=parse_select(select)
-    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1].message
+        next_cursor = encode_cursor(last.date, last.id)
+    selected = parse_select(select)
+    data = [
+        apply_select(
+            message_view(
+                row.message, row.folder_ids, row.attachments, include_headers=include_headers
+            ),
+            selected,
+        )
+        for row in rows[:limit]
+    ]
     return page(request, data, next_cursor)
 
 

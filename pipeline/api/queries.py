@@ -24,7 +24,9 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Text,
+    case,
     cast,
+    distinct,
     exists,
     false,
     func,
@@ -33,7 +35,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.orm import Session, aliased, defer
 
 from pipeline.api.pagination import Cursor
@@ -103,11 +105,11 @@ def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
             exists().where(Placement.message_id == m.id, Placement.folder_id.in_(flt.folder_ids))
         )
     if flt.unread is not None:
-        conds.append(m.unread.is_(flt.unread))
+        conds.append(m.unread == flt.unread)  # `= true` (not IS TRUE) proves partial indexes
     if flt.starred is not None:
-        conds.append(m.starred.is_(flt.starred))
+        conds.append(m.starred == flt.starred)
     if flt.has_attachment is not None:
-        conds.append(m.has_attachments.is_(flt.has_attachment))
+        conds.append(m.has_attachments == flt.has_attachment)
     if flt.subject:
         conds.append(m.subject.ilike("%" + _like_escape(flt.subject) + "%", escape="\\"))
     if flt.thread_id is not None:
@@ -141,11 +143,58 @@ def _position(after: Cursor, at_column: Any, id_column: Any) -> ColumnElement[An
     return tuple_(literal(after.at, type_=at_column.type), literal(after.id, type_=id_column.type))
 
 
+def attachment_json(a: Any) -> ColumnElement[Any]:
+    """An attachment's API view built in SQL (the same keys as ``messages.attachment_view``)."""
+    return func.jsonb_build_object(
+        "id",
+        a.id,
+        "grant_id",
+        a.grant_id,
+        "message_id",
+        a.message_id,
+        "filename",
+        a.filename,
+        "content_type",
+        a.content_type,
+        "size",
+        a.size,
+        "content_id",
+        a.content_id,
+        "content_disposition",
+        case((a.is_inline, "inline"), else_="attachment"),
+        "is_inline",
+        a.is_inline,
+    )
+
+
 def list_messages_query(
-    grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
-) -> Select[Message]:
-    """The page query: ``limit`` messages after ``after``, newest first."""
-    query = select(Message).where(Message.grant_id == grant_id, *message_conditions(Message, flt))
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    include_headers: bool = False,
+) -> Select[Message, list[str] | None, list[dict[str, Any]] | None]:
+    """The page query: ``limit`` messages after ``after``, newest first, each with its folder
+    ids and attachment views from correlated subqueries (Postgres evaluates those after the
+    LIMIT, so a page costs one round trip)."""
+    folders = (
+        select(func.array_agg(distinct(cast(Placement.folder_id, Text))))
+        .where(Placement.message_id == Message.id)
+        .scalar_subquery()
+    )
+    attachments = (
+        select(
+            func.jsonb_agg(aggregate_order_by(attachment_json(Attachment), Attachment.part_path))
+        )
+        .where(Attachment.message_id == Message.id)
+        .scalar_subquery()
+    )
+    query = select(Message, folders, attachments).where(
+        Message.grant_id == grant_id, *message_conditions(Message, flt)
+    )
+    if not include_headers:
+        query = query.options(defer(Message.headers))
     if after is not None:
         query = query.where(
             tuple_(Message.date, Message.id) < _position(after, Message.date, Message.id)
@@ -153,11 +202,32 @@ def list_messages_query(
     return query.order_by(Message.date.desc(), Message.id.desc()).limit(limit)
 
 
+@dataclass(frozen=True)
+class ListedMessage:
+    """A message of a list page with its folder ids and attachment views."""
+
+    message: Message
+    folder_ids: list[str]
+    attachments: list[dict[str, Any]]
+
+
 def list_messages(
-    session: Session, grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
-) -> list[Message]:
-    """Up to ``limit`` messages of a grant after the cursor, newest first."""
-    return list(session.scalars(list_messages_query(grant_id, flt, limit, after)))
+    session: Session,
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    include_headers: bool = False,
+) -> list[ListedMessage]:
+    """Up to ``limit`` messages of a grant after the cursor, newest first, in one query."""
+    rows = session.execute(
+        list_messages_query(grant_id, flt, limit, after, include_headers=include_headers)
+    )
+    return [
+        ListedMessage(message, sorted(folders or []), attachments or [])
+        for message, folders, attachments in rows
+    ]
 
 
 def get_message(session: Session, grant_id: str, message_id: str) -> Message | None:

@@ -19,6 +19,7 @@ from pipeline.api.messages import (
     AddressList,
     Timestamp,
     apply_select,
+    attachment_view,
     build_filter,
     message_view,
     parse_select,
@@ -72,7 +73,11 @@ def thread_views(db: Session, threads: list[Thread]) -> list[dict[str, Any]]:
                 "latest_message_received_date": unix(latest.date) if latest else None,
                 "latest_message_sent_date": unix(latest.date) if latest else None,
                 "latest_draft_or_message": (
-                    message_view(latest, folders.get(latest.id, []), attachments.get(latest.id, []))
+                    message_view(
+                        latest,
+                        folders.get(latest.id, []),
+                        [attachment_view(a) for a in attachments.get(latest.id, [])],
+                    )
                     if latest
                     else None
                 ),
