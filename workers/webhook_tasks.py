@@ -209,7 +209,7 @@ def enqueue_deliver(destination_id: str) -> None:
 def schedule_deliver(destination_id: str, delay_s: float) -> None:
     """Have ``destination_id`` drained in ``delay_s`` seconds (capped; the sweep covers longer).
 
-    One scheduled drain per destination is kept, unless a sooner one is asked for.
+    One pending scheduled drain per destination is kept, unless a sooner one is asked for.
     """
     delay = min(max(delay_s, 0.0), _max_countdown_s())
     if delay < MIN_COUNTDOWN_S:
@@ -217,11 +217,12 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
         return
     r = runtime().redis
     key = _scheduled_key(destination_id)
-    due = time.time() + delay
+    now = time.time()
+    due = now + delay
     try:
         current = r.get(key)
-        if current is not None and float(current) <= due + COUNTDOWN_SLACK_S:
-            return  # an earlier (or same-time) drain is already scheduled
+        if current is not None and now < float(current) <= due + COUNTDOWN_SLACK_S:
+            return  # a drain that has not run yet is scheduled no later than needed
         r.set(key, repr(due).encode(), ex=math.ceil(delay + COUNTDOWN_SLACK_S))
         _publish(DELIVER_TASK, [destination_id], countdown=delay)
     except ENQUEUE_ERRORS as exc:

@@ -36,6 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.crypto import SecretBox
@@ -153,7 +154,14 @@ class Drainer:
                         status=status,
                     )
                 results = self._send(lease, claimed)
-                batch = self._record(destination_id, claimed, results)
+                try:
+                    batch = self._record(destination_id, claimed, results)
+                except IntegrityError:
+                    if self._exists(destination_id):
+                        raise
+                    # Deleted while we were sending: nothing is owed to it any more.
+                    holding = False
+                    return DrainOutcome(attempted, delivered, failed, status=None)
                 attempted += len(claimed)
                 delivered += batch.delivered
                 failed += batch.failed
@@ -173,6 +181,10 @@ class Drainer:
                     repository.release_lease(session, destination_id, token)
 
     # --- one batch ------------------------------------------------------------------------
+
+    def _exists(self, destination_id: str) -> bool:
+        with self._uow() as session:
+            return repository.get_destination(session, destination_id) is not None
 
     def _send(
         self, lease: repository.LeasedDestination, claimed: list[repository.ClaimedDelivery]

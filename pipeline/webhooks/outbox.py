@@ -29,6 +29,20 @@ from pipeline.webhooks import repository
 from pipeline.webhooks.errors import WebhookPayloadError
 from pipeline.webhooks.schemas import TRIGGER_TYPES
 
+NUL_ESCAPE = "\\u0000"
+NUL_REPLACEMENT = "\ufffd"
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 in strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_REPLACEMENT)
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
 
 def ordering_key(grant_id: str | None, type: str, subject_id: str | None) -> str | None:
     """The key under which notifications are delivered in order: grant, object family, id."""
@@ -68,12 +82,14 @@ def emit(
             f"Unknown webhook trigger type {type!r}; use one of {', '.join(sorted(TRIGGER_TYPES))}."
         )
     try:
-        json.dumps(obj, allow_nan=False)
+        dumped = json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise WebhookPayloadError(
             f"The {type} object is not JSON-serializable ({exc}); convert datetimes to unix "
             "seconds and other values to plain JSON types before emitting."
         ) from exc
+    if NUL_ESCAPE in dumped:  # jsonb cannot store U+0000; mail in the wild has it
+        obj = _without_nul(obj)
     repository.insert_event(
         session,
         notification_id=new_id(),

@@ -1,0 +1,124 @@
+"""The outbox: rows live and die with the writer's transaction; dispatch fans out in order."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from contextlib import AbstractContextManager
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from webhook_receiver import Receiver
+
+from pipeline.webhooks import outbox, repository
+from pipeline.webhooks.models import OutboxEvent, WebhookDelivery
+from pipeline.webhooks.service import WebhookService
+
+pytestmark = pytest.mark.services
+
+Uow = functools.partial[AbstractContextManager[Session]]
+
+
+def _dest(
+    uow: Uow, service: WebhookService, receiver: Receiver, path: str, triggers: list[str]
+) -> str:
+    with uow() as s:
+        return service.create(s, {"webhook_url": receiver.url(path), "trigger_types": triggers}).id
+
+
+def test_emit_writes_in_the_callers_transaction_and_never_commits(uow: Uow) -> None:
+    grant = str(uuid.uuid4())
+    with pytest.raises(RuntimeError), uow() as s:
+        outbox.emit(s, grant_id=grant, type="message.created", obj={"id": "m"}, subject_id="m")
+        raise RuntimeError("the change failed")
+    with uow() as s:
+        assert s.scalars(select(OutboxEvent)).all() == []
+    with uow() as s:
+        outbox.emit(s, grant_id=grant, type="message.created", obj={"id": "m1"}, subject_id="m1")
+        outbox.emit(s, grant_id=grant, type="message.updated", obj={"id": "m1"}, subject_id="m1")
+        outbox.emit(s, grant_id=None, type="grant.deleted", obj={"id": grant}, subject_id=grant)
+        s.rollback()  # emit did not commit behind our back
+    with uow() as s:
+        assert s.scalars(select(OutboxEvent)).all() == []
+
+
+def test_rows_get_increasing_sequence_and_unique_ids(uow: Uow) -> None:
+    for i in range(3):
+        with uow() as s:
+            for j in range(3):
+                outbox.emit(s, grant_id=None, type="folder.updated", obj={"i": i, "j": j})
+    with uow() as s:
+        rows = s.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)).all()
+        assert [(r.object["i"], r.object["j"]) for r in rows] == [
+            (i, j) for i in range(3) for j in range(3)
+        ]
+        assert len({r.id for r in rows}) == 9
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+
+
+def test_nul_characters_are_stored_not_fatal(uow: Uow) -> None:
+    with uow() as s:
+        outbox.emit(s, grant_id=None, type="message.created", obj={"body": "a\x00b"})
+    with uow() as s:
+        assert s.scalars(select(OutboxEvent.object)).one() == {"body": "a\ufffdb"}
+
+
+def test_dispatch_fans_out_by_trigger_type(
+    uow: Uow, service: WebhookService, receiver: Receiver
+) -> None:
+    created_only = _dest(uow, service, receiver, "/a", ["message.created"])
+    everything = _dest(uow, service, receiver, "/b", ["message.created", "message.deleted"])
+    folders = _dest(uow, service, receiver, "/c", ["folder.created"])
+    with uow() as s:
+        outbox.emit(s, grant_id=None, type="message.created", obj={"id": "1"}, subject_id="1")
+        outbox.emit(s, grant_id=None, type="message.deleted", obj={"id": "1"}, subject_id="1")
+        outbox.emit(s, grant_id=None, type="message.updated", obj={"id": "1"}, subject_id="1")
+    with uow() as s:
+        result = outbox.dispatch_batch(s, limit=100)
+    assert (result.events, result.deliveries, result.more) == (3, 3, False)
+    assert result.destination_ids == {created_only, everything}
+    with uow() as s:
+        assert [d.type for d in repository.deliveries_for(s, created_only)] == ["message.created"]
+        assert [d.type for d in repository.deliveries_for(s, everything)] == [
+            "message.created",
+            "message.deleted",
+        ]
+        assert repository.deliveries_for(s, folders) == []
+        assert not repository.has_pending_events(s)
+    with uow() as s:  # dispatching again changes nothing
+        assert outbox.dispatch_batch(s, limit=100).events == 0
+
+
+def test_dispatch_works_in_batches_and_reports_more(
+    uow: Uow, service: WebhookService, receiver: Receiver
+) -> None:
+    dest = _dest(uow, service, receiver, "/a", ["folder.created"])
+    with uow() as s:
+        for i in range(5):
+            outbox.emit(s, grant_id=None, type="folder.created", obj={"id": str(i)})
+    with uow() as s:
+        first = outbox.dispatch_batch(s, limit=3)
+    with uow() as s:
+        second = outbox.dispatch_batch(s, limit=3)
+    assert (first.events, first.more, second.events, second.more) == (3, True, 2, False)
+    with uow() as s:
+        seqs = [d.event_seq for d in repository.deliveries_for(s, dest)]
+    assert seqs == sorted(seqs) and len(seqs) == 5
+
+
+def test_paused_destinations_and_later_destinations_get_nothing(
+    uow: Uow, service: WebhookService, receiver: Receiver
+) -> None:
+    paused = _dest(uow, service, receiver, "/p", ["message.created"])
+    with uow() as s:
+        service.update(s, paused, {"status": "pause"})
+    with uow() as s:
+        outbox.emit(s, grant_id=None, type="message.created", obj={"id": "early"})
+    late = _dest(uow, service, receiver, "/late", ["message.created"])
+    with uow() as s:
+        result = outbox.dispatch_batch(s, limit=10)
+    assert result.events == 1 and result.deliveries == 0
+    with uow() as s:
+        assert s.scalars(select(WebhookDelivery)).all() == []
+    assert late

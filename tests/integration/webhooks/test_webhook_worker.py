@@ -1,0 +1,238 @@
+"""End to end through a real ``celery worker -Q webhooks``, Redis, Postgres and an HTTP receiver."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+import redis
+from conftest import WorkerEnv
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from webhook_receiver import Receiver
+
+from pipeline.crypto import SecretBox
+from pipeline.db import session_scope
+from pipeline.webhooks import outbox, repository
+from pipeline.webhooks.models import WebhookDestination
+from pipeline.webhooks.service import WebhookService
+from pipeline.webhooks.settings import WebhookSettings
+from pipeline.webhooks.signing import verify
+from workers import webhook_tasks
+
+pytestmark = pytest.mark.services
+
+Uow = functools.partial[AbstractContextManager[Session]]
+GRANT = str(uuid.uuid4())
+TRIGGERS = ["message.created", "message.updated", "message.deleted"]
+
+
+@pytest.fixture
+def wuow(worker: WorkerEnv) -> Uow:
+    """Unit of work on the worker's database."""
+    return functools.partial(session_scope, worker.database_url)
+
+
+@pytest.fixture
+def wservice(worker: WorkerEnv) -> Iterator[WebhookService]:
+    """The service with the worker's settings and encryption key."""
+    with WebhookService(WebhookSettings.load(), SecretBox([worker.encryption_key])) as service:
+        yield service
+
+
+def _create(uow: Uow, service: WebhookService, url: str) -> tuple[str, str]:
+    with uow() as s:
+        out = service.create(s, {"webhook_url": url, "trigger_types": TRIGGERS})
+    assert out.webhook_secret is not None
+    return out.id, out.webhook_secret
+
+
+def _emit_and_kick(uow: Uow, events: list[tuple[str, str, dict[str, Any]]]) -> None:
+    with uow() as s:
+        for type_, subject, obj in events:
+            outbox.emit(
+                s, grant_id=GRANT, type=type_, obj={"id": subject, **obj}, subject_id=subject
+            )
+    webhook_tasks.kick()  # after the commit, as writers do
+
+
+def _status(uow: Uow, dest: str) -> str:
+    with uow() as s:
+        return s.get_one(WebhookDestination, dest).status
+
+
+def _wait_delivered(uow: Uow, dest: str, timeout_s: float = 10.0) -> None:
+    """Wait until every delivery of ``dest`` is recorded as delivered (after the POST)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with uow() as s:
+            states = {d.state for d in repository.deliveries_for(s, dest)}
+        if states == {"delivered"}:
+            return
+        assert time.monotonic() < deadline, f"deliveries still {states}"
+        time.sleep(0.05)
+
+
+def _ids(receiver: Receiver, path: str = "/hook") -> set[str]:
+    return {r.json()["id"] for r in receiver.accepted(path)}
+
+
+def _sweep() -> None:
+    webhook_tasks._publish(webhook_tasks.SWEEP_TASK, [])  # what beat sends
+
+
+def test_emit_commit_kick_arrives_signed_within_a_second_or_so(
+    wuow: Uow, wservice: WebhookService, receiver: Receiver
+) -> None:
+    dest, secret = _create(wuow, wservice, receiver.url())
+    t0 = time.monotonic()
+    _emit_and_kick(wuow, [("message.created", "m1", {"subject": "hi"})])
+    (got,) = receiver.wait_accepted("/hook", 1, timeout_s=15)
+    assert got.at - t0 < 5.0
+    assert verify(secret, got.body, got.headers["x-nylas-signature"])
+    assert got.json()["data"]["object"] == {"id": "m1", "subject": "hi"}
+    _wait_delivered(wuow, dest)
+
+
+def test_receiver_down_for_a_while_then_up_every_notification_arrives(
+    wuow: Uow, wservice: WebhookService, receiver: Receiver
+) -> None:
+    dest, _ = _create(wuow, wservice, receiver.url())
+    receiver.stop()
+    events = [("message.updated", f"s{i % 6}", {"step": i}) for i in range(30)]
+    _emit_and_kick(wuow, events)
+    deadline = time.monotonic() + 15
+    while _status(wuow, dest) != "failing":
+        assert time.monotonic() < deadline, "destination never went failing"
+        time.sleep(0.1)
+    time.sleep(2.0)  # down for a while: several retries fail
+    receiver.start()
+    got = receiver.wait_accepted("/hook", 30, timeout_s=60)
+    assert len(_ids(receiver)) == 30
+    first_seen: dict[str, int] = {}
+    for r in got:
+        obj = r.json()["data"]["object"]
+        first_seen.setdefault(r.json()["id"], obj["step"])
+    for subject in {f"s{i}" for i in range(6)}:
+        steps = [
+            r.json()["data"]["object"]["step"]
+            for r in got
+            if r.json()["data"]["object"]["id"] == subject
+        ]
+        assert steps == sorted(steps), f"{subject} out of order: {steps}"
+    deadline = time.monotonic() + 10
+    while _status(wuow, dest) != "active":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    _wait_delivered(wuow, dest)
+    with wuow() as s:
+        assert max(d.attempts for d in repository.deliveries_for(s, dest)) > 1
+
+
+def test_a_slow_destination_does_not_delay_a_fast_one(
+    wuow: Uow, wservice: WebhookService, receiver: Receiver
+) -> None:
+    receiver.route("/slow", delay_s=3.0)
+    slow, _ = _create(wuow, wservice, receiver.url("/slow"))
+    fast, _ = _create(wuow, wservice, receiver.url("/fast"))
+    t0 = time.monotonic()
+    _emit_and_kick(wuow, [("message.created", f"m{i}", {}) for i in range(20)])
+    receiver.wait_accepted("/fast", 20, timeout_s=15)
+    fast_done = time.monotonic() - t0
+    slow_by_then = len(_ids(receiver, "/slow"))
+    assert fast_done < 3.0, f"fast destination took {fast_done:.1f} s"
+    assert slow_by_then < 20
+    receiver.wait_accepted("/slow", 20, timeout_s=60)
+    assert slow != fast
+
+
+def test_redis_flushed_nothing_is_lost_once_the_sweep_runs(
+    worker: WorkerEnv, wuow: Uow, wservice: WebhookService, receiver: Receiver
+) -> None:
+    r = redis.Redis.from_url(worker.redis_url, socket_timeout=5)
+    dest, _ = _create(wuow, wservice, receiver.url())
+
+    # 1. A kick sitting in Redis is flushed away: the outbox row stays undispatched.
+    worker.stop()
+    _emit_and_kick(wuow, [("message.created", f"a{i}", {}) for i in range(5)])
+    assert r.llen("webhooks") >= 1
+    r.flushall()
+    worker.start()
+    time.sleep(1.5)
+    assert receiver.received() == []
+    _sweep()
+    receiver.wait_accepted("/hook", 5, timeout_s=30)
+
+    # 2. Deliveries waiting for a retry lose their scheduled tasks and flags to a flush.
+    receiver.stop()
+    _emit_and_kick(wuow, [("message.created", f"b{i}", {}) for i in range(5)])
+    deadline = time.monotonic() + 15
+    while _status(wuow, dest) != "failing":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    worker.stop()
+    r.flushall()
+    receiver.start()
+    worker.start()
+    _sweep()
+    receiver.wait_accepted("/hook", 10, timeout_s=30)
+    _wait_delivered(wuow, dest)
+    r.close()
+
+
+def _queued_messages(r: redis.Redis[bytes]) -> list[tuple[str, list[Any], bytes]]:
+    """(task name, args, raw message) of every message waiting in Redis lists."""
+    out = []
+    for key in r.scan_iter():
+        if r.type(key) != b"list":
+            continue
+        for raw in r.lrange(key, 0, -1):
+            message = json.loads(raw)
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args, _kwargs, _embed = json.loads(body)
+            out.append((message["headers"]["task"], args, raw))
+    return out
+
+
+def test_secret_is_never_in_task_messages_or_logs(
+    worker: WorkerEnv,
+    wuow: Uow,
+    wservice: WebhookService,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    r = redis.Redis.from_url(worker.redis_url, socket_timeout=5)
+    dest, secret = _create(wuow, wservice, receiver.url())
+    with wuow() as s:
+        sealed = s.scalars(select(WebhookDestination.secret_sealed)).one()
+    worker.stop()
+    r.flushall()
+    _emit_and_kick(wuow, [("message.created", "m1", {})])
+    webhook_tasks.dispatch()  # run here, so the deliver messages it sends stay in Redis
+    messages = _queued_messages(r)
+    assert sorted((name, args) for name, args, _ in messages) == [
+        ("pipeline.webhooks.deliver", [dest]),
+        ("pipeline.webhooks.dispatch", []),
+    ]
+    for _, _, raw in messages:
+        assert secret.encode() not in raw and sealed.encode() not in raw
+        assert receiver.url().encode() not in raw
+    worker.start()
+    receiver.wait_accepted("/hook", 1, timeout_s=15)
+    time.sleep(0.5)
+    log = worker.log_text()
+    assert "pipeline.webhooks.deliver" in log  # the worker logs its tasks at DEBUG ...
+    assert secret not in log and sealed not in log  # ... never the secret
+    assert secret not in caplog.text and sealed not in caplog.text
+    r.close()
