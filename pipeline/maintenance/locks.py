@@ -62,4 +62,4 @@ def job_lock(
         if taken and release:
             # on a Redis error the lock lapses by its TTL; nothing else to do
             with contextlib.suppress(redis.RedisError):
-                client.eval(_RELEASE, 1, key, token)
+                client.register_script(_RELEASE)(keys=[key], args=[token])

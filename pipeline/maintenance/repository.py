@@ -1,0 +1,252 @@
+"""Every query of the periodic jobs (sweep, purge, reconcile). Never commits.
+
+The columns migration 0401 adds to ``folders`` (``uidvalidity_changes``, ``swept_uidvalidity``,
+``retry_at``) are reached through a lightweight table clause, so this module does not depend on
+the ORM model carrying them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    column,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import Session
+
+from pipeline.models import Folder, Grant, Message, SyncFailure, Thread
+
+# folders, with the 0401 columns
+folders_t = table(
+    "folders",
+    column("id", UUID(as_uuid=False)),
+    column("grant_id", UUID(as_uuid=False)),
+    column("raw_name", String()),
+    column("role", String()),
+    column("state", String()),
+    column("state_detail", String()),
+    column("uidvalidity", BigInteger()),
+    column("updated_at", DateTime(timezone=True)),
+    column("uidvalidity_changes", Integer()),
+    column("swept_uidvalidity", BigInteger()),
+    column("retry_at", DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True)
+class SweptFolder:
+    """What the sweep knows about one folder before it asks the server."""
+
+    id: str
+    raw_name: str
+    role: str | None
+    state: str
+    uidvalidity: int
+    swept_uidvalidity: int | None
+    changes: int
+    retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PurgeBatch:
+    """What one purge batch removed."""
+
+    messages: int
+    threads: int
+
+
+class MaintenanceRepository:
+    """Queries of the periodic jobs; never commits."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- grants ---------------------------------------------------------------------------
+    def valid_grants(self) -> list[tuple[str, str]]:
+        """``(grant_id, provider)`` of every valid grant."""
+        rows = self.session.execute(
+            select(Grant.id, Grant.provider).where(Grant.grant_status == "valid").order_by(Grant.id)
+        )
+        return [(str(g), str(p)) for g, p in rows]
+
+    def stalled_grants(self, before: datetime) -> list[tuple[str, str]]:
+        """Valid grants still in their initial sync with no folder or grant change since
+        ``before``: ``(grant_id, provider)``."""
+        recent_folder = exists().where(Folder.grant_id == Grant.id, Folder.updated_at >= before)
+        rows = self.session.execute(
+            select(Grant.id, Grant.provider).where(
+                Grant.grant_status == "valid",
+                Grant.sync_state.in_(("pending", "syncing")),
+                Grant.updated_at < before,
+                ~recent_folder,
+            )
+        )
+        return [(str(g), str(p)) for g, p in rows]
+
+    def folders_to_retry(self, before: datetime) -> list[tuple[str, str, str]]:
+        """Folders of valid grants that failed, or were left mid-sync, before ``before``:
+        ``(grant_id, folder_id, provider)``."""
+        rows = self.session.execute(
+            select(folders_t.c.grant_id, folders_t.c.id, Grant.provider)
+            .join(Grant, Grant.id == folders_t.c.grant_id)
+            .where(
+                Grant.grant_status == "valid",
+                Grant.sync_state != "stopped",
+                folders_t.c.state.in_(("failed", "syncing", "reindexing", "pending")),
+                folders_t.c.updated_at < before,
+            )
+        )
+        return [(str(g), str(f), str(p)) for g, f, p in rows]
+
+    # --- UIDVALIDITY sweep ----------------------------------------------------------------
+    def sweep_candidates(self, grant_id: str, now: datetime) -> list[SweptFolder]:
+        """Folders of a grant synced at least once; stopped ones only when their retry is due."""
+        f = folders_t.c
+        rows = self.session.execute(
+            select(
+                f.id,
+                f.raw_name,
+                f.role,
+                f.state,
+                f.uidvalidity,
+                f.swept_uidvalidity,
+                f.uidvalidity_changes,
+                f.retry_at,
+            )
+            .where(
+                f.grant_id == grant_id,
+                f.uidvalidity.is_not(None),
+                or_(f.state != "stopped", and_(f.retry_at.is_not(None), f.retry_at <= now)),
+            )
+            .order_by(f.raw_name)
+        )
+        return [
+            SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra)
+            for i, rn, role, st, uv, suv, ch, ra in rows
+        ]
+
+    def lock_folder(self, folder_id: str) -> SweptFolder | None:
+        """Re-read a folder under a row lock (the runner may have reindexed meanwhile)."""
+        f = folders_t.c
+        row = self.session.execute(
+            select(
+                f.id,
+                f.raw_name,
+                f.role,
+                f.state,
+                f.uidvalidity,
+                f.swept_uidvalidity,
+                f.uidvalidity_changes,
+                f.retry_at,
+            )
+            .where(f.id == folder_id)
+            .with_for_update()
+        ).one_or_none()
+        if row is None or row[4] is None:
+            return None
+        i, rn, role, st, uv, suv, ch, ra = row
+        return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra)
+
+    def record_sweep(self, folder_id: str, *, seen: int, changes: int) -> None:
+        """Store what a sweep saw and the resulting count of consecutive changes."""
+        self.session.execute(
+            update(folders_t)
+            .where(folders_t.c.id == folder_id)
+            .values(swept_uidvalidity=seen, uidvalidity_changes=changes)
+        )
+
+    def stop_folder(self, folder_id: str, detail: str, retry_at: datetime) -> None:
+        """Stop syncing a folder until ``retry_at``."""
+        self.session.execute(
+            update(folders_t)
+            .where(folders_t.c.id == folder_id)
+            .values(state="stopped", state_detail=detail, retry_at=retry_at)
+        )
+
+    def resume_folder(self, folder_id: str) -> None:
+        """Let a stopped folder sync again (the runner reindexes it)."""
+        self.session.execute(
+            update(folders_t)
+            .where(folders_t.c.id == folder_id)
+            .values(state="syncing", state_detail=None, retry_at=None, uidvalidity_changes=0)
+        )
+
+    # --- retention purge ------------------------------------------------------------------
+    def purge_batch(self, cutoff: datetime, limit: int) -> PurgeBatch:
+        """Delete up to ``limit`` messages received before ``cutoff``, oldest first, with their
+        placements and attachments (ON DELETE CASCADE) and the threads they leave empty.
+
+        Rows another transaction holds are skipped (``SKIP LOCKED``): a sync writing to a
+        message is never waited for; the next batch or run takes it.
+        """
+        doomed = (
+            select(Message.id)
+            .where(Message.received_at < cutoff)
+            .order_by(Message.received_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("doomed")
+        )
+        threads = self.session.scalars(
+            delete(Message).where(Message.id.in_(select(doomed.c.id))).returning(Message.thread_id)
+        ).all()
+        thread_ids = sorted({t for t in threads if t is not None})
+        emptied = 0
+        if thread_ids:
+            still_used = exists().where(Message.thread_id == Thread.id)
+            result = self.session.execute(
+                delete(Thread).where(Thread.id.in_(thread_ids), ~still_used)
+            )
+            emptied = int(result.rowcount)  # type: ignore[attr-defined]
+        return PurgeBatch(messages=len(threads), threads=emptied)
+
+    def expire_sync_failures(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to ``limit`` sync-failure records older than ``cutoff``."""
+        doomed = (
+            select(SyncFailure.id)
+            .where(SyncFailure.recorded_at < cutoff)
+            .order_by(SyncFailure.recorded_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("doomed")
+        )
+        result = self.session.execute(
+            delete(SyncFailure).where(SyncFailure.id.in_(select(doomed.c.id)))
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def set_local_timeouts(self, statement_ms: int, lock_ms: int) -> None:
+        """Bound this transaction's statements and lock waits (``SET LOCAL``)."""
+        self.session.execute(text(f"SET LOCAL statement_timeout = {int(statement_ms)}"))
+        self.session.execute(text(f"SET LOCAL lock_timeout = {int(lock_ms)}"))
+
+    def grants_by_ids(self, grant_ids: Sequence[str]) -> Sequence[Grant]:
+        """Grants by id (for notifications)."""
+        if not grant_ids:
+            return []
+        return self.session.scalars(select(Grant).where(Grant.id.in_(grant_ids))).all()
+
+    def count_messages_before(self, cutoff: datetime) -> int:
+        """How many messages were received before ``cutoff`` (for reports)."""
+        return int(
+            self.session.scalar(
+                select(func.count()).select_from(Message).where(Message.received_at < cutoff)
+            )
+            or 0
+        )

@@ -1,0 +1,210 @@
+"""The five-minute UIDVALIDITY sweep and the stop rule for misconfigured servers.
+
+Every ``SWEEP_INTERVAL_S`` the planner (:func:`plan_sweep`) gives each valid grant a check at a
+fixed offset within the interval (a hash of its id), so checks are spread evenly instead of a
+thundering herd at :00, and each grant is checked once per interval. A check
+(:func:`check_grant`) asks ``STATUS`` of each folder that was synced at least once, on a fresh
+session (a pooled one would only repeat what the last sync saw), and compares::
+
+    server == stored                 -> fine; consecutive-change count back to 0
+    server != stored, == last swept  -> the same change, still waiting for its reindex:
+                                        enqueue the sync again, count unchanged
+    server != stored, != last swept  -> a new change: count + 1, enqueue the folder's sync
+                                        (the runner reindexes, keeping message ids)
+    count reaches UIDVALIDITY_STOP_AFTER
+                                     -> folder ``stopped`` ("stopped: UIDVALIDITY changes on
+                                        every session"), retried after a long back-off; if it
+                                        is the Inbox the whole grant is stopped, and
+                                        ``grant.updated`` is emitted
+
+A stopped folder whose retry is due is asked again: if the server now gives the value the
+last sweep saw (stable across sessions hours apart) the folder resumes (state ``syncing``,
+count 0, sync enqueued); otherwise the back-off doubles, up to ``STOPPED_RETRY_MAX_S``.
+
+Only sweeps count: a sweep is a fresh look every interval, while syncs reuse pooled sessions.
+Enqueueing is a callback run after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.errors import ImapFolderError
+from pipeline.grants.repository import GrantRepository
+from pipeline.imap import ImapSession
+from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
+from pipeline.sync import events
+
+log = logging.getLogger(__name__)
+
+UIDVALIDITY_STOP_AFTER = 5  # as Nylas and its predecessor: 5 resyncs in a row, then stop
+STOPPED_DETAIL = "stopped: UIDVALIDITY changes on every session"
+STOPPED_RETRY_S = 6 * 60 * 60  # a misconfigured server is rarely fixed within hours
+STOPPED_RETRY_MAX_S = 48 * 60 * 60  # but keep looking at least every two days
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One grant's check within a sweep interval."""
+
+    grant_id: str
+    provider: str
+    countdown_s: float
+
+
+@dataclass
+class SweepReport:
+    """What one grant's check found, by folder id."""
+
+    same: list[str]
+    changed: list[str]
+    stopped: list[str]
+    resumed: list[str]
+    still_broken: list[str]
+    gone: list[str]
+    grant_stopped: bool = False
+    grant_resumed: bool = False
+
+    @classmethod
+    def empty(cls) -> SweepReport:
+        return cls([], [], [], [], [], [])
+
+
+def sweep_offset(grant_id: str, interval_s: float) -> float:
+    """A grant's fixed offset within the interval: even spread, stable between sweeps."""
+    digest = hashlib.sha256(grant_id.encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return round(fraction * interval_s, 3)
+
+
+def plan_sweep(db: Session, interval_s: float) -> list[SweepJob]:
+    """Every valid grant's check, each at its offset within the interval. Never commits."""
+    return [
+        SweepJob(grant_id, provider, sweep_offset(grant_id, interval_s))
+        for grant_id, provider in MaintenanceRepository(db).valid_grants()
+    ]
+
+
+def retry_delay_s(changes: int) -> float:
+    """Back-off of a stopped folder after ``changes`` consecutive changes."""
+    doublings = max(changes - UIDVALIDITY_STOP_AFTER, 0)
+    return min(math.ldexp(STOPPED_RETRY_S, min(doublings, 16)), STOPPED_RETRY_MAX_S)
+
+
+def check_grant(
+    sessions: sessionmaker[Session],
+    imap: ImapSession,
+    grant_id: str,
+    *,
+    now: datetime,
+    enqueue_sync: Callable[[str], object],
+) -> SweepReport:
+    """STATUS every swept folder of ``grant_id`` on ``imap`` and act on what changed.
+
+    Commits its own short transactions (one per folder that needs a write) and calls
+    ``enqueue_sync(folder_id)`` after they commit.
+
+    Raises:
+        ImapError: The session failed (what was committed stays; the next sweep goes on).
+    """
+    report = SweepReport.empty()
+    with sessions.begin() as db:
+        candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
+    to_sync: list[str] = []
+    for candidate in candidates:
+        try:
+            seen = imap.status(candidate.raw_name).uidvalidity
+        except ImapFolderError:
+            report.gone.append(candidate.id)  # folder discovery removes it
+            continue
+        with sessions.begin() as db:
+            repo = MaintenanceRepository(db)
+            folder = repo.lock_folder(candidate.id)
+            if folder is None:
+                continue
+            action = _decide(db, repo, grant_id, folder, seen, now, report)
+        if action:
+            to_sync.append(folder.id)
+    for folder_id in to_sync:
+        enqueue_sync(folder_id)
+    if report.stopped or report.changed or report.resumed:
+        log.warning(
+            "UIDVALIDITY sweep found changes",
+            extra={
+                "grant_id": grant_id,
+                "changed": len(report.changed),
+                "stopped": len(report.stopped),
+                "resumed": len(report.resumed),
+            },
+        )
+    return report
+
+
+def _decide(
+    db: Session,
+    repo: MaintenanceRepository,
+    grant_id: str,
+    folder: SweptFolder,
+    seen: int,
+    now: datetime,
+    report: SweepReport,
+) -> bool:
+    """Apply the rule to one folder (inside its row lock); True when its sync is due."""
+    if folder.state == "stopped":
+        if seen == folder.swept_uidvalidity:
+            repo.resume_folder(folder.id)
+            repo.record_sweep(folder.id, seen=seen, changes=0)
+            report.resumed.append(folder.id)
+            if folder.role == "inbox":
+                report.grant_resumed = _set_grant_stopped(db, grant_id, stopped=False)
+            return True
+        changes = folder.changes + 1
+        repo.record_sweep(folder.id, seen=seen, changes=changes)
+        repo.stop_folder(folder.id, STOPPED_DETAIL, now + timedelta(seconds=retry_delay_s(changes)))
+        report.still_broken.append(folder.id)
+        return False
+    if seen == folder.uidvalidity:
+        if folder.changes or folder.swept_uidvalidity != seen:
+            repo.record_sweep(folder.id, seen=seen, changes=0)
+        report.same.append(folder.id)
+        return False
+    if seen == folder.swept_uidvalidity:
+        report.changed.append(folder.id)  # the same change, its reindex not done yet
+        return True
+    changes = folder.changes + 1
+    repo.record_sweep(folder.id, seen=seen, changes=changes)
+    if changes < UIDVALIDITY_STOP_AFTER:
+        report.changed.append(folder.id)
+        return True
+    repo.stop_folder(folder.id, STOPPED_DETAIL, now + timedelta(seconds=retry_delay_s(changes)))
+    report.stopped.append(folder.id)
+    if folder.role == "inbox":
+        report.grant_stopped = _set_grant_stopped(db, grant_id, stopped=True)
+    return False
+
+
+def _set_grant_stopped(db: Session, grant_id: str, *, stopped: bool) -> bool:
+    """Stop (or resume) a grant; emits ``grant.updated``. True when it changed."""
+    grant = GrantRepository(db).get_for_update(grant_id)
+    if grant is None:
+        return False
+    if stopped:
+        if grant.sync_state == "stopped":
+            return False
+        grant.sync_state = "stopped"
+        grant.status_detail = f"Inbox {STOPPED_DETAIL}"
+    else:
+        if grant.sync_state != "stopped":
+            return False
+        grant.sync_state = "synced" if grant.initial_sync_completed_at else "syncing"
+        grant.status_detail = None
+    db.flush()
+    events.grant(db, "grant.updated", grant)
+    return True
