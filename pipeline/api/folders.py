@@ -1,4 +1,4 @@
-"""Folders: ``GET /v3/grants/{grant_id}/folders`` and ``.../folders/{folder_id}``.
+"""Folders: list, get, create, rename (PUT) and delete, mirrored on the IMAP server.
 
 ``{folder_id}`` is the folder's id or its name. A folder's counts are the messages stored for its
 current UIDVALIDITY (the retention window), not the server's totals.
@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, ok, page
-from pipeline.api.errors import not_found
+from pipeline.api import queries, writeback
+from pipeline.api.deps import Db, PathGrant, State, ok, page
+from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.models import Folder, Grant
 
 router = APIRouter(tags=["folders"])
@@ -77,3 +78,108 @@ def get_folder(request: Request, db: Db, grant: PathGrant, folder_id: str) -> di
     """One folder, by id or name."""
     (view,) = folder_views(db, grant, [path_folder(db, grant, folder_id)])
     return ok(request, view)
+
+
+class FolderCreate(BaseModel):
+    """Body of ``POST /v3/grants/{grant_id}/folders``."""
+
+    model_config = ConfigDict(extra="ignore")  # Google/Microsoft-only colors are ignored
+
+    name: str = Field(min_length=1, max_length=255)
+    parent_id: str | None = Field(default=None, max_length=64)
+
+
+class FolderUpdate(BaseModel):
+    """Body of ``PUT /v3/grants/{grant_id}/folders/{folder_id}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or any(ch in name for ch in "\r\n\x00*%"):
+        raise invalid_request("A folder name may not be empty or contain *, %, NUL or line breaks.")
+    return name
+
+
+def _delimiter(db: Session, grant: Grant) -> str | None:
+    for folder in queries.list_folders(db, grant.id):
+        if folder.delimiter:
+            return folder.delimiter
+    return None
+
+
+@router.post("/grants/{grant_id}/folders", summary="Create a folder")
+def create_folder(
+    request: Request, db: Db, api: State, grant: PathGrant, body: FolderCreate
+) -> dict[str, Any]:
+    """Create the folder on the server (CREATE), then record it."""
+    name = _check_name(body.name)
+    if body.parent_id:
+        parent = path_folder(db, grant, body.parent_id)
+        delimiter = parent.delimiter or _delimiter(db, grant)
+        if not delimiter:
+            raise invalid_request("This server has no folder hierarchy: create a top folder.")
+        name = parent.name + delimiter + name
+    if queries.find_folder(db, grant.id, name) is not None:
+        raise invalid_request(f"A folder named {name!r} exists already.")
+    with writeback.grant_imap(db, api.settings, grant) as imap:
+        raw_name = imap.create_folder(name)
+        listed = {f.raw_name: f for f in imap.list_folders()}
+    info = listed.get(raw_name)
+    folder = queries.add_folder(
+        db,
+        Folder(
+            grant_id=grant.id,
+            name=info.name if info else name,
+            raw_name=raw_name,
+            delimiter=info.delimiter if info else _delimiter(db, grant),
+            role=info.role if info else None,
+            attributes=list(info.attributes) if info else [],
+            state="pending",
+        ),
+    )
+    db.commit()
+    (view,) = folder_views(db, grant, [folder])
+    return ok(request, view)
+
+
+@router.put("/grants/{grant_id}/folders/{folder_id}", summary="Rename a folder")
+def rename_folder(
+    request: Request, db: Db, api: State, grant: PathGrant, folder_id: str, body: FolderUpdate
+) -> dict[str, Any]:
+    """Rename the folder on the server (RENAME), then record it with its subfolders."""
+    folder = path_folder(db, grant, folder_id)
+    if body.name is None:
+        (view,) = folder_views(db, grant, [folder])
+        return ok(request, view)
+    name = _check_name(body.name)
+    if folder.role == "inbox":
+        raise invalid_request("The Inbox cannot be renamed.")
+    if queries.find_folder(db, grant.id, name) is not None:
+        raise invalid_request(f"A folder named {name!r} exists already.")
+    old_raw = folder.raw_name
+    with writeback.grant_imap(db, api.settings, grant) as imap:
+        new_raw = imap.rename_folder(old_raw, name)
+    queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter)
+    db.commit()
+    (view,) = folder_views(db, grant, [folder])
+    return ok(request, view)
+
+
+@router.delete("/grants/{grant_id}/folders/{folder_id}", summary="Delete a folder")
+def delete_folder(
+    request: Request, db: Db, api: State, grant: PathGrant, folder_id: str
+) -> dict[str, Any]:
+    """Delete the folder on the server (DELETE), then forget it and its placements."""
+    folder = path_folder(db, grant, folder_id)
+    if folder.role == "inbox":
+        raise invalid_request("The Inbox cannot be deleted.")
+    with writeback.grant_imap(db, api.settings, grant) as imap:
+        imap.delete_folder(folder.raw_name)
+    queries.lock_grant_messages(db, grant.id)
+    queries.delete_folder_row(db, folder.id)
+    db.commit()
+    return {"request_id": request_id_of(request)}

@@ -10,11 +10,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, ok, page
-from pipeline.api.errors import invalid_request, not_found
+from pipeline.api import queries, writeback
+from pipeline.api.deps import Db, PathGrant, State, ok, page
+from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.models import Attachment, Grant, Message
 
@@ -276,3 +277,55 @@ def get_message(
         db, [message], include_headers=fields == "include_headers", selected=parse_select(select)
     )
     return ok(request, view)
+
+
+class MessageUpdate(BaseModel):
+    """Body of ``PUT /v3/grants/{grant_id}/messages/{message_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unread: bool | None = None
+    starred: bool | None = None
+    folders: list[str] | None = Field(
+        default=None, description="Exactly one folder id (or name): the message moves there."
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Accepted for SDK compatibility; not stored."
+    )
+
+
+@router.put("/grants/{grant_id}/messages/{message_id}", summary="Update a message")
+def update_message(
+    request: Request, db: Db, api: State, grant: PathGrant, message_id: str, body: MessageUpdate
+) -> dict[str, Any]:
+    """Mark read/unread, star/unstar (IMAP STORE) and move (IMAP MOVE) a message.
+
+    The server is changed first; Postgres records what the server accepted.
+    """
+    message = path_message(db, grant, message_id)
+    folder = None
+    if body.folders is not None:
+        if len(body.folders) != 1:
+            raise invalid_request(
+                "folders must name exactly one folder: an IMAP message lives in one folder."
+            )
+        folder = queries.find_folder(db, grant.id, body.folders[0])
+        if folder is None:
+            raise not_found(f"No folder {body.folders[0]!r} for this grant.")
+    writeback.update_message(
+        db, api.settings, grant, message, unread=body.unread, starred=body.starred, folder=folder
+    )
+    db.commit()
+    (view,) = message_views(db, [message], include_headers=False, selected=None)
+    return ok(request, view)
+
+
+@router.delete("/grants/{grant_id}/messages/{message_id}", summary="Delete a message")
+def delete_message(
+    request: Request, db: Db, api: State, grant: PathGrant, message_id: str
+) -> dict[str, Any]:
+    """Move the message to the account's Trash folder."""
+    message = path_message(db, grant, message_id)
+    writeback.trash_message(db, api.settings, grant, message)
+    db.commit()
+    return {"request_id": request_id_of(request)}

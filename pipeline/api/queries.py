@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     case,
     cast,
+    delete,
     distinct,
     exists,
     false,
@@ -34,11 +35,14 @@ from sqlalchemy import (
     literal_column,
     select,
     tuple_,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased, defer
 
 from pipeline.api.pagination import Cursor
+from pipeline.messages.repository import MessageRepository
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
 
 
@@ -432,3 +436,127 @@ def list_grants(
         query = query.where(Grant.grant_status == status)
     query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
     return list(session.scalars(query))
+
+
+# --- write-back (the API's changes, after the IMAP server accepted them) ----------------------
+
+
+def lock_grant_messages(session: Session, grant_id: str) -> None:
+    """Serialize with the sync engine's writes of this grant until the transaction ends."""
+    MessageRepository(session).lock_grant(grant_id)
+
+
+def set_message_flags(session: Session, message: Message, flags: Sequence[str]) -> None:
+    """Store a message's flags and the unread/starred they imply, on it and its placements."""
+    message.flags = list(flags)
+    message.unread = "\\Seen" not in flags
+    message.starred = "\\Flagged" in flags
+    session.execute(
+        update(Placement).where(Placement.message_id == message.id).values(flags=list(flags))
+    )
+
+
+def move_placement(
+    session: Session,
+    *,
+    message_id: str,
+    source: Location,
+    target_folder_id: str,
+    target_uidvalidity: int | None,
+    target_uid: int | None,
+    flags: Sequence[str],
+) -> None:
+    """A message left ``source``; record where it landed when the server said so (COPYUID).
+
+    Without COPYUID the next sync of the target folder finds the copy by identity and places it.
+    """
+    remove_placement(session, source)
+    if target_uid is not None and target_uidvalidity is not None:
+        stmt = pg_insert(Placement).values(
+            folder_id=target_folder_id,
+            uid=target_uid,
+            uidvalidity=target_uidvalidity,
+            message_id=message_id,
+            flags=list(flags),
+        )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Placement.folder_id, Placement.uidvalidity, Placement.uid],
+                set_={"message_id": message_id, "flags": list(flags)},
+            )
+        )
+
+
+def remove_placement(session: Session, location: Location) -> None:
+    """Forget one placement (the copy was expunged)."""
+    session.execute(
+        delete(Placement).where(
+            Placement.folder_id == location.folder_id,
+            Placement.uidvalidity == location.uidvalidity,
+            Placement.uid == location.uid,
+        )
+    )
+
+
+def delete_message_if_unplaced(session: Session, message_id: str) -> bool:
+    """Delete a message that no folder holds any more; True if it was deleted."""
+    placed = session.scalar(select(exists().where(Placement.message_id == message_id)))
+    if placed:
+        return False
+    session.execute(delete(Message).where(Message.id == message_id))
+    return True
+
+
+def folder_by_role(session: Session, grant_id: str, role: str) -> Folder | None:
+    """A grant's folder with ``role`` (the first by name if several claim it)."""
+    return session.scalar(
+        select(Folder)
+        .where(Folder.grant_id == grant_id, Folder.role == role)
+        .order_by(Folder.name)
+        .limit(1)
+    )
+
+
+def add_folder(session: Session, folder: Folder) -> Folder:
+    """Store a folder the API created on the server (the sync may have found it first)."""
+    existing = session.scalar(
+        select(Folder).where(Folder.grant_id == folder.grant_id, Folder.raw_name == folder.raw_name)
+    )
+    if existing is not None:
+        return existing
+    session.add(folder)
+    session.flush()
+    return folder
+
+
+def rename_folder_rows(
+    session: Session, grant_id: str, old_raw: str, new_raw: str, delimiter: str | None
+) -> None:
+    """Rename a folder's row and those of its subfolders (the server renamed them all)."""
+    folders = session.scalars(select(Folder).where(Folder.grant_id == grant_id)).all()
+    prefix = old_raw + delimiter if delimiter else None
+    for folder in folders:
+        if folder.raw_name == old_raw:
+            suffix = ""
+        elif prefix and folder.raw_name.startswith(prefix):
+            suffix = folder.raw_name[len(old_raw) :]
+        else:
+            continue
+        folder.raw_name = new_raw + suffix
+        folder.name = _decoded(folder.raw_name)
+    session.flush()
+
+
+def _decoded(raw_name: str) -> str:
+    from imap_tools.imap_utf7 import utf7_decode
+
+    return "INBOX" if raw_name.upper() == "INBOX" else utf7_decode(raw_name.encode())
+
+
+def delete_folder_row(session: Session, folder_id: str) -> None:
+    """Delete a folder and its placements; messages left in no folder go with it."""
+    orphans = select(Placement.message_id).where(Placement.folder_id == folder_id)
+    message_ids = [str(m) for m in session.scalars(orphans)]
+    session.execute(delete(Folder).where(Folder.id == folder_id))
+    for message_id in message_ids:
+        delete_message_if_unplaced(session, message_id)

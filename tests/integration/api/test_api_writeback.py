@@ -1,0 +1,162 @@
+"""Changes through the API reach the IMAP server first: flags, moves, deletes and folders."""
+
+from __future__ import annotations
+
+import pytest
+from api_support import ApiServer, append_many, connect_and_sync, now, sync
+from nylas.models.errors import NylasApiError
+
+from tests.support.mail import create_folder, flags_of, imap_login, make_message
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def server_folders(user: MailUser) -> set[str]:
+    """Folder names as the server lists them (raw, modified UTF-7)."""
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        _typ, data = conn.list()
+    finally:
+        conn.logout()
+    names = set()
+    for line in data:
+        assert isinstance(line, bytes)
+        names.add(line.decode().rsplit(' "/" ', 1)[-1].strip('"'))
+    return names
+
+
+def count(user: MailUser, folder: str) -> int:
+    """Messages in a folder, as the server counts them."""
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        typ, data = conn.select(f'"{folder}"', readonly=True)
+        assert typ == "OK", data
+        return int(data[0] or 0)
+    finally:
+        conn.logout()
+
+
+def test_flags_move_and_delete_are_written_to_the_server(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    server = mail_user.server
+    create_folder(server, mail_user.name, mail_user.password, "Archive")
+    create_folder(server, mail_user.name, mail_user.password, "Trash")
+    t = now()
+    append_many(mail_user, [(make_message("keep me", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    (message,) = client.messages.list(grant_id).data
+    folders = {f.name: f.id for f in client.folders.list(grant_id).data}
+    assert message.folders == [folders["INBOX"]]
+    assert message.unread is True
+
+    updated = client.messages.update(grant_id, message.id, {"unread": False, "starred": True}).data
+    assert (updated.unread, updated.starred) == (False, True)
+    (server_flags,) = flags_of(server, mail_user.name, mail_user.password)
+    assert "\\Seen" in server_flags
+    assert "\\Flagged" in server_flags
+    assert client.messages.find(grant_id, message.id).data.starred is True
+
+    updated = client.messages.update(grant_id, message.id, {"unread": True, "starred": False}).data
+    assert (updated.unread, updated.starred) == (True, False)
+    (server_flags,) = flags_of(server, mail_user.name, mail_user.password)
+    assert "\\Seen" not in server_flags
+    assert "\\Flagged" not in server_flags
+
+    moved = client.messages.update(grant_id, message.id, {"folders": [folders["Archive"]]}).data
+    assert moved.folders == [folders["Archive"]]  # the new UID came back in COPYUID
+    assert count(mail_user, "INBOX") == 0
+    assert count(mail_user, "Archive") == 1
+    in_archive = client.messages.list(grant_id, query_params={"in": folders["Archive"]}).data
+    assert [m.id for m in in_archive] == [message.id]
+    # the sync engine agrees: same id, one folder
+    sync(api.settings, grant_id)
+    again = client.messages.list(grant_id).data
+    assert [(m.id, m.folders) for m in again] == [(message.id, [folders["Archive"]])]
+
+    client.messages.destroy(grant_id, message.id)
+    assert client.messages.find(grant_id, message.id).data.folders == [folders["Trash"]]
+    assert count(mail_user, "Archive") == 0
+    assert count(mail_user, "Trash") == 1
+
+
+def test_bad_updates_are_4xx_and_change_nothing(api: ApiServer, mail_user: MailUser) -> None:
+    t = now()
+    append_many(mail_user, [(make_message("only", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    (message,) = client.messages.list(grant_id).data
+    path = f"/v3/grants/{grant_id}/messages/{message.id}"
+    with api.http() as http:
+        unknown_folder = http.put(path, json={"folders": ["No such folder"]})
+        two_folders = http.put(path, json={"folders": ["INBOX", "INBOX"]})
+        wrong_type = http.put(path, json={"unread": "sometimes"})
+        unknown_field = http.put(path, json={"color": "red"})
+        missing = http.put(
+            f"/v3/grants/{grant_id}/messages/00000000-0000-4000-8000-000000000000",
+            json={"unread": False},
+        )
+        no_trash = http.delete(path)
+    assert unknown_folder.status_code == 404
+    for response in (two_folders, wrong_type, unknown_field, no_trash):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "Trash" in no_trash.json()["error"]["message"]
+    assert missing.status_code == 404
+    (server_flags,) = flags_of(mail_user.server, mail_user.name, mail_user.password)
+    assert "\\Seen" not in server_flags
+    assert client.messages.find(grant_id, message.id).data.folders is not None
+
+
+def test_folders_are_created_renamed_and_deleted_on_the_server(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    t = now()
+    append_many(mail_user, [(make_message("hello", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+
+    projects = client.folders.create(grant_id, {"name": "Projects"}).data
+    assert projects.name == "Projects"
+    child = client.folders.create(grant_id, {"name": "2026", "parent_id": projects.id}).data
+    assert child.name == "Projects/2026"
+    assert child.parent_id == projects.id
+    umlaut = client.folders.create(grant_id, {"name": "Entwürfe Ärger"}).data
+    assert umlaut.name == "Entwürfe Ärger"
+    assert {"Projects", "Projects/2026", "Entw&APw-rfe &AMQ-rger"} <= server_folders(mail_user)
+
+    with pytest.raises(NylasApiError) as duplicate:
+        client.folders.create(grant_id, {"name": "Projects"})
+    assert duplicate.value.status_code == 400
+
+    renamed = client.folders.update(grant_id, projects.id, {"name": "Work"}).data
+    assert renamed.id == projects.id
+    assert renamed.name == "Work"
+    on_server = server_folders(mail_user)
+    assert {"Work", "Work/2026"} <= on_server
+    assert "Projects" not in on_server
+    names = {f.name: f for f in client.folders.list(grant_id).data}
+    assert names["Work/2026"].id == child.id
+    assert names["Work/2026"].parent_id == projects.id
+
+    client.folders.destroy(grant_id, child.id)
+    assert "Work/2026" not in server_folders(mail_user)
+    with pytest.raises(NylasApiError) as gone:
+        client.folders.find(grant_id, child.id)
+    assert gone.value.status_code == 404
+
+    inbox = names["INBOX"]
+    with api.http() as http:
+        assert http.delete(f"/v3/grants/{grant_id}/folders/{inbox.id}").status_code == 400
+        assert (
+            http.put(f"/v3/grants/{grant_id}/folders/{inbox.id}", json={"name": "X"}).status_code
+            == 400
+        )
+        assert http.post(f"/v3/grants/{grant_id}/folders", json={"name": "a*b"}).status_code == 400
+
+    # the sync engine sees the same folders: nothing duplicated or lost
+    before = sorted((f.id, f.name) for f in client.folders.list(grant_id).data)
+    sync(api.settings, grant_id)
+    assert sorted((f.id, f.name) for f in client.folders.list(grant_id).data) == before
