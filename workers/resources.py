@@ -163,6 +163,15 @@ def _evict_idle() -> None:
             _close(grant_id, imap)
 
 
+def fresh_imap_for(db: Session, grant: Grant) -> ImapSession:
+    """A session from a new login, closing a pooled one: what a new session of the server sees
+    (the UIDVALIDITY sweep's view). Same limits and errors as :func:`imap_for`."""
+    pooled = _pool.pop(grant.id, None)
+    if pooled is not None:
+        _close(grant.id, pooled[0])
+    return imap_for(db, grant)
+
+
 def note_throttled(grant: Grant) -> float:
     """Record that ``grant``'s provider throttled us mid-task; returns the back-off in seconds."""
     return limiter_for_process().throttled(grant.provider, grant.imap_host, grant.id)

@@ -1,0 +1,80 @@
+"""Reconciliation: re-enqueue work that a lost Redis event or a dead worker left behind.
+
+Postgres is the truth; Redis only carries the queue. So every ``RECONCILE_INTERVAL_S`` this
+looks at what the database says is unfinished and enqueues it again:
+
+- grants still in their initial sync (``pending``/``syncing``) with no grant or folder change
+  for ``GRANT_STALL_S`` -> ``pipeline.sync.grant`` (discovers folders, enqueues each);
+- folders ``failed``, or left ``pending``/``syncing``/``reindexing`` for ``FOLDER_STALL_S``
+  with nobody holding their sync lock -> ``pipeline.sync.folder``.
+
+Re-enqueueing is harmless: sync tasks are idempotent and take a per-folder lock, so a folder
+that is in fact being synced is skipped by the task. At most ``RECONCILE_MAX_ENQUEUE`` jobs per
+run, so a large backlog drains over several runs instead of flooding the queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from pipeline.maintenance.repository import MaintenanceRepository
+
+GRANT_STALL_S = 15 * 60  # an initial sync commits far more often than this while it runs
+FOLDER_STALL_S = 10 * 60  # > a sync task's time budget (120 s) plus its queueing
+RECONCILE_MAX_ENQUEUE = 1000  # jobs per run
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation run enqueued."""
+
+    grants: list[str] = field(default_factory=list)
+    folders: list[str] = field(default_factory=list)
+    busy: int = 0
+
+
+def reconcile(
+    db: Session,
+    *,
+    now: datetime,
+    enqueue_grant: Callable[[str, str], object],
+    enqueue_folder: Callable[[str, str, str], object],
+    folder_busy: Callable[[str], bool],
+) -> ReconcileReport:
+    """Find stalled grants and folders and enqueue them again. Never commits.
+
+    Args:
+        db: A session (read only here).
+        now: The time of the run.
+        enqueue_grant: ``(grant_id, provider)``: enqueue a grant sync.
+        enqueue_folder: ``(grant_id, folder_id, provider)``: enqueue a folder sync.
+        folder_busy: Whether a folder's sync lock is held right now.
+    """
+    report = ReconcileReport()
+    repo = MaintenanceRepository(db)
+    budget = RECONCILE_MAX_ENQUEUE
+    for grant_id, provider in repo.stalled_grants(now - timedelta(seconds=GRANT_STALL_S)):
+        if budget <= 0:
+            return report
+        enqueue_grant(grant_id, provider)
+        report.grants.append(grant_id)
+        budget -= 1
+    stalled = set(report.grants)
+    for grant_id, folder_id, provider in repo.folders_to_retry(
+        now - timedelta(seconds=FOLDER_STALL_S)
+    ):
+        if budget <= 0:
+            break
+        if grant_id in stalled:
+            continue  # the grant sync enqueues its folders
+        if folder_busy(folder_id):
+            report.busy += 1
+            continue
+        enqueue_folder(grant_id, folder_id, provider)
+        report.folders.append(folder_id)
+        budget -= 1
+    return report

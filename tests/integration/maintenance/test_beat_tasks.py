@@ -1,0 +1,171 @@
+"""The periodic tasks, run in this process against the test services; what they enqueue is
+read back from the broker's queues in Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from pipeline.config import Settings
+from pipeline.db import session_scope, sessionmaker_for
+from pipeline.models import Folder, Grant
+from pipeline.sync.runner import sync_grant_inline
+from tests.integration.test_initial_sync import connect
+from tests.support.mail import append, make_message
+from tests.support.processes import pipeline_env
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+QUEUE = "sync.generic"
+
+
+@pytest.fixture
+def in_process_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point this process's Celery app and worker resources at the test services."""
+    import workers.beat_tasks  # registers the tasks
+    import workers.resources
+    import workers.settings
+    from workers.app import app
+
+    caches = (
+        workers.settings.settings,
+        workers.resources.sessions,
+        workers.resources.redis_client,
+        workers.resources.limiter_for_process,
+    )
+    for key, value in pipeline_env(settings).items():
+        if key.startswith("IMAP_PIPELINE_"):
+            monkeypatch.setenv(key, value)
+    for cache in caches:
+        cache.cache_clear()
+    app.conf.broker_url = settings.require_redis_url()
+    yield
+    workers.resources.close_all_imap()
+    for cache in caches:
+        cache.cache_clear()
+
+
+def queued(redis_url: str, queue: str) -> list[tuple[str, list[object]]]:
+    """``(task name, args)`` of every message waiting in a queue."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    out = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        body = json.loads(base64.b64decode(message["body"]))
+        out.append((message["headers"]["task"], body[0]))
+    return out
+
+
+def synced_grant(settings: Settings, user: MailUser) -> str:
+    append(user.server, user.name, user.password, make_message("hello"))
+    grant_id = connect(settings, user)
+    sync_grant_inline(sessionmaker_for(settings.require_database_url()), settings, grant_id)
+    return grant_id
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_sweep_plans_once_per_interval_on_the_provider_queue(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    from workers.beat_tasks import sweep_uidvalidity_task
+
+    grant_id = synced_grant(settings, mail_user)
+    assert sweep_uidvalidity_task.apply().get() == {"planned": 1}
+    assert sweep_uidvalidity_task.apply().get() == {"skipped": "already planned this interval"}
+    assert queued(settings.require_redis_url(), QUEUE) == [
+        ("pipeline.maintenance.check_uidvalidity", [grant_id])
+    ]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_check_enqueues_a_sync_of_a_renumbered_folder(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    from workers.beat_tasks import check_uidvalidity_task
+
+    grant_id = synced_grant(settings, mail_user)
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["changed"] == 0
+    mail_user.server.doveadm(
+        "mailbox", "update", "-u", mail_user.name, "--uid-validity", "4000000", "INBOX"
+    )
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["changed"] == 1
+    with session_scope(settings.require_database_url()) as db:
+        inbox = db.scalars(text("SELECT id FROM folders WHERE raw_name = 'INBOX'")).one()
+    assert queued(settings.require_redis_url(), QUEUE) == [
+        ("pipeline.sync.folder", [grant_id, str(inbox)])
+    ]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_reconcile_re_enqueues_stalled_work_once_per_interval(
+    settings: Settings, mail_user: MailUser, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    from workers.beat_tasks import reconcile_task
+
+    stalled = connect(settings, mail_user)  # created, its sync never enqueued
+    failed_grant = synced_grant(settings, next(_mail_user_pool))
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(
+            text("UPDATE grants SET updated_at = :t WHERE id = :g"), {"t": long_ago, "g": stalled}
+        )
+        db.execute(
+            text("UPDATE folders SET state = 'failed', updated_at = :t WHERE grant_id = :g"),
+            {"t": long_ago, "g": failed_grant},
+        )
+        folder = db.scalars(text("SELECT id FROM folders WHERE grant_id = :g"), {"g": failed_grant})
+        failed_folder = str(folder.one())
+    assert reconcile_task.apply().get() == {"grants": 1, "folders": 1, "busy": 0}
+    assert reconcile_task.apply().get() == {"skipped": "already ran this interval"}
+    assert sorted(queued(settings.require_redis_url(), QUEUE)) == [
+        ("pipeline.sync.folder", [failed_grant, failed_folder]),
+        ("pipeline.sync.grant", [stalled]),
+    ]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    from workers.beat_tasks import FOLDER_LOCK_KEY, reconcile_task
+
+    grant_id = synced_grant(settings, mail_user)
+    with session_scope(settings.require_database_url()) as db:
+        folder = db.query(Folder).filter(Folder.grant_id == grant_id).one()
+        db.execute(
+            text("UPDATE folders SET state = 'syncing', updated_at = :t WHERE id = :f"),
+            {"t": datetime.now(UTC) - timedelta(hours=1), "f": folder.id},
+        )
+        folder_id = folder.id
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+    client.set(FOLDER_LOCK_KEY.format(folder_id), "someone", ex=60)
+    assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 1}
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_purge_task_runs_once_at_a_time(settings: Settings, mail_user: MailUser) -> None:
+    from workers.beat_tasks import purge_task
+
+    # received 90 days ago minus 10 s: inside the window at sync, past it 10 s later
+    old = datetime.now(UTC) - timedelta(days=89, hours=23, minutes=59, seconds=50)
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("old"), when=old)
+    grant_id = synced_grant(settings, mail_user)
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+    client.set("imap-pipeline:job:purge", "someone", ex=60)
+    assert purge_task.apply().get() == {"skipped": "a purge is running"}
+    client.delete("imap-pipeline:job:purge")
+    time.sleep(max(0.0, (old + timedelta(days=90) - datetime.now(UTC)).total_seconds()) + 0.5)
+    result = purge_task.apply().get()
+    assert result["messages"] == 1 and result["complete"]
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        assert db.scalar(text("SELECT count(*) FROM messages")) == 1  # "hello" stays

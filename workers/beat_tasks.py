@@ -1,0 +1,166 @@
+"""Periodic tasks, fired by Celery beat (``beat_schedule.py``). Thin: ids in, a Redis job lock,
+a session, a call into :mod:`pipeline.maintenance`.
+
+Task names (the schedule's contract):
+
+- ``pipeline.maintenance.sweep_uidvalidity()``: once per interval, give every valid grant a
+  ``check_uidvalidity`` at its fixed offset within the interval, on the grant's provider queue.
+- ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS every folder of one grant on a
+  fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed.
+- ``pipeline.maintenance.purge()``: the rolling retention purge, ``PURGE_BUDGET_S`` at a time.
+- ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders.
+
+Every task is harmless run twice or overlapping itself: the planners and reconcile hold a job
+lock for most of their interval ("once per interval"), purge and the per-grant check hold one
+while they run, and all the work below them is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+
+from beat_schedule import MAINTENANCE_QUEUE, RECONCILE_INTERVAL_S, SWEEP_INTERVAL_S
+from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
+from pipeline.grants.repository import GrantRepository
+from pipeline.maintenance.locks import job_lock
+from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
+from pipeline.maintenance.reconcile import reconcile
+from pipeline.maintenance.sweep import check_grant, plan_sweep
+from pipeline.presets import preset
+from pipeline.ratelimit import RateLimited
+from workers import enqueue
+from workers.app import app
+from workers.resources import (
+    fresh_imap_for,
+    note_throttled,
+    redis_client,
+    release_imap,
+    reschedule,
+    sessions,
+)
+from workers.settings import settings
+
+log = logging.getLogger(__name__)
+
+ONCE_PER_INTERVAL = 0.8  # a planner's lock lasts this share of its interval: a duplicate fired
+# in the same interval is skipped, the next interval's run (even if early by 20 %) is not
+CHECK_LOCK_TTL_S = 5 * 60  # one grant's STATUS round: bounded by the IMAP timeout per folder
+PURGE_LOCK_MARGIN_S = 60  # the purge lock outlives the run's budget by this much
+FOLDER_LOCK_KEY = "imap-pipeline:lock:folder:{}"  # held by pipeline.sync.folder while it runs
+
+
+@app.task(name="pipeline.maintenance.sweep_uidvalidity")
+def sweep_uidvalidity_task() -> dict[str, Any]:
+    """Plan this interval's UIDVALIDITY checks, spread over the interval."""
+    ttl = SWEEP_INTERVAL_S * ONCE_PER_INTERVAL
+    with job_lock(redis_client(), "sweep", ttl, release=False) as taken:
+        if not taken:
+            return {"skipped": "already planned this interval"}
+        with sessions().begin() as db:
+            jobs = plan_sweep(db, SWEEP_INTERVAL_S)
+        for job in jobs:
+            app.send_task(
+                "pipeline.maintenance.check_uidvalidity",
+                args=[job.grant_id],
+                queue=preset(job.provider).queue,
+                countdown=job.countdown_s or None,
+                # a check that could not run before the next interval's is replaced by it
+                expires=job.countdown_s + SWEEP_INTERVAL_S,
+            )
+    return {"planned": len(jobs)}
+
+
+@app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)
+def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
+    """Compare every folder's UIDVALIDITY on the server with ours; act on changes."""
+    with job_lock(redis_client(), f"sweep:{grant_id}", CHECK_LOCK_TTL_S) as taken:
+        if not taken:
+            return {"skipped": "a check of this grant is running"}
+        with sessions().begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            if grant is None or grant.grant_status != "valid":
+                return {"skipped": "grant invalid"}
+            provider = grant.provider
+            try:
+                imap = fresh_imap_for(db, grant)
+            except RateLimited as exc:
+                reschedule(self, exc)
+                return {"skipped": "rate limited"}
+            except ImapAuthError:
+                return {"skipped": "grant invalid"}  # now invalid (committed with this block)
+            except ImapError as exc:
+                # throttling is already recorded; the next sweep looks again
+                log.warning("UIDVALIDITY check could not log in: %s", exc)
+                return {"skipped": type(exc).__name__}
+        healthy = False
+        try:
+            report = check_grant(
+                sessions(),
+                imap,
+                grant_id,
+                now=datetime.now(UTC),
+                enqueue_sync=lambda folder_id: enqueue.sync_folder(grant_id, folder_id, provider),
+            )
+            healthy = True
+        except ImapThrottledError:
+            with sessions().begin() as db:
+                grant = GrantRepository(db).get(grant_id)
+                if grant is not None:
+                    note_throttled(grant)
+            return {"skipped": "throttled"}
+        except ImapError as exc:
+            log.warning("UIDVALIDITY check failed: %s", exc)
+            return {"skipped": type(exc).__name__}
+        finally:
+            release_imap(grant_id, imap, healthy=healthy)
+    return {
+        "changed": len(report.changed),
+        "stopped": len(report.stopped),
+        "resumed": len(report.resumed),
+    }
+
+
+@app.task(name="pipeline.maintenance.purge")
+def purge_task() -> dict[str, Any]:
+    """Purge mail past the retention window; continue in a new task if time ran out."""
+    with job_lock(redis_client(), "purge", PURGE_BUDGET_S + PURGE_LOCK_MARGIN_S) as taken:
+        if not taken:
+            return {"skipped": "a purge is running"}
+        result = purge(sessions(), retention_days=settings().retention_days, now=datetime.now(UTC))
+    if not result.complete:
+        app.send_task("pipeline.maintenance.purge", queue=MAINTENANCE_QUEUE)
+    return {
+        "messages": result.messages,
+        "threads": result.threads,
+        "sync_failures": result.sync_failures,
+        "complete": result.complete,
+    }
+
+
+@app.task(name="pipeline.maintenance.reconcile")
+def reconcile_task() -> dict[str, Any]:
+    """Re-enqueue grants and folders whose work was lost."""
+    r = redis_client()
+    ttl = RECONCILE_INTERVAL_S * ONCE_PER_INTERVAL
+    with job_lock(r, "reconcile", ttl, release=False) as taken:
+        if not taken:
+            return {"skipped": "already ran this interval"}
+        grants: list[tuple[str, str]] = []
+        folders: list[tuple[str, str, str]] = []
+        with sessions().begin() as db:
+            report = reconcile(
+                db,
+                now=datetime.now(UTC),
+                enqueue_grant=lambda g, p: grants.append((g, p)),
+                enqueue_folder=lambda g, f, p: folders.append((g, f, p)),
+                folder_busy=lambda f: bool(r.exists(FOLDER_LOCK_KEY.format(f))),
+            )
+        for grant_id, provider in grants:  # after the read transaction, like any enqueue
+            enqueue.sync_grant(grant_id, provider)
+        for grant_id, folder_id, provider in folders:
+            enqueue.sync_folder(grant_id, folder_id, provider)
+    return {"grants": len(report.grants), "folders": len(report.folders), "busy": report.busy}
