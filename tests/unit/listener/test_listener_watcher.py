@@ -1,0 +1,292 @@
+"""One folder watcher against a scripted in-process IMAP server: the cases Dovecot cannot stage.
+
+The fake server speaks just enough IMAP (greeting, CAPABILITY, LOGIN, ENABLE, EXAMINE, IDLE/DONE,
+NOOP, LOGOUT) and lets a test push untagged lines, drop connections and count logins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from pipeline.imap.client import Endpoint
+from pipeline.listener.events import FolderRef
+from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
+from pipeline.listener.protocol import Snapshot
+from pipeline.listener.settings import ListenerSettings
+
+SETTINGS = ListenerSettings(
+    backoff_base_s=0.05,
+    backoff_max_s=0.4,
+    backoff_reset_after_s=30.0,
+    poll_interval_s=0.1,
+    connect_timeout_s=2.0,
+    command_timeout_s=2.0,
+)
+
+
+@dataclass
+class FakeImapServer:
+    """A scripted IMAP server on 127.0.0.1."""
+
+    idle: bool = True
+    password: str = "good"
+    drop_after_examine: bool = False
+    highestmodseq: int = 7
+    logins: int = 0
+    commands: list[str] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    pending_noop: list[bytes] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def push(self, line: bytes) -> None:
+        """Send an untagged line to every connected client."""
+        for w in self.writers:
+            if not w.is_closing():
+                w.write(line + b"\r\n")
+
+    def drop_all(self) -> None:
+        for w in self.writers:
+            w.close()
+        self.writers.clear()
+
+    def capabilities(self) -> bytes:
+        caps = b"IMAP4rev1 ENABLE CONDSTORE" + (b" IDLE" if self.idle else b"")
+        return caps
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        idle_tag = b""
+        writer.write(b"* OK [CAPABILITY " + self.capabilities() + b"] fake ready\r\n")
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                text = line.decode().rstrip("\r\n")
+                if text == "DONE":
+                    self.commands.append("DONE")
+                    writer.write(idle_tag + b" OK Idle completed\r\n")
+                    continue
+                tag, _, rest = text.partition(" ")
+                verb = rest.split(" ", 1)[0].upper()
+                self.commands.append(verb)
+                t = tag.encode()
+                if verb == "CAPABILITY":
+                    writer.write(b"* CAPABILITY " + self.capabilities() + b"\r\n" + t + b" OK\r\n")
+                elif verb == "LOGIN":
+                    self.logins += 1
+                    if rest.split(" ")[2].strip('"') == self.password:
+                        writer.write(t + b" OK [CAPABILITY " + self.capabilities() + b"] in\r\n")
+                    else:
+                        writer.write(t + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                elif verb == "ENABLE":
+                    writer.write(b"* ENABLED CONDSTORE\r\n" + t + b" OK\r\n")
+                elif verb == "EXAMINE":
+                    writer.write(
+                        b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n* OK [UIDNEXT 4] x\r\n"
+                        b"* OK [HIGHESTMODSEQ %d] x\r\n"
+                        % self.highestmodseq
+                        + t
+                        + b" OK [READ-ONLY] done\r\n"
+                    )
+                    if self.drop_after_examine:
+                        await writer.drain()
+                        writer.close()
+                        return
+                elif verb == "IDLE" and self.idle:
+                    idle_tag = t
+                    writer.write(b"+ idling\r\n")
+                elif verb == "NOOP":
+                    for pending in self.pending_noop:
+                        writer.write(pending + b"\r\n")
+                    self.pending_noop.clear()
+                    writer.write(t + b" OK NOOP done\r\n")
+                elif verb == "LOGOUT":
+                    writer.write(b"* BYE Logging out\r\n" + t + b" OK\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return
+                else:
+                    writer.write(t + b" BAD unknown\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError):
+            return
+        finally:
+            if writer in self.writers:
+                self.writers.remove(writer)
+            writer.close()
+
+
+@dataclass
+class Harness:
+    server: FakeImapServer
+    published: list[tuple[str, float]] = field(default_factory=list)
+    auth_failures: list[str] = field(default_factory=list)
+
+    def target(self, baseline: Snapshot | None = None) -> WatchTarget:
+        return WatchTarget(
+            grant_id="g1",
+            folder_id="f1",
+            provider="generic",
+            role="inbox",
+            raw_name="INBOX",
+            endpoint=Endpoint("127.0.0.1", self.server.port, "plain", "alice", timeout_s=2),
+            baseline=baseline,
+        )
+
+    def watcher(
+        self,
+        password: str = "good",  # noqa: S107
+        baseline: Snapshot | None = None,
+    ) -> FolderWatcher:
+        async def yes(_: WatchTarget) -> bool:
+            return True
+
+        async def nothing(_: WatchTarget) -> None:
+            return None
+
+        async def auth_failed(_: WatchTarget, message: str) -> None:
+            self.auth_failures.append(message)
+
+        def publish(ref: FolderRef, reason: str) -> None:
+            self.published.append((reason, time.monotonic()))
+
+        ctx = WatchContext(
+            settings=SETTINGS,
+            publish=publish,
+            acquire_slot=yes,
+            release_slot=nothing,
+            auth_failed=auth_failed,
+            login_gate=asyncio.Semaphore(10),
+            rng=random.Random(7),
+        )
+        return FolderWatcher(self.target(baseline), SecretStr(password), ctx)
+
+    def reasons(self) -> list[str]:
+        return [r for r, _ in self.published]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def run(test: Callable[[Harness], Awaitable[None]], **server_options: object) -> None:
+    async def main() -> None:
+        server = FakeImapServer(**server_options)  # type: ignore[arg-type]
+        await server.start()
+        try:
+            await test(Harness(server))
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_idle_changes_are_published_once_per_notice() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        assert h.reasons() == ["reconnect"]  # no baseline: the first connect reports
+        h.server.push(b"* 4 EXISTS")
+        h.server.push(b"* 1 RECENT")
+        await until(lambda: len(h.published) == 2)
+        h.server.push(b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (9))")
+        h.server.push(b"* OK Still here")
+        h.server.push(b"* 3 EXPUNGE")
+        await until(lambda: len(h.published) >= 4)
+        await watcher.stop()
+        assert h.reasons()[:4] == ["reconnect", "exists", "flags", "expunge"]
+        assert h.server.commands[-2:] == ["DONE", "LOGOUT"]  # a clean goodbye
+        assert watcher.state is WatchState.STOPPED
+
+    run(scenario)
+
+
+def test_unchanged_folder_on_connect_is_not_published() -> None:
+    async def scenario(h: Harness) -> None:
+        same = Snapshot(uidvalidity=42, uidnext=4, exists=None, highestmodseq=7)
+        watcher = h.watcher(baseline=same)
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        assert h.published == []
+        await watcher.stop()
+
+    run(scenario)
+
+
+def test_bye_reconnects_and_reports_the_reconnect() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        h.server.highestmodseq = 8  # something changed while we were away
+        h.server.push(b"* BYE Server shutting down")
+        h.server.drop_all()
+        await until(lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING)
+        assert h.reasons() == ["reconnect", "reconnect"]
+        await watcher.stop()
+
+    run(scenario)
+
+
+def test_no_idle_capability_falls_back_to_polling() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.POLLING)
+        h.server.pending_noop.append(b"* 5 EXISTS")
+        await until(lambda: "exists" in h.reasons())
+        assert "IDLE" not in h.server.commands
+        assert h.server.commands.count("NOOP") >= 1
+        await watcher.stop()
+
+    run(scenario, idle=False)
+
+
+def test_a_server_that_accepts_then_drops_gets_no_reconnect_storm() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await asyncio.sleep(2.0)
+        await watcher.stop()
+        # with 0.05 s doubling up to 0.4 s: about 0.05+0.1+0.2+0.4*n -> well under 10 logins;
+        # a storm (reconnect at once) would log in hundreds of times
+        assert 3 <= h.server.logins <= 10, h.server.logins
+
+    run(scenario, drop_after_examine=True)
+
+
+def test_refused_login_is_reported_once_and_never_retried() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher(password="wrong")
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.INVALID)
+        await asyncio.sleep(0.5)
+        assert h.server.logins == 1
+        assert len(h.auth_failures) == 1
+        assert "wrong" not in h.auth_failures[0]  # the message never carries the password
+        assert not watcher.running
+
+    run(scenario)
