@@ -1,0 +1,107 @@
+"""The numbers and rules of the periodic jobs and the rate limiter, without services."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+
+import beat_schedule
+from pipeline.maintenance.purge import PURGE_BUDGET_S
+from pipeline.maintenance.sweep import (
+    STOPPED_RETRY_MAX_S,
+    STOPPED_RETRY_S,
+    UIDVALIDITY_STOP_AFTER,
+    retry_delay_s,
+    sweep_offset,
+)
+from pipeline.presets import preset
+from pipeline.ratelimit import RateLimiter, capacity, default_limits, scope_of
+
+
+@pytest.fixture
+def visibility_timeout_s(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The broker's visibility timeout, read from the Celery configuration."""
+    import workers.settings
+
+    monkeypatch.setenv("IMAP_PIPELINE_REDIS_URL", "redis://127.0.0.1:1/0")
+    # a fresh import here, and whatever was imported before is back afterwards
+    monkeypatch.delitem(sys.modules, "workers.celeryconfig", raising=False)
+    workers.settings.settings.cache_clear()
+    from workers.celeryconfig import VISIBILITY_TIMEOUT_S
+
+    yield VISIBILITY_TIMEOUT_S
+    workers.settings.settings.cache_clear()
+
+
+def test_every_scheduled_job_is_a_registered_task_on_the_maintenance_queue(
+    visibility_timeout_s: int,
+) -> None:
+    import workers.beat_tasks  # registers the tasks
+    from workers.app import app
+
+    assert workers.beat_tasks.purge_task.name in app.tasks
+    assert beat_schedule.BEAT_SCHEDULE
+    for name, entry in beat_schedule.BEAT_SCHEDULE.items():
+        assert entry["task"] in app.tasks, name
+        assert entry["options"]["queue"] == beat_schedule.MAINTENANCE_QUEUE
+        # a missed run is dropped rather than replayed late, and nothing waits past the
+        # broker's visibility timeout (Redis would hand the message out twice)
+        assert entry["options"]["expires"] == entry["schedule"] <= visibility_timeout_s
+    assert beat_schedule.SWEEP_INTERVAL_S == 5 * 60
+    assert visibility_timeout_s / 4 > PURGE_BUDGET_S
+
+
+def test_the_scheduler_is_redbeat_with_a_standby_within_a_minute() -> None:
+    conf = beat_schedule.beat_settings("redis://example.test:6379/0")
+    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert conf["redbeat_redis_url"] == "redis://example.test:6379/0"
+    assert conf["redbeat_lock_timeout"] + conf["beat_max_loop_interval"] < 60
+    assert conf["redbeat_lock_key"].startswith(conf["redbeat_key_prefix"])
+
+
+def test_reschedule_countdown_stays_below_the_visibility_timeout(
+    visibility_timeout_s: int,
+) -> None:
+    from workers.resources import RESCHEDULE_MAX_S
+
+    assert visibility_timeout_s / 10 > RESCHEDULE_MAX_S
+
+
+def test_sweep_offsets_are_stable_and_inside_the_interval() -> None:
+    assert sweep_offset("a", 300) == sweep_offset("a", 300)
+    assert sweep_offset("a", 300) != sweep_offset("b", 300)
+    offsets = sorted(sweep_offset(str(i), 300) for i in range(300))
+    assert offsets[0] >= 0 and offsets[-1] < 300
+    assert offsets[150] == pytest.approx(150, abs=30)  # uniform: the median near the middle
+
+
+def test_a_stopped_folder_backs_off_longer_each_time_up_to_a_cap() -> None:
+    first = retry_delay_s(UIDVALIDITY_STOP_AFTER)
+    assert first == STOPPED_RETRY_S
+    assert retry_delay_s(UIDVALIDITY_STOP_AFTER + 1) == 2 * first
+    assert retry_delay_s(UIDVALIDITY_STOP_AFTER + 100) == STOPPED_RETRY_MAX_S
+
+
+def test_bucket_capacity_and_scopes() -> None:
+    assert capacity(10.0) == 10.0  # one second's worth
+    assert capacity(6 / 60) == 3.0  # at least a few, for a first sync's sessions
+    assert capacity(1 / 60) == 1.0  # never more than a minute's worth
+    assert scope_of("yahoo", "imap.mail.yahoo.com") == "yahoo"
+    assert scope_of("nonsense", "Mail.Example.ORG") == "generic:mail.example.org"
+
+
+def test_limits_come_from_the_preset_with_operator_overrides() -> None:
+    limiter = RateLimiter(fakeredis.FakeRedis())
+    base = default_limits("yahoo")
+    assert base.max_connections == preset("yahoo").max_connections
+    assert base.account_logins_per_min == preset("yahoo").logins_per_minute
+    assert limiter.limits("yahoo") == base
+    limiter.set_limits("yahoo", {"max_connections": 3, "provider_ops_per_s": 12.5})
+    limits = limiter.limits("yahoo")
+    assert (limits.max_connections, limits.provider_ops_per_s) == (3, 12.5)
+    assert limiter.limits("gmail") == default_limits("gmail")
+    with pytest.raises(ValueError, match="unknown limit"):
+        limiter.set_limits("yahoo", {"speed": 1})
