@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    case,
     column,
     delete,
     exists,
@@ -38,6 +39,8 @@ folders_t = table(
     column("id", UUID(as_uuid=False)),
     column("grant_id", UUID(as_uuid=False)),
     column("raw_name", String()),
+    column("name", String()),
+    column("synced_uid", BigInteger()),
     column("role", String()),
     column("state", String()),
     column("state_detail", String()),
@@ -186,6 +189,49 @@ class MaintenanceRepository:
             .where(folders_t.c.id == folder_id)
             .values(state="syncing", state_detail=None, retry_at=None, uidvalidity_changes=0)
         )
+
+    # --- reindex by hand -------------------------------------------------------------------
+    def reset_for_reindex(self, grant_id: str, names: Sequence[str] | None) -> list[str]:
+        """Make folders of a grant re-plan their whole window at their next sync: state
+        ``syncing`` from UID 0, failures forgotten (tried again), a stop lifted. Folders in the
+        middle of a UIDVALIDITY reindex are left to it. Returns the folder ids."""
+        f = folders_t.c
+        where = [f.grant_id == grant_id, f.state != "reindexing"]
+        if names:
+            where.append(or_(f.raw_name.in_(list(names)), f.name.in_(list(names))))
+        ids = [
+            str(i)
+            for i in self.session.scalars(
+                update(folders_t)
+                .where(*where)
+                .values(
+                    state="syncing",
+                    state_detail=None,
+                    synced_uid=0,
+                    retry_at=None,
+                    uidvalidity_changes=0,
+                    swept_uidvalidity=None,
+                )
+                .returning(f.id)
+            )
+        ]
+        if ids:
+            self.session.execute(delete(SyncFailure).where(SyncFailure.folder_id.in_(ids)))
+        return ids
+
+    def unstop_grant(self, grant_id: str) -> bool:
+        """Lift a grant-wide stop; True when the grant was stopped."""
+        result = self.session.execute(
+            update(Grant)
+            .where(Grant.id == grant_id, Grant.sync_state == "stopped")
+            .values(
+                sync_state=case(
+                    (Grant.initial_sync_completed_at.is_(None), "syncing"), else_="synced"
+                ),
+                status_detail=None,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     # --- retention purge ------------------------------------------------------------------
     def purge_batch(self, cutoff: datetime, limit: int) -> PurgeBatch:
