@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
@@ -32,8 +33,10 @@ from pipeline.api import (
 from pipeline.api import errors as api_errors
 from pipeline.api.auth import KeyRing, require_api_key
 from pipeline.api.deps import ApiState, SyncEnqueuer
+from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
+from pipeline.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ MAX_BODY_BYTES = 25 * 1024 * 1024  # Nylas caps a message with attachments at 25
 API_STATEMENT_TIMEOUT_MS = 15_000  # a request's query may not run longer than this
 API_POOL_SIZE = 10  # connections per API process; uvicorn's threadpool shares them
 API_POOL_TIMEOUT_S = 10  # wait this long for a free connection, then fail with a 503
+REDIS_TIMEOUT_S = 5  # every rate-limit call to Redis fails after this long
 
 
 def enqueue_with_celery(grant_id: str, provider: str) -> None:
@@ -121,6 +125,20 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _limiter(settings: Settings) -> RateLimiter | None:
+    """The shared IMAP rate limiter on Redis (None, with a warning, when Redis is not set)."""
+    if not settings.redis_url:
+        log.warning(
+            "no Redis configured: API requests that talk IMAP are not rate-limited "
+            "(set IMAP_PIPELINE_REDIS_URL)"
+        )
+        return None
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+    return RateLimiter(client)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -150,12 +168,15 @@ def create_app(
             "application_name": "imap-pipeline-api",
         },
     )
+    limiter = _limiter(settings)
     state = ApiState(
         settings=settings,
         sessions=sessionmaker(engine, expire_on_commit=False),
         keys=KeyRing(settings.api_key_list),
         enqueue_sync=enqueue_sync or enqueue_with_celery,
         max_body_bytes=max_body_bytes,
+        limiter=limiter,
+        imap_pool=SessionPool(limiter),
     )
     if not len(state.keys):
         log.warning("no API keys configured (IMAP_PIPELINE_API_KEYS): every /v3 request gets 401")
@@ -163,6 +184,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        state.imap_pool.close_all()
         engine.dispose()
 
     app = FastAPI(

@@ -21,12 +21,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, State, ok
+from pipeline.api import queries, writeback
+from pipeline.api.deps import ApiState, Db, PathGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
 from pipeline.api.messages import attachment_view
-from pipeline.errors import ImapAuthError
-from pipeline.grants.service import open_grant_session
 from pipeline.models import Attachment, Grant
 
 log = logging.getLogger(__name__)
@@ -106,22 +104,19 @@ def get_attachment(
     return ok(request, attachment_view(path_attachment(db, grant, attachment_id, message_id)))
 
 
-def fetch_attachment(db: Session, api_settings: Any, grant: Grant, att: Attachment) -> bytes:
+def fetch_attachment(db: Session, api: ApiState, grant: Grant, att: Attachment) -> bytes:
     """The decoded bytes of an attachment, fetched from the IMAP server.
 
     Raises:
-        ApiError: 404 when no folder holds the message any more, or the UID is gone.
+        ApiError: 404 when no folder holds the message any more, or the UID is gone; 429 when
+            the account's limits are used up.
         ImapError: The server could not be reached or refused us (mapped to 4xx/504).
     """
     locations = queries.locations_of(db, att.message_id)
     if not locations:
         raise not_found("The message of this attachment is no longer on the server.")
-    try:
-        imap = open_grant_session(db, api_settings, grant)
-    except ImapAuthError:
-        db.commit()  # keep the grant marked invalid
-        raise
-    try:
+    # per copy tried: SELECT, the part, its MIME header (and HEADER for a single-part message)
+    with writeback.grant_imap(db, api, grant, ops=4 * len(locations)) as imap:
         for where in locations:
             imap.select(where.raw_name, readonly=True)
             data = imap.fetch_part(where.uid, att.part_path)
@@ -131,8 +126,6 @@ def fetch_attachment(db: Session, api_settings: Any, grant: Grant, att: Attachme
             if not header and att.part_path == "1":
                 header = imap.fetch_part(where.uid, "HEADER")  # a single-part message
             return decode_part(data, transfer_encoding(header))
-    finally:
-        imap.close()
     raise not_found("The message of this attachment is no longer on the server.")
 
 
@@ -152,7 +145,7 @@ def download_attachment(
 ) -> StreamingResponse:
     """The attachment's bytes, with its content type."""
     att = path_attachment(db, grant, attachment_id, message_id)
-    data = fetch_attachment(db, api.settings, grant, att)
+    data = fetch_attachment(db, api, grant, att)
     log.info(
         "attachment downloaded",
         extra={"grant_id": grant.id, "request_id": request_id_of(request), "bytes": len(data)},

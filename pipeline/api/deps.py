@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
 from pipeline.models import Grant
+from pipeline.ratelimit import RateLimiter
 
 SyncEnqueuer = Callable[[str, str], None]
 
@@ -32,6 +34,8 @@ class ApiState:
     keys: KeyRing
     enqueue_sync: SyncEnqueuer
     max_body_bytes: int
+    limiter: RateLimiter | None  # shared IMAP limits in Redis; None without a Redis URL
+    imap_pool: SessionPool
 
 
 def api_state(request: Request) -> ApiState:

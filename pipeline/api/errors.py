@@ -48,11 +48,14 @@ MAX_VALIDATION_DETAILS = 5  # problems listed in one message; more are summarize
 class ApiError(Exception):
     """An error with its HTTP status and v3 type; raise it from any endpoint."""
 
-    def __init__(self, status: int, type_: str, message: str) -> None:
+    def __init__(
+        self, status: int, type_: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type_
         self.message = message
+        self.headers = headers or {}
 
 
 def invalid_request(message: str) -> ApiError:
@@ -133,7 +136,9 @@ def install(app: FastAPI) -> None:
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return error_response(request, exc.status, exc.type, exc.message)
+        response = error_response(request, exc.status, exc.type, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

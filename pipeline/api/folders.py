@@ -125,7 +125,7 @@ def create_folder(
         name = parent.name + delimiter + name
     if queries.find_folder(db, grant.id, name) is not None:
         raise invalid_request(f"A folder named {name!r} exists already.")
-    with writeback.grant_imap(db, api.settings, grant) as imap:
+    with writeback.grant_imap(db, api, grant, ops=2) as imap:
         raw_name = imap.create_folder(name)
         listed = {f.raw_name: f for f in imap.list_folders()}
     info = listed.get(raw_name)
@@ -161,7 +161,7 @@ def rename_folder(
     if queries.find_folder(db, grant.id, name) is not None:
         raise invalid_request(f"A folder named {name!r} exists already.")
     old_raw = folder.raw_name
-    with writeback.grant_imap(db, api.settings, grant) as imap:
+    with writeback.grant_imap(db, api, grant, ops=1) as imap:
         new_raw = imap.rename_folder(old_raw, name)
     queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter)
     db.commit()
@@ -177,7 +177,7 @@ def delete_folder(
     folder = path_folder(db, grant, folder_id)
     if folder.role == "inbox":
         raise invalid_request("The Inbox cannot be deleted.")
-    with writeback.grant_imap(db, api.settings, grant) as imap:
+    with writeback.grant_imap(db, api, grant, ops=1) as imap:
         imap.delete_folder(folder.raw_name)
     queries.lock_grant_messages(db, grant.id)
     queries.delete_folder_row(db, folder.id)

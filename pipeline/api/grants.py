@@ -128,16 +128,18 @@ def update_grant(
     was_valid = grant.grant_status == "valid"
     updated = create_grant(db, api.settings, grant_request).grant
     db.commit()
+    api.imap_pool.forget(updated.id)  # the next request logs in with the new settings
     if not was_valid:
         enqueue_after_commit(api.enqueue_sync, updated)
     return ok(request, grant_view(updated))
 
 
 @router.delete("/grants/{grant_id}", summary="Delete a grant and all its data")
-def delete_grant(request: Request, grant: PathGrant, db: Db) -> dict[str, Any]:
+def delete_grant(request: Request, grant: PathGrant, db: Db, api: State) -> dict[str, Any]:
     """Remove the grant with its folders, messages and threads (the listeners let go of it)."""
     GrantRepository(db).remove(grant.id)
     db.commit()
+    api.imap_pool.forget(grant.id)
     log.info("grant deleted", extra={"grant_id": grant.id})
     return {"request_id": request_id_of(request)}
 

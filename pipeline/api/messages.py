@@ -313,7 +313,7 @@ def update_message(
         if folder is None:
             raise not_found(f"No folder {body.folders[0]!r} for this grant.")
     writeback.update_message(
-        db, api.settings, grant, message, unread=body.unread, starred=body.starred, folder=folder
+        db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
     )
     db.commit()
     (view,) = message_views(db, [message], include_headers=False, selected=None)
@@ -326,6 +326,6 @@ def delete_message(
 ) -> dict[str, Any]:
     """Move the message to the account's Trash folder."""
     message = path_message(db, grant, message_id)
-    writeback.trash_message(db, api.settings, grant, message)
+    writeback.trash_message(db, api, grant, message)
     db.commit()
     return {"request_id": request_id_of(request)}

@@ -6,22 +6,31 @@ advisory lock so it does not interleave with the sync engine's writes of the sam
 move records the message's new UID from the server's COPYUID answer (UIDPLUS); without one, the
 next sync of the target folder places the message by its identity.
 
-The IMAP work runs in the request (the response waits for the server's answer); it does not
-yet go through a shared per-account rate limit.
+The IMAP work runs in the request (the response waits for the server's answer) on a pooled
+session (:mod:`pipeline.api.sessions`), under the same shared limits as the workers
+(:mod:`pipeline.ratelimit`): a connection slot of the account, a login token for a new
+session, and operation tokens. A short wait for a token is absorbed; a longer one is a 429 with
+Retry-After.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
+from pipeline.api.deps import ApiState
 from pipeline.api.errors import ApiError, invalid_request, not_found
-from pipeline.config import Settings
-from pipeline.errors import ImapAuthError, ImapProtocolError
+from pipeline.api.sessions import CHECK_AFTER_S, PooledSession
+from pipeline.errors import ImapAuthError, ImapError, ImapProtocolError, ImapThrottledError
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.models import Folder, Grant, Message
@@ -30,27 +39,128 @@ SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
 
 
-@contextlib.contextmanager
-def grant_imap(db: Session, settings: Settings, grant: Grant) -> Iterator[ImapSession]:
-    """A logged-in session for the grant, closed afterwards.
+MAX_TOKEN_WAIT_S = 3.0  # a request waits this long for a rate-limit token, then gets a 429
+API_SLOT_TTL_S = 5 * 60.0  # > POOL_IDLE_S + a request: a crashed process's slot lapses
+NO_SLOT_RETRY_S = 5  # Retry-After when every connection of the account is in use
 
-    A refused login marks the grant invalid and that is committed before the error propagates.
-    A NO/BAD answer to a change becomes a 400 that quotes the server.
-    """
+
+def _holder() -> str:
+    return f"api:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _rate_limited(message: str, wait_s: float) -> ApiError:
+    retry = max(1, math.ceil(wait_s))
+    return ApiError(429, "rate_limit_error", message, headers={"Retry-After": str(retry)})
+
+
+def _take(take: Callable[[], float], what: str) -> None:
+    """Take a token, waiting up to ``MAX_TOKEN_WAIT_S``; a longer wait is a 429."""
+    deadline = time.monotonic() + MAX_TOKEN_WAIT_S
+    while True:
+        wait = take()
+        if wait <= 0:
+            return
+        if time.monotonic() + wait > deadline:
+            raise _rate_limited(f"Too many {what} for this account right now; retry later.", wait)
+        time.sleep(wait)
+
+
+def _borrow(db: Session, api: ApiState, grant: Grant) -> PooledSession | None:
+    """The grant's pooled session if it still answers (one NOOP after a quiet spell)."""
+    pooled = api.imap_pool.take(grant.id)
+    if pooled is None:
+        return None
+    if pooled.idle_s >= CHECK_AFTER_S:
+        try:
+            pooled.imap.noop()
+        except ImapError:
+            api.imap_pool.discard(pooled)
+            return None
+    limiter = api.limiter
+    if limiter is not None:
+        cap = limiter.limits(grant.provider).max_connections
+        if not limiter.acquire_connection(grant.id, pooled.holder, cap, ttl_s=API_SLOT_TTL_S):
+            api.imap_pool.discard(pooled)  # the cap shrank meanwhile
+            raise _rate_limited(
+                f"All {cap} IMAP connections of this account are in use; retry shortly.",
+                NO_SLOT_RETRY_S,
+            )
+    return pooled
+
+
+def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
+    """A new session under the account's connection cap and login rate."""
+    limiter = api.limiter
+    holder = _holder()
+    if limiter is not None:
+        cap = limiter.limits(grant.provider).max_connections
+        if not limiter.acquire_connection(grant.id, holder, cap, ttl_s=API_SLOT_TTL_S):
+            raise _rate_limited(
+                f"All {cap} IMAP connections of this account are in use; retry shortly.",
+                NO_SLOT_RETRY_S,
+            )
     try:
-        imap = open_grant_session(db, settings, grant)
-    except ImapAuthError:
-        db.commit()
+        if limiter is not None:
+            _take(lambda: limiter.try_login(grant.provider, grant.imap_host, grant.id), "logins")
+        try:
+            imap = open_grant_session(db, api.settings, grant)
+        except ImapAuthError:
+            db.commit()  # keep the grant marked invalid
+            raise
+    except BaseException:
+        if limiter is not None:
+            limiter.release_connection(grant.id, holder)
         raise
+    if limiter is not None:
+        limiter.recovered(grant.id)
+    return PooledSession(grant.id, imap, holder, time.monotonic())
+
+
+@contextlib.contextmanager
+def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterator[ImapSession]:
+    """A logged-in session for the grant under the shared limits (pooled; see ``sessions``).
+
+    The session holds one of the account's connection slots (counted with the listener's and
+    the workers'); a new login takes a login token; ``ops`` operation tokens are taken up front.
+    A refused login marks the grant invalid (committed before the error propagates); a
+    throttling answer puts the account in back-off and becomes a 429; a NO/BAD answer to a
+    change becomes a 400 that quotes the server.
+    """
+    limiter = api.limiter
     try:
-        yield imap
-    except ImapProtocolError as exc:
-        text = str(exc)
-        if " answered NO" in text or " answered BAD" in text or " failed: " in text:
-            raise invalid_request(f"The IMAP server refused the change: {text}") from exc
+        pooled = _borrow(db, api, grant) or _login(db, api, grant)
+    except ImapThrottledError:
+        if limiter is not None:
+            limiter.throttled(grant.provider, grant.imap_host, grant.id)
+        raise
+    healthy = False
+    try:
+        if limiter is not None:
+            _take(
+                lambda: limiter.try_ops(grant.provider, grant.imap_host, grant.id, ops),
+                "IMAP commands",
+            )
+        try:
+            yield pooled.imap
+        except ImapProtocolError as exc:
+            text = str(exc)
+            if " answered NO" in text or " answered BAD" in text or " failed: " in text:
+                healthy = True  # the server said no; the session is fine
+                raise invalid_request(f"The IMAP server refused the change: {text}") from exc
+            raise
+        healthy = True
+    except ImapThrottledError:
+        if limiter is not None:
+            limiter.throttled(grant.provider, grant.imap_host, grant.id)
+        raise
+    except ApiError:
+        healthy = True
         raise
     finally:
-        imap.close()
+        if healthy:
+            api.imap_pool.give_back(pooled)
+        else:
+            api.imap_pool.discard(pooled)
 
 
 def _uid_list(value: str) -> list[int]:
@@ -109,7 +219,7 @@ def _locations(db: Session, message: Message) -> list[queries.Location]:
 
 def update_message(
     db: Session,
-    settings: Settings,
+    api: ApiState,
     grant: Grant,
     message: Message,
     *,
@@ -136,7 +246,9 @@ def update_message(
     moved: list[Moved] = []
     needs_move = folder is not None and any(loc.folder_id != folder.id for loc in locations)
     if add or remove or needs_move:
-        with grant_imap(db, settings, grant) as imap:
+        # per copy: SELECT and one STORE per direction; a move adds SELECT + MOVE
+        commands = len(locations) * (1 + bool(add) + bool(remove)) + 2 * needs_move
+        with grant_imap(db, api, grant, ops=commands) as imap:
             if add or remove:
                 for where in locations:
                     imap.select(where.raw_name, readonly=False)
@@ -167,7 +279,7 @@ def update_message(
         )
 
 
-def trash_message(db: Session, settings: Settings, grant: Grant, message: Message) -> None:
+def trash_message(db: Session, api: ApiState, grant: Grant, message: Message) -> None:
     """Move a message to the grant's Trash (a copy already in Trash stays there).
 
     Raises:
@@ -180,4 +292,4 @@ def trash_message(db: Session, settings: Settings, grant: Grant, message: Messag
             "invalid_request_error",
             "This account has no Trash folder, so the message cannot be moved there.",
         )
-    update_message(db, settings, grant, message, unread=None, starred=None, folder=trash)
+    update_message(db, api, grant, message, unread=None, starred=None, folder=trash)

@@ -160,3 +160,31 @@ def test_folders_are_created_renamed_and_deleted_on_the_server(
     before = sorted((f.id, f.name) for f in client.folders.list(grant_id).data)
     sync(api.settings, grant_id)
     assert sorted((f.id, f.name) for f in client.folders.list(grant_id).data) == before
+
+
+def test_imap_work_respects_the_shared_account_limits(api: ApiServer, mail_user: MailUser) -> None:
+    import redis
+
+    from pipeline.ratelimit import RateLimiter
+
+    t = now()
+    append_many(mail_user, [(make_message("limited", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    (message,) = client.messages.list(grant_id).data
+    limiter = RateLimiter(redis.Redis.from_url(api.settings.require_redis_url(), socket_timeout=5))
+    limiter.set_limits("generic", {"max_connections": 0})  # every slot taken
+    with api.http() as http:
+        refused = http.put(f"/v3/grants/{grant_id}/messages/{message.id}", json={"unread": False})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert int(refused.headers["retry-after"]) >= 1
+    (server_flags,) = flags_of(mail_user.server, mail_user.name, mail_user.password)
+    assert "\\Seen" not in server_flags
+
+    limiter.set_limits("generic", {"max_connections": 5})
+    assert client.messages.update(grant_id, message.id, {"unread": False}).data.unread is False
+    # the session stays pooled (holding one slot) and the next request reuses it
+    assert limiter.connections(grant_id) == 1
+    assert client.messages.update(grant_id, message.id, {"starred": True}).data.starred is True
+    assert limiter.connections(grant_id) == 1
