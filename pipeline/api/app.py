@@ -32,7 +32,7 @@ from pipeline.api import (
 )
 from pipeline.api import errors as api_errors
 from pipeline.api.auth import KeyRing, require_api_key
-from pipeline.api.deps import ApiState, SyncEnqueuer
+from pipeline.api.deps import ApiState, SyncEnqueuer, WebhookKicker
 from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
@@ -52,6 +52,13 @@ def enqueue_with_celery(grant_id: str, provider: str) -> None:
     from workers import enqueue
 
     enqueue.sync_grant(grant_id, provider)
+
+
+def kick_with_celery() -> None:
+    """Have the webhook outbox dispatched soon (the default kicker)."""
+    from workers.webhook_tasks import kick
+
+    kick()
 
 
 class RequestContext:
@@ -143,6 +150,7 @@ def create_app(
     settings: Settings,
     *,
     enqueue_sync: SyncEnqueuer | None = None,
+    kick_webhooks: WebhookKicker | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """Build the API.
@@ -151,6 +159,8 @@ def create_app(
         settings: Where the database is, the API keys, IMAP timeouts and CA file.
         enqueue_sync: Called with ``(grant_id, provider)`` after a grant is committed; the
             default puts ``pipeline.sync.grant`` on the grant's Celery queue.
+        kick_webhooks: Called after a commit that wrote webhook outbox rows; the default
+            enqueues the outbox dispatch task.
         max_body_bytes: Larger request bodies get a 413.
 
     Raises:
@@ -174,6 +184,7 @@ def create_app(
         sessions=sessionmaker(engine, expire_on_commit=False),
         keys=KeyRing(settings.api_key_list),
         enqueue_sync=enqueue_sync or enqueue_with_celery,
+        kick_webhooks=kick_webhooks or kick_with_celery,
         max_body_bytes=max_body_bytes,
         limiter=limiter,
         imap_pool=SessionPool(limiter),

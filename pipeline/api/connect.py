@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from pipeline.api.deps import Db, State, ok, page
+from pipeline.api.deps import Db, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.grants import enqueue_after_commit, grant_view
 from pipeline.grants.schemas import GrantRequest
@@ -108,8 +108,9 @@ def custom_auth(
     request: Request, response: Response, body: CustomAuthRequest, db: Db, api: State
 ) -> dict[str, Any]:
     """Log in to the IMAP server, store the grant, enqueue its initial sync."""
-    created = create_grant(db, api.settings, _grant_request(body.settings))
+    created = create_grant(db, api.settings, _grant_request(body.settings))  # + grant.* event
     db.commit()
+    notify_after_commit(api)
     if not created.created:
         response.status_code = status.HTTP_200_OK
     enqueue_after_commit(api.enqueue_sync, created.grant)

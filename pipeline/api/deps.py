@@ -7,6 +7,7 @@ rolls back); writing endpoints call ``db.commit()`` themselves and only then enq
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -22,7 +23,10 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.models import Grant
 from pipeline.ratelimit import RateLimiter
 
+log = logging.getLogger(__name__)
+
 SyncEnqueuer = Callable[[str, str], None]
+WebhookKicker = Callable[[], None]
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ApiState:
     sessions: sessionmaker[Session]
     keys: KeyRing
     enqueue_sync: SyncEnqueuer
+    kick_webhooks: WebhookKicker  # after a commit that wrote outbox rows
     max_body_bytes: int
     limiter: RateLimiter | None  # shared IMAP limits in Redis; None without a Redis URL
     imap_pool: SessionPool
@@ -73,6 +78,14 @@ def path_grant(
 
 
 PathGrant = Annotated[Grant, Depends(path_grant)]
+
+
+def notify_after_commit(api: ApiState) -> None:
+    """Have the webhook outbox dispatched soon; a broker failure leaves it to the sweep."""
+    try:
+        api.kick_webhooks()
+    except Exception as exc:  # any broker/config failure: the outbox rows wait for the sweep
+        log.warning("webhook dispatch not kicked (%s); the sweep will send", type(exc).__name__)
 
 
 def ok(request: Request, data: Any) -> dict[str, Any]:

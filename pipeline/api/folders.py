@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, PathGrant, State, ok, page
+from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.models import Folder, Grant
+from pipeline.sync import events
 
 router = APIRouter(tags=["folders"])
 
@@ -141,7 +142,9 @@ def create_folder(
             state="pending",
         ),
     )
+    events.folder(db, "folder.created", folder)
     db.commit()
+    notify_after_commit(api)
     (view,) = folder_views(db, grant, [folder])
     return ok(request, view)
 
@@ -163,8 +166,10 @@ def rename_folder(
     old_raw = folder.raw_name
     with writeback.grant_imap(db, api, grant, ops=1) as imap:
         new_raw = imap.rename_folder(old_raw, name)
-    queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter)
+    for renamed in queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter):
+        events.folder(db, "folder.updated", renamed)
     db.commit()
+    notify_after_commit(api)
     (view,) = folder_views(db, grant, [folder])
     return ok(request, view)
 
@@ -179,7 +184,9 @@ def delete_folder(
         raise invalid_request("The Inbox cannot be deleted.")
     with writeback.grant_imap(db, api, grant, ops=1) as imap:
         imap.delete_folder(folder.raw_name)
+    events.folder(db, "folder.deleted", folder)
     queries.lock_grant_messages(db, grant.id)
     queries.delete_folder_row(db, folder.id)
     db.commit()
+    notify_after_commit(api)
     return {"request_id": request_id_of(request)}

@@ -13,11 +13,10 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, State, SyncEnqueuer, ok
+from pipeline.api.deps import Db, PathGrant, State, SyncEnqueuer, notify_after_commit, ok
 from pipeline.api.errors import invalid_request, request_id_of
-from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant, grant_secrets
+from pipeline.grants.service import create_grant, grant_secrets, remove_grant
 from pipeline.grants.views import grant_dict
 from pipeline.models import Grant
 from pipeline.presets import TlsMode
@@ -126,8 +125,9 @@ def update_grant(
     except ValidationError as exc:
         raise invalid_request(f"Invalid settings: {exc.errors()[0]['msg']}.") from exc
     was_valid = grant.grant_status == "valid"
-    updated = create_grant(db, api.settings, grant_request).grant
+    updated = create_grant(db, api.settings, grant_request).grant  # emits grant.updated
     db.commit()
+    notify_after_commit(api)
     api.imap_pool.forget(updated.id)  # the next request logs in with the new settings
     if not was_valid:
         enqueue_after_commit(api.enqueue_sync, updated)
@@ -137,8 +137,9 @@ def update_grant(
 @router.delete("/grants/{grant_id}", summary="Delete a grant and all its data")
 def delete_grant(request: Request, grant: PathGrant, db: Db, api: State) -> dict[str, Any]:
     """Remove the grant with its folders, messages and threads (the listeners let go of it)."""
-    GrantRepository(db).remove(grant.id)
+    remove_grant(db, grant)  # emits grant.deleted
     db.commit()
+    notify_after_commit(api)
     api.imap_pool.forget(grant.id)
     log.info("grant deleted", extra={"grant_id": grant.id})
     return {"request_id": request_id_of(request)}

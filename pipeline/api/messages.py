@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, PathGrant, State, ok, page
+from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.models import Attachment, Grant, Message
@@ -316,6 +316,7 @@ def update_message(
         db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
     )
     db.commit()
+    notify_after_commit(api)
     (view,) = message_views(db, [message], include_headers=False, selected=None)
     return ok(request, view)
 
@@ -328,4 +329,5 @@ def delete_message(
     message = path_message(db, grant, message_id)
     writeback.trash_message(db, api, grant, message)
     db.commit()
+    notify_after_commit(api)
     return {"request_id": request_id_of(request)}

@@ -531,10 +531,12 @@ def add_folder(session: Session, folder: Folder) -> Folder:
 
 def rename_folder_rows(
     session: Session, grant_id: str, old_raw: str, new_raw: str, delimiter: str | None
-) -> None:
-    """Rename a folder's row and those of its subfolders (the server renamed them all)."""
+) -> list[Folder]:
+    """Rename a folder's row and those of its subfolders (the server renamed them all);
+    returns the renamed rows."""
     folders = session.scalars(select(Folder).where(Folder.grant_id == grant_id)).all()
     prefix = old_raw + delimiter if delimiter else None
+    renamed: list[Folder] = []
     for folder in folders:
         if folder.raw_name == old_raw:
             suffix = ""
@@ -544,7 +546,9 @@ def rename_folder_rows(
             continue
         folder.raw_name = new_raw + suffix
         folder.name = _decoded(folder.raw_name)
+        renamed.append(folder)
     session.flush()
+    return renamed
 
 
 def _decoded(raw_name: str) -> str:

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
-from pipeline.api.deps import ApiState
+from pipeline.api.deps import ApiState, notify_after_commit
 from pipeline.api.errors import ApiError, invalid_request, not_found
 from pipeline.api.sessions import CHECK_AFTER_S, PooledSession
 from pipeline.errors import ImapAuthError, ImapError, ImapProtocolError, ImapThrottledError
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.models import Folder, Grant, Message
+from pipeline.sync import events
 
 SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
@@ -105,7 +106,8 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
         try:
             imap = open_grant_session(db, api.settings, grant)
         except ImapAuthError:
-            db.commit()  # keep the grant marked invalid
+            db.commit()  # keep the grant marked invalid (and its grant.expired event)
+            notify_after_commit(api)
             raise
     except BaseException:
         if limiter is not None:
@@ -265,6 +267,8 @@ def update_message(
                         continue  # never duplicate a copy into a folder that holds one
                     moved.append(_move(imap, where, folder))
                     already_there = True
+    if not (add or remove or needs_move):
+        return
     queries.lock_grant_messages(db, grant.id)
     queries.set_message_flags(db, message, flags)
     for m in moved:
@@ -277,6 +281,8 @@ def update_message(
             target_uid=m.uid,
             flags=flags,
         )
+    # The sync will find the server already matching Postgres, so the notification is ours.
+    events.messages(db, grant.id, "message.updated", [message.id])
 
 
 def trash_message(db: Session, api: ApiState, grant: Grant, message: Message) -> None:

@@ -29,11 +29,22 @@ class ApiServer:
     settings: Settings
     enqueued: list[tuple[str, str]] = field(default_factory=list)
     enqueued_uncommitted: list[str] = field(default_factory=list)
+    kicks: int = 0  # webhook dispatch kicks after commits
 
     def http(self, key: str | None = API_KEY) -> httpx.Client:
         """An httpx client for the API (with the API key unless ``key`` is None)."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_S)
+
+    def outbox(self) -> list[tuple[str, str | None]]:
+        """Webhook notifications written so far: (type, subject id), oldest first."""
+        from sqlalchemy import text
+
+        from pipeline.db import session_scope
+
+        with session_scope(self.settings.require_database_url()) as db:
+            rows = db.execute(text("SELECT type, subject_id FROM webhook_outbox ORDER BY seq"))
+            return [(str(t), s) for t, s in rows]
 
     def nylas(self) -> Client:
         """The official SDK pointed at this server."""

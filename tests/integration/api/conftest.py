@@ -37,7 +37,10 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
                 server_info.enqueued_uncommitted.append(grant_id)
         server_info.enqueued.append((grant_id, provider))
 
-    app = create_app(api_settings, enqueue_sync=record)
+    def kick() -> None:
+        server_info.kicks += 1
+
+    app = create_app(api_settings, enqueue_sync=record, kick_webhooks=kick)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

@@ -36,6 +36,8 @@ def test_custom_auth_creates_a_grant_and_enqueues_its_sync(
     # committed before the sync was enqueued, on the provider's queue family
     assert api.enqueued == [(grant.id, "generic")]
     assert api.enqueued_uncommitted == []
+    assert api.outbox() == [("grant.created", grant.id)]
+    assert api.kicks == 1
     assert grant_count(api) == 1
 
 
@@ -135,7 +137,10 @@ def test_grants_list_get_by_id_and_email_update_delete(api: ApiServer, mail_user
     assert updated.data.settings is not None
     assert updated.data.settings["smtp_host"] == "smtp.example.test"
 
+    kicks = api.kicks
     client.grants.destroy(grant.id)
+    assert api.kicks == kicks + 1
+    assert api.outbox()[-1] == ("grant.deleted", grant.id)
     with pytest.raises(NylasApiError) as gone:
         client.grants.find(grant.id)
     assert gone.value.status_code == 404

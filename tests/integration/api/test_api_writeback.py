@@ -76,7 +76,10 @@ def test_flags_move_and_delete_are_written_to_the_server(
     again = client.messages.list(grant_id).data
     assert [(m.id, m.folders) for m in again] == [(message.id, [folders["Archive"]])]
 
+    updates = [e for e in api.outbox() if e[0] == "message.updated"]
+    assert updates == [("message.updated", message.id)] * 3  # two flag changes and a move
     client.messages.destroy(grant_id, message.id)
+    assert api.outbox()[-1] == ("message.updated", message.id)
     assert client.messages.find(grant_id, message.id).data.folders == [folders["Trash"]]
     assert count(mail_user, "Archive") == 0
     assert count(mail_user, "Trash") == 1
@@ -141,7 +144,16 @@ def test_folders_are_created_renamed_and_deleted_on_the_server(
     assert names["Work/2026"].id == child.id
     assert names["Work/2026"].parent_id == projects.id
 
+    folder_events = [e for e in api.outbox() if e[0].startswith("folder.")]
+    assert folder_events[:3] == [
+        ("folder.created", projects.id),
+        ("folder.created", child.id),
+        ("folder.created", umlaut.id),
+    ]
+    assert ("folder.updated", projects.id) in folder_events
+    assert ("folder.updated", child.id) in folder_events  # renamed with its parent
     client.folders.destroy(grant_id, child.id)
+    assert api.outbox()[-1] == ("folder.deleted", child.id)
     assert "Work/2026" not in server_folders(mail_user)
     with pytest.raises(NylasApiError) as gone:
         client.folders.find(grant_id, child.id)
