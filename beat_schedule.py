@@ -11,7 +11,10 @@ harmless when it runs twice or overlaps itself (each takes a Redis job lock, see
 job (task name)                                every       queue        what
 =============================================  ==========  ===========  ==========================
 pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS of every folder,
-                                                                        spread over the interval
+                                                                        spread over the interval:
+                                                                        UIDVALIDITY changes, and
+                                                                        polling of the folders
+                                                                        without IDLE
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
 pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work
 =============================================  ==========  ===========  ==========================

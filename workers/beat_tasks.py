@@ -6,7 +6,8 @@ Task names (the schedule's contract):
 - ``pipeline.maintenance.sweep_uidvalidity()``: once per interval, give every valid grant a
   ``check_uidvalidity`` at its fixed offset within the interval, on the grant's provider queue.
 - ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS every folder of one grant on a
-  fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed.
+  fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed, and where a
+  folder no listener watches (not Inbox/Sent) changed since its last sync (polling).
 - ``pipeline.maintenance.purge()``: the rolling retention purge, ``PURGE_BUDGET_S`` at a time.
 - ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders.
 
@@ -121,6 +122,7 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
         "changed": len(report.changed),
         "stopped": len(report.stopped),
         "resumed": len(report.resumed),
+        "polled": len(report.polled),
     }
 
 

@@ -45,6 +45,9 @@ folders_t = table(
     column("state", String()),
     column("state_detail", String()),
     column("uidvalidity", BigInteger()),
+    column("uidnext", BigInteger()),
+    column("highestmodseq", BigInteger()),
+    column("last_synced_at", DateTime(timezone=True)),
     column("updated_at", DateTime(timezone=True)),
     column("uidvalidity_changes", Integer()),
     column("swept_uidvalidity", BigInteger()),
@@ -64,6 +67,9 @@ class SweptFolder:
     swept_uidvalidity: int | None
     changes: int
     retry_at: datetime | None
+    uidnext: int | None = None
+    highestmodseq: int | None = None
+    last_synced_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ class MaintenanceRepository:
                 f.swept_uidvalidity,
                 f.uidvalidity_changes,
                 f.retry_at,
+                f.uidnext,
+                f.highestmodseq,
+                f.last_synced_at,
             )
             .where(
                 f.grant_id == grant_id,
@@ -140,8 +149,8 @@ class MaintenanceRepository:
             .order_by(f.raw_name)
         )
         return [
-            SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra)
-            for i, rn, role, st, uv, suv, ch, ra in rows
+            SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
+            for i, rn, role, st, uv, suv, ch, ra, un, hms, ls in rows
         ]
 
     def lock_folder(self, folder_id: str) -> SweptFolder | None:
@@ -157,14 +166,17 @@ class MaintenanceRepository:
                 f.swept_uidvalidity,
                 f.uidvalidity_changes,
                 f.retry_at,
+                f.uidnext,
+                f.highestmodseq,
+                f.last_synced_at,
             )
             .where(f.id == folder_id)
             .with_for_update()
         ).one_or_none()
         if row is None or row[4] is None:
             return None
-        i, rn, role, st, uv, suv, ch, ra = row
-        return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra)
+        i, rn, role, st, uv, suv, ch, ra, un, hms, ls = row
+        return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
 
     def record_sweep(self, folder_id: str, *, seen: int, changes: int) -> None:
         """Store what a sweep saw and the resulting count of consecutive changes."""

@@ -17,6 +17,11 @@ session (a pooled one would only repeat what the last sync saw), and compares::
                                         is the Inbox the whole grant is stopped, and
                                         ``grant.updated`` is emitted
 
+The same STATUS also polls the folders no listener watches (every role but Inbox and Sent): a
+``synced`` folder whose UIDNEXT or HIGHESTMODSEQ differs from what its last sync stored gets a
+sync enqueued; on a server without CONDSTORE (no HIGHESTMODSEQ, so flag changes and expunges
+are invisible to STATUS) it is synced when its last sync is ``POLL_FALLBACK_S`` old.
+
 A stopped folder whose retry is due is asked again: if the server now gives the value the
 last sweep saw (stable across sessions hours apart) the folder resumes (state ``syncing``,
 count 0, sync enqueued); otherwise the back-off doubles, up to ``STOPPED_RETRY_MAX_S``.
@@ -31,14 +36,14 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.errors import ImapFolderError
 from pipeline.grants.repository import GrantRepository
-from pipeline.imap import ImapSession
+from pipeline.imap import FolderStatus, ImapSession
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.sync import events
 
@@ -48,6 +53,8 @@ UIDVALIDITY_STOP_AFTER = 5  # as Nylas and its predecessor: 5 resyncs in a row, 
 STOPPED_DETAIL = "stopped: UIDVALIDITY changes on every session"
 STOPPED_RETRY_S = 6 * 60 * 60  # a misconfigured server is rarely fixed within hours
 STOPPED_RETRY_MAX_S = 48 * 60 * 60  # but keep looking at least every two days
+IDLE_ROLES = frozenset({"inbox", "sent"})  # the listener watches these; the sweep polls the rest
+POLL_FALLBACK_S = 30 * 60  # without CONDSTORE, a folder is synced at least this often
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class SweepReport:
     resumed: list[str]
     still_broken: list[str]
     gone: list[str]
+    polled: list[str] = field(default_factory=list)
     grant_stopped: bool = False
     grant_resumed: bool = False
 
@@ -120,10 +128,11 @@ def check_grant(
     to_sync: list[str] = []
     for candidate in candidates:
         try:
-            seen = imap.status(candidate.raw_name).uidvalidity
+            status = imap.status(candidate.raw_name)
         except ImapFolderError:
             report.gone.append(candidate.id)  # folder discovery removes it
             continue
+        seen = status.uidvalidity
         with sessions.begin() as db:
             repo = MaintenanceRepository(db)
             folder = repo.lock_folder(candidate.id)
@@ -131,6 +140,9 @@ def check_grant(
                 continue
             action = _decide(db, repo, grant_id, folder, seen, now, report)
         if action:
+            to_sync.append(folder.id)
+        elif _poll_due(folder, status, now):
+            report.polled.append(folder.id)
             to_sync.append(folder.id)
     for folder_id in to_sync:
         enqueue_sync(folder_id)
@@ -145,6 +157,20 @@ def check_grant(
             },
         )
     return report
+
+
+def _poll_due(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
+    """Whether a synced folder no listener watches changed since its last sync."""
+    if folder.role in IDLE_ROLES or folder.state != "synced":
+        return False
+    if status.uidvalidity != folder.uidvalidity:
+        return False  # a UIDVALIDITY matter: the sweep's rule decides
+    if status.uidnext != folder.uidnext:
+        return True
+    if status.highestmodseq is not None and folder.highestmodseq is not None:
+        return status.highestmodseq != folder.highestmodseq
+    last = folder.last_synced_at
+    return last is None or (now - last).total_seconds() >= POLL_FALLBACK_S
 
 
 def _decide(

@@ -30,7 +30,7 @@ from pipeline.maintenance.sweep import (
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_folder, sync_grant_inline
 from tests.integration.test_initial_sync import connect
-from tests.support.mail import append, create_folder, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -50,7 +50,7 @@ def sweep(settings: Settings, grant_id: str, now: datetime | None = None) -> Swe
         )
     finally:
         imap.close()
-    assert sorted(enqueued) == sorted(report.changed + report.resumed)
+    assert sorted(enqueued) == sorted(report.changed + report.resumed + report.polled)
     return report
 
 
@@ -185,6 +185,61 @@ def test_a_folder_renumbered_on_every_sweep_is_stopped_then_retried(
     report = sweep(settings, grant_id, now=later)
     assert report.resumed == [work["id"]]
     assert folder_row(settings, grant_id, "Work")["state"] == "syncing"
+
+
+def test_the_sweep_polls_folders_no_listener_watches(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    create_folder(server, name, pw, "Work")
+    create_folder(server, name, pw, "Sent")
+    append(server, name, pw, make_message("w"), folder="Work")
+    grant_id = seeded(settings, mail_user, n=1)
+    work = folder_row(settings, grant_id, "Work")["id"]
+    assert sweep(settings, grant_id).polled == []  # nothing changed since the sync
+
+    append(server, name, pw, make_message("new in Work"), folder="Work")
+    append(server, name, pw, make_message("new in Inbox"))  # the listener's business
+    append(server, name, pw, make_message("new in Sent"), folder="Sent")  # the listener's too
+    assert sweep(settings, grant_id).polled == [work]
+    resync(settings, grant_id, work)
+    assert sweep(settings, grant_id).polled == []
+    assert "new in Work" in message_ids(settings, grant_id)
+
+    # without a stored HIGHESTMODSEQ, a folder is polled once its last sync is old enough
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(
+            text("UPDATE folders SET last_synced_at = now() - interval '31 minutes' WHERE id = :f"),
+            {"f": work},
+        )
+    assert sweep(settings, grant_id).polled == [work]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ImapSession.capabilities holds the pre-login CAPABILITY list (no CONDSTORE), so "
+    "STATUS asks no HIGHESTMODSEQ; passes once pipeline/imap/client.py refreshes them",
+)
+def test_a_flag_change_in_a_polled_folder_is_seen_through_highestmodseq(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    create_folder(server, name, pw, "Work")
+    append(server, name, pw, make_message("w"), folder="Work")
+    grant_id = seeded(settings, mail_user, n=1)
+    work = folder_row(settings, grant_id, "Work")["id"]
+    modseq = server.mailbox_status(name, "Work")["highestmodseq"]
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(  # what the runner stores once it sees HIGHESTMODSEQ
+            text("UPDATE folders SET highestmodseq = :m WHERE id = :f"), {"f": work, "m": modseq}
+        )
+    conn = imap_login(server, name, pw)
+    try:
+        conn.select('"Work"')
+        conn.store("1", "+FLAGS", "(\\Flagged)")
+    finally:
+        conn.logout()
+    assert sweep(settings, grant_id).polled == [work]
 
 
 class RenumberingProxy:
