@@ -52,7 +52,7 @@ from typing import Any
 
 import redis
 
-from pipeline.errors import PipelineError, ServiceError
+from pipeline.errors import ImapThrottledError, ServiceError
 from pipeline.listener.leases import SLOT_ACQUIRE_LUA, conn_key
 from pipeline.presets import preset
 
@@ -74,8 +74,14 @@ PROVIDER_OPS_PER_S = 200.0
 PROVIDER_LOGINS_PER_MIN = 600.0
 
 
-class RateLimited(PipelineError):
-    """No token or connection slot now; try again after ``retry_after_s`` seconds."""
+class RateLimited(ImapThrottledError):
+    """No token or connection slot now; try again after ``retry_after_s`` seconds.
+
+    A throttle we impose on ourselves, so it is an :class:`ImapThrottledError`: code that
+    retries throttles (Celery ``autoretry_for``) also retries this. Catch it *before*
+    ``ImapThrottledError`` where the two are handled differently (reschedule, versus record a
+    provider back-off).
+    """
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
