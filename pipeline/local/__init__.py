@@ -46,6 +46,7 @@ from pipeline.errors import ServiceError
 __all__ = [
     "LOCALHOST",
     "ChildProcess",
+    "child_preexec",
     "free_port",
     "port_in_use",
     "reachable_dir",
@@ -262,7 +263,7 @@ def _libc_prctl() -> Callable[..., int] | None:
 _PRCTL = _libc_prctl()
 
 
-def _child_setup(
+def child_preexec(
     parent_death_signal: signal.Signals | None, nofile: int | None
 ) -> Callable[[], None] | None:
     """A ``preexec_fn``: raise the open-files limit, and die with this process.
@@ -356,7 +357,7 @@ class ChildProcess:
                     env=self.env,
                     cwd=self.cwd,
                     start_new_session=True,
-                    preexec_fn=_child_setup(self.parent_death_signal, self.nofile),
+                    preexec_fn=child_preexec(self.parent_death_signal, self.nofile),
                     **user_args,  # type: ignore[call-overload]
                 )
             except OSError as exc:

@@ -1,0 +1,619 @@
+"""``imap-pipeline up``: the whole pipeline in one terminal, in the foreground.
+
+What it does, in order::
+
+    lock data_dir ──> services ──> key ──> migrations ──> runtime.env ──> [demo Dovecot]
+         │            configured ones if reachable, else embedded Postgres/Redis in data_dir
+         v
+    Procfile roles as children, output prefixed ──> [demo grant] ──> summary ──> wait
+         │
+         ├─ Ctrl-C / SIGTERM / SIGHUP: stop roles (SIGTERM, 10 s, SIGKILL), then the
+         │  servers, remove runtime.env; exit 0
+         └─ a role exits on its own: say which and how, stop everything; exit 1
+
+The roles come from ``deploy/Procfile`` (``role: command`` per line, run by ``/bin/sh``), so
+adding a process to the pipeline is adding a line there. Each role gets the resolved
+environment (service URLs, data folder) and runs in its own process group, so a Ctrl-C in the
+terminal reaches only this process, which stops the roles before the servers they use.
+``<data_dir>/runtime.env`` tells CLI commands in other terminals where the services are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.config import RUNTIME_ENV_NAME, Settings
+from pipeline.crypto import generate_key
+from pipeline.errors import PipelineError, ServiceError
+from pipeline.local import LOCALHOST, child_preexec, free_port, port_in_use
+
+PROCFILE = Path(__file__).resolve().parent.parent / "deploy" / "Procfile"
+ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
+ROLE_KILL_WAIT_S = 5.0
+POLL_INTERVAL_S = 0.2
+SERVICE_PROBE_TIMEOUT_S = 3  # is a configured Postgres/Redis reachable?
+GRANT_ADD_TIMEOUT_S = 120.0  # the CLI logs in to the demo server before storing the grant
+DEFAULT_SYNC_CONCURRENCY_ENV = "IMAP_PIPELINE_SYNC_CONCURRENCY"
+DEMO_USER = "demo"
+DEMO_EMAIL = "demo@localhost"
+DEMO_MESSAGES = 300
+DEMO_SEED = 20240601
+DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync must skip
+DEMO_STATE_NAME = "demo-account.json"
+LOCK_NAME = "up.lock"
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+ROLE_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One line of the Procfile."""
+
+    name: str
+    command: str
+
+
+def read_procfile(path: Path = PROCFILE) -> list[Role]:
+    """The roles of a Procfile: ``role: command`` lines; blank lines and ``#`` comments skipped.
+
+    Raises:
+        ServiceError: the file is missing or a line is malformed.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ServiceError(
+            f"{path} not found: `imap-pipeline up` runs from a source checkout "
+            "(git clone, then scripts/up)."
+        ) from exc
+    roles: list[Role] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, command = stripped.partition(":")
+        name, command = name.strip(), command.strip()
+        if not sep or not name.replace("-", "").replace("_", "").isalnum() or not command:
+            raise ServiceError(f"{path}:{number}: expected `role: command`, got {stripped!r}")
+        if any(r.name == name for r in roles):
+            raise ServiceError(f"{path}:{number}: role {name!r} is listed twice")
+        roles.append(Role(name, command))
+    if not roles:
+        raise ServiceError(f"{path} lists no roles.")
+    return roles
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def run_up(settings: Settings, demo: bool) -> int:
+    """Run ``imap-pipeline up [--demo]`` in the foreground until Ctrl-C or a role fails.
+
+    Args:
+        settings: The settings, as the CLI loaded them.
+        demo: Also start a local Dovecot with a seeded ``demo`` mailbox and connect it.
+
+    Returns:
+        0 after a requested stop, 1 when a role failed or the start failed.
+    """
+    return _Up(settings, demo=demo).run()
+
+
+class _Interrupted(BaseException):
+    """A stop was asked for while starting (a BaseException: ``except Exception`` passes it)."""
+
+
+@dataclass
+class _RoleProcess:
+    role: Role
+    style: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    pump: threading.Thread | None = None
+
+
+@dataclass
+class _Services:
+    database_url: str = ""
+    redis_url: str = ""
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class _Up:
+    def __init__(self, settings: Settings, *, demo: bool, procfile: Path = PROCFILE) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.procfile = procfile
+        self.data_dir = settings.data_dir.expanduser().absolute()
+        self.console = Console(soft_wrap=True, highlight=False)
+        self.print_lock = threading.Lock()
+        self.stop_requested = threading.Event()
+        self.signals_seen = 0
+        self.starting = True
+        self.name_width = 8
+        self.stack = contextlib.ExitStack()
+        self.roles: list[_RoleProcess] = []
+        self.runtime_env: Path = self.data_dir / RUNTIME_ENV_NAME
+        self.runtime_env_text: str | None = None
+        self.services = _Services()
+        self.demo_rows: list[tuple[str, str]] = []
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        previous = self._install_signal_handlers()
+        try:
+            # the exit stack stops the servers (and unlocks data_dir) after the roles are gone
+            with self.stack:
+                try:
+                    self._start()
+                    return self._wait()
+                except _Interrupted:
+                    self.say("stopping before everything started", "yellow")
+                    return 0
+                except PipelineError as exc:
+                    self.say(f"error: {exc}", "bold red")
+                    return 1
+                finally:
+                    self.starting = False  # a signal from here on must not cut the cleanup short
+                    self._stop_roles()
+                    self._remove_runtime_env()
+        finally:
+            self._restore_signal_handlers(previous)
+
+    def _start(self) -> None:
+        roles = read_procfile(self.procfile)  # before starting anything: fail fast on typos
+        self._lock_data_dir()
+        self._resolve_services()
+        self._ensure_key()
+        self._migrate()
+        self._write_runtime_env()
+        env = self._role_env()
+        demo_account = self._start_demo() if self.demo else None
+        if any(r.name == "flower" for r in roles) and port_in_use(self.settings.flower_port):
+            raise ServiceError(
+                f"Port {self.settings.flower_port} is in use, so Flower cannot listen there. Stop "
+                "what uses it or set IMAP_PIPELINE_FLOWER_PORT."
+            )
+        self.starting = False
+        self.name_width = max(len(r.name) for r in roles)
+        for index, role in enumerate(roles):
+            self._start_role(role, ROLE_STYLES[index % len(ROLE_STYLES)], env)
+        if demo_account is not None:
+            self._connect_demo(demo_account, env)
+        self._print_summary()
+
+    def _wait(self) -> int:
+        while not self.stop_requested.wait(POLL_INTERVAL_S):
+            for rp in self.roles:
+                code = rp.proc.poll()
+                if code is not None:
+                    how = (
+                        f"killed by {signal.Signals(-code).name}"
+                        if code < 0
+                        else f"exit code {code}"
+                    )
+                    self.say(
+                        f"role {rp.role.name!r} stopped unexpectedly ({how}); stopping "
+                        f"everything. Its output is in {self._log_dir / rp.role.name}.log",
+                        "bold red",
+                    )
+                    return 1
+        self.say("stopping …", "yellow")
+        return 0
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict[signal.Signals, _SignalHandler]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[signal.Signals, _SignalHandler] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored on purpose by whoever started us (nohup, a background job)
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: Mapping[signal.Signals, _SignalHandler]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals_seen += 1
+        self.stop_requested.set()
+        if self.starting and self.signals_seen == 1:
+            raise _Interrupted(signal.Signals(signum).name)
+
+    # --- services ---------------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = self.stack.enter_context((self.data_dir / LOCK_NAME).open("a+"))
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise ServiceError(
+                f"Another `imap-pipeline up` (pid {holder}) is running with {self.data_dir}. "
+                "Stop it first, or give this one another IMAP_PIPELINE_DATA_DIR."
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+
+    def _resolve_services(self) -> None:
+        from pipeline.local.postgres import EmbeddedPostgres
+        from pipeline.local.redis import EmbeddedRedis
+
+        pg = EmbeddedPostgres(self.data_dir / "postgres", self.settings.embedded_postgres_port)
+        configured = self.settings.database_url
+        if configured and configured != pg.url and _postgres_reachable(configured):
+            self.services.database_url = configured
+            self.services.notes["postgres"] = "configured (IMAP_PIPELINE_DATABASE_URL)"
+        else:
+            if configured and configured != pg.url:
+                self.say(
+                    f"warning: IMAP_PIPELINE_DATABASE_URL ({redact_url(configured)}) is not "
+                    "reachable; starting an embedded Postgres instead.",
+                    "yellow",
+                )
+            self.say(f"starting an embedded Postgres on {LOCALHOST}:{pg.port} …")
+            self.stack.enter_context(pg)
+            self.services.database_url = pg.url
+            self.services.notes["postgres"] = f"embedded, data in {pg.folder}"
+
+        rd = EmbeddedRedis(self.data_dir / "redis", self.settings.embedded_redis_port)
+        configured = self.settings.redis_url
+        if configured and configured != rd.url and _redis_reachable(configured):
+            self.services.redis_url = configured
+            self.services.notes["redis"] = "configured (IMAP_PIPELINE_REDIS_URL)"
+        else:
+            if configured and configured != rd.url:
+                self.say(
+                    f"warning: IMAP_PIPELINE_REDIS_URL ({redact_url(configured)}) is not "
+                    "reachable; starting an embedded Redis instead.",
+                    "yellow",
+                )
+            self.say(f"starting an embedded Redis on {LOCALHOST}:{rd.port} …")
+            self.stack.enter_context(rd)
+            self.services.redis_url = rd.url
+            self.services.notes["redis"] = f"embedded, data in {rd.data_dir}"
+
+    def _ensure_key(self) -> None:
+        if self.settings.encryption_keys is not None:
+            return
+        key_file = self.data_dir / "encryption.key"
+        if key_file.exists():
+            return
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(generate_key() + "\n")
+        self.say(
+            f"created an encryption key in {key_file} (back it up: stored passwords cannot be "
+            "read without it)"
+        )
+
+    def _migrate(self) -> None:
+        from pipeline.db import migrate  # imported late: Alembic is slow to import
+
+        self.say("applying database migrations …")
+        try:
+            migrate(self.services.database_url)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise ServiceError(
+                f"Database migrations failed ({type(exc).__name__}: {exc}). Fix the cause and run "
+                "`imap-pipeline up` again; `imap-pipeline migrate` applies them alone."
+            ) from exc
+
+    def _write_runtime_env(self) -> None:
+        text = (
+            "# Written by `imap-pipeline up` while it runs; removed when it stops.\n"
+            f"IMAP_PIPELINE_DATABASE_URL={_env_quote(self.services.database_url)}\n"
+            f"IMAP_PIPELINE_REDIS_URL={_env_quote(self.services.redis_url)}\n"
+        )
+        tmp = self.runtime_env.with_name(RUNTIME_ENV_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.runtime_env)
+        self.runtime_env_text = text
+
+    def _remove_runtime_env(self) -> None:
+        if self.runtime_env_text is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.runtime_env.read_text() == self.runtime_env_text:
+                self.runtime_env.unlink()
+
+    # --- demo -------------------------------------------------------------------------------
+
+    def _start_demo(self) -> dict[str, object]:
+        from pipeline.local.dovecot import LocalDovecot, ensure_dovecot_installed
+        from pipeline.local.mailgen import generate, seed_maildir
+
+        ensure_dovecot_installed()
+        state_file = self.data_dir / DEMO_STATE_NAME
+        state: dict[str, object] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            state = json.loads(state_file.read_text())
+        saved_port = state.get("port")
+        # the same port as last time keeps the stored grant pointing at the right place
+        port = (
+            saved_port
+            if isinstance(saved_port, int) and not port_in_use(saved_port)
+            else free_port()
+        )
+        dovecot = LocalDovecot(self.data_dir / "demo-dovecot", port)
+        self.say(f"starting the demo Dovecot on {LOCALHOST}:{port} …")
+        self.stack.enter_context(dovecot)
+        saved_password = state.get("password")
+        password = saved_password if isinstance(saved_password, str) else secrets.token_urlsafe(18)
+        dovecot.add_user(DEMO_USER, password)
+        maildir = dovecot.maildir(DEMO_USER)
+        if not maildir.exists():
+            count = seed_maildir(
+                maildir,
+                generate(
+                    DEMO_MESSAGES,
+                    seed=DEMO_SEED,
+                    now=datetime.now(UTC),
+                    old_fraction=DEMO_OLD_FRACTION,
+                    owner=DEMO_EMAIL,
+                    retention_days=self.settings.retention_days,
+                ),
+                owner=dovecot.mail_user,
+            )
+            self.say(f"seeded the demo mailbox with {count} messages")
+        account: dict[str, object] = {
+            "email": DEMO_EMAIL,
+            "host": LOCALHOST,
+            "port": port,
+            "tls": "plain",
+            "username": DEMO_USER,
+            "password": password,
+        }
+        tmp = state_file.with_name(DEMO_STATE_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(account, fh, indent=2)
+        tmp.replace(state_file)
+        self.demo_rows = [
+            ("demo IMAP", f"{LOCALHOST}:{port} (plain), user {DEMO_USER}"),
+            ("demo credentials", str(state_file)),
+        ]
+        return account
+
+    def _connect_demo(self, account: Mapping[str, object], env: Mapping[str, str]) -> None:
+        argv = [
+            *_cli_command(),
+            "grants", "add",
+            "--email", DEMO_EMAIL,
+            "--host", LOCALHOST,
+            "--port", str(account["port"]),
+            "--tls", "plain",
+            "--allow-plaintext",
+            "--username", DEMO_USER,
+            "--password-stdin",
+            "--json",
+        ]  # fmt: skip
+        self.say("connecting the demo mailbox: imap-pipeline grants add --email demo@localhost …")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=self.data_dir,
+        )
+        try:
+            # the password goes on stdin, never on a command line
+            out, err = proc.communicate(
+                (str(account["password"]) + "\n").encode(), timeout=GRANT_ADD_TIMEOUT_S
+            )
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self.say("connecting the demo mailbox timed out", "bold red")
+            return
+        if proc.returncode != 0:
+            message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+            self.say(
+                f"connecting the demo mailbox failed (exit {proc.returncode}): {message}",
+                "bold red",
+            )
+            return
+        try:
+            grant = json.loads(out)
+            grant_id = str(grant.get("id") or grant.get("grant_id") or "?")
+        except (ValueError, AttributeError):
+            grant_id = "?"
+        self.demo_rows.append(("demo grant", f"{grant_id} ({DEMO_EMAIL})"))
+        self.say(f"demo mailbox connected as grant {grant_id}", "green")
+
+    # --- roles ------------------------------------------------------------------------------
+
+    @property
+    def _log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def _role_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "IMAP_PIPELINE_DATABASE_URL": self.services.database_url,
+                "IMAP_PIPELINE_REDIS_URL": self.services.redis_url,
+                "IMAP_PIPELINE_DATA_DIR": str(self.data_dir),
+                "IMAP_PIPELINE_FLOWER_PORT": str(self.settings.flower_port),
+                "PYTHONUNBUFFERED": "1",  # log lines reach the terminal as they happen
+            }
+        )
+        if self.settings.worker_concurrency > 0:
+            env.setdefault(DEFAULT_SYNC_CONCURRENCY_ENV, str(self.settings.worker_concurrency))
+        # the roles' programs (celery, imap-pipeline) live next to this interpreter
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
+        return env
+
+    def _start_role(self, role: Role, style: str, env: Mapping[str, str]) -> None:
+        self._log_dir.mkdir(exist_ok=True)
+        log = (self._log_dir / f"{role.name}.log").open("ab")
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"exec {role.command}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=self.data_dir,
+            start_new_session=True,
+            preexec_fn=child_preexec(signal.SIGTERM, None),
+        )
+        rp = _RoleProcess(role, style, proc, log)
+        rp.pump = threading.Thread(
+            target=self._pump, args=(rp,), name=f"up-{role.name}", daemon=True
+        )
+        rp.pump.start()
+        self.roles.append(rp)
+
+    def _pump(self, rp: _RoleProcess) -> None:
+        assert rp.proc.stdout is not None
+        prefix = Text(f"{rp.role.name:>{self.name_width}} | ", style=rp.style)
+        for raw in iter(rp.proc.stdout.readline, b""):
+            rp.log.write(raw)
+            line = Text.from_ansi(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            with self.print_lock:
+                self.console.print(Text.assemble(prefix, line))
+        rp.log.flush()
+
+    def _stop_roles(self) -> None:
+        running = [rp for rp in self.roles if rp.proc.poll() is None]
+        for rp in running:
+            with contextlib.suppress(ProcessLookupError):
+                rp.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + ROLE_STOP_TIMEOUT_S
+        for rp in running:
+            while rp.proc.poll() is None and time.monotonic() < deadline:
+                if self.signals_seen >= 2 and not self.starting:  # asked twice: no waiting
+                    break
+                time.sleep(0.05)
+        for rp in self.roles:
+            if rp.proc.poll() is None:
+                self.say(f"{rp.role.name} did not stop in time; killing it", "yellow")
+            # also ends what the role left behind in its group (a worker's pool processes)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rp.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rp.proc.wait(timeout=ROLE_KILL_WAIT_S)
+            if rp.pump is not None:
+                rp.pump.join(timeout=ROLE_KILL_WAIT_S)
+            if rp.proc.stdout is not None:
+                rp.proc.stdout.close()
+            rp.log.close()
+        self.roles.clear()
+
+    # --- output -----------------------------------------------------------------------------
+
+    def say(self, message: str, style: str = "") -> None:
+        """Print a line of ``up``'s own (plain text: brackets in messages stay brackets)."""
+        line = Text.assemble((f"{'up':>{self.name_width}} | ", "bold"), (message, style))
+        with self.print_lock:
+            self.console.print(line)
+
+    def _print_summary(self) -> None:
+        table = Table(
+            title="imap-pipeline is running (Ctrl-C stops everything)", title_justify="left"
+        )
+        table.add_column("what", style="bold", no_wrap=True)
+        table.add_column("where", overflow="fold")
+        table.add_row("Postgres", f"{redact_url(self.services.database_url)}")
+        table.add_row("", self.services.notes.get("postgres", ""))
+        table.add_row("Redis", f"{redact_url(self.services.redis_url)}")
+        table.add_row("", self.services.notes.get("redis", ""))
+        if any(rp.role.name == "flower" for rp in self.roles):
+            table.add_row("Flower", f"http://{LOCALHOST}:{self.settings.flower_port}")
+        for name, where in self.demo_rows:
+            table.add_row(name, where)
+        table.add_row("roles", ", ".join(f"{rp.role.name} ({rp.proc.pid})" for rp in self.roles))
+        table.add_row("logs", str(self._log_dir))
+        table.add_row("other terminals", f"find the services through {self.runtime_env}")
+        with self.print_lock:
+            self.console.print(table)
+
+
+def _postgres_reachable(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    from pipeline.db import normalize_url
+
+    try:
+        parsed = make_url(normalize_url(url)).set(drivername="postgresql")
+        conninfo = parsed.render_as_string(hide_password=False)
+        with psycopg.connect(conninfo, connect_timeout=SERVICE_PROBE_TIMEOUT_S):
+            return True
+    except Exception:  # refused, timed out, or a malformed URL: all "not reachable"
+        return False
+
+
+def _redis_reachable(url: str) -> bool:
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=SERVICE_PROBE_TIMEOUT_S,
+            socket_connect_timeout=SERVICE_PROBE_TIMEOUT_S,
+        )
+    except ValueError:
+        return False
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _env_quote(value: str) -> str:
+    """A value for a dotenv file that shells and python-dotenv read back unchanged."""
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _cli_command() -> list[str]:
+    script = Path(sys.executable).parent / "imap-pipeline"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "pipeline.cli"]
