@@ -29,6 +29,7 @@ from pipeline.api import (
     messages,
     providers,
     threads,
+    webhooks,
 )
 from pipeline.api import errors as api_errors
 from pipeline.api.auth import KeyRing, require_api_key
@@ -37,6 +38,7 @@ from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
 from pipeline.ratelimit import RateLimiter
+from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ def create_app(
     *,
     enqueue_sync: SyncEnqueuer | None = None,
     kick_webhooks: WebhookKicker | None = None,
+    webhook_settings: WebhookSettings | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """Build the API.
@@ -162,6 +165,8 @@ def create_app(
         kick_webhooks: Called after a commit that wrote webhook outbox rows; the default
             enqueues the outbox dispatch task.
         max_body_bytes: Larger request bodies get a 413.
+        webhook_settings: SSRF guard and timeouts of ``/v3/webhooks`` (default: from the
+            environment, ``IMAP_PIPELINE_WEBHOOK_*``).
 
     Raises:
         ConfigurationError: No database URL is configured.
@@ -188,6 +193,7 @@ def create_app(
         max_body_bytes=max_body_bytes,
         limiter=limiter,
         imap_pool=SessionPool(limiter),
+        webhook_settings=webhook_settings or WebhookSettings.load(),
     )
     if not len(state.keys):
         log.warning("no API keys configured (IMAP_PIPELINE_API_KEYS): every /v3 request gets 401")
@@ -211,6 +217,6 @@ def create_app(
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     auth: list[Any] = [Depends(require_api_key)]
-    for module in (connect, grants, providers, messages, folders, threads, attachments):
+    for module in (connect, grants, providers, messages, folders, threads, attachments, webhooks):
         app.include_router(module.router, prefix="/v3", dependencies=auth)
     return app

@@ -22,6 +22,7 @@ from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
 from pipeline.models import Grant
 from pipeline.ratelimit import RateLimiter
+from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ApiState:
     max_body_bytes: int
     limiter: RateLimiter | None  # shared IMAP limits in Redis; None without a Redis URL
     imap_pool: SessionPool
+    webhook_settings: WebhookSettings
 
 
 def api_state(request: Request) -> ApiState:

@@ -39,6 +39,7 @@ from pipeline.errors import (
     PipelineError,
     ServiceError,
 )
+from pipeline.webhooks.errors import ChallengeFailed, InvalidWebhookRequest, WebhookNotFound
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,10 @@ def error_response(request: Request, status: int, type_: str, message: str) -> J
 def from_pipeline_error(exc: PipelineError) -> ApiError:
     """Map the engine's exception tree onto HTTP statuses and v3 types."""
     message = str(exc)
-    if isinstance(exc, GrantNotFound):
+    if isinstance(exc, GrantNotFound | WebhookNotFound):
         return not_found(message)
+    if isinstance(exc, InvalidWebhookRequest | ChallengeFailed):
+        return invalid_request(message)
     if isinstance(exc, GrantInvalid):
         return ApiError(400, "invalid_request_error", message)
     if isinstance(exc, ImapAuthError):

@@ -99,3 +99,47 @@ def connect_and_sync(api: object, user: MailUser) -> str:
     grant_id = str(response.json()["data"]["id"])
     sync(server.settings, grant_id)
     return grant_id
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: echoes challenges, records POSTs (headers, body)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlparse
+
+        received: list[tuple[dict[str, str], bytes]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                challenge = parse_qs(urlparse(self.path).query).get("challenge", [""])[0]
+                body = challenge.encode()
+                self.send_response(200 if challenge else 400)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(
+                    ({k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length))
+                )
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
-from api_support import API_KEY, OTHER_KEY, SERVER_START_TIMEOUT_S, ApiServer
+from api_support import API_KEY, OTHER_KEY, SERVER_START_TIMEOUT_S, ApiServer, Receiver
 from pydantic import SecretStr
 
 from pipeline.api import create_app
@@ -16,6 +16,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.local import free_port
 from pipeline.models import Grant
+from pipeline.webhooks.settings import WebhookSettings
 
 
 @pytest.fixture
@@ -40,7 +41,9 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     def kick() -> None:
         server_info.kicks += 1
 
-    app = create_app(api_settings, enqueue_sync=record, kick_webhooks=kick)
+    # webhook destinations on this machine are allowed (the test receiver listens on 127.0.0.1)
+    hooks = WebhookSettings(allowed_networks=["127.0.0.0/8"])  # type: ignore[list-item]
+    app = create_app(api_settings, enqueue_sync=record, kick_webhooks=kick, webhook_settings=hooks)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -54,3 +57,11 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     yield server_info
     server.should_exit = True
     thread.join(timeout=15)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1."""
+    server = Receiver()
+    yield server
+    server.close()
