@@ -37,6 +37,7 @@ import codecs
 import functools
 import hashlib
 import html
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,11 @@ SNIFF_BYTES: Final = 4096
 UTF8_GOOD_PER_BAD: Final = 4
 # Feeding the parser in chunks bounds its line buffer (see _parse_structure).
 PARSER_CHUNK_BYTES: Final = 64 * 1024
+# Attachments are sized, never kept, so a large base64 attachment body is elided before the
+# parser splits it into lines: on a mailbox with a few 5 MB attachments that line splitting
+# was most of the sync's CPU (tests/benchmarks/initial_sync.py). Elision starts at these sizes.
+ELIDE_MIN_MESSAGE_BYTES: Final = 256 * 1024
+ELIDE_MIN_PART_BYTES: Final = 32 * 1024
 # The longest charset label worth looking up; anything longer is garbage.
 MAX_CHARSET_LABEL: Final = 40
 
@@ -698,6 +704,8 @@ class _Context:
 
     hints: list[tuple[str, ...]] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # placeholder body -> decoded size, for attachment bodies elided before parsing
+    elided: dict[str, int] = field(default_factory=dict)
 
     def add_hint(self, chain: tuple[str, ...] | None) -> None:
         if chain is not None and chain not in self.hints:
@@ -1402,7 +1410,9 @@ class _Walker:
     def _attachment(
         self, part: _Part, info: _PartInfo, path: str, in_related: bool
     ) -> AttachmentInfo:
-        size = len(_payload_bytes(part, info, self._ctx))
+        payload = part.get_payload()
+        elided = self._ctx.elided.get(payload.strip()) if isinstance(payload, str) else None
+        size = elided if elided is not None else len(_payload_bytes(part, info, self._ctx))
         disposition = info.disposition
         is_inline = disposition == "inline" or (
             disposition is None and in_related and info.content_id is not None
@@ -1646,7 +1656,125 @@ def normalize_subject(subject: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _parse_structure(data: bytes, ctx: _Context) -> _Part:
+_BOUNDARY_PARAM_RE: Final = re.compile(
+    rb'boundary\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))', re.IGNORECASE
+)
+_PART_CTYPE_RE: Final = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\s]*)", re.I | re.M)
+_PART_CTE_RE: Final = re.compile(rb"^content-transfer-encoding[ \t]*:[ \t]*([^;\s]*)", re.I | re.M)
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_TOLERATED: Final = _B64_ALPHABET + b"= \t\r\n"
+_NOT_ELIDED_TYPES: Final = (b"multipart/", b"message/", b"text/")
+
+
+def _b64_decoded_size(body: bytes) -> int | None:
+    """Decoded size of clean base64 (None if anything but base64 and white space is in it)."""
+    if body.translate(None, _B64_TOLERATED):
+        return None
+    digits = len(body.translate(None, b"= \t\r\n"))
+    size = digits // 4 * 3 + (0, 0, 1, 2)[digits % 4]
+    return size if digits % 4 != 1 else None
+
+
+def _find_delimiters(data: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
+    found: list[tuple[int, int, bool]] = []
+    marker = b"\n--" + boundary
+    at = data.find(marker)
+    while at != -1:
+        start = at + 1
+        line_end = data.find(b"\n", start)
+        line_end = len(data) if line_end == -1 else line_end + 1
+        rest = data[start + len(marker) - 1 : line_end].strip()
+        if not rest or rest == b"--":  # "--b" or "--b--", nothing else on the line
+            found.append((start, line_end, rest == b"--"))
+        at = data.find(marker, line_end - 1)
+    return found
+
+
+def _header_block_at(data: bytes, start: int, limit: int) -> int:
+    """End (exclusive) of the header block that starts at ``start``, or -1."""
+    for sep in (b"\n\r\n", b"\n\n"):
+        end = data.find(sep, start, limit)
+        if end != -1:
+            return end + len(sep)
+    return -1
+
+
+def _delimiter_starts(data: bytes) -> list[tuple[int, int, bool]] | None:
+    """Lines that start with ``--<boundary>`` for every boundary the message declares.
+
+    Boundaries are looked for only in header blocks (the top one, then each part's), never in
+    bodies, so megabytes of base64 are scanned by ``bytes.find`` alone.
+
+    Returns:
+        (line start, line end after its line break, is a close delimiter) in order, or None
+        when the message encloses a message (``message/*``), whose size is measured by
+        serializing it: such mail is parsed as it is.
+    """
+    top_end = _header_block_at(b"\n" + data, 0, len(data) + 1)
+    pending = [m.group(1) or m.group(2) for m in _BOUNDARY_PARAM_RE.finditer(data[:top_end])]
+    seen: set[bytes] = set()
+    found: list[tuple[int, int, bool]] = []
+    while pending:
+        boundary = pending.pop()
+        if boundary in seen:
+            continue
+        seen.add(boundary)
+        for start, line_end, closes in _find_delimiters(data, boundary):
+            found.append((start, line_end, closes))
+            if closes:
+                continue
+            head_end = _header_block_at(data, line_end - 1, min(len(data), line_end + 16384))
+            head = data[line_end:head_end] if head_end != -1 else b""
+            ctype = _PART_CTYPE_RE.search(head)
+            if ctype and ctype.group(1).lower().startswith(b"message/"):
+                return None
+            pending.extend(m.group(1) or m.group(2) for m in _BOUNDARY_PARAM_RE.finditer(head))
+    return sorted(found)
+
+
+def _elide_attachment_bodies(data: bytes, ctx: _Context) -> bytes:
+    """Replace large base64 attachment bodies with short placeholders, remembering sizes.
+
+    The parser then builds the same tree without splitting megabytes of base64 into lines.
+    Text, multipart and message parts are never elided: they are read, not only sized.
+    """
+    if len(data) < ELIDE_MIN_MESSAGE_BYTES:
+        return data
+    delimiters = _delimiter_starts(data)
+    if delimiters is None or len(delimiters) < 2:
+        return data
+    pieces: list[bytes] = []
+    copied = 0
+    for (_, seg_start, closes), (next_start, _, _) in itertools.pairwise(delimiters):
+        if closes or next_start - seg_start < ELIDE_MIN_PART_BYTES:
+            continue
+        head_end = _header_block_at(data, seg_start - 1, next_start)
+        if head_end == -1:
+            continue
+        head = data[seg_start:head_end]
+        ctype = _PART_CTYPE_RE.search(head)
+        cte = _PART_CTE_RE.search(head)
+        media = ctype.group(1).lower() if ctype else b"text/plain"
+        if not cte or cte.group(1).lower() != b"base64" or media.startswith(_NOT_ELIDED_TYPES):
+            continue
+        # the line break before the next delimiter belongs to the delimiter
+        body_end = next_start - (2 if data[next_start - 2 : next_start] == b"\r\n" else 1)
+        size = _b64_decoded_size(data[head_end:body_end])
+        if size is None:
+            continue  # not clean base64: let the parser and the lenient decoder see it all
+        token = f"ipelided{len(ctx.elided):06d}"
+        ctx.elided[token] = size
+        pieces += [data[copied:head_end], token.encode("ascii")]
+        copied = body_end
+    if not pieces:
+        return data
+    pieces.append(data[copied:])
+    return b"".join(pieces)
+
+
+def _parse_structure(data: bytes, ctx: _Context, *, elide: bool = True) -> _Part:
+    if elide:
+        data = _elide_attachment_bodies(data, ctx)
     parser: BytesFeedParser[_Part] = BytesFeedParser(policy=compat32)
     end = _header_end(data)
     repaired = _repair_header_block(data[:end])
@@ -1805,7 +1933,7 @@ def extract_part(raw: bytes, part_path: str) -> tuple[str, bytes]:
             f"{part_path!r} is not an IMAP section number; use digits and dots such as '2.1'."
         )
     ctx = _Context()
-    node = _parse_structure(_checked_input(raw), ctx)
+    node = _parse_structure(_checked_input(raw), ctx, elide=False)  # the bytes are the point
     is_message = True  # node is a message: a non-multipart message's body is part 1
     numbers = [int(number) for number in part_path.split(".")]
     for index, number in enumerate(numbers):
