@@ -3,20 +3,29 @@ login limit held by four worker processes against a real Dovecot."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.errors import ImapThrottledError
+from pipeline.grants.repository import GrantRepository
 from pipeline.listener.leases import conn_key
 from pipeline.ratelimit import (
     ACCOUNT_BACKOFF_BASE_S,
     PROVIDER_THROTTLED_ACCOUNTS,
+    RateLimited,
     RateLimiter,
     capacity,
     scope_of,
@@ -166,3 +175,106 @@ def test_four_workers_hold_the_global_login_rate(
     # any one-second window: the rate plus the burst (log stamps have one-second resolution)
     assert max(per_second.values()) <= PROVIDER_LOGINS_PER_S + burst, per_second
     assert len(per_user) == WORKERS  # every worker got its share
+
+
+class ThrottlingServer:
+    """An IMAP server that greets, then refuses every login the way a provider sheds load."""
+
+    ANSWER = b"NO [UNAVAILABLE] Too many connections, try again later\r\n"
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self.logins = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+                with contextlib.suppress(OSError):
+                    for line in conn.makefile("rb"):
+                        tag, _, command = line.partition(b" ")
+                        if command.upper().startswith(b"CAPABILITY"):
+                            conn.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n")
+                            conn.sendall(tag + b" OK done\r\n")
+                        elif command.upper().startswith(b"LOGIN"):
+                            self.logins += 1
+                            conn.sendall(tag + b" " + self.ANSWER)
+                        else:
+                            conn.sendall(tag + b" BYE\r\n")
+                            break
+
+
+@pytest.fixture
+def throttling_server() -> Iterator[ThrottlingServer]:
+    server = ThrottlingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def worker_resources(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's worker resources point at the test services."""
+    import workers.resources
+    import workers.settings
+
+    caches = (
+        workers.settings.settings,
+        workers.resources.sessions,
+        workers.resources.redis_client,
+        workers.resources.limiter_for_process,
+    )
+    for key, value in pipeline_env(settings).items():
+        if key.startswith("IMAP_PIPELINE_"):
+            monkeypatch.setenv(key, value)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    workers.resources.close_all_imap()
+    for cache in caches:
+        cache.cache_clear()
+
+
+@pytest.mark.usefixtures("worker_resources")
+def test_a_throttled_login_backs_the_account_off_and_shows_in_status(
+    settings: Settings,
+    limiter: RateLimiter,
+    mail_user: MailUser,
+    throttling_server: ThrottlingServer,
+) -> None:
+    from workers.resources import imap_for, sessions
+
+    grant_id = connect(settings, mail_user)
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(
+            text("UPDATE grants SET imap_port = :p, imap_tls = 'plain' WHERE id = :g"),
+            {"p": throttling_server.port, "g": grant_id},
+        )
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        assert grant is not None
+        with pytest.raises(ImapThrottledError) as refused:
+            imap_for(db, grant)
+        assert not isinstance(refused.value, RateLimited)  # the provider said so
+        assert grant.grant_status == "valid"  # a throttle is not a failed login
+        with pytest.raises(RateLimited) as limited:
+            imap_for(db, grant)  # backing off: no second login attempt
+    assert throttling_server.logins == 1
+    assert limited.value.retry_after_s > ACCOUNT_BACKOFF_BASE_S - 2
+    status = limiter.status("generic", "127.0.0.1", grant_id)
+    assert status["account_backoff_s"] > ACCOUNT_BACKOFF_BASE_S - 2
+    assert status["connections"] == 0  # the refused connection gave its slot back
