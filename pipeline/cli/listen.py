@@ -37,10 +37,12 @@ def _listen(args: argparse.Namespace) -> int:
 
     from pipeline.db import sessionmaker_for
     from pipeline.listener import Listener, ListenerSettings
+    from pipeline.listener.protocol import limit_tls_read_buffers
     from workers.enqueue import sync_folder
 
     settings = Settings.load()
     listener_settings = ListenerSettings()
+    limit_tls_read_buffers()
     if not args.verbose:
         logging.getLogger("pipeline.listener").setLevel(logging.INFO)
         logging.getLogger().setLevel(logging.INFO)
