@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from kombu.entity import Queue
 
-from beat_schedule import BEAT_SCHEDULE
+from beat_schedule import BEAT_SCHEDULE, beat_settings
 from pipeline.presets import queue_names
 from workers.settings import settings
 
@@ -44,3 +44,5 @@ worker_hijack_root_logger = False
 task_default_queue = "maintenance"
 task_queues = [Queue(name) for name in [*queue_names(), "webhooks", "maintenance"]]
 beat_schedule = BEAT_SCHEDULE
+# celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
+globals().update(beat_settings(broker_url))

@@ -33,10 +33,18 @@ from pipeline.errors import (
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
+from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import discover_folders, sync_folder
 from workers import enqueue
 from workers.app import app
-from workers.resources import close_all_imap, imap_for, redis_client, release_imap, sessions
+from workers.resources import (
+    close_all_imap,
+    imap_for,
+    redis_client,
+    release_imap,
+    reschedule,
+    sessions,
+)
 from workers.settings import settings
 from workers.webhook_tasks import kick
 
@@ -96,6 +104,9 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
         provider = grant.provider
         try:
             imap = imap_for(db, grant)
+        except RateLimited as exc:
+            reschedule(self, exc)  # no token or connection slot now: come back, don't wait
+            return
         except ImapAuthError:
             imap = None  # the grant is now invalid and grant.expired is in the outbox
         if imap is not None:
@@ -153,10 +164,16 @@ def sync_folder_task(
             provider = grant.provider
             try:
                 imap = imap_for(db, grant)
-            except ImapAuthError:
-                expired = True
-            else:
+            except RateLimited as exc:
+                limited: RateLimited | None = exc
                 expired = False
+            except ImapAuthError:
+                limited, expired = None, True
+            else:
+                limited, expired = None, False
+        if limited is not None:
+            reschedule(self, limited)
+            return {"rescheduled": round(limited.retry_after_s, 2)}
         if expired:
             kick()  # grant.expired
             return {"skipped": "grant invalid"}
