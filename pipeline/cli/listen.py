@@ -43,9 +43,8 @@ def _listen(args: argparse.Namespace) -> int:
     settings = Settings.load()
     listener_settings = ListenerSettings()
     limit_tls_read_buffers()
-    if not args.verbose:
+    if not args.verbose:  # connects, claims and drops are what an operator wants to see
         logging.getLogger("pipeline.listener").setLevel(logging.INFO)
-        logging.getLogger().setLevel(logging.INFO)
     redis_url = settings.require_redis_url()
     sessions = sessionmaker_for(settings.require_database_url())
 
