@@ -351,6 +351,9 @@ class _Builder:
         self.owner_name = owner.partition("@")[0].replace(".", " ").title()
         self.pool: list[_Sent] = []
         self.counter = 0
+        # attachments are serialized as placeholders and spliced in afterwards: the email
+        # package's generator re-splits every line of a payload, far too slowly for megabytes
+        self.spliced: dict[bytes, bytes] = {}
 
     def message(
         self,
@@ -403,11 +406,15 @@ class _Builder:
             self.pool.append(_Sent(message_id, subject, references, locale, contact, internaldate))
             del self.pool[:-THREAD_POOL_SIZE]
         flags = self._flags(role, internaldate, now, parent is not None)
+        raw = msg.as_bytes(policy=_WIRE)
+        for placeholder, encoded in self.spliced.items():
+            raw = raw.replace(placeholder, encoded, 1)
+        self.spliced.clear()
         return GeneratedMessage(
             folder=folder,
             internaldate=internaldate,
             flags=flags,
-            raw=msg.as_bytes(policy=_WIRE),
+            raw=raw,
             message_id=message_id,
             kind=kind,
         )
@@ -515,7 +522,10 @@ class _Builder:
             stem = "Übersicht-" + stem
         part = MIMENonMultipart(maintype, subtype)
         del part["MIME-Version"]
-        part.set_payload(base64.encodebytes(data).decode("ascii"))
+        placeholder = f"@@attachment-{self.counter}-{len(self.spliced)}@@"
+        encoded = base64.encodebytes(data).replace(b"\n", b"\r\n").removesuffix(b"\r\n")
+        self.spliced[placeholder.encode("ascii")] = encoded
+        part.set_payload(placeholder)
         part["Content-Transfer-Encoding"] = "base64"
         filename = f"{stem}-{rng.randint(1, 999)}.{ext}"
         if filename.isascii():
