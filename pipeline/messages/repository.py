@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -340,13 +340,19 @@ class MessageRepository:
             self.session.execute(pg_insert(Thread), list(rows))
 
     def touch_threads(self, latest: Mapping[str, datetime]) -> None:
-        """Move each thread's latest-message time forward."""
-        for thread_id, when in latest.items():
-            self.session.execute(
-                update(Thread)
-                .where(Thread.id == thread_id)
-                .values(latest_message_at=func.greatest(Thread.latest_message_at, when))
-            )
+        """Move each thread's latest-message time forward (one executemany round trip)."""
+        if not latest:
+            return
+        table = Thread.__table__
+        assert isinstance(table, Table)
+        self.session.connection().execute(
+            update(table)
+            .where(table.c.id == bindparam("thread_id"))
+            .values(
+                latest_message_at=func.greatest(table.c.latest_message_at, bindparam("latest"))
+            ),
+            [{"thread_id": tid, "latest": when} for tid, when in latest.items()],
+        )
 
     def merge_threads(self, into: str, others: Iterable[str]) -> None:
         """Fold threads into one when a message turns out to link them."""
