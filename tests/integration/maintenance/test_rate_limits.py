@@ -121,7 +121,9 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.ratelimit import RateLimited
 from workers.resources import imap_for, release_imap, sessions
 
-grant_id, until = sys.argv[1], float(sys.argv[2])
+grant_id = sys.argv[1]
+print("ready", flush=True)  # imports done: the parent starts the clock for everybody at once
+until = float(sys.stdin.readline())
 while time.time() < until:
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
@@ -153,14 +155,28 @@ def test_four_workers_hold_the_global_login_rate(
     )
     log_path = mail_user.server.log_path
     offset = log_path.stat().st_size
-    until = time.time() + HAMMER_S
     env = pipeline_env(settings)
     procs = [
-        subprocess.Popen([sys.executable, "-c", HAMMER, grant_id, str(until)], env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, grant_id],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for grant_id in grants
     ]
     for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    until = time.time() + HAMMER_S
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{until}\n")
+        proc.stdin.close()
+    for proc in procs:
         assert proc.wait(timeout=HAMMER_S + 60) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
     time.sleep(0.5)  # Dovecot writes its log asynchronously
     names = "|".join(re.escape(u.name) for u in users)
     pattern = re.compile(rf"^(\w+ +\d+ [\d:]+) .*Login: user=<({names})>", re.M)
