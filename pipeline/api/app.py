@@ -28,6 +28,7 @@ from pipeline.api import (
     grants,
     messages,
     providers,
+    send,
     threads,
     webhooks,
 )
@@ -217,6 +218,7 @@ def create_app(
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     auth: list[Any] = [Depends(require_api_key)]
-    for module in (connect, grants, providers, messages, folders, threads, attachments, webhooks):
+    routers = (connect, grants, providers, send, messages, folders, threads, attachments, webhooks)
+    for module in routers:
         app.include_router(module.router, prefix="/v3", dependencies=auth)
     return app

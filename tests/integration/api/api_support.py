@@ -5,6 +5,7 @@ from __future__ import annotations
 import imaplib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from nylas import Client
@@ -143,3 +144,62 @@ class Receiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class SmtpServer:
+    """A local SMTP server (aiosmtpd) with STARTTLS and AUTH; keeps what it receives."""
+
+    def __init__(self, cert_file: str, key_file: str, username: str, password: str) -> None:
+        import ssl
+
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        from pipeline.local import free_port
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        received = self.messages
+
+        class Handler:
+            async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+                received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                return "250 OK"
+
+        def authenticate(
+            server: object, session: object, envelope: object, mechanism: str, data: object
+        ) -> AuthResult:
+            ok = (
+                isinstance(data, LoginPassword)
+                and data.login.decode() == username
+                and data.password.decode() == password
+            )
+            return AuthResult(success=ok, handled=False)  # aiosmtpd sends the 235/535
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_file, key_file)
+        self.port = free_port()
+        self._controller = Controller(
+            Handler(),
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=context,
+            require_starttls=True,
+            authenticator=authenticate,
+            auth_required=True,
+        )
+        self._controller.start()
+
+    def close(self) -> None:
+        """Stop the server."""
+        self._controller.stop()
+
+
+def count_in(user: MailUser, folder: str) -> int:
+    """Messages in a folder, as the server counts them."""
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        typ, data = conn.select(f'"{folder}"', readonly=True)
+        assert typ == "OK", data
+        return int(data[0] or 0)
+    finally:
+        conn.logout()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from api_support import ApiServer, append_many, connect_and_sync, now, sync
+from api_support import ApiServer, append_many, connect_and_sync, count_in, now, sync
 from nylas.models.errors import NylasApiError
 
 from tests.support.mail import create_folder, flags_of, imap_login, make_message
@@ -24,17 +24,6 @@ def server_folders(user: MailUser) -> set[str]:
         assert isinstance(line, bytes)
         names.add(line.decode().rsplit(' "/" ', 1)[-1].strip('"'))
     return names
-
-
-def count(user: MailUser, folder: str) -> int:
-    """Messages in a folder, as the server counts them."""
-    conn = imap_login(user.server, user.name, user.password)
-    try:
-        typ, data = conn.select(f'"{folder}"', readonly=True)
-        assert typ == "OK", data
-        return int(data[0] or 0)
-    finally:
-        conn.logout()
 
 
 def test_flags_move_and_delete_are_written_to_the_server(
@@ -67,8 +56,8 @@ def test_flags_move_and_delete_are_written_to_the_server(
 
     moved = client.messages.update(grant_id, message.id, {"folders": [folders["Archive"]]}).data
     assert moved.folders == [folders["Archive"]]  # the new UID came back in COPYUID
-    assert count(mail_user, "INBOX") == 0
-    assert count(mail_user, "Archive") == 1
+    assert count_in(mail_user, "INBOX") == 0
+    assert count_in(mail_user, "Archive") == 1
     in_archive = client.messages.list(grant_id, query_params={"in": folders["Archive"]}).data
     assert [m.id for m in in_archive] == [message.id]
     # the sync engine agrees: same id, one folder
@@ -81,8 +70,8 @@ def test_flags_move_and_delete_are_written_to_the_server(
     client.messages.destroy(grant_id, message.id)
     assert api.outbox()[-1] == ("message.updated", message.id)
     assert client.messages.find(grant_id, message.id).data.folders == [folders["Trash"]]
-    assert count(mail_user, "Archive") == 0
-    assert count(mail_user, "Trash") == 1
+    assert count_in(mail_user, "Archive") == 0
+    assert count_in(mail_user, "Trash") == 1
 
 
 def test_bad_updates_are_4xx_and_change_nothing(api: ApiServer, mail_user: MailUser) -> None:

@@ -1,0 +1,195 @@
+"""Sending through the API: SMTP with STARTTLS and AUTH, then the copy in Sent."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+from api_support import ApiServer, SmtpServer, connect_body, count_in, now, sync
+from nylas.models.errors import NylasApiError
+
+from tests.support.mail import create_folder
+from tests.support.services import MailUser, TlsFiles
+
+pytestmark = pytest.mark.services
+
+NOTE = b"just a note\n" * 10
+BIG = bytes(range(256)) * (14 * 1024)  # 3.5 MiB: the SDK switches to multipart
+
+
+@pytest.fixture
+def smtp(tls_files: TlsFiles, mail_user: MailUser) -> Iterator[SmtpServer]:
+    server = SmtpServer(
+        str(tls_files.cert_file), str(tls_files.key_file), mail_user.name, mail_user.password
+    )
+    yield server
+    server.close()
+
+
+def connect_with_smtp(api: ApiServer, user: MailUser, smtp: SmtpServer, password: str) -> str:
+    body = connect_body(user)
+    body["settings"].update(  # type: ignore[attr-defined]
+        {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "smtp_tls": "starttls",
+            "smtp_username": user.name,
+            "smtp_password": password,
+        }
+    )
+    with api.http() as http:
+        response = http.post("/v3/connect/custom", json=body)
+    assert response.status_code == 201, response.text
+    grant_id = str(response.json()["data"]["id"])
+    sync(api.settings, grant_id)
+    return grant_id
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_send_files_in_sent_and_threads_replies(
+    api: ApiServer, mail_user: MailUser, smtp: SmtpServer
+) -> None:
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
+    grant_id = connect_with_smtp(api, mail_user, smtp, mail_user.password)
+    client = api.nylas()
+    sent = client.messages.send(
+        grant_id,
+        {
+            "to": [{"name": "Bob", "email": "bob@example.test"}],
+            "bcc": [{"email": "hidden@example.test"}],
+            "subject": "Hello from the API",
+            "body": "<p>Hello <b>Bob</b></p>",
+            "attachments": [
+                {
+                    "filename": "note.txt",
+                    "content_type": "text/plain",
+                    "content": base64.b64encode(NOTE).decode(),
+                    "size": len(NOTE),
+                }
+            ],
+        },
+    ).data
+    assert sent.id
+    assert sent.subject == "Hello from the API"
+    folders = {f.name: f.id for f in client.folders.list(grant_id).data}
+    assert sent.folders == [folders["Sent"]]
+    assert [a.filename for a in sent.attachments or []] == ["note.txt"]
+
+    mail_from, rcpt, raw = smtp.messages[-1]
+    assert mail_from == mail_user.email
+    assert sorted(rcpt) == ["bob@example.test", "hidden@example.test"]
+    on_the_wire = parsed(raw)
+    assert "hidden@example.test" not in raw.decode("utf-8", "replace")  # Bcc stays off headers
+    assert on_the_wire["From"] == mail_user.email
+    parts = {p.get_filename(): p.get_payload(decode=True) for p in on_the_wire.iter_attachments()}
+    assert parts == {"note.txt": NOTE}
+    assert count_in(mail_user, "Sent") == 1
+
+    # the sync recognizes the copy it did not fetch itself: still one message
+    sync(api.settings, grant_id)
+    same = client.messages.list(grant_id, query_params={"subject": "Hello from the API"}).data
+    assert [m.id for m in same] == [sent.id]
+
+    reply = client.messages.send(
+        grant_id,
+        {
+            "to": [{"email": "bob@example.test"}],
+            "subject": "Re: Hello from the API",
+            "body": "and a reply",
+            "is_plaintext": True,
+            "reply_to_message_id": sent.id,
+        },
+    ).data
+    _, _, raw_reply = smtp.messages[-1]
+    assert parsed(raw_reply)["In-Reply-To"] == on_the_wire["Message-ID"]
+    assert reply.thread_id == sent.thread_id
+    assert ("message.created", reply.id) in api.outbox()
+
+
+def test_large_attachments_go_as_multipart(
+    api: ApiServer, mail_user: MailUser, smtp: SmtpServer
+) -> None:
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
+    grant_id = connect_with_smtp(api, mail_user, smtp, mail_user.password)
+    client = api.nylas()
+    sent = client.messages.send(
+        grant_id,
+        {
+            "to": [{"email": "bob@example.test"}],
+            "subject": "big one",
+            "body": "see attached",
+            "attachments": [
+                {
+                    "filename": "blob.bin",
+                    "content_type": "application/octet-stream",
+                    "content": BIG,  # type: ignore[typeddict-item]
+                    "size": len(BIG),
+                }
+            ],
+        },
+    ).data
+    assert sent.id
+    _, _, raw = smtp.messages[-1]
+    parts = {p.get_filename(): p.get_payload(decode=True) for p in parsed(raw).iter_attachments()}
+    assert parts == {"blob.bin": BIG}
+    data = client.attachments.download_bytes(
+        grant_id, (sent.attachments or [])[0].id, {"message_id": sent.id}
+    )
+    assert data == BIG
+
+
+def test_send_errors(api: ApiServer, mail_user: MailUser, smtp: SmtpServer) -> None:
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
+    grant_id = connect_with_smtp(api, mail_user, smtp, "wrong-smtp-password")
+    client = api.nylas()
+    with pytest.raises(NylasApiError) as refused:
+        client.messages.send(grant_id, {"to": [{"email": "bob@example.test"}], "subject": "x"})
+    assert refused.value.status_code == 401
+    assert "SMTP" in refused.value.args[0]
+    assert "wrong-smtp-password" not in refused.value.args[0]
+    assert count_in(mail_user, "Sent") == 0
+    path = f"/v3/grants/{grant_id}/messages/send"
+    with api.http() as http:
+        cases = {
+            "no recipients": http.post(path, json={"subject": "x"}),
+            "scheduled": http.post(
+                path, json={"to": [{"email": "a@b.c"}], "send_at": int(now().timestamp())}
+            ),
+            "bad base64": http.post(
+                path,
+                json={
+                    "to": [{"email": "a@b.c"}],
+                    "attachments": [
+                        {"filename": "x", "content_type": "text/plain", "content": "%%%"}
+                    ],
+                },
+            ),
+            "bad address": http.post(path, json={"to": [{"email": "not an address"}]}),
+            "other sender": http.post(
+                path, json={"to": [{"email": "a@b.c"}], "from": [{"email": "boss@example.test"}]}
+            ),
+            "malformed": http.post(
+                path, content=b"{", headers={"Content-Type": "application/json"}
+            ),
+        }
+        unknown_parent = http.post(
+            path,
+            json={
+                "to": [{"email": "a@b.c"}],
+                "reply_to_message_id": "00000000-0000-4000-8000-000000000000",
+            },
+        )
+    for name, response in cases.items():
+        assert response.status_code == 400, (name, response.text)
+        assert response.json()["error"]["type"] == "invalid_request_error", name
+    assert unknown_parent.status_code == 404
+    assert smtp.messages == []
