@@ -14,7 +14,8 @@ and folders. Layout::
 What clients see: ``IDLE UIDPLUS CONDSTORE QRESYNC MOVE SPECIAL-USE``, hierarchy separator
 ``/``, special-use flags on ``Drafts Sent Junk Trash Archive``, PLAIN/LOGIN authentication
 without TLS (it is 127.0.0.1), and with a certificate STARTTLS on the plain port plus implicit
-TLS on ``imaps_port``.
+TLS on ``imaps_port``. Unlike a production server it answers a wrong password at once and does
+not slow down later logins after failures (no auth penalty).
 
 Running as root, the mail and login processes run as Debian's ``dovecot`` user; otherwise as
 the current user.
@@ -209,6 +210,8 @@ class LocalDovecot(ServerContext):
                     "(pipeline.local.free_port() finds one)."
                 )
         self._prepare_folders()
+        # left by a configuration with auth penalties: auth would retry connecting to it for 5 s
+        (self.base_dir / "anvil-auth-penalty").unlink(missing_ok=True)
         self.config_path.write_text(self._config())
         raise_inotify_limits()
         self._process = ChildProcess(
@@ -410,6 +413,12 @@ userdb {{
 }}
 service anvil {{
   chroot =
+  # no auth penalty: after a failed login, Dovecot would delay every later login from the same
+  # address (all tests share 127.0.0.1) by up to 15 s. The auth process logs one harmless
+  # "net_connect_unix(anvil-auth-penalty) failed" error and carries on without penalties.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 service imap-login {{
   chroot =
