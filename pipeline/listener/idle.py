@@ -173,7 +173,9 @@ class FolderWatcher:
         attempt = 0
         while True:
             self.state = WatchState.WAITING_SLOT
-            if not await self._ctx.acquire_slot(self.target):
+            async with self._ctx.login_gate:  # bounds the Redis calls of a reconnect wave too
+                got_slot = await self._ctx.acquire_slot(self.target)
+            if not got_slot:
                 await asyncio.sleep(NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5))
                 continue
             up_since: float | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -42,7 +43,7 @@ from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError
 from pipeline.grants.repository import GrantRepository
-from pipeline.grants.service import endpoint_for
+from pipeline.imap.client import Endpoint
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.leases import LeaseStore, fair_share
@@ -67,7 +68,7 @@ class GrantPlan:
     targets: tuple[WatchTarget, ...]
     secrets_sealed: str = field(repr=False)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Changes when the server, the credentials or the watched folders change."""
         parts = [self.secrets_sealed, self.provider]
@@ -78,30 +79,35 @@ class GrantPlan:
 
 def load_plan(sessions: sessionmaker[Session], settings: Settings) -> dict[str, GrantPlan]:
     """Valid grants and their Inbox/Sent folders, as plain values (blocking; run in a thread)."""
-    targets: dict[str, list[WatchTarget]] = {}
-    grants: dict[str, tuple[str, str]] = {}
     with sessions() as db:
-        for grant, folder in WatchRepository(db).watched():
-            grants[grant.id] = (grant.provider, grant.secrets_sealed)
-            targets.setdefault(grant.id, []).append(
-                WatchTarget(
-                    grant_id=grant.id,
-                    folder_id=folder.id,
-                    provider=grant.provider,
-                    role=folder.role or "",
-                    raw_name=folder.raw_name,
-                    endpoint=endpoint_for(grant, settings),
-                    baseline=Snapshot(
-                        uidvalidity=folder.uidvalidity,
-                        uidnext=folder.uidnext,
-                        exists=None,
-                        highestmodseq=folder.highestmodseq,
-                    ),
-                )
-            )
+        rows = WatchRepository(db).watched()
         db.rollback()  # read-only: end the transaction, write nothing
+    targets: dict[str, list[WatchTarget]] = {}
+    sealed: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        sealed[row.grant_id] = (row.provider, row.secrets_sealed)
+        endpoint = Endpoint(  # as pipeline.grants.service.endpoint_for builds it
+            host=row.imap_host,
+            port=row.imap_port,
+            tls=row.imap_tls,  # type: ignore[arg-type]
+            username=row.imap_username,
+            verify_tls=row.verify_tls,
+            timeout_s=settings.imap_timeout_s,
+            ca_file=settings.imap_ca_file,
+        )
+        targets.setdefault(row.grant_id, []).append(
+            WatchTarget(
+                grant_id=row.grant_id,
+                folder_id=row.folder_id,
+                provider=row.provider,
+                role=row.role,
+                raw_name=row.raw_name,
+                endpoint=endpoint,
+                baseline=Snapshot(row.uidvalidity, row.uidnext, None, row.highestmodseq),
+            )
+        )
     return {
-        gid: GrantPlan(gid, grants[gid][0], tuple(ts), grants[gid][1])
+        gid: GrantPlan(gid, sealed[gid][0], tuple(ts), sealed[gid][1])
         for gid, ts in targets.items()
     }
 
@@ -337,7 +343,9 @@ class Listener:
             ok = await self.leases.acquire_slot(target.grant_id, holder, cap)
         except REDIS_ERRORS as exc:
             # Fail open: watching matters more than the cap while Redis is briefly away.
-            log.warning("grant=%s: connection slot unknown (%s)", target.grant_id, exc)
+            log.warning(
+                "grant=%s: connection slot unknown (%s)", target.grant_id, type(exc).__name__
+            )
             return True
         if ok:
             self._slots.add((target.grant_id, holder))

@@ -273,7 +273,6 @@ def main() -> None:
             IMAP_PIPELINE_ENCRYPTION_KEYS=key,
             IMAP_PIPELINE_IMAP_CA_FILE=str(ca_file),
             IMAP_PIPELINE_DATA_DIR=str(work / "data"),
-            IMAP_PIPELINE_LISTENER_PLAN_REFRESH_S="2",
         )
         listener = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "listen", "--id", "bench"],
@@ -300,13 +299,15 @@ def main() -> None:
             "all connections",
             every_s=0.5,
         )
-        connect_s = time.monotonic() - t
+        del t
+        connected = watching_times(log_path, started)
+        connect_s = (connected[n_conn - 3] - connected[0]).total_seconds()
         time.sleep(SETTLE_S)
         full_rss = rss_kib(listener.pid)
         per_conn_kib = (full_rss - base_rss) / (n_conn - 2)
         print(
-            f"all {n_conn} connections up {connect_s:.1f} s after the grants appeared "
-            f"(incl. up to 2 s plan refresh); RSS {full_rss / 1024:.1f} MiB",
+            f"all {n_conn} connections up ({connect_s:.1f} s from the first to the last); "
+            f"RSS {full_rss / 1024:.1f} MiB",
             flush=True,
         )
 
@@ -397,6 +398,7 @@ def main() -> None:
         for c in floor:
             c.close()
         floor = []
+        cpu_before = cpu_s(listener.pid)
         dovecot.stop()
         dovecot.start()
         back = datetime.now()
@@ -406,6 +408,7 @@ def main() -> None:
             "reconnect of every connection",
             every_s=0.2,
         )
+        reconnect_cpu_s = cpu_s(listener.pid) - cpu_before
         times = watching_times(log_path, back)
         reconnect_log_s = (times[n_conn - 1] - back).total_seconds()
 
@@ -426,11 +429,16 @@ def main() -> None:
                 f"{args.threads_sample} threads in the benchmark process",
             ),
             ("CPU while idle", f"{idle_cpu_pct:.2f} %", f"over {args.idle_seconds:.0f} s"),
-            ("connect all (grants appear in DB)", f"{connect_s:.1f} s", "incl. <= 2 s refresh"),
+            ("connect all at start-up", f"{connect_s:.1f} s", "first -> last connection idling"),
             (
                 "reconnect all after Dovecot restart",
                 f"{reconnect_log_s:.1f} s",
                 "Dovecot accepting again -> last connection idling",
+            ),
+            (
+                "listener CPU during that reconnect",
+                f"{reconnect_cpu_s:.1f} s",
+                "near the reconnect time: the listener is the bottleneck",
             ),
             (
                 "clean shutdown (SIGTERM -> exit)",
