@@ -26,6 +26,7 @@ from pipeline.api import (
     connect,
     folders,
     grants,
+    hosted,
     messages,
     providers,
     send,
@@ -218,6 +219,8 @@ def create_app(
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     auth: list[Any] = [Depends(require_api_key)]
+    app.include_router(hosted.public, prefix="/v3")  # the browser's sign-in page: no API key
+    app.include_router(hosted.router, prefix="/v3", dependencies=auth)
     routers = (connect, grants, providers, send, messages, folders, threads, attachments, webhooks)
     for module in routers:
         app.include_router(module.router, prefix="/v3", dependencies=auth)

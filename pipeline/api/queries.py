@@ -42,6 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased, defer
 
 from pipeline.api.pagination import Cursor
+from pipeline.api.tables import auth_codes, redirect_uris
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
 
@@ -564,3 +565,103 @@ def delete_folder_row(session: Session, folder_id: str) -> None:
     session.execute(delete(Folder).where(Folder.id == folder_id))
     for message_id in message_ids:
         delete_message_if_unplaced(session, message_id)
+
+
+# --- hosted auth: redirect URIs and authorization codes ---------------------------------------
+
+
+def list_redirect_uris(session: Session) -> list[dict[str, Any]]:
+    """Registered redirect URIs, oldest first."""
+    rows = session.execute(
+        select(redirect_uris).order_by(redirect_uris.c.created_at, redirect_uris.c.id)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def add_redirect_uri(session: Session, url: str, platform: str) -> dict[str, Any]:
+    """Register a redirect URI (the existing row when it is registered already)."""
+    stmt = (
+        pg_insert(redirect_uris)
+        .values(id=str(uuid.uuid4()), url=url, platform=platform, created_at=func.now())
+        .on_conflict_do_nothing(constraint="uq_api_redirect_uris_url")
+    )
+    session.execute(stmt)
+    row = session.execute(select(redirect_uris).where(redirect_uris.c.url == url)).mappings().one()
+    return dict(row)
+
+
+def get_redirect_uri(session: Session, redirect_uri_id: str) -> dict[str, Any] | None:
+    """One registered redirect URI by id."""
+    if not is_uuid(redirect_uri_id):
+        return None
+    row = (
+        session.execute(select(redirect_uris).where(redirect_uris.c.id == redirect_uri_id))
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row is not None else None
+
+
+def delete_redirect_uri(session: Session, redirect_uri_id: str) -> bool:
+    """Unregister a redirect URI; False when there was none."""
+    if not is_uuid(redirect_uri_id):
+        return False
+    result = session.execute(delete(redirect_uris).where(redirect_uris.c.id == redirect_uri_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def redirect_uri_registered(session: Session, url: str) -> bool:
+    """Whether ``url`` is registered exactly."""
+    return bool(session.scalar(select(exists().where(redirect_uris.c.url == url))))
+
+
+def add_auth_code(
+    session: Session,
+    *,
+    code_hash: str,
+    grant_id: str,
+    client_id: str,
+    redirect_uri: str,
+    code_challenge: str | None,
+    expires_at: datetime,
+) -> None:
+    """Store a new authorization code (by its hash)."""
+    session.execute(
+        auth_codes.insert().values(
+            code_hash=code_hash,
+            grant_id=grant_id,
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            code_challenge=code_challenge,
+            expires_at=expires_at,
+        )
+    )
+
+
+def redeem_auth_code(session: Session, code_hash: str) -> dict[str, Any] | None:
+    """Use a code once: the row if it was unused and unexpired (now marked used), else None."""
+    row = (
+        session.execute(
+            update(auth_codes)
+            .where(
+                auth_codes.c.code_hash == code_hash,
+                auth_codes.c.used_at.is_(None),
+                auth_codes.c.expires_at > func.now(),
+            )
+            .values(used_at=func.now())
+            .returning(auth_codes)
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row is not None else None
+
+
+def purge_auth_codes(session: Session) -> None:
+    """Forget expired codes (called as new ones are made; the table stays small)."""
+    session.execute(delete(auth_codes).where(auth_codes.c.expires_at < func.now()))
+
+
+def grant_by_id(session: Session, grant_id: str) -> Grant | None:
+    """A grant by id (None when absent or not a UUID)."""
+    return session.get(Grant, grant_id) if is_uuid(grant_id) else None

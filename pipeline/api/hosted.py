@@ -1,0 +1,444 @@
+"""Hosted authentication: a sign-in page for IMAP accounts and the code exchange.
+
+Flow (the OAuth 2.0 authorization-code shape Nylas clients expect)::
+
+    GET  /v3/connect/auth?client_id&redirect_uri&response_type=code&provider=imap&state
+         [&login_hint][&code_challenge&code_challenge_method=S256]
+         -> an HTML form: address, (app) password, provider guidance, advanced host/port
+    POST /v3/connect/auth   (the form; a real IMAP login)
+         -> wrong password: the form again with the server's answer
+         -> success: 303 to redirect_uri?code=...&state=...
+    POST /v3/connect/token  {client_id, client_secret=<API key>, grant_type=authorization_code,
+                             code, redirect_uri[, code_verifier]}
+         -> {"grant_id", "email", "provider", ...}
+
+Redirect URIs must be registered (``/v3/applications/redirect-uris``) and match exactly; the
+page never redirects anywhere else. The form carries an HMAC over its parameters (so a POST
+cannot swap the redirect URI); codes are random, stored only as SHA-256 hashes, single-use and
+valid for ``CODE_TTL_S``. The page is the only HTML this API serves: the browser needs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import logging
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.api import queries
+from pipeline.api.deps import ApiState, Db, State, notify_after_commit, ok, page
+from pipeline.api.errors import invalid_request, not_found, request_id_of
+from pipeline.api.grants import enqueue_after_commit
+from pipeline.errors import ConfigurationError, ImapAuthError, ImapError
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant
+from pipeline.presets import PRESETS, detect
+
+log = logging.getLogger(__name__)
+
+public = APIRouter(tags=["hosted auth"])  # the browser's routes: no API key
+router = APIRouter(tags=["hosted auth"])  # redirect URIs: API key
+
+CODE_TTL_S = 10 * 60  # an authorization code must be exchanged within 10 minutes
+FORM_TTL_S = 30 * 60  # a sign-in form may be submitted up to 30 minutes after it was served
+MAX_PARAM_CHARS = 2000
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+# --- redirect URIs (API key) ---------------------------------------------------------------
+
+
+class RedirectUriRequest(BaseModel):
+    """Body of ``POST /v3/applications/redirect-uris``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(min_length=8, max_length=MAX_PARAM_CHARS)
+    platform: str = Field(default="web", max_length=32)
+
+
+def _uri_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "url": row["url"], "platform": row["platform"], "settings": {}}
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
+        raise invalid_request("A redirect URI is an absolute http(s) URL without a fragment.")
+    if parts.scheme == "http" and not local:
+        raise invalid_request("A redirect URI must use https (http only for localhost).")
+    return url
+
+
+@router.post("/applications/redirect-uris", summary="Register a redirect URI")
+def add_redirect_uri(request: Request, db: Db, body: RedirectUriRequest) -> dict[str, Any]:
+    """Allow hosted auth to send users back to ``url``."""
+    row = queries.add_redirect_uri(db, _check_url(body.url), body.platform)
+    db.commit()
+    return ok(request, _uri_view(row))
+
+
+@router.get("/applications/redirect-uris", summary="List redirect URIs")
+def list_redirect_uris(request: Request, db: Db) -> dict[str, Any]:
+    """Every registered redirect URI."""
+    return page(request, [_uri_view(r) for r in queries.list_redirect_uris(db)], None)
+
+
+@router.get("/applications/redirect-uris/{redirect_uri_id}", summary="Get a redirect URI")
+def get_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[str, Any]:
+    """One registered redirect URI."""
+    row = queries.get_redirect_uri(db, redirect_uri_id)
+    if row is None:
+        raise not_found(f"No redirect URI {redirect_uri_id!r}.")
+    return ok(request, _uri_view(row))
+
+
+@router.delete("/applications/redirect-uris/{redirect_uri_id}", summary="Remove a redirect URI")
+def delete_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[str, Any]:
+    """Unregister a redirect URI."""
+    if not queries.delete_redirect_uri(db, redirect_uri_id):
+        raise not_found(f"No redirect URI {redirect_uri_id!r}.")
+    db.commit()
+    return {"request_id": request_id_of(request)}
+
+
+# --- the sign-in page (browser) ---------------------------------------------------------------
+
+
+class Flow(BaseModel):
+    """What the sign-in form carries from the GET to the POST (signed)."""
+
+    client_id: str
+    redirect_uri: str
+    state: str = ""
+    code_challenge: str = ""
+    expires: int = 0
+
+
+def _form_key(api: ApiState) -> bytes:
+    # A key of its own, derived from the first encryption key (rotating that key voids forms).
+    return hashlib.sha256(
+        b"hosted-auth-form|" + api.settings.encryption_key_list[0].encode()
+    ).digest()
+
+
+def _sign(api: ApiState, flow: Flow) -> str:
+    payload = flow.model_dump_json().encode()
+    mac = hmac.new(_form_key(api), payload, hashlib.sha256).hexdigest()
+    return base64.urlsafe_b64encode(payload).decode() + "." + mac
+
+
+def _verify(api: ApiState, token: str) -> Flow | None:
+    try:
+        encoded, mac = token.rsplit(".", 1)
+        payload = base64.urlsafe_b64decode(encoded.encode())
+    except (ValueError, TypeError):
+        return None
+    expected = hmac.new(_form_key(api), payload, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        flow = Flow.model_validate_json(payload)
+    except ValidationError:
+        return None
+    return flow if flow.expires >= time.time() else None
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    document = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;background:#f4f5f7;margin:0;color:#1f2328}}
+main{{max-width:26rem;margin:3rem auto;background:#fff;padding:2rem;border-radius:.5rem;
+box-shadow:0 1px 3px #0002}}
+h1{{font-size:1.3rem;margin-top:0}} label{{display:block;margin:.8rem 0 .2rem;font-weight:600}}
+input{{width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #bbb;border-radius:.3rem}}
+button{{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:.3rem;
+background:#2457c5;color:#fff;font-size:1rem}}
+.error{{background:#fde7e9;border:1px solid #e5a0a6;padding:.6rem;border-radius:.3rem}}
+.help{{background:#eef4ff;padding:.6rem;border-radius:.3rem;font-size:.9rem}}
+details{{margin-top:1rem}} small{{color:#555}}
+</style></head><body><main>{body}</main></body></html>"""
+    return HTMLResponse(document, status_code=status, headers=PAGE_HEADERS)
+
+
+def _error_page(message: str, status: int = 400) -> HTMLResponse:
+    return _page(
+        "Cannot sign in",
+        f"<h1>Cannot sign in</h1><p class='error'>{html.escape(message)}</p>",
+        status,
+    )
+
+
+def _form(
+    api: ApiState, flow: Flow, *, email: str = "", values: dict[str, str], error: str = ""
+) -> str:
+    preset = detect(email) if email else None
+    helps = "".join(
+        f"<li>{html.escape(p.app_password_help)}</li>"
+        for p in PRESETS.values()
+        if p.app_password_help
+    )
+    guidance = (
+        f"<p class='help'>{html.escape(preset.app_password_help)}</p>"
+        if preset and preset.app_password_help
+        else ""
+    )
+
+    def field(name: str, label: str, kind: str = "text", extra: str = "") -> str:
+        value = html.escape(values.get(name, ""), quote=True)
+        return (
+            f"<label for='{name}'>{label}</label>"
+            f"<input id='{name}' name='{name}' type='{kind}' value='{value}' {extra}>"
+        )
+
+    return (
+        "<h1>Connect your email account</h1>"
+        + (f"<p class='error' role='alert'>{html.escape(error)}</p>" if error else "")
+        + "<form method='post' action='/v3/connect/auth'>"
+        + f"<input type='hidden' name='flow' value='{html.escape(_sign(api, flow), quote=True)}'>"
+        + field("email", "Email address", "email", "required autocomplete='username'")
+        + "<label for='password'>Password or app password</label>"
+        + "<input id='password' name='password' type='password' required "
+        + "autocomplete='current-password'>"
+        + guidance
+        + "<details><summary>Where do I get an app password?</summary><ul>"
+        + helps
+        + "</ul></details>"
+        + "<details><summary>Advanced: server settings</summary>"
+        + "<small>Only needed when your provider is not detected from your address.</small>"
+        + field("imap_username", "IMAP username (if not the address)")
+        + field("imap_host", "IMAP server")
+        + field("imap_port", "IMAP port", "number", "min='1' max='65535'")
+        + field("smtp_host", "SMTP server")
+        + field("smtp_port", "SMTP port", "number", "min='1' max='65535'")
+        + "</details><button type='submit'>Connect</button></form>"
+    )
+
+
+Param = Annotated[str, Query(max_length=MAX_PARAM_CHARS)]
+
+
+@public.get("/connect/auth", response_class=HTMLResponse, summary="Hosted sign-in page")
+def auth_page(
+    db: Db,
+    api: State,
+    client_id: Param,
+    redirect_uri: Param,
+    response_type: Param = "code",
+    provider: Param = "imap",
+    state: Param = "",
+    login_hint: Param = "",
+    code_challenge: Param = "",
+    code_challenge_method: Param = "",
+) -> Response:
+    """The sign-in form (only for registered redirect URIs)."""
+    if response_type != "code":
+        return _error_page("Only response_type=code is supported.")
+    if provider != "imap":
+        return _error_page("This server connects IMAP accounts only (provider=imap).")
+    if not queries.redirect_uri_registered(db, redirect_uri):
+        return _error_page(
+            "This redirect_uri is not registered with the application. The developer must add "
+            "it at /v3/applications/redirect-uris."
+        )
+    if code_challenge and code_challenge_method.lower() not in ("s256",):
+        return _error_page("Only code_challenge_method=S256 is supported.")
+    flow = Flow(
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=code_challenge,
+        expires=int(time.time()) + FORM_TTL_S,
+    )
+    return _page(
+        "Connect your email account",
+        _form(api, flow, email=login_hint, values={"email": login_hint}),
+    )
+
+
+def _redirect_to(flow: Flow, code: str) -> str:
+    parts = urlsplit(flow.redirect_uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    query.append(("code", code))
+    if flow.state:
+        query.append(("state", flow.state))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _connect(db: Session, api: ApiState, flow: Flow, values: dict[str, str], password: str) -> str:
+    """Log in, store the grant and a code; returns the code (raises on a refused login)."""
+    try:
+        grant_request = GrantRequest(
+            email=values.get("email", ""),
+            password=SecretStr(password),
+            imap_username=values.get("imap_username") or None,
+            imap_host=values.get("imap_host") or None,
+            imap_port=int(values["imap_port"]) if values.get("imap_port") else None,
+            smtp_host=values.get("smtp_host") or None,
+            smtp_port=int(values["smtp_port"]) if values.get("smtp_port") else None,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise ConfigurationError(
+            "Check the address and the port numbers (whole numbers from 1 to 65535)."
+        ) from exc
+    created = create_grant(db, api.settings, grant_request)
+    code = secrets.token_urlsafe(32)
+    queries.purge_auth_codes(db)
+    queries.add_auth_code(
+        db,
+        code_hash=hashlib.sha256(code.encode()).hexdigest(),
+        grant_id=created.grant.id,
+        client_id=flow.client_id,
+        redirect_uri=flow.redirect_uri,
+        code_challenge=flow.code_challenge or None,
+        expires_at=datetime.now(UTC) + timedelta(seconds=CODE_TTL_S),
+    )
+    db.commit()
+    notify_after_commit(api)
+    enqueue_after_commit(api.enqueue_sync, created.grant)
+    return code
+
+
+@public.post("/connect/auth", response_class=HTMLResponse, include_in_schema=False)
+async def auth_submit(request: Request, db: Db, api: State) -> Response:
+    """The form's POST: log in; on success redirect with a code, else show the form again."""
+    form = await request.form(max_files=0, max_fields=12)
+    try:
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    finally:
+        await form.close()
+    flow = _verify(api, fields.get("flow", ""))
+    if flow is None or not queries.redirect_uri_registered(db, flow.redirect_uri):
+        return _error_page("This sign-in form has expired. Start again from the application.")
+    password = fields.pop("password", "")
+    values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
+    try:
+        code = await run_in_threadpool(_connect, db, api, flow, values, password)
+    except ImapAuthError:
+        error = (
+            "The server refused this address and password. Many providers need an app "
+            "password: see below."
+        )
+        status = 401
+    except ConfigurationError as exc:
+        error, status = str(exc), 400
+    except ImapError as exc:
+        error, status = f"Could not reach your mail server: {exc}", 502
+    else:
+        log.info("hosted auth: grant connected", extra={"request_id": request_id_of(request)})
+        return RedirectResponse(_redirect_to(flow, code), status_code=303, headers=PAGE_HEADERS)
+    return _page(
+        "Connect your email account",
+        _form(api, flow, email=values.get("email", ""), values=values, error=error),
+        status,
+    )
+
+
+# --- the code exchange (server to server) -------------------------------------------------------
+
+
+class TokenRequest(BaseModel):
+    """Body of ``POST /v3/connect/token``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    client_id: str = Field(max_length=MAX_PARAM_CHARS)
+    client_secret: str | None = Field(default=None, max_length=MAX_PARAM_CHARS)
+    grant_type: str = Field(max_length=64)
+    code: str = Field(max_length=MAX_PARAM_CHARS)
+    redirect_uri: str = Field(max_length=MAX_PARAM_CHARS)
+    code_verifier: str | None = Field(default=None, max_length=MAX_PARAM_CHARS)
+
+
+def _oauth_error(request: Request, status: int, error: str, description: str) -> JSONResponse:
+    # /connect/token answers in the OAuth error shape, which the SDK parses for this path.
+    return JSONResponse(
+        {
+            "request_id": request_id_of(request),
+            "error": error,
+            "error_code": status,
+            "error_description": description,
+            "error_uri": "https://datatracker.ietf.org/doc/html/rfc6749#section-5.2",
+        },
+        status_code=status,
+    )
+
+
+@public.post("/connect/token", summary="Exchange an authorization code for the grant")
+async def token(request: Request, db: Db, api: State) -> Response:
+    """Redeem a code (once) for its grant; ``client_secret`` (or the header) is an API key."""
+    try:
+        body = TokenRequest.model_validate_json(await request.body())
+    except ValidationError:
+        return _oauth_error(
+            request,
+            400,
+            "invalid_request",
+            "Send JSON with client_id, grant_type, code, redirect_uri.",
+        )
+    header = request.headers.get("authorization", "")
+    presented = body.client_secret or (header[7:] if header.lower().startswith("bearer ") else "")
+    if not presented or not api.keys.accepts(presented):
+        return _oauth_error(request, 401, "invalid_client", "client_secret must be an API key.")
+    if body.grant_type != "authorization_code":
+        return _oauth_error(
+            request, 400, "unsupported_grant_type", "Only authorization_code is supported."
+        )
+    row = queries.redeem_auth_code(db, hashlib.sha256(body.code.encode()).hexdigest())
+    if (
+        row is None
+        or row["redirect_uri"] != body.redirect_uri
+        or row["client_id"] != body.client_id
+    ):
+        db.rollback()
+        return _oauth_error(
+            request, 400, "invalid_grant", "The code is unknown, used, expired or not yours."
+        )
+    if row["code_challenge"]:
+        verifier = (body.code_verifier or "").encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+        if not hmac.compare_digest(digest, row["code_challenge"]):
+            db.rollback()
+            return _oauth_error(request, 400, "invalid_grant", "code_verifier does not match.")
+    db.commit()
+    grant = queries.grant_by_id(db, row["grant_id"])
+    if grant is None:
+        return _oauth_error(request, 400, "invalid_grant", "The grant of this code was deleted.")
+    return JSONResponse(
+        {
+            "request_id": request_id_of(request),
+            # API-key mode: the grant id is what the application uses; no access token exists.
+            "access_token": "",
+            "token_type": "Bearer",
+            "expires_in": 0,
+            "grant_id": grant.id,
+            "email": grant.email,
+            "provider": "imap",
+            "scope": "",
+        }
+    )
