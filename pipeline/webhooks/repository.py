@@ -285,18 +285,24 @@ def release_lease(session: Session, destination_id: str, token: str) -> None:
 
 
 def _unblocked(d: type[WebhookDelivery] | Any) -> Any:
-    """No earlier pending delivery to the same destination has the same ordering key."""
+    """No earlier pending delivery to the same destination has the same ordering key.
+
+    Written as "I am the head of my key's queue" (a scalar subquery the planner runs as one
+    index probe per row) rather than NOT EXISTS, which it may turn into an anti-join that scans
+    every pending row of the destination per candidate when statistics are stale.
+    """
     earlier = aliased(WebhookDelivery)
-    return ~(
-        select(earlier.id)
+    head = (
+        select(func.min(earlier.event_seq))
         .where(
             earlier.destination_id == d.destination_id,
             earlier.state == "pending",
+            earlier.ordering_key.is_not(None),
             earlier.ordering_key == d.ordering_key,
-            earlier.event_seq < d.event_seq,
         )
-        .exists()
+        .scalar_subquery()
     )
+    return or_(d.ordering_key.is_(None), head == d.event_seq)
 
 
 def _is_due(d: type[WebhookDelivery] | Any) -> Any:

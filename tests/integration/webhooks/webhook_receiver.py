@@ -54,7 +54,8 @@ class _State:
     routes: dict[str, Route] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     challenges: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # re-entrant: a wait_for() predicate may call accepted()/received() under the lock
+    lock: threading.RLock = field(default_factory=threading.RLock)
     cond: threading.Condition = field(init=False)
     connections: set[socket.socket] = field(default_factory=set)
 
@@ -64,6 +65,9 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real receivers
+    # Headers and body go out in separate writes; with Nagle on, the client's delayed ACK
+    # would add ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:

@@ -1,0 +1,312 @@
+"""Benchmark: signed webhook deliveries per second through the pipeline vs a bare HTTP loop.
+
+One command (from the repository root)::
+
+    .venv/bin/python tests/benchmarks/webhook_delivery.py
+    .venv/bin/python tests/benchmarks/webhook_delivery.py --count 10000 --destinations 4
+
+It makes a throwaway database on the tests' Postgres (``IMAP_PIPELINE_TEST_PG``, default
+``postgresql://postgres@127.0.0.1:5432/postgres``), starts its own ``redis-server`` and a real
+``celery worker -Q webhooks``, and a local threaded HTTP receiver. Then, in the same run:
+
+- pipeline: ``--count`` notifications are written with ``outbox.emit`` in one transaction, then
+  ``kick()``; the clock runs from the kick until the receiver has accepted every one of them at
+  every destination (dispatch, per-destination drains, signing, POST, recording each attempt);
+- bare: one ``httpx.Client`` posts the very same signed bodies in a loop, one after the other.
+
+It prints deliveries/s of both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+RECEIVER_DIR = ROOT / "tests" / "integration" / "webhooks"
+sys.path[:0] = [str(ROOT), str(RECEIVER_DIR)]
+
+from webhook_receiver import Received, Receiver  # noqa: E402
+
+from pipeline.crypto import SecretBox, generate_key  # noqa: E402
+from pipeline.db import get_engine, migrate, session_scope  # noqa: E402
+from pipeline.local import free_port  # noqa: E402
+from pipeline.webhooks import outbox, payloads  # noqa: E402
+from pipeline.webhooks.service import WebhookService  # noqa: E402
+from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
+from pipeline.webhooks.signing import SIGNATURE_HEADER, sign  # noqa: E402
+
+ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 20
+HTTP_TIMEOUT_S = 10
+WARMUP = 50
+BODY_BYTES = 2048  # a typical small HTML message body
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("redis-server did not start") from None
+            time.sleep(0.05)
+
+
+def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "webhook_worker_app",
+            "worker",
+            "-Q",
+            "webhooks",
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-n",
+            f"bench-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "WARNING",
+            f"--logfile={log_file}",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    return proc
+
+
+def _wait_worker(redis_url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the worker consumes: a kick on an empty outbox is taken off the queue."""
+    from workers import webhook_tasks
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    webhook_tasks.kick()
+    while client.llen("webhooks") or client.exists(webhook_tasks.KICK_FLAG):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("celery worker did not start")
+        time.sleep(0.1)
+    client.close()
+
+
+def _emit(database_url: str, count: int, tag: str) -> None:
+    body = "<p>" + "x" * (BODY_BYTES - 7) + "</p>"
+    grant = str(uuid.uuid4())
+    with session_scope(database_url) as s:
+        for i in range(count):
+            outbox.emit(
+                s,
+                grant_id=grant,
+                type="message.created",
+                obj={
+                    "id": f"{tag}-{i}",
+                    "object": "message",
+                    "subject": f"Message {i}",
+                    "body": body,
+                },
+                subject_id=f"{tag}-{i}",
+            )
+
+
+def _pipeline_run(
+    database_url: str, receiver: Receiver, paths: list[str], count: int, tag: str
+) -> float:
+    from workers import webhook_tasks
+
+    before = {p: len(receiver.accepted(p)) for p in paths}
+    _emit(database_url, count, tag)
+    t0 = time.perf_counter()
+    webhook_tasks.kick()
+
+    def done(items: list[Received]) -> bool:
+        got = Counter(r.path for r in items if 200 <= r.status < 300)
+        return all(got[p] - before[p] >= count for p in paths)
+
+    receiver.wait_for(done, timeout_s=max(120.0, count / 20))
+    return time.perf_counter() - t0
+
+
+def _bare_run(receiver: Receiver, secret: str, count: int) -> float:
+    body = "<p>" + "x" * (BODY_BYTES - 7) + "</p>"
+    notifications = [
+        payloads.build(
+            notification_id=str(uuid.uuid4()),
+            type="message.created",
+            grant_id="g",
+            occurred_at=datetime.now(UTC),
+            attempt=1,
+            application_id="imap-pipeline",
+            obj={"id": f"bare-{i}", "object": "message", "subject": f"Message {i}", "body": body},
+            max_bytes=1_000_000,
+        ).body
+        for i in range(count)
+    ]
+    url = receiver.url("/bare")
+    with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
+        t0 = time.perf_counter()
+        for raw in notifications:
+            # signing is part of the work on both sides
+            response = client.post(
+                url,
+                content=raw,
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, raw)},
+            )
+            response.raise_for_status()
+        return time.perf_counter() - t0
+
+
+def main() -> int:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=5000, help="notifications per destination")
+    parser.add_argument("--destinations", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=4, help="celery worker processes")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="IMAP_PIPELINE_WEBHOOK_BATCH_SIZE"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="IMAP_PIPELINE_WEBHOOK_PER_DESTINATION_CONCURRENCY",
+    )
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
+    dbname = f"bench_wh_{uuid.uuid4().hex[:10]}"
+    _admin(f'CREATE DATABASE "{dbname}"')
+    database_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{dbname}"
+    redis_proc, redis_url = _start_redis(folder)
+    key = generate_key()
+    service_env = {
+        "IMAP_PIPELINE_DATABASE_URL": database_url,
+        "IMAP_PIPELINE_REDIS_URL": redis_url,
+        "IMAP_PIPELINE_ENCRYPTION_KEYS": key,
+        "IMAP_PIPELINE_DATA_DIR": str(folder / "data"),
+        "IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    }
+    if args.batch_size:
+        service_env["IMAP_PIPELINE_WEBHOOK_BATCH_SIZE"] = str(args.batch_size)
+    if args.concurrency:
+        service_env["IMAP_PIPELINE_WEBHOOK_PER_DESTINATION_CONCURRENCY"] = str(args.concurrency)
+    os.environ.update(service_env)  # this process kicks, like a writer would
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(RECEIVER_DIR)])}
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        migrate(database_url)
+        with Receiver() as receiver:
+            settings = WebhookSettings.load()
+            paths = [f"/d{i}" for i in range(args.destinations)]
+            with WebhookService(settings, SecretBox([key])) as service:
+                secrets = []
+                for path in paths:
+                    with session_scope(database_url) as s:
+                        created = service.create(
+                            s,
+                            {
+                                "webhook_url": receiver.url(path),
+                                "trigger_types": ["message.created"],
+                            },
+                        )
+                    assert created.webhook_secret is not None
+                    secrets.append(created.webhook_secret)
+            worker = _start_worker(env, folder / "worker.log", args.workers)
+            _wait_worker(redis_url, worker)
+            _pipeline_run(database_url, receiver, paths, WARMUP, "warm")
+            _bare_run(receiver, secrets[0], WARMUP)
+
+            total = args.count * args.destinations
+            pipeline_s = _pipeline_run(database_url, receiver, paths, args.count, "run")
+            bare_s = _bare_run(receiver, secrets[0], total)
+        pipeline_rate = total / pipeline_s
+        bare_rate = total / bare_s
+        print(
+            f"notifications: {args.count} x {args.destinations} destination(s), "
+            f"{BODY_BYTES} B bodies, {args.workers} worker processes, "
+            f"per-destination concurrency {settings.per_destination_concurrency}, "
+            f"batch {settings.batch_size}"
+        )
+        print(
+            f"pipeline (emit→kick→dispatch→drain→sign→POST→record): "
+            f"{pipeline_rate:8.0f} deliveries/s  ({total} in {pipeline_s:.2f} s)"
+        )
+        print(
+            f"bare httpx loop (sign→POST, serial, keep-alive):        "
+            f"{bare_rate:8.0f} deliveries/s  ({total} in {bare_s:.2f} s)"
+        )
+        print(f"ratio pipeline/bare: {pipeline_rate / bare_rate:.2f}")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=STOP_TIMEOUT_S)
+        from workers import webhook_tasks
+
+        webhook_tasks.reset_runtime()
+        get_engine(database_url).dispose()
+        _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        redis_proc.terminate()
+        redis_proc.wait(timeout=STOP_TIMEOUT_S)
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
