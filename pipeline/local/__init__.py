@@ -46,11 +46,17 @@ from pipeline.errors import ServiceError
 __all__ = [
     "LOCALHOST",
     "ChildProcess",
+    "ServerContext",
+    "can_enter",
     "child_preexec",
+    "chown_tree",
     "free_port",
+    "log_tail",
     "port_in_use",
+    "process_group_members",
     "reachable_dir",
     "system_user",
+    "wait_until",
 ]
 
 LOCALHOST = "127.0.0.1"

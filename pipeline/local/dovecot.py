@@ -107,7 +107,8 @@ class LocalDovecot(ServerContext):
 
         with LocalDovecot(tmp_path / "dovecot", free_port()) as dovecot:
             dovecot.add_user("alice", "secret")
-            with imap_tools.MailBox(dovecot.host, dovecot.port).login("alice", "secret") as mb:
+            box = imap_tools.MailBoxUnencrypted(dovecot.host, dovecot.port)
+            with box.login("alice", "secret") as mb:
                 ...
 
     Args:
