@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -34,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
+from pipeline.errors import PipelineError
 from pipeline.webhooks import outbox, sweep
 from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.sender import Sender
@@ -82,7 +84,7 @@ DELIVER_SOFT_LIMIT_S = 10 * 60  # a drain is budgeted to ~30 s plus one batch of
 DELIVER_HARD_LIMIT_S = DELIVER_SOFT_LIMIT_S + 60
 
 # Enqueue failures are logged, never raised into the caller: the sweep re-finds the work.
-ENQUEUE_ERRORS = (redis.RedisError, KombuError, OSError)
+ENQUEUE_ERRORS = (redis.RedisError, KombuError, OSError, PipelineError)
 
 
 # --- per-process resources ---------------------------------------------------------------------
@@ -90,11 +92,11 @@ ENQUEUE_ERRORS = (redis.RedisError, KombuError, OSError)
 
 @dataclass
 class _Runtime:
+    pid: int  # made in this process; a forked child makes its own
     database_url: str
     webhook: WebhookSettings
     box: SecretBox
     sender: Sender
-    redis: redis.Redis[bytes]
 
     def uow(self) -> AbstractContextManager[Session]:
         """A transaction that commits on success (the tasks' unit of work)."""
@@ -102,38 +104,51 @@ class _Runtime:
 
 
 _runtime: _Runtime | None = None
-_runtime_lock = threading.Lock()
+_flags: tuple[int, redis.Redis[bytes]] | None = None
+_lock = threading.Lock()
 
 
 def runtime() -> _Runtime:
-    """This process's settings, HTTP sender and Redis client (made on first use, after fork)."""
+    """This process's delivery resources: settings, secret box, HTTP sender (made on first use)."""
     global _runtime
-    with _runtime_lock:
-        if _runtime is None:
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
             s = settings()
             webhook = WebhookSettings.load()
             _runtime = _Runtime(
+                pid=os.getpid(),
                 database_url=s.require_database_url(),
                 webhook=webhook,
                 box=SecretBox(s.encryption_key_list),
                 sender=Sender(webhook),
-                redis=redis.Redis.from_url(
-                    s.require_redis_url(),
-                    socket_timeout=REDIS_TIMEOUT_S,
-                    socket_connect_timeout=REDIS_TIMEOUT_S,
-                ),
             )
         return _runtime
 
 
+def flags() -> redis.Redis[bytes]:
+    """This process's Redis client for the coalescing flags (needs only the Redis URL)."""
+    global _flags
+    with _lock:
+        if _flags is None or _flags[0] != os.getpid():
+            client = redis.Redis.from_url(
+                settings().require_redis_url(),
+                socket_timeout=REDIS_TIMEOUT_S,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+            )
+            _flags = (os.getpid(), client)
+        return _flags[1]
+
+
 def reset_runtime() -> None:
     """Close and forget this process's resources (worker shutdown; tests)."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is not None:
+    global _runtime, _flags
+    with _lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
             _runtime.sender.close()
-            _runtime.redis.close()
-            _runtime = None
+        if _flags is not None and _flags[0] == os.getpid():
+            _flags[1].close()
+        _runtime = None
+        _flags = None
 
 
 @worker_process_shutdown.connect
@@ -165,8 +180,8 @@ def _scheduled_key(destination_id: str) -> str:
 
 def _clear_flag(key: str) -> None:
     try:
-        runtime().redis.delete(key)
-    except redis.RedisError as exc:
+        flags().delete(key)
+    except ENQUEUE_ERRORS as exc:
         log.warning("could not clear %s in Redis: %s", key, exc)
 
 
@@ -175,8 +190,8 @@ def kick() -> None:
 
     Coalesced: while a dispatch is queued and has not started, further kicks do nothing.
     """
-    r = runtime().redis
     try:
+        r = flags()
         if r.set(KICK_FLAG, b"1", nx=True, ex=FLAG_TTL_S):
             try:
                 _publish(DISPATCH_TASK, [])
@@ -189,9 +204,9 @@ def kick() -> None:
 
 def enqueue_deliver(destination_id: str) -> None:
     """Have ``destination_id`` drained soon (coalesced like :func:`kick`); never raises."""
-    r = runtime().redis
     flag = _deliver_flag(destination_id)
     try:
+        r = flags()
         if r.set(flag, b"1", nx=True, ex=FLAG_TTL_S):
             try:
                 _publish(DELIVER_TASK, [destination_id])
@@ -215,11 +230,11 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
     if delay < MIN_COUNTDOWN_S:
         enqueue_deliver(destination_id)
         return
-    r = runtime().redis
     key = _scheduled_key(destination_id)
     now = time.time()
     due = now + delay
     try:
+        r = flags()
         current = r.get(key)
         if current is not None and now < float(current) <= due + COUNTDOWN_SLACK_S:
             return  # a drain that has not run yet is scheduled no later than needed

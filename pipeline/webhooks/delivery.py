@@ -19,9 +19,11 @@ destination can take from the workers), claims due deliveries, sends them concur
                └─────────────────────────────────────────────────────────────────────────┘
 
 A drain stops claiming after ``drain_budget_s`` and reports ``more_due`` so its task re-queues
-itself behind other destinations. While a destination is unhealthy, batches shrink to one round
-of ``per_destination_concurrency`` requests, so a dead or slow destination holds a worker for
-at most about one request timeout per batch.
+itself behind other destinations. While a destination is unhealthy (not ``active``, failing
+attempts, or a batch slower than ``SLOW_BATCH_S``), batches shrink to one round of
+``per_destination_concurrency`` requests, so a dead or slow destination holds a worker for about
+one request timeout per batch. (The first batch after a healthy destination suddenly hangs can
+take ``batch_size / per_destination_concurrency`` timeouts; the budget check follows it.)
 
 Transactions: the caller passes a unit-of-work factory (``session_scope`` bound to the URL); each
 step runs in its own short transaction and no transaction stays open during HTTP.
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
 
 DRAIN_LEASE_S = 300.0  # > worst-case batch (one round of timeouts); renewed every batch
+SLOW_BATCH_S = 5.0  # a batch slower than this shrinks the next one to a single round
 TEXT_SANITIZE = {0: 0xFFFD}  # Postgres text cannot hold NUL
 
 
@@ -127,6 +130,8 @@ class Drainer:
                 with self._uow() as session:
                     lease = repository.acquire_lease(session, destination_id, token, DRAIN_LEASE_S)
                     if lease is not None:
+                        if status is None and lease.status != "active":
+                            limit = self._settings.per_destination_concurrency
                         status = lease.status
                         if self._clock() < deadline:
                             claimed = repository.claim_due(session, destination_id, limit)
@@ -153,7 +158,9 @@ class Drainer:
                         next_due_in_s=None if due else next_in,
                         status=status,
                     )
+                started = self._clock()
                 results = self._send(lease, claimed)
+                slow = self._clock() - started > SLOW_BATCH_S
                 try:
                     batch = self._record(destination_id, claimed, results)
                 except IntegrityError:
@@ -166,12 +173,12 @@ class Drainer:
                 delivered += batch.delivered
                 failed += batch.failed
                 status = batch.status
-                # While a destination fails, claim one round at a time: a dead or slow
-                # destination then holds this worker for about one timeout per batch.
+                # While a destination fails or crawls, claim one round at a time: it then
+                # holds this worker for about one request (at most one timeout) per batch.
                 limit = (
-                    self._settings.batch_size
-                    if batch.failed == 0
-                    else self._settings.per_destination_concurrency
+                    self._settings.per_destination_concurrency
+                    if batch.failed or slow
+                    else self._settings.batch_size
                 )
                 if status not in repository.DELIVERABLE:
                     return DrainOutcome(attempted, delivered, failed, status=status)

@@ -5,6 +5,7 @@ Redis logic only, on fakeredis; publishing is replaced by a recorder.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +14,7 @@ import fakeredis
 import pytest
 import redis
 
-from pipeline.crypto import SecretBox, generate_key
-from pipeline.webhooks.sender import Sender
-from pipeline.webhooks.settings import WebhookSettings
+from pipeline.config import Settings
 from workers import webhook_tasks
 
 MAX_COUNTDOWN_S = 900.0
@@ -35,20 +34,11 @@ class Published:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[fakeredis.FakeRedis, Published]]:
     r = fakeredis.FakeRedis()
-    settings = WebhookSettings()
-    rt = webhook_tasks._Runtime(
-        database_url="postgresql://unused/none",
-        webhook=settings,
-        box=SecretBox([generate_key()]),
-        sender=Sender(settings),
-        redis=r,  # type: ignore[arg-type]
-    )
     published = Published()
-    monkeypatch.setattr(webhook_tasks, "_runtime", rt)
+    monkeypatch.setattr(webhook_tasks, "_flags", (os.getpid(), r))
     monkeypatch.setattr(webhook_tasks, "_publish", published)
     monkeypatch.setattr(webhook_tasks, "_max_countdown_s", lambda: MAX_COUNTDOWN_S)
     yield r, published
-    rt.sender.close()
 
 
 def test_kicks_coalesce_until_the_dispatch_starts(fake: Any) -> None:
@@ -123,3 +113,23 @@ def test_a_drain_that_already_ran_does_not_block_the_next_schedule(fake: Any) ->
     r.set(webhook_tasks._scheduled_key("d-1"), repr(0.0).encode())  # its time has passed
     webhook_tasks.schedule_deliver("d-1", 5.0)  # e.g. from inside that very drain
     assert len(published.calls) == 2
+
+
+def test_kick_without_redis_configured_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(webhook_tasks, "_flags", None)
+    monkeypatch.setattr(webhook_tasks, "settings", lambda: Settings(redis_url=None))
+    webhook_tasks.kick()
+    assert "IMAP_PIPELINE_REDIS_URL" in caplog.text
+
+
+def test_a_forked_child_makes_its_own_client(fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    r, _ = fake
+    monkeypatch.setattr(webhook_tasks, "_flags", (os.getpid() + 1, r))  # "inherited"
+    monkeypatch.setattr(
+        webhook_tasks, "settings", lambda: Settings(redis_url="redis://127.0.0.1:1/0")
+    )
+    client = webhook_tasks.flags()
+    assert client is not r
+    client.close()
