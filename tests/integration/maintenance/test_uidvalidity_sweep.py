@@ -356,3 +356,62 @@ def test_inbox_renumbered_every_session_stops_the_grant(
     retry_at = folder_row(settings, grant_id, "INBOX")["retry_at"]
     assert isinstance(retry_at, datetime)
     assert retry_at - later > timedelta(seconds=2 * STOPPED_RETRY_S - 60)
+
+
+def test_mail_deleted_while_the_folder_is_reindexed(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    for i in range(30):
+        append(server, name, pw, make_message(f"m{i:02}"))
+    grant_id = connect(settings, mail_user)
+    sessions = sessionmaker_for(settings.require_database_url())
+    sync_grant_inline(sessions, settings, grant_id)
+    before = message_ids(settings, grant_id)
+    inbox = str(folder_row(settings, grant_id, "INBOX")["id"])
+    # fresh UIDs: the reindex places every message anew
+    maildir = server.maildir(name)
+    for path in [maildir / "dovecot-uidlist", *maildir.glob("dovecot.index*")]:
+        path.unlink()
+    assert sweep(settings, grant_id).changed == [inbox]
+
+    with sessions.begin() as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+    try:
+        first = sync_folder(sessions, settings, imap, grant_id, inbox, budget_s=0)
+        assert first.more  # one batch (20 of 30) reindexed, then the budget stopped it
+        conn = imap_login(server, name, pw)
+        try:  # delete one message already reindexed and one not yet
+            conn.select("INBOX")
+            for subject in ("m00", "m29"):
+                _typ, found = conn.search(None, "SUBJECT", subject)
+                conn.store(found[0].decode(), "+FLAGS", "(\\Deleted)")
+            conn.expunge()
+        finally:
+            conn.logout()
+        outcome = sync_folder(sessions, settings, imap, grant_id, inbox)
+        while outcome.more:
+            outcome = sync_folder(sessions, settings, imap, grant_id, inbox)
+        # the next incremental run notices the expunge of a message already reindexed; like
+        # any expunge it is held as an orphan for the grace period (it may have moved)
+        sync_folder(sessions, settings, imap, grant_id, inbox)
+        with session_scope(settings.require_database_url()) as db:
+            orphaned = db.scalar(
+                text("SELECT orphaned_at IS NOT NULL FROM messages WHERE subject = 'm00'")
+            )
+            assert orphaned
+        later = datetime.now(UTC) + timedelta(seconds=settings.orphan_grace_s + 1)
+        sync_folder(sessions, settings, imap, grant_id, inbox, now=later)
+    finally:
+        imap.close()
+    after = message_ids(settings, grant_id)
+    expected = {s: i for s, i in before.items() if s not in ("m00", "m29")}
+    assert after == expected  # the rest kept their ids
+    with session_scope(settings.require_database_url()) as db:
+        types = db.scalars(
+            text("SELECT type FROM webhook_outbox WHERE grant_id = :g"), {"g": grant_id}
+        ).all()
+    assert "message.created" not in types  # the reindex itself announces nothing new
+    assert types.count("message.deleted") == 2  # only the mail that is really gone
