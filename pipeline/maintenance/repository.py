@@ -294,12 +294,6 @@ class MaintenanceRepository:
         self.session.execute(text(f"SET LOCAL statement_timeout = {int(statement_ms)}"))
         self.session.execute(text(f"SET LOCAL lock_timeout = {int(lock_ms)}"))
 
-    def grants_by_ids(self, grant_ids: Sequence[str]) -> Sequence[Grant]:
-        """Grants by id (for notifications)."""
-        if not grant_ids:
-            return []
-        return self.session.scalars(select(Grant).where(Grant.id.in_(grant_ids))).all()
-
     def count_messages_before(self, cutoff: datetime) -> int:
         """How many messages were received before ``cutoff`` (for reports)."""
         return int(
