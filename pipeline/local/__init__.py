@@ -238,8 +238,21 @@ def _collect_orphan_stand_ins(base: Path) -> None:
         source = Path(marker.read_text())
         if source.is_symlink() and source.resolve() == target.resolve():
             continue
+        if _server_running_in(target):
+            continue  # its link is gone, but a Dovecot or Postgres still works in it
         shutil.rmtree(target, ignore_errors=True)
         marker.unlink(missing_ok=True)
+
+
+def _server_running_in(folder: Path) -> bool:
+    for pid_file in (folder / "run" / "master.pid", folder / "pgdata" / "postmaster.pid"):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        return True
+    return False
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
