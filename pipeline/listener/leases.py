@@ -60,8 +60,12 @@ return redis.call('ZCARD', KEYS[1])
 RENEW_LUA = """
 local kept = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
+  local owner = redis.call('GET', key)
+  if owner == ARGV[1] then
     redis.call('PEXPIRE', key, ARGV[2])
+    kept[#kept + 1] = 1
+  elseif not owner then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
     kept[#kept + 1] = 1
   else
     kept[#kept + 1] = 0
@@ -69,7 +73,12 @@ for i, key in ipairs(KEYS) do
 end
 return kept
 """
-"""KEYS: lease keys. ARGV: owner id, ttl ms. Returns 1 per key still ours (renewed), else 0."""
+"""KEYS: lease keys. ARGV: owner id, ttl ms. Returns 1 per key still ours (renewed), else 0.
+
+A lease that vanished (Redis flushed or failed over, or a renewal came late) and that nobody
+else claimed meanwhile is simply taken again: the owner is still watching the grant, so
+restarting its connections would only cost logins.
+"""
 
 RELEASE_LUA = """
 local n = 0
@@ -102,16 +111,16 @@ SLOT_RENEW_LUA = (
     + """
 local ttl = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local holder = ARGV[i + 1]
-  if redis.call('ZSCORE', key, holder) then
-    redis.call('ZADD', key, now + ttl, holder)
-    redis.call('PEXPIRE', key, ttl * 2)
-  end
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl * 2)
 end
 return #KEYS
 """
 )
-"""KEYS: conn zsets (repeat a key per holder). ARGV: ttl ms, then one holder per key."""
+"""KEYS: conn zsets (repeat a key per holder). ARGV: ttl ms, then one holder per key.
+
+Re-adds a holder that vanished (Redis flushed): the connection is open, so it must count.
+"""
 
 
 def lease_key(grant_id: str) -> str:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 DB_CALL_TIMEOUT_S = 30.0  # reading the plan or marking a grant invalid
 SHUTDOWN_TIMEOUT_S = 10.0  # DONE + LOGOUT of every connection, then pending events
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+STARTUP_JITTER_S = 1.0  # random wait after the first heartbeat, before the first claim
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,13 @@ class Listener:
         publisher = loop.create_task(self.publisher.run(), name="listener-publisher")
         log.info("listener %s starting", self.id)
         try:
+            # Listeners started together (a deploy) should see each other before claiming, or
+            # the first claims everything and hands half of it over a round later.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.leases.heartbeat()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._rng.uniform(0, STARTUP_JITTER_S)):
+                    await stop.wait()
             next_plan = loop.time()
             while not stop.is_set():
                 if loop.time() >= next_plan:

@@ -271,3 +271,22 @@ def test_two_listeners_split_grants_evenly_and_hand_over_on_a_clean_stop(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_flushed_redis_costs_no_reconnect(
+    settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
+) -> None:
+    grant_id, inbox, _ = connect_grant(settings, mail_user)
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        wait_for(lambda: running.idling(2), what="both folders idling")
+        connects = running.connects()
+        sync_redis.flushall()
+        time.sleep(3 * FAST.lease_renew_s)
+        assert sync_redis.get(lease_key(grant_id)) == b"L1"  # taken again, not restarted
+        assert sync_redis.zcard(conn_key(grant_id)) == 2  # both open connections count again
+        assert running.connects() == connects
+        time.sleep(1.2)
+        before = running.recorder.count(inbox)
+        append(mail_user.server, mail_user.name, mail_user.password, make_message("after flush"))
+        wait_for(lambda: running.recorder.count(inbox) > before, what="event after the flush")
+        assert changed_at(sync_redis, grant_id, inbox) > 0
