@@ -12,7 +12,7 @@ Why the numbers are what they are:
 
 from __future__ import annotations
 
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from beat_schedule import BEAT_SCHEDULE, beat_settings
 from pipeline.presets import queue_names
@@ -42,7 +42,13 @@ worker_send_task_events = True  # Flower
 task_send_sent_event = True
 worker_hijack_root_logger = False
 task_default_queue = "maintenance"
-task_queues = [Queue(name) for name in [*queue_names(), "webhooks", "maintenance"]]
+# Each queue gets its own direct exchange and routing key. Without them Celery binds every
+# queue to the default exchange under the default routing key, and a task sent to one queue
+# is copied into all of them.
+task_queues = [
+    Queue(name, Exchange(name, type="direct"), routing_key=name)
+    for name in [*queue_names(), "webhooks", "maintenance"]
+]
 beat_schedule = BEAT_SCHEDULE
 # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
 globals().update(beat_settings(broker_url))
