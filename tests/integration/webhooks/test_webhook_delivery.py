@@ -331,17 +331,24 @@ def test_a_destination_that_now_resolves_privately_is_not_called(
 
 
 def test_drain_reports_when_the_next_retry_is_due(
-    uow: Uow, service: WebhookService, receiver: Receiver, drainer: Drainer
+    uow: Uow,
+    wh_settings: WebhookSettings,
+    box: SecretBox,
+    sender: Sender,
+    service: WebhookService,
+    receiver: Receiver,
 ) -> None:
+    settings = wh_settings.model_copy(update={"backoff_base_s": 2.0, "backoff_max_s": 2.0})
+    drainer = Drainer(uow, settings=settings, box=box, sender=sender)
     dest, _ = _create(uow, service, receiver.url())
     receiver.route("/hook", status=502)
     _emit(uow, ("message.created", "m", {}))
     outcome = drainer.drain(dest)
     assert outcome.failed == 1 and not outcome.more_due
-    assert outcome.next_due_in_s is not None and 0 < outcome.next_due_in_s <= 0.2
+    assert outcome.next_due_in_s is not None and 0 < outcome.next_due_in_s <= 2.0
     with uow() as s:
         assert repository.destinations_with_due_work(s, 10) == []
-    time.sleep(0.3)
+    time.sleep(outcome.next_due_in_s + 0.1)
     with uow() as s:
         assert repository.destinations_with_due_work(s, 10) == [dest]
 
