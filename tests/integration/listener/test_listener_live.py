@@ -290,3 +290,24 @@ def test_a_flushed_redis_costs_no_reconnect(
         append(mail_user.server, mail_user.name, mail_user.password, make_message("after flush"))
         wait_for(lambda: running.recorder.count(inbox) > before, what="event after the flush")
         assert changed_at(sync_redis, grant_id, inbox) > 0
+
+
+def test_uidvalidity_change_ends_the_session_and_is_reported(
+    settings: Settings, mail_user: MailUser, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dovecot answers the next DONE with BYE; the listener reconnects and reports it."""
+    from pipeline.listener import idle
+
+    monkeypatch.setattr(idle, "idle_renew_s", lambda provider, rng=None: 1.0)
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("old"))
+    _, inbox, _ = connect_grant(settings, mail_user)
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        wait_for(lambda: running.idling(2), what="both folders idling")
+        connects = running.connects()
+        time.sleep(1.2)
+        before = running.recorder.count(inbox)
+        mail_user.server.doveadm(
+            "mailbox", "update", "-u", mail_user.name, "--uid-validity", "2000000", "INBOX"
+        )
+        wait_for(lambda: running.connects() > connects, what="a reconnect after the BYE")
+        wait_for(lambda: running.recorder.count(inbox) > before, what="event after the change")

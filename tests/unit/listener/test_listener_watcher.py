@@ -224,6 +224,21 @@ def test_idle_changes_are_published_once_per_notice() -> None:
     run(scenario)
 
 
+def test_a_response_with_a_literal_is_read_whole() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        h.server.push(b"* 2 FETCH (FLAGS (\\Seen) X-LABELS {7}\r\nA\r\n * 9 EXISTS)")
+        h.server.push(b"* 3 EXPUNGE")
+        await until(lambda: len(h.published) >= 3)
+        # the literal's bytes (which look like a line) were not taken for a response
+        assert h.reasons()[:3] == ["reconnect", "flags", "expunge"]
+        await watcher.stop()
+
+    run(scenario)
+
+
 def test_unchanged_folder_on_connect_is_not_published() -> None:
     async def scenario(h: Harness) -> None:
         same = Snapshot(uidvalidity=42, uidnext=4, exists=None, highestmodseq=7)
