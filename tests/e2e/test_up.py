@@ -1,0 +1,87 @@
+"""The README's first command: `imap-pipeline up --demo` on a machine with nothing configured."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.local import free_port
+
+pytestmark = pytest.mark.services
+
+UP_TIMEOUT_S = 180  # embedded Postgres, Redis, Dovecot, every role, and the demo's sync
+STOP_TIMEOUT_S = 60
+
+
+def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAP_PIPELINE_")}
+    env.update(
+        IMAP_PIPELINE_DATA_DIR=str(data_dir),
+        IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT=str(free_port()),
+        IMAP_PIPELINE_EMBEDDED_REDIS_PORT=str(free_port()),
+        IMAP_PIPELINE_FLOWER_PORT=str(free_port()),
+        IMAP_PIPELINE_API_PORT=str(free_port()),
+        IMAP_PIPELINE_SYNC_CONCURRENCY="2",
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "up", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
+    reader.start()
+    try:
+        grant_id = None
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while grant_id is None:
+            assert up.poll() is None, "up exited early:\n" + "".join(lines[-60:])
+            assert time.monotonic() < deadline, "no demo grant:\n" + "".join(lines[-60:])
+            found = [re.search(r"demo mailbox connected as grant (\S+)", line) for line in lines]
+            grant_id = next((m.group(1) for m in found if m), None)
+            time.sleep(0.5)
+        # A second terminal finds the services through runtime.env in the data folder.
+        cli_env = {k: v for k, v in env.items() if not k.startswith("IMAP_PIPELINE_EMBEDDED")}
+        view: dict[str, object] = {}
+        while view.get("sync_state") != "synced":
+            assert time.monotonic() < deadline, "demo never synced:\n" + "".join(lines[-60:])
+            status = subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "grants", "status", grant_id, "--json"],
+                env=cli_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert status.returncode == 0, status.stderr
+            view = json.loads(status.stdout)
+            time.sleep(1)
+        folders = view["folders"]
+        assert isinstance(folders, list)
+        stored = sum(f["stored"] for f in folders)
+        assert stored > 100  # a few hundred seeded, some older than the window
+        assert {f["role"] for f in folders} >= {"inbox", "sent"}
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
+        code = up.wait(timeout=STOP_TIMEOUT_S)
+        reader.join(timeout=10)
+        if up.stdout is not None:
+            up.stdout.close()
+    output = "".join(lines)
+    assert code == 0, output[-4000:]
+    assert "Traceback" not in output
+    assert not (data_dir / "runtime.env").exists()
