@@ -93,23 +93,19 @@ class RequestContext:
                 message = {**message, "headers": headers}
             await send(message)
 
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+            await _send_error(
+                send_with_id,
+                request_id,
+                400,
+                "invalid_request_error",
+                "NUL characters are not allowed in the URL.",
+            )
+            return
+
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            body = json.dumps(
-                api_errors.error_body(request_id, "request_too_large", too_large)
-            ).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
+            await _send_error(send_with_id, request_id, 413, "request_too_large", too_large)
             return
 
         received = 0
@@ -124,6 +120,23 @@ class RequestContext:
             return message
 
         await self.app(scope, capped_receive, send_with_id)
+
+
+async def _send_error(send: Send, request_id: str, status: int, type_: str, message: str) -> None:
+    """Answer with a v3 error before the app sees the request (and close the connection)."""
+    body = json.dumps(api_errors.error_body(request_id, type_, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

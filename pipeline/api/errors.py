@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import (
@@ -182,6 +182,14 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, OperationalError):
             return error_response(
                 request, 503, "service_unavailable", "The database is unavailable; retry later."
+            )
+        if isinstance(exc, DataError):  # a value Postgres cannot take: NUL, out of range, ...
+            return error_response(
+                request,
+                400,
+                "invalid_request_error",
+                "A value in the request cannot be used (for example a NUL character or a "
+                "number out of range).",
             )
         return error_response(
             request, 500, "api_error", "The request failed; the server log has the details."

@@ -154,3 +154,10 @@ def test_provider_detection(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json()["data"]["type"] == "icloud"
     assert r.json()["data"]["settings"]["smtp_port"] == 587
+
+
+def test_nul_in_the_url_is_400(client: TestClient) -> None:
+    body = assert_error(
+        client.get("/v3/connectors?subject=a%00b", headers=auth()), 400, "invalid_request_error"
+    )
+    assert "NUL" in str(body["error"])
