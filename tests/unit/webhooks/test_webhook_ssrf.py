@@ -89,7 +89,7 @@ def test_malformed_urls_are_invalid(url: str) -> None:
 
 
 def test_unresolvable_host_is_a_clear_error() -> None:
-    with pytest.raises(InvalidWebhookRequest, match="(?i)resolv"):
+    with pytest.raises(InvalidWebhookRequest, match=r"(?i)resolv"):
         check_destination("https://no-such-host.invalid/x", WebhookSettings())
 
 
