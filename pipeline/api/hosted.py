@@ -54,11 +54,15 @@ router = APIRouter(tags=["hosted auth"])  # redirect URIs: API key
 CODE_TTL_S = 10 * 60  # an authorization code must be exchanged within 10 minutes
 FORM_TTL_S = 30 * 60  # a sign-in form may be submitted up to 30 minutes after it was served
 MAX_PARAM_CHARS = 2000
+ADVANCED_FIELDS = ("imap_username", "imap_host", "imap_port", "smtp_host", "smtp_port")
+# form-action also governs where the form's POST may redirect: the page adds the registered
+# redirect URI's origin (browsers block the 303 otherwise).
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{extra}; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": CSP.format(extra=""),
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -166,7 +170,12 @@ def _verify(api: ApiState, token: str) -> Flow | None:
     return flow if flow.expires >= time.time() else None
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _page(title: str, body: str, status: int = 200, *, redirect_uri: str = "") -> HTMLResponse:
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -183,7 +192,10 @@ background:#2457c5;color:#fff;font-size:1rem}}
 .help{{background:#eef4ff;padding:.6rem;border-radius:.3rem;font-size:.9rem}}
 details{{margin-top:1rem}} small{{color:#555}}
 </style></head><body><main>{body}</main></body></html>"""
-    return HTMLResponse(document, status_code=status, headers=PAGE_HEADERS)
+    headers = dict(PAGE_HEADERS)
+    if redirect_uri:
+        headers["Content-Security-Policy"] = CSP.format(extra=" " + _origin(redirect_uri))
+    return HTMLResponse(document, status_code=status, headers=headers)
 
 
 def _error_page(message: str, status: int = 400) -> HTMLResponse:
@@ -209,6 +221,8 @@ def _form(
         else ""
     )
 
+    advanced = any(values.get(k) for k in ADVANCED_FIELDS)  # keep them visible after an error
+
     def field(name: str, label: str, kind: str = "text", extra: str = "") -> str:
         value = html.escape(values.get(name, ""), quote=True)
         return (
@@ -229,7 +243,8 @@ def _form(
         + "<details><summary>Where do I get an app password?</summary><ul>"
         + helps
         + "</ul></details>"
-        + "<details><summary>Advanced: server settings</summary>"
+        + ("<details open>" if advanced else "<details>")
+        + "<summary>Advanced: server settings</summary>"
         + "<small>Only needed when your provider is not detected from your address.</small>"
         + field("imap_username", "IMAP username (if not the address)")
         + field("imap_host", "IMAP server")
@@ -278,6 +293,7 @@ def auth_page(
     return _page(
         "Connect your email account",
         _form(api, flow, email=login_hint, values={"email": login_hint}),
+        redirect_uri=redirect_uri,
     )
 
 
@@ -356,6 +372,7 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         "Connect your email account",
         _form(api, flow, email=values.get("email", ""), values=values, error=error),
         status,
+        redirect_uri=flow.redirect_uri,
     )
 
 

@@ -65,7 +65,9 @@ def test_sign_in_page_redirects_with_a_code_that_works_once(
         page = http.get(url)
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
-        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        csp = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp
+        assert "form-action 'self' http://localhost:8765;" in csp  # the 303 may go there
         assert f"value='{mail_user.email}'" in page.text
         assert "app password" in page.text
         flow = _FLOW.search(page.text)
