@@ -258,7 +258,7 @@ class MessageRepository:
             for m in self.session.scalars(
                 select(Message.id).where(
                     Message.grant_id == grant_id,
-                    Message.orphaned_at < before,
+                    Message.orphaned_at <= before,
                     ~still_placed.exists(),
                 )
             )

@@ -365,9 +365,9 @@ def sync_folder(
             assert completed is not None
             outcome.emitted += events.grant(db, "grant.imap_sync_completed", completed)
     if not initial:
-        outcome.deleted_message_ids.extend(
-            finalize_orphans(sessions, grant_id, now=now, grace_s=settings.orphan_grace_s)
-        )
+        deleted = finalize_orphans(sessions, grant_id, now=now, grace_s=settings.orphan_grace_s)
+        outcome.deleted_message_ids.extend(deleted)
+        outcome.emitted += len(deleted) if live else 0
     return outcome
 
 
