@@ -7,6 +7,7 @@ from sqlalchemy import create_engine
 
 from pipeline.config import Settings
 from pipeline.db import normalize_url
+import pipeline.webhooks.models  # noqa: F401  (registers its tables for autogenerate)
 from pipeline.models import Base
 
 config = context.config

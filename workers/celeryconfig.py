@@ -17,6 +17,7 @@ from kombu.entity import Exchange, Queue
 from beat_schedule import BEAT_SCHEDULE, beat_settings
 from pipeline.presets import queue_names
 from workers.settings import settings
+from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
 
 VISIBILITY_TIMEOUT_S = 30 * 60
 
@@ -49,6 +50,10 @@ task_queues = [
     Queue(name, Exchange(name, type="direct"), routing_key=name)
     for name in [*queue_names(), "webhooks", "maintenance"]
 ]
+task_routes = {
+    **WEBHOOK_TASK_ROUTES,
+    "pipeline.maintenance.*": {"queue": "maintenance"},
+}
 beat_schedule = BEAT_SCHEDULE
 # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
 globals().update(beat_settings(broker_url))
