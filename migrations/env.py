@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import pipeline.webhooks.models  # noqa: F401  (registers its tables for autogenerate)
 from pipeline.config import Settings
 from pipeline.db import normalize_url
-import pipeline.webhooks.models  # noqa: F401  (registers its tables for autogenerate)
 from pipeline.models import Base
 
 config = context.config
