@@ -5,6 +5,15 @@ leases, keeps one IMAP IDLE connection per watched folder on one asyncio event l
 every change into a coalesced, durable ``pipeline.sync.folder`` enqueue. It never writes message
 rows; its only database write marks a grant invalid after a refused login.
 
+Redis keys (details in the modules that own them)::
+
+    imap-pipeline:listeners              zset  live listeners, scored by heartbeat expiry (ms)
+    imap-pipeline:lease:<grant_id>       str   owning listener id, TTL lease_ttl_s
+    imap-pipeline:conn:<grant_id>        zset  connection slots of the account (listener and
+                                               workers), scored by expiry (ms)
+    imap-pipeline:listener:changed       hash  "<grant_id>:<folder_id>" -> unix ms of the last
+                                               change seen, for reconciliation
+
 Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
 :mod:`~pipeline.listener.idle` (one connection's state machine),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`

@@ -232,7 +232,7 @@ class Listener:
             new = plan.get(grant_id)
             if new is None:
                 log.info("grant=%s is no longer to be watched", grant_id)
-                await self._drop(grant_id, release=True)
+                self._spawn(self._drop(grant_id, release=True))
             elif new.fingerprint != held.plan.fingerprint:
                 log.info("grant=%s changed (server, password or folders); restarting", grant_id)
                 await self._drop(grant_id, release=False)
@@ -250,7 +250,7 @@ class Listener:
             return
         for grant_id in lost:
             log.warning("lease of grant=%s was lost to another listener; stopping", grant_id)
-            await self._drop(grant_id, release=False)
+            self._spawn(self._drop(grant_id, release=False))
         with contextlib.suppress(*REDIS_ERRORS):
             await self.leases.renew_slots(sorted(self._slots))
         eligible = [g for g in self._plan if g not in self._invalid]
@@ -258,7 +258,7 @@ class Listener:
         surplus = len(self._held) - share
         if surplus > 0:
             for grant_id in self._rng.sample(sorted(self._held), surplus):
-                await self._drop(grant_id, release=True)
+                self._spawn(self._drop(grant_id, release=True))
             log.info("listener %s released %d grants (fair share %d)", self.id, surplus, share)
         elif surplus < 0:
             candidates = [g for g in eligible if g not in self._held]
@@ -379,7 +379,11 @@ class Listener:
         held = list(self._held)
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
-                await asyncio.gather(*(self._drop(g, release=False) for g in held))
+                await asyncio.gather(
+                    *(self._drop(g, release=False) for g in held),
+                    *self._background,  # drops already under way finish, releasing leases
+                    return_exceptions=True,
+                )
         except TimeoutError:
             log.warning("listener %s: some connections did not log out in time", self.id)
         await self.publisher.flush(SHUTDOWN_TIMEOUT_S)
