@@ -6,8 +6,8 @@ an index of migration 0301 (or of the foundation) can serve it:
 - no filter, ``received_before/after``: ``ix_messages_grant_date`` scanned backwards;
 - ``unread``: ``ix_api_messages_grant_unread_date``; ``starred`` and ``has_attachment``: partial
   indexes on ``(grant_id, date, id)``;
-- ``from/to/cc/bcc/any_email``: the GIN index on the lower-cased addresses of all four headers
-  (the expression below must stay identical to the index's);
+- ``from/to/cc/bcc/any_email``: the GIN index on ``<grant>:<address>`` keys of all four headers
+  (migration 0303; the expression below must stay identical to the index's);
 - ``subject``: the trigram GIN index (case-insensitive substring);
 - ``in``: EXISTS on placements by message id; ``thread_id``: ``ix_messages_thread``.
 """
@@ -88,22 +88,32 @@ def _emails(addresses: Any) -> ColumnElement[Any]:
     )
 
 
-def participants_expr(m: Any) -> ColumnElement[Any]:
-    """Every address of From, To, Cc and Bcc, lower-cased: the GIN-indexed expression."""
-    return _emails(m.from_.op("||")(m.to).op("||")(m.cc).op("||")(m.bcc))
+def participant_keys(m: Any) -> ColumnElement[Any]:
+    """``<grant>:<address>`` of everyone in From, To, Cc and Bcc: the GIN-indexed expression
+    of migration 0303 (keep the two identical)."""
+    people = m.from_.op("||")(m.to).op("||")(m.cc).op("||")(m.bcc)
+    return func.api_participant_keys(m.grant_id, people)  # type: ignore[no-any-return]
+
+
+def _lowered(emails: Sequence[str]) -> list[str]:
+    return sorted({e.strip().lower() for e in emails if e.strip()})
 
 
 def _any_of(expr: ColumnElement[Any], emails: Sequence[str]) -> ColumnElement[bool]:
-    values = sorted({e.strip().lower() for e in emails if e.strip()})
-    return expr.op("?|")(cast(values, ARRAY(Text)))  # type: ignore[no-any-return]
+    return expr.op("?|")(cast(_lowered(emails), ARRAY(Text)))  # type: ignore[no-any-return]
+
+
+def _keys_overlap(m: Any, grant_id: str, emails: Sequence[str]) -> ColumnElement[bool]:
+    keys = [f"{grant_id}:{e}" for e in _lowered(emails)]
+    return participant_keys(m).op("&&")(cast(keys, ARRAY(Text)))  # type: ignore[no-any-return]
 
 
 def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
-    """WHERE conditions of a filter, on the message entity (or alias) ``m``."""
+def message_conditions(m: Any, grant_id: str, flt: MessageFilter) -> list[ColumnElement[bool]]:
+    """WHERE conditions of a filter, on the message entity (or alias) ``m`` of ``grant_id``."""
     conds: list[ColumnElement[bool]] = []
     if flt.folder_ids is not None:
         conds.append(
@@ -123,7 +133,6 @@ def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
         conds.append(m.date < flt.received_before)
     if flt.received_after is not None:
         conds.append(m.date > flt.received_after)
-    everyone = participants_expr(m)
     for column, emails in (
         (None, flt.any_email),
         (m.from_, flt.from_),
@@ -133,8 +142,8 @@ def message_conditions(m: Any, flt: MessageFilter) -> list[ColumnElement[bool]]:
     ):
         if not emails:
             continue
-        # The indexed expression narrows the rows; the exact header is checked on those.
-        conds.append(_any_of(everyone, emails))
+        # The indexed keys narrow the rows to the grant's matches; the header is checked after.
+        conds.append(_keys_overlap(m, grant_id, emails))
         if column is not None:
             conds.append(_any_of(_emails(column), emails))
     return conds
@@ -196,7 +205,7 @@ def list_messages_query(
         .scalar_subquery()
     )
     query = select(Message, folders, attachments).where(
-        Message.grant_id == grant_id, *message_conditions(Message, flt)
+        Message.grant_id == grant_id, *message_conditions(Message, grant_id, flt)
     )
     if not include_headers:
         query = query.options(defer(Message.headers))
@@ -372,7 +381,7 @@ def list_threads(
     query = select(Thread).where(
         Thread.grant_id == grant_id,
         Thread.latest_message_at.is_not(None),
-        exists().where(m.thread_id == Thread.id, *message_conditions(m, flt)),
+        exists().where(m.thread_id == Thread.id, *message_conditions(m, grant_id, flt)),
     )
     if after is not None:
         query = query.where(
