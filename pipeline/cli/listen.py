@@ -36,8 +36,9 @@ def _listen(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
     from pipeline.db import sessionmaker_for
-    from pipeline.listener import Listener, ListenerSettings
+    from pipeline.listener.process import Listener
     from pipeline.listener.protocol import limit_tls_read_buffers
+    from pipeline.listener.settings import ListenerSettings
     from workers.enqueue import sync_folder
 
     settings = Settings.load()

@@ -19,23 +19,7 @@ Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
 (Redis leases, heartbeats, connection slots), :mod:`~pipeline.listener.process` (the process),
 :mod:`~pipeline.listener.settings` (``IMAP_PIPELINE_LISTENER_*``).
+
+This package module imports nothing: :mod:`pipeline.ratelimit` (loaded by workers) imports
+:mod:`~pipeline.listener.leases`, which must not drag in the listener process and its imports.
 """
-
-from __future__ import annotations
-
-from pipeline.listener.events import CHANGED_KEY, ChangePublisher, FolderRef
-from pipeline.listener.leases import LISTENERS_KEY, LeaseStore, conn_key, lease_key
-from pipeline.listener.process import Listener
-from pipeline.listener.settings import ListenerSettings
-
-__all__ = [
-    "CHANGED_KEY",
-    "LISTENERS_KEY",
-    "ChangePublisher",
-    "FolderRef",
-    "LeaseStore",
-    "Listener",
-    "ListenerSettings",
-    "conn_key",
-    "lease_key",
-]

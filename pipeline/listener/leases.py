@@ -21,6 +21,10 @@ skewed clocks agree):
     themselves when done; a crashed holder's slot lapses after ``conn_slot_ttl_s``. Workers can
     respect the same cap by running the same script.
 
+``imap-pipeline:limits:<provider>``  (hash, written by :mod:`pipeline.ratelimit`)
+    operator overrides of a provider's limits; its ``max_connections`` field, when set,
+    replaces the preset's cap (read at most every :data:`CAP_CACHE_S`).
+
 Fair share: with ``G`` grants to watch and ``L`` live listeners, each listener holds at most
 ``ceil(G / L)`` leases. A new listener's heartbeat lowers everybody's cap; those above it release
 the surplus and the newcomer claims it, so listeners converge to an even spread.
@@ -35,11 +39,15 @@ import math
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pipeline.presets import preset
 
 KEY_PREFIX = "imap-pipeline"
 LISTENERS_KEY = f"{KEY_PREFIX}:listeners"
 REDIS_CALL_TIMEOUT_S = 5.0  # any one Redis round trip
 CLAIM_BATCH = 200  # leases claimed per round trip
+CAP_CACHE_S = 60.0  # an operator's change of max_connections reaches listeners this fast
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
 
@@ -163,6 +171,7 @@ class LeaseStore:
         self._release = redis.register_script(RELEASE_LUA)
         self._slot_acquire = redis.register_script(SLOT_ACQUIRE_LUA)
         self._slot_renew = redis.register_script(SLOT_RENEW_LUA)
+        self._caps: dict[str, tuple[int, float]] = {}  # provider -> (cap, loop time read)
 
     # --- listeners ----------------------------------------------------------------------------
     async def heartbeat(self) -> int:
@@ -219,6 +228,26 @@ class LeaseStore:
         return value.decode() if isinstance(value, bytes) else value
 
     # --- connection slots ---------------------------------------------------------------------
+    async def connection_cap(self, provider: str) -> int:
+        """Connections one account of ``provider`` may hold: the operator's override, else
+        the preset's ``max_connections``. Falls back to the preset when Redis does not answer.
+        """
+        name = preset(provider).name
+        now = asyncio.get_running_loop().time()
+        cached = self._caps.get(name)
+        if cached is not None and now - cached[1] < CAP_CACHE_S:
+            return cached[0]
+        cap = preset(provider).max_connections
+        try:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                raw = await self._redis.hget(f"{KEY_PREFIX}:limits:{name}", "max_connections")
+            if raw:
+                cap = max(1, int(float(raw)))
+        except (RedisError, OSError, TimeoutError, ValueError):
+            pass
+        self._caps[name] = (cap, now)
+        return cap
+
     def holder(self, folder_id: str) -> str:
         """The slot holder name of this listener's connection to ``folder_id``."""
         return f"listener:{self.listener_id}:{folder_id}"

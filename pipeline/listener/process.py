@@ -50,7 +50,6 @@ from pipeline.listener.leases import LeaseStore, fair_share
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.settings import ListenerSettings
-from pipeline.presets import preset
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +345,7 @@ class Listener:
     # --- connection slots ---------------------------------------------------------------------
     async def _acquire_slot(self, target: WatchTarget) -> bool:
         holder = self.leases.holder(target.folder_id)
-        cap = preset(target.provider).max_connections
+        cap = await self.leases.connection_cap(target.provider)
         try:
             ok = await self.leases.acquire_slot(target.grant_id, holder, cap)
         except REDIS_ERRORS as exc:

@@ -16,8 +16,9 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
-from pipeline.listener import Listener, ListenerSettings
 from pipeline.listener.idle import WatchState
+from pipeline.listener.process import Listener
+from pipeline.listener.settings import ListenerSettings
 from pipeline.models import Folder
 from tests.support.mail import create_folder
 from tests.support.services import MailUser

@@ -19,8 +19,9 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.listener import CHANGED_KEY, conn_key, lease_key
+from pipeline.listener.events import CHANGED_KEY
 from pipeline.listener.idle import WatchState
+from pipeline.listener.leases import conn_key, lease_key
 from pipeline.local import free_port
 from pipeline.local.dovecot import LocalDovecot
 from pipeline.models import Grant
@@ -311,3 +312,17 @@ def test_uidvalidity_change_ends_the_session_and_is_reported(
         )
         wait_for(lambda: running.connects() > connects, what="a reconnect after the BYE")
         wait_for(lambda: running.recorder.count(inbox) > before, what="event after the change")
+
+
+def test_an_operators_max_connections_override_is_respected(
+    settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
+) -> None:
+    """``imap-pipeline:limits:<provider>`` (pipeline.ratelimit's overrides) caps listeners too."""
+    sync_redis.hset("imap-pipeline:limits:generic", "max_connections", "1")
+    grant_id, _, _ = connect_grant(settings, mail_user)
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        wait_for(lambda: running.idling(1), what="one folder idling")
+        time.sleep(1.0)
+        assert running.states().get(WatchState.IDLING, 0) == 1
+        assert running.states().get(WatchState.WAITING_SLOT, 0) == 1
+        assert sync_redis.zcard(conn_key(grant_id)) == 1
