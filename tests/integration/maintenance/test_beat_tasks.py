@@ -9,8 +9,10 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import kombu.pools
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import text
 
 from pipeline.config import Settings
@@ -25,6 +27,15 @@ from tests.support.services import MailUser
 pytestmark = pytest.mark.services
 
 QUEUE = "sync.generic"
+
+
+def _drop_broker_pools(app: Celery) -> None:
+    """Forget every broker connection and producer pool of this process (kombu keeps them in
+    global registries keyed by URL): a later test that closes "its" pool must not leave a
+    producer pool behind that still points at the closed one."""
+    kombu.pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @pytest.fixture
@@ -47,7 +58,9 @@ def in_process_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> It
     for cache in caches:
         cache.cache_clear()
     app.conf.broker_url = settings.require_redis_url()
+    _drop_broker_pools(app)
     yield
+    _drop_broker_pools(app)
     workers.resources.close_all_imap()
     for cache in caches:
         cache.cache_clear()

@@ -7,8 +7,10 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import kombu.pools
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import text
 
 from pipeline.cli import main
@@ -23,6 +25,15 @@ from tests.support.services import MailUser
 pytestmark = pytest.mark.services
 
 
+def _drop_broker_pools(app: Celery) -> None:
+    """Forget every broker connection and producer pool of this process (kombu keeps them in
+    global registries keyed by URL): a later test that closes "its" pool must not leave a
+    producer pool behind that still points at the closed one."""
+    kombu.pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The CLI's environment and this process's Celery producer point at the test services."""
@@ -34,7 +45,9 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
             monkeypatch.setenv(key, value)
     workers.settings.settings.cache_clear()
     app.conf.broker_url = settings.require_redis_url()
+    _drop_broker_pools(app)
     yield
+    _drop_broker_pools(app)
     workers.settings.settings.cache_clear()
 
 
