@@ -1,9 +1,12 @@
 """The HTTP API in the Nylas v3 shape. Build it with :func:`create_app`; run it with
 ``imap-pipeline api``.
 
-One module per resource (``connect``, ``grants``, ``providers``, ``messages``, ``folders``,
-``threads``, ``attachments``), each with an APIRouter; ``queries`` holds every SQL query they run,
-``errors`` the v3 error envelope, ``auth`` the API keys, ``pagination`` the page tokens.
+Resources, one module (and APIRouter) each: ``connect`` (custom auth, connectors), ``hosted``
+(sign-in page, code exchange, redirect URIs), ``grants``, ``providers``, ``messages``, ``send``,
+``folders``, ``threads``, ``attachments``, ``webhooks``. Beneath them: ``queries`` (every SQL
+query), ``tables`` (the API's own tables), ``writeback`` (changes sent to the IMAP server, then
+recorded), ``sessions`` (pooled IMAP sessions), ``errors`` (the v3 error envelope), ``auth``
+(API keys), ``pagination`` (page tokens), ``deps`` (what endpoints share), ``app`` (the factory).
 """
 
 from __future__ import annotations
