@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DB_CALL_TIMEOUT_S = 30.0  # reading the plan or marking a grant invalid
 SHUTDOWN_TIMEOUT_S = 10.0  # DONE + LOGOUT of every connection, then pending events
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+STATUS_LOG_S = 60.0  # one status line per minute at INFO
 STARTUP_JITTER_S = 1.0  # random wait after the first heartbeat, before the first claim
 
 
@@ -199,13 +200,16 @@ class Listener:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._rng.uniform(0, STARTUP_JITTER_S)):
                     await stop.wait()
-            next_plan = loop.time()
+            next_plan = next_status = loop.time()
             while not stop.is_set():
                 if loop.time() >= next_plan:
                     await self._refresh_plan()
                     next_plan = loop.time() + self.lsettings.plan_refresh_s
                 await self._lease_round()
                 self.ready.set()
+                if loop.time() >= next_status:
+                    self._log_status()
+                    next_status = loop.time() + STATUS_LOG_S
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.lsettings.lease_renew_s):
                         await stop.wait()
@@ -215,6 +219,22 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
             log.info("listener %s stopped", self.id)
+
+    def _log_status(self) -> None:
+        states = ", ".join(f"{n} {s.value}" for s, n in sorted(self.states().items(), key=str))
+        stats = self.publisher.stats
+        log.info(
+            "listener %s: %d of %d grants (%d live listeners); %s; %d changes -> %d sync "
+            "requests, %d failed",
+            self.id,
+            len(self._held),
+            len(self._plan),
+            self.live_listeners,
+            states or "no connections",
+            stats.changes,
+            stats.enqueued,
+            stats.failed,
+        )
 
     async def _refresh_plan(self) -> None:
         try:

@@ -19,6 +19,20 @@ then runs ``imap-pipeline listen`` as a subprocess, exactly as an operator would
   ``sync.generic``) p50/p99 over ``--samples`` APPENDs, next to the floor: a bare imaplib IDLE
   client's APPEND -> ``* n EXISTS`` on the same mailboxes in the same run;
 - time to reconnect every connection after a Dovecot restart, and a clean shutdown's duration.
+
+Measured 2026-11-26 on the development machine (2 cores, 23 GiB, Dovecot on the same host),
+1,000 grants = 2,000 STARTTLS IDLE connections, one listener process::
+
+    RSS per connection, asyncio listener       62.4 KiB  (222.5 MiB total)
+    RSS per connection, imaplib threads        85.4 KiB
+    CPU while idle                             1.2 %     of one core
+    connect all at start-up                    38.4 s    (30-38 s over runs)
+    reconnect all after Dovecot restart        17.4 s    (17-28 s; the listener used 5.7 s CPU:
+                                                          Dovecot forking 2,000 sessions on two
+                                                          cores is the bottleneck)
+    clean shutdown (DONE + LOGOUT of all)      4.4 s
+    APPEND -> sync request p50 / p99           0.507 / 0.599 s
+    floor: APPEND -> EXISTS p50 / p99          0.505 / 0.549 s
 """
 
 from __future__ import annotations
