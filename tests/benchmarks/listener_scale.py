@@ -27,9 +27,10 @@ Measured 2026-11-26 on the development machine (2 cores, 23 GiB, Dovecot on the 
     RSS per connection, imaplib threads        85.4 KiB
     CPU while idle                             1.2 %     of one core
     connect all at start-up                    38.4 s    (30-38 s over runs)
-    reconnect all after Dovecot restart        17.4 s    (17-28 s; the listener used 5.7 s CPU:
-                                                          Dovecot forking 2,000 sessions on two
-                                                          cores is the bottleneck)
+    reconnect all after Dovecot restart        17.4 s    (17-28 s over runs; the listener was
+                                                          busy 5.7 s of it, so most of the time
+                                                          goes elsewhere: Dovecot starting 2,000
+                                                          sessions on the same two cores)
     clean shutdown (DONE + LOGOUT of all)      4.4 s
     APPEND -> sync request p50 / p99           0.507 / 0.599 s
     floor: APPEND -> EXISTS p50 / p99          0.505 / 0.549 s
