@@ -374,15 +374,27 @@ def find_folder(session: Session, grant_id: str, id_or_name: str) -> Folder | No
 
 
 def list_threads(
-    session: Session, grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
+    session: Session,
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
 ) -> list[Thread]:
-    """Up to ``limit`` threads with a message matching ``flt``, most recent first."""
+    """Up to ``limit`` threads with a message matching ``flt`` (and whose latest message is in
+    the given window), most recent first."""
     m = aliased(Message, name="tm")
     query = select(Thread).where(
         Thread.grant_id == grant_id,
         Thread.latest_message_at.is_not(None),
         exists().where(m.thread_id == Thread.id, *message_conditions(m, grant_id, flt)),
     )
+    if latest_before is not None:
+        query = query.where(Thread.latest_message_at < latest_before)
+    if latest_after is not None:
+        query = query.where(Thread.latest_message_at > latest_after)
     if after is not None:
         query = query.where(
             tuple_(Thread.latest_message_at, Thread.id)

@@ -21,6 +21,7 @@ from pipeline.api.messages import (
     apply_select,
     attachment_view,
     build_filter,
+    from_unix,
     message_view,
     parse_select,
     unix,
@@ -121,12 +122,20 @@ def list_threads(
         bcc=bcc,
         any_email=any_email,
         thread_id=None,
-        received_before=latest_message_before,
-        received_after=latest_message_after,
+        received_before=None,
+        received_after=None,
         has_attachment=has_attachment,
     )
     after = decode_cursor(page_token) if page_token is not None else None
-    rows = queries.list_threads(db, grant.id, flt, limit + 1, after)
+    rows = queries.list_threads(
+        db,
+        grant.id,
+        flt,
+        limit + 1,
+        after,
+        latest_before=from_unix(latest_message_before),
+        latest_after=from_unix(latest_message_after),
+    )
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -110,6 +110,16 @@ def test_threads_list_get_and_page(api: ApiServer, mail_user: MailUser) -> None:
     ]
     dan = client.threads.list(grant_id, query_params={"any_email": ["dan@example.test"]}).data
     assert len(dan) == 5
+    # the window applies to a thread's latest message: the conversation's root is 3 h old,
+    # its reply 1 h, so it is not "latest before 2 h ago"
+    two_hours_ago = int((t - timedelta(hours=2)).timestamp())
+    older = client.threads.list(
+        grant_id, query_params={"latest_message_before": two_hours_ago}
+    ).data
+    assert first.id not in [x.id for x in older]
+    assert len(older) == 5
+    newer = client.threads.list(grant_id, query_params={"latest_message_after": two_hours_ago})
+    assert [x.id for x in newer.data] == [first.id]
 
     # pages of two, no repeats, same order as one page
     seen: list[str] = []
