@@ -9,9 +9,10 @@ skewed clocks agree):
     number of live listeners, used for the fair share.
 
 ``imap-pipeline:lease:<grant_id>``  (string, with a TTL)
-    value: the owning listener's id; TTL ``lease_ttl_s``. Claimed with ``SET NX PX``, renewed
-    and released only by its owner (compare-and-set in Lua). One owner per grant; when the
-    owner dies the key expires and another listener claims it on its next round.
+    value: the owning listener's id; TTL ``lease_ttl_s``. Claimed when absent, renewed and
+    released only by its owner (compare-and-set in Lua, :data:`RENEW_LUA`). One owner per
+    grant; when the owner dies the key expires and another listener claims it on its next
+    round.
 
 ``imap-pipeline:conn:<grant_id>``  (sorted set: a counting semaphore)
     member: one holder per open IMAP connection, e.g. ``listener:<listener_id>:<folder_id>``
@@ -189,18 +190,21 @@ class LeaseStore:
 
     # --- grant leases -------------------------------------------------------------------------
     async def claim(self, candidates: Sequence[str], want: int) -> list[str]:
-        """Claim up to ``want`` of ``candidates`` (in order) that nobody holds; returns them."""
+        """Claim up to ``want`` of ``candidates`` (in order) that nobody else holds.
+
+        A lease this listener still holds (say, it stopped its watchers while Redis was slow)
+        counts as claimed: the same script as :meth:`renew` takes free keys and keeps own ones.
+        """
         won: list[str] = []
         index = 0
         while index < len(candidates) and len(won) < want:
-            batch = candidates[index : index + min(CLAIM_BATCH, want - len(won))]
+            batch = list(candidates[index : index + min(CLAIM_BATCH, want - len(won))])
             index += len(batch)
             async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-                pipe = self._redis.pipeline(transaction=False)
-                for grant_id in batch:
-                    pipe.set(lease_key(grant_id), self.listener_id, nx=True, px=self._lease_ttl_ms)
-                results = await pipe.execute()
-            won.extend(g for g, ok in zip(batch, results, strict=True) if ok)
+                kept = await self._renew(
+                    keys=[lease_key(g) for g in batch], args=[self.listener_id, self._lease_ttl_ms]
+                )
+            won.extend(g for g, ok in zip(batch, kept, strict=True) if int(ok))
         return won
 
     async def renew(self, grant_ids: Iterable[str]) -> set[str]:

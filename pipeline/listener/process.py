@@ -155,6 +155,7 @@ class Listener:
         self._held: dict[str, _Held] = {}
         self._invalid: dict[str, str] = {}  # grant id -> fingerprint refused here
         self._slots: set[tuple[str, str]] = set()
+        self._dropping: set[str] = set()  # grants whose watchers are being stopped
         self._last_renewal: float | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.live_listeners = 0
@@ -280,7 +281,7 @@ class Listener:
                 self._spawn(self._drop(grant_id, release=True))
             log.info("listener %s released %d grants (fair share %d)", self.id, surplus, share)
         elif surplus < 0:
-            candidates = [g for g in eligible if g not in self._held]
+            candidates = [g for g in eligible if g not in self._held and g not in self._dropping]
             self._rng.shuffle(candidates)
             try:
                 won = await self.leases.claim(candidates, -surplus)
@@ -327,12 +328,16 @@ class Listener:
 
     async def _drop(self, grant_id: str, *, release: bool) -> None:
         held = self._held.pop(grant_id, None)
-        if held is not None:
-            await asyncio.gather(*(w.stop() for w in held.watchers))
-        self.publisher.forget(grant_id)
-        if release:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.leases.release([grant_id])
+        self._dropping.add(grant_id)  # not claimable again until its lease is given back
+        try:
+            if held is not None:
+                await asyncio.gather(*(w.stop() for w in held.watchers))
+            self.publisher.forget(grant_id)
+            if release:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.leases.release([grant_id])
+        finally:
+            self._dropping.discard(grant_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

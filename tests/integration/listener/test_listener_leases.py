@@ -34,6 +34,7 @@ def test_one_owner_per_grant_and_lapsed_leases_are_taken_over(redis_url: str) ->
         won_a = await a.claim(grants, 6)
         won_b = await b.claim(grants, 10)
         assert len(won_a) == 6
+        assert await a.claim(won_a, 6) == won_a  # its own leases count as claimed
         assert sorted(won_b) == sorted(set(grants) - set(won_a))
         assert await b.renew(won_a) == set(won_a)  # B cannot renew what A holds
         assert await a.renew(won_a) == set()
