@@ -17,7 +17,15 @@ pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS o
                                                                         without IDLE
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
 pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work
+pipeline.webhooks.sweep                        15 s        webhooks     re-enqueue undelivered
+                                                                        notifications
+pipeline.webhooks.purge                        1 h         webhooks     expire old delivery
+                                                                        records
 =============================================  ==========  ===========  ==========================
+
+The webhook entries mirror ``workers.webhook_tasks.WEBHOOK_BEAT_ENTRIES`` (a unit test keeps
+them equal); this module imports nothing from ``workers`` because the Celery configuration
+imports it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
 PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
 RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this (plus the stall)
 MAINTENANCE_QUEUE = "maintenance"
+WEBHOOK_QUEUE = "webhooks"
+WEBHOOK_SWEEP_INTERVAL_S = 15.0  # worst-case delay a lost Redis message adds to a delivery
+WEBHOOK_PURGE_INTERVAL_S = 3600.0
 
 # celery-redbeat: the active beat renews its lock every loop (at most BEAT_MAX_LOOP_S apart); a
 # standby polls the lock every BEAT_MAX_LOOP_S. A dead beat's lock lapses after
@@ -38,13 +49,13 @@ BEAT_KEY_PREFIX = "imap-pipeline:redbeat:"
 BEAT_REDIS_TIMEOUT_S = 10  # every Redis call of the scheduler fails instead of hanging
 
 
-def _job(task: str, every_s: float) -> dict[str, Any]:
+def _job(task: str, every_s: float, queue: str = MAINTENANCE_QUEUE) -> dict[str, Any]:
     # An entry that missed its slot by more than its interval is dropped, not replayed: the next
     # run does the same work (jobs are idempotent), so a beat outage causes no burst.
     return {
         "task": task,
         "schedule": float(every_s),
-        "options": {"queue": MAINTENANCE_QUEUE, "expires": float(every_s)},
+        "options": {"queue": queue, "expires": float(every_s)},
     }
 
 
@@ -52,6 +63,8 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "uidvalidity-sweep": _job("pipeline.maintenance.sweep_uidvalidity", SWEEP_INTERVAL_S),
     "retention-purge": _job("pipeline.maintenance.purge", PURGE_INTERVAL_S),
     "reconcile": _job("pipeline.maintenance.reconcile", RECONCILE_INTERVAL_S),
+    "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
+    "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
 }
 
 

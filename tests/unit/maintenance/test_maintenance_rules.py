@@ -36,22 +36,29 @@ def visibility_timeout_s(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     workers.settings.settings.cache_clear()
 
 
-def test_every_scheduled_job_is_a_registered_task_on_the_maintenance_queue(
-    visibility_timeout_s: int,
-) -> None:
+@pytest.mark.usefixtures("visibility_timeout_s")  # the app reads its configuration
+def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
     import workers.beat_tasks  # registers the tasks
+    import workers.webhook_tasks  # registers the tasks
     from workers.app import app
 
     assert workers.beat_tasks.purge_task.name in app.tasks
     assert beat_schedule.BEAT_SCHEDULE
     for name, entry in beat_schedule.BEAT_SCHEDULE.items():
         assert entry["task"] in app.tasks, name
-        assert entry["options"]["queue"] == beat_schedule.MAINTENANCE_QUEUE
-        # a missed run is dropped rather than replayed late, and nothing waits past the
-        # broker's visibility timeout (Redis would hand the message out twice)
-        assert entry["options"]["expires"] == entry["schedule"] <= visibility_timeout_s
+        assert entry["options"]["queue"] in (beat_schedule.MAINTENANCE_QUEUE, "webhooks")
+        # a missed run is dropped rather than replayed late; no entry carries a countdown, which
+        # past the broker's visibility timeout would have Redis hand the message out twice
+        assert entry["options"]["expires"] == entry["schedule"]
+        assert "countdown" not in entry["options"] and "eta" not in entry["options"]
     assert beat_schedule.SWEEP_INTERVAL_S == 5 * 60
-    assert visibility_timeout_s / 4 > PURGE_BUDGET_S
+
+
+def test_the_webhook_entries_match_what_the_webhook_tasks_ask_for() -> None:
+    from workers.webhook_tasks import WEBHOOK_BEAT_ENTRIES
+
+    for name, entry in WEBHOOK_BEAT_ENTRIES.items():
+        assert beat_schedule.BEAT_SCHEDULE[name] == entry
 
 
 def test_the_scheduler_is_redbeat_with_a_standby_within_a_minute() -> None:
@@ -68,6 +75,7 @@ def test_reschedule_countdown_stays_below_the_visibility_timeout(
     from workers.resources import RESCHEDULE_MAX_S
 
     assert visibility_timeout_s / 10 > RESCHEDULE_MAX_S
+    assert visibility_timeout_s / 4 > PURGE_BUDGET_S
 
 
 def test_sweep_offsets_are_stable_and_inside_the_interval() -> None:
