@@ -79,12 +79,11 @@ class Settings(BaseSettings):
         "(keeps every task far below the broker's visibility timeout).",
     )
 
-    sync_parallel_ranges: int = Field(
-        default=4,
-        ge=1,
-        le=64,
-        description="A large initial folder sync is split into this many UID ranges, each a "
-        "task of its own, so several workers share one big folder.",
+    sync_range_messages: int = Field(
+        default=400,
+        ge=50,
+        description="A large initial folder sync is split into UID ranges of about this many "
+        "messages, each a task of its own, so every worker shares a big folder to the end.",
     )
     orphan_grace_s: float = Field(
         default=300.0,

@@ -187,7 +187,7 @@ def sync_folder_task(
                 folder_id,
                 on_batch=lambda: r.expire(lock_key, lock_ttl),
                 uid_range=uid_range,
-                split=settings().sync_parallel_ranges,
+                range_messages=settings().sync_range_messages,
             )
             healthy = True
         finally:

@@ -49,6 +49,7 @@ from pipeline.sync.store import parse_batch, write_batch
 log = logging.getLogger(__name__)
 
 META_SLICE = 5000  # UIDs per metadata FETCH: keeps one response line bounded
+MAX_RANGES = 64  # a folder's initial sync is never split into more tasks than this
 FLAG_REFRESH_LIMIT = 2000  # without CONDSTORE, re-read the flags of this many recent UIDs
 
 ImapOpener = Callable[[Session, Grant], ImapSession]
@@ -170,7 +171,7 @@ def sync_folder(
     budget_s: float | None = None,
     on_batch: Callable[[], object] | None = None,
     uid_range: tuple[int, int] | None = None,
-    split: int = 1,
+    range_messages: int | None = None,
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
@@ -180,9 +181,10 @@ def sync_folder(
 
     ``on_batch`` is called after every committed batch (the task renews its lock there).
 
-    A large initial sync can be spread over workers: with ``split > 1`` the planning run returns
-    ``ranges`` of UIDs instead of fetching, and each range is then run with ``uid_range``; the
-    range that stores the last planned message marks the folder synced.
+    A large initial sync can be spread over workers: given ``range_messages``, a planning run
+    with more than twice that much to fetch returns ``ranges`` of about that many UIDs instead
+    of fetching, and each range is then run with ``uid_range``; the range that stores the last
+    planned message marks the folder synced.
 
     Raises:
         ImapError: The session failed; what was committed stays, the next run resumes.
@@ -253,8 +255,9 @@ def sync_folder(
             assert folder is not None
             folder.to_sync = len(window)
             folder.uidnext = info.uidnext
-        if split > 1 and len(todo) > split * settings.sync_batch_size:
-            step = -(-len(todo) // split)
+        if range_messages and len(todo) > 2 * range_messages:
+            parts = min(-(-len(todo) // range_messages), MAX_RANGES)
+            step = -(-len(todo) // parts)
             groups = [todo[i : i + step] for i in range(0, len(todo), step)]
             outcome = SyncOutcome(folder_id, state)
             outcome.ranges = [(g[0].uid, g[-1].uid) for g in groups]
