@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import textwrap
 
 from rich.console import Console
 
@@ -19,6 +20,7 @@ from pipeline.config import Settings
 console = Console(stderr=True)
 REDIS_TIMEOUT_S = 5.0  # socket timeout of every Redis call of the listener
 REDIS_POOL_SIZE = 32  # Redis connections shared by all IDLE connections of the process
+HELP_WIDTH = 88  # columns of the wrapped help text
 REDIS_POOL_WAIT_S = 10.0  # waiting for a free Redis connection from the pool
 
 
@@ -27,9 +29,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listen = sub.add_parser(
         "listen",
         help="watch Inbox and Sent of a fair share of all grants over IMAP IDLE (Ctrl-C stops)",
+        description=textwrap.fill(" ".join(__doc__.split("\n\n")[1].split()), HELP_WIDTH),
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listen.add_argument("--id", dest="listener_id", help="listener id (default host:pid:random)")
     listen.set_defaults(handler=_listen)
+
+
+def _settings_help() -> str:
+    from pipeline.listener.settings import LISTENER_ENV_PREFIX, ListenerSettings
+
+    lines = ["settings (environment, with their defaults):"]
+    for name, field in ListenerSettings.model_fields.items():
+        lines.append(f"  {LISTENER_ENV_PREFIX}{name.upper()}={field.default}")
+        if field.description:
+            lines.append(textwrap.indent(textwrap.fill(field.description, HELP_WIDTH - 6), " " * 6))
+    return "\n".join(lines)
 
 
 def _listen(args: argparse.Namespace) -> int:
