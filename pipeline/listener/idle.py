@@ -6,6 +6,8 @@
                     |
                     v
      +-------> WAITING_SLOT --(all of the grant's connection slots taken)--> retry in ~5 s
+     |              |     `--(account or provider in the shared back-off of
+     |              |         pipeline.ratelimit)--> BACKOFF until it ends
      |              | slot in imap-pipeline:conn:<grant_id>
      |              v
      |         CONNECTING  greeting, [STARTTLS], LOGIN, ENABLE CONDSTORE/QRESYNC, EXAMINE
@@ -107,6 +109,8 @@ class WatchContext:
     auth_failed: Callable[[WatchTarget, str], Awaitable[None]]
     login_gate: asyncio.Semaphore
     rng: random.Random = field(default_factory=random.Random)
+    login_delay: Callable[[WatchTarget], Awaitable[float]] | None = None
+    """Seconds the account or its provider must not be logged in to (shared back-off)."""
 
 
 def idle_renew_s(provider: str, rng: random.Random | None = None) -> float:
@@ -174,7 +178,15 @@ class FolderWatcher:
         while True:
             self.state = WatchState.WAITING_SLOT
             async with self._ctx.login_gate:  # bounds the Redis calls of a reconnect wave too
-                got_slot = await self._ctx.acquire_slot(self.target)
+                wait_s = await self._ctx.login_delay(self.target) if self._ctx.login_delay else 0
+                got_slot = wait_s <= 0 and await self._ctx.acquire_slot(self.target)
+            if wait_s > 0:
+                # Workers were told to slow down by this provider: do not log in meanwhile.
+                self.state = WatchState.BACKOFF
+                await asyncio.sleep(
+                    min(wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
+                )
+                continue
             if not got_slot:
                 await asyncio.sleep(NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5))
                 continue

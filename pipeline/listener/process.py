@@ -46,10 +46,12 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
-from pipeline.listener.leases import LeaseStore, fair_share
+from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_share
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.settings import ListenerSettings
+from pipeline.ratelimit import KEY_PREFIX as RL_PREFIX
+from pipeline.ratelimit import scope_of
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ class Listener:
         self.lsettings = listener_settings
         self.id = listener_id or default_listener_id()
         self._sessions = sessions
+        self._redis = redis
         self._rng = rng or random.Random()
         self.publisher = ChangePublisher(redis, enqueue, debounce_s=listener_settings.debounce_s)
         self.leases = LeaseStore(
@@ -168,6 +171,7 @@ class Listener:
             auth_failed=self._auth_failed,
             login_gate=asyncio.Semaphore(listener_settings.max_concurrent_logins),
             rng=self._rng,
+            login_delay=self._login_delay,
         )
 
     # --- what tests and the status line see ---------------------------------------------------
@@ -389,6 +393,19 @@ class Listener:
                 cap,
             )
         return ok
+
+    async def _login_delay(self, target: WatchTarget) -> float:
+        """The shared back-off of the account and its provider (:mod:`pipeline.ratelimit`)."""
+        scope = scope_of(target.provider, target.endpoint.host)
+        try:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.pttl(f"{RL_PREFIX}:backoff:a:{target.grant_id}")
+                pipe.pttl(f"{RL_PREFIX}:backoff:p:{scope}")
+                account_ms, provider_ms = await pipe.execute()
+        except REDIS_ERRORS:
+            return 0.0
+        return max(int(account_ms), int(provider_ms), 0) / 1000.0
 
     async def _release_slot(self, target: WatchTarget) -> None:
         holder = self.leases.holder(target.folder_id)

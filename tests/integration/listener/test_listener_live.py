@@ -326,3 +326,16 @@ def test_an_operators_max_connections_override_is_respected(
         assert running.states().get(WatchState.IDLING, 0) == 1
         assert running.states().get(WatchState.WAITING_SLOT, 0) == 1
         assert sync_redis.zcard(conn_key(grant_id)) == 1
+
+
+def test_no_login_while_the_account_is_in_the_shared_backoff(
+    settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
+) -> None:
+    """A throttle that workers recorded (pipeline.ratelimit) holds the listener back too."""
+    grant_id, _, _ = connect_grant(settings, mail_user)
+    sync_redis.set(f"imap-pipeline:backoff:a:{grant_id}", "1", px=2500)
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        time.sleep(1.0)
+        assert running.connects() == 0
+        assert running.states().get(WatchState.BACKOFF, 0) == 2
+        wait_for(lambda: running.idling(2), what="both folders idling after the back-off")
