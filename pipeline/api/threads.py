@@ -1,4 +1,4 @@
-"""Threads: ``GET /v3/grants/{grant_id}/threads`` and ``.../threads/{thread_id}``.
+"""Threads: list, get, update (every message, on the server first) and delete (to Trash).
 
 A thread's flags and lists are computed from its messages: unread or starred if any message is,
 participants are everyone in From/To/Cc/Bcc (first spelling of each address wins), folders the
@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, ok, page
-from pipeline.api.errors import not_found
+from pipeline.api import queries, writeback
+from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
+from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import (
     AddressList,
     Timestamp,
@@ -159,3 +160,55 @@ def get_thread(request: Request, db: Db, grant: PathGrant, thread_id: str) -> di
     """One thread with its message ids, participants and latest message."""
     (view,) = thread_views(db, [path_thread(db, grant, thread_id)])
     return ok(request, view)
+
+
+class ThreadUpdate(BaseModel):
+    """Body of ``PUT /v3/grants/{grant_id}/threads/{thread_id}``: applied to every message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unread: bool | None = None
+    starred: bool | None = None
+    folders: list[str] | None = Field(default=None, description="Exactly one folder id or name.")
+
+
+def _thread_messages(db: Session, grant: Grant, thread_id: str) -> list[Message]:
+    thread = path_thread(db, grant, thread_id)
+    return queries.messages_of_threads(db, [thread.id]).get(thread.id, [])
+
+
+@router.put("/grants/{grant_id}/threads/{thread_id}", summary="Update every message of a thread")
+def update_thread(
+    request: Request, db: Db, api: State, grant: PathGrant, thread_id: str, body: ThreadUpdate
+) -> dict[str, Any]:
+    """Mark read/unread, star/unstar or move all the thread's messages (server first)."""
+    folder = None
+    if body.folders is not None:
+        if len(body.folders) != 1:
+            raise invalid_request("folders must name exactly one folder.")
+        folder = queries.find_folder(db, grant.id, body.folders[0])
+        if folder is None:
+            raise not_found(f"No folder {body.folders[0]!r} for this grant.")
+    for message in _thread_messages(db, grant, thread_id):
+        if not queries.locations_of(db, message.id):
+            continue  # a copy no folder holds any more: nothing to change on the server
+        writeback.update_message(
+            db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
+        )
+    db.commit()
+    notify_after_commit(api)
+    (view,) = thread_views(db, [path_thread(db, grant, thread_id)])
+    return ok(request, view)
+
+
+@router.delete("/grants/{grant_id}/threads/{thread_id}", summary="Move a thread to Trash")
+def delete_thread(
+    request: Request, db: Db, api: State, grant: PathGrant, thread_id: str
+) -> dict[str, Any]:
+    """Move every message of the thread to the account's Trash folder."""
+    for message in _thread_messages(db, grant, thread_id):
+        if queries.locations_of(db, message.id):
+            writeback.trash_message(db, api, grant, message)
+    db.commit()
+    notify_after_commit(api)
+    return {"request_id": request_id_of(request)}

@@ -189,3 +189,29 @@ def test_imap_work_respects_the_shared_account_limits(api: ApiServer, mail_user:
     assert limiter.connections(grant_id) == 1
     assert client.messages.update(grant_id, message.id, {"starred": True}).data.starred is True
     assert limiter.connections(grant_id) == 1
+
+
+def test_thread_updates_and_deletes_reach_every_message(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Trash")
+    t = now()
+    root = make_message("Plan", message_id="<p1@example.test>", date=t)
+    reply = make_message("Re: Plan", in_reply_to="<p1@example.test>", date=t)
+    append_many(mail_user, [(root, "", t), (reply, "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    (thread,) = client.threads.list(grant_id).data
+    assert len(thread.message_ids) == 2
+
+    updated = client.threads.update(grant_id, thread.id, {"unread": False, "starred": True}).data
+    assert (updated.unread, updated.starred) == (False, True)
+    server_flags = flags_of(mail_user.server, mail_user.name, mail_user.password)
+    assert len(server_flags) == 2
+    assert all("\\Seen" in f and "\\Flagged" in f for f in server_flags)
+
+    client.threads.destroy(grant_id, thread.id)
+    assert count_in(mail_user, "INBOX") == 0
+    assert count_in(mail_user, "Trash") == 2
+    trash = next(f.id for f in client.folders.list(grant_id).data if f.name == "Trash")
+    assert client.threads.find(grant_id, thread.id).data.folders == [trash]
