@@ -11,7 +11,9 @@ with SQL (``--grant-rows`` of them in the measured grant, the rest spread over n
 starts ``imap-pipeline api`` in a subprocess and, for each filter, walks ``--requests`` pages of
 50 by ``next_cursor``: once over HTTP, then the very same SQL (the API's own query, same
 cursors) over psycopg. It prints requests/s, rows/s, p50/p99 per side and the API/Postgres
-ratio, and the EXPLAIN plan of each query (which must read a page from an index).
+ratio, and the EXPLAIN plan of each query (which must read a page from an index). Then
+``--clients`` concurrent clients replay the same pages on both sides (wall-clock requests/s);
+``--api-workers`` sets the uvicorn processes. Client, API and Postgres share the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +118,8 @@ def build(url: str, total: int, grant_rows: int) -> str:
     return target
 
 
-def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``imap-pipeline api`` in a subprocess on a free port."""
+def start_api(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    """``imap-pipeline api`` (``workers`` uvicorn processes) in a subprocess on a free port."""
     port = free_port()
     env = {
         **os.environ,
@@ -125,7 +128,14 @@ def start_api(url: str) -> tuple[subprocess.Popen[bytes], str]:
         "IMAP_PIPELINE_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("imap-pipeline")), "api", "--port", str(port)],
+        [
+            str(Path(sys.executable).with_name("imap-pipeline")),
+            "api",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=env,
         cwd=ROOT,
     )
@@ -167,6 +177,50 @@ def sql_for(grant: str, flt: MessageFilter, token: str | None) -> tuple[str, dic
     return str(compiled), dict(compiled.params)
 
 
+def _in_parallel(work: Callable[[int], list[float]], clients: int) -> tuple[float, float]:
+    """Run ``work(i)`` in ``clients`` threads; wall-clock requests/s and p99 latency (ms)."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        latencies = [lat for part in pool.map(work, range(clients)) for lat in part]
+    elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, percentile(latencies, 99)
+
+
+def concurrent_api(
+    api: str, grant: str, params: dict[str, Any], walked: list[str | None], clients: int
+) -> tuple[float, float]:
+    """Every client replays the walked pages over its own HTTP connection."""
+
+    def work(_: int) -> list[float]:
+        latencies = []
+        with httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=HTTP_TIMEOUT_S
+        ) as client:
+            for token in walked:
+                query = {**params, "limit": PAGE, **({"page_token": token} if token else {})}
+                t0 = time.perf_counter()
+                client.get(f"/v3/grants/{grant}/messages", params=query).raise_for_status()
+                latencies.append((time.perf_counter() - t0) * 1000)
+        return latencies
+
+    return _in_parallel(work, clients)
+
+
+def concurrent_pg(url: str, statements: list[Any], clients: int) -> tuple[float, float]:
+    """Every client replays the same statements over its own connection."""
+
+    def work(_: int) -> list[float]:
+        latencies = []
+        with psycopg.connect(url, autocommit=True) as conn:
+            for sql, params in statements:
+                t0 = time.perf_counter()
+                conn.execute(sql, params).fetchall()
+                latencies.append((time.perf_counter() - t0) * 1000)
+        return latencies
+
+    return _in_parallel(work, clients)
+
+
 def run(args: argparse.Namespace) -> None:
     name = f"ipt_bench_{uuid.uuid4().hex[:8]}"
     base_url = ADMIN_URL.rsplit("/", 1)[0]
@@ -177,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         migrate(url)
         grant = build(url, args.total, args.grant_rows)
-        proc, api = start_api(url)
+        proc, api = start_api(url, args.api_workers)
         with psycopg.connect(url, autocommit=True) as pg:
             inbox = pg.execute(
                 "SELECT id::text FROM folders WHERE grant_id = %s AND role = 'inbox'", (grant,)
@@ -199,6 +253,7 @@ def run(args: argparse.Namespace) -> None:
                 f" {'PG req/s':>9} {'PG rows/s':>10} {'PG p50':>7} {'PG p99':>7} {'ratio':>6}"
             )
             results = []
+            replay: dict[str, tuple[dict[str, Any], list[str | None], list[Any]]] = {}
             http = httpx.Client(
                 base_url=api, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=HTTP_TIMEOUT_S
             )
@@ -240,6 +295,7 @@ def run(args: argparse.Namespace) -> None:
                     f" {statistics.median(pg_lat):>5.1f}ms {percentile(pg_lat, 99):>5.1f}ms"
                     f" {pg_rps / api_rps:>5.1f}x"
                 )
+                replay[label] = (params, walked, statements)
                 sql, params = statements[min(3, len(statements) - 1)]
                 plan = pg.execute(
                     "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql,  # type: ignore[arg-type]
@@ -253,6 +309,7 @@ def run(args: argparse.Namespace) -> None:
             http.close()
         print(
             f"\n{args.total:,} messages, {args.grant_rows:,} in the grant;"
+            f" API: {args.api_workers} uvicorn worker(s);"
             f" {args.requests} sequential requests per filter, pages of {PAGE} walked by"
             " next_cursor; ratio = PG req/s ÷ API req/s; both sides run the same SQL (the API's"
             " page query with its folder and attachment subqueries); the API adds HTTP, auth,"
@@ -261,6 +318,18 @@ def run(args: argparse.Namespace) -> None:
         print(header)
         for line in results:
             print(line)
+        if args.clients > 1:
+            print(
+                f"\nconcurrent: {args.clients} clients, each replaying the same pages "
+                "(wall-clock requests/s; p99 over all requests)"
+            )
+            print(f"{'filter':<18} {'API req/s':>9} {'API p99':>8} {'PG req/s':>9} {'PG p99':>7}")
+            for label, (params, walked, statements) in replay.items():
+                api_rps, api_p99 = concurrent_api(api, grant, params, walked, args.clients)
+                pg_rps, pg_p99 = concurrent_pg(url, statements, args.clients)
+                print(
+                    f"{label:<18} {api_rps:>9.0f} {api_p99:>6.1f}ms {pg_rps:>9.0f} {pg_p99:>5.1f}ms"
+                )
     finally:
         if proc is not None:
             proc.terminate()
@@ -281,6 +350,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per filter")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="concurrent clients in the second run (1: skip)"
+    )
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     run(parser.parse_args())
 
 
