@@ -56,6 +56,7 @@ def _listen(args: argparse.Namespace) -> int:
     from pipeline.listener.protocol import limit_tls_read_buffers
     from pipeline.listener.settings import ListenerSettings
     from workers.enqueue import sync_folder
+    from workers.webhook_tasks import kick
 
     settings = Settings.load()
     listener_settings = ListenerSettings()
@@ -90,6 +91,7 @@ def _listen(args: argparse.Namespace) -> int:
             sessions=sessions,
             enqueue=enqueue,
             listener_id=args.listener_id,
+            notify=kick,
         )
         console.print(f"listener [bold]{listener.id}[/] running; Ctrl-C stops it")
         try:

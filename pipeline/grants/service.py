@@ -122,6 +122,22 @@ def open_grant_session(session: Session, settings: Settings, grant: Grant) -> Im
         raise
 
 
+def expire_grant(session: Session, grant_id: str, reason: str) -> bool:
+    """Mark a grant invalid after its server refused the login; notify ``grant.expired`` once.
+
+    Returns:
+        True when the grant was valid until now (the caller kicks webhook dispatch).
+    """
+    grant = GrantRepository(session).get_for_update(grant_id)
+    if grant is None or grant.grant_status != "valid":
+        return False
+    grant.grant_status = "invalid"
+    grant.status_detail = reason
+    session.flush()
+    events.grant(session, "grant.expired", grant)
+    return True
+
+
 def remove_grant(session: Session, grant: Grant) -> None:
     """Delete a grant with all its data and notify ``grant.deleted`` (caller commits)."""
     events.grant(session, "grant.deleted", grant)

@@ -189,8 +189,20 @@ class ImapSession:
         self._mailbox = mailbox
         self.endpoint = endpoint
         self.selected: str | None = None
-        self.capabilities = frozenset(_text(c).upper() for c in mailbox.client.capabilities)
+        self.capabilities = self._capabilities_after_login(mailbox.client)
         self.condstore_enabled = False
+
+    @staticmethod
+    def _capabilities_after_login(client: imaplib.IMAP4) -> frozenset[str]:
+        # imaplib keeps the greeting's list; servers announce more once logged in (Dovecot
+        # adds CONDSTORE, QRESYNC, MOVE...), so ask again.
+        try:
+            typ, data = client.capability()
+        except (imaplib.IMAP4.error, OSError):
+            typ, data = "NO", []
+        if typ == "OK" and data and data[-1]:
+            return frozenset(_text(data[-1]).upper().split())
+        return frozenset(_text(c).upper() for c in client.capabilities)
 
     # --- plumbing -------------------------------------------------------------------------
     @property

@@ -29,7 +29,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError
-from pipeline.grants.repository import GrantRepository
+from pipeline.grants.service import expire_grant
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
@@ -139,8 +139,11 @@ class Listener:
         enqueue: Enqueue,
         listener_id: str | None = None,
         rng: random.Random | None = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # called after a commit that wrote notifications (grant.expired): kicks webhook dispatch
+        self._notify = notify
         self.lsettings = listener_settings
         self.id = listener_id or default_listener_id()
         self._sessions = sessions
@@ -368,8 +371,10 @@ class Listener:
 
     def _mark_invalid(self, grant_id: str, message: str) -> None:
         with self._sessions() as db:
-            GrantRepository(db).set_status(grant_id, "invalid", message)
+            expired = expire_grant(db, grant_id, message)
             db.commit()
+        if expired and self._notify is not None:
+            self._notify()
 
     # --- connection slots ---------------------------------------------------------------------
     async def _acquire_slot(self, target: WatchTarget) -> bool:

@@ -215,11 +215,6 @@ def test_the_sweep_polls_folders_no_listener_watches(
     assert sweep(settings, grant_id).polled == [work]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ImapSession.capabilities holds the pre-login CAPABILITY list (no CONDSTORE), so "
-    "STATUS asks no HIGHESTMODSEQ; passes once pipeline/imap/client.py refreshes them",
-)
 def test_a_flag_change_in_a_polled_folder_is_seen_through_highestmodseq(
     settings: Settings, mail_user: MailUser
 ) -> None:
