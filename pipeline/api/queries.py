@@ -8,7 +8,8 @@ an index of migration 0301 (or of the foundation) can serve it:
   indexes on ``(grant_id, date, id)``;
 - ``from/to/cc/bcc/any_email``: the GIN index on ``<grant>:<address>`` keys of all four headers
   (migration 0303; the expression below must stay identical to the index's);
-- ``subject``: the trigram GIN index (case-insensitive substring);
+- ``subject``: the trigram GIN index on ``(grant_id, subject)`` (migration 0304;
+  case-insensitive substring);
 - ``in``: EXISTS on placements by message id; ``thread_id``: ``ix_messages_thread``.
 """
 
