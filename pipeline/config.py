@@ -56,7 +56,10 @@ class Settings(BaseSettings):
             "Unset: `up` creates one in data_dir/encryption.key."
         ),
     )
-    api_keys: SecretStr | None = Field(default=None, description="Comma-separated API keys.")
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated API keys. Unset: `up` creates one in data_dir/api.key.",
+    )
 
     # --- sync -----------------------------------------------------------------------------
     retention_days: int = Field(default=90, ge=1, description="Rolling window, by INTERNALDATE.")
@@ -151,4 +154,8 @@ class Settings(BaseSettings):
     def api_key_list(self) -> list[str]:
         """Configured API keys (plaintext as given; the API hashes them at startup)."""
         raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        if not raw:
+            key_file = self.data_dir / "api.key"  # made by `imap-pipeline up`
+            if key_file.exists():
+                raw = key_file.read_text().strip()
         return [k.strip() for k in raw.split(",") if k.strip()]

@@ -196,6 +196,7 @@ class _Up:
         self._lock_data_dir()
         self._resolve_services()
         self._ensure_key()
+        self._ensure_api_key()
         self._migrate()
         self._write_runtime_env()
         env = self._role_env()
@@ -324,6 +325,17 @@ class _Up:
             f"created an encryption key in {key_file} (back it up: stored passwords cannot be "
             "read without it)"
         )
+
+    def _ensure_api_key(self) -> None:
+        if self.settings.api_keys is not None:
+            return
+        key_file = self.data_dir / "api.key"
+        if key_file.exists():
+            return
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+        self.say(f"created an API key in {key_file} (send it as Authorization: Bearer <key>)")
 
     def _migrate(self) -> None:
         from pipeline.db import migrate  # imported late: Alembic is slow to import
@@ -565,6 +577,12 @@ class _Up:
         table.add_row("", self.services.notes.get("redis", ""))
         if any(rp.role.name == "flower" for rp in self.roles):
             table.add_row("Flower", f"http://{LOCALHOST}:{self.settings.flower_port}")
+        if any(rp.role.name == "api" for rp in self.roles):
+            table.add_row(
+                "HTTP API",
+                f"http://{self.settings.api_host}:{self.settings.api_port}/v3 "
+                f"(docs at /docs; key: IMAP_PIPELINE_API_KEYS or {self.data_dir / 'api.key'})",
+            )
         for name, where in self.demo_rows:
             table.add_row(name, where)
         table.add_row("roles", ", ".join(f"{rp.role.name} ({rp.proc.pid})" for rp in self.roles))

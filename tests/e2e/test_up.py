@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipeline.local import free_port
@@ -24,13 +25,14 @@ STOP_TIMEOUT_S = 60
 
 def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAP_PIPELINE_")}
     env.update(
         IMAP_PIPELINE_DATA_DIR=str(data_dir),
         IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT=str(free_port()),
         IMAP_PIPELINE_EMBEDDED_REDIS_PORT=str(free_port()),
         IMAP_PIPELINE_FLOWER_PORT=str(free_port()),
-        IMAP_PIPELINE_API_PORT=str(free_port()),
+        IMAP_PIPELINE_API_PORT=str(api_port),
         IMAP_PIPELINE_SYNC_CONCURRENCY="2",
     )
     up = subprocess.Popen(
@@ -74,6 +76,15 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> No
         stored = sum(f["stored"] for f in folders)
         assert stored > 100  # a few hundred seeded, some older than the window
         assert {f["role"] for f in folders} >= {"inbox", "sent"}
+        # the HTTP API role answers with the key `up` created
+        key = (data_dir / "api.key").read_text().strip()
+        response = httpx.get(
+            f"http://127.0.0.1:{api_port}/v3/grants",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        assert [g["id"] for g in response.json()["data"]] == [grant_id]
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C does
