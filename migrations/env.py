@@ -6,12 +6,22 @@ from alembic import context
 from sqlalchemy import create_engine
 
 import pipeline.webhooks.models  # noqa: F401  (registers its tables for autogenerate)
+from pipeline.api import tables as api_tables
 from pipeline.config import Settings
 from pipeline.db import normalize_url
 from pipeline.models import Base
 
 config = context.config
-target_metadata = Base.metadata
+# Every domain's tables: the shared Base, plus the API's own MetaData.
+target_metadata = [Base.metadata, api_tables.metadata]
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Autogenerate must not drop what migrations create by hand (expression and trigram
+    indexes, functions) just because no model declares it."""
+    return not (type_ == "index" and reflected and compare_to is None)
 
 
 def _url() -> str:
@@ -32,7 +42,9 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # one migrator at a time: several processes may call migrate on startup
         connection.exec_driver_sql("SELECT pg_advisory_lock(7261001)")
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(
+            connection=connection, target_metadata=target_metadata, include_object=include_object
+        )
         with context.begin_transaction():
             context.run_migrations()
         connection.exec_driver_sql("SELECT pg_advisory_unlock(7261001)")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from pipeline.api import queries, writeback
 from pipeline.api.deps import ApiState, Db, PathGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
-from pipeline.api.messages import attachment_view
+from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from pipeline.models import Attachment, Grant, Message
+from pipeline.messages.views import attachment_view, message_view
+from pipeline.models import Grant, Message
 
 router = APIRouter(tags=["messages"])
 
@@ -28,64 +29,9 @@ ALWAYS_SELECTED = ("id", "grant_id", "object")  # the SDK needs these to build i
 Fields = Literal["standard", "include_headers", "include_tracking_options"]
 
 
-def unix(value: datetime | None) -> int | None:
-    """Seconds since the epoch (the API's time format)."""
-    return int(value.timestamp()) if value is not None else None
-
-
 def from_unix(value: int | None) -> datetime | None:
     """A unix timestamp as an aware UTC datetime."""
     return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
-def attachment_view(att: Attachment) -> dict[str, Any]:
-    """Attachment metadata in the Nylas v3 shape."""
-    return {
-        "id": att.id,
-        "grant_id": att.grant_id,
-        "message_id": att.message_id,
-        "filename": att.filename,
-        "content_type": att.content_type,
-        "size": att.size,
-        "content_id": att.content_id,
-        "content_disposition": "inline" if att.is_inline else "attachment",
-        "is_inline": att.is_inline,
-    }
-
-
-def message_view(
-    message: Message,
-    folder_ids: list[str],
-    attachments: list[dict[str, Any]],
-    *,
-    include_headers: bool = False,
-    include_body: bool = True,
-) -> dict[str, Any]:
-    """A message in the Nylas v3 shape."""
-    view: dict[str, Any] = {
-        "id": message.id,
-        "grant_id": message.grant_id,
-        "object": "message",
-        "thread_id": message.thread_id,
-        "subject": message.subject,
-        "from": message.from_,
-        "to": message.to,
-        "cc": message.cc,
-        "bcc": message.bcc,
-        "reply_to": message.reply_to,
-        "date": unix(message.date),
-        "created_at": unix(message.date),
-        "unread": message.unread,
-        "starred": message.starred,
-        "snippet": message.snippet,
-        "folders": folder_ids,
-        "attachments": attachments,
-    }
-    if include_body:
-        view["body"] = message.body
-    if include_headers:
-        view["headers"] = message.headers
-    return view
 
 
 def parse_select(select: str | None) -> set[str] | None:

@@ -20,14 +20,12 @@ from pipeline.api.messages import (
     AddressList,
     Timestamp,
     apply_select,
-    attachment_view,
     build_filter,
     from_unix,
-    message_view,
     parse_select,
-    unix,
 )
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from pipeline.messages.views import attachment_view, message_view, unix
 from pipeline.models import Grant, Message, Thread
 
 router = APIRouter(tags=["threads"])

@@ -31,12 +31,13 @@ def attachment_view(att: Attachment) -> dict[str, Any]:
 def message_view(
     message: Message,
     folder_ids: list[str],
-    attachments: list[Attachment],
+    attachments: list[dict[str, Any]],
     *,
     include_headers: bool = False,
     include_body: bool = True,
 ) -> dict[str, Any]:
-    """A message in the Nylas v3 shape."""
+    """A message in the Nylas v3 shape (``attachments`` already as :func:`attachment_view`
+    dictionaries: the API builds them in SQL for whole pages)."""
     view: dict[str, Any] = {
         "id": message.id,
         "grant_id": message.grant_id,
@@ -54,7 +55,7 @@ def message_view(
         "starred": message.starred,
         "snippet": message.snippet,
         "folders": folder_ids,
-        "attachments": [attachment_view(a) for a in attachments],
+        "attachments": attachments,
     }
     if include_body:
         view["body"] = message.body

@@ -15,7 +15,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.grants.views import grant_dict
 from pipeline.messages.repository import MessageRepository
-from pipeline.messages.views import deleted_message_view, folder_view, message_view
+from pipeline.messages.views import (
+    attachment_view,
+    deleted_message_view,
+    folder_view,
+    message_view,
+)
 from pipeline.models import Folder, Grant
 from pipeline.webhooks.outbox import emit
 
@@ -35,7 +40,9 @@ def messages(session: Session, grant_id: str, type_: str, message_ids: Iterable[
             session,
             grant_id=grant_id,
             type=type_,
-            obj=message_view(message, folders.get(message.id, []), attachments),
+            obj=message_view(
+                message, folders.get(message.id, []), [attachment_view(a) for a in attachments]
+            ),
             subject_id=message.id,
         )
         count += 1
