@@ -206,10 +206,14 @@ def test_the_sweep_polls_folders_no_listener_watches(
     assert sweep(settings, grant_id).polled == []
     assert "new in Work" in message_ids(settings, grant_id)
 
-    # without a stored HIGHESTMODSEQ, a folder is polled once its last sync is old enough
+    # without a stored HIGHESTMODSEQ (a server without CONDSTORE), a folder is polled once its
+    # last sync is old enough
     with session_scope(settings.require_database_url()) as db:
         db.execute(
-            text("UPDATE folders SET last_synced_at = now() - interval '31 minutes' WHERE id = :f"),
+            text(
+                "UPDATE folders SET highestmodseq = NULL, "
+                "last_synced_at = now() - interval '31 minutes' WHERE id = :f"
+            ),
             {"f": work},
         )
     assert sweep(settings, grant_id).polled == [work]
@@ -223,11 +227,10 @@ def test_a_flag_change_in_a_polled_folder_is_seen_through_highestmodseq(
     append(server, name, pw, make_message("w"), folder="Work")
     grant_id = seeded(settings, mail_user, n=1)
     work = folder_row(settings, grant_id, "Work")["id"]
-    modseq = server.mailbox_status(name, "Work")["highestmodseq"]
     with session_scope(settings.require_database_url()) as db:
-        db.execute(  # what the runner stores once it sees HIGHESTMODSEQ
-            text("UPDATE folders SET highestmodseq = :m WHERE id = :f"), {"f": work, "m": modseq}
-        )
+        stored = db.scalar(text("SELECT highestmodseq FROM folders WHERE id = :f"), {"f": work})
+    assert stored == server.mailbox_status(name, "Work")["highestmodseq"]  # the sync kept it
+    assert sweep(settings, grant_id).polled == []
     conn = imap_login(server, name, pw)
     try:
         conn.select('"Work"')
