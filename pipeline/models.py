@@ -123,6 +123,13 @@ class Folder(Base):
     highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     state_detail: Mapped[str | None] = mapped_column(Text)
+    # UIDVALIDITY stop rule (pipeline.maintenance.sweep): consecutive changes seen by sweeps,
+    # the value the last sweep saw, and when a stopped folder is tried again.
+    uidvalidity_changes: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    swept_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     synced_uid: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     to_sync: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -205,6 +212,7 @@ class Message(Base):
         Index("ix_messages_thread", "thread_id"),
         Index("ix_messages_grant_msgid", "grant_id", "message_id_header"),
         Index("ix_messages_references", "references", postgresql_using="gin"),
+        Index("ix_messages_received_at", "received_at"),  # the retention purge walks it
     )
 
 
@@ -275,4 +283,5 @@ class SyncFailure(Base):
 
     __table_args__ = (
         UniqueConstraint("folder_id", "uidvalidity", "uid", name="uq_sync_failures_place"),
+        Index("ix_sync_failures_recorded_at", "recorded_at"),
     )

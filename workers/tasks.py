@@ -40,6 +40,7 @@ from workers.app import app
 from workers.resources import (
     close_all_imap,
     imap_for,
+    note_throttled,
     redis_client,
     release_imap,
     reschedule,
@@ -99,7 +100,7 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
     """Discover a grant's folders, then enqueue a sync of each (Inbox and Sent first)."""
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if grant is None or grant.grant_status != "valid":
+        if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
             return
         provider = grant.provider
         try:
@@ -161,6 +162,8 @@ def sync_folder_task(
                 raise GrantNotFound(grant_id)
             if grant.grant_status != "valid":
                 return {"skipped": "grant invalid"}
+            if grant.sync_state == "stopped":
+                return {"skipped": "grant stopped"}
             provider = grant.provider
             try:
                 imap = imap_for(db, grant)
@@ -190,6 +193,12 @@ def sync_folder_task(
                 range_messages=settings().sync_range_messages,
             )
             healthy = True
+        except ImapThrottledError:
+            with sessions().begin() as db:
+                throttled = GrantRepository(db).get(grant_id)
+                if throttled is not None:
+                    note_throttled(throttled)  # back the account off, for every worker
+            raise
         finally:
             release_imap(grant_id, imap, healthy=healthy)
     finally:

@@ -197,6 +197,8 @@ def sync_folder(
         folder = FolderRepository(db).get(folder_id)
         if folder is None or folder.grant_id != grant_id:
             return SyncOutcome(folder_id, "gone")
+        if folder.state == "stopped":
+            return SyncOutcome(folder_id, "stopped")  # UIDVALIDITY stop rule (maintenance.sweep)
         raw_name, state, synced_uid = folder.raw_name, folder.state, folder.synced_uid
         stored_modseq, last_synced = folder.highestmodseq, folder.last_synced_at
         grant = GrantRepository(db).get(grant_id)
