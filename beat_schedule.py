@@ -15,6 +15,8 @@ pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS o
                                                                         UIDVALIDITY changes, and
                                                                         polling of the folders
                                                                         without IDLE
+pipeline.maintenance.poll_folders              60 s        maintenance  STATUS of folders without
+                                                                        IDLE; sync what changed
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
 pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work
 pipeline.webhooks.sweep                        15 s        webhooks     re-enqueue undelivered
@@ -33,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
+POLL_INTERVAL_S = 60  # folders without an IDLE connection are checked this often
 PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
 RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this (plus the stall)
 MAINTENANCE_QUEUE = "maintenance"
@@ -59,13 +62,26 @@ def _job(task: str, every_s: float, queue: str = MAINTENANCE_QUEUE) -> dict[str,
     }
 
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
-    "uidvalidity-sweep": _job("pipeline.maintenance.sweep_uidvalidity", SWEEP_INTERVAL_S),
-    "retention-purge": _job("pipeline.maintenance.purge", PURGE_INTERVAL_S),
-    "reconcile": _job("pipeline.maintenance.reconcile", RECONCILE_INTERVAL_S),
-    "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
-    "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
-}
+def beat_schedule(
+    *,
+    sweep_s: float = SWEEP_INTERVAL_S,
+    poll_s: float = POLL_INTERVAL_S,
+    purge_s: float = PURGE_INTERVAL_S,
+    reconcile_s: float = RECONCILE_INTERVAL_S,
+) -> dict[str, dict[str, Any]]:
+    """The schedule, with intervals from settings (``IMAP_PIPELINE_*_INTERVAL_S``; see
+    workers/celeryconfig.py) or the defaults above."""
+    return {
+        "uidvalidity-sweep": _job("pipeline.maintenance.sweep_uidvalidity", sweep_s),
+        "folder-poll": _job("pipeline.maintenance.poll_folders", poll_s),
+        "retention-purge": _job("pipeline.maintenance.purge", purge_s),
+        "reconcile": _job("pipeline.maintenance.reconcile", reconcile_s),
+        "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
+        "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
+    }
+
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = beat_schedule()  # with the default intervals
 
 
 def beat_settings(redis_url: str) -> dict[str, Any]:

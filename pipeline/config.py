@@ -103,6 +103,23 @@ class Settings(BaseSettings):
         "(how soon a folder whose worker died is picked up again).",
     )
 
+    # --- periodic jobs (beat_schedule.py) ------------------------------------------------
+    uidvalidity_sweep_interval_s: float = Field(
+        default=300.0, ge=30, description="Every folder's UIDVALIDITY is compared this often."
+    )
+    poll_interval_s: float = Field(
+        default=60.0,
+        ge=5,
+        description="Folders without an IDLE connection (all but Inbox and Sent) are checked "
+        "with STATUS this often and synced when they changed.",
+    )
+    purge_interval_s: float = Field(
+        default=600.0, ge=10, description="The rolling retention purge runs this often."
+    )
+    reconcile_interval_s: float = Field(
+        default=300.0, ge=10, description="Stalled grants and folders are re-enqueued this often."
+    )
+
     # --- processes --------------------------------------------------------------------------
     worker_concurrency: int = Field(default=0, ge=0, description="0: one per CPU core.")
     flower_port: int = 5555

@@ -24,19 +24,20 @@ from typing import Any
 
 from celery import Task
 
-from beat_schedule import MAINTENANCE_QUEUE, RECONCILE_INTERVAL_S, SWEEP_INTERVAL_S
+from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.maintenance.locks import job_lock
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
 from pipeline.maintenance.reconcile import reconcile
-from pipeline.maintenance.sweep import check_grant, plan_sweep
+from pipeline.maintenance.sweep import check_grant, plan_sweep, poll_grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
 from workers import enqueue
 from workers.app import app
 from workers.resources import (
     fresh_imap_for,
+    imap_for,
     note_throttled,
     redis_client,
     release_imap,
@@ -57,12 +58,13 @@ FOLDER_LOCK_KEY = "imap-pipeline:lock:folder:{}"  # held by pipeline.sync.folder
 @app.task(name="pipeline.maintenance.sweep_uidvalidity")
 def sweep_uidvalidity_task() -> dict[str, Any]:
     """Plan this interval's UIDVALIDITY checks, spread over the interval."""
-    ttl = SWEEP_INTERVAL_S * ONCE_PER_INTERVAL
+    interval = settings().uidvalidity_sweep_interval_s
+    ttl = interval * ONCE_PER_INTERVAL
     with job_lock(redis_client(), "sweep", ttl, release=False) as taken:
         if not taken:
             return {"skipped": "already planned this interval"}
         with sessions().begin() as db:
-            jobs = plan_sweep(db, SWEEP_INTERVAL_S)
+            jobs = plan_sweep(db, interval)
         for job in jobs:
             app.send_task(
                 "pipeline.maintenance.check_uidvalidity",
@@ -70,9 +72,65 @@ def sweep_uidvalidity_task() -> dict[str, Any]:
                 queue=preset(job.provider).queue,
                 countdown=job.countdown_s or None,
                 # a check that could not run before the next interval's is replaced by it
-                expires=job.countdown_s + SWEEP_INTERVAL_S,
+                expires=job.countdown_s + interval,
             )
     return {"planned": len(jobs)}
+
+
+@app.task(name="pipeline.maintenance.poll_folders")
+def poll_folders_task() -> dict[str, Any]:
+    """Plan this interval's polls of folders without IDLE, spread over the interval."""
+    interval = settings().poll_interval_s
+    with job_lock(redis_client(), "poll", interval * ONCE_PER_INTERVAL, release=False) as taken:
+        if not taken:
+            return {"skipped": "already planned this interval"}
+        with sessions().begin() as db:
+            jobs = plan_sweep(db, interval)
+        for job in jobs:
+            app.send_task(
+                "pipeline.maintenance.poll_grant",
+                args=[job.grant_id],
+                queue=preset(job.provider).queue,
+                countdown=job.countdown_s or None,
+                expires=job.countdown_s + interval,
+            )
+    return {"planned": len(jobs)}
+
+
+@app.task(name="pipeline.maintenance.poll_grant", bind=True)
+def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
+    """STATUS a grant's folders without IDLE on a pooled session; sync those that changed."""
+    with job_lock(redis_client(), f"poll:{grant_id}", CHECK_LOCK_TTL_S) as taken:
+        if not taken:
+            return {"skipped": "a poll of this grant is running"}
+        with sessions().begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+                return {"skipped": "grant not active"}
+            provider = grant.provider
+            try:
+                imap = imap_for(db, grant)
+            except RateLimited as exc:
+                reschedule(self, exc)
+                return {"skipped": "rate limited"}
+            except ImapError as exc:  # an auth failure marks the grant invalid (committed)
+                return {"skipped": type(exc).__name__}
+        healthy = False
+        try:
+            changed = poll_grant(
+                sessions(),
+                imap,
+                grant_id,
+                now=datetime.now(UTC),
+                enqueue_sync=lambda folder_id: enqueue.sync_folder(grant_id, folder_id, provider),
+            )
+            healthy = True
+        except ImapError as exc:
+            log.warning("folder poll failed: %s", exc)
+            return {"skipped": type(exc).__name__}
+        finally:
+            release_imap(grant_id, imap, healthy=healthy)
+    return {"changed": len(changed)}
 
 
 @app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)
@@ -147,7 +205,7 @@ def purge_task() -> dict[str, Any]:
 def reconcile_task() -> dict[str, Any]:
     """Re-enqueue grants and folders whose work was lost."""
     r = redis_client()
-    ttl = RECONCILE_INTERVAL_S * ONCE_PER_INTERVAL
+    ttl = settings().reconcile_interval_s * ONCE_PER_INTERVAL
     with job_lock(r, "reconcile", ttl, release=False) as taken:
         if not taken:
             return {"skipped": "already ran this interval"}

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
-from beat_schedule import BEAT_SCHEDULE, beat_settings
+from beat_schedule import beat_schedule as build_beat_schedule
+from beat_schedule import beat_settings
 from pipeline.presets import queue_names
 from workers.settings import settings
 from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
@@ -54,6 +55,11 @@ task_routes = {
     **WEBHOOK_TASK_ROUTES,
     "pipeline.maintenance.*": {"queue": "maintenance"},
 }
-beat_schedule = BEAT_SCHEDULE
+beat_schedule = build_beat_schedule(
+    sweep_s=_s.uidvalidity_sweep_interval_s,
+    poll_s=_s.poll_interval_s,
+    purge_s=_s.purge_interval_s,
+    reconcile_s=_s.reconcile_interval_s,
+)
 # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
 globals().update(beat_settings(broker_url))

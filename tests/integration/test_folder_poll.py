@@ -1,0 +1,63 @@
+"""Folders no listener watches are polled with STATUS and synced when they changed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from beat_schedule import beat_schedule
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.grants.service import open_grant_session
+from pipeline.maintenance.sweep import poll_grant
+from pipeline.models import Folder, Grant
+from pipeline.sync.runner import sync_grant_inline
+from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.mail import append, create_folder, make_message
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+
+def poll(settings: Settings, grant_id: str) -> list[str]:
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+    enqueued: list[str] = []
+    try:
+        changed = poll_grant(
+            sessions_for(settings),
+            imap,
+            grant_id,
+            now=datetime.now(UTC),
+            enqueue_sync=enqueued.append,
+        )
+    finally:
+        imap.close()
+    assert changed == enqueued
+    return changed
+
+
+def test_new_mail_in_an_unwatched_folder_is_found(settings: Settings, mail_user: MailUser) -> None:
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    create_folder(server, name, pw, "Projects")
+    append(server, name, pw, make_message("first"), folder="Projects")
+    grant_id = connect(settings, mail_user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    assert poll(settings, grant_id) == []  # nothing changed since the sync
+
+    append(server, name, pw, make_message("second"), folder="Projects")
+    append(server, name, pw, make_message("inbox mail"))  # the listener's business, not the poll's
+    with session_scope(settings.require_database_url()) as db:
+        projects = db.scalars(select(Folder.id).where(Folder.name == "Projects")).one()
+    assert poll(settings, grant_id) == [projects]
+
+
+def test_intervals_come_from_settings() -> None:
+    schedule = beat_schedule(sweep_s=120, poll_s=30, purge_s=900, reconcile_s=600)
+    assert schedule["folder-poll"]["schedule"] == 30.0
+    assert schedule["uidvalidity-sweep"]["schedule"] == 120.0
+    assert Settings().poll_interval_s == 60.0  # the documented default
