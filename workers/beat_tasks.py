@@ -55,46 +55,38 @@ PURGE_LOCK_MARGIN_S = 60  # the purge lock outlives the run's budget by this muc
 FOLDER_LOCK_KEY = "imap-pipeline:lock:folder:{}"  # held by pipeline.sync.folder while it runs
 
 
-@app.task(name="pipeline.maintenance.sweep_uidvalidity")
-def sweep_uidvalidity_task() -> dict[str, Any]:
-    """Plan this interval's UIDVALIDITY checks, spread over the interval."""
-    interval = settings().uidvalidity_sweep_interval_s
-    ttl = interval * ONCE_PER_INTERVAL
-    with job_lock(redis_client(), "sweep", ttl, release=False) as taken:
+def _plan_per_grant(job: str, task: str, interval: float) -> dict[str, Any]:
+    """Send ``task`` for every valid grant, each at its fixed offset within ``interval``
+    (no thundering herd at :00); once per interval however often beat fires."""
+    with job_lock(redis_client(), job, interval * ONCE_PER_INTERVAL, release=False) as taken:
         if not taken:
             return {"skipped": "already planned this interval"}
         with sessions().begin() as db:
             jobs = plan_sweep(db, interval)
-        for job in jobs:
+        for planned in jobs:
             app.send_task(
-                "pipeline.maintenance.check_uidvalidity",
-                args=[job.grant_id],
-                queue=preset(job.provider).queue,
-                countdown=job.countdown_s or None,
-                # a check that could not run before the next interval's is replaced by it
-                expires=job.countdown_s + interval,
+                task,
+                args=[planned.grant_id],
+                queue=preset(planned.provider).queue,
+                countdown=planned.countdown_s or None,
+                # one that could not run before the next interval's is replaced by it
+                expires=planned.countdown_s + interval,
             )
     return {"planned": len(jobs)}
+
+
+@app.task(name="pipeline.maintenance.sweep_uidvalidity")
+def sweep_uidvalidity_task() -> dict[str, Any]:
+    """Plan this interval's UIDVALIDITY checks, spread over the interval."""
+    return _plan_per_grant(
+        "sweep", "pipeline.maintenance.check_uidvalidity", settings().uidvalidity_sweep_interval_s
+    )
 
 
 @app.task(name="pipeline.maintenance.poll_folders")
 def poll_folders_task() -> dict[str, Any]:
     """Plan this interval's polls of folders without IDLE, spread over the interval."""
-    interval = settings().poll_interval_s
-    with job_lock(redis_client(), "poll", interval * ONCE_PER_INTERVAL, release=False) as taken:
-        if not taken:
-            return {"skipped": "already planned this interval"}
-        with sessions().begin() as db:
-            jobs = plan_sweep(db, interval)
-        for job in jobs:
-            app.send_task(
-                "pipeline.maintenance.poll_grant",
-                args=[job.grant_id],
-                queue=preset(job.provider).queue,
-                countdown=job.countdown_s or None,
-                expires=job.countdown_s + interval,
-            )
-    return {"planned": len(jobs)}
+    return _plan_per_grant("poll", "pipeline.maintenance.poll_grant", settings().poll_interval_s)
 
 
 @app.task(name="pipeline.maintenance.poll_grant", bind=True)
