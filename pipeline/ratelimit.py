@@ -214,12 +214,15 @@ class RateLimiter:
         backoff = self.backoff_remaining(scope, grant_id)
         if backoff > 0:
             return backoff
+        # An account may open the connections it is allowed at once (a first sync starts one
+        # per worker), but never more than one minute's worth of logins in a burst.
         return self._take(
             [
                 (f"login:p:{scope}", limits.provider_logins_per_min / 60.0),
                 (f"login:a:{grant_id}", limits.account_logins_per_min / 60.0),
             ],
             1,
+            account_burst=min(float(limits.max_connections), limits.account_logins_per_min),
         )
 
     def try_ops(self, provider: str, imap_host: str, grant_id: str, cost: int = 1) -> float:
@@ -237,13 +240,18 @@ class RateLimiter:
             cost,
         )
 
-    def _take(self, buckets: list[tuple[str, float]], cost: int) -> float:
+    def _take(
+        self, buckets: list[tuple[str, float]], cost: int, *, account_burst: float = 0.0
+    ) -> float:
+        """Take ``cost`` tokens from every bucket or from none; ``account_burst`` raises the
+        burst of the account buckets (``:a:``) only, never a provider's."""
         keys = [f"{KEY_PREFIX}:rl:{name}" for name, _ in buckets]
         args: list[float] = [cost]
-        for _, rate in buckets:
+        for name, rate in buckets:
             if rate <= 0:
                 raise ValueError("a rate limit must be positive")
-            args.extend([rate, max(capacity(rate), cost)])
+            floor = account_burst if ":a:" in name else 0.0
+            args.extend([rate, max(capacity(rate), cost, floor)])
         wait_ms = int(self._call(self._bucket, keys=keys, args=args))
         return wait_ms / 1000.0
 

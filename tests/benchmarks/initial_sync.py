@@ -72,6 +72,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4, help="sync worker processes")
     parser.add_argument("--attachment-fraction", type=float, default=0.03)
+    parser.add_argument(
+        "--logins-per-min",
+        type=float,
+        help="override the generic preset's per-account login budget (default: the preset's), "
+        "to see what the login rate limit costs a fresh grant's first sync",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ipbench-"))
@@ -138,6 +144,14 @@ def main() -> int:
             data_dir=work / "data",
             retention_days=RETENTION_DAYS,
         )
+        if args.logins_per_min:
+            import redis
+
+            from pipeline.ratelimit import RateLimiter
+
+            RateLimiter(redis.Redis.from_url(settings.require_redis_url())).set_limits(
+                "generic", {"account_logins_per_min": args.logins_per_min}
+            )
         worker = CeleryWorker(pipeline_env(settings), work, concurrency=args.workers).start()
         os.environ.update(pipeline_env(settings))
         from workers import enqueue
