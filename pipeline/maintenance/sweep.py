@@ -55,6 +55,9 @@ STOPPED_RETRY_S = 6 * 60 * 60  # a misconfigured server is rarely fixed within h
 STOPPED_RETRY_MAX_S = 48 * 60 * 60  # but keep looking at least every two days
 IDLE_ROLES = frozenset({"inbox", "sent"})  # the listener watches these; the sweep polls the rest
 POLL_FALLBACK_S = 30 * 60  # without CONDSTORE, a folder is synced at least this often
+# A watched folder (Inbox, Sent) that changed but was not synced for this long is synced by the
+# poll too: the listener's event was lost (a Redis flush, a listener crash mid-enqueue).
+IDLE_SAFETY_NET_S = 2 * 60
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ def poll_grant(
 
     Cheaper and more frequent than :func:`check_grant`: it reuses a pooled session, writes
     nothing and leaves the UIDVALIDITY stop rule to the sweep (a renumbered folder is simply
-    synced, which reindexes it).
+    synced, which reindexes it). Inbox and Sent are the listener's, but are looked at too once
+    their last sync is ``IDLE_SAFETY_NET_S`` old, so a lost event costs minutes, not mail.
 
     Returns:
         The ids of the folders whose sync was enqueued.
@@ -183,17 +187,33 @@ def poll_grant(
         candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
     changed: list[str] = []
     for folder in candidates:
-        if folder.role in IDLE_ROLES or folder.state != "synced":
+        if folder.state != "synced":
             continue
+        watched = folder.role in IDLE_ROLES
+        if watched and (
+            folder.last_synced_at is None
+            or (now - folder.last_synced_at).total_seconds() < IDLE_SAFETY_NET_S
+        ):
+            continue  # the listener's business, unless its event may have been lost
         try:
             status = imap.status(folder.raw_name)
         except ImapFolderError:
             continue  # gone: folder discovery removes it
-        if status.uidvalidity != folder.uidvalidity or _poll_due(folder, status, now):
+        if status.uidvalidity != folder.uidvalidity or _moved_on(folder, status, now):
             changed.append(folder.id)
     for folder_id in changed:
         enqueue_sync(folder_id)
     return changed
+
+
+def _moved_on(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
+    """Whether a folder changed since its last sync (any role)."""
+    if status.uidnext != folder.uidnext:
+        return True
+    if status.highestmodseq is not None and folder.highestmodseq is not None:
+        return status.highestmodseq != folder.highestmodseq
+    last = folder.last_synced_at
+    return last is None or (now - last).total_seconds() >= POLL_FALLBACK_S
 
 
 def _poll_due(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -61,3 +61,18 @@ def test_intervals_come_from_settings() -> None:
     assert schedule["folder-poll"]["schedule"] == 30.0
     assert schedule["uidvalidity-sweep"]["schedule"] == 120.0
     assert Settings().poll_interval_s == 60.0  # the documented default
+
+
+def test_a_lost_listener_event_is_repaired_by_the_poll(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    grant_id = connect(settings, mail_user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    append(server, name, pw, make_message("arrived while Redis was flushed"))
+    assert poll(settings, grant_id) == []  # fresh: the listener's event is expected
+    with session_scope(settings.require_database_url()) as db:
+        inbox = db.scalars(select(Folder).where(Folder.role == "inbox")).one()
+        inbox.last_synced_at = datetime.now(UTC) - timedelta(minutes=5)
+        inbox_id = inbox.id
+    assert poll(settings, grant_id) == [inbox_id]
