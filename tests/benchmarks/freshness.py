@@ -138,6 +138,7 @@ def main() -> int:
                 db, {"webhook_url": receiver.url("/hook"), "trigger_types": ["message.created"]}
             )
         env = pipeline_env(settings, IMAP_PIPELINE_WEBHOOK_ALLOW_PRIVATE_DESTINATIONS="true")
+        env.update({k: v for k, v in os.environ.items() if k.startswith("IMAP_PIPELINE_LISTENER_")})
         worker = CeleryWorker(env, work, concurrency=4).start()
         with (work / "listener.log").open("wb") as log:
             procs.append(
