@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,9 @@ from sqlalchemy import select, update
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.models import Folder, Message
+from pipeline.errors import ImapAuthError
+from pipeline.grants.service import expire_grant, open_grant_session
+from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.integration.test_initial_sync import connect, sessions_for
@@ -130,3 +133,29 @@ def test_mail_after_a_long_outage_is_synced_silently(
     assert "message.created" not in types(settings)
     with session_scope(settings.require_database_url()) as db:
         assert sorted(db.scalars(select(Message.subject))) == ["before", "during outage"]
+
+
+def test_a_password_changed_on_the_server_expires_the_grant_once(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    grant_id = synced_grant(settings, mail_user, ["before"])
+    # Dovecot notices a changed passwd-file by its mtime, in whole seconds: change it in a later
+    # second than its last read (the sync's login just now).
+    time.sleep(1.1)
+    mail_user.server.add_user(mail_user.name, "changed-elsewhere")
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        with pytest.raises(ImapAuthError):
+            open_grant_session(db, settings, grant)
+    with session_scope(settings.require_database_url()) as db:
+        # what the listener does when its login is refused: no second notification
+        assert expire_grant(db, grant_id, "refused again") is False
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        assert grant.grant_status == "invalid"
+        assert "refused the login" in (grant.status_detail or "")
+    expired = [o for t, o in events(settings) if t == "grant.expired"]
+    assert [o["id"] for o in expired] == [grant_id]
+    assert expired[0]["grant_status"] == "invalid"
+    assert "changed-elsewhere" not in str(expired)
