@@ -13,8 +13,6 @@ A missing service fails the run in CI (``CI=true``); locally it skips only when
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,14 +25,15 @@ import redis
 from pipeline.config import Settings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine, migrate
+from pipeline.errors import ServiceError
 from pipeline.local import free_port
 from pipeline.local.dovecot import LocalDovecot
+from pipeline.local.redis import EmbeddedRedis
 from tests.support.services import MailUser, TlsFiles
 
 PG_ADMIN_URL = os.environ.get(
     "IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_START_TIMEOUT_S = 10
 
 
 def service_unavailable(what: str) -> None:
@@ -94,43 +93,13 @@ def database_url(pg_template: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for this session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        service_unavailable("redis-server")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                service_unavailable("Redis")
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), free_port())
+        server.start()
+    except ServiceError:
+        service_unavailable("Redis (redis-server)")
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

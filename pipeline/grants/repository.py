@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import Grant
@@ -24,8 +25,6 @@ class GrantRepository:
 
     def get_by_email(self, email: str) -> Grant | None:
         """A grant by its email address (case-insensitive)."""
-        from sqlalchemy import func
-
         return self.session.scalar(
             select(Grant).where(func.lower(Grant.email) == email.strip().lower())
         )
@@ -72,8 +71,6 @@ class GrantRepository:
 
 
 def _looks_like_uuid(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:

@@ -426,12 +426,6 @@ class ImapSession:
             return set()
         return set(self.search_uids("UID", uid_set(uids)))
 
-    def fetch_flags(
-        self, uids: Sequence[int], *, changedsince: int | None = None
-    ) -> list[MessageMeta]:
-        """Alias of :meth:`fetch_meta`, for readers of flag-refresh code."""
-        return self.fetch_meta(uids, changedsince=changedsince)
-
     def _meta(self, line: bytes) -> MessageMeta | None:
         uid = _FETCH_UID.search(line)
         size = _FETCH_SIZE.search(line)

@@ -405,7 +405,7 @@ def _apply_flag_and_expunge_changes(
     if stored_modseq is not None and server_modseq is not None and imap.condstore_enabled:
         metas = imap.fetch_changed_since(stored_modseq) if server_modseq > stored_modseq else []
     else:
-        metas = imap.fetch_flags(sorted(current)[-FLAG_REFRESH_LIMIT:])
+        metas = imap.fetch_meta(sorted(current)[-FLAG_REFRESH_LIMIT:])
     gone = set(current) - imap.present_uids(sorted(current))
     with sessions.begin() as db:
         repo = MessageRepository(db)

@@ -36,6 +36,7 @@ from pipeline.grants.schemas import GrantRequest  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
+from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.sync.runner import sync_grant_inline  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
@@ -93,11 +94,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ipfresh-"))
     work.chmod(0o755)
     dbname = f"ipfresh_{uuid.uuid4().hex[:8]}"
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
+    redis_server = EmbeddedRedis(work / "redis", free_port())
+    redis_server.start()
     dovecot = LocalDovecot(work / "dovecot", free_port())
     dovecot.start()
     receiver = Receiver()
@@ -113,7 +111,7 @@ def main() -> int:
         migrate(db_url)
         settings = Settings(
             database_url=db_url,
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            redis_url=redis_server.url,
             encryption_keys=generate_key(),  # type: ignore[arg-type]
             data_dir=work / "data",
         )
@@ -193,7 +191,7 @@ def main() -> int:
             worker.stop()
         receiver.stop()
         dovecot.stop()
-        redis_proc.terminate()
+        redis_server.stop()
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
 

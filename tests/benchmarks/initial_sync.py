@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
 from pipeline.local.mailgen import generate, seed_maildir  # noqa: E402
+from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Grant, Placement  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
@@ -85,21 +85,8 @@ def main() -> int:
     now = datetime.now(UTC).replace(microsecond=0)
     since = now - timedelta(days=RETENTION_DAYS)
     dbname = f"ipbench_{uuid.uuid4().hex[:8]}"
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    redis_server = EmbeddedRedis(work / "redis", free_port())
+    redis_server.start()
     dovecot = LocalDovecot(work / "dovecot", free_port())
     dovecot.start()
     try:
@@ -139,7 +126,7 @@ def main() -> int:
         migrate(db_url)
         settings = Settings(
             database_url=db_url,
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            redis_url=redis_server.url,
             encryption_keys=generate_key(),  # type: ignore[arg-type]
             data_dir=work / "data",
             retention_days=RETENTION_DAYS,
@@ -190,7 +177,7 @@ def main() -> int:
         return 0
     finally:
         dovecot.stop()
-        redis_proc.terminate()
+        redis_server.stop()
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
 

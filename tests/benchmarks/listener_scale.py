@@ -69,6 +69,7 @@ from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope  # noqa: E402
 from pipeline.local import chown_tree, free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
+from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -252,15 +253,10 @@ def main() -> None:
         p.chmod(0o644)
     tls = ssl.create_default_context(cafile=str(ca_file))
 
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    redis_server = EmbeddedRedis(work / "redis", free_port())
+    redis_server.start()
+    redis_url = redis_server.url
     rc: redis.Redis[bytes] = redis.Redis.from_url(redis_url, socket_timeout=10)
-    wait(lambda: _ping(rc), 10, "redis")
 
     db_name = f"listener_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
@@ -489,19 +485,11 @@ def main() -> None:
             listener.wait(10)
         log_file.close()
         dovecot.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
+        redis_server.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')  # type: ignore[arg-type]
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _ping(client: redis.Redis[bytes]) -> bool:
-    try:
-        return bool(client.ping())
-    except (OSError, redis.ConnectionError):
-        return False
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from webhook_receiver import Received, Receiver  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import get_engine, migrate, session_scope  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
+from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.webhooks import outbox, payloads  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
@@ -61,41 +62,6 @@ BODY_BYTES = 2048  # a typical small HTML message body
 def _admin(sql: str) -> None:
     with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql)  # type: ignore[arg-type]
-
-
-def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=2)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            client.ping()
-            client.close()
-            return proc, url
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subprocess.Popen[bytes]:
@@ -230,7 +196,9 @@ def main() -> int:
     dbname = f"bench_wh_{uuid.uuid4().hex[:10]}"
     _admin(f'CREATE DATABASE "{dbname}"')
     database_url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{dbname}"
-    redis_proc, redis_url = _start_redis(folder)
+    redis_server = EmbeddedRedis(folder / "redis", free_port())
+    redis_server.start()
+    redis_url = redis_server.url
     key = generate_key()
     service_env = {
         "IMAP_PIPELINE_DATABASE_URL": database_url,
@@ -302,8 +270,7 @@ def main() -> int:
         webhook_tasks.reset_runtime()
         get_engine(database_url).dispose()
         _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        redis_proc.terminate()
-        redis_proc.wait(timeout=STOP_TIMEOUT_S)
+        redis_server.stop()
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 from pipeline.config import Settings
 from pipeline.presets import queue_names
@@ -55,7 +56,7 @@ class CeleryWorker:
             time.sleep(0.2)
         return self
 
-    def _spawn(self, queues: str, log: object) -> subprocess.Popen[bytes]:
+    def _spawn(self, queues: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [
                 sys.executable,
