@@ -5,23 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-import pipeline.webhooks.models  # noqa: F401  (registers its tables for autogenerate)
-from pipeline.api import tables as api_tables
 from pipeline.config import Settings
 from pipeline.db import normalize_url
-from pipeline.models import Base
+from pipeline.schema import COMPARE_OPTIONS, include_object, target_metadata
 
 config = context.config
-# Every domain's tables: the shared Base, plus the API's own MetaData.
-target_metadata = [Base.metadata, api_tables.metadata]
-
-
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Autogenerate must not drop what migrations create by hand (expression and trigram
-    indexes, functions) just because no model declares it."""
-    return not (type_ == "index" and reflected and compare_to is None)
 
 
 def _url() -> str:
@@ -32,7 +20,7 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=target_metadata(), literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -42,8 +30,12 @@ def run_migrations_online() -> None:
     with engine.connect() as connection:
         # one migrator at a time: several processes may call migrate on startup
         connection.exec_driver_sql("SELECT pg_advisory_lock(7261001)")
+        # the same comparison as pipeline.schema.drift (alembic check, autogenerate)
         context.configure(
-            connection=connection, target_metadata=target_metadata, include_object=include_object
+            connection=connection,
+            target_metadata=target_metadata(),
+            include_object=include_object,
+            **COMPARE_OPTIONS,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -1,13 +1,28 @@
 """Tables only the API uses (migration 0302), as SQLAlchemy Core tables.
 
-They live on their own MetaData, outside :mod:`pipeline.models`, so the API owns them; an
-Alembic autogenerate against ``pipeline.models`` does not know them (do not let it drop them).
+They live on their own MetaData, outside :mod:`pipeline.models`, so the API owns them;
+``migrations/env.py`` compares both MetaData objects with the database (see
+:mod:`pipeline.schema`), so everything migration 0302 creates is declared here too: the unique
+URL, the foreign key to ``grants`` and the server defaults.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import UUID
+
+from pipeline.models import Grant
 
 metadata = MetaData()
 
@@ -16,18 +31,26 @@ redirect_uris = Table(
     metadata,
     Column("id", UUID(as_uuid=False), primary_key=True),
     Column("url", Text, nullable=False),
-    Column("platform", String(32), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("platform", String(32), nullable=False, server_default="web"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("url", name="uq_api_redirect_uris_url"),
 )
 
 auth_codes = Table(
     "api_auth_codes",
     metadata,
-    Column("code_hash", String(64), primary_key=True),
-    Column("grant_id", UUID(as_uuid=False), nullable=False),
+    Column("code_hash", String(64), primary_key=True),  # sha256 hex; never the code itself
+    Column(
+        "grant_id",
+        UUID(as_uuid=False),
+        # the Column itself, not "grants.id": ``grants`` lives on pipeline.models' MetaData
+        ForeignKey(Grant.__table__.c.id, ondelete="CASCADE"),
+        nullable=False,
+    ),
     Column("client_id", Text, nullable=False),
     Column("redirect_uri", Text, nullable=False),
-    Column("code_challenge", Text),
+    Column("code_challenge", Text),  # PKCE S256
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True)),
+    Index("ix_api_auth_codes_expires", "expires_at"),  # the purge of expired codes
 )
