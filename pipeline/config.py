@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_client_id: str = Field(
+        default="imap-pipeline",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._~-]+$",
+        description=(
+            "The application's id (Nylas: client id). Hosted auth accepts only this client_id, "
+            "with a redirect URI registered at /v3/applications/redirect-uris; "
+            "GET /v3/applications shows it."
+        ),
+    )
     log_level: str = "INFO"
 
     @classmethod

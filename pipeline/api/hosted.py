@@ -12,8 +12,11 @@ Flow (the OAuth 2.0 authorization-code shape Nylas clients expect)::
                              code, redirect_uri[, code_verifier]}
          -> {"grant_id", "email", "provider", ...}
 
-Redirect URIs must be registered (``/v3/applications/redirect-uris``) and match exactly; the
-page never redirects anywhere else. The form carries an HMAC over its parameters (so a POST
+Only the application's own ``client_id`` is accepted (``IMAP_PIPELINE_API_CLIENT_ID``, shown by
+``GET /v3/applications``: one install serves one application, as one Nylas application owns its
+API keys), and only redirect URIs registered for it (``/v3/applications/redirect-uris``, stored
+in Postgres) that match exactly; anything else is a 400 in the v3 error envelope, and the page
+never redirects anywhere else. The form carries an HMAC over its parameters (so a POST
 cannot swap the redirect URI); codes are random, stored only as SHA-256 hashes, single-use and
 valid for ``CODE_TTL_S``. The page is the only HTML this API serves: the browser needs it.
 """
@@ -70,7 +73,23 @@ PAGE_HEADERS = {
 }
 
 
-# --- redirect URIs (API key) ---------------------------------------------------------------
+# --- the application and its redirect URIs (API key) -----------------------------------------
+
+
+@router.get("/applications", summary="The application: its id (client_id) and redirect URIs")
+def application(request: Request, db: Db, api: State) -> dict[str, Any]:
+    """This install's one application, in the shape of Nylas' application details."""
+    return ok(
+        request,
+        {
+            "application_id": api.settings.api_client_id,
+            "organization_id": api.settings.api_client_id,
+            "region": "self-hosted",
+            "environment": "production",
+            "branding": {"name": "imap-pipeline"},
+            "callback_uris": [_uri_view(r) for r in queries.list_redirect_uris(db)],
+        },
+    )
 
 
 class RedirectUriRequest(BaseModel):
@@ -198,6 +217,20 @@ details{{margin-top:1rem}} small{{color:#555}}
     return HTMLResponse(document, status_code=status, headers=headers)
 
 
+def _check_client(db: Session, api: ApiState, client_id: str, redirect_uri: str) -> None:
+    """Refuse a client_id other than the application's, or a redirect URI not registered."""
+    if not hmac.compare_digest(client_id.encode(), api.settings.api_client_id.encode()):
+        raise invalid_request(
+            "Unknown client_id: use the application id that GET /v3/applications shows "
+            "(set by IMAP_PIPELINE_API_CLIENT_ID)."
+        )
+    if not queries.redirect_uri_registered(db, redirect_uri):
+        raise invalid_request(
+            "redirect_uri is not registered for this application: register the exact URL with "
+            "POST /v3/applications/redirect-uris."
+        )
+
+
 def _error_page(message: str, status: int = 400) -> HTMLResponse:
     return _page(
         "Cannot sign in",
@@ -271,18 +304,19 @@ def auth_page(
     code_challenge: Param = "",
     code_challenge_method: Param = "",
 ) -> Response:
-    """The sign-in form (only for registered redirect URIs)."""
+    """The sign-in form, for the application's client_id and a redirect URI registered for it.
+
+    Raises:
+        ApiError: 400 ``invalid_request_error`` (JSON, nothing redirected) for another
+            client_id, an unregistered redirect URI or an unsupported parameter.
+    """
+    _check_client(db, api, client_id, redirect_uri)
     if response_type != "code":
-        return _error_page("Only response_type=code is supported.")
+        raise invalid_request("Only response_type=code is supported.")
     if provider != "imap":
-        return _error_page("This server connects IMAP accounts only (provider=imap).")
-    if not queries.redirect_uri_registered(db, redirect_uri):
-        return _error_page(
-            "This redirect_uri is not registered with the application. The developer must add "
-            "it at /v3/applications/redirect-uris."
-        )
+        raise invalid_request("This server connects IMAP accounts only (provider=imap).")
     if code_challenge and code_challenge_method.lower() not in ("s256",):
-        return _error_page("Only code_challenge_method=S256 is supported.")
+        raise invalid_request("Only code_challenge_method=S256 is supported.")
     flow = Flow(
         client_id=client_id,
         redirect_uri=redirect_uri,
@@ -349,7 +383,11 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
     finally:
         await form.close()
     flow = _verify(api, fields.get("flow", ""))
-    if flow is None or not queries.redirect_uri_registered(db, flow.redirect_uri):
+    if (
+        flow is None
+        or flow.client_id != api.settings.api_client_id
+        or not queries.redirect_uri_registered(db, flow.redirect_uri)
+    ):
         return _error_page("This sign-in form has expired. Start again from the application.")
     password = fields.pop("password", "")
     values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
@@ -422,6 +460,10 @@ async def token(request: Request, db: Db, api: State) -> Response:
     presented = body.client_secret or (header[7:] if header.lower().startswith("bearer ") else "")
     if not presented or not api.keys.accepts(presented):
         return _oauth_error(request, 401, "invalid_client", "client_secret must be an API key.")
+    if not hmac.compare_digest(body.client_id.encode(), api.settings.api_client_id.encode()):
+        return _oauth_error(
+            request, 401, "invalid_client", "Unknown client_id: GET /v3/applications shows it."
+        )
     if body.grant_type != "authorization_code":
         return _oauth_error(
             request, 400, "unsupported_grant_type", "Only authorization_code is supported."

@@ -1,6 +1,8 @@
 """Hosted authentication: the sign-in page, the redirect with a code, the code exchange.
 
-Driven over HTTP as a browser would (form GET and POST); not yet in a real headless browser.
+Driven over HTTP as a browser would (form GET and POST); ``test_api_hosted_auth_browser`` drives
+a real one. This module's application id is ``CLIENT_ID`` (``IMAP_PIPELINE_API_CLIENT_ID``), not
+the default, so a check against a constant would fail here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from api_support import ApiServer
 from nylas.models.errors import NylasApiError, NylasOAuthError
 from sqlalchemy import func, select
 
+from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.models import Grant
 from tests.support.services import MailUser
@@ -23,7 +26,14 @@ from tests.support.services import MailUser
 pytestmark = pytest.mark.services
 
 CALLBACK = "http://localhost:8765/callback"
+CLIENT_ID = "my-app"
 _FLOW = re.compile(r"name='flow' value='([^']+)'")
+
+
+@pytest.fixture
+def api_settings(api_settings: Settings) -> Settings:
+    """The API's settings with this module's application id."""
+    return api_settings.model_copy(update={"api_client_id": CLIENT_ID})
 
 
 def browser(api: ApiServer) -> httpx.Client:
@@ -54,7 +64,7 @@ def test_sign_in_page_redirects_with_a_code_that_works_once(
     assert registered.data.url == CALLBACK
     url = client.auth.url_for_oauth2(
         {
-            "client_id": "my-app",
+            "client_id": CLIENT_ID,
             "redirect_uri": CALLBACK,
             "provider": "imap",  # type: ignore[typeddict-item]
             "state": "state-123",
@@ -93,7 +103,7 @@ def test_sign_in_page_redirects_with_a_code_that_works_once(
     code = query["code"][0]
 
     exchanged = client.auth.exchange_code_for_token(
-        {"redirect_uri": CALLBACK, "client_id": "my-app", "code": code}
+        {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
     )
     assert exchanged.email == mail_user.email
     assert client.grants.find(exchanged.grant_id).data.email == mail_user.email
@@ -101,7 +111,7 @@ def test_sign_in_page_redirects_with_a_code_that_works_once(
 
     with pytest.raises(NylasOAuthError) as again:
         client.auth.exchange_code_for_token(
-            {"redirect_uri": CALLBACK, "client_id": "my-app", "code": code}
+            {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
         )
     assert again.value.status_code == 400
     assert again.value.error == "invalid_grant"
@@ -113,7 +123,7 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
     verifier = "v" * 64
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
     params = {
-        "client_id": "my-app",
+        "client_id": CLIENT_ID,
         "redirect_uri": CALLBACK,
         "response_type": "code",
         "provider": "imap",
@@ -125,7 +135,7 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
             "/v3/connect/auth", params={**params, "redirect_uri": "https://evil.example/cb"}
         )
         assert unregistered.status_code == 400
-        assert "not registered" in unregistered.text
+        assert "not registered" in unregistered.json()["error"]["message"]
         page = http.get("/v3/connect/auth", params=params)
         flow = _FLOW.search(page.text)
         assert flow is not None
@@ -141,7 +151,7 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
         )
         assert done.status_code == 303
         code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
-        token = {"client_id": "my-app", "grant_type": "authorization_code", "code": code}
+        token = {"client_id": CLIENT_ID, "grant_type": "authorization_code", "code": code}
         wrong_secret = http.post(
             "/v3/connect/token",
             json={**token, "redirect_uri": CALLBACK, "client_secret": "not-a-key"},
@@ -150,13 +160,13 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
         assert wrong_secret.json()["error"] == "invalid_client"
     with pytest.raises(NylasOAuthError) as no_verifier:
         client.auth.exchange_code_for_token(
-            {"redirect_uri": CALLBACK, "client_id": "my-app", "code": code}
+            {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
         )
     assert no_verifier.value.error == "invalid_grant"
     exchanged = client.auth.exchange_code_for_token(
         {
             "redirect_uri": CALLBACK,
-            "client_id": "my-app",
+            "client_id": CLIENT_ID,
             "code": code,
             "code_verifier": verifier,
         }
@@ -172,3 +182,55 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
     with api.http() as http:
         bad = http.post("/v3/applications/redirect-uris", json={"url": "http://example.com/cb"})
     assert bad.status_code == 400  # plain http only for localhost
+
+
+def test_only_the_application_and_its_redirect_uris_are_accepted(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    client = api.nylas()
+    info = client.applications.info().data
+    assert info.application_id == CLIENT_ID
+    assert info.callback_uris == []
+    client.applications.redirect_uris.create({"url": CALLBACK, "platform": "web"})
+    assert [u.url for u in client.applications.info().data.callback_uris] == [CALLBACK]
+    params = {"client_id": CLIENT_ID, "redirect_uri": CALLBACK, "provider": "imap"}
+    refused = [
+        ({**params, "client_id": "imap-pipeline"}, "client_id"),  # the default, not this app's
+        ({**params, "client_id": ""}, "client_id"),
+        ({**params, "client_id": "other-app", "redirect_uri": "https://evil.example/cb"}, "client"),
+        ({**params, "redirect_uri": "http://localhost:8765/other"}, "redirect_uri"),
+        ({**params, "redirect_uri": CALLBACK + "/"}, "redirect_uri"),  # exact match only
+    ]
+    with browser(api) as http:
+        for query, needle in refused:
+            response = http.get("/v3/connect/auth", params=query)
+            assert response.status_code == 400, query
+            assert response.headers["content-type"] == "application/json"
+            assert "location" not in response.headers
+            error = response.json()
+            assert error["request_id"] == response.headers["x-request-id"]
+            assert error["error"]["type"] == "invalid_request_error"
+            assert needle in error["error"]["message"], (query, error)
+        page = http.get("/v3/connect/auth", params=params)
+        assert page.status_code == 200
+        flow = _FLOW.search(page.text)
+        assert flow is not None
+        done = http.post(
+            "/v3/connect/auth",
+            data={"flow": flow[1], **form_values(mail_user, mail_user.password)},
+        )
+    assert done.status_code == 303, done.text
+    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+
+    for client_id in ("imap-pipeline", "other-app"):
+        with pytest.raises(NylasOAuthError) as unknown:
+            client.auth.exchange_code_for_token(
+                {"redirect_uri": CALLBACK, "client_id": client_id, "code": code}
+            )
+        assert unknown.value.status_code == 401
+        assert unknown.value.error == "invalid_client"
+    # refusing another client's attempt did not use the code up
+    exchanged = client.auth.exchange_code_for_token(
+        {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
+    )
+    assert exchanged.email == mail_user.email

@@ -54,9 +54,10 @@ def test_sign_in_in_a_browser(
     assert isinstance(page, Page)
     client = api.nylas()
     client.applications.redirect_uris.create({"url": CALLBACK, "platform": "web"})
+    client_id = client.applications.info().data.application_id  # IMAP_PIPELINE_API_CLIENT_ID
     url = client.auth.url_for_oauth2(
         {
-            "client_id": "my-app",
+            "client_id": client_id,
             "redirect_uri": CALLBACK,
             "provider": "imap",  # type: ignore[typeddict-item]
             "state": "st-1",
@@ -94,6 +95,6 @@ def test_sign_in_in_a_browser(
     query = parse_qs(urlsplit(landed[-1]).query)
     assert query["state"] == ["st-1"]
     exchanged = client.auth.exchange_code_for_token(
-        {"redirect_uri": CALLBACK, "client_id": "my-app", "code": query["code"][0]}
+        {"redirect_uri": CALLBACK, "client_id": client_id, "code": query["code"][0]}
     )
     assert exchanged.email == mail_user.email
