@@ -21,7 +21,10 @@ unrelated servers must not share one bucket.
 Token buckets: a request of ``cost`` tokens takes them from *every* bucket it names (provider
 and account) or from none, and learns how long to wait otherwise. A bucket refills at ``rate``
 tokens per second up to its capacity (the allowed burst, :func:`capacity`), so over any window
-``T`` at most ``rate * T + capacity`` requests pass.
+``T`` at most ``rate * T + capacity`` requests pass. A caller that can wait without asking
+again (the listener) may *reserve* instead (:meth:`RateLimiter.reserve_login`): the tokens are
+taken at once, the buckets go into debt, and the caller uses them when the debt would have been
+refilled, so queued callers need no polling and still pass at the bucket's rate.
 
 Connection slots (the semantics agreed with the listener, see
 :mod:`pipeline.listener.leases`): ``imap-pipeline:conn:<grant_id>`` is a sorted set whose
@@ -99,6 +102,21 @@ class Limits:
     max_connections: int  # per account, listener + workers together
 
 
+@dataclass(frozen=True)
+class LoginTurn:
+    """The answer of :meth:`RateLimiter.reserve_login`."""
+
+    granted: bool
+    """True: the login token is the caller's; log in after :attr:`wait_s`. False: nothing was
+    taken (a back-off, or a longer queue than the caller would wait); ask again then."""
+    wait_s: float
+
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds to wait before asking again; 0.0 when the token was taken for now."""
+        return 0.0 if self.granted else self.wait_s
+
+
 def default_limits(provider: str) -> Limits:
     """The preset's per-account limits and the provider-wide defaults."""
     p = preset(provider)
@@ -117,17 +135,20 @@ def scope_of(provider: str, imap_host: str) -> str:
     return f"{name}:{imap_host.lower()}" if name == "generic" else name
 
 
-# KEYS: bucket hashes. ARGV: cost, then rate (tokens/s) and capacity per key.
-# Returns 0 when the tokens were taken from every bucket, else the wait in ms until they could be.
+# KEYS: bucket hashes. ARGV: cost, the longest wait in ms a caller may reserve (0: none), then
+# rate (tokens/s) and capacity per key. Returns 0 when the tokens were taken from every bucket;
+# -wait (ms) when they were reserved: taken now, the buckets going into debt, and the caller may
+# use them after that wait without asking again; else the wait in ms until they could be taken.
 BUCKET_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local cost = tonumber(ARGV[1])
+local reserve_ms = tonumber(ARGV[2])
 local levels = {}
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[i * 2])
-  local cap = tonumber(ARGV[i * 2 + 1])
+  local rate = tonumber(ARGV[i * 2 + 1])
+  local cap = tonumber(ARGV[i * 2 + 2])
   local state = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens = tonumber(state[1]) or cap
   local ts = tonumber(state[2]) or now
@@ -137,16 +158,18 @@ for i, key in ipairs(KEYS) do
     wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
   end
 end
-if wait > 0 then
+if wait > reserve_ms then
   return wait
 end
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[i * 2])
-  local cap = tonumber(ARGV[i * 2 + 1])
-  redis.call('HSET', key, 'tokens', levels[i] - cost, 'ts', now)
-  redis.call('PEXPIRE', key, math.ceil(cap * 1000 / rate) + 1000)
+  local rate = tonumber(ARGV[i * 2 + 1])
+  local cap = tonumber(ARGV[i * 2 + 2])
+  local left = levels[i] - cost
+  redis.call('HSET', key, 'tokens', left, 'ts', now)
+  -- expire when full again: a bucket in debt must not be forgiven by an early expiry
+  redis.call('PEXPIRE', key, math.ceil((cap - left) * 1000 / rate) + 1000)
 end
-return 0
+return -wait
 """
 
 # KEYS: recent-throttles zset of the provider. ARGV: grant id, window ms.
@@ -209,21 +232,37 @@ class RateLimiter:
     # --- tokens ---------------------------------------------------------------------------
     def try_login(self, provider: str, imap_host: str, grant_id: str) -> float:
         """Take a login token of the account and of the provider; 0.0, or seconds to wait."""
+        return self.reserve_login(provider, imap_host, grant_id, max_wait_s=0.0).retry_after_s
+
+    def reserve_login(
+        self, provider: str, imap_host: str, grant_id: str, *, max_wait_s: float
+    ) -> LoginTurn:
+        """Take a login token now for a login up to ``max_wait_s`` from now.
+
+        For callers that can wait without asking again (the listener's reconnects): the token
+        is theirs once :attr:`LoginTurn.granted`, and they log in after ``wait_s``. Waiting
+        callers queue in the buckets instead of polling them, so a reconnect wave of thousands
+        of connections costs one Redis call per login, and every login still happens within
+        the provider's and the account's budget. A back-off or a longer wait is not reserved:
+        ask again after ``retry_after_s``.
+        """
         limits = self.limits(provider)
         scope = scope_of(provider, imap_host)
         backoff = self.backoff_remaining(scope, grant_id)
         if backoff > 0:
-            return backoff
+            return LoginTurn(granted=False, wait_s=backoff)
         # An account may open the connections it is allowed at once (a first sync starts one
         # per worker), but never more than one minute's worth of logins in a burst.
-        return self._take(
+        wait = self._take(
             [
                 (f"login:p:{scope}", limits.provider_logins_per_min / 60.0),
                 (f"login:a:{grant_id}", limits.account_logins_per_min / 60.0),
             ],
             1,
             account_burst=min(float(limits.max_connections), limits.account_logins_per_min),
+            reserve_s=max_wait_s,
         )
+        return LoginTurn(granted=wait <= 0, wait_s=abs(wait))
 
     def try_ops(self, provider: str, imap_host: str, grant_id: str, cost: int = 1) -> float:
         """Take ``cost`` operation tokens of the account and provider; 0.0, or seconds to wait."""
@@ -241,12 +280,20 @@ class RateLimiter:
         )
 
     def _take(
-        self, buckets: list[tuple[str, float]], cost: int, *, account_burst: float = 0.0
+        self,
+        buckets: list[tuple[str, float]],
+        cost: int,
+        *,
+        account_burst: float = 0.0,
+        reserve_s: float = 0.0,
     ) -> float:
         """Take ``cost`` tokens from every bucket or from none; ``account_burst`` raises the
-        burst of the account buckets (``:a:``) only, never a provider's."""
+        burst of the account buckets (``:a:``) only, never a provider's.
+
+        Returns 0.0 (taken), seconds to wait before asking again, or, with ``reserve_s``, minus
+        the seconds (at most ``reserve_s``) after which the tokens taken now may be used."""
         keys = [f"{KEY_PREFIX}:rl:{name}" for name, _ in buckets]
-        args: list[float] = [cost]
+        args: list[float] = [cost, int(reserve_s * 1000)]
         for name, rate in buckets:
             if rate <= 0:
                 raise ValueError("a rate limit must be positive")

@@ -4,6 +4,7 @@ login limit held by four worker processes against a real Dovecot."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import socket
 import subprocess
@@ -42,8 +43,9 @@ PROVIDER_LOGINS_PER_S = 2.0
 
 
 @pytest.fixture
-def limiter(redis_url: str) -> RateLimiter:
-    return RateLimiter(redis.Redis.from_url(redis_url, socket_timeout=5))
+def limiter(redis_url: str) -> Iterator[RateLimiter]:
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+        yield RateLimiter(client)
 
 
 def test_a_bucket_allows_its_burst_then_says_how_long_to_wait(limiter: RateLimiter) -> None:
@@ -69,6 +71,41 @@ def test_a_denied_account_does_not_spend_provider_tokens(limiter: RateLimiter) -
     assert limiter.try_login("gmail", "imap.gmail.com", "b") == 0.0
     assert limiter.try_login("gmail", "imap.gmail.com", "c") == 0.0
     assert limiter.try_login("gmail", "imap.gmail.com", "d") > 0.0
+
+
+def test_reserved_logins_queue_at_the_provider_rate_and_workers_wait_behind_them(
+    limiter: RateLimiter, redis_url: str
+) -> None:
+    """A reconnect wave reserves its turns once each; nobody exceeds the bucket meanwhile."""
+    limiter.set_limits("gmail", {"provider_logins_per_min": 600, "account_logins_per_min": 60})
+    host = "imap.gmail.com"
+    burst = capacity(10.0)  # 10 logins/s: a burst of 10
+    turns = []
+    at = []  # when each caller may log in
+    for n in range(int(burst) + 12):
+        turns.append(limiter.reserve_login("gmail", host, f"r{n}", max_wait_s=1.0))
+        at.append(time.monotonic() + turns[-1].wait_s)
+    assert all(t.granted and t.wait_s == 0.0 for t in turns[: int(burst)])
+    # behind the burst, one turn per 0.1 s, up to the longest wait the callers accept
+    assert all(t.granted for t in turns[int(burst) : int(burst) + 10])
+    queued = at[int(burst) : int(burst) + 10]
+    gaps = [b - a for a, b in itertools.pairwise(queued)]
+    assert gaps == pytest.approx([0.1] * len(gaps), abs=0.01)
+    assert not turns[-1].granted and turns[-1].wait_s > 1.0  # too long a queue: not reserved
+    # a worker asking now waits for the queue too, rather than jumping it
+    assert limiter.try_login("gmail", host, "worker-grant") > 0.9
+    # the debt (10 turns) is kept until refilled: full in (10 + burst) / 10 s, not burst / 10
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    with client:
+        assert client.pttl("imap-pipeline:rl:login:p:gmail") > (10 + burst) / 10 * 1000
+
+
+def test_a_back_off_is_never_reserved_through(limiter: RateLimiter) -> None:
+    host = "imap.gmail.com"
+    limiter.throttled("gmail", host, "a")
+    turn = limiter.reserve_login("gmail", host, "a", max_wait_s=3600.0)
+    assert not turn.granted
+    assert ACCOUNT_BACKOFF_BASE_S - 1 < turn.retry_after_s <= ACCOUNT_BACKOFF_BASE_S
 
 
 def test_generic_servers_do_not_share_a_provider_bucket() -> None:
