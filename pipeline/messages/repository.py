@@ -6,7 +6,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import Table, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -60,25 +63,71 @@ class MessageRepository:
             out.setdefault(h, []).append(mid)
         return out
 
+    # --- bulk writes --------------------------------------------------------------------------
+    def _copy(self, model: type[Any], rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write rows with COPY: several times cheaper than INSERT, in Python and in Postgres.
+
+        Rows are keyed by the model's attribute names, all alike (the first row's keys name
+        the columns). As an ORM insert would, a column left out gets its Python-side default
+        (server defaults apply by themselves); JSONB values are wrapped here. Raises psycopg
+        errors as they come (a conflict included).
+        """
+        names = list(rows[0])
+        defaults: dict[str, Any] = {}  # column -> a function of nothing giving its default
+        for key, column in model.__mapper__.columns.items():
+            default = column.default
+            if key in rows[0] or default is None or column.server_default is not None:
+                continue
+            arg = default.arg  # type: ignore[attr-defined]
+            defaults[key] = (lambda f=arg: f(None)) if default.is_callable else (lambda v=arg: v)
+        names += list(defaults)
+        columns = [model.__mapper__.columns[name] for name in names]
+        wrap = [isinstance(c.type, JSONB) for c in columns]
+        quoted = ", ".join(f'"{c.name}"' for c in columns)
+        raw = self.session.connection().connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        table = model.__tablename__
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+            for row in rows:
+                values = [row[n] if n in row else defaults[n]() for n in names]
+                copy.write_row(
+                    [
+                        Jsonb(v) if w and v is not None else v
+                        for v, w in zip(values, wrap, strict=True)
+                    ]
+                )
+
+    def _copy_or(self, model: type[Any], rows: Sequence[Mapping[str, Any]], fallback: Any) -> None:
+        """COPY in a savepoint; if a row conflicts (a race the grant lock should prevent, or
+        a re-run), roll back to it and run ``fallback`` (an INSERT ... ON CONFLICT) instead."""
+        try:
+            with self.session.begin_nested():
+                self._copy(model, rows)
+        except psycopg.errors.UniqueViolation:
+            self.session.execute(fallback, list(rows))
+
     def insert_messages(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new messages (identity conflicts are left alone: running twice is harmless)."""
         if rows:
-            self.session.execute(
+            self._copy_or(
+                Message,
+                rows,
                 pg_insert(Message).on_conflict_do_nothing(constraint="uq_messages_grant_identity"),
-                list(rows),
             )
 
     def insert_attachments(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert attachment metadata rows."""
+        """Insert attachment metadata rows (ids are new: nothing can conflict)."""
         if rows:
-            self.session.execute(pg_insert(Attachment), list(rows))
+            self._copy(Attachment, rows)
 
     def upsert_placements(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record where messages sit; a UID already known is re-pointed (idempotent)."""
         if not rows:
             return
         stmt = pg_insert(Placement)
-        self.session.execute(
+        self._copy_or(
+            Placement,
+            rows,
             stmt.on_conflict_do_update(
                 index_elements=[Placement.folder_id, Placement.uidvalidity, Placement.uid],
                 set_={
@@ -87,7 +136,6 @@ class MessageRepository:
                     "modseq": stmt.excluded.modseq,
                 },
             ),
-            list(rows),
         )
 
     def placed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:
@@ -335,9 +383,9 @@ class MessageRepository:
         return {k: str(t) for k, t in rows}  # later rows (more recent) win
 
     def insert_threads(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert new threads."""
+        """Insert new threads (ids are new: nothing can conflict)."""
         if rows:
-            self.session.execute(pg_insert(Thread), list(rows))
+            self._copy(Thread, rows)
 
     def touch_threads(self, latest: Mapping[str, datetime]) -> None:
         """Move each thread's latest-message time forward (one executemany round trip)."""

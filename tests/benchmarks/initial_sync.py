@@ -42,6 +42,7 @@ from pipeline.local.dovecot import LocalDovecot  # noqa: E402
 from pipeline.local.mailgen import generate, seed_maildir  # noqa: E402
 from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Grant, Placement  # noqa: E402
+from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
 PG_ADMIN = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -65,6 +66,12 @@ def baseline(port: int, user: str, password: str, since: datetime) -> tuple[int,
                 _ = [(a.filename, a.size) for a in msg.attachments]
                 count += 1
     return count, time.perf_counter() - started
+
+
+def cpu_line(used: dict[str, float], messages: int) -> str:
+    """CPU milliseconds per message by role (``machine`` includes everything else running)."""
+    parts = ", ".join(f"{name} {1000 * s / max(messages, 1):.2f}" for name, s in used.items())
+    return f"          CPU ms/msg: {parts}"
 
 
 def main() -> int:
@@ -113,12 +120,17 @@ def main() -> int:
         # warm the server's caches and indexes once, so neither side pays for it alone
         baseline(dovecot.port, user, password, since)
 
+        dovecot_pid = int((dovecot.base_dir / "master.pid").read_text().split()[0])
+        meter = CpuMeter({"baseline": tree(os.getpid()), "dovecot": tree(dovecot_pid)})
+        meter.start()
         base_count, base_s = baseline(dovecot.port, user, password, since)
+        base_cpu = meter.stop()
         base_rate = base_count / base_s
         print(
             f"baseline  imap-tools, 1 process, no storage: {base_count} msgs in {base_s:.1f}s "
             f"= {base_rate:.0f} msgs/s"
         )
+        print(cpu_line(base_cpu, base_count))
 
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
@@ -143,7 +155,17 @@ def main() -> int:
         os.environ.update(pipeline_env(settings))
         from workers import enqueue
 
+        assert worker.process is not None
+        meter = CpuMeter(
+            {
+                "workers": tree(worker.process.pid),
+                "postgres": cmdline_has(f" {dbname} "),
+                "dovecot": tree(dovecot_pid),
+                "redis": cmdline_has(f":{redis_server.port}"),
+            }
+        )
         try:
+            meter.start()
             started = time.perf_counter()
             request = GrantRequest(
                 email="bench@example.test",
@@ -166,6 +188,7 @@ def main() -> int:
                     break
                 time.sleep(0.1)
             pipe_s = time.perf_counter() - started
+            pipe_cpu = meter.stop()
         finally:
             worker.stop()
         pipe_rate = stored / pipe_s
@@ -173,6 +196,7 @@ def main() -> int:
             f"pipeline  {args.workers} Celery workers, stored in Postgres: {stored} msgs in "
             f"{pipe_s:.1f}s = {pipe_rate:.0f} msgs/s"
         )
+        print(cpu_line(pipe_cpu, stored))
         print(f"ratio     pipeline / baseline = {pipe_rate / base_rate:.2f}x")
         return 0
     finally:
