@@ -270,6 +270,23 @@ def test_dovecot_offers_starttls_and_implicit_tls_with_the_given_certificate(
             MailBox(dovecot.host, dovecot.imaps_port, ssl_context=ssl.create_default_context())
 
 
+def test_two_starttls_dovecots_without_implicit_tls_ports_run_side_by_side(
+    tmp_path: Path,
+) -> None:
+    # Dovecot's built-in defaults carry an imaps listener on 993: an instance that asks for no
+    # implicit-TLS port must not inherit it, or a second one fails with "Address in use".
+    require("Dovecot", DOVECOT_BIN.is_file())
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    with (
+        LocalDovecot(tmp_path / "one", free_port(), tls_cert=cert, tls_key=key) as one,
+        LocalDovecot(tmp_path / "two", free_port(), tls_cert=cert, tls_key=key) as two,
+    ):
+        assert one.running and two.running
+
+
 def test_tls_settings_must_come_together(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="go together"):
         LocalDovecot(tmp_path, 1, tls_cert=tmp_path / "cert.pem")
