@@ -1,6 +1,7 @@
 """Connecting accounts: ``POST /v3/connect/custom`` and the IMAP connector (``/v3/connectors``).
 
-A custom connection logs in to the IMAP server for real before anything is stored; a wrong
+A custom connection logs in to the IMAP server for real before anything is stored (taking a login
+token of the account and provider first, :func:`pipeline.api.limits.connect_login`); a wrong
 password stores nothing. The same address again re-authenticates the existing grant. After the
 commit the grant's initial sync is enqueued; if the broker is down the grant stays and the
 reconciliation task syncs it later.
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pipeline.api.deps import Db, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.grants import enqueue_after_commit, grant_view
+from pipeline.api.limits import connect_login
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.presets import TlsMode
@@ -108,7 +110,9 @@ def custom_auth(
     request: Request, response: Response, body: CustomAuthRequest, db: Db, api: State
 ) -> dict[str, Any]:
     """Log in to the IMAP server, store the grant, enqueue its initial sync."""
-    created = create_grant(db, api.settings, _grant_request(body.settings))  # + grant.* event
+    grant_request = _grant_request(body.settings)
+    with connect_login(db, api, grant_request):
+        created = create_grant(db, api.settings, grant_request)  # + grant.* event
     db.commit()
     notify_after_commit(api)
     if not created.created:

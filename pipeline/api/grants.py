@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pipeline.api import queries
 from pipeline.api.deps import Db, PathGrant, State, SyncEnqueuer, notify_after_commit, ok
 from pipeline.api.errors import invalid_request, request_id_of
+from pipeline.api.limits import connect_login
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, grant_secrets, remove_grant
 from pipeline.grants.views import grant_dict
@@ -125,7 +126,8 @@ def update_grant(
     except ValidationError as exc:
         raise invalid_request(f"Invalid settings: {exc.errors()[0]['msg']}.") from exc
     was_valid = grant.grant_status == "valid"
-    updated = create_grant(db, api.settings, grant_request).grant  # emits grant.updated
+    with connect_login(db, api, grant_request):
+        updated = create_grant(db, api.settings, grant_request).grant  # emits grant.updated
     db.commit()
     notify_after_commit(api)
     api.imap_pool.forget(updated.id)  # the next request logs in with the new settings

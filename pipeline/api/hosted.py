@@ -42,8 +42,9 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, State, notify_after_commit, ok, page
-from pipeline.api.errors import invalid_request, not_found, request_id_of
+from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.grants import enqueue_after_commit
+from pipeline.api.limits import connect_login
 from pipeline.errors import ConfigurationError, ImapAuthError, ImapError
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
@@ -356,7 +357,8 @@ def _connect(db: Session, api: ApiState, flow: Flow, values: dict[str, str], pas
         raise ConfigurationError(
             "Check the address and the port numbers (whole numbers from 1 to 65535)."
         ) from exc
-    created = create_grant(db, api.settings, grant_request)
+    with connect_login(db, api, grant_request):
+        created = create_grant(db, api.settings, grant_request)
     code = secrets.token_urlsafe(32)
     queries.purge_auth_codes(db)
     queries.add_auth_code(
@@ -391,8 +393,13 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         return _error_page("This sign-in form has expired. Start again from the application.")
     password = fields.pop("password", "")
     values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
+    headers: dict[str, str] = {}
     try:
         code = await run_in_threadpool(_connect, db, api, flow, values, password)
+    except ApiError as exc:  # no login token now (the shared limits): 429 with Retry-After
+        if exc.status != 429:
+            raise
+        error, status, headers = exc.message, 429, exc.headers
     except ImapAuthError:
         error = (
             "The server refused this address and password. Many providers need an app "
@@ -406,12 +413,14 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
     else:
         log.info("hosted auth: grant connected", extra={"request_id": request_id_of(request)})
         return RedirectResponse(_redirect_to(flow, code), status_code=303, headers=PAGE_HEADERS)
-    return _page(
+    response = _page(
         "Connect your email account",
         _form(api, flow, email=values.get("email", ""), values=values, error=error),
         status,
         redirect_uri=flow.redirect_uri,
     )
+    response.headers.update(headers)
+    return response
 
 
 # --- the code exchange (server to server) -------------------------------------------------------

@@ -35,6 +35,7 @@ from starlette.datastructures import FormData, UploadFile
 from pipeline.api import queries, writeback
 from pipeline.api.deps import ApiState, Db, PathGrant, State, notify_after_commit, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found
+from pipeline.api.limits import take_login
 from pipeline.api.messages import message_views
 from pipeline.config import Settings
 from pipeline.errors import ImapError
@@ -332,6 +333,8 @@ def send_now(
     """Compose, send over SMTP, file in Sent; the API view of the sent message."""
     msg = compose(db, grant, req, files)
     recipients = [r.email for r in req.to + req.cc + req.bcc]
+    # SMTP logins count against the account's login budget, as its IMAP logins do
+    take_login(api, grant.provider, grant.imap_host, grant.id, "SMTP logins")
     smtp_send(grant, api.settings, msg, recipients)
     log.info("message sent", extra={"grant_id": grant.id, "recipients": len(recipients)})
     stored_id = _store_sent(db, api, grant, msg, msg.as_bytes())

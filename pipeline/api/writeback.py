@@ -8,27 +8,28 @@ next sync of the target folder places the message by its identity.
 
 The IMAP work runs in the request (the response waits for the server's answer) on a pooled
 session (:mod:`pipeline.api.sessions`), under the same shared limits as the workers
-(:mod:`pipeline.ratelimit`): a connection slot of the account, a login token for a new
-session, and operation tokens. A short wait for a token is absorbed; a longer one is a 429 with
-Retry-After.
+(:mod:`pipeline.ratelimit`, through :mod:`pipeline.api.limits`): a connection slot of the account,
+a login token for a new session, and operation tokens. A short wait for a token is absorbed; a
+longer one, or a throttling answer of the provider, is a 429 with Retry-After.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
 from pipeline.api.deps import ApiState, notify_after_commit
 from pipeline.api.errors import ApiError, invalid_request, not_found
+from pipeline.api.limits import rate_limited, take
 from pipeline.api.sessions import CHECK_AFTER_S, PooledSession
 from pipeline.errors import ImapAuthError, ImapError, ImapProtocolError, ImapThrottledError
 from pipeline.grants.service import open_grant_session
@@ -40,30 +41,12 @@ SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
 
 
-MAX_TOKEN_WAIT_S = 3.0  # a request waits this long for a rate-limit token, then gets a 429
 API_SLOT_TTL_S = 5 * 60.0  # > POOL_IDLE_S + a request: a crashed process's slot lapses
 NO_SLOT_RETRY_S = 5  # Retry-After when every connection of the account is in use
 
 
 def _holder() -> str:
     return f"api:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _rate_limited(message: str, wait_s: float) -> ApiError:
-    retry = max(1, math.ceil(wait_s))
-    return ApiError(429, "rate_limit_error", message, headers={"Retry-After": str(retry)})
-
-
-def _take(take: Callable[[], float], what: str) -> None:
-    """Take a token, waiting up to ``MAX_TOKEN_WAIT_S``; a longer wait is a 429."""
-    deadline = time.monotonic() + MAX_TOKEN_WAIT_S
-    while True:
-        wait = take()
-        if wait <= 0:
-            return
-        if time.monotonic() + wait > deadline:
-            raise _rate_limited(f"Too many {what} for this account right now; retry later.", wait)
-        time.sleep(wait)
 
 
 def _borrow(db: Session, api: ApiState, grant: Grant) -> PooledSession | None:
@@ -82,7 +65,7 @@ def _borrow(db: Session, api: ApiState, grant: Grant) -> PooledSession | None:
         cap = limiter.limits(grant.provider).max_connections
         if not limiter.acquire_connection(grant.id, pooled.holder, cap, ttl_s=API_SLOT_TTL_S):
             api.imap_pool.discard(pooled)  # the cap shrank meanwhile
-            raise _rate_limited(
+            raise rate_limited(
                 f"All {cap} IMAP connections of this account are in use; retry shortly.",
                 NO_SLOT_RETRY_S,
             )
@@ -96,13 +79,13 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
     if limiter is not None:
         cap = limiter.limits(grant.provider).max_connections
         if not limiter.acquire_connection(grant.id, holder, cap, ttl_s=API_SLOT_TTL_S):
-            raise _rate_limited(
+            raise rate_limited(
                 f"All {cap} IMAP connections of this account are in use; retry shortly.",
                 NO_SLOT_RETRY_S,
             )
     try:
         if limiter is not None:
-            _take(lambda: limiter.try_login(grant.provider, grant.imap_host, grant.id), "logins")
+            take(lambda: limiter.try_login(grant.provider, grant.imap_host, grant.id), "logins")
         try:
             imap = open_grant_session(db, api.settings, grant)
         except ImapAuthError:
@@ -118,6 +101,14 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
     return PooledSession(grant.id, imap, holder, time.monotonic())
 
 
+def _throttled(api: ApiState, grant: Grant, exc: ImapThrottledError) -> NoReturn:
+    """The provider throttled us: the account backs off, the request gets a 429."""
+    if api.limiter is None:
+        raise exc
+    backoff = api.limiter.throttled(grant.provider, grant.imap_host, grant.id)
+    raise rate_limited("The mail provider is limiting this account; retry later.", backoff) from exc
+
+
 @contextlib.contextmanager
 def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterator[ImapSession]:
     """A logged-in session for the grant under the shared limits (pooled; see ``sessions``).
@@ -131,14 +122,12 @@ def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterato
     limiter = api.limiter
     try:
         pooled = _borrow(db, api, grant) or _login(db, api, grant)
-    except ImapThrottledError:
-        if limiter is not None:
-            limiter.throttled(grant.provider, grant.imap_host, grant.id)
-        raise
+    except ImapThrottledError as exc:
+        _throttled(api, grant, exc)
     healthy = False
     try:
         if limiter is not None:
-            _take(
+            take(
                 lambda: limiter.try_ops(grant.provider, grant.imap_host, grant.id, ops),
                 "IMAP commands",
             )
@@ -151,10 +140,8 @@ def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterato
                 raise invalid_request(f"The IMAP server refused the change: {text}") from exc
             raise
         healthy = True
-    except ImapThrottledError:
-        if limiter is not None:
-            limiter.throttled(grant.provider, grant.imap_host, grant.id)
-        raise
+    except ImapThrottledError as exc:
+        _throttled(api, grant, exc)
     except ApiError:
         healthy = True
         raise

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
+import redis
 from api_support import ApiServer, SmtpServer, connect_body, count_in, now, sync
 from nylas.models.errors import NylasApiError
 
+from pipeline.ratelimit import RateLimiter
 from tests.support.mail import create_folder
 from tests.support.services import MailUser, TlsFiles
 
@@ -193,3 +195,26 @@ def test_send_errors(api: ApiServer, mail_user: MailUser, smtp: SmtpServer) -> N
         assert response.json()["error"]["type"] == "invalid_request_error", name
     assert unknown_parent.status_code == 404
     assert smtp.messages == []
+
+
+def test_smtp_login_takes_a_token_of_the_accounts_login_budget(
+    api: ApiServer, mail_user: MailUser, smtp: SmtpServer
+) -> None:
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
+    grant_id = connect_with_smtp(api, mail_user, smtp, mail_user.password)
+    limiter = RateLimiter(redis.Redis.from_url(api.settings.require_redis_url(), socket_timeout=5))
+    limiter.set_limits("generic", {"account_logins_per_min": 1})
+    # take what other processes of this account left of the budget
+    assert any(limiter.try_login("generic", "127.0.0.1", grant_id) > 0 for _ in range(10))
+    body = {"to": [{"email": "bob@example.test"}], "subject": "later", "body": "hi"}
+    with api.http() as http:
+        refused = http.post(f"/v3/grants/{grant_id}/messages/send", json=body)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert int(refused.headers["retry-after"]) >= 30
+        assert smtp.messages == []
+
+        limiter.set_limits("generic", {"account_logins_per_min": 6000})
+        sent = http.post(f"/v3/grants/{grant_id}/messages/send", json=body)
+    assert sent.status_code == 200, sent.text
+    assert len(smtp.messages) == 1

@@ -1,0 +1,97 @@
+"""The shared login and operation limits (:mod:`pipeline.ratelimit`) on the API's paths.
+
+Every login the API makes to a provider takes a login token of the account and of its provider
+first, from the same buckets the workers and the listener use:
+
+- an IMAP session for write-back, attachments and filing sent mail (:mod:`.writeback`);
+- the check login of ``POST /v3/connect/custom``, ``PATCH /v3/grants/{id}`` and the hosted
+  sign-in form (:func:`connect_login`); the account is the grant of that address when there is
+  one, else the (server, username) pair, so repeated attempts at one new account are limited too;
+- the SMTP login of a send (:func:`take_login`, on the grant's account bucket).
+
+A short wait for a token is absorbed (``MAX_TOKEN_WAIT_S``); a longer one, or a provider that
+throttles us (the account then backs off), is a 429 ``rate_limit_error`` with ``Retry-After``.
+Without Redis (``ApiState.limiter`` is None) nothing is limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from pipeline.api.deps import ApiState
+from pipeline.api.errors import ApiError
+from pipeline.errors import ImapThrottledError
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.schemas import GrantRequest
+
+MAX_TOKEN_WAIT_S = 3.0  # a request waits this long for a rate-limit token, then gets a 429
+
+
+def rate_limited(message: str, wait_s: float) -> ApiError:
+    """A 429 ``rate_limit_error`` with ``Retry-After`` (whole seconds, at least 1)."""
+    retry = max(1, math.ceil(wait_s))
+    return ApiError(429, "rate_limit_error", message, headers={"Retry-After": str(retry)})
+
+
+def take(take_token: Callable[[], float], what: str) -> None:
+    """Take a token, waiting up to ``MAX_TOKEN_WAIT_S``.
+
+    Raises:
+        ApiError: 429 when the token comes later than that.
+    """
+    deadline = time.monotonic() + MAX_TOKEN_WAIT_S
+    while True:
+        wait = take_token()
+        if wait <= 0:
+            return
+        if time.monotonic() + wait > deadline:
+            raise rate_limited(f"Too many {what} for this account right now; retry later.", wait)
+        time.sleep(wait)
+
+
+def take_login(api: ApiState, provider: str, imap_host: str, account: str, what: str) -> None:
+    """Take a login token of ``account`` and of its provider (see :func:`take`)."""
+    limiter = api.limiter
+    if limiter is not None:
+        take(lambda: limiter.try_login(provider, imap_host, account), what)
+
+
+def _new_account(imap_host: str, username: str) -> str:
+    # No grant id yet: a stable key for the account, without the address in Redis.
+    digest = hashlib.sha256(f"{imap_host}|{username}".lower().encode()).hexdigest()
+    return f"connect:{digest[:32]}"
+
+
+@contextmanager
+def connect_login(db: Session, api: ApiState, request: GrantRequest) -> Iterator[None]:
+    """Around the check login of a connect: take its login token; a throttling answer puts the
+    account in back-off.
+
+    Raises:
+        ConfigurationError: The request names no usable server (as ``create_grant`` would).
+        ApiError: 429 with ``Retry-After`` when no login token comes in time or the provider
+            throttled the login.
+    """
+    limiter = api.limiter
+    if limiter is None:
+        yield
+        return
+    resolved = request.resolve()
+    grant = GrantRepository(db).get_by_email(resolved.email)
+    account = (
+        grant.id if grant is not None else _new_account(resolved.imap_host, resolved.imap_username)
+    )
+    take_login(api, resolved.provider, resolved.imap_host, account, "logins")
+    try:
+        yield
+    except ImapThrottledError as exc:
+        backoff = limiter.throttled(resolved.provider, resolved.imap_host, account)
+        raise rate_limited(
+            "The mail provider is limiting logins to this account; retry later.", backoff
+        ) from exc
