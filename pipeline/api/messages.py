@@ -1,12 +1,13 @@
 """Messages: ``GET /v3/grants/{grant_id}/messages`` and ``.../messages/{message_id}``.
 
 Lists are newest first and keyset-paginated (see :mod:`pipeline.api.pagination`); every filter
-is served by an index (see :mod:`pipeline.api.queries`).
+is served by an index (see :mod:`pipeline.api.queries`); the filters threads share are read by
+:mod:`pipeline.api.filters`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -15,23 +16,17 @@ from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
-from pipeline.api.errors import invalid_request, not_found, request_id_of
+from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 
 router = APIRouter(tags=["messages"])
 
-MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
-MAX_FILTER_VALUES = 50  # addresses or folders in one filter
 ALWAYS_SELECTED = ("id", "grant_id", "object")  # the SDK needs these to build its objects
 
 Fields = Literal["standard", "include_headers", "include_tracking_options"]
-
-
-def from_unix(value: int | None) -> datetime | None:
-    """A unix timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
 
 
 def parse_select(select: str | None) -> set[str] | None:
@@ -69,114 +64,26 @@ def message_views(
     ]
 
 
-def _addresses(values: list[str] | None) -> list[str]:
-    """Repeated parameters and comma-separated lists, flattened."""
-    out = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
-    if len(out) > MAX_FILTER_VALUES:
-        raise invalid_request(f"At most {MAX_FILTER_VALUES} addresses per filter.")
-    return out
-
-
-def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list[str] | None:
-    """Folder ids for an ``in`` filter (ids or names).
-
-    Raises:
-        ApiError: 404 when a folder is unknown.
-    """
-    names = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
-    if not names:
-        return None
-    if len(names) > MAX_FILTER_VALUES:
-        raise invalid_request(f"At most {MAX_FILTER_VALUES} folders in `in`.")
-    ids: list[str] = []
-    for name in names:
-        folder = queries.find_folder(db, grant.id, name)
-        if folder is None:
-            raise not_found(f"No folder {name!r} for this grant: GET .../folders lists them.")
-        ids.append(folder.id)
-    return ids
-
-
-Timestamp = Annotated[int | None, Query(ge=0, le=MAX_UNIX_S)]
-AddressList = Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)]
-
-
-def build_filter(
-    db: Session,
-    grant: Grant,
-    *,
-    in_: list[str] | None,
-    unread: bool | None,
-    starred: bool | None,
-    subject: str | None,
-    from_: list[str] | None,
-    to: list[str] | None,
-    cc: list[str] | None,
-    bcc: list[str] | None,
-    any_email: list[str] | None,
-    thread_id: str | None,
-    received_before: int | None,
-    received_after: int | None,
-    has_attachment: bool | None,
-) -> queries.MessageFilter:
-    """The query parameters as a :class:`~pipeline.api.queries.MessageFilter`."""
-    return queries.MessageFilter(
-        folder_ids=resolve_folders(db, grant, in_),
-        unread=unread,
-        starred=starred,
-        subject=subject or None,
-        from_=_addresses(from_),
-        to=_addresses(to),
-        cc=_addresses(cc),
-        bcc=_addresses(bcc),
-        any_email=_addresses(any_email),
-        thread_id=thread_id,
-        received_before=from_unix(received_before),
-        received_after=from_unix(received_after),
-        has_attachment=has_attachment,
-    )
-
-
 @router.get("/grants/{grant_id}/messages", summary="List messages")
 def list_messages(
     request: Request,
     db: Db,
     grant: PathGrant,
+    shared: ListFilter,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
-    in_: Annotated[list[str] | None, Query(alias="in", max_length=MAX_FILTER_VALUES)] = None,
-    unread: bool | None = None,
-    starred: bool | None = None,
-    subject: Annotated[str | None, Query(max_length=998)] = None,
-    from_: Annotated[list[str] | None, Query(alias="from", max_length=MAX_FILTER_VALUES)] = None,
-    to: AddressList = None,
-    cc: AddressList = None,
-    bcc: AddressList = None,
-    any_email: AddressList = None,
     thread_id: Annotated[str | None, Query(max_length=64)] = None,
     received_before: Timestamp = None,
     received_after: Timestamp = None,
-    has_attachment: bool | None = None,
     fields: Fields = "standard",
     select: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> dict[str, Any]:
     """A page of the grant's messages, newest first, with the given filters."""
-    flt = build_filter(
-        db,
-        grant,
-        in_=in_,
-        unread=unread,
-        starred=starred,
-        subject=subject,
-        from_=from_,
-        to=to,
-        cc=cc,
-        bcc=bcc,
-        any_email=any_email,
+    flt = replace(
+        shared,
         thread_id=thread_id,
-        received_before=received_before,
-        received_after=received_after,
-        has_attachment=has_attachment,
+        received_before=from_unix(received_before),
+        received_after=from_unix(received_after),
     )
     after = decode_cursor(page_token) if page_token is not None else None
     include_headers = fields == "include_headers"
@@ -249,15 +156,7 @@ def update_message(
     The server is changed first; Postgres records what the server accepted.
     """
     message = path_message(db, grant, message_id)
-    folder = None
-    if body.folders is not None:
-        if len(body.folders) != 1:
-            raise invalid_request(
-                "folders must name exactly one folder: an IMAP message lives in one folder."
-            )
-        folder = queries.find_folder(db, grant.id, body.folders[0])
-        if folder is None:
-            raise not_found(f"No folder {body.folders[0]!r} for this grant.")
+    folder = target_folder(db, grant, body.folders)
     writeback.update_message(
         db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
     )

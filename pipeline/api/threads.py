@@ -15,15 +15,9 @@ from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
-from pipeline.api.errors import invalid_request, not_found, request_id_of
-from pipeline.api.messages import (
-    AddressList,
-    Timestamp,
-    apply_select,
-    build_filter,
-    from_unix,
-    parse_select,
-)
+from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
+from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.messages.views import attachment_view, message_view, unix
 from pipeline.models import Grant, Message, Thread
@@ -91,40 +85,14 @@ def list_threads(
     request: Request,
     db: Db,
     grant: PathGrant,
+    flt: ListFilter,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
-    in_: Annotated[list[str] | None, Query(alias="in", max_length=50)] = None,
-    unread: bool | None = None,
-    starred: bool | None = None,
-    subject: Annotated[str | None, Query(max_length=998)] = None,
-    from_: Annotated[list[str] | None, Query(alias="from", max_length=50)] = None,
-    to: AddressList = None,
-    cc: AddressList = None,
-    bcc: AddressList = None,
-    any_email: AddressList = None,
     latest_message_before: Timestamp = None,
     latest_message_after: Timestamp = None,
-    has_attachment: bool | None = None,
     select: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> dict[str, Any]:
     """A page of threads that have a message matching every filter, most recent first."""
-    flt = build_filter(
-        db,
-        grant,
-        in_=in_,
-        unread=unread,
-        starred=starred,
-        subject=subject,
-        from_=from_,
-        to=to,
-        cc=cc,
-        bcc=bcc,
-        any_email=any_email,
-        thread_id=None,
-        received_before=None,
-        received_after=None,
-        has_attachment=has_attachment,
-    )
     after = decode_cursor(page_token) if page_token is not None else None
     rows = queries.list_threads(
         db,
@@ -180,13 +148,7 @@ def update_thread(
     request: Request, db: Db, api: State, grant: PathGrant, thread_id: str, body: ThreadUpdate
 ) -> dict[str, Any]:
     """Mark read/unread, star/unstar or move all the thread's messages (server first)."""
-    folder = None
-    if body.folders is not None:
-        if len(body.folders) != 1:
-            raise invalid_request("folders must name exactly one folder.")
-        folder = queries.find_folder(db, grant.id, body.folders[0])
-        if folder is None:
-            raise not_found(f"No folder {body.folders[0]!r} for this grant.")
+    folder = target_folder(db, grant, body.folders)
     for message in _thread_messages(db, grant, thread_id):
         if not queries.locations_of(db, message.id):
             continue  # a copy no folder holds any more: nothing to change on the server

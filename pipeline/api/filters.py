@@ -1,0 +1,111 @@
+"""What the message and thread endpoints share: list filters and the target folder of a change.
+
+``GET /messages`` and ``GET /threads`` take the same filter parameters (``in``, ``unread``,
+``starred``, ``subject``, ``from``/``to``/``cc``/``bcc``/``any_email``, ``has_attachment``);
+:func:`list_filter` reads them once, as a FastAPI dependency, into a
+:class:`~pipeline.api.queries.MessageFilter` that each endpoint completes with its own
+parameters. ``PUT`` of a message and of a thread move to the one folder :func:`target_folder`
+names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Query
+from sqlalchemy.orm import Session
+
+from pipeline.api import queries
+from pipeline.api.deps import Db, PathGrant
+from pipeline.api.errors import invalid_request, not_found
+from pipeline.models import Folder, Grant
+
+MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
+MAX_FILTER_VALUES = 50  # addresses or folders in one filter
+
+Timestamp = Annotated[int | None, Query(ge=0, le=MAX_UNIX_S)]
+AddressList = Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)]
+
+
+def from_unix(value: int | None) -> datetime | None:
+    """A unix timestamp as an aware UTC datetime."""
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _addresses(values: list[str] | None) -> list[str]:
+    """Repeated parameters and comma-separated lists, flattened."""
+    out = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+    if len(out) > MAX_FILTER_VALUES:
+        raise invalid_request(f"At most {MAX_FILTER_VALUES} addresses per filter.")
+    return out
+
+
+def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list[str] | None:
+    """Folder ids for an ``in`` filter (ids or names).
+
+    Raises:
+        ApiError: 404 when a folder is unknown.
+    """
+    names = [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+    if not names:
+        return None
+    if len(names) > MAX_FILTER_VALUES:
+        raise invalid_request(f"At most {MAX_FILTER_VALUES} folders in `in`.")
+    ids: list[str] = []
+    for name in names:
+        folder = queries.find_folder(db, grant.id, name)
+        if folder is None:
+            raise not_found(f"No folder {name!r} for this grant: GET .../folders lists them.")
+        ids.append(folder.id)
+    return ids
+
+
+def list_filter(
+    db: Db,
+    grant: PathGrant,
+    in_: Annotated[list[str] | None, Query(alias="in", max_length=MAX_FILTER_VALUES)] = None,
+    unread: bool | None = None,
+    starred: bool | None = None,
+    subject: Annotated[str | None, Query(max_length=998)] = None,
+    from_: Annotated[list[str] | None, Query(alias="from", max_length=MAX_FILTER_VALUES)] = None,
+    to: AddressList = None,
+    cc: AddressList = None,
+    bcc: AddressList = None,
+    any_email: AddressList = None,
+    has_attachment: bool | None = None,
+) -> queries.MessageFilter:
+    """The filter parameters messages and threads share, as a MessageFilter."""
+    return queries.MessageFilter(
+        folder_ids=resolve_folders(db, grant, in_),
+        unread=unread,
+        starred=starred,
+        subject=subject or None,
+        from_=_addresses(from_),
+        to=_addresses(to),
+        cc=_addresses(cc),
+        bcc=_addresses(bcc),
+        any_email=_addresses(any_email),
+        has_attachment=has_attachment,
+    )
+
+
+ListFilter = Annotated[queries.MessageFilter, Depends(list_filter)]
+
+
+def target_folder(db: Session, grant: Grant, folders: list[str] | None) -> Folder | None:
+    """The folder a ``PUT`` body's ``folders`` names (None: no move).
+
+    Raises:
+        ApiError: 400 unless exactly one folder is named; 404 when it is unknown.
+    """
+    if folders is None:
+        return None
+    if len(folders) != 1:
+        raise invalid_request(
+            "folders must name exactly one folder: an IMAP message lives in one folder."
+        )
+    folder = queries.find_folder(db, grant.id, folders[0])
+    if folder is None:
+        raise not_found(f"No folder {folders[0]!r} for this grant.")
+    return folder
