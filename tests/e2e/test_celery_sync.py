@@ -19,7 +19,7 @@ from pipeline.db import session_scope
 from pipeline.grants.schemas import GrantRequest
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Grant, Message, Placement
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.mail import make_message
 from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser

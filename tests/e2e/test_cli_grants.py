@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import sessions_for
+from tests.support.grants import sessions_for
 from tests.support.mail import append, make_message
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser

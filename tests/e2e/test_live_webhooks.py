@@ -25,8 +25,8 @@ from pipeline.db import session_scope
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.settings import WebhookSettings
-from tests.integration.test_initial_sync import connect, sessions_for
 from tests.integration.webhooks.webhook_receiver import Received, Receiver
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, imap_login, make_message
 from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser

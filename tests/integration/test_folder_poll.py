@@ -14,7 +14,7 @@ from pipeline.grants.service import open_grant_session
 from pipeline.maintenance.sweep import poll_grant
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, make_message
 from tests.support.services import MailUser
 

@@ -16,7 +16,7 @@ from pipeline.grants.service import expire_grant, open_grant_session
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
-from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 

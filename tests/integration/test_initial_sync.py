@@ -6,38 +6,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
-from pipeline.db import session_scope, sessionmaker_for
-from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant
+from pipeline.db import session_scope
 from pipeline.models import Folder, Grant, Message, Placement, Thread
 from pipeline.sync.runner import sync_grant_inline
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
 
 NOW = datetime.now(UTC)
-
-
-def connect(settings: Settings, user: MailUser) -> str:
-    """Create a grant for ``user`` over STARTTLS; returns its id."""
-    request = GrantRequest(
-        email=user.email,
-        password=user.password,  # type: ignore[arg-type]
-        imap_host="127.0.0.1",
-        imap_port=user.server.port,
-        imap_tls="starttls",
-        imap_username=user.name,
-    )
-    with session_scope(settings.require_database_url()) as db:
-        return create_grant(db, settings, request).grant.id
-
-
-def sessions_for(settings: Settings) -> sessionmaker[Session]:
-    return sessionmaker_for(settings.require_database_url())
 
 
 def subjects(settings: Settings, grant_id: str) -> list[str]:

@@ -10,7 +10,7 @@ from pipeline.db import session_scope
 from pipeline.grants.service import open_grant_session
 from pipeline.models import Folder, Grant, Message, Placement
 from pipeline.sync.runner import sync_folder, sync_grant_inline
-from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, imap_login, make_message
 from tests.support.services import MailUser
 

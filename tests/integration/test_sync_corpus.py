@@ -19,7 +19,7 @@ from pipeline.db import session_scope
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import connect, sessions_for
+from tests.support.grants import connect, sessions_for
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services

@@ -19,7 +19,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser

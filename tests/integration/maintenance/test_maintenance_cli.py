@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.mail import append, create_folder, make_message
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser

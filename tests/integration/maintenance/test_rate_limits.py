@@ -31,7 +31,7 @@ from pipeline.ratelimit import (
     capacity,
     scope_of,
 )
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
 

@@ -12,7 +12,7 @@ from pipeline.db import session_scope, sessionmaker_for
 from pipeline.maintenance.purge import SYNC_FAILURE_RETENTION_DAYS, purge
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure, Thread
 from pipeline.sync.runner import sync_grant_inline
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
 

@@ -29,7 +29,7 @@ from pipeline.maintenance.sweep import (
 )
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_folder, sync_grant_inline
-from tests.integration.test_initial_sync import connect
+from tests.support.grants import connect
 from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
