@@ -9,8 +9,10 @@ first, from the same buckets the workers and the listener use:
   one, else the (server, username) pair, so repeated attempts at one new account are limited too;
 - the SMTP login of a send (:func:`take_login`, on the grant's account bucket).
 
-A short wait for a token is absorbed (``MAX_TOKEN_WAIT_S``); a longer one, or a provider that
-throttles us (the account then backs off), is a 429 ``rate_limit_error`` with ``Retry-After``.
+A login reserves its turn in the buckets (:meth:`~pipeline.ratelimit.RateLimiter.reserve_login`)
+and waits for it when it comes within ``MAX_TOKEN_WAIT_S``; operation tokens are asked for again
+until then (:func:`take`). A longer wait, or a provider that throttles us (the account then backs
+off), is a 429 ``rate_limit_error`` with ``Retry-After``.
 Without Redis (``ApiState.limiter`` is None) nothing is limited.
 """
 
@@ -56,10 +58,22 @@ def take(take_token: Callable[[], float], what: str) -> None:
 
 
 def take_login(api: ApiState, provider: str, imap_host: str, account: str, what: str) -> None:
-    """Take a login token of ``account`` and of its provider (see :func:`take`)."""
+    """Take a login token of ``account`` and of its provider; wait for its turn if that comes
+    within ``MAX_TOKEN_WAIT_S``.
+
+    Raises:
+        ApiError: 429 when the turn would come later (nothing is taken then).
+    """
     limiter = api.limiter
-    if limiter is not None:
-        take(lambda: limiter.try_login(provider, imap_host, account), what)
+    if limiter is None:
+        return
+    turn = limiter.reserve_login(provider, imap_host, account, max_wait_s=MAX_TOKEN_WAIT_S)
+    if not turn.granted:
+        raise rate_limited(
+            f"Too many {what} for this account right now; retry later.", turn.retry_after_s
+        )
+    if turn.wait_s > 0:
+        time.sleep(turn.wait_s)
 
 
 def _new_account(imap_host: str, username: str) -> str:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from pipeline.api import queries
 from pipeline.api.deps import ApiState, notify_after_commit
 from pipeline.api.errors import ApiError, invalid_request, not_found
-from pipeline.api.limits import rate_limited, take
+from pipeline.api.limits import rate_limited, take, take_login
 from pipeline.api.sessions import CHECK_AFTER_S, PooledSession
 from pipeline.errors import ImapAuthError, ImapError, ImapProtocolError, ImapThrottledError
 from pipeline.grants.service import open_grant_session
@@ -85,7 +85,7 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
             )
     try:
         if limiter is not None:
-            take(lambda: limiter.try_login(grant.provider, grant.imap_host, grant.id), "logins")
+            take_login(api, grant.provider, grant.imap_host, grant.id, "logins")
         try:
             imap = open_grant_session(db, api.settings, grant)
         except ImapAuthError:
