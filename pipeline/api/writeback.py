@@ -84,8 +84,7 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
                 NO_SLOT_RETRY_S,
             )
     try:
-        if limiter is not None:
-            take_login(api, grant.provider, grant.imap_host, grant.id, "logins")
+        take_login(api, grant.provider, grant.imap_host, grant.id, "logins")
         try:
             imap = open_grant_session(db, api.settings, grant)
         except ImapAuthError:
