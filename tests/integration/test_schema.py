@@ -15,16 +15,11 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from pipeline.db import get_engine, migrate, normalize_url
+from pipeline.db import migrate, normalize_url
 from pipeline.schema import drift
-from tests.conftest import PG_ADMIN_URL, service_unavailable
+from tests.conftest import _admin, _pg_url, service_unavailable
 
 pytestmark = pytest.mark.services
-
-
-def _admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -35,9 +30,7 @@ def empty_database() -> Iterator[str]:
         _admin(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError:
         service_unavailable("Postgres")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    yield url
-    get_engine.cache_clear()
+    yield _pg_url(name)
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
