@@ -6,14 +6,22 @@
                     |
                     v
      +-------> WAITING_SLOT --(all of the grant's connection slots taken)--> retry in ~5 s
-     |              |     `--(account or provider in the shared back-off of
-     |              |         pipeline.ratelimit)--> BACKOFF until it ends
      |              | slot in imap-pipeline:conn:<grant_id>
+     |              |     `--(account or provider in the shared back-off of pipeline.ratelimit,
+     |              |         or the login queue longer than LOGIN_TURN_MAX_S)--> slot given
+     |              |         back, BACKOFF until then, ask again
+     |              | a login token of the account and the provider (pipeline.ratelimit)
+     |              v
+     |        LOGIN_QUEUED  sleep until the reserved turn (a reconnect wave queues, no polling)
+     |              |
      |              v
      |         CONNECTING  greeting, [STARTTLS], LOGIN, ENABLE CONDSTORE/QRESYNC, EXAMINE
      |              |   \\
      |              |    `--(login refused: NO [AUTHENTICATIONFAILED])--> INVALID (final:
      |              |        the grant is marked invalid once, nobody retries it)
+     |              |    `--(throttled: NO [UNAVAILABLE] / [LIMIT], "* BYE Too many
+     |              |        connections", also later while idling)--> recorded in the shared
+     |              |        back-off (workers see it too), BACKOFF, then as above
      |              |  publish "reconnect" unless the EXAMINE snapshot proves nothing changed
      |              v
      |     IDLE capability? --no--> POLLING: NOOP every poll_interval_s
@@ -52,12 +60,13 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from pipeline.errors import ImapAuthError, ImapError
+from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
-from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify
+from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
 from pipeline.listener.settings import ListenerSettings
 from pipeline.presets import preset
+from pipeline.ratelimit import LoginTurn
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,7 @@ class WatchState(Enum):
     """Where a watcher is in the diagram above."""
 
     WAITING_SLOT = "waiting_slot"
+    LOGIN_QUEUED = "login_queued"
     CONNECTING = "connecting"
     IDLING = "idling"
     RENEWING = "renewing"
@@ -109,8 +119,13 @@ class WatchContext:
     auth_failed: Callable[[WatchTarget, str], Awaitable[None]]
     login_gate: asyncio.Semaphore
     rng: random.Random = field(default_factory=random.Random)
-    login_delay: Callable[[WatchTarget], Awaitable[float]] | None = None
-    """Seconds the account or its provider must not be logged in to (shared back-off)."""
+    login_turn: Callable[[WatchTarget], Awaitable[LoginTurn]] | None = None
+    """A login token of the account and its provider (shared budget and back-off of
+    :mod:`pipeline.ratelimit`); None: log in unpaced."""
+    throttled: Callable[[WatchTarget], Awaitable[float]] | None = None
+    """Record a throttling answer in the shared back-off; returns its length in seconds."""
+    recovered: Callable[[WatchTarget], Awaitable[None]] | None = None
+    """A login worked after a throttle: the next throttle starts from the base back-off."""
 
 
 def idle_renew_s(provider: str, rng: random.Random | None = None) -> float:
@@ -142,6 +157,7 @@ class FolderWatcher:
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._known: Snapshot | None = target.baseline
+        self._was_throttled = False  # recorded a throttle since the last successful login
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -177,21 +193,33 @@ class FolderWatcher:
         attempt = 0
         while True:
             self.state = WatchState.WAITING_SLOT
+            turn = LoginTurn(granted=True, wait_s=0.0)
             async with self._ctx.login_gate:  # bounds the Redis calls of a reconnect wave too
-                wait_s = await self._ctx.login_delay(self.target) if self._ctx.login_delay else 0
-                got_slot = wait_s <= 0 and await self._ctx.acquire_slot(self.target)
-            if wait_s > 0:
-                # Workers were told to slow down by this provider: do not log in meanwhile.
-                self.state = WatchState.BACKOFF
-                await asyncio.sleep(
-                    min(wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
-                )
-                continue
+                got_slot = await self._ctx.acquire_slot(self.target)
+                # the slot first: a token taken while all slots are in use would be wasted
+                if got_slot and self._ctx.login_turn is not None:
+                    try:
+                        turn = await self._ctx.login_turn(self.target)
+                    except asyncio.CancelledError:  # stopped while asking: give the slot back
+                        await self._ctx.release_slot(self.target)
+                        raise
             if not got_slot:
                 await asyncio.sleep(NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5))
                 continue
+            if not turn.granted:
+                # The account or provider is backing off (workers were told to slow down
+                # too), or the login queue is long: no login meanwhile, the slot goes back.
+                await self._ctx.release_slot(self.target)
+                self.state = WatchState.BACKOFF
+                await asyncio.sleep(
+                    min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
+                )
+                continue
             up_since: float | None = None
             try:
+                if turn.wait_s > 0:
+                    self.state = WatchState.LOGIN_QUEUED
+                    await asyncio.sleep(turn.wait_s)
                 conn = await self._connect()
                 up_since = loop.time()
                 await self._watch(conn)
@@ -208,6 +236,9 @@ class FolderWatcher:
                 await self._ctx.release_slot(self.target)
                 await self._ctx.auth_failed(self.target, str(exc))
                 return
+            except ImapThrottledError as exc:
+                self.last_error = str(exc)
+                await self._record_throttle(exc)
             except ImapError as exc:
                 self.last_error = str(exc)
                 log.info(
@@ -246,6 +277,20 @@ class FolderWatcher:
             )
             await asyncio.sleep(delay)
 
+    async def _record_throttle(self, exc: ImapThrottledError) -> None:
+        """Put the account in the shared back-off that workers respect, as they would."""
+        backoff = await self._ctx.throttled(self.target) if self._ctx.throttled else 0.0
+        self._was_throttled = True
+        log.warning(
+            "grant=%s folder=%s: the server asks us to slow down; the account backs off "
+            "%.0f s (listener and workers): %s",
+            self.target.grant_id,
+            self.target.folder_id,
+            backoff,
+            exc,
+            extra=self._log_extra(),
+        )
+
     async def _connect(self) -> ImapConnection:
         settings = self._ctx.settings
         self.state = WatchState.CONNECTING
@@ -263,6 +308,10 @@ class FolderWatcher:
                 conn.abort()
                 raise
         self.connects += 1
+        if self._was_throttled:
+            self._was_throttled = False
+            if self._ctx.recovered is not None:
+                await self._ctx.recovered(self.target)
         changed = not snapshot.proves_unchanged_since(self._known)
         self._known = snapshot
         log.info(
@@ -319,6 +368,10 @@ class FolderWatcher:
             if change is Change.BYE:
                 if reason is not None:
                     self._ctx.publish(self.target.ref, reason)
+                if is_throttle(line):  # "* BYE Too many connections": not a plain drop
+                    raise ImapThrottledError(
+                        f"The server ended the session: {line[:120].decode(errors='replace')}"
+                    )
                 raise _Dropped(
                     f"The server ended the session: {line[:120].decode(errors='replace')}"
                 )

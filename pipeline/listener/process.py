@@ -35,13 +35,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
-from pipeline.errors import CryptoError
+from pipeline.errors import CryptoError, ServiceError
 from pipeline.grants.service import expire_grant
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import ChangePublisher, Enqueue
@@ -50,8 +51,7 @@ from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_shar
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.settings import ListenerSettings
-from pipeline.ratelimit import KEY_PREFIX as RL_PREFIX
-from pipeline.ratelimit import scope_of
+from pipeline.ratelimit import LoginTurn, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ SHUTDOWN_TIMEOUT_S = 10.0  # DONE + LOGOUT of every connection, then pending eve
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 STATUS_LOG_S = 60.0  # one status line per minute at INFO
 STARTUP_JITTER_S = 1.0  # random wait after the first heartbeat, before the first claim
+# A login turn is reserved at most this far ahead (pipeline.ratelimit.RateLimiter.reserve_login);
+# a longer queue is asked again later. Bounds the budget a listener that stops leaves unused.
+LOGIN_TURN_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,20 @@ class Listener:
         listener_id: str | None = None,
         rng: random.Random | None = None,
         notify: Callable[[], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
+        # The shared login budget and back-off of workers and listeners. RateLimiter speaks sync
+        # Redis: every call runs on a thread (asyncio.to_thread), never on the loop.
+        self._limiter_client: Redis[bytes] | None = None
+        if limiter is None:
+            self._limiter_client = Redis.from_url(
+                settings.require_redis_url(),
+                socket_timeout=REDIS_CALL_TIMEOUT_S,
+                socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
+            )
+            limiter = RateLimiter(self._limiter_client)
+        self.limiter = limiter
         # called after a commit that wrote notifications (grant.expired): kicks webhook dispatch
         self._notify = notify
         self.lsettings = listener_settings
@@ -174,7 +189,9 @@ class Listener:
             auth_failed=self._auth_failed,
             login_gate=asyncio.Semaphore(listener_settings.max_concurrent_logins),
             rng=self._rng,
-            login_delay=self._login_delay,
+            login_turn=self._login_turn,
+            throttled=self._throttled,
+            recovered=self._recovered,
         )
 
     # --- what tests and the status line see ---------------------------------------------------
@@ -399,18 +416,40 @@ class Listener:
             )
         return ok
 
-    async def _login_delay(self, target: WatchTarget) -> float:
-        """The shared back-off of the account and its provider (:mod:`pipeline.ratelimit`)."""
-        scope = scope_of(target.provider, target.endpoint.host)
+    # --- shared login budget and back-off (pipeline.ratelimit) ----------------------------------
+    async def _login_turn(self, target: WatchTarget) -> LoginTurn:
+        """A login token of the account and the provider, reserved up to LOGIN_TURN_MAX_S ahead
+        (none while either backs off). Fails open: Redis away must not stop watching."""
+        reserve = functools.partial(
+            self.limiter.reserve_login,
+            target.provider,
+            target.endpoint.host,
+            target.grant_id,
+            max_wait_s=LOGIN_TURN_MAX_S,
+        )
         try:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.pttl(f"{RL_PREFIX}:backoff:a:{target.grant_id}")
-                pipe.pttl(f"{RL_PREFIX}:backoff:p:{scope}")
-                account_ms, provider_ms = await pipe.execute()
-        except REDIS_ERRORS:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+                return await asyncio.to_thread(reserve)
+        except (ServiceError, TimeoutError) as exc:
+            log.warning("grant=%s: login budget unknown (%s)", target.grant_id, exc)
+            return LoginTurn(granted=True, wait_s=0.0)
+
+    async def _throttled(self, target: WatchTarget) -> float:
+        """Record a throttling answer as workers do; the account's back-off in seconds."""
+        record = functools.partial(
+            self.limiter.throttled, target.provider, target.endpoint.host, target.grant_id
+        )
+        try:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+                return await asyncio.to_thread(record)
+        except (ServiceError, TimeoutError) as exc:
+            log.warning("grant=%s: could not record a throttle (%s)", target.grant_id, exc)
             return 0.0
-        return max(int(account_ms), int(provider_ms), 0) / 1000.0
+
+    async def _recovered(self, target: WatchTarget) -> None:
+        with contextlib.suppress(ServiceError, TimeoutError):
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+                await asyncio.to_thread(self.limiter.recovered, target.grant_id)
 
     async def _release_slot(self, target: WatchTarget) -> None:
         holder = self.leases.holder(target.folder_id)
@@ -439,3 +478,5 @@ class Listener:
             await self.leases.leave()
         for task in list(self._background):
             task.cancel()
+        if self._limiter_client is not None:
+            self._limiter_client.close()

@@ -153,7 +153,8 @@ def limit_tls_read_buffers(size: int = TLS_READ_BUFFER_BYTES) -> None:
     asyncio.sslproto.SSLProtocol.max_size = size
 
 
-def _is_throttle(text: bytes) -> bool:
+def is_throttle(text: bytes) -> bool:
+    """Whether a server's text asks us to come back later ([UNAVAILABLE], too many …)."""
     lowered = text.decode("utf-8", "replace").lower()
     return any(marker in lowered for marker in THROTTLE_MARKERS)
 
@@ -198,6 +199,7 @@ class ImapConnection:
             ImapConnectError: unreachable, refused, or no greeting in time.
             ImapTlsError: the TLS handshake or certificate check failed.
             ImapProtocolError: the peer does not greet like an IMAP server.
+            ImapThrottledError: the greeting is a BYE saying "too many connections" or alike.
         """
         where = f"{endpoint.host}:{endpoint.port}"
         tls = ssl_context(endpoint) if endpoint.tls == "ssl" else None
@@ -214,6 +216,9 @@ class ImapConnection:
                 greeting = await conn.read_line()
                 if not greeting.upper().startswith((b"* OK", b"* PREAUTH")):
                     conn.abort()
+                    if is_throttle(greeting):  # "* BYE Too many connections"
+                        text = greeting[:120].decode("utf-8", "replace")
+                        raise ImapThrottledError(f"{where} refused the connection for now: {text}")
                     raise ImapProtocolError(f"{where} did not greet as an IMAP server.")
                 conn._remember_capabilities(greeting)
                 if endpoint.tls == "starttls":
@@ -275,7 +280,7 @@ class ImapConnection:
             )
         if status != "OK":
             raw = text.encode()
-            if _is_throttle(raw):
+            if is_throttle(raw):
                 raise ImapThrottledError(f"{self.endpoint.host} refused the login for now: {text}")
             code = _CODE.match(raw)
             if code and code["code"].split()[0].upper() not in _AUTH_FAILURE_CODES:
@@ -317,8 +322,11 @@ class ImapConnection:
 
         Raises:
             ImapFolderError: the folder is gone or cannot be opened.
+            ImapThrottledError: the server refused it for now ([UNAVAILABLE], [LIMIT] …).
         """
         status, untagged, text = await self.command(f"EXAMINE {quote(raw_name)}")
+        if status != "OK" and is_throttle(text.encode()):
+            raise ImapThrottledError(f"{self.endpoint.host} refused EXAMINE for now: {text}")
         if status != "OK":
             raise ImapFolderError(f"Cannot open folder {raw_name!r}: {text}")
         values: dict[bytes, int] = {}

@@ -1,0 +1,144 @@
+"""The listener logs in within the shared login budget and back-off of pipeline.ratelimit.
+
+Real Dovecot, Redis and Postgres; the listener runs in-process on its own thread. Dovecot ends
+sessions with ``doveadm kick``, and answers ``NO [UNAVAILABLE] Temporary authentication
+failure`` while its passdb cannot be read (here: the user's passwd-file is a symlink loop).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.listener.idle import WatchState
+from pipeline.models import Grant
+from pipeline.ratelimit import RateLimiter, capacity
+from tests.integration.listener.listener_harness import (
+    FAST,
+    RunningListener,
+    connect_grant,
+    wait_for,
+)
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+LOGINS_PER_MIN = 60.0  # the account's budget in these tests: one a second...
+MAX_CONNECTIONS = 2  # ...after a burst of 3: a bucket's least, above the account's connections
+BURST = max(capacity(LOGINS_PER_MIN / 60), min(MAX_CONNECTIONS, LOGINS_PER_MIN))
+KICKS = 3
+SAMPLE_S = 0.02  # how often the login counter is read
+
+
+@pytest.fixture
+def limiter(redis_url: str) -> Iterator[RateLimiter]:
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+        yield RateLimiter(client)
+
+
+class LoginClock:
+    """Reads a listener's login count every SAMPLE_S on a thread; one timestamp per login."""
+
+    def __init__(self, running: RunningListener) -> None:
+        self.times: list[float] = []
+        self._running = running
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> LoginClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            now, seen = time.monotonic(), self._running.connects()
+            self.times.extend([now] * (seen - len(self.times)))
+            time.sleep(SAMPLE_S)
+
+
+def test_reconnects_after_kicks_stay_within_the_account_login_budget(
+    settings: Settings, mail_user: MailUser, redis_url: str, limiter: RateLimiter
+) -> None:
+    limiter.set_limits(
+        "generic",
+        {"account_logins_per_min": LOGINS_PER_MIN, "max_connections": MAX_CONNECTIONS},
+    )
+    connect_grant(settings, mail_user)
+    with RunningListener(settings, FAST, redis_url, "L1") as running, LoginClock(running) as clock:
+        wait_for(lambda: running.idling(2), what="both folders idling")
+        for kick in range(1, KICKS + 1):
+            mail_user.server.doveadm("kick", mail_user.name)
+            wait_for(
+                lambda n=kick: running.connects() >= 2 + 2 * n and running.idling(2),
+                what=f"both folders back after kick {kick}",
+            )
+        time.sleep(2 * SAMPLE_S)
+    logins = clock.times
+    assert len(logins) == 2 + 2 * KICKS
+    # Unpaced, FAST's 0.2 s reconnect delay would log in 8 times within about 1.5 s. Paced,
+    # every window holds at most the burst plus the rate times its length (the 0.1 s covers
+    # the sampling and a login's own duration).
+    rate = LOGINS_PER_MIN / 60
+    for first, last in itertools.combinations(range(len(logins)), 2):
+        window = logins[last] - logins[first]
+        assert last - first + 1 <= BURST + rate * (window + 0.1), [
+            round(t - logins[0], 2) for t in logins
+        ]
+
+
+def test_a_throttle_answer_backs_the_account_off_for_workers_too(
+    settings: Settings, mail_user: MailUser, redis_url: str, limiter: RateLimiter
+) -> None:
+    grant_id, _, _ = connect_grant(settings, mail_user)
+    server = mail_user.server
+    passwd = server.users_path / mail_user.name
+    saved = passwd.read_bytes()
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        wait_for(lambda: running.idling(2), what="both folders idling")
+        log_start = server.log_path.stat().st_size
+        refused = f"stat({passwd}) failed"
+
+        def tempfails() -> int:  # logins Dovecot answered with NO [UNAVAILABLE]
+            with server.log_path.open("rb") as log:
+                log.seek(log_start)
+                return log.read().decode(errors="replace").count(refused)
+
+        passwd.unlink()
+        os.symlink(passwd, passwd)  # passdb lookups fail: "Temporary authentication failure"
+        try:
+            time.sleep(1.1)  # Dovecot looks at a passwd-file again after a second
+            server.doveadm("kick", mail_user.name)
+
+            def status() -> dict[str, object]:
+                return limiter.status("generic", "127.0.0.1", grant_id)
+
+            wait_for(lambda: float(status()["account_backoff_s"]) > 0, what="account back-off")
+            wait_for(lambda: running.states().get(WatchState.BACKOFF, 0) == 2, what="backing off")
+            assert running.listener is not None
+            assert any("UNAVAILABLE" in (w.last_error or "") for w in running.listener.watchers())
+            attempts = tempfails()
+            assert 1 <= attempts <= 2  # at most one per folder before the back-off was recorded
+            time.sleep(3.0)  # unpaced, FAST's reconnect delay (0.2 s, 0.4 s, ...) retries ~5 times
+            assert tempfails() == attempts
+            assert float(status()["account_backoff_s"]) > 0
+            with session_scope(settings.require_database_url()) as db:
+                grant = db.get(Grant, grant_id)
+                assert grant is not None and grant.grant_status == "valid"  # not an auth failure
+        finally:
+            passwd.unlink()
+            passwd.write_bytes(saved)
+        time.sleep(1.1)
+        limiter._redis.delete(f"imap-pipeline:backoff:a:{grant_id}")  # as if it had elapsed
+        wait_for(lambda: running.idling(2), what="both folders back after the back-off")
