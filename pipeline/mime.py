@@ -1088,7 +1088,34 @@ _PLACEHOLDER_RE: Final = re.compile("\ue000(\\d+)\ue001")
 _AT_IN_NAME_RE: Final = re.compile(r'(^|,)(\s*[^,<>"@\s][^,<>"]*@[^,<>"]*?)(\s*<[^<>]*>)')
 
 
+_ADDR_ATOM: Final = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"  # RFC 5322 atext
+_SIMPLE_ADDR: Final = rf"[{_ADDR_ATOM}]+(?:\.[{_ADDR_ATOM}]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_MAILBOX_RE: Final = re.compile(
+    rf"[ \t]*(?:([A-Za-z0-9'_ \t-]*?)[ \t]*<({_SIMPLE_ADDR})>|({_SIMPLE_ADDR}))[ \t]*"
+)
+_NOT_SIMPLE_RE: Final = re.compile(r'[^\x20-\x7e\t]|["()\\:;\[\]]|=\?')
+
+
+def _simple_pairs(texts: list[str]) -> list[tuple[str, str]] | None:
+    """``getaddresses`` for the common lists (``Name <a@b>``, ``a@b``, separated by commas),
+    without its character-by-character tokenizer; None for anything else."""
+    pairs: list[tuple[str, str]] = []
+    for text in texts:
+        if _NOT_SIMPLE_RE.search(text):
+            return None
+        for piece in text.split(","):
+            match = _SIMPLE_MAILBOX_RE.fullmatch(piece)
+            if match is None:
+                return None
+            name, routed, bare = match.groups()
+            pairs.append((" ".join(name.split()), routed) if routed else ("", bare))
+    return pairs
+
+
 def _getaddresses(texts: list[str]) -> list[tuple[str, str]]:
+    simple = _simple_pairs(texts)
+    if simple is not None:
+        return simple
     try:
         try:
             return getaddresses(texts, strict=False)
