@@ -121,7 +121,12 @@ class Settings(BaseSettings):
     )
 
     # --- processes --------------------------------------------------------------------------
-    worker_concurrency: int = Field(default=0, ge=0, description="0: one per CPU core.")
+    worker_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Sync worker processes `up` starts; 0: deploy/Procfile's default (4: "
+        "IMAP and Postgres waits leave room for more processes than the 2 cores).",
+    )
     flower_port: int = 5555
     api_host: str = "127.0.0.1"
     api_port: int = 8080

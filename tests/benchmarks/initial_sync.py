@@ -68,6 +68,21 @@ def baseline(port: int, user: str, password: str, since: datetime) -> tuple[int,
     return count, time.perf_counter() - started
 
 
+def run_baseline(port: int, user: str, password: str, since: datetime, dovecot_pid: int) -> float:
+    """One timed baseline run, printed with its CPU use; returns messages/s."""
+    meter = CpuMeter({"baseline": tree(os.getpid()), "dovecot": tree(dovecot_pid)})
+    meter.start()
+    count, seconds = baseline(port, user, password, since)
+    used = meter.stop()
+    rate = count / seconds
+    print(
+        f"baseline  imap-tools, 1 process, no storage: {count} msgs in {seconds:.1f}s "
+        f"= {rate:.0f} msgs/s"
+    )
+    print(cpu_line(used, count))
+    return rate
+
+
 def cpu_line(used: dict[str, float], messages: int) -> str:
     """CPU milliseconds per message by role (``machine`` includes everything else running)."""
     parts = ", ".join(f"{name} {1000 * s / max(messages, 1):.2f}" for name, s in used.items())
@@ -121,16 +136,7 @@ def main() -> int:
         baseline(dovecot.port, user, password, since)
 
         dovecot_pid = int((dovecot.base_dir / "master.pid").read_text().split()[0])
-        meter = CpuMeter({"baseline": tree(os.getpid()), "dovecot": tree(dovecot_pid)})
-        meter.start()
-        base_count, base_s = baseline(dovecot.port, user, password, since)
-        base_cpu = meter.stop()
-        base_rate = base_count / base_s
-        print(
-            f"baseline  imap-tools, 1 process, no storage: {base_count} msgs in {base_s:.1f}s "
-            f"= {base_rate:.0f} msgs/s"
-        )
-        print(cpu_line(base_cpu, base_count))
+        base_rate = run_baseline(dovecot.port, user, password, since, dovecot_pid)
 
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
@@ -197,7 +203,10 @@ def main() -> int:
             f"{pipe_s:.1f}s = {pipe_rate:.0f} msgs/s"
         )
         print(cpu_line(pipe_cpu, stored))
-        print(f"ratio     pipeline / baseline = {pipe_rate / base_rate:.2f}x")
+        # The machine is shared and noisy: measure the baseline again and keep its better run,
+        # so a slow first baseline can never flatter the ratio.
+        base_rate = max(base_rate, run_baseline(dovecot.port, user, password, since, dovecot_pid))
+        print(f"ratio     pipeline / best baseline = {pipe_rate / base_rate:.2f}x")
         return 0
     finally:
         dovecot.stop()
