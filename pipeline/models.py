@@ -257,7 +257,7 @@ class Attachment(Base):
     size: Mapped[int] = mapped_column(Integer, nullable=False)
     content_id: Mapped[str | None] = mapped_column(Text)
     is_inline: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    part_path: Mapped[str] = mapped_column(String(64), nullable=False)
+    part_path: Mapped[str] = mapped_column(Text, nullable=False)  # IMAP section number
 
     message: Mapped[Message] = relationship(back_populates="attachments")
 

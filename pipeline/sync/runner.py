@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
@@ -44,7 +46,14 @@ from pipeline.imap import FolderInfo, ImapSession, MessageMeta
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
-from pipeline.sync.store import parse_batch, write_batch
+from pipeline.sync.store import (
+    ERROR_TEXT_LIMIT,
+    FailedItem,
+    ParsedItem,
+    WriteResult,
+    parse_batch,
+    write_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +167,47 @@ def _batches(metas: Sequence[MessageMeta], count: int, max_bytes: int) -> Iterat
         size += meta.size
     if batch:
         yield batch
+
+
+# What Postgres raises for a row it will not take (a value too long, bytes it cannot hold, a
+# constraint): the batch is then stored message by message and the refused ones recorded.
+REFUSED_BY_DATABASE = (
+    sqlalchemy.exc.DataError,
+    sqlalchemy.exc.IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    UnicodeEncodeError,
+)
+
+
+def _store_each(
+    store: Callable[[list[ParsedItem], list[FailedItem], int], WriteResult],
+    items: list[ParsedItem],
+    failures: list[FailedItem],
+    vanished: int,
+) -> tuple[WriteResult, list[ParsedItem]]:
+    """Store a batch the database refused one message at a time, each in its own transaction;
+    what it refuses again is recorded in ``sync_failures`` (and not fetched again)."""
+    total = WriteResult()
+    stored: list[ParsedItem] = []
+    refused = list(failures)
+    for item in items:
+        try:
+            one = store([item], [], 0)
+        except REFUSED_BY_DATABASE as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("message refused by the database", extra={"uid": item.uid})
+            refused.append(
+                FailedItem(
+                    item.uid, f"The message could not be stored: {reason}"[:ERROR_TEXT_LIMIT]
+                )
+            )
+            continue
+        stored.append(item)
+        total.new_message_ids += one.new_message_ids
+        total.existing_message_ids += one.existing_message_ids
+    total.failed = store([], refused, vanished).failed
+    return total, stored
 
 
 def sync_folder(
@@ -294,10 +344,8 @@ def sync_folder(
             live=live,
         )
     batches = list(_batches(todo, settings.sync_batch_size, settings.sync_batch_bytes))
-    for index, batch in enumerate(batches):
-        fetched = list(imap.fetch_messages(batch))
-        items, failures = parse_batch(fetched)
-        vanished = len(batch) - len(fetched)
+
+    def store(items: list[ParsedItem], failures: list[FailedItem], vanished: int) -> WriteResult:
         with sessions.begin() as db:
             written = write_batch(
                 db,
@@ -319,6 +367,17 @@ def sync_folder(
                     outcome.emitted += events.messages(
                         db, grant_id, "message.updated", written.existing_message_ids
                     )
+        return written
+
+    for index, batch in enumerate(batches):
+        fetched = list(imap.fetch_messages(batch))
+        items, failures = parse_batch(fetched)
+        vanished = len(batch) - len(fetched)
+        try:
+            written = store(items, failures, vanished)
+        except REFUSED_BY_DATABASE:
+            # One value Postgres will not take must cost that message, not the folder.
+            written, items = _store_each(store, items, failures, vanished)
         outcome.stored += len(items)
         outcome.failed += written.failed
         outcome.new_message_ids.extend(written.new_message_ids)

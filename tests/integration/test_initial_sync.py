@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.models import Folder, Grant, Message, Placement, Thread
+from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
@@ -189,3 +189,61 @@ def test_messages_without_message_id_get_a_stable_identity(
     assert set(first) == {"no id 1", "no id 2"}
     assert first["no id 1"] != first["no id 2"]
     assert again == first
+
+
+def _nested(depth: int) -> bytes:
+    """A message whose attachment sits ``depth`` multiparts deep (a section number that long
+    does not fit the attachments table)."""
+    inner = (
+        b'Content-Type: application/octet-stream; name="x.bin"\r\n'
+        b"Content-Disposition: attachment\r\n\r\nxyz\r\n"
+    )
+    for level in range(depth):
+        b = f"level{level}".encode()
+        inner = (
+            b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b
+            + b"\r\nContent-Type: text/plain\r\n\r\nt\r\n--" + b + b"\r\n" + inner
+            + b"\r\n--" + b + b"--\r\n"
+        )  # fmt: skip
+    return b"From: a@example.test\r\nSubject: deep\r\nMessage-ID: <deep@example.test>\r\n" + inner
+
+
+def test_an_attachment_forty_multiparts_deep_is_stored(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    append(mail_user.server, mail_user.name, mail_user.password, _nested(40))
+    grant_id = connect(settings, mail_user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    with session_scope(settings.require_database_url()) as db:
+        (attachment,) = db.scalars(select(Attachment)).all()
+        assert attachment.part_path == ".".join(["2"] * 40)
+        assert attachment.filename == "x.bin"
+
+
+def test_a_message_the_database_refuses_costs_only_that_message(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    # Whatever Postgres may refuse one day (here: a constraint the operator added), the batch
+    # is stored message by message and the refused one is recorded, never retried forever.
+    with session_scope(settings.require_database_url()) as db:
+        db.execute(text("ALTER TABLE messages ADD CONSTRAINT t_refuse CHECK (subject <> 'bad')"))
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    for subject in ("before", "bad", "after"):
+        append(server, user, password, make_message(subject))
+    grant_id = connect(settings, mail_user)
+
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+
+    assert sorted(subjects(settings, grant_id)) == ["after", "before"]
+    with session_scope(settings.require_database_url()) as db:
+        (failure,) = db.scalars(select(SyncFailure)).all()
+        assert failure.uid == 2
+        assert failure.error.startswith("The message could not be stored:")
+        assert "t_refuse" in failure.error
+        inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
+        assert inbox.state == "synced"
+    # the next run neither tries it again nor stores anything twice
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    with session_scope(settings.require_database_url()) as db:
+        assert db.scalar(select(func.count()).select_from(SyncFailure)) == 1
+        assert db.scalar(select(func.count()).select_from(Message)) == 2
