@@ -37,6 +37,7 @@ class FakeImapServer:
     idle: bool = True
     password: str = "good"
     drop_after_examine: bool = False
+    greeting: bytes = b""  # instead of the usual "* OK [CAPABILITY ...]" (e.g. a BYE)
     highestmodseq: int = 7
     logins: int = 0
     commands: list[str] = field(default_factory=list)
@@ -74,6 +75,11 @@ class FakeImapServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.append(writer)
         idle_tag = b""
+        if self.greeting:
+            writer.write(self.greeting + b"\r\n")
+            await writer.drain()
+            writer.close()
+            return
         writer.write(b"* OK [CAPABILITY " + self.capabilities() + b"] fake ready\r\n")
         try:
             while True:
@@ -140,6 +146,7 @@ class Harness:
     server: FakeImapServer
     published: list[tuple[str, float]] = field(default_factory=list)
     auth_failures: list[str] = field(default_factory=list)
+    throttles: int = 0  # throttling answers the watcher recorded in the shared back-off
 
     def target(self, baseline: Snapshot | None = None) -> WatchTarget:
         return WatchTarget(
@@ -169,6 +176,10 @@ class Harness:
         def publish(ref: FolderRef, reason: str) -> None:
             self.published.append((reason, time.monotonic()))
 
+        async def throttled(_: WatchTarget) -> float:
+            self.throttles += 1
+            return 30.0
+
         ctx = WatchContext(
             settings=SETTINGS,
             publish=publish,
@@ -177,6 +188,7 @@ class Harness:
             auth_failed=auth_failed,
             login_gate=asyncio.Semaphore(10),
             rng=random.Random(7),
+            throttled=throttled,
         )
         return FolderWatcher(self.target(baseline), SecretStr(password), ctx)
 
@@ -303,5 +315,32 @@ def test_refused_login_is_reported_once_and_never_retried() -> None:
         assert len(h.auth_failures) == 1
         assert "wrong" not in h.auth_failures[0]  # the message never carries the password
         assert not watcher.running
+
+    run(scenario)
+
+
+def test_a_bye_greeting_saying_too_many_connections_is_a_throttle() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: h.throttles >= 1)
+        assert "Too many connections" in (watcher.last_error or "")
+        assert not h.auth_failures  # not a reason to give the grant up
+        await watcher.stop()
+
+    run(scenario, greeting=b"* BYE Too many connections from your IP, try later")
+
+
+def test_a_throttling_bye_while_idling_is_recorded_and_a_plain_one_is_not() -> None:
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher()
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        h.server.push(b"* BYE Server shutting down")
+        await until(lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING)
+        assert h.throttles == 0
+        h.server.push(b"* BYE [UNAVAILABLE] Too many simultaneous connections")
+        await until(lambda: h.throttles == 1)
+        await watcher.stop()
 
     run(scenario)
