@@ -33,12 +33,14 @@ from pipeline.errors import (
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
+from pipeline.imap import ImapSession
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import discover_folders, sync_folder
 from workers import enqueue
 from workers.app import app
 from workers.resources import (
     close_all_imap,
+    fresh_imap_for,
     imap_for,
     note_throttled,
     redis_client,
@@ -64,6 +66,15 @@ def _provider_of(grant_id: str) -> str:
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
         return grant.provider if grant else "generic"
+
+
+def _reopen(grant_id: str) -> ImapSession:
+    """A new session for a sync whose session the server dropped (same limits as any)."""
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        if grant is None:
+            raise GrantNotFound(grant_id)
+        return fresh_imap_for(db, grant)
 
 
 @app.task(name="pipeline.grants.create", ignore_result=False)
@@ -191,8 +202,15 @@ def sync_folder_task(
                 on_batch=lambda: r.expire(lock_key, lock_ttl),
                 uid_range=uid_range,
                 range_messages=settings().sync_range_messages,
+                reopen=lambda: _reopen(grant_id),
             )
+            if outcome.replaced is not None:  # the server dropped ours mid-folder
+                imap.close()
+                imap = outcome.replaced
             healthy = True
+        except RateLimited as exc:  # a new login for a dropped session had to wait
+            reschedule(self, exc)
+            return {"rescheduled": round(exc.retry_after_s, 2)}
         except ImapThrottledError:
             with sessions().begin() as db:
                 throttled = GrantRepository(db).get(grant_id)

@@ -39,10 +39,10 @@ import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
-from pipeline.errors import ImapFolderError
+from pipeline.errors import ImapFolderError, ImapProtocolError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
-from pipeline.imap import FolderInfo, ImapSession, MessageMeta
+from pipeline.imap import FetchedMessage, FolderInfo, ImapSession, MessageMeta
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
@@ -89,6 +89,9 @@ class SyncOutcome:
     reindexed: bool = False  # a new UIDVALIDITY became the folder's view in this run
     deleted_message_ids: list[str] = field(default_factory=list)  # gone for good
     emitted: int = 0  # notifications written to the webhook outbox
+    # The server dropped the session and ``reopen`` gave this one instead: the caller's is
+    # dead, use (and later release) this one.
+    replaced: ImapSession | None = None
 
     @property
     def more(self) -> bool:
@@ -210,6 +213,44 @@ def _store_each(
     return total, stored
 
 
+def _fetch_each(
+    reopen: Callable[[], ImapSession], raw_name: str, uids: Sequence[int]
+) -> tuple[ImapSession, list[FetchedMessage], list[FailedItem]]:
+    """Fetch a batch the server broke off one message at a time, on fresh sessions.
+
+    A message the server fails on twice, each time on a session that could select the folder,
+    is recorded as unreadable (a corrupt or unreadable file on the server) and skipped. If it
+    fails on every message of the batch, it is the server, not the mail: the error is raised
+    and nothing is recorded.
+    """
+    session = reopen()
+    fetched: list[FetchedMessage] = []
+    unreadable: list[FailedItem] = []
+    last_error: ImapProtocolError | None = None
+    try:
+        for uid in uids:
+            for attempt in (1, 2):
+                try:
+                    session.select(raw_name, readonly=True)
+                    fetched.extend(session.fetch_messages([uid]))
+                    break
+                except ImapProtocolError as exc:
+                    last_error = exc
+                    session.close()
+                    session = reopen()
+                    if attempt == 2:
+                        error = f"The server could not return the message: {exc}"
+                        unreadable.append(FailedItem(uid, error[:ERROR_TEXT_LIMIT]))
+        if last_error is not None and len(unreadable) == len(uids):
+            raise last_error
+    except BaseException:
+        session.close()
+        raise
+    for failure in unreadable:
+        log.warning("message unreadable on the server", extra={"uid": failure.uid})
+    return session, fetched, unreadable
+
+
 def sync_folder(
     sessions: sessionmaker[Session],
     settings: Settings,
@@ -222,6 +263,7 @@ def sync_folder(
     on_batch: Callable[[], object] | None = None,
     uid_range: tuple[int, int] | None = None,
     range_messages: int | None = None,
+    reopen: Callable[[], ImapSession] | None = None,
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
@@ -230,6 +272,11 @@ def sync_folder(
     Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
 
     ``on_batch`` is called after every committed batch (the task renews its lock there).
+
+    Given ``reopen`` (a new logged-in session), a batch the server breaks off (a ``BYE`` or
+    ``NO`` on one corrupt message) is fetched again message by message, and what the server
+    cannot return is recorded in ``sync_failures`` instead of failing the folder for good; the
+    session in use then is :attr:`SyncOutcome.replaced`.
 
     A large initial sync can be spread over workers: given ``range_messages``, a planning run
     with more than twice that much to fetch returns ``ranges`` of about that many UIDs instead
@@ -369,27 +416,43 @@ def sync_folder(
                     )
         return written
 
-    for index, batch in enumerate(batches):
-        fetched = list(imap.fetch_messages(batch))
-        items, failures = parse_batch(fetched)
-        vanished = len(batch) - len(fetched)
-        try:
-            written = store(items, failures, vanished)
-        except REFUSED_BY_DATABASE:
-            # One value Postgres will not take must cost that message, not the folder.
-            written, items = _store_each(store, items, failures, vanished)
-        outcome.stored += len(items)
-        outcome.failed += written.failed
-        outcome.new_message_ids.extend(written.new_message_ids)
-        if on_batch is not None:
-            on_batch()  # e.g. renew the caller's lock
-        if time.monotonic() - started > budget and index + 1 < len(batches):
-            outcome.remaining = sum(len(b) for b in batches[index + 1 :])
-            log.info(
-                "sync budget spent; continuing in a new task",
-                extra={"grant_id": grant_id, "folder_id": folder_id, "left": outcome.remaining},
-            )
-            return outcome
+    try:
+        for index, batch in enumerate(batches):
+            unreadable: list[FailedItem] = []
+            try:
+                fetched = list((outcome.replaced or imap).fetch_messages(batch))
+            except ImapProtocolError:
+                if reopen is None:
+                    raise
+                if outcome.replaced is not None:
+                    outcome.replaced.close()
+                    outcome.replaced = None
+                outcome.replaced, fetched, unreadable = _fetch_each(reopen, raw_name, batch)
+            items, failures = parse_batch(fetched)
+            failures += unreadable
+            vanished = len(batch) - len(fetched) - len(unreadable)
+            try:
+                written = store(items, failures, vanished)
+            except REFUSED_BY_DATABASE:
+                # One value Postgres will not take must cost that message, not the folder.
+                written, items = _store_each(store, items, failures, vanished)
+            outcome.stored += len(items)
+            outcome.failed += written.failed
+            outcome.new_message_ids.extend(written.new_message_ids)
+            if on_batch is not None:
+                on_batch()  # e.g. renew the caller's lock
+            if time.monotonic() - started > budget and index + 1 < len(batches):
+                outcome.remaining = sum(len(b) for b in batches[index + 1 :])
+                log.info(
+                    "sync budget spent; continuing in a new task",
+                    extra={"grant_id": grant_id, "folder_id": folder_id, "left": outcome.remaining},
+                )
+                return outcome
+
+    except BaseException:
+        if outcome.replaced is not None:  # nobody else will close it
+            outcome.replaced.close()
+        raise
 
     with sessions.begin() as db:
         folder = FolderRepository(db).get_for_update(folder_id)
@@ -541,10 +604,23 @@ def sync_grant_inline(
             changes = discover_folders(db, grant, imap.list_folders())
             if grant.sync_state == "pending":
                 grant.sync_state = "syncing"
+
+        def reopen() -> ImapSession:
+            with sessions.begin() as db:
+                current = GrantRepository(db).get(grant_id)
+                assert current is not None
+                return open_grant_session(db, settings, current)
+
         for folder_id in changes.selectable:
-            outcome = sync_folder(sessions, settings, imap, grant_id, folder_id, now=now)
-            while outcome.more:
-                outcome = sync_folder(sessions, settings, imap, grant_id, folder_id, now=now)
+            while True:
+                outcome = sync_folder(
+                    sessions, settings, imap, grant_id, folder_id, now=now, reopen=reopen
+                )
+                if outcome.replaced is not None:
+                    imap.close()
+                    imap = outcome.replaced
+                if not outcome.more:
+                    break
             outcomes.append(outcome)
     finally:
         imap.close()

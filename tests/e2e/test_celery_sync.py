@@ -18,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.grants.schemas import GrantRequest
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
-from pipeline.models import Grant, Message, Placement
+from pipeline.models import Grant, Message, Placement, SyncFailure
 from tests.support.grants import connect
 from tests.support.mail import make_message
 from tests.support.processes import CeleryWorker, pipeline_env
@@ -145,3 +145,29 @@ def test_a_worker_killed_mid_folder_loses_nothing_and_resumes(
     )
     assert stored_after <= total - at_kill
     assert os.environ.get("IMAP_PIPELINE_DATABASE_URL") == settings.database_url
+
+
+def test_a_worker_skips_a_message_the_server_cannot_read(
+    settings: Settings, mail_user: MailUser, celery_client: None, tmp_path: Path
+) -> None:
+    from workers import enqueue
+
+    seed(mail_user, 12)
+    (victim,) = [
+        f
+        for f in mail_user.server.maildir(mail_user.name).rglob("*")
+        if f.is_file() and b"Subject: m5\n" in f.read_bytes().replace(b"\r\n", b"\n")
+    ]
+    victim.chmod(0)  # Dovecot: "* BYE Internal error" on FETCH
+    grant_id = connect(settings, mail_user)
+    worker = CeleryWorker(pipeline_env(settings), tmp_path, concurrency=1).start()
+    try:
+        enqueue.sync_grant(grant_id, "generic")
+        wait_for(lambda: grant_synced(settings), "the initial sync")
+    finally:
+        worker.stop()
+    assert placed(settings) == 11
+    with session_scope(settings.require_database_url()) as db:
+        (failure,) = db.scalars(select(SyncFailure)).all()
+        assert failure.error.startswith("The server could not return the message:")
+    assert "Traceback" not in worker.log()

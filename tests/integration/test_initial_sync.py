@@ -247,3 +247,30 @@ def test_a_message_the_database_refuses_costs_only_that_message(
     with session_scope(settings.require_database_url()) as db:
         assert db.scalar(select(func.count()).select_from(SyncFailure)) == 1
         assert db.scalar(select(func.count()).select_from(Message)) == 2
+
+
+def test_a_message_the_server_cannot_read_costs_only_that_message(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    # Dovecot answers a FETCH of a message file it cannot read with "* BYE Internal error":
+    # the batch is fetched again one by one on new sessions and the unreadable one recorded.
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    for subject in ("before", "unreadable", "after"):
+        append(server, user, password, make_message(subject))
+    (victim,) = [
+        f
+        for f in server.maildir(user).rglob("*")
+        if f.is_file() and b"Subject: unreadable" in f.read_bytes()
+    ]
+    victim.chmod(0)
+    grant_id = connect(settings, mail_user)
+
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+
+    assert sorted(subjects(settings, grant_id)) == ["after", "before"]
+    with session_scope(settings.require_database_url()) as db:
+        (failure,) = db.scalars(select(SyncFailure)).all()
+        assert failure.uid == 2
+        assert failure.error.startswith("The server could not return the message:")
+        inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
+        assert inbox.state == "synced"
