@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -132,10 +132,27 @@ class FetchedMessage:
     modseq: int | None = None
 
 
+_INTERNALDATE_RE = re.compile(
+    r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*"
+)
+_MONTH_NUMBERS = {name.lower(): number for number, name in enumerate(MONTHS, start=1)}
+
+
 def parse_internaldate(value: str) -> datetime:
-    """Parse an IMAP INTERNALDATE (``"17-Jul-1996 02:44:25 -0700"``) into aware UTC."""
+    """Parse an IMAP INTERNALDATE (``"17-Jul-1996 02:44:25 -0700"``) into aware UTC.
+
+    By hand rather than with ``strptime`` (called twice per synced message, it was a visible
+    share of a sync's CPU), and independent of the locale's month names.
+    """
+    match = _INTERNALDATE_RE.fullmatch(value)
+    month = _MONTH_NUMBERS.get(match.group(2).lower(), 0) if match else 0
     try:
-        return datetime.strptime(value.strip(), "%d-%b-%Y %H:%M:%S %z").astimezone(UTC)
+        if match is None or not month:
+            raise ValueError(value)
+        day, _, year, hour, minute, second, sign, off_h, off_m = match.groups()
+        offset = timedelta(hours=int(off_h), minutes=int(off_m)) * (-1 if sign == "-" else 1)
+        local = datetime(int(year), month, int(day), int(hour), int(minute), int(second))
+        return (local - offset).replace(tzinfo=UTC)
     except ValueError as exc:
         raise ImapProtocolError(f"Unreadable INTERNALDATE {value!r} from the server.") from exc
 
