@@ -1694,15 +1694,17 @@ _BOUNDARY_PARAM_RE: Final = re.compile(
 _PART_CTYPE_RE: Final = re.compile(rb"^content-type[ \t]*:[ \t]*([^;\s]*)", re.I | re.M)
 _PART_CTE_RE: Final = re.compile(rb"^content-transfer-encoding[ \t]*:[ \t]*([^;\s]*)", re.I | re.M)
 _B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_B64_TOLERATED: Final = _B64_ALPHABET + b"= \t\r\n"
 _NOT_ELIDED_TYPES: Final = (b"multipart/", b"message/", b"text/")
 
 
 def _b64_decoded_size(body: bytes) -> int | None:
     """Decoded size of clean base64 (None if anything but base64 and white space is in it)."""
-    if body.translate(None, _B64_TOLERATED):
+    # One pass over the body: what is left without the alphabet is small (line breaks,
+    # padding) and must be nothing else.
+    rest = body.translate(None, _B64_ALPHABET)
+    if rest.translate(None, b"= \t\r\n"):
         return None
-    digits = len(body.translate(None, b"= \t\r\n"))
+    digits = len(body) - len(rest)
     size = digits // 4 * 3 + (0, 0, 1, 2)[digits % 4]
     return size if digits % 4 != 1 else None
 
