@@ -110,6 +110,8 @@ class LoginTurn:
     """True: the login token is the caller's; log in after :attr:`wait_s`. False: nothing was
     taken (a back-off, or a longer queue than the caller would wait); ask again then."""
     wait_s: float
+    backing_off: bool = False
+    """Not granted because the account or its provider is in back-off (not a long queue)."""
 
     @property
     def retry_after_s(self) -> float:
@@ -250,7 +252,7 @@ class RateLimiter:
         scope = scope_of(provider, imap_host)
         backoff = self.backoff_remaining(scope, grant_id)
         if backoff > 0:
-            return LoginTurn(granted=False, wait_s=backoff)
+            return LoginTurn(granted=False, wait_s=backoff, backing_off=True)
         # An account may open the connections it is allowed at once (a first sync starts one
         # per worker), but never more than one minute's worth of logins in a burst.
         wait = self._take(

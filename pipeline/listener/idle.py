@@ -7,9 +7,9 @@
                     v
      +-------> WAITING_SLOT --(all of the grant's connection slots taken)--> retry in ~5 s
      |              | slot in imap-pipeline:conn:<grant_id>
-     |              |     `--(account or provider in the shared back-off of pipeline.ratelimit,
-     |              |         or the login queue longer than LOGIN_TURN_MAX_S)--> slot given
-     |              |         back, BACKOFF until then, ask again
+     |              |     `--(account or provider in the shared back-off of pipeline.ratelimit:
+     |              |         BACKOFF; the login queue longer than LOGIN_TURN_MAX_S:
+     |              |         LOGIN_QUEUED)--> slot given back, wait, ask again
      |              | a login token of the account and the provider (pipeline.ratelimit)
      |              v
      |        LOGIN_QUEUED  sleep until the reserved turn (a reconnect wave queues, no polling)
@@ -210,7 +210,7 @@ class FolderWatcher:
                 # The account or provider is backing off (workers were told to slow down
                 # too), or the login queue is long: no login meanwhile, the slot goes back.
                 await self._ctx.release_slot(self.target)
-                self.state = WatchState.BACKOFF
+                self.state = WatchState.BACKOFF if turn.backing_off else WatchState.LOGIN_QUEUED
                 await asyncio.sleep(
                     min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
                 )

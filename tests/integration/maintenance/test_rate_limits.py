@@ -92,6 +92,7 @@ def test_reserved_logins_queue_at_the_provider_rate_and_workers_wait_behind_them
     gaps = [b - a for a, b in itertools.pairwise(queued)]
     assert gaps == pytest.approx([0.1] * len(gaps), abs=0.01)
     assert not turns[-1].granted and turns[-1].wait_s > 1.0  # too long a queue: not reserved
+    assert not turns[-1].backing_off
     # a worker asking now waits for the queue too, rather than jumping it
     assert limiter.try_login("gmail", host, "worker-grant") > 0.9
     # the debt (10 turns) is kept until refilled: full in (10 + burst) / 10 s, not burst / 10
@@ -104,7 +105,7 @@ def test_a_back_off_is_never_reserved_through(limiter: RateLimiter) -> None:
     host = "imap.gmail.com"
     limiter.throttled("gmail", host, "a")
     turn = limiter.reserve_login("gmail", host, "a", max_wait_s=3600.0)
-    assert not turn.granted
+    assert not turn.granted and turn.backing_off
     assert ACCOUNT_BACKOFF_BASE_S - 1 < turn.retry_after_s <= ACCOUNT_BACKOFF_BASE_S
 
 
