@@ -61,7 +61,9 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 STATUS_LOG_S = 60.0  # one status line per minute at INFO
 STARTUP_JITTER_S = 1.0  # random wait after the first heartbeat, before the first claim
 # A login turn is reserved at most this far ahead (pipeline.ratelimit.RateLimiter.reserve_login);
-# a longer queue is asked again later. Bounds the budget a listener that stops leaves unused.
+# a longer queue is asked again later. Bounds the budget a listener that dies leaves reserved,
+# and so the delay of the listener that takes its grants over (issue: within 30 s). 120 s saved
+# a fifth of the listener's CPU in a 1,000-login reconnect (listener_scale: 6.8 -> 5.5 s).
 LOGIN_TURN_MAX_S = 30.0
 
 
