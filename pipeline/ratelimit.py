@@ -1,7 +1,7 @@
 """Per-provider and per-account limits shared by every process, in Redis.
 
 Celery's ``rate_limit`` counts per worker process; providers count per account and per source.
-Every worker process (and the listener, for connections) therefore asks Redis, where one Lua
+Every worker process (and the listener, for connections and logins) asks Redis, where one Lua
 script decides atomically. All times are the Redis server's clock (``TIME``), so machines with
 skewed clocks agree.
 
