@@ -16,10 +16,9 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.grants.schemas import GrantRequest
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Grant, Message, Placement, SyncFailure
-from tests.support.grants import connect
+from tests.support.grants import connect, grant_request
 from tests.support.mail import make_message
 from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser
@@ -80,15 +79,7 @@ def test_grant_creation_task_never_carries_the_password(
     from workers import enqueue
 
     seed(mail_user, 30)
-    request = GrantRequest(
-        email=mail_user.email,
-        password=mail_user.password,  # type: ignore[arg-type]
-        imap_host="127.0.0.1",
-        imap_port=mail_user.server.port,
-        imap_tls="starttls",
-        imap_username=mail_user.name,
-    )
-    enqueue.create_grant(request, settings)
+    enqueue.create_grant(grant_request(mail_user), settings)
     # What sits in the broker (and what Flower shows as arguments) has no plaintext password.
     broker = redis.Redis.from_url(settings.require_redis_url())
     queued = broker.lrange("sync.generic", 0, -1)

@@ -11,9 +11,9 @@ from pipeline.grants.service import create_grant
 from tests.support.services import MailUser
 
 
-def connect(settings: Settings, user: MailUser) -> str:
-    """Create a grant for ``user`` over STARTTLS (a real login); returns its id."""
-    request = GrantRequest(
+def grant_request(user: MailUser) -> GrantRequest:
+    """What ``grants add`` would send for ``user``: STARTTLS to the test Dovecot."""
+    return GrantRequest(
         email=user.email,
         password=user.password,  # type: ignore[arg-type]
         imap_host="127.0.0.1",
@@ -21,8 +21,12 @@ def connect(settings: Settings, user: MailUser) -> str:
         imap_tls="starttls",
         imap_username=user.name,
     )
+
+
+def connect(settings: Settings, user: MailUser) -> str:
+    """Create a grant for ``user`` over STARTTLS (a real login); returns its id."""
     with session_scope(settings.require_database_url()) as db:
-        return create_grant(db, settings, request).grant.id
+        return create_grant(db, settings, grant_request(user)).grant.id
 
 
 def sessions_for(settings: Settings) -> sessionmaker[Session]:

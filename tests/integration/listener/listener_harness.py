@@ -14,12 +14,12 @@ import redis.asyncio as aioredis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
-from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.listener.idle import WatchState
 from pipeline.listener.process import Listener
 from pipeline.listener.settings import ListenerSettings
 from pipeline.models import Folder
+from tests.support.grants import grant_request
 from tests.support.mail import create_folder
 from tests.support.services import MailUser
 
@@ -48,16 +48,8 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str
 def connect_grant(settings: Settings, user: MailUser) -> tuple[str, str, str]:
     """A grant for ``user`` with Inbox and Sent folder rows; returns (grant, inbox, sent) ids."""
     create_folder(user.server, user.name, user.password, "Sent")
-    request = GrantRequest(
-        email=user.email,
-        password=user.password,  # type: ignore[arg-type]
-        imap_host="127.0.0.1",
-        imap_port=user.server.port,
-        imap_tls="starttls",
-        imap_username=user.name,
-    )
     with session_scope(settings.require_database_url()) as db:
-        grant = create_grant(db, settings, request).grant
+        grant = create_grant(db, settings, grant_request(user)).grant
         inbox = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", role="inbox")
         sent = Folder(grant_id=grant.id, name="Sent", raw_name="Sent", role="sent")
         db.add_all([inbox, sent])
