@@ -81,12 +81,6 @@ class CeleryWorker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while b" ready." not in self.log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.2)
-        return self
 
     def log(self) -> str:
         """Everything the worker printed so far."""
