@@ -138,15 +138,21 @@ class MessageRepository:
             ),
         )
 
-    def placed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:
-        """UIDs of a folder already stored under this UIDVALIDITY (the sync checkpoint)."""
-        return set(
-            self.session.scalars(
-                select(Placement.uid).where(
-                    Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
-                )
-            )
+    def placed_uids(
+        self, folder_id: str, uidvalidity: int, uids: tuple[int, int | None] = (0, None)
+    ) -> set[int]:
+        """UIDs of a folder already stored under this UIDVALIDITY (the sync checkpoint), in
+        ``uids`` = (lowest, highest or None): a range task or an incremental run reads only
+        its part of a large folder."""
+        lo, hi = uids
+        query = select(Placement.uid).where(
+            Placement.folder_id == folder_id,
+            Placement.uidvalidity == uidvalidity,
+            Placement.uid >= lo,
         )
+        if hi is not None:
+            query = query.where(Placement.uid <= hi)
+        return set(self.session.scalars(query))
 
     def count_placed(self, folder_id: str, uidvalidity: int) -> int:
         """How many messages of a folder are stored under this UIDVALIDITY."""
@@ -313,15 +319,20 @@ class MessageRepository:
         ]
 
     # --- failures -----------------------------------------------------------------------------
-    def failed_uids(self, folder_id: str, uidvalidity: int) -> set[int]:
-        """UIDs that could not be normalized (recorded, skipped)."""
-        return set(
-            self.session.scalars(
-                select(SyncFailure.uid).where(
-                    SyncFailure.folder_id == folder_id, SyncFailure.uidvalidity == uidvalidity
-                )
-            )
+    def failed_uids(
+        self, folder_id: str, uidvalidity: int, uids: tuple[int, int | None] = (0, None)
+    ) -> set[int]:
+        """UIDs that could not be stored (recorded, skipped), in ``uids`` as for
+        :meth:`placed_uids`."""
+        lo, hi = uids
+        query = select(SyncFailure.uid).where(
+            SyncFailure.folder_id == folder_id,
+            SyncFailure.uidvalidity == uidvalidity,
+            SyncFailure.uid >= lo,
         )
+        if hi is not None:
+            query = query.where(SyncFailure.uid <= hi)
+        return set(self.session.scalars(query))
 
     def record_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages that could not be normalized."""

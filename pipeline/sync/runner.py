@@ -334,9 +334,13 @@ def sync_folder(
             state = "syncing"
         folder.state = state
         folder.state_detail = None
-        placed = messages.placed_uids(folder_id, info.uidvalidity)
-        failed = messages.failed_uids(folder_id, info.uidvalidity)
-    initial = state in ("syncing", "reindexing")
+        initial = state in ("syncing", "reindexing")
+        # Only the UIDs this run can meet: its range, or (incremental) the new ones.
+        relevant: tuple[int, int | None] = (
+            uid_range if initial and uid_range else (0, None) if initial else (synced_uid, None)
+        )
+        placed = messages.placed_uids(folder_id, info.uidvalidity, relevant)
+        failed = messages.failed_uids(folder_id, info.uidvalidity, relevant)
 
     if initial and uid_range is not None:
         lo, hi = uid_range

@@ -9,8 +9,10 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.grants.service import open_grant_session
+from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.runner import discover_folders, sync_folder, sync_grant_inline
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
 from tests.support.services import MailUser
@@ -274,3 +276,48 @@ def test_a_message_the_server_cannot_read_costs_only_that_message(
         assert failure.error.startswith("The server could not return the message:")
         inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
         assert inbox.state == "synced"
+
+
+def test_a_large_folder_split_into_uid_ranges_is_synced_by_its_range_runs(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    # What the Celery tasks do with a big folder: a planning run returns UID ranges, each range
+    # runs on its own (any order, any worker, twice is harmless), and the one that stores the
+    # last planned message marks the folder synced.
+    now = datetime.now(UTC).replace(microsecond=0)
+    seed_maildir(
+        mail_user.server.maildir(mail_user.name),
+        (
+            GeneratedMessage("INBOX", now - timedelta(minutes=i), (), make_message(f"r{i}"))
+            for i in range(60)
+        ),
+        owner=mail_user.server.mail_user,
+    )
+    grant_id = connect(settings, mail_user)
+    sessions = sessions_for(settings)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+        discover_folders(db, grant, imap.list_folders())
+        inbox = db.scalars(
+            select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
+        ).one()
+    try:
+        plan = sync_folder(sessions, settings, imap, grant_id, inbox, range_messages=10)
+        assert plan.stored == 0 and len(plan.ranges) == 6
+        assert sorted(lo for lo, _ in plan.ranges)[0] == 1
+        states = []
+        for lo, hi in reversed(plan.ranges):  # order does not matter
+            run = sync_folder(sessions, settings, imap, grant_id, inbox, uid_range=(lo, hi))
+            assert run.stored == hi - lo + 1
+            states.append(run.state)
+        assert states[:-1] == ["syncing"] * 5 and states[-1] == "synced"
+        again = sync_folder(sessions, settings, imap, grant_id, inbox, uid_range=plan.ranges[0])
+        assert again.stored == 0
+    finally:
+        imap.close()
+    assert sorted(subjects(settings, grant_id)) == sorted(f"r{i}" for i in range(60))
+    with session_scope(settings.require_database_url()) as db:
+        folder = db.get(Folder, inbox)
+        assert folder is not None and folder.state == "synced"
