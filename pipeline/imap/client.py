@@ -48,6 +48,7 @@ THROTTLE_MARKERS = (
     "maximum number of connections",
     "try again later",
 )
+VANISHED_LIMIT = 100_000  # expunged UIDs taken from one VANISHED answer; beyond it, diff
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 _FETCH_UID = re.compile(rb"UID (\d+)")
@@ -208,6 +209,7 @@ class ImapSession:
         self.selected: str | None = None
         self.capabilities = self._capabilities_after_login(mailbox.client)
         self.condstore_enabled = False
+        self.qresync_enabled = False
 
     @staticmethod
     def _capabilities_after_login(client: imaplib.IMAP4) -> frozenset[str]:
@@ -273,13 +275,16 @@ class ImapSession:
         return capability.upper() in self.capabilities
 
     def enable_condstore(self) -> bool:
-        """ENABLE CONDSTORE where offered, so SELECT reports HIGHESTMODSEQ. Idempotent."""
+        """ENABLE CONDSTORE where offered, so SELECT reports HIGHESTMODSEQ, and QRESYNC with
+        it where offered (expunges then move HIGHESTMODSEQ and can be asked for). Idempotent."""
         if self.condstore_enabled:
             return True
         if not self.has("CONDSTORE"):
             return False
         if self.has("ENABLE"):
-            self._call("_simple_command", "ENABLE", "CONDSTORE")
+            qresync = self.has("QRESYNC")
+            self._call("_simple_command", "ENABLE", "CONDSTORE QRESYNC" if qresync else "CONDSTORE")
+            self.qresync_enabled = qresync
         self.condstore_enabled = True
         return True
 
@@ -436,6 +441,36 @@ class ImapSession:
                 if meta is not None:
                     metas.append(meta)
         return metas
+
+    def fetch_changes_since(self, modseq: int) -> tuple[list[MessageMeta], set[int]] | None:
+        """Flag changes and expunges after ``modseq`` in one command (QRESYNC ``VANISHED``):
+        ``(changed messages, expunged UIDs)``. None when the server lists more expunged UIDs
+        than :data:`VANISHED_LIMIT` (a server may answer with a superset): diff instead."""
+        items = "(UID RFC822.SIZE INTERNALDATE FLAGS MODSEQ)"
+        data = self._uid("FETCH", "1:*", items, f"(CHANGEDSINCE {modseq} VANISHED)")
+        metas = [
+            meta
+            for item in data
+            if isinstance(line := item[0] if isinstance(item, tuple) else item, bytes)
+            and (meta := self._meta(line)) is not None
+        ]
+        vanished: set[int] = set()
+        _, lines = self.raw.response("VANISHED")
+        for line in lines or []:
+            if line is None:  # imaplib's answer when the server sent no VANISHED
+                continue
+            text = _text(line).strip()
+            if text.upper().startswith("(EARLIER)"):
+                text = text[len("(EARLIER)") :].strip()
+            for part in text.split(","):
+                if not part:
+                    continue
+                first, _, last = part.partition(":")
+                lo, hi = sorted((int(first), int(last or first)))
+                if len(vanished) + hi - lo + 1 > VANISHED_LIMIT:
+                    return None
+                vanished.update(range(lo, hi + 1))
+        return metas, vanished
 
     def present_uids(self, uids: Sequence[int]) -> set[int]:
         """Which of ``uids`` still exist in the selected folder (an expunge check)."""

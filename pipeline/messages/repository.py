@@ -216,13 +216,17 @@ class MessageRepository:
             atts.setdefault(att.message_id, []).append(att)
         return [(m, atts.get(m.id, [])) for m in messages]
 
-    def placements_of(self, folder_id: str, uidvalidity: int) -> dict[int, tuple[str, list[str]]]:
-        """A folder's placements under a UIDVALIDITY: uid -> (message id, flags)."""
-        rows = self.session.execute(
-            select(Placement.uid, Placement.message_id, Placement.flags).where(
-                Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
-            )
-        ).all()
+    def placements_of(
+        self, folder_id: str, uidvalidity: int, uids: Iterable[int] | None = None
+    ) -> dict[int, tuple[str, list[str]]]:
+        """A folder's placements under a UIDVALIDITY (only ``uids``, when given):
+        uid -> (message id, flags)."""
+        query = select(Placement.uid, Placement.message_id, Placement.flags).where(
+            Placement.folder_id == folder_id, Placement.uidvalidity == uidvalidity
+        )
+        if uids is not None:
+            query = query.where(Placement.uid.in_(list(uids)))
+        rows = self.session.execute(query).all()
         return {int(uid): (str(mid), list(flags)) for uid, mid, flags in rows}
 
     def set_placement_flags(

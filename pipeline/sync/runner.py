@@ -326,6 +326,7 @@ def sync_folder(
                     extra={"grant_id": grant_id, "folder_id": folder_id},
                 )
                 folder.reindex_uidvalidity = info.uidvalidity
+                folder.highestmodseq = None  # modseqs of the old numbering mean nothing now
             state = "reindexing"
         elif state == "reindexing":  # the server went back to the validity we hold
             folder.reindex_uidvalidity = None
@@ -358,6 +359,10 @@ def sync_folder(
             assert folder is not None
             folder.to_sync = len(window)
             folder.uidnext = info.uidnext
+            if folder.highestmodseq is None:
+                # The baseline of the first incremental run: what changes (flags, expunges)
+                # after the plan was made, also to mail stored meanwhile, is asked for then.
+                folder.highestmodseq = info.highestmodseq
         if range_messages and len(todo) > 2 * range_messages:
             parts = min(-(-len(todo) // range_messages), MAX_RANGES)
             step = -(-len(todo) // parts)
@@ -486,7 +491,8 @@ def sync_folder(
                 )
         folder.synced_uid = max(folder.synced_uid, planned or top + 1, top + 1)
         folder.uidnext = info.uidnext
-        folder.highestmodseq = info.highestmodseq
+        if not initial:  # an initial sync keeps the modseq of its plan (see above)
+            folder.highestmodseq = info.highestmodseq
         folder.last_synced_at = now
         folder.state = "synced"
         outcome.state = "synced"
@@ -519,20 +525,39 @@ def _apply_flag_and_expunge_changes(
 ) -> None:
     """Bring flags and expunges of an already synced folder up to date.
 
-    Flags: CONDSTORE ``CHANGEDSINCE`` where the server has it, else a bounded refresh of the
-    most recent UIDs. Expunges: the stored UIDs the server no longer has. A message whose last
-    placement vanished is only marked orphaned: a move shows up as an expunge here and an
+    With QRESYNC, one ``CHANGEDSINCE ... VANISHED`` fetch gives both and nothing else is read.
+    Otherwise flags: CONDSTORE ``CHANGEDSINCE`` where the server has it, else a bounded refresh
+    of the most recent UIDs; expunges: the stored UIDs the server no longer has. A message
+    whose last placement vanished is only marked orphaned: a move shows up as an expunge here and an
     arrival elsewhere, and must keep its id (see :func:`finalize_orphans`).
     """
-    with sessions.begin() as db:
-        current = MessageRepository(db).placements_of(folder_id, uidvalidity)
-    if not current:
-        return
-    if stored_modseq is not None and server_modseq is not None and imap.condstore_enabled:
-        metas = imap.fetch_changed_since(stored_modseq) if server_modseq > stored_modseq else []
+    modseqs = stored_modseq is not None and server_modseq is not None
+    changes = None
+    if modseqs and imap.qresync_enabled:
+        # QRESYNC: HIGHESTMODSEQ moves with every flag change and expunge, and one command
+        # lists both; only the placements they touch are read (not the whole folder).
+        assert stored_modseq is not None and server_modseq is not None
+        if server_modseq <= stored_modseq:
+            return
+        changes = imap.fetch_changes_since(stored_modseq)
+    if changes is not None:
+        metas, vanished = changes
+        with sessions.begin() as db:
+            current = MessageRepository(db).placements_of(
+                folder_id, uidvalidity, {m.uid for m in metas} | vanished
+            )
+        gone = vanished & current.keys()
     else:
-        metas = imap.fetch_meta(sorted(current)[-FLAG_REFRESH_LIMIT:])
-    gone = set(current) - imap.present_uids(sorted(current))
+        with sessions.begin() as db:
+            current = MessageRepository(db).placements_of(folder_id, uidvalidity)
+        if not current:
+            return
+        if modseqs and imap.condstore_enabled:
+            assert stored_modseq is not None and server_modseq is not None
+            metas = imap.fetch_changed_since(stored_modseq) if server_modseq > stored_modseq else []
+        else:
+            metas = imap.fetch_meta(sorted(current)[-FLAG_REFRESH_LIMIT:])
+        gone = set(current) - imap.present_uids(sorted(current))
     with sessions.begin() as db:
         repo = MessageRepository(db)
         updated: list[str] = []

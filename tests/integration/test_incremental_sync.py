@@ -14,7 +14,7 @@ from pipeline.db import session_scope
 from pipeline.errors import ImapAuthError
 from pipeline.grants.service import expire_grant, open_grant_session
 from pipeline.models import Folder, Grant, Message
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.runner import discover_folders, sync_folder, sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message
@@ -159,3 +159,62 @@ def test_a_password_changed_on_the_server_expires_the_grant_once(
     assert [o["id"] for o in expired] == [grant_id]
     assert expired[0]["grant_status"] == "invalid"
     assert "changed-elsewhere" not in str(expired)
+
+
+def _inbox_id(settings: Settings, grant_id: str) -> str:
+    with session_scope(settings.require_database_url()) as db:
+        return db.scalars(
+            select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
+        ).one()
+
+
+def _state(settings: Settings) -> dict[str, tuple[bool, bool]]:
+    """subject -> (starred, orphaned)"""
+    with session_scope(settings.require_database_url()) as db:
+        rows = db.execute(select(Message.subject, Message.starred, Message.orphaned_at))
+        return {s: (starred, orphaned is not None) for s, starred, orphaned in rows}
+
+
+@pytest.mark.parametrize("qresync", [True, False], ids=["qresync", "uid-diff"])
+def test_changes_made_while_the_initial_sync_ran_reach_the_first_incremental_run(
+    settings: Settings, mail_user: MailUser, qresync: bool
+) -> None:
+    # Mail already stored by an unfinished initial sync is flagged and expunged on the server;
+    # once the initial sync is done, the next run must see both: with QRESYNC from the plan's
+    # HIGHESTMODSEQ (CHANGEDSINCE ... VANISHED), without it by diffing UIDs.
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    for i in range(30):
+        append(server, name, pw, make_message(f"m{i:02}"))
+    grant_id = connect(settings, mail_user)
+    sessions = sessions_for(settings)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+        discover_folders(db, grant, imap.list_folders())
+    if not qresync:  # a server that does not offer it
+        imap.capabilities = imap.capabilities - {"QRESYNC"}
+    inbox = _inbox_id(settings, grant_id)
+    small = settings.model_copy(update={"sync_batch_size": 10})
+    try:
+        first = sync_folder(sessions, small, imap, grant_id, inbox, budget_s=0)
+        assert first.more and first.stored == 10  # m00..m09 stored, the rest not yet
+        assert imap.qresync_enabled is qresync
+        server_command(
+            mail_user,
+            ("STORE", "1", "+FLAGS", "(\\Flagged)"),  # m00
+            ("STORE", "2", "+FLAGS", "(\\Deleted)"),  # m01
+            ("EXPUNGE", "2"),
+        )
+        outcome = sync_folder(sessions, small, imap, grant_id, inbox)
+        while outcome.more:
+            outcome = sync_folder(sessions, small, imap, grant_id, inbox)
+        assert outcome.state == "synced"
+        assert _state(settings)["m00"] == (False, False)  # not seen yet
+        sync_folder(sessions, small, imap, grant_id, inbox)  # the first incremental run
+    finally:
+        imap.close()
+    state = _state(settings)
+    assert state["m00"] == (True, False)
+    assert state["m01"] == (False, True)
+    assert len(state) == 30 and sum(orphaned for _, orphaned in state.values()) == 1
