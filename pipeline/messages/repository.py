@@ -144,14 +144,17 @@ class MessageRepository:
         """UIDs of a folder already stored under this UIDVALIDITY (the sync checkpoint), in
         ``uids`` = (lowest, highest or None): a range task or an incremental run reads only
         its part of a large folder."""
+        return self._uids(Placement, folder_id, uidvalidity, uids)
+
+    def _uids(
+        self, model: Any, folder_id: str, uidvalidity: int, uids: tuple[int, int | None]
+    ) -> set[int]:
         lo, hi = uids
-        query = select(Placement.uid).where(
-            Placement.folder_id == folder_id,
-            Placement.uidvalidity == uidvalidity,
-            Placement.uid >= lo,
+        query = select(model.uid).where(
+            model.folder_id == folder_id, model.uidvalidity == uidvalidity, model.uid >= lo
         )
         if hi is not None:
-            query = query.where(Placement.uid <= hi)
+            query = query.where(model.uid <= hi)
         return set(self.session.scalars(query))
 
     def count_placed(self, folder_id: str, uidvalidity: int) -> int:
@@ -328,15 +331,7 @@ class MessageRepository:
     ) -> set[int]:
         """UIDs that could not be stored (recorded, skipped), in ``uids`` as for
         :meth:`placed_uids`."""
-        lo, hi = uids
-        query = select(SyncFailure.uid).where(
-            SyncFailure.folder_id == folder_id,
-            SyncFailure.uidvalidity == uidvalidity,
-            SyncFailure.uid >= lo,
-        )
-        if hi is not None:
-            query = query.where(SyncFailure.uid <= hi)
-        return set(self.session.scalars(query))
+        return self._uids(SyncFailure, folder_id, uidvalidity, uids)
 
     def record_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages that could not be normalized."""

@@ -52,7 +52,6 @@ import psycopg  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope, sessionmaker_for  # noqa: E402
-from pipeline.grants.schemas import GrantRequest  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
@@ -62,6 +61,7 @@ from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, verify  # noqa: E402
 from tests.integration.webhooks.webhook_receiver import Received, Receiver  # noqa: E402
+from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.mail import make_message  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
@@ -214,15 +214,7 @@ def running_stack(poll_interval_s: float | None) -> Iterator[Stack]:
             encryption_keys=generate_key(),  # type: ignore[arg-type]
             data_dir=work / "data",
         )
-        request = GrantRequest(
-            email="fresh@example.test",
-            password=password,  # type: ignore[arg-type]
-            imap_host="127.0.0.1",
-            imap_port=dovecot.port,
-            imap_tls="plain",
-            imap_username=user,
-            allow_plaintext=True,
-        )
+        request = plaintext_request(dovecot.port, user, password, "fresh@example.test")
         with session_scope(db_url) as db:
             grant_id = create_grant(db, settings, request).grant.id
         sync_grant_inline(sessionmaker_for(db_url), settings, grant_id)

@@ -35,7 +35,6 @@ from sqlalchemy import select  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope, sessionmaker_for  # noqa: E402
-from pipeline.grants.schemas import GrantRequest  # noqa: E402
 from pipeline.grants.service import create_grant, open_grant_session  # noqa: E402
 from pipeline.imap import ImapSession  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
@@ -43,6 +42,7 @@ from pipeline.local.dovecot import LocalDovecot  # noqa: E402
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 from pipeline.sync.runner import sync_folder, sync_grant_inline  # noqa: E402
+from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.mail import append, imap_login, make_message  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -76,15 +76,7 @@ def measure(size: int, rounds: int) -> dict[str, float]:
             encryption_keys=generate_key(),  # type: ignore[arg-type]
             data_dir=work / "data",
         )
-        request = GrantRequest(
-            email="u@example.test",
-            password="pw",  # type: ignore[arg-type]
-            imap_host="127.0.0.1",
-            imap_port=dovecot.port,
-            imap_tls="plain",
-            imap_username="u",
-            allow_plaintext=True,
-        )
+        request = plaintext_request(dovecot.port, "u", "pw", "u@example.test")
         with session_scope(url) as db:
             grant_id = create_grant(db, settings, request).grant.id
         sessions = sessionmaker_for(url)

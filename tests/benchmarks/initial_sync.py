@@ -35,7 +35,6 @@ from sqlalchemy import func, select  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope  # noqa: E402
-from pipeline.grants.schemas import GrantRequest  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
@@ -43,6 +42,7 @@ from pipeline.local.mailgen import generate, seed_maildir  # noqa: E402
 from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Grant, Placement  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
+from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
 PG_ADMIN = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -173,15 +173,7 @@ def main() -> int:
         try:
             meter.start()
             started = time.perf_counter()
-            request = GrantRequest(
-                email="bench@example.test",
-                password=password,  # type: ignore[arg-type]
-                imap_host="127.0.0.1",
-                imap_port=dovecot.port,
-                imap_tls="plain",
-                imap_username=user,
-                allow_plaintext=True,
-            )
+            request = plaintext_request(dovecot.port, user, password, "bench@example.test")
             with session_scope(db_url) as db:
                 grant = create_grant(db, settings, request).grant
                 grant_id = grant.id

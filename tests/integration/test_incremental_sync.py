@@ -14,9 +14,9 @@ from pipeline.db import session_scope
 from pipeline.errors import ImapAuthError
 from pipeline.grants.service import expire_grant, open_grant_session
 from pipeline.models import Folder, Grant, Message
-from pipeline.sync.runner import discover_folders, sync_folder, sync_grant_inline
+from pipeline.sync.runner import sync_folder, sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
-from tests.support.grants import connect, sessions_for
+from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
@@ -161,13 +161,6 @@ def test_a_password_changed_on_the_server_expires_the_grant_once(
     assert "changed-elsewhere" not in str(expired)
 
 
-def _inbox_id(settings: Settings, grant_id: str) -> str:
-    with session_scope(settings.require_database_url()) as db:
-        return db.scalars(
-            select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
-        ).one()
-
-
 def _state(settings: Settings) -> dict[str, tuple[bool, bool]]:
     """subject -> (starred, orphaned)"""
     with session_scope(settings.require_database_url()) as db:
@@ -187,14 +180,9 @@ def test_changes_made_while_the_initial_sync_ran_reach_the_first_incremental_run
         append(server, name, pw, make_message(f"m{i:02}"))
     grant_id = connect(settings, mail_user)
     sessions = sessions_for(settings)
-    with session_scope(settings.require_database_url()) as db:
-        grant = db.get(Grant, grant_id)
-        assert grant is not None
-        imap = open_grant_session(db, settings, grant)
-        discover_folders(db, grant, imap.list_folders())
+    imap, inbox = open_with_folders(settings, grant_id)
     if not qresync:  # a server that does not offer it
         imap.capabilities = imap.capabilities - {"QRESYNC"}
-    inbox = _inbox_id(settings, grant_id)
     small = settings.model_copy(update={"sync_batch_size": 10})
     try:
         first = sync_folder(sessions, small, imap, grant_id, inbox, budget_s=0)

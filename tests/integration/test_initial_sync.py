@@ -9,11 +9,10 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.grants.service import open_grant_session
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
-from pipeline.sync.runner import discover_folders, sync_folder, sync_grant_inline
-from tests.support.grants import connect, sessions_for
+from pipeline.sync.runner import sync_folder, sync_grant_inline
+from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
 from tests.support.services import MailUser
 
@@ -222,6 +221,18 @@ def test_an_attachment_forty_multiparts_deep_is_stored(
         assert attachment.filename == "x.bin"
 
 
+def only_the_failure_of_uid_2(settings: Settings, grant_id: str) -> str:
+    """Messages "before" and "after" are stored, UID 2 is the one failure, the Inbox is synced;
+    returns the failure's text."""
+    assert sorted(subjects(settings, grant_id)) == ["after", "before"]
+    with session_scope(settings.require_database_url()) as db:
+        (failure,) = db.scalars(select(SyncFailure)).all()
+        assert failure.uid == 2
+        inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
+        assert inbox.state == "synced"
+        return failure.error
+
+
 def test_a_message_the_database_refuses_costs_only_that_message(
     settings: Settings, mail_user: MailUser
 ) -> None:
@@ -236,14 +247,8 @@ def test_a_message_the_database_refuses_costs_only_that_message(
 
     sync_grant_inline(sessions_for(settings), settings, grant_id)
 
-    assert sorted(subjects(settings, grant_id)) == ["after", "before"]
-    with session_scope(settings.require_database_url()) as db:
-        (failure,) = db.scalars(select(SyncFailure)).all()
-        assert failure.uid == 2
-        assert failure.error.startswith("The message could not be stored:")
-        assert "t_refuse" in failure.error
-        inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
-        assert inbox.state == "synced"
+    error = only_the_failure_of_uid_2(settings, grant_id)
+    assert error.startswith("The message could not be stored:") and "t_refuse" in error
     # the next run neither tries it again nor stores anything twice
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     with session_scope(settings.require_database_url()) as db:
@@ -269,13 +274,8 @@ def test_a_message_the_server_cannot_read_costs_only_that_message(
 
     sync_grant_inline(sessions_for(settings), settings, grant_id)
 
-    assert sorted(subjects(settings, grant_id)) == ["after", "before"]
-    with session_scope(settings.require_database_url()) as db:
-        (failure,) = db.scalars(select(SyncFailure)).all()
-        assert failure.uid == 2
-        assert failure.error.startswith("The server could not return the message:")
-        inbox = db.scalars(select(Folder).where(Folder.raw_name == "INBOX")).one()
-        assert inbox.state == "synced"
+    error = only_the_failure_of_uid_2(settings, grant_id)
+    assert error.startswith("The server could not return the message:")
 
 
 def test_a_large_folder_split_into_uid_ranges_is_synced_by_its_range_runs(
@@ -295,14 +295,7 @@ def test_a_large_folder_split_into_uid_ranges_is_synced_by_its_range_runs(
     )
     grant_id = connect(settings, mail_user)
     sessions = sessions_for(settings)
-    with session_scope(settings.require_database_url()) as db:
-        grant = db.get(Grant, grant_id)
-        assert grant is not None
-        imap = open_grant_session(db, settings, grant)
-        discover_folders(db, grant, imap.list_folders())
-        inbox = db.scalars(
-            select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
-        ).one()
+    imap, inbox = open_with_folders(settings, grant_id)
     try:
         plan = sync_folder(sessions, settings, imap, grant_id, inbox, range_messages=10)
         assert plan.stored == 0 and len(plan.ranges) == 6

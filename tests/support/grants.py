@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant
+from pipeline.grants.service import create_grant, open_grant_session
+from pipeline.imap import ImapSession
+from pipeline.models import Folder, Grant
+from pipeline.sync.runner import discover_folders
 from tests.support.services import MailUser
 
 
@@ -23,10 +27,37 @@ def grant_request(user: MailUser) -> GrantRequest:
     )
 
 
+def plaintext_request(port: int, user: str, password: str, email: str) -> GrantRequest:
+    """A grant on a local Dovecot without TLS (the benchmarks', which measure sync, not TLS)."""
+    return GrantRequest(
+        email=email,
+        password=password,  # type: ignore[arg-type]
+        imap_host="127.0.0.1",
+        imap_port=port,
+        imap_tls="plain",
+        imap_username=user,
+        allow_plaintext=True,
+    )
+
+
 def connect(settings: Settings, user: MailUser) -> str:
     """Create a grant for ``user`` over STARTTLS (a real login); returns its id."""
     with session_scope(settings.require_database_url()) as db:
         return create_grant(db, settings, grant_request(user)).grant.id
+
+
+def open_with_folders(settings: Settings, grant_id: str) -> tuple[ImapSession, str]:
+    """A logged-in session of the grant and its folder rows, as a worker's first task makes
+    them; returns the session (close it) and the Inbox's folder id."""
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+        discover_folders(db, grant, imap.list_folders())
+        inbox = db.scalars(
+            select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
+        ).one()
+    return imap, inbox
 
 
 def sessions_for(settings: Settings) -> sessionmaker[Session]:
