@@ -1,4 +1,4 @@
-"""``imap-pipeline grants add | list | status | remove | sync``."""
+"""``imap-pipeline grants add | list | status | remove | sync | failures``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, get_grant, remove_grant
 from pipeline.grants.views import grant_dict, status_dict
+from pipeline.messages.repository import MessageRepository
 from pipeline.presets import PRESETS
 
 console = Console(soft_wrap=True)
@@ -69,6 +70,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sync = gsub.add_parser("sync", help="enqueue a sync of every folder of a grant now")
     sync.add_argument("grant")
     sync.set_defaults(handler=_sync)
+
+    failures = gsub.add_parser(
+        "failures", help="messages that could not be fetched, parsed or stored, and why"
+    )
+    failures.add_argument("grant")
+    failures.add_argument("--json", action="store_true")
+    failures.add_argument(
+        "--retry",
+        action="store_true",
+        help="forget them and enqueue a fetch of those messages again (after a server fix)",
+    )
+    failures.set_defaults(handler=_failures)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -198,6 +211,49 @@ def _status(args: argparse.Namespace) -> int:
         console.print(_status_table(view))
         return 0
     return _follow(settings, args.grant)
+
+
+def _failures(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    ranges: dict[str, tuple[int, int]] = {}
+    with session_scope(settings.require_database_url()) as db:
+        grant = get_grant(db, args.grant)
+        repo = MessageRepository(db)
+        found = repo.failures_of(grant.id)
+        rows: list[dict[str, Any]] = [
+            {
+                "folder": name,
+                "folder_id": f.folder_id,
+                "uidvalidity": f.uidvalidity,
+                "uid": f.uid,
+                "error": f.error,
+                "recorded_at": f.recorded_at.isoformat(),
+            }
+            for f, name in found
+        ]
+        if args.retry:
+            repo.clear_failures(grant.id)
+            for f, _ in found:
+                lo, hi = ranges.get(f.folder_id, (f.uid, f.uid))
+                ranges[f.folder_id] = (min(lo, f.uid), max(hi, f.uid))
+        grant_id, provider = grant.id, grant.provider
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        console.print(f"no failures recorded for {grant_id}")
+    else:
+        table = Table("folder", "uid", "recorded", "error", title=f"failures of {grant_id}")
+        for row in rows:
+            table.add_row(row["folder"], str(row["uid"]), row["recorded_at"][:19], row["error"])
+        console.print(table)
+    if ranges:
+        from workers import enqueue
+
+        for folder_id, uid_range in ranges.items():
+            enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
+        if not args.json:
+            console.print(f"forgotten; a fetch of {len(rows)} message(s) is queued")
+    return 0
 
 
 def _follow(settings: Settings, grant_ref: str) -> int:

@@ -333,6 +333,25 @@ class MessageRepository:
         :meth:`placed_uids`."""
         return self._uids(SyncFailure, folder_id, uidvalidity, uids)
 
+    def failures_of(self, grant_id: str) -> list[tuple[SyncFailure, str]]:
+        """A grant's recorded failures with their folder's name, oldest first."""
+        rows = self.session.execute(
+            select(SyncFailure, Folder.name)
+            .join(Folder, Folder.id == SyncFailure.folder_id)
+            .where(SyncFailure.grant_id == grant_id)
+            .order_by(SyncFailure.recorded_at, SyncFailure.uid)
+        ).all()
+        return [(failure, str(name)) for failure, name in rows]
+
+    def clear_failures(self, grant_id: str) -> list[str]:
+        """Forget a grant's failures so they are fetched again; returns the folders' ids."""
+        result = self.session.execute(
+            delete(SyncFailure)
+            .where(SyncFailure.grant_id == grant_id)
+            .returning(SyncFailure.folder_id)
+        )
+        return sorted({str(folder_id) for (folder_id,) in result})
+
     def record_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages that could not be normalized."""
         if rows:

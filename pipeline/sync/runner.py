@@ -338,12 +338,14 @@ def sync_folder(
         initial = state in ("syncing", "reindexing")
         # Only the UIDs this run can meet: its range, or (incremental) the new ones.
         relevant: tuple[int, int | None] = (
-            uid_range if initial and uid_range else (0, None) if initial else (synced_uid, None)
+            uid_range if uid_range else (0, None) if initial else (synced_uid, None)
         )
         placed = messages.placed_uids(folder_id, info.uidvalidity, relevant)
         failed = messages.failed_uids(folder_id, info.uidvalidity, relevant)
 
-    if initial and uid_range is not None:
+    if uid_range is not None:
+        # A range of the initial sync, or (a synced folder) UIDs an operator asks to fetch
+        # again, e.g. failures forgotten by `grants failures --retry`.
         lo, hi = uid_range
         in_range = imap.search_uids("UID", f"{lo}:{hi}")
         todo = [
@@ -384,7 +386,8 @@ def sync_folder(
             ]
 
     outcome = SyncOutcome(folder_id, state)
-    if not initial:
+    refetch = uid_range is not None and not initial  # some UIDs of a synced folder, again
+    if not initial and not refetch:
         _apply_flag_and_expunge_changes(
             sessions,
             settings,
@@ -463,6 +466,8 @@ def sync_folder(
             outcome.replaced.close()
         raise
 
+    if refetch:
+        return outcome  # the folder's own runs keep its marks (UIDNEXT, HIGHESTMODSEQ)
     with sessions.begin() as db:
         folder = FolderRepository(db).get_for_update(folder_id)
         if folder is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import time
@@ -18,9 +19,10 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Grant, Message, Placement, SyncFailure
+from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, grant_request
 from tests.support.mail import make_message
-from tests.support.processes import CeleryWorker, pipeline_env
+from tests.support.processes import CeleryWorker, pipeline_env, run_cli
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -138,7 +140,7 @@ def test_a_worker_killed_mid_folder_loses_nothing_and_resumes(
     assert os.environ.get("IMAP_PIPELINE_DATABASE_URL") == settings.database_url
 
 
-def test_a_worker_skips_a_message_the_server_cannot_read(
+def test_a_worker_skips_a_message_the_server_cannot_read_and_fetches_it_on_retry(
     settings: Settings, mail_user: MailUser, celery_client: None, tmp_path: Path
 ) -> None:
     from workers import enqueue
@@ -155,10 +157,24 @@ def test_a_worker_skips_a_message_the_server_cannot_read(
     try:
         enqueue.sync_grant(grant_id, "generic")
         wait_for(lambda: grant_synced(settings), "the initial sync")
+        assert placed(settings) == 11
+        listed = run_cli(settings, "grants", "failures", grant_id, "--json")
+        assert listed.returncode == 0, listed.stderr
+        (failure,) = json.loads(listed.stdout)
+        assert failure["folder"] == "INBOX"
+        assert failure["error"].startswith("The server could not return the message:")
+
+        victim.chmod(0o600)  # the server is fixed; the operator retries
+        retried = run_cli(settings, "grants", "failures", grant_id, "--retry")
+        assert retried.returncode == 0, retried.stderr
+        assert "queued" in retried.stdout
+        wait_for(lambda: placed(settings) == 12, "the retried message")
     finally:
         worker.stop()
-    assert placed(settings) == 11
     with session_scope(settings.require_database_url()) as db:
-        (failure,) = db.scalars(select(SyncFailure)).all()
-        assert failure.error.startswith("The server could not return the message:")
+        assert db.scalars(select(SyncFailure)).all() == []
+        created = db.scalars(
+            select(OutboxEvent.object).where(OutboxEvent.type == "message.created")
+        ).all()
+    assert [o["subject"] for o in created] == ["m5"]  # the grant is live: subscribers hear of it
     assert "Traceback" not in worker.log()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -12,24 +10,12 @@ from pipeline.config import Settings
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import sessions_for
 from tests.support.mail import append, make_message
-from tests.support.processes import pipeline_env
+from tests.support.processes import run_cli
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
 
-CLI_TIMEOUT_S = 60
-
-
-def cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=pipeline_env(settings),
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
+cli = run_cli
 
 
 def add_args(user: MailUser) -> list[str]:

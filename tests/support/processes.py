@@ -15,6 +15,20 @@ from pipeline.config import Settings
 from pipeline.presets import queue_names
 
 WORKER_READY_TIMEOUT_S = 60
+CLI_TIMEOUT_S = 60
+
+
+def run_cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``imap-pipeline ARGS`` as a person runs it, on ``settings``' services."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=pipeline_env(settings),
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
 
 
 def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
