@@ -223,7 +223,18 @@ def _fetch_each(
     fails on every message of the batch, it is the server, not the mail: the error is raised
     and nothing is recorded.
     """
-    session = reopen()
+
+    def fresh() -> ImapSession:
+        opened = reopen()
+        try:
+            opened.enable_condstore()  # as the dropped session had it: MODSEQ comes along
+            opened.select(raw_name, readonly=True)
+        except BaseException:
+            opened.close()
+            raise
+        return opened
+
+    session = fresh()
     fetched: list[FetchedMessage] = []
     unreadable: list[FailedItem] = []
     last_error: ImapProtocolError | None = None
@@ -231,13 +242,12 @@ def _fetch_each(
         for uid in uids:
             for attempt in (1, 2):
                 try:
-                    session.select(raw_name, readonly=True)
                     fetched.extend(session.fetch_messages([uid]))
                     break
                 except ImapProtocolError as exc:
                     last_error = exc
                     session.close()
-                    session = reopen()
+                    session = fresh()
                     if attempt == 2:
                         error = f"The server could not return the message: {exc}"
                         unreadable.append(FailedItem(uid, error[:ERROR_TEXT_LIMIT]))

@@ -276,6 +276,8 @@ def test_a_message_the_server_cannot_read_costs_only_that_message(
 
     error = only_the_failure_of_uid_2(settings, grant_id)
     assert error.startswith("The server could not return the message:")
+    with session_scope(settings.require_database_url()) as db:  # fetched again with MODSEQ
+        assert [p.modseq is not None for p in db.scalars(select(Placement))] == [True, True]
 
 
 def test_a_large_folder_split_into_uid_ranges_is_synced_by_its_range_runs(
