@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     DateTime,
     Integer,
+    Select,
     String,
     and_,
     case,
@@ -128,19 +130,7 @@ class MaintenanceRepository:
         """Folders of a grant synced at least once; stopped ones only when their retry is due."""
         f = folders_t.c
         rows = self.session.execute(
-            select(
-                f.id,
-                f.raw_name,
-                f.role,
-                f.state,
-                f.uidvalidity,
-                f.swept_uidvalidity,
-                f.uidvalidity_changes,
-                f.retry_at,
-                f.uidnext,
-                f.highestmodseq,
-                f.last_synced_at,
-            )
+            _swept_columns()
             .where(
                 f.grant_id == grant_id,
                 f.uidvalidity.is_not(None),
@@ -148,35 +138,16 @@ class MaintenanceRepository:
             )
             .order_by(f.raw_name)
         )
-        return [
-            SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
-            for i, rn, role, st, uv, suv, ch, ra, un, hms, ls in rows
-        ]
+        return [_swept(row) for row in rows]
 
     def lock_folder(self, folder_id: str) -> SweptFolder | None:
         """Re-read a folder under a row lock (the runner may have reindexed meanwhile)."""
-        f = folders_t.c
         row = self.session.execute(
-            select(
-                f.id,
-                f.raw_name,
-                f.role,
-                f.state,
-                f.uidvalidity,
-                f.swept_uidvalidity,
-                f.uidvalidity_changes,
-                f.retry_at,
-                f.uidnext,
-                f.highestmodseq,
-                f.last_synced_at,
-            )
-            .where(f.id == folder_id)
-            .with_for_update()
+            _swept_columns().where(folders_t.c.id == folder_id).with_for_update()
         ).one_or_none()
         if row is None or row[4] is None:
             return None
-        i, rn, role, st, uv, suv, ch, ra, un, hms, ls = row
-        return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
+        return _swept(row)
 
     def record_sweep(self, folder_id: str, *, seen: int, changes: int) -> None:
         """Store what a sweep saw and the resulting count of consecutive changes."""
@@ -302,3 +273,26 @@ class MaintenanceRepository:
             )
             or 0
         )
+
+
+def _swept_columns() -> Select[Any]:
+    """The columns of a :class:`SweptFolder`, in its order."""
+    f = folders_t.c
+    return select(
+        f.id,
+        f.raw_name,
+        f.role,
+        f.state,
+        f.uidvalidity,
+        f.swept_uidvalidity,
+        f.uidvalidity_changes,
+        f.retry_at,
+        f.uidnext,
+        f.highestmodseq,
+        f.last_synced_at,
+    )
+
+
+def _swept(row: Any) -> SweptFolder:
+    i, rn, role, st, uv, suv, ch, ra, un, hms, ls = row
+    return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
