@@ -206,3 +206,17 @@ def test_changes_made_while_the_initial_sync_ran_reach_the_first_incremental_run
     assert state["m00"] == (True, False)
     assert state["m01"] == (False, True)
     assert len(state) == 30 and sum(orphaned for _, orphaned in state.values()) == 1
+
+
+def test_a_vanished_list_too_long_to_trust_falls_back_to_the_uid_diff(
+    settings: Settings, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server may answer VANISHED with a superset (every UID it no longer has); past the
+    # limit the sync diffs UIDs instead of expanding it.
+    import pipeline.imap.client as client
+
+    grant_id = synced_grant(settings, mail_user, ["doomed", "kept"])
+    server_command(mail_user, ("STORE", "1", "+FLAGS", "(\\Deleted)"), ("EXPUNGE", "1"))
+    monkeypatch.setattr(client, "VANISHED_LIMIT", 0)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    assert _state(settings) == {"doomed": (False, True), "kept": (False, False)}
