@@ -222,12 +222,7 @@ def _poll_due(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
         return False
     if status.uidvalidity != folder.uidvalidity:
         return False  # a UIDVALIDITY matter: the sweep's rule decides
-    if status.uidnext != folder.uidnext:
-        return True
-    if status.highestmodseq is not None and folder.highestmodseq is not None:
-        return status.highestmodseq != folder.highestmodseq
-    last = folder.last_synced_at
-    return last is None or (now - last).total_seconds() >= POLL_FALLBACK_S
+    return _moved_on(folder, status, now)
 
 
 def _decide(
