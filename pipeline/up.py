@@ -313,29 +313,22 @@ class _Up:
             self.services.notes["redis"] = f"embedded, data in {rd.data_dir}"
 
     def _ensure_key(self) -> None:
-        if self.settings.encryption_keys is not None:
-            return
-        key_file = self.data_dir / "encryption.key"
-        if key_file.exists():
-            return
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(generate_key() + "\n")
-        self.say(
-            f"created an encryption key in {key_file} (back it up: stored passwords cannot be "
-            "read without it)"
-        )
+        if self.settings.encryption_keys is None and _create_secret_file(
+            self.data_dir / "encryption.key", generate_key()
+        ):
+            self.say(
+                f"created an encryption key in {self.data_dir / 'encryption.key'} (back it up: "
+                "stored passwords cannot be read without it)"
+            )
 
     def _ensure_api_key(self) -> None:
-        if self.settings.api_keys is not None:
-            return
-        key_file = self.data_dir / "api.key"
-        if key_file.exists():
-            return
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-        self.say(f"created an API key in {key_file} (send it as Authorization: Bearer <key>)")
+        if self.settings.api_keys is None and _create_secret_file(
+            self.data_dir / "api.key", secrets.token_urlsafe(32)
+        ):
+            self.say(
+                f"created an API key in {self.data_dir / 'api.key'} "
+                "(send it as Authorization: Bearer <key>)"
+            )
 
     def _migrate(self) -> None:
         from pipeline.db import migrate  # imported late: Alembic is slow to import
@@ -635,3 +628,14 @@ def _cli_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "pipeline.cli"]
+
+
+def _create_secret_file(path: Path, value: str) -> bool:
+    """Write ``value`` to a new file only its owner can read; False if the file exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return True
