@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -27,7 +28,22 @@ class CreatedGrant:
     created: bool  # False when an existing grant for the address was re-authenticated
 
 
-def endpoint_for(grant: Grant | ResolvedGrant, settings: Settings) -> Endpoint:
+class ImapAccount(Protocol):
+    """What :func:`endpoint_for` reads: a grant row, a resolved request, a listener's row."""
+
+    @property
+    def imap_host(self) -> str: ...
+    @property
+    def imap_port(self) -> int: ...
+    @property
+    def imap_tls(self) -> str: ...
+    @property
+    def imap_username(self) -> str: ...
+    @property
+    def verify_tls(self) -> bool: ...
+
+
+def endpoint_for(grant: ImapAccount, settings: Settings) -> Endpoint:
     """How to reach a grant's IMAP server."""
     return Endpoint(
         host=grant.imap_host,

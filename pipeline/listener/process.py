@@ -43,8 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
-from pipeline.grants.service import expire_grant
-from pipeline.imap.client import Endpoint
+from pipeline.grants.service import endpoint_for, expire_grant
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_share
@@ -94,15 +93,7 @@ def load_plan(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
     sealed: dict[str, tuple[str, str]] = {}
     for row in rows:
         sealed[row.grant_id] = (row.provider, row.secrets_sealed)
-        endpoint = Endpoint(  # as pipeline.grants.service.endpoint_for builds it
-            host=row.imap_host,
-            port=row.imap_port,
-            tls=row.imap_tls,  # type: ignore[arg-type]
-            username=row.imap_username,
-            verify_tls=row.verify_tls,
-            timeout_s=settings.imap_timeout_s,
-            ca_file=settings.imap_ca_file,
-        )
+        endpoint = endpoint_for(row, settings)
         targets.setdefault(row.grant_id, []).append(
             WatchTarget(
                 grant_id=row.grant_id,
