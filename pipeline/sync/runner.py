@@ -200,11 +200,8 @@ def _store_each(
         except REFUSED_BY_DATABASE as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.warning("message refused by the database", extra={"uid": item.uid})
-            refused.append(
-                FailedItem(
-                    item.uid, f"The message could not be stored: {reason}"[:ERROR_TEXT_LIMIT]
-                )
-            )
+            error = f"The message could not be stored: {reason}"
+            refused.append(FailedItem(item.uid, error[:ERROR_TEXT_LIMIT]))
             continue
         stored.append(item)
         total.new_message_ids += one.new_message_ids
@@ -406,7 +403,7 @@ def sync_folder(
             grant_id,
             folder_id,
             info.uidvalidity,
-            stored_modseq if info.highestmodseq is not None else None,
+            stored_modseq,
             info.highestmodseq,
             now=now,
             notify=notify,
@@ -543,18 +540,18 @@ def _apply_flag_and_expunge_changes(
     With QRESYNC, one ``CHANGEDSINCE ... VANISHED`` fetch gives both and nothing else is read.
     Otherwise flags: CONDSTORE ``CHANGEDSINCE`` where the server has it, else a bounded refresh
     of the most recent UIDs; expunges: the stored UIDs the server no longer has. A message
-    whose last placement vanished is only marked orphaned: a move shows up as an expunge here and an
-    arrival elsewhere, and must keep its id (see :func:`finalize_orphans`).
+    whose last placement vanished is only marked orphaned: a move shows up as an expunge here
+    and an arrival elsewhere, and must keep its id (see :func:`finalize_orphans`).
     """
-    modseqs = stored_modseq is not None and server_modseq is not None
+    # the modseq the stored flags are known to be current as of (None: unknown)
+    since = stored_modseq if server_modseq is not None else None
     changes = None
-    if modseqs and imap.qresync_enabled:
+    if since is not None and imap.qresync_enabled:
         # QRESYNC: HIGHESTMODSEQ moves with every flag change and expunge, and one command
         # lists both; only the placements they touch are read (not the whole folder).
-        assert stored_modseq is not None and server_modseq is not None
-        if server_modseq <= stored_modseq:
+        if server_modseq is not None and server_modseq <= since:
             return
-        changes = imap.fetch_changes_since(stored_modseq)
+        changes = imap.fetch_changes_since(since)
     if changes is not None:
         metas, vanished = changes
         with sessions.begin() as db:
@@ -567,9 +564,9 @@ def _apply_flag_and_expunge_changes(
             current = MessageRepository(db).placements_of(folder_id, uidvalidity)
         if not current:
             return
-        if modseqs and imap.condstore_enabled:
-            assert stored_modseq is not None and server_modseq is not None
-            metas = imap.fetch_changed_since(stored_modseq) if server_modseq > stored_modseq else []
+        if since is not None and imap.condstore_enabled:
+            moved = server_modseq is not None and server_modseq > since
+            metas = imap.fetch_changed_since(since) if moved else []
         else:
             metas = imap.fetch_meta(sorted(current)[-FLAG_REFRESH_LIMIT:])
         gone = set(current) - imap.present_uids(sorted(current))
