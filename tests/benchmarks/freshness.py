@@ -47,11 +47,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
-from pipeline.db import migrate, session_scope, sessionmaker_for  # noqa: E402
+from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
@@ -60,12 +59,12 @@ from pipeline.sync.runner import sync_grant_inline  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, verify  # noqa: E402
+from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.integration.webhooks.webhook_receiver import Received, Receiver  # noqa: E402
 from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.mail import make_message  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
-PG_ADMIN = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 WAIT_S = 30.0  # per message, for either side
 POLLED_FOLDER = "Archive"  # special-use \Archive: polled, never IDLEd
 SETTLE_S = 4.0  # the listener claims the grant and enters IDLE
@@ -204,10 +203,7 @@ def running_stack(poll_interval_s: float | None) -> Iterator[Stack]:
         box.login(user, password)
         box.create(POLLED_FOLDER)
         box.logout()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
-        db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
-        migrate(db_url)
+        db_url = create_database(dbname)
         settings = Settings(
             database_url=db_url,
             redis_url=redis_server.url,
@@ -257,8 +253,7 @@ def running_stack(poll_interval_s: float | None) -> Iterator[Stack]:
         receiver.stop()
         dovecot.stop()
         redis_server.stop()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
+        drop_database(dbname)
 
 
 def measure_inbox(stack: Stack, messages: int) -> None:

@@ -29,12 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
-from pipeline.db import migrate, session_scope, sessionmaker_for  # noqa: E402
+from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
 from pipeline.grants.service import create_grant, open_grant_session  # noqa: E402
 from pipeline.imap import ImapSession  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
@@ -42,10 +41,9 @@ from pipeline.local.dovecot import LocalDovecot  # noqa: E402
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 from pipeline.sync.runner import sync_folder, sync_grant_inline  # noqa: E402
+from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.mail import append, imap_login, make_message  # noqa: E402
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def measure(size: int, rounds: int) -> dict[str, float]:
@@ -67,10 +65,7 @@ def measure(size: int, rounds: int) -> dict[str, float]:
             owner=dovecot.mail_user,
         )
         time.sleep(1.1)  # Dovecot re-reads its passwd-file at most once a second
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
-        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
-        migrate(url)
+        url = create_database(dbname)
         settings = Settings(
             database_url=url,
             encryption_keys=generate_key(),  # type: ignore[arg-type]
@@ -127,8 +122,7 @@ def measure(size: int, rounds: int) -> dict[str, float]:
         return results
     finally:
         dovecot.stop()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
+        drop_database(dbname)
 
 
 def main() -> int:

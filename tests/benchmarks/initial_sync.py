@@ -28,13 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
 from imap_tools import AND, MailBoxUnencrypted  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
-from pipeline.db import migrate, session_scope  # noqa: E402
+from pipeline.db import session_scope  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.local import free_port  # noqa: E402
 from pipeline.local.dovecot import LocalDovecot  # noqa: E402
@@ -42,10 +41,10 @@ from pipeline.local.mailgen import generate, seed_maildir  # noqa: E402
 from pipeline.local.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Grant, Placement  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
+from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.processes import CeleryWorker, pipeline_env  # noqa: E402
 
-PG_ADMIN = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RETENTION_DAYS = 90
 
 
@@ -138,10 +137,7 @@ def main() -> int:
         dovecot_pid = int((dovecot.base_dir / "master.pid").read_text().split()[0])
         base_rate = run_baseline(dovecot.port, user, password, since, dovecot_pid)
 
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')  # type: ignore[arg-type]
-        db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
-        migrate(db_url)
+        db_url = create_database(dbname)
         settings = Settings(
             database_url=db_url,
             redis_url=redis_server.url,
@@ -203,8 +199,7 @@ def main() -> int:
     finally:
         dovecot.stop()
         redis_server.stop()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')  # type: ignore[arg-type]
+        drop_database(dbname)
 
 
 if __name__ == "__main__":
