@@ -249,8 +249,22 @@ def _failures(args: argparse.Namespace) -> int:
     if ranges:
         from workers import enqueue
 
-        for folder_id, uid_range in ranges.items():
-            enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
+        try:
+            for folder_id, uid_range in ranges.items():
+                enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
+        except Exception as exc:  # broker down: put the failures back, or nothing refetches them
+            with session_scope(settings.require_database_url()) as db:
+                MessageRepository(db).record_failures(
+                    [
+                        {k: row[k] for k in ("folder_id", "uidvalidity", "uid", "error")}
+                        | {"grant_id": grant_id}
+                        for row in rows
+                    ]
+                )
+            raise PipelineError(
+                f"Could not queue the fetch ({type(exc).__name__}); the failures are kept. "
+                "Check that Redis is up and run the command again."
+            ) from exc
         if not args.json:
             console.print(f"forgotten; a fetch of {len(rows)} message(s) is queued")
     return 0

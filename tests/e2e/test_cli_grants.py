@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import select
 
 from pipeline.config import Settings
+from pipeline.db import session_scope
+from pipeline.local import free_port
+from pipeline.models import Folder, SyncFailure
 from pipeline.sync.runner import sync_grant_inline
-from tests.support.grants import sessions_for
+from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.processes import run_cli
 from tests.support.services import MailUser
@@ -84,3 +88,23 @@ def test_unknown_provider_domain_needs_a_host(settings: Settings) -> None:
     assert result.returncode == 1
     assert "No IMAP host known" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_retry_that_cannot_be_queued_keeps_the_failures(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("fine"))
+    grant_id = connect(settings, mail_user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    with session_scope(settings.require_database_url()) as db:
+        inbox = db.scalars(select(Folder).where(Folder.grant_id == grant_id)).first()
+        assert inbox is not None
+        db.add(SyncFailure(grant_id=grant_id, folder_id=inbox.id, uidvalidity=1, uid=7, error="x"))
+    broker_down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+
+    result = cli(broker_down, "grants", "failures", grant_id, "--retry")
+
+    assert result.returncode == 1
+    assert "failures are kept" in result.stderr.strip().splitlines()[-1]
+    listed = cli(settings, "grants", "failures", grant_id, "--json")
+    assert [(f["uid"], f["error"]) for f in json.loads(listed.stdout)] == [(7, "x")]
