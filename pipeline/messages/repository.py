@@ -343,14 +343,9 @@ class MessageRepository:
         ).all()
         return [(failure, str(name)) for failure, name in rows]
 
-    def clear_failures(self, grant_id: str) -> list[str]:
-        """Forget a grant's failures so they are fetched again; returns the folders' ids."""
-        result = self.session.execute(
-            delete(SyncFailure)
-            .where(SyncFailure.grant_id == grant_id)
-            .returning(SyncFailure.folder_id)
-        )
-        return sorted({str(folder_id) for (folder_id,) in result})
+    def clear_failures(self, grant_id: str) -> None:
+        """Forget a grant's failures, so that a fetch of their UIDs stores them."""
+        self.session.execute(delete(SyncFailure).where(SyncFailure.grant_id == grant_id))
 
     def record_failures(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Record messages that could not be normalized."""
