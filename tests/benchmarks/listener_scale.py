@@ -6,7 +6,7 @@ One command (from the repository root)::
     .venv/bin/python tests/benchmarks/listener_scale.py --grants 100  # quicker
 
 It starts a dedicated Dovecot (STARTTLS with a throwaway CA, the settings of
-``shared/dovecot/README.md`` for many sessions), a private Redis and a throwaway Postgres
+``pipeline/local/dovecot.py`` for many sessions), a private Redis and a throwaway Postgres
 database, creates N users with an Inbox and a Sent folder and N grants with their folder rows,
 then runs ``imap-pipeline listen`` as a subprocess, exactly as an operator would, and reports:
 

@@ -24,7 +24,7 @@ from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+from tests.support.corpus import CORPUS
 BIG_ATTACHMENT_BYTES = 24 * 1024 * 1024  # a 25 MB message once base64-encoded... and more
 
 
@@ -43,7 +43,7 @@ def _big_message() -> bytes:
 
 def test_the_corpus_syncs_without_losing_a_message(settings: Settings, mail_user: MailUser) -> None:
     files = sorted(CORPUS.rglob("*.eml"))
-    assert len(files) >= 200, f"the shared corpus is missing at {CORPUS}"
+    assert len(files) >= 200, f"the corpus is missing at {CORPUS}"
     now = datetime.now(UTC).replace(microsecond=0)
     raws = [f.read_bytes() for f in files]
     # binary files stored as mail (Dovecot serves NUL bytes as 0x80, so use none)

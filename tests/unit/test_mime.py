@@ -28,8 +28,7 @@ from pipeline.mime import (
     split_header_block,
 )
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_SIZE = 250
+from tests.support.corpus import CORPUS, CORPUS_SIZE
 # Not RFC 5322 at all: an Outlook .msg (OLE2 compound file) saved with an .eml name.
 NOT_A_MESSAGE = frozenset({"spamscope-mail-parser/mail_outlook_1.eml"})
 SECTION_RE = re.compile(r"[1-9][0-9]*(\.[1-9][0-9]*)*")
@@ -69,7 +68,7 @@ def _texts(message: ParsedMessage) -> list[str]:
 
 
 def test_corpus_is_complete() -> None:
-    assert CORPUS.is_dir(), f"the shared corpus is missing at {CORPUS}"
+    assert CORPUS.is_dir(), f"the corpus is missing at {CORPUS}"
     assert len(sorted(CORPUS.rglob("*.eml"))) == CORPUS_SIZE
 
 

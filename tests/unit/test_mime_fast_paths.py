@@ -22,7 +22,7 @@ import pytest
 import pipeline.mime as mime
 from pipeline.local.mailgen import generate
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+from tests.support.corpus import CORPUS
 
 
 def shape(part: Message) -> tuple[object, ...]:
