@@ -1,6 +1,6 @@
 """Real-world mail through the whole sync path: charsets, broken MIME, huge and unparseable mail.
 
-Every file of the shared corpus (250 messages from permissively licensed parsers' test suites)
+Every file of the corpus (tests/corpus: 250 messages from permissively licensed parsers' tests)
 is delivered into one mailbox; the sync must store each one (or record why it could not) and
 never stop the folder.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -19,12 +18,12 @@ from pipeline.db import session_scope
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure
 from pipeline.sync.runner import sync_grant_inline
+from tests.support.corpus import CORPUS
 from tests.support.grants import connect, sessions_for
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
 
-from tests.support.corpus import CORPUS
 BIG_ATTACHMENT_BYTES = 24 * 1024 * 1024  # a 25 MB message once base64-encoded... and more
 
 

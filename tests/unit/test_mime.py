@@ -27,8 +27,8 @@ from pipeline.mime import (
     parse_message,
     split_header_block,
 )
-
 from tests.support.corpus import CORPUS, CORPUS_SIZE
+
 # Not RFC 5322 at all: an Outlook .msg (OLE2 compound file) saved with an .eml name.
 NOT_A_MESSAGE = frozenset({"spamscope-mail-parser/mail_outlook_1.eml"})
 SECTION_RE = re.compile(r"[1-9][0-9]*(\.[1-9][0-9]*)*")

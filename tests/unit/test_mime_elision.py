@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
 import pipeline.mime as mime
 from pipeline.local.mailgen import generate
-
 from tests.support.corpus import CORPUS
 
 

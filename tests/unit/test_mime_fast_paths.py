@@ -15,13 +15,11 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
-from pathlib import Path
 
 import pytest
 
 import pipeline.mime as mime
 from pipeline.local.mailgen import generate
-
 from tests.support.corpus import CORPUS
 
 
