@@ -12,7 +12,10 @@ A missing service fails the run in CI (``CI=true``); locally it skips only when
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +37,27 @@ from tests.support.services import MailUser, TlsFiles
 PG_ADMIN_URL = os.environ.get(
     "IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+TEST_ONLY_VARIABLES = ("IMAP_PIPELINE_TEST_PG", "IMAP_PIPELINE_SKIP_SERVICES")
+
+
+def _isolate_from_the_user() -> Path:
+    """Keep the suite away from the running user's configuration and data.
+
+    A developer who ran ``scripts/up`` has ``~/.imap-pipeline`` (keys, runtime.env) and may have
+    ``IMAP_PIPELINE_*`` variables set; no test may read either. Every such variable is dropped
+    and the data folder points at an empty one of the suite's own, for this process and every
+    process a test starts.
+    """
+    for name in [n for n in os.environ if n.startswith("IMAP_PIPELINE_")]:
+        if name not in TEST_ONLY_VARIABLES:
+            del os.environ[name]
+    data_dir = Path(tempfile.mkdtemp(prefix="imap-pipeline-tests-"))
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+    os.environ["IMAP_PIPELINE_DATA_DIR"] = str(data_dir)
+    return data_dir
+
+
+SUITE_DATA_DIR = _isolate_from_the_user()
 
 
 def service_unavailable(what: str) -> None:
