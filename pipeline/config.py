@@ -127,7 +127,11 @@ class Settings(BaseSettings):
         description="Sync worker processes `up` starts; 0: deploy/Procfile's default (4: "
         "IMAP and Postgres waits leave room for more processes than the 2 cores).",
     )
-    flower_port: int = 5555
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower's port.")
+    flower_host: str = Field(
+        default="127.0.0.1",
+        description="Flower's address: loopback unless a login is set (FLOWER_BASIC_AUTH).",
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_client_id: str = Field(

@@ -484,6 +484,7 @@ class _Up:
                 "IMAP_PIPELINE_REDIS_URL": self.services.redis_url,
                 "IMAP_PIPELINE_DATA_DIR": str(self.data_dir),
                 "IMAP_PIPELINE_FLOWER_PORT": str(self.settings.flower_port),
+                "IMAP_PIPELINE_FLOWER_HOST": self.settings.flower_host,
                 "PYTHONUNBUFFERED": "1",  # log lines reach the terminal as they happen
             }
         )
@@ -569,7 +570,9 @@ class _Up:
         table.add_row("Redis", f"{redact_url(self.services.redis_url)}")
         table.add_row("", self.services.notes.get("redis", ""))
         if any(rp.role.name == "flower" for rp in self.roles):
-            table.add_row("Flower", f"http://{LOCALHOST}:{self.settings.flower_port}")
+            table.add_row(
+                "Flower", f"http://{self.settings.flower_host}:{self.settings.flower_port}"
+            )
         if any(rp.role.name == "api" for rp in self.roles):
             table.add_row(
                 "HTTP API",

@@ -3,7 +3,8 @@
 :func:`create_app` builds everything from :class:`~pipeline.config.Settings` (nothing happens at
 import): its own database engine with a short statement timeout, the hashed API keys, the error
 handlers and one router per resource. Every ``/v3`` route needs ``Authorization: Bearer <key>``;
-``/openapi.json`` and ``/docs`` are public.
+``/openapi.json``, ``/docs`` (served offline) and the probes ``/healthz`` and ``/readyz`` are
+public.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.api import (
     attachments,
     connect,
+    docs,
     folders,
     grants,
+    health,
     hosted,
     messages,
     providers,
@@ -225,13 +228,15 @@ def create_app(
         summary="The Nylas v3 REST shape for IMAP accounts synced by imap-pipeline.",
         lifespan=lifespan,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # docs.install serves it without a CDN
         redoc_url=None,
     )
+    docs.install(app, "/openapi.json")
     app.state.api = state
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     auth: list[Any] = [Depends(require_api_key)]
+    app.include_router(health.router)  # probes: no API key
     app.include_router(hosted.public, prefix="/v3")  # the browser's sign-in page: no API key
     app.include_router(hosted.router, prefix="/v3", dependencies=auth)
     routers = (connect, grants, providers, send, messages, folders, threads, attachments, webhooks)

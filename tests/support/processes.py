@@ -116,3 +116,46 @@ class CeleryWorker:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+
+
+class RoleProcess:
+    """One role of deploy/Procfile, started with its exact line as ``up`` and containers do."""
+
+    def __init__(self, role: str, env: dict[str, str], log_dir: Path) -> None:
+        from pipeline.up import read_procfile
+
+        (self.command,) = [r.command for r in read_procfile() if r.name == role]
+        self.role = role
+        self.env = dict(env)
+        # the role's programs (celery, imap-pipeline) are next to this interpreter
+        self.env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        self.log_path = log_dir / f"{role}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RoleProcess:
+        """Start it (it runs in its own process group)."""
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                ["/bin/sh", "-c", f"exec {self.command}"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def log(self) -> str:
+        """Everything it printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM the group, as ``up``, Docker and Kubernetes do; SIGKILL after 30 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
