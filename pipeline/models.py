@@ -156,7 +156,8 @@ class Thread(Base):
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 
-    __table_args__ = (Index("ix_threads_grant_subject", "grant_id", "subject_key"),)
+    # Looked up by (grant_id, md5(subject_key)): an expression index of migration 0501, so a
+    # subject of any length is stored (a plain B-tree entry must stay under ~2.7 KB).
 
 
 class Message(Base):
@@ -210,8 +211,8 @@ class Message(Base):
         Index("ix_messages_grant_date", "grant_id", "date", "id"),
         Index("ix_messages_grant_received", "grant_id", "received_at"),
         Index("ix_messages_thread", "thread_id"),
-        Index("ix_messages_grant_msgid", "grant_id", "message_id_header"),
-        Index("ix_messages_references", "references", postgresql_using="gin"),
+        # Message-ID and References are looked up through expression indexes on their MD5
+        # (migration 0501), so values of any length are stored.
         Index("ix_messages_received_at", "received_at"),  # the retention purge walks it
     )
 

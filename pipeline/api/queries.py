@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, aliased, defer
 
 from pipeline.api.pagination import Cursor
 from pipeline.api.tables import auth_codes, redirect_uris
-from pipeline.messages.repository import MessageRepository
+from pipeline.messages.repository import MessageRepository, text_key
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
 
 
@@ -90,8 +90,8 @@ def _emails(addresses: Any) -> ColumnElement[Any]:
 
 
 def participant_keys(m: Any) -> ColumnElement[Any]:
-    """``<grant>:<address>`` of everyone in From, To, Cc and Bcc: the GIN-indexed expression
-    of migration 0303 (keep the two identical)."""
+    """``<grant>:md5(<address>)`` of everyone in From, To, Cc and Bcc: the GIN-indexed
+    expression of migrations 0303 and 0501 (keep the two identical)."""
     people = m.from_.op("||")(m.to).op("||")(m.cc).op("||")(m.bcc)
     return func.api_participant_keys(m.grant_id, people)  # type: ignore[no-any-return]
 
@@ -105,7 +105,7 @@ def _any_of(expr: ColumnElement[Any], emails: Sequence[str]) -> ColumnElement[bo
 
 
 def _keys_overlap(m: Any, grant_id: str, emails: Sequence[str]) -> ColumnElement[bool]:
-    keys = [f"{grant_id}:{e}" for e in _lowered(emails)]
+    keys = [f"{grant_id}:{text_key(e)}" for e in _lowered(emails)]
     return participant_keys(m).op("&&")(cast(keys, ARRAY(Text)))  # type: ignore[no-any-return]
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Table, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Table, Text, bindparam, cast, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure, Thread
+
+
+def text_key(value: str) -> str:
+    """The bounded key the indexes of migration 0501 hold for a text value of any length:
+    what Postgres' ``md5(text)`` gives (hex MD5 of the UTF-8 bytes). Lookups compare these
+    keys, then the values themselves (a collision never joins two threads)."""
+    return hashlib.md5(value.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
 class MessageRepository:
@@ -364,6 +372,7 @@ class MessageRepository:
         rows = self.session.execute(
             select(Message.message_id_header, Message.thread_id).where(
                 Message.grant_id == grant_id,
+                func.md5(Message.message_id_header).in_([text_key(m) for m in ids]),
                 Message.message_id_header.in_(ids),
                 Message.thread_id.is_not(None),
             )
@@ -383,7 +392,9 @@ class MessageRepository:
         rows = self.session.execute(
             select(Message.references, Message.in_reply_to, Message.thread_id).where(
                 Message.grant_id == grant_id,
-                Message.references.overlap(ids),
+                func.message_reference_keys(Message.references).op("&&")(
+                    cast([text_key(m) for m in ids], ARRAY(Text))
+                ),
                 Message.thread_id.is_not(None),
             )
         )
@@ -401,7 +412,11 @@ class MessageRepository:
             return {}
         rows = self.session.execute(
             select(Thread.subject_key, Thread.id)
-            .where(Thread.grant_id == grant_id, Thread.subject_key.in_(keys))
+            .where(
+                Thread.grant_id == grant_id,
+                func.md5(Thread.subject_key).in_([text_key(k) for k in keys]),
+                Thread.subject_key.in_(keys),
+            )
             .order_by(Thread.latest_message_at.asc().nulls_first())
         )
         return {k: str(t) for k, t in rows}  # later rows (more recent) win

@@ -173,14 +173,35 @@ def _batches(metas: Sequence[MessageMeta], count: int, max_bytes: int) -> Iterat
 
 
 # What Postgres raises for a row it will not take (a value too long, bytes it cannot hold, a
-# constraint): the batch is then stored message by message and the refused ones recorded.
+# constraint, an index entry over its size limit): the batch is then stored message by message
+# and the refused ones recorded. Anything else (a lost connection, a server fault) is not the
+# message's doing and fails the run instead, so nothing is recorded as refused by mistake.
 REFUSED_BY_DATABASE = (
     sqlalchemy.exc.DataError,
     sqlalchemy.exc.IntegrityError,
     psycopg.DataError,
     psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,  # SQLSTATE class 54, e.g. "index row size exceeds"
     UnicodeEncodeError,
 )
+
+
+def refused_by_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is Postgres refusing the data itself (see :data:`REFUSED_BY_DATABASE`);
+    SQLAlchemy wraps class-54 errors as ``OperationalError``, so its cause is looked at too."""
+    if isinstance(exc, REFUSED_BY_DATABASE):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and isinstance(
+        exc.orig, psycopg.errors.ProgramLimitExceeded
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line: what went wrong, without SQLAlchemy's statement and parameters
+    (which would carry message content)."""
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _store_each(
@@ -197,10 +218,11 @@ def _store_each(
     for item in items:
         try:
             one = store([item], [], 0)
-        except REFUSED_BY_DATABASE as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:
+            if not refused_by_database(exc):
+                raise
             log.warning("message refused by the database", extra={"uid": item.uid})
-            error = f"The message could not be stored: {reason}"
+            error = f"The message could not be stored: {_first_line(exc)}"
             refused.append(FailedItem(item.uid, error[:ERROR_TEXT_LIMIT]))
             continue
         stored.append(item)
@@ -290,9 +312,59 @@ def sync_folder(
     of fetching, and each range is then run with ``uid_range``; the range that stores the last
     planned message marks the folder synced.
 
+    A run that fails (the server, the connection or the database, anything but one message's
+    content) leaves the folder ``failed`` with the reason in ``state_detail``, never
+    ``synced`` while its newest mail is not stored; the next run resumes where it stopped (an
+    already synced folder incrementally, with its notifications).
+
     Raises:
         ImapError: The session failed; what was committed stays, the next run resumes.
     """
+    try:
+        return _sync_folder(
+            sessions,
+            settings,
+            imap,
+            grant_id,
+            folder_id,
+            now=now,
+            budget_s=budget_s,
+            on_batch=on_batch,
+            uid_range=uid_range,
+            range_messages=range_messages,
+            reopen=reopen,
+        )
+    except Exception as exc:
+        _record_run_failure(sessions, folder_id, exc)
+        raise
+
+
+def _record_run_failure(sessions: sessionmaker[Session], folder_id: str, exc: Exception) -> None:
+    """Mark the folder ``failed`` with the reason (best effort: the database may be the
+    reason, and the original error is what the caller must see)."""
+    detail = f"The last sync failed: {_first_line(exc)}"[:ERROR_TEXT_LIMIT]
+    log.warning("folder sync failed", extra={"folder_id": folder_id, "error": type(exc).__name__})
+    try:
+        with sessions.begin() as db:
+            FolderRepository(db).set_state(folder_id, "failed", detail)
+    except Exception:
+        log.exception("could not record the folder's failure", extra={"folder_id": folder_id})
+
+
+def _sync_folder(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    imap: ImapSession,
+    grant_id: str,
+    folder_id: str,
+    *,
+    now: datetime | None,
+    budget_s: float | None,
+    on_batch: Callable[[], object] | None,
+    uid_range: tuple[int, int] | None,
+    range_messages: int | None,
+    reopen: Callable[[], ImapSession] | None,
+) -> SyncOutcome:
     started = time.monotonic()
     budget = settings.sync_chunk_budget_s if budget_s is None else budget_s
     now = now or datetime.now(UTC)
@@ -335,9 +407,12 @@ def sync_folder(
                 folder.reindex_uidvalidity = info.uidvalidity
                 folder.highestmodseq = None  # modseqs of the old numbering mean nothing now
             state = "reindexing"
-        elif state == "reindexing":  # the server went back to the validity we hold
+        elif state == "reindexing" or folder.reindex_uidvalidity is not None:
+            # the server went back to the validity we hold (also after a failed reindex run)
             folder.reindex_uidvalidity = None
             state = "synced"
+        if state == "failed" and folder.last_synced_at is not None:
+            state = "synced"  # its initial sync was complete: resume incrementally
         if state in ("pending", "failed"):
             state = "syncing"
         folder.state = state
@@ -452,7 +527,9 @@ def sync_folder(
             vanished = len(batch) - len(fetched) - len(unreadable)
             try:
                 written = store(items, failures, vanished)
-            except REFUSED_BY_DATABASE:
+            except Exception as exc:
+                if not refused_by_database(exc):
+                    raise
                 # One value Postgres will not take must cost that message, not the folder.
                 written, items = _store_each(store, items, failures, vanished)
             outcome.stored += len(items)
