@@ -14,6 +14,8 @@ touches the driver, so callers catch one tree::
     │   ├── ImapThrottledError      the provider asked us to slow down ([LIMIT], [THROTTLED]…)
     │   ├── ImapFolderError         a folder does not exist or cannot be selected
     │   └── ImapProtocolError       an answer we could not understand, or a dropped session
+    │       └── ImapLimitError      the server broke a read bound or a deadline (a flood, a
+    │                               huge line or literal, a trickle): disconnect, back off
     ├── MessageParseError           a message could not be normalized at all
     ├── GrantError                  grant-level problems
     │   ├── GrantNotFound
@@ -65,6 +67,14 @@ class ImapFolderError(ImapError):
 
 class ImapProtocolError(ImapError):
     """An unexpected answer or a dropped session."""
+
+
+class ImapLimitError(ImapProtocolError):
+    """The server broke one of our bounds: a line, literal or answer too big, more untagged
+    responses than allowed, or an answer not complete within its total deadline.
+
+    Never retried at once: the connection is dropped and the grant backs off.
+    """
 
 
 class MessageParseError(PipelineError):

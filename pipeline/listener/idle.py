@@ -15,8 +15,8 @@
      |        LOGIN_QUEUED  sleep until the reserved turn (a reconnect wave queues, no polling)
      |              |
      |              v
-     |         CONNECTING  greeting, [STARTTLS], LOGIN, ENABLE CONDSTORE/QRESYNC, EXAMINE
-     |              |   \\
+     |         CONNECTING  greeting, [STARTTLS], LOGIN, ENABLE CONDSTORE/QRESYNC, EXAMINE, all
+     |              |   \\      within session_timeout_s however slowly the server answers
      |              |    `--(login refused: NO [AUTHENTICATIONFAILED])--> INVALID (final:
      |              |        the grant is marked invalid once, nobody retries it)
      |              |    `--(throttled: NO [UNAVAILABLE] / [LIMIT], "* BYE Too many
@@ -31,11 +31,12 @@
      |              |            |      |  --> publish, stay
      |   renew_s passed: DONE, IDLE (RENEWING)
      |              |                   |
-     |    * BYE, EOF, reset, timeout, TLS or protocol error
+     |    * BYE, EOF, reset, timeout, TLS or protocol error, a broken read bound
      |              v                   v
      +-------- BACKOFF: sleep reconnect_delay(attempt), jittered exponential; ``attempt``
-               resets only after a connection stayed up backoff_reset_after_s
-               (a server that accepts and then drops never gets a reconnect storm)
+               resets only after a connection stayed up backoff_reset_after_s and did not
+               end by breaking a bound (a server that accepts and then drops, floods or
+               trickles never gets a reconnect storm)
 
      stop() in any state: DONE, LOGOUT, slot released --> STOPPED
 
@@ -43,6 +44,11 @@ IDLE is re-issued every ``min(preset.idle_renew_s, IDLE_RENEW_MAX_S)`` minus up 
 :data:`RENEW_JITTER_FRACTION` (so 2,000 connections do not renew in the same second). The
 DONE/IDLE round trip doubles as a liveness check: a silently dead peer is noticed within one
 renewal (and sooner by TCP keep-alive).
+
+A server that breaks a read bound of :mod:`~pipeline.listener.protocol` (a flood of untagged
+responses, a huge line or literal, an answer not complete by its deadline) costs only its own
+connection: ``ImapLimitError`` drops it, :attr:`FolderWatcher.last_error` says which bound, the
+watcher backs off, and the other connections of the process never notice.
 
 No database session lives here: the watcher gets a plain :class:`WatchTarget` and a password,
 and reports through the callbacks of :class:`WatchContext`.
@@ -60,7 +66,7 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
+from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
 from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
@@ -155,6 +161,8 @@ class FolderWatcher:
         self.state = WatchState.STOPPED
         self.connects = 0  # successful logins, for tests and the status line
         self.last_error: str | None = None
+        self.limit_breaches = 0  # connections dropped for breaking a read bound or deadline
+        self.retry_in_s: float | None = None  # the reconnect delay of the current back-off
         self._task: asyncio.Task[None] | None = None
         self._known: Snapshot | None = target.baseline
         self._was_throttled = False  # recorded a throttle since the last successful login
@@ -216,6 +224,7 @@ class FolderWatcher:
                 )
                 continue
             up_since: float | None = None
+            broke_limit = False
             try:
                 if turn.wait_s > 0:
                     self.state = WatchState.LOGIN_QUEUED
@@ -239,6 +248,10 @@ class FolderWatcher:
             except ImapThrottledError as exc:
                 self.last_error = str(exc)
                 await self._record_throttle(exc)
+            except ImapLimitError as exc:
+                self.last_error = str(exc)
+                self.limit_breaches += 1
+                broke_limit = True
             except ImapError as exc:
                 self.last_error = str(exc)
                 log.info(
@@ -260,22 +273,29 @@ class FolderWatcher:
                     extra=self._log_extra(),
                 )
             await self._ctx.release_slot(self.target)
-            if up_since is not None and loop.time() - up_since >= settings.backoff_reset_after_s:
+            stayed_up = up_since is not None and (
+                loop.time() - up_since >= settings.backoff_reset_after_s
+            )
+            if stayed_up and not broke_limit:
                 attempt = 0
             delay = reconnect_delay(
                 attempt, settings.backoff_base_s, settings.backoff_max_s, self._ctx.rng
             )
             attempt += 1
             self.state = WatchState.BACKOFF
-            log.debug(
-                "grant=%s folder=%s reconnects in %.1f s (attempt %d)",
+            self.retry_in_s = delay
+            log.log(
+                logging.WARNING if broke_limit else logging.DEBUG,
+                "grant=%s folder=%s %s; reconnecting in %.1f s (attempt %d)",
                 self.target.grant_id,
                 self.target.folder_id,
+                f"broke a listener limit: {self.last_error}" if broke_limit else "disconnected",
                 delay,
                 attempt,
                 extra=self._log_extra(),
             )
             await asyncio.sleep(delay)
+            self.retry_in_s = None
 
     async def _record_throttle(self, exc: ImapThrottledError) -> None:
         """Put the account in the shared back-off that workers respect, as they would."""
@@ -295,18 +315,17 @@ class FolderWatcher:
         settings = self._ctx.settings
         self.state = WatchState.CONNECTING
         async with self._ctx.login_gate:
-            conn = await ImapConnection.open(
-                self.target.endpoint,
-                connect_timeout_s=settings.connect_timeout_s,
-                command_timeout_s=settings.command_timeout_s,
-            )
             try:
-                await conn.login(self.target.endpoint.username, self._password.get_secret_value())
-                await conn.enable("QRESYNC" if conn.has("QRESYNC") else "CONDSTORE")
-                snapshot = await conn.examine(self.target.raw_name)
-            except BaseException:
-                conn.abort()
-                raise
+                # one deadline for the whole set-up: a server that answers every step just
+                # before its own timeout must not hold a login slot for minutes
+                async with asyncio.timeout(settings.session_timeout_s):
+                    conn, snapshot = await self._open_and_examine()
+            except TimeoutError as exc:
+                raise ImapLimitError(
+                    "The server did not let us connect, log in and open the folder within "
+                    f"{settings.session_timeout_s:.0f} s (a dead or trickling server); "
+                    "disconnected."
+                ) from exc
         self.connects += 1
         if self._was_throttled:
             self._was_throttled = False
@@ -325,6 +344,22 @@ class FolderWatcher:
         if changed:
             self._ctx.publish(self.target.ref, "reconnect")
         return conn
+
+    async def _open_and_examine(self) -> tuple[ImapConnection, Snapshot]:
+        settings = self._ctx.settings
+        conn = await ImapConnection.open(
+            self.target.endpoint,
+            connect_timeout_s=settings.connect_timeout_s,
+            command_timeout_s=settings.command_timeout_s,
+            max_untagged=settings.max_untagged,
+        )
+        try:
+            await conn.login(self.target.endpoint.username, self._password.get_secret_value())
+            await conn.enable("QRESYNC" if conn.has("QRESYNC") else "CONDSTORE")
+            return conn, await conn.examine(self.target.raw_name)
+        except BaseException:
+            conn.abort()
+            raise
 
     async def _watch(self, conn: ImapConnection) -> None:
         try:

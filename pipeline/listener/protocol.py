@@ -30,6 +30,7 @@ import functools
 import re
 import socket
 import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -38,18 +39,30 @@ from pipeline.errors import (
     ImapAuthError,
     ImapConnectError,
     ImapFolderError,
+    ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
     ImapTlsError,
 )
 from pipeline.imap.client import THROTTLE_MARKERS, Endpoint
 
-STREAM_LIMIT_BYTES = 256 * 1024  # longest line we accept; IDLE lines are tens of bytes
-MAX_LITERAL_BYTES = 1024 * 1024  # no listener response carries a bigger literal
+# Read bounds: whatever a server sends, one connection holds at most about
+# 2 * LINE_MAX_BYTES in its stream buffer (asyncio pauses the socket above twice the limit) plus
+# one response of RESPONSE_MAX_BYTES being assembled. Lines are never kept beyond their parsing.
+LINE_MAX_BYTES = 64 * 1024  # one response line; IDLE notices are tens of bytes, FLAGS a few KiB
+LITERAL_MAX_BYTES = 64 * 1024  # the listener asks for no message data: a bigger literal is
+# refused unread (the connection ends), never buffered
+RESPONSE_MAX_BYTES = 256 * 1024  # one response with all its literals
+COMMAND_MAX_BYTES = 4 * 1024 * 1024  # read while waiting for one tagged answer, and per
+# FLOOD_WINDOW_S of IDLE: 50,000 typical notices; a flood ends long before it costs much CPU
+FLOOD_WINDOW_S = 60.0  # IDLE's untagged responses and bytes are counted per window this long
+DEFAULT_MAX_UNTAGGED = 10_000  # untagged responses per command and per window of IDLE
 TCP_KEEPALIVE_IDLE_S = 60  # kernel probes a silent peer after this long...
 TCP_KEEPALIVE_INTERVAL_S = 20  # ...every this long...
 TCP_KEEPALIVE_COUNT = 3  # ...and gives up after this many unanswered probes
 TLS_READ_BUFFER_BYTES = 17 * 1024  # one TLS record (16 KiB) plus headroom; asyncio's is 256 KiB
+BYE_TEXT_BYTES = 120  # of a BYE or greeting quoted in an error message
+LITERAL_DIGITS_MAX = 12  # longer sizes are refused before int() (which caps at 4,300 digits)
 
 _TAGGED = re.compile(rb"^(?P<tag>[A-Za-z0-9]+) (?P<status>OK|NO|BAD)\b ?(?P<text>.*)$", re.I)
 _LITERAL = re.compile(rb"\{(\d+)\+?\}$")
@@ -170,8 +183,67 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPALIVE_COUNT)
 
 
+class ReadBudget:
+    """What a server may still send while we wait for one answer, or in one window of IDLE.
+
+    Counts untagged responses and bytes; going over either raises :class:`ImapLimitError`.
+    Nothing is kept: the budget is two integers whatever the server sends.
+    """
+
+    def __init__(self, what: str, max_responses: int, max_bytes: int = COMMAND_MAX_BYTES) -> None:
+        self.what = what
+        self.max_responses = max_responses
+        self.max_bytes = max_bytes
+        self.responses = 0
+        self.bytes = 0
+
+    def spend(self, nbytes: int) -> None:
+        """Count ``nbytes`` read (before they are kept, so a refusal buffers nothing more)."""
+        self.bytes += nbytes
+        if self.bytes > self.max_bytes:
+            raise ImapLimitError(
+                f"The server sent more than {self.max_bytes // 1024:,} KiB {self.what}; "
+                "disconnected."
+            )
+
+    def count(self) -> None:
+        """Count one untagged response."""
+        self.responses += 1
+        if self.responses > self.max_responses:
+            raise ImapLimitError(
+                f"The server sent more than {self.max_responses:,} untagged responses "
+                f"{self.what} (a flood); disconnected."
+            )
+
+
+class Notices:
+    """Untagged responses, coalesced: the first line of each kind of change and of BYE.
+
+    A listener needs to know only *that* a folder changed, so a flood of EXISTS or FETCH lines
+    costs a set lookup each, never memory.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self._kinds: set[Change] = set()
+
+    def add(self, line: bytes) -> None:
+        """Keep ``line`` if it is the first of its kind of change."""
+        kind = classify(line)
+        if kind is not Change.NONE and kind not in self._kinds:
+            self._kinds.add(kind)
+            self.lines.append(line[:BYE_TEXT_BYTES])
+
+
 class ImapConnection:
-    """One IMAP connection on the running event loop. Use :meth:`open`, end with :meth:`close`."""
+    """One IMAP connection on the running event loop. Use :meth:`open`, end with :meth:`close`.
+
+    Every read is bounded (:data:`LINE_MAX_BYTES`, :data:`LITERAL_MAX_BYTES`,
+    :data:`RESPONSE_MAX_BYTES`, ``max_untagged`` responses and :data:`COMMAND_MAX_BYTES` per
+    command and per :data:`FLOOD_WINDOW_S` of IDLE) and every command, send and answer
+    together, has one deadline of ``command_timeout_s``. A broken bound raises
+    :class:`ImapLimitError`; the caller drops the connection.
+    """
 
     def __init__(
         self,
@@ -179,26 +251,39 @@ class ImapConnection:
         writer: asyncio.StreamWriter,
         endpoint: Endpoint,
         command_timeout_s: float,
+        max_untagged: int = DEFAULT_MAX_UNTAGGED,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self.endpoint = endpoint
         self.command_timeout_s = command_timeout_s
+        self.max_untagged = max_untagged
         self.capabilities: frozenset[str] = frozenset()
         self._tag = 0
         self.idling_tag: bytes | None = None
+        self._idle_budget = ReadBudget("", 0)
+        self._idle_window_ends = 0.0
 
     # --- set-up -------------------------------------------------------------------------------
     @classmethod
     async def open(
-        cls, endpoint: Endpoint, *, connect_timeout_s: float, command_timeout_s: float
+        cls,
+        endpoint: Endpoint,
+        *,
+        connect_timeout_s: float,
+        command_timeout_s: float,
+        max_untagged: int = DEFAULT_MAX_UNTAGGED,
     ) -> ImapConnection:
         """Connect (implicit TLS, STARTTLS or plain) and read the greeting.
 
+        ``connect_timeout_s`` bounds everything here together: TCP, TLS, the greeting (however
+        slowly it trickles) and STARTTLS.
+
         Raises:
-            ImapConnectError: unreachable, refused, or no greeting in time.
+            ImapConnectError: unreachable, refused, or no complete greeting in time.
             ImapTlsError: the TLS handshake or certificate check failed.
             ImapProtocolError: the peer does not greet like an IMAP server.
+            ImapLimitError: the greeting broke a read bound (a huge line or literal).
             ImapThrottledError: the greeting is a BYE saying "too many connections" or alike.
         """
         where = f"{endpoint.host}:{endpoint.port}"
@@ -210,32 +295,39 @@ class ImapConnection:
                     endpoint.port,
                     ssl=tls,
                     server_hostname=endpoint.host if tls else None,
-                    limit=STREAM_LIMIT_BYTES,
+                    limit=LINE_MAX_BYTES,
                 )
-                conn = cls(reader, writer, endpoint, command_timeout_s)
-                greeting = await conn.read_line()
-                if not greeting.upper().startswith((b"* OK", b"* PREAUTH")):
+                conn = cls(reader, writer, endpoint, command_timeout_s, max_untagged)
+                try:
+                    await conn._greeted(where)
+                except BaseException:
                     conn.abort()
-                    if is_throttle(greeting):  # "* BYE Too many connections"
-                        text = greeting[:120].decode("utf-8", "replace")
-                        raise ImapThrottledError(f"{where} refused the connection for now: {text}")
-                    raise ImapProtocolError(f"{where} did not greet as an IMAP server.")
-                conn._remember_capabilities(greeting)
-                if endpoint.tls == "starttls":
-                    await conn._starttls(where)
+                    raise
         except ssl.SSLError as exc:
             raise ImapTlsError(f"TLS with {where} failed: {exc.reason}.") from exc
         except TimeoutError as exc:
-            raise ImapConnectError(f"Timed out connecting to {where}.") from exc
+            raise ImapConnectError(
+                f"{where} did not connect and greet within {connect_timeout_s:.0f} s."
+            ) from exc
         except OSError as exc:
             raise ImapConnectError(f"Cannot connect to {where}: {exc.strerror or exc}.") from exc
         _keepalive(conn._writer)
         return conn
 
+    async def _greeted(self, where: str) -> None:
+        greeting = await self.read_line(ReadBudget("in its greeting", 1))
+        if not greeting.upper().startswith((b"* OK", b"* PREAUTH")):
+            if is_throttle(greeting):  # "* BYE Too many connections"
+                text = greeting[:BYE_TEXT_BYTES].decode("utf-8", "replace")
+                raise ImapThrottledError(f"{where} refused the connection for now: {text}")
+            raise ImapProtocolError(f"{where} did not greet as an IMAP server.")
+        self._remember_capabilities(greeting)
+        if self.endpoint.tls == "starttls":
+            await self._starttls(where)
+
     async def _starttls(self, where: str) -> None:
         status, _, text = await self.command("STARTTLS")
         if status != "OK":
-            self.abort()
             raise ImapTlsError(f"{where} refused STARTTLS: {text}")
         await self._writer.start_tls(ssl_context(self.endpoint), server_hostname=self.endpoint.host)
         self.capabilities = frozenset()  # RFC 3501: forget what was said before TLS
@@ -253,12 +345,17 @@ class ImapConnection:
 
     async def refresh_capabilities(self) -> None:
         """Ask CAPABILITY when the server has not volunteered it."""
-        _, untagged, _ = await self.command("CAPABILITY", check=True)
-        for line in untagged:
-            if line.upper().startswith(b"* CAPABILITY "):
-                self.capabilities = frozenset(
-                    c.decode("ascii", "replace").upper() for c in line[13:].split()
-                )
+        found: list[bytes] = []
+
+        def keep(line: bytes) -> None:
+            if line[:13].upper() == b"* CAPABILITY ":
+                found[:] = [line[13:]]  # the last one counts; never more than one kept
+
+        await self.command("CAPABILITY", check=True, on_untagged=keep)
+        if found:
+            self.capabilities = frozenset(
+                c.decode("ascii", "replace").upper() for c in found[0].split()
+            )
 
     async def login(self, username: str, password: str) -> None:
         """Authenticate: AUTHENTICATE PLAIN where offered (any characters), else LOGIN.
@@ -275,9 +372,7 @@ class ImapConnection:
         else:
             if any(c in username + password for c in "\r\n"):
                 raise ImapAuthError("Credentials with line breaks cannot be sent with LOGIN.")
-            status, _, text = await self.command(
-                f"LOGIN {quote(username)} {quote(password)}", log_safe="LOGIN"
-            )
+            status, _, text = await self.command(f"LOGIN {quote(username)} {quote(password)}")
         if status != "OK":
             raw = text.encode()
             if is_throttle(raw):
@@ -299,17 +394,22 @@ class ImapConnection:
 
     async def _authenticate_plain(self, token: str) -> tuple[str, list[bytes], str]:
         if self.has("SASL-IR"):
-            return await self.command(f"AUTHENTICATE PLAIN {token}", log_safe="AUTHENTICATE")
+            return await self.command(f"AUTHENTICATE PLAIN {token}")
         tag = self._next_tag()
-        await self._send(tag + b" AUTHENTICATE PLAIN\r\n")
-        async with self._deadline():
-            line = await self.read_line()
+        budget = ReadBudget("in answer to AUTHENTICATE", self.max_untagged)
+        notices = Notices()
+        async with self._within("answer AUTHENTICATE"):
+            await self._send(tag + b" AUTHENTICATE PLAIN\r\n")
+            line = await self.read_line(budget)
             while line.startswith(b"* "):
-                line = await self.read_line()
+                budget.count()
+                line = await self.read_line(budget)
             if not line.startswith(b"+"):
-                return self._tagged_result(tag, line)
-        await self._send(token.encode("ascii") + b"\r\n")
-        return await self._until_tagged(tag)
+                status, text = self._tagged_result(tag, line)
+                return status, [], text
+            await self._send(token.encode("ascii") + b"\r\n")
+            status, text = await self._until_tagged(tag, budget, notices.add)
+        return status, notices.lines, text
 
     async def enable(self, *extensions: str) -> None:
         """ENABLE extensions the server announced (CONDSTORE/QRESYNC), if it has ENABLE."""
@@ -323,87 +423,136 @@ class ImapConnection:
         Raises:
             ImapFolderError: the folder is gone or cannot be opened.
             ImapThrottledError: the server refused it for now ([UNAVAILABLE], [LIMIT] …).
+            ImapLimitError: the answer broke a read bound (a flood, a huge line or literal).
         """
-        status, untagged, text = await self.command(f"EXAMINE {quote(raw_name)}")
+        values: dict[bytes, int] = {}
+        exists: list[int] = []
+
+        def note(line: bytes) -> None:  # parsed as it comes: the lines themselves are not kept
+            for name, number in _RESP_CODE_NUM.findall(line[:BYE_TEXT_BYTES]):
+                values[name.upper()] = int(number)
+            match = _NUMBERED.match(line)
+            if match and match[2].upper() == b"EXISTS":
+                exists[:] = [int(match[1])]
+
+        status, _, text = await self.command(f"EXAMINE {quote(raw_name)}", on_untagged=note)
         if status != "OK" and is_throttle(text.encode()):
             raise ImapThrottledError(f"{self.endpoint.host} refused EXAMINE for now: {text}")
         if status != "OK":
             raise ImapFolderError(f"Cannot open folder {raw_name!r}: {text}")
-        values: dict[bytes, int] = {}
-        exists: int | None = None
-        for line in [*untagged, text.encode()]:
-            for name, number in _RESP_CODE_NUM.findall(line):
-                values[name.upper()] = int(number)
-            match = _NUMBERED.match(line)
-            if match and match[2].upper() == b"EXISTS":
-                exists = int(match[1])
+        note(text.encode())
         return Snapshot(
             uidvalidity=values.get(b"UIDVALIDITY"),
             uidnext=values.get(b"UIDNEXT"),
-            exists=exists,
+            exists=exists[0] if exists else None,
             highestmodseq=values.get(b"HIGHESTMODSEQ"),
         )
 
     # --- IDLE ---------------------------------------------------------------------------------
     async def idle_start(self) -> list[bytes]:
-        """Send IDLE and wait for the continuation; returns untagged lines seen meanwhile.
+        """Send IDLE and wait for the continuation; returns untagged lines seen meanwhile,
+        coalesced (:class:`Notices`).
 
         Raises:
             ImapProtocolError: the server refused IDLE.
+            ImapLimitError: a flood, or no continuation within ``command_timeout_s``.
         """
         tag = self._next_tag()
-        await self._send(tag + b" IDLE\r\n")
-        seen: list[bytes] = []
-        async with self._deadline():
+        budget = ReadBudget("in answer to IDLE", self.max_untagged)
+        notices = Notices()
+        async with self._within("answer IDLE"):
+            await self._send(tag + b" IDLE\r\n")
             while True:
-                line = await self.read_line()
+                line = await self.read_line(budget)
                 if line.startswith(b"+"):
                     self.idling_tag = tag
-                    return seen
+                    self._idle_window_ends = 0.0  # a fresh flood window
+                    return notices.lines
                 if line.startswith(b"* "):
-                    seen.append(line)
+                    budget.count()
+                    notices.add(line)
                     continue
-                status, _, text = self._tagged_result(tag, line)
+                status, text = self._tagged_result(tag, line)
                 raise ImapProtocolError(f"The server refused IDLE ({status} {text}).")
 
     async def idle_wait(self, timeout_s: float) -> bytes | None:
-        """The next untagged line while idling, or None when ``timeout_s`` passes in silence."""
+        """The next untagged line while idling, or None when ``timeout_s`` passes in silence.
+
+        Only the start of a response is waited for up to ``timeout_s``; once it came, the rest
+        (a literal, say) must follow within ``command_timeout_s``. Responses and bytes are
+        counted per :data:`FLOOD_WINDOW_S`.
+
+        Raises:
+            ImapLimitError: a flood (more than ``max_untagged`` responses or
+                :data:`COMMAND_MAX_BYTES` in one window), a huge line or literal, or a
+                response that did not complete in time.
+        """
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._idle_window_ends:
+            self._idle_window_ends = loop.time() + FLOOD_WINDOW_S
+            self._idle_budget = ReadBudget(
+                f"within {FLOOD_WINDOW_S:.0f} s of IDLE", self.max_untagged
+            )
+        budget = self._idle_budget
         try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
-                return await self.read_line()
+                first = await self._read_raw_line(budget)
         except TimeoutError:
             return None
+        budget.count()
+        async with self._within("complete a response"):
+            return await self._complete(first, budget)
 
     async def idle_done(self) -> list[bytes]:
-        """End IDLE with DONE; returns untagged lines that arrived before the tagged OK."""
+        """End IDLE with DONE; returns untagged lines that arrived before the tagged OK,
+        coalesced (:class:`Notices`)."""
         tag, self.idling_tag = self.idling_tag, None
         if tag is None:
             return []
-        await self._send(b"DONE\r\n")
-        status, untagged, text = await self._until_tagged(tag)
+        budget = ReadBudget("in answer to DONE", self.max_untagged)
+        notices = Notices()
+        async with self._within("answer DONE"):
+            await self._send(b"DONE\r\n")
+            status, text = await self._until_tagged(tag, budget, notices.add)
         if status != "OK":
             raise ImapProtocolError(f"IDLE ended with {status} {text}.")
-        return untagged
+        return notices.lines
 
     # --- commands -----------------------------------------------------------------------------
     async def command(
-        self, text: str, *, check: bool = False, log_safe: str | None = None
+        self,
+        text: str,
+        *,
+        check: bool = False,
+        on_untagged: Callable[[bytes], None] | None = None,
     ) -> tuple[str, list[bytes], str]:
-        """Send one command; returns (status, untagged lines, text of the tagged reply).
+        """Send one command; returns (status, untagged lines coalesced, text of the tagged reply).
 
-        ``log_safe`` names the command in errors instead of its text (which may hold a
-        password).
+        ``on_untagged`` sees every untagged line as it comes (then it is dropped). Errors name
+        the command by its first word only: the rest may hold a password.
 
         Raises:
-            ImapConnectError: the connection dropped or the answer did not come in time.
+            ImapConnectError: the connection dropped.
+            ImapLimitError: the answer broke a read bound or did not come within
+                ``command_timeout_s`` (sending and answer together).
             ImapProtocolError: ``check`` is set and the answer was not OK.
         """
+        verb = text.split(" ", 1)[0].upper()
         tag = self._next_tag()
-        await self._send(tag + b" " + text.encode("utf-8") + b"\r\n")
-        status, untagged, reply = await self._until_tagged(tag)
+        budget = ReadBudget(f"in answer to {verb}", self.max_untagged)
+        notices = Notices()
+
+        def seen(line: bytes) -> None:
+            notices.add(line)
+            if on_untagged is not None:
+                on_untagged(line)
+
+        async with self._within(f"answer {verb}"):
+            await self._send(tag + b" " + text.encode("utf-8") + b"\r\n")
+            status, reply = await self._until_tagged(tag, budget, seen)
         if check and status != "OK":
-            raise ImapProtocolError(f"IMAP {log_safe or text} answered {status}: {reply}")
-        return status, untagged, reply
+            raise ImapProtocolError(f"IMAP {verb} answered {status}: {reply}")
+        return status, notices.lines, reply
 
     async def logout(self, timeout_s: float = 5.0) -> None:
         """LOGOUT politely, then close; never raises."""
@@ -431,63 +580,107 @@ class ImapConnection:
         self._tag += 1
         return b"L%d" % self._tag
 
-    def _deadline(self) -> asyncio.Timeout:
-        return asyncio.timeout(self.command_timeout_s)
+    @contextlib.asynccontextmanager
+    async def _within(self, what: str) -> AsyncIterator[None]:
+        """One total deadline (``command_timeout_s``) for everything in the block."""
+        try:
+            async with asyncio.timeout(self.command_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise ImapLimitError(
+                f"The server did not {what} within {self.command_timeout_s:.0f} s "
+                "(a dead or trickling server); disconnected."
+            ) from exc
 
     async def _send(self, data: bytes) -> None:
+        """Write and wait for the socket buffer to drain (the caller's deadline applies)."""
         try:
             self._writer.write(data)
-            async with self._deadline():
-                await self._writer.drain()
-        except TimeoutError as exc:
-            raise ImapConnectError("The IMAP server stopped reading (write timed out).") from exc
+            await self._writer.drain()
         except OSError as exc:
             raise ImapConnectError(f"The IMAP connection dropped: {exc}") from exc
 
-    async def read_line(self) -> bytes:
-        """One response line without CRLF, literals inlined.
+    async def read_line(self, budget: ReadBudget) -> bytes:
+        """One response without CRLF, literals inlined; bytes are charged to ``budget``.
 
         Raises:
             ImapConnectError: the connection closed or broke.
-            ImapProtocolError: a line or literal too long for a listener.
+            ImapLimitError: a line, literal or response too big for a listener, or the
+                budget spent.
         """
-        try:
+        return await self._complete(await self._read_raw_line(budget), budget)
+
+    async def _read_raw_line(self, budget: ReadBudget) -> bytes:
+        """One line up to CRLF (kept), at most :data:`LINE_MAX_BYTES`. Safe to cancel: a
+        line not complete yet stays in the stream's buffer."""
+        with self._reading():
             line = await self._reader.readuntil(b"\r\n")
+        budget.spend(len(line))
+        return line
+
+    async def _complete(self, line: bytes, budget: ReadBudget) -> bytes:
+        """Read the literals a line announces (``{n}`` at its end) and the lines after them."""
+        total = len(line)
+        segment = line  # only the newest segment can announce a literal (at its end)
+        with self._reading():
             while True:
-                match = _LITERAL.search(line[:-2])
+                match = _LITERAL.search(segment, 0, len(segment) - 2)
                 if not match:
                     return line[:-2]
-                size = int(match[1])
-                if size > MAX_LITERAL_BYTES:
-                    raise ImapProtocolError(f"Literal of {size} bytes is too big for a listener.")
+                digits = match[1]
+                size = int(digits) if len(digits) <= LITERAL_DIGITS_MAX else RESPONSE_MAX_BYTES + 1
+                if size > LITERAL_MAX_BYTES:
+                    raise ImapLimitError(
+                        f"The server announced a literal of {size:,} bytes; a listener reads "
+                        f"at most {LITERAL_MAX_BYTES // 1024} KiB. Disconnected without "
+                        "reading it."
+                    )
+                total += size
+                if total > RESPONSE_MAX_BYTES:
+                    raise ImapLimitError(
+                        f"The server sent a response longer than {RESPONSE_MAX_BYTES // 1024} "
+                        "KiB; disconnected."
+                    )
+                budget.spend(size)
                 literal = await self._reader.readexactly(size)
-                line = line[:-2] + literal + await self._reader.readuntil(b"\r\n")
+                segment = await self._reader.readuntil(b"\r\n")
+                budget.spend(len(segment))
+                total += len(segment)
+                line = line[:-2] + literal + segment
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Stream errors as :mod:`pipeline.errors`."""
+        try:
+            yield
         except asyncio.IncompleteReadError as exc:
             raise ImapConnectError("The IMAP server closed the connection.") from exc
         except asyncio.LimitOverrunError as exc:
-            raise ImapProtocolError("An IMAP response line was too long.") from exc
+            raise ImapLimitError(
+                f"The server sent a line longer than {LINE_MAX_BYTES // 1024} KiB; disconnected."
+            ) from exc
         except ssl.SSLError as exc:
             raise ImapConnectError(f"TLS error on the IMAP connection: {exc.reason}") from exc
         except OSError as exc:
             raise ImapConnectError(f"The IMAP connection dropped: {exc}") from exc
 
-    async def _until_tagged(self, tag: bytes) -> tuple[str, list[bytes], str]:
-        untagged: list[bytes] = []
-        try:
-            async with self._deadline():
-                while True:
-                    line = await self.read_line()
-                    if line.startswith(b"* "):
-                        untagged.append(line)
-                        continue
-                    if line.startswith(b"+"):
-                        continue  # a continuation we did not ask for: ignore
-                    status, _, text = self._tagged_result(tag, line)
-                    return status, untagged, text
-        except TimeoutError as exc:
-            raise ImapConnectError("The IMAP server did not answer in time.") from exc
+    async def _until_tagged(
+        self, tag: bytes, budget: ReadBudget, on_untagged: Callable[[bytes], None]
+    ) -> tuple[str, str]:
+        """Read until the tagged answer of ``tag``; untagged lines go to ``on_untagged``, one at
+        a time, and are not kept. The caller holds the deadline."""
+        while True:
+            line = await self.read_line(budget)
+            if line.startswith(b"* "):
+                budget.count()
+                on_untagged(line)
+                continue
+            if line.startswith(b"+"):
+                budget.count()  # a continuation we did not ask for: ignored, but counted
+                continue
+            return self._tagged_result(tag, line)
 
-    def _tagged_result(self, tag: bytes, line: bytes) -> tuple[str, list[bytes], str]:
+    def _tagged_result(self, tag: bytes, line: bytes) -> tuple[str, str]:
         match = _TAGGED.match(line)
         if not match:
             raise ImapProtocolError(
@@ -495,6 +688,7 @@ class ImapConnection:
             )
         if match["tag"] != tag:
             raise ImapProtocolError(
-                f"Answer for tag {match['tag'].decode()} while waiting for {tag.decode()}."
+                f"Answer for tag {match['tag'][:20].decode('utf-8', 'replace')} while waiting "
+                f"for {tag.decode()}."
             )
-        return match["status"].decode().upper(), [], match["text"].decode("utf-8", "replace")
+        return match["status"].decode().upper(), match["text"].decode("utf-8", "replace")

@@ -11,6 +11,15 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.listener.protocol import (
+    COMMAND_MAX_BYTES,
+    DEFAULT_MAX_UNTAGGED,
+    FLOOD_WINDOW_S,
+    LINE_MAX_BYTES,
+    LITERAL_MAX_BYTES,
+    RESPONSE_MAX_BYTES,
+)
+
 LISTENER_ENV_PREFIX = "IMAP_PIPELINE_LISTENER_"
 
 
@@ -57,10 +66,33 @@ class ListenerSettings(BaseSettings):
 
     # --- connections ------------------------------------------------------------------------
     connect_timeout_s: float = Field(
-        default=30.0, gt=0, description="TCP connect + TLS handshake + greeting."
+        default=30.0,
+        gt=0,
+        description="Total deadline of TCP connect, TLS handshake, greeting and STARTTLS "
+        "together (a greeting trickled byte by byte fails by it).",
     )
     command_timeout_s: float = Field(
-        default=60.0, gt=0, description="Longest wait for the answer to one IMAP command."
+        default=60.0,
+        gt=0,
+        description="Total deadline of one IMAP command, sending and the whole answer "
+        "together, however slowly a server trickles it.",
+    )
+    session_timeout_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="Total deadline of a connection's set-up: TCP, TLS, greeting, login, "
+        "ENABLE and EXAMINE together. A server that misses it is disconnected and backed off.",
+    )
+    max_untagged: int = Field(
+        default=DEFAULT_MAX_UNTAGGED,
+        ge=100,
+        description="Untagged responses a server may send in answer to one command, and "
+        f"within {FLOOD_WINDOW_S:.0f} s of IDLE; more is a flood: the connection is dropped "
+        "and backed off (no mail is missed: a reconnect asks for a sync unless the folder is "
+        f"unchanged). Fixed read bounds: {LINE_MAX_BYTES // 1024} KiB per line, "
+        f"{LITERAL_MAX_BYTES // 1024} KiB per literal, {RESPONSE_MAX_BYTES // 1024} KiB per "
+        f"response, {COMMAND_MAX_BYTES // 2**20} MiB per command and per {FLOOD_WINDOW_S:.0f} s "
+        "of IDLE.",
     )
     poll_interval_s: float = Field(
         default=60.0,

@@ -7,11 +7,14 @@ NOOP, LOGOUT) and lets a test push untagged lines, drop connections and count lo
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import pytest
 from pydantic import SecretStr
 
 from pipeline.imap.client import Endpoint
@@ -43,6 +46,8 @@ class FakeImapServer:
     commands: list[str] = field(default_factory=list)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     pending_noop: list[bytes] = field(default_factory=list)
+    idle_flood: bytes = b""  # sent again and again after "+ idling", until the client leaves
+    answer_delay_s: float = 0.0  # before every answer (a slow server, within each deadline)
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -95,6 +100,7 @@ class FakeImapServer:
                 verb = rest.split(" ", 1)[0].upper()
                 self.commands.append(verb)
                 t = tag.encode()
+                await asyncio.sleep(self.answer_delay_s)
                 if verb == "CAPABILITY":
                     writer.write(b"* CAPABILITY " + self.capabilities() + b"\r\n" + t + b" OK\r\n")
                 elif verb == "LOGIN":
@@ -120,6 +126,9 @@ class FakeImapServer:
                 elif verb == "IDLE" and self.idle:
                     idle_tag = t
                     writer.write(b"+ idling\r\n")
+                    while self.idle_flood:  # ends when the client hangs up (drain raises)
+                        writer.write(self.idle_flood)
+                        await writer.drain()
                 elif verb == "NOOP":
                     for pending in self.pending_noop:
                         writer.write(pending + b"\r\n")
@@ -163,6 +172,7 @@ class Harness:
         self,
         password: str = "good",  # noqa: S107
         baseline: Snapshot | None = None,
+        settings: ListenerSettings = SETTINGS,
     ) -> FolderWatcher:
         async def yes(_: WatchTarget) -> bool:
             return True
@@ -181,7 +191,7 @@ class Harness:
             return 30.0
 
         ctx = WatchContext(
-            settings=SETTINGS,
+            settings=settings,
             publish=publish,
             acquire_slot=yes,
             release_slot=nothing,
@@ -344,3 +354,41 @@ def test_a_throttling_bye_while_idling_is_recorded_and_a_plain_one_is_not() -> N
         await watcher.stop()
 
     run(scenario)
+
+
+def test_a_flood_while_idling_costs_the_connection_and_a_growing_back_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Reset-after is tiny: before issue 9 a connection that had been up that long reset the
+    # back-off, so a flooding server was reconnected to at once, again and again.
+    flooded = SETTINGS.model_copy(update={"backoff_reset_after_s": 0.001, "max_untagged": 100})
+
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher(settings=flooded)
+        watcher.start()
+        await until(lambda: watcher.limit_breaches >= 4, timeout_s=30)
+        assert watcher.state in (WatchState.BACKOFF, WatchState.CONNECTING, WatchState.IDLING)
+        assert "more than 100 untagged responses" in (watcher.last_error or "")
+        await watcher.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.listener.idle"):
+        run(scenario, idle_flood=b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))\r\n")
+    breaches = [r.getMessage() for r in caplog.records if "broke a listener limit" in r.message]
+    attempts = [int(a) for a in re.findall(r"\(attempt (\d+)\)", " ".join(breaches))]
+    assert attempts[:4] == [1, 2, 3, 4], breaches  # never reset: the delay keeps growing
+    assert all("grant=g1 folder=f1" in b and "a flood" in b for b in breaches)
+
+
+def test_connecting_has_one_deadline_for_every_step_together() -> None:
+    # every answer comes 0.5 s late: each step is well within its own 5 s, the whole is not
+    slow = SETTINGS.model_copy(update={"command_timeout_s": 5.0, "session_timeout_s": 1.0})
+
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher(settings=slow)
+        watcher.start()
+        await until(lambda: watcher.limit_breaches >= 1, timeout_s=30)
+        assert "connect, log in and open the folder within 1 s" in (watcher.last_error or "")
+        assert watcher.connects == 0
+        await watcher.stop()
+
+    run(scenario, answer_delay_s=0.5)
