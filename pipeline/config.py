@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
@@ -196,3 +196,27 @@ class Settings(BaseSettings):
             if key_file.exists():
                 raw = key_file.read_text().strip()
         return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+def describe_settings_error(exc: ValidationError) -> str | None:
+    """One line naming each environment variable a settings class refused, or None.
+
+    The value itself is not repeated (it may be a URL with a password or a key); pydantic's
+    reason is, e.g. ``IMAP_PIPELINE_POLL_INTERVAL_S: Input should be greater than or equal
+    to 5``. None when ``exc`` is not about one of the settings classes.
+    """
+    from pipeline.listener.settings import LISTENER_ENV_PREFIX
+    from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX
+
+    prefix = {
+        "Settings": ENV_PREFIX,
+        "ListenerSettings": LISTENER_ENV_PREFIX,
+        "WebhookSettings": WEBHOOK_ENV_PREFIX,
+    }.get(exc.title)
+    if prefix is None:
+        return None
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]).upper() if error["loc"] else "?"
+        parts.append(f"{prefix}{field}: {error['msg']}")
+    return "invalid setting: " + "; ".join(parts)

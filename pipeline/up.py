@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ from rich.text import Text
 from pipeline.config import RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
 from pipeline.errors import PipelineError, ServiceError
-from pipeline.local import LOCALHOST, child_preexec, free_port, port_in_use
+from pipeline.local import LOCALHOST, can_bind, child_preexec, free_port, port_in_use
 
 PROCFILE = Path(__file__).resolve().parent.parent / "deploy" / "Procfile"
 ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
@@ -63,8 +64,43 @@ DEMO_SEED = 20240601
 DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync must skip
 DEMO_STATE_NAME = "demo-account.json"
 LOCK_NAME = "up.lock"
+ROLE_LOG_MAX_BYTES = 10 * 1024 * 1024  # per role log file before it is rotated
+ROLE_LOG_BACKUPS = 5  # rotated files kept per role (api.log.1 … api.log.5)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 ROLE_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
+
+
+class RoleLog:
+    """A role's log file under ``<data_dir>/logs``: a line is written as it arrives, and the
+    file is rotated at :data:`ROLE_LOG_MAX_BYTES` (``api.log`` -> ``api.log.1`` -> … ->
+    ``api.log.{ROLE_LOG_BACKUPS}``, the oldest dropped)."""
+
+    def __init__(
+        self, path: Path, max_bytes: int = ROLE_LOG_MAX_BYTES, backups: int = ROLE_LOG_BACKUPS
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: IO[bytes] = path.open("ab", buffering=0)  # unbuffered: one write per line
+
+    def write(self, line: bytes) -> None:
+        """Append one line (bytes, with its newline), rotating first if the file is full."""
+        if self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+            self._rotate()
+        self._file.write(line)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self.path.open("ab", buffering=0)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
 
 
 @dataclass(frozen=True)
@@ -138,7 +174,7 @@ class _RoleProcess:
     role: Role
     style: str
     proc: subprocess.Popen[bytes]
-    log: IO[bytes]
+    log: RoleLog
     pump: threading.Thread | None = None
 
 
@@ -193,6 +229,8 @@ class _Up:
 
     def _start(self) -> None:
         roles = read_procfile(self.procfile)  # before starting anything: fail fast on typos
+        _load_role_settings()  # a setting a role would refuse stops us here, in one line
+        self._check_ports(roles, "Nothing was started.")
         self._lock_data_dir()
         self._resolve_services()
         self._ensure_key()
@@ -201,11 +239,7 @@ class _Up:
         self._write_runtime_env()
         env = self._role_env()
         demo_account = self._start_demo() if self.demo else None
-        if any(r.name == "flower" for r in roles) and port_in_use(self.settings.flower_port):
-            raise ServiceError(
-                f"Port {self.settings.flower_port} is in use, so Flower cannot listen there. Stop "
-                "what uses it or set IMAP_PIPELINE_FLOWER_PORT."
-            )
+        self._check_ports(roles, "Stopping.")  # again: starting services took a while
         self.starting = False
         self.name_width = max(len(r.name) for r in roles)
         for index, role in enumerate(roles):
@@ -254,6 +288,27 @@ class _Up:
         self.stop_requested.set()
         if self.starting and self.signals_seen == 1:
             raise _Interrupted(signal.Signals(signum).name)
+
+    def _wanted_ports(self, roles: list[Role]) -> list[tuple[str, str, int, str]]:
+        """(variable, what, port, host) of every port a role of ``roles`` will listen on."""
+        s = self.settings
+        names = {r.name for r in roles}
+        wanted: list[tuple[str, str, int, str]] = []
+        if "api" in names:
+            wanted.append(("IMAP_PIPELINE_API_PORT", "the HTTP API", s.api_port, s.api_host))
+        if "flower" in names:
+            wanted.append(("IMAP_PIPELINE_FLOWER_PORT", "Flower", s.flower_port, s.flower_host))
+        return wanted
+
+    def _check_ports(self, roles: list[Role], then: str) -> None:
+        """Refuse to start when a port a role needs is taken, naming the variable to change."""
+        taken = [
+            f"port {port} ({what}) is in use: stop what uses it or set {variable} to a free port"
+            for variable, what, port, host in self._wanted_ports(roles)
+            if port_in_use(port, LOCALHOST) or not can_bind(port, host)
+        ]
+        if taken:
+            raise ServiceError("; ".join(taken) + ". " + then)
 
     # --- services ---------------------------------------------------------------------------
 
@@ -497,7 +552,7 @@ class _Up:
 
     def _start_role(self, role: Role, style: str, env: Mapping[str, str]) -> None:
         self._log_dir.mkdir(exist_ok=True)
-        log = (self._log_dir / f"{role.name}.log").open("ab")
+        log = RoleLog(self._log_dir / f"{role.name}.log")
         proc = subprocess.Popen(
             ["/bin/sh", "-c", f"exec {role.command}"],
             stdin=subprocess.DEVNULL,
@@ -519,11 +574,10 @@ class _Up:
         assert rp.proc.stdout is not None
         prefix = Text(f"{rp.role.name:>{self.name_width}} | ", style=rp.style)
         for raw in iter(rp.proc.stdout.readline, b""):
-            rp.log.write(raw)
+            rp.log.write(raw)  # as it happens: `tail -f` shows it at once
             line = Text.from_ansi(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
             with self.print_lock:
                 self.console.print(Text.assemble(prefix, line))
-        rp.log.flush()
 
     def _stop_roles(self) -> None:
         running = [rp for rp in self.roles if rp.proc.poll() is None]
@@ -586,6 +640,16 @@ class _Up:
         table.add_row("other terminals", f"find the services through {self.runtime_env}")
         with self.print_lock:
             self.console.print(table)
+        self.say(f"in another terminal: {_cli_hint()}")
+
+
+def _load_role_settings() -> None:
+    """Read the listener's and the webhooks' settings as the roles will (ValidationError)."""
+    from pipeline.listener.settings import ListenerSettings
+    from pipeline.webhooks.settings import WebhookSettings
+
+    ListenerSettings()
+    WebhookSettings.load()
 
 
 def _postgres_reachable(url: str) -> bool:
@@ -624,6 +688,18 @@ def _env_quote(value: str) -> str:
     if "'" not in value:
         return f"'{value}'"
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _cli_hint() -> str:
+    """How to run ``imap-pipeline`` from another terminal, exactly."""
+    script = Path(sys.executable).parent / "imap-pipeline"
+    on_path = shutil.which("imap-pipeline")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "imap-pipeline grants list (and the rest of `imap-pipeline --help`)"
+    return (
+        f"{script} grants list (not on PATH: run `source {script.parent / 'activate'}` "
+        "first to type just imap-pipeline)"
+    )
 
 
 def _cli_command() -> list[str]:

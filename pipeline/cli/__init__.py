@@ -14,8 +14,10 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
 from rich.console import Console
 
+from pipeline.config import describe_settings_error
 from pipeline.errors import PipelineError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -43,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:  # Ctrl-C at any moment, even while modules load: no traceback
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -59,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One clear line, never a stack trace, never a secret (messages are written that way).
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except ValidationError as exc:
+        message = describe_settings_error(exc)
+        if message is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

@@ -89,6 +89,19 @@ def port_in_use(port: int, host: str = LOCALHOST) -> bool:
         return False
 
 
+def can_bind(port: int, host: str = LOCALHOST) -> bool:
+    """Whether a server could listen on ``host:port`` now (nothing holds it on any address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # what servers set too: a port in TIME_WAIT is free for them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def system_user(name: str) -> pwd.struct_passwd:
     """The passwd entry of ``name``, or a ServiceError that says how to get it."""
     try:

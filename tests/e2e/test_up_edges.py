@@ -1,0 +1,182 @@
+"""What a newcomer meets around `imap-pipeline up`: taken ports, bad settings, an early Ctrl-C,
+role logs that grow live, and how to run the CLI from another terminal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pipeline.local import free_port, port_in_use
+
+pytestmark = pytest.mark.services
+
+START_TIMEOUT_S = 180  # embedded Postgres (initdb), Redis and every role on a loaded machine
+STOP_TIMEOUT_S = 60
+TRACEBACK_FREE_LINES = 40  # a stop prints a few lines, never a stack
+
+
+@dataclass
+class Up:
+    """A running `imap-pipeline up` and what it printed so far."""
+
+    process: subprocess.Popen[str]
+    data_dir: Path
+    env: dict[str, str]
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            assert self.process.poll() is None, f"up exited before {text!r}:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no {text!r}:\n{self.output()[-4000:]}"
+            time.sleep(0.05)
+
+    def interrupt(self) -> int:
+        """Ctrl-C (SIGINT to the terminal's process group), then the exit code."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def up_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAP_PIPELINE_")}
+    env.update(
+        IMAP_PIPELINE_DATA_DIR=str(data_dir),
+        IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT=str(free_port()),
+        IMAP_PIPELINE_EMBEDDED_REDIS_PORT=str(free_port()),
+        IMAP_PIPELINE_FLOWER_PORT=str(free_port()),
+        IMAP_PIPELINE_API_PORT=str(free_port()),
+        IMAP_PIPELINE_SYNC_CONCURRENCY="1",
+    )
+    # the venv's bin folder is not on PATH, as right after `scripts/up` in a new terminal
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)
+    env.update(extra)
+    return env
+
+
+def start_up(env: dict[str, str]) -> Up:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    up = Up(process, Path(env["IMAP_PIPELINE_DATA_DIR"]), env)
+    threading.Thread(target=lambda: up.lines.extend(process.stdout or []), daemon=True).start()
+    return up
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[Up]]:
+    ups: list[Up] = []
+    yield ups
+    for up in ups:
+        if up.process.poll() is None:
+            up.interrupt()
+        if up.process.stdout is not None:
+            up.process.stdout.close()
+
+
+def run_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "up"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_a_taken_port_stops_up_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = up_env(tmp_path / "data", IMAP_PIPELINE_API_PORT=str(port))
+        result = run_up(env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"port {port} (the HTTP API) is in use" in output
+    assert "set IMAP_PIPELINE_API_PORT to a free port" in output
+    assert "Nothing was started" in output
+    assert "starting an embedded" not in output
+    assert not port_in_use(int(env["IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT"]))
+    assert not (tmp_path / "data" / "logs").exists()  # no role ran
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("IMAP_PIPELINE_UIDVALIDITY_SWEEP_INTERVAL_S", "5"),  # below its minimum
+        ("IMAP_PIPELINE_LISTENER_LEASE_TTL_S", "soon"),  # a listener setting
+        ("IMAP_PIPELINE_WEBHOOK_MAX_ATTEMPTS", "0"),  # a webhooks setting
+    ],
+)
+def test_an_invalid_setting_is_one_line_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    result = run_up(up_env(tmp_path / "data", **{variable: value}))
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2, output
+    assert output.startswith(f"error: invalid setting: {variable}: "), output
+    assert len(output.splitlines()) == 1, output
+    assert not (tmp_path / "data" / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "",  # at once, while Python loads modules
+        "starting an embedded Postgres",
+        "applying database migrations",
+        "imap-pipeline is running",
+    ],
+)
+def test_ctrl_c_at_any_moment_stops_cleanly(tmp_path: Path, started: list[Up], moment: str) -> None:
+    up = start_up(up_env(tmp_path / "data"))
+    started.append(up)
+    if moment:
+        up.wait_for_line(moment)
+    code = up.interrupt()
+    time.sleep(0.2)  # the reader thread takes the last lines
+    output = up.output()
+    assert code in (0, 130, -signal.SIGINT), output
+    assert "Traceback" not in output
+    assert len(output.splitlines()) < TRACEBACK_FREE_LINES or moment.endswith("running"), output
+    assert not (up.data_dir / "runtime.env").exists()
+    assert not port_in_use(int(up.env["IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT"]))
+    assert not port_in_use(int(up.env["IMAP_PIPELINE_API_PORT"]))
+
+
+def test_role_logs_grow_while_up_runs_and_the_banner_says_how_to_run_the_cli(
+    tmp_path: Path, started: list[Up]
+) -> None:
+    up = start_up(up_env(tmp_path / "data"))
+    started.append(up)
+    up.wait_for_line("imap-pipeline is running")
+    api_log = up.data_dir / "logs" / "api.log"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while b"Application startup complete" not in api_log.read_bytes():
+        assert up.process.poll() is None, up.output()
+        assert time.monotonic() < deadline, "api.log stayed empty while up ran"
+        time.sleep(0.2)
+    script = Path(sys.executable).parent / "imap-pipeline"
+    # the banner names the exact command, since the venv is not on PATH
+    assert f"in another terminal: {script} grants list" in up.output()
+    assert f"source {script.parent / 'activate'}" in up.output()
