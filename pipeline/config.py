@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
+from pipeline.netguard import AddressPolicy, IpNetwork
 
 ENV_PREFIX = "IMAP_PIPELINE_"
 DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
@@ -74,6 +75,15 @@ class Settings(BaseSettings):
     imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
     imap_ca_file: Path | None = Field(
         default=None, description="Extra CA bundle trusted for IMAP/SMTP TLS (private CAs)."
+    )
+    mail_allowed_networks: Annotated[list[IpNetwork], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated CIDRs that IMAP and SMTP hosts named through the HTTP API or the "
+            "hosted sign-in page may resolve into although they are not public (e.g. "
+            "127.0.0.0/8 for a Dovecot on this machine, 10.0.0.0/8 for an internal server). "
+            "Empty: only public addresses. The CLI (run by the operator) is not limited."
+        ),
     )
     sync_chunk_budget_s: float = Field(
         default=120.0,
@@ -146,6 +156,18 @@ class Settings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
+
+    @field_validator("mail_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def mail_address_policy(self) -> AddressPolicy:
+        """Which non-public networks user-named IMAP/SMTP hosts may reach (see netguard)."""
+        return AddressPolicy.of(self.mail_allowed_networks)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

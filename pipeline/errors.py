@@ -16,10 +16,14 @@ touches the driver, so callers catch one tree::
     │   └── ImapProtocolError       an answer we could not understand, or a dropped session
     │       └── ImapLimitError      the server broke a read bound or a deadline (a flood, a
     │                               huge line or literal, a trickle): disconnect, back off
+    ├── HostError                   a host named by a user cannot be used (pipeline.netguard)
+    │   ├── HostUnresolved          it does not resolve, or not in time
+    │   └── AddressRefused          it resolves to a non-public address the operator did not allow
     ├── MessageParseError           a message could not be normalized at all
     ├── GrantError                  grant-level problems
     │   ├── GrantNotFound
-    │   └── GrantInvalid            the grant exists but cannot be used (status says why)
+    │   ├── GrantInvalid            the grant exists but cannot be used (status says why)
+    │   └── GrantConflict           the address has a grant on another server or username
     └── ServiceError                a local service (Postgres, Redis) is down or unusable
 
 Messages are written for the person who reads them: they say what failed and how to fix it,
@@ -77,6 +81,22 @@ class ImapLimitError(ImapProtocolError):
     """
 
 
+class HostError(PipelineError):
+    """A host named by a user cannot be used."""
+
+
+class HostUnresolved(HostError):
+    """The host does not resolve (or not in time), or is not a host name at all."""
+
+
+class AddressRefused(HostError):
+    """The host resolves to an address that is not public and not allowed by the operator."""
+
+    def __init__(self, message: str, *, address: object = None) -> None:
+        super().__init__(message)
+        self.address = address  # the offending IP address (for logs and the webhook message)
+
+
 class MessageParseError(PipelineError):
     """A message could not be normalized at all."""
 
@@ -91,6 +111,11 @@ class GrantNotFound(GrantError):
 
 class GrantInvalid(GrantError):
     """The grant exists but cannot be used; its status says why."""
+
+
+class GrantConflict(GrantError):
+    """A sign-in names an address whose grant lives on another server or username: the existing
+    grant is never changed by it (only by a login to its own account, or with the API key)."""
 
 
 class ServiceError(PipelineError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import Grant
@@ -27,6 +27,13 @@ class GrantRepository:
         """A grant by its email address (case-insensitive)."""
         return self.session.scalar(
             select(Grant).where(func.lower(Grant.email) == email.strip().lower())
+        )
+
+    def lock_address(self, email: str) -> None:
+        """Serialize writers of one address (any case) until the transaction ends."""
+        self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('grant-address:' || lower(:email)))"),
+            {"email": email.strip()},
         )
 
     def find(self, id_or_email: str) -> Grant | None:

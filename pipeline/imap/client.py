@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
-from imap_tools.errors import MailboxLoginError
+from imap_tools.errors import MailboxLoginError, MailboxStarttlsError
 from imap_tools.imap_utf7 import utf7_decode, utf7_encode
 
 from pipeline.errors import (
@@ -70,6 +70,10 @@ class Endpoint:
     verify_tls: bool = True
     timeout_s: float = DEFAULT_TIMEOUT_S
     ca_file: Path | None = None  # extra trust anchors, e.g. a private CA
+    # The IP address to connect to, already checked by pipeline.netguard: the socket goes
+    # there (no second lookup of ``host``), while TLS still verifies the certificate for
+    # ``host``. None: resolve ``host`` when connecting (operator-named servers).
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,75 @@ def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
     return ssl.create_default_context(cafile=str(endpoint.ca_file) if endpoint.ca_file else None)
+
+
+def _socket_to(address: str, port: int, timeout: float | None) -> socket.socket:
+    if timeout is not None and not timeout:
+        raise ValueError("Non-blocking socket (timeout=0) is not supported")
+    return socket.create_connection((address, port), timeout)
+
+
+class _Imap4(imaplib.IMAP4):
+    """imaplib's client, connecting to a given address instead of resolving the host."""
+
+    def __init__(self, host: str, port: int, timeout: float | None, address: str | None) -> None:
+        self._address = address
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        return _socket_to(self._address or self.host, self.port, timeout)
+
+
+class _Imap4Ssl(imaplib.IMAP4_SSL):
+    """imaplib's implicit-TLS client, connecting to a given address; SNI and the certificate
+    check use the host name."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        timeout: float | None,
+        address: str | None,
+    ) -> None:
+        self._address = address
+        super().__init__(host, port, ssl_context=ssl_context, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock = _socket_to(self._address or self.host, self.port, timeout)
+        wrapped: socket.socket = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+        return wrapped
+
+
+class _MailBoxSsl(MailBox):  # type: ignore[misc]
+    def __init__(self, endpoint: Endpoint, ctx: ssl.SSLContext) -> None:
+        self._address = endpoint.address
+        super().__init__(endpoint.host, endpoint.port, timeout=endpoint.timeout_s, ssl_context=ctx)
+
+    def _get_mailbox_client(self) -> imaplib.IMAP4:
+        return _Imap4Ssl(self._host, self._port, self._ssl_context, self._timeout, self._address)
+
+
+class _MailBoxStartTls(MailBoxStartTls):  # type: ignore[misc]
+    def __init__(self, endpoint: Endpoint, ctx: ssl.SSLContext) -> None:
+        self._address = endpoint.address
+        super().__init__(endpoint.host, endpoint.port, timeout=endpoint.timeout_s, ssl_context=ctx)
+
+    def _get_mailbox_client(self) -> imaplib.IMAP4:
+        client = _Imap4(self._host, self._port, self._timeout, self._address)
+        typ, data = client.starttls(self._ssl_context)
+        if typ != "OK":
+            raise MailboxStarttlsError((typ, data), "OK")
+        return client
+
+
+class _MailBoxPlain(MailBoxUnencrypted):  # type: ignore[misc]
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._address = endpoint.address
+        super().__init__(endpoint.host, endpoint.port, timeout=endpoint.timeout_s)
+
+    def _get_mailbox_client(self) -> imaplib.IMAP4:
+        return _Imap4(self._host, self._port, self._timeout, self._address)
 
 
 class ImapSession:
@@ -604,21 +677,11 @@ def open_session(endpoint: Endpoint, password: str) -> ImapSession:
     mailbox: Any
     try:
         if endpoint.tls == "ssl":
-            mailbox = MailBox(
-                endpoint.host,
-                endpoint.port,
-                timeout=endpoint.timeout_s,
-                ssl_context=_ssl_context(endpoint),
-            )
+            mailbox = _MailBoxSsl(endpoint, _ssl_context(endpoint))
         elif endpoint.tls == "starttls":
-            mailbox = MailBoxStartTls(
-                endpoint.host,
-                endpoint.port,
-                timeout=endpoint.timeout_s,
-                ssl_context=_ssl_context(endpoint),
-            )
+            mailbox = _MailBoxStartTls(endpoint, _ssl_context(endpoint))
         else:
-            mailbox = MailBoxUnencrypted(endpoint.host, endpoint.port, timeout=endpoint.timeout_s)
+            mailbox = _MailBoxPlain(endpoint)
     except ssl.SSLCertVerificationError as exc:
         raise ImapTlsError(
             f"The certificate of {where} could not be verified ({exc.verify_message}). "
