@@ -62,7 +62,9 @@ def victim_grant(api: ApiServer, victim: MailUser) -> str:
     return connect_and_sync(api, victim)
 
 
-def assert_untouched(api: ApiServer, grant_id: str, before: dict[str, Any], victim: MailUser) -> None:
+def assert_untouched(
+    api: ApiServer, grant_id: str, before: dict[str, Any], victim: MailUser
+) -> None:
     assert snapshot(api, grant_id) == before
     with api.http() as http:
         listed = http.get(f"/v3/grants/{grant_id}/messages").json()["data"]
