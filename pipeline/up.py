@@ -64,6 +64,7 @@ DEMO_SEED = 20240601
 DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync must skip
 DEMO_STATE_NAME = "demo-account.json"
 LOCK_NAME = "up.lock"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 ROLE_LOG_MAX_BYTES = 10 * 1024 * 1024  # per role log file before it is rotated
 ROLE_LOG_BACKUPS = 5  # rotated files kept per role (api.log.1 … api.log.5)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -240,6 +241,16 @@ class _Up:
         env = self._role_env()
         demo_account = self._start_demo() if self.demo else None
         self._check_ports(roles, "Stopping.")  # again: starting services took a while
+        if (
+            any(r.name == "flower" for r in roles)
+            and self.settings.flower_host not in LOOPBACK_HOSTS
+            and not os.environ.get("FLOWER_BASIC_AUTH")
+        ):
+            self.say(
+                f"warning: Flower listens on {self.settings.flower_host} without a login (task "
+                "arguments and results are visible): set FLOWER_BASIC_AUTH=user:password",
+                "yellow",
+            )
         self.starting = False
         self.name_width = max(len(r.name) for r in roles)
         for index, role in enumerate(roles):
