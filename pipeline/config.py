@@ -73,6 +73,49 @@ class Settings(BaseSettings):
         description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
     )
     imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
+    imap_max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Longest response line read from an IMAP server (a UID SEARCH answer of "
+        "about 2 million UIDs fits); a longer one closes the session.",
+    )
+    imap_max_literal_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest literal (a message) read from an IMAP server; above the largest "
+        "message accepted: bigger messages are recorded as failures without being fetched, a "
+        "bigger literal announced anyway closes the session before any of it is read.",
+    )
+    imap_max_untagged: int = Field(
+        default=500_000,
+        ge=1000,
+        description="Untagged responses one IMAP command may receive (a metadata FETCH asks "
+        "for 5,000; the flag changes of a big folder marked read at once can be many more); "
+        "more closes the session.",
+    )
+    imap_max_command_bytes: int = Field(
+        default=96 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes one IMAP command may receive in all; more closes the session.",
+    )
+    imap_command_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Total time one IMAP command may take, however the server trickles its "
+        "answer (the socket timeout is per read).",
+    )
+    imap_login_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Total time of connect + TLS + greeting + login + CAPABILITY.",
+    )
+    sync_task_time_limit_s: float = Field(
+        default=900.0,
+        ge=60,
+        le=1500,
+        description="Hard time limit of every sync task (a soft limit 30 s earlier records "
+        "why); below the broker's 30-minute visibility timeout.",
+    )
     imap_ca_file: Path | None = Field(
         default=None, description="Extra CA bundle trusted for IMAP/SMTP TLS (private CAs)."
     )

@@ -13,9 +13,10 @@ touches the driver, so callers catch one tree::
     │   ├── ImapAuthError           the server refused the credentials
     │   ├── ImapThrottledError      the provider asked us to slow down ([LIMIT], [THROTTLED]…)
     │   ├── ImapFolderError         a folder does not exist or cannot be selected
-    │   └── ImapProtocolError       an answer we could not understand, or a dropped session
-    │       └── ImapLimitError      the server broke a read bound or a deadline (a flood, a
-    │                               huge line or literal, a trickle): disconnect, back off
+    │   ├── ImapProtocolError       an answer we could not understand, or a dropped session
+    │   └── ImapLimitError          the server broke a bound (a flood, a huge line or literal,
+    │                               a trickle past a deadline): disconnect, back off; not a
+    │                               protocol error, so nothing retries it at once
     ├── HostError                   a host named by a user cannot be used (pipeline.netguard)
     │   ├── HostUnresolved          it does not resolve, or not in time
     │   └── AddressRefused          it resolves to a non-public address the operator did not allow
@@ -73,12 +74,19 @@ class ImapProtocolError(ImapError):
     """An unexpected answer or a dropped session."""
 
 
-class ImapLimitError(ImapProtocolError):
+class ImapLimitError(ImapError):
     """The server broke one of our bounds: a line, literal or answer too big, more untagged
     responses than allowed, or an answer not complete within its total deadline.
 
-    Never retried at once: the connection is dropped and the grant backs off.
+    Never retried at once (it is no :class:`ImapProtocolError`, which callers retry on a fresh
+    session): the connection is dropped and the account backs off. ``bound`` names what was
+    exceeded and ``setting`` the ``IMAP_PIPELINE_*`` variable that raises it, where known.
     """
+
+    def __init__(self, message: str, *, bound: str = "", setting: str = "") -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.setting = setting
 
 
 class HostError(PipelineError):

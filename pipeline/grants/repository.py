@@ -67,6 +67,18 @@ class GrantRepository:
             .values(grant_status=status, status_detail=detail)
         )
 
+    def set_detail(self, grant_id: str, detail: str | None) -> None:
+        """Set the human-readable reason shown with the grant's status, status unchanged."""
+        self.session.execute(update(Grant).where(Grant.id == grant_id).values(status_detail=detail))
+
+    def clear_detail(self, grant_id: str, prefix: str) -> None:
+        """Clear the grant's reason if it starts with ``prefix`` (a problem that went away)."""
+        self.session.execute(
+            update(Grant)
+            .where(Grant.id == grant_id, Grant.status_detail.startswith(prefix, autoescape=True))
+            .values(status_detail=None)
+        )
+
     def set_sync_state(self, grant_id: str, state: str) -> None:
         """Set the grant's overall sync state."""
         self.session.execute(update(Grant).where(Grant.id == grant_id).values(sync_state=state))

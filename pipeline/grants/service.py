@@ -46,7 +46,7 @@ from pipeline.errors import (
 )
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
-from pipeline.imap import Endpoint, ImapSession, open_session
+from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, check_host
 from pipeline.sync import events
@@ -103,6 +103,19 @@ def endpoint_for(grant: ImapAccount, settings: Settings) -> Endpoint:
         verify_tls=grant.verify_tls,
         timeout_s=settings.imap_timeout_s,
         ca_file=settings.imap_ca_file,
+        limits=imap_limits(settings),
+    )
+
+
+def imap_limits(settings: Settings) -> ImapLimits:
+    """The bounds every IMAP session keeps, from the ``IMAP_PIPELINE_IMAP_*`` settings."""
+    return ImapLimits(
+        max_line_bytes=settings.imap_max_line_bytes,
+        max_literal_bytes=settings.imap_max_literal_bytes,
+        max_untagged=settings.imap_max_untagged,
+        max_command_bytes=settings.imap_max_command_bytes,
+        command_deadline_s=settings.imap_command_deadline_s,
+        login_deadline_s=settings.imap_login_deadline_s,
     )
 
 
