@@ -47,9 +47,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     limits = sub.add_parser("limits", help="show or change the shared rate limits")
     lsub = limits.add_subparsers(dest="limits_command", metavar="SUBCOMMAND", required=True)
-    show = lsub.add_parser("show", help="a provider's limits (and a grant's back-off)")
+    show = lsub.add_parser(
+        "show", help="a provider's limits (and a grant's back-off and listener connections)"
+    )
     show.add_argument("provider", choices=sorted(PRESETS))
-    show.add_argument("--grant", help="grant id or email: its back-off and connections")
+    show.add_argument(
+        "--grant",
+        help="grant id or email: its back-off, connections, and the state of each listener "
+        "connection (why it last ended, when it is retried)",
+    )
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_limits_show)
     change = lsub.add_parser("set", help="override a provider's limits (NAME=VALUE ...)")
@@ -104,16 +110,21 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limiter(settings: Settings) -> RateLimiter:
-    client = redis.Redis.from_url(
+def _redis(settings: Settings) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(
         settings.require_redis_url(),
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
     )
-    return RateLimiter(client)
+
+
+def _limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(_redis(settings))
 
 
 def _limits_show(args: argparse.Namespace) -> int:
+    from pipeline.listener.status import read_status
+
     settings = Settings.load()
     limiter = _limiter(settings)
     view: dict[str, object] = {"provider": args.provider, **asdict(limiter.limits(args.provider))}
@@ -121,7 +132,12 @@ def _limits_show(args: argparse.Namespace) -> int:
         with session_scope(settings.require_database_url()) as db:
             grant = get_grant(db, args.grant)
             grant_id, host, provider = grant.id, grant.imap_host, grant.provider
-        view["grant"] = {"id": grant_id, **limiter.status(provider, host, grant_id)}
+        view["grant"] = {
+            "id": grant_id,
+            **limiter.status(provider, host, grant_id),
+            # per folder id: what the listener's connection does, and why it last ended
+            "listener": read_status(_redis(settings), grant_id),
+        }
     if args.json:
         print(json.dumps(view, indent=2))
     else:

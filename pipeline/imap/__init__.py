@@ -3,7 +3,6 @@
 Nothing in this package imports the ORM or Celery.
 """
 
-from pipeline.imap.bounded import ImapLimits
 from pipeline.imap.client import (
     Endpoint,
     FetchedMessage,
@@ -12,7 +11,6 @@ from pipeline.imap.client import (
     ImapSession,
     MessageMeta,
     SelectInfo,
-    folder_name_bytes,
     open_session,
 )
 
@@ -21,10 +19,8 @@ __all__ = [
     "FetchedMessage",
     "FolderInfo",
     "FolderStatus",
-    "ImapLimits",
     "ImapSession",
     "MessageMeta",
     "SelectInfo",
-    "folder_name_bytes",
     "open_session",
 ]

@@ -13,11 +13,14 @@ Redis keys (details in the modules that own them)::
                                                workers), scored by expiry (ms)
     imap-pipeline:listener:changed       hash  "<grant_id>:<folder_id>" -> unix ms of the last
                                                change seen, for reconciliation
+    imap-pipeline:listener:status:<grant_id>  hash  folder id -> JSON: the connection's state,
+                                               why it last ended, when it is retried
 
 Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
 :mod:`~pipeline.listener.idle` (one connection's state machine),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
 (Redis leases, heartbeats, connection slots), :mod:`~pipeline.listener.process` (the process),
+:mod:`~pipeline.listener.status` (connection states for operators),
 :mod:`~pipeline.listener.settings` (``IMAP_PIPELINE_LISTENER_*``).
 
 This package module imports nothing: :mod:`pipeline.ratelimit` (loaded by workers) imports

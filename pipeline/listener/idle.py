@@ -66,7 +66,13 @@ from enum import Enum
 
 from pydantic import SecretStr
 
-from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
+from pipeline.errors import (
+    ImapAuthError,
+    ImapError,
+    ImapLimitError,
+    ImapProtocolError,
+    ImapThrottledError,
+)
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
 from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
@@ -132,6 +138,9 @@ class WatchContext:
     """Record a throttling answer in the shared back-off; returns its length in seconds."""
     recovered: Callable[[WatchTarget], Awaitable[None]] | None = None
     """A login worked after a throttle: the next throttle starts from the base back-off."""
+    report: Callable[[WatchTarget, WatchState, str | None, float | None], None] | None = None
+    """Publish a connection's state, why it ended (None: it did not) and when it is retried
+    (seconds from now), for operators (:mod:`pipeline.listener.status`); never blocks."""
 
 
 def idle_renew_s(provider: str, rng: random.Random | None = None) -> float:
@@ -219,12 +228,17 @@ class FolderWatcher:
                 # too), or the login queue is long: no login meanwhile, the slot goes back.
                 await self._ctx.release_slot(self.target)
                 self.state = WatchState.BACKOFF if turn.backing_off else WatchState.LOGIN_QUEUED
-                await asyncio.sleep(
-                    min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
+                wait = min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
+                self._report(
+                    "The account or its provider is backing off after a throttling answer."
+                    if turn.backing_off
+                    else None,
+                    wait,
                 )
+                await asyncio.sleep(wait)
                 continue
             up_since: float | None = None
-            broke_limit = False
+            misbehaved = False  # broke a read bound or a deadline, or spoke no IMAP we can read
             try:
                 if turn.wait_s > 0:
                     self.state = WatchState.LOGIN_QUEUED
@@ -235,6 +249,7 @@ class FolderWatcher:
             except ImapAuthError as exc:
                 self.state = WatchState.INVALID
                 self.last_error = str(exc)
+                self._report(self.last_error)
                 log.warning(
                     "login refused for grant=%s folder=%s; marking the grant invalid: %s",
                     self.target.grant_id,
@@ -248,19 +263,13 @@ class FolderWatcher:
             except ImapThrottledError as exc:
                 self.last_error = str(exc)
                 await self._record_throttle(exc)
-            except ImapLimitError as exc:
+            except ImapProtocolError as exc:
                 self.last_error = str(exc)
-                self.limit_breaches += 1
-                broke_limit = True
-            except ImapError as exc:
+                if isinstance(exc, ImapLimitError):
+                    self.limit_breaches += 1
+                misbehaved = True
+            except ImapError as exc:  # dropped, timed out, BYE: logged with the back-off below
                 self.last_error = str(exc)
-                log.info(
-                    "connection of grant=%s folder=%s ended: %s",
-                    self.target.grant_id,
-                    self.target.folder_id,
-                    exc,
-                    extra=self._log_extra(),
-                )
             except asyncio.CancelledError:
                 await self._ctx.release_slot(self.target)
                 raise
@@ -276,7 +285,7 @@ class FolderWatcher:
             stayed_up = up_since is not None and (
                 loop.time() - up_since >= settings.backoff_reset_after_s
             )
-            if stayed_up and not broke_limit:
+            if stayed_up and not misbehaved:
                 attempt = 0
             delay = reconnect_delay(
                 attempt, settings.backoff_base_s, settings.backoff_max_s, self._ctx.rng
@@ -284,18 +293,24 @@ class FolderWatcher:
             attempt += 1
             self.state = WatchState.BACKOFF
             self.retry_in_s = delay
+            self._report(self.last_error, delay)
             log.log(
-                logging.WARNING if broke_limit else logging.DEBUG,
-                "grant=%s folder=%s %s; reconnecting in %.1f s (attempt %d)",
+                logging.WARNING if misbehaved else logging.INFO,
+                "grant=%s folder=%s disconnected%s: %s; reconnecting in %.1f s (attempt %d)",
                 self.target.grant_id,
                 self.target.folder_id,
-                f"broke a listener limit: {self.last_error}" if broke_limit else "disconnected",
+                ", the server misbehaved" if misbehaved else "",
+                self.last_error,
                 delay,
                 attempt,
                 extra=self._log_extra(),
             )
             await asyncio.sleep(delay)
             self.retry_in_s = None
+
+    def _report(self, error: str | None = None, retry_in_s: float | None = None) -> None:
+        if self._ctx.report is not None:
+            self._ctx.report(self.target, self.state, error, retry_in_s)
 
     async def _record_throttle(self, exc: ImapThrottledError) -> None:
         """Put the account in the shared back-off that workers respect, as they would."""
@@ -343,6 +358,8 @@ class FolderWatcher:
         )
         if changed:
             self._ctx.publish(self.target.ref, "reconnect")
+        self.state = WatchState.IDLING if conn.has("IDLE") else WatchState.POLLING
+        self._report()
         return conn
 
     async def _open_and_examine(self) -> tuple[ImapConnection, Snapshot]:

@@ -50,6 +50,7 @@ from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_shar
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.settings import ListenerSettings
+from pipeline.listener.status import StatusBoard
 from pipeline.ratelimit import LoginTurn, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Listener:
             lease_ttl_s=listener_settings.lease_ttl_s,
             slot_ttl_s=listener_settings.conn_slot_ttl_s,
         )
+        self.status = StatusBoard(redis, self.id)
         self._box = SecretBox(settings.encryption_key_list)
         self._plan: dict[str, GrantPlan] = {}
         self._held: dict[str, _Held] = {}
@@ -185,6 +187,7 @@ class Listener:
             login_turn=self._login_turn,
             throttled=self._throttled,
             recovered=self._recovered,
+            report=self._report,
         )
 
     # --- what tests and the status line see ---------------------------------------------------
@@ -209,6 +212,7 @@ class Listener:
         """Watch until ``stop`` is set, then shut down cleanly."""
         loop = asyncio.get_running_loop()
         publisher = loop.create_task(self.publisher.run(), name="listener-publisher")
+        status = loop.create_task(self.status.run(), name="listener-status")
         log.info("listener %s starting", self.id)
         try:
             # Listeners started together (a deploy) should see each other before claiming, or
@@ -233,9 +237,10 @@ class Listener:
                         await stop.wait()
         finally:
             await self._shutdown()
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            for task in (publisher, status):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             log.info("listener %s stopped", self.id)
 
     def _log_status(self) -> None:
@@ -350,7 +355,11 @@ class Listener:
             if held is not None:
                 await asyncio.gather(*(w.stop() for w in held.watchers))
             self.publisher.forget(grant_id)
+            # A lease lost to another listener keeps its status: the new owner overwrites it.
+            # A released one loses it, written before the lease goes (a successor reports).
             if release:
+                self.status.forget(grant_id)
+                await self.status.flush()
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.leases.release([grant_id])
         finally:
@@ -444,6 +453,11 @@ class Listener:
             async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
                 await asyncio.to_thread(self.limiter.recovered, target.grant_id)
 
+    def _report(
+        self, target: WatchTarget, state: WatchState, error: str | None, retry_in_s: float | None
+    ) -> None:
+        self.status.report(target.grant_id, target.folder_id, state.value, error, retry_in_s)
+
     async def _release_slot(self, target: WatchTarget) -> None:
         holder = self.leases.holder(target.folder_id)
         if (target.grant_id, holder) not in self._slots:
@@ -465,6 +479,9 @@ class Listener:
         except TimeoutError:
             log.warning("listener %s: some connections did not log out in time", self.id)
         await self.publisher.flush(SHUTDOWN_TIMEOUT_S)
+        for grant_id in held:  # before the leases go: a successor's reports must stay
+            self.status.forget(grant_id)
+        await self.status.flush()
         with contextlib.suppress(*REDIS_ERRORS):
             await self.leases.release(held)
         with contextlib.suppress(*REDIS_ERRORS):

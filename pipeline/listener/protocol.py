@@ -14,10 +14,15 @@ listener needs:
              -> IDLE ... DONE (repeat) | NOOP (poll) -> LOGOUT
 
 Responses are read line by line; a line ending in a literal ``{n}`` is completed with the next
-``n`` bytes. Untagged responses are returned as raw lines; :func:`classify` says which of them
-mean "the folder changed". Every wait has a timeout; every failure is raised in the
+``n`` bytes. Untagged responses are never collected: each is looked at once (:func:`classify`
+says which mean "the folder changed") and dropped, so a command returns at most one line per
+kind of change (:class:`Notices`). One hostile server must cost only its own connection, so
+every read is bounded (see the constants below: line, literal, response, untagged responses and
+bytes per command and per minute of IDLE) and every command has one total deadline, sending and
+answer together, however slowly the server trickles. Every failure is raised in the
 :mod:`pipeline.errors` IMAP subtree (``ImapConnectError`` for a dropped or silent connection,
-``ImapAuthError`` for refused credentials, ``ImapThrottledError`` for "come back later").
+``ImapAuthError`` for refused credentials, ``ImapThrottledError`` for "come back later",
+``ImapLimitError`` for a broken bound or deadline).
 """
 
 from __future__ import annotations
@@ -68,8 +73,10 @@ _TAGGED = re.compile(rb"^(?P<tag>[A-Za-z0-9]+) (?P<status>OK|NO|BAD)\b ?(?P<text
 _LITERAL = re.compile(rb"\{(\d+)\+?\}$")
 _CODE = re.compile(rb"^\[(?P<code>[^\]]*)\]")
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.I)
-_NUMBERED = re.compile(rb"^\* (\d+) ([A-Za-z]+)", re.I)
-_RESP_CODE_NUM = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]", re.I)
+# digit counts are bounded: a message number is 32-bit, a mod-sequence 63-bit; a longer "number"
+# from a hostile server is no match (and never reaches int(), which refuses 4,300+ digits)
+_NUMBERED = re.compile(rb"^\* (\d{1,10}) ([A-Za-z]+)", re.I)
+_RESP_CODE_NUM = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d{1,20})\]", re.I)
 _AUTH_FAILURE_CODES = {b"AUTHENTICATIONFAILED", b"AUTHORIZATIONFAILED", b"EXPIRED"}
 
 
