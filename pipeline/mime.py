@@ -27,25 +27,33 @@ lazily and raises (ValueError, AttributeError, LookupError) on mail found in the
 its content manager refuses unknown charsets. compat32 keeps every raw value, undecodable
 bytes included (as surrogate escapes), and leaves all decoding to this module.
 
-The only error raised on purpose is :class:`pipeline.errors.MessageParseError`, for input
-that is not a message at all (empty, or binary data without a single header field).
+The only error raised is :class:`pipeline.errors.MessageParseError`, for input that is not a
+message at all (empty, or binary data without a single header field); anything else parses,
+in time linear in the input (``tests/unit/test_mime_hostile.py`` holds hostile shapes to
+that: encoded-word floods, runs of spaces or separators, deep nesting, endless comments).
+Parts nested deeper than :data:`MAX_MIME_DEPTH` are not parsed: each is kept whole as one
+``application/octet-stream`` attachment (defect ``NestingTooDeepDefect``), so the message and
+everything above that depth are still stored and the bytes can still be downloaded.
 """
 
 from __future__ import annotations
 
 import binascii
 import codecs
+import email.feedparser
 import functools
 import hashlib
 import html
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.errors import MessageDefect
+from email.feedparser import BytesFeedParser
 from email.generator import BytesGenerator
 from email.message import Message
-from email.parser import BytesFeedParser, BytesParser
+from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_tz
 from html.parser import HTMLParser
@@ -856,13 +864,15 @@ def _b64_lenient(data: bytes) -> bytes:
 
 def _decode_words(value: str, ctx: _Context) -> str:
     """Decode RFC 2047 encoded-words and raw 8-bit bytes of one unfolded header value."""
-    tokens: list[tuple[str | None, bytes]] = []  # (charset or None for literal text, bytes)
+    # (charset or None for literal text, byte pieces): the pieces of adjacent words are joined
+    # once at the end, so a subject of a million encoded-words costs linear time.
+    tokens: list[tuple[str | None, list[bytes]]] = []
     position = 0
     for match in _ENCODED_WORD_RE.finditer(value):
         literal = value[position : match.start()]
         # Whitespace between two encoded-words is not part of the text (RFC 2047 6.2).
         if literal and not (literal.isspace() and tokens and tokens[-1][0] is not None):
-            tokens.append((None, _to_bytes(literal)))
+            tokens.append((None, [_to_bytes(literal)]))
         charset = match.group(1).split("*", 1)[0]
         encoded = match.group(3)
         if match.group(2) in "bB":
@@ -871,18 +881,20 @@ def _decode_words(value: str, ctx: _Context) -> str:
             raw = _q_decode(encoded)
         # Adjacent words in one charset are joined before decoding: encoders split
         # multi-byte characters across words.
-        if tokens and tokens[-1][0] is not None and tokens[-1][0].lower() == charset.lower():
-            tokens[-1] = (tokens[-1][0], tokens[-1][1] + raw)
+        last = tokens[-1][0] if tokens else None
+        if last is not None and last.lower() == charset.lower():
+            tokens[-1][1].append(raw)
         else:
-            tokens.append((charset, raw))
+            tokens.append((charset, [raw]))
         position = match.end()
     if not tokens:
         return ctx.decode_8bit(_to_bytes(value))
     tail = value[position:]
     if tail:
-        tokens.append((None, _to_bytes(tail)))
+        tokens.append((None, [_to_bytes(tail)]))
     out: list[str] = []
-    for charset, raw in tokens:
+    for charset, pieces in tokens:
+        raw = b"".join(pieces)
         if charset is None:
             out.append(ctx.decode_8bit(raw))
             continue
@@ -943,7 +955,9 @@ class _Params:
 
 _ATOM_CHARS: Final = r"A-Za-z0-9!#$%&'*+.^_`{|}~-"
 _MEDIA_TYPE_RE: Final = re.compile(rf"\s*([{_ATOM_CHARS}]+)\s*/\s*([{_ATOM_CHARS}]+)")
-_HIDDEN_PARAM_RE: Final = re.compile(rf"\s+([{_ATOM_CHARS}]+)\s*=")
+# Only from the start of a whitespace run: from every position inside a long run, the search
+# would rescan the run (quadratic time in a header of spaces).
+_HIDDEN_PARAM_RE: Final = re.compile(rf"(?<!\s)\s+([{_ATOM_CHARS}]+)\s*=")
 _RFC2231_NAME_RE: Final = re.compile(r"([^*]+)\*(\d+)?(\*)?")
 _PERCENT_RE: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 
@@ -959,14 +973,20 @@ def _tokenize_params(text: str) -> tuple[str, list[tuple[str, str]]]:
         head = head[: hidden.start()]
     params: list[tuple[str, str]] = []
     position, length = 0, len(rest)
+    # The next "=" and ";" are looked for again only once passed: a header of a million ";"
+    # before its one "=" would otherwise be rescanned for every ";" (quadratic time).
+    equals = semicolon = -1
     while position < length:
         while position < length and (rest[position].isspace() or rest[position] == ";"):
             position += 1
-        equals = rest.find("=", position)
-        semicolon = rest.find(";", position)
-        if equals < 0 or (0 <= semicolon < equals):
-            if semicolon < 0:
-                break
+        if equals < position:
+            equals = rest.find("=", position)
+            if equals < 0:
+                break  # no parameter can follow
+        if semicolon < position:
+            semicolon = rest.find(";", position)
+            semicolon = length if semicolon < 0 else semicolon
+        if semicolon < equals:
             position = semicolon + 1
             continue
         name_part = rest[position:equals].split()
@@ -1068,7 +1088,7 @@ def _addresses(values: Sequence[str], ctx: _Context) -> tuple[Participant, ...]:
     for value in values:
         text = _clean_text(ctx.decode_8bit(_to_bytes(_unfold(value))))
         text = _ENCODED_WORD_RE.sub(protect, text)
-        texts.append(_AT_IN_NAME_RE.sub(r'\1"\2"\3', text))
+        texts.append(_NAME_BEFORE_ADDRESS_RE.sub(_quote_name_with_at, text))
     participants: list[Participant] = []
     for name, address in _getaddresses(texts):
         name = _PLACEHOLDER_RE.sub(lambda m: words[int(m.group(1))], name)
@@ -1083,15 +1103,28 @@ def _addresses(values: Sequence[str], ctx: _Context) -> tuple[Participant, ...]:
 
 
 _PLACEHOLDER_RE: Final = re.compile("\ue000(\\d+)\ue001")
-# An unquoted display name containing "@" ("Mikel@Lindsaar <m@x>") reads as two
-# addresses to a strict parser; quote it.
-_AT_IN_NAME_RE: Final = re.compile(r'(^|,)(\s*[^,<>"@\s][^,<>"]*@[^,<>"]*?)(\s*<[^<>]*>)')
+# What precedes an angle address in a list element. One greedy run with nothing after it that
+# it could also match: a header of "a@a@a@…" without "<" is read in linear time.
+_NAME_BEFORE_ADDRESS_RE: Final = re.compile(r'(^|,)([^,<>"]*)(<[^<>]*>)')
+
+
+def _quote_name_with_at(match: re.Match[str]) -> str:
+    """An unquoted display name containing "@" ("Mikel@Lindsaar <m@x>") reads as two
+    addresses to a strict parser; quote it."""
+    lead, name, address = match.groups()
+    body = name.rstrip()
+    first = body.lstrip()[:1]
+    if not first or first == "@" or "@" not in body:
+        return match.group(0)
+    return f'{lead}"{body}"{name[len(body) :]}{address}'
 
 
 _ADDR_ATOM: Final = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"  # RFC 5322 atext
 _SIMPLE_ADDR: Final = rf"[{_ADDR_ATOM}]+(?:\.[{_ADDR_ATOM}]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# Exactly one way to match any text (the name takes the spaces around it, stripped later):
+# nested or adjacent whitespace quantifiers made a long run of spaces cost quadratic time.
 _SIMPLE_MAILBOX_RE: Final = re.compile(
-    rf"[ \t]*(?:([A-Za-z0-9'_ \t-]*?)[ \t]*<({_SIMPLE_ADDR})>|({_SIMPLE_ADDR}))[ \t]*"
+    rf"(?:([A-Za-z0-9'_ \t-]*)<({_SIMPLE_ADDR})>|[ \t]*({_SIMPLE_ADDR}))[ \t]*"
 )
 _NOT_SIMPLE_RE: Final = re.compile(r'[^\x20-\x7e\t]|["()\\:;\[\]]|=\?')
 
@@ -1156,14 +1189,20 @@ def _split_address_list(text: str) -> list[str]:
 
 
 _DATE_COMMENT_RE: Final = re.compile(r"\([^()]*\)")
-_DATE_COLON_RE: Final = re.compile(r"\s*:\s*")
+_DATE_COLON_RE: Final = re.compile(r" ?: ?")
+# A Date value longer than this is no date (RFC 5322 dates are about 31 characters; with
+# comments and folding, still far below): it is not read, and the message is kept undated.
+MAX_DATE_CHARS: Final = 1000
 
 
 def _parse_date(value: str) -> datetime | None:
-    parsed = parsedate_tz(value)
-    if parsed is None:
-        # RFC 5322 allows comments and spaces around the colons ("09(c):  55 : 06").
-        parsed = parsedate_tz(_DATE_COLON_RE.sub(":", _DATE_COMMENT_RE.sub(" ", value)))
+    if len(value) > MAX_DATE_CHARS:
+        return None
+    # RFC 5322 allows comments anywhere and spaces around the colons ("09(c):  55 : 06").
+    # Comments go first: "00:19:00 (EDT) -0400" would read "(EDT)" as an unknown zone, i.e.
+    # UTC, and ignore the real offset after it.
+    text = _DATE_COLON_RE.sub(":", " ".join(_DATE_COMMENT_RE.sub(" ", value).split()))
+    parsed = parsedate_tz(text)
     if parsed is not None:
         try:
             naive = datetime(*parsed[:6])  # naive on purpose: the offset is applied below
@@ -1176,9 +1215,9 @@ def _parse_date(value: str) -> datetime | None:
             return None
     try:
         iso = datetime.fromisoformat(value.strip())
-    except ValueError:
+        return (iso if iso.tzinfo else iso.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # e.g. year 1 with a positive offset
         return None
-    return (iso if iso.tzinfo else iso.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 # --------------------------------------------------------------------------------------
@@ -1566,6 +1605,9 @@ _INLINE_TAGS: Final = frozenset(
 _INVISIBLE: Final = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u034f\u00ad\ufffc"))
 _WORD_RE: Final = re.compile(r"\S+")
 _HTML_CHUNK: Final = 8192
+# HTML read for visible text (snippets, blank renderings): a snippet's 100 characters are in
+# the first few kilobytes of any real message.
+HTML_TEXT_SCAN_CHARS: Final = 256 * 1024
 
 
 class _HtmlText(HTMLParser):
@@ -1602,7 +1644,13 @@ class _HtmlText(HTMLParser):
 
 
 def _html_to_text(markup: str, enough: int | None = None) -> str:
-    """Visible text of HTML; stops early once ``enough`` visible characters were seen."""
+    """Visible text of HTML; stops early once ``enough`` visible characters were seen.
+
+    Only the first :data:`HTML_TEXT_SCAN_CHARS` are read: ``html.parser`` rescans an
+    unterminated comment or tag from its start on every chunk fed (quadratic time in the
+    markup), and the callers only need the beginning (a snippet, "is it blank?").
+    """
+    markup = markup[:HTML_TEXT_SCAN_CHARS]
     parser = _HtmlText()
     try:
         for start in range(0, len(markup), _HTML_CHUNK):
@@ -1648,11 +1696,13 @@ def _snippet(blocks: Sequence[_Block]) -> str:
 # Subjects
 # --------------------------------------------------------------------------------------
 
+# Matched at a position (no "^"), prefix after prefix. Possessive whitespace: "re" followed by
+# a long run of spaces and no colon must not try every split of the run (quadratic time).
 _SUBJECT_PREFIX_RE: Final = re.compile(
-    r"""^\s*(?:
+    r"""\s*+(?:
         (?:re|fwd?|aw|wg|sv|vs|antw|r|rif|tr|réf|ref|rv|enc|odp|ynt|
            回复|回覆|答复|转发|轉寄|轉發)
-        \s*(?:[\[(\uff08\uff3b]\d+[\])\uff09\uff3d]|\^\d+)?\s*[:\uff1a]
+        \s*+(?:[\[(\uff08\uff3b]\d+[\])\uff09\uff3d]|\^\d+)?\s*+[:\uff1a]
       | [\[\uff3b\u3010][^\]\uff3d\u3011]*[\]\uff3d\u3011]
     )""",  # \uff08/\uff09 \uff3b/\uff3d \u3010/\u3011 \uff1a: full-width ( ) [ ] 【 】 :
     re.IGNORECASE | re.VERBOSE,
@@ -1674,13 +1724,12 @@ def normalize_subject(subject: str) -> str:
     Returns:
         The normalized subject, ``""`` when nothing is left.
     """
-    text = subject
-    while True:
-        match = _SUBJECT_PREFIX_RE.match(text)
-        if match is None:
+    position = 0
+    while match := _SUBJECT_PREFIX_RE.match(subject, position):
+        if match.end() == position:
             break
-        text = text[match.end() :]
-    return " ".join(text.split()).casefold()
+        position = match.end()  # no copy per prefix: 100,000 "Re: " cost linear time
+    return " ".join(subject[position:].split()).casefold()
 
 
 # --------------------------------------------------------------------------------------
@@ -1809,6 +1858,20 @@ def _elide_attachment_bodies(data: bytes, ctx: _Context) -> bytes:
 _HEADERS_ONLY: Final = BytesParser(policy=compat32)
 _DELIMITER_TAIL_RE: Final = re.compile(rb"(--)?[ \t]*(\r\n|\n)?")
 MAX_FAST_DEPTH: Final = 16
+# Parts nested deeper than this (multiparts and enclosed messages counted alike) are kept as
+# one opaque attachment each, unparsed: mailers nest a few levels, forward chains a few dozen;
+# every recursive walk of the tree (parser, generator, walker) stays far below Python's stack
+# limit of about 1,000 frames (each level costs up to 5).
+MAX_MIME_DEPTH: Final = 64
+# Consecutive junk lines inside a part's header block that are still repaired when a field
+# follows them (more of them: the part's body started at the first one).
+MAX_JUNK_HEADER_LINES: Final = 4
+_FIELD_TEXT_RE: Final = re.compile(r"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# The feed parser's own line tests and its "wait for more input" sentinel (not in the stubs).
+_FEED: Final = vars(email.feedparser)
+_NEED_MORE_DATA: Final[object] = _FEED["NeedMoreData"]
+_HEADER_LINE_RE: Final[re.Pattern[str]] = _FEED["headerRE"]
+_BLANK_LINE_RE: Final[re.Pattern[str]] = _FEED["NLCRE"]
 
 
 def _fast_structure(data: bytes) -> _Part | None:
@@ -1885,10 +1948,99 @@ def _fast_part(chunk: bytes, depth: int) -> _Part | None:
     return part
 
 
+class NestingTooDeepDefect(MessageDefect):
+    """A part nested deeper than :data:`MAX_MIME_DEPTH`: kept whole as an opaque part."""
+
+
+class _BoundedParser(BytesFeedParser):  # type: ignore[type-arg]
+    """The standard feed parser with two changes, both applied as parts are read.
+
+    * Nesting is capped at :data:`MAX_MIME_DEPTH` (multiparts and enclosed messages alike):
+      a deeper part is not parsed but kept whole (its header and body bytes) as one
+      ``application/octet-stream`` part with a :class:`NestingTooDeepDefect`. Parsing, the
+      walks over the tree and serialization all recurse once per level, and Python's stack
+      ends near 1,000 frames; and every line is checked against every enclosing boundary,
+      so unbounded nesting also costs quadratic time.
+    * A part's header block gets the repair the top-level block gets
+      (:func:`_repair_header_block`): a junk line followed by more fields becomes a
+      continuation line, so the fields after it (a file name, the transfer encoding) are
+      not read as the start of the body.
+
+    Relies on ``FeedParser``'s ``_parsegen``/``_new_message``/``_input``/``_msgstack``,
+    unchanged since Python 3.3 (``tests/unit/test_mime_hostile.py`` fails if they change).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(policy=compat32)
+        self.repaired = False
+
+    def _parsegen(self) -> Iterator[object]:  # type: ignore[override]
+        if len(self._msgstack) >= MAX_MIME_DEPTH:  # type: ignore[attr-defined]
+            yield from self._opaque_part()
+            return
+        if self._msgstack:  # type: ignore[attr-defined]
+            yield from self._repair_part_header()
+        yield from super()._parsegen()  # type: ignore[misc]
+
+    def _opaque_part(self) -> Iterator[object]:
+        self._new_message()  # type: ignore[attr-defined]
+        part: _Part = self._cur  # type: ignore[attr-defined]
+        lines: list[str] = []
+        for line in self._input:  # type: ignore[attr-defined]
+            if line is _NEED_MORE_DATA:
+                yield _NEED_MORE_DATA
+                continue
+            lines.append(line)
+        part.set_type("application/octet-stream")
+        part.set_payload("".join(lines))
+        part.defects.append(NestingTooDeepDefect())
+
+    def _repair_part_header(self) -> Iterator[object]:
+        """Read a part's header block ahead, repair it, and push it back for the parser."""
+        stream = self._input  # type: ignore[attr-defined]
+        lines: list[str] = []
+        junk: list[str] = []  # non-field lines after a field: repaired if a field follows
+        while True:
+            line = stream.readline()
+            if line is _NEED_MORE_DATA:
+                yield _NEED_MORE_DATA
+                continue
+            if line == "" or _BLANK_LINE_RE.match(line):
+                lines.extend(junk)
+                if line:
+                    lines.append(line)
+                break
+            if not _HEADER_LINE_RE.match(line) and (field := _FIELD_TEXT_RE.match(line)):
+                line = field.group(1) + ":" + line[field.end() :]  # "Name :" (obsolete)
+                self.repaired = True
+            if _HEADER_LINE_RE.match(line):
+                if junk:
+                    lines.extend(" " + j for j in junk)
+                    junk.clear()
+                    self.repaired = True
+                lines.append(line)
+                continue
+            if not lines or len(junk) >= MAX_JUNK_HEADER_LINES:
+                lines.extend([*junk, line])
+                break
+            junk.append(line)
+        for line in reversed(lines):
+            stream.unreadline(line)
+
+
+def _parse_bytes(data: bytes) -> _Part:
+    """A message or part parsed by :class:`_BoundedParser` (never by the unbounded parser)."""
+    parser = _BoundedParser()
+    view = memoryview(data)
+    for offset in range(0, len(data), PARSER_CHUNK_BYTES):
+        parser.feed(view[offset : offset + PARSER_CHUNK_BYTES].tobytes())
+    return parser.close()
+
+
 def _parse_structure(data: bytes, ctx: _Context, *, elide: bool = True) -> _Part:
     if elide:
         data = _elide_attachment_bodies(data, ctx)
-    parser: BytesFeedParser[_Part] = BytesFeedParser(policy=compat32)
+    parser = _BoundedParser()
     end = _header_end(data)
     repaired = _repair_header_block(data[:end])
     start = 0
@@ -1905,7 +2057,10 @@ def _parse_structure(data: bytes, ctx: _Context, *, elide: bool = True) -> _Part
     view = memoryview(data)
     for offset in range(start, len(data), PARSER_CHUNK_BYTES):
         parser.feed(view[offset : offset + PARSER_CHUNK_BYTES].tobytes())
-    return parser.close()
+    root = parser.close()
+    if parser.repaired:
+        ctx.defect("RepairedHeaderBlock")
+    return root
 
 
 def _checked_input(raw: bytes) -> bytes:
@@ -2081,6 +2236,6 @@ def _enclosed_message(part: _Part, ctx: _Context) -> _Part | None:
     if info.cte in ("base64", "quoted-printable"):
         # Encoded message/rfc822 is forbidden by RFC 2046 but sent anyway; the parser
         # read the encoded text as a message, so decode and parse it again.
-        return BytesParser(policy=compat32).parsebytes(_payload_bytes(part, info, ctx))
+        return _parse_bytes(_payload_bytes(part, info, ctx))
     children = _children(part.get_payload())
     return children[0] if children else None
