@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from sqlalchemy import func, select, text
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.messages.repository import text_key
-from pipeline.models import Folder, Message, SyncFailure, Thread
+from pipeline.mime import MAX_MIME_DEPTH
+from pipeline.models import Attachment, Folder, Message, SyncFailure, Thread
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, sessions_for
@@ -224,3 +226,80 @@ def test_a_folder_whose_new_mail_cannot_be_stored_does_not_read_synced(
             select(func.count()).where(OutboxEvent.type == "message.created")
         ).one()
     assert created == 1  # still an incremental run: the new mail is announced
+
+
+# --- hostile MIME through the real sync path -------------------------------------------------
+
+
+def nested(depth: int, *, enclosed: bool) -> bytes:
+    """A message whose text sits ``depth`` multiparts (or enclosed messages) deep."""
+    inner = b"Content-Type: text/plain\r\n\r\ndeep text\r\n"
+    for level in range(depth):
+        if enclosed:
+            inner = b"Content-Type: message/rfc822\r\n\r\nSubject: level\r\n" + inner
+        else:
+            b = f"b{level}".encode()
+            inner = (
+                b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n"
+                + inner + b"\r\n--" + b + b"--\r\n"
+            )  # fmt: skip
+    return raw_message(
+        b"deep " + str(depth).encode(),
+        extra=inner.split(b"\r\n\r\n", 1)[0] + b"\r\n",
+        body=inner.split(b"\r\n\r\n", 1)[1],
+    )
+
+
+def test_deeply_nested_mail_and_encoded_word_floods_are_stored(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    append(server, user, password, nested(500, enclosed=False))
+    append(server, user, password, nested(1000, enclosed=True))
+    flood = b" ".join([b"=?utf-8?q?ab?="] * 200_000)  # 3 MB of encoded-words
+    append(server, user, password, raw_message(flood))
+    append(server, user, password, make_message("after"))
+    grant_id = connect(settings, mail_user)
+
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+
+    found = state(settings, grant_id)
+    assert found["failures"] == [] and found["inbox"] == ("synced", None)
+    assert sorted(found["subjects"], key=len) == ["after", "deep 500", "deep 1000", "ab" * 200_000]
+    with session_scope(settings.require_database_url()) as db:
+        kinds = sorted(
+            (a.content_type, len(a.part_path.split("."))) for a in db.scalars(select(Attachment))
+        )
+    # the multipart's deep part kept whole at the depth cap; the enclosed message as one part
+    assert kinds == [("application/octet-stream", MAX_MIME_DEPTH), ("message/rfc822", 1)]
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Fri, 31 Dec 9999 23:59:59 -1400",
+        "0001-01-01T00:00:00+14:00",
+        "Mon, 05 Oct 99999999999999999999 00:19:00 +0000",
+        "yesterday (" + "(" * 5000,
+    ],
+)
+def test_a_message_with_an_unreadable_date_is_stored_dated_by_its_arrival(
+    settings: Settings, mail_user: MailUser, date: str
+) -> None:
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    arrived = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    bad = raw_message(b"bad date").replace(
+        b"Date: Mon, 30 Nov 2026 10:00:00 +0000", b"Date: " + date.encode()
+    )
+    append(server, user, password, bad, when=arrived)
+    append(server, user, password, make_message("after"))
+    grant_id = connect(settings, mail_user)
+
+    sync_grant_inline(sessions_for(settings), settings, grant_id, now=arrived)
+
+    found = state(settings, grant_id)
+    assert sorted(found["subjects"]) == ["after", "bad date"]
+    assert found["failures"] == [] and found["inbox"] == ("synced", None)
+    with session_scope(settings.require_database_url()) as db:
+        stored = db.scalars(select(Message).where(Message.subject == "bad date")).one()
+        assert stored.date == arrived and stored.received_at == arrived
