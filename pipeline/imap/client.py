@@ -53,7 +53,7 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _FETCH_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
 _LIST_LINE = re.compile(rb'\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.+)$')
@@ -116,7 +116,7 @@ class MessageMeta:
 
     uid: int
     size: int
-    internaldate: datetime
+    internaldate: datetime | None  # None: the server's INTERNALDATE could not be read
     flags: tuple[str, ...]
     modseq: int | None = None
 
@@ -127,7 +127,7 @@ class FetchedMessage:
 
     uid: int
     size: int
-    internaldate: datetime
+    internaldate: datetime | None  # None: the server's INTERNALDATE could not be read
     flags: tuple[str, ...]
     raw: bytes = field(repr=False)
     modseq: int | None = None
@@ -486,10 +486,14 @@ class ImapSession:
             return None  # an unsolicited FETCH (flag change elsewhere), not ours
         flags = _FETCH_FLAGS.search(line)
         modseq = _FETCH_MODSEQ.search(line)
+        try:
+            internaldate: datetime | None = parse_internaldate(_text(when[1]))
+        except ImapProtocolError:
+            internaldate = None  # one message's garbage date must not fail its folder
         return MessageMeta(
             uid=int(uid[1]),
             size=int(size[1]),
-            internaldate=parse_internaldate(_text(when[1])),
+            internaldate=internaldate,
             # \Recent is per-session noise, not a property of the message
             flags=tuple(f for f in (_text(x) for x in flags[1].split()) if f != "\\Recent")
             if flags

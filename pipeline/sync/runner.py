@@ -156,7 +156,14 @@ def _select_window(imap: ImapSession, since: datetime) -> list[MessageMeta]:
     metas: list[MessageMeta] = []
     for start in range(0, len(uids), META_SLICE):
         metas.extend(imap.fetch_meta(uids[start : start + META_SLICE]))
-    return [m for m in metas if m.internaldate >= since]
+    return [m for m in metas if _in_window(m, since)]
+
+
+def _in_window(meta: MessageMeta, since: datetime) -> bool:
+    """Whether a message arrived within the retention window. One whose INTERNALDATE the
+    server garbled is kept (stored with its Date header as its arrival; the purge then
+    judges it by that)."""
+    return meta.internaldate is None or meta.internaldate >= since
 
 
 def _batches(metas: Sequence[MessageMeta], count: int, max_bytes: int) -> Iterator[list[int]]:
@@ -433,7 +440,7 @@ def _sync_folder(
         todo = [
             m
             for m in imap.fetch_meta([u for u in in_range if lo <= u <= hi])
-            if m.internaldate >= since and m.uid not in placed and m.uid not in failed
+            if _in_window(m, since) and m.uid not in placed and m.uid not in failed
         ]
     elif initial:
         window = _select_window(imap, since)
@@ -464,7 +471,7 @@ def _sync_folder(
             todo = [
                 m
                 for m in imap.fetch_meta(new_uids)
-                if m.uid not in placed and m.uid not in failed and m.internaldate >= since
+                if m.uid not in placed and m.uid not in failed and _in_window(m, since)
             ]
 
     outcome = SyncOutcome(folder_id, state)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
@@ -74,7 +74,8 @@ def parse_batch(fetched: Sequence[FetchedMessage]) -> tuple[list[ParsedItem], li
             ParsedItem(
                 uid=message.uid,
                 flags=message.flags,
-                internaldate=message.internaldate,
+                # a server that garbled INTERNALDATE: the Date header, else the time we saw it
+                internaldate=message.internaldate or parsed.date or datetime.now(UTC),
                 size=message.size,
                 modseq=message.modseq,
                 parsed=parsed,

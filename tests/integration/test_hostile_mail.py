@@ -17,11 +17,14 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant
 from pipeline.messages.repository import text_key
 from pipeline.mime import MAX_MIME_DEPTH
 from pipeline.models import Attachment, Folder, Message, SyncFailure, Thread
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
+from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
@@ -303,3 +306,34 @@ def test_a_message_with_an_unreadable_date_is_stored_dated_by_its_arrival(
     with session_scope(settings.require_database_url()) as db:
         stored = db.scalars(select(Message).where(Message.subject == "bad date")).one()
         assert stored.date == arrived and stored.received_at == arrived
+
+
+@pytest.mark.parametrize("internaldate", [b"31-Feb-2026 25:61:00 +9999", b"yesterday", b""])
+def test_a_message_whose_internaldate_is_unreadable_is_stored(
+    settings: Settings, internaldate: bytes
+) -> None:
+    # Dovecot always answers a readable INTERNALDATE (from the file's mtime), so the fake
+    # server plays the one that does not, for UID 2 of 3.
+    messages = [sample_message(n) for n in (1, 2, 3)]
+    inbox = FakeFolder(b"INBOX", messages, raw_internaldates={2: internaldate})
+    with FakeImapServer(FakeImapConfig(folders=[inbox])) as server:
+        request = GrantRequest(
+            email="fake@fake.test",
+            password="any",  # type: ignore[arg-type]
+            imap_host="127.0.0.1",
+            imap_port=server.port,
+            imap_tls="plain",
+            allow_plaintext=True,
+            imap_username="fake",
+        )
+        with session_scope(settings.require_database_url()) as db:
+            grant_id = create_grant(db, settings, request).grant.id
+        sync_grant_inline(sessions_for(settings), settings, grant_id)
+
+    found = state(settings, grant_id)
+    assert found["subjects"] == ["Fake message 1", "Fake message 2", "Fake message 3"]
+    assert found["failures"] == [] and found["inbox"] == ("synced", None)
+    with session_scope(settings.require_database_url()) as db:
+        undated = db.scalars(select(Message).where(Message.subject == "Fake message 2")).one()
+        # no arrival time from the server: the Date header stands in for it
+        assert undated.received_at == datetime(2026, 1, 1, 14, 0, tzinfo=UTC)

@@ -123,6 +123,7 @@ class FakeFolder:
     attributes: tuple[str, ...] = ("\\HasNoChildren",)
     uidvalidity: int = 1000
     internaldate: datetime | None = None  # of every message; default: a day ago
+    raw_internaldates: dict[int, bytes] = field(default_factory=dict)  # UID -> sent verbatim
 
 
 def sample_message(n: int, *, size: int = 0) -> bytes:
@@ -488,6 +489,8 @@ class _Session:
     ) -> bytes:
         when = self.selected.internaldate if self.selected else None
         date = _imap_date(when or datetime.now(UTC) - timedelta(days=1)).encode()
+        if self.selected and uid in self.selected.raw_internaldates:
+            date = self.selected.raw_internaldates[uid]  # e.g. a date no calendar has
         head = b'* %d FETCH (UID %d RFC822.SIZE %d FLAGS () INTERNALDATE "%s"' % (
             seq if seq is not None else uid,
             uid,
