@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
+from pipeline.netguard import AddressPolicy, IpNetwork
 
 ENV_PREFIX = "IMAP_PIPELINE_"
 DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
@@ -72,8 +73,60 @@ class Settings(BaseSettings):
         description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
     )
     imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
+    imap_max_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Longest response line read from an IMAP server (a UID SEARCH answer of "
+        "about 2 million UIDs fits); a longer one closes the session.",
+    )
+    imap_max_literal_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Largest literal (a message) read from an IMAP server; above the largest "
+        "message accepted: bigger messages are recorded as failures without being fetched, a "
+        "bigger literal announced anyway closes the session before any of it is read.",
+    )
+    imap_max_untagged: int = Field(
+        default=500_000,
+        ge=1000,
+        description="Untagged responses one IMAP command may receive (a metadata FETCH asks "
+        "for 5,000; the flag changes of a big folder marked read at once can be many more); "
+        "more closes the session.",
+    )
+    imap_max_command_bytes: int = Field(
+        default=96 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes one IMAP command may receive in all; more closes the session.",
+    )
+    imap_command_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Total time one IMAP command may take, however the server trickles its "
+        "answer (the socket timeout is per read).",
+    )
+    imap_login_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Total time of connect + TLS + greeting + login + CAPABILITY.",
+    )
+    sync_task_time_limit_s: float = Field(
+        default=900.0,
+        ge=60,
+        le=1500,
+        description="Hard time limit of every sync task (a soft limit 30 s earlier records "
+        "why); below the broker's 30-minute visibility timeout.",
+    )
     imap_ca_file: Path | None = Field(
         default=None, description="Extra CA bundle trusted for IMAP/SMTP TLS (private CAs)."
+    )
+    mail_allowed_networks: Annotated[list[IpNetwork], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated CIDRs that IMAP and SMTP hosts named through the HTTP API or the "
+            "hosted sign-in page may resolve into although they are not public (e.g. "
+            "127.0.0.0/8 for a Dovecot on this machine, 10.0.0.0/8 for an internal server). "
+            "Empty: only public addresses. The CLI (run by the operator) is not limited."
+        ),
     )
     sync_chunk_budget_s: float = Field(
         default=120.0,
@@ -146,6 +199,18 @@ class Settings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
+
+    @field_validator("mail_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def mail_address_policy(self) -> AddressPolicy:
+        """Which non-public networks user-named IMAP/SMTP hosts may reach (see netguard)."""
+        return AddressPolicy.of(self.mail_allowed_networks)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -13,13 +13,18 @@ touches the driver, so callers catch one tree::
     │   ├── ImapAuthError           the server refused the credentials
     │   ├── ImapThrottledError      the provider asked us to slow down ([LIMIT], [THROTTLED]…)
     │   ├── ImapFolderError         a folder does not exist or cannot be selected
-    │   └── ImapProtocolError       an answer we could not understand, or a dropped session
-    │       └── ImapLimitError      the server broke a read bound or a deadline (a flood, a
-    │                               huge line or literal, a trickle): disconnect, back off
+    │   ├── ImapProtocolError       an answer we could not understand, or a dropped session
+    │   └── ImapLimitError          the server broke a bound (a flood, a huge line or literal,
+    │                               a trickle past a deadline): disconnect, back off; not a
+    │                               protocol error, so nothing retries it at once
+    ├── HostError                   a host named by a user cannot be used (pipeline.netguard)
+    │   ├── HostUnresolved          it does not resolve, or not in time
+    │   └── AddressRefused          it resolves to a non-public address the operator did not allow
     ├── MessageParseError           a message could not be normalized at all
     ├── GrantError                  grant-level problems
     │   ├── GrantNotFound
-    │   └── GrantInvalid            the grant exists but cannot be used (status says why)
+    │   ├── GrantInvalid            the grant exists but cannot be used (status says why)
+    │   └── GrantConflict           the address has a grant on another server or username
     └── ServiceError                a local service (Postgres, Redis) is down or unusable
 
 Messages are written for the person who reads them: they say what failed and how to fix it,
@@ -69,12 +74,35 @@ class ImapProtocolError(ImapError):
     """An unexpected answer or a dropped session."""
 
 
-class ImapLimitError(ImapProtocolError):
+class ImapLimitError(ImapError):
     """The server broke one of our bounds: a line, literal or answer too big, more untagged
     responses than allowed, or an answer not complete within its total deadline.
 
-    Never retried at once: the connection is dropped and the grant backs off.
+    Never retried at once (it is no :class:`ImapProtocolError`, which callers retry on a fresh
+    session): the connection is dropped and the account backs off. ``bound`` names what was
+    exceeded and ``setting`` the ``IMAP_PIPELINE_*`` variable that raises it, where known.
     """
+
+    def __init__(self, message: str, *, bound: str = "", setting: str = "") -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.setting = setting
+
+
+class HostError(PipelineError):
+    """A host named by a user cannot be used."""
+
+
+class HostUnresolved(HostError):
+    """The host does not resolve (or not in time), or is not a host name at all."""
+
+
+class AddressRefused(HostError):
+    """The host resolves to an address that is not public and not allowed by the operator."""
+
+    def __init__(self, message: str, *, address: object = None) -> None:
+        super().__init__(message)
+        self.address = address  # the offending IP address (for logs and the webhook message)
 
 
 class MessageParseError(PipelineError):
@@ -91,6 +119,11 @@ class GrantNotFound(GrantError):
 
 class GrantInvalid(GrantError):
     """The grant exists but cannot be used; its status says why."""
+
+
+class GrantConflict(GrantError):
+    """A sign-in names an address whose grant lives on another server or username: the existing
+    grant is never changed by it (only by a login to its own account, or with the API key)."""
 
 
 class ServiceError(PipelineError):

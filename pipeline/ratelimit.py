@@ -325,14 +325,7 @@ class RateLimiter:
     def throttled(self, provider: str, imap_host: str, grant_id: str) -> float:
         """Record a throttling answer; returns the account's back-off in seconds."""
         scope = scope_of(provider, imap_host)
-        count_key = f"{KEY_PREFIX}:backoff:n:{grant_id}"
-        streak = int(self._call(self._redis.incr, count_key))
-        self._call(self._redis.expire, count_key, THROTTLE_MEMORY_S)
-        doubled = math.ldexp(ACCOUNT_BACKOFF_BASE_S, min(streak - 1, 30))
-        backoff = min(doubled, ACCOUNT_BACKOFF_MAX_S)
-        self._call(
-            self._redis.set, f"{KEY_PREFIX}:backoff:a:{grant_id}", "1", px=int(backoff * 1000)
-        )
+        backoff = self.misbehaved(grant_id)
         window_ms = int(PROVIDER_THROTTLE_WINDOW_S * 1000)
         recent = int(
             self._call(
@@ -348,6 +341,20 @@ class RateLimiter:
                 "1",
                 px=int(PROVIDER_BACKOFF_S * 1000),
             )
+        return backoff
+
+    def misbehaved(self, grant_id: str) -> float:
+        """Put the account alone in back-off (doubling while it repeats), e.g. after its server
+        broke a bound (:class:`pipeline.errors.ImapLimitError`): one server is no reason to
+        slow its whole provider down. Returns the back-off in seconds."""
+        count_key = f"{KEY_PREFIX}:backoff:n:{grant_id}"
+        streak = int(self._call(self._redis.incr, count_key))
+        self._call(self._redis.expire, count_key, THROTTLE_MEMORY_S)
+        doubled = math.ldexp(ACCOUNT_BACKOFF_BASE_S, min(streak - 1, 30))
+        backoff = min(doubled, ACCOUNT_BACKOFF_MAX_S)
+        self._call(
+            self._redis.set, f"{KEY_PREFIX}:backoff:a:{grant_id}", "1", px=int(backoff * 1000)
+        )
         return backoff
 
     def recovered(self, grant_id: str) -> None:

@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.config import RUNTIME_ENV_NAME, Settings
+from pipeline.config import ENV_PREFIX, RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
 from pipeline.errors import PipelineError, ServiceError
 from pipeline.local import LOCALHOST, can_bind, child_preexec, free_port, port_in_use
@@ -64,6 +64,11 @@ DEMO_SEED = 20240601
 DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync must skip
 DEMO_STATE_NAME = "demo-account.json"
 LOCK_NAME = "up.lock"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# runtime.env's own lines (the services up resolved) and what finds runtime.env itself
+RUNTIME_ENV_OWN = frozenset(
+    {"IMAP_PIPELINE_DATABASE_URL", "IMAP_PIPELINE_REDIS_URL", "IMAP_PIPELINE_DATA_DIR"}
+)
 ROLE_LOG_MAX_BYTES = 10 * 1024 * 1024  # per role log file before it is rotated
 ROLE_LOG_BACKUPS = 5  # rotated files kept per role (api.log.1 … api.log.5)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -240,6 +245,16 @@ class _Up:
         env = self._role_env()
         demo_account = self._start_demo() if self.demo else None
         self._check_ports(roles, "Stopping.")  # again: starting services took a while
+        if (
+            any(r.name == "flower" for r in roles)
+            and self.settings.flower_host not in LOOPBACK_HOSTS
+            and not os.environ.get("FLOWER_BASIC_AUTH")
+        ):
+            self.say(
+                f"warning: Flower listens on {self.settings.flower_host} without a login (task "
+                "arguments and results are visible): set FLOWER_BASIC_AUTH=user:password",
+                "yellow",
+            )
         self.starting = False
         self.name_width = max(len(r.name) for r in roles)
         for index, role in enumerate(roles):
@@ -400,10 +415,17 @@ class _Up:
             ) from exc
 
     def _write_runtime_env(self) -> None:
+        # The settings up's roles run with, so that a command in another terminal judges the
+        # same way (e.g. webhook destinations it may add) without exporting them again.
+        shared = "".join(
+            f"{name}={_env_quote(value)}\n"
+            for name, value in sorted(os.environ.items())
+            if name.startswith(ENV_PREFIX) and name not in RUNTIME_ENV_OWN
+        )
         text = (
             "# Written by `imap-pipeline up` while it runs; removed when it stops.\n"
             f"IMAP_PIPELINE_DATABASE_URL={_env_quote(self.services.database_url)}\n"
-            f"IMAP_PIPELINE_REDIS_URL={_env_quote(self.services.redis_url)}\n"
+            f"IMAP_PIPELINE_REDIS_URL={_env_quote(self.services.redis_url)}\n" + shared
         )
         tmp = self.runtime_env.with_name(RUNTIME_ENV_NAME + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -25,7 +25,7 @@ from typing import Any
 from celery import Task
 
 from beat_schedule import MAINTENANCE_QUEUE
-from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
+from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.maintenance.locks import job_lock
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
@@ -38,6 +38,7 @@ from workers.app import app
 from workers.resources import (
     fresh_imap_for,
     imap_for,
+    note_misbehaved,
     note_throttled,
     redis_client,
     release_imap,
@@ -105,6 +106,9 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             except RateLimited as exc:
                 reschedule(self, exc)
                 return {"skipped": "rate limited"}
+            except ImapLimitError as exc:
+                note_misbehaved(grant_id, exc)
+                return {"skipped": type(exc).__name__}
             except ImapError as exc:  # an auth failure marks the grant invalid (committed)
                 return {"skipped": type(exc).__name__}
         healthy = False
@@ -117,6 +121,9 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
                 enqueue_sync=lambda folder_id: enqueue.sync_folder(grant_id, folder_id, provider),
             )
             healthy = True
+        except ImapLimitError as exc:
+            note_misbehaved(grant_id, exc)
+            return {"skipped": type(exc).__name__}
         except ImapError as exc:
             log.warning("folder poll failed: %s", exc)
             return {"skipped": type(exc).__name__}
@@ -143,6 +150,9 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
                 return {"skipped": "rate limited"}
             except ImapAuthError:
                 return {"skipped": "grant invalid"}  # now invalid (committed with this block)
+            except ImapLimitError as exc:
+                note_misbehaved(grant_id, exc)
+                return {"skipped": type(exc).__name__}
             except ImapError as exc:
                 # throttling is already recorded; the next sweep looks again
                 log.warning("UIDVALIDITY check could not log in: %s", exc)
@@ -163,6 +173,9 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
                 if grant is not None:
                     note_throttled(grant)
             return {"skipped": "throttled"}
+        except ImapLimitError as exc:
+            note_misbehaved(grant_id, exc)
+            return {"skipped": type(exc).__name__}
         except ImapError as exc:
             log.warning("UIDVALIDITY check failed: %s", exc)
             return {"skipped": type(exc).__name__}

@@ -8,6 +8,12 @@ Why the numbers are what they are:
 - ``acks_late`` + ``reject_on_worker_lost``: a worker killed mid-task loses nothing; the task
   runs again (tasks are idempotent).
 - ``prefetch_multiplier = 1``: long sync chunks should not sit reserved behind each other.
+- Time limits: every task that talks IMAP (``SYNC_TASKS``) is killed after
+  ``IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S`` (default 900 s, at most 1,500 s: below the
+  visibility timeout, so a killed task is never handed out twice while it still runs); its soft
+  limit ``SOFT_LIMIT_MARGIN_S`` earlier lets the task record why on the grant and back off.
+  Each IMAP command has its own total deadline as well (``IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S``),
+  so the hard limit is the last line, not the first.
 """
 
 from __future__ import annotations
@@ -21,6 +27,14 @@ from workers.settings import settings
 from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
 
 VISIBILITY_TIMEOUT_S = 30 * 60
+SOFT_LIMIT_MARGIN_S = 30  # between the soft and the hard limit: time to record and back off
+SYNC_TASKS = (
+    "pipeline.grants.create",
+    "pipeline.sync.grant",
+    "pipeline.sync.folder",
+    "pipeline.maintenance.poll_grant",
+    "pipeline.maintenance.check_uidvalidity",
+)
 
 _s = settings()
 
@@ -54,6 +68,12 @@ task_queues = [
 task_routes = {
     **WEBHOOK_TASK_ROUTES,
     "pipeline.maintenance.*": {"queue": "maintenance"},
+}
+_hard_limit_s = _s.sync_task_time_limit_s
+assert _hard_limit_s < VISIBILITY_TIMEOUT_S  # the setting's own bound keeps it so
+task_annotations = {
+    name: {"time_limit": _hard_limit_s, "soft_time_limit": _hard_limit_s - SOFT_LIMIT_MARGIN_S}
+    for name in SYNC_TASKS
 }
 beat_schedule = build_beat_schedule(
     sweep_s=_s.uidvalidity_sweep_interval_s,

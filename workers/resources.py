@@ -15,6 +15,7 @@ instead of waiting in a worker slot.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from functools import lru_cache
@@ -24,7 +25,9 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import sessionmaker_for
-from pipeline.errors import ImapError, ImapThrottledError
+from pipeline.errors import ImapError, ImapLimitError, ImapThrottledError
+from pipeline.folders.repository import FolderRepository
+from pipeline.grants.repository import GrantRepository
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.models import Grant
@@ -33,6 +36,10 @@ from workers.settings import settings
 
 IMAP_POOL_IDLE_S = 60.0  # reuse a pooled session only if it was used this recently
 REDIS_TIMEOUT_S = 10.0
+# Starts every grant status a misbehaving server earns; the next sync that works clears it.
+MISBEHAVED_PREFIX = "The IMAP server misbehaved: "
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -170,6 +177,37 @@ def fresh_imap_for(db: Session, grant: Grant) -> ImapSession:
     if pooled is not None:
         _close(grant.id, pooled[0])
     return imap_for(db, grant)
+
+
+def note_misbehaved(
+    grant_id: str, problem: ImapLimitError | str, folder_id: str | None = None
+) -> float:
+    """Record that ``grant_id``'s server broke a bound (or ran a task into its time limit):
+    the reason on the grant's status (and the folder's, ``failed``, where it happened), and
+    the account's back-off, which every worker and the listener respect. Other grants are not
+    touched. Returns the back-off in seconds."""
+    backoff = limiter_for_process().misbehaved(grant_id)
+    detail = f"{MISBEHAVED_PREFIX}{problem} Retrying after {backoff:.0f} s."
+    with sessions().begin() as db:
+        GrantRepository(db).set_detail(grant_id, detail)
+        if folder_id is not None:
+            FolderRepository(db).set_state(folder_id, "failed", detail)
+    log.warning(
+        "IMAP server broke a bound; backing off",
+        extra={
+            "grant_id": grant_id,
+            "folder_id": folder_id,
+            "bound": getattr(problem, "bound", "time limit"),
+            "backoff_s": backoff,
+        },
+    )
+    return backoff
+
+
+def note_behaved(grant_id: str) -> None:
+    """A sync of the grant worked again: clear a status :func:`note_misbehaved` left."""
+    with sessions().begin() as db:
+        GrantRepository(db).clear_detail(grant_id, MISBEHAVED_PREFIX)
 
 
 def note_throttled(grant: Grant) -> float:

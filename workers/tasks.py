@@ -9,6 +9,11 @@ Task names are the public contract (any Celery client may enqueue them):
 - ``pipeline.sync.grant(grant_id)``: discover folders and sync each.
 - ``pipeline.sync.folder(grant_id, folder_id)``: sync one folder for a bounded time,
   continuing in a new task when work remains.
+
+A server that breaks a bound of the IMAP client (:class:`pipeline.errors.ImapLimitError`), or
+keeps a task past its soft time limit (``IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S`` minus
+``SOFT_LIMIT_MARGIN_S``, see :mod:`workers.celeryconfig`), costs its own grant: the task ends,
+the reason goes on the grant's status (and its folder's), and the account backs off.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from pipeline.crypto import SecretBox
@@ -26,6 +32,7 @@ from pipeline.errors import (
     ImapAuthError,
     ImapConnectError,
     ImapError,
+    ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
     PipelineError,
@@ -42,6 +49,8 @@ from workers.resources import (
     close_all_imap,
     fresh_imap_for,
     imap_for,
+    note_behaved,
+    note_misbehaved,
     note_throttled,
     redis_client,
     release_imap,
@@ -55,6 +64,17 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_MAX_S = 600  # stays far below the broker's visibility timeout
 TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
+
+
+def _limit_problem(exc: ImapLimitError | SoftTimeLimitExceeded) -> ImapLimitError | str:
+    if isinstance(exc, ImapLimitError):
+        return exc
+    limit = settings().sync_task_time_limit_s
+    return (
+        f"a sync task of this grant did not finish within its time limit of {limit:g} s "
+        "(the server answers too slowly); raise IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S if it is "
+        "trusted."
+    )
 
 
 @worker_process_shutdown.connect
@@ -109,6 +129,13 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
 )
 def sync_grant_task(self: Task, grant_id: str) -> None:
     """Discover a grant's folders, then enqueue a sync of each (Inbox and Sent first)."""
+    try:
+        _sync_grant(self, grant_id)
+    except (ImapLimitError, SoftTimeLimitExceeded) as exc:
+        note_misbehaved(grant_id, _limit_problem(exc))
+
+
+def _sync_grant(self: Task, grant_id: str) -> None:
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
         if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
@@ -128,6 +155,7 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
                 release_imap(grant_id, imap, healthy=False)
                 raise
             release_imap(grant_id, imap, healthy=True)
+            note_behaved(grant_id)
             if grant.sync_state == "pending":
                 grant.sync_state = "syncing"
     kick()
@@ -150,6 +178,17 @@ def sync_folder_task(
 ) -> dict[str, Any]:
     """Sync one folder (or the UID range ``lo``..``hi`` of its initial sync) for at most
     ``sync_chunk_budget_s``; continue in a new task if work remains."""
+    try:
+        return _sync_folder(self, grant_id, folder_id, lo, hi)
+    except (ImapLimitError, SoftTimeLimitExceeded) as exc:
+        problem = _limit_problem(exc)
+        note_misbehaved(grant_id, problem, folder_id)
+        return {"limited": getattr(problem, "bound", "time limit")}
+
+
+def _sync_folder(
+    self: Task, grant_id: str, folder_id: str, lo: int | None, hi: int | None
+) -> dict[str, Any]:
     r = redis_client()
     uid_range = (lo, hi) if lo is not None and hi is not None else None
     lock_key = f"imap-pipeline:lock:folder:{folder_id}" + (f":{lo}-{hi}" if uid_range else "")
@@ -222,6 +261,7 @@ def sync_folder_task(
     finally:
         if r.get(lock_key) == token.encode():
             r.delete(lock_key)
+    note_behaved(grant_id)
     if outcome.emitted:
         kick()
     for part in outcome.ranges:

@@ -112,7 +112,9 @@ def custom_auth(
     """Log in to the IMAP server, store the grant, enqueue its initial sync."""
     grant_request = _grant_request(body.settings)
     with connect_login(db, api, grant_request):
-        created = create_grant(db, api.settings, grant_request)  # + grant.* event
+        created = create_grant(  # + grant.* event
+            db, api.settings, grant_request, policy=api.settings.mail_address_policy
+        )
     db.commit()
     notify_after_commit(api)
     if not created.created:

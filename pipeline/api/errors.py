@@ -7,6 +7,8 @@ with one of the Nylas v3 types::
     unauthorized            401  no or wrong API key
     not_found_error         404  unknown grant, message, folder, thread, attachment, route
     method_not_allowed      405  a known path with an unsupported method
+    conflict_error          409  a sign-in names an address connected with another server or
+                                 username (pipeline.grants.service: the takeover rule)
     request_too_large       413  a body over the configured limit
     rate_limit_error        429  the provider throttled us
     api_error               500  a bug (the log has the details, the response never does)
@@ -30,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.errors import (
     ConfigurationError,
+    GrantConflict,
     GrantInvalid,
     GrantNotFound,
     ImapAuthError,
@@ -91,6 +94,8 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return not_found(message)
     if isinstance(exc, InvalidWebhookRequest | ChallengeFailed):
         return invalid_request(message)
+    if isinstance(exc, GrantConflict):
+        return ApiError(409, "conflict_error", message)
     if isinstance(exc, GrantInvalid):
         return ApiError(400, "invalid_request_error", message)
     if isinstance(exc, ImapAuthError):
@@ -129,6 +134,7 @@ _STATUS_TYPES = {
     403: "forbidden",
     404: "not_found_error",
     405: "method_not_allowed",
+    409: "conflict_error",
     413: "request_too_large",
     429: "rate_limit_error",
 }

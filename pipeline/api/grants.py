@@ -115,7 +115,9 @@ def update_grant(
             imap_port=new.imap_port or grant.imap_port,
             imap_tls=imap_tls,
             imap_username=new.imap_username or grant.imap_username,
-            allow_plaintext=grant.imap_tls == "plain",
+            # plaintext only where the grant already had it (an operator's opt-in)
+            allow_plaintext=(imap_tls != "plain" or grant.imap_tls == "plain")
+            and ((new.smtp_tls or grant.smtp_tls) != "plain" or grant.smtp_tls == "plain"),
             verify_tls=grant.verify_tls,
             smtp_host=new.smtp_host or grant.smtp_host,
             smtp_port=new.smtp_port or grant.smtp_port,
@@ -126,8 +128,10 @@ def update_grant(
     except ValidationError as exc:
         raise invalid_request(f"Invalid settings: {exc.errors()[0]['msg']}.") from exc
     was_valid = grant.grant_status == "valid"
-    with connect_login(db, api, grant_request):
-        updated = create_grant(db, api.settings, grant_request).grant  # emits grant.updated
+    with connect_login(db, api, grant_request, grant=grant):
+        updated = create_grant(  # emits grant.updated; the API key may move a grant anywhere
+            db, api.settings, grant_request, policy=api.settings.mail_address_policy, grant=grant
+        ).grant
     db.commit()
     notify_after_commit(api)
     api.imap_pool.forget(updated.id)  # the next request logs in with the new settings

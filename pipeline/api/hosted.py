@@ -45,7 +45,7 @@ from pipeline.api.deps import ApiState, Db, State, notify_after_commit, ok, page
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.grants import enqueue_after_commit
 from pipeline.api.limits import connect_login
-from pipeline.errors import ConfigurationError, ImapAuthError, ImapError
+from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.presets import PRESETS, detect
@@ -358,7 +358,9 @@ def _connect(db: Session, api: ApiState, flow: Flow, values: dict[str, str], pas
             "Check the address and the port numbers (whole numbers from 1 to 65535)."
         ) from exc
     with connect_login(db, api, grant_request):
-        created = create_grant(db, api.settings, grant_request)
+        created = create_grant(
+            db, api.settings, grant_request, policy=api.settings.mail_address_policy
+        )
     code = secrets.token_urlsafe(32)
     queries.purge_auth_codes(db)
     queries.add_auth_code(
@@ -406,6 +408,8 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
             "password: see below."
         )
         status = 401
+    except GrantConflict as exc:
+        error, status = str(exc), 409
     except ConfigurationError as exc:
         error, status = str(exc), 400
     except ImapError as exc:

@@ -31,6 +31,8 @@ from pipeline.api.errors import ApiError
 from pipeline.errors import ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import same_account
+from pipeline.models import Grant
 
 MAX_TOKEN_WAIT_S = 3.0  # a request waits this long for a rate-limit token, then gets a 429
 
@@ -83,9 +85,13 @@ def _new_account(imap_host: str, username: str) -> str:
 
 
 @contextmanager
-def connect_login(db: Session, api: ApiState, request: GrantRequest) -> Iterator[None]:
+def connect_login(
+    db: Session, api: ApiState, request: GrantRequest, *, grant: Grant | None = None
+) -> Iterator[None]:
     """Around the check login of a connect: take its login token; a throttling answer puts the
-    account in back-off.
+    account in back-off. The account is ``grant`` (a PATCH), else the address's grant when the
+    request names its server and username, else the (server, username) pair: a sign-in with
+    another server cannot spend an existing grant's login budget.
 
     Raises:
         ConfigurationError: The request names no usable server (as ``create_grant`` would).
@@ -97,7 +103,10 @@ def connect_login(db: Session, api: ApiState, request: GrantRequest) -> Iterator
         yield
         return
     resolved = request.resolve()
-    grant = GrantRepository(db).get_by_email(resolved.email)
+    if grant is None:
+        grant = GrantRepository(db).get_by_email(resolved.email)
+        if grant is not None and not same_account(grant, resolved):
+            grant = None
     account = (
         grant.id if grant is not None else _new_account(resolved.imap_host, resolved.imap_username)
     )

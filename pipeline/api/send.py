@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import smtplib
+import socket
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -38,8 +39,8 @@ from pipeline.api.errors import ApiError, invalid_request, not_found
 from pipeline.api.limits import take_login
 from pipeline.api.messages import message_views
 from pipeline.config import Settings
-from pipeline.errors import ImapError
-from pipeline.grants.service import grant_secrets
+from pipeline.errors import ImapConnectError, ImapError
+from pipeline.grants.service import SMTP_UNREACHABLE, checked_address, grant_secrets
 from pipeline.models import Grant
 from pipeline.presets import preset
 from pipeline.sync import events
@@ -193,6 +194,34 @@ def _smtp_context(grant: Grant, settings: Settings) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+class _PinnedSmtp(smtplib.SMTP):
+    """smtplib's client, connecting to an address checked by pipeline.netguard (no second
+    lookup); STARTTLS verifies the certificate for the host name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        self._address = address
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((self._address, port), timeout, self.source_address)
+
+
+class _PinnedSmtpSsl(smtplib.SMTP_SSL):
+    """Implicit TLS to a checked address; SNI and the certificate check use the host name."""
+
+    def __init__(
+        self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self._address = address
+        self._hostname = host  # set before super() connects
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self._address, port), timeout, self.source_address)
+        wrapped: socket.socket = self.context.wrap_socket(sock, server_hostname=self._hostname)
+        return wrapped
+
+
 def smtp_send(grant: Grant, settings: Settings, msg: EmailMessage, recipients: list[str]) -> None:
     """Hand the message to the grant's SMTP server.
 
@@ -210,18 +239,28 @@ def smtp_send(grant: Grant, settings: Settings, msg: EmailMessage, recipients: l
     username = grant.smtp_username or grant.imap_username
     where = f"{grant.smtp_host}:{grant.smtp_port}"
     ctx = _smtp_context(grant, settings)
+    # Only an explicit opt-in stores "plain" (GrantRequest.resolve); any other value means TLS.
+    tls = grant.smtp_tls if grant.smtp_tls in ("ssl", "plain") else "starttls"
+    try:
+        address = str(
+            checked_address(
+                grant.smtp_host, grant.smtp_port, settings.mail_address_policy, SMTP_UNREACHABLE
+            )
+        )
+    except ImapConnectError as exc:
+        raise invalid_request(str(exc)) from exc
     try:
         server: smtplib.SMTP
-        if grant.smtp_tls == "ssl":
-            server = smtplib.SMTP_SSL(
-                grant.smtp_host, grant.smtp_port, timeout=SMTP_TIMEOUT_S, context=ctx
+        if tls == "ssl":
+            server = _PinnedSmtpSsl(
+                grant.smtp_host, grant.smtp_port, address, SMTP_TIMEOUT_S, context=ctx
             )
         else:
-            server = smtplib.SMTP(grant.smtp_host, grant.smtp_port, timeout=SMTP_TIMEOUT_S)
+            server = _PinnedSmtp(grant.smtp_host, grant.smtp_port, address, SMTP_TIMEOUT_S)
         with server:
             server.ehlo()
-            if grant.smtp_tls == "starttls":
-                server.starttls(context=ctx)
+            if tls == "starttls":
+                server.starttls(context=ctx)  # raises when the server offers no STARTTLS
                 server.ehlo()
             if server.has_extn("auth"):
                 server.login(username, password)

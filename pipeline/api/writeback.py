@@ -86,7 +86,7 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
     try:
         take_login(api, grant.provider, grant.imap_host, grant.id, "logins")
         try:
-            imap = open_grant_session(db, api.settings, grant)
+            imap = open_grant_session(db, api.settings, grant, api.settings.mail_address_policy)
         except ImapAuthError:
             db.commit()  # keep the grant marked invalid (and its grant.expired event)
             notify_after_commit(api)

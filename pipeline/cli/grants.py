@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--smtp-port", type=int)
     add.add_argument("--smtp-tls", choices=["ssl", "starttls", "plain"])
     add.add_argument("--smtp-username")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="move the address's existing grant to these server settings (without it, an "
+        "address connected with another server or username is refused)",
+    )
     add.add_argument("--no-sync", action="store_true", help="store the grant, sync later")
     add.add_argument("--json", action="store_true", help="print the grant as JSON")
     add.set_defaults(handler=_add)
@@ -123,7 +129,9 @@ def _add(args: argparse.Namespace) -> int:
         smtp_username=args.smtp_username,
     )
     with session_scope(settings.require_database_url()) as db:
-        result = create_grant(db, settings, request)
+        # the operator's own command: hosts are not limited to public addresses
+        existing = GrantRepository(db).get_by_email(request.email) if args.replace else None
+        result = create_grant(db, settings, request, grant=existing)
         view = grant_dict(result.grant)
         grant_id, provider = result.grant.id, result.grant.provider
     queued = False if args.no_sync else _enqueue_sync(grant_id, provider)

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from dotenv import dotenv_values
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from pipeline.config import Settings
+from pipeline.config import RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import check_connection, session_scope
 from pipeline.errors import ServiceError
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookError
 from pipeline.webhooks.schemas import TRIGGER_TYPES, WebhookDestinationOut
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
+from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX, WebhookSettings
 
 console = Console()
 
@@ -91,6 +93,28 @@ def _service() -> Iterator[tuple[WebhookService, Session]]:
             raise ServiceError(f"Postgres failed during the command: {exc.orig}.") from exc
 
 
+# What decides whether the webhooks worker may reach a destination.
+DESTINATION_SETTINGS = ("ALLOWED_NETWORKS", "ALLOW_PRIVATE_DESTINATIONS")
+
+
+def _warn_if_up_judges_otherwise() -> None:
+    """Say so when this terminal allows destinations the running `up`'s worker would refuse."""
+    runtime = Settings.load().data_dir / RUNTIME_ENV_NAME
+    if not runtime.exists():
+        return  # no `up` here: the roles run elsewhere, with settings of their own
+    theirs = dotenv_values(runtime)
+    for name in (WEBHOOK_ENV_PREFIX + suffix for suffix in DESTINATION_SETTINGS):
+        mine = os.environ.get(name)
+        if mine is not None and mine != theirs.get(name):
+            console.print(
+                f"[yellow]warning:[/] this terminal sets {name}={mine!r}, but the running "
+                f"`imap-pipeline up` runs its webhooks worker with "
+                f"{theirs.get(name, 'the default')!r}: it may refuse deliveries this command "
+                f"accepts. Restart `up` with {name} set.",
+                highlight=False,
+            )
+
+
 def _when(unix: int) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -114,6 +138,7 @@ def _add(args: argparse.Namespace) -> int:
         "description": args.description,
         "notification_email_addresses": _split(args.notify_email),
     }
+    _warn_if_up_judges_otherwise()
     with _service() as (service, session):
         view = service.create(session, request)
     if args.json:

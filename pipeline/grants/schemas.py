@@ -22,7 +22,7 @@ class GrantRequest(BaseModel):
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
     imap_username: str | None = None
-    allow_plaintext: bool = False
+    allow_plaintext: bool = False  # IMAP and SMTP without TLS (the password in the clear)
     verify_tls: bool = True
     smtp_host: str | None = None
     smtp_port: int | None = Field(default=None, ge=1, le=65535)
@@ -68,6 +68,14 @@ class GrantRequest(BaseModel):
                 "Refusing to send a password without TLS: use TLS mode ssl or starttls, or allow "
                 "plaintext explicitly (--allow-plaintext) for a server on a trusted network."
             )
+        has_smtp = bool(self.smtp_host or p.smtp_host)
+        smtp_tls: TlsMode | None = self.smtp_tls or (p.smtp_tls if has_smtp else None)
+        if smtp_tls == "plain" and not self.allow_plaintext:
+            raise ConfigurationError(
+                "Refusing to send the SMTP password without TLS: use smtp_tls ssl or starttls, "
+                "or allow plaintext explicitly (--allow-plaintext) for a server on a trusted "
+                "network."
+            )
         return ResolvedGrant(
             email=self.email,
             provider=p.name,
@@ -78,7 +86,7 @@ class GrantRequest(BaseModel):
             verify_tls=self.verify_tls,
             smtp_host=self.smtp_host or p.smtp_host,
             smtp_port=self.smtp_port or (p.smtp_port if (self.smtp_host or p.smtp_host) else None),
-            smtp_tls=self.smtp_tls or (p.smtp_tls if (self.smtp_host or p.smtp_host) else None),
+            smtp_tls=smtp_tls,
             smtp_username=self.smtp_username or self.imap_username or self.email,
         )
 

@@ -1,23 +1,73 @@
-"""Grant life cycle: connect an account (a real login first), open sessions for it, remove it."""
+"""Grant life cycle: connect an account (a real login first), open sessions for it, remove it.
+
+Who may change a grant (the takeover rule). A grant is the account at one IMAP server and
+username; its address is a label users type. A sign-in (hosted page, ``/v3/connect/custom``,
+the CLI, the Celery task) that names an address which already has a grant:
+
+- with the same IMAP server (host name in any case, and port) and username, re-authenticates
+  that grant after a successful login to it (how Nylas users re-connect an account whose
+  password changed);
+- with another server or username, changes nothing and is refused with :class:`GrantConflict`
+  before any connection is made: the grant, its credentials and its mail stay as they were, and
+  its id is never handed out. (The refusal does tell the person signing in that the address is
+  connected here; answering with a second grant for the same address instead would break every
+  client that looks grants up by address.)
+
+Moving a grant to another server or username is an operator's act: ``PATCH /v3/grants/{id}``
+with the API key (``grant=`` below), ``imap-pipeline grants add --replace``, or removing the
+grant first.
+
+Hosts named by users (API, hosted page) are checked by :mod:`pipeline.netguard` (``policy=``):
+the IMAP login goes to the address that was checked, and a refused host and one that cannot be
+reached get the same answer (:data:`UNREACHABLE`), so the check cannot be used to map what
+listens on internal networks.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
-from pipeline.errors import GrantNotFound, ImapAuthError
+from pipeline.errors import (
+    GrantConflict,
+    GrantNotFound,
+    HostError,
+    ImapAuthError,
+    ImapConnectError,
+    ImapError,
+    ImapThrottledError,
+    ImapTlsError,
+)
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
-from pipeline.imap import Endpoint, ImapSession, open_session
+from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
 from pipeline.models import Grant
+from pipeline.netguard import AddressPolicy, IpAddress, check_host
 from pipeline.sync import events
 
 log = logging.getLogger(__name__)
+
+# One answer for a host the guard refused and one that could not be reached or is not an IMAP
+# server: which of the two it was would tell what listens where.
+UNREACHABLE = (
+    "Could not reach an IMAP server at {where} that this service may connect to. Check the "
+    "server name, the port and the TLS mode (993 is usually ssl, 143 starttls)."
+)
+SMTP_UNREACHABLE = (
+    "The SMTP server {where} cannot be used: it does not resolve to an address this service "
+    "may connect to. Check the SMTP server name."
+)
+CONFLICT = (
+    "{email} is already connected here with another IMAP server or username, and this sign-in "
+    "changed nothing. Sign in with the server and username it was connected with, or ask the "
+    "application to remove or update the existing connection first."
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +103,19 @@ def endpoint_for(grant: ImapAccount, settings: Settings) -> Endpoint:
         verify_tls=grant.verify_tls,
         timeout_s=settings.imap_timeout_s,
         ca_file=settings.imap_ca_file,
+        limits=imap_limits(settings),
+    )
+
+
+def imap_limits(settings: Settings) -> ImapLimits:
+    """The bounds every IMAP session keeps, from the ``IMAP_PIPELINE_IMAP_*`` settings."""
+    return ImapLimits(
+        max_line_bytes=settings.imap_max_line_bytes,
+        max_literal_bytes=settings.imap_max_literal_bytes,
+        max_untagged=settings.imap_max_untagged,
+        max_command_bytes=settings.imap_max_command_bytes,
+        command_deadline_s=settings.imap_command_deadline_s,
+        login_deadline_s=settings.imap_login_deadline_s,
     )
 
 
@@ -61,34 +124,141 @@ def grant_secrets(grant: Grant, settings: Settings) -> dict[str, str]:
     return SecretBox(settings.encryption_key_list).open_json(grant.secrets_sealed)
 
 
-def verify_login(resolved: ResolvedGrant, password: str, settings: Settings) -> list[str]:
+def _host_key(host: str) -> str:
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
+def same_account(grant: Grant, resolved: ResolvedGrant) -> bool:
+    """Whether a sign-in names the account ``grant`` was made for: the same IMAP server (host
+    name in any case, and port: whoever may run a server on another port of a shared host
+    could otherwise accept any password there) and the same username (any case)."""
+    return (
+        _host_key(grant.imap_host) == _host_key(resolved.imap_host)
+        and grant.imap_port == resolved.imap_port
+        and grant.imap_username.casefold() == resolved.imap_username.casefold()
+    )
+
+
+def checked_address(host: str, port: int, policy: AddressPolicy, unreachable: str) -> IpAddress:
+    """The address of ``host`` that :mod:`pipeline.netguard` allows, to connect to.
+
+    Raises:
+        ImapConnectError: refused or unresolvable, with the one message ``unreachable``.
+    """
+    try:
+        return check_host(host, port, policy)[0]
+    except HostError as exc:
+        log.info("user-named host refused: %s", exc)  # the reason stays in the log
+        raise ImapConnectError(unreachable.format(where=f"{host}:{port}")) from exc
+
+
+def guarded(endpoint: Endpoint, policy: AddressPolicy | None) -> Endpoint:
+    """``endpoint`` pinned to the checked address of its host (unchanged without a policy).
+
+    Raises:
+        ImapConnectError: the host is refused or does not resolve (:data:`UNREACHABLE`).
+    """
+    if policy is None:
+        return endpoint
+    address = checked_address(endpoint.host, endpoint.port, policy, UNREACHABLE)
+    return replace(endpoint, address=str(address))
+
+
+def verify_login(
+    resolved: ResolvedGrant,
+    password: str,
+    settings: Settings,
+    policy: AddressPolicy | None = None,
+) -> list[str]:
     """Log in for real and return the server's capabilities.
+
+    With a ``policy`` (a host named by a user) the host is checked first and the connection goes
+    to the checked address; every failure short of an answer from an IMAP server (refused,
+    unreachable, not IMAP, TLS handshake) is the same :data:`UNREACHABLE` message.
 
     Raises:
         ImapError: The login failed; the message is one clear line for the user.
     """
-    with open_session(endpoint_for(resolved, settings), password) as imap:
-        return sorted(imap.capabilities)
+    endpoint = guarded(endpoint_for(resolved, settings), policy)
+    try:
+        with open_session(endpoint, password) as imap:
+            return sorted(imap.capabilities)
+    except (ImapAuthError, ImapThrottledError):
+        raise
+    except ImapError as exc:
+        if policy is None or _certificate_problem(exc):
+            raise
+        log.info("user-named IMAP host failed: %s", type(exc).__name__)
+        where = f"{endpoint.host}:{endpoint.port}"
+        raise ImapConnectError(UNREACHABLE.format(where=where)) from exc
 
 
-def create_grant(session: Session, settings: Settings, request: GrantRequest) -> CreatedGrant:
+def _certificate_problem(exc: ImapError) -> bool:
+    # A certificate that does not verify came from a TLS server at an allowed address: saying
+    # so helps the user (a private CA, a wrong host name) and maps nothing internal.
+    return isinstance(exc, ImapTlsError) and isinstance(exc.__cause__, ssl.SSLCertVerificationError)
+
+
+def refuse_takeover(existing: Grant | None, resolved: ResolvedGrant) -> None:
+    """The takeover rule: an address's grant is only re-authenticated by its own account.
+
+    Raises:
+        GrantConflict: ``existing`` is on another IMAP server or username.
+    """
+    if existing is not None and not same_account(existing, resolved):
+        log.warning(
+            "sign-in for an existing grant's address with another server or username refused",
+            extra={"grant_id": existing.id},
+        )
+        raise GrantConflict(CONFLICT.format(email=resolved.email))
+
+
+def create_grant(
+    session: Session,
+    settings: Settings,
+    request: GrantRequest,
+    *,
+    policy: AddressPolicy | None = None,
+    grant: Grant | None = None,
+) -> CreatedGrant:
     """Connect an account: resolve presets, log in, then store the grant (or re-authenticate it).
 
     Nothing is stored unless the login succeeds. The caller commits, then enqueues the sync.
 
+    Args:
+        session: The caller's transaction.
+        settings: Timeouts, CA file, encryption keys.
+        request: What the user gave.
+        policy: Check the IMAP host with :mod:`pipeline.netguard` and log in at the checked
+            address (hosts named by users: the API and the hosted page). None: hosts named by
+            the operator (CLI, the Celery task), not checked. (The SMTP host is checked when a
+            send connects to it, :func:`pipeline.api.send.smtp_send`.)
+        grant: The grant to change (``PATCH /v3/grants/{id}`` with the API key,
+            ``grants add --replace``): it takes the request's settings whatever they are.
+            None: the address's grant, if any, is re-authenticated only when the request names
+            its server and username (see the module docstring).
+
     Raises:
         ConfigurationError: The request cannot be resolved to a server.
+        GrantConflict: The address has a grant on another server or username (nothing changed).
         ImapError: The login failed (wrong password, unreachable host, TLS failure).
     """
     resolved = request.resolve()
+    repo = GrantRepository(session)
+    if grant is None:
+        refuse_takeover(repo.get_by_email(resolved.email), resolved)  # before any connection
     password = request.password.get_secret_value()
-    capabilities = verify_login(resolved, password, settings)
+    capabilities = verify_login(resolved, password, settings, policy)
     secrets = {"imap_password": password}
     if request.smtp_password is not None:
         secrets["smtp_password"] = request.smtp_password.get_secret_value()
     sealed = SecretBox(settings.encryption_key_list).seal_json(secrets)
-    repo = GrantRepository(session)
-    grant = repo.get_by_email(resolved.email)
+    # Sign-ins for one address are serialized from here to the commit: a concurrent sign-in
+    # that created the grant meanwhile is seen, and judged by the same rule.
+    repo.lock_address(resolved.email)
+    if grant is None:
+        grant = repo.get_by_email(resolved.email)
+        refuse_takeover(grant, resolved)
     created = grant is None
     if grant is None:
         grant = Grant(email=resolved.email, sync_state="pending")
@@ -118,8 +288,14 @@ def create_grant(session: Session, settings: Settings, request: GrantRequest) ->
     return CreatedGrant(grant=grant, created=created)
 
 
-def open_grant_session(session: Session, settings: Settings, grant: Grant) -> ImapSession:
+def open_grant_session(
+    session: Session, settings: Settings, grant: Grant, policy: AddressPolicy | None = None
+) -> ImapSession:
     """Log in to a grant's server. A refused login marks the grant invalid (caller commits).
+
+    With a ``policy`` (the API process) the host is checked again and the session goes to the
+    checked address: a name that resolved to a public address when the grant was made cannot
+    lead the API to an internal one later.
 
     Raises:
         ImapAuthError: The credentials no longer work; the grant is now ``invalid``.
@@ -127,7 +303,7 @@ def open_grant_session(session: Session, settings: Settings, grant: Grant) -> Im
     """
     password = grant_secrets(grant, settings)["imap_password"]
     try:
-        return open_session(endpoint_for(grant, settings), password)
+        return open_session(guarded(endpoint_for(grant, settings), policy), password)
     except ImapAuthError as exc:
         was_valid = grant.grant_status == "valid"
         GrantRepository(session).set_status(grant.id, "invalid", str(exc))

@@ -3,6 +3,7 @@
 Nothing in this package imports the ORM or Celery.
 """
 
+from pipeline.imap.bounded import ImapLimits
 from pipeline.imap.client import (
     Endpoint,
     FetchedMessage,
@@ -11,6 +12,7 @@ from pipeline.imap.client import (
     ImapSession,
     MessageMeta,
     SelectInfo,
+    folder_name_bytes,
     open_session,
 )
 
@@ -19,8 +21,10 @@ __all__ = [
     "FetchedMessage",
     "FolderInfo",
     "FolderStatus",
+    "ImapLimits",
     "ImapSession",
     "MessageMeta",
     "SelectInfo",
+    "folder_name_bytes",
     "open_session",
 ]

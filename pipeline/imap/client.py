@@ -1,10 +1,16 @@
 """One IMAP session: connect (implicit TLS, STARTTLS or, when allowed, plaintext), log in, and
 run the commands the sync engine needs, returning plain typed values.
 
-Built on imap-tools for connection set-up, folder names (modified UTF-7) and login, and on the
-imaplib connection beneath it for the raw ``UID FETCH`` the sync path needs. Every driver error
-is wrapped in the :mod:`pipeline.errors` IMAP subtree. Fetches always use ``BODY.PEEK`` so
-syncing never sets ``\\Seen``.
+Built on imaplib through :class:`pipeline.imap.bounded.BoundedIMAP4`, which bounds every read
+(line, literal, untagged responses and bytes per command) and gives every command, and the
+whole connect + greeting + login, a total deadline; imap-tools only for modified UTF-7. Every
+driver error is wrapped in the :mod:`pipeline.errors` IMAP subtree. Fetches always use
+``BODY.PEEK`` so syncing never sets ``\\Seen``, and keep only the messages they asked for.
+
+Folder names are kept in the server's own bytes: ``FolderInfo.raw_name`` holds them one
+character per byte (ISO 8859-1), so an ASCII name (modified UTF-7, the normal case) reads as
+itself and a raw 8-bit name a server sends anyway goes back to it unchanged
+(:func:`folder_name_bytes`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import imaplib
 import re
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -21,8 +28,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
-from imap_tools.errors import MailboxLoginError
 from imap_tools.imap_utf7 import utf7_decode, utf7_encode
 
 from pipeline.errors import (
@@ -30,10 +35,12 @@ from pipeline.errors import (
     ImapConnectError,
     ImapError,
     ImapFolderError,
+    ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
     ImapTlsError,
 )
+from pipeline.imap.bounded import BoundedIMAP4, ImapLimits
 from pipeline.imap.roles import detect_role
 
 TlsMode = Literal["ssl", "starttls", "plain"]
@@ -68,15 +75,20 @@ class Endpoint:
     tls: TlsMode
     username: str
     verify_tls: bool = True
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # any one read or write
     ca_file: Path | None = None  # extra trust anchors, e.g. a private CA
+    # The IP address to connect to, already checked by pipeline.netguard: the socket goes
+    # there (no second lookup of ``host``), while TLS still verifies the certificate for
+    # ``host``. None: resolve ``host`` when connecting (operator-named servers).
+    address: str | None = None
+    limits: ImapLimits = field(default_factory=ImapLimits)  # bytes, counts, total deadlines
 
 
 @dataclass(frozen=True)
 class FolderInfo:
     """A folder as LIST reports it."""
 
-    raw_name: str  # as the server spells it (modified UTF-7), used in commands
+    raw_name: str  # the server's bytes, one char per byte (ISO 8859-1): used in commands
     name: str  # decoded for people
     delimiter: str | None
     attributes: tuple[str, ...]
@@ -191,6 +203,35 @@ def _is_throttle(message: str) -> bool:
     return any(marker in lowered for marker in THROTTLE_MARKERS)
 
 
+def folder_name_bytes(raw_name: str) -> bytes:
+    """A folder's name as the server spelled it (the inverse of ``FolderInfo.raw_name``)."""
+    try:
+        return raw_name.encode("latin-1")
+    except UnicodeEncodeError:  # a name that did not come from LIST (e.g. typed by a person)
+        return raw_name.encode("utf-8")
+
+
+def _display_name(raw: bytes) -> str:
+    """A folder name for people: modified UTF-7 (RFC 3501), or 8-bit as UTF-8 if it is."""
+    if raw.upper() == b"INBOX":
+        return "INBOX"
+    if raw.isascii():
+        try:
+            return str(utf7_decode(raw))
+        except (UnicodeError, ValueError):
+            return raw.decode("ascii")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", "replace")
+
+
+def _unquote_name(raw: bytes) -> bytes:
+    if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
+        return re.sub(rb"\\(.)", rb"\1", raw[1:-1])
+    return raw
+
+
 def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
     if not endpoint.verify_tls:
         ctx = ssl.create_default_context()
@@ -203,11 +244,11 @@ def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
 class ImapSession:
     """A logged-in IMAP session. Use :func:`open_session`; close with :meth:`close`."""
 
-    def __init__(self, mailbox: Any, endpoint: Endpoint) -> None:
-        self._mailbox = mailbox
+    def __init__(self, client: BoundedIMAP4, endpoint: Endpoint) -> None:
+        self._client = client
         self.endpoint = endpoint
         self.selected: str | None = None
-        self.capabilities = self._capabilities_after_login(mailbox.client)
+        self.capabilities = self._capabilities_after_login(client)
         self.condstore_enabled = False
         self.qresync_enabled = False
 
@@ -218,17 +259,16 @@ class ImapSession:
         try:
             typ, data = client.capability()
         except (imaplib.IMAP4.error, OSError):
-            typ, data = "NO", []
+            typ, data = "NO", []  # an ImapLimitError goes up: the session is unusable
         if typ == "OK" and data and data[-1]:
             return frozenset(_text(data[-1]).upper().split())
         return frozenset(_text(c).upper() for c in client.capabilities)
 
     # --- plumbing -------------------------------------------------------------------------
     @property
-    def raw(self) -> imaplib.IMAP4:
+    def raw(self) -> BoundedIMAP4:
         """The imaplib connection, for callers that need a command not wrapped here."""
-        client: imaplib.IMAP4 = self._mailbox.client
-        return client
+        return self._client
 
     def __enter__(self) -> ImapSession:
         return self
@@ -241,10 +281,22 @@ class ImapSession:
     ) -> None:
         self.close()
 
+    @property
+    def broken(self) -> bool:
+        """True once the server broke a bound: the session must not be used again."""
+        return self._client.broken
+
     def close(self) -> None:
-        """Log out, ignoring a connection that is already gone."""
-        with contextlib.suppress(imaplib.IMAP4.error, OSError):
-            self.raw.logout()
+        """Log out (or just disconnect a broken session), ignoring one already gone."""
+        client = self._client
+        if client.closed:
+            return
+        if not client.broken:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError, ImapError):
+                client.logout()  # shuts the socket down when it succeeds
+        if not client.closed:  # a dropped or broken session: just the socket
+            with contextlib.suppress(OSError):
+                client.shutdown()
 
     def _call(self, what: str, *args: Any) -> tuple[str, list[Any]]:
         """Run an imaplib command, wrapping driver errors and checking for OK."""
@@ -267,7 +319,7 @@ class ImapSession:
             raise ImapProtocolError(f"IMAP {what} answered {typ}: {detail}")
         return typ, list(data)
 
-    def _uid(self, command: str, *args: str) -> list[Any]:
+    def _uid(self, command: str, *args: str | bytes) -> list[Any]:
         return self._call("uid", command, *args)[1]
 
     def has(self, capability: str) -> bool:
@@ -309,22 +361,23 @@ class ImapSession:
             attrs = tuple(_text(a) for a in match["flags"].split())
             delim_raw = match["delim"]
             delim = None if delim_raw == b"NIL" else _text(delim_raw[1:-1]).replace("\\\\", "\\")
-            raw_name = _text(match["name"].strip())
-            if raw_name.startswith('"') and raw_name.endswith('"'):
-                raw_name = raw_name[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-            name = "INBOX" if raw_name.upper() == "INBOX" else utf7_decode(raw_name.encode())
+            name_bytes = _unquote_name(match["name"].strip())
+            raw_name = name_bytes.decode("latin-1")  # lossless: any bytes go back unchanged
+            name = _display_name(name_bytes)
             folders.append(
                 FolderInfo(raw_name, name, delim, attrs, detect_role(name, attrs, delim))
             )
         return folders
 
-    def _quoted(self, raw_name: str) -> str:
-        return '"' + raw_name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    def _quoted(self, raw_name: str) -> bytes:
+        # bytes: imaplib would encode a str as ASCII and fail on an 8-bit name
+        name = folder_name_bytes(raw_name)
+        return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
     def select(self, raw_name: str, *, readonly: bool = True) -> SelectInfo:
         """SELECT (or EXAMINE when ``readonly``) a folder."""
         try:
-            typ, data = self.raw.select(self._quoted(raw_name), readonly)
+            typ, data = self.raw.select(self._quoted(raw_name), readonly)  # type: ignore[arg-type]
         except imaplib.IMAP4.abort as exc:
             raise ImapProtocolError(
                 f"The IMAP session was dropped selecting a folder: {exc}"
@@ -418,13 +471,14 @@ class ImapSession:
         if changedsince is not None:
             args.append(f"(CHANGEDSINCE {changedsince})")
         data = self._uid("FETCH", *args)
+        wanted = set(uids)
         metas: list[MessageMeta] = []
         for item in data:
             line = item[0] if isinstance(item, tuple) else item
             if not isinstance(line, bytes):
                 continue
             meta = self._meta(line)
-            if meta is not None:
+            if meta is not None and meta.uid in wanted:  # never what nobody asked for
                 metas.append(meta)
         return metas
 
@@ -509,14 +563,16 @@ class ImapSession:
             " MODSEQ" if self.condstore_enabled else ""
         )
         data = self._uid("FETCH", uid_set(uids), items + " BODY.PEEK[])")
+        wanted = set(uids)
         for i, item in enumerate(data):
             if not isinstance(item, tuple):
                 continue
             # Servers may send some items after the literal: they arrive in the next element.
             tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
             meta = self._meta(item[0] + b" " + tail)
-            if meta is None:
+            if meta is None or meta.uid not in wanted:  # unsolicited: not ours to store
                 continue
+            wanted.discard(meta.uid)  # a UID sent twice is stored once
             yield FetchedMessage(
                 uid=meta.uid,
                 size=meta.size,
@@ -531,13 +587,14 @@ class ImapSession:
         if not uids:
             return {}
         data = self._uid("FETCH", uid_set(uids), "(UID BODY.PEEK[HEADER])")
+        wanted = set(uids)
         out: dict[int, bytes] = {}
         for i, item in enumerate(data):
             if not isinstance(item, tuple):
                 continue
             tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
             uid = _FETCH_UID.search(item[0] + b" " + tail)
-            if uid:
+            if uid and int(uid[1]) in wanted:
                 out[int(uid[1])] = item[1]
         return out
 
@@ -551,8 +608,12 @@ class ImapSession:
     def fetch_part(self, uid: int, section: str) -> bytes | None:
         """One MIME part (``BODY.PEEK[section]``, still transfer-encoded), or None if gone."""
         data = self._uid("FETCH", str(uid), f"(UID BODY.PEEK[{section}])")
-        for item in data:
-            if isinstance(item, tuple):
+        for i, item in enumerate(data):
+            if not isinstance(item, tuple):
+                continue
+            tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
+            found = _FETCH_UID.search(item[0] + b" " + tail)
+            if found and int(found[1]) == uid:
                 return bytes(item[1])
         return None
 
@@ -594,35 +655,71 @@ class ImapSession:
         self._call("noop")
 
 
+def _login_args(username: str, password: str) -> tuple[bytes, bytes | None, str | None]:
+    """LOGIN's arguments: quoted when ASCII; a non-ASCII password goes as a UTF-8 literal."""
+
+    def quoted(value: bytes) -> bytes:
+        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+    user = quoted(username.encode("utf-8"))
+    if password.isascii():
+        return user, quoted(password.encode("ascii")), None
+    return user, None, password
+
+
+def _connect(endpoint: Endpoint, deadline: float) -> BoundedIMAP4:
+    ctx = _ssl_context(endpoint) if endpoint.tls != "plain" else None
+    client = BoundedIMAP4(
+        endpoint.host,
+        endpoint.port,
+        limits=endpoint.limits,
+        read_timeout_s=endpoint.timeout_s,
+        deadline=deadline,
+        ssl_context=ctx if endpoint.tls == "ssl" else None,
+        address=endpoint.address,
+    )
+    if endpoint.tls == "starttls":
+        assert ctx is not None
+        try:
+            client.starttls(ctx)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                client.shutdown()
+            raise
+    return client
+
+
 def open_session(endpoint: Endpoint, password: str) -> ImapSession:
-    """Connect and log in.
+    """Connect and log in, within ``endpoint.limits.login_deadline_s`` in all (connect, TLS,
+    greeting, STARTTLS, LOGIN and CAPABILITY), every read bounded.
 
     Raises:
         ImapConnectError: The host cannot be reached.
         ImapTlsError: TLS failed (handshake, certificate, hostname).
         ImapAuthError: The server refused the credentials.
         ImapThrottledError: The provider refused the login for now.
+        ImapLimitError: The server broke a bound (a trickled or endless greeting, a huge
+            literal, the login deadline).
         ImapError: Anything else that went wrong talking to the server.
     """
     where = f"{endpoint.host}:{endpoint.port}"
-    mailbox: Any
+    deadline = time.monotonic() + endpoint.limits.login_deadline_s
+
+    def late(exc: BaseException) -> ImapLimitError | None:
+        if time.monotonic() < deadline:
+            return None
+        return ImapLimitError(
+            f"The IMAP server {where} did not complete connect, greeting and login within "
+            f"{endpoint.limits.login_deadline_s:g} s; if this server is trusted, raise "
+            "IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S.",
+            bound="deadline",
+            setting="IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S",
+        )
+
     try:
-        if endpoint.tls == "ssl":
-            mailbox = MailBox(
-                endpoint.host,
-                endpoint.port,
-                timeout=endpoint.timeout_s,
-                ssl_context=_ssl_context(endpoint),
-            )
-        elif endpoint.tls == "starttls":
-            mailbox = MailBoxStartTls(
-                endpoint.host,
-                endpoint.port,
-                timeout=endpoint.timeout_s,
-                ssl_context=_ssl_context(endpoint),
-            )
-        else:
-            mailbox = MailBoxUnencrypted(endpoint.host, endpoint.port, timeout=endpoint.timeout_s)
+        client = _connect(endpoint, deadline)
+    except ImapError:
+        raise
     except ssl.SSLCertVerificationError as exc:
         raise ImapTlsError(
             f"The certificate of {where} could not be verified ({exc.verify_message}). "
@@ -634,7 +731,7 @@ def open_session(endpoint: Endpoint, password: str) -> ImapSession:
             "(993 is usually implicit TLS, 143 STARTTLS)."
         ) from exc
     except TimeoutError as exc:
-        raise ImapConnectError(f"Timed out connecting to {where}.") from exc
+        raise late(exc) or ImapConnectError(f"Timed out connecting to {where}.") from exc
     except socket.gaierror as exc:
         raise ImapConnectError(f"Cannot resolve the IMAP host {endpoint.host!r}.") from exc
     except OSError as exc:
@@ -643,30 +740,49 @@ def open_session(endpoint: Endpoint, password: str) -> ImapSession:
         message = str(exc)
         if endpoint.tls == "starttls":
             raise ImapTlsError(f"{where} refused STARTTLS: {message}") from exc
+        if _is_throttle(message):
+            raise ImapThrottledError(f"{where} refused the connection for now: {message}") from exc
         raise ImapProtocolError(f"{where} did not greet as an IMAP server: {message}") from exc
-    except Exception as exc:  # imap-tools raises its own errors for a failed STARTTLS
-        if endpoint.tls == "starttls":
-            raise ImapTlsError(f"{where} refused STARTTLS.") from exc
-        raise ImapError(f"Cannot set up an IMAP session with {where}.") from exc
     try:
-        mailbox.login(endpoint.username, password, initial_folder=None)
-    except MailboxLoginError as exc:
-        detail = _text(getattr(exc, "command_result", ("", [b""]))[1][0] or b"")
+        session = _login(client, endpoint, password, where)
+    except BaseException as exc:
         with contextlib.suppress(OSError):
-            mailbox.client.shutdown()
-        if _is_throttle(detail):
-            raise ImapThrottledError(f"{where} refused the login for now: {detail}") from exc
-        raise ImapAuthError(
-            f"{where} refused the login for {endpoint.username!r}: "
-            f"{detail.rstrip('.') or 'wrong credentials'}. "
-            "Check the username and password (many providers need an app password)."
-        ) from exc
+            client.shutdown()
+        if isinstance(exc, TimeoutError):
+            raise late(exc) or ImapConnectError(f"{where} timed out during login.") from exc
+        raise
+    client.end_login_phase()
+    return session
+
+
+def _login(client: BoundedIMAP4, endpoint: Endpoint, password: str, where: str) -> ImapSession:
+    user, quoted_password, literal = _login_args(endpoint.username, password)
+    try:
+        if literal is not None:
+            client.literal = literal.encode("utf-8")  # type: ignore[assignment]
+            typ, data = client._simple_command("LOGIN", user)
+        else:
+            typ, data = client._simple_command("LOGIN", user, quoted_password)
+    except imaplib.IMAP4.abort as exc:
+        raise ImapConnectError(f"The connection to {where} dropped during login: {exc}") from exc
     except imaplib.IMAP4.error as exc:
         if _is_throttle(str(exc)):
             raise ImapThrottledError(f"{where} refused the login for now: {exc}") from exc
         if "LOGINDISABLED" in str(exc).upper() or "plaintext" in str(exc).lower():
             raise ImapAuthError(f"{where} does not allow a login without TLS.") from exc
         raise ImapAuthError(f"{where} refused the login for {endpoint.username!r}: {exc}") from exc
-    except OSError as exc:
+    except (ConnectionError, EOFError) as exc:
         raise ImapConnectError(f"The connection to {where} dropped during login: {exc}") from exc
-    return ImapSession(mailbox, endpoint)
+    if typ != "OK":
+        detail = _text(data[-1] if data else b"")
+        if _is_throttle(detail):
+            raise ImapThrottledError(f"{where} refused the login for now: {detail}")
+        if "LOGINDISABLED" in " ".join(client.capabilities).upper():
+            raise ImapAuthError(f"{where} does not allow a login without TLS.")
+        raise ImapAuthError(
+            f"{where} refused the login for {endpoint.username!r}: "
+            f"{detail.rstrip('.') or 'wrong credentials'}. "
+            "Check the username and password (many providers need an app password)."
+        )
+    client.state = "AUTH"
+    return ImapSession(client, endpoint)

@@ -5,19 +5,24 @@ Layout of the folder given to :class:`EmbeddedPostgres`::
     <folder>/pgdata/        the cluster (initdb'ed on first start, kept afterwards)
     <folder>/run/           the Unix socket
     <folder>/postgres.log   the server's output
+    <folder>/superuser.password   the ``postgres`` role's password (owner-only, made once)
 
-Authentication is ``trust`` and the server listens on 127.0.0.1 only: it is for one machine.
+The server listens on 127.0.0.1 only, and every connection, over TCP or the socket, needs the
+password (SCRAM): another local user of the machine cannot walk in as the superuser. A cluster
+made by an older version with ``trust`` is given the password on its next start.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -44,6 +49,15 @@ PG_CONNECT_TIMEOUT_S = 2
 PG_CONFIG_TIMEOUT_S = 10.0
 MAX_SOCKET_DIR_CHARS = 80  # sun_path holds 107 bytes, and ".s.PGSQL.<port>.lock" follows
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+PW_FILE_NAME = "superuser.password"
+PASSWORD_BYTES = 24  # token_urlsafe: URL-safe, so it goes into the URL as it is
+AUTH_METHOD = "scram-sha-256"
+# Everything local needs the password; nothing else may connect at all.
+PG_HBA = f"""# Written by imap-pipeline: the password of the postgres role is in {PW_FILE_NAME}.
+local   all   all                 {AUTH_METHOD}
+host    all   all   127.0.0.1/32  {AUTH_METHOD}
+host    all   all   ::1/128       {AUTH_METHOD}
+"""
 
 
 def find_postgres_bindir() -> Path:
@@ -118,13 +132,40 @@ class EmbeddedPostgres(ServerContext):
 
     @property
     def url(self) -> str:
-        """SQLAlchemy URL of the database (psycopg 3 driver, trust authentication)."""
-        return f"postgresql+psycopg://{SUPERUSER}@{LOCALHOST}:{self.port}/{self.database}"
+        """SQLAlchemy URL of the database (psycopg 3 driver, with the superuser's password)."""
+        return (
+            f"postgresql+psycopg://{SUPERUSER}:{self.password}@{LOCALHOST}:{self.port}"
+            f"/{self.database}"
+        )
 
     @property
     def conninfo(self) -> str:
         """libpq connection string of the database."""
-        return f"host={LOCALHOST} port={self.port} user={SUPERUSER} dbname={self.database}"
+        return (
+            f"host={LOCALHOST} port={self.port} user={SUPERUSER} password={self.password} "
+            f"dbname={self.database}"
+        )
+
+    @property
+    def password_path(self) -> Path:
+        """Where the superuser's password is kept (readable by this user only)."""
+        return self.folder / PW_FILE_NAME
+
+    @property
+    def password(self) -> str:
+        """The superuser's password ("" before the first start made one)."""
+        try:
+            return self.password_path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def _ensure_password(self) -> str:
+        if not self.password:
+            fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(PASSWORD_BYTES) + "\n")
+        os.chmod(self.password_path, 0o600)
+        return self.password
 
     @property
     def log_path(self) -> Path:
@@ -167,8 +208,9 @@ class EmbeddedPostgres(ServerContext):
         if self.run_as is not None:
             chown_tree(self.folder, self.run_as, recursive=False)
         self.folder.chmod(0o700)  # the cluster's log can show query text
+        password = self._ensure_password()
         if not (self.pgdata / "PG_VERSION").exists():
-            self._initdb(bindir)
+            self._initdb(bindir, password)
         self._check_version(bindir)
         self._process = ChildProcess(
             "postgres",
@@ -192,6 +234,7 @@ class EmbeddedPostgres(ServerContext):
                 f"Postgres did not accept connections on port {self.port} within "
                 f"{self.start_timeout_s:.0f} s. End of {self.log_path}:\n{log_tail(self.log_path)}"
             )
+        self._require_password(password)
         self._create_database()
 
     def stop(self) -> None:
@@ -230,17 +273,56 @@ class EmbeddedPostgres(ServerContext):
             f"earlier run. Stop it with `kill -INT {pid}` and try again."
         )
 
-    def _initdb(self, bindir: Path) -> None:
+    def _require_password(self, password: str) -> None:
+        """A cluster made with ``trust`` (older versions) gets the password and SCRAM now."""
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() == PG_HBA:
+            return
+        try:
+            with self._connect("postgres", autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(SUPERUSER), sql.Literal(password)
+                    )
+                )
+                hba.write_text(PG_HBA)  # keeps its owner: the server reads it
+                conn.execute("SELECT pg_reload_conf()")
+        except psycopg.Error as exc:
+            raise ServiceError(
+                f"Cannot give the embedded Postgres in {self.pgdata} its password: {exc}"
+            ) from exc
+
+    def _connect(self, dbname: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=LOCALHOST,
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
+            dbname=dbname,
+            autocommit=autocommit,
+            connect_timeout=PG_CONNECT_TIMEOUT_S,
+        )
+
+    def _initdb(self, bindir: Path, password: str) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise ServiceError(
                 f"{self.pgdata} is not empty but holds no Postgres cluster (no PG_VERSION). "
                 "Move it aside and try again."
             )
+        # initdb (run as the server's user) reads the password from a file of its own
+        pwfile = self.folder / "initdb.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        if self.run_as is not None:
+            chown_tree(pwfile, self.run_as, recursive=False)
         argv = [
             str(bindir / "initdb"),
             "-D", str(self.pgdata),
             "-U", SUPERUSER,
-            "--auth=trust",
+            f"--pwfile={pwfile}",
+            f"--auth-local={AUTH_METHOD}",
+            f"--auth-host={AUTH_METHOD}",
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",  # a fresh, empty cluster: nothing to lose in a crash
@@ -249,7 +331,10 @@ class EmbeddedPostgres(ServerContext):
             "initdb", argv, log_path=self.folder / "initdb.log", run_as=self.run_as, cwd=self.folder
         )
         initdb.start()
-        code = initdb.wait(PG_INITDB_TIMEOUT_S)
+        try:
+            code = initdb.wait(PG_INITDB_TIMEOUT_S)
+        finally:
+            pwfile.unlink(missing_ok=True)
         if code is None:
             initdb.kill()
             raise ServiceError(
@@ -272,13 +357,7 @@ class EmbeddedPostgres(ServerContext):
 
     def _accepts(self) -> bool:
         try:
-            with psycopg.connect(
-                host=LOCALHOST,
-                port=self.port,
-                user=SUPERUSER,
-                dbname="postgres",
-                connect_timeout=PG_CONNECT_TIMEOUT_S,
-            ):
+            with self._connect("postgres"):
                 return True
         except psycopg.OperationalError:
             return False
@@ -293,14 +372,7 @@ class EmbeddedPostgres(ServerContext):
 
     def _create_database(self) -> None:
         try:
-            with psycopg.connect(
-                host=LOCALHOST,
-                port=self.port,
-                user=SUPERUSER,
-                dbname="postgres",
-                autocommit=True,
-                connect_timeout=PG_CONNECT_TIMEOUT_S,
-            ) as conn:
+            with self._connect("postgres", autocommit=True) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
                 ).fetchone()

@@ -491,6 +491,19 @@ def _sync_folder(
             notify=notify,
             live=live,
         )
+    # A message above the literal bound is never fetched (the client would refuse its literal
+    # and close the session): it costs that message, recorded with the setting to raise.
+    cap = settings.imap_max_literal_bytes
+    too_large = [
+        FailedItem(
+            m.uid,
+            f"The message is {m.size:,} bytes, above IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES "
+            f"({cap:,}); raise it and retry with `grants failures --retry` to fetch it.",
+        )
+        for m in todo
+        if m.size > cap
+    ]
+    todo = [m for m in todo if m.size <= cap]
     batches = list(_batches(todo, settings.sync_batch_size, settings.sync_batch_bytes))
 
     def store(items: list[ParsedItem], failures: list[FailedItem], vanished: int) -> WriteResult:
@@ -517,6 +530,8 @@ def _sync_folder(
                     )
         return written
 
+    if too_large:
+        outcome.failed += store([], too_large, 0).failed
     try:
         for index, batch in enumerate(batches):
             unreadable: list[FailedItem] = []

@@ -180,3 +180,89 @@ def test_role_logs_grow_while_up_runs_and_the_banner_says_how_to_run_the_cli(
     # the banner names the exact command, since the venv is not on PATH
     assert f"in another terminal: {script} grants list" in up.output()
     assert f"source {script.parent / 'activate'}" in up.output()
+
+
+def test_network_settings_up_runs_with_reach_every_role_and_other_terminals(
+    tmp_path: Path, started: list[Up]
+) -> None:
+    from tests.integration.api.api_support import Receiver
+
+    up = start_up(
+        up_env(
+            tmp_path / "data",
+            IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
+            IMAP_PIPELINE_WEBHOOK_REQUEST_TIMEOUT_S="7",
+        )
+    )
+    started.append(up)
+    up.wait_for_line("imap-pipeline is running")
+    runtime = (up.data_dir / "runtime.env").read_text()
+    assert "IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS='127.0.0.0/8'" in runtime
+    assert "IMAP_PIPELINE_WEBHOOK_REQUEST_TIMEOUT_S='7'" in runtime
+
+    # every role runs with them (read from each role process's environment)
+    roles = role_environments(up.data_dir)
+    assert {"sync", "webhooks", "beat", "listener", "flower", "api"} <= set(roles)
+    for role, env in roles.items():
+        assert env.get("IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS") == "127.0.0.0/8", role
+
+    # another terminal: only the data folder is set, as after `scripts/up`
+    terminal = {k: v for k, v in up.env.items() if not k.startswith("IMAP_PIPELINE_")}
+    terminal["IMAP_PIPELINE_DATA_DIR"] = str(up.data_dir)
+    receiver = Receiver()
+    try:
+
+        def add(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "webhooks", "add", receiver.url,
+                 "--triggers", "message.created"],
+                env=env, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+
+        added = add(terminal)  # judged with up's allowed networks, as its worker will
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert "warning" not in added.stdout
+
+        # a terminal that allows more than up's worker does is told so
+        wider = {**terminal, "IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,10.0.0.0/8"}
+        warned = add(wider)
+        assert warned.returncode == 0, warned.stdout + warned.stderr
+        assert "warning: this terminal sets IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS" in " ".join(
+            warned.stdout.split()
+        )
+    finally:
+        receiver.close()
+
+
+ROLE_MARKERS = {
+    "sync": "sync@",
+    "webhooks": "webhooks@",
+    "beat": " beat",
+    "listener": "listen",
+    "flower": " flower",
+    "api": " api",
+}
+
+
+def role_environments(data_dir: Path) -> dict[str, dict[str, str]]:
+    """The environment of each role process of the `up` using ``data_dir`` (from /proc)."""
+    found: dict[str, dict[str, str]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            raw_env = (proc / "environ").read_bytes()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone, or not ours to read
+        env = dict(
+            item.split("=", 1)
+            for item in raw_env.decode(errors="replace").split("\0")
+            if "=" in item
+        )
+        if env.get("IMAP_PIPELINE_DATA_DIR") != str(data_dir) or "pipeline.cli up" in cmdline:
+            continue
+        for role, marker in ROLE_MARKERS.items():
+            if marker in cmdline and ("celery" in cmdline or "imap-pipeline" in cmdline):
+                found.setdefault(role, env)
+    return found

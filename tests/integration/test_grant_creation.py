@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -12,8 +14,10 @@ from pipeline.db import session_scope
 from pipeline.errors import ConfigurationError, ImapAuthError, ImapConnectError, ImapTlsError
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
+from pipeline.imap import Endpoint, open_session
 from pipeline.local import free_port
 from pipeline.models import Grant
+from pipeline.netguard import AddressPolicy
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -134,3 +138,110 @@ def test_same_email_again_reauthenticates_the_existing_grant(
         assert not again.created
         assert again.grant.id == first
     assert _grant_count(settings) == 1
+
+
+# --- hosts named by users (pipeline.netguard through create_grant's policy) ----------------
+
+
+def _scrubbed(message: str, host: str, port: int) -> str:
+    return message.replace(f"{host}:{port}", "HOST:PORT")
+
+
+def test_user_named_hosts_get_one_answer_whatever_listens_there(
+    settings: Settings, mail_user: MailUser, redis_url: str
+) -> None:
+    """Nothing allowed: loopback Dovecot, a closed port, Postgres, Redis and the metadata address
+    are all refused before any connection, with the same words."""
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    targets = [
+        ("127.0.0.1", mail_user.server.port),  # a real IMAP server
+        ("127.0.0.1", free_port()),  # nothing listens
+        ("127.0.0.1", 5432),  # Postgres
+        ("localhost", redis_port),  # Redis, by name
+        ("169.254.169.254", 143),  # cloud metadata
+        ("[::127.0.0.1]", 143),
+        ("64:ff9b::a9fe:a9fe", 143),  # NAT64 of the metadata address
+    ]
+    answers = set()
+    for host, port in targets:
+        request = _request(mail_user, port, "starttls").model_copy(update={"imap_host": host})
+        with (
+            pytest.raises(ImapConnectError) as info,
+            session_scope(settings.require_database_url()) as db,
+        ):
+            create_grant(db, settings, request, policy=AddressPolicy())
+        answers.add(_scrubbed(str(info.value), host, port))
+    assert len(answers) == 1, answers
+    assert _grant_count(settings) == 0
+
+
+def test_allowed_networks_get_one_answer_for_whatever_is_not_an_imap_server(
+    settings: Settings, mail_user: MailUser, redis_url: str
+) -> None:
+    """Loopback allowed by the operator: a closed port, Postgres, Redis and an IMAP server spoken
+    to in the wrong TLS mode look alike; the real server still logs in."""
+    allowed = AddressPolicy.of(["127.0.0.0/8"])
+    settings = settings.model_copy(update={"imap_timeout_s": 2.0})  # Postgres never greets
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    targets = [
+        (free_port(), "starttls"),
+        (5432, "starttls"),
+        (5432, "ssl"),
+        (redis_port, "starttls"),
+        (redis_port, "ssl"),
+        (mail_user.server.port, "ssl"),  # IMAP, but not implicit TLS
+    ]
+    answers = set()
+    for port, tls in targets:
+        with (
+            pytest.raises(ImapConnectError) as info,
+            session_scope(settings.require_database_url()) as db,
+        ):
+            create_grant(db, settings, _request(mail_user, port, tls), policy=allowed)
+        answers.add(_scrubbed(str(info.value), "127.0.0.1", port))
+    assert len(answers) == 1, answers
+    with session_scope(settings.require_database_url()) as db:
+        request = _request(mail_user, mail_user.server.port, "starttls")
+        assert create_grant(db, settings, request, policy=allowed).created
+
+
+def test_the_login_goes_to_the_checked_address_and_tls_verifies_the_name(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """A pinned endpoint never looks its host up again: a name that does not resolve still
+    reaches the pinned address, and the certificate is checked against the name."""
+    base = Endpoint(
+        host="localhost",
+        port=mail_user.server.port,
+        tls="starttls",
+        username=mail_user.name,
+        ca_file=settings.imap_ca_file,
+        address="127.0.0.1",
+    )
+    with open_session(base, mail_user.password) as imap:  # the certificate names localhost
+        assert "IMAP4REV1" in imap.capabilities
+    unresolvable = replace(base, host="imap.does-not-resolve.invalid")
+    with pytest.raises(ImapTlsError, match="could not be verified"):
+        open_session(unresolvable, mail_user.password)  # connected: only the name check failed
+    with open_session(replace(unresolvable, verify_tls=False), mail_user.password) as imap:
+        assert imap.capabilities
+
+
+def test_plaintext_smtp_needs_explicit_permission(settings: Settings, mail_user: MailUser) -> None:
+    request = _request(
+        mail_user,
+        mail_user.server.port,
+        "starttls",
+        smtp_host="127.0.0.1",
+        smtp_port=25,
+        smtp_tls="plain",
+    )
+    with (
+        pytest.raises(ConfigurationError, match="SMTP password without TLS"),
+        session_scope(settings.require_database_url()) as db,
+    ):
+        create_grant(db, settings, request)
+    assert _grant_count(settings) == 0
+    allowed = request.model_copy(update={"allow_plaintext": True})
+    with session_scope(settings.require_database_url()) as db:
+        assert create_grant(db, settings, allowed).grant.smtp_tls == "plain"

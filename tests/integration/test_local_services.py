@@ -79,8 +79,10 @@ def test_embedded_postgres_creates_the_database_keeps_data_and_stops(tmp_path: P
     require("Postgres", find_postgres_bindir)
     port = free_port()
     pg = EmbeddedPostgres(tmp_path / "pg", port)
-    assert pg.url == f"postgresql+psycopg://postgres@127.0.0.1:{port}/imap_pipeline"
     with pg, psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        assert pg.url == (
+            f"postgresql+psycopg://postgres:{pg.password}@127.0.0.1:{port}/imap_pipeline"
+        )
         assert conn.execute("SELECT current_database()").fetchone() == ("imap_pipeline",)
         conn.execute("CREATE TABLE kept (x int)")
         conn.execute("INSERT INTO kept VALUES (42)")
@@ -88,6 +90,44 @@ def test_embedded_postgres_creates_the_database_keeps_data_and_stops(tmp_path: P
     again = EmbeddedPostgres(tmp_path / "pg", port)  # no initdb the second time
     with again, psycopg.connect(again.conninfo) as conn:
         assert conn.execute("SELECT x FROM kept").fetchone() == (42,)
+
+
+def refused_without_password(pg: EmbeddedPostgres) -> bool:
+    try:
+        psycopg.connect(
+            host="127.0.0.1", port=pg.port, user="postgres", dbname="postgres", connect_timeout=5
+        ).close()
+    except psycopg.OperationalError as exc:
+        return "password" in str(exc)
+    return False
+
+
+def test_embedded_postgres_needs_its_password_which_only_its_owner_can_read(
+    tmp_path: Path,
+) -> None:
+    require("Postgres", find_postgres_bindir)
+    with EmbeddedPostgres(tmp_path / "pg", free_port()) as pg:
+        assert len(pg.password) >= 24
+        assert pg.password_path.stat().st_mode & 0o777 == 0o600
+        assert pg.password_path.stat().st_uid == os.geteuid()
+        # another local user (or this one without the password) is not the superuser
+        assert refused_without_password(pg)
+        with psycopg.connect(pg.conninfo) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+
+
+def test_a_cluster_made_with_trust_gets_a_password_on_its_next_start(tmp_path: Path) -> None:
+    require("Postgres", find_postgres_bindir)
+    port = free_port()
+    with EmbeddedPostgres(tmp_path / "pg", port) as pg:
+        pass
+    # what earlier versions left behind: trust for everyone, no password
+    (pg.pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    pg.password_path.unlink()
+    with EmbeddedPostgres(tmp_path / "pg", port) as again:
+        assert refused_without_password(again)
+        with psycopg.connect(again.conninfo) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_embedded_postgres_says_which_port_is_taken(tmp_path: Path) -> None:

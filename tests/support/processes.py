@@ -96,6 +96,11 @@ class CeleryWorker:
             start_new_session=True,
         )
 
+    def children(self) -> list[int]:
+        """The pool processes (the main process's children) that are alive now."""
+        assert self.process is not None
+        return child_pids(self.process.pid)
+
     def log(self) -> str:
         """Everything the worker printed so far."""
         return self.log_path.read_text(errors="replace")
@@ -159,3 +164,25 @@ class RoleProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (Linux: /proc/PID/task/*/children)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return sorted(set(out))
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (the peak resident size over the process's life)
+    of a process, in KiB, from /proc/PID/status."""
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0])
+    return values

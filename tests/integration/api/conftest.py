@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +22,14 @@ from pipeline.webhooks.settings import WebhookSettings
 
 @pytest.fixture
 def api_settings(settings: Settings) -> Settings:
-    """The test settings with two API keys."""
-    return settings.model_copy(update={"api_keys": SecretStr(f"{API_KEY},{OTHER_KEY}")})
+    """The test settings with two API keys; IMAP/SMTP hosts on this machine are allowed (the
+    test Dovecot and SMTP server listen on 127.0.0.1), as an operator would allow them."""
+    return settings.model_copy(
+        update={
+            "api_keys": SecretStr(f"{API_KEY},{OTHER_KEY}"),
+            "mail_allowed_networks": [ipaddress.ip_network("127.0.0.0/8")],
+        }
+    )
 
 
 @pytest.fixture

@@ -103,3 +103,30 @@ def test_is_public() -> None:
 
     assert is_public(ipaddress.ip_address(PUBLIC))
     assert not is_public(ipaddress.ip_address("127.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of the metadata address
+        "http://[64:ff9b::7f00:1]/",
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4
+        "http://[2002:7f00:1::]/",
+        "http://[::169.254.169.254]/",  # IPv4-compatible
+        "http://[::127.0.0.1]/",
+        "http://[::a00:1]/",
+        "http://[::ffff:0:7f00:1]/",  # IPv4-translated
+        "http://[::ffff:a9fe:a9fe]/",  # mapped, hex
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
+        "http://[64:ff9b:1::1]/",  # NAT64 local-use prefix
+        "http://[fec0::1]/",  # site-local
+        "http://[ff02::1]/",  # multicast
+    ],
+)
+def test_ipv6_forms_embedding_private_ipv4_are_refused(url: str) -> None:
+    with pytest.raises(DestinationRefused):
+        check_destination(url, WebhookSettings(), resolver=_resolver())
+    # allowing this machine's loopback does not open tunnels or translators to it
+    loopback = WebhookSettings(allowed_networks="127.0.0.0/8")  # type: ignore[arg-type]
+    with pytest.raises(DestinationRefused):
+        check_destination(url, loopback, resolver=_resolver())
