@@ -126,9 +126,12 @@ class CeleryWorker:
 class RoleProcess:
     """One role of deploy/Procfile, started with its exact line as ``up`` and containers do."""
 
-    def __init__(self, role: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, role: str, env: dict[str, str], log_dir: Path, *, wrap: list[str] | None = None
+    ) -> None:
         from pipeline.up import read_procfile
 
+        self.wrap = wrap or []  # e.g. run it in a network namespace (tests/support/netns.py)
         (self.command,) = [r.command for r in read_procfile() if r.name == role]
         self.role = role
         self.env = dict(env)
@@ -141,7 +144,7 @@ class RoleProcess:
         """Start it (it runs in its own process group)."""
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                ["/bin/sh", "-c", f"exec {self.command}"],
+                [*self.wrap, "/bin/sh", "-c", f"exec {self.command}"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -153,6 +156,12 @@ class RoleProcess:
     def log(self) -> str:
         """Everything it printed so far."""
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, as a machine that dies takes everything with it."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
 
     def stop(self) -> None:
         """SIGTERM the group, as ``up``, Docker and Kubernetes do; SIGKILL after 30 s."""
