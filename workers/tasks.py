@@ -69,11 +69,13 @@ TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
 def _limit_problem(exc: ImapLimitError | SoftTimeLimitExceeded) -> ImapLimitError | str:
     if isinstance(exc, ImapLimitError):
         return exc
+    from workers.celeryconfig import SOFT_LIMIT_MARGIN_S  # loaded: this runs in a worker
+
     limit = settings().sync_task_time_limit_s
     return (
-        f"a sync task of this grant did not finish within its time limit of {limit:g} s "
-        "(the server answers too slowly); raise IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S if it is "
-        "trusted."
+        f"a sync task of this grant was stopped {SOFT_LIMIT_MARGIN_S} s before its time limit "
+        f"of {limit:g} s (the server answers too slowly); if it is trusted, raise "
+        "IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S."
     )
 
 

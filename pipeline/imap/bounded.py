@@ -48,6 +48,7 @@ MAX_UNTAGGED = 500_000
 MAX_COMMAND_BYTES = 96 * 1024 * 1024  # the largest literal plus a 16 MiB batch's headroom
 COMMAND_DEADLINE_S = 300.0  # a 16 MiB batch at 0.5 Mbit/s; a trickle ends here
 LOGIN_DEADLINE_S = 60.0  # connect + TLS + greeting + login + CAPABILITY, however trickled
+LOGOUT_DEADLINE_S = 10.0  # a goodbye is not worth waiting for: the socket closes anyway
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,9 @@ class BoundedIMAP4(imaplib.IMAP4):
     ) -> None:
         self.limits = limits
         self._address = address
-        self.broken = False
+        self.broken = False  # a bound was broken: shut down, never log out
         self.closed = False
+        self.busy = False  # a command was sent and its answer not read to the end
         self._read_timeout_s = read_timeout_s
         self._phase_deadline = deadline
         self._implicit_tls = ssl_context
@@ -120,8 +122,8 @@ class BoundedIMAP4(imaplib.IMAP4):
         self._what = what
         self._untagged = 0
         self._received = 0
-        own = time.monotonic() + self.limits.command_deadline_s
-        self._deadline = min(own, self._phase_deadline)
+        own = LOGOUT_DEADLINE_S if what == "LOGOUT" else self.limits.command_deadline_s
+        self._deadline = min(time.monotonic() + own, self._phase_deadline)
         # Whatever the server volunteered since the last command (and nobody read) goes.
         self.untagged_responses = {}
 
@@ -131,7 +133,22 @@ class BoundedIMAP4(imaplib.IMAP4):
             self._begin(f"UID {sub.decode() if isinstance(sub, bytes) else sub}")
         else:
             self._begin(name)  # never the arguments: LOGIN carries the password
+        self.busy = True
         return super()._command(name, *args)  # type: ignore[misc]
+
+    def _command_complete(self, name: str, tag: bytes) -> Any:
+        # Only an answer read to its tagged line leaves the stream in step; an exception of
+        # any kind (a bound, a time limit, a signal) leaves ``busy`` set, and the session is
+        # then shut down rather than spoken to again.
+        try:
+            result = super()._command_complete(name, tag)  # type: ignore[misc]
+        except self.abort:
+            raise
+        except self.error:  # BAD: its tagged line was read, the stream is in step
+            self.busy = False
+            raise
+        self.busy = False
+        return result
 
     def _append_untagged(self, typ: str, dat: Any) -> None:
         self._untagged += 1

@@ -283,15 +283,16 @@ class ImapSession:
 
     @property
     def broken(self) -> bool:
-        """True once the server broke a bound: the session must not be used again."""
-        return self._client.broken
+        """True once the server broke a bound, or a command was cut off (a time limit, a
+        signal): the session must not be used again."""
+        return self._client.broken or self._client.busy
 
     def close(self) -> None:
         """Log out (or just disconnect a broken session), ignoring one already gone."""
         client = self._client
         if client.closed:
             return
-        if not client.broken:
+        if not self.broken:
             with contextlib.suppress(imaplib.IMAP4.error, OSError, ImapError):
                 client.logout()  # shuts the socket down when it succeeds
         if not client.closed:  # a dropped or broken session: just the socket

@@ -263,7 +263,7 @@ class FolderWatcher:
             except ImapThrottledError as exc:
                 self.last_error = str(exc)
                 await self._record_throttle(exc)
-            except ImapProtocolError as exc:
+            except (ImapProtocolError, ImapLimitError) as exc:  # a limit is no protocol error
                 self.last_error = str(exc)
                 if isinstance(exc, ImapLimitError):
                     self.limit_breaches += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class Hostile:
     bound: str  # ImapLimitError.bound named in the status
     setting: str
     folder: str | None  # the folder whose state says so, when it happened in a folder
+    env: dict[str, str] = field(default_factory=dict)  # the worker's settings for this script
 
 
 SCRIPTS = {
@@ -73,6 +74,18 @@ SCRIPTS = {
         "deadline",
         "IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S",
         "INBOX",
+    ),
+    # The last line: with a command deadline above the task's, the task's soft time limit
+    # stops the trickle (60 s hard, soft 30 s earlier), and the cut-off session is dropped.
+    "task-time-limit": Hostile(
+        FakeImapConfig(hostile={"FETCH": Hostility("trickle", 2.0)}),
+        "time limit",
+        "IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S",
+        "INBOX",
+        {
+            "IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S": "600",
+            "IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S": "60",
+        },
     ),
 }
 
@@ -174,6 +187,7 @@ def test_a_hostile_server_costs_only_its_own_grant(
             IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S=str(COMMAND_DEADLINE_S),
             IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S=str(COMMAND_DEADLINE_S),
         )
+        env.update(hostile.env)
         worker = CeleryWorker(env, tmp_path, concurrency=2).start()
         try:
             pool = worker.children()

@@ -244,3 +244,34 @@ def test_the_client_class_is_bounded() -> None:
             assert imap.raw.limits == LIMITS
         finally:
             imap.close()
+
+
+class _Stop(Exception):
+    """What Celery's soft time limit does: an exception raised from a signal handler."""
+
+
+def test_a_command_cut_off_by_a_signal_leaves_a_session_that_is_only_disconnected() -> None:
+    import signal
+
+    config = FakeImapConfig(hostile={"FETCH": Hostility("trickle", 0.5)})
+    unbounded = ImapLimits(command_deadline_s=600.0, login_deadline_s=30.0)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise _Stop
+
+    with FakeImapServer(config) as server:
+        imap = open_session(endpoint(server, limits=unbounded), "pw")
+        imap.select("INBOX")
+        previous = signal.signal(signal.SIGALRM, stop)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 1.0)
+            with pytest.raises(_Stop):
+                list(imap.fetch_messages([1]))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert imap.broken  # the trickled answer is still coming: out of step
+        started = time.monotonic()
+        imap.close()
+        assert time.monotonic() - started < GENEROUS_S / 2
+    assert "LOGOUT" not in server.command_names()

@@ -1,0 +1,54 @@
+"""Every Celery task that talks IMAP has a hard time limit below the broker's visibility
+timeout, and a soft one before it (issue 9: sync tasks had none)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+from pipeline.config import Settings
+
+
+def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workers.settings
+
+    monkeypatch.setenv("IMAP_PIPELINE_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S", "700")
+    monkeypatch.delitem(sys.modules, "workers.celeryconfig", raising=False)
+    monkeypatch.delattr("workers.celeryconfig", raising=False)
+    workers.settings.settings.cache_clear()
+    try:
+        import workers.beat_tasks
+        import workers.tasks
+
+        # import_module, not `from workers import`: that would return the module imported
+        # earlier in this process (an attribute of the package), with its settings
+        celeryconfig = importlib.import_module("workers.celeryconfig")
+
+        names = {
+            workers.tasks.create_grant_task.name,
+            workers.tasks.sync_grant_task.name,
+            workers.tasks.sync_folder_task.name,
+            workers.beat_tasks.poll_grant_task.name,
+            workers.beat_tasks.check_uidvalidity_task.name,
+        }
+        assert set(celeryconfig.SYNC_TASKS) == names
+        for name in names:
+            limits = celeryconfig.task_annotations[name]
+            assert limits["time_limit"] == 700
+            assert limits["soft_time_limit"] == 700 - celeryconfig.SOFT_LIMIT_MARGIN_S
+            assert limits["time_limit"] < celeryconfig.VISIBILITY_TIMEOUT_S
+    finally:
+        workers.settings.settings.cache_clear()
+
+
+def test_the_time_limit_setting_cannot_reach_the_visibility_timeout() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Settings(sync_task_time_limit_s=30 * 60)
+    assert Settings().sync_task_time_limit_s < 30 * 60
