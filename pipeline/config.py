@@ -135,6 +135,20 @@ class Settings(BaseSettings):
         "(keeps every task far below the broker's visibility timeout).",
     )
 
+    max_folders_per_grant: int = Field(
+        default=1000,
+        ge=1,
+        description="Folders synced per grant. A server listing more keeps Inbox, Sent and the "
+        "other role folders first, then the folders already synced, then the rest in LIST "
+        "order; `grants status` shows how many were left out.",
+    )
+    max_folder_tasks_per_grant: int = Field(
+        default=8,
+        ge=1,
+        description="Folder syncs one grant has queued at once (discovery and reconciliation); "
+        "the others wait in Redis and are queued as these finish, so one grant with "
+        "thousands of folders cannot flood the queue ahead of every other grant.",
+    )
     sync_range_messages: int = Field(
         default=400,
         ge=50,

@@ -87,6 +87,11 @@ class Grant(Base):
     sync_state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     initial_sync_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Selectable folders the server lists that are not synced: over the folder cap
+    # (IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT) or with a name too long to keep.
+    folders_skipped: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
 

@@ -223,6 +223,7 @@ def reconcile_task() -> dict[str, Any]:
                 enqueue_grant=lambda g, p: grants.append((g, p)),
                 enqueue_folder=lambda g, f, p: folders.append((g, f, p)),
                 folder_busy=lambda f: bool(r.exists(FOLDER_LOCK_KEY.format(f))),
+                per_grant=settings().max_folder_tasks_per_grant,
             )
         for grant_id, provider in grants:  # after the read transaction, like any enqueue
             enqueue.sync_grant(grant_id, provider)

@@ -6,7 +6,8 @@ Task names are the public contract (any Celery client may enqueue them):
   :class:`pipeline.grants.schemas.GrantRequest` with ``password_sealed`` (and optionally
   ``smtp_password_sealed``) instead of plaintext passwords, sealed with
   :class:`pipeline.crypto.SecretBox` — see :func:`workers.enqueue.create_grant`.
-- ``pipeline.sync.grant(grant_id)``: discover folders and sync each.
+- ``pipeline.sync.grant(grant_id)``: discover folders and sync each (at most
+  ``max_folder_tasks_per_grant`` queued at once: :mod:`workers.folder_queue`).
 - ``pipeline.sync.folder(grant_id, folder_id)``: sync one folder for a bounded time,
   continuing in a new task when work remains.
 
@@ -43,7 +44,7 @@ from pipeline.grants.service import create_grant
 from pipeline.imap import ImapSession
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import discover_folders, sync_folder
-from workers import enqueue
+from workers import enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
     close_all_imap,
@@ -152,7 +153,9 @@ def _sync_grant(self: Task, grant_id: str) -> None:
             imap = None  # the grant is now invalid and grant.expired is in the outbox
         if imap is not None:
             try:
-                changes = discover_folders(db, grant, imap.list_folders())
+                changes = discover_folders(
+                    db, grant, imap.list_folders(), max_folders=settings().max_folders_per_grant
+                )
             except ImapError:
                 release_imap(grant_id, imap, healthy=False)
                 raise
@@ -163,8 +166,14 @@ def _sync_grant(self: Task, grant_id: str) -> None:
     kick()
     if imap is None:
         return
-    for folder_id in changes.selectable:
-        enqueue.sync_folder(grant_id, folder_id, provider)
+    # Inbox, Sent and the other roles first; at most N at once, the rest as these finish
+    folder_queue.queue_folders(
+        redis_client(),
+        grant_id,
+        provider,
+        changes.selectable,
+        settings().max_folder_tasks_per_grant,
+    )
 
 
 @app.task(
@@ -206,6 +215,8 @@ def _sync_folder(
             enqueue.sync_folder(
                 grant_id, folder_id, _provider_of(grant_id), countdown=wait, uid_range=uid_range
             )
+        elif uid_range is None:
+            folder_queue.queue_next(r, grant_id, _provider_of(grant_id))  # this slot is free
         return {"skipped": "locked"}
     try:
         with sessions().begin() as db:
@@ -272,4 +283,8 @@ def _sync_folder(
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
     elif uid_range is None and r.getdel(dirty_key):
         enqueue.sync_folder(grant_id, folder_id, provider)
+    elif not outcome.ranges and (uid_range is None or outcome.state == "synced"):
+        # this folder's run is over (for a split folder: its last range): the grant's next
+        # waiting folder takes the slot
+        folder_queue.queue_next(r, grant_id, provider)
     return {"state": outcome.state, "stored": outcome.stored, "failed": outcome.failed}

@@ -184,7 +184,13 @@ def _status_table(view: dict[str, Any]) -> Table:
         "failed",
         "state",
         title=f"{view['email']} — {view['grant_status']}, {view['sync_state']}"
-        + (f" ({view['status_detail']})" if view.get("status_detail") else ""),
+        + (f" ({view['status_detail']})" if view.get("status_detail") else "")
+        + (
+            f"; {view['folders_skipped']:,} more folders on the server are not synced "
+            "(IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT)"
+            if view.get("folders_skipped")
+            else ""
+        ),
     )
     for f in view["folders"]:
         table.add_row(

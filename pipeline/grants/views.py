@@ -30,6 +30,8 @@ def grant_dict(grant: Grant) -> dict[str, Any]:
         },
         "sync_state": grant.sync_state,
         "status_detail": grant.status_detail,
+        # selectable folders on the server that are not synced (over the folder cap)
+        "folders_skipped": grant.folders_skipped,
         "initial_sync_completed_at": (
             int(grant.initial_sync_completed_at.timestamp())
             if grant.initial_sync_completed_at

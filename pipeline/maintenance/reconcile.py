@@ -6,7 +6,8 @@ looks at what the database says is unfinished and enqueues it again:
 - grants still in their initial sync (``pending``/``syncing``) with no grant or folder change
   for ``GRANT_STALL_S`` -> ``pipeline.sync.grant`` (discovers folders, enqueues each);
 - folders ``failed``, or left ``pending``/``syncing``/``reindexing`` for ``FOLDER_STALL_S``
-  with nobody holding their sync lock -> ``pipeline.sync.folder``.
+  with nobody holding their sync lock -> ``pipeline.sync.folder`` (at most
+  ``per_grant`` per grant and run, as discovery queues them).
 
 Re-enqueueing is harmless: sync tasks are idempotent and take a per-folder lock, so a folder
 that is in fact being synced is skipped by the task. At most ``RECONCILE_MAX_ENQUEUE`` jobs per
@@ -44,6 +45,7 @@ def reconcile(
     enqueue_grant: Callable[[str, str], object],
     enqueue_folder: Callable[[str, str, str], object],
     folder_busy: Callable[[str], bool],
+    per_grant: int | None = None,
 ) -> ReconcileReport:
     """Find stalled grants and folders and enqueue them again. Never commits.
 
@@ -53,6 +55,8 @@ def reconcile(
         enqueue_grant: ``(grant_id, provider)``: enqueue a grant sync.
         enqueue_folder: ``(grant_id, folder_id, provider)``: enqueue a folder sync.
         folder_busy: Whether a folder's sync lock is held right now.
+        per_grant: At most this many folder jobs per grant and run (the grant's share of the
+            queue, ``IMAP_PIPELINE_MAX_FOLDER_TASKS_PER_GRANT``); None: no limit.
     """
     report = ReconcileReport()
     repo = MaintenanceRepository(db)
@@ -64,6 +68,7 @@ def reconcile(
         report.grants.append(grant_id)
         budget -= 1
     stalled = set(report.grants)
+    queued: dict[str, int] = {}
     for grant_id, folder_id, provider in repo.folders_to_retry(
         now - timedelta(seconds=FOLDER_STALL_S)
     ):
@@ -71,9 +76,12 @@ def reconcile(
             break
         if grant_id in stalled:
             continue  # the grant sync enqueues its folders
+        if per_grant is not None and queued.get(grant_id, 0) >= per_grant:
+            continue  # the next run takes more of this grant's folders
         if folder_busy(folder_id):
             report.busy += 1
             continue
+        queued[grant_id] = queued.get(grant_id, 0) + 1
         enqueue_folder(grant_id, folder_id, provider)
         report.folders.append(folder_id)
         budget -= 1

@@ -104,19 +104,65 @@ def window_start(settings: Settings, now: datetime) -> datetime:
     return now - timedelta(days=settings.retention_days)
 
 
-def discover_folders(session: Session, grant: Grant, listed: Sequence[FolderInfo]) -> FolderChanges:
+# A folder name longer than this is not kept (the name is a key of a unique index, whose
+# entries must stay under about 2.7 KB; real servers allow a few hundred characters).
+MAX_FOLDER_NAME_CHARS = 1000
+# The order folders are kept in when a server lists more than the cap: these roles first.
+ROLE_PRIORITY = {"inbox": 0, "sent": 1}
+OTHER_ROLE_PRIORITY = 2
+NO_ROLE_PRIORITY = 3
+
+
+def _kept_folders(
+    listed: Sequence[FolderInfo], existing: set[str], max_folders: int
+) -> tuple[list[FolderInfo], int]:
+    """The selectable folders to sync, most important first, and how many are left out.
+
+    Order: Inbox, Sent, the other role folders, then folders already synced (so raising the
+    count the server lists does not swap folders out), then the rest in LIST order.
+    """
+    candidates = [
+        (index, info)
+        for index, info in enumerate(listed)
+        if info.selectable and len(info.raw_name) <= MAX_FOLDER_NAME_CHARS
+    ]
+    selectable = sum(1 for info in listed if info.selectable)
+
+    def rank(pair: tuple[int, FolderInfo]) -> tuple[int, int, int]:
+        index, info = pair
+        if info.role is None:
+            priority = NO_ROLE_PRIORITY
+        else:
+            priority = ROLE_PRIORITY.get(info.role, OTHER_ROLE_PRIORITY)
+        return priority, 0 if info.raw_name in existing else 1, index
+
+    kept = [info for _, info in sorted(candidates, key=rank)[:max_folders]]
+    return kept, selectable - len(kept)
+
+
+def discover_folders(
+    session: Session, grant: Grant, listed: Sequence[FolderInfo], *, max_folders: int
+) -> FolderChanges:
     """Bring the grant's folder rows in line with the server's LIST. Never commits.
 
     ``\\Noselect`` folders are kept out; a folder gone from the server is deleted with its
-    placements (messages left in no folder are cleaned up by the caller's policy).
+    placements (messages left in no folder are cleaned up by the caller's policy). At most
+    ``max_folders`` are kept (see :func:`_kept_folders`); the others count in
+    ``grant.folders_skipped`` and are treated as absent. ``changes.selectable`` lists the kept
+    folders most important first (Inbox, Sent, other roles…): the order to sync them in.
     """
     changes = FolderChanges()
     live = grant.initial_sync_completed_at is not None  # no notifications for the first look
     existing = {f.raw_name: f for f in FolderRepository(session).for_grant(grant.id)}
+    kept, skipped = _kept_folders(listed, set(existing), max_folders)
+    if skipped:
+        log.warning(
+            "folders over the cap are not synced",
+            extra={"grant_id": grant.id, "skipped": skipped, "kept": len(kept)},
+        )
+    grant.folders_skipped = skipped
     seen: set[str] = set()
-    for info in listed:
-        if not info.selectable:
-            continue
+    for info in kept:
         seen.add(info.raw_name)
         folder = existing.get(info.raw_name)
         if folder is None:
@@ -741,7 +787,9 @@ def sync_grant_inline(
         with sessions.begin() as db:
             grant = GrantRepository(db).get(grant_id)
             assert grant is not None
-            changes = discover_folders(db, grant, imap.list_folders())
+            changes = discover_folders(
+                db, grant, imap.list_folders(), max_folders=settings.max_folders_per_grant
+            )
             if grant.sync_state == "pending":
                 grant.sync_state = "syncing"
 
