@@ -201,6 +201,26 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_sign_in_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Sign-ins (hosted page, /v3/connect/custom) one API process runs at once, "
+        "on threads of their own (never those serving other requests); more get a 429 at once.",
+    )
+    api_sign_in_per_client: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Sign-ins one client address may have in flight at once; more get a 429.",
+    )
+    api_sign_in_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=300,
+        description="A sign-in (resolve, connect, greeting, login, store) is answered within "
+        "this long; a server that has not finished by then gets a 504.",
+    )
     api_client_id: str = Field(
         default="imap-pipeline",
         min_length=1,

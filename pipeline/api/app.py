@@ -39,6 +39,7 @@ from pipeline.api import (
 from pipeline.api import errors as api_errors
 from pipeline.api.auth import KeyRing, require_api_key
 from pipeline.api.deps import ApiState, SyncEnqueuer, WebhookKicker
+from pipeline.api.gate import SignInGate
 from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
@@ -211,6 +212,11 @@ def create_app(
         max_body_bytes=max_body_bytes,
         limiter=limiter,
         imap_pool=SessionPool(limiter),
+        sign_ins=SignInGate(
+            settings.api_sign_in_concurrency,
+            settings.api_sign_in_per_client,
+            settings.api_sign_in_deadline_s,
+        ),
         webhook_settings=webhook_settings or WebhookSettings.load(),
     )
     if not len(state.keys):
@@ -220,6 +226,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         state.imap_pool.close_all()
+        state.sign_ins.close()
         engine.dispose()
 
     app = FastAPI(

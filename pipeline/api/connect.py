@@ -1,10 +1,12 @@
 """Connecting accounts: ``POST /v3/connect/custom`` and the IMAP connector (``/v3/connectors``).
 
 A custom connection logs in to the IMAP server for real before anything is stored (taking a login
-token of the account and provider first, :func:`pipeline.api.limits.connect_login`); a wrong
-password stores nothing. The same address again re-authenticates the existing grant. After the
-commit the grant's initial sync is enqueued; if the broker is down the grant stays and the
-reconciliation task syncs it later.
+token of the account and provider first, :func:`pipeline.api.limits.login_turn`), on the
+sign-in gate's own threads (:mod:`pipeline.api.signin`); a wrong password stores nothing. The
+same address with the same server and username again re-authenticates the existing grant;
+with another server or username it is a 409 and changes nothing (the takeover rule,
+:mod:`pipeline.grants.service`). After the commit the grant's initial sync is enqueued; if the
+broker is down the grant stays and the reconciliation task syncs it later.
 
 IMAP needs no provider app, so the only connector is ``imap`` and it always exists: creating it
 is accepted (and changes nothing) for code written against Nylas.
@@ -17,12 +19,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from pipeline.api.deps import Db, State, notify_after_commit, ok, page
+from pipeline.api.deps import api_state, ok, page
 from pipeline.api.errors import invalid_request, not_found
-from pipeline.api.grants import enqueue_after_commit, grant_view
-from pipeline.api.limits import connect_login
+from pipeline.api.gate import client_of
+from pipeline.api.grants import grant_view
+from pipeline.api.signin import sign_in
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant
 from pipeline.presets import TlsMode
 
 router = APIRouter(tags=["connect"])
@@ -106,21 +108,20 @@ def _grant_request(s: ImapSettings) -> GrantRequest:
     status_code=status.HTTP_201_CREATED,
     summary="Connect an IMAP account (custom authentication)",
 )
-def custom_auth(
-    request: Request, response: Response, body: CustomAuthRequest, db: Db, api: State
+async def custom_auth(
+    request: Request, response: Response, body: CustomAuthRequest
 ) -> dict[str, Any]:
-    """Log in to the IMAP server, store the grant, enqueue its initial sync."""
+    """Log in to the IMAP server, store the grant, enqueue its initial sync.
+
+    Runs behind the sign-in gate (:mod:`pipeline.api.signin`): 429 at once when too many
+    sign-ins are in flight, 504 when the server does not finish within the deadline.
+    """
+    api = api_state(request)
     grant_request = _grant_request(body.settings)
-    with connect_login(db, api, grant_request):
-        created = create_grant(  # + grant.* event
-            db, api.settings, grant_request, policy=api.settings.mail_address_policy
-        )
-    db.commit()
-    notify_after_commit(api)
-    if not created.created:
+    done = await api.sign_ins.run(client_of(request), lambda: sign_in(api, grant_request))
+    if not done.created:
         response.status_code = status.HTTP_200_OK
-    enqueue_after_commit(api.enqueue_sync, created.grant)
-    view = grant_view(created.grant)
+    view = grant_view(done.grant)
     if body.state is not None:
         view["state"] = body.state
     return ok(request, view)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.gate import SignInGate
 from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
@@ -42,6 +43,7 @@ class ApiState:
     max_body_bytes: int
     limiter: RateLimiter | None  # shared IMAP limits in Redis; None without a Redis URL
     imap_pool: SessionPool
+    sign_ins: SignInGate  # the public sign-ins' own threads (hosted page, /connect/custom)
     webhook_settings: WebhookSettings
 
 

@@ -41,13 +41,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api import queries
-from pipeline.api.deps import ApiState, Db, State, notify_after_commit, ok, page
+from pipeline.api.deps import ApiState, Db, State, ok, page
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
-from pipeline.api.grants import enqueue_after_commit
-from pipeline.api.limits import connect_login
+from pipeline.api.gate import client_of
+from pipeline.api.signin import sign_in
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant
+from pipeline.models import Grant
 from pipeline.presets import PRESETS, detect
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,12 @@ def _redirect_to(flow: Flow, code: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _connect(db: Session, api: ApiState, flow: Flow, values: dict[str, str], password: str) -> str:
-    """Log in, store the grant and a code; returns the code (raises on a refused login)."""
+def _grant_request(values: dict[str, str], password: str) -> GrantRequest:
+    """What the form says, as a grant request.
+
+    Raises:
+        ConfigurationError: The address or a port number is malformed.
+    """
     try:
         grant_request = GrantRequest(
             email=values.get("email", ""),
@@ -357,24 +361,29 @@ def _connect(db: Session, api: ApiState, flow: Flow, values: dict[str, str], pas
         raise ConfigurationError(
             "Check the address and the port numbers (whole numbers from 1 to 65535)."
         ) from exc
-    with connect_login(db, api, grant_request):
-        created = create_grant(
-            db, api.settings, grant_request, policy=api.settings.mail_address_policy
+    return grant_request
+
+
+def _connect(api: ApiState, flow: Flow, grant_request: GrantRequest) -> str:
+    """Log in, store the grant and a code; returns the code (raises on a refused login).
+    Runs on a sign-in thread (:mod:`pipeline.api.signin`)."""
+
+    def add_code(db: Session, grant: Grant) -> str:
+        code = secrets.token_urlsafe(32)
+        queries.purge_auth_codes(db)
+        queries.add_auth_code(
+            db,
+            code_hash=hashlib.sha256(code.encode()).hexdigest(),
+            grant_id=grant.id,
+            client_id=flow.client_id,
+            redirect_uri=flow.redirect_uri,
+            code_challenge=flow.code_challenge or None,
+            expires_at=datetime.now(UTC) + timedelta(seconds=CODE_TTL_S),
         )
-    code = secrets.token_urlsafe(32)
-    queries.purge_auth_codes(db)
-    queries.add_auth_code(
-        db,
-        code_hash=hashlib.sha256(code.encode()).hexdigest(),
-        grant_id=created.grant.id,
-        client_id=flow.client_id,
-        redirect_uri=flow.redirect_uri,
-        code_challenge=flow.code_challenge or None,
-        expires_at=datetime.now(UTC) + timedelta(seconds=CODE_TTL_S),
-    )
-    db.commit()
-    notify_after_commit(api)
-    enqueue_after_commit(api.enqueue_sync, created.grant)
+        return code
+
+    code = sign_in(api, grant_request, add_code).extra
+    assert code is not None
     return code
 
 
@@ -387,21 +396,24 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
     finally:
         await form.close()
     flow = _verify(api, fields.get("flow", ""))
-    if (
-        flow is None
-        or flow.client_id != api.settings.api_client_id
-        or not queries.redirect_uri_registered(db, flow.redirect_uri)
-    ):
+    registered = flow is not None and await run_in_threadpool(
+        queries.redirect_uri_registered, db, flow.redirect_uri
+    )
+    db.close()  # no database connection is held while the sign-in runs
+    if flow is None or flow.client_id != api.settings.api_client_id or not registered:
         return _error_page("This sign-in form has expired. Start again from the application.")
     password = fields.pop("password", "")
     values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
     headers: dict[str, str] = {}
     try:
-        code = await run_in_threadpool(_connect, db, api, flow, values, password)
-    except ApiError as exc:  # no login token now (the shared limits): 429 with Retry-After
-        if exc.status != 429:
+        grant_request = _grant_request(values, password)
+        code = await api.sign_ins.run(
+            client_of(request), lambda: _connect(api, flow, grant_request)
+        )
+    except ApiError as exc:  # a full gate, no login token now, the deadline: say so on the page
+        if exc.status not in (429, 504):
             raise
-        error, status, headers = exc.message, 429, exc.headers
+        error, status, headers = exc.message, exc.status, exc.headers
     except ImapAuthError:
         error = (
             "The server refused this address and password. Many providers need an app "

@@ -30,7 +30,7 @@ from pipeline.api.deps import ApiState
 from pipeline.api.errors import ApiError
 from pipeline.errors import ImapThrottledError
 from pipeline.grants.repository import GrantRepository
-from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.service import same_account
 from pipeline.models import Grant
 
@@ -98,8 +98,7 @@ def connect_login(
         ApiError: 429 with ``Retry-After`` when no login token comes in time or the provider
             throttled the login.
     """
-    limiter = api.limiter
-    if limiter is None:
+    if api.limiter is None:
         yield
         return
     resolved = request.resolve()
@@ -107,9 +106,24 @@ def connect_login(
         grant = GrantRepository(db).get_by_email(resolved.email)
         if grant is not None and not same_account(grant, resolved):
             grant = None
-    account = (
-        grant.id if grant is not None else _new_account(resolved.imap_host, resolved.imap_username)
-    )
+    with login_turn(api, resolved, grant.id if grant is not None else None):
+        yield
+
+
+@contextmanager
+def login_turn(api: ApiState, resolved: ResolvedGrant, grant_id: str | None) -> Iterator[None]:
+    """Around one check login: take a login token of the account (``grant_id``, or the (server,
+    username) pair of a new one) and its provider; a throttling answer backs the account off.
+
+    Raises:
+        ApiError: 429 with ``Retry-After`` when no login token comes in time or the provider
+            throttled the login.
+    """
+    limiter = api.limiter
+    if limiter is None:
+        yield
+        return
+    account = grant_id or _new_account(resolved.imap_host, resolved.imap_username)
     take_login(api, resolved.provider, resolved.imap_host, account, "logins")
     try:
         yield

@@ -53,8 +53,20 @@ router = APIRouter(tags=["messages"])
 SMTP_TIMEOUT_S = 60.0  # every SMTP command; a hung server fails the request, never hangs it
 MAX_RECIPIENTS = 100  # to + cc + bcc of one message
 MAX_ATTACHMENTS = 50
+_LINE_BREAKS = ("\r", "\n", "\x00")  # a header value holding one would start another header
 _TAGS = re.compile(r"<[^>]+>")
 _BREAKS = re.compile(r"(?i)<br\s*/?>|</p>|</div>|</li>")
+
+
+def one_line(value: str | None) -> str | None:
+    """A header field's value as given, refused when it holds CR, LF or NUL.
+
+    Raises:
+        ValueError: The value would break the header it goes into (a 400, never a 500).
+    """
+    if value is not None and any(c in value for c in _LINE_BREAKS):
+        raise ValueError("must be a single line: CR, LF and NUL are not allowed in headers")
+    return value
 
 
 class Recipient(BaseModel):
@@ -73,6 +85,8 @@ class Recipient(BaseModel):
             raise ValueError("must be an email address such as alice@example.com")
         return value
 
+    _name_one_line = field_validator("name")(one_line)
+
 
 class OutgoingAttachment(BaseModel):
     """An attachment in a JSON send request (``content`` is base64)."""
@@ -86,12 +100,18 @@ class OutgoingAttachment(BaseModel):
     is_inline: bool = False
     content_disposition: str | None = None
 
+    _one_line = field_validator("filename", "content_type", "content_id", "content_disposition")(
+        one_line
+    )
+
 
 class CustomHeader(BaseModel):
     """An extra header (``X-…`` headers only)."""
 
     name: str = Field(pattern=r"^[Xx]-[A-Za-z0-9-]{1,64}$")
     value: str = Field(max_length=998)
+
+    _value_one_line = field_validator("value")(one_line)
 
 
 class SendRequest(BaseModel):
@@ -114,6 +134,8 @@ class SendRequest(BaseModel):
     send_at: int | None = None
     tracking_options: dict[str, Any] | None = None  # accepted, not supported (ignored)
     metadata: dict[str, Any] | None = None  # accepted, not stored
+
+    _subject_one_line = field_validator("subject")(one_line)
 
 
 def _text_of(body_html: str) -> str:
@@ -429,6 +451,8 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
         return req, _files_from_json(req)
     except json.JSONDecodeError as exc:
         raise invalid_request("The request body is not valid JSON.") from exc
+    except RecursionError as exc:  # json.loads of thousands of nested brackets
+        raise invalid_request("The request body is nested too deeply.") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"

@@ -249,6 +249,26 @@ def create_grant(
         refuse_takeover(repo.get_by_email(resolved.email), resolved)  # before any connection
     password = request.password.get_secret_value()
     capabilities = verify_login(resolved, password, settings, policy)
+    return store_grant(session, settings, request, resolved, capabilities, grant=grant)
+
+
+def store_grant(
+    session: Session,
+    settings: Settings,
+    request: GrantRequest,
+    resolved: ResolvedGrant,
+    capabilities: list[str],
+    *,
+    grant: Grant | None = None,
+) -> CreatedGrant:
+    """Store what a successful login (:func:`verify_login`) proved: a new grant, or the address's
+    grant re-authenticated (``grant``: that one, whatever its settings). The caller commits.
+
+    Raises:
+        GrantConflict: Meanwhile the address got a grant on another server or username.
+    """
+    repo = GrantRepository(session)
+    password = request.password.get_secret_value()
     secrets = {"imap_password": password}
     if request.smtp_password is not None:
         secrets["smtp_password"] = request.smtp_password.get_secret_value()

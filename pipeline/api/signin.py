@@ -1,0 +1,79 @@
+"""Sign-ins from the public side: the hosted page's form and ``POST /v3/connect/custom``.
+
+A sign-in logs in to a server that whoever signs in names, so it is treated as hostile (the gate
+is :class:`pipeline.api.gate.SignInGate`)::
+
+    request ── gate full, in total or for this client address? ── yes ──> 429 at once
+       │ no
+       v
+    a sign-in thread (``api_sign_in_concurrency`` of them, apart from the threads
+    that serve every other request):
+       resolve ─> takeover check (short DB session, closed) ─> login token
+       ─> address guard + IMAP login (no DB connection held) ─> store (short DB session)
+       │
+    the request waits at most ``api_sign_in_deadline_s`` ──> else 504; the thread keeps its
+    slot until its own bounded IMAP calls end, so slow servers fill the gate, never the API.
+
+Each IMAP read is bounded by the client (:mod:`pipeline.imap`); the gate bounds how many run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from pipeline.api.deps import ApiState, notify_after_commit
+from pipeline.api.grants import enqueue_after_commit
+from pipeline.api.limits import login_turn
+from pipeline.grants.repository import GrantRepository
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import refuse_takeover, store_grant, verify_login
+from pipeline.models import Grant
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A committed sign-in: the grant, whether it was new, and what ``then`` returned."""
+
+    grant: Grant
+    created: bool
+    extra: str | None
+
+
+def sign_in(
+    api: ApiState,
+    request: GrantRequest,
+    then: Callable[[Session, Grant], str] | None = None,
+) -> SignedIn:
+    """Connect an account for someone on the public side (runs on a sign-in thread).
+
+    No database connection is held while the server is talked to. ``then`` runs in the
+    storing transaction (the hosted page adds its authorization code there).
+
+    Raises:
+        ConfigurationError: The request names no usable server.
+        GrantConflict: The address is connected with another server or username.
+        ImapError: The login failed (one message for refused and unreachable hosts).
+        ApiError: 429 when no login token of the account comes in time.
+    """
+    settings = api.settings
+    resolved = request.resolve()
+    with api.sessions() as db:
+        existing = GrantRepository(db).get_by_email(resolved.email)
+        refuse_takeover(existing, resolved)
+        grant_id = existing.id if existing is not None else None
+    password = request.password.get_secret_value()
+    with login_turn(api, resolved, grant_id):
+        capabilities = verify_login(resolved, password, settings, settings.mail_address_policy)
+    with api.sessions() as db:
+        created = store_grant(db, settings, request, resolved, capabilities)  # + grant.* event
+        extra = then(db, created.grant) if then is not None else None
+        db.commit()
+    notify_after_commit(api)
+    enqueue_after_commit(api.enqueue_sync, created.grant)
+    return SignedIn(grant=created.grant, created=created.created, extra=extra)
