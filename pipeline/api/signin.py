@@ -69,7 +69,13 @@ def sign_in(
         grant_id = existing.id if existing is not None else None
     password = request.password.get_secret_value()
     with login_turn(api, resolved, grant_id):
-        capabilities = verify_login(resolved, password, settings, settings.mail_address_policy)
+        capabilities = verify_login(
+            resolved,
+            password,
+            settings,
+            settings.mail_address_policy,
+            deadline_s=settings.api_sign_in_deadline_s,
+        )
     with api.sessions() as db:
         created = store_grant(db, settings, request, resolved, capabilities)  # + grant.* event
         extra = then(db, created.grant) if then is not None else None

@@ -169,17 +169,27 @@ def verify_login(
     password: str,
     settings: Settings,
     policy: AddressPolicy | None = None,
+    deadline_s: float | None = None,
 ) -> list[str]:
     """Log in for real and return the server's capabilities.
 
     With a ``policy`` (a host named by a user) the host is checked first and the connection goes
     to the checked address; every failure short of an answer from an IMAP server (refused,
-    unreachable, not IMAP, TLS handshake) is the same :data:`UNREACHABLE` message.
+    unreachable, not IMAP, TLS handshake, a bound broken) is the same :data:`UNREACHABLE`
+    message. ``deadline_s`` shortens the total time of connect, greeting and login (sign-ins
+    from the public side answer within it).
 
     Raises:
         ImapError: The login failed; the message is one clear line for the user.
     """
     endpoint = guarded(endpoint_for(resolved, settings), policy)
+    if deadline_s is not None:
+        limits = endpoint.limits
+        endpoint = replace(
+            endpoint,
+            timeout_s=min(endpoint.timeout_s, deadline_s),
+            limits=replace(limits, login_deadline_s=min(limits.login_deadline_s, deadline_s)),
+        )
     try:
         with open_session(endpoint, password) as imap:
             return sorted(imap.capabilities)

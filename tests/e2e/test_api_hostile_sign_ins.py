@@ -3,9 +3,9 @@ small and authenticated requests stay fast while 45+ sign-ins name servers that 
 greeting one byte every 5 s, and a few name one that announces a 2 GB literal.
 
 Wave 1 (4 literal + 4 trickle) fits the gate, so every one of them reaches its server; wave 2
-sends 45 at once. Seen before (issue 10): two hosted sign-ins against the 2 GB server took the API from 135 MB to
-3.9 GB; 45 against the trickling server tied up every API thread and database connection and
-every authenticated request timed out for 150 s.
+sends 45 at once. Seen before (issue 10): two hosted sign-ins against the 2 GB server took the
+API from 135 MB to 3.9 GB; 45 against the trickling server tied up every API thread and
+database connection and every authenticated request timed out for 150 s.
 
 The attackers come from distinct loopback addresses (127.0.0.2, 127.0.0.3, ...), so the gate's
 total bound is what holds, not only its per-address one. The figures are printed (``-s``).

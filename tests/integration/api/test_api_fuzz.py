@@ -64,7 +64,7 @@ def test_no_server_errors_or_leaks(api: ApiServer, mail_user: MailUser) -> None:
             suppress_health_check=list(HealthCheck),
             database=None,
         )
-        def call(case: schemathesis.Case, real_grant: bool) -> None:
+        def call(case: schemathesis.Case, real_grant: bool, outbound: bool = outbound) -> None:
             if real_grant and case.path_parameters and "grant_id" in case.path_parameters:
                 case.path_parameters["grant_id"] = grant_id  # reach the deeper code too
             case.body = keep_on_this_machine(case.body)
