@@ -4,8 +4,12 @@ Task names are the public contract; every task takes ids only (never a URL or a 
 
 - ``pipeline.webhooks.dispatch()``: turn pending outbox rows into per-destination deliveries,
   then (after the commit) enqueue ``deliver`` for every destination that got some.
-- ``pipeline.webhooks.deliver(destination_id)``: drain one destination for a bounded time;
-  re-queues itself when work remains and schedules itself for its next retry.
+- ``pipeline.webhooks.deliver(destination_id)``: hand a drain of one destination to this
+  process's event loop and return at once (the task never waits on HTTP). The drain runs for a
+  bounded time beside the process's other drains, then re-queues itself when work remains and
+  schedules itself for its next retry. A process runs at most
+  ``IMAP_PIPELINE_WEBHOOK_MAX_DRAINS_PER_PROCESS`` drains (failing destinations at most half);
+  a destination that finds no room is asked for again shortly, its work waiting in Postgres.
 - ``pipeline.webhooks.sweep()``: periodic repair (beat): re-enqueue whatever Postgres says is
   owed — undispatched rows, due deliveries, retries that waited longer than a countdown may —
   and retire destinations failing for too long. This is why a Redis flush delays, never loses.
@@ -19,13 +23,16 @@ kick that comes after a dispatch began reading always enqueues another one.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -37,7 +44,7 @@ from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.errors import PipelineError
 from pipeline.webhooks import outbox, sweep
-from pipeline.webhooks.delivery import Drainer
+from pipeline.webhooks.delivery import Drainer, DrainOutcome, DrainSlots
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.settings import WebhookSettings
 from workers.app import app
@@ -80,8 +87,15 @@ PURGE_BUDGET_S = 60.0
 MIN_COUNTDOWN_S = 0.05  # shorter waits are enqueued at once
 COUNTDOWN_SLACK_S = 1.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 30 * 60  # kombu's Redis default is 1 h; ours is 30 min
-DELIVER_SOFT_LIMIT_S = 10 * 60  # a drain is budgeted to ~30 s plus one batch of timeouts
-DELIVER_HARD_LIMIT_S = DELIVER_SOFT_LIMIT_S + 60
+# The task only hands the drain to the event loop; the drain's own bounds are its budget and
+# the request deadlines (see pipeline.webhooks.delivery).
+DELIVER_SOFT_LIMIT_S = 60
+DELIVER_HARD_LIMIT_S = DELIVER_SOFT_LIMIT_S + 30
+DB_THREADS = 8  # database steps of one process's drains; the engine's pool holds 5 + 5
+PENDING_DRAINS_FACTOR = 2  # drains queued on the loop beyond the slots (most find a slot soon)
+NO_SLOT_RETRY_S = 1.0  # a healthy destination that found no drain slot is asked for this soon
+NO_SLOT_RETRY_UNHEALTHY_S = 5.0  # a failing one waits longer: it is likely to fail again
+SHUTDOWN_GRACE_S = 15.0  # drains in flight at worker shutdown get this long to record
 
 # Enqueue failures are logged, never raised into the caller: the sweep re-finds the work.
 ENQUEUE_ERRORS = (redis.RedisError, KombuError, OSError, PipelineError)
@@ -96,11 +110,53 @@ class _Runtime:
     database_url: str
     webhook: WebhookSettings
     box: SecretBox
-    sender: Sender
+    sender: Sender  # its event loop runs this process's drains
+    slots: DrainSlots  # used on the sender's loop only
+    db_threads: ThreadPoolExecutor
+    stopping: threading.Event = field(default_factory=threading.Event)
+    drains: set[concurrent.futures.Future[None]] = field(default_factory=set)
+    drains_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def uow(self) -> AbstractContextManager[Session]:
         """A transaction that commits on success (the tasks' unit of work)."""
         return session_scope(self.database_url)
+
+    def drainer(self) -> Drainer:
+        """A drainer on this process's resources."""
+        return Drainer(
+            self.uow,
+            settings=self.webhook,
+            box=self.box,
+            sender=self.sender,
+            executor=self.db_threads,
+            stop=self.stopping,
+        )
+
+    def pending_drains(self) -> int:
+        """Drains handed to the loop and not finished."""
+        with self.drains_lock:
+            return len(self.drains)
+
+    def track(self, future: concurrent.futures.Future[None]) -> None:
+        """Count ``future`` among the pending drains until it is done."""
+        with self.drains_lock:
+            self.drains.add(future)
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            with self.drains_lock:
+                self.drains.discard(f)
+
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        """Stop claiming, give drains in flight a moment to record, close the rest."""
+        self.stopping.set()
+        with self.drains_lock:
+            pending = list(self.drains)
+        if pending:
+            concurrent.futures.wait(pending, timeout=SHUTDOWN_GRACE_S)
+        self.sender.close()
+        self.db_threads.shutdown(wait=False, cancel_futures=True)
 
 
 _runtime: _Runtime | None = None
@@ -121,6 +177,8 @@ def runtime() -> _Runtime:
                 webhook=webhook,
                 box=SecretBox(s.encryption_key_list),
                 sender=Sender(webhook),
+                slots=DrainSlots(webhook.max_drains_per_process),
+                db_threads=ThreadPoolExecutor(DB_THREADS, thread_name_prefix="webhook-db"),
             )
         return _runtime
 
@@ -144,7 +202,7 @@ def reset_runtime() -> None:
     global _runtime, _flags
     with _lock:
         if _runtime is not None and _runtime.pid == os.getpid():
-            _runtime.sender.close()
+            _runtime.close()
         if _flags is not None and _flags[0] == os.getpid():
             _flags[1].close()
         _runtime = None
@@ -283,22 +341,35 @@ def dispatch() -> dict[str, int]:
     time_limit=DELIVER_HARD_LIMIT_S,
 )
 def deliver(destination_id: str) -> dict[str, Any]:
-    """Drain one destination for a bounded time; re-queue or schedule the rest."""
+    """Start draining one destination on this process's event loop; return at once."""
     rt = runtime()
     _clear_flag(_deliver_flag(destination_id))
-    drainer = Drainer(rt.uow, settings=rt.webhook, box=rt.box, sender=rt.sender)
-    outcome = drainer.drain(destination_id)
-    if outcome.more_due:
+    if rt.pending_drains() >= rt.webhook.max_drains_per_process * PENDING_DRAINS_FACTOR:
+        schedule_deliver(destination_id, NO_SLOT_RETRY_S)
+        return {"started": False}
+    rt.track(rt.sender.submit(_drain(rt, destination_id)))
+    return {"started": True}
+
+
+async def _drain(rt: _Runtime, destination_id: str) -> None:
+    """One drain on the event loop, then (on a thread) what its outcome asks for."""
+    try:
+        outcome = await rt.drainer().drain_async(destination_id, slots=rt.slots)
+    except Exception:  # the lease runs out and the sweep finds the work again
+        log.exception("webhook drain failed destination=%s", destination_id)
+        return
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(rt.db_threads, _follow_up, destination_id, outcome)
+
+
+def _follow_up(destination_id: str, outcome: DrainOutcome) -> None:
+    if outcome.deferred:
+        healthy = outcome.status == "active"
+        schedule_deliver(destination_id, NO_SLOT_RETRY_S if healthy else NO_SLOT_RETRY_UNHEALTHY_S)
+    elif outcome.more_due:
         enqueue_deliver(destination_id)
     elif outcome.next_due_in_s is not None:
         schedule_deliver(destination_id, outcome.next_due_in_s)
-    return {
-        "attempted": outcome.attempted,
-        "delivered": outcome.delivered,
-        "failed": outcome.failed,
-        "skipped": outcome.skipped,
-        "status": outcome.status,
-    }
 
 
 @app.task(name=SWEEP_TASK, queue=WEBHOOK_QUEUE, ignore_result=True)

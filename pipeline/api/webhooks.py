@@ -47,8 +47,11 @@ def webhook_service(api: ApiState) -> Iterator[WebhookService]:
 
 
 def view(destination: WebhookDestinationOut) -> dict[str, Any]:
-    """A destination as JSON; ``webhook_secret`` only when the answer carries it."""
-    exclude = {"webhook_secret"} if destination.webhook_secret is None else set()
+    """A destination as JSON; ``webhook_secret`` only when the answer carries it, and
+    ``failure_reason`` only while the destination fails."""
+    exclude = {
+        name for name in ("webhook_secret", "failure_reason") if getattr(destination, name) is None
+    }
     return destination.model_dump(exclude=exclude)
 
 

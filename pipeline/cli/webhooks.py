@@ -162,7 +162,7 @@ def _list(args: argparse.Namespace) -> int:
     if not views:
         console.print("no webhook destinations; add one with `imap-pipeline webhooks add URL`")
         return 0
-    table = Table("id", "url", "triggers", "status", "since", "description")
+    table = Table("id", "url", "triggers", "status", "since", "why", "description")
     for v in views:
         table.add_row(
             v.id,
@@ -170,6 +170,7 @@ def _list(args: argparse.Namespace) -> int:
             ", ".join(v.trigger_types),
             v.status,
             _when(v.status_updated_at),
+            v.failure_reason or "",
             v.description,
         )
     console.print(table)

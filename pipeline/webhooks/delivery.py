@@ -1,42 +1,57 @@
 """Draining one destination: sign, POST, record, retry later.
 
-Work is per destination, never a shared serial loop: a drain task holds the destination's lease
-(so at most one drainer sends to it, which keeps per-object order and bounds what one slow
-destination can take from the workers), claims due deliveries, sends them concurrently
-(``per_destination_concurrency``), records every attempt and gives the lease back::
+Work is per destination, never a shared serial loop: a drain holds the destination's lease (a
+row lock-free lease in Postgres, shared by every process), so at most one drainer sends to a
+destination at a time, with at most ``per_destination_concurrency`` requests in flight. That is
+the per-destination cap: it keeps per-object order, and it bounds what one slow, dead or hostile
+destination can take. A drain claims due deliveries, sends them concurrently, records every
+attempt and gives the lease back::
 
           acquire lease ──(busy)──► return (the holder will see our work)
                │
+               ├──(no slot in this process)──► release, return deferred (the work waits in
+               │                                Postgres; the task asks again a little later)
                ▼
-    ┌──► renew lease, claim ≤ batch due deliveries ──(none)──► release ─► re-check ─(due)─┐
+    ┌──► renew lease, claim ≤ limit due deliveries ──(none)──► release ─► re-check ─(due)─┐
     │          │                                                                         │
     │          ▼                                                                         │
-    │    SSRF check, sign, POST concurrently (no transaction open)                       │
-    │          │                                                                         │
+    │    SSRF check, sign, POST concurrently (no transaction open; each POST has a total  │
+    │          │                              deadline, see ``sender``)                  │
     │          ▼                                                                         │
     └── record attempts; delivered | retry at now+backoff | given up; destination health  │
                ▲                                                                         │
                └─────────────────────────────────────────────────────────────────────────┘
 
-A drain stops claiming after ``drain_budget_s`` and reports ``more_due`` so its task re-queues
-itself behind other destinations. While a destination is unhealthy (not ``active``, failing
-attempts, or a batch slower than ``SLOW_BATCH_S``), batches shrink to one round of
-``per_destination_concurrency`` requests, so a dead or slow destination holds a worker for about
-one request timeout per batch. (The first batch after a healthy destination suddenly hangs can
-take ``batch_size / per_destination_concurrency`` timeouts; the budget check follows it.)
+Drains are coroutines: the Celery worker runs many of them at once on each process's event
+loop (``workers.webhook_tasks``), so a destination that hangs or trickles costs its own drain
+and connections, never a worker process. :class:`DrainSlots` caps the drains of one process,
+and gives destinations that are not healthy at most half of them, so healthy destinations
+always find room however many others fail.
+
+Batch sizes: a drain starts with one round (``per_destination_concurrency`` deliveries) and
+grows to ``batch_size`` only after a round that all went through quickly; while a destination
+fails or crawls (a batch slower than ``SLOW_BATCH_S``) it stays at one round. So a destination
+that suddenly hangs costs one round of deadlines before it is ``failing``. A drain stops
+claiming after ``drain_budget_s`` and reports ``more_due`` so its task re-queues it.
 
 Transactions: the caller passes a unit-of-work factory (``session_scope`` bound to the URL); each
-step runs in its own short transaction and no transaction stays open during HTTP.
+step runs in its own short transaction, on a thread of the given executor (the database driver
+is synchronous), and no transaction stays open during HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -54,9 +69,12 @@ from pipeline.webhooks.signing import sign
 log = logging.getLogger(__name__)
 
 UnitOfWork = Callable[[], AbstractContextManager[Session]]
+T = TypeVar("T")
 
-DRAIN_LEASE_S = 300.0  # > worst-case batch (one round of timeouts); renewed every batch
-SLOW_BATCH_S = 5.0  # a batch slower than this shrinks the next one to a single round
+DRAIN_LEASE_MIN_S = 300.0  # renewed every batch; longer than any batch (see _lease_s)
+SLOW_BATCH_S = 5.0  # a batch slower than this keeps the next one at a single round
+DB_STEP_BOUND_S = 60.0  # what the database steps of one batch may take, for outer bounds
+UNHEALTHY_SHARE = 0.5  # of a process's drain slots, at most this share for failing destinations
 TEXT_SANITIZE = {0: 0xFFFD}  # Postgres text cannot hold NUL
 
 
@@ -71,6 +89,7 @@ class DrainOutcome:
     more_due: bool = False  # the budget ran out with due work left: re-queue now
     next_due_in_s: float | None = None  # a retry falls due then: schedule a drain for it
     status: str | None = None  # the destination's status after the last batch
+    deferred: bool = False  # no drain slot was free in this process: ask again shortly
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,41 @@ class _BatchOutcome:
     delivered: int
     failed: int
     status: str | None
+
+
+class DrainSlots:
+    """How many drains one process runs at once; failing destinations get at most a share.
+
+    Used from one event loop only (no locking). A destination counts as unhealthy when its
+    status is not ``active`` as the drain starts.
+
+    Args:
+        total: drains at once in this process.
+        unhealthy_share: the fraction of ``total`` destinations that are not ``active`` may hold.
+    """
+
+    def __init__(self, total: int, unhealthy_share: float = UNHEALTHY_SHARE) -> None:
+        self.total = total
+        self.unhealthy_max = max(1, int(total * unhealthy_share))
+        self.in_use = 0
+        self.unhealthy_in_use = 0
+
+    def take(self, *, healthy: bool) -> bool:
+        """Take a slot if one is free for this kind of destination."""
+        if self.in_use >= self.total or (
+            not healthy and self.unhealthy_in_use >= self.unhealthy_max
+        ):
+            return False
+        self.in_use += 1
+        if not healthy:
+            self.unhealthy_in_use += 1
+        return True
+
+    def give(self, *, healthy: bool) -> None:
+        """Give back a slot taken with :meth:`take`."""
+        self.in_use -= 1
+        if not healthy:
+            self.unhealthy_in_use -= 1
 
 
 def _clean(text: str | None) -> str | None:
@@ -91,9 +145,11 @@ class Drainer:
         uow: opens a session whose transaction commits on exit (``session_scope``).
         settings: delivery settings.
         box: opens the destination's sealed secret.
-        sender: the process's HTTP sender.
+        sender: the process's HTTP sender (its event loop runs the synchronous :meth:`drain`).
         resolver: DNS resolution for the SSRF check (tests substitute it).
         clock: monotonic clock for the time budget.
+        executor: threads for the database steps (None: the event loop's default executor).
+        stop: once set, drains stop claiming and finish the batch in flight (shutdown).
     """
 
     def __init__(
@@ -105,6 +161,8 @@ class Drainer:
         sender: Sender,
         resolver: ssrf.Resolver = ssrf.resolve,
         clock: Callable[[], float] = time.monotonic,
+        executor: Executor | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._uow = uow
         self._settings = settings
@@ -112,69 +170,110 @@ class Drainer:
         self._sender = sender
         self._resolver = resolver
         self._clock = clock
+        self._executor = executor
+        self._stop = stop
+
+    # --- bounds -----------------------------------------------------------------------------
+
+    def batch_bound_s(self) -> float:
+        """The longest one batch can take: every round of requests hits its deadline."""
+        return self._sender.rounds_s(self._settings.batch_size) + DB_STEP_BOUND_S
+
+    def drain_bound_s(self, budget_s: float | None = None) -> float:
+        """The longest a drain can take: its claiming budget plus one last batch."""
+        budget = self._settings.drain_budget_s if budget_s is None else budget_s
+        return budget + self.batch_bound_s()
+
+    def _lease_s(self) -> float:
+        return max(DRAIN_LEASE_MIN_S, 2 * self.batch_bound_s())
+
+    # --- draining ---------------------------------------------------------------------------
 
     def drain(self, destination_id: str, *, budget_s: float | None = None) -> DrainOutcome:
-        """Send what is due for ``destination_id`` until nothing is due or the budget is spent."""
+        """Send what is due for ``destination_id`` until nothing is due or the budget is spent.
+
+        Synchronous: runs :meth:`drain_async` on the sender's event loop and waits.
+        """
+        return self._sender.call(
+            self.drain_async(destination_id, budget_s=budget_s),
+            timeout_s=self.drain_bound_s(budget_s),
+        )
+
+    async def _db(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def drain_async(
+        self,
+        destination_id: str,
+        *,
+        budget_s: float | None = None,
+        slots: DrainSlots | None = None,
+    ) -> DrainOutcome:
+        """:meth:`drain` as a coroutine; with ``slots``, only if this process has room for it."""
         budget = self._settings.drain_budget_s if budget_s is None else budget_s
         deadline = self._clock() + budget
         token = new_id()
-        limit = self._settings.batch_size
+        lease = await self._db(self._acquire, destination_id, token)
+        if lease is None:
+            return DrainOutcome(skipped=True)
+        healthy = lease.status == "active"
+        if slots is not None and not slots.take(healthy=healthy):
+            await self._db(self._release, destination_id, token)
+            return DrainOutcome(deferred=True, status=lease.status)
+        try:
+            return await self._drain_leased(destination_id, token, lease.status, deadline)
+        finally:
+            if slots is not None:
+                slots.give(healthy=healthy)
+
+    async def _drain_leased(
+        self, destination_id: str, token: str, status: str | None, deadline: float
+    ) -> DrainOutcome:
+        # One round first, whatever the destination's status: a destination that has just
+        # started to hang then costs one round of deadlines, not batch_size / concurrency.
+        limit = self._settings.per_destination_concurrency
         attempted = delivered = failed = 0
-        status: str | None = None
-        holding = False
+        holding = True
         try:
             while True:
-                due = False
-                next_in: float | None = None
-                claimed: list[repository.ClaimedDelivery] = []
-                with self._uow() as session:
-                    lease = repository.acquire_lease(session, destination_id, token, DRAIN_LEASE_S)
-                    if lease is not None:
-                        if status is None and lease.status != "active":
-                            limit = self._settings.per_destination_concurrency
-                        status = lease.status
-                        if self._clock() < deadline:
-                            claimed = repository.claim_due(session, destination_id, limit)
-                        if not claimed:
-                            # Let go, then look again in the same transaction: a drain task
-                            # that found the lease taken before this UPDATE left its work to
-                            # us, and that work was committed before this SELECT runs.
-                            repository.release_lease(session, destination_id, token)
-                            due = repository.has_due_work(session, destination_id)
-                            next_in = repository.seconds_until_next_due(session, destination_id)
-                holding = bool(claimed)
-                if lease is None:
+                step = await self._db(
+                    self._claim_step, destination_id, token, limit, self._may_claim(deadline)
+                )
+                holding = bool(step.claimed)
+                if step.lease is None:
                     return DrainOutcome(
                         attempted, delivered, failed, skipped=attempted == 0, status=status
                     )
-                if not claimed:
-                    if due and self._clock() < deadline:
+                status = step.lease.status
+                if not step.claimed:
+                    if step.due and self._may_claim(deadline):
                         continue
                     return DrainOutcome(
                         attempted,
                         delivered,
                         failed,
-                        more_due=due,
-                        next_due_in_s=None if due else next_in,
+                        more_due=step.due,
+                        next_due_in_s=None if step.due else step.next_in,
                         status=status,
                     )
                 started = self._clock()
-                results = self._send(lease, claimed)
+                results = await self._send(step.lease, step.claimed)
                 slow = self._clock() - started > SLOW_BATCH_S
                 try:
-                    batch = self._record(destination_id, claimed, results)
+                    batch = await self._db(self._record, destination_id, step.claimed, results)
                 except IntegrityError:
-                    if self._exists(destination_id):
+                    if await self._db(self._exists, destination_id):
                         raise
                     # Deleted while we were sending: nothing is owed to it any more.
                     holding = False
                     return DrainOutcome(attempted, delivered, failed, status=None)
-                attempted += len(claimed)
+                attempted += len(step.claimed)
                 delivered += batch.delivered
                 failed += batch.failed
                 status = batch.status
                 # While a destination fails or crawls, claim one round at a time: it then
-                # holds this worker for about one request (at most one timeout) per batch.
+                # holds its drain for about one request (at most one deadline) per batch.
                 limit = (
                     self._settings.per_destination_concurrency
                     if batch.failed or slow
@@ -184,19 +283,49 @@ class Drainer:
                     return DrainOutcome(attempted, delivered, failed, status=status)
         finally:
             if holding:
-                with self._uow() as session:
-                    repository.release_lease(session, destination_id, token)
+                await self._db(self._release, destination_id, token)
 
-    # --- one batch ------------------------------------------------------------------------
+    def _may_claim(self, deadline: float) -> bool:
+        return self._clock() < deadline and not (self._stop is not None and self._stop.is_set())
+
+    # --- database steps (run on executor threads) --------------------------------------------
+
+    def _acquire(self, destination_id: str, token: str) -> repository.LeasedDestination | None:
+        with self._uow() as session:
+            return repository.acquire_lease(session, destination_id, token, self._lease_s())
+
+    def _release(self, destination_id: str, token: str) -> None:
+        with self._uow() as session:
+            repository.release_lease(session, destination_id, token)
+
+    def _claim_step(self, destination_id: str, token: str, limit: int, may_claim: bool) -> _Step:
+        claimed: list[repository.ClaimedDelivery] = []
+        due = False
+        next_in: float | None = None
+        with self._uow() as session:
+            lease = repository.acquire_lease(session, destination_id, token, self._lease_s())
+            if lease is not None:
+                if may_claim:
+                    claimed = repository.claim_due(session, destination_id, limit)
+                if not claimed:
+                    # Let go, then look again in the same transaction: a drain task that
+                    # found the lease taken before this UPDATE left its work to us, and that
+                    # work was committed before this SELECT runs.
+                    repository.release_lease(session, destination_id, token)
+                    due = repository.has_due_work(session, destination_id)
+                    next_in = repository.seconds_until_next_due(session, destination_id)
+        return _Step(lease, claimed, due, next_in)
 
     def _exists(self, destination_id: str) -> bool:
         with self._uow() as session:
             return repository.get_destination(session, destination_id) is not None
 
-    def _send(
+    # --- one batch ------------------------------------------------------------------------
+
+    async def _send(
         self, lease: repository.LeasedDestination, claimed: list[repository.ClaimedDelivery]
     ) -> dict[int, AttemptResult]:
-        refusal = self._refusal(lease)
+        refusal = await self._db(self._refusal, lease)
         secret: str | None = None
         if refusal is None:
             try:
@@ -232,7 +361,7 @@ class Drainer:
                     signature=sign(secret, notification.body),
                 )
             )
-        return self._sender.post_many(requests)
+        return await self._sender.send_many(requests)
 
     def _refusal(self, lease: repository.LeasedDestination) -> tuple[str, str] | None:
         try:
@@ -281,8 +410,12 @@ class Drainer:
                 repository.mark_healthy(session, destination_id)
                 status = "active"
             else:
+                reason = results[claimed[0].delivery_id].reason()
                 status = repository.mark_failing(
-                    session, destination_id, self._settings.failed_after_s
+                    session,
+                    destination_id,
+                    self._settings.failed_after_s,
+                    reason=_clean(reason) or "failed",
                 )
                 if status == "failed":
                     repository.abandon_pending(session, [destination_id])
@@ -317,3 +450,11 @@ class Drainer:
             extra={"destination_id": destination_id},
         )
         return _BatchOutcome(delivered=len(ok), failed=failed, status=status)
+
+
+@dataclass(frozen=True)
+class _Step:
+    lease: repository.LeasedDestination | None
+    claimed: list[repository.ClaimedDelivery]
+    due: bool
+    next_in: float | None

@@ -59,6 +59,8 @@ class WebhookDestination(Base):
     secret_sealed: Mapped[str] = mapped_column(Text, nullable=False)
     # Start of the current run of failed attempts (NULL while healthy).
     failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why the last attempt failed, for the operator (NULL while healthy). Migration 0102.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
     drain_lease_token: Mapped[str | None] = mapped_column(UUID(as_uuid=False))
     drain_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(

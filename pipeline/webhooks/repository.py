@@ -125,6 +125,7 @@ def set_status(session: Session, destination: WebhookDestination, status: str) -
         destination.status = status
         destination.status_updated_at = func.now()
     destination.failing_since = None
+    destination.failure_reason = None
     session.flush()
 
 
@@ -452,15 +453,20 @@ def mark_healthy(session: Session, destination_id: str) -> None:
     session.execute(
         update(w)
         .where(w.id == destination_id, w.status == "failing")
-        .values(status="active", failing_since=None, status_updated_at=func.now())
+        .values(
+            status="active", failing_since=None, failure_reason=None, status_updated_at=func.now()
+        )
         .execution_options(synchronize_session=False)
     )
 
 
-def mark_failing(session: Session, destination_id: str, failed_after_s: float) -> str | None:
+def mark_failing(
+    session: Session, destination_id: str, failed_after_s: float, *, reason: str
+) -> str | None:
     """An attempt failed: ``active`` -> ``failing``; failing longer than the limit -> ``failed``.
 
-    Returns the destination's status afterwards (None if it is paused, failed or gone).
+    ``reason`` (why the last attempt failed, one line) is kept for the operator. Returns the
+    destination's status afterwards (None if it is paused, failed or gone).
     """
     w = WebhookDestination
     overdue = and_(
@@ -473,6 +479,7 @@ def mark_failing(session: Session, destination_id: str, failed_after_s: float) -
         .where(w.id == destination_id, w.status.in_(DELIVERABLE))
         .values(
             status=new_status,
+            failure_reason=reason,
             failing_since=func.coalesce(w.failing_since, func.now()),
             status_updated_at=case((new_status != w.status, func.now()), else_=w.status_updated_at),
         )

@@ -65,6 +65,10 @@ class WebhookDestinationOut(BaseModel):
     created_at: int
     updated_at: int
     webhook_secret: str | None = Field(default=None, repr=False)
+    # Not in the Nylas object: why a ``failing``/``failed`` destination fails (its last failed
+    # attempt, e.g. "DeadlineExceeded: no complete response headers within 10 s …");
+    # None while healthy. Clients that do not know the field ignore it.
+    failure_reason: str | None = None
 
 
 class CreateWebhookRequest(BaseModel):

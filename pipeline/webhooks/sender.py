@@ -1,22 +1,45 @@
 """HTTP to webhook destinations: the challenge handshake and signed POSTs.
 
-One :class:`Sender` per process keeps a pooled :class:`httpx.Client` (keep-alive to busy
-destinations) and a small thread pool for concurrent requests to one destination. Nothing here
-touches the database; every outcome is returned as an :class:`AttemptResult`, never raised, so
-the caller records it.
+One :class:`Sender` per process keeps a pooled :class:`httpx.AsyncClient` on an event loop of
+its own (a daemon thread), so one process has many deliveries in flight at once, to many
+destinations, while none of them holds a thread. Async callers (the drainer) await
+:meth:`Sender.send`; synchronous callers (the API, the CLI, tests) use :meth:`Sender.post`,
+:meth:`Sender.post_many` and :meth:`Sender.challenge`, which run on that loop and wait.
+Nothing here touches the database; every outcome of a POST is returned as an
+:class:`AttemptResult`, never raised, so the caller records it.
 
-Every request has a timeout (``request_timeout_s``, 10 s by default), redirects are never
-followed (a redirect would dodge the SSRF guard) and environment proxies are ignored.
+What one destination can cost, whatever it does:
+
+- **Time.** Every request has a *total* deadline (``request_timeout_s``, 10 s by default; the
+  challenge ``challenge_timeout_s``): connect, send, response headers and the body we read all
+  fit in it. httpx's own timeouts are per operation (a receiver sending one byte every 5 s never
+  trips a 10 s read timeout), so the whole exchange runs under :func:`asyncio.timeout`.
+- **Memory.** At most ``response_body_limit_bytes`` of a body are read (for the operator's
+  error text and the challenge), raw: ``Accept-Encoding: identity`` is asked for and a
+  compressed answer is not inflated, so a "gzip bomb" costs what came over the wire. The
+  connection is closed instead of drained after that, so a body of gigabytes costs one
+  network read (64 KiB). Response headers are capped by h11 (16 KiB for the whole block).
+  Per request in flight: the notification (at most ``max_payload_bytes``) + ~100 KiB.
+- **Redirects** are never followed: a 3xx is a failed attempt whose reason says where it
+  pointed (following it would dodge the address check the URL passed). Point the webhook at
+  the final URL instead.
+
+Environment proxies are ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import math
 import secrets
+import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import httpx
 
@@ -27,8 +50,19 @@ from pipeline.webhooks.signing import SIGNATURE_HEADER
 USER_AGENT = "imap-pipeline-webhooks/1"  # major version of the notification format
 CHALLENGE_BODY_LIMIT_BYTES = 4096  # a challenge answer is the token we sent, nothing more
 ERROR_DETAIL_CHARS = 300
-POOL_KEEPALIVE = 32  # idle keep-alive connections kept per process
-POOL_MAX = 128  # connections per process, across destinations
+LOCATION_CHARS = 200  # of a redirect's target, in the failure reason
+POOL_KEEPALIVE = 64  # idle keep-alive connections kept per process
+POOL_MAX = 1024  # connections per process, across destinations (drains x their concurrency)
+# httpx's per-operation timeouts stay as a backstop a little beyond the total deadline, so the
+# total deadline is the one that fires (and names the phase it fired in).
+PER_OPERATION_SLACK_S = 1.0
+CALL_SLACK_S = 10.0  # a synchronous caller waits this much beyond the deadlines it runs under
+LOOP_STOP_TIMEOUT_S = 10.0
+
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+REDIRECT_REFUSED = "RedirectRefused"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,17 @@ class AttemptResult:
         """A 2xx answer: the destination took the notification."""
         return self.status_code is not None and 200 <= self.status_code < 300
 
+    def reason(self) -> str:
+        """Why the attempt failed, in one line for the operator ("" when it did not fail)."""
+        if self.ok:
+            return ""
+        if self.error_class is not None:
+            detail = f": {self.error_detail}" if self.error_detail else ""
+            return f"{self.error_class}{detail}"[: ERROR_DETAIL_CHARS + 64]
+        body = (self.response_body or "").strip()
+        tail = f": {body[:ERROR_DETAIL_CHARS]}" if body else ""
+        return f"HTTP {self.status_code}{tail}"
+
 
 @dataclass(frozen=True)
 class OutgoingRequest:
@@ -58,47 +103,129 @@ class OutgoingRequest:
     signature: str
 
 
-def _read_limited(response: httpx.Response, limit: int) -> bytes:
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    """Up to ``limit`` raw bytes of the body; the rest is never read (the caller closes)."""
     if limit <= 0:
         return b""
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
+    if response.is_stream_consumed:  # built in memory (a test transport's answer), not streamed
+        return response.content[:limit]
+    buffer = bytearray()
+    async for chunk in response.aiter_raw():
+        buffer += chunk[: limit - len(buffer)]
+        if len(buffer) >= limit:
             break
-    return b"".join(chunks)[:limit]
+    return bytes(buffer)
+
+
+class _LoopThread:
+    """An asyncio event loop running on a daemon thread."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def on_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=LOOP_STOP_TIMEOUT_S)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class Sender:
-    """Pooled HTTP client for deliveries and challenges.
+    """Pooled async HTTP client for deliveries and challenges, with a synchronous facade.
 
     Args:
-        settings: timeouts, concurrency and response-body limits.
+        settings: deadlines, concurrency and response-body limits.
         transport: an httpx transport to use instead of the network (tests).
     """
 
     def __init__(
-        self, settings: WebhookSettings, *, transport: httpx.BaseTransport | None = None
+        self, settings: WebhookSettings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self._settings = settings
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(settings.request_timeout_s),
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=POOL_MAX, max_keepalive_connections=POOL_KEEPALIVE),
-            headers={"User-Agent": USER_AGENT},
-            transport=transport,
-        )
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.per_destination_concurrency, thread_name_prefix="webhook-post"
-        )
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._loop: _LoopThread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def settings(self) -> WebhookSettings:
+        """The settings this sender runs on."""
+        return self._settings
+
+    # --- the event loop ---------------------------------------------------------------------
+
+    def _ensure_loop(self) -> _LoopThread:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the webhook sender is closed")
+            if self._loop is None:
+                self._loop = _LoopThread("webhook-http")
+            return self._loop
+
+    def _http(self) -> httpx.AsyncClient:
+        # Made on the loop, on first use: the pool's locks belong to the loop that uses them.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._settings.request_timeout_s + PER_OPERATION_SLACK_S),
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(
+                    max_connections=POOL_MAX, max_keepalive_connections=POOL_KEEPALIVE
+                ),
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                transport=self._transport,
+            )
+        return self._client
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on this sender's event loop; the future completes with its result."""
+        return self._ensure_loop().submit(coro)
+
+    def call(self, coro: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
+        """Run ``coro`` on the event loop and wait for it (at most ``timeout_s`` + slack).
+
+        Raises:
+            TimeoutError: the coroutine overran its own bounds (it is cancelled).
+        """
+        loop = self._ensure_loop()
+        if loop.on_loop():
+            coro.close()
+            raise RuntimeError("Sender.call() from the sender's own loop would deadlock")
+        future = loop.submit(coro)
+        try:
+            return future.result(timeout=timeout_s + CALL_SLACK_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"webhook HTTP call did not finish in {timeout_s:g} s") from None
 
     def close(self) -> None:
-        """Close connections and threads."""
-        self._pool.shutdown(wait=True)
-        self._client.close()
+        """Close connections and stop the loop thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if self._client is not None:
+            client = self._client
+            # connections die with the process anyway if closing them fails
+            with contextlib.suppress(concurrent.futures.TimeoutError, OSError, httpx.HTTPError):
+                loop.submit(client.aclose()).result(timeout=LOOP_STOP_TIMEOUT_S)
+        loop.stop()
 
     def __enter__(self) -> Sender:
         return self
@@ -108,25 +235,36 @@ class Sender:
 
     # --- delivery ---------------------------------------------------------------------------
 
-    def post(self, request: OutgoingRequest) -> AttemptResult:
-        """POST one signed notification; never raises for network or HTTP errors."""
+    async def send(self, request: OutgoingRequest) -> AttemptResult:
+        """POST one signed notification under the total deadline; never raises for I/O."""
         started = datetime.now(UTC)
         t0 = time.perf_counter()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: request.signature,
-        }
+        limit_s = self._settings.request_timeout_s
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: request.signature}
+        status: int | None = None
+        location = ""
+        body = b""
         try:
-            with self._client.stream(
-                "POST", request.url, content=request.body, headers=headers
-            ) as response:
-                raw = _read_limited(response, self._settings.response_body_limit_bytes)
+            async with asyncio.timeout(limit_s):
+                async with self._http().stream(
+                    "POST", request.url, content=request.body, headers=headers
+                ) as response:
+                    status = response.status_code
+                    location = response.headers.get("Location", "")
+                    body = await _read_limited(response, self._settings.response_body_limit_bytes)
+        except TimeoutError:
+            if status is None:
                 return AttemptResult(
                     started_at=started,
                     latency_ms=_elapsed_ms(t0),
-                    status_code=response.status_code,
-                    response_body=raw.decode("utf-8", errors="replace"),
+                    error_class=DEADLINE_EXCEEDED,
+                    error_detail=(
+                        f"no complete response headers within {limit_s:g} s (connect, send and "
+                        "headers share one deadline, IMAP_PIPELINE_WEBHOOK_REQUEST_TIMEOUT_S)"
+                    ),
                 )
+            # The status line and headers came in time: that is the answer. Only the body we
+            # keep for the record was cut short.
         except httpx.HTTPError as exc:
             return AttemptResult(
                 started_at=started,
@@ -134,13 +272,48 @@ class Sender:
                 error_class=type(exc).__name__,
                 error_detail=(str(exc) or type(exc).__name__)[:ERROR_DETAIL_CHARS],
             )
+        assert status is not None
+        text = body.decode("utf-8", errors="replace")
+        if 300 <= status < 400:
+            target = location[:LOCATION_CHARS] or "(no Location)"
+            return AttemptResult(
+                started_at=started,
+                latency_ms=_elapsed_ms(t0),
+                status_code=status,
+                response_body=text,
+                error_class=REDIRECT_REFUSED,
+                error_detail=(
+                    f"HTTP {status} redirect to {target}; redirects are not followed: "
+                    "point the webhook at the final URL"
+                ),
+            )
+        return AttemptResult(
+            started_at=started, latency_ms=_elapsed_ms(t0), status_code=status, response_body=text
+        )
+
+    async def send_many(self, requests: Sequence[OutgoingRequest]) -> dict[int, AttemptResult]:
+        """POST several notifications, ``per_destination_concurrency`` at a time."""
+        gate = asyncio.Semaphore(self._settings.per_destination_concurrency)
+
+        async def one(request: OutgoingRequest) -> AttemptResult:
+            async with gate:
+                return await self.send(request)
+
+        results = await asyncio.gather(*(one(r) for r in requests))
+        return {req.key: res for req, res in zip(requests, results, strict=True)}
+
+    def post(self, request: OutgoingRequest) -> AttemptResult:
+        """POST one signed notification and wait; never raises for network or HTTP errors."""
+        return self.call(self.send(request), timeout_s=self._settings.request_timeout_s)
 
     def post_many(self, requests: Sequence[OutgoingRequest]) -> dict[int, AttemptResult]:
-        """POST several notifications concurrently (``per_destination_concurrency`` at once)."""
-        if len(requests) == 1:
-            return {requests[0].key: self.post(requests[0])}
-        results = self._pool.map(self.post, requests)
-        return {req.key: res for req, res in zip(requests, results, strict=True)}
+        """POST several notifications concurrently and wait for all of them."""
+        return self.call(self.send_many(requests), timeout_s=self.rounds_s(len(requests)))
+
+    def rounds_s(self, count: int) -> float:
+        """The longest ``count`` requests to one destination can take, by the deadlines."""
+        rounds = math.ceil(max(count, 1) / self._settings.per_destination_concurrency)
+        return rounds * self._settings.request_timeout_s
 
     # --- handshake --------------------------------------------------------------------------
 
@@ -148,9 +321,13 @@ class Sender:
         """Verify a destination: ``GET url?challenge=X`` must answer 200 with body ``X``.
 
         Raises:
-            ChallengeFailed: wrong status or body, unreachable, or slower than
-                ``challenge_timeout_s``.
+            ChallengeFailed: wrong status or body, a redirect, unreachable, or no complete
+                answer within ``challenge_timeout_s``.
         """
+        self.call(self.check_challenge(url), timeout_s=self._settings.challenge_timeout_s)
+
+    async def check_challenge(self, url: str) -> None:
+        """:meth:`challenge`, for async callers."""
         token = secrets.token_urlsafe(24)
         target = httpx.URL(url).copy_merge_params({"challenge": token})
         limit_s = self._settings.challenge_timeout_s
@@ -158,11 +335,17 @@ class Sender:
             f"Make it answer GET requests carrying ?challenge=<value> with HTTP 200 and exactly "
             f"<value> as the body, within {limit_s:g} s."
         )
-        deadline = time.monotonic() + limit_s
         try:
-            with self._client.stream("GET", target, timeout=httpx.Timeout(limit_s)) as response:
-                body = _read_limited(response, CHALLENGE_BODY_LIMIT_BYTES)
-                status = response.status_code
+            async with asyncio.timeout(limit_s):
+                async with self._http().stream(
+                    "GET", target, timeout=httpx.Timeout(limit_s + PER_OPERATION_SLACK_S)
+                ) as response:
+                    status = response.status_code
+                    body = await _read_limited(response, CHALLENGE_BODY_LIMIT_BYTES)
+        except TimeoutError as exc:
+            raise ChallengeFailed(
+                f"The webhook URL did not answer the challenge within {limit_s:g} s. {how}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise ChallengeFailed(
                 f"The webhook URL did not answer the challenge within {limit_s:g} s. {how}"
@@ -172,13 +355,10 @@ class Sender:
                 f"The webhook URL could not be reached for the challenge "
                 f"({type(exc).__name__}: {exc}). {how}"
             ) from exc
-        if time.monotonic() > deadline:
-            raise ChallengeFailed(
-                f"The webhook URL answered the challenge after more than {limit_s:g} s. {how}"
-            )
         if status != httpx.codes.OK:
             raise ChallengeFailed(
-                f"The webhook URL answered the challenge with HTTP {status}. {how}"
+                f"The webhook URL answered the challenge with HTTP {status}"
+                f"{' (redirects are not followed)' if 300 <= status < 400 else ''}. {how}"
             )
         if body.decode("utf-8", errors="replace").strip() != token:
             raise ChallengeFailed(

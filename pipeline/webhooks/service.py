@@ -55,6 +55,7 @@ def to_out(destination: WebhookDestination, *, secret: str | None = None) -> Web
         created_at=_unix(destination.created_at),
         updated_at=_unix(destination.updated_at),
         webhook_secret=secret,
+        failure_reason=destination.failure_reason if destination.status != "active" else None,
     )
 
 

@@ -37,13 +37,25 @@ class WebhookSettings(BaseSettings):
 
     # --- HTTP ---------------------------------------------------------------------------
     request_timeout_s: float = Field(
-        default=10.0, gt=0, le=60, description="Timeout of one delivery POST (Nylas: 10 s)."
+        default=10.0,
+        gt=0,
+        le=60,
+        description=(
+            "Total deadline of one delivery POST: connect, send, response headers and the "
+            "part of the body that is read all fit in it (Nylas: 10 s)."
+        ),
     )
     challenge_timeout_s: float = Field(
-        default=10.0, gt=0, le=60, description="Time a new destination has to echo the challenge."
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Total time a new destination has to echo the challenge.",
     )
     response_body_limit_bytes: int = Field(
-        default=1024, ge=0, le=65536, description="How much of a response body an attempt keeps."
+        default=1024,
+        ge=0,
+        le=65536,
+        description="How much of a response body is read (and kept with the attempt); never more.",
     )
     max_payload_bytes: int = Field(
         default=1_000_000,
@@ -72,7 +84,20 @@ class WebhookSettings(BaseSettings):
 
     # --- throughput ---------------------------------------------------------------------
     per_destination_concurrency: int = Field(
-        default=8, ge=1, le=64, description="Requests in flight to one destination at once."
+        default=8,
+        ge=1,
+        le=64,
+        description="Requests in flight to one destination at once, across all processes.",
+    )
+    max_drains_per_process: int = Field(
+        default=64,
+        ge=2,
+        le=1000,
+        description=(
+            "Destinations one webhook worker process delivers to at once (each with up to "
+            "per_destination_concurrency connections); destinations that are failing get at "
+            "most half. More wait in Postgres without holding a process."
+        ),
     )
     batch_size: int = Field(
         default=64, ge=1, le=1000, description="Deliveries one drain step claims for a destination."

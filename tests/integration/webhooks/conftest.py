@@ -7,6 +7,7 @@ test module, on a module database of its own and the session's private Redis.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
@@ -38,6 +40,7 @@ PG_ADMIN_URL = os.environ.get(
 WORKER_START_TIMEOUT_S = 60
 WORKER_STOP_TIMEOUT_S = 20
 WORKER_CONCURRENCY = 4
+CLEANUP_ATTEMPTS = 5
 
 # Fast retries so a test sees several attempts in seconds.
 TEST_WEBHOOK_ENV = {
@@ -130,7 +133,9 @@ class WorkerEnv:
         encryption_key: str,
         folder: Path,
         env: dict[str, str],
+        concurrency: int = WORKER_CONCURRENCY,
     ) -> None:
+        self.concurrency = concurrency
         self.database_url = database_url
         self.redis_url = redis_url
         self.encryption_key = encryption_key
@@ -153,7 +158,7 @@ class WorkerEnv:
             "-Q",
             "webhooks",
             "-c",
-            str(WORKER_CONCURRENCY),
+            str(self.concurrency),
             "-P",
             "prefork",
             "-n",
@@ -193,6 +198,12 @@ class WorkerEnv:
             proc.wait(timeout=WORKER_STOP_TIMEOUT_S)
 
     @property
+    def pid(self) -> int:
+        """The worker's main process id."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         """Whether the worker process is alive."""
         return self._proc is not None and self._proc.poll() is None
@@ -224,6 +235,20 @@ def celery_worker(
     pg_template: str, redis_server: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerEnv]:
     """A real webhook worker on a module database and the session's private Redis."""
+    with worker_env(pg_template, redis_server, tmp_path_factory) as worker:
+        yield worker
+
+
+@contextlib.contextmanager
+def worker_env(
+    pg_template: str,
+    redis_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    concurrency: int = WORKER_CONCURRENCY,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[WorkerEnv]:
+    """A running webhook worker on a database of its own; this process pointed at it too."""
     name = f"ipt_wh_{uuid.uuid4().hex[:12]}"
     for attempt in range(5):
         try:
@@ -241,13 +266,14 @@ def celery_worker(
         "IMAP_PIPELINE_ENCRYPTION_KEYS": key,
         "IMAP_PIPELINE_DATA_DIR": str(folder / "data"),
         **TEST_WEBHOOK_ENV,
+        **(extra_env or {}),
     }
     env = {
         **os.environ,
         **service_env,
         "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]),
     }
-    worker = WorkerEnv(database_url, redis_url, key, folder, env)
+    worker = WorkerEnv(database_url, redis_url, key, folder, env, concurrency)
     with pytest.MonkeyPatch.context() as mp:
         for k, v in service_env.items():
             mp.setenv(k, v)
@@ -270,11 +296,21 @@ def celery_worker(
 def worker(celery_worker: WorkerEnv) -> Iterator[WorkerEnv]:
     """The module's worker (running), with the webhook tables emptied for this test."""
     # DELETE, not TRUNCATE: the worker may still be finishing the last test's work, and row
-    # locks wait where TRUNCATE's table lock would deadlock with it.
-    with session_scope(celery_worker.database_url) as session:
-        conn = session.connection()
-        conn.exec_driver_sql("DELETE FROM webhook_destinations")
-        conn.exec_driver_sql("DELETE FROM webhook_outbox")
+    # locks wait where TRUNCATE's table lock would deadlock with it. The cascade can still
+    # meet a drain's batch update in the other order: Postgres then cancels one; try again.
+    for attempt in range(CLEANUP_ATTEMPTS):
+        try:
+            with session_scope(celery_worker.database_url) as session:
+                conn = session.connection()
+                conn.exec_driver_sql("DELETE FROM webhook_destinations")
+                conn.exec_driver_sql("DELETE FROM webhook_outbox")
+            break
+        except OperationalError as exc:
+            if not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+                raise
+            if attempt == CLEANUP_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
     if not celery_worker.running:
         celery_worker.start()
     yield celery_worker
