@@ -15,11 +15,21 @@ It makes a throwaway database on the tests' Postgres (``IMAP_PIPELINE_TEST_PG``,
 - bare: one ``httpx.Client`` posts the very same signed bodies in a loop, one after the other.
 
 It prints deliveries/s of both and their ratio.
+
+``--trickling N`` measures isolation instead: one healthy destination gets ``--probes``
+notifications one at a time (each emitted after the previous one arrived, ``--spacing`` apart),
+first alone, then again beside N destinations on a hostile receiver that trickles its response
+headers one byte a second (every notification goes to all of them, so they keep up to
+``per_destination_concurrency`` requests trickling each). It prints the healthy destination's
+p50/p99 latency (commit + kick → accepted by the receiver) in both phases and their ratio::
+
+    .venv/bin/python tests/benchmarks/webhook_delivery.py --trickling 10 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -40,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECEIVER_DIR = ROOT / "tests" / "integration" / "webhooks"
 sys.path[:0] = [str(ROOT), str(RECEIVER_DIR)]
 
+from hostile_receiver import HostileReceiver  # noqa: E402
 from webhook_receiver import Received, Receiver  # noqa: E402
 
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
@@ -57,6 +68,7 @@ STOP_TIMEOUT_S = 20
 HTTP_TIMEOUT_S = 10
 WARMUP = 50
 BODY_BYTES = 2048  # a typical small HTML message body
+PROBE_TIMEOUT_S = 120.0  # one latency probe gives up after this (the old code took 555 s)
 
 
 def _admin(sql: str) -> None:
@@ -175,6 +187,87 @@ def _bare_run(receiver: Receiver, secret: str, count: int) -> float:
         return time.perf_counter() - t0
 
 
+def _probe_latencies(
+    database_url: str, receiver: Receiver, path: str, probes: int, spacing_s: float, tag: str
+) -> list[float]:
+    """Emit ``probes`` notifications one at a time; seconds from kick to arrival of each."""
+    from workers import webhook_tasks
+
+    grant = str(uuid.uuid4())
+    latencies = []
+    for i in range(probes):
+        before = len(receiver.accepted(path))
+        with session_scope(database_url) as s:
+            outbox.emit(
+                s,
+                grant_id=grant,
+                type="message.created",
+                obj={"id": f"{tag}-{i}", "object": "message", "subject": f"Probe {i}"},
+                subject_id=f"{tag}-{i}",
+            )
+        t0 = time.monotonic()
+        webhook_tasks.kick()
+
+        def arrived_one(items: list[Received], before: int = before) -> bool:
+            return sum(1 for r in items if r.path == path and 200 <= r.status < 300) > before
+
+        got = receiver.wait_for(arrived_one, timeout_s=PROBE_TIMEOUT_S)
+        arrived = [r for r in got if r.path == path and 200 <= r.status < 300][before]
+        latencies.append(arrived.at - t0)
+        while time.monotonic() < t0 + spacing_s:  # pace the next probe
+            time.sleep(0.01)
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _isolation_run(
+    args: argparse.Namespace,
+    database_url: str,
+    receiver: Receiver,
+    service: WebhookService,
+) -> None:
+    healthy = "/healthy"
+    with session_scope(database_url) as s:
+        service.create(
+            s, {"webhook_url": receiver.url(healthy), "trigger_types": ["message.created"]}
+        )
+    _probe_latencies(database_url, receiver, healthy, 10, 0.0, "warm")
+    alone = _probe_latencies(database_url, receiver, healthy, args.probes, args.spacing, "alone")
+    with HostileReceiver(interval_s=1.0, trickle_for_s=600.0) as hostile:
+        for i in range(args.trickling):
+            with session_scope(database_url) as s:
+                service.create(
+                    s,
+                    {
+                        "webhook_url": hostile.route(f"/t{i}", "trickle_headers"),
+                        "trigger_types": ["message.created"],
+                    },
+                )
+        beside = _probe_latencies(
+            database_url, receiver, healthy, args.probes, args.spacing, "beside"
+        )
+        trickling_now = hostile.active()
+    p50a, p99a = _percentile(alone, 0.5), _percentile(alone, 0.99)
+    p50b, p99b = _percentile(beside, 0.5), _percentile(beside, 0.99)
+    print(
+        f"isolation: {args.probes} probes to one healthy destination, {args.spacing:g} s apart, "
+        f"{args.workers} worker processes"
+    )
+    print(
+        f"alone:                              p50 {p50a * 1000:7.1f} ms  p99 {p99a * 1000:7.1f} ms"
+    )
+    print(
+        f"beside {args.trickling:2d} trickling destinations:   "
+        f"p50 {p50b * 1000:7.1f} ms  p99 {p99b * 1000:7.1f} ms  "
+        f"({trickling_now} requests trickling at the end)"
+    )
+    print(f"ratio p99 beside/alone: {p99b / p99a:.2f}")
+
+
 def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -190,6 +283,14 @@ def main() -> int:
         default=None,
         help="IMAP_PIPELINE_WEBHOOK_PER_DESTINATION_CONCURRENCY",
     )
+    parser.add_argument(
+        "--trickling",
+        type=int,
+        default=0,
+        help="measure a healthy destination's latency beside this many trickling ones",
+    )
+    parser.add_argument("--probes", type=int, default=100, help="latency probes per phase")
+    parser.add_argument("--spacing", type=float, default=0.2, help="seconds between probes")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
@@ -218,6 +319,12 @@ def main() -> int:
         migrate(database_url)
         with Receiver() as receiver:
             settings = WebhookSettings.load()
+            if args.trickling:
+                worker = _start_worker(env, folder / "worker.log", args.workers)
+                _wait_worker(redis_url, worker)
+                with WebhookService(settings, SecretBox([key])) as service:
+                    _isolation_run(args, database_url, receiver, service)
+                return 0
             paths = [f"/d{i}" for i in range(args.destinations)]
             with WebhookService(settings, SecretBox([key])) as service:
                 secrets = []

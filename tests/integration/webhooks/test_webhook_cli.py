@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,11 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostile_receiver import HostileReceiver
 from webhook_receiver import Receiver
 
 from pipeline.crypto import SecretBox, generate_key
 from pipeline.db import session_scope
+from pipeline.webhooks import outbox
+from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.models import WebhookDestination
+from pipeline.webhooks.sender import Sender
+from pipeline.webhooks.settings import WebhookSettings
 
 pytestmark = pytest.mark.services
 
@@ -128,3 +134,31 @@ def test_unknown_trigger_is_refused(cli_env: dict[str, str], receiver: Receiver)
     assert result.returncode == 1
     assert "calendar.created" in result.stderr
     assert receiver.challenges() == []
+
+
+def test_list_says_why_a_destination_fails(
+    cli_env: dict[str, str], database_url: str, wh_settings: WebhookSettings
+) -> None:
+    with HostileReceiver(interval_s=0.5, trickle_for_s=30) as hostile:
+        url = hostile.route("/slow", "trickle_headers")
+        added = _run(cli_env, "add", url, "--triggers", "message.created", "--json")
+        assert added.returncode == 0, added.stderr
+        dest = json.loads(added.stdout)["id"]
+        uow = functools.partial(session_scope, database_url)
+        with uow() as s:
+            outbox.emit(s, grant_id=None, type="message.created", obj={"id": "m"})
+        with uow() as s:
+            outbox.dispatch_batch(s, limit=10)
+        settings = wh_settings.model_copy(update={"request_timeout_s": 1.0})
+        box = SecretBox([cli_env["IMAP_PIPELINE_ENCRYPTION_KEYS"]])
+        with Sender(settings) as sender:
+            Drainer(uow, settings=settings, box=box, sender=sender).drain(dest)
+    listed = _run(cli_env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "failing" in listed.stdout
+    assert "why" in listed.stdout and "DeadlineExceeded" in listed.stdout
+    (view,) = json.loads(_run(cli_env, "list", "--json").stdout)
+    assert view["status"] == "failing"
+    assert view["failure_reason"].startswith(
+        "DeadlineExceeded: no complete response headers within 1 s"
+    )
