@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import kombu.pools
 import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -223,11 +224,13 @@ def _point_test_process_at(env: dict[str, str]) -> None:
     workers.webhook_tasks.reset_runtime()
     app.conf.broker_url = env["IMAP_PIPELINE_REDIS_URL"]
     # Drop a broker pool made for another Redis earlier in this session (what Celery does
-    # after a fork).
+    # after a fork), and kombu's registry of producer pools, which would otherwise hand the
+    # next module the pool closed here.
     if app._pool is not None:
         app._pool.force_close_all()
         app._pool = None
     app.amqp._producer_pool = None
+    kombu.pools.reset()
 
 
 @pytest.fixture(scope="module")
