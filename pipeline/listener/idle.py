@@ -136,6 +136,9 @@ class WatchContext:
     :mod:`pipeline.ratelimit`); None: log in unpaced."""
     throttled: Callable[[WatchTarget], Awaitable[float]] | None = None
     """Record a throttling answer in the shared back-off; returns its length in seconds."""
+    misbehaved: Callable[[WatchTarget], Awaitable[float]] | None = None
+    """Put the account alone in the shared back-off after its server broke a bound (workers
+    then keep away from it too); returns its length in seconds."""
     recovered: Callable[[WatchTarget], Awaitable[None]] | None = None
     """A login worked after a throttle: the next throttle starts from the base back-off."""
     report: Callable[[WatchTarget, WatchState, str | None, float | None], None] | None = None
@@ -175,6 +178,7 @@ class FolderWatcher:
         self._task: asyncio.Task[None] | None = None
         self._known: Snapshot | None = target.baseline
         self._was_throttled = False  # recorded a throttle since the last successful login
+        self._why: str | None = None  # why the last connection ended; None once one works
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,7 +234,7 @@ class FolderWatcher:
                 self.state = WatchState.BACKOFF if turn.backing_off else WatchState.LOGIN_QUEUED
                 wait = min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
                 self._report(
-                    "The account or its provider is backing off after a throttling answer."
+                    (self._why or "The account or its provider is backing off.")
                     if turn.backing_off
                     else None,
                     wait,
@@ -267,6 +271,7 @@ class FolderWatcher:
                 self.last_error = str(exc)
                 if isinstance(exc, ImapLimitError):
                     self.limit_breaches += 1
+                    await self._record_misbehaviour()
                 misbehaved = True
             except ImapError as exc:  # dropped, timed out, BYE: logged with the back-off below
                 self.last_error = str(exc)
@@ -293,6 +298,7 @@ class FolderWatcher:
             attempt += 1
             self.state = WatchState.BACKOFF
             self.retry_in_s = delay
+            self._why = self.last_error
             self._report(self.last_error, delay)
             log.log(
                 logging.WARNING if misbehaved else logging.INFO,
@@ -311,6 +317,12 @@ class FolderWatcher:
     def _report(self, error: str | None = None, retry_in_s: float | None = None) -> None:
         if self._ctx.report is not None:
             self._ctx.report(self.target, self.state, error, retry_in_s)
+
+    async def _record_misbehaviour(self) -> None:
+        """Put the account in the shared back-off, as workers do when a server breaks a bound."""
+        if self._ctx.misbehaved is not None:
+            await self._ctx.misbehaved(self.target)
+            self._was_throttled = True  # a login that works again restarts its streak
 
     async def _record_throttle(self, exc: ImapThrottledError) -> None:
         """Put the account in the shared back-off that workers respect, as they would."""
@@ -339,9 +351,12 @@ class FolderWatcher:
                 raise ImapLimitError(
                     "The server did not let us connect, log in and open the folder within "
                     f"{settings.session_timeout_s:.0f} s (a dead or trickling server); "
-                    "disconnected."
+                    "disconnected.",
+                    bound="session deadline",
+                    setting="IMAP_PIPELINE_LISTENER_SESSION_TIMEOUT_S",
                 ) from exc
         self.connects += 1
+        self._why = None
         if self._was_throttled:
             self._was_throttled = False
             if self._ctx.recovered is not None:

@@ -186,6 +186,7 @@ class Listener:
             rng=self._rng,
             login_turn=self._login_turn,
             throttled=self._throttled,
+            misbehaved=self._misbehaved,
             recovered=self._recovered,
             report=self._report,
         )
@@ -446,6 +447,15 @@ class Listener:
                 return await asyncio.to_thread(record)
         except (ServiceError, TimeoutError) as exc:
             log.warning("grant=%s: could not record a throttle (%s)", target.grant_id, exc)
+            return 0.0
+
+    async def _misbehaved(self, target: WatchTarget) -> float:
+        """The account alone backs off (its server broke a bound), as workers would do."""
+        try:
+            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+                return await asyncio.to_thread(self.limiter.misbehaved, target.grant_id)
+        except (ServiceError, TimeoutError) as exc:
+            log.warning("grant=%s: could not record its back-off (%s)", target.grant_id, exc)
             return 0.0
 
     async def _recovered(self, target: WatchTarget) -> None:

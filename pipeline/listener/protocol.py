@@ -219,7 +219,9 @@ class ReadBudget:
         if self.responses > self.max_responses:
             raise ImapLimitError(
                 f"The server sent more than {self.max_responses:,} untagged responses "
-                f"{self.what} (a flood); disconnected."
+                f"{self.what} (a flood); disconnected.",
+                bound="untagged responses",
+                setting="IMAP_PIPELINE_LISTENER_MAX_UNTAGGED",
             )
 
 
@@ -596,7 +598,9 @@ class ImapConnection:
         except TimeoutError as exc:
             raise ImapLimitError(
                 f"The server did not {what} within {self.command_timeout_s:.0f} s "
-                "(a dead or trickling server); disconnected."
+                "(a dead or trickling server); disconnected.",
+                bound="command deadline",
+                setting="IMAP_PIPELINE_LISTENER_COMMAND_TIMEOUT_S",
             ) from exc
 
     async def _send(self, data: bytes) -> None:

@@ -156,6 +156,7 @@ class Harness:
     published: list[tuple[str, float]] = field(default_factory=list)
     auth_failures: list[str] = field(default_factory=list)
     throttles: int = 0  # throttling answers the watcher recorded in the shared back-off
+    misbehaviours: int = 0  # broken bounds the watcher recorded in the shared back-off
 
     def target(self, baseline: Snapshot | None = None) -> WatchTarget:
         return WatchTarget(
@@ -190,6 +191,10 @@ class Harness:
             self.throttles += 1
             return 30.0
 
+        async def misbehaved(_: WatchTarget) -> float:
+            self.misbehaviours += 1
+            return 30.0
+
         ctx = WatchContext(
             settings=settings,
             publish=publish,
@@ -199,6 +204,7 @@ class Harness:
             login_gate=asyncio.Semaphore(10),
             rng=random.Random(7),
             throttled=throttled,
+            misbehaved=misbehaved,
         )
         return FolderWatcher(self.target(baseline), SecretStr(password), ctx)
 
@@ -369,6 +375,8 @@ def test_a_flood_while_idling_costs_the_connection_and_a_growing_back_off(
         await until(lambda: watcher.limit_breaches >= 4, timeout_s=30)
         assert watcher.state in (WatchState.BACKOFF, WatchState.CONNECTING, WatchState.IDLING)
         assert "more than 100 untagged responses" in (watcher.last_error or "")
+        assert h.misbehaviours >= 4  # workers see the account back off too
+        assert h.throttles == 0  # not a throttle: the provider is not slowed down
         await watcher.stop()
 
     with caplog.at_level(logging.WARNING, logger="pipeline.listener.idle"):
