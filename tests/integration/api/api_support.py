@@ -9,11 +9,13 @@ from typing import Any
 
 import httpx
 from nylas import Client
+from sqlalchemy import func, select
 
 from pipeline.config import Settings
-from pipeline.db import sessionmaker_for
+from pipeline.db import session_scope, sessionmaker_for
+from pipeline.models import Grant, Message
 from pipeline.sync.runner import sync_grant_inline
-from tests.support.mail import imap_login
+from tests.support.mail import imap_login, make_message
 from tests.support.services import MailUser
 
 API_KEY = "test-api-key-0123456789"
@@ -203,3 +205,29 @@ def count_in(user: MailUser, folder: str) -> int:
         return int(data[0] or 0)
     finally:
         conn.logout()
+
+
+def snapshot(api: ApiServer, grant_id: str) -> dict[str, Any]:
+    """Everything of a grant a takeover would change: settings, credentials, status, mail."""
+    with session_scope(api.settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        messages = db.scalar(
+            select(func.count()).select_from(Message).where(Message.grant_id == grant_id)
+        )
+        return {
+            "email": grant.email,
+            "imap": (grant.imap_host, grant.imap_port, grant.imap_tls, grant.imap_username),
+            "smtp": (grant.smtp_host, grant.smtp_port, grant.smtp_tls, grant.smtp_username),
+            "secrets_sealed": grant.secrets_sealed,
+            "status": (grant.grant_status, grant.status_detail),
+            "updated_at": grant.updated_at,
+            "messages": messages,
+            "grants": db.scalar(select(func.count()).select_from(Grant)),
+        }
+
+
+def victim_grant(api: ApiServer, victim: MailUser) -> str:
+    t = now()
+    append_many(victim, [(make_message(f"private {i}", date=t), "", t) for i in range(3)])
+    return connect_and_sync(api, victim)

@@ -15,10 +15,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from api_support import ApiServer
+from api_support import ApiServer, snapshot, victim_grant
 
 from tests.conftest import service_unavailable
-from tests.support.services import MailUser
+from tests.support.fake_imap import FakeImapConfig, FakeImapServer
+from tests.support.services import MailUser, TlsFiles
 
 pytestmark = pytest.mark.services
 
@@ -98,3 +99,50 @@ def test_sign_in_in_a_browser(
         {"redirect_uri": CALLBACK, "client_id": client_id, "code": query["code"][0]}
     )
     assert exchanged.email == mail_user.email
+
+
+def test_a_sign_in_in_a_browser_cannot_take_over_a_connected_address(
+    api: ApiServer, mail_user: MailUser, page: object, tls_files: TlsFiles
+) -> None:
+    """The issue's attack, in Chromium: the victim's address, the attacker's server (any
+    password). The page refuses, nothing is redirected, and the victim's grant, credentials and
+    mail are as they were."""
+    from playwright.sync_api import Page, Route
+
+    assert isinstance(page, Page)
+    grant_id = victim_grant(api, mail_user)
+    before = snapshot(api, grant_id)
+    client = api.nylas()
+    client.applications.redirect_uris.create({"url": CALLBACK, "platform": "web"})
+    url = client.auth.url_for_oauth2(
+        {
+            "client_id": client.applications.info().data.application_id,
+            "redirect_uri": CALLBACK,
+            "provider": "imap",  # type: ignore[typeddict-item]
+            "login_hint": mail_user.email,
+        }
+    )
+    landed: list[str] = []
+
+    def callback(route: Route) -> None:
+        landed.append(route.request.url)
+        route.fulfill(status=200, content_type="text/plain", body="signed in")
+
+    page.route("http://localhost:8765/**", callback)
+    config = FakeImapConfig(
+        tls="starttls", cert_file=tls_files.cert_file, key_file=tls_files.key_file
+    )
+    with FakeImapServer(config) as attackers_server:
+        page.goto(url)
+        page.get_by_text("Advanced: server settings").click()
+        page.fill("#imap_username", mail_user.name)
+        page.fill("#imap_host", "127.0.0.1")
+        page.fill("#imap_port", str(attackers_server.port))
+        page.fill("#password", "any password works there")
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.error")
+        assert "changed nothing" in page.inner_text("p.error")
+        assert grant_id not in page.content()
+        assert attackers_server.sessions == 0
+    assert landed == []
+    assert snapshot(api, grant_id) == before

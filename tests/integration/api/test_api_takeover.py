@@ -16,13 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import ApiServer, append_many, connect_and_sync, connect_body, now
-from sqlalchemy import func, select
+from api_support import ApiServer, connect_body, snapshot, victim_grant
 
-from pipeline.db import session_scope
-from pipeline.models import Grant, Message
-from tests.support.mail import make_message
-from tests.support.services import MailUser
+from tests.support.fake_imap import FakeImapConfig, FakeImapServer
+from tests.support.services import MailUser, TlsFiles
 
 pytestmark = pytest.mark.services
 
@@ -36,30 +33,14 @@ def attacker(_mail_user_pool: Iterator[MailUser]) -> MailUser:
     return next(_mail_user_pool)
 
 
-def snapshot(api: ApiServer, grant_id: str) -> dict[str, Any]:
-    """Everything of a grant a takeover would change: settings, credentials, status, mail."""
-    with session_scope(api.settings.require_database_url()) as db:
-        grant = db.get(Grant, grant_id)
-        assert grant is not None
-        messages = db.scalar(
-            select(func.count()).select_from(Message).where(Message.grant_id == grant_id)
-        )
-        return {
-            "email": grant.email,
-            "imap": (grant.imap_host, grant.imap_port, grant.imap_tls, grant.imap_username),
-            "smtp": (grant.smtp_host, grant.smtp_port, grant.smtp_tls, grant.smtp_username),
-            "secrets_sealed": grant.secrets_sealed,
-            "status": (grant.grant_status, grant.status_detail),
-            "updated_at": grant.updated_at,
-            "messages": messages,
-            "grants": db.scalar(select(func.count()).select_from(Grant)),
-        }
-
-
-def victim_grant(api: ApiServer, victim: MailUser) -> str:
-    t = now()
-    append_many(victim, [(make_message(f"private {i}", date=t), "", t) for i in range(3)])
-    return connect_and_sync(api, victim)
+@pytest.fixture
+def any_password(tls_files: TlsFiles) -> Iterator[FakeImapServer]:
+    """The attacker's own IMAP server: STARTTLS with a trusted certificate, any password."""
+    config = FakeImapConfig(
+        tls="starttls", cert_file=tls_files.cert_file, key_file=tls_files.key_file
+    )
+    with FakeImapServer(config) as server:
+        yield server
 
 
 def assert_untouched(
@@ -76,22 +57,56 @@ def assert_untouched(
     assert again.json()["data"]["id"] == grant_id
 
 
-def attacks(victim: MailUser, attacker: MailUser) -> list[dict[str, str]]:
-    """Settings an attacker names with the victim's address (all logins that succeed)."""
+def attacks(victim: MailUser, attacker: MailUser, fake: FakeImapServer) -> list[dict[str, str]]:
+    """Settings an attacker names with the victim's address (each a login that would succeed)."""
+    dovecot = str(victim.server.port)
+    mine = str(fake.port)
     return [
-        # their own account on the victim's server
-        {"imap_username": attacker.name, "password": attacker.password, "imap_host": "127.0.0.1"},
-        # the same server by another name
-        {"imap_username": attacker.name, "password": attacker.password, "imap_host": "localhost"},
+        # a server that accepts any password, with the victim's own username (the issue's case)
+        {"imap_username": victim.name, "password": "x", "imap_host": "127.0.0.1", "port": mine},
+        {"imap_username": victim.email, "password": "x", "imap_host": "localhost", "port": mine},
+        # their own account on the victim's server, by its name and by another
+        {
+            "imap_username": attacker.name,
+            "password": attacker.password,
+            "imap_host": "127.0.0.1",
+            "port": dovecot,
+        },
+        {
+            "imap_username": attacker.name,
+            "password": attacker.password,
+            "imap_host": "localhost",
+            "port": dovecot,
+        },
     ]
 
 
+def test_the_attackers_server_accepts_any_password(
+    api: ApiServer, any_password: FakeImapServer
+) -> None:
+    """The control: the attacker's server does log anyone in (the refusals below are the rule,
+    not a failed login)."""
+    body = {
+        "provider": "imap",
+        "settings": {
+            "imap_username": "newcomer@example.test",
+            "imap_password": "anything",
+            "imap_host": "127.0.0.1",
+            "imap_port": any_password.port,
+        },
+    }
+    with api.http() as http:
+        r = http.post("/v3/connect/custom", json=body)
+    assert r.status_code == 201, r.text
+    assert any_password.sessions == 1
+
+
 def test_connect_custom_cannot_take_over_an_address(
-    api: ApiServer, mail_user: MailUser, attacker: MailUser
+    api: ApiServer, mail_user: MailUser, attacker: MailUser, any_password: FakeImapServer
 ) -> None:
     grant_id = victim_grant(api, mail_user)
     before = snapshot(api, grant_id)
-    for attack in attacks(mail_user, attacker):
+    for attack in attacks(mail_user, attacker, any_password):
         body = connect_body(attacker)
         body["settings"].update(  # type: ignore[attr-defined]
             {
@@ -99,6 +114,7 @@ def test_connect_custom_cannot_take_over_an_address(
                 "imap_username": attack["imap_username"],
                 "imap_password": attack["password"],
                 "imap_host": attack["imap_host"],
+                "imap_port": int(attack["port"]),
             }
         )
         with api.http() as http:
@@ -108,11 +124,12 @@ def test_connect_custom_cannot_take_over_an_address(
         assert "changed nothing" in r.json()["error"]["message"]
         assert grant_id not in r.text
         assert snapshot(api, grant_id) == before
+    assert any_password.sessions == 0  # refused before any connection
     assert_untouched(api, grant_id, before, mail_user)
 
 
 def test_hosted_page_cannot_take_over_an_address(
-    api: ApiServer, mail_user: MailUser, attacker: MailUser
+    api: ApiServer, mail_user: MailUser, attacker: MailUser, any_password: FakeImapServer
 ) -> None:
     grant_id = victim_grant(api, mail_user)
     client = api.nylas()
@@ -123,7 +140,7 @@ def test_hosted_page_cannot_take_over_an_address(
     )
     before = snapshot(api, grant_id)
     with httpx.Client(base_url=api.url, timeout=30, follow_redirects=False) as browser:
-        for attack in attacks(mail_user, attacker):
+        for attack in attacks(mail_user, attacker, any_password):
             page = browser.get(url)
             flow = _FLOW.search(page.text)
             assert flow is not None
@@ -135,7 +152,7 @@ def test_hosted_page_cannot_take_over_an_address(
                     "password": attack["password"],
                     "imap_username": attack["imap_username"],
                     "imap_host": attack["imap_host"],
-                    "imap_port": str(mail_user.server.port),
+                    "imap_port": attack["port"],
                 },
             )
             assert answer.status_code == 409, answer.text
@@ -143,4 +160,5 @@ def test_hosted_page_cannot_take_over_an_address(
             assert "changed nothing" in answer.text
             assert grant_id not in answer.text
             assert snapshot(api, grant_id) == before
+    assert any_password.sessions == 0
     assert_untouched(api, grant_id, before, mail_user)
