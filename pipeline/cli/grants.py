@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.errors import ConfigurationError, PipelineError
+from pipeline.errors import ConfigurationError, GrantConflict, PipelineError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
@@ -131,7 +131,12 @@ def _add(args: argparse.Namespace) -> int:
     with session_scope(settings.require_database_url()) as db:
         # the operator's own command: hosts are not limited to public addresses
         existing = GrantRepository(db).get_by_email(request.email) if args.replace else None
-        result = create_grant(db, settings, request, grant=existing)
+        try:
+            result = create_grant(db, settings, request, grant=existing)
+        except GrantConflict as exc:
+            raise GrantConflict(
+                f"{exc} To move it to these settings: imap-pipeline grants add --replace ..."
+            ) from exc
         view = grant_dict(result.grant)
         grant_id, provider = result.grant.id, result.grant.provider
     queued = False if args.no_sync else _enqueue_sync(grant_id, provider)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -108,3 +109,30 @@ def test_a_retry_that_cannot_be_queued_keeps_the_failures(
     assert "failures are kept" in result.stderr.strip().splitlines()[-1]
     listed = cli(settings, "grants", "failures", grant_id, "--json")
     assert [(f["uid"], f["error"]) for f in json.loads(listed.stdout)] == [(7, "x")]
+
+
+def test_another_server_or_username_for_a_connected_address_needs_replace(
+    settings: Settings, mail_user: MailUser, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    other = next(_mail_user_pool)
+    first = cli(settings, *add_args(mail_user), "--json", stdin=mail_user.password + "\n")
+    assert first.returncode == 0, first.stderr
+    grant_id = json.loads(first.stdout)["id"]
+    # the same address, another account (a login that works): refused, nothing changes
+    args = add_args(other)
+    args[args.index("--email") + 1] = mail_user.email
+    refused = cli(settings, *args, stdin=other.password + "\n")
+    assert refused.returncode == 1
+    assert "changed nothing" in refused.stderr and "--replace" in refused.stderr
+    listed = json.loads(cli(settings, "grants", "list", "--json").stdout)
+    assert [(g["id"], g["settings"]["imap_username"]) for g in listed] == [
+        (grant_id, mail_user.name)
+    ]
+    # the operator moves it on purpose
+    moved = cli(settings, *args, "--replace", "--json", stdin=other.password + "\n")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["id"] == grant_id
+    assert json.loads(moved.stdout)["settings"]["imap_username"] == other.name
+    # re-authenticating with the same settings needs nothing
+    again = cli(settings, *args, "--json", stdin=other.password + "\n")
+    assert again.returncode == 0, again.stderr
