@@ -32,7 +32,6 @@ from pipeline.errors import (
     GrantNotFound,
     ImapAuthError,
     ImapConnectError,
-    ImapError,
     ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
@@ -156,7 +155,7 @@ def _sync_grant(self: Task, grant_id: str) -> None:
                 changes = discover_folders(
                     db, grant, imap.list_folders(), max_folders=settings().max_folders_per_grant
                 )
-            except ImapError:
+            except BaseException:  # a bound, a time limit, the database: never leak it
                 release_imap(grant_id, imap, healthy=False)
                 raise
             release_imap(grant_id, imap, healthy=True)

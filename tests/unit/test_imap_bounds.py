@@ -22,6 +22,7 @@ from tests.support.fake_imap import (
     FakeImapConfig,
     FakeImapServer,
     Hostility,
+    many_folders,
     sample_message,
 )
 from tests.support.services import TlsFiles
@@ -275,3 +276,20 @@ def test_a_command_cut_off_by_a_signal_leaves_a_session_that_is_only_disconnecte
         imap.close()
         assert time.monotonic() - started < GENEROUS_S / 2
     assert "LOGOUT" not in server.command_names()
+
+
+def test_ten_thousand_folders_and_deep_nesting_stay_within_the_default_bounds() -> None:
+    config = FakeImapConfig(
+        folders=many_folders(10_000), hostile={"FETCH": Hostility("nested", 1_000_000)}
+    )
+    with FakeImapServer(config) as server:
+        imap = open_session(endpoint(server, limits=ImapLimits()), "pw")
+        try:
+            assert len(imap.list_folders()) == 10_000
+            imap.select("INBOX")
+            # a FETCH of a million nested parentheses nobody asked for: read, then ignored
+            with measured() as peak:
+                assert [m.uid for m in imap.fetch_meta([1])] == [1]
+            assert peak[0] < MEMORY_BOUND_BYTES
+        finally:
+            imap.close()
