@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
@@ -240,6 +240,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _command_fits_a_literal(self) -> Settings:
+        # A message the literal bound lets through must not break the bound on its command.
+        if self.imap_max_command_bytes < self.imap_max_literal_bytes:
+            raise ValueError(
+                "IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES must be at least "
+                "IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES (a command carries whole messages)"
+            )
+        return self
 
     @property
     def mail_address_policy(self) -> AddressPolicy:

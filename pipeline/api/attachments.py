@@ -3,8 +3,9 @@
 Only metadata is stored. A download opens an IMAP session for the grant, fetches the one MIME
 part (``BODY.PEEK[<part>]``: reading it never marks the message read) from a folder that holds
 the message, undoes its Content-Transfer-Encoding and sends it with the attachment's content
-type. imaplib reads a literal whole, so the part is held in memory once (parts are bounded by the
-provider's message size limit) and then streamed to the client in chunks.
+type. imaplib reads a literal whole, so the part is held in memory once (at most
+``IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES``: the IMAP client refuses a bigger literal unread) and
+then streamed to the client in chunks.
 """
 
 from __future__ import annotations

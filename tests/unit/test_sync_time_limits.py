@@ -1,5 +1,6 @@
-"""Every Celery task that talks IMAP has a hard time limit below the broker's visibility
-timeout, and a soft one before it (issue 9: sync tasks had none)."""
+"""Settings of the IMAP bounds, and the time limits of every Celery task that talks IMAP: a hard
+limit below the broker's visibility timeout and a soft one before it (issue 9: sync tasks had
+none)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,13 @@ def test_the_time_limit_setting_cannot_reach_the_visibility_timeout() -> None:
     with pytest.raises(ValidationError):
         Settings(sync_task_time_limit_s=30 * 60)
     assert Settings().sync_task_time_limit_s < 30 * 60
+
+
+def test_the_command_bound_must_hold_the_largest_literal() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES"):
+        Settings(imap_max_literal_bytes=200 * 1024 * 1024)
+    assert Settings(
+        imap_max_literal_bytes=200 * 1024 * 1024, imap_max_command_bytes=300 * 1024 * 1024
+    )
