@@ -49,7 +49,7 @@ from pipeline.errors import (
     ImapThrottledError,
     ImapTlsError,
 )
-from pipeline.imap.client import THROTTLE_MARKERS, Endpoint
+from pipeline.imap.client import THROTTLE_MARKERS, Endpoint, folder_name_bytes
 
 # Read bounds: whatever a server sends, one connection holds at most about
 # 2 * LINE_MAX_BYTES in its stream buffer (asyncio pauses the socket above twice the limit) plus
@@ -444,7 +444,9 @@ class ImapConnection:
             if match and match[2].upper() == b"EXISTS":
                 exists[:] = [int(match[1])]
 
-        status, _, text = await self.command(f"EXAMINE {quote(raw_name)}", on_untagged=note)
+        # the folder's own bytes (a raw 8-bit name too), carried through str as surrogates
+        name = folder_name_bytes(raw_name).decode("utf-8", "surrogateescape")
+        status, _, text = await self.command(f"EXAMINE {quote(name)}", on_untagged=note)
         if status != "OK" and is_throttle(text.encode()):
             raise ImapThrottledError(f"{self.endpoint.host} refused EXAMINE for now: {text}")
         if status != "OK":
@@ -557,7 +559,7 @@ class ImapConnection:
                 on_untagged(line)
 
         async with self._within(f"answer {verb}"):
-            await self._send(tag + b" " + text.encode("utf-8") + b"\r\n")
+            await self._send(tag + b" " + text.encode("utf-8", "surrogateescape") + b"\r\n")
             status, reply = await self._until_tagged(tag, budget, seen)
         if check and status != "OK":
             raise ImapProtocolError(f"IMAP {verb} answered {status}: {reply}")
