@@ -77,7 +77,9 @@ def sign_in(
             deadline_s=settings.api_sign_in_deadline_s,
         )
     with api.sessions() as db:
-        created = store_grant(db, settings, request, resolved, capabilities)  # + grant.* event
+        created = store_grant(  # + grant.* event
+            db, settings, request, resolved, capabilities, user_named=True
+        )
         extra = then(db, created.grant) if then is not None else None
         db.commit()
     notify_after_commit(api)

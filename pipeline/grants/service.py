@@ -63,6 +63,8 @@ SMTP_UNREACHABLE = (
     "The SMTP server {where} cannot be used: it does not resolve to an address this service "
     "may connect to. Check the SMTP server name."
 )
+GUARD_KEY, USER_NAMED = "host_guard", "user-named"  # in the sealed secrets of a grant
+
 CONFLICT = (
     "{email} is already connected here with another IMAP server or username, and this sign-in "
     "changed nothing. Sign in with the server and username it was connected with, or ask the "
@@ -259,7 +261,9 @@ def create_grant(
         refuse_takeover(repo.get_by_email(resolved.email), resolved)  # before any connection
     password = request.password.get_secret_value()
     capabilities = verify_login(resolved, password, settings, policy)
-    return store_grant(session, settings, request, resolved, capabilities, grant=grant)
+    return store_grant(
+        session, settings, request, resolved, capabilities, grant=grant, user_named=bool(policy)
+    )
 
 
 def store_grant(
@@ -270,9 +274,13 @@ def store_grant(
     capabilities: list[str],
     *,
     grant: Grant | None = None,
+    user_named: bool = False,
 ) -> CreatedGrant:
     """Store what a successful login (:func:`verify_login`) proved: a new grant, or the address's
     grant re-authenticated (``grant``: that one, whatever its settings). The caller commits.
+
+    ``user_named``: the server was named by a user (API, hosted page); every later session of
+    the grant, in any process, checks its host again (:func:`open_grant_session`).
 
     Raises:
         GrantConflict: Meanwhile the address got a grant on another server or username.
@@ -282,6 +290,10 @@ def store_grant(
     secrets = {"imap_password": password}
     if request.smtp_password is not None:
         secrets["smtp_password"] = request.smtp_password.get_secret_value()
+    if user_named:
+        # Sealed with the credentials it governs (how they may be used), so no process can use
+        # them without the check, and no migration was needed.
+        secrets[GUARD_KEY] = USER_NAMED
     sealed = SecretBox(settings.encryption_key_list).seal_json(secrets)
     # Sign-ins for one address are serialized from here to the commit: a concurrent sign-in
     # that created the grant meanwhile is seen, and judged by the same rule.
@@ -323,17 +335,22 @@ def open_grant_session(
 ) -> ImapSession:
     """Log in to a grant's server. A refused login marks the grant invalid (caller commits).
 
-    With a ``policy`` (the API process) the host is checked again and the session goes to the
-    checked address: a name that resolved to a public address when the grant was made cannot
-    lead the API to an internal one later.
+    The host is checked again and the session goes to the checked address when a ``policy`` is
+    given (the API process) or the grant's server was named by a user (the workers, with
+    ``settings.mail_address_policy``): a name that resolved to a public address when the grant
+    was made cannot lead any process to an internal one later.
 
     Raises:
         ImapAuthError: The credentials no longer work; the grant is now ``invalid``.
         ImapError: Any other failure, the grant untouched.
     """
-    password = grant_secrets(grant, settings)["imap_password"]
+    secrets = grant_secrets(grant, settings)
+    if policy is None and secrets.get(GUARD_KEY) == USER_NAMED:
+        policy = settings.mail_address_policy
     try:
-        return open_session(guarded(endpoint_for(grant, settings), policy), password)
+        return open_session(
+            guarded(endpoint_for(grant, settings), policy), secrets["imap_password"]
+        )
     except ImapAuthError as exc:
         was_valid = grant.grant_status == "valid"
         GrantRepository(session).set_status(grant.id, "invalid", str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.errors import ConfigurationError, ImapAuthError, ImapConnectError, ImapTlsError
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant
+from pipeline.grants.service import create_grant, open_grant_session
 from pipeline.imap import Endpoint, open_session
 from pipeline.local import free_port
 from pipeline.models import Grant
@@ -245,3 +246,28 @@ def test_plaintext_smtp_needs_explicit_permission(settings: Settings, mail_user:
     allowed = request.model_copy(update={"allow_plaintext": True})
     with session_scope(settings.require_database_url()) as db:
         assert create_grant(db, settings, allowed).grant.smtp_tls == "plain"
+
+
+def test_a_server_a_user_named_is_checked_again_by_every_later_session(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """A worker opening a session of a grant made through the API checks the host again (a
+    name could resolve to an internal address by then); one the operator named is not."""
+    request = _request(mail_user, mail_user.server.port, "starttls")
+    loopback = [ipaddress.ip_network("127.0.0.0/8")]
+    with session_scope(settings.require_database_url()) as db:
+        grant_id = create_grant(db, settings, request, policy=AddressPolicy.of(loopback)).grant.id
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        with pytest.raises(ImapConnectError, match="may connect to"):
+            open_grant_session(db, settings, grant)  # this worker allows no private network
+        assert grant.grant_status == "valid"
+        allowing = settings.model_copy(update={"mail_allowed_networks": loopback})
+        open_grant_session(db, allowing, grant).close()
+    with session_scope(settings.require_database_url()) as db:
+        assert not create_grant(db, settings, request).created  # the operator re-authenticates
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        open_grant_session(db, settings, grant).close()
