@@ -15,7 +15,8 @@ that size and stream it), ``endless-line`` (a line that never ends), ``trickle:S
 whole answer, one byte every SECONDS), ``unrequested:N`` (N FETCH responses for messages nobody
 asked for, then the normal answer), ``nested:DEPTH`` (a FETCH with DEPTH nested parentheses),
 ``malformed`` (garbage lines, then the normal answer), ``hang`` (never answer), ``bye`` (``* BYE``
-and close), ``no`` (tagged NO). The greeting takes the same kinds. Server-wide quirks:
+and close), ``no`` (tagged NO), ``inject`` (extra bytes right after the answer: for STARTTLS,
+plaintext between its OK and the handshake). The greeting takes the same kinds. Server-wide quirks:
 ``folders`` (e.g. 10,000), 8-bit folder names (``FakeFolder(b"Caf\\xe9")``), and
 ``uidvalidity_per_session`` (every session sees a new UIDVALIDITY).
 
@@ -75,6 +76,7 @@ KINDS = (
     "hang",
     "bye",
     "no",
+    "inject",
 )
 
 
@@ -264,6 +266,7 @@ class _Session:
         self.number = server.sessions
         self.authenticated = False
         self.tls_started = False
+        self.inject_after_starttls = b""  # plaintext sent between STARTTLS's OK and TLS
 
     def capabilities(self) -> str:
         """What CAPABILITY answers now (STARTTLS until it was used)."""
@@ -406,6 +409,16 @@ class _Session:
         if kind == "bye":
             await self.send(b"* BYE Fake server says goodbye\r\n")
             return False
+        if kind == "inject":
+            extra = (
+                how.arg if isinstance(how.arg, bytes) else b"* CAPABILITY IMAP4rev1 INJECTED\r\n"
+            )
+            if command == "STARTTLS" and normal is None:
+                self.inject_after_starttls = extra
+                return await answer_normally()
+            going = await answer_normally()
+            await self.send(extra)
+            return going
         if kind == "no":
             if normal is not None:
                 await self.send(b"* BYE Not today\r\n")
@@ -539,7 +552,7 @@ class _Session:
             if self.config.tls != "starttls":
                 await self.send(tag + b" BAD STARTTLS not offered\r\n")
                 return True
-            await self.send(tag + b" OK Begin TLS negotiation now\r\n")
+            await self.send(tag + b" OK Begin TLS negotiation now\r\n" + self.inject_after_starttls)
             await self.writer.start_tls(self.server._ssl_context())
             self.tls_started = True
         elif command == "LOGOUT":

@@ -293,3 +293,19 @@ def test_ten_thousand_folders_and_deep_nesting_stay_within_the_default_bounds() 
             assert peak[0] < MEMORY_BOUND_BYTES
         finally:
             imap.close()
+
+
+def test_plaintext_injected_after_starttls_is_refused(tls_files: TlsFiles) -> None:
+    from pipeline.errors import ImapTlsError
+
+    config = FakeImapConfig(
+        tls="starttls",
+        cert_file=tls_files.cert_file,
+        key_file=tls_files.key_file,
+        hostile={"STARTTLS": Hostility("inject")},
+    )
+    with FakeImapServer(config) as server:
+        # refused by our check (the bytes came with the OK) or by the handshake they spoil
+        with pytest.raises(ImapTlsError):
+            open_session(endpoint(server, tls="starttls", ca_file=tls_files.ca_file), "pw")
+        assert "LOGIN" not in server.command_names()  # the password never left
