@@ -41,7 +41,11 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 
 RESOLVE_TIMEOUT_S = 5.0  # getaddrinfo has no timeout of its own
-RESOLVER_THREADS = 4  # lookups in flight at once; a slow DNS server costs only these threads
+# Lookups in flight at once per pool. getaddrinfo cannot be cancelled: a lookup given up after
+# RESOLVE_TIMEOUT_S keeps its thread until the system resolver gives up too, so names from the
+# public sign-ins resolve in a pool of their own and cannot starve the others.
+RESOLVER_THREADS = 8
+SIGN_IN_POOL = "sign-in"
 MAX_HOST_CHARS = 253  # RFC 1035: the longest name DNS can carry
 
 _GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
@@ -52,7 +56,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 
-_executor: ThreadPoolExecutor | None = None
+_executors: dict[str, ThreadPoolExecutor] = {}
 _executor_lock = threading.Lock()
 
 
@@ -85,24 +89,23 @@ class AddressPolicy:
         )
 
 
-def _resolver_pool() -> ThreadPoolExecutor:
-    global _executor
+def _resolver_pool(name: str) -> ThreadPoolExecutor:
     with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(
-                max_workers=RESOLVER_THREADS, thread_name_prefix="netguard-dns"
+        if name not in _executors:
+            _executors[name] = ThreadPoolExecutor(
+                max_workers=RESOLVER_THREADS, thread_name_prefix=f"netguard-dns-{name}"
             )
-        return _executor
+        return _executors[name]
 
 
-def resolve(host: str, port: int) -> list[str]:
+def resolve(host: str, port: int, *, pool: str = "shared") -> list[str]:
     """Every address ``host`` resolves to (numeric spellings normalized), within
-    :data:`RESOLVE_TIMEOUT_S`.
+    :data:`RESOLVE_TIMEOUT_S`, on the resolver threads called ``pool``.
 
     Raises:
         HostUnresolved: the name does not resolve, or not in time.
     """
-    future = _resolver_pool().submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    future = _resolver_pool(pool).submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
     try:
         infos = future.result(timeout=RESOLVE_TIMEOUT_S)
     except FutureTimeout as exc:
@@ -112,6 +115,11 @@ def resolve(host: str, port: int) -> list[str]:
     except (OSError, UnicodeError) as exc:
         raise HostUnresolved(f"{host!r} does not resolve; check the name.") from exc
     return sorted({str(info[4][0]) for info in infos})
+
+
+def resolve_for_sign_in(host: str, port: int) -> list[str]:
+    """:func:`resolve` on the public sign-ins' own resolver threads."""
+    return resolve(host, port, pool=SIGN_IN_POOL)
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

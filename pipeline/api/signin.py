@@ -32,6 +32,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import refuse_takeover, store_grant, verify_login
 from pipeline.models import Grant
+from pipeline.netguard import resolve_for_sign_in
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def sign_in(
             settings,
             settings.mail_address_policy,
             deadline_s=settings.api_sign_in_deadline_s,
+            resolver=resolve_for_sign_in,
         )
     with api.sessions() as db:
         created = store_grant(  # + grant.* event

@@ -48,7 +48,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
 from pipeline.models import Grant
-from pipeline.netguard import AddressPolicy, IpAddress, check_host
+from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
 from pipeline.sync import events
 
 log = logging.getLogger(__name__)
@@ -141,20 +141,28 @@ def same_account(grant: Grant, resolved: ResolvedGrant) -> bool:
     )
 
 
-def checked_address(host: str, port: int, policy: AddressPolicy, unreachable: str) -> IpAddress:
+def checked_address(
+    host: str,
+    port: int,
+    policy: AddressPolicy,
+    unreachable: str,
+    resolver: Resolver = resolve,
+) -> IpAddress:
     """The address of ``host`` that :mod:`pipeline.netguard` allows, to connect to.
 
     Raises:
         ImapConnectError: refused or unresolvable, with the one message ``unreachable``.
     """
     try:
-        return check_host(host, port, policy)[0]
+        return check_host(host, port, policy, resolver=resolver)[0]
     except HostError as exc:
         log.info("user-named host refused: %s", exc)  # the reason stays in the log
         raise ImapConnectError(unreachable.format(where=f"{host}:{port}")) from exc
 
 
-def guarded(endpoint: Endpoint, policy: AddressPolicy | None) -> Endpoint:
+def guarded(
+    endpoint: Endpoint, policy: AddressPolicy | None, resolver: Resolver = resolve
+) -> Endpoint:
     """``endpoint`` pinned to the checked address of its host (unchanged without a policy).
 
     Raises:
@@ -162,7 +170,7 @@ def guarded(endpoint: Endpoint, policy: AddressPolicy | None) -> Endpoint:
     """
     if policy is None:
         return endpoint
-    address = checked_address(endpoint.host, endpoint.port, policy, UNREACHABLE)
+    address = checked_address(endpoint.host, endpoint.port, policy, UNREACHABLE, resolver)
     return replace(endpoint, address=str(address))
 
 
@@ -172,19 +180,21 @@ def verify_login(
     settings: Settings,
     policy: AddressPolicy | None = None,
     deadline_s: float | None = None,
+    resolver: Resolver = resolve,
 ) -> list[str]:
     """Log in for real and return the server's capabilities.
 
     With a ``policy`` (a host named by a user) the host is checked first and the connection goes
     to the checked address; every failure short of an answer from an IMAP server (refused,
     unreachable, not IMAP, TLS handshake, a bound broken) is the same :data:`UNREACHABLE`
-    message. ``deadline_s`` shortens the total time of connect, greeting and login (sign-ins
-    from the public side answer within it).
+    message. ``deadline_s`` shortens the total time of connect, greeting and login, and
+    ``resolver`` is the sign-ins' own (public sign-ins answer within the deadline, and names
+    whose DNS never answers tie up their resolver threads only).
 
     Raises:
         ImapError: The login failed; the message is one clear line for the user.
     """
-    endpoint = guarded(endpoint_for(resolved, settings), policy)
+    endpoint = guarded(endpoint_for(resolved, settings), policy, resolver)
     if deadline_s is not None:
         limits = endpoint.limits
         endpoint = replace(
