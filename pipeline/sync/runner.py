@@ -39,7 +39,7 @@ import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
-from pipeline.errors import ImapFolderError, ImapProtocolError
+from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FetchedMessage, FolderInfo, ImapSession, MessageMeta
@@ -387,6 +387,10 @@ def sync_folder(
             range_messages=range_messages,
             reopen=reopen,
         )
+    except ImapThrottledError:
+        # A throttle (the provider's, or our own login budget: RateLimited) is a later
+        # reschedule, not a failure of the folder: its state stays as it was.
+        raise
     except Exception as exc:
         _record_run_failure(sessions, folder_id, exc)
         raise

@@ -9,8 +9,10 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.imap import ImapSession
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
+from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import sync_folder, sync_grant_inline
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
@@ -278,6 +280,35 @@ def test_a_message_the_server_cannot_read_costs_only_that_message(
     assert error.startswith("The server could not return the message:")
     with session_scope(settings.require_database_url()) as db:  # fetched again with MODSEQ
         assert [p.modseq is not None for p in db.scalars(select(Placement))] == [True, True]
+
+
+def test_a_throttled_reopen_leaves_the_folder_state_alone(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    # The server breaks off a batch; the fresh session the refetch needs must wait for the login
+    # budget (RateLimited): the task is rescheduled, which is no failure of the folder.
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    for subject in ("before", "unreadable", "after"):
+        append(server, user, password, make_message(subject))
+    (victim,) = [
+        f
+        for f in server.maildir(user).rglob("*")
+        if f.is_file() and b"Subject: unreadable" in f.read_bytes()
+    ]
+    victim.chmod(0)
+    grant_id = connect(settings, mail_user)
+    imap, inbox = open_with_folders(settings, grant_id)
+
+    def throttled() -> ImapSession:
+        raise RateLimited("login budget of the account", retry_after_s=7.0)
+
+    with pytest.raises(RateLimited):
+        sync_folder(sessions_for(settings), settings, imap, grant_id, inbox, reopen=throttled)
+    imap.close()
+    with session_scope(settings.require_database_url()) as db:
+        folder = db.get(Folder, inbox)
+        assert folder is not None
+        assert folder.state != "failed", folder.state_detail
 
 
 def test_a_large_folder_split_into_uid_ranges_is_synced_by_its_range_runs(
