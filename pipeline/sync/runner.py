@@ -346,6 +346,7 @@ def sync_folder(
     uid_range: tuple[int, int] | None = None,
     range_messages: int | None = None,
     reopen: Callable[[], ImapSession] | None = None,
+    finalize: bool = True,
 ) -> SyncOutcome:
     """Run the folder's state machine for at most ``budget_s`` seconds.
 
@@ -359,6 +360,10 @@ def sync_folder(
     ``NO`` on one corrupt message) is fetched again message by message, and what the server
     cannot return is recorded in ``sync_failures`` instead of failing the folder for good; the
     session in use then is :attr:`SyncOutcome.replaced`.
+
+    An incremental run ends by deleting the grant's orphans past the grace
+    (:func:`finalize_orphans`); ``finalize=False`` leaves that to the caller, which syncs the
+    grant's other folders first (a message moved to a folder synced later is found there).
 
     A large initial sync can be spread over workers: given ``range_messages``, a planning run
     with more than twice that much to fetch returns ``ranges`` of about that many UIDs instead
@@ -386,6 +391,7 @@ def sync_folder(
             uid_range=uid_range,
             range_messages=range_messages,
             reopen=reopen,
+            finalize=finalize,
         )
     except ImapThrottledError:
         # A throttle (the provider's, or our own login budget: RateLimited) is a later
@@ -421,6 +427,7 @@ def _sync_folder(
     uid_range: tuple[int, int] | None,
     range_messages: int | None,
     reopen: Callable[[], ImapSession] | None,
+    finalize: bool,
 ) -> SyncOutcome:
     started = time.monotonic()
     budget = settings.sync_chunk_budget_s if budget_s is None else budget_s
@@ -662,7 +669,7 @@ def _sync_folder(
             completed = GrantRepository(db).get(grant_id)
             assert completed is not None
             outcome.emitted += events.grant(db, "grant.imap_sync_completed", completed)
-    if not initial:
+    if not initial and finalize:
         deleted = finalize_orphans(sessions, grant_id, now=now, grace_s=settings.orphan_grace_s)
         outcome.deleted_message_ids.extend(deleted)
         outcome.emitted += len(deleted) if live else 0
@@ -743,7 +750,8 @@ def finalize_orphans(
 ) -> list[str]:
     """Delete messages that stayed in no folder for ``grace_s`` and notify ``message.deleted``.
 
-    Idempotent; beat's reconciliation calls it too, for grants whose folders are quiet.
+    Idempotent; beat's reconciliation calls it too, for grants whose folders are quiet
+    (:func:`pipeline.maintenance.reconcile.finalize_quiet_orphans`).
     """
     with sessions.begin() as db:
         repo = MessageRepository(db)
@@ -778,6 +786,8 @@ def sync_grant_inline(
     """Discover and sync every folder of a grant in this process, one after another.
 
     What the Celery tasks do spread over workers, for tests, tools and small installs.
+    Orphans are finalized once, after every folder was synced: a message moved from a folder
+    synced first to one synced later keeps its id whatever the grace (even 0).
     """
     from pipeline.grants.service import open_grant_session
 
@@ -806,7 +816,14 @@ def sync_grant_inline(
         for folder_id in changes.selectable:
             while True:
                 outcome = sync_folder(
-                    sessions, settings, imap, grant_id, folder_id, now=now, reopen=reopen
+                    sessions,
+                    settings,
+                    imap,
+                    grant_id,
+                    folder_id,
+                    now=now,
+                    reopen=reopen,
+                    finalize=False,
                 )
                 if outcome.replaced is not None:
                     imap.close()
@@ -816,4 +833,9 @@ def sync_grant_inline(
             outcomes.append(outcome)
     finally:
         imap.close()
+    if outcomes:
+        deleted = finalize_orphans(
+            sessions, grant_id, now=now or datetime.now(UTC), grace_s=settings.orphan_grace_s
+        )
+        outcomes[-1].deleted_message_ids.extend(deleted)
     return outcomes
