@@ -33,7 +33,7 @@ from pipeline.maintenance.reconcile import reconcile
 from pipeline.maintenance.sweep import check_grant, plan_sweep, poll_grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
-from workers import enqueue
+from workers import enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
     fresh_imap_for,
@@ -112,13 +112,10 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             except ImapError as exc:  # an auth failure marks the grant invalid (committed)
                 return {"skipped": type(exc).__name__}
         healthy = False
+        to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
         try:
             changed = poll_grant(
-                sessions(),
-                imap,
-                grant_id,
-                now=datetime.now(UTC),
-                enqueue_sync=lambda folder_id: enqueue.sync_folder(grant_id, folder_id, provider),
+                sessions(), imap, grant_id, now=datetime.now(UTC), enqueue_sync=to_sync.append
             )
             healthy = True
         except ImapLimitError as exc:
@@ -129,7 +126,21 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             return {"skipped": type(exc).__name__}
         finally:
             release_imap(grant_id, imap, healthy=healthy)
+            _queue(grant_id, provider, to_sync)
     return {"changed": len(changed)}
+
+
+def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
+    """Queue syncs of the folders a check found changed (committed), at most N at once."""
+    if folder_ids:
+        folder_queue.queue_folders(
+            redis_client(),
+            grant_id,
+            provider,
+            folder_ids,
+            settings().max_folder_tasks_per_grant,
+            replace=False,
+        )
 
 
 @app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)
@@ -158,13 +169,10 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
                 log.warning("UIDVALIDITY check could not log in: %s", exc)
                 return {"skipped": type(exc).__name__}
         healthy = False
+        to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
         try:
             report = check_grant(
-                sessions(),
-                imap,
-                grant_id,
-                now=datetime.now(UTC),
-                enqueue_sync=lambda folder_id: enqueue.sync_folder(grant_id, folder_id, provider),
+                sessions(), imap, grant_id, now=datetime.now(UTC), enqueue_sync=to_sync.append
             )
             healthy = True
         except ImapThrottledError:
@@ -181,6 +189,7 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
             return {"skipped": type(exc).__name__}
         finally:
             release_imap(grant_id, imap, healthy=healthy)
+            _queue(grant_id, provider, to_sync)
     return {
         "changed": len(report.changed),
         "stopped": len(report.stopped),

@@ -12,7 +12,9 @@ folder's run queues the next one::
 
 The list is only an order of work: losing it (Redis flushed, a task lost) delays folders,
 never loses them. Reconciliation finds folders still ``pending`` after its stall time and
-queues them again, at most N per grant and run; the next discovery rebuilds the list.
+queues them again, at most N per grant and run; the next discovery rebuilds the list. The
+folders a poll or a UIDVALIDITY check finds changed go the same way (N now, the rest after the
+waiting ones).
 """
 
 from __future__ import annotations
@@ -28,14 +30,22 @@ WAITING_TTL_S = 24 * 3600  # a list nobody drains (grant removed, worker fleet g
 
 
 def queue_folders(
-    r: redis.Redis[bytes], grant_id: str, provider: str, folder_ids: Sequence[str], at_once: int
+    r: redis.Redis[bytes],
+    grant_id: str,
+    provider: str,
+    folder_ids: Sequence[str],
+    at_once: int,
+    *,
+    replace: bool = True,
 ) -> int:
     """Queue syncs of ``folder_ids`` (most important first), at most ``at_once`` now; the rest
-    replace the grant's waiting list. Returns how many were queued now."""
+    replace the grant's waiting list (a discovery: the complete plan), or join its end
+    (``replace=False``: folders a poll found changed). Returns how many were queued now."""
     now, later = list(folder_ids[:at_once]), list(folder_ids[at_once:])
     key = WAITING_KEY.format(grant_id)
     pipe = r.pipeline(transaction=True)
-    pipe.delete(key)
+    if replace:
+        pipe.delete(key)
     if later:
         pipe.rpush(key, *later)
         pipe.expire(key, WAITING_TTL_S)
