@@ -28,6 +28,10 @@ and connections, never a worker process. :class:`DrainSlots` caps the drains of 
 and gives destinations that are not healthy at most half of them, so healthy destinations
 always find room however many others fail.
 
+Pipelining: while a batch is in flight the drain claims the next one (a claimed delivery is
+not due again while in flight, and a later change to the same object waits behind it), so the
+database work of one batch overlaps the HTTP of the other.
+
 Batch sizes: a drain starts with one round (``per_destination_concurrency`` deliveries) and
 grows to ``batch_size`` only after a round that all went through quickly; while a destination
 fails or crawls (a batch slower than ``SLOW_BATCH_S``) it stays at one round. So a destination
@@ -180,9 +184,10 @@ class Drainer:
         return self._sender.rounds_s(self._settings.batch_size) + DB_STEP_BOUND_S
 
     def drain_bound_s(self, budget_s: float | None = None) -> float:
-        """The longest a drain can take: its claiming budget plus one last batch."""
+        """The longest a drain can take: its claiming budget plus the last two batches (the one
+        in flight when the budget ran out and the one claimed meanwhile)."""
         budget = self._settings.drain_budget_s if budget_s is None else budget_s
-        return budget + self.batch_bound_s()
+        return budget + 2 * self.batch_bound_s()
 
     def _lease_s(self) -> float:
         return max(DRAIN_LEASE_MIN_S, 2 * self.batch_bound_s())
@@ -236,18 +241,22 @@ class Drainer:
         attempted = delivered = failed = 0
         holding = True
         try:
+            step = await self._db(
+                self._claim_step, destination_id, token, limit, self._may_claim(deadline), True
+            )
             while True:
-                step = await self._db(
-                    self._claim_step, destination_id, token, limit, self._may_claim(deadline)
-                )
-                holding = bool(step.claimed)
-                if step.lease is None:
+                lease = step.lease
+                holding = lease is not None and bool(step.claimed)
+                if lease is None:
                     return DrainOutcome(
                         attempted, delivered, failed, skipped=attempted == 0, status=status
                     )
-                status = step.lease.status
+                status = lease.status
                 if not step.claimed:
                     if step.due and self._may_claim(deadline):
+                        step = await self._db(
+                            self._claim_step, destination_id, token, limit, True, True
+                        )
                         continue
                     return DrainOutcome(
                         attempted,
@@ -257,8 +266,19 @@ class Drainer:
                         next_due_in_s=None if step.due else step.next_in,
                         status=status,
                     )
+                # Send this batch; meanwhile claim the next one (claimed deliveries are not due
+                # while in flight, so it cannot take these again, nor a later change to the
+                # same object). The lease stays ours: nothing is released while in flight.
                 started = self._clock()
-                results = await self._send(step.lease, step.claimed)
+                sending = asyncio.ensure_future(self._send(lease, step.claimed))
+                following: _Step | None = None
+                try:
+                    if self._may_claim(deadline):
+                        following = await self._db(
+                            self._claim_step, destination_id, token, limit, True, False
+                        )
+                finally:
+                    results = await sending
                 slow = self._clock() - started > SLOW_BATCH_S
                 try:
                     batch = await self._db(self._record, destination_id, step.claimed, results)
@@ -280,7 +300,21 @@ class Drainer:
                     else self._settings.batch_size
                 )
                 if status not in repository.DELIVERABLE:
+                    if following is not None and following.claimed:
+                        # Paused or failed while in flight: what we took is not ours to send.
+                        await self._db(self._unclaim, following.claimed)
                     return DrainOutcome(attempted, delivered, failed, status=status)
+                if following is not None and following.claimed:
+                    step = following
+                    continue
+                step = await self._db(
+                    self._claim_step,
+                    destination_id,
+                    token,
+                    limit,
+                    self._may_claim(deadline),
+                    True,
+                )
         finally:
             if holding:
                 await self._db(self._release, destination_id, token)
@@ -298,7 +332,13 @@ class Drainer:
         with self._uow() as session:
             repository.release_lease(session, destination_id, token)
 
-    def _claim_step(self, destination_id: str, token: str, limit: int, may_claim: bool) -> _Step:
+    def _claim_step(
+        self, destination_id: str, token: str, limit: int, may_claim: bool, release: bool
+    ) -> _Step:
+        """Renew the lease and claim; with nothing to claim and ``release``, let go and look.
+
+        ``release`` is False while a batch is in flight: the lease must stay ours then.
+        """
         claimed: list[repository.ClaimedDelivery] = []
         due = False
         next_in: float | None = None
@@ -306,8 +346,10 @@ class Drainer:
             lease = repository.acquire_lease(session, destination_id, token, self._lease_s())
             if lease is not None:
                 if may_claim:
-                    claimed = repository.claim_due(session, destination_id, limit)
-                if not claimed:
+                    claimed = repository.claim_due(
+                        session, destination_id, limit, in_flight_s=self._lease_s()
+                    )
+                if not claimed and release:
                     # Let go, then look again in the same transaction: a drain task that
                     # found the lease taken before this UPDATE left its work to us, and that
                     # work was committed before this SELECT runs.
@@ -315,6 +357,10 @@ class Drainer:
                     due = repository.has_due_work(session, destination_id)
                     next_in = repository.seconds_until_next_due(session, destination_id)
         return _Step(lease, claimed, due, next_in)
+
+    def _unclaim(self, claimed: list[repository.ClaimedDelivery]) -> None:
+        with self._uow() as session:
+            repository.unclaim(session, [c.delivery_id for c in claimed])
 
     def _exists(self, destination_id: str) -> bool:
         with self._uow() as session:

@@ -325,12 +325,19 @@ class ClaimedDelivery:
     obj: dict[str, Any]
 
 
-def claim_due(session: Session, destination_id: str, limit: int) -> list[ClaimedDelivery]:
+def claim_due(
+    session: Session, destination_id: str, limit: int, *, in_flight_s: float
+) -> list[ClaimedDelivery]:
     """Take up to ``limit`` due deliveries of a destination, oldest first, counting the attempt.
 
     A delivery is due when its retry time has come *and* no earlier pending delivery to the
     same destination has the same ordering key (the same object of the same grant): a later
     change waits for the earlier one, whatever its retry time.
+
+    A claimed delivery stays ``pending`` but is not due again for ``in_flight_s`` (the drain
+    lease): the drainer may claim its next batch while this one is in flight, and if it dies,
+    the delivery falls due again when its lease would have run out. Recording the attempt sets
+    its final state or next retry.
     """
     d = WebhookDelivery
     due = (
@@ -343,7 +350,11 @@ def claim_due(session: Session, destination_id: str, limit: int) -> list[Claimed
     claimed = session.execute(
         update(d)
         .where(d.id.in_(due.scalar_subquery()))
-        .values(attempts=d.attempts + 1, last_attempt_at=func.clock_timestamp())
+        .values(
+            attempts=d.attempts + 1,
+            last_attempt_at=func.clock_timestamp(),
+            next_attempt_at=_in(in_flight_s),
+        )
         .returning(d.id, d.attempts, d.event_seq)
         .execution_options(synchronize_session=False)
     ).all()
@@ -378,6 +389,17 @@ def claim_due(session: Session, destination_id: str, limit: int) -> list[Claimed
             )
         )
     return out
+
+
+def unclaim(session: Session, delivery_ids: Sequence[int]) -> None:
+    """Give back deliveries claimed but never sent: due now again, the attempt not counted."""
+    if delivery_ids:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.state == "pending")
+            .values(attempts=WebhookDelivery.attempts - 1, next_attempt_at=func.clock_timestamp())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def record_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
