@@ -18,7 +18,9 @@ pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS o
 pipeline.maintenance.poll_folders              60 s        maintenance  STATUS of folders without
                                                                         IDLE; sync what changed
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
-pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work
+pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work;
+                                                                        delete orphans past their
+                                                                        grace (message.deleted)
 pipeline.webhooks.sweep                        15 s        webhooks     re-enqueue undelivered
                                                                         notifications
 pipeline.webhooks.purge                        1 h         webhooks     expire old delivery

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -219,6 +220,13 @@ class Message(Base):
         # Message-ID and References are looked up through expression indexes on their MD5
         # (migration 0501), so values of any length are stored.
         Index("ix_messages_received_at", "received_at"),  # the retention purge walks it
+        # reconciliation finds the orphans past their grace (migration 0503); few rows
+        Index(
+            "ix_messages_orphaned_at",
+            "orphaned_at",
+            "grant_id",
+            postgresql_where=text("orphaned_at IS NOT NULL"),
+        ),
     )
 
 

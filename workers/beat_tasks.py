@@ -9,7 +9,8 @@ Task names (the schedule's contract):
   fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed, and where a
   folder no listener watches (not Inbox/Sent) changed since its last sync (polling).
 - ``pipeline.maintenance.purge()``: the rolling retention purge, ``PURGE_BUDGET_S`` at a time.
-- ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders.
+- ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders; delete the
+  messages that stayed in no folder past the orphan grace (``message.deleted``).
 
 Every task is harmless run twice or overlapping itself: the planners and reconcile hold a job
 lock for most of their interval ("once per interval"), purge and the per-grant check hold one
@@ -29,7 +30,7 @@ from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrott
 from pipeline.grants.repository import GrantRepository
 from pipeline.maintenance.locks import job_lock
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
-from pipeline.maintenance.reconcile import reconcile
+from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
 from pipeline.maintenance.sweep import check_grant, plan_sweep, poll_grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
@@ -46,6 +47,7 @@ from workers.resources import (
     sessions,
 )
 from workers.settings import settings
+from workers.webhook_tasks import kick
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +219,7 @@ def purge_task() -> dict[str, Any]:
 
 @app.task(name="pipeline.maintenance.reconcile")
 def reconcile_task() -> dict[str, Any]:
-    """Re-enqueue grants and folders whose work was lost."""
+    """Re-enqueue grants and folders whose work was lost; finish the deletes of quiet grants."""
     r = redis_client()
     ttl = settings().reconcile_interval_s * ONCE_PER_INTERVAL
     with job_lock(r, "reconcile", ttl, release=False) as taken:
@@ -238,4 +240,13 @@ def reconcile_task() -> dict[str, Any]:
             enqueue.sync_grant(grant_id, provider)
         for grant_id, folder_id, provider in folders:
             enqueue.sync_folder(grant_id, folder_id, provider)
-    return {"grants": len(report.grants), "folders": len(report.folders), "busy": report.busy}
+        now = datetime.now(UTC)
+        orphans = finalize_quiet_orphans(sessions(), now=now, grace_s=settings().orphan_grace_s)
+    if orphans.messages:
+        kick()  # message.deleted
+    return {
+        "grants": len(report.grants),
+        "folders": len(report.folders),
+        "busy": report.busy,
+        "deleted": orphans.messages,
+    }

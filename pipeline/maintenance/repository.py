@@ -125,6 +125,19 @@ class MaintenanceRepository:
         )
         return [(str(g), str(f), str(p)) for g, f, p in rows]
 
+    def grants_with_expired_orphans(self, before: datetime, limit: int) -> list[str]:
+        """Grants holding a message that lost its last placement before ``before`` (at most
+        ``limit``, oldest orphan first; the partial index of migration 0503 keeps this cheap)."""
+        oldest = func.min(Message.orphaned_at)
+        rows = self.session.execute(
+            select(Message.grant_id)
+            .where(Message.orphaned_at.is_not(None), Message.orphaned_at <= before)
+            .group_by(Message.grant_id)
+            .order_by(oldest)
+            .limit(limit)
+        )
+        return [str(g) for (g,) in rows]
+
     # --- UIDVALIDITY sweep ----------------------------------------------------------------
     def sweep_candidates(self, grant_id: str, now: datetime) -> list[SweptFolder]:
         """Folders of a grant synced at least once; stopped ones only when their retry is due."""

@@ -755,6 +755,7 @@ def finalize_orphans(
     """
     with sessions.begin() as db:
         repo = MessageRepository(db)
+        repo.lock_grant(grant_id)  # a batch re-placing a moved message commits first, or waits
         expired = repo.expired_orphans(grant_id, now - timedelta(seconds=grace_s))
         deleted = repo.delete_unplaced(grant_id, expired)
         grant = GrantRepository(db).get(grant_id)

@@ -20,7 +20,7 @@ from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect
-from tests.support.mail import append, make_message
+from tests.support.mail import append, imap_login, make_message
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
 
@@ -136,7 +136,7 @@ def test_reconcile_re_enqueues_stalled_work_once_per_interval(
         )
         folder = db.scalars(text("SELECT id FROM folders WHERE grant_id = :g"), {"g": failed_grant})
         failed_folder = str(folder.one())
-    assert reconcile_task.apply().get() == {"grants": 1, "folders": 1, "busy": 0}
+    assert reconcile_task.apply().get() == {"grants": 1, "folders": 1, "busy": 0, "deleted": 0}
     assert reconcile_task.apply().get() == {"skipped": "already ran this interval"}
     assert sorted(queued(settings.require_redis_url(), QUEUE)) == [
         ("pipeline.sync.folder", [failed_grant, failed_folder]),
@@ -160,7 +160,7 @@ def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
         folder_id = folder.id
     client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
     client.set(FOLDER_LOCK_KEY.format(folder_id), "someone", ex=60)
-    assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 1}
+    assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 1, "deleted": 0}
 
 
 @pytest.mark.usefixtures("in_process_worker")
@@ -182,3 +182,47 @@ def test_the_purge_task_runs_once_at_a_time(settings: Settings, mail_user: MailU
         grant = db.get(Grant, grant_id)
         assert grant is not None
         assert db.scalar(text("SELECT count(*) FROM messages")) == 1  # "hello" stays
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_reconcile_finishes_the_delete_of_a_quiet_grant(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """A message expunged on a grant where nothing else happens: the sync that saw the expunge
+    only marks it orphaned (a move may re-place it); reconciliation deletes it, with its
+    message.deleted, once the orphan grace is over (issue 11)."""
+    from workers.beat_tasks import reconcile_task
+
+    append(mail_user.server, mail_user.name, mail_user.password, make_message("gone"))
+    grant_id = synced_grant(settings, mail_user)  # also "hello"
+    with session_scope(settings.require_database_url()) as db:
+        gone_id = str(db.scalar(text("SELECT id FROM messages WHERE subject = 'gone'")))
+    conn = imap_login(mail_user.server, mail_user.name, mail_user.password)
+    try:
+        conn.select("INBOX")
+        assert conn.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        assert conn.expunge()[0] == "OK"
+    finally:
+        conn.logout()
+    # the listener's sync of Inbox sees the expunge (default grace: nothing deleted yet)
+    sync_grant_inline(sessionmaker_for(settings.require_database_url()), settings, grant_id)
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+
+    def deleted_events() -> list[str]:
+        with session_scope(settings.require_database_url()) as db:
+            query = "SELECT object FROM webhook_outbox WHERE type = 'message.deleted'"
+            rows = db.execute(text(query))
+            return [str(o["id"]) for (o,) in rows]
+
+    assert reconcile_task.apply().get()["deleted"] == 0  # still within the grace
+    assert deleted_events() == []
+    with session_scope(settings.require_database_url()) as db:  # the grace passes
+        db.execute(
+            text("UPDATE messages SET orphaned_at = :t WHERE id = :m"),
+            {"t": datetime.now(UTC) - timedelta(seconds=settings.orphan_grace_s + 1), "m": gone_id},
+        )
+    client.delete("imap-pipeline:job:reconcile")  # the next interval's run
+    assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 0, "deleted": 1}
+    assert deleted_events() == [gone_id]
+    with session_scope(settings.require_database_url()) as db:
+        assert list(db.scalars(text("SELECT subject FROM messages"))) == ["hello"]
