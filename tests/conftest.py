@@ -5,6 +5,10 @@
 - Redis: a private ``redis-server`` per session on a free port, flushed before each test.
 - Dovecot: a private server per session (plain + STARTTLS port and an implicit-TLS port, with a
   throwaway CA from ``trustme``); every test gets its own mail user.
+- Cyrus IMAP and Courier-IMAP: a private server each per session, started only when a test asks
+  for ``server_user``, which runs the test once per server (ids ``dovecot``, ``cyrus``,
+  ``courier``) with its own user there. They run from Debian's packages unpacked (not
+  installed: they conflict with Dovecot's) by ``scripts/test``; see tests/support/unpacked.py.
 
 A missing service fails the run in CI (``CI=true``); locally it skips only when
 ``IMAP_PIPELINE_SKIP_SERVICES=1``.
@@ -32,7 +36,9 @@ from pipeline.errors import ServiceError
 from pipeline.local import free_port
 from pipeline.local.dovecot import LocalDovecot
 from pipeline.local.redis import EmbeddedRedis
-from tests.support.services import MailUser, TlsFiles
+from tests.support.courier import LocalCourier
+from tests.support.cyrus import LocalCyrus
+from tests.support.services import SERVER_KINDS, MailUser, TlsFiles
 
 PG_ADMIN_URL = os.environ.get(
     "IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -177,6 +183,42 @@ def _mail_user_pool(dovecot: LocalDovecot) -> Iterator[MailUser]:
 def mail_user(_mail_user_pool: Iterator[MailUser]) -> MailUser:
     """A fresh, empty mailbox on the test Dovecot."""
     return next(_mail_user_pool)
+
+
+@pytest.fixture(scope="session")
+def cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCyrus]:
+    """A private Cyrus IMAP (plain IMAP on ``.port``), from the unpacked Debian packages."""
+    server = LocalCyrus(tmp_path_factory.mktemp("cyrus"), free_port())
+    try:
+        server.start()
+    except ServiceError as exc:
+        service_unavailable(f"Cyrus IMAP ({exc})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def courier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCourier]:
+    """A private Courier-IMAP (plain IMAP on ``.port``), from the unpacked Debian packages."""
+    server = LocalCourier(tmp_path_factory.mktemp("courier"), free_port())
+    try:
+        server.start()
+    except ServiceError as exc:
+        service_unavailable(f"Courier-IMAP ({exc})")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server_user(request: pytest.FixtureRequest) -> MailUser:
+    """A fresh, empty mailbox on each test server in turn: Dovecot, Cyrus, Courier."""
+    if request.param == "dovecot":
+        user: MailUser = request.getfixturevalue("mail_user")
+        return user
+    server: LocalCyrus | LocalCourier = request.getfixturevalue(request.param)
+    user = MailUser(server, f"u{uuid.uuid4().hex[:10]}", uuid.uuid4().hex)
+    server.add_user(user.name, user.password)
+    return user
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -251,6 +251,9 @@ class ImapSession:
         self.capabilities = self._capabilities_after_login(client)
         self.condstore_enabled = False
         self.qresync_enabled = False
+        # Learned at the first SELECT that lacks [UIDNEXT] (Courier-IMAP): from then on a
+        # select that needs UIDNEXT asks STATUS first.
+        self.select_omits_uidnext = False
 
     @staticmethod
     def _capabilities_after_login(client: imaplib.IMAP4) -> frozenset[str]:
@@ -299,8 +302,14 @@ class ImapSession:
             with contextlib.suppress(OSError):
                 client.shutdown()
 
-    def _call(self, what: str, *args: Any) -> tuple[str, list[Any]]:
-        """Run an imaplib command, wrapping driver errors and checking for OK."""
+    def _call(
+        self, what: str, *args: Any, refused: type[ImapError] = ImapProtocolError
+    ) -> tuple[str, list[Any]]:
+        """Run an imaplib command, wrapping driver errors and checking for OK.
+
+        A tagged ``NO`` raises ``refused`` (e.g. :class:`ImapFolderError` for a folder that
+        does not exist); ``BAD`` and throttling answers keep their own classes.
+        """
         try:
             typ, data = getattr(self.raw, what)(*args)
         except imaplib.IMAP4.abort as exc:
@@ -317,7 +326,8 @@ class ImapSession:
             detail = " ".join(_text(d) for d in data if d is not None)
             if _is_throttle(detail):
                 raise ImapThrottledError(f"The server throttled {what}: {detail}")
-            raise ImapProtocolError(f"IMAP {what} answered {typ}: {detail}")
+            error = refused if typ == "NO" else ImapProtocolError
+            raise error(f"IMAP {what} answered {typ}: {detail}")
         return typ, list(data)
 
     def _uid(self, command: str, *args: str | bytes) -> list[Any]:
@@ -375,8 +385,33 @@ class ImapSession:
         name = folder_name_bytes(raw_name)
         return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
-    def select(self, raw_name: str, *, readonly: bool = True) -> SelectInfo:
-        """SELECT (or EXAMINE when ``readonly``) a folder."""
+    def select(
+        self, raw_name: str, *, readonly: bool = True, want_uidnext: bool = False
+    ) -> SelectInfo:
+        """SELECT (or EXAMINE when ``readonly``) a folder.
+
+        Some servers (Courier-IMAP) send no ``[UIDNEXT]`` with SELECT, only with STATUS. With
+        ``want_uidnext`` the UIDNEXT then comes from a STATUS sent *before* the SELECT: a
+        message that arrives in between has a UID at or above it, so a caller that marks
+        "synced up to UIDNEXT" after searching the selected folder can never skip it (a STATUS
+        after the SELECT could count mail the selected view does not show yet). The first such
+        SELECT of a session is sent again after its STATUS; later ones cost one STATUS each.
+        """
+        before: FolderStatus | None = None
+        if want_uidnext and self.select_omits_uidnext:
+            before = self.status(raw_name)
+        info = self._select(raw_name, readonly=readonly)
+        if info.uidnext is not None or not want_uidnext:
+            return info
+        if before is None:
+            self.select_omits_uidnext = True
+            before = self.status(raw_name)
+            info = self._select(raw_name, readonly=readonly)
+        if before.uidvalidity != info.uidvalidity:
+            return info  # renumbered in between: this UIDNEXT belongs to the old numbering
+        return replace(info, uidnext=before.uidnext)
+
+    def _select(self, raw_name: str, *, readonly: bool) -> SelectInfo:
         try:
             typ, data = self.raw.select(self._quoted(raw_name), readonly)  # type: ignore[arg-type]
         except imaplib.IMAP4.abort as exc:
@@ -409,11 +444,17 @@ class ImapSession:
         )
 
     def status(self, raw_name: str) -> FolderStatus:
-        """STATUS of a folder: cheap, does not select it."""
+        """STATUS of a folder: cheap, does not select it.
+
+        Raises:
+            ImapFolderError: the server refused it (``NO``: typically the folder is gone).
+        """
         items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
         if self.has("CONDSTORE"):
             items.append("HIGHESTMODSEQ")
-        _, data = self._call("status", self._quoted(raw_name), "(" + " ".join(items) + ")")
+        _, data = self._call(
+            "status", self._quoted(raw_name), "(" + " ".join(items) + ")", refused=ImapFolderError
+        )
         text = " ".join(_text(d if not isinstance(d, tuple) else d[-1]) for d in data if d)
         inner = text.rsplit("(", 1)[-1].rstrip(")").split()
         values = {inner[i].upper(): int(inner[i + 1]) for i in range(0, len(inner) - 1, 2)}

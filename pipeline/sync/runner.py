@@ -448,7 +448,7 @@ def _sync_folder(
     notify = live and (last_synced is None or now - last_synced < events.SILENT_AFTER)
     imap.enable_condstore()
     try:
-        info = imap.select(raw_name, readonly=True)
+        info = imap.select(raw_name, readonly=True, want_uidnext=True)
     except ImapFolderError as exc:
         with sessions.begin() as db:
             FolderRepository(db).set_state(folder_id, "failed", str(exc))

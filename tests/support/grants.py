@@ -16,7 +16,10 @@ from tests.support.services import MailUser
 
 
 def grant_request(user: MailUser) -> GrantRequest:
-    """What ``grants add`` would send for ``user``: STARTTLS to the test Dovecot."""
+    """What ``grants add`` would send for ``user``: STARTTLS to the test Dovecot, plaintext
+    (allowed explicitly) to the test Cyrus and Courier, which run without certificates."""
+    if not user.starttls:
+        return plaintext_request(user.server.port, user.name, user.password, user.email)
     return GrantRequest(
         email=user.email,
         password=user.password,  # type: ignore[arg-type]

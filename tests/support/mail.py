@@ -1,4 +1,4 @@
-"""Helpers to put mail on the test Dovecot the way a real MTA or client would."""
+"""Helpers to put mail on the test servers the way a real MTA or client would."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from pipeline.local.dovecot import LocalDovecot
+from tests.support.services import AnyServer
 
 
 def make_message(
@@ -40,7 +40,7 @@ def make_message(
     return msg.as_bytes()
 
 
-def imap_login(server: LocalDovecot, user: str, password: str) -> imaplib.IMAP4:
+def imap_login(server: AnyServer, user: str, password: str) -> imaplib.IMAP4:
     """A plain imaplib session on the test server (test-side tooling, not the code under test)."""
     conn = imaplib.IMAP4("127.0.0.1", server.port, timeout=30)
     conn.login(user, password)
@@ -48,7 +48,7 @@ def imap_login(server: LocalDovecot, user: str, password: str) -> imaplib.IMAP4:
 
 
 def append(
-    server: LocalDovecot,
+    server: AnyServer,
     user: str,
     password: str,
     raw: bytes,
@@ -71,7 +71,7 @@ def append(
         conn.logout()
 
 
-def create_folder(server: LocalDovecot, user: str, password: str, raw_name: str) -> None:
+def create_folder(server: AnyServer, user: str, password: str, raw_name: str) -> None:
     """CREATE a folder (``raw_name`` already in modified UTF-7)."""
     conn = imap_login(server, user, password)
     try:
@@ -81,7 +81,7 @@ def create_folder(server: LocalDovecot, user: str, password: str, raw_name: str)
         conn.logout()
 
 
-def flags_of(server: LocalDovecot, user: str, password: str, folder: str = "INBOX") -> list[str]:
+def flags_of(server: AnyServer, user: str, password: str, folder: str = "INBOX") -> list[str]:
     """FLAGS of every message in a folder, as the server holds them."""
     conn = imap_login(server, user, password)
     try:
@@ -90,3 +90,59 @@ def flags_of(server: LocalDovecot, user: str, password: str, folder: str = "INBO
         return [d.decode() for d in data if isinstance(d, bytes)]
     finally:
         conn.logout()
+
+
+def move(server: AnyServer, user: str, password: str, uid: int, to: str) -> None:
+    """Move one INBOX message as a client would: MOVE where offered, else COPY, \\Deleted and
+    EXPUNGE (Courier)."""
+    conn = imap_login(server, user, password)
+    try:
+        conn.select("INBOX")
+        if "MOVE" in conn.capabilities:
+            typ, data = conn.uid("MOVE", str(uid), f'"{to}"')
+            assert typ == "OK", data
+            return
+        deleted = ("STORE", str(uid), "+FLAGS", "(\\Deleted)")
+        for command in (("COPY", str(uid), f'"{to}"'), deleted):
+            typ, data = conn.uid(*command)
+            assert typ == "OK", data
+        typ, data = conn.expunge()
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def recreate_folder(server: AnyServer, user: str, password: str, folder: str) -> int:
+    """Delete a folder and make it again with the same messages, flags and dates, as a client
+    restoring a backup would: the server gives it a new UIDVALIDITY (returned)."""
+    conn = imap_login(server, user, password)
+    try:
+        typ, before = conn.status(f'"{folder}"', "(UIDVALIDITY)")
+        assert typ == "OK", before
+        old_validity = int(_text(before[0]).rsplit("UIDVALIDITY", 1)[1].strip(" )"))
+        conn.select(f'"{folder}"', readonly=True)
+        typ, data = conn.fetch("1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+        assert typ == "OK", data
+        saved = [
+            (imaplib.ParseFlags(item[0]), imaplib.Internaldate2tuple(item[0]), item[1])
+            for item in data
+            if isinstance(item, tuple)
+        ]
+        conn.close()
+        for command in (conn.delete, conn.create):
+            typ, data = command(f'"{folder}"')
+            assert typ == "OK", data
+        for flags, when, raw in saved:
+            kept = " ".join(f.decode() for f in flags if f.decode() != "\\Recent")
+            typ, data = conn.append(f'"{folder}"', f"({kept})", when, raw)
+            assert typ == "OK", data
+        typ, after = conn.status(f'"{folder}"', "(UIDVALIDITY)")
+        new_validity = int(_text(after[0]).rsplit("UIDVALIDITY", 1)[1].strip(" )"))
+        assert new_validity != old_validity, "the server kept the UIDVALIDITY"
+        return new_validity
+    finally:
+        conn.logout()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -7,6 +7,11 @@ from pathlib import Path
 import trustme
 
 from pipeline.local.dovecot import LocalDovecot
+from tests.support.courier import LocalCourier
+from tests.support.cyrus import LocalCyrus
+
+AnyServer = LocalDovecot | LocalCyrus | LocalCourier
+SERVER_KINDS = ("dovecot", "cyrus", "courier")  # the servers behaviour tests run against
 
 
 class TlsFiles:
@@ -26,10 +31,24 @@ class TlsFiles:
 
 
 class MailUser:
-    """A Dovecot user made for one test."""
+    """A user made for one test, on the test Dovecot or (``server_user``) Cyrus or Courier."""
 
-    def __init__(self, server: LocalDovecot, name: str, password: str) -> None:
+    def __init__(self, server: AnyServer, name: str, password: str) -> None:
         self.server = server
         self.name = name
         self.password = password
         self.email = f"{name}@example.test"
+
+    @property
+    def kind(self) -> str:
+        """``dovecot``, ``cyrus`` or ``courier``."""
+        return "dovecot" if isinstance(self.server, LocalDovecot) else self.server.kind
+
+    @property
+    def starttls(self) -> bool:
+        """Whether grants connect with STARTTLS (the test Dovecot) or in plaintext."""
+        return isinstance(self.server, LocalDovecot)
+
+    def folder(self, name: str) -> str:
+        """The raw name a client's ``CREATE name`` gets: ``INBOX.name`` on Courier."""
+        return name if isinstance(self.server, LocalDovecot) else self.server.folder(name)
