@@ -17,7 +17,7 @@ from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_folder, sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, open_with_folders, sessions_for
-from tests.support.mail import append, create_folder, imap_login, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message, move
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -36,7 +36,7 @@ def types(settings: Settings) -> list[str]:
 def synced_grant(settings: Settings, user: MailUser, subjects: list[str]) -> str:
     for subject in subjects:
         append(user.server, user.name, user.password, make_message(subject))
-    create_folder(user.server, user.name, user.password, "Archive")
+    create_folder(user.server, user.name, user.password, user.folder("Projects"))
     grant_id = connect(settings, user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     return grant_id
@@ -54,15 +54,15 @@ def server_command(user: MailUser, *commands: tuple[str, ...]) -> None:
 
 
 def test_the_historical_sync_notifies_nothing_but_the_grant(
-    settings: Settings, mail_user: MailUser
+    settings: Settings, server_user: MailUser
 ) -> None:
-    synced_grant(settings, mail_user, ["old 1", "old 2"])
+    synced_grant(settings, server_user, ["old 1", "old 2"])
     assert types(settings) == ["grant.created", "grant.imap_sync_completed"]
 
 
-def test_new_mail_is_message_created(settings: Settings, mail_user: MailUser) -> None:
-    grant_id = synced_grant(settings, mail_user, ["old"])
-    append(mail_user.server, mail_user.name, mail_user.password, make_message("brand new"))
+def test_new_mail_is_message_created(settings: Settings, server_user: MailUser) -> None:
+    grant_id = synced_grant(settings, server_user, ["old"])
+    append(server_user.server, server_user.name, server_user.password, make_message("brand new"))
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     created = [o for t, o in events(settings) if t == "message.created"]
     assert [o["subject"] for o in created] == ["brand new"]
@@ -71,9 +71,9 @@ def test_new_mail_is_message_created(settings: Settings, mail_user: MailUser) ->
     assert len(created[0]["folders"]) == 1
 
 
-def test_flag_change_is_message_updated(settings: Settings, mail_user: MailUser) -> None:
-    grant_id = synced_grant(settings, mail_user, ["to read", "untouched"])
-    server_command(mail_user, ("STORE", "1", "+FLAGS", "(\\Seen \\Flagged)"))
+def test_flag_change_is_message_updated(settings: Settings, server_user: MailUser) -> None:
+    grant_id = synced_grant(settings, server_user, ["to read", "untouched"])
+    server_command(server_user, ("STORE", "1", "+FLAGS", "(\\Seen \\Flagged)"))
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     updated = [o for t, o in events(settings) if t == "message.updated"]
     assert [(o["subject"], o["unread"], o["starred"]) for o in updated] == [
@@ -85,12 +85,12 @@ def test_flag_change_is_message_updated(settings: Settings, mail_user: MailUser)
 
 
 def test_expunge_is_message_deleted_after_the_grace_period(
-    settings: Settings, mail_user: MailUser
+    settings: Settings, server_user: MailUser
 ) -> None:
-    grant_id = synced_grant(settings, mail_user, ["doomed", "kept"])
+    grant_id = synced_grant(settings, server_user, ["doomed", "kept"])
     with session_scope(settings.require_database_url()) as db:
         doomed_id = db.scalars(select(Message.id).where(Message.subject == "doomed")).one()
-    server_command(mail_user, ("STORE", "1", "+FLAGS", "(\\Deleted)"), ("EXPUNGE", "1"))
+    server_command(server_user, ("STORE", "1", "+FLAGS", "(\\Deleted)"), ("EXPUNGE", "1"))
     sessions = sessions_for(settings)
     sync_grant_inline(sessions, settings, grant_id)
     # within the grace period it is only orphaned: a move could still re-place it
@@ -103,13 +103,15 @@ def test_expunge_is_message_deleted_after_the_grace_period(
 
 
 def test_a_move_keeps_the_id_and_is_message_updated(
-    settings: Settings, mail_user: MailUser
+    settings: Settings, server_user: MailUser
 ) -> None:
-    grant_id = synced_grant(settings, mail_user, ["mover"])
+    grant_id = synced_grant(settings, server_user, ["mover"])
     with session_scope(settings.require_database_url()) as db:
         (message_id,) = db.scalars(select(Message.id)).all()
-        archive_id = db.scalars(select(Folder.id).where(Folder.name == "Archive")).one()
-    server_command(mail_user, ("MOVE", "1", "Archive"))
+        projects = server_user.folder("Projects")
+        archive_id = db.scalars(select(Folder.id).where(Folder.raw_name == projects)).one()
+    # MOVE where the server has it; COPY + EXPUNGE on Courier, as a client does there
+    move(server_user.server, server_user.name, server_user.password, 1, projects)
     sync_grant_inline(
         sessions_for(settings), settings.model_copy(update={"orphan_grace_s": 0}), grant_id
     )

@@ -28,16 +28,16 @@ def subjects(settings: Settings, grant_id: str) -> list[str]:
         return sorted(db.scalars(select(Message.subject).where(Message.grant_id == grant_id)))
 
 
-def test_only_the_retention_window_is_synced(settings: Settings, mail_user: MailUser) -> None:
+def test_only_the_retention_window_is_synced(settings: Settings, server_user: MailUser) -> None:
     for days in (1, 30, 89, 91, 200):
         append(
-            mail_user.server,
-            mail_user.name,
-            mail_user.password,
+            server_user.server,
+            server_user.name,
+            server_user.password,
             make_message(f"{days} days old", date=NOW - timedelta(days=days)),
             when=NOW - timedelta(days=days),
         )
-    grant_id = connect(settings, mail_user)
+    grant_id = connect(settings, server_user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     assert subjects(settings, grant_id) == ["1 days old", "30 days old", "89 days old"]
     with session_scope(settings.require_database_url()) as db:
@@ -47,25 +47,25 @@ def test_only_the_retention_window_is_synced(settings: Settings, mail_user: Mail
         assert grant.initial_sync_completed_at is not None
 
 
-def test_syncing_never_marks_mail_read(settings: Settings, mail_user: MailUser) -> None:
-    server = mail_user.server
-    append(server, mail_user.name, mail_user.password, make_message("unread one"))
-    append(server, mail_user.name, mail_user.password, make_message("read one"), flags="\\Seen")
-    before = flags_of(server, mail_user.name, mail_user.password)
-    grant_id = connect(settings, mail_user)
+def test_syncing_never_marks_mail_read(settings: Settings, server_user: MailUser) -> None:
+    server = server_user.server
+    append(server, server_user.name, server_user.password, make_message("unread one"))
+    append(server, server_user.name, server_user.password, make_message("read one"), flags="\\Seen")
+    before = flags_of(server, server_user.name, server_user.password)
+    grant_id = connect(settings, server_user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
-    assert flags_of(server, mail_user.name, mail_user.password) == before
+    assert flags_of(server, server_user.name, server_user.password) == before
     with session_scope(settings.require_database_url()) as db:
         unread = dict(db.execute(select(Message.subject, Message.unread)).all())
     assert unread == {"unread one": True, "read one": False}
 
 
 def test_running_the_sync_again_stores_nothing_twice(
-    settings: Settings, mail_user: MailUser
+    settings: Settings, server_user: MailUser
 ) -> None:
     for i in range(45):
-        append(mail_user.server, mail_user.name, mail_user.password, make_message(f"m{i}"))
-    grant_id = connect(settings, mail_user)
+        append(server_user.server, server_user.name, server_user.password, make_message(f"m{i}"))
+    grant_id = connect(settings, server_user)
     sessions = sessions_for(settings)
     sync_grant_inline(sessions, settings, grant_id)
 
@@ -88,23 +88,27 @@ def test_running_the_sync_again_stores_nothing_twice(
     assert counts() == first
 
 
-def test_folders_with_non_ascii_names_and_roles(settings: Settings, mail_user: MailUser) -> None:
-    server = mail_user.server
-    # "Entwürfe" and "Reçus/2026" in modified UTF-7, as a client would create them
-    create_folder(server, mail_user.name, mail_user.password, "Entw&APw-rfe")
-    create_folder(server, mail_user.name, mail_user.password, "Re&AOc-us")
-    create_folder(server, mail_user.name, mail_user.password, "Re&AOc-us/2026")
-    append(server, mail_user.name, mail_user.password, make_message("draft"), folder="Entw&APw-rfe")
-    append(
-        server, mail_user.name, mail_user.password, make_message("kept"), folder="Re&AOc-us/2026"
-    )
-    grant_id = connect(settings, mail_user)
+def test_folders_with_non_ascii_names_and_roles(settings: Settings, server_user: MailUser) -> None:
+    server, name, pw = server_user.server, server_user.name, server_user.password
+    sep = server_user.separator
+    # "Entwürfe" and "Reçus<sep>2026" in modified UTF-7, as a client would create them; on
+    # Courier below INBOX ("INBOX.Entwürfe"), where only the name tells the role
+    drafts, parent = server_user.folder("Entw&APw-rfe"), server_user.folder("Re&AOc-us")
+    child = f"{parent}{sep}2026"
+    for folder in (drafts, parent, child):
+        create_folder(server, name, pw, folder)
+    append(server, name, pw, make_message("draft"), folder=drafts)
+    append(server, name, pw, make_message("kept"), folder=child)
+    grant_id = connect(settings, server_user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
+    shown = {
+        n: server_user.folder(n) for n in ("Entwürfe", "Reçus", f"Reçus{sep}2026")
+    }  # decoded names
     with session_scope(settings.require_database_url()) as db:
         folders = {f.name: f for f in db.scalars(select(Folder).where(Folder.grant_id == grant_id))}
-        assert {"INBOX", "Entwürfe", "Reçus", "Reçus/2026"} <= set(folders)
+        assert {"INBOX", *shown.values()} <= set(folders), sorted(folders)
         assert folders["INBOX"].role == "inbox"
-        assert folders["Entwürfe"].role == "drafts"
+        assert folders[shown["Entwürfe"]].role == "drafts"
         assert all(f.state == "synced" for f in folders.values())
         placed = dict(
             db.execute(
@@ -113,7 +117,7 @@ def test_folders_with_non_ascii_names_and_roles(settings: Settings, mail_user: M
                 .join(Message, Message.id == Placement.message_id)
             ).all()
         )
-    assert placed == {"Entwürfe": "draft", "Reçus/2026": "kept"}
+    assert placed == {shown["Entwürfe"]: "draft", shown[f"Reçus{sep}2026"]: "kept"}
 
 
 def test_message_identity_survives_a_move_between_folders(

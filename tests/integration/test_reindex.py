@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import select
 
@@ -10,8 +12,9 @@ from pipeline.db import session_scope
 from pipeline.grants.service import open_grant_session
 from pipeline.models import Folder, Grant, Message, Placement
 from pipeline.sync.runner import sync_folder, sync_grant_inline
+from tests.support.courier import LocalCourier
 from tests.support.grants import connect, sessions_for
-from tests.support.mail import append, imap_login, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message, recreate_folder
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -115,4 +118,48 @@ def test_readers_keep_the_old_view_until_the_reindex_completes(
         imap.close()
     assert done.reindexed and done.deleted_message_ids == []
     assert inbox(settings).uidvalidity == 3000000
+    assert ids_by_subject(settings) == before
+
+
+def test_a_folder_made_again_with_the_same_mail_keeps_every_id(
+    settings: Settings, server_user: MailUser
+) -> None:
+    server, name, pw = server_user.server, server_user.name, server_user.password
+    projects = server_user.folder("Projects")
+    create_folder(server, name, pw, projects)
+    for i in range(5):
+        append(server, name, pw, make_message(f"p{i}"), folder=projects)
+    grant_id = connect(settings, server_user)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    before = ids_by_subject(settings)
+    assert sorted(before) == [f"p{i}" for i in range(5)]
+
+    new_validity = recreate_folder(server, name, pw, projects)
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    with session_scope(settings.require_database_url()) as db:
+        folder = db.scalars(select(Folder).where(Folder.raw_name == projects)).one()
+        validities = set(
+            db.scalars(select(Placement.uidvalidity).where(Placement.folder_id == folder.id))
+        )
+    assert (folder.uidvalidity, folder.reindex_uidvalidity, folder.state) == (
+        new_validity,
+        None,
+        "synced",
+    )
+    assert validities == {new_validity}
+    assert ids_by_subject(settings) == before
+
+
+def test_courier_losing_its_uid_db_keeps_every_id(
+    settings: Settings, courier: LocalCourier
+) -> None:
+    user = MailUser(courier, f"u{uuid.uuid4().hex[:10]}", uuid.uuid4().hex)
+    courier.add_user(user.name, user.password)
+    grant_id, before = seed_and_sync(settings, user, 6)
+    old_validity = inbox(settings).uidvalidity
+    courier.lose_uid_db(user.name)  # as a restore from a backup without courierimapuiddb does
+    sync_grant_inline(sessions_for(settings), settings, grant_id)
+    folder = inbox(settings)
+    assert folder.uidvalidity != old_validity
+    assert (folder.reindex_uidvalidity, folder.state) == (None, "synced")
     assert ids_by_subject(settings) == before

@@ -49,6 +49,11 @@ class MailUser:
         """Whether grants connect with STARTTLS (the test Dovecot) or in plaintext."""
         return isinstance(self.server, LocalDovecot)
 
+    @property
+    def separator(self) -> str:
+        """The server's hierarchy separator."""
+        return self.server.separator
+
     def folder(self, name: str) -> str:
         """The raw name a client's ``CREATE name`` gets: ``INBOX.name`` on Courier."""
         return name if isinstance(self.server, LocalDovecot) else self.server.folder(name)
