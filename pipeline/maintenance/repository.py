@@ -170,6 +170,18 @@ class MaintenanceRepository:
             .values(swept_uidvalidity=seen, uidvalidity_changes=changes)
         )
 
+    def note_seen(self, folder_id: str, seen: int) -> None:
+        """Remember ``seen`` as the last UIDVALIDITY seen, count unchanged (a sync that found
+        the folder's own value; a no-op statement when it is remembered already)."""
+        self.session.execute(
+            update(folders_t)
+            .where(
+                folders_t.c.id == folder_id,
+                folders_t.c.swept_uidvalidity.is_distinct_from(seen),
+            )
+            .values(swept_uidvalidity=seen)
+        )
+
     def stop_folder(self, folder_id: str, detail: str, retry_at: datetime) -> None:
         """Stop syncing a folder until ``retry_at``."""
         self.session.execute(

@@ -26,7 +26,14 @@ A stopped folder whose retry is due is asked again: if the server now gives the 
 last sweep saw (stable across sessions hours apart) the folder resumes (state ``syncing``,
 count 0, sync enqueued); otherwise the back-off doubles, up to ``STOPPED_RETRY_MAX_S``.
 
-Only sweeps count: a sweep is a fresh look every interval, while syncs reuse pooled sessions.
+Every look counts, wherever it is (this sweep, the poll, a folder sync's SELECT): a UIDVALIDITY
+that differs from the stored one and from the last one seen is a new change
+(:func:`count_seen_uidvalidity`), so a folder whose server gives every session a new UIDVALIDITY
+is stopped after ``UIDVALIDITY_STOP_AFTER`` changes in a row, whatever the poll and sweep
+intervals (before, only sweeps counted, and the minute's polls reindexed it meanwhile). A sync
+that sees the stored value remembers it as the last seen, so sessions that disagree (pooled
+ones each keeping their own value) also count. Only the sweep resets the count: it looks on a
+fresh session, while a poll or a sync may reuse the very session that set the stored value.
 Enqueueing is a callback run after the commit.
 """
 
@@ -172,9 +179,10 @@ def poll_grant(
 ) -> list[str]:
     """STATUS the folders no listener watches and enqueue a sync of those that changed.
 
-    Cheaper and more frequent than :func:`check_grant`: it reuses a pooled session, writes
-    nothing and leaves the UIDVALIDITY stop rule to the sweep (a renumbered folder is simply
-    synced, which reindexes it). Inbox and Sent are the listener's, but are looked at too once
+    Cheaper and more frequent than :func:`check_grant`: it reuses a pooled session and writes
+    only when a folder's UIDVALIDITY changed: the change counts for the stop rule
+    (:func:`count_seen_uidvalidity`), and the folder is synced (which reindexes it) unless the
+    rule stopped it. Inbox and Sent are the listener's, but are looked at too once
     their last sync is ``IDLE_SAFETY_NET_S`` old, so a lost event costs minutes, not mail.
 
     Returns:
@@ -199,7 +207,13 @@ def poll_grant(
             status = imap.status(folder.raw_name)
         except ImapFolderError:
             continue  # gone: folder discovery removes it
-        if status.uidvalidity != folder.uidvalidity or _moved_on(folder, status, now):
+        if status.uidvalidity != folder.uidvalidity:
+            if status.uidvalidity != folder.swept_uidvalidity:
+                with sessions.begin() as db:
+                    if not count_seen_uidvalidity(db, grant_id, folder.id, status.uidvalidity, now):
+                        continue  # stopped by the rule
+            changed.append(folder.id)
+        elif _moved_on(folder, status, now):
             changed.append(folder.id)
     for folder_id in changed:
         enqueue_sync(folder_id)
@@ -253,6 +267,45 @@ def _decide(
             repo.record_sweep(folder.id, seen=seen, changes=0)
         report.same.append(folder.id)
         return False
+    return _count_change(db, repo, grant_id, folder, seen, now, report)
+
+
+def count_seen_uidvalidity(
+    db: Session, grant_id: str, folder_id: str, seen: int, now: datetime
+) -> bool:
+    """Apply the stop rule to a UIDVALIDITY a poll or a folder sync saw. Never commits.
+
+    A value other than the stored one and the last one seen counts one change (the folder's
+    row is locked meanwhile); at ``UIDVALIDITY_STOP_AFTER`` the folder is stopped (and, for the
+    Inbox, the grant, with ``grant.updated``). The stored value is remembered as the last seen,
+    never resets the count (see the module docstring).
+
+    Returns:
+        Whether the folder may be synced (False: it is stopped, now or already).
+    """
+    repo = MaintenanceRepository(db)
+    folder = repo.lock_folder(folder_id)
+    if folder is None:
+        return True  # never synced: nothing to compare with yet
+    if folder.state == "stopped":
+        return False
+    if seen == folder.uidvalidity:
+        repo.note_seen(folder_id, seen)
+        return True
+    return _count_change(db, repo, grant_id, folder, seen, now, SweepReport.empty())
+
+
+def _count_change(
+    db: Session,
+    repo: MaintenanceRepository,
+    grant_id: str,
+    folder: SweptFolder,
+    seen: int,
+    now: datetime,
+    report: SweepReport,
+) -> bool:
+    """Count ``seen`` (not the folder's stored UIDVALIDITY) unless it is the change last seen;
+    stop the folder at the limit. True when its sync is due."""
     if seen == folder.swept_uidvalidity:
         report.changed.append(folder.id)  # the same change, its reindex not done yet
         return True

@@ -43,6 +43,7 @@ from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledErr
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FetchedMessage, FolderInfo, ImapSession, MessageMeta
+from pipeline.maintenance.sweep import count_seen_uidvalidity
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
@@ -460,6 +461,14 @@ def _sync_folder(
         messages = MessageRepository(db)
         if folder.uidvalidity is None:
             folder.uidvalidity = info.uidvalidity
+        elif not count_seen_uidvalidity(db, grant_id, folder_id, info.uidvalidity, now):
+            # a new UIDVALIDITY, and the stop rule's limit (this change counts as much as one a
+            # sweep or a poll saw): stopped, not reindexed once more
+            log.warning(
+                "UIDVALIDITY changes on every session; folder stopped",
+                extra={"grant_id": grant_id, "folder_id": folder_id},
+            )
+            return SyncOutcome(folder_id, "stopped")  # a stopped Inbox's grant.updated: the sweep
         if folder.uidvalidity != info.uidvalidity:
             # The server renumbered the folder. Index the new UIDVALIDITY beside the old view
             # (readers keep seeing the old one) and switch at once when it is complete.

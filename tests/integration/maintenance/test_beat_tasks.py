@@ -17,8 +17,12 @@ from sqlalchemy import text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
+from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.service import create_grant
+from pipeline.maintenance.sweep import STOPPED_DETAIL, UIDVALIDITY_STOP_AFTER
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
+from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
 from tests.support.mail import append, imap_login, make_message
 from tests.support.processes import pipeline_env
@@ -226,3 +230,91 @@ def test_reconcile_finishes_the_delete_of_a_quiet_grant(
     assert deleted_events() == [gone_id]
     with session_scope(settings.require_database_url()) as db:
         assert list(db.scalars(text("SELECT subject FROM messages"))) == ["hello"]
+
+
+def _run_queued_syncs(redis_url: str) -> int:
+    """Run the folder syncs waiting in the broker in this process, each on a session of its
+    own (as on another worker process), until none waits. Returns how many ran."""
+    import workers.resources
+    from workers.tasks import sync_folder_task
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    for ran in range(50):  # a cap: a loop of syncs queuing syncs fails the test, never hangs it
+        raw = client.rpop(QUEUE)  # kombu pushes on the left
+        if raw is None:
+            return ran
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "pipeline.sync.folder"
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        workers.resources.close_all_imap()
+        sync_folder_task.apply(args=args).get()
+    raise AssertionError("folder syncs kept queuing more folder syncs")
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_a_folder_renumbered_every_session_is_stopped_by_the_minute_polls(
+    settings: Settings,
+) -> None:
+    """A server giving every session a new UIDVALIDITY (a Courier folder whose uid db is
+    lost): the every-minute poll and the syncs it queues count the changes, so the folder is
+    stopped after UIDVALIDITY_STOP_AFTER of them with the documented status, not reindexed
+    every minute with a folder.updated each time (issue 11)."""
+    import workers.resources
+    from workers.beat_tasks import poll_grant_task
+
+    folders = [
+        FakeFolder(b"INBOX", [sample_message(1)]),
+        FakeFolder(b"Sent", [], ("\\HasNoChildren", "\\Sent")),
+        FakeFolder(b"Archive", [sample_message(2), sample_message(3)], ("\\Archive",)),
+    ]
+    redis_url = settings.require_redis_url()
+    # every look here is a new login (that is the point): more than an account's default budget
+    workers.resources.limiter_for_process().set_limits("generic", {"account_logins_per_min": 1000})
+    with FakeImapServer(FakeImapConfig(folders=folders, uidvalidity_per_session=True)) as server:
+        request = GrantRequest(
+            email="renumbered@fake.test",
+            password="any",  # type: ignore[arg-type]
+            imap_host="127.0.0.1",
+            imap_port=server.port,
+            imap_tls="plain",
+            allow_plaintext=True,
+            imap_username="renumbered",
+        )
+        with session_scope(settings.require_database_url()) as db:
+            grant_id = create_grant(db, settings, request).grant.id
+        sync_grant_inline(sessionmaker_for(settings.require_database_url()), settings, grant_id)
+        with session_scope(settings.require_database_url()) as db:
+            archive = db.query(Folder).filter(Folder.name == "Archive").one()
+            archive_id = archive.id
+            assert archive.state == "synced"
+
+        def archive_state() -> tuple[str, str | None]:
+            with session_scope(settings.require_database_url()) as db:
+                folder = db.get(Folder, archive_id)
+                assert folder is not None
+                return folder.state, folder.state_detail
+
+        minutes = 0
+        while archive_state()[0] != "stopped" and minutes < 2 * UIDVALIDITY_STOP_AFTER:
+            minutes += 1
+            # a minute apart: the pooled session idled out (IMAP_POOL_IDLE_S), a new one polls
+            workers.resources.close_all_imap()
+            poll_grant_task.apply(args=[grant_id]).get()
+            _run_queued_syncs(redis_url)
+        assert archive_state() == ("stopped", STOPPED_DETAIL)
+        with session_scope(settings.require_database_url()) as db:
+            updated = db.scalar(
+                text(
+                    "SELECT count(*) FROM webhook_outbox WHERE type = 'folder.updated' "
+                    "AND object->>'id' = :f"
+                ),
+                {"f": archive_id},
+            )
+        assert updated < UIDVALIDITY_STOP_AFTER  # each reindex was one of the counted changes
+        # stopped means quiet: the next minutes' polls sync nothing
+        workers.resources.close_all_imap()
+        assert poll_grant_task.apply(args=[grant_id]).get() == {"changed": 0}
+        assert _run_queued_syncs(redis_url) == 0
+        with session_scope(settings.require_database_url()) as db:
+            grant = db.get(Grant, grant_id)
+            assert grant is not None and grant.sync_state != "stopped"  # only Archive is
