@@ -296,6 +296,7 @@ def store_grant(
         GrantConflict: Meanwhile the address got a grant on another server or username.
     """
     repo = GrantRepository(session)
+    reauthentication = grant is None  # a sign-in again, not the operator moving a grant
     password = request.password.get_secret_value()
     secrets = {"imap_password": password}
     if request.smtp_password is not None:
@@ -331,7 +332,10 @@ def store_grant(
     grant.capabilities = capabilities
     session.flush()
     session.refresh(grant)  # server-side timestamps for the notification
-    events.grant(session, "grant.created" if created else "grant.updated", grant)
+    if created:
+        events.grant(session, "grant.created", grant)
+    else:
+        events.grant(session, "grant.updated", grant, reauthenticated=reauthentication)
     log.info(
         "grant %s",
         "created" if created else "re-authenticated",

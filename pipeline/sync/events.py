@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from pipeline.grants.views import grant_dict
+from pipeline.grants.views import grant_notification
 from pipeline.messages.repository import MessageRepository
 from pipeline.messages.views import (
     attachment_view,
@@ -70,7 +70,8 @@ def folder(session: Session, type_: str, row: Folder) -> int:
     return 1
 
 
-def grant(session: Session, type_: str, row: Grant) -> int:
-    """Emit a ``grant.*`` notification."""
-    emit(session, grant_id=row.id, type=type_, obj=grant_dict(row), subject_id=row.id)
+def grant(session: Session, type_: str, row: Grant, *, reauthenticated: bool = False) -> int:
+    """Emit a ``grant.*`` notification (``reauthenticated``: a ``grant.updated`` for a sign-in)."""
+    obj = grant_notification(type_, row, reauthenticated=reauthenticated)
+    emit(session, grant_id=row.id, type=type_, obj=obj, subject_id=row.id)
     return 1

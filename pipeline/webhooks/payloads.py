@@ -2,9 +2,13 @@
 
 ::
 
-    {"specversion": "1.0", "type": "message.created", "source": "/imap/<grant id>",
+    {"specversion": "1.0", "type": "message.created", "source": "/imap/emails/incremental",
      "id": "<notification id>", "time": <unix s>, "webhook_delivery_attempt": <n>,
      "data": {"application_id": "<app id>", "object": {...}}}
+
+``source`` is what Nylas sends for an IMAP grant: ``/nylas/system`` for grant events,
+``/imap/emails/historic`` for ``grant.imap_sync_completed``, ``/imap/emails/incremental`` for
+message and folder changes. The grant is ``data.object.grant_id`` in every object.
 
 A body larger than the limit (1 MB by default) is sent as ``<type>.truncated`` with the
 object's ``body`` left out; the receiver fetches the full object through the API.
@@ -20,7 +24,9 @@ from typing import Any
 from pipeline.webhooks.schemas import TRUNCATED_SUFFIX
 
 SPEC_VERSION = "1.0"
-APP_SOURCE = "/imap/app"  # source of notifications that belong to no grant
+SYSTEM_SOURCE = "/nylas/system"  # grant lifecycle, and notifications that belong to no grant
+HISTORIC_SOURCE = "/imap/emails/historic"  # the end of the initial (historic) sync
+INCREMENTAL_SOURCE = "/imap/emails/incremental"  # changes found after the initial sync
 TRUNCATED_FIELDS = ("body",)
 
 
@@ -34,9 +40,13 @@ class Notification:
     truncated: bool
 
 
-def source_for(grant_id: str | None) -> str:
-    """The envelope's ``source``: ``/imap/<grant id>``, or ``/imap/app`` without a grant."""
-    return f"/imap/{grant_id}" if grant_id else APP_SOURCE
+def source_for(type: str, grant_id: str | None) -> str:
+    """The envelope's ``source`` for a notification type, as Nylas names it for IMAP grants."""
+    if type == "grant.imap_sync_completed":
+        return HISTORIC_SOURCE
+    if grant_id is None or type.startswith("grant."):
+        return SYSTEM_SOURCE
+    return INCREMENTAL_SOURCE
 
 
 def encode(envelope: dict[str, Any]) -> bytes:
@@ -59,7 +69,7 @@ def build(
     envelope: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "type": type,
-        "source": source_for(grant_id),
+        "source": source_for(type, grant_id),
         "id": notification_id,
         "time": int(occurred_at.timestamp()),
         "webhook_delivery_attempt": attempt,

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from pipeline.crypto import SecretBox
-from pipeline.models import new_id
+from pipeline.grants.views import GRANT_NOTIFICATION_CODES, grant_notification
+from pipeline.models import Grant, new_id
 from pipeline.webhooks import payloads, repository, ssrf
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
@@ -100,13 +101,11 @@ def mock_object(trigger_type: str, grant_id: str = MOCK_GRANT_ID) -> dict[str, A
         }
     if family == "folder":
         return {"id": new_id(), "grant_id": grant_id, "object": "folder", "name": "Test"}
-    return {
-        "id": grant_id,
-        "object": "grant",
-        "provider": "imap",
-        "grant_status": "valid",
-        "created_at": now,
-    }
+    if family == "grant" and trigger_type in GRANT_NOTIFICATION_CODES:
+        sample = Grant(id=grant_id, email="you@example.com", updated_at=datetime.now(UTC))
+        return grant_notification(trigger_type, sample)
+    # a type this engine never emits (see README, Webhooks): a sample naming its object
+    return {"id": new_id(), "grant_id": grant_id, "object": family}
 
 
 class WebhookService:

@@ -158,8 +158,9 @@ def test_a_password_changed_on_the_server_expires_the_grant_once(
         assert grant.grant_status == "invalid"
         assert "refused the login" in (grant.status_detail or "")
     expired = [o for t, o in events(settings) if t == "grant.expired"]
-    assert [o["id"] for o in expired] == [grant_id]
-    assert expired[0]["grant_status"] == "invalid"
+    assert [o["grant_id"] for o in expired] == [grant_id]
+    assert expired[0]["code"] == 25009  # Nylas' grant.expired object
+    assert expired[0]["provider"] == "imap"
     assert "changed-elsewhere" not in str(expired)
 
 

@@ -49,6 +49,14 @@ class ApiServer:
             rows = db.execute(text("SELECT type, subject_id FROM webhook_outbox ORDER BY seq"))
             return [(str(t), s) for t, s in rows]
 
+    def outbox_objects(self) -> list[tuple[str, dict[str, Any]]]:
+        """Webhook notifications written so far: (type, ``data.object``), oldest first."""
+        from sqlalchemy import text
+
+        with session_scope(self.settings.require_database_url()) as db:
+            rows = db.execute(text("SELECT type, object FROM webhook_outbox ORDER BY seq"))
+            return [(str(t), dict(p)) for t, p in rows]
+
     def nylas(self) -> Client:
         """The official SDK pointed at this server."""
         return Client(API_KEY, api_uri=self.url, timeout=HTTP_TIMEOUT_S)

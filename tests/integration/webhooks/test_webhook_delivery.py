@@ -85,7 +85,7 @@ def test_notification_is_signed_over_the_exact_raw_body(
     envelope = got.json()
     assert envelope["specversion"] == "1.0"
     assert envelope["type"] == "message.created"
-    assert envelope["source"] == f"/imap/{GRANT}"
+    assert envelope["source"] == "/imap/emails/incremental"
     assert envelope["webhook_delivery_attempt"] == 1
     assert abs(envelope["time"] - time.time()) < 60
     assert envelope["data"] == {

@@ -33,7 +33,7 @@ def test_envelope_has_the_nylas_v3_shape() -> None:
     assert json.loads(n.body) == {
         "specversion": "1.0",
         "type": "message.created",
-        "source": "/imap/g-1",
+        "source": "/imap/emails/incremental",
         "id": "n-1",
         "time": int(WHEN.timestamp()),
         "webhook_delivery_attempt": 3,
@@ -45,8 +45,13 @@ def test_envelope_has_the_nylas_v3_shape() -> None:
     assert not n.truncated
 
 
-def test_source_without_a_grant_is_the_app() -> None:
-    assert payloads.source_for(None) == "/imap/app"
+def test_source_is_what_nylas_sends_for_each_type() -> None:
+    assert payloads.source_for("message.created", "g") == "/imap/emails/incremental"
+    assert payloads.source_for("folder.deleted", "g") == "/imap/emails/incremental"
+    assert payloads.source_for("grant.created", "g") == "/nylas/system"
+    assert payloads.source_for("grant.expired", "g") == "/nylas/system"
+    assert payloads.source_for("grant.imap_sync_completed", "g") == "/imap/emails/historic"
+    assert payloads.source_for("message.created", None) == "/nylas/system"
 
 
 def test_non_ascii_is_sent_as_utf8_and_signed_as_sent() -> None:
