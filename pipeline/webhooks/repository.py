@@ -218,6 +218,26 @@ def insert_deliveries(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     session.execute(stmt, list(rows))
 
 
+def live_leases(session: Session, destination_ids: Iterable[str]) -> set[str]:
+    """Of these destinations, the ones a drainer holds now.
+
+    Their rows stay share-locked until the caller commits, so a drainer that lets go of one
+    waits for that commit and then sees what the caller wrote: the caller need not wake a
+    destination whose drainer is still working (see ``outbox.dispatch_batch``).
+    """
+    ids = sorted(destination_ids)
+    if not ids:
+        return set()
+    w = WebhookDestination
+    rows = session.execute(
+        select(w.id, w.drain_lease_until > func.clock_timestamp())
+        .where(w.id.in_(ids))
+        .order_by(w.id)
+        .with_for_update(read=True)
+    ).all()
+    return {row[0] for row in rows if row[1]}
+
+
 def mark_dispatched(session: Session, seqs: Sequence[int]) -> None:
     """Mark outbox rows as turned into deliveries."""
     if seqs:

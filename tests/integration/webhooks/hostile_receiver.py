@@ -189,6 +189,8 @@ class HostileReceiver:
                 pass
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # stop(): the server goes down mid-answer (asyncio would log it as an error)
         finally:
             self._handlers.discard(task)
             writer.close()
