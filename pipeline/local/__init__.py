@@ -248,7 +248,10 @@ def _stand_in_base(temporary: bool) -> Path:
 def _collect_orphan_stand_ins(base: Path) -> None:
     for marker in base.glob("*.source"):
         target = base / marker.name.removesuffix(".source")
-        source = Path(marker.read_text())
+        try:
+            source = Path(marker.read_text())
+        except FileNotFoundError:
+            continue  # another test run collected it between the listing and the read
         if source.is_symlink() and source.resolve() == target.resolve():
             continue
         if _server_running_in(target):

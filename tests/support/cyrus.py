@@ -7,9 +7,10 @@ services run as ``CYRUS_USER``, Debian's ``mail`` here since the unpacked packag
 
     <root>/imapd.conf, cyrus.conf   generated on every start
     <root>/sasldb2                  users and passwords (SASL auxprop ``sasldb``)
-    <root>/conf/                    Cyrus's databases (mailboxes list, seen state...)
+    <root>/conf/                    Cyrus's databases (mailboxes list, seen state...); in
+                                    conf/socket/ idled's socket and one per idling imapd
     <root>/spool/                   the mail
-    <root>/run/                     sockets (``idled``), locks, process table, master.pid
+    <root>/run/                     locks, process table, master.pid
 
 What clients see: ``IMAP4rev1 IDLE CONDSTORE QRESYNC MOVE UIDPLUS SPECIAL-USE``, folders beside
 INBOX (``altnamespace``) with the ``/`` separator, and INBOX plus ``Drafts Sent Trash Junk
@@ -97,7 +98,7 @@ class LocalCyrus(ServerContext):
             raise ServiceError(f"Port {self.port} is already in use; pick another for LocalCyrus")
         self.home = reachable_dir(self.root, CYRUS_USER)
         self.home.chmod(0o755)
-        for sub in ("conf", "spool", "sieve", "run", "run/socket", "run/proc", "run/lock"):
+        for sub in ("conf", "conf/socket", "spool", "sieve", "run", "run/proc", "run/lock"):
             (self.home / sub).mkdir(exist_ok=True)
         (self.home / "imapd.conf").write_text(self._imapd_conf())
         (self.home / "cyrus.conf").write_text(self._cyrus_conf())
@@ -162,9 +163,11 @@ sasl_pwcheck_method: auxprop
 sasl_auxprop_plugin: sasldb
 sasl_sasldb_path: {home / "sasldb2"}
 sasl_mech_list: PLAIN LOGIN
-idlesocket: {home / "run" / "socket" / "idle"}
-notifysocket: {home / "run" / "socket" / "notify"}
-lmtpsocket: {home / "run" / "socket" / "lmtp"}
+# an idling imapd binds {{configdirectory}}/socket/idle.<pid> (not configurable) and idled
+# must sit beside it, or imapd falls back to looking every imapidlepoll (60) seconds
+idlesocket: {home / "conf" / "socket" / "idle"}
+notifysocket: {home / "conf" / "socket" / "notify"}
+lmtpsocket: {home / "conf" / "socket" / "lmtp"}
 syslog_prefix: cyrus-test-{self.port}
 """
 

@@ -47,11 +47,13 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str
 
 def connect_grant(settings: Settings, user: MailUser) -> tuple[str, str, str]:
     """A grant for ``user`` with Inbox and Sent folder rows; returns (grant, inbox, sent) ids."""
-    create_folder(user.server, user.name, user.password, "Sent")
+    sent_name = user.folder("Sent")
+    if user.kind != "cyrus":  # Cyrus makes Sent at the first login
+        create_folder(user.server, user.name, user.password, sent_name)
     with session_scope(settings.require_database_url()) as db:
         grant = create_grant(db, settings, grant_request(user)).grant
         inbox = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", role="inbox")
-        sent = Folder(grant_id=grant.id, name="Sent", raw_name="Sent", role="sent")
+        sent = Folder(grant_id=grant.id, name=sent_name, raw_name=sent_name, role="sent")
         db.add_all([inbox, sent])
         db.flush()
         return grant.id, inbox.id, sent.id

@@ -50,23 +50,23 @@ def changed_at(client: redis.Redis[bytes], grant_id: str, folder_id: str) -> int
 
 
 def test_append_flag_change_and_expunge_each_reach_the_workers(
-    settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
+    settings: Settings, server_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
 ) -> None:
-    grant_id, inbox, sent = connect_grant(settings, mail_user)
+    grant_id, inbox, sent = connect_grant(settings, server_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(2), what="both folders idling")
         time.sleep(1.2)  # let the connect-time event's debounce window pass
         rec = running.recorder
 
         before = rec.count(inbox)
-        append(mail_user.server, mail_user.name, mail_user.password, make_message("new"))
+        append(server_user.server, server_user.name, server_user.password, make_message("new"))
         wait_for(lambda: rec.count(inbox) > before, what="enqueue after APPEND")
         assert changed_at(sync_redis, grant_id, inbox) > 0
         assert rec.calls[-1][:3] == (grant_id, inbox, "generic")
 
         time.sleep(1.2)
         before = rec.count(inbox)
-        conn = imap_login(mail_user.server, mail_user.name, mail_user.password)
+        conn = imap_login(server_user.server, server_user.name, server_user.password)
         try:
             conn.select("INBOX")
             conn.store("1", "+FLAGS", "(\\Flagged)")
