@@ -17,6 +17,10 @@ pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS o
                                                                         without IDLE
 pipeline.maintenance.poll_folders              60 s        maintenance  STATUS of folders without
                                                                         IDLE; sync what changed
+pipeline.maintenance.discover_folders          5 min       maintenance  LIST every grant's folders,
+                                                                        spread over the interval:
+                                                                        sync and announce new
+                                                                        ones, remove vanished ones
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
 pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work;
                                                                         delete orphans past their
@@ -40,6 +44,8 @@ SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
 POLL_INTERVAL_S = 60  # folders without an IDLE connection are checked this often
 PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
 RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this (plus the stall)
+# a folder another client made or removed is noticed within this (one LIST per grant)
+FOLDER_DISCOVERY_INTERVAL_S = 5 * 60
 MAINTENANCE_QUEUE = "maintenance"
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_SWEEP_INTERVAL_S = 15.0  # worst-case delay a lost Redis message adds to a delivery
@@ -70,6 +76,7 @@ def beat_schedule(
     poll_s: float = POLL_INTERVAL_S,
     purge_s: float = PURGE_INTERVAL_S,
     reconcile_s: float = RECONCILE_INTERVAL_S,
+    discovery_s: float = FOLDER_DISCOVERY_INTERVAL_S,
 ) -> dict[str, dict[str, Any]]:
     """The schedule, with intervals from settings (``IMAP_PIPELINE_*_INTERVAL_S``; see
     workers/celeryconfig.py) or the defaults above."""
@@ -78,6 +85,7 @@ def beat_schedule(
         "folder-poll": _job("pipeline.maintenance.poll_folders", poll_s),
         "retention-purge": _job("pipeline.maintenance.purge", purge_s),
         "reconcile": _job("pipeline.maintenance.reconcile", reconcile_s),
+        "folder-discovery": _job("pipeline.maintenance.discover_folders", discovery_s),
         "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
         "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
     }

@@ -184,7 +184,16 @@ class Settings(BaseSettings):
         default=600.0, ge=10, description="The rolling retention purge runs this often."
     )
     reconcile_interval_s: float = Field(
-        default=300.0, ge=10, description="Stalled grants and folders are re-enqueued this often."
+        default=300.0,
+        ge=10,
+        description="Stalled grants and folders are re-enqueued, and orphans past their grace "
+        "deleted, this often.",
+    )
+    folder_discovery_interval_s: float = Field(
+        default=300.0,
+        ge=30,
+        description="Every grant's folders are listed this often: folders another client made "
+        "are synced and announced (folder.created), vanished ones removed (folder.deleted).",
     )
 
     # --- processes --------------------------------------------------------------------------

@@ -8,6 +8,11 @@ Task names (the schedule's contract):
 - ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS every folder of one grant on a
   fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed, and where a
   folder no listener watches (not Inbox/Sent) changed since its last sync (polling).
+- ``pipeline.maintenance.discover_folders()``: once per interval, give every valid grant a
+  ``discover_grant`` at its fixed offset within the interval.
+- ``pipeline.maintenance.discover_grant(grant_id)``: LIST one grant's folders on a pooled
+  session; folders another client made are added (``folder.created``, within the folder cap)
+  and their syncs queued, vanished ones removed (``folder.deleted``).
 - ``pipeline.maintenance.purge()``: the rolling retention purge, ``PURGE_BUDGET_S`` at a time.
 - ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders; delete the
   messages that stayed in no folder past the orphan grace (``message.deleted``).
@@ -34,6 +39,7 @@ from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
 from pipeline.maintenance.sweep import check_grant, plan_sweep, poll_grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
+from pipeline.sync.runner import discover_folders
 from workers import enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
@@ -143,6 +149,65 @@ def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
             settings().max_folder_tasks_per_grant,
             replace=False,
         )
+
+
+@app.task(name="pipeline.maintenance.discover_folders")
+def discover_folders_task() -> dict[str, Any]:
+    """Plan this interval's folder discoveries, spread over the interval."""
+    return _plan_per_grant(
+        "discover",
+        "pipeline.maintenance.discover_grant",
+        settings().folder_discovery_interval_s,
+    )
+
+
+@app.task(name="pipeline.maintenance.discover_grant", bind=True)
+def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
+    """LIST a grant's folders; add (and sync) new ones, remove vanished ones."""
+    with job_lock(redis_client(), f"discover:{grant_id}", CHECK_LOCK_TTL_S) as taken:
+        if not taken:
+            return {"skipped": "a discovery of this grant is running"}
+        with sessions().begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+                return {"skipped": "grant not active"}
+            if grant.initial_sync_completed_at is None:
+                return {"skipped": "initial sync running"}  # its grant sync discovers
+            provider = grant.provider
+            try:
+                imap = imap_for(db, grant)
+            except RateLimited as exc:
+                reschedule(self, exc)
+                return {"skipped": "rate limited"}
+            except ImapLimitError as exc:
+                note_misbehaved(grant_id, exc)
+                return {"skipped": type(exc).__name__}
+            except ImapError as exc:  # an auth failure marks the grant invalid (committed)
+                return {"skipped": type(exc).__name__}
+        healthy = False
+        try:
+            listed = imap.list_folders()
+            healthy = True
+        except ImapLimitError as exc:
+            note_misbehaved(grant_id, exc)
+            return {"skipped": type(exc).__name__}
+        except ImapError as exc:
+            log.warning("folder discovery failed: %s", exc)
+            return {"skipped": type(exc).__name__}
+        finally:
+            release_imap(grant_id, imap, healthy=healthy)
+        with sessions().begin() as db:  # no IMAP I/O inside the transaction
+            grant = GrantRepository(db).get_for_update(grant_id)
+            if grant is None:
+                return {"skipped": "grant removed"}
+            changes = discover_folders(
+                db, grant, listed, max_folders=settings().max_folders_per_grant
+            )
+    if changes.created or changes.deleted:
+        kick()  # folder.created / folder.deleted
+    created = set(changes.created)
+    _queue(grant_id, provider, [f for f in changes.selectable if f in created])
+    return {"created": len(changes.created), "deleted": len(changes.deleted)}
 
 
 @app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)

@@ -80,6 +80,7 @@ beat_schedule = build_beat_schedule(
     poll_s=_s.poll_interval_s,
     purge_s=_s.purge_interval_s,
     reconcile_s=_s.reconcile_interval_s,
+    discovery_s=_s.folder_discovery_interval_s,
 )
 # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
 globals().update(beat_settings(broker_url))

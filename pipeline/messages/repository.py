@@ -283,6 +283,16 @@ class MessageRepository:
         )
         return sorted({str(mid) for (mid,) in result})
 
+    def held_by_folders(self, folder_ids: Iterable[str]) -> list[str]:
+        """The messages placed in any of ``folder_ids`` (any UIDVALIDITY)."""
+        ids = list(set(folder_ids))
+        if not ids:
+            return []
+        rows = self.session.scalars(
+            select(Placement.message_id).where(Placement.folder_id.in_(ids)).distinct()
+        )
+        return sorted(str(m) for m in rows)
+
     def unplaced(self, message_ids: Iterable[str]) -> list[str]:
         """Those of ``message_ids`` that no folder holds any more."""
         ids = list(set(message_ids))

@@ -147,7 +147,9 @@ def discover_folders(
     """Bring the grant's folder rows in line with the server's LIST. Never commits.
 
     ``\\Noselect`` folders are kept out; a folder gone from the server is deleted with its
-    placements (messages left in no folder are cleaned up by the caller's policy). At most
+    placements, and the messages it leaves in no folder are marked orphaned (deleted with
+    ``message.deleted`` after the orphan grace, unless a folder found later holds them: a
+    renamed folder keeps its messages' ids). At most
     ``max_folders`` are kept (see :func:`_kept_folders`); the others count in
     ``grant.folders_skipped`` and are treated as absent. ``changes.selectable`` lists the kept
     folders most important first (Inbox, Sent, other roles…): the order to sync them in.
@@ -155,6 +157,7 @@ def discover_folders(
     changes = FolderChanges()
     live = grant.initial_sync_completed_at is not None  # no notifications for the first look
     existing = {f.raw_name: f for f in FolderRepository(session).for_grant(grant.id)}
+    existing_by_id = {f.id: f for f in existing.values()}
     kept, skipped = _kept_folders(listed, set(existing), max_folders)
     if skipped:
         log.warning(
@@ -191,7 +194,13 @@ def discover_folders(
             changes.deleted.append(folder.id)
             if live:
                 events.folder(session, "folder.deleted", folder)
-            session.delete(folder)
+    if changes.deleted:
+        messages = MessageRepository(session)
+        held = messages.held_by_folders(changes.deleted)
+        for folder_id in changes.deleted:
+            session.delete(existing_by_id[folder_id])
+        session.flush()
+        messages.mark_orphaned(messages.unplaced(held), datetime.now(UTC))
     session.flush()
     return changes
 

@@ -24,7 +24,7 @@ from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
-from tests.support.mail import append, imap_login, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
 
@@ -318,3 +318,82 @@ def test_a_folder_renumbered_every_session_is_stopped_by_the_minute_polls(
         with session_scope(settings.require_database_url()) as db:
             grant = db.get(Grant, grant_id)
             assert grant is not None and grant.sync_state != "stopped"  # only Archive is
+
+
+def _delete_folder(user: MailUser, raw_name: str) -> None:
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        typ, data = conn.delete(f'"{raw_name}"')
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def _outbox(settings: Settings, kind: str) -> list[dict[str, object]]:
+    with session_scope(settings.require_database_url()) as db:
+        rows = db.execute(
+            text("SELECT object FROM webhook_outbox WHERE type = :t ORDER BY seq"), {"t": kind}
+        )
+        return [dict(o) for (o,) in rows]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """Folders made or removed by another client, on a grant where nothing else happens: the
+    periodic discovery announces and syncs the new one, removes the vanished one, and the mail
+    only the vanished one held is orphaned (issue 11)."""
+    from workers.beat_tasks import discover_folders_task, discover_grant_task
+
+    user, redis_url = mail_user, settings.require_redis_url()
+    create_folder(user.server, user.name, user.password, "Old")
+    append(user.server, user.name, user.password, make_message("old mail"), folder="Old")
+    grant_id = synced_grant(settings, user)
+    assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}
+
+    create_folder(user.server, user.name, user.password, "Projects")
+    append(user.server, user.name, user.password, make_message("plan"), folder="Projects")
+    _delete_folder(user, "Old")
+    assert discover_folders_task.apply().get() == {"planned": 1}
+    assert discover_folders_task.apply().get() == {"skipped": "already planned this interval"}
+    assert queued(redis_url, QUEUE) == [("pipeline.maintenance.discover_grant", [grant_id])]
+    redis.Redis.from_url(redis_url, socket_timeout=5).delete(QUEUE)  # run here instead
+    assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 1, "deleted": 1}
+
+    with session_scope(settings.require_database_url()) as db:
+        projects = db.query(Folder).filter(Folder.name == "Projects").one()
+        projects_id = projects.id
+        assert db.query(Folder).filter(Folder.name == "Old").count() == 0
+        orphaned = db.scalar(text("SELECT orphaned_at FROM messages WHERE subject = 'old mail'"))
+        assert orphaned is not None  # message.deleted follows after the grace (reconcile)
+    assert [o["id"] for o in _outbox(settings, "folder.created")] == [projects_id]
+    assert [o["name"] for o in _outbox(settings, "folder.deleted")] == ["Old"]
+    assert queued(redis_url, QUEUE) == [("pipeline.sync.folder", [grant_id, projects_id])]
+    assert _run_queued_syncs(redis_url) == 1
+    with session_scope(settings.require_database_url()) as db:
+        projects = db.get(Folder, projects_id)
+        assert projects is not None and projects.state == "synced"
+        assert db.scalar(text("SELECT count(*) FROM messages WHERE subject = 'plan'")) == 1
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_folder_discovery_respects_the_folder_cap(
+    settings: Settings, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.settings
+    from workers.beat_tasks import discover_grant_task
+
+    grant_id = synced_grant(settings, mail_user)
+    with session_scope(settings.require_database_url()) as db:
+        count = db.query(Folder).filter(Folder.grant_id == grant_id).count()
+    monkeypatch.setenv("IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT", str(count))
+    workers.settings.settings.cache_clear()
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "One too many")
+    assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}
+    with session_scope(settings.require_database_url()) as db:
+        assert db.query(Folder).filter(Folder.grant_id == grant_id).count() == count
+        grant = db.get(Grant, grant_id)
+        assert grant is not None and grant.folders_skipped == 1
+    assert _outbox(settings, "folder.created") == []
+    assert queued(settings.require_redis_url(), QUEUE) == []

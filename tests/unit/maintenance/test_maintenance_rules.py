@@ -54,6 +54,16 @@ def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
     assert beat_schedule.SWEEP_INTERVAL_S == 5 * 60
 
 
+def test_folder_discovery_is_scheduled_at_most_every_five_minutes_and_configurable() -> None:
+    from pipeline.config import Settings
+
+    default = beat_schedule.BEAT_SCHEDULE["folder-discovery"]
+    assert default["task"] == "pipeline.maintenance.discover_folders"
+    assert default["schedule"] <= 5 * 60
+    assert Settings().folder_discovery_interval_s <= 5 * 60
+    assert beat_schedule.beat_schedule(discovery_s=90)["folder-discovery"]["schedule"] == 90.0
+
+
 def test_the_webhook_entries_match_what_the_webhook_tasks_ask_for() -> None:
     from workers.webhook_tasks import WEBHOOK_BEAT_ENTRIES
 
