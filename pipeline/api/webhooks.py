@@ -8,6 +8,7 @@ reference) and ``PUT /v3/webhooks/{id}/rotate-secret`` (what the SDK calls).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,6 +72,30 @@ def create_webhook(
         created = service.create(db, body)
     db.commit()
     return ok(request, view(created))
+
+
+class MockPayloadRequest(BaseModel):
+    """Body of ``POST /v3/webhooks/mock-payload``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trigger_type: str = Field(min_length=1, max_length=64)
+
+
+@router.post("/webhooks/mock-payload", summary="A sample notification of a trigger type")
+def mock_payload(request: Request, api: State, body: MockPayloadRequest) -> dict[str, Any]:
+    """The envelope a ``trigger_type`` notification has, with sample data; nothing is sent."""
+    with webhook_service(api) as service:
+        return ok(request, service.mock_payload(body.trigger_type))
+
+
+@router.get("/webhooks/ip-addresses", summary="Addresses notifications come from")
+def ip_addresses(request: Request) -> dict[str, Any]:
+    """Nylas lists the addresses its senders use. A self-hosted install sends from the
+    machines that run its webhooks workers, which it cannot see from here (NAT, proxies):
+    the list is empty, and a receiver that filters by address allows those machines'
+    addresses itself (README, Webhooks)."""
+    return ok(request, {"ip_addresses": [], "updated_at": int(time.time())})
 
 
 @router.get("/webhooks/{webhook_id}", summary="Get a webhook destination")

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Identity,
@@ -55,6 +56,10 @@ class WebhookDestination(Base):
         ARRAY(Text), nullable=False, default=list
     )
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    # Nylas' ``compressed_delivery``, kept as the client set it (migration 0103).
+    compressed_delivery: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
     # Fernet token of the signing secret; the plaintext is shown once and never stored.
     secret_sealed: Mapped[str] = mapped_column(Text, nullable=False)
     # Start of the current run of failed attempts (NULL while healthy).

@@ -59,9 +59,11 @@ def add_destination(
     trigger_types: list[str],
     notification_email_addresses: list[str],
     secret_sealed: str,
+    compressed_delivery: bool = False,
 ) -> WebhookDestination:
     """Insert a destination (status ``active``) and return it with its server defaults."""
     destination = WebhookDestination(
+        compressed_delivery=compressed_delivery,
         webhook_url=webhook_url,
         description=description,
         trigger_types=trigger_types,

@@ -28,9 +28,47 @@ TRIGGER_TYPES: frozenset[str] = frozenset(
 )
 """The Nylas v3 trigger types this engine emits (the IMAP subset)."""
 
+NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
+    {
+        # Nylas' other documented types (the SDK's ``WebhookTriggers``): a destination may
+        # subscribe to them, as on Nylas, but nothing here produces them (no calendars,
+        # contacts, scheduler, tracking, outbox or deliverability reports over IMAP).
+        "booking.created",
+        "booking.pending",
+        "booking.rescheduled",
+        "booking.cancelled",
+        "booking.reminder",
+        "calendar.created",
+        "calendar.updated",
+        "calendar.deleted",
+        "contact.updated",
+        "contact.deleted",
+        "event.created",
+        "event.updated",
+        "event.deleted",
+        "message.send_success",
+        "message.send_failed",
+        "message.bounce_detected",
+        "message.opened",
+        "message.link_clicked",
+        "message.opened.legacy",
+        "message.link_clicked.legacy",
+        "message.intelligence.order",
+        "message.intelligence.tracking",
+        "message.intelligence.return",
+        "message.created.cleaned",
+        "thread.replied",
+        "thread.replied.legacy",
+    }
+)
+"""Types a destination may subscribe to that this engine never sends (README, Webhooks)."""
+
+ACCEPTED_TRIGGER_TYPES: frozenset[str] = TRIGGER_TYPES | NEVER_EMITTED_TRIGGER_TYPES
+
 TRUNCATED_SUFFIX = ".truncated"
 
-DestinationStatus = Literal["active", "failing", "failed", "paused"]
+DestinationStatus = Literal["active", "failing", "failed", "pause"]
+"""Statuses as Nylas spells them (stored as ``paused``: :data:`models.DESTINATION_STATUSES`)."""
 
 MAX_DESCRIPTION_CHARS = 1000
 MAX_URL_CHARS = 2000
@@ -39,11 +77,11 @@ MAX_NOTIFICATION_EMAILS = 20
 
 def check_trigger_types(values: list[str]) -> list[str]:
     """Deduplicated trigger types in the order given, or ValueError naming the unknown ones."""
-    unknown = sorted(set(values) - TRIGGER_TYPES)
+    unknown = sorted(set(values) - ACCEPTED_TRIGGER_TYPES)
     if unknown:
         raise ValueError(
             f"unknown trigger type(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(TRIGGER_TYPES))}"
+            f"known: {', '.join(sorted(ACCEPTED_TRIGGER_TYPES))}"
         )
     if not values:
         raise ValueError("at least one trigger type is required")
@@ -64,6 +102,7 @@ class WebhookDestinationOut(BaseModel):
     status_updated_at: int
     created_at: int
     updated_at: int
+    compressed_delivery: bool = False
     webhook_secret: str | None = Field(default=None, repr=False)
     # Not in the Nylas object: why a ``failing``/``failed`` destination fails (its last failed
     # attempt, e.g. "DeadlineExceeded: no complete response headers within 10 s …");
@@ -82,6 +121,7 @@ class CreateWebhookRequest(BaseModel):
     notification_email_addresses: list[str] = Field(
         default_factory=list, max_length=MAX_NOTIFICATION_EMAILS
     )
+    compressed_delivery: bool = False
 
     @field_validator("trigger_types")
     @classmethod
@@ -105,6 +145,7 @@ class UpdateWebhookRequest(BaseModel):
         default=None, max_length=MAX_NOTIFICATION_EMAILS
     )
     status: Literal["active", "paused", "pause"] | None = None
+    compressed_delivery: bool | None = None
 
     @field_validator("trigger_types")
     @classmethod

@@ -10,6 +10,7 @@ The plaintext secret exists only in the answer to :meth:`WebhookService.create` 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from pipeline.webhooks import payloads, repository, ssrf
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.schemas import (
-    TRIGGER_TYPES,
+    ACCEPTED_TRIGGER_TYPES,
     CreateWebhookRequest,
     TestEventResult,
     UpdateWebhookRequest,
@@ -50,11 +51,13 @@ def to_out(destination: WebhookDestination, *, secret: str | None = None) -> Web
         description=destination.description,
         trigger_types=list(destination.trigger_types),
         webhook_url=destination.webhook_url,
-        status=destination.status,  # type: ignore[arg-type]
+        # Nylas spells a paused destination ``pause``
+        status="pause" if destination.status == "paused" else destination.status,  # type: ignore[arg-type]
         notification_email_addresses=list(destination.notification_email_addresses),
         status_updated_at=_unix(destination.status_updated_at),
         created_at=_unix(destination.created_at),
         updated_at=_unix(destination.updated_at),
+        compressed_delivery=destination.compressed_delivery,
         webhook_secret=secret,
         failure_reason=destination.failure_reason if destination.status != "active" else None,
     )
@@ -186,6 +189,7 @@ class WebhookService:
             trigger_types=req.trigger_types,
             notification_email_addresses=emails,
             secret_sealed=self._box.seal(secret),
+            compressed_delivery=req.compressed_delivery,
         )
         return to_out(destination, secret=secret)
 
@@ -216,6 +220,8 @@ class WebhookService:
             destination.notification_email_addresses = _check_emails(
                 req.notification_email_addresses
             )
+        if req.compressed_delivery is not None:
+            destination.compressed_delivery = req.compressed_delivery
         if req.status is not None:
             status = "paused" if req.status in ("pause", "paused") else "active"
             repository.set_status(session, destination, status)
@@ -261,26 +267,14 @@ class WebhookService:
             WebhookNotFound: no destination has that URL (the secret to sign with is its own).
             DestinationRefused: the URL resolves to a non-public address not allowed.
         """
-        if trigger_type not in TRIGGER_TYPES:
-            raise InvalidWebhookRequest(
-                f"Unknown trigger type {trigger_type!r}; known: {', '.join(sorted(TRIGGER_TYPES))}."
-            )
+        _check_trigger_type(trigger_type)
         destination = repository.find_destination_by_url(session, webhook_url)
         if destination is None:
             raise WebhookNotFound(
                 f"No webhook destination with URL {webhook_url!r}; create it first."
             )
         ssrf.check_destination(webhook_url, self._settings, resolver=self._resolver)
-        notification = payloads.build(
-            notification_id=new_id(),
-            type=trigger_type,
-            grant_id=MOCK_GRANT_ID,
-            occurred_at=datetime.now(UTC),
-            attempt=1,
-            application_id=self._settings.application_id,
-            obj=mock_object(trigger_type),
-            max_bytes=self._settings.max_payload_bytes,
-        )
+        notification = self._mock_notification(trigger_type)
         secret = self._box.open(destination.secret_sealed)
         result = self._sender.post(
             OutgoingRequest(
@@ -300,7 +294,29 @@ class WebhookService:
             error=error,
         )
 
+    def mock_payload(self, trigger_type: str) -> dict[str, Any]:
+        """The notification a ``trigger_type`` sends, with sample data (nothing is sent).
+
+        Raises:
+            InvalidWebhookRequest: unknown trigger type.
+        """
+        _check_trigger_type(trigger_type)
+        body: dict[str, Any] = json.loads(self._mock_notification(trigger_type).body)
+        return body
+
     # --- helpers ----------------------------------------------------------------------------
+
+    def _mock_notification(self, trigger_type: str) -> payloads.Notification:
+        return payloads.build(
+            notification_id=new_id(),
+            type=trigger_type,
+            grant_id=MOCK_GRANT_ID,
+            occurred_at=datetime.now(UTC),
+            attempt=1,
+            application_id=self._settings.application_id,
+            obj=mock_object(trigger_type),
+            max_bytes=self._settings.max_payload_bytes,
+        )
 
     def _verify_url(self, url: str) -> None:
         ssrf.check_destination(url, self._settings, resolver=self._resolver)
@@ -318,6 +334,14 @@ class WebhookService:
                 "list them with `imap-pipeline webhooks list`."
             )
         return destination
+
+
+def _check_trigger_type(trigger_type: str) -> None:
+    if trigger_type not in ACCEPTED_TRIGGER_TYPES:
+        raise InvalidWebhookRequest(
+            f"Unknown trigger type {trigger_type!r}; "
+            f"known: {', '.join(sorted(ACCEPTED_TRIGGER_TYPES))}."
+        )
 
 
 def _is_uuid(value: str) -> bool:

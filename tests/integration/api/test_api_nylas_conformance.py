@@ -6,7 +6,7 @@ Each test names the Nylas reference it checks against (developer.nylas.com, ``/d
 from __future__ import annotations
 
 import pytest
-from api_support import ApiServer, connect_and_sync, connect_body
+from api_support import ApiServer, Receiver, connect_and_sync, connect_body
 
 from pipeline.webhooks import payloads
 from tests.support.services import MailUser
@@ -61,3 +61,40 @@ def test_sync_completed_has_the_nylas_object(api: ApiServer, mail_user: MailUser
         "type": "grant.imap_sync_completed",
     }
     assert payloads.source_for("grant.imap_sync_completed", grant_id) == "/imap/emails/historic"
+
+
+def test_webhook_destinations_as_nylas_shows_them(api: ApiServer, receiver: Receiver) -> None:
+    """api/webhook-notifications: status ``pause``, every documented trigger type accepted,
+    ``compressed_delivery`` kept; mock-payload and ip-addresses served."""
+    client = api.nylas()
+    created = client.webhooks.create(
+        {
+            "webhook_url": receiver.url,
+            # event.created is documented by Nylas and never sent here: accepted all the same
+            "trigger_types": ["message.created", "event.created"],  # type: ignore[list-item]
+            "compressed_delivery": True,  # type: ignore[typeddict-unknown-key]
+        }
+    ).data
+    assert created.trigger_types == ["message.created", "event.created"]
+    paused = client.webhooks.update(created.id, {"status": "pause"})  # type: ignore[typeddict-unknown-key]
+    assert paused.data.status == "pause"
+    assert client.webhooks.find(created.id).data.status == "pause"
+    with api.http() as http:
+        raw = http.get(f"/v3/webhooks/{created.id}").json()["data"]
+        assert raw["compressed_delivery"] is True
+        off = http.put(f"/v3/webhooks/{created.id}", json={"compressed_delivery": False})
+        assert off.json()["data"]["compressed_delivery"] is False
+
+        mock = http.post("/v3/webhooks/mock-payload", json={"trigger_type": "grant.expired"})
+        assert mock.status_code == 200, mock.text
+        envelope = mock.json()["data"]
+        assert envelope["type"] == "grant.expired"
+        assert envelope["source"] == "/nylas/system"
+        assert envelope["data"]["object"]["code"] == 25009
+        assert "grant_id" in envelope["data"]["object"]
+        unknown = http.post("/v3/webhooks/mock-payload", json={"trigger_type": "nope.created"})
+        assert unknown.status_code == 400, unknown.text
+
+    addresses = client.webhooks.ip_addresses().data
+    assert addresses.ip_addresses == []
+    assert addresses.updated_at > 0

@@ -130,9 +130,9 @@ def test_private_destinations_are_refused_unless_allowed(
 
 
 def test_unknown_trigger_is_refused(cli_env: dict[str, str], receiver: Receiver) -> None:
-    result = _run(cli_env, "add", receiver.url(), "--triggers", "message.created,calendar.created")
+    result = _run(cli_env, "add", receiver.url(), "--triggers", "message.created,calendar.exploded")
     assert result.returncode == 1
-    assert "calendar.created" in result.stderr
+    assert "calendar.exploded" in result.stderr
     assert receiver.challenges() == []
 
 

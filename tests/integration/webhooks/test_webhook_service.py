@@ -116,7 +116,7 @@ def test_loopback_is_refused_by_default_without_any_request(
     ("request_body", "message"),
     [
         ({"webhook_url": "ftp://x/", "trigger_types": TRIGGERS}, "https://"),
-        ({"webhook_url": "https://x/", "trigger_types": ["calendar.created"]}, "calendar.created"),
+        ({"webhook_url": "https://x/", "trigger_types": ["calendar.exploded"]}, "calendar.exploded"),
         ({"webhook_url": "https://x/", "trigger_types": TRIGGERS, "bogus": 1}, "bogus"),
         (
             {
@@ -179,7 +179,7 @@ def test_update_changes_fields_and_reverifies_a_new_url(
     )
     with uow() as s:
         paused = service.update(s, created.id, {"status": "pause"})
-    assert paused.status == "paused" and paused.status_updated_at >= updated.status_updated_at
+    assert paused.status == "pause" and paused.status_updated_at >= updated.status_updated_at
     with uow() as s:
         assert service.update(s, created.id, {"status": "active"}).status == "active"
 

@@ -54,8 +54,10 @@ def test_trigger_types_are_the_nylas_imap_subset() -> None:
 
 
 def test_create_request_rejects_unknown_triggers_and_deduplicates() -> None:
-    with pytest.raises(ValidationError, match=r"calendar\.created"):
-        CreateWebhookRequest(webhook_url="https://x", trigger_types=["calendar.created"])
+    with pytest.raises(ValidationError, match=r"calendar\.exploded"):
+        CreateWebhookRequest(webhook_url="https://x", trigger_types=["calendar.exploded"])
+    # documented by Nylas, never sent here: accepted, as Nylas accepts it
+    CreateWebhookRequest(webhook_url="https://x", trigger_types=["calendar.created"])
     with pytest.raises(ValidationError, match="at least one"):
         CreateWebhookRequest(webhook_url="https://x", trigger_types=[])
     req = CreateWebhookRequest(
