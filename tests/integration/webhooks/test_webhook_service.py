@@ -116,7 +116,7 @@ def test_loopback_is_refused_by_default_without_any_request(
     ("request_body", "message"),
     [
         ({"webhook_url": "ftp://x/", "trigger_types": TRIGGERS}, "https://"),
-        ({"webhook_url": "https://x/", "trigger_types": ["calendar.exploded"]}, "calendar.exploded"),
+        ({"webhook_url": "https://x/", "trigger_types": ["calendar.boom"]}, "calendar.boom"),
         ({"webhook_url": "https://x/", "trigger_types": TRIGGERS, "bogus": 1}, "bogus"),
         (
             {
