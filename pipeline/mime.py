@@ -98,6 +98,11 @@ PARSER_CHUNK_BYTES: Final = 64 * 1024
 # was most of the sync's CPU (tests/benchmarks/initial_sync.py). Elision starts at these sizes.
 ELIDE_MIN_MESSAGE_BYTES: Final = 256 * 1024
 ELIDE_MIN_PART_BYTES: Final = 32 * 1024
+# Mail with more multipart boundaries or delimiter lines than these is not elided (parsed as it
+# is): finding the parts costs a scan per boundary and up to 16 KiB per delimiter line, and
+# mail with big attachments has a handful of each.
+ELIDE_MAX_BOUNDARIES: Final = 32
+ELIDE_MAX_DELIMITERS: Final = 1000
 # The longest charset label worth looking up; anything longer is garbage.
 MAX_CHARSET_LABEL: Final = 40
 
@@ -1085,7 +1090,16 @@ def _addresses(values: Sequence[str], ctx: _Context) -> tuple[Participant, ...]:
         return f"\ue000{len(words) - 1}\ue001"
 
     texts = []
+    budget = MAX_ADDRESS_FIELD_CHARS
     for value in values:
+        if len(value) > budget:
+            # the list is read up to its last complete element within the budget
+            cut = value.rfind(",", 0, budget)
+            value = value[: max(cut, 0)]
+            ctx.defect("AddressListTruncated")
+            budget = 0
+        else:
+            budget -= len(value)
         text = _clean_text(ctx.decode_8bit(_to_bytes(_unfold(value))))
         text = _ENCODED_WORD_RE.sub(protect, text)
         texts.append(_NAME_BEFORE_ADDRESS_RE.sub(_quote_name_with_at, text))
@@ -1102,6 +1116,10 @@ def _addresses(values: Sequence[str], ctx: _Context) -> tuple[Participant, ...]:
     return tuple(participants)
 
 
+# Characters of one address field (all its occurrences) read for participants: some 10,000
+# recipients. The standard address parser reads a character at a time (about 0.6 MB/s), so a
+# To: of megabytes would cost seconds of CPU per message; the whole value stays in ``headers``.
+MAX_ADDRESS_FIELD_CHARS: Final = 256 * 1024
 _PLACEHOLDER_RE: Final = re.compile("\ue000(\\d+)\ue001")
 # What precedes an angle address in a list element. One greedy run with nothing after it that
 # it could also match: a header of "a@a@a@…" without "<" is read in linear time.
@@ -1791,7 +1809,9 @@ def _delimiter_starts(data: bytes) -> list[tuple[int, int, bool]] | None:
     Returns:
         (line start, line end after its line break, is a close delimiter) in order, or None
         when the message encloses a message (``message/*``), whose size is measured by
-        serializing it: such mail is parsed as it is.
+        serializing it, or declares more than :data:`ELIDE_MAX_BOUNDARIES` boundaries or
+        :data:`ELIDE_MAX_DELIMITERS` delimiter lines (each boundary costs a scan of the whole
+        message: deep nesting would cost quadratic time): such mail is parsed as it is.
     """
     top_end = _header_block_at(b"\n" + data, 0, len(data) + 1)
     pending = [m.group(1) or m.group(2) for m in _BOUNDARY_PARAM_RE.finditer(data[:top_end])]
@@ -1802,7 +1822,11 @@ def _delimiter_starts(data: bytes) -> list[tuple[int, int, bool]] | None:
         if boundary in seen:
             continue
         seen.add(boundary)
+        if len(seen) > ELIDE_MAX_BOUNDARIES:
+            return None
         for start, line_end, closes in _find_delimiters(data, boundary):
+            if len(found) >= ELIDE_MAX_DELIMITERS:
+                return None
             found.append((start, line_end, closes))
             if closes:
                 continue

@@ -16,24 +16,21 @@ from pipeline.errors import MessageParseError
 from pipeline.mime import MAX_MIME_DEPTH, extract_part, normalize_subject, parse_message
 
 
-def nested_multiparts(
-    depth: int, leaf: bytes = b"Content-Type: text/plain\r\n\r\nleaf\r\n"
-) -> bytes:
-    inner = leaf
-    for level in range(depth):
-        b = f"b{level}".encode()
-        inner = (
-            b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n"
-            + inner + b"\r\n--" + b + b"--\r\n"
-        )  # fmt: skip
-    return b"From: a@example.test\r\nSubject: deep\r\n" + inner
+def nested_multiparts(depth: int) -> bytes:
+    """Text ``depth`` multiparts down (built in one join: level by level would be quadratic)."""
+    front = [
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (level, level)
+        for level in reversed(range(depth))
+    ]
+    back = [b"\r\n--b%d--\r\n" % level for level in range(depth)]
+    leaf = b"Content-Type: text/plain\r\n\r\nleaf\r\n"
+    return b"From: a@example.test\r\nSubject: deep\r\n" + b"".join([*front, leaf, *back])
 
 
 def nested_messages(depth: int) -> bytes:
     inner = b"From: a@example.test\r\nSubject: innermost\r\n\r\nleaf\r\n"
-    for _ in range(depth):
-        inner = b"From: a@example.test\r\nContent-Type: message/rfc822\r\n\r\n" + inner
-    return b"Subject: top\r\n" + inner
+    wrapper = b"From: a@example.test\r\nContent-Type: message/rfc822\r\n\r\n"
+    return b"Subject: top\r\n" + wrapper * depth + inner
 
 
 ATTACHMENT = (
@@ -192,7 +189,8 @@ BOMBS: dict[str, tuple[Callable[[int], bytes], int]] = {
         lambda n: message(b"Content-Type: text/html\r\n", b"<!--" + b"a" * (20 * n)),
         30_000,
     ),
-    "nested multiparts": (lambda n: nested_multiparts(n // 20), 8000),
+    # above ELIDE_MIN_MESSAGE_BYTES, so that attachment elision looks for its boundaries too
+    "nested multiparts": (lambda n: nested_multiparts(n // 20), 80_000),
     "nested messages": (lambda n: nested_messages(n // 10), 8000),
 }
 
@@ -290,3 +288,15 @@ def test_only_message_parse_error_escapes(pieces: list[bytes]) -> None:
     assert isinstance(parsed.subject, str) and "\x00" not in parsed.subject
     for _, value in parsed.headers:
         value.encode("utf-8")  # storable: no lone surrogates
+
+
+def test_a_huge_address_list_is_read_up_to_its_bound() -> None:
+    # 60,000 recipients: the participants are the first ones within the bound, whole; the
+    # header itself is kept complete
+    recipients = b", ".join(b"user%d@example.test" % i for i in range(60_000))
+    parsed = parse_message(message(b"To: " + recipients + b"\r\n"))
+    assert 10_000 < len(parsed.to) < 60_000
+    assert parsed.to[0].email == "user0@example.test"
+    assert [p.email for p in parsed.to] == [f"user{i}@example.test" for i in range(len(parsed.to))]
+    assert "AddressListTruncated" in parsed.defects
+    assert dict(parsed.headers)["To"].endswith("user59999@example.test")
