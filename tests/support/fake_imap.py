@@ -162,6 +162,7 @@ class FakeImapConfig:
     hostile: dict[str, Hostility] = field(default_factory=dict)
     greeting: Hostility | None = None
     uidvalidity_per_session: bool = False
+    select_uidnext: bool = True  # False: SELECT carries no [UIDNEXT] (STATUS does), as Courier
     tls: str = "plain"  # plain | ssl | starttls
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -635,9 +636,18 @@ class _Session:
             b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] ok\r\n"
             b"* %d EXISTS\r\n* 0 RECENT\r\n"
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
-            b"* OK [UIDNEXT %d] Predicted next UID\r\n"
+            b"%s"
             b"%s OK [%s] %s completed\r\n"
-            % (n, self._uidvalidity(folder), n + 1, tag, mode, command.encode())
+            % (
+                n,
+                self._uidvalidity(folder),
+                b"* OK [UIDNEXT %d] Predicted next UID\r\n" % (n + 1)
+                if self.config.select_uidnext
+                else b"",
+                tag,
+                mode,
+                command.encode(),
+            )
         )
         return True
 
