@@ -292,6 +292,20 @@ def _form(
 Param = Annotated[str, Query(max_length=MAX_PARAM_CHARS)]
 
 
+def verifier_matches(verifier: str, challenge: str) -> bool:
+    """Whether a PKCE ``code_verifier`` answers the ``code_challenge`` of the sign-in.
+
+    Two S256 spellings are accepted: RFC 7636's base64url(sha256(verifier)) without padding,
+    and what the official Nylas SDKs send (and Nylas accepts): base64 of the hex digest,
+    without padding. Both are a hash of the verifier; neither lets a code be redeemed without it.
+    """
+    digest = hashlib.sha256(verifier.encode())
+    rfc = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    sdk = base64.b64encode(digest.hexdigest().encode()).rstrip(b"=").decode()
+    # both compared, always: the time taken says nothing about which spelling was near
+    return hmac.compare_digest(rfc, challenge) | hmac.compare_digest(sdk, challenge)
+
+
 @public.get("/connect/auth", response_class=HTMLResponse, summary="Hosted sign-in page")
 def auth_page(
     db: Db,
@@ -503,12 +517,10 @@ async def token(request: Request, db: Db, api: State) -> Response:
         return _oauth_error(
             request, 400, "invalid_grant", "The code is unknown, used, expired or not yours."
         )
-    if row["code_challenge"]:
-        verifier = (body.code_verifier or "").encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
-        if not hmac.compare_digest(digest, row["code_challenge"]):
-            db.rollback()
-            return _oauth_error(request, 400, "invalid_grant", "code_verifier does not match.")
+    challenge = row["code_challenge"]
+    if challenge and not verifier_matches(body.code_verifier or "", challenge):
+        db.rollback()
+        return _oauth_error(request, 400, "invalid_grant", "code_verifier does not match.")
     db.commit()
     grant = queries.grant_by_id(db, row["grant_id"])
     if grant is None:

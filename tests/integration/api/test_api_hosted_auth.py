@@ -73,7 +73,7 @@ def test_sign_in_page_redirects_with_a_code_that_works_once(
     )
     with browser(api) as http:
         page = http.get(url)
-        assert page.status_code == 200
+        assert page.status_code == 200, page.text
         assert page.headers["content-type"].startswith("text/html")
         csp = page.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in csp
@@ -182,6 +182,32 @@ def test_pkce_and_refusals(api: ApiServer, mail_user: MailUser) -> None:
     with api.http() as http:
         bad = http.post("/v3/applications/redirect-uris", json={"url": "http://example.com/cb"})
     assert bad.status_code == 400  # plain http only for localhost
+
+
+def test_pkce_as_the_sdk_does_it(api: ApiServer, mail_user: MailUser) -> None:
+    """The SDK's challenge is base64(hex(sha256(verifier))), not RFC 7636's S256: both work."""
+    client = api.nylas()
+    client.applications.redirect_uris.create({"url": CALLBACK, "platform": "web"})
+    pkce = client.auth.url_for_oauth2_pkce(
+        {"client_id": CLIENT_ID, "redirect_uri": CALLBACK, "provider": "imap"}  # type: ignore[typeddict-item]
+    )
+    with browser(api) as http:
+        page = http.get(pkce.url)
+        assert page.status_code == 200, page.text
+        flow = _FLOW.search(page.text)
+        assert flow is not None
+        done = http.post(
+            "/v3/connect/auth",
+            data={"flow": flow[1], **form_values(mail_user, mail_user.password)},
+        )
+    assert done.status_code == 303, done.text
+    code = parse_qs(urlsplit(done.headers["location"]).query)["code"][0]
+    exchange = {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
+    with pytest.raises(NylasOAuthError) as wrong:
+        client.auth.exchange_code_for_token({**exchange, "code_verifier": pkce.secret + "x"})  # type: ignore[typeddict-item]
+    assert wrong.value.error == "invalid_grant"
+    exchanged = client.auth.exchange_code_for_token({**exchange, "code_verifier": pkce.secret})  # type: ignore[typeddict-item]
+    assert exchanged.email == mail_user.email
 
 
 def test_only_the_application_and_its_redirect_uris_are_accepted(
