@@ -24,6 +24,25 @@ def text_key(value: str) -> str:
     return hashlib.md5(value.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
+SEEN = "\\Seen"
+FLAGGED = "\\Flagged"
+
+
+def combined_flags(copies: Sequence[Sequence[str]]) -> tuple[bool, bool, list[str]]:
+    """The message-level ``(unread, starred, flags)`` of a message held in several folders,
+    from each copy's IMAP flags: unread if any copy is unseen (mail someone has not read in one
+    folder is not read), starred if any copy is flagged (a star is never lost to another copy);
+    ``flags`` is every copy's flags, ``\\Seen`` only when every copy has it, sorted. The
+    same whatever the order the copies were written in.
+    """
+    unread = any(SEEN not in copy for copy in copies)
+    starred = any(FLAGGED in copy for copy in copies)
+    union = {flag for copy in copies for flag in copy}
+    if unread:
+        union.discard(SEEN)
+    return unread, starred, sorted(union)
+
+
 class MessageRepository:
     """Message-side tables; never commits."""
 
@@ -254,18 +273,44 @@ class MessageRepository:
             .values(flags=list(flags), modseq=modseq)
         )
 
-    def set_message_flags(self, message_id: str, flags: Sequence[str]) -> None:
-        """Mirror a copy's flags on the message (unread, starred)."""
-        self.session.execute(
-            update(Message)
-            .where(Message.id == message_id)
-            .values(
-                flags=list(flags),
-                unread="\\Seen" not in flags,
-                starred="\\Flagged" in flags,
-                updated_at=func.now(),
-            )
+    def refresh_flags(self, message_ids: Iterable[str]) -> list[str]:
+        """Recompute the messages' ``unread``/``starred``/``flags`` from their copies in every
+        folder's current view (:func:`combined_flags`); a message in no folder is left as it
+        is. Returns the ids whose flags changed."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return []
+        copies: dict[str, list[list[str]]] = {}
+        rows = self.session.execute(
+            select(Placement.message_id, Placement.flags)
+            .join(Folder, Folder.id == Placement.folder_id)
+            .where(Placement.message_id.in_(ids), Placement.uidvalidity == Folder.uidvalidity)
         )
+        for mid, flags in rows:
+            copies.setdefault(str(mid), []).append(list(flags or []))
+        if not copies:
+            return []
+        stored = {
+            str(mid): (bool(unread), bool(starred), sorted(flags or []))
+            for mid, unread, starred, flags in self.session.execute(
+                select(Message.id, Message.unread, Message.starred, Message.flags).where(
+                    Message.id.in_(list(copies))
+                )
+            )
+        }
+        changed: list[str] = []
+        for mid in sorted(copies):
+            combined = combined_flags(copies[mid])
+            if mid not in stored or stored[mid] == combined:
+                continue
+            unread, starred, flags = combined
+            self.session.execute(
+                update(Message)
+                .where(Message.id == mid)
+                .values(flags=flags, unread=unread, starred=starred, updated_at=func.now())
+            )
+            changed.append(mid)
+        return changed
 
     def drop_placements(self, folder_id: str, uidvalidity: int, uids: Iterable[int]) -> list[str]:
         """Forget expunged UIDs; returns the messages they pointed at."""

@@ -667,6 +667,8 @@ def _sync_folder(
             previous = messages.drop_other_placements(folder_id, info.uidvalidity)
             outcome.deleted_message_ids = messages.delete_unplaced(grant_id, previous)
             folder.uidvalidity = info.uidvalidity
+            db.flush()  # the new view is the current one: the flags follow its copies
+            messages.refresh_flags(previous)
             folder.reindex_uidvalidity = None
             folder.synced_uid = max(planned or top + 1, top + 1)
             outcome.reindexed = True
@@ -753,12 +755,13 @@ def _apply_flag_and_expunge_changes(
             message_id, flags = current[meta.uid]
             if sorted(meta.flags) != sorted(flags):
                 repo.set_placement_flags(folder_id, uidvalidity, meta.uid, meta.flags, meta.modseq)
-                repo.set_message_flags(message_id, meta.flags)
                 updated.append(message_id)
         left = repo.drop_placements(folder_id, uidvalidity, gone)
         orphans = repo.unplaced(left)
         repo.mark_orphaned(orphans, now)
         updated.extend(m for m in left if m not in orphans)  # still held by another folder
+        # the message-level flags follow every copy (combined_flags), not this folder's alone
+        repo.refresh_flags(updated)
         if live and notify:
             outcome.emitted += events.messages(db, grant_id, "message.updated", updated)
 

@@ -207,6 +207,13 @@ def write_batch(
     )
     result.new_message_ids = [ids[k] for k in fresh]
     result.existing_message_ids = sorted({mid for mid, _ in known.values()})
+    # A copy of a known message (or a second copy within this batch) may change what the
+    # message-level flags are (unread if any copy is unseen, starred if any is flagged).
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.parsed.identity_key] = counts.get(item.parsed.identity_key, 0) + 1
+    again = [k for k, n in counts.items() if n > 1 and k in fresh]
+    repo.refresh_flags([*result.existing_message_ids, *(ids[k] for k in again)])
     return result
 
 
