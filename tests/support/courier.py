@@ -146,7 +146,9 @@ class LocalCourier(ServerContext):
             [
                 f"mount --bind {q(str(self.home / 'etc'))} /etc/courier",
                 f"mount --bind {q(str(self.home / 'run'))} /run/courier",
-                f"{{ {q(str(authdaemond))} & }}",
+                # authdaemond is couriertcpd's child once sh execs it: it ends with it, also
+                # when this process is killed outright (couriertcpd has PDEATHSIG)
+                f"{{ setpriv --pdeathsig TERM {q(str(authdaemond))} & }}",
                 f"exec {q(str(tcpd))} -address={LOCALHOST} -maxprocs={MAX_CONNECTIONS} "
                 f"-maxperip={MAX_CONNECTIONS} -nodnslookup -noidentlookup {self.port} "
                 f"{q(str(imaplogin))} {q(str(imapd))} Maildir",

@@ -25,6 +25,7 @@ UIDVALIDITY changes only when a folder is made again (:func:`tests.support.mail.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 from pathlib import Path
@@ -104,11 +105,18 @@ class LocalCyrus(ServerContext):
         (self.home / "cyrus.conf").write_text(self._cyrus_conf())
         chown_tree(self.home, CYRUS_USER)
         conf, services = self.home / "imapd.conf", self.home / "cyrus.conf"
-        argv = [str(master), "-C", str(conf), "-M", str(services)]
-        argv += ["-p", str(self.home / "run" / "master.pid"), "-D"]
+        q = shlex.quote
+        master_cmd = " ".join(
+            q(str(a))
+            for a in (master, "-C", conf, "-M", services, "-p", self.home / "run/master.pid", "-D")
+        )
+        # master drops root once its port is bound, and a change of user clears the signal a
+        # child gets when its parent dies; so a root shell waits for it and passes that signal
+        # (and the stop's SIGTERM) on: a killed test run leaves no Cyrus behind
+        script = f'{master_cmd} & m=$!; trap "kill -TERM $m" TERM; wait $m; wait $m'
         self._process = ChildProcess(
             "cyrus",
-            argv,
+            ["/bin/sh", "-c", script],
             log_path=self.home / "master.out",
             env={"LD_LIBRARY_PATH": library_path(), "PATH": os.environ.get("PATH", "")},
             cwd=self.home,
