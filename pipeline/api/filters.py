@@ -61,6 +61,36 @@ def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list
     return ids
 
 
+# Nylas list parameters this engine does not answer. A filter that is not applied must not be
+# silently ignored (the client would take an unfiltered page for a filtered one): each is a 400
+# saying why (README, HTTP API).
+SEARCH_NATIVE_REFUSAL = (
+    "search_query_native is not supported here yet: filter with subject, from, to, cc, bcc, "
+    "any_email, in, unread, starred, has_attachment and the date parameters."
+)
+METADATA_REFUSAL = (
+    "metadata_pair is not supported: this server does not store metadata on messages yet."
+)
+QUERY_IMAP_REFUSAL = (
+    "query_imap=true is not supported: lists are answered from the mail this server has "
+    "synced (the last 90 days of every folder), never by asking the IMAP server."
+)
+
+
+def refuse_unsupported(
+    search_query_native: Annotated[str | None, Query(max_length=1000)] = None,
+    metadata_pair: Annotated[str | None, Query(max_length=1000)] = None,
+    query_imap: bool | None = None,
+) -> None:
+    """400 for the list parameters this engine cannot honour (never ignored)."""
+    if search_query_native is not None:
+        raise invalid_request(SEARCH_NATIVE_REFUSAL)
+    if metadata_pair is not None:
+        raise invalid_request(METADATA_REFUSAL)
+    if query_imap:
+        raise invalid_request(QUERY_IMAP_REFUSAL)
+
+
 def list_filter(
     db: Db,
     grant: PathGrant,
@@ -74,6 +104,7 @@ def list_filter(
     bcc: AddressList = None,
     any_email: AddressList = None,
     has_attachment: bool | None = None,
+    _unsupported: None = Depends(refuse_unsupported),
 ) -> queries.MessageFilter:
     """The filter parameters messages and threads share, as a MessageFilter."""
     return queries.MessageFilter(

@@ -6,15 +6,20 @@ current UIDVALIDITY (the retention window), not the server's totals.
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
+from pipeline.api.messages import apply_select, parse_select
+from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
 
@@ -68,17 +73,62 @@ def path_folder(db: Session, grant: Grant, folder_id: str) -> Folder:
     return folder
 
 
+FOLDER_TOKEN_VERSION = 1
+
+
+def _folder_token(offset: int) -> str:
+    raw = json.dumps({"v": FOLDER_TOKEN_VERSION, "o": offset}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode()
+
+
+def _folder_offset(token: str) -> int:
+    """The position a folders page token names; 400 for anything this API did not make."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if raw.get("v") == FOLDER_TOKEN_VERSION and set(raw) == {"v", "o"}:
+            offset = raw["o"]
+            if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+                return offset
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        pass
+    raise invalid_request("page_token is not a token this API returned.")
+
+
 @router.get("/grants/{grant_id}/folders", summary="List folders")
-def list_folders(request: Request, db: Db, grant: PathGrant) -> dict[str, Any]:
-    """Every folder of the grant (one page: accounts have few folders)."""
-    return page(request, folder_views(db, grant, queries.list_folders(db, grant.id)), None)
+def list_folders(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT)] = None,
+    page_token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
+    select: Annotated[str | None, Query(max_length=1000)] = None,
+    parent_id: Annotated[str | None, Query(max_length=1000)] = None,
+) -> dict[str, Any]:
+    """The grant's folders, Inbox and Sent first. One page unless ``limit`` is given (accounts
+    have few folders); ``page_token`` is a position in that order (a folder created or deleted
+    between pages can shift it by one). ``parent_id`` keeps the children of that folder."""
+    views = folder_views(db, grant, queries.list_folders(db, grant.id))
+    if parent_id is not None:
+        parent = path_folder(db, grant, parent_id)
+        views = [v for v in views if v["parent_id"] == parent.id]
+    start = _folder_offset(page_token) if page_token is not None else 0
+    end = len(views) if limit is None else start + limit
+    next_cursor = _folder_token(end) if end < len(views) else None
+    selected = parse_select(select)
+    return page(request, [apply_select(v, selected) for v in views[start:end]], next_cursor)
 
 
 @router.get("/grants/{grant_id}/folders/{folder_id}", summary="Get a folder")
-def get_folder(request: Request, db: Db, grant: PathGrant, folder_id: str) -> dict[str, Any]:
+def get_folder(
+    request: Request,
+    db: Db,
+    grant: PathGrant,
+    folder_id: str,
+    select: Annotated[str | None, Query(max_length=1000)] = None,
+) -> dict[str, Any]:
     """One folder, by id or name."""
     (view,) = folder_views(db, grant, [path_folder(db, grant, folder_id)])
-    return ok(request, view)
+    return ok(request, apply_select(view, parse_select(select)))
 
 
 class FolderCreate(BaseModel):

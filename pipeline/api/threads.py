@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
-from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
@@ -91,8 +91,15 @@ def list_threads(
     latest_message_before: Timestamp = None,
     latest_message_after: Timestamp = None,
     select: Annotated[str | None, Query(max_length=1000)] = None,
+    earliest_message_date: Timestamp = None,
 ) -> dict[str, Any]:
     """A page of threads that have a message matching every filter, most recent first."""
+    if earliest_message_date is not None:
+        raise invalid_request(
+            "earliest_message_date is not supported as a filter here: use "
+            "latest_message_before / latest_message_after (each thread's "
+            "earliest_message_date is in its object)."
+        )
     after = decode_cursor(page_token) if page_token is not None else None
     rows = queries.list_threads(
         db,

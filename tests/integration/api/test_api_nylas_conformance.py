@@ -5,10 +5,14 @@ Each test names the Nylas reference it checks against (developer.nylas.com, ``/d
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from api_support import ApiServer, Receiver, connect_and_sync, connect_body
+from nylas.models.errors import NylasApiError
 
 from pipeline.webhooks import payloads
+from tests.support.mail import create_folder
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -98,3 +102,54 @@ def test_webhook_destinations_as_nylas_shows_them(api: ApiServer, receiver: Rece
     addresses = client.webhooks.ip_addresses().data
     assert addresses.ip_addresses == []
     assert addresses.updated_at > 0
+
+
+def _status_of(call: Callable[[], object]) -> int:
+    with pytest.raises(NylasApiError) as caught:
+        call()
+    return caught.value.status_code
+
+
+def test_list_filters_filter_or_are_a_400(api: ApiServer, mail_user: MailUser) -> None:
+    """A filter the engine cannot apply is refused, never ignored (an unfiltered 200 would be
+    taken for a filtered page)."""
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Projects")
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Projects/2026")
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Projects/2027")
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    messages, threads, folders = client.messages, client.threads, client.folders
+    for refused in (
+        lambda: messages.list(grant_id, {"search_query_native": "hello"}),
+        lambda: messages.list(grant_id, {"metadata_pair": "key1:value"}),
+        lambda: messages.list(grant_id, {"query_imap": True}),  # type: ignore[typeddict-unknown-key]
+        lambda: threads.list(grant_id, {"search_query_native": "hello"}),
+        lambda: threads.list(grant_id, {"earliest_message_date": 1}),
+    ):
+        assert _status_of(refused) == 400
+    assert messages.list(grant_id, {"query_imap": False}).data == []  # type: ignore[typeddict-unknown-key]
+
+    everything = [f.name for f in folders.list(grant_id).data]
+    assert {"INBOX", "Projects", "Projects/2026", "Projects/2027"} <= set(everything)
+    first = folders.list(grant_id, {"limit": 2})
+    assert [f.name for f in first.data] == everything[:2]
+    assert first.next_cursor
+    paged = [f.name for f in first.data]
+    cursor: str | None = first.next_cursor
+    while cursor:
+        more = folders.list(grant_id, {"limit": 2, "page_token": cursor})
+        paged += [f.name for f in more.data]
+        cursor = more.next_cursor
+    assert paged == everything
+    assert _status_of(lambda: folders.list(grant_id, {"page_token": "zzz"})) == 400
+
+    projects = next(f for f in folders.list(grant_id).data if f.name == "Projects")
+    children = folders.list(grant_id, {"parent_id": projects.id}).data
+    assert sorted(f.name for f in children) == ["Projects/2026", "Projects/2027"]
+    with api.http() as http:
+        selected = http.get(f"/v3/grants/{grant_id}/folders", params={"select": "name"})
+        one = http.get(f"/v3/grants/{grant_id}/folders/INBOX", params={"select": "name"})
+    assert {frozenset(f) for f in selected.json()["data"]} == {
+        frozenset({"id", "grant_id", "object", "name"})
+    }
+    assert set(one.json()["data"]) == {"id", "grant_id", "object", "name"}
