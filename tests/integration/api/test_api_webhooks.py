@@ -10,7 +10,9 @@ import pytest
 from api_support import ApiServer, Receiver
 from nylas.models.errors import NylasApiError
 
+from pipeline.db import session_scope
 from pipeline.local import free_port
+from pipeline.webhooks import repository
 
 pytestmark = pytest.mark.services
 
@@ -97,3 +99,23 @@ def test_bad_webhook_requests_are_4xx(api: ApiServer, receiver: Receiver) -> Non
     for response in (missing, not_uuid, test_unknown):
         assert response.status_code == 404, response.text
     assert listed.json()["data"] == []
+
+
+def test_a_failing_destination_says_why(api: ApiServer, receiver: Receiver) -> None:
+    client = api.nylas()
+    created = client.webhooks.create(
+        {"webhook_url": receiver.url, "trigger_types": ["message.created"]}  # type: ignore[list-item]
+    ).data
+    with api.http() as http:
+        healthy = http.get(f"/v3/webhooks/{created.id}").json()["data"]
+    assert "failure_reason" not in healthy
+    reason = "DeadlineExceeded: no complete response headers within 10 s"
+    with session_scope(api.settings.require_database_url()) as db:  # as a failed batch does
+        repository.mark_failing(db, created.id, 3600.0, reason=reason)
+    with api.http() as http:
+        failing = http.get(f"/v3/webhooks/{created.id}").json()["data"]
+        listed = http.get("/v3/webhooks").json()["data"]
+    assert failing["status"] == "failing"
+    assert failing["failure_reason"] == reason
+    assert listed[0]["failure_reason"] == reason
+    assert client.webhooks.find(created.id).data.status == "failing"  # the SDK reads it as ever

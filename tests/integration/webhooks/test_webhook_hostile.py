@@ -15,10 +15,11 @@ from contextlib import AbstractContextManager
 import pytest
 from hostile_receiver import METADATA_URL, HostileReceiver
 from sqlalchemy.orm import Session
+from webhook_receiver import Receiver
 
 from pipeline.crypto import SecretBox
 from pipeline.webhooks import outbox, repository
-from pipeline.webhooks.delivery import Drainer
+from pipeline.webhooks.delivery import Drainer, DrainSlots
 from pipeline.webhooks.errors import ChallengeFailed
 from pipeline.webhooks.sender import AttemptResult, OutgoingRequest, Sender
 from pipeline.webhooks.service import WebhookService
@@ -186,3 +187,40 @@ def test_the_failing_destination_says_why(
         with uow() as s:
             view = service.get(s, dest)
         assert view.status == "active" and view.failure_reason is None
+
+
+def test_failing_destinations_cannot_take_a_process_s_last_drain_slots(
+    uow: Uow,
+    strict_settings: WebhookSettings,
+    box: SecretBox,
+    hostile: HostileReceiver,
+    receiver: Receiver,
+) -> None:
+    with Sender(strict_settings) as sender:
+        service = WebhookService(strict_settings, box, sender=sender)
+        with uow() as s:
+            bad = service.create(
+                s,
+                {
+                    "webhook_url": hostile.route("/bad", "hang"),
+                    "trigger_types": ["message.created"],
+                },
+            ).id
+            good = service.create(
+                s, {"webhook_url": receiver.url("/good"), "trigger_types": ["message.created"]}
+            ).id
+            outbox.emit(s, grant_id=str(uuid.uuid4()), type="message.created", obj={"id": "m"})
+        with uow() as s:
+            outbox.dispatch_batch(s, limit=10)
+        drainer = Drainer(uow, settings=strict_settings, box=box, sender=sender)
+        assert drainer.drain(bad).status == "failing"
+
+        slots = DrainSlots(4)  # failing destinations may hold 2 of them
+        assert slots.take(healthy=False) and slots.take(healthy=False)  # two others already do
+        deferred = sender.call(drainer.drain_async(bad, slots=slots), timeout_s=30)
+        assert deferred.deferred and deferred.attempted == 0
+        with uow() as s:  # it let go of its lease: the work waits in Postgres
+            assert repository.acquire_lease(s, bad, str(uuid.uuid4()), 1.0) is not None
+        served = sender.call(drainer.drain_async(good, slots=slots), timeout_s=30)
+        assert served.delivered == 1 and not served.deferred
+        assert slots.in_use == 2  # the healthy drain gave its slot back
