@@ -581,6 +581,11 @@ def _sync_folder(
     todo = [m for m in todo if m.size <= cap]
     batches = list(_batches(todo, settings.sync_batch_size, settings.sync_batch_bytes))
 
+    # A folder another client made after the grant's initial sync (periodic discovery): its
+    # mail is news to the application (message.created; moved in: message.updated), unlike a
+    # grant's first look or a reindex.
+    new_folder = live and state == "syncing" and last_synced is None
+
     def store(items: list[ParsedItem], failures: list[FailedItem], vanished: int) -> WriteResult:
         with sessions.begin() as db:
             written = write_batch(
@@ -593,16 +598,15 @@ def _sync_folder(
             )
             if vanished and initial:
                 FolderRepository(db).shrink_plan(folder_id, vanished)
-            if not initial:
-                # a known message found here was moved or copied: same id, new folder
-                MessageRepository(db).clear_orphaned(written.existing_message_ids)
-                if notify:
-                    outcome.emitted += events.messages(
-                        db, grant_id, "message.created", written.new_message_ids
-                    )
-                    outcome.emitted += events.messages(
-                        db, grant_id, "message.updated", written.existing_message_ids
-                    )
+            # a known message found here was moved or copied: same id, new folder
+            MessageRepository(db).clear_orphaned(written.existing_message_ids)
+            if (not initial or new_folder) and notify:
+                outcome.emitted += events.messages(
+                    db, grant_id, "message.created", written.new_message_ids
+                )
+                outcome.emitted += events.messages(
+                    db, grant_id, "message.updated", written.existing_message_ids
+                )
         return written
 
     if too_large:

@@ -24,7 +24,7 @@ from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
-from tests.support.mail import append, create_folder, imap_login, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message, move
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
 
@@ -345,6 +345,7 @@ def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
     periodic discovery announces and syncs the new one, removes the vanished one, and the mail
     only the vanished one held is orphaned (issue 11)."""
     from workers.beat_tasks import discover_folders_task, discover_grant_task
+    from workers.tasks import sync_folder_task
 
     user, redis_url = mail_user, settings.require_redis_url()
     create_folder(user.server, user.name, user.password, "Old")
@@ -352,9 +353,15 @@ def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
     grant_id = synced_grant(settings, user)
     assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}
 
+    with session_scope(settings.require_database_url()) as db:
+        hello_id = str(db.scalar(text("SELECT id FROM messages WHERE subject = 'hello'")))
+        inbox_id = str(db.scalar(text("SELECT id FROM folders WHERE raw_name = 'INBOX'")))
     create_folder(user.server, user.name, user.password, "Projects")
     append(user.server, user.name, user.password, make_message("plan"), folder="Projects")
+    move(user.server, user.name, user.password, 1, "Projects")  # "hello", from Inbox
     _delete_folder(user, "Old")
+    # the listener's Inbox sync sees "hello" go (orphaned: it may have moved)
+    sync_folder_task.apply(args=[grant_id, inbox_id]).get()
     assert discover_folders_task.apply().get() == {"planned": 1}
     assert discover_folders_task.apply().get() == {"skipped": "already planned this interval"}
     assert queued(redis_url, QUEUE) == [("pipeline.maintenance.discover_grant", [grant_id])]
@@ -374,7 +381,15 @@ def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
     with session_scope(settings.require_database_url()) as db:
         projects = db.get(Folder, projects_id)
         assert projects is not None and projects.state == "synced"
-        assert db.scalar(text("SELECT count(*) FROM messages WHERE subject = 'plan'")) == 1
+        plan_id = str(db.scalar(text("SELECT id FROM messages WHERE subject = 'plan'")))
+        hello = db.execute(
+            text("SELECT orphaned_at FROM messages WHERE id = :m"), {"m": hello_id}
+        ).one()
+        assert hello.orphaned_at is None  # found again: it keeps its id, no delete follows
+    assert [o["id"] for o in _outbox(settings, "message.created")] == [plan_id]
+    moved = [o for o in _outbox(settings, "message.updated") if o["id"] == hello_id]
+    assert moved and moved[-1]["folders"] == [projects_id]
+    assert _outbox(settings, "message.deleted") == []
 
 
 @pytest.mark.usefixtures("in_process_worker")
