@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import ApiState, Db, PathGrant, State, ok
+from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
 from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
@@ -97,7 +97,7 @@ MessageIdQuery = Annotated[
 def get_attachment(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     attachment_id: str,
     message_id: MessageIdQuery = None,
 ) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def download_attachment(
     request: Request,
     db: Db,
     api: State,
-    grant: PathGrant,
+    grant: LiveGrant,
     attachment_id: str,
     message_id: MessageIdQuery = None,
 ) -> StreamingResponse:

@@ -16,7 +16,7 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
-from pipeline.api.errors import not_found, request_id_of
+from pipeline.api.errors import ApiError, not_found, request_id_of
 from pipeline.api.gate import SignInGate
 from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
@@ -82,6 +82,28 @@ def path_grant(
 
 
 PathGrant = Annotated[Grant, Depends(path_grant)]
+
+
+def live_grant(grant: PathGrant) -> Grant:
+    """The grant named in the path, for its mail: an expired (``invalid``) grant is a 401.
+
+    Nylas answers every call on an expired grant's data with a 401, and its clients detect
+    expiry from it; ``GET /v3/grants/{id}`` itself still answers, with ``grant_status``.
+
+    Raises:
+        ApiError: 404 as :func:`path_grant`; 401 ``unauthorized`` while the grant is invalid.
+    """
+    if grant.grant_status == "invalid":
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"Grant {grant.id} has expired: its IMAP server refused the stored password. "
+            "Re-authenticate it (hosted auth or POST /v3/connect/custom with the new password).",
+        )
+    return grant
+
+
+LiveGrant = Annotated[Grant, Depends(live_grant)]
 
 
 def notify_after_commit(api: ApiState) -> None:

@@ -17,7 +17,7 @@ from fastapi import Depends, Query
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant
+from pipeline.api.deps import Db, LiveGrant
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.models import Folder, Grant
 
@@ -93,7 +93,7 @@ def refuse_unsupported(
 
 def list_filter(
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     in_: Annotated[list[str] | None, Query(alias="in", max_length=MAX_FILTER_VALUES)] = None,
     unread: bool | None = None,
     starred: bool | None = None,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
+from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
@@ -98,7 +98,7 @@ def _folder_offset(token: str) -> int:
 def list_folders(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT)] = None,
     page_token: Annotated[str | None, Query(max_length=MAX_TOKEN_CHARS)] = None,
     select: Annotated[str | None, Query(max_length=1000)] = None,
@@ -122,7 +122,7 @@ def list_folders(
 def get_folder(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     folder_id: str,
     select: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def _delimiter(db: Session, grant: Grant) -> str | None:
 
 @router.post("/grants/{grant_id}/folders", summary="Create a folder")
 def create_folder(
-    request: Request, db: Db, api: State, grant: PathGrant, body: FolderCreate
+    request: Request, db: Db, api: State, grant: LiveGrant, body: FolderCreate
 ) -> dict[str, Any]:
     """Create the folder on the server (CREATE), then record it."""
     name = _check_name(body.name)
@@ -201,7 +201,7 @@ def create_folder(
 
 @router.put("/grants/{grant_id}/folders/{folder_id}", summary="Rename a folder")
 def rename_folder(
-    request: Request, db: Db, api: State, grant: PathGrant, folder_id: str, body: FolderUpdate
+    request: Request, db: Db, api: State, grant: LiveGrant, folder_id: str, body: FolderUpdate
 ) -> dict[str, Any]:
     """Rename the folder on the server (RENAME), then record it with its subfolders."""
     folder = path_folder(db, grant, folder_id)
@@ -226,7 +226,7 @@ def rename_folder(
 
 @router.delete("/grants/{grant_id}/folders/{folder_id}", summary="Delete a folder")
 def delete_folder(
-    request: Request, db: Db, api: State, grant: PathGrant, folder_id: str
+    request: Request, db: Db, api: State, grant: LiveGrant, folder_id: str
 ) -> dict[str, Any]:
     """Delete the folder on the server (DELETE), then forget it and its placements."""
     folder = path_folder(db, grant, folder_id)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
+from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import not_found, request_id_of
 from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
@@ -26,7 +26,7 @@ router = APIRouter(tags=["messages"])
 
 ALWAYS_SELECTED = ("id", "grant_id", "object")  # the SDK needs these to build its objects
 
-Fields = Literal["standard", "include_headers", "include_tracking_options"]
+Fields = Literal["standard", "include_headers", "include_basic_headers", "include_tracking_options"]
 
 
 def parse_select(select: str | None) -> set[str] | None:
@@ -44,7 +44,12 @@ def apply_select(view: dict[str, Any], selected: set[str] | None) -> dict[str, A
 
 
 def message_views(
-    db: Session, rows: list[Message], *, include_headers: bool, selected: set[str] | None
+    db: Session,
+    rows: list[Message],
+    *,
+    include_headers: bool,
+    selected: set[str] | None,
+    include_basic_headers: bool = False,
 ) -> list[dict[str, Any]]:
     """Views of some messages, with their folders and attachments (two more queries)."""
     ids = [m.id for m in rows]
@@ -57,6 +62,7 @@ def message_views(
                 folders.get(m.id, []),
                 [attachment_view(a) for a in attachments.get(m.id, [])],
                 include_headers=include_headers,
+                include_basic_headers=include_basic_headers,
             ),
             selected,
         )
@@ -68,7 +74,7 @@ def message_views(
 def list_messages(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     shared: ListFilter,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
@@ -98,7 +104,11 @@ def list_messages(
     data = [
         apply_select(
             message_view(
-                row.message, row.folder_ids, row.attachments, include_headers=include_headers
+                row.message,
+                row.folder_ids,
+                row.attachments,
+                include_headers=include_headers,
+                include_basic_headers=fields == "include_basic_headers",
             ),
             selected,
         )
@@ -119,7 +129,7 @@ def path_message(db: Session, grant: Grant, message_id: str) -> Message:
 def get_message(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     message_id: str,
     fields: Fields = "standard",
     select: Annotated[str | None, Query(max_length=1000)] = None,
@@ -127,7 +137,11 @@ def get_message(
     """One message with its folders and attachments."""
     message = path_message(db, grant, message_id)
     (view,) = message_views(
-        db, [message], include_headers=fields == "include_headers", selected=parse_select(select)
+        db,
+        [message],
+        include_headers=fields == "include_headers",
+        include_basic_headers=fields == "include_basic_headers",
+        selected=parse_select(select),
     )
     return ok(request, view)
 
@@ -149,7 +163,7 @@ class MessageUpdate(BaseModel):
 
 @router.put("/grants/{grant_id}/messages/{message_id}", summary="Update a message")
 def update_message(
-    request: Request, db: Db, api: State, grant: PathGrant, message_id: str, body: MessageUpdate
+    request: Request, db: Db, api: State, grant: LiveGrant, message_id: str, body: MessageUpdate
 ) -> dict[str, Any]:
     """Mark read/unread, star/unstar (IMAP STORE) and move (IMAP MOVE) a message.
 
@@ -168,7 +182,7 @@ def update_message(
 
 @router.delete("/grants/{grant_id}/messages/{message_id}", summary="Delete a message")
 def delete_message(
-    request: Request, db: Db, api: State, grant: PathGrant, message_id: str
+    request: Request, db: Db, api: State, grant: LiveGrant, message_id: str
 ) -> dict[str, Any]:
     """Move the message to the account's Trash folder."""
     message = path_message(db, grant, message_id)

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import ApiState, Db, PathGrant, State, notify_after_commit, ok
+from pipeline.api.deps import ApiState, Db, LiveGrant, State, notify_after_commit, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found
 from pipeline.api.limits import take_login
 from pipeline.api.messages import message_views
@@ -472,7 +472,7 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
         }
     },
 )
-async def send_message(request: Request, db: Db, api: State, grant: PathGrant) -> dict[str, Any]:
+async def send_message(request: Request, db: Db, api: State, grant: LiveGrant) -> dict[str, Any]:
     """Send over SMTP, then file a copy in Sent; answers with the sent message."""
     req, files = await _parse(request)
     view = await run_in_threadpool(send_now, db, api, grant, req, files)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, PathGrant, State, notify_after_commit, ok, page
+from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
 from pipeline.api.messages import apply_select, parse_select
@@ -84,7 +84,7 @@ def thread_views(db: Session, threads: list[Thread]) -> list[dict[str, Any]]:
 def list_threads(
     request: Request,
     db: Db,
-    grant: PathGrant,
+    grant: LiveGrant,
     flt: ListFilter,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
@@ -129,7 +129,7 @@ def path_thread(db: Session, grant: Grant, thread_id: str) -> Thread:
 
 
 @router.get("/grants/{grant_id}/threads/{thread_id}", summary="Get a thread")
-def get_thread(request: Request, db: Db, grant: PathGrant, thread_id: str) -> dict[str, Any]:
+def get_thread(request: Request, db: Db, grant: LiveGrant, thread_id: str) -> dict[str, Any]:
     """One thread with its message ids, participants and latest message."""
     (view,) = thread_views(db, [path_thread(db, grant, thread_id)])
     return ok(request, view)
@@ -152,7 +152,7 @@ def _thread_messages(db: Session, grant: Grant, thread_id: str) -> list[Message]
 
 @router.put("/grants/{grant_id}/threads/{thread_id}", summary="Update every message of a thread")
 def update_thread(
-    request: Request, db: Db, api: State, grant: PathGrant, thread_id: str, body: ThreadUpdate
+    request: Request, db: Db, api: State, grant: LiveGrant, thread_id: str, body: ThreadUpdate
 ) -> dict[str, Any]:
     """Mark read/unread, star/unstar or move all the thread's messages (server first)."""
     folder = target_folder(db, grant, body.folders)
@@ -170,7 +170,7 @@ def update_thread(
 
 @router.delete("/grants/{grant_id}/threads/{thread_id}", summary="Move a thread to Trash")
 def delete_thread(
-    request: Request, db: Db, api: State, grant: PathGrant, thread_id: str
+    request: Request, db: Db, api: State, grant: LiveGrant, thread_id: str
 ) -> dict[str, Any]:
     """Move every message of the thread to the account's Trash folder."""
     for message in _thread_messages(db, grant, thread_id):

@@ -35,6 +35,7 @@ def message_view(
     *,
     include_headers: bool = False,
     include_body: bool = True,
+    include_basic_headers: bool = False,
 ) -> dict[str, Any]:
     """A message in the Nylas v3 shape (``attachments`` already as :func:`attachment_view`
     dictionaries: the API builds them in SQL for whole pages)."""
@@ -61,7 +62,22 @@ def message_view(
         view["body"] = message.body
     if include_headers:
         view["headers"] = message.headers
+    elif include_basic_headers:
+        view["headers"] = basic_headers(message)
     return view
+
+
+def basic_headers(message: Message) -> list[dict[str, str]]:
+    """Nylas' ``include_basic_headers``: only the threading headers (Message-ID, In-Reply-To,
+    References), from the parsed values the message keeps in columns of their own."""
+    headers = []
+    if message.message_id_header:
+        headers.append({"name": "Message-ID", "value": message.message_id_header})
+    if message.in_reply_to:
+        headers.append({"name": "In-Reply-To", "value": message.in_reply_to})
+    if message.references:
+        headers.append({"name": "References", "value": " ".join(message.references)})
+    return headers
 
 
 def deleted_message_view(message_id: str, grant_id: str) -> dict[str, Any]:

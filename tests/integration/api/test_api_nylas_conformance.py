@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from api_support import ApiServer, Receiver, connect_and_sync, connect_body
+from api_support import ApiServer, Receiver, append_many, connect_and_sync, connect_body, now
 from nylas.models.errors import NylasApiError
 
+from pipeline.db import session_scope
+from pipeline.grants.service import expire_grant
 from pipeline.webhooks import payloads
-from tests.support.mail import create_folder
+from tests.support.mail import create_folder, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -153,3 +155,68 @@ def test_list_filters_filter_or_are_a_400(api: ApiServer, mail_user: MailUser) -
         frozenset({"id", "grant_id", "object", "name"})
     }
     assert set(one.json()["data"]) == {"id", "grant_id", "object", "name"}
+
+
+def test_an_expired_grant_answers_its_data_with_401(api: ApiServer, mail_user: MailUser) -> None:
+    """Nylas clients detect expiry from a 401 on the grant's data; the grant itself reads."""
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    assert client.messages.list(grant_id).data is not None
+    with session_scope(api.settings.require_database_url()) as db:
+        assert expire_grant(db, grant_id, "the server refused the login") is True
+    for call in (
+        lambda: client.messages.list(grant_id),
+        lambda: client.threads.list(grant_id),
+        lambda: client.folders.list(grant_id),
+        lambda: client.messages.list(mail_user.email),  # by address too
+    ):
+        assert _status_of(call) == 401
+    with pytest.raises(NylasApiError) as caught:
+        client.messages.list(grant_id)
+    assert caught.value.type == "unauthorized"
+    assert "Re-authenticate" in caught.value.args[0]
+    assert client.grants.find(grant_id).data.grant_status == "invalid"
+
+    client.auth.custom_authentication(connect_body(mail_user))  # type: ignore[arg-type]
+    assert client.messages.list(grant_id).data is not None
+
+
+def test_include_basic_headers_gives_the_threading_headers(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """changelogs/2026-05-20: ``fields=include_basic_headers`` returns Message-ID,
+    In-Reply-To and References only (list and get)."""
+    t = now()
+    append_many(
+        mail_user,
+        [
+            (make_message("first", message_id="<a1@example.test>", date=t), "", t),
+            (
+                make_message(
+                    "second",
+                    message_id="<b2@example.test>",
+                    in_reply_to="<a1@example.test>",
+                    date=t,
+                ),
+                "",
+                t,
+            ),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    listed = client.messages.list(grant_id, {"fields": "include_basic_headers"}).data  # type: ignore[typeddict-item]
+    by_subject = {m.subject: m for m in listed}
+    assert by_subject["second"].headers is not None
+    assert [(h.name, h.value) for h in by_subject["second"].headers] == [
+        ("Message-ID", "<b2@example.test>"),
+        ("In-Reply-To", "<a1@example.test>"),
+        ("References", "<a1@example.test>"),
+    ]
+    one = client.messages.find(
+        grant_id,
+        by_subject["first"].id,
+        {"fields": "include_basic_headers"},  # type: ignore[typeddict-item]
+    ).data
+    assert one.headers is not None
+    assert [(h.name, h.value) for h in one.headers] == [("Message-ID", "<a1@example.test>")]
