@@ -37,8 +37,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -47,8 +49,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from pipeline import netguard
+from pipeline.errors import AddressRefused, HostUnresolved
+from pipeline.netguard import AddressPolicy, Resolver
 from pipeline.webhooks.errors import ChallengeFailed
 from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import SIGNATURE_HEADER
@@ -174,15 +180,73 @@ class _LoopThread:
             self.loop.close()
 
 
+class GuardedResolver(AbstractResolver):
+    """aiohttp's name lookup through the address guard: the connection goes to an address
+    that was checked in the same lookup, so a name that resolved to a public address for the
+    destination check and to an internal one a moment later (DNS rebinding) is refused, not
+    connected to. The lookup runs on :mod:`pipeline.netguard`'s resolver threads, with its
+    deadline; a refusal is an ``OSError``, which aiohttp reports as a connect failure.
+    """
+
+    def __init__(self, settings: WebhookSettings, resolver: Resolver = netguard.resolve) -> None:
+        self._policy = (
+            None
+            if settings.allow_private_destinations
+            else AddressPolicy.of(settings.allowed_networks)
+        )
+        self._resolver = resolver
+
+    def _addresses(self, host: str, port: int) -> list[str]:
+        if self._policy is None:  # the operator allowed every destination
+            return self._resolver(host, port)
+        try:
+            return [
+                str(a)
+                for a in netguard.check_host(host, port, self._policy, resolver=self._resolver)
+            ]
+        except (AddressRefused, HostUnresolved) as exc:
+            # errno + strerror: aiohttp shows the strerror in its connect error
+            raise OSError(errno.EACCES, f"{exc} (checked when connecting)") from exc
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        loop = asyncio.get_running_loop()
+        addresses = await loop.run_in_executor(None, self._addresses, host, port)
+        results: list[ResolveResult] = []
+        for address in addresses:
+            is_v6 = ":" in address
+            if family in (socket.AF_INET, socket.AF_INET6) and is_v6 != (family == socket.AF_INET6):
+                continue  # aiohttp asks for one family only when it was told to
+            results.append(
+                ResolveResult(
+                    hostname=host,
+                    host=address,
+                    port=port,
+                    family=socket.AF_INET6 if is_v6 else socket.AF_INET,
+                    proto=0,
+                    flags=socket.AI_NUMERICHOST,
+                )
+            )
+        if not results:
+            raise OSError(errno.EADDRNOTAVAIL, f"{host!r} has no address of the family asked for")
+        return results
+
+    async def close(self) -> None:
+        """Nothing to release: the lookups run on netguard's shared threads."""
+
+
 class Sender:
     """Pooled async HTTP client for deliveries and challenges, with a synchronous facade.
 
     Args:
         settings: deadlines, concurrency and response-body limits.
+        resolver: the name lookup behind the guard (tests substitute it).
     """
 
-    def __init__(self, settings: WebhookSettings) -> None:
+    def __init__(self, settings: WebhookSettings, resolver: Resolver = netguard.resolve) -> None:
         self._settings = settings
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._loop: _LoopThread | None = None
         self._lock = threading.Lock()
@@ -212,7 +276,10 @@ class Sender:
             )
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=POOL_MAX, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
+                    limit=POOL_MAX,
+                    limit_per_host=0,
+                    keepalive_timeout=KEEPALIVE_S,
+                    resolver=GuardedResolver(self._settings, self._resolver),
                 ),
                 timeout=aiohttp.ClientTimeout(total=backstop_s),
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},

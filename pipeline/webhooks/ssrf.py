@@ -6,10 +6,10 @@ splits a webhook URL and words the refusals for webhooks. A destination is refus
 resolves to *any* address that is not public, unless the operator allowed it with
 ``allow_private_destinations`` or listed its network in ``allowed_networks``. The check runs
 when a destination is created or changed and again before every delivery batch, so a name that
-later starts resolving to an internal address is caught. Redirects are never followed. Unlike
-IMAP and SMTP, the delivery POST still looks the name up again after the check: the window
-between the two lookups (DNS rebinding) remains open for webhooks until the sender connects to
-the checked address; an egress proxy closes it.
+later starts resolving to an internal address is caught. Redirects are never followed. The
+delivery POST itself resolves the name through the same guard
+(:class:`pipeline.webhooks.sender.GuardedResolver`) and connects to the address that lookup
+checked, so a name that turns internal between the check and the POST (DNS rebinding) is refused.
 """
 
 from __future__ import annotations

@@ -183,3 +183,52 @@ def test_an_unreachable_challenge_is_reported() -> None:
         port = s.getsockname()[1]
     with _sender() as sender, pytest.raises(ChallengeFailed, match="could not be reached"):
         sender.challenge(f"http://127.0.0.1:{port}/x")
+
+
+# --- the connection goes to the address the guard checked (no second, unchecked lookup) ------
+
+
+class Rebinding:
+    """A name server that answers each lookup of a name from a script (DNS rebinding)."""
+
+    def __init__(self, *answers: list[str]) -> None:
+        self.answers = list(answers)
+        self.lookups: list[str] = []
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups.append(host)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def test_a_name_that_turns_internal_after_the_check_is_not_connected_to() -> None:
+    # The destination check saw a public address; when the POST connects, the same name
+    # answers 127.0.0.1. The sender looks it up through the guard, so it refuses to connect.
+    dns = Rebinding(["93.184.216.34"], ["127.0.0.1"])
+    assert dns("hook.example.test", 80) == ["93.184.216.34"]  # what the destination check saw
+    with _server(lambda r: Answer(200)) as (base, seen):
+        port = urlsplit(base).port
+        with Sender(WebhookSettings(), resolver=dns) as sender:
+            result = sender.post(
+                OutgoingRequest(1, f"http://hook.example.test:{port}/x", b"{}", "s")
+            )
+    assert not result.ok and result.status_code is None
+    assert result.error_class == "ConnectError"
+    assert "not a public address" in result.reason()
+    assert seen == []  # no request reached the internal address
+    assert dns.lookups == ["hook.example.test", "hook.example.test"]
+
+
+def test_an_allowed_name_is_connected_to_at_the_address_the_guard_returned() -> None:
+    # The name exists only in the stand-in resolver: the request arriving proves that the
+    # connection went to the address that lookup (and its check) returned.
+    dns = Rebinding(["127.0.0.1"])
+    settings = WebhookSettings(allowed_networks="127.0.0.0/8")  # type: ignore[arg-type]
+    with _server(lambda r: Answer(204)) as (base, seen):
+        port = urlsplit(base).port
+        with Sender(settings, resolver=dns) as sender:
+            result = sender.post(
+                OutgoingRequest(1, f"http://only.in.stub.test:{port}/x", b"{}", "s")
+            )
+    assert result.ok and result.status_code == 204
+    assert [r.path for r in seen] == ["/x"]
+    assert seen[0].headers["host"] == f"only.in.stub.test:{port}"
