@@ -42,6 +42,12 @@ class FolderRepository:
             .order_by((Folder.role == "inbox").desc(), (Folder.role == "sent").desc(), Folder.name)
         ).all()
 
+    def by_name(self, grant_id: str, name: str) -> Folder | None:
+        """A grant's folder with exactly that name, or None."""
+        return self.session.scalar(
+            select(Folder).where(Folder.grant_id == grant_id, Folder.name == name).limit(1)
+        )
+
     def by_role(self, grant_id: str, role: str) -> Folder | None:
         """A grant's folder with ``role`` (the first by name if several claim it)."""
         return self.session.scalar(

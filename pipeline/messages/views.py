@@ -85,8 +85,8 @@ def deleted_message_view(message_id: str, grant_id: str) -> dict[str, Any]:
     return {"id": message_id, "grant_id": grant_id, "object": "message"}
 
 
-def folder_view(folder: Folder) -> dict[str, Any]:
-    """A folder in the Nylas v3 shape."""
+def folder_view(folder: Folder, parent_id: str | None = None) -> dict[str, Any]:
+    """A folder in the Nylas v3 shape (``parent_id``: the folder above it, if any)."""
     return {
         "id": folder.id,
         "grant_id": folder.grant_id,
@@ -94,5 +94,5 @@ def folder_view(folder: Folder) -> dict[str, Any]:
         "name": folder.name,
         "attributes": list(folder.attributes),
         "system_folder": folder.role is not None,
-        "parent_id": None,
+        "parent_id": parent_id,
     }

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
+from pipeline.folders.repository import FolderRepository
 from pipeline.grants.views import grant_notification
 from pipeline.messages.repository import MessageRepository
 from pipeline.messages.views import (
@@ -66,8 +67,18 @@ def messages_deleted(session: Session, grant_id: str, message_ids: Iterable[str]
 
 def folder(session: Session, type_: str, row: Folder) -> int:
     """Emit ``folder.created`` / ``folder.updated`` / ``folder.deleted``."""
-    emit(session, grant_id=row.grant_id, type=type_, obj=folder_view(row), subject_id=row.id)
+    obj = folder_view(row, _parent_id(session, row))
+    emit(session, grant_id=row.grant_id, type=type_, obj=obj, subject_id=row.id)
     return 1
+
+
+def _parent_id(session: Session, row: Folder) -> str | None:
+    """The id of the folder above ``row`` by the server's hierarchy delimiter, as the API
+    shows it (``pipeline.api.folders``), or None at the top level."""
+    if not row.delimiter or row.delimiter not in row.name:
+        return None
+    parent = FolderRepository(session).by_name(row.grant_id, row.name.rsplit(row.delimiter, 1)[0])
+    return parent.id if parent is not None else None
 
 
 def grant(session: Session, type_: str, row: Grant, *, reauthenticated: bool = False) -> int:

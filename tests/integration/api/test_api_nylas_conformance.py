@@ -220,3 +220,23 @@ def test_include_basic_headers_gives_the_threading_headers(
     ).data
     assert one.headers is not None
     assert [(h.name, h.value) for h in one.headers] == [("Message-ID", "<a1@example.test>")]
+
+
+def test_folder_notifications_name_their_parent(api: ApiServer, mail_user: MailUser) -> None:
+    """notifications/folders: the object carries ``grant_id``, ``id``, ``name``, ``object``,
+    ``system_folder``; a nested folder's ``parent_id`` is its parent's id, as the API shows it."""
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Projects")
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    created = client.folders.create(grant_id, {"name": "Projects/2026"}).data
+    (notified,) = [o for t, o in api.outbox_objects() if t == "folder.created"]
+    projects = next(f for f in client.folders.list(grant_id).data if f.name == "Projects")
+    assert created.parent_id == projects.id
+    assert {k: notified[k] for k in ("grant_id", "id", "name", "object", "system_folder")} == {
+        "grant_id": grant_id,
+        "id": created.id,
+        "name": "Projects/2026",
+        "object": "folder",
+        "system_folder": False,
+    }
+    assert notified["parent_id"] == projects.id
