@@ -37,7 +37,7 @@ from pipeline.api import queries, writeback
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, notify_after_commit, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found
 from pipeline.api.limits import take_login
-from pipeline.api.messages import message_views
+from pipeline.api.messages import Fields, message_views
 from pipeline.config import Settings
 from pipeline.errors import ImapConnectError, ImapError
 from pipeline.grants.service import SMTP_UNREACHABLE, checked_address, grant_secrets
@@ -358,7 +358,23 @@ def _store_sent(
     return ids[0] if ids else None
 
 
-def _composed_view(grant: Grant, req: SendRequest, msg: EmailMessage) -> dict[str, Any]:
+BASIC_HEADER_NAMES = ("Message-ID", "In-Reply-To", "References")  # include_basic_headers
+
+
+def _sent_headers(msg: EmailMessage, fields: str) -> list[dict[str, str]]:
+    """The ``headers`` of a composed message: all of them for ``include_headers``, the
+    threading ones otherwise (``include_basic_headers``, and the default answer)."""
+    names = None if fields == "include_headers" else BASIC_HEADER_NAMES
+    return [
+        {"name": name, "value": str(value)}
+        for name, value in msg.items()
+        if names is None or name in names
+    ]
+
+
+def _composed_view(
+    grant: Grant, req: SendRequest, msg: EmailMessage, fields: str = "standard"
+) -> dict[str, Any]:
     """The answer when no stored copy exists (the provider files sent mail itself)."""
 
     def people(rs: list[Recipient]) -> list[dict[str, str]]:
@@ -376,7 +392,7 @@ def _composed_view(grant: Grant, req: SendRequest, msg: EmailMessage) -> dict[st
         "reply_to": people(req.reply_to),
         "body": req.body,
         "date": int(datetime.now(UTC).timestamp()),
-        "headers": [{"name": "Message-ID", "value": str(msg["Message-ID"])}],
+        "headers": _sent_headers(msg, fields),
         "folders": [],
         "attachments": [],
         "unread": False,
@@ -390,8 +406,10 @@ def send_now(
     grant: Grant,
     req: SendRequest,
     files: list[tuple[OutgoingAttachment, bytes]],
+    fields: str = "standard",
 ) -> dict[str, Any]:
-    """Compose, send over SMTP, file in Sent; the API view of the sent message."""
+    """Compose, send over SMTP, file in Sent; the API view of the sent message (``fields``:
+    ``include_headers`` / ``include_basic_headers`` add its headers, as on a read)."""
     msg = compose(db, grant, req, files)
     recipients = [r.email for r in req.to + req.cc + req.bcc]
     # SMTP logins count against the account's login budget, as its IMAP logins do
@@ -402,10 +420,16 @@ def send_now(
     db.commit()
     notify_after_commit(api)
     if stored_id is None:
-        return _composed_view(grant, req, msg)
+        return _composed_view(grant, req, msg, fields)
     message = queries.get_message(db, grant.id, stored_id)
     assert message is not None
-    (view,) = message_views(db, [message], include_headers=False, selected=None)
+    (view,) = message_views(
+        db,
+        [message],
+        include_headers=fields == "include_headers",
+        include_basic_headers=fields == "include_basic_headers",
+        selected=None,
+    )
     return view
 
 
@@ -472,8 +496,10 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
         }
     },
 )
-async def send_message(request: Request, db: Db, api: State, grant: LiveGrant) -> dict[str, Any]:
+async def send_message(
+    request: Request, db: Db, api: State, grant: LiveGrant, fields: Fields = "standard"
+) -> dict[str, Any]:
     """Send over SMTP, then file a copy in Sent; answers with the sent message."""
     req, files = await _parse(request)
-    view = await run_in_threadpool(send_now, db, api, grant, req, files)
+    view = await run_in_threadpool(send_now, db, api, grant, req, files, fields)
     return ok(request, view)

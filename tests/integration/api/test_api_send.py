@@ -218,3 +218,46 @@ def test_smtp_login_takes_a_token_of_the_accounts_login_budget(
         sent = http.post(f"/v3/grants/{grant_id}/messages/send", json=body)
     assert sent.status_code == 200, sent.text
     assert len(smtp.messages) == 1
+
+
+def test_send_answers_the_threading_headers_when_asked(
+    api: ApiServer, mail_user: MailUser, smtp: SmtpServer
+) -> None:
+    """Nylas' send takes fields=include_basic_headers / include_headers, as reads do."""
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
+    grant_id = connect_with_smtp(api, mail_user, smtp, mail_user.password)
+    first = (
+        api.nylas()
+        .messages.send(
+            grant_id, {"to": [{"email": "bob@example.test"}], "subject": "One", "body": "one"}
+        )
+        .data
+    )
+    with api.http() as http:
+        reply = http.post(
+            f"/v3/grants/{grant_id}/messages/send",
+            params={"fields": "include_basic_headers"},
+            json={
+                "to": [{"email": "bob@example.test"}],
+                "subject": "Re: One",
+                "body": "two",
+                "reply_to_message_id": first.id,
+            },
+        )
+        everything = http.post(
+            f"/v3/grants/{grant_id}/messages/send",
+            params={"fields": "include_headers"},
+            json={"to": [{"email": "bob@example.test"}], "subject": "Three", "body": "three"},
+        )
+    assert reply.status_code == 200, reply.text
+    first_id = parsed(smtp.messages[0][2])["Message-ID"]
+    reply_wire = parsed(smtp.messages[1][2])
+    headers = [(h["name"], h["value"]) for h in reply.json()["data"]["headers"]]
+    assert headers == [
+        ("Message-ID", reply_wire["Message-ID"]),
+        ("In-Reply-To", first_id),
+        ("References", first_id),
+    ]
+    assert everything.status_code == 200, everything.text
+    names = {h["name"].lower() for h in everything.json()["data"]["headers"]}
+    assert {"message-id", "from", "to", "subject", "date"} <= names
