@@ -26,6 +26,7 @@ from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.schemas import (
     ACCEPTED_TRIGGER_TYPES,
+    TRUNCATED_SUFFIX,
     CreateWebhookRequest,
     TestEventResult,
     UpdateWebhookRequest,
@@ -36,6 +37,9 @@ from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import new_secret, sign
 
 MOCK_GRANT_ID = "00000000-0000-4000-8000-000000000000"
+TRUNCATABLE_SAMPLES = frozenset(
+    {"message.created" + TRUNCATED_SUFFIX, "message.updated" + TRUNCATED_SUFFIX}
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -307,15 +311,17 @@ class WebhookService:
     # --- helpers ----------------------------------------------------------------------------
 
     def _mock_notification(self, trigger_type: str) -> payloads.Notification:
+        base = trigger_type.removesuffix(TRUNCATED_SUFFIX)
         return payloads.build(
             notification_id=new_id(),
-            type=trigger_type,
+            type=base,
             grant_id=MOCK_GRANT_ID,
             occurred_at=datetime.now(UTC),
             attempt=1,
             application_id=self._settings.application_id,
-            obj=mock_object(trigger_type),
-            max_bytes=self._settings.max_payload_bytes,
+            obj=mock_object(base),
+            # a ``.truncated`` sample is the same notification over the size limit
+            max_bytes=0 if base != trigger_type else self._settings.max_payload_bytes,
         )
 
     def _verify_url(self, url: str) -> None:
@@ -337,7 +343,9 @@ class WebhookService:
 
 
 def _check_trigger_type(trigger_type: str) -> None:
-    if trigger_type not in ACCEPTED_TRIGGER_TYPES:
+    """A type a sample may be made of: any accepted type, and (as Nylas documents for its
+    mock payloads and test events) ``message.created.truncated`` / ``message.updated.truncated``."""
+    if trigger_type not in ACCEPTED_TRIGGER_TYPES | TRUNCATABLE_SAMPLES:
         raise InvalidWebhookRequest(
             f"Unknown trigger type {trigger_type!r}; "
             f"known: {', '.join(sorted(ACCEPTED_TRIGGER_TYPES))}."

@@ -98,6 +98,12 @@ def test_webhook_destinations_as_nylas_shows_them(api: ApiServer, receiver: Rece
         assert envelope["source"] == "/nylas/system"
         assert envelope["data"]["object"]["code"] == 25009
         assert "grant_id" in envelope["data"]["object"]
+        cut = http.post(
+            "/v3/webhooks/mock-payload", json={"trigger_type": "message.created.truncated"}
+        ).json()["data"]
+        assert cut["type"] == "message.created.truncated"
+        assert "body" not in cut["data"]["object"]
+        assert cut["data"]["object"]["object"] == "message"
         unknown = http.post("/v3/webhooks/mock-payload", json={"trigger_type": "nope.created"})
         assert unknown.status_code == 400, unknown.text
 
