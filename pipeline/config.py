@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -242,6 +242,11 @@ class Settings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Role logs: text lines, or one JSON object per line with grant_id, "
+        "folder_id, task_id as fields of their own.",
+    )
 
     @field_validator("mail_allowed_networks", mode="before")
     @classmethod

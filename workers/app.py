@@ -9,3 +9,6 @@ app = Celery(
     include=["workers.tasks", "workers.webhook_tasks", "workers.beat_tasks"],
 )
 app.config_from_object("workers.celeryconfig")
+
+# Log format and the ids every task's lines carry (Celery signals, connected on import).
+from workers import logs as _logs  # noqa: E402, F401

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from typing import Any
 
 from pipeline.config import Settings
 
@@ -27,6 +29,11 @@ def _api(args: argparse.Namespace) -> int:
     settings = Settings.load()
     host = args.host or settings.api_host
     port = args.port or settings.api_port
+    logging_options: dict[str, Any] = {"log_level": settings.log_level.lower()}
+    if settings.log_format == "json":
+        # uvicorn's loggers then go through the root handler (JSON) instead of its own
+        logging_options["log_config"] = None
+        logging.getLogger("uvicorn").setLevel(settings.log_level.upper())
     if args.workers > 1:
         # Each worker process builds its own app (and engine) from the environment.
         uvicorn.run(
@@ -37,7 +44,7 @@ def _api(args: argparse.Namespace) -> int:
             workers=args.workers,
             timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-            log_level=settings.log_level.lower(),
+            **logging_options,
         )
         return 0
     uvicorn.run(
@@ -46,7 +53,7 @@ def _api(args: argparse.Namespace) -> int:
         port=port,
         timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        log_level=settings.log_level.lower(),
+        **logging_options,
     )
     return 0
 

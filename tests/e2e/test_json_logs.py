@@ -1,0 +1,92 @@
+"""IMAP_PIPELINE_LOG_FORMAT=json: the roles' lines are JSON, a task's lines carry its ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.config import Settings
+from pipeline.local import free_port
+from tests.support.grants import connect
+from tests.support.processes import RoleProcess, pipeline_env
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+WAIT_S = 120
+
+
+def json_lines(process: RoleProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in process.log().splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+@pytest.fixture
+def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point this process's Celery app (the producer side) at the test broker."""
+    import workers.settings
+    from workers.app import app
+
+    for key, value in pipeline_env(settings).items():
+        if key.startswith("IMAP_PIPELINE_"):
+            monkeypatch.setenv(key, value)
+    workers.settings.settings.cache_clear()
+    app.conf.broker_url = settings.require_redis_url()
+    yield
+    workers.settings.settings.cache_clear()
+
+
+def test_json_lines_carry_grant_and_folder_ids_of_the_task(
+    settings: Settings, mail_user: MailUser, celery_client: None, tmp_path: Path
+) -> None:
+    from workers import enqueue
+
+    api_port = free_port()
+    env = pipeline_env(
+        settings,
+        IMAP_PIPELINE_LOG_FORMAT="json",
+        IMAP_PIPELINE_SYNC_CONCURRENCY="1",
+        IMAP_PIPELINE_API_PORT=str(api_port),
+    )
+    sync = RoleProcess("sync", env, tmp_path).start()
+    api = RoleProcess("api", env, tmp_path).start()
+    try:
+        grant_id = connect(settings, mail_user)
+        enqueue.sync_grant(grant_id, "generic")
+        deadline = time.monotonic() + WAIT_S
+        done: list[dict[str, Any]] = []
+        while not done:
+            assert time.monotonic() < deadline, sync.log()[-3000:]
+            done = [
+                e
+                for e in json_lines(sync)
+                if e.get("task_name") == "pipeline.sync.folder" and "succeeded" in e["message"]
+            ]
+            time.sleep(0.3)
+        assert done[0]["grant_id"] == grant_id
+        assert done[0]["folder_id"]
+        assert done[0]["task_id"]
+
+        while True:  # uvicorn's lines are JSON too
+            assert time.monotonic() < deadline, api.log()[-3000:]
+            try:
+                httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
+            except httpx.HTTPError:
+                time.sleep(0.3)
+                continue
+            if any("/healthz" in e["message"] for e in json_lines(api)):
+                break
+            time.sleep(0.3)
+        assert all(line.startswith("{") for line in api.log().splitlines() if line.strip())
+    finally:
+        sync.stop()
+        api.stop()
