@@ -208,6 +208,16 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Flower's address: loopback unless a login is set (FLOWER_BASIC_AUTH).",
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Each role serves Prometheus metrics on this port (0: none); `up` gives its "
+        "roles this port and the next ones, in Procfile order.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the metrics port (the image: 0.0.0.0)."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_sign_in_concurrency: int = Field(

@@ -55,6 +55,7 @@ from typing import Any
 
 import redis
 
+from pipeline import metrics
 from pipeline.errors import ImapThrottledError, ServiceError
 from pipeline.listener.leases import SLOT_ACQUIRE_LUA, conn_key
 from pipeline.presets import preset
@@ -264,7 +265,10 @@ class RateLimiter:
             account_burst=min(float(limits.max_connections), limits.account_logins_per_min),
             reserve_s=max_wait_s,
         )
-        return LoginTurn(granted=wait <= 0, wait_s=abs(wait))
+        turn = LoginTurn(granted=wait <= 0, wait_s=abs(wait))
+        if turn.granted:
+            metrics.LOGINS.labels(provider).inc()
+        return turn
 
     def try_ops(self, provider: str, imap_host: str, grant_id: str, cost: int = 1) -> float:
         """Take ``cost`` operation tokens of the account and provider; 0.0, or seconds to wait."""
@@ -324,6 +328,7 @@ class RateLimiter:
     # --- backoff --------------------------------------------------------------------------
     def throttled(self, provider: str, imap_host: str, grant_id: str) -> float:
         """Record a throttling answer; returns the account's back-off in seconds."""
+        metrics.THROTTLES.labels(provider).inc()
         scope = scope_of(provider, imap_host)
         backoff = self.misbehaved(grant_id)
         window_ms = int(PROVIDER_THROTTLE_WINDOW_S * 1000)

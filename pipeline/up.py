@@ -49,6 +49,7 @@ from pipeline.config import ENV_PREFIX, RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
 from pipeline.errors import PipelineError, ServiceError
 from pipeline.local import LOCALHOST, can_bind, child_preexec, free_port, port_in_use
+from pipeline.metrics import MULTIPROC_ENV
 
 PROCFILE = Path(__file__).resolve().parent.parent / "deploy" / "Procfile"
 ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
@@ -258,7 +259,9 @@ class _Up:
         self.starting = False
         self.name_width = max(len(r.name) for r in roles)
         for index, role in enumerate(roles):
-            self._start_role(role, ROLE_STYLES[index % len(ROLE_STYLES)], env)
+            self._start_role(
+                role, ROLE_STYLES[index % len(ROLE_STYLES)], self._env_of(role, index, env)
+            )
         if demo_account is not None:
             self._connect_demo(demo_account, env)
         self._print_summary()
@@ -572,6 +575,17 @@ class _Up:
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
         return env
 
+    def _metrics_port(self, index: int) -> int:
+        return self.settings.metrics_port + index if self.settings.metrics_port else 0
+
+    def _env_of(self, role: Role, index: int, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` plus the role's own metrics port and multiprocess folder."""
+        own = dict(env)
+        own["IMAP_PIPELINE_METRICS_PORT"] = str(self._metrics_port(index))
+        # each role adds up only its own processes' counters (prometheus-client multiprocess)
+        own[MULTIPROC_ENV] = str(self.data_dir / "metrics" / role.name)
+        return own
+
     def _start_role(self, role: Role, style: str, env: Mapping[str, str]) -> None:
         self._log_dir.mkdir(exist_ok=True)
         log = RoleLog(self._log_dir / f"{role.name}.log")
@@ -658,6 +672,11 @@ class _Up:
         for name, where in self.demo_rows:
             table.add_row(name, where)
         table.add_row("roles", ", ".join(f"{rp.role.name} ({rp.proc.pid})" for rp in self.roles))
+        if self.settings.metrics_port:
+            ports = ", ".join(
+                f"{rp.role.name} {self._metrics_port(i)}" for i, rp in enumerate(self.roles)
+            )
+            table.add_row("metrics", f"http://{self.settings.metrics_host}:PORT/metrics: {ports}")
         table.add_row("logs", str(self._log_dir))
         table.add_row("other terminals", f"find the services through {self.runtime_env}")
         with self.print_lock:

@@ -10,5 +10,8 @@ app = Celery(
 )
 app.config_from_object("workers.celeryconfig")
 
-# Log format and the ids every task's lines carry (Celery signals, connected on import).
+# Observability hooks (Celery signals, connected on import) in every process that uses the app:
+# the log format and the ids a task's lines carry; metrics (publishers stamp when a task was asked
+# for, workers and beat serve /metrics).
 from workers import logs as _logs  # noqa: E402, F401
+from workers import metrics as _metrics  # noqa: E402, F401

@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pipeline import metrics
     from pipeline.api import create_app
 
     settings = Settings.load()
@@ -34,6 +35,8 @@ def _api(args: argparse.Namespace) -> int:
         # uvicorn's loggers then go through the root handler (JSON) instead of its own
         logging_options["log_config"] = None
         logging.getLogger("uvicorn").setLevel(settings.log_level.upper())
+    metrics.reset_multiprocess_dir()
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     if args.workers > 1:
         # Each worker process builds its own app (and engine) from the environment.
         uvicorn.run(

@@ -51,6 +51,7 @@ def _settings_help() -> str:
 def _listen(args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
+    from pipeline import metrics
     from pipeline.db import sessionmaker_for
     from pipeline.listener.process import Listener
     from pipeline.listener.protocol import limit_tls_read_buffers
@@ -60,6 +61,8 @@ def _listen(args: argparse.Namespace) -> int:
 
     settings = Settings.load()
     listener_settings = ListenerSettings()
+    metrics.reset_multiprocess_dir()
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     limit_tls_read_buffers()
     if not args.verbose:  # connects, claims and drops are what an operator wants to see
         logging.getLogger("pipeline.listener").setLevel(logging.INFO)

@@ -264,3 +264,23 @@ def test_every_role_in_a_container_listens_beyond_loopback() -> None:
     assert "IMAP_PIPELINE_API_HOST=0.0.0.0" in env
     assert "IMAP_PIPELINE_FLOWER_HOST=0.0.0.0" in env
     assert "--address=${IMAP_PIPELINE_FLOWER_HOST:-127.0.0.1}" in PROCFILE["flower"]
+
+
+# --- Grafana ----------------------------------------------------------------------------------
+
+
+def test_grafana_dashboard_plots_every_metric_the_roles_export() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from pipeline import metrics
+
+    dashboard = json.loads((DEPLOY / "grafana" / "imap-pipeline.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    used = set(re.findall(r"\b(imap_pipeline_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\b", exprs))
+    exported = {m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)} | {
+        "imap_pipeline_outbox_depth",
+        "imap_pipeline_queue_depth",
+    }  # BacklogCollector's
+    assert used == exported
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
