@@ -82,6 +82,23 @@ WEBHOOK_LATENCY = Histogram(
 )
 
 
+def observe_webhook_attempt(
+    status_code: int | None, error_class: str | None, latency_ms: int
+) -> None:
+    """Count one webhook attempt by outcome, with its duration."""
+    if status_code is not None and 200 <= status_code < 300:
+        outcome = "delivered"
+    elif status_code is not None:
+        outcome = "failed"
+    elif latency_ms == 0 and error_class:
+        outcome = "refused"  # never sent: the destination is not allowed, or no secret
+    else:
+        outcome = "error"
+    WEBHOOK_DELIVERIES.labels(outcome).inc()
+    if outcome != "refused":
+        WEBHOOK_LATENCY.labels(outcome).observe(latency_ms / 1000)
+
+
 def multiprocess_dir() -> Path | None:
     """The folder of multiprocess mode, if this process runs in it."""
     value = os.environ.get(MULTIPROC_ENV)

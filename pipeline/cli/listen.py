@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import textwrap
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from pipeline.listener.process import Listener
 
 console = Console(stderr=True)
 REDIS_TIMEOUT_S = 5.0  # socket timeout of every Redis call of the listener
 REDIS_POOL_SIZE = 32  # Redis connections shared by all IDLE connections of the process
 HELP_WIDTH = 88  # columns of the wrapped help text
 REDIS_POOL_WAIT_S = 10.0  # waiting for a free Redis connection from the pool
+METRICS_REFRESH_S = 5.0  # the IDLE connection gauges lag the connections by at most this
+# pipeline.listener.idle.WatchState values: a connection open on the server, or one on its way
+HELD_STATES = frozenset({"idling", "renewing", "polling"})
+WAITING_STATES = frozenset({"waiting_slot", "login_queued", "connecting", "backoff"})
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,11 +106,30 @@ def _listen(args: argparse.Namespace) -> int:
             notify=kick,
         )
         console.print(f"listener [bold]{listener.id}[/] running; Ctrl-C stops it")
+        gauges = asyncio.create_task(_publish_connection_states(listener, stop))
         try:
             await listener.run(stop)
         finally:
+            gauges.cancel()
             await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
             await pool.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(main())
     return 0
+
+
+async def _publish_connection_states(listener: Listener, stop: asyncio.Event) -> None:
+    """Keep imap_pipeline_idle_connections{state} current (every METRICS_REFRESH_S)."""
+    from pipeline import metrics
+
+    while not stop.is_set():
+        held = waiting = 0
+        for state, count in listener.states().items():
+            if state.value in HELD_STATES:
+                held += count
+            elif state.value in WAITING_STATES:
+                waiting += count
+        metrics.IDLE_CONNECTIONS.labels("held").set(held)
+        metrics.IDLE_CONNECTIONS.labels("waiting").set(waiting)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), METRICS_REFRESH_S)

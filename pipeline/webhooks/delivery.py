@@ -60,6 +60,7 @@ from typing import TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline import metrics
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError
 from pipeline.models import new_id
@@ -428,6 +429,7 @@ class Drainer:
         rows = []
         for c in claimed:
             r = results[c.delivery_id]
+            metrics.observe_webhook_attempt(r.status_code, r.error_class, r.latency_ms)
             rows.append(
                 {
                     "delivery_id": c.delivery_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.config import Settings
 from pipeline.local import free_port
 from pipeline.local.mailgen import GeneratedMessage, seed_maildir
+from tests.integration.api.api_support import Receiver
 from tests.support.grants import connect
-from tests.support.mail import make_message
+from tests.support.mail import append, make_message
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser
 
@@ -53,7 +56,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {role: free_port() for role in ("sync", "beat", "api")}
+    return {role: free_port() for role in ("sync", "beat", "api", "listener", "webhooks")}
 
 
 @pytest.fixture
@@ -68,6 +71,7 @@ def roles(
             IMAP_PIPELINE_METRICS_PORT=str(port),
             IMAP_PIPELINE_API_PORT=str(free_port()),
             PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics" / role),
+            IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",  # the test's receiver
         )
         started[role] = RoleProcess(role, env, tmp_path).start()
     yield started
@@ -132,6 +136,39 @@ def test_roles_serve_what_they_did_on_their_metrics_port(
     assert ("imap_pipeline_outbox_depth", (("kind", "deliveries"),)) in beat
 
     assert scrape_when_up(ports["api"]) is not None  # the API serves its port too
+
+    # the listener holds an IDLE connection per watched folder (this mailbox: its Inbox)
+    listener = ports["listener"]
+    wait_for(
+        lambda: sample(listener, "imap_pipeline_idle_connections", state="held") == 1,
+        "the Inbox's IDLE connection held on the listener's metrics port",
+    )
+    assert sample(listener, "imap_pipeline_idle_connections", state="waiting") == 0
+    assert sample(listener, "imap_pipeline_logins_total", provider="generic") == 1
+
+    # new mail reaches a webhook destination: the webhooks worker counts the delivery
+    receiver = Receiver()
+    try:
+        added = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli",
+             "webhooks", "add", receiver.url, "--triggers", "message.created"],
+            env=pipeline_env(settings, IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8"),
+            capture_output=True, text=True, timeout=SCRAPE_TIMEOUT_S * 6, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stdout + added.stderr
+        append(mail_user.server, mail_user.name, mail_user.password, make_message("fresh"))
+        hooks = ports["webhooks"]
+        wait_for(
+            lambda: (sample(hooks, "imap_pipeline_webhook_deliveries_total", outcome="delivered")
+                     or 0) >= 1,
+            "a delivered webhook counted on the webhooks worker's metrics port",
+        )  # fmt: skip
+        latency = scrape(hooks)[
+            ("imap_pipeline_webhook_delivery_seconds_count", (("outcome", "delivered"),))
+        ]
+        assert latency >= 1
+    finally:
+        receiver.close()
 
 
 def scrape_when_up(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
