@@ -121,6 +121,10 @@ class GrantInvalid(GrantError):
     """The grant exists but cannot be used; its status says why."""
 
 
+class GrantRequestInvalid(GrantError):
+    """A request to connect an account is malformed (which field, and why)."""
+
+
 class GrantConflict(GrantError):
     """A sign-in names an address whose grant lives on another server or username: the existing
     grant is never changed by it (only by a login to its own account, or with the API key)."""

@@ -27,6 +27,7 @@ from workers.settings import settings
 from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
 
 VISIBILITY_TIMEOUT_S = 30 * 60
+RESULT_EXPIRES_S = 24 * 3600  # a grant creation's outcome stays readable this long
 SOFT_LIMIT_MARGIN_S = 30  # between the soft and the hard limit: time to record and back off
 SYNC_TASKS = (
     "pipeline.grants.create",
@@ -46,7 +47,10 @@ broker_transport_options = {
 }
 broker_connection_retry_on_startup = True
 task_ignore_result = True
-result_backend = None
+# Only tasks that say ignore_result=False store a result (pipeline.grants.create: the caller
+# reads whether the account was connected, or why not); it lives in Redis for a day.
+result_backend = broker_url
+result_expires = RESULT_EXPIRES_S
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

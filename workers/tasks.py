@@ -26,10 +26,12 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
+from pydantic import ValidationError
 
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
     GrantNotFound,
+    GrantRequestInvalid,
     ImapAuthError,
     ImapConnectError,
     ImapLimitError,
@@ -99,23 +101,36 @@ def _reopen(grant_id: str) -> ImapSession:
         return fresh_imap_for(db, grant)
 
 
-@app.task(name="pipeline.grants.create", ignore_result=False)
+@app.task(name="pipeline.grants.create", ignore_result=False, throws=(PipelineError,))
 def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
-    """Connect an account from sealed credentials; enqueue its initial sync."""
+    """Connect an account from sealed credentials; enqueue its initial sync.
+
+    Returns ``{"status": "valid", "grant_id": ...}``. A refused login, an unreachable server or
+    a malformed request fails the task (FAILURE in Flower and in the result) with the
+    :class:`~pipeline.errors.PipelineError` that says why; its message carries no secret.
+    """
     box = SecretBox(settings().encryption_key_list)
     fields = dict(request)
-    fields["password"] = box.open(fields.pop("password_sealed"))
-    if fields.get("smtp_password_sealed"):
-        fields["smtp_password"] = box.open(fields.pop("smtp_password_sealed"))
-    fields.pop("smtp_password_sealed", None)
     try:
-        req = GrantRequest.model_validate(fields)
+        fields["password"] = box.open(fields.pop("password_sealed", ""))
+        if fields.get("smtp_password_sealed"):
+            fields["smtp_password"] = box.open(fields.pop("smtp_password_sealed"))
+        fields.pop("smtp_password_sealed", None)
+        try:
+            req = GrantRequest.model_validate(fields)
+        except ValidationError as exc:
+            # never str(exc): pydantic repeats the input, the password among it
+            reasons = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise GrantRequestInvalid(f"The grant request is invalid: {reasons}.") from None
         with sessions().begin() as db:
             result = create_grant(db, settings(), req)
             grant_id, provider = result.grant.id, result.grant.provider
     except PipelineError as exc:
         log.warning("grant creation failed: %s", exc)
-        return {"status": "invalid", "error": str(exc)}
+        raise
     kick()  # grant.created / grant.updated
     enqueue.sync_grant(grant_id, provider)
     return {"status": "valid", "grant_id": grant_id}

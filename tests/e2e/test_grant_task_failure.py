@@ -1,0 +1,88 @@
+"""A failed ``pipeline.grants.create`` is a failed task with a readable reason and no secret."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.config import Settings
+from pipeline.errors import ImapAuthError
+from tests.support.grants import grant_request
+from tests.support.processes import CeleryWorker, pipeline_env
+from tests.support.services import MailUser
+
+pytestmark = pytest.mark.services
+
+RESULT_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point this process's Celery app (the producer side) at the test broker."""
+    import workers.settings
+    from workers.app import app
+
+    for key, value in pipeline_env(settings).items():
+        if key.startswith("IMAP_PIPELINE_"):
+            monkeypatch.setenv(key, value)
+    workers.settings.settings.cache_clear()
+    app.conf.broker_url = settings.require_redis_url()
+    app.conf.result_backend = settings.require_redis_url()
+    yield
+    workers.settings.settings.cache_clear()
+
+
+def test_a_refused_login_fails_the_task_and_the_caller_reads_why(
+    settings: Settings, mail_user: MailUser, celery_client: None, tmp_path: Path
+) -> None:
+    from workers import enqueue
+    from workers.app import app
+
+    wrong = "not-the-password-0123456789"
+    request = grant_request(mail_user).model_copy(update={"password": SecretStr(wrong)})
+    worker = CeleryWorker(pipeline_env(settings), tmp_path).start()
+    try:
+        task_id = enqueue.create_grant(request, settings)
+        result = app.AsyncResult(task_id)
+        with pytest.raises(ImapAuthError) as failure:
+            result.get(timeout=RESULT_TIMEOUT_S)
+        assert result.state == "FAILURE"  # what Flower shows, from the same task events
+        reason = str(failure.value)
+        assert "refused the login" in reason, reason
+        assert wrong not in reason and wrong not in str(result.traceback or "")
+        expected = f"Task pipeline.grants.create[{task_id}] raised expected: ImapAuthError"
+        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        while expected not in worker.log():  # logged just after the result is stored
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    log = worker.log()
+    assert wrong not in log
+    assert "Traceback" not in log, log  # an expected failure, not a crash
+
+
+def test_a_malformed_request_fails_with_the_field_not_its_value(
+    settings: Settings, mail_user: MailUser, celery_client: None, tmp_path: Path
+) -> None:
+    from pipeline.crypto import SecretBox
+    from workers.app import app
+
+    password = "the-real-password-987654321"
+    box = SecretBox(settings.encryption_key_list)
+    payload = {"email": "not an address", "password_sealed": box.seal(password)}
+    worker = CeleryWorker(pipeline_env(settings), tmp_path).start()
+    try:
+        result = app.send_task("pipeline.grants.create", args=[payload], queue="sync.generic")
+        with pytest.raises(Exception) as failure:
+            result.get(timeout=RESULT_TIMEOUT_S)
+    finally:
+        worker.stop()
+    assert type(failure.value).__name__ == "GrantRequestInvalid"
+    assert "email" in str(failure.value)
+    assert password not in str(failure.value)
+    assert password not in worker.log()
