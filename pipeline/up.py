@@ -66,6 +66,7 @@ DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync m
 DEMO_STATE_NAME = "demo-account.json"
 LOCK_NAME = "up.lock"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+OWN_METRICS_ROLES = frozenset({"flower"})  # serves /metrics on its own port
 # runtime.env's own lines (the services up resolved) and what finds runtime.env itself
 RUNTIME_ENV_OWN = frozenset(
     {"IMAP_PIPELINE_DATABASE_URL", "IMAP_PIPELINE_REDIS_URL", "IMAP_PIPELINE_DATA_DIR"}
@@ -209,6 +210,7 @@ class _Up:
         self.runtime_env_text: str | None = None
         self.services = _Services()
         self.demo_rows: list[tuple[str, str]] = []
+        self.metrics_ports: dict[str, int] = {}
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -257,11 +259,10 @@ class _Up:
                 "yellow",
             )
         self.starting = False
+        self.metrics_ports = self._metrics_ports(roles)
         self.name_width = max(len(r.name) for r in roles)
         for index, role in enumerate(roles):
-            self._start_role(
-                role, ROLE_STYLES[index % len(ROLE_STYLES)], self._env_of(role, index, env)
-            )
+            self._start_role(role, ROLE_STYLES[index % len(ROLE_STYLES)], self._env_of(role, env))
         if demo_account is not None:
             self._connect_demo(demo_account, env)
         self._print_summary()
@@ -316,6 +317,8 @@ class _Up:
             wanted.append(("IMAP_PIPELINE_API_PORT", "the HTTP API", s.api_port, s.api_host))
         if "flower" in names:
             wanted.append(("IMAP_PIPELINE_FLOWER_PORT", "Flower", s.flower_port, s.flower_host))
+        for name, port in self._metrics_ports(roles).items():
+            wanted.append(("IMAP_PIPELINE_METRICS_PORT", f"{name}'s metrics", port, s.metrics_host))
         return wanted
 
     def _check_ports(self, roles: list[Role], then: str) -> None:
@@ -575,13 +578,17 @@ class _Up:
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
         return env
 
-    def _metrics_port(self, index: int) -> int:
-        return self.settings.metrics_port + index if self.settings.metrics_port else 0
+    def _metrics_ports(self, roles: list[Role]) -> dict[str, int]:
+        """Each role's metrics port: IMAP_PIPELINE_METRICS_PORT and the next ones, in Procfile
+        order (Flower serves its own /metrics on its port); none when the setting is 0."""
+        base = self.settings.metrics_port
+        serving = [r.name for r in roles if r.name not in OWN_METRICS_ROLES]
+        return {name: base + i for i, name in enumerate(serving)} if base else {}
 
-    def _env_of(self, role: Role, index: int, env: Mapping[str, str]) -> dict[str, str]:
+    def _env_of(self, role: Role, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` plus the role's own metrics port and multiprocess folder."""
         own = dict(env)
-        own["IMAP_PIPELINE_METRICS_PORT"] = str(self._metrics_port(index))
+        own["IMAP_PIPELINE_METRICS_PORT"] = str(self.metrics_ports.get(role.name, 0))
         # each role adds up only its own processes' counters (prometheus-client multiprocess)
         own[MULTIPROC_ENV] = str(self.data_dir / "metrics" / role.name)
         return own
@@ -673,9 +680,7 @@ class _Up:
             table.add_row(name, where)
         table.add_row("roles", ", ".join(f"{rp.role.name} ({rp.proc.pid})" for rp in self.roles))
         if self.settings.metrics_port:
-            ports = ", ".join(
-                f"{rp.role.name} {self._metrics_port(i)}" for i, rp in enumerate(self.roles)
-            )
+            ports = ", ".join(f"{name} {port}" for name, port in self.metrics_ports.items())
             table.add_row("metrics", f"http://{self.settings.metrics_host}:PORT/metrics: {ports}")
         table.add_row("logs", str(self._log_dir))
         table.add_row("other terminals", f"find the services through {self.runtime_env}")

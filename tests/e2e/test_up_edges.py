@@ -266,3 +266,51 @@ def role_environments(data_dir: Path) -> dict[str, dict[str, str]]:
             if marker in cmdline and ("celery" in cmdline or "imap-pipeline" in cmdline):
                 found.setdefault(role, env)
     return found
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports nothing listens on (probably, as free_port)."""
+    from pipeline.local import can_bind
+
+    while True:
+        base = free_port()
+        if base + count < 65536 and all(can_bind(base + i) for i in range(count)):
+            return base
+
+
+def test_up_gives_every_role_a_metrics_port_of_its_own(tmp_path: Path, started: list[Up]) -> None:
+    import httpx
+
+    base = consecutive_free_ports(5)  # sync, webhooks, beat, listener, api (Flower: its own)
+    up = start_up(up_env(tmp_path / "data", IMAP_PIPELINE_METRICS_PORT=str(base)))
+    started.append(up)
+    up.wait_for_line("imap-pipeline is running")
+    names = ["sync", "webhooks", "beat", "listener", "api"]
+    ports = dict(zip(names, range(base, base + 5), strict=True))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for role, port in ports.items():
+        while True:
+            assert up.process.poll() is None, up.output()
+            assert time.monotonic() < deadline, f"{role} serves no metrics on {port}"
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert response.status_code == 200, role
+        if role == "beat":
+            assert "imap_pipeline_queue_depth" in response.text
+    # each role has its own multiprocess folder in the data dir
+    assert {p.name for p in (up.data_dir / "metrics").iterdir()} >= set(ports)
+
+
+def test_a_taken_metrics_port_is_named_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = run_up(up_env(tmp_path / "data", IMAP_PIPELINE_METRICS_PORT=str(port - 2)))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"port {port} (beat's metrics) is in use" in output
+    assert "IMAP_PIPELINE_METRICS_PORT" in output
