@@ -36,6 +36,17 @@ from prometheus_client.registry import Collector
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client itself, at import
+
+
+def _ensure_multiprocess_dir() -> None:
+    # prometheus-client writes a file there for the first value any process creates (a login
+    # in a one-off command, Flower's own gauges); a folder on a fresh tmpfs does not exist yet.
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+_ensure_multiprocess_dir()
 SCRAPE_QUERY_TIMEOUT_MS = 2_000  # a scrape must not hang on a slow database
 WEBHOOK_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SYNC_LAG_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
