@@ -284,3 +284,13 @@ def test_grafana_dashboard_plots_every_metric_the_roles_export() -> None:
     assert used == exported
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_prometheus_scrapes_a_port_each_pod_declares() -> None:
+    for name, deployment in deployments().items():
+        template = deployment["spec"]["template"]
+        port = int(template["metadata"]["annotations"]["prometheus.io/port"])
+        (container,) = template["spec"]["containers"]
+        assert port in {p["containerPort"] for p in container["ports"]}, name
+    configmap = next(d for d in kustomize_base() if d["kind"] == "ConfigMap")
+    assert configmap["data"]["IMAP_PIPELINE_METRICS_PORT"] == "9100"
