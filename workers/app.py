@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
-app = Celery(
+# Tasks whose caller reads the result (from the Redis result backend); every other task is sent
+# without a result: with a Redis backend, a send that expects one subscribes the sending process
+# to the task's result channel until the result comes, which for the others it never does.
+RESULT_TASKS = frozenset({"pipeline.grants.create"})
+
+
+class PipelineCelery(Celery):  # type: ignore[misc]  # Celery is untyped
+    """Celery whose ``send_task`` expects a result only for :data:`RESULT_TASKS`."""
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
+        """Send ``name``; ``ignore_result`` defaults to whether its caller may read a result."""
+        options.setdefault("ignore_result", name not in RESULT_TASKS)
+        return super().send_task(name, *args, **options)
+
+
+app = PipelineCelery(
     "imap_pipeline",
     include=["workers.tasks", "workers.webhook_tasks", "workers.beat_tasks"],
 )

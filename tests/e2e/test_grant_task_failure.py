@@ -20,6 +20,12 @@ pytestmark = pytest.mark.services
 RESULT_TIMEOUT_S = 120
 
 
+def forget_backend(app: object) -> None:
+    """Drop the app's cached result backend (Celery keeps it per app or per thread)."""
+    app._backend_cache = None  # type: ignore[attr-defined]
+    app._local.__dict__.pop("backend", None)  # type: ignore[attr-defined]
+
+
 @pytest.fixture
 def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's Celery app (the producer side) at the test broker."""
@@ -32,7 +38,9 @@ def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterat
     workers.settings.settings.cache_clear()
     app.conf.broker_url = settings.require_redis_url()
     app.conf.result_backend = settings.require_redis_url()
+    forget_backend(app)  # built again from the test's Redis (an earlier test may have made one)
     yield
+    forget_backend(app)
     workers.settings.settings.cache_clear()
 
 
@@ -86,3 +94,22 @@ def test_a_malformed_request_fails_with_the_field_not_its_value(
     assert "email" in str(failure.value)
     assert password not in str(failure.value)
     assert password not in worker.log()
+
+
+def test_only_grant_creation_waits_for_a_result(settings: Settings, celery_client: None) -> None:
+    """Other sends do not subscribe the sender to a result channel that never gets a result."""
+    import redis
+
+    from workers import enqueue
+    from workers.app import app
+
+    enqueue.sync_grant("00000000-0000-4000-8000-000000000001", "generic")
+    enqueue.sync_folder(
+        "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002", "generic"
+    )
+    client = redis.Redis.from_url(settings.require_redis_url())
+    try:
+        assert client.pubsub_channels("celery-task-meta-*") == []
+    finally:
+        client.close()
+    assert app.send_task("pipeline.grants.create", args=[{}], queue="nowhere").ignored is False
