@@ -40,7 +40,7 @@ from tests.integration.listener.listener_harness import connect_grant, wait_for
 from tests.support.fake_imap import FakeImapProcess
 from tests.support.mail import append, make_message
 from tests.support.processes import pipeline_env, run_cli
-from tests.support.services import MailUser
+from tests.support.services import MailUser, TlsFiles
 
 pytestmark = pytest.mark.services
 
@@ -55,7 +55,7 @@ LISTENER_ENV = {
     "IMAP_PIPELINE_LISTENER_BACKOFF_BASE_S": "0.5",
     "IMAP_PIPELINE_LISTENER_BACKOFF_MAX_S": "8",
 }
-# Whatever ten hostile connections send, the listener grows by less than this. Each holds at
+# Whatever 14 hostile connections send, the listener grows by less than this. Each holds at
 # most ~0.7 MiB (protocol.py's bounds); the rest is headroom for the interpreter's allocator
 # and code paths run for the first time. Before issue 9 one flood passed 1 GiB in seconds.
 RSS_GROWTH_MAX_KIB = 48 * 1024
@@ -72,11 +72,18 @@ class Hostile:
     says: str  # a regular expression the connection's status error must match
     script: str = "normal"
     bound: bool = True  # it breaks a read bound (ImapLimitError): the account backs off too
+    tls: bool = False  # implicit TLS (the listener verifies the test CA's certificate)
 
 
 HOSTILES = [
     # "+ idling" first: the listener is IDLE when the flood of EXISTS comes
     Hostile("idle-flood", ("--on", "IDLE=flood:+ idling\r\n* 1 EXISTS"), r"of IDLE \(a flood\)"),
+    Hostile(
+        "idle-flood-tls",
+        ("--on", "IDLE=flood:+ idling\r\n* 2 FETCH (FLAGS (\\Seen))"),
+        r"of IDLE \(a flood\)",
+        tls=True,
+    ),
     Hostile("examine-flood", ("--on", "EXAMINE=flood"), r"in answer to EXAMINE \(a flood\)"),
     Hostile("idle-literal", ("--on", "IDLE=literal:2147483648"), r"literal of 2,147,483,648"),
     Hostile("idle-endless-line", ("--on", "IDLE=endless-line"), r"line longer than 64 KiB"),
@@ -98,19 +105,19 @@ def memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
-def hostile_grant(settings: Settings, port: int, name: str) -> tuple[str, list[str]]:
+def hostile_grant(settings: Settings, port: int, h: Hostile) -> tuple[str, list[str]]:
     """A grant on a fake server, stored as ``grants add`` would (its login is not tried here:
     some fakes never let one finish); returns its id and folder ids."""
     sealed = SecretBox(settings.encryption_key_list).seal_json({"imap_password": "any"})
     with session_scope(settings.require_database_url()) as db:
         grant = Grant(
-            email=f"{name}@hostile.test",
+            email=f"{h.name}@hostile.test",
             provider="generic",
             imap_host="127.0.0.1",
             imap_port=port,
-            imap_tls="plain",
-            imap_username=name,
-            verify_tls=False,
+            imap_tls="ssl" if h.tls else "plain",
+            imap_username=h.name,
+            verify_tls=h.tls,
             secrets_sealed=sealed,
             grant_status="valid",
         )
@@ -145,11 +152,13 @@ def sync_requests(client: redis.Redis[bytes], grant_id: str, folder_id: str) -> 
 
 
 @pytest.fixture
-def hostile_servers() -> Iterator[list[FakeImapProcess]]:
+def hostile_servers(tls_files: TlsFiles) -> Iterator[list[FakeImapProcess]]:
     servers: list[FakeImapProcess] = []
+    tls = ("--tls", "ssl", "--cert", str(tls_files.cert_file), "--key", str(tls_files.key_file))
     try:
-        for hostile in HOSTILES:
-            servers.append(FakeImapProcess(*hostile.args, script=hostile.script).start())
+        for h in HOSTILES:
+            args = (*h.args, *tls) if h.tls else h.args
+            servers.append(FakeImapProcess(*args, script=h.script).start())
         yield servers
     finally:
         for server in servers:
@@ -200,7 +209,7 @@ def test_hostile_servers_cost_only_their_own_grants(
     before = memory_kib(proc.pid)["VmRSS"]
 
     hostile = {
-        h.name: hostile_grant(settings, server.port, h.name)
+        h.name: hostile_grant(settings, server.port, h)
         for h, server in zip(HOSTILES, hostile_servers, strict=True)
     }
 
