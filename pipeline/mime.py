@@ -58,7 +58,7 @@ from email.policy import compat32
 from email.utils import getaddresses, parsedate_tz
 from html.parser import HTMLParser
 from io import BytesIO
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from charset_normalizer import from_bytes
 
@@ -1353,8 +1353,24 @@ def _children(payload: object) -> list[_Part]:
     )
 
 
+def _payload(part: _Part) -> Any:
+    """The part's payload as ``get_payload()`` gives it: its children, or its text.
+
+    ``get_payload()`` decodes 8-bit text with the part's charset label and recovers from an
+    unknown label (LookupError) but not from one the codec registry refuses outright (a NUL in
+    it raises ValueError): such a label is treated as unknown, as the standard library does.
+    """
+    try:
+        return part.get_payload()
+    except ValueError:
+        payload = vars(part)["_payload"]
+        if isinstance(payload, str):
+            return payload.encode("ascii", "surrogateescape").decode("ascii", "replace")
+        return payload
+
+
 def _is_container(part: _Part) -> bool:
-    return isinstance(part.get_payload(), list) and part.get_content_maintype() == "multipart"
+    return isinstance(_payload(part), list) and part.get_content_maintype() == "multipart"
 
 
 class _Walker:
@@ -1400,7 +1416,7 @@ class _Walker:
     def _multipart(
         self, part: _Part, path: str, out: _Collected, in_related: bool, force: bool
     ) -> None:
-        children = _children(part.get_payload())
+        children = _children(_payload(part))
         pairs = [(child, _child_path(path, n)) for n, child in enumerate(children, start=1)]
         subtype = part.get_content_subtype()
         if force:
@@ -1471,7 +1487,7 @@ class _Walker:
                 self.visit(child, child_path, out, in_related=True, force_attachment=True)
 
     def _is_body_text(self, part: _Part, info: _PartInfo) -> bool:
-        if isinstance(part.get_payload(), list):
+        if isinstance(_payload(part), list):
             return False  # message/*: an enclosed message is an attachment
         if part.get_content_maintype() == "multipart":
             return True  # boundary never found: show the raw content as text
@@ -1499,7 +1515,7 @@ class _Walker:
     def _attachment(
         self, part: _Part, info: _PartInfo, path: str, in_related: bool
     ) -> AttachmentInfo:
-        payload = part.get_payload()
+        payload = _payload(part)
         elided = self._ctx.elided.get(payload.strip()) if isinstance(payload, str) else None
         size = elided if elided is not None else len(_payload_bytes(part, info, self._ctx))
         disposition = info.disposition
@@ -1522,7 +1538,7 @@ def _part_info(part: _Part, ctx: _Context) -> _PartInfo:
     content_type = _parse_params(raw_type, ctx)
     disposition = _parse_params(_first_header(part, "content-disposition"), ctx)
     media = _media_type(content_type, part.get_default_type())
-    if part.get_content_maintype() == "multipart" and not isinstance(part.get_payload(), list):
+    if part.get_content_maintype() == "multipart" and not isinstance(_payload(part), list):
         media = "text/plain"
     filename = (
         disposition.params.get("filename")
@@ -1561,7 +1577,7 @@ def _serialize_body(part: _Part, ctx: _Context) -> bytes:
 
 def _payload_bytes(part: _Part, info: _PartInfo, ctx: _Context, *, for_text: bool = False) -> bytes:
     """The part's content with the transfer encoding undone (decoded exactly once)."""
-    payload = part.get_payload()
+    payload = _payload(part)
     if isinstance(payload, list):
         raw = _serialize_body(part, ctx)
         if info.cte == "base64":
@@ -1594,7 +1610,7 @@ def _python_decodes(part: _Part) -> bool:
 
 def _raw_payload(part: _Part) -> bytes:
     if _python_decodes(part):
-        text = part.get_payload()
+        text = _payload(part)
         return _to_bytes(text) if isinstance(text, str) else b""
     data = part.get_payload(decode=True)
     return data if isinstance(data, bytes) else b""
@@ -1917,7 +1933,7 @@ def _fast_structure(data: bytes) -> _Part | None:
 def _fast_part(chunk: bytes, depth: int) -> _Part | None:
     end = _header_end(chunk)
     part: _Part = _HEADERS_ONLY.parsebytes(chunk[:end], headersonly=True)
-    if part.defects or part.get_payload() or depth > MAX_FAST_DEPTH:
+    if part.defects or _payload(part) or depth > MAX_FAST_DEPTH:
         return None  # a line that is no header field, or absurd nesting
     body = chunk[end:]
     maintype = part.get_content_maintype()
@@ -2234,7 +2250,7 @@ def extract_part(raw: bytes, part_path: str) -> tuple[str, bytes]:
     numbers = [int(number) for number in part_path.split(".")]
     for index, number in enumerate(numbers):
         if _is_container(node):
-            children = _children(node.get_payload())
+            children = _children(_payload(node))
             if number > len(children):
                 raise MessageParseError(
                     f"The message has no part {part_path}: part "
@@ -2261,5 +2277,5 @@ def _enclosed_message(part: _Part, ctx: _Context) -> _Part | None:
         # Encoded message/rfc822 is forbidden by RFC 2046 but sent anyway; the parser
         # read the encoded text as a message, so decode and parse it again.
         return _parse_bytes(_payload_bytes(part, info, ctx))
-    children = _children(part.get_payload())
+    children = _children(_payload(part))
     return children[0] if children else None

@@ -278,6 +278,24 @@ _FRAGMENTS = st.sampled_from(
 )
 
 
+@pytest.mark.parametrize("label", [b"utf\x008", b"\x00", b"iso-8859-1\x00"])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        b"Content-Type: text/plain; charset=%s\r\n\r\nhello \xe9 there",
+        b'Content-Type: text/html; charset="%s"\r\n\r\n<p>hello \xe9 there</p>',
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain; charset=%s\r\n\r\nhello \xe9 there\r\n--b--\r\n",
+    ],
+)
+def test_a_charset_label_with_a_nul_is_an_unknown_charset(shape: bytes, label: bytes) -> None:
+    # Found by the fuzz below: the standard library recovers from an unknown charset label but
+    # lets a ValueError out for one with a NUL in it, on 8-bit text.
+    raw = b"From: a@x.test\r\nMIME-Version: 1.0\r\n" + shape.replace(b"%s", label)
+    parsed = parse_message(raw)
+    assert "hello" in parsed.body and "there" in parsed.body
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_FRAGMENTS, st.binary(max_size=20)), max_size=80))
 def test_only_message_parse_error_escapes(pieces: list[bytes]) -> None:
