@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import os
 import shlex
 import socket
+import time
 from pathlib import Path
 
 from pipeline.errors import ServiceError
@@ -189,10 +191,18 @@ class LocalCourier(ServerContext):
         self._write_userdb()
 
     def lose_uid_db(self, user: str, folder: str = "INBOX") -> None:
-        """Delete the folder's UID database: the next session gives it a new UIDVALIDITY."""
+        """Delete the folder's UID database: the next session gives it a new UIDVALIDITY.
+
+        Courier takes the new UIDVALIDITY from the clock in whole seconds: a database made in the
+        same second as the lost one would get the same value, so this returns only once that
+        second is over.
+        """
         maildir = self.maildir(user)
         where = maildir if folder == "INBOX" else maildir / folder.removeprefix("INBOX")
-        (where / "courierimapuiddb").unlink(missing_ok=True)
+        uid_db = where / "courierimapuiddb"
+        made = uid_db.stat().st_mtime if uid_db.exists() else time.time()
+        uid_db.unlink(missing_ok=True)
+        time.sleep(max(0.0, math.floor(made) + 1.05 - time.time()))
 
     def _write_userdb(self) -> None:
         """userdb.dat (home, Maildir, uid) and userdbshadow.dat (password hashes), anew."""
