@@ -1,88 +1,41 @@
 """The ``imap-pipeline`` console script.
 
 Each command group lives in its own module of this package and exposes
-``register(subparsers)``; :func:`main` discovers them, so a new area adds a module here and
-touches nothing else.
+``register(subparsers)``; the parser (:mod:`pipeline.cli._app`) discovers them, so a new area
+adds a module here and touches nothing else. This module imports nothing heavy itself: the
+command modules load inside :func:`main`'s Ctrl-C guard, so an interrupt while they load ends
+the command quietly too.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
-import pkgutil
-import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from rich.console import Console
-
-from pipeline.config import describe_settings_error
-from pipeline.errors import PipelineError
-
-Handler = Callable[[argparse.Namespace], int]
-
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The parser with every command module's subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="imap-pipeline",
-        description="Self-hosted IMAP sync engine in the shape of the Nylas v3 IMAP connector.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(sub)
-    return parser
-
-
-def _configure_logging(level: int) -> None:
-    from pipeline import logs
-    from pipeline.config import Settings
-
-    try:
-        log_format = Settings.load().log_format
-    except ValidationError:
-        log_format = "text"  # the command itself says which setting is wrong, in one line
-    logs.configure(level, log_format)
+if TYPE_CHECKING:  # nothing loads outside main's guard
+    import argparse
+    from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     try:
-        return _run(argv)
-    except KeyboardInterrupt:  # Ctrl-C at any moment, even while modules load: no traceback
+        import signal
+
+        # Ctrl-C while the command's modules load waits until they are loaded: an interrupt
+        # inside a compiled module's initialisation is no KeyboardInterrupt (pydantic-core
+        # turns it into a Rust panic with a traceback).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            from pipeline.cli._app import run
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return run(argv)
+    except KeyboardInterrupt:  # Ctrl-C at any moment: no traceback
         return 130
 
 
-def _run(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(logging.DEBUG if args.verbose else logging.WARNING)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    try:
-        return handler(args)
-    except PipelineError as exc:
-        # One clear line, never a stack trace, never a secret (messages are written that way).
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 1
-    except ValidationError as exc:
-        message = describe_settings_error(exc)
-        if message is None:
-            raise
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-        return 2
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every command module's subcommands."""
+    from pipeline.cli._app import build_parser as build
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return build()

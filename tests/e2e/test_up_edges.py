@@ -139,10 +139,30 @@ def test_an_invalid_setting_is_one_line_naming_the_variable(
     assert not (tmp_path / "data" / "logs").exists()
 
 
+def loading_modules(pid: int) -> None:
+    """Return once process ``pid`` runs our code and loads the command's modules.
+
+    Before that the interpreter itself is starting (its ``site`` import), where a Ctrl-C is
+    Python's own fatal error whatever a program does; that window is milliseconds for a person
+    at a terminal, but a loaded test machine stretches it. A compiled module of the command's
+    imports mapped into the process marks the moment: our entry point has taken over.
+    """
+    maps = Path(f"/proc/{pid}/maps")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if "pydantic_core" in maps.read_text():
+                return
+        except OSError:
+            return  # it ended already: the assertions say how
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} never loaded the command's modules")
+
+
 @pytest.mark.parametrize(
     "moment",
     [
-        "",  # at once, while Python loads modules
+        "",  # as soon as the interpreter runs our code, while the command's modules load
         "starting an embedded Postgres",
         "applying database migrations",
         "imap-pipeline is running",
@@ -153,6 +173,8 @@ def test_ctrl_c_at_any_moment_stops_cleanly(tmp_path: Path, started: list[Up], m
     started.append(up)
     if moment:
         up.wait_for_line(moment)
+    else:
+        loading_modules(up.process.pid)
     code = up.interrupt()
     time.sleep(0.2)  # the reader thread takes the last lines
     output = up.output()
