@@ -166,10 +166,20 @@ class _Dropped(ImapError):
 class FolderWatcher:
     """Keeps one IDLE (or polling) connection to one folder and publishes its changes."""
 
-    def __init__(self, target: WatchTarget, password: SecretStr, ctx: WatchContext) -> None:
+    def __init__(
+        self,
+        target: WatchTarget,
+        password: SecretStr,
+        ctx: WatchContext,
+        guard: Callable[[Endpoint], Endpoint] | None = None,
+    ) -> None:
         self.target = target
         self._password = password
         self._ctx = ctx
+        # For a server a user named: checks its host again before every connection and pins
+        # the endpoint to the checked address (blocking: run in a thread). Raises
+        # ImapConnectError for a refused host, which is retried like an unreachable one.
+        self._guard = guard
         self.state = WatchState.STOPPED
         self.connects = 0  # successful logins, for tests and the status line
         self.last_error: str | None = None
@@ -379,8 +389,11 @@ class FolderWatcher:
 
     async def _open_and_examine(self) -> tuple[ImapConnection, Snapshot]:
         settings = self._ctx.settings
+        endpoint = self.target.endpoint
+        if self._guard is not None:
+            endpoint = await asyncio.to_thread(self._guard, endpoint)
         conn = await ImapConnection.open(
-            self.target.endpoint,
+            endpoint,
             connect_timeout_s=settings.connect_timeout_s,
             command_timeout_s=settings.command_timeout_s,
             max_untagged=settings.max_untagged,

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
-from pipeline.grants.service import endpoint_for, expire_grant
+from pipeline.grants.service import GUARD_KEY, USER_NAMED, endpoint_for, expire_grant, guarded
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_share
@@ -335,7 +335,8 @@ class Listener:
     # --- grants -------------------------------------------------------------------------------
     def _start(self, plan: GrantPlan) -> None:
         try:
-            password = self._box.open_json(plan.secrets_sealed)["imap_password"]
+            secrets = self._box.open_json(plan.secrets_sealed)
+            password = secrets["imap_password"]
         except (CryptoError, KeyError, ValueError) as exc:
             log.error(
                 "grant=%s: cannot decrypt its password (%s); not watching it", plan.grant_id, exc
@@ -344,7 +345,14 @@ class Listener:
             self._spawn(self.leases.release([plan.grant_id]))
             return
         secret = SecretStr(password)
-        watchers = [FolderWatcher(t, secret, self.ctx) for t in plan.targets]
+        # A server a user named is checked again at every connection, as the workers and the
+        # API do: a name that turned internal after the grant was made is never connected to.
+        guard = (
+            functools.partial(guarded, policy=self.settings.mail_address_policy)
+            if secrets.get(GUARD_KEY) == USER_NAMED
+            else None
+        )
+        watchers = [FolderWatcher(t, secret, self.ctx, guard) for t in plan.targets]
         self._held[plan.grant_id] = _Held(plan, watchers)
         for watcher in watchers:
             watcher.start()

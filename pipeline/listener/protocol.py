@@ -300,7 +300,7 @@ class ImapConnection:
         try:
             async with asyncio.timeout(connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
-                    endpoint.host,
+                    endpoint.address or endpoint.host,  # the address netguard checked, if any
                     endpoint.port,
                     ssl=tls,
                     server_hostname=endpoint.host if tls else None,

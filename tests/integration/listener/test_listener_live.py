@@ -19,19 +19,22 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.grants.service import create_grant
 from pipeline.listener.events import CHANGED_KEY
 from pipeline.listener.idle import WatchState
 from pipeline.listener.leases import conn_key, lease_key
 from pipeline.local import free_port
 from pipeline.local.dovecot import LocalDovecot
-from pipeline.models import Grant
+from pipeline.models import Folder, Grant
+from pipeline.netguard import AddressPolicy
 from tests.integration.listener.listener_harness import (
     FAST,
     RunningListener,
     connect_grant,
     wait_for,
 )
-from tests.support.mail import append, imap_login, make_message
+from tests.support.grants import grant_request
+from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -339,3 +342,32 @@ def test_no_login_while_the_account_is_in_the_shared_backoff(
         assert running.connects() == 0
         assert running.states().get(WatchState.BACKOFF, 0) == 2
         wait_for(lambda: running.idling(2), what="both folders idling after the back-off")
+
+
+def test_a_server_a_user_named_is_checked_again_before_the_listener_connects(
+    settings: Settings, mail_user: MailUser, redis_url: str
+) -> None:
+    # Made as the API makes it (the host checked, loopback allowed there); the listener checks
+    # again with its own settings: without loopback allowed it never connects, with it, it does.
+    loopback = AddressPolicy.of(["127.0.0.0/8"])
+    create_folder(mail_user.server, mail_user.name, mail_user.password, mail_user.folder("Sent"))
+    with session_scope(settings.require_database_url()) as db:
+        grant = create_grant(db, settings, grant_request(mail_user), policy=loopback).grant
+        db.add_all(
+            [
+                Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", role="inbox"),
+                Folder(grant_id=grant.id, name="Sent", raw_name="Sent", role="sent"),
+            ]
+        )
+    with RunningListener(settings, FAST, redis_url, "L1") as running:
+        assert running.listener is not None
+        wait_for(
+            lambda: any(
+                "may connect to" in (w.last_error or "") for w in running.listener.watchers()
+            ),
+            what="the host refused at connect time",
+        )
+        assert running.connects() == 0
+    allowed = settings.model_copy(update={"mail_allowed_networks": loopback.allowed_networks})
+    with RunningListener(allowed, FAST, redis_url, "L2") as running:
+        wait_for(lambda: running.idling(2), what="both folders idling")

@@ -7,6 +7,7 @@ NOOP, LOGOUT) and lets a test push untagged lines, drop connections and count lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import random
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import SecretStr
 
+from pipeline.errors import ImapConnectError
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
@@ -160,14 +162,14 @@ class Harness:
     throttles: int = 0  # throttling answers the watcher recorded in the shared back-off
     misbehaviours: int = 0  # broken bounds the watcher recorded in the shared back-off
 
-    def target(self, baseline: Snapshot | None = None) -> WatchTarget:
+    def target(self, baseline: Snapshot | None = None, host: str = "127.0.0.1") -> WatchTarget:
         return WatchTarget(
             grant_id="g1",
             folder_id="f1",
             provider="generic",
             role="inbox",
             raw_name="INBOX",
-            endpoint=Endpoint("127.0.0.1", self.server.port, "plain", "alice", timeout_s=2),
+            endpoint=Endpoint(host, self.server.port, "plain", "alice", timeout_s=2),
             baseline=baseline,
         )
 
@@ -176,6 +178,8 @@ class Harness:
         password: str = "good",  # noqa: S107
         baseline: Snapshot | None = None,
         settings: ListenerSettings = SETTINGS,
+        host: str = "127.0.0.1",
+        guard: Callable[[Endpoint], Endpoint] | None = None,
     ) -> FolderWatcher:
         async def yes(_: WatchTarget) -> bool:
             return True
@@ -208,7 +212,7 @@ class Harness:
             throttled=throttled,
             misbehaved=misbehaved,
         )
-        return FolderWatcher(self.target(baseline), SecretStr(password), ctx)
+        return FolderWatcher(self.target(baseline, host), SecretStr(password), ctx, guard)
 
     def reasons(self) -> list[str]:
         return [r for r, _ in self.published]
@@ -431,3 +435,45 @@ def test_reconnecting_to_a_flooding_server_holds_no_more_memory_each_time() -> N
         run(scenario, idle_flood=b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))\r\n" * 100)
     finally:
         tracemalloc.stop()
+
+
+# --- a server a user named: checked again before every connection ------------------------------
+
+
+def test_a_user_named_server_is_reached_at_the_address_its_check_returned() -> None:
+    # The host name exists nowhere but in the guard: logging in proves the connection went to
+    # the address the check pinned, not to a second lookup of the name.
+    checked: list[str] = []
+
+    def guard(endpoint: Endpoint) -> Endpoint:
+        checked.append(endpoint.host)
+        return dataclasses.replace(endpoint, address="127.0.0.1")
+
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher(host="imap.only-in-the-guard.test", guard=guard)
+        watcher.start()
+        await until(lambda: watcher.state is WatchState.IDLING)
+        h.server.drop_all()  # a reconnect is checked again
+        await until(lambda: h.server.logins == 2 and watcher.state is WatchState.IDLING)
+        await watcher.stop()
+        assert checked == ["imap.only-in-the-guard.test"] * 2
+
+    run(scenario)
+
+
+def test_a_user_named_server_that_turned_internal_is_never_connected_to() -> None:
+    refusals: list[str] = []
+
+    def guard(endpoint: Endpoint) -> Endpoint:
+        refusals.append(endpoint.host)
+        raise ImapConnectError(f"The IMAP server {endpoint.host} cannot be used.")
+
+    async def scenario(h: Harness) -> None:
+        watcher = h.watcher(guard=guard)  # 127.0.0.1: the fake server would answer
+        watcher.start()
+        await until(lambda: len(refusals) >= 2)  # refused, backed off, refused again
+        await watcher.stop()
+        assert h.server.commands == [] and h.server.logins == 0
+        assert "cannot be used" in (watcher.last_error or "")
+
+    run(scenario)
