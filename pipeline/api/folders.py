@@ -104,9 +104,10 @@ def list_folders(
     select: Annotated[str | None, Query(max_length=1000)] = None,
     parent_id: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> dict[str, Any]:
-    """The grant's folders, Inbox and Sent first. One page unless ``limit`` is given (accounts
-    have few folders); ``page_token`` is a position in that order (a folder created or deleted
-    between pages can shift it by one). ``parent_id`` keeps the children of that folder."""
+    """The grant's folders: Inbox, the other system folders, then the rest. One page unless
+    ``limit`` is given (accounts have few folders); ``page_token`` is a position in that order
+    (a folder created or deleted between pages can shift it by one). ``parent_id`` keeps the
+    children of that folder."""
     views = folder_views(db, grant, queries.list_folders(db, grant.id))
     if parent_id is not None:
         parent = path_folder(db, grant, parent_id)
@@ -146,6 +147,7 @@ class FolderUpdate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str | None = Field(default=None, min_length=1, max_length=255)
+    parent_id: str | None = Field(default=None, max_length=1000)
 
 
 def _check_name(name: str) -> str:
@@ -199,18 +201,46 @@ def create_folder(
     return ok(request, view)
 
 
-@router.put("/grants/{grant_id}/folders/{folder_id}", summary="Rename a folder")
+def _new_name(db: Session, grant: Grant, folder: Folder, body: FolderUpdate) -> str:
+    """The full name a rename/move asks for. ``name`` renames the folder where it is (a name
+    holding the hierarchy delimiter is a full path, as on create); ``parent_id`` puts it under
+    that folder, joined with the server's delimiter."""
+    delimiter = folder.delimiter or _delimiter(db, grant)
+    current_parent = _parent_name(folder)
+    leaf = (
+        folder.name
+        if current_parent is None
+        else folder.name[len(current_parent) + len(folder.delimiter or "") :]
+    )
+    new_leaf = leaf if body.name is None else _check_name(body.name)
+    if body.parent_id is not None:
+        parent = path_folder(db, grant, body.parent_id)
+        if not delimiter:
+            raise invalid_request("This server has no folder hierarchy: folders cannot nest.")
+        if parent.id == folder.id or parent.name.startswith(folder.name + delimiter):
+            raise invalid_request("A folder cannot be moved into itself or its subfolders.")
+        return parent.name + delimiter + new_leaf
+    if current_parent is not None and delimiter and delimiter not in new_leaf:
+        return current_parent + delimiter + new_leaf
+    return new_leaf
+
+
+@router.put("/grants/{grant_id}/folders/{folder_id}", summary="Rename or move a folder")
 def rename_folder(
     request: Request, db: Db, api: State, grant: LiveGrant, folder_id: str, body: FolderUpdate
 ) -> dict[str, Any]:
-    """Rename the folder on the server (RENAME), then record it with its subfolders."""
+    """Rename and/or move the folder on the server (RENAME), then record it with its
+    subfolders."""
     folder = path_folder(db, grant, folder_id)
-    if body.name is None:
+    if body.name is None and body.parent_id is None:
         (view,) = folder_views(db, grant, [folder])
         return ok(request, view)
-    name = _check_name(body.name)
     if folder.role == "inbox":
-        raise invalid_request("The Inbox cannot be renamed.")
+        raise invalid_request("The Inbox cannot be renamed or moved.")
+    name = _new_name(db, grant, folder, body)
+    if name == folder.name:
+        (view,) = folder_views(db, grant, [folder])
+        return ok(request, view)
     if queries.find_folder(db, grant.id, name) is not None:
         raise invalid_request(f"A folder named {name!r} exists already.")
     old_raw = folder.raw_name

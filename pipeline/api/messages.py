@@ -182,11 +182,17 @@ def update_message(
 
 @router.delete("/grants/{grant_id}/messages/{message_id}", summary="Delete a message")
 def delete_message(
-    request: Request, db: Db, api: State, grant: LiveGrant, message_id: str
+    request: Request,
+    db: Db,
+    api: State,
+    grant: LiveGrant,
+    message_id: str,
+    hard_delete: bool = False,
 ) -> dict[str, Any]:
-    """Move the message to the account's Trash folder."""
+    """Move the message to the account's Trash folder; with ``hard_delete=true``, or when the
+    account has no Trash folder, delete it from the server at once (irreversible)."""
     message = path_message(db, grant, message_id)
-    writeback.trash_message(db, api, grant, message)
+    writeback.delete_message(db, api, grant, message, hard=hard_delete)
     db.commit()
     notify_after_commit(api)
     return {"request_id": request_id_of(request)}

@@ -337,14 +337,16 @@ def folder_totals(session: Session, folder_ids: Sequence[str]) -> dict[str, Fold
 
 
 def list_folders(session: Session, grant_id: str) -> list[Folder]:
-    """A grant's folders, Inbox first, then Sent, then by name."""
+    """A grant's folders as Nylas lists them: Inbox first, then the other system folders (those
+    with a role), then the rest, each group by name."""
     return list(
         session.scalars(
             select(Folder)
             .where(Folder.grant_id == grant_id)
             .order_by(
-                (Folder.role == "inbox").desc(),
-                (Folder.role == "sent").desc(),
+                # a role-less folder's ``role = 'inbox'`` is NULL, which sorts first in DESC
+                func.coalesce(Folder.role == "inbox", False).desc(),
+                Folder.role.is_(None),
                 Folder.name,
                 Folder.id,
             )

@@ -172,10 +172,11 @@ def update_thread(
 def delete_thread(
     request: Request, db: Db, api: State, grant: LiveGrant, thread_id: str
 ) -> dict[str, Any]:
-    """Move every message of the thread to the account's Trash folder."""
+    """Move every message of the thread to the account's Trash folder (delete them where the
+    account has none)."""
     for message in _thread_messages(db, grant, thread_id):
         if queries.locations_of(db, message.id):
-            writeback.trash_message(db, api, grant, message)
+            writeback.delete_message(db, api, grant, message)
     db.commit()
     notify_after_commit(api)
     return {"request_id": request_id_of(request)}

@@ -271,17 +271,25 @@ def update_message(
     events.messages(db, grant.id, "message.updated", [message.id])
 
 
-def trash_message(db: Session, api: ApiState, grant: Grant, message: Message) -> None:
-    """Move a message to the grant's Trash (a copy already in Trash stays there).
-
-    Raises:
-        ApiError: 400 when the account has no Trash folder.
-    """
-    trash = queries.folder_by_role(db, grant.id, "trash")
-    if trash is None:
-        raise ApiError(
-            400,
-            "invalid_request_error",
-            "This account has no Trash folder, so the message cannot be moved there.",
-        )
-    update_message(db, api, grant, message, unread=None, starred=None, folder=trash)
+def delete_message(
+    db: Session, api: ApiState, grant: Grant, message: Message, *, hard: bool = False
+) -> None:
+    """Delete a message as Nylas does: move it to the grant's Trash (a copy already in Trash
+    stays there), or, with ``hard`` or on an account with no Trash folder, expunge every copy
+    (``\\Deleted`` + ``UID EXPUNGE``) and forget it (``message.deleted``)."""
+    trash = None if hard else queries.folder_by_role(db, grant.id, "trash")
+    if trash is not None:
+        update_message(db, api, grant, message, unread=None, starred=None, folder=trash)
+        return
+    locations = _locations(db, message)
+    # per copy: SELECT, STORE \Deleted and EXPUNGE
+    with grant_imap(db, api, grant, ops=3 * len(locations)) as imap:
+        for where in locations:
+            imap.select(where.raw_name, readonly=False)
+            imap.expunge_uids([where.uid])
+    queries.lock_grant_messages(db, grant.id)
+    for where in locations:
+        queries.remove_placement(db, where)
+    message_id = message.id
+    if queries.delete_message_if_unplaced(db, message_id):
+        events.messages_deleted(db, grant.id, [message_id])

@@ -673,6 +673,14 @@ class ImapSession:
             self._uid("MOVE", uid_set(uids), self._quoted(dest_raw_name))
             return
         self._uid("COPY", uid_set(uids), self._quoted(dest_raw_name))
+        self.expunge_uids(uids)
+
+    def expunge_uids(self, uids: Sequence[int]) -> None:
+        """Remove messages from the selected folder for good: ``\\Deleted``, then UID EXPUNGE
+        (UIDPLUS). Without UIDPLUS a plain EXPUNGE also removes any other message of the
+        folder already marked ``\\Deleted`` (IMAP offers nothing narrower)."""
+        if not uids:
+            return
         self.store_flags(uids, ["\\Deleted"], add=True)
         if self.has("UIDPLUS"):
             self._uid("EXPUNGE", uid_set(uids))

@@ -8,13 +8,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from api_support import ApiServer, Receiver, append_many, connect_and_sync, connect_body, now
+from api_support import (
+    ApiServer,
+    Receiver,
+    append_many,
+    connect_and_sync,
+    connect_body,
+    count_in,
+    now,
+    sync,
+)
 from nylas.models.errors import NylasApiError
 
 from pipeline.db import session_scope
 from pipeline.grants.service import expire_grant
 from pipeline.webhooks import payloads
-from tests.support.mail import create_folder, make_message
+from tests.support.mail import create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -246,3 +255,117 @@ def test_folder_notifications_name_their_parent(api: ApiServer, mail_user: MailU
         "system_folder": False,
     }
     assert notified["parent_id"] == projects.id
+
+
+def _server_folders(user: MailUser) -> set[str]:
+    """Folder names as the server lists them (raw)."""
+    conn = imap_login(user.server, user.name, user.password)
+    try:
+        _typ, data = conn.list()
+    finally:
+        conn.logout()
+    return {
+        line.decode().rsplit(' "/" ', 1)[-1].strip('"') for line in data if isinstance(line, bytes)
+    }
+
+
+def test_a_nested_folder_keeps_its_parent_and_moves_with_parent_id(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """folders/put-folders-id: ``name`` renames the folder where it is; ``parent_id`` moves it
+    under that folder on the server (joined with the server's hierarchy delimiter)."""
+    for name in ("Projects", "Projects/2026", "Clients"):
+        create_folder(mail_user.server, mail_user.name, mail_user.password, name)
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    by_name = {f.name: f for f in client.folders.list(grant_id).data}
+    projects, child, clients = by_name["Projects"], by_name["Projects/2026"], by_name["Clients"]
+
+    renamed = client.folders.update(grant_id, child.id, {"name": "2027"}).data
+    assert (renamed.id, renamed.name, renamed.parent_id) == (child.id, "Projects/2027", projects.id)
+    on_server = _server_folders(mail_user)
+    assert "Projects/2027" in on_server
+    assert not {"2027", "Projects/2026"} & on_server
+
+    moved = client.folders.update(grant_id, child.id, {"parent_id": clients.id}).data
+    assert (moved.id, moved.name, moved.parent_id) == (child.id, "Clients/2027", clients.id)
+    on_server = _server_folders(mail_user)
+    assert "Clients/2027" in on_server
+    assert "Projects/2027" not in on_server
+    (notified,) = [
+        o for t, o in api.outbox_objects() if t == "folder.updated" and o["name"] == "Clients/2027"
+    ]
+    assert notified["parent_id"] == clients.id
+
+    both = client.folders.update(grant_id, child.id, {"name": "Done", "parent_id": projects.id})
+    assert (both.data.name, both.data.parent_id) == ("Projects/Done", projects.id)
+    assert "Projects/Done" in _server_folders(mail_user)
+    with api.http() as http:
+        into_itself = http.put(
+            f"/v3/grants/{grant_id}/folders/{projects.id}", json={"parent_id": child.id}
+        )
+    assert into_itself.status_code == 400, into_itself.text
+    assert "Projects" in _server_folders(mail_user)
+    # the sync engine finds the same folders: nothing duplicated or lost
+    before = sorted((f.id, f.name) for f in client.folders.list(grant_id).data)
+    sync(api.settings, grant_id)
+    assert sorted((f.id, f.name) for f in client.folders.list(grant_id).data) == before
+
+
+def test_folders_list_inbox_and_system_folders_first(api: ApiServer, mail_user: MailUser) -> None:
+    """folders/get-folders: INBOX, then the system folders (a role), then the others by name."""
+    for name in ("Aardvark", "Trash", "Sent", "Zebra", "Archive", "Drafts"):
+        create_folder(mail_user.server, mail_user.name, mail_user.password, name)
+    grant_id = connect_and_sync(api, mail_user)
+    listed = api.nylas().folders.list(grant_id).data
+    assert listed[0].name == "INBOX"
+    system = [f.system_folder for f in listed]
+    assert system == sorted(system, reverse=True)  # every system folder before any other
+    assert [f.name for f in listed if not f.system_folder] == ["Aardvark", "Zebra"]
+    assert {f.name for f in listed if f.system_folder} == {
+        "INBOX",
+        "Trash",
+        "Sent",
+        "Archive",
+        "Drafts",
+    }
+
+
+def test_delete_with_hard_delete_expunges_the_message(api: ApiServer, mail_user: MailUser) -> None:
+    """messages/delete-message: without ``hard_delete`` the message goes to Trash; with
+    ``hard_delete=true`` it is deleted at once (here: \\Deleted and EXPUNGE on every copy)."""
+    create_folder(mail_user.server, mail_user.name, mail_user.password, "Trash")
+    t = now()
+    append_many(
+        mail_user, [(make_message("gone", date=t), "", t), (make_message("kept", date=t), "", t)]
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    gone = next(m for m in client.messages.list(grant_id).data if m.subject == "gone")
+    with api.http() as http:
+        answer = http.delete(
+            f"/v3/grants/{grant_id}/messages/{gone.id}", params={"hard_delete": "true"}
+        )
+        again = http.get(f"/v3/grants/{grant_id}/messages/{gone.id}")
+    assert answer.status_code == 200, answer.text
+    assert again.status_code == 404
+    assert count_in(mail_user, "INBOX") == 1
+    assert count_in(mail_user, "Trash") == 0
+    assert api.outbox()[-1] == ("message.deleted", gone.id)
+    assert [m.subject for m in client.messages.list(grant_id).data] == ["kept"]
+    sync(api.settings, grant_id)
+    assert [m.subject for m in client.messages.list(grant_id).data] == ["kept"]
+
+
+def test_delete_without_a_trash_folder_deletes(api: ApiServer, mail_user: MailUser) -> None:
+    """messages/delete-message on an account with no Trash folder: the message is deleted
+    (there is nowhere to move it), not refused."""
+    t = now()
+    append_many(mail_user, [(make_message("no trash", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    (message,) = client.messages.list(grant_id).data
+    client.messages.destroy(grant_id, message.id)
+    assert count_in(mail_user, "INBOX") == 0
+    assert client.messages.list(grant_id).data == []
+    assert api.outbox()[-1] == ("message.deleted", message.id)
