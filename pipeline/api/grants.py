@@ -103,6 +103,11 @@ def update_grant(
     imap_tls: TlsMode | None = new.imap_tls or (
         None if port_changed else grant.imap_tls  # type: ignore[assignment]
     )
+    smtp_port_changed = new.smtp_port is not None and new.smtp_port != grant.smtp_port
+    # a new port without a mode is probed at the login (pipeline.grants.tlsprobe)
+    smtp_tls: TlsMode | None = new.smtp_tls or (
+        None if smtp_port_changed else grant.smtp_tls  # type: ignore[assignment]
+    )
     smtp_password = new.smtp_password or (
         SecretStr(secrets["smtp_password"]) if "smtp_password" in secrets else None
     )
@@ -117,11 +122,11 @@ def update_grant(
             imap_username=new.imap_username or grant.imap_username,
             # plaintext only where the grant already had it (an operator's opt-in)
             allow_plaintext=(imap_tls != "plain" or grant.imap_tls == "plain")
-            and ((new.smtp_tls or grant.smtp_tls) != "plain" or grant.smtp_tls == "plain"),
+            and (smtp_tls != "plain" or grant.smtp_tls == "plain"),
             verify_tls=grant.verify_tls,
             smtp_host=new.smtp_host or grant.smtp_host,
             smtp_port=new.smtp_port or grant.smtp_port,
-            smtp_tls=new.smtp_tls or grant.smtp_tls,  # type: ignore[arg-type]
+            smtp_tls=smtp_tls,
             smtp_username=new.smtp_username or grant.smtp_username,
             smtp_password=smtp_password,
         )

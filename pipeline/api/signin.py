@@ -30,7 +30,12 @@ from pipeline.api.grants import enqueue_after_commit
 from pipeline.api.limits import login_turn
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import refuse_takeover, store_grant, verify_login
+from pipeline.grants.service import (
+    find_tls_modes,
+    refuse_takeover,
+    store_grant,
+    verify_login,
+)
 from pipeline.models import Grant
 from pipeline.netguard import resolve_for_sign_in
 
@@ -70,6 +75,13 @@ def sign_in(
         grant_id = existing.id if existing is not None else None
     password = request.password.get_secret_value()
     with login_turn(api, resolved, grant_id):
+        resolved = find_tls_modes(  # a port given without a TLS mode
+            resolved,
+            settings,
+            settings.mail_address_policy,
+            deadline_s=settings.api_sign_in_deadline_s,
+            resolver=resolve_for_sign_in,
+        )
         capabilities = verify_login(
             resolved,
             password,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from pipeline.errors import ConfigurationError
+from pipeline.grants.tlsprobe import WELL_KNOWN_IMAP, WELL_KNOWN_SMTP
 from pipeline.presets import PRESETS, ProviderPreset, TlsMode, detect, preset
 
 
@@ -59,8 +60,12 @@ class GrantRequest(BaseModel):
                 f"No IMAP host known for {self.email.rpartition('@')[2]!r}: give the host "
                 "(and port) of the IMAP server, or a provider."
             )
+        # A port given without a TLS mode: the well-known ones say it, any other is probed
+        # when connecting (pipeline.grants.tlsprobe); "starttls" stands in until then.
+        imap_probe = bool(self.imap_port and not self.imap_tls)
+        imap_probe = imap_probe and self.imap_port not in WELL_KNOWN_IMAP
         tls: TlsMode = self.imap_tls or (
-            p.imap_tls if not self.imap_port else _tls_for_port(self.imap_port)
+            p.imap_tls if not self.imap_port else WELL_KNOWN_IMAP.get(self.imap_port, "starttls")
         )
         port = self.imap_port or (p.imap_port if tls == p.imap_tls else _port_for_tls(tls))
         if tls == "plain" and not self.allow_plaintext:
@@ -69,7 +74,15 @@ class GrantRequest(BaseModel):
                 "plaintext explicitly (--allow-plaintext) for a server on a trusted network."
             )
         has_smtp = bool(self.smtp_host or p.smtp_host)
-        smtp_tls: TlsMode | None = self.smtp_tls or (p.smtp_tls if has_smtp else None)
+        smtp_probe = bool(self.smtp_port and not self.smtp_tls)
+        smtp_probe = smtp_probe and has_smtp and self.smtp_port not in WELL_KNOWN_SMTP
+        smtp_tls: TlsMode | None = self.smtp_tls or (
+            None
+            if not has_smtp
+            else WELL_KNOWN_SMTP.get(self.smtp_port, "starttls")
+            if self.smtp_port
+            else p.smtp_tls
+        )
         if smtp_tls == "plain" and not self.allow_plaintext:
             raise ConfigurationError(
                 "Refusing to send the SMTP password without TLS: use smtp_tls ssl or starttls, "
@@ -88,11 +101,9 @@ class GrantRequest(BaseModel):
             smtp_port=self.smtp_port or (p.smtp_port if (self.smtp_host or p.smtp_host) else None),
             smtp_tls=smtp_tls,
             smtp_username=self.smtp_username or self.imap_username or self.email,
+            imap_tls_probe=imap_probe,
+            smtp_tls_probe=smtp_probe,
         )
-
-
-def _tls_for_port(port: int) -> TlsMode:
-    return "ssl" if port == 993 else "starttls"
 
 
 def _port_for_tls(tls: TlsMode) -> int:
@@ -114,3 +125,6 @@ class ResolvedGrant:
     smtp_port: int | None
     smtp_tls: TlsMode | None
     smtp_username: str | None
+    # The TLS mode above is a stand-in until a probe finds it (a port without a TLS mode).
+    imap_tls_probe: bool = False
+    smtp_tls_probe: bool = False

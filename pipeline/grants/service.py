@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
+    ConfigurationError,
     GrantConflict,
     GrantNotFound,
     HostError,
@@ -46,6 +47,7 @@ from pipeline.errors import (
 )
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
+from pipeline.grants.tlsprobe import ProbeFailed, probe_tls, tls_context
 from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
@@ -215,6 +217,74 @@ def verify_login(
         raise ImapConnectError(UNREACHABLE.format(where=where)) from exc
 
 
+def find_tls_modes(
+    resolved: ResolvedGrant,
+    settings: Settings,
+    policy: AddressPolicy | None = None,
+    deadline_s: float | None = None,
+    resolver: Resolver = resolve,
+) -> ResolvedGrant:
+    """``resolved`` with the TLS mode of each port that was given without one found by probing
+    (:mod:`pipeline.grants.tlsprobe`); unchanged when every mode is known.
+
+    With a ``policy`` the hosts are checked first and probed at the checked address; a refused
+    host gets the same message as before (:data:`UNREACHABLE`, :data:`SMTP_UNREACHABLE`), and a
+    failed probe says what it tried.
+
+    Raises:
+        ImapConnectError: The IMAP port neither greeted nor completed a TLS handshake.
+        ImapTlsError: Implicit TLS, but the certificate did not verify.
+        ConfigurationError: The same for the SMTP port.
+    """
+    budget = (
+        settings.imap_timeout_s if deadline_s is None else min(settings.imap_timeout_s, deadline_s)
+    )
+    context = tls_context(resolved.verify_tls, settings.imap_ca_file)
+    # SMTP first: its host is not otherwise checked at sign-in, and a refusal costs nothing
+    if resolved.smtp_tls_probe and resolved.smtp_host and resolved.smtp_port:
+        host, port = resolved.smtp_host, resolved.smtp_port
+        where = f"{host}:{port}"
+        address = (
+            str(checked_address(host, port, policy, SMTP_UNREACHABLE, resolver)) if policy else host
+        )
+        try:
+            found = probe_tls(host, address, port, context, deadline_s=budget)
+        except ProbeFailed as exc:
+            detail = (
+                f"its certificate did not verify ({exc.certificate})"
+                if exc.certificate
+                else f"tried {exc.tried}"
+            )
+            raise ConfigurationError(
+                f"Could not find how to talk to the SMTP server {where}: {detail}. Check the "
+                "SMTP server name and port, or give settings.smtp_tls (ssl or starttls)."
+            ) from exc
+        log.info("SMTP TLS mode found by probing: %s", found.tls)
+        resolved = replace(resolved, smtp_tls=found.tls, smtp_tls_probe=False)
+    if resolved.imap_tls_probe:
+        host, port = resolved.imap_host, resolved.imap_port
+        where = f"{host}:{port}"
+        address = (
+            str(checked_address(host, port, policy, UNREACHABLE, resolver)) if policy else host
+        )
+        try:
+            found = probe_tls(host, address, port, context, deadline_s=budget)
+        except ProbeFailed as exc:
+            if exc.certificate:
+                raise ImapTlsError(
+                    f"The certificate of {where} could not be verified ({exc.certificate}). "
+                    "Check the host name, or allow an unverified certificate for this grant."
+                ) from exc
+            raise ImapConnectError(
+                f"{UNREACHABLE.format(where=where)} Tried {exc.tried}."
+                if policy
+                else f"Could not talk to an IMAP server at {where}: tried {exc.tried}."
+            ) from exc
+        log.info("IMAP TLS mode found by probing: %s", found.tls)
+        resolved = replace(resolved, imap_tls=found.tls, imap_tls_probe=False)
+    return resolved
+
+
 def _certificate_problem(exc: ImapError) -> bool:
     # A certificate that does not verify came from a TLS server at an allowed address: saying
     # so helps the user (a private CA, a wrong host name) and maps nothing internal.
@@ -270,6 +340,7 @@ def create_grant(
     if grant is None:
         refuse_takeover(repo.get_by_email(resolved.email), resolved)  # before any connection
     password = request.password.get_secret_value()
+    resolved = find_tls_modes(resolved, settings, policy)
     capabilities = verify_login(resolved, password, settings, policy)
     return store_grant(
         session, settings, request, resolved, capabilities, grant=grant, user_named=bool(policy)

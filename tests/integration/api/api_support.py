@@ -157,13 +157,25 @@ class Receiver:
 
 
 class SmtpServer:
-    """A local SMTP server (aiosmtpd) with STARTTLS and AUTH; keeps what it receives."""
+    """A local SMTP server (aiosmtpd) with STARTTLS and AUTH; keeps what it receives.
 
-    def __init__(self, cert_file: str, key_file: str, username: str, password: str) -> None:
+    ``implicit_tls``: TLS from the first byte instead (submissions port style, RFC 8314), AUTH
+    over it.
+    """
+
+    def __init__(
+        self,
+        cert_file: str,
+        key_file: str,
+        username: str,
+        password: str,
+        *,
+        implicit_tls: bool = False,
+    ) -> None:
         import ssl
 
         from aiosmtpd.controller import Controller
-        from aiosmtpd.smtp import AuthResult, LoginPassword
+        from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
         from pipeline.local import free_port
 
@@ -185,15 +197,24 @@ class SmtpServer:
             )
             return AuthResult(success=ok, handled=False)  # aiosmtpd sends the 235/535
 
+        class ImplicitTlsController(Controller):  # type: ignore[misc]
+            def factory(self) -> SMTP:
+                server = super().factory()
+                # aiosmtpd counts only STARTTLS as TLS; on an implicit-TLS port every byte is
+                # TLS, so AUTH is offered (set here: the constructor warns about it)
+                server._auth_require_tls = False
+                return server
+
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
         self.port = free_port()
-        self._controller = Controller(
+        self._controller = (ImplicitTlsController if implicit_tls else Controller)(
             Handler(),
             hostname="127.0.0.1",
             port=self.port,
-            tls_context=context,
-            require_starttls=True,
+            tls_context=None if implicit_tls else context,
+            require_starttls=not implicit_tls,
+            ssl_context=context if implicit_tls else None,
             authenticator=authenticate,
             auth_required=True,
         )

@@ -97,3 +97,23 @@ def test_webhook_urls_in_ipv6_spellings_of_internal_addresses_are_refused(
         assert r.json()["error"]["type"] == "invalid_request_error"
         assert http.get("/v3/webhooks").json()["data"] == []
     assert receiver.received == []
+
+
+def test_internal_smtp_hosts_are_refused_before_a_tls_probe(
+    api: ApiServer, mail_user: MailUser, redis_url: str
+) -> None:
+    # An SMTP port given without smtp_tls is probed at sign-in; an internal host is refused
+    # first, with one message whatever listens there.
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    messages = set()
+    with api.http() as http:
+        for port in (redis_port, free_port()):
+            body = connect_body(mail_user)
+            body["settings"].update(  # type: ignore[attr-defined]
+                {"smtp_host": "127.0.0.1", "smtp_port": port}
+            )
+            r = http.post("/v3/connect/custom", json=body)
+            assert r.status_code in (400, 504), r.text
+            messages.add(r.json()["error"]["message"].replace(str(port), "PORT"))
+    assert len(messages) == 1, messages
+    assert _grants(api) == 0
