@@ -282,7 +282,15 @@ def smtp_send(grant: Grant, settings: Settings, msg: EmailMessage, recipients: l
         with server:
             server.ehlo()
             if tls == "starttls":
-                server.starttls(context=ctx)  # raises when the server offers no STARTTLS
+                if not server.has_extn("starttls"):
+                    raise ApiError(
+                        504,
+                        "provider_error",
+                        f"The SMTP server {where} does not offer STARTTLS, and the password is "
+                        "not sent in the clear. Give the server's TLS port (settings.smtp_port, "
+                        "smtp_tls), or plaintext explicitly for a trusted network.",
+                    )
+                server.starttls(context=ctx)
                 server.ehlo()
             if server.has_extn("auth"):
                 server.login(username, password)

@@ -160,7 +160,7 @@ class SmtpServer:
     """A local SMTP server (aiosmtpd) with STARTTLS and AUTH; keeps what it receives.
 
     ``implicit_tls``: TLS from the first byte instead (submissions port style, RFC 8314), AUTH
-    over it.
+    over it. ``no_tls``: neither (an old relay), no AUTH either.
     """
 
     def __init__(
@@ -171,6 +171,7 @@ class SmtpServer:
         password: str,
         *,
         implicit_tls: bool = False,
+        no_tls: bool = False,
     ) -> None:
         import ssl
 
@@ -212,11 +213,11 @@ class SmtpServer:
             Handler(),
             hostname="127.0.0.1",
             port=self.port,
-            tls_context=None if implicit_tls else context,
-            require_starttls=not implicit_tls,
+            tls_context=None if implicit_tls or no_tls else context,
+            require_starttls=not (implicit_tls or no_tls),
             ssl_context=context if implicit_tls else None,
-            authenticator=authenticate,
-            auth_required=True,
+            authenticator=None if no_tls else authenticate,
+            auth_required=not no_tls,
         )
         self._controller.start()
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from api_support import ApiServer, SmtpServer, connect_body
+from nylas.models.errors import NylasApiError
 
 from pipeline.db import session_scope
 from pipeline.models import Grant
@@ -29,13 +30,16 @@ def _stored(api: ApiServer, grant_id: str) -> tuple[str, str | None]:
         return grant.imap_tls, grant.smtp_tls
 
 
-def _smtp(tls_files: TlsFiles, user: MailUser, *, implicit_tls: bool) -> SmtpServer:
+def _smtp(
+    tls_files: TlsFiles, user: MailUser, *, implicit_tls: bool, no_tls: bool = False
+) -> SmtpServer:
     return SmtpServer(
         str(tls_files.cert_file),
         str(tls_files.key_file),
         user.name,
         user.password,
         implicit_tls=implicit_tls,
+        no_tls=no_tls,
     )
 
 
@@ -155,3 +159,17 @@ def test_a_new_smtp_port_without_a_mode_is_probed_again(
     client.messages.send(grant_id, {"to": [{"email": "bob@example.test"}], "subject": "again"})
     assert _stored(api, grant_id)[1] == "ssl"
     assert len(implicit_smtp.messages) == 1
+
+
+def test_smtp_that_greets_but_offers_no_starttls_is_never_sent_the_password(
+    api: ApiServer, mail_user: MailUser, tls_files: TlsFiles
+) -> None:
+    smtp = _smtp(tls_files, mail_user, implicit_tls=False, no_tls=True)
+    try:
+        with pytest.raises(NylasApiError) as refused:
+            _send_through(api, mail_user, smtp)
+    finally:
+        smtp.close()
+    assert refused.value.status_code == 504
+    assert "does not offer STARTTLS" in refused.value.args[0]
+    assert smtp.messages == []
