@@ -10,7 +10,7 @@ stay bounded, and the Dovecot grant must be synced all the same.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,21 +88,6 @@ SCRIPTS = {
         },
     ),
 }
-
-
-@pytest.fixture
-def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point this process's Celery app (the producer side) at the test broker."""
-    import workers.settings
-    from workers.app import app
-
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
-    app.conf.broker_url = settings.require_redis_url()
-    yield
-    workers.settings.settings.cache_clear()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,6 @@ def json_lines(process: RoleProcess) -> list[dict[str, Any]]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
-
-
-@pytest.fixture
-def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point this process's Celery app (the producer side) at the test broker."""
-    import workers.settings
-    from workers.app import app
-
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
-    app.conf.broker_url = settings.require_redis_url()
-    yield
-    workers.settings.settings.cache_clear()
 
 
 def test_json_lines_carry_grant_and_folder_ids_of_the_task(

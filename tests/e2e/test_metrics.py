@@ -79,21 +79,6 @@ def roles(
         process.stop()
 
 
-@pytest.fixture
-def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point this process's Celery app (the producer side) at the test broker."""
-    import workers.settings
-    from workers.app import app
-
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
-    app.conf.broker_url = settings.require_redis_url()
-    yield
-    workers.settings.settings.cache_clear()
-
-
 def test_roles_serve_what_they_did_on_their_metrics_port(
     settings: Settings,
     mail_user: MailUser,

@@ -262,11 +262,9 @@ def test_a_message_the_database_refuses_costs_only_that_message(
         assert db.scalar(select(func.count()).select_from(Message)) == 2
 
 
-def test_a_message_the_server_cannot_read_costs_only_that_message(
-    settings: Settings, mail_user: MailUser
-) -> None:
-    # Dovecot answers a FETCH of a message file it cannot read with "* BYE Internal error":
-    # the batch is fetched again one by one on new sessions and the unreadable one recorded.
+def three_messages_the_second_unreadable(mail_user: MailUser) -> None:
+    """Mail "before", "unreadable", "after" in the Inbox; Dovecot cannot read the second's file
+    (and answers its FETCH with "* BYE Internal error")."""
     server, user, password = mail_user.server, mail_user.name, mail_user.password
     for subject in ("before", "unreadable", "after"):
         append(server, user, password, make_message(subject))
@@ -276,6 +274,14 @@ def test_a_message_the_server_cannot_read_costs_only_that_message(
         if f.is_file() and b"Subject: unreadable" in f.read_bytes()
     ]
     victim.chmod(0)
+
+
+def test_a_message_the_server_cannot_read_costs_only_that_message(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    # Dovecot answers a FETCH of a message file it cannot read with "* BYE Internal error":
+    # the batch is fetched again one by one on new sessions and the unreadable one recorded.
+    three_messages_the_second_unreadable(mail_user)
     grant_id = connect(settings, mail_user)
 
     sync_grant_inline(sessions_for(settings), settings, grant_id)
@@ -291,15 +297,7 @@ def test_a_throttled_reopen_leaves_the_folder_state_alone(
 ) -> None:
     # The server breaks off a batch; the fresh session the refetch needs must wait for the login
     # budget (RateLimited): the task is rescheduled, which is no failure of the folder.
-    server, user, password = mail_user.server, mail_user.name, mail_user.password
-    for subject in ("before", "unreadable", "after"):
-        append(server, user, password, make_message(subject))
-    (victim,) = [
-        f
-        for f in server.maildir(user).rglob("*")
-        if f.is_file() and b"Subject: unreadable" in f.read_bytes()
-    ]
-    victim.chmod(0)
+    three_messages_the_second_unreadable(mail_user)
     grant_id = connect(settings, mail_user)
     imap, inbox = open_with_folders(settings, grant_id)
 

@@ -286,8 +286,10 @@ def test_receiver_down_then_up_loses_nothing(
     assert _status(uow, dest) == "failing"
     with uow() as s:
         first = repository.deliveries_for(s, dest)[0]
-        (attempt,) = repository.attempts_for(s, first.delivery_id)
-        assert attempt.status_code is None and attempt.error_class == "ConnectError"
+        # One attempt or more: how many retries fit in the drain depends on the machine's pace.
+        attempts = repository.attempts_for(s, first.delivery_id)
+        assert attempts
+        assert all(a.status_code is None and a.error_class == "ConnectError" for a in attempts)
     receiver.start()
     _drain_until(drainer, dest, lambda: len({r.json()["id"] for r in receiver.accepted()}) == 10)
     assert _status(uow, dest) == "active"
