@@ -10,21 +10,31 @@ harmless when it runs twice or overlaps itself (each takes a Redis job lock, see
 =============================================  ==========  ===========  ==========================
 job (task name)                                every       queue        what
 =============================================  ==========  ===========  ==========================
-pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS of every folder,
-                                                                        spread over the interval:
-                                                                        UIDVALIDITY changes, and
-                                                                        polling of the folders
-                                                                        without IDLE
+pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS of the folders no
+                                                                        poll or listener saw
+                                                                        lately, spread over the
+                                                                        interval: UIDVALIDITY
+                                                                        changes (the stop rule;
+                                                                        check_grants: grants due
+                                                                        within 5 s share a task)
 pipeline.maintenance.poll_folders              60 s        maintenance  STATUS of folders without
                                                                         IDLE; sync what changed
+                                                                        (poll_grants: grants due
+                                                                        within 5 s share a task)
 pipeline.maintenance.discover_folders          5 min       maintenance  LIST every grant's folders,
                                                                         spread over the interval:
                                                                         sync and announce new
                                                                         ones, remove vanished ones
+                                                                        (a grant's poll lists on
+                                                                        its session when due; such
+                                                                        grants get no task)
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
 pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work;
                                                                         delete orphans past their
                                                                         grace (message.deleted)
+pipeline.outbox.sweep                          10 s        send         send what is due (scheduled
+                                                                        sends, lost drains); close
+                                                                        sends a dead worker left
 pipeline.webhooks.sweep                        15 s        webhooks     re-enqueue undelivered
                                                                         notifications
 pipeline.webhooks.purge                        1 h         webhooks     expire old delivery
@@ -48,6 +58,8 @@ RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this 
 FOLDER_DISCOVERY_INTERVAL_S = 5 * 60
 MAINTENANCE_QUEUE = "maintenance"
 WEBHOOK_QUEUE = "webhooks"
+SEND_QUEUE = "send"
+OUTBOX_SWEEP_INTERVAL_S = 10.0  # the most a scheduled send is late (and a lost drain waits)
 WEBHOOK_SWEEP_INTERVAL_S = 15.0  # worst-case delay a lost Redis message adds to a delivery
 WEBHOOK_PURGE_INTERVAL_S = 3600.0
 
@@ -77,6 +89,7 @@ def beat_schedule(
     purge_s: float = PURGE_INTERVAL_S,
     reconcile_s: float = RECONCILE_INTERVAL_S,
     discovery_s: float = FOLDER_DISCOVERY_INTERVAL_S,
+    outbox_s: float = OUTBOX_SWEEP_INTERVAL_S,
 ) -> dict[str, dict[str, Any]]:
     """The schedule, with intervals from settings (``IMAP_PIPELINE_*_INTERVAL_S``; see
     workers/celeryconfig.py) or the defaults above."""
@@ -86,6 +99,7 @@ def beat_schedule(
         "retention-purge": _job("pipeline.maintenance.purge", purge_s),
         "reconcile": _job("pipeline.maintenance.reconcile", reconcile_s),
         "folder-discovery": _job("pipeline.maintenance.discover_folders", discovery_s),
+        "outbox-sweep": _job("pipeline.outbox.sweep", outbox_s, SEND_QUEUE),
         "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
         "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
     }

@@ -180,6 +180,20 @@ class Settings(BaseSettings):
         description="Folders without an IDLE connection (all but Inbox and Sent) are checked "
         "with STATUS this often and synced when they changed.",
     )
+    flag_refresh_interval_s: float = Field(
+        default=600.0,
+        ge=60,
+        description="On a server without CONDSTORE a flag change other than \\Seen moves no "
+        "STATUS value: a polled folder's flags are re-read (a sync) when its last sync is this "
+        "old, at most IMAP_PIPELINE_FLAG_REFRESH_PER_POLL folders of a grant per poll.",
+    )
+    flag_refresh_per_poll: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="At most this many folders of a grant get a flag refresh per poll "
+        "(oldest first), so a grant with many folders spreads them over several polls.",
+    )
     purge_interval_s: float = Field(
         default=600.0, ge=10, description="The rolling retention purge runs this often."
     )
@@ -250,6 +264,42 @@ class Settings(BaseSettings):
             "with a redirect URI registered at /v3/applications/redirect-uris; "
             "GET /v3/applications shows it."
         ),
+    )
+    send_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=600,
+        description="An immediate send is answered once the SMTP server took it; after this "
+        "long without the worker's result the API answers 202 with the schedule_id to follow "
+        "(the send still happens, once).",
+    )
+    smtp_connections_per_account: int = Field(
+        default=2,
+        ge=1,
+        le=20,
+        description="SMTP connections the workers hold at once to one account (each sends "
+        "many messages after one login).",
+    )
+    smtp_idle_close_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="A worker keeps an account's SMTP connection this long after its last "
+        "message for the next one, then QUITs.",
+    )
+    outbox_sweep_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often beat sends what is due in the outbox (scheduled sends, and "
+        "anything whose worker died): the most a scheduled send is late.",
+    )
+    outbox_lease_s: float = Field(
+        default=30.0,
+        ge=5,
+        le=600,
+        description="A drain renews its claim on an account's sends this often x 3; a worker "
+        "that died lets go of them after this long.",
     )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(

@@ -127,6 +127,10 @@ class Folder(Base):
     reindex_uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     uidnext: Mapped[int | None] = mapped_column(BigInteger)
     highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
+    # Without CONDSTORE: STATUS MESSAGES and UNSEEN as the last sync saw them (before its
+    # SELECT); the poll compares them to notice expunges and \Seen changes (migration 0504).
+    status_messages: Mapped[int | None] = mapped_column(BigInteger)
+    status_unseen: Mapped[int | None] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     state_detail: Mapped[str | None] = mapped_column(Text)
     # UIDVALIDITY stop rule (pipeline.maintenance.sweep): consecutive changes seen by sweeps,
@@ -199,6 +203,10 @@ class Message(Base):
     starred: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     flags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     has_attachments: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # Nylas metadata set through the API (pipeline.messages.metadata); never on the server
+    metadata_: Mapped[dict[str, str]] = mapped_column(
+        "metadata", JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     # Set when the last placement vanished; a move re-places it within the grace period,
     # otherwise it is deleted (message.deleted). See pipeline.sync.runner.
     orphaned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,7 +9,6 @@ Keys::
 
     imap-pipeline:rl:<bucket>            hash {tokens, ts}: token bucket, PEXPIREd when full
         bucket = ops:p:<scope> | ops:a:<grant_id> | login:p:<scope> | login:a:<grant_id>
-    imap-pipeline:conn:<grant_id>        sorted set: connection slots (counting semaphore)
     imap-pipeline:backoff:a:<grant_id>   string with TTL: the account is backing off
     imap-pipeline:backoff:p:<scope>      string with TTL: the whole provider is backing off
     imap-pipeline:throttles:<scope>      sorted set: recent throttled accounts of a provider
@@ -26,13 +25,8 @@ again (the listener) may *reserve* instead (:meth:`RateLimiter.reserve_login`): 
 taken at once, the buckets go into debt, and the caller uses them when the debt would have been
 refilled, so queued callers need no polling and still pass at the bucket's rate.
 
-Connection slots (the semantics agreed with the listener, see
-:mod:`pipeline.listener.leases`): ``imap-pipeline:conn:<grant_id>`` is a sorted set whose
-members are holders, one per open IMAP connection (``listener:<id>:<folder_id>``,
-``worker:<host>:<pid>``), scored by their expiry in unix ms. A holder may connect only if,
-after expired members are dropped, fewer than the provider's ``max_connections`` remain (or it
-already holds a slot). Holders renew while connected and remove themselves when they close; a
-crashed holder's slot lapses at its expiry.
+Connection slots (how many sessions an account may have open, and who wins) are the
+connection manager's, :mod:`pipeline.imap.connections`; ``max_connections`` here is its cap.
 
 Backoff: a throttling answer (``ImapThrottledError``) puts the account in backoff, doubling
 from ``ACCOUNT_BACKOFF_BASE_S`` up to ``ACCOUNT_BACKOFF_MAX_S`` while throttles repeat; when
@@ -47,8 +41,6 @@ Every Redis call goes through a client built with a socket timeout; a Redis erro
 from __future__ import annotations
 
 import math
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -57,7 +49,7 @@ import redis
 
 from pipeline import metrics
 from pipeline.errors import ImapThrottledError, ServiceError
-from pipeline.listener.leases import SLOT_ACQUIRE_LUA, conn_key
+from pipeline.imap.connections import ConnectionSlots
 from pipeline.presets import preset
 
 KEY_PREFIX = "imap-pipeline"
@@ -70,7 +62,6 @@ THROTTLE_MEMORY_S = 60 * 60  # consecutive throttles within this long double the
 PROVIDER_THROTTLED_ACCOUNTS = 3  # this many throttled accounts at once: the provider is pushing
 PROVIDER_THROTTLE_WINDOW_S = 60.0
 PROVIDER_BACKOFF_S = 60.0
-WORKER_SLOT_TTL_S = 10 * 60.0  # > one sync chunk (120 s) + pool idle (60 s); renewed on use
 
 # Provider-wide defaults: what one source (our install) may ask of a provider in total. The
 # presets give the per-account figures; these are conservative across all accounts.
@@ -139,9 +130,10 @@ def scope_of(provider: str, imap_host: str) -> str:
 
 
 # KEYS: bucket hashes. ARGV: cost, the longest wait in ms a caller may reserve (0: none), then
-# rate (tokens/s) and capacity per key. Returns 0 when the tokens were taken from every bucket;
-# -wait (ms) when they were reserved: taken now, the buckets going into debt, and the caller may
-# use them after that wait without asking again; else the wait in ms until they could be taken.
+# rate (tokens/s), capacity and spare per key (tokens the caller must leave in the bucket).
+# Returns 0 when the tokens were taken from every bucket; -wait (ms) when they were reserved:
+# taken now, the buckets going into debt, and the caller may use them after that wait without
+# asking again; else the wait in ms until they could be taken.
 BUCKET_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -150,23 +142,24 @@ local reserve_ms = tonumber(ARGV[2])
 local levels = {}
 local wait = 0
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[i * 2 + 1])
-  local cap = tonumber(ARGV[i * 2 + 2])
+  local rate = tonumber(ARGV[i * 3])
+  local cap = tonumber(ARGV[i * 3 + 1])
+  local need = cost + tonumber(ARGV[i * 3 + 2])
   local state = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens = tonumber(state[1]) or cap
   local ts = tonumber(state[2]) or now
   tokens = math.min(cap, tokens + math.max(0, now - ts) * rate / 1000)
   levels[i] = tokens
-  if tokens < cost then
-    wait = math.max(wait, math.ceil((cost - tokens) * 1000 / rate))
+  if tokens < need then
+    wait = math.max(wait, math.ceil((need - tokens) * 1000 / rate))
   end
 end
 if wait > reserve_ms then
   return wait
 end
 for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[i * 2 + 1])
-  local cap = tonumber(ARGV[i * 2 + 2])
+  local rate = tonumber(ARGV[i * 3])
+  local cap = tonumber(ARGV[i * 3 + 1])
   local left = levels[i] - cost
   redis.call('HSET', key, 'tokens', left, 'ts', now)
   -- expire when full again: a bucket in debt must not be forgiven by an early expiry
@@ -192,11 +185,6 @@ def capacity(rate_per_s: float) -> float:
     return max(1.0, min(MIN_BURST, rate_per_s * 60.0), rate_per_s * BURST_S)
 
 
-def worker_holder() -> str:
-    """This worker process's holder id in connection-slot sets."""
-    return f"worker:{socket.gethostname()}:{os.getpid()}"
-
-
 class RateLimiter:
     """Shared limits for one process. Cheap to create; holds only the Redis client.
 
@@ -207,8 +195,12 @@ class RateLimiter:
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self._redis = client
         self._bucket = client.register_script(BUCKET_LUA)
-        self._slot = client.register_script(SLOT_ACQUIRE_LUA)
         self._throttle = client.register_script(THROTTLE_LUA)
+
+    @property
+    def redis(self) -> redis.Redis[bytes]:
+        """The Redis client (the connection manager shares it)."""
+        return self._redis
 
     # --- configuration ------------------------------------------------------------------
     def limits(self, provider: str) -> Limits:
@@ -233,12 +225,25 @@ class RateLimiter:
         self._call(self._redis.hset, key, mapping={k: str(v) for k, v in values.items()})
 
     # --- tokens ---------------------------------------------------------------------------
-    def try_login(self, provider: str, imap_host: str, grant_id: str) -> float:
-        """Take a login token of the account and of the provider; 0.0, or seconds to wait."""
-        return self.reserve_login(provider, imap_host, grant_id, max_wait_s=0.0).retry_after_s
+    def try_login(
+        self, provider: str, imap_host: str, grant_id: str, *, spare: float = 0.0
+    ) -> float:
+        """Take a login token of the account and of the provider; 0.0, or seconds to wait.
+
+        ``spare``: tokens of the account to leave in its bucket for others (bulk sync leaves
+        some for the listener and the API, :data:`pipeline.imap.connections.BULK_LOGIN_SPARE`).
+        """
+        turn = self.reserve_login(provider, imap_host, grant_id, max_wait_s=0.0, spare=spare)
+        return turn.retry_after_s
 
     def reserve_login(
-        self, provider: str, imap_host: str, grant_id: str, *, max_wait_s: float
+        self,
+        provider: str,
+        imap_host: str,
+        grant_id: str,
+        *,
+        max_wait_s: float,
+        spare: float = 0.0,
     ) -> LoginTurn:
         """Take a login token now for a login up to ``max_wait_s`` from now.
 
@@ -264,6 +269,7 @@ class RateLimiter:
             1,
             account_burst=min(float(limits.max_connections), limits.account_logins_per_min),
             reserve_s=max_wait_s,
+            account_spare=spare,
         )
         turn = LoginTurn(granted=wait <= 0, wait_s=abs(wait))
         if turn.granted:
@@ -292,9 +298,12 @@ class RateLimiter:
         *,
         account_burst: float = 0.0,
         reserve_s: float = 0.0,
+        account_spare: float = 0.0,
     ) -> float:
         """Take ``cost`` tokens from every bucket or from none; ``account_burst`` raises the
-        burst of the account buckets (``:a:``) only, never a provider's.
+        burst of the account buckets (``:a:``) only, never a provider's, and
+        ``account_spare`` tokens must stay in them (at most what the burst leaves beside
+        ``cost``, so a caller is never locked out for good).
 
         Returns 0.0 (taken), seconds to wait before asking again, or, with ``reserve_s``, minus
         the seconds (at most ``reserve_s``) after which the tokens taken now may be used."""
@@ -303,27 +312,12 @@ class RateLimiter:
         for name, rate in buckets:
             if rate <= 0:
                 raise ValueError("a rate limit must be positive")
-            floor = account_burst if ":a:" in name else 0.0
-            args.extend([rate, max(capacity(rate), cost, floor)])
+            account = ":a:" in name
+            cap = max(capacity(rate), cost, account_burst if account else 0.0)
+            spare = min(account_spare, cap - cost) if account else 0.0
+            args.extend([rate, cap, spare])
         wait_ms = int(self._call(self._bucket, keys=keys, args=args))
         return wait_ms / 1000.0
-
-    # --- connection slots ---------------------------------------------------------------
-    def acquire_connection(
-        self, grant_id: str, holder: str, cap: int, ttl_s: float = WORKER_SLOT_TTL_S
-    ) -> bool:
-        """Take (or renew) ``holder``'s slot in the account's connection set."""
-        ttl_ms = int(ttl_s * 1000)
-        return bool(self._call(self._slot, keys=[conn_key(grant_id)], args=[holder, cap, ttl_ms]))
-
-    def release_connection(self, grant_id: str, holder: str) -> None:
-        """Give ``holder``'s slot back."""
-        self._call(self._redis.zrem, conn_key(grant_id), holder)
-
-    def connections(self, grant_id: str) -> int:
-        """Live connection slots of an account (listener and workers)."""
-        now_ms = self._now_ms()
-        return int(self._call(self._redis.zcount, conn_key(grant_id), now_ms, "+inf"))
 
     # --- backoff --------------------------------------------------------------------------
     def throttled(self, provider: str, imap_host: str, grant_id: str) -> float:
@@ -382,10 +376,12 @@ class RateLimiter:
         pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
         pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
         account_ms, provider_ms = self._call(pipe.execute)
+        held = ConnectionSlots(self._redis).held(grant_id)
         return {
             "account_backoff_s": max(int(account_ms), 0) / 1000.0,
             "provider_backoff_s": max(int(provider_ms), 0) / 1000.0,
-            "connections": self.connections(grant_id),
+            "connections": sum(held.values()),
+            "connections_by_priority": {p.name.lower(): n for p, n in held.items()},
             "max_connections": limits.max_connections,
         }
 

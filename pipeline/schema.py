@@ -19,17 +19,19 @@ from typing import Any
 
 from sqlalchemy import MetaData, create_engine
 
+import pipeline.outbound.outbox
 import pipeline.webhooks.models  # noqa: F401  (declares its tables on the shared Base)
 from pipeline.api import tables as api_tables
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
 from pipeline.models import Base
+from pipeline.search import tables as search_tables
 
 COMPARE_OPTIONS: dict[str, Any] = {"compare_type": True, "compare_server_default": True}
 
 
 def target_metadata() -> list[MetaData]:
     """Every MetaData whose tables the migrations create."""
-    return [Base.metadata, api_tables.metadata]
+    return [Base.metadata, api_tables.metadata, search_tables.metadata]
 
 
 def include_object(

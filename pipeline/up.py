@@ -48,7 +48,14 @@ from rich.text import Text
 from pipeline.config import ENV_PREFIX, RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
 from pipeline.errors import PipelineError, ServiceError
-from pipeline.local import LOCALHOST, can_bind, child_preexec, free_port, port_in_use
+from pipeline.local import (
+    LOCALHOST,
+    can_bind,
+    child_preexec,
+    free_port,
+    hold_signals,
+    port_in_use,
+)
 from pipeline.metrics import MULTIPROC_ENV
 
 PROCFILE = Path(__file__).resolve().parent.parent / "deploy" / "Procfile"
@@ -303,6 +310,8 @@ class _Up:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.starting and hold_signals.held(signum):
+            return  # a child is being spawned: raised again once it is recorded
         self.signals_seen += 1
         self.stop_requested.set()
         if self.starting and self.signals_seen == 1:
@@ -596,22 +605,23 @@ class _Up:
     def _start_role(self, role: Role, style: str, env: Mapping[str, str]) -> None:
         self._log_dir.mkdir(exist_ok=True)
         log = RoleLog(self._log_dir / f"{role.name}.log")
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {role.command}"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=self.data_dir,
-            start_new_session=True,
-            preexec_fn=child_preexec(signal.SIGTERM, None),
-        )
-        rp = _RoleProcess(role, style, proc, log)
+        with hold_signals():  # a Ctrl-C now stops the role with the others, never orphans it
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", f"exec {role.command}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=self.data_dir,
+                start_new_session=True,
+                preexec_fn=child_preexec(signal.SIGTERM, None),
+            )
+            rp = _RoleProcess(role, style, proc, log)
+            self.roles.append(rp)
         rp.pump = threading.Thread(
             target=self._pump, args=(rp,), name=f"up-{role.name}", daemon=True
         )
         rp.pump.start()
-        self.roles.append(rp)
 
     def _pump(self, rp: _RoleProcess) -> None:
         assert rp.proc.stdout is not None

@@ -23,7 +23,7 @@ class PipelineCelery(Celery):  # type: ignore[misc]  # Celery is untyped
 
 app = PipelineCelery(
     "imap_pipeline",
-    include=["workers.tasks", "workers.webhook_tasks", "workers.beat_tasks"],
+    include=["workers.tasks", "workers.webhook_tasks", "workers.beat_tasks", "workers.send_tasks"],
 )
 app.config_from_object("workers.celeryconfig")
 

@@ -4,15 +4,22 @@ a session, a call into :mod:`pipeline.maintenance`.
 Task names (the schedule's contract):
 
 - ``pipeline.maintenance.sweep_uidvalidity()``: once per interval, give every valid grant a
-  ``check_uidvalidity`` at its fixed offset within the interval, on the grant's provider queue.
-- ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS every folder of one grant on a
-  fresh session; enqueue a sync (the runner reindexes) where UIDVALIDITY changed, and where a
-  folder no listener watches (not Inbox/Sent) changed since its last sync (polling).
+  check at its fixed offset within the interval, on the grant's provider queue: grants whose
+  offsets fall within ``POLL_BATCH_S`` share a ``check_grants`` task (like polls).
+- ``pipeline.maintenance.check_grants(grant_ids)``: ``check_uidvalidity``'s work for each.
+- ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS the folders of one grant whose
+  UIDVALIDITY no poll and no listener saw within the interval (and those with changes counted
+  or a retry due) on a fresh session, none (no session) when there are none; enqueue a sync
+  (the runner reindexes) where UIDVALIDITY changed, and where a folder no listener watches (not
+  Inbox/Sent) changed since its last sync.
 - ``pipeline.maintenance.discover_folders()``: once per interval, give every valid grant a
-  ``discover_grant`` at its fixed offset within the interval.
+  ``discover_grant`` at its fixed offset within the interval, but for the grants whose polls
+  run their discovery (:mod:`pipeline.maintenance.discovery`).
 - ``pipeline.maintenance.discover_grant(grant_id)``: LIST one grant's folders on a pooled
   session; folders another client made are added (``folder.created``, within the folder cap)
-  and their syncs queued, vanished ones removed (``folder.deleted``).
+  and their syncs queued, vanished ones removed (``folder.deleted``). Nothing when a poll of
+  the grant ran the discovery lately: the poll whose grant's discovery is due sends the same
+  LIST on its own session (an idle grant's discovery costs one LIST, no task or login).
 - ``pipeline.maintenance.purge()``: the rolling retention purge, ``PURGE_BUDGET_S`` at a time.
 - ``pipeline.maintenance.reconcile()``: re-enqueue stalled grants and folders; delete the
   messages that stayed in no folder past the orphan grace (``message.deleted``).
@@ -25,6 +32,8 @@ while they run, and all the work below them is idempotent.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,16 +42,28 @@ from celery import Task
 from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
+from pipeline.imap import FolderInfo
+from pipeline.listener.status import idle_watched_folders
+from pipeline.maintenance.discovery import claim_discovery, discovered_since, unclaim_discovery
 from pipeline.maintenance.locks import job_lock
+from pipeline.maintenance.looks import recent_looks, record_looks
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
 from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
-from pipeline.maintenance.sweep import check_grant, plan_sweep, poll_grant
+from pipeline.maintenance.sweep import (
+    batch_jobs,
+    check_grant,
+    due_for_check,
+    plan_sweep,
+    poll_grant,
+)
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import discover_folders
 from workers import enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
+    RESCHEDULE_MAX_S,
+    RESCHEDULE_MIN_S,
     fresh_imap_for,
     imap_for,
     note_misbehaved,
@@ -60,18 +81,33 @@ log = logging.getLogger(__name__)
 ONCE_PER_INTERVAL = 0.8  # a planner's lock lasts this share of its interval: a duplicate fired
 # in the same interval is skipped, the next interval's run (even if early by 20 %) is not
 CHECK_LOCK_TTL_S = 5 * 60  # one grant's STATUS round: bounded by the IMAP timeout per folder
+# Polls of grants whose offsets fall within POLL_BATCH_S share one task, at most POLL_BATCH_MAX
+# grants: a task dispatch costs about as much CPU as a quiet grant's poll (benchmarked in
+# tests/benchmarks/steady_state.py). A batch stops after POLL_BATCH_BUDGET_S (slow servers):
+# the grants left are polled in the next interval.
+POLL_BATCH_S = 5.0
+POLL_BATCH_MAX = 50
+POLL_BATCH_BUDGET_S = 45.0
 PURGE_LOCK_MARGIN_S = 60  # the purge lock outlives the run's budget by this much
 FOLDER_LOCK_KEY = "imap-pipeline:lock:folder:{}"  # held by pipeline.sync.folder while it runs
 
 
-def _plan_per_grant(job: str, task: str, interval: float) -> dict[str, Any]:
+def _plan_per_grant(
+    job: str,
+    task: str,
+    interval: float,
+    covered: Callable[[list[str]], Collection[str]] = lambda grant_ids: (),
+) -> dict[str, Any]:
     """Send ``task`` for every valid grant, each at its fixed offset within ``interval``
-    (no thundering herd at :00); once per interval however often beat fires."""
+    (no thundering herd at :00); once per interval however often beat fires. Grants in
+    ``covered(grant ids)`` are left out (their work is done elsewhere)."""
     with job_lock(redis_client(), job, interval * ONCE_PER_INTERVAL, release=False) as taken:
         if not taken:
             return {"skipped": "already planned this interval"}
         with sessions().begin() as db:
             jobs = plan_sweep(db, interval)
+        done = covered([j.grant_id for j in jobs])
+        jobs = [j for j in jobs if j.grant_id not in done]
         for planned in jobs:
             app.send_task(
                 task,
@@ -81,26 +117,111 @@ def _plan_per_grant(job: str, task: str, interval: float) -> dict[str, Any]:
                 # one that could not run before the next interval's is replaced by it
                 expires=planned.countdown_s + interval,
             )
-    return {"planned": len(jobs)}
+    return {"planned": len(jobs), **({"covered": len(done)} if done else {})}
 
 
 @app.task(name="pipeline.maintenance.sweep_uidvalidity")
 def sweep_uidvalidity_task() -> dict[str, Any]:
-    """Plan this interval's UIDVALIDITY checks, spread over the interval."""
-    return _plan_per_grant(
-        "sweep", "pipeline.maintenance.check_uidvalidity", settings().uidvalidity_sweep_interval_s
-    )
+    """Plan this interval's UIDVALIDITY checks, spread over the interval: grants whose offsets
+    fall in the same ``POLL_BATCH_S`` share one ``check_grants`` task (at most
+    ``POLL_BATCH_MAX``), as polls do: an idle grant's check opens no session, and its task
+    dispatch was most of what it cost."""
+    interval = settings().uidvalidity_sweep_interval_s
+    with job_lock(redis_client(), "sweep", interval * ONCE_PER_INTERVAL, release=False) as taken:
+        if not taken:
+            return {"skipped": "already planned this interval"}
+        with sessions().begin() as db:
+            jobs = plan_sweep(db, interval)
+        batches = batch_jobs(jobs, POLL_BATCH_S, POLL_BATCH_MAX)
+        for countdown_s, provider, grant_ids in batches:
+            app.send_task(
+                "pipeline.maintenance.check_grants",
+                args=[grant_ids],
+                queue=preset(provider).queue,
+                countdown=countdown_s or None,
+                expires=countdown_s + interval,  # replaced by the next interval's
+            )
+    return {"planned": len(jobs), "tasks": len(batches)}
 
 
 @app.task(name="pipeline.maintenance.poll_folders")
 def poll_folders_task() -> dict[str, Any]:
-    """Plan this interval's polls of folders without IDLE, spread over the interval."""
-    return _plan_per_grant("poll", "pipeline.maintenance.poll_grant", settings().poll_interval_s)
+    """Plan this interval's polls of folders without IDLE: grants whose offsets fall in the
+    same ``POLL_BATCH_S`` share one task (at most ``POLL_BATCH_MAX``), spread over the
+    interval."""
+    interval = settings().poll_interval_s
+    with job_lock(redis_client(), "poll", interval * ONCE_PER_INTERVAL, release=False) as taken:
+        if not taken:
+            return {"skipped": "already planned this interval"}
+        with sessions().begin() as db:
+            jobs = plan_sweep(db, interval)
+        batches = batch_jobs(jobs, POLL_BATCH_S, POLL_BATCH_MAX)
+        for countdown_s, provider, grant_ids in batches:
+            app.send_task(
+                "pipeline.maintenance.poll_grants",
+                args=[grant_ids],
+                queue=preset(provider).queue,
+                countdown=countdown_s or None,
+                expires=countdown_s + interval,  # replaced by the next interval's
+            )
+    return {"planned": len(jobs), "tasks": len(batches)}
+
+
+@app.task(name="pipeline.maintenance.poll_grants")
+def poll_grants_task(grant_ids: list[str]) -> dict[str, Any]:
+    """Poll several grants one after another (:func:`poll_grant_task`'s work for each): one
+    task per batch instead of one per grant, so a thousand idle grants do not cost a thousand
+    task dispatches a minute. A grant that is rate limited waits for the next interval; the
+    batch stops after ``POLL_BATCH_BUDGET_S`` (slow servers), leaving the rest to it too."""
+    started, started_at = time.monotonic(), time.time()
+    changed = skipped = 0
+    looks: dict[str, list[str]] = {}
+    for index, grant_id in enumerate(grant_ids):
+        if time.monotonic() - started > POLL_BATCH_BUDGET_S:
+            log.warning(
+                "poll batch over its budget; %d grants left to the next interval",
+                len(grant_ids) - index,
+            )
+            skipped += len(grant_ids) - index
+            break
+        try:
+            result = _poll_one(grant_id, looks.setdefault(grant_id, []))
+        except RateLimited:
+            skipped += 1
+            continue
+        changed += int(result.get("changed", 0))
+        skipped += "skipped" in result
+    _record_looks(looks, at=started_at)  # no later than they happened
+    return {"grants": len(grant_ids), "changed": changed, "skipped": skipped}
 
 
 @app.task(name="pipeline.maintenance.poll_grant", bind=True)
 def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
     """STATUS a grant's folders without IDLE on a pooled session; sync those that changed."""
+    looked: list[str] = []
+    started_at = time.time()
+    try:
+        return _poll_one(grant_id, looked)
+    except RateLimited as exc:
+        reschedule(self, exc)
+        return {"skipped": "rate limited"}
+    finally:
+        _record_looks({grant_id: looked}, at=started_at)
+
+
+def _record_looks(looks: dict[str, list[str]], *, at: float) -> None:
+    """Tell the sweep which folders' UIDVALIDITY the polls saw (one round trip)."""
+    if any(looks.values()):
+        interval = settings().uidvalidity_sweep_interval_s
+        record_looks(redis_client(), looks, interval_s=interval, at=at)
+
+
+def _poll_one(grant_id: str, looked: list[str]) -> dict[str, Any]:
+    """One grant's poll; appends the folders whose STATUS it saw to ``looked``.
+
+    Raises:
+        RateLimited: No token or connection slot for the grant's session.
+    """
     with job_lock(redis_client(), f"poll:{grant_id}", CHECK_LOCK_TTL_S) as taken:
         if not taken:
             return {"skipped": "a poll of this grant is running"}
@@ -109,11 +230,9 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
                 return {"skipped": "grant not active"}
             provider = grant.provider
+            discovers = grant.initial_sync_completed_at is not None  # else its grant sync does
             try:
                 imap = imap_for(db, grant)
-            except RateLimited as exc:
-                reschedule(self, exc)
-                return {"skipped": "rate limited"}
             except ImapLimitError as exc:
                 note_misbehaved(grant_id, exc)
                 return {"skipped": type(exc).__name__}
@@ -121,10 +240,30 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
                 return {"skipped": type(exc).__name__}
         healthy = False
         to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
+        listed: list[FolderInfo] | None = None
         try:
             changed = poll_grant(
-                sessions(), imap, grant_id, now=datetime.now(UTC), enqueue_sync=to_sync.append
+                sessions(),
+                imap,
+                grant_id,
+                now=datetime.now(UTC),
+                enqueue_sync=to_sync.append,
+                flag_refresh_s=settings().flag_refresh_interval_s,
+                flag_refresh_per_poll=settings().flag_refresh_per_poll,
+                idle_watched=idle_watched_folders(redis_client(), grant_id),
+                looked=looked,
             )
+            if discovers and claim_discovery(
+                redis_client(),
+                grant_id,
+                interval_s=settings().folder_discovery_interval_s,
+                poll_interval_s=settings().poll_interval_s,
+            ):
+                try:  # the interval's folder discovery, on this session (no task, no login)
+                    listed = imap.list_folders()
+                except ImapError:
+                    unclaim_discovery(redis_client(), grant_id)  # the next poll tries again
+                    raise
             healthy = True
         except ImapLimitError as exc:
             note_misbehaved(grant_id, exc)
@@ -135,6 +274,8 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
         finally:
             release_imap(grant_id, imap, healthy=healthy)
             _queue(grant_id, provider, to_sync)
+    if listed is not None:
+        _apply_discovery(grant_id, provider, listed)
     return {"changed": len(changed)}
 
 
@@ -151,19 +292,31 @@ def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
         )
 
 
+def _polls_discovered(grant_ids: list[str]) -> frozenset[str]:
+    """The grants whose folder discovery a poll ran lately: within the interval and one poll
+    interval more (their next poll runs the next one, :mod:`pipeline.maintenance.discovery`)."""
+    since = time.time() - settings().folder_discovery_interval_s - settings().poll_interval_s
+    return discovered_since(redis_client(), grant_ids, since)
+
+
 @app.task(name="pipeline.maintenance.discover_folders")
 def discover_folders_task() -> dict[str, Any]:
-    """Plan this interval's folder discoveries, spread over the interval."""
+    """Plan this interval's folder discoveries, spread over the interval; grants whose polls
+    run their discovery (on the poll's session) are left to them."""
     return _plan_per_grant(
         "discover",
         "pipeline.maintenance.discover_grant",
         settings().folder_discovery_interval_s,
+        covered=_polls_discovered,
     )
 
 
 @app.task(name="pipeline.maintenance.discover_grant", bind=True)
 def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
-    """LIST a grant's folders; add (and sync) new ones, remove vanished ones."""
+    """LIST a grant's folders; add (and sync) new ones, remove vanished ones. Nothing (no
+    session) when a poll of the grant ran its discovery lately."""
+    if _polls_discovered([grant_id]):
+        return {"skipped": "discovered by a poll"}
     with job_lock(redis_client(), f"discover:{grant_id}", CHECK_LOCK_TTL_S) as taken:
         if not taken:
             return {"skipped": "a discovery of this grant is running"}
@@ -196,13 +349,17 @@ def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             return {"skipped": type(exc).__name__}
         finally:
             release_imap(grant_id, imap, healthy=healthy)
-        with sessions().begin() as db:  # no IMAP I/O inside the transaction
-            grant = GrantRepository(db).get_for_update(grant_id)
-            if grant is None:
-                return {"skipped": "grant removed"}
-            changes = discover_folders(
-                db, grant, listed, max_folders=settings().max_folders_per_grant
-            )
+        return _apply_discovery(grant_id, provider, listed)
+
+
+def _apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> dict[str, Any]:
+    """Bring the grant's folders in line with ``listed`` (its LIST): new ones announced and
+    queued for sync, vanished ones removed."""
+    with sessions().begin() as db:  # no IMAP I/O inside the transaction
+        grant = GrantRepository(db).get_for_update(grant_id)
+        if grant is None:
+            return {"skipped": "grant removed"}
+        changes = discover_folders(db, grant, listed, max_folders=settings().max_folders_per_grant)
     if changes.created or changes.deleted:
         kick()  # folder.created / folder.deleted
     created = set(changes.created)
@@ -210,9 +367,59 @@ def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
     return {"created": len(changes.created), "deleted": len(changes.deleted)}
 
 
+@app.task(name="pipeline.maintenance.check_grants", bind=True)
+def check_grants_task(self: Task, grant_ids: list[str]) -> dict[str, Any]:
+    """Check several grants one after another (:func:`check_uidvalidity_task`'s work for
+    each): one task per batch. A grant that is rate limited gets a ``check_uidvalidity`` task
+    of its own after the wait; after ``POLL_BATCH_BUDGET_S`` (slow servers) the grants left
+    go on in a new batch, so every grant is checked within its interval."""
+    started = time.monotonic()
+    queue = (self.request.delivery_info or {}).get("routing_key")  # the provider's
+    asked = changed = 0
+    for index, grant_id in enumerate(grant_ids):
+        if time.monotonic() - started > POLL_BATCH_BUDGET_S:
+            left = grant_ids[index:]
+            log.warning("check batch over its budget; %d grants go on in a new one", len(left))
+            app.send_task(
+                "pipeline.maintenance.check_grants",
+                args=[left],
+                queue=queue,
+            )
+            break
+        try:
+            result = _check_one(grant_id)
+        except RateLimited as exc:
+            app.send_task(
+                "pipeline.maintenance.check_uidvalidity",
+                args=[grant_id],
+                queue=queue,
+                countdown=min(max(exc.retry_after_s, RESCHEDULE_MIN_S), RESCHEDULE_MAX_S),
+            )
+            continue
+        asked += int(result.get("asked", 0))
+        changed += int(result.get("changed", 0))
+    return {"grants": len(grant_ids), "asked": asked, "changed": changed}
+
+
 @app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)
 def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
-    """Compare every folder's UIDVALIDITY on the server with ours; act on changes."""
+    """Compare every folder's UIDVALIDITY on the server with ours; act on changes. Folders a
+    poll or the listener saw within the interval are not asked again (``due_for_check``); when
+    none is left, no session is opened at all."""
+    try:
+        return _check_one(grant_id)
+    except RateLimited as exc:
+        reschedule(self, exc)
+        return {"skipped": "rate limited"}
+
+
+def _check_one(grant_id: str) -> dict[str, Any]:
+    """One grant's UIDVALIDITY check (:func:`check_uidvalidity_task`).
+
+    Raises:
+        RateLimited: No token or connection slot for the fresh session it needs.
+    """
+    interval = settings().uidvalidity_sweep_interval_s
     with job_lock(redis_client(), f"sweep:{grant_id}", CHECK_LOCK_TTL_S) as taken:
         if not taken:
             return {"skipped": "a check of this grant is running"}
@@ -221,11 +428,20 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
             if grant is None or grant.grant_status != "valid":
                 return {"skipped": "grant invalid"}
             provider = grant.provider
+            now = datetime.now(UTC)
+            due = due_for_check(
+                db,
+                grant_id,
+                now,
+                looked=recent_looks(redis_client(), grant_id, now.timestamp() - interval),
+                idle_watched=idle_watched_folders(redis_client(), grant_id),
+            )
+            if not due:  # every folder's UIDVALIDITY seen lately by a poll or the listener
+                return {"changed": 0, "stopped": 0, "resumed": 0, "polled": 0, "asked": 0}
             try:
                 imap = fresh_imap_for(db, grant)
-            except RateLimited as exc:
-                reschedule(self, exc)
-                return {"skipped": "rate limited"}
+            except RateLimited:
+                raise  # the caller sends the check again after the wait
             except ImapAuthError:
                 return {"skipped": "grant invalid"}  # now invalid (committed with this block)
             except ImapLimitError as exc:
@@ -239,7 +455,12 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
         to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
         try:
             report = check_grant(
-                sessions(), imap, grant_id, now=datetime.now(UTC), enqueue_sync=to_sync.append
+                sessions(),
+                imap,
+                grant_id,
+                now=now,
+                enqueue_sync=to_sync.append,
+                only={f.id for f in due},
             )
             healthy = True
         except ImapThrottledError:
@@ -262,6 +483,7 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
         "stopped": len(report.stopped),
         "resumed": len(report.resumed),
         "polled": len(report.polled),
+        "asked": len(due),
     }
 
 

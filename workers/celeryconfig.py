@@ -23,6 +23,7 @@ from kombu.entity import Exchange, Queue
 from beat_schedule import beat_schedule as build_beat_schedule
 from beat_schedule import beat_settings
 from pipeline.presets import queue_names
+from workers.send_tasks import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
 from workers.settings import settings
 from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
 
@@ -34,7 +35,9 @@ SYNC_TASKS = (
     "pipeline.sync.grant",
     "pipeline.sync.folder",
     "pipeline.maintenance.poll_grant",
+    "pipeline.maintenance.poll_grants",
     "pipeline.maintenance.check_uidvalidity",
+    "pipeline.maintenance.check_grants",
 )
 
 _s = settings()
@@ -67,10 +70,11 @@ task_default_queue = "maintenance"
 # is copied into all of them.
 task_queues = [
     Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in [*queue_names(), "webhooks", "maintenance"]
+    for name in [*queue_names(), SEND_QUEUE, "webhooks", "maintenance"]
 ]
 task_routes = {
     **WEBHOOK_TASK_ROUTES,
+    **SEND_TASK_ROUTES,
     "pipeline.maintenance.*": {"queue": "maintenance"},
 }
 _hard_limit_s = _s.sync_task_time_limit_s
@@ -79,12 +83,17 @@ task_annotations = {
     name: {"time_limit": _hard_limit_s, "soft_time_limit": _hard_limit_s - SOFT_LIMIT_MARGIN_S}
     for name in SYNC_TASKS
 }
+task_annotations["pipeline.outbox.deliver"] = {
+    "time_limit": SEND_TASK_TIME_LIMIT_S,
+    "soft_time_limit": SEND_TASK_TIME_LIMIT_S - SOFT_LIMIT_MARGIN_S,
+}
 beat_schedule = build_beat_schedule(
     sweep_s=_s.uidvalidity_sweep_interval_s,
     poll_s=_s.poll_interval_s,
     purge_s=_s.purge_interval_s,
     reconcile_s=_s.reconcile_interval_s,
     discovery_s=_s.folder_discovery_interval_s,
+    outbox_s=_s.outbox_sweep_interval_s,
 )
 # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
 globals().update(beat_settings(broker_url))

@@ -71,7 +71,7 @@ def _beat_init(**_: Any) -> None:
     backlog = metrics.BacklogCollector(
         metrics.postgres_outbox_depth(s.require_database_url()),
         metrics.redis_queue_depth(client),
-        [*queue_names(), "webhooks", "maintenance"],
+        [*queue_names(), "send", "webhooks", "maintenance"],
     )
     _serve([backlog])
 

@@ -1,23 +1,20 @@
 """Per-process resources of a Celery worker: database sessions, Redis, pooled IMAP sessions.
 
-Worker processes are single-threaded (prefork), so the IMAP pool needs no locking. A pooled
-session is reused by the next task for the same grant if it answered recently; this saves a
-TLS handshake and a login per task, which providers rate-limit.
-
-Shared limits (:mod:`pipeline.ratelimit`): every session of this process holds a slot in the
-account's connection set (``imap-pipeline:conn:<grant_id>``, shared with the listener) from
-login to close; a new login also takes a login token of the account and its provider, and every
-hand-out an operation token. Without a token or slot :func:`imap_for` raises
-:class:`~pipeline.ratelimit.RateLimited`; the task reschedules itself with :func:`reschedule`
-instead of waiting in a worker slot.
+IMAP sessions come from the account's connection manager (:mod:`pipeline.imap.connections`)
+at the BULK priority: a task's session holds one of the account's connection slots (shared
+with the listener and the API) from login until the task ends. Then it goes back to this
+process's pool, still counted, for at most ``BULK_LINGER_S`` so that the next chunk of the
+same grant skips a login, and is closed at once if the listener or the API waits for a slot of
+that account. A new login also takes a login token of the account and its provider, and every
+hand-out an operation token (:mod:`pipeline.ratelimit`). Without a token or slot
+:func:`imap_for` raises :class:`~pipeline.ratelimit.RateLimited`; the task reschedules itself
+with :func:`reschedule` instead of waiting in a worker slot.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
-import time
 from functools import lru_cache
 from typing import Any
 
@@ -25,16 +22,25 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.db import sessionmaker_for
-from pipeline.errors import ImapError, ImapLimitError, ImapThrottledError
+from pipeline.errors import ImapLimitError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
+from pipeline.imap.connections import (
+    BULK_LINGER_S,
+    BULK_LOGIN_SPARE,
+    BULK_LOGIN_SPARE_UNWATCHED,
+    INTERACTIVE_WAIT_S,
+    ConnectionSlots,
+    NoSlot,
+    Priority,
+    SessionPool,
+)
 from pipeline.models import Grant
-from pipeline.ratelimit import RateLimited, RateLimiter, worker_holder
+from pipeline.ratelimit import RateLimited, RateLimiter
 from workers.settings import settings
 
-IMAP_POOL_IDLE_S = 60.0  # reuse a pooled session only if it was used this recently
 REDIS_TIMEOUT_S = 10.0
 # Starts every grant status a misbehaving server earns; the next sync that works clears it.
 MISBEHAVED_PREFIX = "The IMAP server misbehaved: "
@@ -58,51 +64,72 @@ def redis_client() -> redis.Redis[bytes]:
     )
 
 
-_pool: dict[str, tuple[ImapSession, float]] = {}
+@lru_cache(maxsize=1)
+def connection_slots() -> ConnectionSlots:
+    """This process's calls on the accounts' connection slots."""
+    return ConnectionSlots(redis_client())
+
+
+@lru_cache(maxsize=1)
+def imap_pool() -> SessionPool:
+    """This process's pooled IMAP sessions (BULK priority)."""
+    return SessionPool(connection_slots(), Priority.BULK, linger_s=BULK_LINGER_S)
 
 
 def imap_for(db: Session, grant: Grant) -> ImapSession:
-    """A logged-in session for ``grant``: a recent pooled one, or a new login.
+    """A logged-in session for ``grant``: this process's pooled one, or a new login.
 
     Raises:
         RateLimited: No operation or login token, no free connection slot, or the account or
             provider is backing off after a throttling answer.
         ImapThrottledError: The provider refused the login for now (the back-off is recorded).
     """
-    _evict_idle()
     limiter = limiter_for_process()
     _take_ops(limiter, grant)
-    pooled = _pool.pop(grant.id, None)
-    if pooled is not None:
-        imap, last_used = pooled
-        if time.monotonic() - last_used < IMAP_POOL_IDLE_S:
-            try:
-                imap.noop()
-                limiter.acquire_connection(grant.id, _holder(grant.id), _cap(limiter, grant))
-                return imap
-            except ImapError:
-                pass
-        _close(grant.id, imap)
-    return _login(db, grant, limiter)
+    imap = imap_pool().take(grant.id)
+    if imap is not None:
+        return imap
+    # no listener is alive: no reconnect of one needs a token of this minute
+    spare = BULK_LOGIN_SPARE if connection_slots().listening() else BULK_LOGIN_SPARE_UNWATCHED
+    return _login(db, grant, limiter, imap_pool(), wait_s=0.0, spare=spare)
+
+
+@lru_cache(maxsize=1)
+def interactive_pool() -> SessionPool:
+    """Sessions of this process for work a user waits on (INTERACTIVE priority, not pooled)."""
+    return SessionPool(connection_slots(), Priority.INTERACTIVE, linger_s=0.0)
+
+
+def interactive_imap_for(db: Session, grant: Grant) -> ImapSession:
+    """A new session at INTERACTIVE priority, for work a user waits on (filing a message just
+    sent in Sent): it waits up to ``INTERACTIVE_WAIT_S`` for a slot while bulk sync gives way,
+    and may take the account's spare login tokens. Give it back with :func:`release_imap`.
+
+    Raises:
+        RateLimited: As :func:`imap_for`, after the wait.
+        ImapThrottledError: The provider refused the login for now (the back-off is recorded).
+    """
+    limiter = limiter_for_process()
+    _take_ops(limiter, grant)
+    return _login(db, grant, limiter, interactive_pool(), wait_s=INTERACTIVE_WAIT_S, spare=0.0)
 
 
 def release_imap(grant_id: str, imap: ImapSession, *, healthy: bool) -> None:
-    """Return a session to the pool, or close it after an error."""
-    if healthy:
-        old = _pool.pop(grant_id, None)
-        if old is not None and old[0] is not imap:
-            with contextlib.suppress(Exception):
-                old[0].close()
-        _pool[grant_id] = (imap, time.monotonic())
-    else:
-        _close(grant_id, imap)
+    """The task is done with its session: pooled briefly if healthy (its slot stays counted only
+    while nobody waits for one), else closed (the slot goes back)."""
+    imap_pool().give_back(imap, healthy=healthy)  # not a pooled kind: closed, slot released
+
+
+def keep_alive(imap: ImapSession) -> bool:
+    """Between batches: renew the session's slot; True when the listener or an API request
+    waits for a slot of the account, so the task should stop here and continue later."""
+    return imap_pool().keep_alive(imap)
 
 
 def close_all_imap() -> None:
     """Log out of every pooled session (worker shutdown)."""
-    while _pool:
-        grant_id, (imap, _) = _pool.popitem()
-        _close(grant_id, imap)
+    imap_pool().close_all()
+    interactive_pool().close_all()
 
 
 # --- shared rate limits and connection cap (pipeline.ratelimit) ----------------------------
@@ -110,6 +137,7 @@ def close_all_imap() -> None:
 RESCHEDULE_MIN_S = 1.0  # a denied task comes back no sooner than this
 RESCHEDULE_MAX_S = 60.0  # nor later: far below the broker's visibility timeout (30 min)
 RESCHEDULE_JITTER_S = 1.0  # spreads denied tasks so they do not return in one burst
+NO_SLOT_RETRY_S = 5.0  # a task refused a connection slot comes back after this long
 
 
 @lru_cache(maxsize=1)
@@ -118,64 +146,46 @@ def limiter_for_process() -> RateLimiter:
     return RateLimiter(redis_client())
 
 
-def _holder(grant_id: str) -> str:
-    # one pooled session per grant per process: the process is the holder
-    return worker_holder()
-
-
-def _cap(limiter: RateLimiter, grant: Grant) -> int:
-    return limiter.limits(grant.provider).max_connections
-
-
 def _take_ops(limiter: RateLimiter, grant: Grant) -> None:
     wait = limiter.try_ops(grant.provider, grant.imap_host, grant.id)
     if wait > 0:
         raise RateLimited(f"operations of grant {grant.id} are rate-limited", wait)
 
 
-def _login(db: Session, grant: Grant, limiter: RateLimiter) -> ImapSession:
-    holder = _holder(grant.id)
-    if not limiter.acquire_connection(grant.id, holder, _cap(limiter, grant)):
-        raise RateLimited(f"grant {grant.id} has no free connection slot", RESCHEDULE_MIN_S * 5)
-    wait = limiter.try_login(grant.provider, grant.imap_host, grant.id)
-    if wait > 0:
-        limiter.release_connection(grant.id, holder)
-        raise RateLimited(f"logins of grant {grant.id} are rate-limited", wait)
+def _login(
+    db: Session,
+    grant: Grant,
+    limiter: RateLimiter,
+    pool: SessionPool,
+    *,
+    wait_s: float,
+    spare: float,
+) -> ImapSession:
     try:
-        imap = open_grant_session(db, settings(), grant)
-    except ImapThrottledError:
-        limiter.release_connection(grant.id, holder)
-        limiter.throttled(grant.provider, grant.imap_host, grant.id)
-        raise
+        holder = pool.slot(grant.id, limiter.limits(grant.provider).max_connections, wait_s=wait_s)
+    except NoSlot as exc:
+        raise RateLimited(f"grant {grant.id}: {exc}", NO_SLOT_RETRY_S) from exc
+    try:
+        wait = limiter.try_login(grant.provider, grant.imap_host, grant.id, spare=spare)
+        if wait > 0:
+            raise RateLimited(f"logins of grant {grant.id} are rate-limited", wait)
+        try:
+            imap = open_grant_session(db, settings(), grant)
+        except ImapThrottledError as exc:
+            if not isinstance(exc, RateLimited):
+                limiter.throttled(grant.provider, grant.imap_host, grant.id)
+            raise
     except BaseException:
-        limiter.release_connection(grant.id, holder)
+        pool.unslot(grant.id, holder)
         raise
     limiter.recovered(grant.id)
-    return imap
-
-
-def _close(grant_id: str, imap: ImapSession) -> None:
-    with contextlib.suppress(Exception):
-        imap.close()
-    with contextlib.suppress(Exception):
-        limiter_for_process().release_connection(grant_id, _holder(grant_id))
-
-
-def _evict_idle() -> None:
-    """Close pooled sessions idle too long, so their connection slots go back to the account."""
-    now = time.monotonic()
-    for grant_id, (imap, last_used) in list(_pool.items()):
-        if now - last_used >= IMAP_POOL_IDLE_S:
-            del _pool[grant_id]
-            _close(grant_id, imap)
+    return pool.admit(grant.id, holder, imap)
 
 
 def fresh_imap_for(db: Session, grant: Grant) -> ImapSession:
     """A session from a new login, closing a pooled one: what a new session of the server sees
     (the UIDVALIDITY sweep's view). Same limits and errors as :func:`imap_for`."""
-    pooled = _pool.pop(grant.id, None)
-    if pooled is not None:
-        _close(grant.id, pooled[0])
+    imap_pool().forget(grant.id)
     return imap_for(db, grant)
 
 

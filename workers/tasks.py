@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
@@ -44,13 +46,15 @@ from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.imap import ImapSession
 from pipeline.ratelimit import RateLimited
-from pipeline.sync.runner import discover_folders, sync_folder
-from workers import enqueue, folder_queue
+from pipeline.sync.runner import SyncOutcome, discover_folders, sync_folder
+from workers import chunks, enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
     close_all_imap,
     fresh_imap_for,
     imap_for,
+    keep_alive,
+    limiter_for_process,
     note_behaved,
     note_misbehaved,
     note_throttled,
@@ -92,13 +96,41 @@ def _provider_of(grant_id: str) -> str:
         return grant.provider if grant else "generic"
 
 
+# A sync whose batch the server broke off fetches it again one message at a time, with a new
+# login after each failure (pipeline.sync.runner._fetch_each): one unreadable message costs
+# up to four logins in a row, more than the burst bulk sync may take (it leaves the account's
+# last tokens to the listener and the API). Rescheduled instead, the task would start over,
+# break on the same message and be refused again: it would never get past it. So a reopen
+# waits for its token (and slot), within this bound, and only then gives up.
+REOPEN_WAIT_S = 60.0
+
+
 def _reopen(grant_id: str) -> ImapSession:
-    """A new session for a sync whose session the server dropped (same limits as any)."""
-    with sessions().begin() as db:
-        grant = GrantRepository(db).get(grant_id)
-        if grant is None:
-            raise GrantNotFound(grant_id)
-        return fresh_imap_for(db, grant)
+    """A new session for a sync whose session the server dropped (same limits as any, waited
+    for up to ``REOPEN_WAIT_S``)."""
+    deadline = time.monotonic() + REOPEN_WAIT_S
+    while True:
+        with sessions().begin() as db:
+            grant = GrantRepository(db).get(grant_id)
+            if grant is None:
+                raise GrantNotFound(grant_id)
+            try:
+                return fresh_imap_for(db, grant)
+            except RateLimited as exc:
+                wait = exc.retry_after_s
+                if time.monotonic() + wait > deadline:
+                    raise
+        time.sleep(wait)
+
+
+def _between_batches(
+    r: redis.Redis[bytes], lock_key: str, lock_ttl: int, imap: ImapSession
+) -> bool:
+    """After each committed batch: renew the folder lock and the connection slot; True when
+    the listener or an API request waits for a connection of the account (stop here, the rest
+    continues in a new task)."""
+    r.expire(lock_key, lock_ttl)
+    return keep_alive(imap)
 
 
 @app.task(name="pipeline.grants.create", ignore_result=False, throws=(PipelineError,))
@@ -215,17 +247,25 @@ def _sync_folder(
     self: Task, grant_id: str, folder_id: str, lo: int | None, hi: int | None
 ) -> dict[str, Any]:
     r = redis_client()
+    started = time.monotonic()
     uid_range = (lo, hi) if lo is not None and hi is not None else None
-    lock_key = f"imap-pipeline:lock:folder:{folder_id}" + (f":{lo}-{hi}" if uid_range else "")
+    lock_key = chunks.lock_key(folder_id, uid_range)
     dirty_key = f"imap-pipeline:dirty:folder:{folder_id}"
     token = f"{os.getpid()}:{self.request.id}"
     lock_ttl = settings().sync_lock_ttl_s
+    if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
+        return {"skipped": "done"}  # run on another chunk's session (workers.chunks)
     if not r.set(lock_key, token, nx=True, ex=lock_ttl):
         # Someone is syncing it now: make sure they look again when they finish, and in case
-        # they died, come back once their lock has lapsed (one such retry at a time).
+        # they died, come back once their lock has lapsed (one such retry at a time). A range
+        # is looked at again sooner: another chunk's process may be running it in-process,
+        # and then this task only has to see it done.
         r.set(dirty_key, "1", ex=lock_ttl * 10)
         wait = max(int(r.ttl(lock_key)), 1) + 1
-        if r.set(lock_key.replace(":lock:", ":retry:"), "1", nx=True, ex=wait + 5):
+        if uid_range is not None:
+            wait = min(wait, chunks.RECHECK_S)
+        retry_ttl = wait if uid_range is not None else wait + 5
+        if r.set(lock_key.replace(":lock:", ":retry:"), "1", nx=True, ex=retry_ttl):
             enqueue.sync_folder(
                 grant_id, folder_id, _provider_of(grant_id), countdown=wait, uid_range=uid_range
             )
@@ -233,6 +273,8 @@ def _sync_folder(
             folder_queue.queue_next(r, grant_id, _provider_of(grant_id))  # this slot is free
         return {"skipped": "locked"}
     try:
+        if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
+            return {"skipped": "done"}  # finished just before our lock
         with sessions().begin() as db:
             grant = GrantRepository(db).get(grant_id)
             if grant is None:
@@ -259,40 +301,84 @@ def _sync_folder(
             return {"skipped": "grant invalid"}
         healthy = False
         try:
-            outcome = sync_folder(
-                sessions(),
-                settings(),
-                imap,
-                grant_id,
-                folder_id,
-                on_batch=lambda: r.expire(lock_key, lock_ttl),
-                uid_range=uid_range,
-                range_messages=settings().sync_range_messages,
-                reopen=lambda: _reopen(grant_id),
-            )
-            if outcome.replaced is not None:  # the server dropped ours mid-folder
-                imap.close()
-                imap = outcome.replaced
+            outcome, imap = _run_range(r, imap, grant_id, folder_id, uid_range, lock_key)
             healthy = True
         except RateLimited as exc:  # a new login for a dropped session had to wait
             reschedule(self, exc)
             return {"rescheduled": round(exc.retry_after_s, 2)}
         except ImapThrottledError:
-            with sessions().begin() as db:
-                throttled = GrantRepository(db).get(grant_id)
-                if throttled is not None:
-                    note_throttled(throttled)  # back the account off, for every worker
+            _note_throttled(grant_id)
             raise
         finally:
-            release_imap(grant_id, imap, healthy=healthy)
+            if not healthy:
+                release_imap(grant_id, imap, healthy=False)
     finally:
-        if r.get(lock_key) == token.encode():
-            r.delete(lock_key)
+        _unlock(r, lock_key, token)
     note_behaved(grant_id)
+    _follow_up(r, grant_id, folder_id, provider, uid_range, outcome, dirty_key)
+    result: dict[str, Any] = {
+        "state": outcome.state,
+        "stored": outcome.stored,
+        "failed": outcome.failed,
+    }
+    more = _run_waiting_ranges(r, imap, grant_id, provider, token, started)
+    if more:
+        result["in_process"] = more
+    return result
+
+
+# A process ends its chunk with a healthy session and more of the grant's ranges wait: it runs
+# them on that session (workers.chunks) for the rest of the chunk budget, at most this many.
+MAX_RANGES_IN_PROCESS = 16
+
+
+def _run_range(
+    r: redis.Redis[bytes],
+    imap: ImapSession,
+    grant_id: str,
+    folder_id: str,
+    uid_range: tuple[int, int] | None,
+    lock_key: str,
+    budget_s: float | None = None,
+) -> tuple[SyncOutcome, ImapSession]:
+    """One run of the folder (or range) on ``imap``; returns its outcome and the session in use
+    now (the server may have dropped ``imap``, which is then closed)."""
+    lock_ttl = settings().sync_lock_ttl_s
+    outcome = sync_folder(
+        sessions(),
+        settings(),
+        imap,
+        grant_id,
+        folder_id,
+        budget_s=budget_s,
+        on_batch=lambda: _between_batches(r, lock_key, lock_ttl, imap),
+        uid_range=uid_range,
+        range_messages=settings().sync_range_messages,
+        reopen=lambda: _reopen(grant_id),
+    )
+    if outcome.replaced is not None:  # the server dropped ours mid-folder
+        imap.close()
+        imap = outcome.replaced
+    return outcome, imap
+
+
+def _follow_up(
+    r: redis.Redis[bytes],
+    grant_id: str,
+    folder_id: str,
+    provider: str,
+    uid_range: tuple[int, int] | None,
+    outcome: SyncOutcome,
+    dirty_key: str,
+) -> None:
+    """What a run leaves to other tasks: its ranges, its rest, the grant's next folder."""
     if outcome.emitted:
         kick()
+    chunks.record(r, grant_id, folder_id, outcome.ranges)  # before their tasks can end
     for part in outcome.ranges:
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=part)
+    if uid_range is not None and not outcome.more:
+        chunks.mark_done(r, grant_id, folder_id, uid_range)
     if outcome.more:
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
     elif uid_range is None and r.getdel(dirty_key):
@@ -301,4 +387,90 @@ def _sync_folder(
         # this folder's run is over (for a split folder: its last range): the grant's next
         # waiting folder takes the slot
         folder_queue.queue_next(r, grant_id, provider)
-    return {"state": outcome.state, "stored": outcome.stored, "failed": outcome.failed}
+
+
+def _run_waiting_ranges(
+    r: redis.Redis[bytes],
+    imap: ImapSession,
+    grant_id: str,
+    provider: str,
+    token: str,
+    started: float,
+) -> int:
+    """Run the grant's waiting ranges on ``imap`` while the chunk budget lasts and nobody of a
+    higher priority wants a connection of the account; then give the session back. Returns
+    how many ranges ran. A range that fails here stays waiting: its own task runs it."""
+    budget = settings().sync_chunk_budget_s
+    lock_ttl = settings().sync_lock_ttl_s
+    ran = 0
+    healthy = True
+    try:
+        while ran < MAX_RANGES_IN_PROCESS and time.monotonic() - started < budget:
+            if keep_alive(imap):
+                break  # the listener or an API request waits: give the session back now
+            claimed = chunks.claim(r, grant_id, token, lock_ttl)
+            if claimed is None:
+                break
+            folder_id, uid_range = claimed
+            lock_key = chunks.lock_key(folder_id, uid_range)
+            if not _may_continue(grant_id):
+                _unlock(r, lock_key, token)
+                break
+            healthy = False
+            try:
+                outcome, imap = _run_range(
+                    r,
+                    imap,
+                    grant_id,
+                    folder_id,
+                    uid_range,
+                    lock_key,
+                    budget_s=max(budget - (time.monotonic() - started), 1.0),
+                )
+                healthy = True
+            except ImapLimitError as exc:
+                note_misbehaved(grant_id, exc, folder_id)
+                break
+            except (RateLimited, *TRANSIENT) as exc:
+                if isinstance(exc, ImapThrottledError):
+                    _note_throttled(grant_id)
+                log.warning(
+                    "a waiting range failed in-process; its own task runs it",
+                    extra={
+                        "grant_id": grant_id,
+                        "folder_id": folder_id,
+                        "error": type(exc).__name__,
+                    },
+                )
+                break
+            finally:
+                _unlock(r, lock_key, token)
+            ran += 1
+            _follow_up(r, grant_id, folder_id, provider, uid_range, outcome, "")
+            if outcome.more:
+                break  # budget spent or pre-empted: the rest is queued
+    finally:
+        release_imap(grant_id, imap, healthy=healthy)
+    return ran
+
+
+def _may_continue(grant_id: str) -> bool:
+    """The grant still syncs and may spend one more operation token."""
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+            return False
+        wait = limiter_for_process().try_ops(grant.provider, grant.imap_host, grant.id)
+    return wait <= 0
+
+
+def _note_throttled(grant_id: str) -> None:
+    with sessions().begin() as db:
+        throttled = GrantRepository(db).get(grant_id)
+        if throttled is not None:
+            note_throttled(throttled)  # back the account off, for every worker
+
+
+def _unlock(r: redis.Redis[bytes], lock_key: str, token: str) -> None:
+    if r.get(lock_key) == token.encode():
+        r.delete(lock_key)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import redis
 from fastapi import Depends, FastAPI, HTTPException
-from sqlalchemy import create_engine
+from psycopg.types.json import set_json_loads
+from psycopg.types.string import TextLoader
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +31,7 @@ from pipeline.api import (
     attachments,
     connect,
     docs,
+    drafts,
     folders,
     grants,
     health,
@@ -38,11 +44,16 @@ from pipeline.api import (
 )
 from pipeline.api import errors as api_errors
 from pipeline.api.auth import KeyRing, require_api_key
-from pipeline.api.deps import ApiState, SyncEnqueuer, WebhookKicker
+from pipeline.api.deps import ApiState, SendEnqueuer, SyncEnqueuer, WebhookKicker
 from pipeline.api.gate import SignInGate
-from pipeline.api.sessions import SessionPool
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
+from pipeline.imap.connections import (
+    INTERACTIVE_LINGER_S,
+    ConnectionSlots,
+    Priority,
+    SessionPool,
+)
 from pipeline.ratelimit import RateLimiter
 from pipeline.webhooks.settings import WebhookSettings
 
@@ -50,9 +61,37 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 25 * 1024 * 1024  # Nylas caps a message with attachments at 25 MB
 API_STATEMENT_TIMEOUT_MS = 15_000  # a request's query may not run longer than this
+# The planner's price of a random page read on the API's connections (Postgres' default is 4, a
+# spinning disk's). At 4 it ANDed a bitmap of every message of the grant (from a btree_gin index
+# led by grant_id) into an address filter's: 80-160 ms of a rare address's page at a million
+# messages, where the address index alone answers in a few; 1.1 is the usual value for SSDs and
+# for data that is mostly cached, which a mailbox's recent pages are.
+API_RANDOM_PAGE_COST = 1.1
+# No parallel workers for the API's queries: a page reads a few hundred rows, and a Gather's
+# start-up cost more than it saved (a small folder's page: 160-180 ms in parallel against
+# 40-60 ms without, at a million messages), while taking cores from the other requests.
+API_PARALLEL_WORKERS = 0
+# psycopg prepares a statement run five times, and Postgres may then keep a generic plan, made
+# without the parameters' values: for an address filter that plan reads every match of the
+# address and sorts them (2-3 s a page at a million messages, against 14 ms planned with the
+# values). Every execution is planned with its values (planning a page costs well under 1 ms).
+API_PLAN_CACHE_MODE = "force_custom_plan"
+# Server settings of every API connection (the list benchmark replays the API's SQL with them)
+API_PG_OPTIONS = (
+    f"-c statement_timeout={API_STATEMENT_TIMEOUT_MS} -c random_page_cost={API_RANDOM_PAGE_COST}"
+    f" -c max_parallel_workers_per_gather={API_PARALLEL_WORKERS}"
+    f" -c plan_cache_mode={API_PLAN_CACHE_MODE}"
+)
 API_POOL_SIZE = 10  # connections per API process; uvicorn's threadpool shares them
 API_POOL_TIMEOUT_S = 10  # wait this long for a free connection, then fail with a 503
 REDIS_TIMEOUT_S = 5  # every rate-limit call to Redis fails after this long
+# A pooled connection idle longer than this is pinged (SELECT 1) before a request uses it, and
+# replaced when the ping fails. One used more recently is not: under load every connection goes
+# back and out within milliseconds, and a ping on each checkout was a round trip (and a
+# Postgres wake-up) on every request. The bound: a connection that died within this long of its
+# last use fails the one request that gets it (503 service_unavailable), and that failure
+# invalidates the whole pool, so the next requests connect afresh.
+API_PING_AFTER_IDLE_S = 1.0
 
 
 def enqueue_with_celery(grant_id: str, provider: str) -> None:
@@ -167,6 +206,35 @@ def _limiter(settings: Settings) -> RateLimiter | None:
     return RateLimiter(client)
 
 
+def _fast_types(dbapi_connection: Any, _record: Any) -> None:
+    """JSONB values (every address list, a page's attachments) parsed by orjson: a list page
+    reads six per message, and the standard library's parser was a tenth of its time. UUIDs
+    read as text: every UUID column of the schema is a string to the engine (``as_uuid=False``),
+    so a uuid.UUID made by the driver was only formatted back into a string (three per listed
+    message)."""
+    set_json_loads(orjson.loads, dbapi_connection)
+    dbapi_connection.adapters.register_loader("uuid", TextLoader)
+
+
+def ping_idle_connections(engine: Engine, idle_s: float = API_PING_AFTER_IDLE_S) -> None:
+    """Ping a pooled connection before it is used only if it sat idle more than ``idle_s``
+    (``pool_pre_ping`` pings on every checkout); a failed ping has the pool connect afresh."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since <= idle_s:
+            return  # just connected, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # a dead connection: the pool retries with a new one
+            raise DisconnectionError(type(exc).__name__) from exc
+
+
 def create_app(
     settings: Settings,
     *,
@@ -174,6 +242,7 @@ def create_app(
     kick_webhooks: WebhookKicker | None = None,
     webhook_settings: WebhookSettings | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    enqueue_send: SendEnqueuer | None = None,
 ) -> FastAPI:
     """Build the API.
 
@@ -184,6 +253,8 @@ def create_app(
         kick_webhooks: Called after a commit that wrote webhook outbox rows; the default
             enqueues the outbox dispatch task.
         max_body_bytes: Larger request bodies get a 413.
+        enqueue_send: Called with ``(grant_id, countdown_s)`` after a send is committed to the
+            outbox; the default enqueues ``pipeline.outbox.deliver`` on the ``send`` queue.
         webhook_settings: SSRF guard and timeouts of ``/v3/webhooks`` (default: from the
             environment, ``IMAP_PIPELINE_WEBHOOK_*``).
 
@@ -195,13 +266,14 @@ def create_app(
         pool_size=API_POOL_SIZE,
         max_overflow=API_POOL_SIZE,
         pool_timeout=API_POOL_TIMEOUT_S,
-        pool_pre_ping=True,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_S,
-            "options": f"-c statement_timeout={API_STATEMENT_TIMEOUT_MS}",
+            "options": API_PG_OPTIONS,
             "application_name": "imap-pipeline-api",
         },
     )
+    ping_idle_connections(engine)
+    event.listen(engine, "connect", _fast_types)
     limiter = _limiter(settings)
     state = ApiState(
         settings=settings,
@@ -211,13 +283,19 @@ def create_app(
         kick_webhooks=kick_webhooks or kick_with_celery,
         max_body_bytes=max_body_bytes,
         limiter=limiter,
-        imap_pool=SessionPool(limiter),
+        imap_pool=SessionPool(
+            ConnectionSlots(limiter.redis) if limiter is not None else None,
+            Priority.INTERACTIVE,
+            linger_s=INTERACTIVE_LINGER_S,
+        ),
         sign_ins=SignInGate(
             settings.api_sign_in_concurrency,
             settings.api_sign_in_per_client,
             settings.api_sign_in_deadline_s,
         ),
         webhook_settings=webhook_settings or WebhookSettings.load(),
+        enqueue_send=enqueue_send,
+        reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )
     if not len(state.keys):
         log.warning("no API keys configured (IMAP_PIPELINE_API_KEYS): every /v3 request gets 401")
@@ -243,10 +321,25 @@ def create_app(
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     auth: list[Any] = [Depends(require_api_key)]
+    # the lists first: their paths are exact (no other route of theirs to shadow), and a route
+    # matched early costs less (messages.lists)
+    for lists in (messages.lists, threads.lists):
+        app.include_router(lists, prefix="/v3", dependencies=auth)
     app.include_router(health.router)  # probes: no API key
     app.include_router(hosted.public, prefix="/v3")  # the browser's sign-in page: no API key
     app.include_router(hosted.router, prefix="/v3", dependencies=auth)
-    routers = (connect, grants, providers, send, messages, folders, threads, attachments, webhooks)
+    routers = (
+        connect,
+        grants,
+        providers,
+        send,
+        messages,
+        drafts,
+        folders,
+        threads,
+        attachments,
+        webhooks,
+    )
     for module in routers:
         app.include_router(module.router, prefix="/v3", dependencies=auth)
     return app

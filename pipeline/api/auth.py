@@ -46,11 +46,14 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message)
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
 ) -> None:
     """FastAPI dependency: a valid API key or a 401 in the v3 envelope.
+
+    ``async``: it never blocks (one SHA-256 per request), and a plain ``def`` dependency costs a
+    hop to the threadpool and back on every request.
 
     Raises:
         ApiError: 401 ``unauthorized`` when the header is missing, malformed or wrong.

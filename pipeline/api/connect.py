@@ -8,8 +8,9 @@ with another server or username it is a 409 and changes nothing (the takeover ru
 :mod:`pipeline.grants.service`). After the commit the grant's initial sync is enqueued; if the
 broker is down the grant stays and the reconciliation task syncs it later.
 
-IMAP needs no provider app, so the only connector is ``imap`` and it always exists: creating it
-is accepted (and changes nothing) for code written against Nylas.
+IMAP needs no provider app, so the connectors ``imap``, ``icloud`` and ``yahoo`` (both signed in
+over IMAP with an app password, with the engine's preset) always exist: creating one is accepted
+(and changes nothing) for code written against Nylas.
 """
 
 from __future__ import annotations
@@ -31,12 +32,22 @@ router = APIRouter(tags=["connect"])
 
 
 class ImapSettings(BaseModel):
-    """The ``settings`` of an IMAP custom connection. Unset host/port come from the presets."""
+    """The ``settings`` of a custom connection. Unset host/port come from the presets.
+
+    ``provider: "imap"`` takes ``imap_username``/``imap_password``; Nylas' ``icloud`` takes
+    ``username``/``password`` (an app-specific password) and ``yahoo`` an address and an app
+    password; both are signed in with the engine's preset of that provider.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    imap_username: str = Field(min_length=1, max_length=320)
-    imap_password: SecretStr = Field(min_length=1, max_length=1024)
+    imap_username: str | None = Field(default=None, min_length=1, max_length=320)
+    imap_password: SecretStr | None = Field(default=None, min_length=1, max_length=1024)
+    username: str | None = Field(default=None, min_length=1, max_length=320)
+    password: SecretStr | None = Field(default=None, min_length=1, max_length=1024)
+    refresh_token: SecretStr | None = Field(
+        default=None, max_length=4096, description="Yahoo OAuth: not supported (400)."
+    )
     imap_host: str | None = Field(default=None, max_length=255)
     imap_port: int | None = Field(default=None, ge=1, le=65535)
     imap_tls: TlsMode | None = None
@@ -61,7 +72,7 @@ class CustomAuthRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["imap"]
+    provider: Literal["imap", "icloud", "yahoo"]
     settings: ImapSettings
     state: str | None = Field(default=None, max_length=1024)
     scope: list[str] | None = None
@@ -75,8 +86,27 @@ class ConnectorRequest(BaseModel):
     provider: str = Field(max_length=32)
 
 
-def _grant_request(s: ImapSettings) -> GrantRequest:
-    email = s.email or s.email_address or (s.imap_username if "@" in s.imap_username else None)
+def _grant_request(provider: str, s: ImapSettings) -> GrantRequest:
+    if s.refresh_token is not None:
+        raise invalid_request(
+            "OAuth refresh tokens are not supported: this server signs in over IMAP with a "
+            "password. Connect with an app password instead (Yahoo: settings.email and "
+            "settings.password)."
+        )
+    password = s.imap_password or s.password
+    if password is None:
+        raise invalid_request(
+            "settings.imap_password is required (settings.password for icloud and yahoo: the "
+            "account's app password)."
+        )
+    email = s.email or s.email_address
+    username = s.imap_username or s.username or email
+    if username is None:
+        raise invalid_request(
+            "settings.imap_username is required (settings.username or settings.email for "
+            "icloud and yahoo)."
+        )
+    email = email or (username if "@" in username else None)
     if not email:
         raise invalid_request(
             "settings.imap_username is not an email address: add settings.email with the "
@@ -85,12 +115,12 @@ def _grant_request(s: ImapSettings) -> GrantRequest:
     try:
         return GrantRequest(
             email=email,
-            password=s.imap_password,
-            provider=s.type,
+            password=password,
+            provider=s.type if provider == "imap" else provider,
+            imap_username=username,
             imap_host=s.imap_host,
             imap_port=s.imap_port,
             imap_tls=s.imap_tls,
-            imap_username=s.imap_username,
             smtp_host=s.smtp_host,
             smtp_port=s.smtp_port,
             smtp_tls=s.smtp_tls,
@@ -117,7 +147,7 @@ async def custom_auth(
     sign-ins are in flight, 504 when the server does not finish within the deadline.
     """
     api = api_state(request)
-    grant_request = _grant_request(body.settings)
+    grant_request = _grant_request(body.provider, body.settings)
     done = await api.sign_ins.run(client_of(request), lambda: sign_in(api, grant_request))
     if not done.created:
         response.status_code = status.HTTP_200_OK
@@ -127,31 +157,39 @@ async def custom_auth(
     return ok(request, view)
 
 
-IMAP_CONNECTOR: dict[str, Any] = {"provider": "imap", "settings": {}, "scope": []}
+CONNECTOR_PROVIDERS = ("imap", "icloud", "yahoo")  # all IMAP here; icloud/yahoo use presets
 
 
-@router.post("/connectors", summary="Create the IMAP connector")
+def _connector(provider: str) -> dict[str, Any]:
+    return {"provider": provider, "settings": {}, "scope": []}
+
+
+@router.post("/connectors", summary="Create a connector (imap, icloud, yahoo)")
 def create_connector(request: Request, body: ConnectorRequest) -> dict[str, Any]:
-    """Accept the ``imap`` connector (it always exists); other providers are not served here."""
-    if body.provider.lower() != "imap":
+    """Accept the ``imap``, ``icloud`` and ``yahoo`` connectors (they always exist: each needs no
+    provider app over IMAP); other providers are not served here."""
+    provider = body.provider.lower()
+    if provider not in CONNECTOR_PROVIDERS:
         raise invalid_request(
             f"Provider {body.provider!r} is not supported: this server connects IMAP accounts "
-            "only (provider 'imap')."
+            "only (provider 'imap', or 'icloud' and 'yahoo' with an app password)."
         )
-    return ok(request, IMAP_CONNECTOR)
+    return ok(request, _connector(provider))
 
 
 @router.get("/connectors", summary="List connectors")
 def list_connectors(request: Request) -> dict[str, Any]:
-    """The one connector, ``imap``."""
-    return page(request, [IMAP_CONNECTOR], None)
+    """The connectors, ``imap``, ``icloud`` and ``yahoo``."""
+    return page(request, [_connector(p) for p in CONNECTOR_PROVIDERS], None)
 
 
 @router.get("/connectors/{provider}", summary="Get a connector")
 def get_connector(
     request: Request, provider: Annotated[str, Path(max_length=32)]
 ) -> dict[str, Any]:
-    """The ``imap`` connector; any other provider is not found."""
-    if provider.lower() != "imap":
-        raise not_found(f"No connector {provider!r}; the only connector is 'imap'.")
-    return ok(request, IMAP_CONNECTOR)
+    """The ``imap``, ``icloud`` or ``yahoo`` connector; any other provider is not found."""
+    if provider.lower() not in CONNECTOR_PROVIDERS:
+        raise not_found(
+            f"No connector {provider!r}; the connectors are {', '.join(CONNECTOR_PROVIDERS)}."
+        )
+    return ok(request, _connector(provider.lower()))

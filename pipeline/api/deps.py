@@ -8,19 +8,27 @@ rolls back); writing endpoints call ``db.commit()`` themselves and only then enq
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any
 
+import anyio
+import orjson
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, not_found, request_id_of
 from pipeline.api.gate import SignInGate
-from pipeline.api.sessions import SessionPool
+from pipeline.api.queries import is_uuid
 from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
+from pipeline.imap.connections import SessionPool
 from pipeline.models import Grant
 from pipeline.ratelimit import RateLimiter
 from pipeline.webhooks.settings import WebhookSettings
@@ -28,6 +36,7 @@ from pipeline.webhooks.settings import WebhookSettings
 log = logging.getLogger(__name__)
 
 SyncEnqueuer = Callable[[str, str], None]
+SendEnqueuer = Callable[[str, "float | None"], None]  # (grant_id, countdown_s)
 WebhookKicker = Callable[[], None]
 
 
@@ -42,9 +51,14 @@ class ApiState:
     kick_webhooks: WebhookKicker  # after a commit that wrote outbox rows
     max_body_bytes: int
     limiter: RateLimiter | None  # shared IMAP limits in Redis; None without a Redis URL
-    imap_pool: SessionPool
+    imap_pool: SessionPool  # IMAP sessions at INTERACTIVE priority (pipeline.imap.connections)
     sign_ins: SignInGate  # the public sign-ins' own threads (hosted page, /connect/custom)
     webhook_settings: WebhookSettings
+    # asks a worker to drain a grant's send outbox; None: the Celery task (pipeline.outbound)
+    enqueue_send: SendEnqueuer | None = None
+    # the engine in autocommit, for the list pages' reads (read_connection): a read costs no
+    # BEGIN and no ROLLBACK round trip; made from the sessions' engine when not set
+    reads: Engine | None = None
 
 
 def api_state(request: Request) -> ApiState:
@@ -53,54 +67,206 @@ def api_state(request: Request) -> ApiState:
     return state
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    """A session for this request; closed (and rolled back unless committed) afterwards."""
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """A session for this request; closed (and rolled back unless committed) afterwards.
+
+    Making the session does no I/O, so it happens on the event loop; closing it returns the
+    connection, on the threadpool, shielded so that a client going away cannot leave the
+    connection checked out. (A plain ``def`` generator costs a threadpool hop on entry too.)
+    """
     session = api_state(request).sessions()
     try:
         yield session
     finally:
-        session.close()
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(session.close)
 
 
 Db = Annotated[Session, Depends(get_db)]
+Orm = Callable[[str], tuple[Session, Grant]]  # a grant's id -> a session and its ORM object
+
+
+@contextmanager
+def page_reads(api: ApiState, *, writes: bool = False) -> Iterator[tuple[Connection, Orm]]:
+    """The connection a list page reads on, and how to get the session and grant object its
+    rare parts need (a search the IMAP server answers, ``fields=raw_mime``): in autocommit
+    (:func:`read_connection`) with a session made on it only when asked, or, when the request
+    may write (a refused login marks the grant invalid), a session's own connection."""
+    if writes:
+        with api.sessions() as db:
+            yield db.connection(), lambda grant_id: (db, grant_of(db, grant_id))
+        return
+    with read_connection(api) as conn:
+        made: list[Session] = []
+
+        def orm(grant_id: str) -> tuple[Session, Grant]:
+            if not made:
+                made.append(Session(bind=conn))
+            return made[0], grant_of(made[0], grant_id)
+
+        try:
+            yield conn, orm
+        finally:
+            for session in made:
+                session.close()
+
+
+def read_connection(api: ApiState) -> Connection:
+    """A connection for reads only, in autocommit (:attr:`ApiState.reads`): every statement
+    sees what was committed before it began, as in the READ COMMITTED transaction of a session,
+    without the BEGIN and ROLLBACK round trips."""
+    engine = api.reads
+    if engine is None:
+        bind = api.sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        engine = bind.execution_options(isolation_level="AUTOCOMMIT")
+    return engine.connect()
+
+
 State = Annotated[ApiState, Depends(api_state)]
+
+
+GRANT_LOCATOR = "grant:"
+EMAIL_LOCATOR = "email:"
+
+
+def _locate(identifier: str) -> tuple[str, str] | None:
+    """``("id", value)`` or ``("email", value)``: what an ``{identifier}`` of a
+    ``/v3/grants/...`` path names (see :func:`path_grant`); None when it can name no grant."""
+    identifier = identifier.strip()
+    lowered = identifier.lower()
+    if lowered.startswith(GRANT_LOCATOR):
+        value = identifier[len(GRANT_LOCATOR) :].strip()
+        return ("id", value) if value and "@" not in value else None
+    if lowered.startswith(EMAIL_LOCATOR):
+        value = identifier[len(EMAIL_LOCATOR) :].strip()
+        return ("email", value) if "@" in value else None
+    return ("email", identifier) if "@" in identifier else ("id", identifier)
+
+
+def find_grant(db: Session, identifier: str) -> Grant | None:
+    """The grant an ``{identifier}`` of a ``/v3/grants/...`` path names (see :func:`path_grant`)."""
+    located = _locate(identifier)
+    if located is None:
+        return None
+    kind, value = located
+    repo = GrantRepository(db)
+    return repo.get(value) if kind == "id" else repo.get_by_email(value)
+
+
+def no_grant(identifier: str) -> ApiError:
+    """The 404 of a path naming no grant."""
+    return not_found(f"No grant {identifier!r}: GET /v3/grants lists them.")
+
+
+def expired(grant_id: str) -> ApiError:
+    """The 401 of an expired grant's data (see :func:`live_grant`)."""
+    return ApiError(
+        401,
+        "unauthorized",
+        f"Grant {grant_id} has expired: its IMAP server refused the stored password. "
+        "Re-authenticate it (hosted auth or POST /v3/connect/custom with the new password).",
+    )
 
 
 def path_grant(
     db: Db,
     grant_id: Annotated[str, Path(description="The grant's id, or its email address.")],
 ) -> Grant:
-    """The grant named in the path, by id or by email address.
+    """The grant named in the path: its id, its email address, or a ``grant:<id>`` or
+    ``email:<address>`` locator.
 
     Raises:
         ApiError: 404 ``not_found_error`` when there is no such grant.
     """
-    grant = GrantRepository(db).find(grant_id.strip())
+    grant = find_grant(db, grant_id)
     if grant is None:
-        raise not_found(f"No grant {grant_id!r}: GET /v3/grants lists them.")
+        raise no_grant(grant_id)
     return grant
 
 
 PathGrant = Annotated[Grant, Depends(path_grant)]
 
 
-def live_grant(grant: PathGrant) -> Grant:
+def grant_of(db: Session, grant_id: str) -> Grant:
+    """A grant's ORM object, by id (for the rare parts of a list that need it).
+
+    Raises:
+        ApiError: 404 when it was deleted meanwhile.
+    """
+    grant = db.get(Grant, grant_id)
+    if grant is None:
+        raise no_grant(grant_id)
+    return grant
+
+
+GrantPath = Annotated[str, Path(description="The grant's id, or its email address.")]
+
+
+async def live_grant(grant: PathGrant) -> Grant:
     """The grant named in the path, for its mail: an expired (``invalid``) grant is a 401.
 
     Nylas answers every call on an expired grant's data with a 401, and its clients detect
     expiry from it; ``GET /v3/grants/{id}`` itself still answers, with ``grant_status``.
+    (``async``: it never blocks, so it runs without a threadpool hop.)
 
     Raises:
         ApiError: 404 as :func:`path_grant`; 401 ``unauthorized`` while the grant is invalid.
     """
     if grant.grant_status == "invalid":
-        raise ApiError(
-            401,
-            "unauthorized",
-            f"Grant {grant.id} has expired: its IMAP server refused the stored password. "
-            "Re-authenticate it (hosted auth or POST /v3/connect/custom with the new password).",
-        )
+        raise expired(grant.id)
     return grant
+
+
+def folded_grant_id(identifier: str) -> str | None:
+    """The grant id a path names when its check can ride on the page statement (a path with
+    the id itself, as the SDK sends it; see :func:`check_folded_grant`); None otherwise."""
+    if is_uuid(identifier) and str(uuid.UUID(identifier)) == identifier.lower():
+        return identifier.lower()
+    return None
+
+
+def check_folded_grant(conn: Connection, identifier: str, status: str | None) -> None:
+    """The check of :func:`live_grant_id` from the status a page statement read with its rows
+    (None: the page was empty, and the grant is looked up).
+
+    Raises:
+        ApiError: 404 as :func:`path_grant`; 401 while the grant is invalid.
+    """
+    if status is None:
+        live_grant_id(conn, identifier)
+    elif status == "invalid":
+        raise expired(identifier.lower())
+
+
+@cache
+def _live_grant_select(by_email: bool) -> Select[Any]:
+    """The id and status of a grant by id or by address, built once (bound per request)."""
+    grants = Grant.__table__
+    key = func.lower(grants.c.email) if by_email else grants.c.id
+    return select(grants.c.id, grants.c.grant_status).where(key == bindparam("key"))
+
+
+def live_grant_id(conn: Connection, identifier: str) -> str:
+    """The id of the live grant a path names, as :func:`live_grant` judges it, read with one
+    Core statement (no ORM object: the list endpoints need only the id).
+
+    Raises:
+        ApiError: 404 as :func:`path_grant`; 401 while the grant is invalid.
+    """
+    located = _locate(identifier)
+    row = None
+    if located is not None:
+        kind, value = located
+        if kind == "email":
+            row = conn.execute(_live_grant_select(True), {"key": value.strip().lower()}).first()
+        elif is_uuid(value):
+            row = conn.execute(_live_grant_select(False), {"key": value}).first()
+    if row is None:
+        raise no_grant(identifier)
+    if row.grant_status == "invalid":
+        raise expired(str(row.id))
+    return str(row.id)
 
 
 LiveGrant = Annotated[Grant, Depends(live_grant)]
@@ -114,6 +280,18 @@ def notify_after_commit(api: ApiState) -> None:
         log.warning("webhook dispatch not kicked (%s); the sweep will send", type(exc).__name__)
 
 
+def enqueue_after_commit(enqueue: SyncEnqueuer, grant: Grant) -> None:
+    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
+    try:
+        enqueue(grant.id, grant.provider)
+    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
+        log.warning(
+            "could not enqueue the sync (%s); reconciliation will pick the grant up",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )
+
+
 def ok(request: Request, data: Any) -> dict[str, Any]:
     """The v3 envelope of one object."""
     return {"request_id": request_id_of(request), "data": data}
@@ -122,3 +300,31 @@ def ok(request: Request, data: Any) -> dict[str, Any]:
 def page(request: Request, data: list[Any], next_cursor: str | None) -> dict[str, Any]:
     """The v3 envelope of a list page."""
     return {"request_id": request_id_of(request), "data": data, "next_cursor": next_cursor}
+
+
+def page_json(request_id: str, data: list[Any], next_cursor: str | None) -> bytes:
+    """The v3 envelope of a list page, serialized by orjson.
+
+    A dict returned by an endpoint is validated against its return type and encoded by the
+    standard library: 3.2 ms of CPU for a page of 50 messages of 2 KB here, against 0.03 ms for
+    orjson. The JSON is the same (compact, UTF-8, no NaN); the route keeps its
+    ``response_model`` for the OpenAPI document.
+    """
+    return orjson.dumps({"request_id": request_id, "data": data, "next_cursor": next_cursor})
+
+
+def page_json_rendered(request_id: str, data: list[str], next_cursor: str | None) -> bytes:
+    """The v3 envelope of a list page whose items are JSON texts already (rendered by
+    Postgres: :func:`pipeline.api.queries.message_json`), as :func:`page_json` would write it
+    with those items parsed."""
+    head = orjson.dumps({"request_id": request_id})[:-1]  # the object left open
+    return b"".join(
+        (
+            head,
+            b',"data":[',
+            ",".join(data).encode(),
+            b'],"next_cursor":',
+            orjson.dumps(next_cursor),
+            b"}",
+        )
+    )

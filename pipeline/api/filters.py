@@ -1,7 +1,8 @@
 """What the message and thread endpoints share: list filters and the target folder of a change.
 
 ``GET /messages`` and ``GET /threads`` take the same filter parameters (``in``, ``unread``,
-``starred``, ``subject``, ``from``/``to``/``cc``/``bcc``/``any_email``, ``has_attachment``);
+``starred``, ``subject``, ``from``/``to``/``cc``/``bcc``/``any_email``, ``has_attachment``,
+``metadata_pair``);
 :func:`list_filter` reads them once, as a FastAPI dependency, into a
 :class:`~pipeline.api.queries.MessageFilter` that each endpoint completes with its own
 parameters. ``PUT`` of a message and of a thread move to the one folder :func:`target_folder`
@@ -10,16 +11,22 @@ names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
-from pipeline.api.deps import Db, LiveGrant
+from pipeline.api.deps import ApiState, Db, LiveGrant, State
 from pipeline.api.errors import invalid_request, not_found
+from pipeline.api.search import native_search
+from pipeline.messages import metadata
 from pipeline.models import Folder, Grant
+from pipeline.search.criteria import MAX_LENGTH as MAX_SEARCH_LENGTH
 
 MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
 MAX_FILTER_VALUES = 50  # addresses or folders in one filter
@@ -41,8 +48,8 @@ def _addresses(values: list[str] | None) -> list[str]:
     return out
 
 
-def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list[str] | None:
-    """Folder ids for an ``in`` filter (ids or names).
+def resolve_folders(conn: Connection, grant_id: str, values: list[str] | None) -> list[str] | None:
+    """Folder ids for an ``in`` filter (ids or names), in one query.
 
     Raises:
         ApiError: 404 when a folder is unknown.
@@ -53,46 +60,98 @@ def resolve_folders(db: Session, grant: Grant, values: list[str] | None) -> list
     if len(names) > MAX_FILTER_VALUES:
         raise invalid_request(f"At most {MAX_FILTER_VALUES} folders in `in`.")
     ids: list[str] = []
-    for name in names:
-        folder = queries.find_folder(db, grant.id, name)
-        if folder is None:
+    for name, folder_id in zip(
+        names, queries.resolve_folder_ids(conn, grant_id, names), strict=True
+    ):
+        if folder_id is None:
             raise not_found(f"No folder {name!r} for this grant: GET .../folders lists them.")
-        ids.append(folder.id)
+        ids.append(folder_id)
     return ids
 
 
 # Nylas list parameters this engine does not answer. A filter that is not applied must not be
 # silently ignored (the client would take an unfiltered page for a filtered one): each is a 400
 # saying why (README, HTTP API).
-SEARCH_NATIVE_REFUSAL = (
-    "search_query_native is not supported here yet: filter with subject, from, to, cc, bcc, "
-    "any_email, in, unread, starred, has_attachment and the date parameters."
-)
-METADATA_REFUSAL = (
-    "metadata_pair is not supported: this server does not store metadata on messages yet."
-)
 QUERY_IMAP_REFUSAL = (
     "query_imap=true is not supported: lists are answered from the mail this server has "
     "synced (the last 90 days of every folder), never by asking the IMAP server."
 )
 
 
-def refuse_unsupported(
-    search_query_native: Annotated[str | None, Query(max_length=1000)] = None,
-    metadata_pair: Annotated[str | None, Query(max_length=1000)] = None,
+async def refuse_unsupported(
     query_imap: bool | None = None,
 ) -> None:
-    """400 for the list parameters this engine cannot honour (never ignored)."""
-    if search_query_native is not None:
-        raise invalid_request(SEARCH_NATIVE_REFUSAL)
-    if metadata_pair is not None:
-        raise invalid_request(METADATA_REFUSAL)
+    """400 for the list parameters this engine cannot honour (never ignored); ``async``
+    because it never blocks (no threadpool hop)."""
     if query_imap:
         raise invalid_request(QUERY_IMAP_REFUSAL)
 
 
+Values = Annotated[list[str] | None, Field(max_length=MAX_FILTER_VALUES)]
+
+
+class FilterParams(BaseModel):
+    """The filter parameters messages and threads share (read by :mod:`pipeline.api.params`
+    on the lists, whose own parameters come first in their models: a subclass lists this
+    class last among its bases)."""
+
+    in_: Annotated[list[str] | None, Field(alias="in", max_length=MAX_FILTER_VALUES)] = None
+    unread: bool | None = None
+    starred: bool | None = None
+    subject: Annotated[str | None, Field(max_length=998)] = None
+    from_: Annotated[list[str] | None, Field(alias="from", max_length=MAX_FILTER_VALUES)] = None
+    to: Values = None
+    cc: Values = None
+    bcc: Values = None
+    any_email: Values = None
+    has_attachment: bool | None = None
+    metadata_pair: Annotated[str | None, Field(max_length=1000)] = None
+    search_query_native: Annotated[str | None, Field(max_length=MAX_SEARCH_LENGTH)] = None
+    query_imap: bool | None = None
+
+
+def message_filter(
+    conn: Connection,
+    api: ApiState,
+    grant_id: str,
+    params: FilterParams,
+    orm: Callable[[], tuple[Session, Grant]],
+) -> queries.MessageFilter:
+    """The filter parameters as a MessageFilter (``orm``: a session and the grant's ORM object,
+    asked for only by a search the IMAP server answers).
+
+    Raises:
+        ApiError: 400 for ``query_imap=true``, a bad ``metadata_pair`` or search, too many
+            values; 404 for an unknown folder in ``in``.
+    """
+    if params.query_imap:
+        raise invalid_request(QUERY_IMAP_REFUSAL)
+    try:
+        pair = (
+            metadata.parse_pair(params.metadata_pair) if params.metadata_pair is not None else None
+        )
+    except metadata.MetadataError as exc:
+        raise invalid_request(str(exc)) from exc
+    folder_ids = resolve_folders(conn, grant_id, params.in_)
+    return queries.MessageFilter(
+        folder_ids=folder_ids,
+        unread=params.unread,
+        starred=params.starred,
+        subject=params.subject or None,
+        from_=_addresses(params.from_),
+        to=_addresses(params.to),
+        cc=_addresses(params.cc),
+        bcc=_addresses(params.bcc),
+        any_email=_addresses(params.any_email),
+        has_attachment=params.has_attachment,
+        metadata_pair=pair,
+        search=native_search(api, grant_id, params.search_query_native, folder_ids, orm),
+    )
+
+
 def list_filter(
     db: Db,
+    api: State,
     grant: LiveGrant,
     in_: Annotated[list[str] | None, Query(alias="in", max_length=MAX_FILTER_VALUES)] = None,
     unread: bool | None = None,
@@ -104,21 +163,26 @@ def list_filter(
     bcc: AddressList = None,
     any_email: AddressList = None,
     has_attachment: bool | None = None,
+    metadata_pair: Annotated[str | None, Query(max_length=1000)] = None,
+    search_query_native: Annotated[str | None, Query(max_length=MAX_SEARCH_LENGTH)] = None,
     _unsupported: None = Depends(refuse_unsupported),
 ) -> queries.MessageFilter:
-    """The filter parameters messages and threads share, as a MessageFilter."""
-    return queries.MessageFilter(
-        folder_ids=resolve_folders(db, grant, in_),
+    """The filter parameters of an endpoint that declares them (drafts) as a MessageFilter."""
+    params = FilterParams.model_construct(
+        in_=in_,
         unread=unread,
         starred=starred,
-        subject=subject or None,
-        from_=_addresses(from_),
-        to=_addresses(to),
-        cc=_addresses(cc),
-        bcc=_addresses(bcc),
-        any_email=_addresses(any_email),
+        subject=subject,
+        from_=from_,
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        any_email=any_email,
         has_attachment=has_attachment,
+        metadata_pair=metadata_pair,
+        search_query_native=search_query_native,
     )
+    return message_filter(db.connection(), api, grant.id, params, lambda: (db, grant))
 
 
 ListFilter = Annotated[queries.MessageFilter, Depends(list_filter)]

@@ -9,15 +9,27 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.api import queries
-from pipeline.api.deps import Db, PathGrant, State, SyncEnqueuer, notify_after_commit, ok
+from pipeline.api.deps import (
+    ApiState,
+    Db,
+    PathGrant,
+    State,
+    api_state,
+    notify_after_commit,
+    ok,
+    path_grant,
+)
 from pipeline.api.errors import invalid_request, request_id_of
-from pipeline.api.limits import connect_login
+from pipeline.api.gate import client_of
+from pipeline.api.signin import reconnect
+from pipeline.config import Settings
 from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.service import create_grant, grant_secrets, remove_grant
+from pipeline.grants.service import grant_secrets, remove_grant
 from pipeline.grants.views import grant_dict
 from pipeline.models import Grant
 from pipeline.presets import TlsMode
@@ -90,15 +102,13 @@ def get_grant(request: Request, grant: PathGrant) -> dict[str, Any]:
     return ok(request, grant_view(grant))
 
 
-@router.patch("/grants/{grant_id}", summary="Update a grant's settings or credentials")
-def update_grant(
-    request: Request, grant: PathGrant, body: GrantUpdate, db: Db, api: State
-) -> dict[str, Any]:
-    """Change settings; a real login with the merged settings must succeed first."""
-    if body.settings is None or not body.settings.model_fields_set:
-        return ok(request, grant_view(grant))
-    new = body.settings
-    secrets = grant_secrets(grant, api.settings)
+def merged_request(grant: Grant, new: GrantSettingsUpdate, settings: Settings) -> GrantRequest:
+    """The sign-in a PATCH makes: the grant's settings and credentials with ``new`` over them.
+
+    Raises:
+        ApiError: 400 when the merged settings are not valid.
+    """
+    secrets = grant_secrets(grant, settings)
     port_changed = new.imap_port is not None and new.imap_port != grant.imap_port
     imap_tls: TlsMode | None = new.imap_tls or (
         None if port_changed else grant.imap_tls  # type: ignore[assignment]
@@ -112,7 +122,7 @@ def update_grant(
         SecretStr(secrets["smtp_password"]) if "smtp_password" in secrets else None
     )
     try:
-        grant_request = GrantRequest(
+        return GrantRequest(
             email=grant.email,
             password=new.imap_password or SecretStr(secrets["imap_password"]),
             provider=grant.provider,
@@ -132,16 +142,33 @@ def update_grant(
         )
     except ValidationError as exc:
         raise invalid_request(f"Invalid settings: {exc.errors()[0]['msg']}.") from exc
-    was_valid = grant.grant_status == "valid"
-    with connect_login(db, api, grant_request, grant=grant):
-        updated = create_grant(  # emits grant.updated; the API key may move a grant anywhere
-            db, api.settings, grant_request, policy=api.settings.mail_address_policy, grant=grant
-        ).grant
-    db.commit()
-    notify_after_commit(api)
-    api.imap_pool.forget(updated.id)  # the next request logs in with the new settings
-    if not was_valid:
-        enqueue_after_commit(api.enqueue_sync, updated)
+
+
+def _find_grant(api: ApiState, locator: str) -> Grant:
+    with api.sessions() as db:
+        return path_grant(db, locator)
+
+
+@router.patch("/grants/{grant_id}", summary="Update a grant's settings or credentials")
+async def update_grant(
+    request: Request,
+    grant_id: Annotated[str, Path(description="The grant's id, or its email address.")],
+    body: GrantUpdate,
+) -> dict[str, Any]:
+    """Change settings; a real login with the merged settings must succeed first.
+
+    The login is a sign-in to a server the caller names: it runs behind the sign-in gate like
+    ``/v3/connect/custom`` (:mod:`pipeline.api.signin`): 429 at once when too many are in
+    flight, 504 past the sign-in deadline, no database connection held meanwhile.
+    """
+    api = api_state(request)
+    new = body.settings
+    if new is None or not new.model_fields_set:
+        return ok(request, grant_view(await run_in_threadpool(_find_grant, api, grant_id)))
+    updated = await api.sign_ins.run(
+        client_of(request),
+        lambda: reconnect(api, grant_id, lambda g: merged_request(g, new, api.settings)),
+    )
     return ok(request, grant_view(updated))
 
 
@@ -154,15 +181,3 @@ def delete_grant(request: Request, grant: PathGrant, db: Db, api: State) -> dict
     api.imap_pool.forget(grant.id)
     log.info("grant deleted", extra={"grant_id": grant.id})
     return {"request_id": request_id_of(request)}
-
-
-def enqueue_after_commit(enqueue: SyncEnqueuer, grant: Grant) -> None:
-    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
-    try:
-        enqueue(grant.id, grant.provider)
-    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
-        log.warning(
-            "could not enqueue the sync (%s); reconciliation will pick the grant up",
-            type(exc).__name__,
-            extra={"grant_id": grant.id},
-        )

@@ -3,6 +3,7 @@
 Flow (the OAuth 2.0 authorization-code shape Nylas clients expect)::
 
     GET  /v3/connect/auth?client_id&redirect_uri&response_type=code&provider=imap&state
+         (provider icloud or yahoo: the same form, signed in with that provider's preset)
          [&login_hint][&code_challenge&code_challenge_method=S256]
          -> an HTML form: address, (app) password, provider guidance, advanced host/port
     POST /v3/connect/auth   (the form; a real IMAP login)
@@ -159,6 +160,7 @@ class Flow(BaseModel):
     state: str = ""
     code_challenge: str = ""
     expires: int = 0
+    provider: str = "imap"  # or icloud / yahoo: signed in with that preset
 
 
 def _form_key(api: ApiState) -> bytes:
@@ -243,7 +245,9 @@ def _error_page(message: str, status: int = 400) -> HTMLResponse:
 def _form(
     api: ApiState, flow: Flow, *, email: str = "", values: dict[str, str], error: str = ""
 ) -> str:
-    preset = detect(email) if email else None
+    preset = (
+        PRESETS[flow.provider] if flow.provider in PRESETS else detect(email) if email else None
+    )
     helps = "".join(
         f"<li>{html.escape(p.app_password_help)}</li>"
         for p in PRESETS.values()
@@ -290,6 +294,7 @@ def _form(
 
 
 Param = Annotated[str, Query(max_length=MAX_PARAM_CHARS)]
+HOSTED_PROVIDERS = ("imap", "icloud", "yahoo")  # Nylas' providers that sign in over IMAP
 
 
 def verifier_matches(verifier: str, challenge: str) -> bool:
@@ -328,8 +333,11 @@ def auth_page(
     _check_client(db, api, client_id, redirect_uri)
     if response_type != "code":
         raise invalid_request("Only response_type=code is supported.")
-    if provider != "imap":
-        raise invalid_request("This server connects IMAP accounts only (provider=imap).")
+    if provider not in HOSTED_PROVIDERS:
+        raise invalid_request(
+            "This server connects IMAP accounts only: provider=imap, or icloud and yahoo "
+            "(signed in over IMAP with an app password)."
+        )
     if code_challenge and code_challenge_method.lower() not in ("s256",):
         raise invalid_request("Only code_challenge_method=S256 is supported.")
     flow = Flow(
@@ -338,6 +346,7 @@ def auth_page(
         state=state,
         code_challenge=code_challenge,
         expires=int(time.time()) + FORM_TTL_S,
+        provider=provider,
     )
     return _page(
         "Connect your email account",
@@ -355,8 +364,8 @@ def _redirect_to(flow: Flow, code: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _grant_request(values: dict[str, str], password: str) -> GrantRequest:
-    """What the form says, as a grant request.
+def _grant_request(values: dict[str, str], password: str, provider: str = "imap") -> GrantRequest:
+    """What the form says, as a grant request (``provider`` icloud or yahoo: that preset).
 
     Raises:
         ConfigurationError: The address or a port number is malformed.
@@ -365,6 +374,7 @@ def _grant_request(values: dict[str, str], password: str) -> GrantRequest:
         grant_request = GrantRequest(
             email=values.get("email", ""),
             password=SecretStr(password),
+            provider=provider if provider != "imap" else None,
             imap_username=values.get("imap_username") or None,
             imap_host=values.get("imap_host") or None,
             imap_port=int(values["imap_port"]) if values.get("imap_port") else None,
@@ -420,7 +430,7 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
     values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
     headers: dict[str, str] = {}
     try:
-        grant_request = _grant_request(values, password)
+        grant_request = _grant_request(values, password, flow.provider)
         code = await api.sign_ins.run(
             client_of(request), lambda: _connect(api, flow, grant_request)
         )

@@ -7,26 +7,58 @@ is served by an index (see :mod:`pipeline.api.queries`); the filters threads sha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
-from pipeline.api.errors import not_found, request_id_of
-from pipeline.api.filters import ListFilter, Timestamp, from_unix, target_folder
+from pipeline.api.deps import (
+    ApiState,
+    Db,
+    GrantPath,
+    LiveGrant,
+    Orm,
+    State,
+    api_state,
+    check_folded_grant,
+    folded_grant_id,
+    live_grant_id,
+    notify_after_commit,
+    ok,
+    page_json,
+    page_json_rendered,
+    page_reads,
+)
+from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
+from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_filter, target_folder
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from pipeline.api.params import openapi_parameters, read_query
+from pipeline.api.rawmime import raw_mime_views
+from pipeline.api.search import needs_server
+from pipeline.drafts import repository as drafts_repository
+from pipeline.messages import metadata
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 
 router = APIRouter(tags=["messages"])
+# The list, a client's most frequent call, on a router of its own that the app matches first
+# (pipeline.api.app): matching a path walks the included routers in order, and reaching this
+# route past all the others was a fifth of the API process's CPU per page
+lists = APIRouter(tags=["messages"])
 
 ALWAYS_SELECTED = ("id", "grant_id", "object")  # the SDK needs these to build its objects
 
-Fields = Literal["standard", "include_headers", "include_basic_headers", "include_tracking_options"]
+Fields = Literal[
+    "standard", "include_headers", "include_basic_headers", "include_tracking_options", "raw_mime"
+]
 
 
 def parse_select(select: str | None) -> set[str] | None:
@@ -70,43 +102,112 @@ def message_views(
     ]
 
 
-@router.get("/grants/{grant_id}/messages", summary="List messages")
-def list_messages(
-    request: Request,
-    db: Db,
-    grant: LiveGrant,
-    shared: ListFilter,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    page_token: Annotated[str | None, Query(max_length=512)] = None,
-    thread_id: Annotated[str | None, Query(max_length=64)] = None,
-    received_before: Timestamp = None,
-    received_after: Timestamp = None,
-    fields: Fields = "standard",
-    select: Annotated[str | None, Query(max_length=1000)] = None,
-) -> dict[str, Any]:
+class _MessagePage(BaseModel):
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    page_token: Annotated[str | None, Field(max_length=512)] = None
+    thread_id: Annotated[str | None, Field(max_length=64)] = None
+    received_before: Annotated[int | None, Field(ge=0, le=MAX_UNIX_S)] = None
+    received_after: Annotated[int | None, Field(ge=0, le=MAX_UNIX_S)] = None
+    fields: Fields = "standard"
+    select: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class MessageListParams(FilterParams, _MessagePage):
+    """The query parameters of ``GET /messages``: its own (first), then the shared filters."""
+
+
+@lists.get(
+    "/grants/{grant_id}/messages",
+    summary="List messages",
+    response_model=dict[str, Any],
+    openapi_extra={"parameters": openapi_parameters(MessageListParams)},
+)
+async def list_messages(request: Request, grant_id: GrantPath) -> Response:
     """A page of the grant's messages, newest first, with the given filters."""
-    flt = replace(
-        shared,
-        thread_id=thread_id,
-        received_before=from_unix(received_before),
-        received_after=from_unix(received_after),
+    # A client walks this list more than anything else: the parameters are read at once
+    # (pipeline.api.params) and the page is made in one threadpool call (message_page).
+    try:
+        params: MessageListParams | RequestValidationError = read_query(
+            MessageListParams, request.query_params
+        )
+    except RequestValidationError as exc:
+        params = exc  # raised after the grant is found: an unknown grant is a 404 first
+    body = await run_in_threadpool(
+        message_page, api_state(request), request_id_of(request), grant_id, params
     )
-    after = decode_cursor(page_token) if page_token is not None else None
-    include_headers = fields == "include_headers"
-    rows = queries.list_messages(
-        db, grant.id, flt, limit + 1, after, include_headers=include_headers
+    return Response(body, media_type="application/json")
+
+
+def message_page(
+    api: ApiState,
+    request_id: str,
+    grant_id: str,
+    params: MessageListParams | RequestValidationError,
+) -> bytes:
+    """The page ``GET /messages`` answers, as JSON: the grant and the folders of ``in`` found
+    with plain statements, the page read in one.
+
+    Raises:
+        ApiError: 404 for an unknown grant or folder, 401 for an expired grant, 400 for a bad
+            parameter or page token.
+        RequestValidationError: A parameter did not validate.
+    """
+    # raw_mime logs in to the server, and a refused login marks the grant invalid (committed)
+    writes = not isinstance(params, RequestValidationError) and params.fields == "raw_mime"
+    # The grant's check rides on the page statement when nothing before it may reach out or
+    # write (a search the server answers, raw_mime): one round trip less per page
+    folded = (
+        folded_grant_id(grant_id)
+        if not isinstance(params, RequestValidationError)
+        and not needs_server(params.search_query_native)
+        and params.fields != "raw_mime"
+        else None
     )
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1].message
-        next_cursor = encode_cursor(last.date, last.id)
-    selected = parse_select(select)
+    # A standard page with every field is rendered by Postgres (queries.message_json)
+    rendered = (
+        not isinstance(params, RequestValidationError)
+        and params.fields == "standard"
+        and params.select is None
+    )
+    with page_reads(api, writes=writes) as (conn, orm):
+        if folded is None:
+            live_id = live_grant_id(conn, grant_id)
+            if isinstance(params, RequestValidationError):
+                raise params
+        else:
+            live_id = folded
+        assert not isinstance(params, RequestValidationError)
+        try:
+            rows = _page_rows(
+                conn, api, live_id, params, orm, grant_status=folded is not None, as_json=rendered
+            )
+        except (ApiError, DBAPIError):
+            if folded is not None:  # an unknown or expired grant answers first, as before
+                live_grant_id(conn, grant_id)
+            raise
+        if folded is not None:
+            check_folded_grant(conn, grant_id, rows[0].grant_status if rows else None)
+        fields, limit = params.fields, params.limit
+        include_headers = fields == "include_headers"
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = encode_cursor(last.date, last.id)
+        if fields == "raw_mime":  # fetched from the server, as Nylas fetches it from the provider
+            db, grant = orm(live_id)
+            raw = raw_mime_views(db, api, grant, [cast(Message, row) for row in rows[:limit]])
+            return page_json(request_id, raw, next_cursor)
+    if rendered:
+        return page_json_rendered(request_id, [row.json for row in rows[:limit]], next_cursor)
+    selected = parse_select(params.select)
     data = [
         apply_select(
             message_view(
-                row.message,
-                row.folder_ids,
-                row.attachments,
+                # a row with every column attribute of a message (queries.LISTED_ATTRIBUTES):
+                # all that message_view reads, without the cost of ORM objects
+                cast(Message, row),
+                sorted(row.folders) if row.folders else [],
+                row.attachments or [],
                 include_headers=include_headers,
                 include_basic_headers=fields == "include_basic_headers",
             ),
@@ -114,7 +215,40 @@ def list_messages(
         )
         for row in rows[:limit]
     ]
-    return page(request, data, next_cursor)
+    return page_json(request_id, data, next_cursor)
+
+
+def _page_rows(
+    conn: Connection,
+    api: ApiState,
+    grant_id: str,
+    params: MessageListParams,
+    orm: Orm,
+    *,
+    grant_status: bool,
+    as_json: bool,
+) -> Sequence[Row[Any]]:
+    """The rows of the page (one more than the limit when there is a next page)."""
+    shared = message_filter(conn, api, grant_id, params, lambda: orm(grant_id))
+    flt = replace(
+        shared,
+        thread_id=params.thread_id,
+        received_before=from_unix(params.received_before),
+        received_after=from_unix(params.received_after),
+    )
+    if flt.folder_ids is None:  # drafts are listed by /drafts, as Nylas does (unless `in`)
+        flt.not_in_role = drafts_repository.DRAFTS_ROLE
+    after = decode_cursor(params.page_token) if params.page_token is not None else None
+    return queries.list_messages(
+        conn,
+        grant_id,
+        flt,
+        params.limit + 1,
+        after,
+        include_headers=params.fields == "include_headers",
+        grant_status=grant_status,
+        as_json=as_json,
+    )
 
 
 def path_message(db: Session, grant: Grant, message_id: str) -> Message:
@@ -129,13 +263,19 @@ def path_message(db: Session, grant: Grant, message_id: str) -> Message:
 def get_message(
     request: Request,
     db: Db,
+    api: State,
     grant: LiveGrant,
     message_id: str,
     fields: Fields = "standard",
     select: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> dict[str, Any]:
-    """One message with its folders and attachments."""
+    """One message with its folders and attachments (``fields=raw_mime``: its raw bytes)."""
     message = path_message(db, grant, message_id)
+    if fields == "raw_mime":
+        (raw,) = raw_mime_views(db, api, grant, [message])
+        if raw["raw_mime"] is None:
+            raise not_found("This message is no longer in any folder on the server.")
+        return ok(request, raw)
     (view,) = message_views(
         db,
         [message],
@@ -157,7 +297,8 @@ class MessageUpdate(BaseModel):
         default=None, description="Exactly one folder id (or name): the message moves there."
     )
     metadata: dict[str, Any] | None = Field(
-        default=None, description="Accepted for SDK compatibility; not stored."
+        default=None,
+        description="Key-value pairs (strings) kept with the message; replaces what it had.",
     )
 
 
@@ -165,12 +306,20 @@ class MessageUpdate(BaseModel):
 def update_message(
     request: Request, db: Db, api: State, grant: LiveGrant, message_id: str, body: MessageUpdate
 ) -> dict[str, Any]:
-    """Mark read/unread, star/unstar (IMAP STORE) and move (IMAP MOVE) a message.
+    """Mark read/unread, star/unstar (IMAP STORE) and move (IMAP MOVE) a message; set its
+    metadata (Postgres only, the whole object replaced).
 
     The server is changed first; Postgres records what the server accepted.
     """
     message = path_message(db, grant, message_id)
     folder = target_folder(db, grant, body.folders)
+    if body.metadata is not None:
+        # Postgres only; first, so a message.updated of the same request carries it (Nylas
+        # sends no notification for a metadata change alone)
+        try:
+            message.metadata_ = metadata.validated(body.metadata)
+        except metadata.MetadataError as exc:
+            raise invalid_request(str(exc)) from exc
     writeback.update_message(
         db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
     )

@@ -10,21 +10,32 @@ an index of migration 0301 (or of the foundation) can serve it:
   (migration 0303; the expression below must stay identical to the index's);
 - ``subject``: the trigram GIN index on ``(grant_id, subject)`` (migration 0304;
   case-insensitive substring);
-- ``in``: EXISTS on placements by message id; ``thread_id``: ``ix_messages_thread``.
+- ``in``: EXISTS on placements by message id; ``thread_id``: ``ix_messages_thread``;
+- ``metadata_pair``: the partial GIN index on ``(grant_id, metadata)`` (migration 0310);
+- ``search_query_native`` with keys of the stored search text at the top: the page joins each
+  message's ``api_message_search`` row and walks ``(grant_id, date, message_id)`` there
+  (migration 0322), or the trigram indexes for a rare term; other criteria are a condition on
+  the message (``pipeline.search.store``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Connection,
+    Integer,
+    Row,
     Select,
     Text,
+    bindparam,
     case,
     cast,
     delete,
@@ -35,17 +46,24 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    true,
     tuple_,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased, defer
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from pipeline.api.pagination import Cursor
 from pipeline.api.tables import auth_codes, redirect_uris
+from pipeline.drafts.repository import DRAFTS_ROLE
+from pipeline.messages import metadata
 from pipeline.messages.repository import MessageRepository, text_key
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
+from pipeline.search.store import StoreCondition
+from pipeline.search.tables import message_search
 
 
 def is_uuid(value: str) -> bool:
@@ -77,6 +95,12 @@ class MessageFilter:
     received_before: datetime | None = None
     received_after: datetime | None = None
     has_attachment: bool | None = None
+    # messages held in no folder of the grant with this role (the messages list leaves drafts
+    # out this way: a subquery, not a lookup before the page query, which cost a round trip)
+    not_in_role: str | None = None
+    metadata_pair: tuple[str, str] | None = None  # (key1..key5, value)
+    # search_query_native, as a condition on the message entity (pipeline.api.search)
+    search: Callable[[Any], ColumnElement[bool]] | None = None
 
 
 _EMAILS_PATH: ColumnElement[Any] = literal_column("'$[*].email'::jsonpath")
@@ -113,12 +137,36 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _folders_in_search(flt: MessageFilter) -> MessageFilter:
+    """``flt`` without ``folder_ids`` when its store-answered search already asks for a copy in
+    those folders (of their current UIDVALIDITY: stricter than the ``in`` filter's EXISTS).
+    The second EXISTS changed no row, but Postgres took it for another 1 in 5 and hashed every
+    copy in the folder (SUBJECT invoice + in=Archive: 20,000 placements for 206 matches)."""
+    search = flt.search
+    if (
+        flt.folder_ids is not None
+        and isinstance(search, StoreCondition)
+        and search.folder_ids is not None
+        and set(search.folder_ids) == set(flt.folder_ids)
+    ):
+        return replace(flt, folder_ids=None)
+    return flt
+
+
 def message_conditions(m: Any, grant_id: str, flt: MessageFilter) -> list[ColumnElement[bool]]:
     """WHERE conditions of a filter, on the message entity (or alias) ``m`` of ``grant_id``."""
     conds: list[ColumnElement[bool]] = []
+    flt = _folders_in_search(flt)
     if flt.folder_ids is not None:
         conds.append(
             exists().where(Placement.message_id == m.id, Placement.folder_id.in_(flt.folder_ids))
+        )
+    if flt.not_in_role is not None:
+        role_folders = select(Folder.id).where(
+            Folder.grant_id == grant_id, Folder.role == flt.not_in_role
+        )
+        conds.append(
+            ~exists().where(Placement.message_id == m.id, Placement.folder_id.in_(role_folders))
         )
     if flt.unread is not None:
         conds.append(m.unread == flt.unread)  # `= true` (not IS TRUE) proves partial indexes
@@ -130,10 +178,14 @@ def message_conditions(m: Any, grant_id: str, flt: MessageFilter) -> list[Column
         conds.append(m.subject.ilike("%" + _like_escape(flt.subject) + "%", escape="\\"))
     if flt.thread_id is not None:
         conds.append(m.thread_id == flt.thread_id if is_uuid(flt.thread_id) else false())
+    if flt.metadata_pair is not None:
+        conds.extend(metadata.pair_condition(m, *flt.metadata_pair))
     if flt.received_before is not None:
         conds.append(m.date < flt.received_before)
     if flt.received_after is not None:
         conds.append(m.date > flt.received_after)
+    if flt.search is not None:
+        conds.append(flt.search(m))
     for column, emails in (
         (None, flt.any_email),
         (m.from_, flt.from_),
@@ -146,7 +198,10 @@ def message_conditions(m: Any, grant_id: str, flt: MessageFilter) -> list[Column
         # The indexed keys narrow the rows to the grant's matches; the header is checked after.
         conds.append(_keys_overlap(m, grant_id, emails))
         if column is not None:
-            conds.append(_any_of(_emails(column), emails))
+            # COALESCE hides the check from the planner's default estimate for `?|` (0.5 % of
+            # rows, which made it read and sort every match of a frequent address, 1.5 s at a
+            # million messages, rather than walk the date index to the first page, 20 ms)
+            conds.append(func.coalesce(_any_of(_emails(column), emails), false()))
     return conds
 
 
@@ -182,6 +237,133 @@ def attachment_json(a: Any) -> ColumnElement[Any]:
     )
 
 
+def _folders_of_message() -> ScalarSelect[Any]:
+    """The ids of the folders holding the outer query's message (NULL when none)."""
+    return (
+        select(func.array_agg(distinct(cast(Placement.folder_id, Text))))
+        .where(Placement.message_id == Message.id)
+        .scalar_subquery()
+    )
+
+
+def _attachments_of_message() -> ScalarSelect[Any]:
+    """The outer query's message's attachments as API views, in MIME order (NULL when none)."""
+    return (
+        select(
+            func.jsonb_agg(aggregate_order_by(attachment_json(Attachment), Attachment.part_path))
+        )
+        .where(Attachment.message_id == Message.id)
+        .scalar_subquery()
+    )
+
+
+# Every column attribute of a message except ``headers`` (sent only with
+# ``fields=include_headers``): the list rows carry the attribute names ``message_view`` reads, so a
+# field it gains is selected here too.
+LISTED_ATTRIBUTES = tuple(a.key for a in sa_inspect(Message).column_attrs if a.key != "headers")
+
+
+def _listed_columns(keys: Sequence[str]) -> list[ColumnElement[Any]]:
+    """Message columns labelled with their attribute names (``from_``, ``metadata_``): rows
+    read the same whether a Session or a plain Connection runs the statement."""
+    return [getattr(Message, key).label(key) for key in keys]
+
+
+@cache
+def _page_select(include_headers: bool) -> Select[Any]:
+    """The columns of a page, built once (a statement is immutable; each request adds its
+    conditions to a copy)."""
+    keys = LISTED_ATTRIBUTES + (("headers",) if include_headers else ())
+    return select(
+        *_listed_columns(keys),
+        _folders_of_message().label("folders"),
+        _attachments_of_message().label("attachments"),
+    )
+
+
+def _unix(column: Any) -> ColumnElement[Any]:
+    """A timestamp as whole seconds since the epoch, as ``messages.views.unix`` makes it
+    (``int()`` of the seconds: truncated toward zero)."""
+    return cast(func.trunc(func.extract("epoch", column)), BigInteger)
+
+
+def message_json() -> ColumnElement[str]:
+    """The outer query's message as its API view, rendered by Postgres as JSON text: the keys
+    and values of ``messages.views.message_view`` (standard fields, with the body) with its
+    folders (ids, sorted) and its attachments (API views, in MIME order).
+
+    A list page's messages are the API's largest answer: rendered here, the API passes each
+    one through as it comes instead of parsing six JSON columns per message into Python
+    objects, building a dictionary and encoding it again (about half of a page's CPU in the
+    API process). ``test_listed_messages_and_threads_are_the_objects_fetched_alone``
+    (tests/integration/api/test_api_messages.py) holds the two renderings equal."""
+    date = _unix(Message.date)
+    folders = (
+        select(
+            func.json_agg(aggregate_order_by(distinct(Placement.folder_id), Placement.folder_id))
+        )
+        .where(Placement.message_id == Message.id)
+        .scalar_subquery()
+    )
+    return cast(
+        func.json_build_object(
+            "id",
+            Message.id,
+            "grant_id",
+            Message.grant_id,
+            "object",
+            "message",
+            "thread_id",
+            Message.thread_id,
+            "subject",
+            Message.subject,
+            "from",
+            Message.from_,
+            "to",
+            Message.to,
+            "cc",
+            Message.cc,
+            "bcc",
+            Message.bcc,
+            "reply_to",
+            Message.reply_to,
+            "in_reply_to",
+            Message.in_reply_to,
+            "date",
+            date,
+            "created_at",
+            date,
+            "unread",
+            Message.unread,
+            "starred",
+            Message.starred,
+            "snippet",
+            Message.snippet,
+            "folders",
+            func.coalesce(folders, literal_column("'[]'::json")),
+            "attachments",
+            func.coalesce(_attachments_of_message(), literal_column("'[]'::jsonb")),
+            "metadata",
+            Message.metadata_,
+            "body",
+            Message.body,
+        ),
+        Text,
+    )
+
+
+@cache
+def _page_json_select() -> Select[Any]:
+    """The columns of a page rendered by Postgres (:func:`message_json`): each message's
+    ``date`` and ``id`` (for the next page's cursor) and its ``json``."""
+    columns: list[ColumnElement[Any]] = [
+        Message.date.label("date"),
+        Message.id.label("id"),
+        message_json().label("json"),
+    ]
+    return select(*columns)
+
+
 def list_messages_query(
     grant_id: str,
     flt: MessageFilter,
@@ -189,60 +371,179 @@ def list_messages_query(
     after: Cursor | None,
     *,
     include_headers: bool = False,
-) -> Select[Message, list[str] | None, list[dict[str, Any]] | None]:
-    """The page query: ``limit`` messages after ``after``, newest first, each with its folder
-    ids and attachment views from correlated subqueries (Postgres evaluates those after the
-    LIMIT, so a page costs one round trip)."""
-    folders = (
-        select(func.array_agg(distinct(cast(Placement.folder_id, Text))))
-        .where(Placement.message_id == Message.id)
-        .scalar_subquery()
-    )
-    attachments = (
-        select(
-            func.jsonb_agg(aggregate_order_by(attachment_json(Attachment), Attachment.part_path))
+    as_json: bool = False,
+) -> Select[Any]:
+    """The page query: ``limit`` messages after ``after``, newest first, as plain rows (no ORM
+    objects) with every message column by its attribute name, ``folders`` (folder ids) and
+    ``attachments`` (API views), both NULL when there are none, from correlated subqueries
+    that Postgres evaluates after the LIMIT: one round trip. ``as_json``: the rows are
+    ``date``, ``id`` and ``json``, the message's API view (:func:`message_json`)."""
+    date: Any = Message.date
+    id_: Any = Message.id
+    query = _page_json_select() if as_json else _page_select(include_headers)
+    flt = _folders_in_search(flt)
+    search = flt.search
+    if isinstance(search, StoreCondition) and search.text is not None:
+        # a search on the stored text: join each message's search row, test the text there
+        # and walk the rows by their own copy of (date, id) newest first (migration 0322);
+        # ordered by the message's columns, Postgres could only walk the messages and probe
+        # each one's row, or read every match and sort them (pipeline.search.store)
+        s = message_search
+        query = query.join(s, s.c.message_id == Message.id).where(
+            s.c.grant_id == grant_id, search.text
         )
-        .where(Attachment.message_id == Message.id)
-        .scalar_subquery()
-    )
-    query = select(Message, folders, attachments).where(
-        Message.grant_id == grant_id, *message_conditions(Message, grant_id, flt)
-    )
-    if not include_headers:
-        query = query.options(defer(Message.headers))
+        flt = replace(flt, search=search.rest)
+        date, id_ = s.c.date, s.c.message_id
+    query = query.where(Message.grant_id == grant_id, *message_conditions(Message, grant_id, flt))
     if after is not None:
-        query = query.where(
-            tuple_(Message.date, Message.id) < _position(after, Message.date, Message.id)
+        query = query.where(tuple_(date, id_) < _position(after, date, id_))
+    return query.order_by(date.desc(), id_.desc()).limit(limit)
+
+
+# The filters a page statement is made once for, with its values bound per request; a page with
+# any other filter (an address, a subject, a thread, metadata, a search) is built afresh.
+_Flag = bool | None  # a boolean filter: set or not
+_Shape = tuple[bool, str | None, _Flag, _Flag, _Flag, bool, bool, bool, bool, bool, bool]
+
+
+def _page_shape(
+    flt: MessageFilter,
+    after: Cursor | None,
+    include_headers: bool,
+    grant_status: bool,
+    as_json: bool,
+) -> _Shape | None:
+    """What :func:`_shaped_page` makes a statement of (None: a filter it does not bind)."""
+    if (
+        flt.subject
+        or flt.thread_id is not None
+        or flt.metadata_pair is not None
+        or flt.search is not None
+        or flt.from_
+        or flt.to
+        or flt.cc
+        or flt.bcc
+        or flt.any_email
+    ):
+        return None
+    return (
+        flt.folder_ids is not None,
+        flt.not_in_role,
+        flt.unread,
+        flt.starred,
+        flt.has_attachment,
+        flt.received_before is not None,
+        flt.received_after is not None,
+        after is not None,
+        include_headers,
+        grant_status,
+        as_json,
+    )
+
+
+@cache
+def _shaped_page(shape: _Shape) -> Select[Any]:
+    """The page statement of a shape (:func:`_page_shape`), built once: its values are bound
+    parameters (``grant_id``, ``limit``, ``folder_ids``, ``before``, ``after``, ``after_at``,
+    ``after_id``), given when it runs. Building a page statement and computing its cache key
+    (SQLAlchemy's compiled-statement cache) cost about a third of a page's CPU in the API
+    process; a statement made once keeps its cache key."""
+    (
+        folders,
+        not_in_role,
+        unread,
+        starred,
+        has_attachment,
+        before,
+        after_date,
+        cursor,
+        include_headers,
+        grant_status,
+        as_json,
+    ) = shape
+    grant_id: Any = bindparam("grant_id", type_=Message.grant_id.type)
+    flt = MessageFilter(
+        folder_ids=bindparam("folder_ids", expanding=True) if folders else None,  # type: ignore[arg-type]
+        not_in_role=not_in_role,
+        unread=unread,
+        starred=starred,
+        has_attachment=has_attachment,
+        received_before=bindparam("before", type_=Message.date.type) if before else None,  # type: ignore[arg-type]
+        received_after=bindparam("after", type_=Message.date.type) if after_date else None,  # type: ignore[arg-type]
+    )
+    query = _page_json_select() if as_json else _page_select(include_headers)
+    query = query.where(Message.grant_id == grant_id, *message_conditions(Message, grant_id, flt))
+    if cursor:
+        position = tuple_(
+            bindparam("after_at", type_=Message.date.type),
+            bindparam("after_id", type_=Message.id.type),
         )
-    return query.order_by(Message.date.desc(), Message.id.desc()).limit(limit)
+        query = query.where(tuple_(Message.date, Message.id) < position)
+    query = query.order_by(Message.date.desc(), Message.id.desc()).limit(
+        bindparam("limit", type_=Integer)
+    )
+    if grant_status:
+        query = query.add_columns(_grant_status(grant_id).label("grant_status"))
+    return query
 
 
-@dataclass(frozen=True)
-class ListedMessage:
-    """A message of a list page with its folder ids and attachment views."""
-
-    message: Message
-    folder_ids: list[str]
-    attachments: list[dict[str, Any]]
+def _grant_status(grant_id: Any) -> ScalarSelect[Any]:
+    grants = Grant.__table__
+    return select(grants.c.grant_status).where(grants.c.id == grant_id).scalar_subquery()
 
 
 def list_messages(
-    session: Session,
+    conn: Connection,
     grant_id: str,
     flt: MessageFilter,
     limit: int,
     after: Cursor | None,
     *,
     include_headers: bool = False,
-) -> list[ListedMessage]:
-    """Up to ``limit`` messages of a grant after the cursor, newest first, in one query."""
-    rows = session.execute(
-        list_messages_query(grant_id, flt, limit, after, include_headers=include_headers)
+    grant_status: bool = False,
+    as_json: bool = False,
+) -> Sequence[Row[Any]]:
+    """Up to ``limit`` messages of a grant after the cursor, newest first, in one query (rows
+    as :func:`list_messages_query` describes), run on a plain connection: plain rows need none
+    of the ORM's result handling (a fifth of a page's CPU). ``grant_status``: each row also
+    has the grant's ``grant_status`` (a subquery run once: the grant's check without a round
+    trip of its own). The common filters run a statement made once (:func:`_shaped_page`)."""
+    shape = _page_shape(flt, after, include_headers, grant_status, as_json)
+    if shape is not None:
+        values: dict[str, Any] = {"grant_id": grant_id, "limit": limit}
+        if flt.folder_ids is not None:
+            values["folder_ids"] = flt.folder_ids
+        if flt.received_before is not None:
+            values["before"] = flt.received_before
+        if flt.received_after is not None:
+            values["after"] = flt.received_after
+        if after is not None:
+            values["after_at"], values["after_id"] = after.at, after.id
+        return conn.execute(_shaped_page(shape), values).all()
+    query = list_messages_query(
+        grant_id, flt, limit, after, include_headers=include_headers, as_json=as_json
     )
-    return [
-        ListedMessage(message, sorted(folders or []), attachments or [])
-        for message, folders, attachments in rows
-    ]
+    if grant_status:
+        query = query.add_columns(_grant_status(grant_id).label("grant_status"))
+    return conn.execute(query).all()
+
+
+def list_message_objects(
+    session: Session, grant_id: str, flt: MessageFilter, limit: int, after: Cursor | None
+) -> list[Message]:
+    """The messages of the page :func:`list_messages` reads, as ORM objects (without headers),
+    for views that need the objects themselves (drafts)."""
+    query = (
+        select(Message)
+        .options(defer(Message.headers))
+        .where(Message.grant_id == grant_id, *message_conditions(Message, grant_id, flt))
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(Message.date, Message.id) < _position(after, Message.date, Message.id)
+        )
+    query = query.order_by(Message.date.desc(), Message.id.desc()).limit(limit)
+    return list(session.scalars(query))
 
 
 def get_message(session: Session, grant_id: str, message_id: str) -> Message | None:
@@ -373,11 +674,45 @@ def find_folder(session: Session, grant_id: str, id_or_name: str) -> Folder | No
     )
 
 
+def resolve_folder_ids(
+    conn: Connection, grant_id: str, ids_or_names: Sequence[str]
+) -> list[str | None]:
+    """The id of the grant's folder each value names, as :func:`find_folder` finds it (an id
+    first, else the first by name whose name or server name it is; None: no such folder), in
+    one query for them all (no ORM objects)."""
+    values = list(dict.fromkeys(ids_or_names))
+    ids = [v for v in values if is_uuid(v)]
+    folders = Folder.__table__
+    matches = (folders.c.name.in_(values)) | (folders.c.raw_name.in_(values))
+    if ids:
+        matches = matches | folders.c.id.in_(ids)
+    rows = conn.execute(
+        select(folders.c.id, folders.c.name, folders.c.raw_name)
+        .where(folders.c.grant_id == grant_id, matches)
+        .order_by(folders.c.name)
+    )
+    by_id: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for folder_id, name, raw_name in rows:
+        by_id[str(folder_id)] = str(folder_id)
+        for key in (name, raw_name):
+            by_name.setdefault(key, str(folder_id))  # the first by name, as find_folder's LIMIT 1
+    out: list[str | None] = []
+    for value in ids_or_names:
+        found = by_id.get(str(uuid.UUID(value))) if is_uuid(value) else None
+        out.append(found or by_name.get(value))
+    return out
+
+
 # --- threads -----------------------------------------------------------------------------------
 
 
-def list_threads(
-    session: Session,
+# Aliases made once: an alias adapts each column it is asked for, and keeps what it made
+_THREAD_MESSAGE = aliased(Message, name="tm")  # a message of the listed thread
+_EARLIER_MESSAGE = aliased(Message, name="earlier")  # one before earliest_message_date
+
+
+def list_threads_query(
     grant_id: str,
     flt: MessageFilter,
     limit: int,
@@ -385,11 +720,17 @@ def list_threads(
     *,
     latest_before: datetime | None = None,
     latest_after: datetime | None = None,
-) -> list[Thread]:
+    earliest_from: datetime | None = None,
+) -> Select[str, str, str, datetime | None]:
     """Up to ``limit`` threads with a message matching ``flt`` (and whose latest message is in
-    the given window), most recent first."""
-    m = aliased(Message, name="tm")
-    query = select(Thread).where(
+    the given window, and whose first message is at or after ``earliest_from``), most recent
+    first: their ``id``, ``grant_id``, ``subject`` and ``latest_message_at``."""
+    m = _THREAD_MESSAGE
+    # A search's condition nests the stored text's EXISTS in the message's: Postgres flattens
+    # both into one semi-join, and chooses between walking the threads newest first and
+    # starting from the trigram indexes' matches as it does for a join of the search row
+    # (the same plans, buffer for buffer: tests/benchmarks/search.py --lists threads)
+    query = select(Thread.id, Thread.grant_id, Thread.subject, Thread.latest_message_at).where(
         Thread.grant_id == grant_id,
         Thread.latest_message_at.is_not(None),
         exists().where(m.thread_id == Thread.id, *message_conditions(m, grant_id, flt)),
@@ -398,13 +739,115 @@ def list_threads(
         query = query.where(Thread.latest_message_at < latest_before)
     if latest_after is not None:
         query = query.where(Thread.latest_message_at > latest_after)
+    if earliest_from is not None:
+        # no message before it (ix_messages_thread); a thread whose latest message is older
+        # cannot qualify, which bounds the scan of the threads index
+        earlier = _EARLIER_MESSAGE
+        query = query.where(
+            Thread.latest_message_at >= earliest_from,
+            ~exists().where(earlier.thread_id == Thread.id, earlier.date < earliest_from),
+        )
     if after is not None:
         query = query.where(
             tuple_(Thread.latest_message_at, Thread.id)
             < _position(after, Thread.latest_message_at, Thread.id)
         )
-    query = query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
-    return list(session.scalars(query))
+    return query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
+
+
+def list_threads_page_query(
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
+    earliest_from: datetime | None = None,
+) -> Select[Any]:
+    """The statement of :func:`list_threads`: the threads of :func:`list_threads_query`, then
+    each one's messages laterally (``page_*`` columns, then a member's, NULL for none)."""
+    page = list_threads_query(
+        grant_id,
+        flt,
+        limit,
+        after,
+        latest_before=latest_before,
+        latest_after=latest_after,
+        earliest_from=earliest_from,
+    ).subquery("page")
+    members = _page_members()
+    return (
+        select(
+            page.c.id.label("page_thread_id"),
+            page.c.grant_id.label("page_grant_id"),
+            page.c.subject.label("page_subject"),
+            page.c.latest_message_at.label("page_latest_message_at"),
+            members,
+        )
+        .select_from(page.outerjoin(members, true()))
+        .order_by(page.c.latest_message_at.desc(), page.c.id.desc(), members.c.date, members.c.id)
+    )
+
+
+def list_threads(
+    conn: Connection,
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
+    earliest_from: datetime | None = None,
+) -> list[ThreadPage]:
+    """The page :func:`list_threads_query` describes with every message of each thread, in one
+    statement (:func:`list_threads_page_query`: the threads, then each one's messages
+    laterally, as :func:`thread_members` reads them, with whether each is a draft)."""
+    query = list_threads_page_query(
+        grant_id,
+        flt,
+        limit,
+        after,
+        latest_before=latest_before,
+        latest_after=latest_after,
+        earliest_from=earliest_from,
+    )
+    out: list[ThreadPage] = []
+    for row in conn.execute(query).all():
+        thread_id = str(row.page_thread_id)
+        if not out or out[-1].id != thread_id:
+            out.append(
+                ThreadPage(
+                    thread_id,
+                    str(row.page_grant_id),
+                    row.page_subject,
+                    row.page_latest_message_at,
+                    [],
+                )
+            )
+        if row.id is not None:
+            out[-1].messages.append(row)
+    return out
+
+
+@cache
+def _page_members() -> Any:
+    """The messages of each thread of the ``page`` subquery, as a LATERAL subquery built once
+    (a fresh one cost a fifth of a threads page's CPU in SQLAlchemy's column bookkeeping)."""
+    return _members_select(Message.thread_id == literal_column("page.id")).lateral("members")
+
+
+@dataclass
+class ThreadPage:
+    """A thread of a list page with its messages, oldest first (rows as
+    :func:`thread_members` reads them, with ``is_draft``)."""
+
+    id: str
+    grant_id: str
+    subject: str
+    latest_message_at: datetime
+    messages: list[Any]  # rows of _members_select
 
 
 def get_thread(session: Session, grant_id: str, thread_id: str) -> Thread | None:
@@ -427,6 +870,52 @@ def messages_of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str
     )
     for message in rows:
         out.setdefault(str(message.thread_id), []).append(message)
+    return out
+
+
+def _members_select(which: ColumnElement[bool]) -> Select[Any]:
+    """Messages of threads, oldest first, as rows like :func:`list_messages_query`'s (every
+    column attribute but ``headers``, ``folders``, and ``is_draft``: held in a drafts folder of
+    the current UIDVALIDITY): the latest message of each thread also has its ``body`` and
+    ``attachments`` (a thread's view shows only that one whole), the others have them NULL."""
+    latest = (
+        func.row_number().over(
+            partition_by=Message.thread_id, order_by=(Message.date.desc(), Message.id.desc())
+        )
+        == 1
+    )
+    is_draft = exists(
+        select(Placement.message_id)
+        .join(Folder, Folder.id == Placement.folder_id)
+        .where(
+            Placement.message_id == Message.id,
+            Folder.role == DRAFTS_ROLE,
+            Placement.uidvalidity == Folder.uidvalidity,
+        )
+    )
+    keys = [k for k in LISTED_ATTRIBUTES if k != "body"]
+    return (
+        select(
+            *_listed_columns(keys),
+            case((latest, Message.body)).label("body"),
+            _folders_of_message().label("folders"),
+            case((latest, _attachments_of_message())).label("attachments"),
+            is_draft.label("is_draft"),
+        )
+        .where(which)
+        .order_by(Message.thread_id, Message.date, Message.id)
+    )
+
+
+def thread_members(conn: Connection, thread_ids: Sequence[str]) -> dict[str, list[Row[Any]]]:
+    """Every message of each thread, oldest first, in one query, as rows like
+    :func:`_members_select` describes."""
+    out: dict[str, list[Row[Any]]] = {tid: [] for tid in thread_ids}
+    if not thread_ids:
+        return out
+    query = _members_select(Message.thread_id.in_(thread_ids))
+    for row in conn.execute(query).all():
+        out.setdefault(str(row.thread_id), []).append(row)
     return out
 
 

@@ -1,50 +1,63 @@
-"""Sending: ``POST /v3/grants/{grant_id}/messages/send`` (JSON, or multipart with attachments).
+"""Sending: ``POST /v3/grants/{grant_id}/messages/send`` (JSON, multipart with attachments, or
+raw MIME: ``?type=mime`` with a ``mime`` part) and ``/v3/grants/{grant_id}/messages/schedules``.
 
 The message is composed here (From is the grant's address; replies get In-Reply-To and
-References from the message replied to), sent over SMTP (implicit TLS or STARTTLS, certificate
-checked like IMAP's), then appended to the Sent folder unless the provider files sent mail by
-itself. The appended copy is stored straight away through the sync engine's own normalizer, so
-the answer carries the message's id and the next sync recognizes it by identity instead of
-storing it twice.
+References from the message replied to, named by its id or its Message-ID), written to the send
+outbox (:mod:`pipeline.outbound.outbox`) and committed; a worker sends it
+(:mod:`pipeline.outbound.deliver`) over a reused SMTP connection and files the copy in Sent.
 
-SMTP is not yet under the shared per-account limits of :mod:`pipeline.ratelimit` (those count
-IMAP); providers' own sending limits apply.
+An immediate send waits for the worker's outcome (polling the row, at most
+``IMAP_PIPELINE_SEND_WAIT_S``) and answers as before: the sent message with its id, or the
+error the SMTP server caused. If the deadline passes first the answer is ``202`` with the
+composed message and its ``schedule_id`` (``GET .../messages/schedules/{id}`` follows it): the
+row stays queued and is sent once, whatever the client does next. A send with ``send_at`` is
+answered at once with its ``schedule_id``.
+
+``Idempotency-Key`` (Nylas semantics, per grant, one hour): the same key with the same request
+answers what the first one answered (``Idempotent-Response: true``), never sending again; with
+another request it is a 409 ``api.invalid_idempotent_request``; while the first is still being
+sent past the wait, a 409 ``api.concurrent_idempotent_request``; a key over 256 characters is a
+400 ``api.invalid_idempotency_key``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import email
+import email.policy
+import hashlib
 import html
 import json
 import logging
 import re
-import smtplib
-import socket
-import ssl
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from pipeline.api import queries, writeback
-from pipeline.api.deps import ApiState, Db, LiveGrant, State, notify_after_commit, ok
-from pipeline.api.errors import ApiError, invalid_request, not_found
-from pipeline.api.limits import take_login
+from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
+from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.messages import Fields, message_views
-from pipeline.config import Settings
-from pipeline.errors import ImapConnectError, ImapError
-from pipeline.grants.service import SMTP_UNREACHABLE, checked_address, grant_secrets
-from pipeline.models import Grant
-from pipeline.presets import preset
-from pipeline.sync import events
-from pipeline.sync.store import parse_batch, write_batch
+from pipeline.drafts.repository import drafts_folders
+from pipeline.errors import ImapError
+from pipeline.messages import metadata
+from pipeline.models import Grant, Message
+from pipeline.outbound.deliver import with_bcc
+from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, NewSend, OutboxRepository
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +141,16 @@ class SendRequest(BaseModel):
     body: str = ""
     is_plaintext: bool = False
     attachments: list[OutgoingAttachment] = Field(default_factory=list)
-    reply_to_message_id: str | None = Field(default=None, max_length=64)
+    # the engine's id, or (as Nylas documents for IMAP) the RFC 822 Message-ID
+    reply_to_message_id: str | None = Field(default=None, max_length=998)
     custom_headers: list[CustomHeader] = Field(default_factory=list)
     starred: bool | None = None
     send_at: int | None = None
+    use_draft: bool = False  # Nylas: keep a scheduled send in the Drafts folder meanwhile
     tracking_options: dict[str, Any] | None = None  # accepted, not supported (ignored)
-    metadata: dict[str, Any] | None = None  # accepted, not stored
+    metadata: dict[str, Any] | None = None  # kept on the stored Sent copy (Postgres only)
 
-    _subject_one_line = field_validator("subject")(one_line)
+    _subject_one_line = field_validator("subject", "reply_to_message_id")(one_line)
 
 
 def _text_of(body_html: str) -> str:
@@ -149,16 +164,38 @@ def _split_type(content_type: str) -> tuple[str, str]:
     return main, sub
 
 
+def reply_parent(db: Session, grant_id: str, ref: str) -> Message | None:
+    """The message replied to: by the engine's id, or by its Message-ID header (with or
+    without the angle brackets), as Nylas documents ``reply_to_message_id`` for IMAP."""
+    found = queries.get_message(db, grant_id, ref)
+    if found is not None:
+        return found
+    bare = ref.strip().strip("<>")
+    if not bare:
+        return None
+    return db.scalar(
+        select(Message)
+        .where(Message.grant_id == grant_id, Message.message_id_header == f"<{bare}>")
+        .order_by(Message.date.desc())
+        .limit(1)
+    )
+
+
 def compose(
-    db: Session, grant: Grant, req: SendRequest, files: list[tuple[OutgoingAttachment, bytes]]
+    db: Session,
+    grant: Grant,
+    req: SendRequest,
+    files: list[tuple[OutgoingAttachment, bytes]],
+    message_id: str | None = None,
 ) -> EmailMessage:
-    """The MIME message of a send request.
+    """The MIME message of a send request (``message_id``: its Message-ID, e.g. a scheduled
+    draft's own, by which the worker finds it in Drafts; else a new one).
 
     Raises:
         ApiError: 400 for a request that cannot be sent, 404 for an unknown reply target.
     """
-    if req.send_at is not None:
-        raise invalid_request("Scheduled sending (send_at) is not supported by this server.")
+    if req.send_at is not None and req.send_at > time.time() + MAX_SCHEDULE_AHEAD_S:
+        raise invalid_request("send_at must be at most 30 days ahead.")
     recipients = req.to + req.cc + req.bcc
     if not recipients:
         raise invalid_request("A message needs at least one recipient in to, cc or bcc.")
@@ -177,9 +214,11 @@ def compose(
         msg["Reply-To"] = ", ".join(formataddr((r.name or "", r.email)) for r in req.reply_to)
     msg["Subject"] = req.subject
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = make_msgid(domain=grant.email.rpartition("@")[2] or "localhost")
+    msg["Message-ID"] = message_id or make_msgid(
+        domain=grant.email.rpartition("@")[2] or "localhost"
+    )
     if req.reply_to_message_id:
-        parent = queries.get_message(db, grant.id, req.reply_to_message_id)
+        parent = reply_parent(db, grant.id, req.reply_to_message_id)
         if parent is None:
             raise not_found(f"No message {req.reply_to_message_id!r} to reply to.")
         if parent.message_id_header:
@@ -206,121 +245,6 @@ def compose(
     return msg
 
 
-def _smtp_context(grant: Grant, settings: Settings) -> ssl.SSLContext:
-    if not grant.verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    cafile = str(settings.imap_ca_file) if settings.imap_ca_file else None
-    return ssl.create_default_context(cafile=cafile)
-
-
-class _PinnedSmtp(smtplib.SMTP):
-    """smtplib's client, connecting to an address checked by pipeline.netguard (no second
-    lookup); STARTTLS verifies the certificate for the host name."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        self._address = address
-        super().__init__(host, port, timeout=timeout)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        return socket.create_connection((self._address, port), timeout, self.source_address)
-
-
-class _PinnedSmtpSsl(smtplib.SMTP_SSL):
-    """Implicit TLS to a checked address; SNI and the certificate check use the host name."""
-
-    def __init__(
-        self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext
-    ) -> None:
-        self._address = address
-        self._hostname = host  # set before super() connects
-        super().__init__(host, port, timeout=timeout, context=context)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self._address, port), timeout, self.source_address)
-        wrapped: socket.socket = self.context.wrap_socket(sock, server_hostname=self._hostname)
-        return wrapped
-
-
-def smtp_send(grant: Grant, settings: Settings, msg: EmailMessage, recipients: list[str]) -> None:
-    """Hand the message to the grant's SMTP server.
-
-    Raises:
-        ApiError: 400 when no SMTP server is configured, the login or a recipient is refused;
-            504 when the server cannot be reached or fails mid-way.
-    """
-    if not grant.smtp_host or not grant.smtp_port:
-        raise invalid_request(
-            "This grant has no SMTP server: set settings.smtp_host and smtp_port "
-            "(PATCH /v3/grants/{id})."
-        )
-    secrets = grant_secrets(grant, settings)
-    password = secrets.get("smtp_password") or secrets["imap_password"]
-    username = grant.smtp_username or grant.imap_username
-    where = f"{grant.smtp_host}:{grant.smtp_port}"
-    ctx = _smtp_context(grant, settings)
-    # Only an explicit opt-in stores "plain" (GrantRequest.resolve); any other value means TLS.
-    tls = grant.smtp_tls if grant.smtp_tls in ("ssl", "plain") else "starttls"
-    try:
-        address = str(
-            checked_address(
-                grant.smtp_host, grant.smtp_port, settings.mail_address_policy, SMTP_UNREACHABLE
-            )
-        )
-    except ImapConnectError as exc:
-        raise invalid_request(str(exc)) from exc
-    try:
-        server: smtplib.SMTP
-        if tls == "ssl":
-            server = _PinnedSmtpSsl(
-                grant.smtp_host, grant.smtp_port, address, SMTP_TIMEOUT_S, context=ctx
-            )
-        else:
-            server = _PinnedSmtp(grant.smtp_host, grant.smtp_port, address, SMTP_TIMEOUT_S)
-        with server:
-            server.ehlo()
-            if tls == "starttls":
-                if not server.has_extn("starttls"):
-                    raise ApiError(
-                        504,
-                        "provider_error",
-                        f"The SMTP server {where} does not offer STARTTLS, and the password is "
-                        "not sent in the clear. Give the server's TLS port (settings.smtp_port, "
-                        "smtp_tls), or plaintext explicitly for a trusted network.",
-                    )
-                server.starttls(context=ctx)
-                server.ehlo()
-            if server.has_extn("auth"):
-                server.login(username, password)
-            server.send_message(msg, from_addr=grant.email, to_addrs=recipients)
-    except smtplib.SMTPAuthenticationError as exc:
-        raise ApiError(
-            401,
-            "unauthorized",
-            f"{where} refused the SMTP login for {username!r} ({exc.smtp_code}). Check the "
-            "SMTP username and password (many providers need an app password).",
-        ) from exc
-    except smtplib.SMTPRecipientsRefused as exc:
-        refused = ", ".join(sorted(exc.recipients))
-        raise invalid_request(f"{where} refused the recipient(s) {refused}.") from exc
-    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-        error = exc.smtp_error
-        detail = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
-        raise invalid_request(f"{where} refused the message ({exc.smtp_code} {detail}).") from exc
-    except ssl.SSLError as exc:
-        raise ApiError(
-            504, "provider_error", f"TLS with the SMTP server {where} failed ({exc.reason})."
-        ) from exc
-    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
-        raise ApiError(
-            504,
-            "provider_error",
-            f"The SMTP server {where} could not take the message ({type(exc).__name__}).",
-        ) from exc
-
-
 def _files_from_json(req: SendRequest) -> list[tuple[OutgoingAttachment, bytes]]:
     files = []
     for att in req.attachments:
@@ -330,40 +254,6 @@ def _files_from_json(req: SendRequest) -> list[tuple[OutgoingAttachment, bytes]]
             raise invalid_request(f"Attachment {att.filename!r}: content must be base64.") from exc
         files.append((att, content))
     return files
-
-
-def _store_sent(
-    db: Session, api: ApiState, grant: Grant, msg: EmailMessage, raw: bytes
-) -> str | None:
-    """Append to Sent and store the copy; returns the stored message's id (None if not)."""
-    sent = queries.folder_by_role(db, grant.id, "sent")
-    if sent is None or preset(grant.provider).stores_sent_mail:
-        return None
-    message_id = str(msg["Message-ID"])
-    try:
-        with writeback.grant_imap(db, api, grant, ops=4) as imap:
-            imap.append(sent.raw_name, raw, flags=["\\Seen"], when=datetime.now(UTC))
-            info = imap.select(sent.raw_name, readonly=True)
-            uids = imap.search_uids("HEADER", "Message-ID", f'"{message_id}"')
-            fetched = list(imap.fetch_messages(uids[-1:])) if uids else []
-    except (ImapError, ApiError) as exc:
-        # The mail went out; only the Sent copy is missing. The answer still succeeds.
-        log.warning(
-            "sent, but not filed in Sent: %s", type(exc).__name__, extra={"grant_id": grant.id}
-        )
-        return None
-    items, failures = parse_batch(fetched)
-    result = write_batch(
-        db,
-        grant_id=grant.id,
-        folder_id=sent.id,
-        uidvalidity=info.uidvalidity,
-        items=items,
-        failures=failures,
-    )
-    ids = result.new_message_ids or result.existing_message_ids
-    events.messages(db, grant.id, "message.created", result.new_message_ids)
-    return ids[0] if ids else None
 
 
 BASIC_HEADER_NAMES = ("Message-ID", "In-Reply-To", "References")  # include_basic_headers
@@ -408,6 +298,209 @@ def _composed_view(
     }
 
 
+IDEMPOTENCY_KEY_MAX = 256  # Nylas: "Keys are up to 256 characters"
+WAIT_POLL_FIRST_S = 0.02  # an immediate send's row is looked at this soon, then less often
+WAIT_POLL_MAX_S = 0.25
+SCHEDULE_STATUS = {  # outbox state -> Nylas' schedule status (code, description)
+    "queued": ("pending", "schedule send awaiting send at time"),
+    "sending": ("pending", "schedule send in progress"),
+    "sent": ("success", "schedule send succeeded"),
+    "failed": ("failed", "schedule send failed"),
+    "cancelled": ("cancelled", "schedule send cancelled"),
+}
+
+
+class Outgoing(BaseModel):
+    """A composed send, ready for the outbox."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    raw: bytes  # as the recipients get it: no Bcc header
+    message_id: str
+    recipients: list[str]
+    bcc: list[dict[str, str]]
+    view: dict[str, Any]  # the answer's fields when no stored copy exists
+    send_at: int | None = None
+    use_draft: bool = False
+    digest: str  # what makes two requests "the same" for an Idempotency-Key
+
+
+def _wire(msg: EmailMessage) -> bytes:
+    return msg.as_bytes(policy=email.policy.SMTP)  # CRLF line ends, as SMTP DATA wants
+
+
+def prepare(
+    db: Session,
+    grant: Grant,
+    req: SendRequest,
+    files: list[tuple[OutgoingAttachment, bytes]],
+    fields: str = "standard",
+    message_id: str | None = None,
+) -> Outgoing:
+    """Compose a JSON/multipart send (``message_id``: see :func:`compose`).
+
+    Raises:
+        ApiError: 400 for a request that cannot be sent, 404 for an unknown reply target.
+    """
+    msg = compose(db, grant, req, files, message_id)
+    digest = hashlib.sha256(
+        json.dumps(req.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    )
+    for att, content in files:
+        digest.update(att.model_dump_json(exclude={"content"}).encode())
+        digest.update(hashlib.sha256(content).digest())
+    view = _composed_view(grant, req, msg, fields)
+    if req.metadata is not None:
+        # carried in the outbox row's answer fields; the worker stores it on the Sent copy
+        try:
+            view["metadata"] = metadata.validated(req.metadata)
+        except metadata.MetadataError as exc:
+            raise invalid_request(str(exc)) from exc
+    return Outgoing(
+        raw=_wire(msg),
+        message_id=str(msg["Message-ID"]),
+        recipients=[r.email for r in req.to + req.cc + req.bcc],
+        bcc=[{"name": r.name or "", "email": r.email} for r in req.bcc],
+        view=view,
+        send_at=req.send_at,
+        use_draft=req.use_draft,
+        digest=digest.hexdigest(),
+    )
+
+
+def prepare_mime(grant: Grant, raw: bytes, fields: str = "standard") -> Outgoing:
+    """A raw MIME send (``send_raw_mime``): sent as given, but for a ``Bcc`` header, which is
+    taken off the recipients' copy (and kept on the Sent copy); Message-ID and Date are added
+    when missing. The envelope is To + Cc + Bcc.
+
+    Raises:
+        ApiError: 400 without recipients, or a From other than the grant's address.
+    """
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+
+    def people(name: str) -> list[dict[str, str]]:
+        values = [str(v) for v in parsed.get_all(name, [])]
+        return [{"name": n, "email": a} for n, a in getaddresses(values) if "@" in a]
+
+    senders = people("From")
+    if senders and senders[0]["email"].lower() != grant.email.lower():
+        raise invalid_request(f"This grant sends as {grant.email}; the MIME's From cannot differ.")
+    if not senders:
+        parsed["From"] = grant.email
+    to, cc, bcc = people("To"), people("Cc"), people("Bcc")
+    recipients = [p["email"] for p in to + cc + bcc]
+    if not recipients:
+        raise invalid_request("The MIME message needs at least one recipient in To, Cc or Bcc.")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise invalid_request(f"At most {MAX_RECIPIENTS} recipients per message.")
+    del parsed["Bcc"]
+    if parsed["Message-ID"] is None:
+        parsed["Message-ID"] = make_msgid(domain=grant.email.rpartition("@")[2] or "localhost")
+    if parsed["Date"] is None:
+        parsed["Date"] = format_datetime(datetime.now(UTC))
+    body_part = parsed.get_body(("html", "plain"))
+    body = ""
+    if body_part is not None:
+        try:
+            body = str(body_part.get_content())
+        except (LookupError, ValueError):
+            body = ""
+    view = {
+        "id": None,
+        "grant_id": grant.id,
+        "object": "message",
+        "subject": str(parsed["Subject"] or ""),
+        "from": [{"name": senders[0]["name"] if senders else "", "email": grant.email}],
+        "to": to,
+        "cc": cc,
+        "bcc": bcc,
+        "reply_to": people("Reply-To"),
+        "body": body,
+        "date": int(datetime.now(UTC).timestamp()),
+        "headers": _sent_headers(parsed, fields),
+        "folders": [],
+        "attachments": [],
+        "unread": False,
+        "starred": False,
+    }
+    return Outgoing(
+        raw=_wire(parsed),
+        message_id=str(parsed["Message-ID"]),
+        recipients=recipients,
+        bcc=bcc,
+        view=view,
+        digest=hashlib.sha256(b"mime\0" + raw).hexdigest(),
+    )
+
+
+def enqueue_drain(api: ApiState, grant_id: str, countdown: float | None) -> None:
+    """Ask a worker to drain the grant's outbox (after the commit); never raises: the sweep
+    covers a broker that is down."""
+    try:
+        if api.enqueue_send is not None:
+            api.enqueue_send(grant_id, countdown)
+            return
+        from workers.send_tasks import enqueue_deliver
+
+        enqueue_deliver(grant_id, countdown)
+    except Exception as exc:  # any broker/config failure: the sweep sends it
+        log.warning("send drain not enqueued (%s); the sweep will", type(exc).__name__)
+
+
+def queue_send(
+    db: Session, api: ApiState, grant: Grant, out: Outgoing, key: str | None
+) -> tuple[Row[Any], bool]:
+    """Write the outbox row (or find the one ``key`` names), commit, ask for a drain."""
+    send_at = datetime.fromtimestamp(out.send_at, UTC) if out.send_at is not None else None
+    row, new = OutboxRepository(db).add(
+        NewSend(
+            grant_id=grant.id,
+            idempotency_key=key,
+            request_hash=out.digest,
+            send_at=send_at,
+            use_draft=out.use_draft,
+            mail_from=grant.email,
+            recipients=out.recipients,
+            bcc=out.bcc,
+            message_id_header=out.message_id,
+            raw=out.raw,
+            request=out.view,
+        )
+    )
+    db.commit()
+    if new:
+        if out.send_at is not None and out.use_draft:
+            _keep_in_drafts(db, api, grant, out)
+        delay = max(0.0, out.send_at - time.time()) if out.send_at is not None else None
+        enqueue_drain(api, grant.id, delay)
+    return row, new
+
+
+def _keep_in_drafts(db: Session, api: ApiState, grant: Grant, out: Outgoing) -> None:
+    """``use_draft``: the scheduled message also waits in the account's Drafts folder (as
+    Nylas keeps it on the provider), where the user's mail clients show it. The worker removes
+    it once sent; a cancelled send leaves it there. The outbox row is what gets sent: a
+    failure here only loses the Drafts copy."""
+    folders = drafts_folders(db, grant.id)
+    if not folders:
+        return
+    try:
+        with writeback.grant_imap(db, api, grant, ops=1) as imap:
+            imap.append(
+                folders[0].raw_name,
+                with_bcc(out.raw, out.bcc),
+                flags=["\\Draft", "\\Seen"],
+                when=datetime.now(UTC),
+            )
+    except (ImapError, ApiError) as exc:
+        log.warning(
+            "scheduled send not kept in Drafts: %s",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )
+
+
 def send_now(
     db: Session,
     api: ApiState,
@@ -415,62 +508,191 @@ def send_now(
     req: SendRequest,
     files: list[tuple[OutgoingAttachment, bytes]],
     fields: str = "standard",
+    key: str | None = None,
 ) -> dict[str, Any]:
-    """Compose, send over SMTP, file in Sent; the API view of the sent message (``fields``:
-    ``include_headers`` / ``include_basic_headers`` add its headers, as on a read)."""
-    msg = compose(db, grant, req, files)
-    recipients = [r.email for r in req.to + req.cc + req.bcc]
-    # SMTP logins count against the account's login budget, as its IMAP logins do
-    take_login(api, grant.provider, grant.imap_host, grant.id, "SMTP logins")
-    smtp_send(grant, api.settings, msg, recipients)
-    log.info("message sent", extra={"grant_id": grant.id, "recipients": len(recipients)})
-    stored_id = _store_sent(db, api, grant, msg, msg.as_bytes())
-    db.commit()
-    notify_after_commit(api)
-    if stored_id is None:
-        return _composed_view(grant, req, msg, fields)
-    message = queries.get_message(db, grant.id, stored_id)
-    assert message is not None
-    (view,) = message_views(
-        db,
-        [message],
-        include_headers=fields == "include_headers",
-        include_basic_headers=fields == "include_basic_headers",
-        selected=None,
+    """Send from a thread: queue, wait for the worker, the message view (``key``: an
+    idempotency key; a send already made with it is not made again, its answer is given).
+
+    For callers inside the API (sending a draft). Waits at most ``send_wait_s``.
+
+    Raises:
+        ApiError: what the send failed with; 504 when no worker answered in time (the message
+            is still sent, once).
+    """
+    row, _ = queue_send(db, api, grant, prepare(db, grant, req, files, fields), key)
+    deadline = time.monotonic() + api.settings.send_wait_s
+    pause = WAIT_POLL_FIRST_S
+    while time.monotonic() < deadline:
+        current = _fresh(api, grant.id, row.id)
+        if _settled(current):
+            status, body = _answer(api, grant.id, current, fields)
+            if "error" in body:
+                raise ApiError(status, body["error"]["type"], body["error"]["message"])
+            return dict(body["data"])
+        time.sleep(pause)
+        pause = min(pause * 2, WAIT_POLL_MAX_S)
+    raise ApiError(
+        504,
+        "provider_error",
+        f"No worker sent the message within {api.settings.send_wait_s:g} s; it stays queued and "
+        f"is sent once (schedule {row.id}).",
+    )
+
+
+def _fresh(api: ApiState, grant_id: str, outbox_id: str) -> Row[Any]:
+    with api.sessions() as db:
+        row = OutboxRepository(db).get(grant_id, outbox_id)
+    assert row is not None
+    return row
+
+
+def _settled(row: Row[Any]) -> bool:
+    """Final, and (when sent) the Sent copy done, so the answer can carry its id."""
+    if row.state not in ("sent", "failed", "cancelled"):
+        return False
+    return row.state != "sent" or row.raw is None
+
+
+def _answer(api: ApiState, grant_id: str, row: Row[Any], fields: str) -> tuple[int, dict[str, Any]]:
+    """The answer of a settled row, as kept for repeats: ``{"status", "data"|"error"}``."""
+    with api.sessions() as db:
+        if row.response is not None:
+            kept = dict(row.response)
+        elif row.state == "sent":
+            view = dict(row.request)
+            message = (
+                queries.get_message(db, grant_id, row.stored_message_id)
+                if row.stored_message_id
+                else None
+            )
+            if message is not None:
+                (view,) = message_views(
+                    db,
+                    [message],
+                    include_headers=fields == "include_headers",
+                    include_basic_headers=fields == "include_basic_headers",
+                    selected=None,
+                )
+            kept = OutboxRepository(db).remember_response(row.id, {"status": 200, "data": view})
+            db.commit()
+        else:
+            error = dict(row.error or {})
+            if row.state == "cancelled":
+                error = {"status": 400, "type": "invalid_request_error", "message": "cancelled"}
+            kept = OutboxRepository(db).remember_response(
+                row.id,
+                {
+                    "status": int(error.get("status", 500)),
+                    "error": {
+                        "type": str(error.get("type", "api_error")),
+                        "message": str(error.get("message", "The send failed.")),
+                    },
+                },
+            )
+            db.commit()
+    return int(kept["status"]), kept
+
+
+def _respond(
+    request: Request, status: int, body: dict[str, Any], *, repeated: bool
+) -> JSONResponse:
+    headers = {"Idempotent-Response": "true"} if repeated else {}
+    if "error" in body:
+        raise ApiError(status, body["error"]["type"], body["error"]["message"], headers=headers)
+    return JSONResponse(
+        status_code=status,
+        content={"request_id": request_id_of(request), "data": body["data"]},
+        headers=headers,
+    )
+
+
+def _scheduled_view(row: Row[Any]) -> dict[str, Any]:
+    view = dict(row.request)
+    view.update(
+        schedule_id=row.id, send_at=int(row.send_at.timestamp()), use_draft=bool(row.use_draft)
     )
     return view
 
 
-async def _from_form(form: FormData) -> tuple[SendRequest, list[tuple[OutgoingAttachment, bytes]]]:
-    """A multipart send: the JSON in ``message`` (a field or, as the SDK sends it, a file part
-    without a name), every other file part an attachment named by its field."""
+def schedule_view(row: Row[Any]) -> dict[str, Any]:
+    """A scheduled send as ``/messages/schedules`` shows it (Nylas' shape)."""
+    code, description = SCHEDULE_STATUS[row.state]
+    view: dict[str, Any] = {
+        "schedule_id": row.id,
+        "status": {"code": code, "description": description},
+    }
+    if row.closed_at is not None and row.state in ("sent", "failed"):
+        view["close_time"] = int(row.closed_at.timestamp())
+    if row.send_at is not None:
+        view["send_at"] = int(row.send_at.timestamp())
+    return view
+
+
+Parsed = tuple[SendRequest | None, list[tuple[OutgoingAttachment, bytes]], bytes | None]
+
+
+@dataclass(frozen=True)
+class FormFile:
+    """One file part of a multipart body, as the SDK sends large files."""
+
+    filename: str
+    content_type: str
+    content_id: str | None  # the field's name, unless it is the SDK's ``file<n>``
+    content: bytes
+
+
+async def read_form(form: FormData, what: str) -> tuple[str, list[FormFile]]:
+    """The JSON text of ``message`` (a field or, as the SDK sends it, a file part without a
+    name) and every other file part, named by its field; at most ``MAX_ATTACHMENTS``.
+    ``what`` names the request in the errors ("send", "draft")."""
     raw = form.get("message")
     if isinstance(raw, UploadFile):
         raw = (await raw.read()).decode("utf-8", "replace")
     if not isinstance(raw, str):
-        raise invalid_request("A multipart send needs a `message` part with the JSON.")
-    req = SendRequest.model_validate(json.loads(raw))
+        raise invalid_request(f"A multipart {what} needs a `message` part with the JSON.")
     files = []
     for key, value in form.multi_items():
         if key == "message" or not isinstance(value, UploadFile):
             continue
         files.append(
-            (
-                OutgoingAttachment(
-                    filename=value.filename or key,
-                    content_type=value.content_type or "application/octet-stream",
-                    content="",
-                    content_id=None if re.fullmatch(r"file\d+", key) else key,
-                ),
-                await value.read(),
+            FormFile(
+                filename=value.filename or key,
+                content_type=value.content_type or "application/octet-stream",
+                content_id=None if re.fullmatch(r"file\d+", key) else key,
+                content=await value.read(),
             )
         )
     if len(files) > MAX_ATTACHMENTS:
-        raise invalid_request(f"At most {MAX_ATTACHMENTS} attachments per message.")
-    return req, files
+        noun = "message" if what == "send" else what
+        raise invalid_request(f"At most {MAX_ATTACHMENTS} attachments per {noun}.")
+    return raw, files
 
 
-async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAttachment, bytes]]]:
+async def _from_form(form: FormData) -> Parsed:
+    """A multipart send (:func:`read_form`), or a raw MIME message in ``mime``
+    (``send_raw_mime``)."""
+    mime = form.get("mime")
+    if mime is not None:
+        data = await mime.read() if isinstance(mime, UploadFile) else mime.encode("utf-8")
+        return None, [], data
+    raw, parts = await read_form(form, "send")
+    req = SendRequest.model_validate(json.loads(raw))
+    files = [
+        (
+            OutgoingAttachment(
+                filename=part.filename,
+                content_type=part.content_type,
+                content="",
+                content_id=part.content_id,
+            ),
+            part.content,
+        )
+        for part in parts
+    ]
+    return req, files, None
+
+
+async def _parse(request: Request) -> Parsed:
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):
@@ -480,7 +702,7 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
             finally:
                 await form.close()  # spooled uploads are temporary files
         req = SendRequest.model_validate(json.loads(await request.body()))
-        return req, _files_from_json(req)
+        return req, _files_from_json(req), None
     except json.JSONDecodeError as exc:
         raise invalid_request("The request body is not valid JSON.") from exc
     except RecursionError as exc:  # json.loads of thousands of nested brackets
@@ -489,6 +711,19 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
         raise invalid_request(f"Invalid request: {where}: {first['msg']}.") from exc
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ApiError(
+            400,
+            "api.invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters.",
+        )
+    return key
 
 
 @router.post(
@@ -503,11 +738,90 @@ async def _parse(request: Request) -> tuple[SendRequest, list[tuple[OutgoingAtta
             },
         }
     },
+    response_model=None,
 )
 async def send_message(
     request: Request, db: Db, api: State, grant: LiveGrant, fields: Fields = "standard"
-) -> dict[str, Any]:
-    """Send over SMTP, then file a copy in Sent; answers with the sent message."""
-    req, files = await _parse(request)
-    view = await run_in_threadpool(send_now, db, api, grant, req, files, fields)
-    return ok(request, view)
+) -> JSONResponse:
+    """Queue the send in the outbox; answer once a worker sent it (see the module docstring)."""
+    key = _idempotency_key(request)
+    req, files, raw = await _parse(request)
+    if raw is not None:
+        out = prepare_mime(grant, raw, fields)
+    else:
+        assert req is not None
+        out = await run_in_threadpool(prepare, db, grant, req, files, fields)
+    row, new = await run_in_threadpool(queue_send, db, api, grant, out, key)
+    if not new and row.request_hash != out.digest:
+        raise ApiError(
+            409,
+            "api.invalid_idempotent_request",
+            "This Idempotency-Key was used with a different request in the last hour; use a new "
+            "key for a new message.",
+        )
+    if row.send_at is not None:
+        return _respond(request, 200, {"data": _scheduled_view(row)}, repeated=not new)
+    deadline = time.monotonic() + api.settings.send_wait_s
+    pause = WAIT_POLL_FIRST_S
+    while True:
+        current = await run_in_threadpool(_fresh, api, grant.id, row.id)
+        if current.response is not None:
+            return _respond(
+                request, int(current.response["status"]), current.response, repeated=True
+            )
+        if _settled(current):
+            status, body = await run_in_threadpool(_answer, api, grant.id, current, fields)
+            return _respond(request, status, body, repeated=not new)
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, WAIT_POLL_MAX_S)
+    if not new:
+        raise ApiError(
+            409,
+            "api.concurrent_idempotent_request",
+            "A request with this Idempotency-Key is still being sent; retry shortly for its "
+            "answer.",
+        )
+    view = dict(row.request)
+    view["schedule_id"] = row.id
+    return JSONResponse(
+        status_code=202,
+        content={"request_id": request_id_of(request), "data": view},
+    )
+
+
+@router.get("/grants/{grant_id}/messages/schedules", summary="List scheduled messages")
+def list_schedules(request: Request, db: Db, grant: LiveGrant) -> dict[str, Any]:
+    """The grant's scheduled sends (pending, sent, failed, cancelled; kept 72 hours)."""
+    rows = OutboxRepository(db).scheduled(grant.id)
+    return {"request_id": request_id_of(request), "data": [schedule_view(r) for r in rows]}
+
+
+@router.get("/grants/{grant_id}/messages/schedules/{schedule_id}", summary="A scheduled message")
+def get_schedule(request: Request, db: Db, grant: LiveGrant, schedule_id: str) -> dict[str, Any]:
+    """One scheduled (or immediate, by the ``schedule_id`` of a 202) send."""
+    row = OutboxRepository(db).get(grant.id, schedule_id)
+    if row is None:
+        raise not_found(f"No scheduled message {schedule_id!r}.")
+    return ok(request, schedule_view(row))
+
+
+@router.delete(
+    "/grants/{grant_id}/messages/schedules/{schedule_id}",
+    summary="Cancel a scheduled message",
+    status_code=202,
+)
+def cancel_schedule(request: Request, db: Db, grant: LiveGrant, schedule_id: str) -> dict[str, Any]:
+    """Cancel a send that has not started; it is then never sent."""
+    repo = OutboxRepository(db)
+    row = repo.get(grant.id, schedule_id)
+    if row is None:
+        raise not_found(f"No scheduled message {schedule_id!r}.")
+    if not repo.cancel(grant.id, schedule_id):
+        code = SCHEDULE_STATUS[row.state][0]
+        raise invalid_request(
+            f"Scheduled message {schedule_id} cannot be cancelled: its status is {code!r}."
+        )
+    db.commit()
+    return ok(request, {"message": "Scheduled message cancelled: it will not be sent."})

@@ -14,6 +14,9 @@ is :class:`pipeline.api.gate.SignInGate`)::
     the request waits at most ``api_sign_in_deadline_s`` ──> else 504; the thread keeps its
     slot until its own bounded IMAP calls end, so slow servers fill the gate, never the API.
 
+``PATCH /v3/grants/{id}`` with new credentials or settings (:func:`reconnect`) is a sign-in to a
+server the caller names too, and runs the same way behind the same gate.
+
 Each IMAP read is bounded by the client (:mod:`pipeline.imap`); the gate bounds how many run.
 """
 
@@ -25,8 +28,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from pipeline.api.deps import ApiState, notify_after_commit
-from pipeline.api.grants import enqueue_after_commit
+from pipeline.api.deps import ApiState, enqueue_after_commit, notify_after_commit, path_grant
+from pipeline.api.errors import not_found
 from pipeline.api.limits import login_turn
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
@@ -99,3 +102,53 @@ def sign_in(
     notify_after_commit(api)
     enqueue_after_commit(api.enqueue_sync, created.grant)
     return SignedIn(grant=created.grant, created=created.created, extra=extra)
+
+
+def reconnect(api: ApiState, locator: str, merge: Callable[[Grant], GrantRequest]) -> Grant:
+    """Change a grant's settings or credentials (``PATCH /v3/grants/{id}``; runs on a sign-in
+    thread): ``merge`` gives the sign-in from the stored grant; the login with it must succeed
+    before anything is stored. No database connection is held while the server is talked to.
+
+    Raises:
+        ApiError: 404 when there is no such grant (or it was deleted meanwhile); 400 from
+            ``merge``; 429 when no login token of the account comes in time.
+        ConfigurationError: The merged settings name no usable server.
+        ImapError: The login failed.
+    """
+    settings = api.settings
+    policy = settings.mail_address_policy
+    with api.sessions() as db:
+        grant = path_grant(db, locator)
+        grant_id, was_valid = grant.id, grant.grant_status == "valid"
+        request = merge(grant)
+    resolved = request.resolve()
+    password = request.password.get_secret_value()
+    with login_turn(api, resolved, grant_id):
+        resolved = find_tls_modes(
+            resolved,
+            settings,
+            policy,
+            deadline_s=settings.api_sign_in_deadline_s,
+            resolver=resolve_for_sign_in,
+        )
+        capabilities = verify_login(
+            resolved,
+            password,
+            settings,
+            policy,
+            deadline_s=settings.api_sign_in_deadline_s,
+            resolver=resolve_for_sign_in,
+        )
+    with api.sessions() as db:
+        current = GrantRepository(db).get_for_update(grant_id)
+        if current is None:
+            raise not_found(f"Grant {grant_id} was deleted meanwhile.")
+        updated = store_grant(  # + grant.updated; the API key may move a grant anywhere
+            db, settings, request, resolved, capabilities, grant=current, user_named=bool(policy)
+        ).grant
+        db.commit()
+    notify_after_commit(api)
+    api.imap_pool.forget(grant_id)  # the next request logs in with the new settings
+    if not was_valid:
+        enqueue_after_commit(api.enqueue_sync, updated)
+    return updated

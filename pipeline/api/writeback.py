@@ -6,20 +6,19 @@ advisory lock so it does not interleave with the sync engine's writes of the sam
 move records the message's new UID from the server's COPYUID answer (UIDPLUS); without one, the
 next sync of the target folder places the message by its identity.
 
-The IMAP work runs in the request (the response waits for the server's answer) on a pooled
-session (:mod:`pipeline.api.sessions`), under the same shared limits as the workers
-(:mod:`pipeline.ratelimit`, through :mod:`pipeline.api.limits`): a connection slot of the account,
-a login token for a new session, and operation tokens. A short wait for a token is absorbed; a
-longer one, or a throttling answer of the provider, is a 429 with Retry-After.
+The IMAP work runs in the request (the response waits for the server's answer) on a session of
+the account's connection manager at INTERACTIVE priority (:mod:`pipeline.imap.connections`):
+the request gets a connection slot within a second (a reserved one, or one bulk sync makes room
+for), a new login takes a login token, and the request operation tokens
+(:mod:`pipeline.ratelimit`, through :mod:`pipeline.api.limits`). A short wait for a token is
+absorbed; no slot within ``INTERACTIVE_WAIT_S``, a longer wait for a token, or a throttling
+answer of the provider, is a 429 with Retry-After. The session stays pooled for the next
+request while nobody else needs its slot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
@@ -30,10 +29,10 @@ from pipeline.api import queries
 from pipeline.api.deps import ApiState, notify_after_commit
 from pipeline.api.errors import ApiError, invalid_request, not_found
 from pipeline.api.limits import rate_limited, take, take_login
-from pipeline.api.sessions import CHECK_AFTER_S, PooledSession
-from pipeline.errors import ImapAuthError, ImapError, ImapProtocolError, ImapThrottledError
+from pipeline.errors import ImapAuthError, ImapProtocolError, ImapThrottledError
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
+from pipeline.imap.connections import INTERACTIVE_WAIT_S, NoSlot
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync import events
 
@@ -41,48 +40,20 @@ SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
 
 
-API_SLOT_TTL_S = 5 * 60.0  # > POOL_IDLE_S + a request: a crashed process's slot lapses
 NO_SLOT_RETRY_S = 5  # Retry-After when every connection of the account is in use
 
 
-def _holder() -> str:
-    return f"api:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def _borrow(db: Session, api: ApiState, grant: Grant) -> PooledSession | None:
-    """The grant's pooled session if it still answers (one NOOP after a quiet spell)."""
-    pooled = api.imap_pool.take(grant.id)
-    if pooled is None:
-        return None
-    if pooled.idle_s >= CHECK_AFTER_S:
-        try:
-            pooled.imap.noop()
-        except ImapError:
-            api.imap_pool.discard(pooled)
-            return None
-    limiter = api.limiter
-    if limiter is not None:
-        cap = limiter.limits(grant.provider).max_connections
-        if not limiter.acquire_connection(grant.id, pooled.holder, cap, ttl_s=API_SLOT_TTL_S):
-            api.imap_pool.discard(pooled)  # the cap shrank meanwhile
-            raise rate_limited(
-                f"All {cap} IMAP connections of this account are in use; retry shortly.",
-                NO_SLOT_RETRY_S,
-            )
-    return pooled
-
-
-def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
+def _login(db: Session, api: ApiState, grant: Grant) -> ImapSession:
     """A new session under the account's connection cap and login rate."""
     limiter = api.limiter
-    holder = _holder()
-    if limiter is not None:
-        cap = limiter.limits(grant.provider).max_connections
-        if not limiter.acquire_connection(grant.id, holder, cap, ttl_s=API_SLOT_TTL_S):
-            raise rate_limited(
-                f"All {cap} IMAP connections of this account are in use; retry shortly.",
-                NO_SLOT_RETRY_S,
-            )
+    cap = limiter.limits(grant.provider).max_connections if limiter is not None else 1
+    try:
+        holder = api.imap_pool.slot(grant.id, cap, wait_s=INTERACTIVE_WAIT_S)
+    except NoSlot as exc:
+        raise rate_limited(
+            f"All {exc.cap} IMAP connections of this account are in use; retry shortly.",
+            NO_SLOT_RETRY_S,
+        ) from exc
     try:
         take_login(api, grant.provider, grant.imap_host, grant.id, "logins")
         try:
@@ -92,12 +63,11 @@ def _login(db: Session, api: ApiState, grant: Grant) -> PooledSession:
             notify_after_commit(api)
             raise
     except BaseException:
-        if limiter is not None:
-            limiter.release_connection(grant.id, holder)
+        api.imap_pool.unslot(grant.id, holder)
         raise
     if limiter is not None:
         limiter.recovered(grant.id)
-    return PooledSession(grant.id, imap, holder, time.monotonic())
+    return api.imap_pool.admit(grant.id, holder, imap)
 
 
 def _throttled(api: ApiState, grant: Grant, exc: ImapThrottledError) -> NoReturn:
@@ -110,17 +80,19 @@ def _throttled(api: ApiState, grant: Grant, exc: ImapThrottledError) -> NoReturn
 
 @contextlib.contextmanager
 def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterator[ImapSession]:
-    """A logged-in session for the grant under the shared limits (pooled; see ``sessions``).
+    """A logged-in session for the grant under the shared limits (pooled by the connection
+    manager, :mod:`pipeline.imap.connections`).
 
     The session holds one of the account's connection slots (counted with the listener's and
-    the workers'); a new login takes a login token; ``ops`` operation tokens are taken up front.
+    the workers', at INTERACTIVE priority); a new login takes a login token; ``ops`` operation
+    tokens are taken up front.
     A refused login marks the grant invalid (committed before the error propagates); a
     throttling answer puts the account in back-off and becomes a 429; a NO/BAD answer to a
     change becomes a 400 that quotes the server.
     """
     limiter = api.limiter
     try:
-        pooled = _borrow(db, api, grant) or _login(db, api, grant)
+        imap = api.imap_pool.take(grant.id) or _login(db, api, grant)
     except ImapThrottledError as exc:
         _throttled(api, grant, exc)
     healthy = False
@@ -131,7 +103,7 @@ def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterato
                 "IMAP commands",
             )
         try:
-            yield pooled.imap
+            yield imap
         except ImapProtocolError as exc:
             text = str(exc)
             if " answered NO" in text or " answered BAD" in text or " failed: " in text:
@@ -145,10 +117,7 @@ def grant_imap(db: Session, api: ApiState, grant: Grant, *, ops: int) -> Iterato
         healthy = True
         raise
     finally:
-        if healthy:
-            api.imap_pool.give_back(pooled)
-        else:
-            api.imap_pool.discard(pooled)
+        api.imap_pool.give_back(imap, healthy=healthy)
 
 
 def _uid_list(value: str) -> list[int]:

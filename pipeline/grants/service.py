@@ -47,13 +47,17 @@ from pipeline.errors import (
 )
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
-from pipeline.grants.tlsprobe import ProbeFailed, probe_tls, tls_context
+from pipeline.grants.tlsprobe import NoStartTls, ProbeFailed, probe_tls, tls_context
 from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
+from pipeline.imap.connections import ConnectionSlots, NoSlot, Priority, SessionPool
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
+from pipeline.ratelimit import RateLimited, RateLimiter
 from pipeline.sync import events
 
 log = logging.getLogger(__name__)
+
+NO_SLOT_RETRY_S = 5.0  # a session refused a connection slot is asked for again after this
 
 # One answer for a host the guard refused and one that could not be reached or is not an IMAP
 # server: which of the two it was would tell what listens where.
@@ -248,7 +252,13 @@ def find_tls_modes(
             str(checked_address(host, port, policy, SMTP_UNREACHABLE, resolver)) if policy else host
         )
         try:
-            found = probe_tls(host, address, port, context, deadline_s=budget)
+            found = probe_tls(host, address, port, context, deadline_s=budget, smtp=True)
+        except NoStartTls as exc:
+            raise ConfigurationError(
+                f"The SMTP server {where} greets in plaintext but does not offer STARTTLS, so "
+                "the password could only be sent in the clear: give its TLS port (465, or 587 "
+                "with STARTTLS) or settings.smtp_tls."
+            ) from exc
         except ProbeFailed as exc:
             detail = (
                 f"its certificate did not verify ({exc.certificate})"
@@ -478,3 +488,42 @@ def get_grant(session: Session, id_or_email: str) -> Grant:
     if grant is None:
         raise GrantNotFound(f"No grant {id_or_email!r}; `imap-pipeline grants list` shows them.")
     return grant
+
+
+def open_counted_session(
+    session: Session,
+    settings: Settings,
+    grant: Grant,
+    pool: SessionPool,
+    limiter: RateLimiter | None,
+    *,
+    wait_s: float,
+) -> ImapSession:
+    """:func:`open_grant_session` holding a slot of the account's connection manager
+    (:mod:`pipeline.imap.connections`) at ``pool``'s priority, under the provider's cap (with
+    the operator's override, read through ``limiter``); the slot goes when the session closes.
+    For processes without a worker's or the API's pool (inline sync, the in-process send
+    drain); without a limiter (no Redis) nothing is counted.
+
+    Raises:
+        RateLimited: no slot this priority may use came within ``wait_s``.
+        ImapAuthError, ImapError: as :func:`open_grant_session`.
+    """
+    cap = limiter.limits(grant.provider).max_connections if limiter is not None else 0
+    try:
+        holder = pool.slot(grant.id, cap, wait_s=wait_s)
+    except NoSlot as exc:
+        raise RateLimited(f"grant {grant.id}: {exc}", NO_SLOT_RETRY_S) from exc
+    try:
+        imap = open_grant_session(session, settings, grant)
+    except BaseException:
+        pool.unslot(grant.id, holder)
+        raise
+    return pool.admit(grant.id, holder, imap)
+
+
+def counting_pool(limiter: RateLimiter | None, priority: Priority) -> SessionPool:
+    """A pool that counts its sessions in the connection manager (nothing, without a
+    limiter) and keeps none open after use: for :func:`open_counted_session`."""
+    slots = ConnectionSlots(limiter.redis) if limiter is not None else None
+    return SessionPool(slots, priority, linger_s=0.0)

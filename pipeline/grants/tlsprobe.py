@@ -13,6 +13,7 @@ The probe is bounded like every other exchange: one connection, a total deadline
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -27,6 +28,9 @@ from pipeline.presets import TlsMode
 GREETING_WAIT_S = 3.0
 # Enough to tell a greeting arrived; the protocol client reads (and bounds) the real one later.
 GREETING_PEEK_BYTES = 64
+# An SMTP greeting and EHLO answer are a few hundred bytes; more is not an SMTP server we trust.
+EHLO_ANSWER_MAX_BYTES = 8 * 1024
+EHLO_NAME = "imap-pipeline.invalid"  # RFC 5321 4.1.1.1: a name for ourselves; we have no FQDN
 
 WELL_KNOWN_IMAP: dict[int, TlsMode] = {993: "ssl", 143: "starttls"}  # RFC 8314, RFC 3501
 WELL_KNOWN_SMTP: dict[int, TlsMode] = {465: "ssl", 587: "starttls", 25: "starttls"}  # RFC 8314
@@ -39,6 +43,11 @@ class ProbeFailed(Exception):
         super().__init__(tried)
         self.tried = tried
         self.certificate = certificate  # the verify message when only the certificate failed
+
+
+class NoStartTls(ProbeFailed):
+    """An SMTP server greeted in plaintext and its EHLO offers no STARTTLS: the password could
+    only go in the clear."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ def probe_tls(
     *,
     deadline_s: float,
     greeting_wait_s: float = GREETING_WAIT_S,
+    smtp: bool = False,
 ) -> ProbeResult:
     """Connect to ``address``:``port`` once and find whether it greets in plaintext or speaks TLS.
 
@@ -74,7 +84,11 @@ def probe_tls(
     (already checked by :mod:`pipeline.netguard` when the host was named by a user).
     ``deadline_s`` bounds the whole probe (connect, greeting wait, handshake).
 
+    With ``smtp``, a plaintext greeting is followed by EHLO, and STARTTLS must be among the
+    extensions the server lists (the password never goes in the clear).
+
     Raises:
+        NoStartTls: ``smtp``, a plaintext greeting, and no STARTTLS offered.
         ProbeFailed: No connection, no greeting and no TLS handshake, or the connection was
             closed without a word.
     """
@@ -99,6 +113,9 @@ def probe_tls(
         except OSError as exc:
             raise ProbeFailed(f"a plaintext greeting (connection failed: {exc})") from exc
         if first:
+            if smtp:
+                sock.settimeout(remaining())
+                _require_starttls(sock, first)
             return ProbeResult("starttls", "a plaintext greeting (received), then STARTTLS")
         if first == b"":
             raise ProbeFailed("a plaintext greeting (the server closed the connection at once)")
@@ -114,3 +131,34 @@ def probe_tls(
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             raise ProbeFailed(f"{no_greeting} (the handshake failed: {reason})") from exc
+
+
+def _require_starttls(sock: socket.socket, seen: bytes) -> None:
+    """Send EHLO after an SMTP greeting (``seen``: its first bytes) and check that STARTTLS is
+    offered; reads at most :data:`EHLO_ANSWER_MAX_BYTES` within the socket's timeout."""
+    tried = "a plaintext greeting (received), then EHLO"
+    try:
+        sock.sendall(f"EHLO {EHLO_NAME}\r\n".encode("ascii"))
+        buffer = bytearray(seen)
+        while True:
+            lines = bytes(buffer).split(b"\r\n")
+            answer = [line for line in lines[:-1] if line[:3] != b"220"]
+            if any(len(line) >= 4 and line[3:4] == b" " for line in answer):
+                break  # the last line of the EHLO answer ("250 ..." or an error)
+            if len(buffer) > EHLO_ANSWER_MAX_BYTES:
+                raise ProbeFailed(f"{tried} (the answer exceeded {EHLO_ANSWER_MAX_BYTES} bytes)")
+            chunk = sock.recv(1024)
+            if not chunk:
+                raise ProbeFailed(f"{tried} (the server closed the connection)")
+            buffer += chunk
+    except TimeoutError as exc:
+        raise ProbeFailed(f"{tried} (no answer in time)") from exc
+    except OSError as exc:
+        raise ProbeFailed(f"{tried} (connection failed: {exc})") from exc
+    if not answer or not answer[-1].startswith(b"250"):
+        raise ProbeFailed(f"{tried} (refused: {answer[-1][:80].decode('ascii', 'replace')})")
+    extensions = {line[4:].split(b" ", 1)[0].upper() for line in answer}
+    if b"STARTTLS" not in extensions:
+        raise NoStartTls(f"{tried} (STARTTLS is not among the extensions offered)")
+    with contextlib.suppress(OSError):  # closing anyway
+        sock.sendall(b"QUIT\r\n")

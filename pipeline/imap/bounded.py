@@ -33,6 +33,8 @@ import math
 import socket
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +109,10 @@ class BoundedIMAP4(imaplib.IMAP4):
         self._what = "the greeting"
         self._untagged = 0
         self._received = 0
+        # what the phase's deadline is called in errors; _late_* what the current one is
         self._deadline_setting = "IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S"
         self._deadline_s = limits.login_deadline_s
+        self._late_s, self._late_setting = self._deadline_s, self._deadline_setting
         super().__init__(host, port, timeout=min(read_timeout_s, self._remaining()))
 
     # --- phases and commands --------------------------------------------------------------
@@ -118,12 +122,38 @@ class BoundedIMAP4(imaplib.IMAP4):
         self._deadline_setting = "IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S"
         self._deadline_s = self.limits.command_deadline_s
 
+    @contextmanager
+    def total_deadline(self, seconds: float, *, setting: str) -> Iterator[None]:
+        """Every command inside the block ends within ``seconds`` of its start, in all (each
+        command's own deadline still applies). A command still running then breaks the
+        ``deadline`` bound naming ``setting`` (what to raise). Blocks nest: the earlier end wins.
+
+        Example::
+
+            with imap.raw.total_deadline(20.0, setting="the search's 20 s"):
+                for folder in folders: ...  # SELECT + UID SEARCH of each, 20 s in all
+        """
+        saved = (self._phase_deadline, self._deadline_s, self._deadline_setting)
+        end = time.monotonic() + seconds
+        if end < self._phase_deadline:
+            self._phase_deadline, self._deadline_s, self._deadline_setting = end, seconds, setting
+        try:
+            yield
+        finally:
+            self._phase_deadline, self._deadline_s, self._deadline_setting = saved
+
     def _begin(self, what: str) -> None:
         self._what = what
         self._untagged = 0
         self._received = 0
         own = LOGOUT_DEADLINE_S if what == "LOGOUT" else self.limits.command_deadline_s
-        self._deadline = min(time.monotonic() + own, self._phase_deadline)
+        own_end = time.monotonic() + own
+        if own_end <= self._phase_deadline:
+            self._deadline = own_end
+            self._late_s, self._late_setting = own, "IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S"
+        else:  # the phase (login, or a total_deadline block) ends first
+            self._deadline = self._phase_deadline
+            self._late_s, self._late_setting = self._deadline_s, self._deadline_setting
         # Whatever the server volunteered since the last command (and nobody read) goes.
         self.untagged_responses = {}
 
@@ -174,8 +204,8 @@ class BoundedIMAP4(imaplib.IMAP4):
     def _late(self) -> ImapLimitError:
         return self._breach(
             "deadline",
-            f"did not complete {self._what} within {self._deadline_s:g} s",
-            self._deadline_setting,
+            f"did not complete {self._what} within {self._late_s:g} s",
+            self._late_setting,
         )
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
@@ -289,8 +319,25 @@ class BoundedIMAP4(imaplib.IMAP4):
         self.sock = ssl_context.wrap_socket(self.sock, server_hostname=self.host)
         self.file = self.sock.makefile("rb")  # imaplib's shutdown closes it
         self._tls_established = True
-        self._get_capabilities()
+        self._ask_capabilities()  # over TLS: nothing said before it counts
         return typ, dat
+
+    def _get_capabilities(self) -> None:
+        """At connect: the greeting's ``[CAPABILITY ...]`` when it has one (RFC 3501 7.1;
+        Dovecot and Cyrus send it), else ask as imaplib does: a command less per connection,
+        which a poll pays every minute. (After STARTTLS :meth:`starttls` always asks.)"""
+        _, announced = self.response("CAPABILITY")
+        if announced and announced[-1]:
+            self.capabilities = tuple(str(announced[-1], "ascii", "replace").upper().split())
+            return
+        self._ask_capabilities()
+
+    def _ask_capabilities(self) -> None:
+        """CAPABILITY, as imaplib asks it."""
+        _, dat = self.capability()
+        if dat == [None] or not dat:
+            raise self.error("no CAPABILITY response from server")
+        self.capabilities = tuple(str(dat[-1], "ascii", "replace").upper().split())
 
     # --- errors ---------------------------------------------------------------------------
     def _breach(self, bound: str, detail: str, setting: str) -> ImapLimitError:

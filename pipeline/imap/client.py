@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import logging
 import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -63,6 +64,9 @@ _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _FETCH_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
+log = logging.getLogger(__name__)
+
+_STATUS_LINE = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ "(){]+) \((?P<items>[^()]*)\)$')
 _LIST_LINE = re.compile(rb'\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.+)$')
 
 
@@ -109,6 +113,9 @@ class SelectInfo:
     uidnext: int | None
     exists: int
     highestmodseq: int | None
+    # the STATUS sent just before this SELECT, when one was (``want_uidnext`` on a server
+    # whose SELECT omits UIDNEXT, or ``want_status``): its counts are no newer than the view
+    status: FolderStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,24 @@ def _display_name(raw: bytes) -> str:
         return raw.decode("cp1252", "replace")
 
 
+def _folder_status(items: str) -> FolderStatus | None:
+    """A STATUS response's ``NAME value`` pairs; None without UIDVALIDITY."""
+    inner = items.split()
+    try:
+        values = {inner[i].upper(): int(inner[i + 1]) for i in range(0, len(inner) - 1, 2)}
+    except ValueError:
+        return None
+    if "UIDVALIDITY" not in values:
+        return None
+    return FolderStatus(
+        messages=values.get("MESSAGES", 0),
+        uidnext=values.get("UIDNEXT"),
+        uidvalidity=values["UIDVALIDITY"],
+        unseen=values.get("UNSEEN"),
+        highestmodseq=values.get("HIGHESTMODSEQ"),
+    )
+
+
 def _unquote_name(raw: bytes) -> bytes:
     if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
         return re.sub(rb"\\(.)", rb"\1", raw[1:-1])
@@ -254,11 +279,22 @@ class ImapSession:
         # Learned at the first SELECT that lacks [UIDNEXT] (Courier-IMAP): from then on a
         # select that needs UIDNEXT asks STATUS first.
         self.select_omits_uidnext = False
+        # A server that announces LIST-STATUS but refuses it is asked STATUS per folder.
+        self.list_status_refused = False
+        # Called once when the session closes: the connection manager releases its slot
+        # (pipeline.imap.connections), whoever closes it and however.
+        self.on_close: Callable[[], None] | None = None
 
     @staticmethod
     def _capabilities_after_login(client: imaplib.IMAP4) -> frozenset[str]:
         # imaplib keeps the greeting's list; servers announce more once logged in (Dovecot
-        # adds CONDSTORE, QRESYNC, MOVE...), so ask again.
+        # adds CONDSTORE, QRESYNC, MOVE...). Many say so in the LOGIN's tagged OK
+        # ([CAPABILITY ...], RFC 3501 7.1; imaplib files it with the untagged responses, and
+        # the greeting's entry was taken at connect): a command less per
+        # login, which a poll pays every minute. Otherwise, ask.
+        _, announced = client.response("CAPABILITY")
+        if announced and announced[-1]:
+            return frozenset(_text(announced[-1]).upper().split())
         try:
             typ, data = client.capability()
         except (imaplib.IMAP4.error, OSError):
@@ -293,6 +329,14 @@ class ImapSession:
     def close(self) -> None:
         """Log out (or just disconnect a broken session), ignoring one already gone."""
         client = self._client
+        try:
+            self._close(client)
+        finally:
+            hook, self.on_close = self.on_close, None
+            if hook is not None:
+                hook()
+
+    def _close(self, client: BoundedIMAP4) -> None:
         if client.closed:
             return
         if not self.broken:
@@ -386,7 +430,12 @@ class ImapSession:
         return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
     def select(
-        self, raw_name: str, *, readonly: bool = True, want_uidnext: bool = False
+        self,
+        raw_name: str,
+        *,
+        readonly: bool = True,
+        want_uidnext: bool = False,
+        want_status: bool = False,
     ) -> SelectInfo:
         """SELECT (or EXAMINE when ``readonly``) a folder.
 
@@ -396,20 +445,31 @@ class ImapSession:
         "synced up to UIDNEXT" after searching the selected folder can never skip it (a STATUS
         after the SELECT could count mail the selected view does not show yet). The first such
         SELECT of a session is sent again after its STATUS; later ones cost one STATUS each.
+
+        With ``want_status`` a STATUS is sent before the SELECT in any case (one command, and
+        none more when the UIDNEXT needed one): its MESSAGES and UNSEEN come in
+        ``SelectInfo.status`` (a poll compares them on servers without CONDSTORE).
         """
         before: FolderStatus | None = None
-        if want_uidnext and self.select_omits_uidnext:
+        if (want_uidnext and self.select_omits_uidnext) or want_status:
             before = self.status(raw_name)
         info = self._select(raw_name, readonly=readonly)
         if info.uidnext is not None or not want_uidnext:
-            return info
+            return self._with_status(info, before)
         if before is None:
             self.select_omits_uidnext = True
             before = self.status(raw_name)
             info = self._select(raw_name, readonly=readonly)
         if before.uidvalidity != info.uidvalidity:
             return info  # renumbered in between: this UIDNEXT belongs to the old numbering
-        return replace(info, uidnext=before.uidnext)
+        return replace(info, uidnext=before.uidnext, status=before)
+
+    @staticmethod
+    def _with_status(info: SelectInfo, before: FolderStatus | None) -> SelectInfo:
+        """``info`` with the STATUS sent before it, unless the folder was renumbered between."""
+        if before is None or before.uidvalidity != info.uidvalidity:
+            return info
+        return replace(info, status=before)
 
     def _select(self, raw_name: str, *, readonly: bool) -> SelectInfo:
         try:
@@ -443,30 +503,73 @@ class ImapSession:
             highestmodseq=code("HIGHESTMODSEQ"),
         )
 
+    def _status_items(self) -> str:
+        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
+        if self.has("CONDSTORE"):
+            items.append("HIGHESTMODSEQ")
+        return "(" + " ".join(items) + ")"
+
     def status(self, raw_name: str) -> FolderStatus:
         """STATUS of a folder: cheap, does not select it.
 
         Raises:
             ImapFolderError: the server refused it (``NO``: typically the folder is gone).
         """
-        items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN"]
-        if self.has("CONDSTORE"):
-            items.append("HIGHESTMODSEQ")
         _, data = self._call(
-            "status", self._quoted(raw_name), "(" + " ".join(items) + ")", refused=ImapFolderError
+            "status", self._quoted(raw_name), self._status_items(), refused=ImapFolderError
         )
         text = " ".join(_text(d if not isinstance(d, tuple) else d[-1]) for d in data if d)
-        inner = text.rsplit("(", 1)[-1].rstrip(")").split()
-        values = {inner[i].upper(): int(inner[i + 1]) for i in range(0, len(inner) - 1, 2)}
-        if "UIDVALIDITY" not in values:
+        status = _folder_status(text.rsplit("(", 1)[-1].rstrip(")"))
+        if status is None:
             raise ImapProtocolError(f"STATUS of {raw_name!r} carried no UIDVALIDITY: {text}")
-        return FolderStatus(
-            messages=values.get("MESSAGES", 0),
-            uidnext=values.get("UIDNEXT"),
-            uidvalidity=values["UIDVALIDITY"],
-            unseen=values.get("UNSEEN"),
-            highestmodseq=values.get("HIGHESTMODSEQ"),
+        return status
+
+    def statuses(self, raw_names: Sequence[str]) -> dict[str, FolderStatus]:
+        """STATUS of several folders, by raw name; a folder the server refuses (gone) is left
+        out. Where the server has LIST-STATUS (RFC 5819: Dovecot, Cyrus) one ``LIST "" "*"
+        RETURN (STATUS ...)`` answers for every folder at once (a poll's one command instead
+        of one per folder); the folders it did not report (a name sent as a literal, say) are
+        asked one by one, as on a server without it (Courier).
+
+        Raises:
+            ImapError: The session failed.
+        """
+        found: dict[str, FolderStatus] = {}
+        if len(raw_names) > 1 and self.has("LIST-STATUS") and not self.list_status_refused:
+            try:
+                found = self._list_status(set(raw_names))
+            except (ImapProtocolError, ImapFolderError) as exc:
+                if self.broken:
+                    raise
+                # announced but refused (BAD, NO): one STATUS each for this session
+                self.list_status_refused = True
+                log.info("the server refused LIST-STATUS; asking STATUS instead: %s", exc)
+        for raw_name in raw_names:
+            if raw_name not in found:
+                try:
+                    found[raw_name] = self.status(raw_name)
+                except ImapFolderError:
+                    continue  # gone: folder discovery removes it
+        return found
+
+    def _list_status(self, wanted: set[str]) -> dict[str, FolderStatus]:
+        typ, data = self._call(
+            "_simple_command", "LIST", '""', '"*"', "RETURN", f"(STATUS {self._status_items()})"
         )
+        _, lines = self.raw._untagged_response(typ, data, "STATUS")  # type: ignore[attr-defined]
+        self.raw.untagged_responses.pop("LIST", None)
+        found: dict[str, FolderStatus] = {}
+        for line in lines:
+            if not isinstance(line, bytes):
+                continue  # None, or a name sent as a literal: asked by STATUS instead
+            match = _STATUS_LINE.match(line)
+            if not match:
+                continue
+            raw_name = _unquote_name(match["name"]).decode("latin-1")
+            status = _folder_status(_text(match["items"]))
+            if raw_name in wanted and status is not None:
+                found[raw_name] = status
+        return found
 
     def create_folder(self, name: str) -> str:
         """Create a folder from its display name; returns the raw (encoded) name."""

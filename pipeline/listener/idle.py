@@ -85,6 +85,11 @@ log = logging.getLogger(__name__)
 IDLE_RENEW_MAX_S = 28 * 60  # RFC 2177: servers may end IDLE after 29 min; always renew before
 RENEW_JITTER_FRACTION = 0.1  # renew up to 10 % early, spread over connections
 NO_SLOT_RETRY_S = 5.0  # all connection slots of the account taken: look again this soon
+NO_SLOT_DETAIL = (
+    "No connection slot for IDLE: the account's cap leaves none for this folder (with a cap "
+    "of 2 only the Inbox is watched, see pipeline.imap.connections) or other connections "
+    "hold more than the cap allows now; the folder is polled meanwhile."
+)
 LOGOUT_TIMEOUT_S = 3.0  # DONE + LOGOUT on stop; then the socket is just closed
 
 
@@ -222,6 +227,7 @@ class FolderWatcher:
         settings = self._ctx.settings
         loop = asyncio.get_running_loop()
         attempt = 0
+        slot_wait_reported = False
         while True:
             self.state = WatchState.WAITING_SLOT
             turn = LoginTurn(granted=True, wait_s=0.0)
@@ -235,8 +241,13 @@ class FolderWatcher:
                         await self._ctx.release_slot(self.target)
                         raise
             if not got_slot:
-                await asyncio.sleep(NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5))
+                wait = NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5)
+                if not slot_wait_reported:  # once per wait: the status is no heartbeat
+                    slot_wait_reported = True
+                    self._report(NO_SLOT_DETAIL, wait)
+                await asyncio.sleep(wait)
                 continue
+            slot_wait_reported = False
             if not turn.granted:
                 # The account or provider is backing off (workers were told to slow down
                 # too), or the login queue is long: no login meanwhile, the slot goes back.

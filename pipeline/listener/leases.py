@@ -1,4 +1,4 @@
-"""Grant leases, listener heartbeats and per-account connection slots, all in Redis.
+"""Grant leases and listener heartbeats, in Redis.
 
 Keys (every expiry is measured on the Redis server's clock, so listeners on machines with
 skewed clocks agree):
@@ -14,17 +14,8 @@ skewed clocks agree):
     grant; when the owner dies the key expires and another listener claims it on its next
     round.
 
-``imap-pipeline:conn:<grant_id>``  (sorted set: a counting semaphore)
-    member: one holder per open IMAP connection, e.g. ``listener:<listener_id>:<folder_id>``
-    or ``worker:<hostname>:<pid>``; score: expiry in unix ms. A holder may open a connection
-    only if, after dropping expired members, fewer than the provider's ``max_connections``
-    remain (:data:`SLOT_ACQUIRE_LUA`). Holders renew their score while connected and remove
-    themselves when done; a crashed holder's slot lapses after ``conn_slot_ttl_s``. Workers can
-    respect the same cap by running the same script.
-
-``imap-pipeline:limits:<provider>``  (hash, written by :mod:`pipeline.ratelimit`)
-    operator overrides of a provider's limits; its ``max_connections`` field, when set,
-    replaces the preset's cap (read at most every :data:`CAP_CACHE_S`).
+Connection slots of the listener's IDLE connections live in the account's connection manager
+(:mod:`pipeline.imap.connections`), with the workers' and the API's.
 
 Fair share: with ``G`` grants to watch and ``L`` live listeners, each listener holds at most
 ``ceil(G / L)`` leases. A new listener's heartbeat lowers everybody's cap; those above it release
@@ -40,15 +31,11 @@ import math
 from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from pipeline.presets import preset
 
 KEY_PREFIX = "imap-pipeline"
 LISTENERS_KEY = f"{KEY_PREFIX}:listeners"
 REDIS_CALL_TIMEOUT_S = 5.0  # any one Redis round trip
 CLAIM_BATCH = 200  # leases claimed per round trip
-CAP_CACHE_S = 60.0  # an operator's change of max_connections reaches listeners this fast
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
 
@@ -100,46 +87,10 @@ return n
 """
 """KEYS: lease keys. ARGV: owner id. Deletes only the keys this owner holds."""
 
-SLOT_ACQUIRE_LUA = (
-    _NOW_MS
-    + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local ttl = tonumber(ARGV[3])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
-  return 1
-end
-return 0
-"""
-)
-"""KEYS: conn zset. ARGV: holder, cap, ttl ms. Returns 1 when the holder has a slot."""
-
-SLOT_RENEW_LUA = (
-    _NOW_MS
-    + """
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl * 2)
-end
-return #KEYS
-"""
-)
-"""KEYS: conn zsets (repeat a key per holder). ARGV: ttl ms, then one holder per key.
-
-Re-adds a holder that vanished (Redis flushed): the connection is open, so it must count.
-"""
-
 
 def lease_key(grant_id: str) -> str:
     """The lease key of a grant."""
     return f"{KEY_PREFIX}:lease:{grant_id}"
-
-
-def conn_key(grant_id: str) -> str:
-    """The connection-slot semaphore of a grant (shared with workers)."""
-    return f"{KEY_PREFIX}:conn:{grant_id}"
 
 
 def fair_share(grants: int, live_listeners: int) -> int:
@@ -161,18 +112,13 @@ class LeaseStore:
         listener_id: str,
         *,
         lease_ttl_s: float,
-        slot_ttl_s: float,
     ) -> None:
         self._redis = redis
         self.listener_id = listener_id
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
-        self._slot_ttl_ms = int(slot_ttl_s * 1000)
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
         self._renew = redis.register_script(RENEW_LUA)
         self._release = redis.register_script(RELEASE_LUA)
-        self._slot_acquire = redis.register_script(SLOT_ACQUIRE_LUA)
-        self._slot_renew = redis.register_script(SLOT_RENEW_LUA)
-        self._caps: dict[str, tuple[int, float]] = {}  # provider -> (cap, loop time read)
 
     # --- listeners ----------------------------------------------------------------------------
     async def heartbeat(self) -> int:
@@ -230,50 +176,3 @@ class LeaseStore:
         async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
             value = await self._redis.get(lease_key(grant_id))
         return value.decode() if isinstance(value, bytes) else value
-
-    # --- connection slots ---------------------------------------------------------------------
-    async def connection_cap(self, provider: str) -> int:
-        """Connections one account of ``provider`` may hold: the operator's override, else
-        the preset's ``max_connections``. Falls back to the preset when Redis does not answer.
-        """
-        name = preset(provider).name
-        now = asyncio.get_running_loop().time()
-        cached = self._caps.get(name)
-        if cached is not None and now - cached[1] < CAP_CACHE_S:
-            return cached[0]
-        cap = preset(provider).max_connections
-        try:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-                raw = await self._redis.hget(f"{KEY_PREFIX}:limits:{name}", "max_connections")
-            if raw:
-                cap = max(1, int(float(raw)))
-        except (RedisError, OSError, TimeoutError, ValueError):
-            pass
-        self._caps[name] = (cap, now)
-        return cap
-
-    def holder(self, folder_id: str) -> str:
-        """The slot holder name of this listener's connection to ``folder_id``."""
-        return f"listener:{self.listener_id}:{folder_id}"
-
-    async def acquire_slot(self, grant_id: str, holder: str, cap: int) -> bool:
-        """Take one of the grant's ``cap`` connection slots; False when all are taken."""
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-            got = await self._slot_acquire(
-                keys=[conn_key(grant_id)], args=[holder, cap, self._slot_ttl_ms]
-            )
-        return bool(int(got))
-
-    async def renew_slots(self, slots: Sequence[tuple[str, str]]) -> None:
-        """Keep ``(grant_id, holder)`` slots alive."""
-        if slots:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-                await self._slot_renew(
-                    keys=[conn_key(g) for g, _ in slots],
-                    args=[self._slot_ttl_ms, *(h for _, h in slots)],
-                )
-
-    async def release_slot(self, grant_id: str, holder: str) -> None:
-        """Give a connection slot back."""
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
-            await self._redis.zrem(conn_key(grant_id), holder)

@@ -44,6 +44,12 @@ from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
 from pipeline.grants.service import GUARD_KEY, USER_NAMED, endpoint_for, expire_grant, guarded
+from pipeline.imap.connections import (
+    AsyncConnectionSlots,
+    idle_allowed,
+    idle_holder,
+    shares,
+)
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_share
@@ -159,18 +165,16 @@ class Listener:
         self._redis = redis
         self._rng = rng or random.Random()
         self.publisher = ChangePublisher(redis, enqueue, debounce_s=listener_settings.debounce_s)
-        self.leases = LeaseStore(
-            redis,
-            self.id,
-            lease_ttl_s=listener_settings.lease_ttl_s,
-            slot_ttl_s=listener_settings.conn_slot_ttl_s,
-        )
+        self.leases = LeaseStore(redis, self.id, lease_ttl_s=listener_settings.lease_ttl_s)
+        # IDLE priority in the account's connection manager: reserved slots for Inbox and Sent
+        self.slots = AsyncConnectionSlots(redis, ttl_s=listener_settings.conn_slot_ttl_s)
         self.status = StatusBoard(redis, self.id)
         self._box = SecretBox(settings.encryption_key_list)
         self._plan: dict[str, GrantPlan] = {}
         self._held: dict[str, _Held] = {}
         self._invalid: dict[str, str] = {}  # grant id -> fingerprint refused here
         self._slots: set[tuple[str, str]] = set()
+        self._slot_waits: set[str] = set()  # holders whose wait for a slot was logged
         self._dropping: set[str] = set()  # grants whose watchers are being stopped
         self._last_renewal: float | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -295,7 +299,7 @@ class Listener:
             log.warning("lease of grant=%s was lost to another listener; stopping", grant_id)
             self._spawn(self._drop(grant_id, release=False))
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.leases.renew_slots(sorted(self._slots))
+            await self.slots.renew(sorted(self._slots))
         eligible = [g for g in self._plan if g not in self._invalid]
         share = fair_share(len(eligible), self.live_listeners)
         surplus = len(self._held) - share
@@ -363,6 +367,7 @@ class Listener:
         try:
             if held is not None:
                 await asyncio.gather(*(w.stop() for w in held.watchers))
+                self._slot_waits -= {idle_holder(self.id, t.folder_id) for t in held.plan.targets}
             self.publisher.forget(grant_id)
             # A lease lost to another listener keeps its status: the new owner overwrites it.
             # A released one loses it, written before the lease goes (a successor reports).
@@ -406,10 +411,12 @@ class Listener:
 
     # --- connection slots ---------------------------------------------------------------------
     async def _acquire_slot(self, target: WatchTarget) -> bool:
-        holder = self.leases.holder(target.folder_id)
-        cap = await self.leases.connection_cap(target.provider)
+        holder = idle_holder(self.id, target.folder_id)
+        cap = await self.slots.cap(target.provider)
         try:
-            ok = await self.leases.acquire_slot(target.grant_id, holder, cap)
+            ok = idle_allowed(target.role, cap) and await self.slots.acquire(
+                target.grant_id, holder, cap
+            )
         except REDIS_ERRORS as exc:
             # Fail open: watching matters more than the cap while Redis is briefly away.
             log.warning(
@@ -418,12 +425,16 @@ class Listener:
             return True
         if ok:
             self._slots.add((target.grant_id, holder))
-        else:
+            self._slot_waits.discard(holder)
+        elif holder not in self._slot_waits:  # once per wait, not every retry
+            self._slot_waits.add(holder)
             log.info(
-                "grant=%s folder=%s: all %d connections of the account are in use; waiting",
+                "grant=%s folder=%s: no connection slot for IDLE (cap %d, %d reserved for "
+                "IDLE); waiting",
                 target.grant_id,
                 target.folder_id,
                 cap,
+                shares(cap).idle,
             )
         return ok
 
@@ -477,12 +488,12 @@ class Listener:
         self.status.report(target.grant_id, target.folder_id, state.value, error, retry_in_s)
 
     async def _release_slot(self, target: WatchTarget) -> None:
-        holder = self.leases.holder(target.folder_id)
+        holder = idle_holder(self.id, target.folder_id)
         if (target.grant_id, holder) not in self._slots:
             return
         self._slots.discard((target.grant_id, holder))
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.leases.release_slot(target.grant_id, holder)
+            await self.slots.release(target.grant_id, holder)
 
     # --- shutdown -----------------------------------------------------------------------------
     async def _shutdown(self) -> None:

@@ -3,10 +3,11 @@
 ``imap-pipeline:listener:status:<grant_id>``  (hash)
     field: folder id; value: JSON ``{"state", "error", "retry_at", "listener", "at"}``:
     ``state`` is a :class:`~pipeline.listener.idle.WatchState` value (``idling``, ``polling``,
-    ``backoff``, ``login_queued``, ``invalid``); ``error`` says why a connection ended (a
-    broken read bound names the bound: "more than 10,000 untagged responses within 60 s of
-    IDLE (a flood)"); ``retry_at`` is when the next attempt is due (unix seconds), ``at`` when
-    this was written. ``imap-pipeline limits show PROVIDER --grant G`` prints it.
+    ``backoff``, ``login_queued``, ``waiting_slot``, ``invalid``); ``error`` says why a
+    connection ended (a broken read bound names the bound: "more than 10,000 untagged
+    responses within 60 s of IDLE (a flood)") or why it waits for a slot; ``retry_at`` is
+    when the next attempt is due (unix seconds), ``at`` when this was written.
+    ``imap-pipeline limits show PROVIDER --grant G`` prints it.
 
 Written when a connection starts watching or stops (never per notice), coalesced per folder
 and sent by one task, so a reconnect wave costs one pipelined round trip per batch and the
@@ -29,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pipeline.errors import ServiceError
-from pipeline.listener.leases import KEY_PREFIX, REDIS_CALL_TIMEOUT_S
+from pipeline.listener.leases import KEY_PREFIX, REDIS_CALL_TIMEOUT_S, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,32 @@ def read_status(client: redis.Redis[bytes], grant_id: str) -> dict[str, dict[str
         entry["retry_in_s"] = max(0.0, round(retry_at - time.time(), 1)) if retry_at else None
         out[folder_id.decode()] = entry
     return out
+
+
+WATCHING_STATES = frozenset({"idling", "renewing"})  # WatchState values of a working connection
+
+
+def idle_watched_folders(client: redis.Redis[bytes], grant_id: str) -> frozenset[str]:
+    """The folders of a grant a live listener reports in IDLE: the grant's lease is held (its
+    owner alive) and the folder's status, written by that owner, is idling. What a change there
+    needs is the listener's event, not a poll's STATUS. Best effort: Redis away or flushed, or
+    a status write lost, gives fewer folders (they are polled), never more.
+    """
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.get(lease_key(grant_id))
+        pipe.hgetall(status_key(grant_id))
+        owner, raw = pipe.execute()
+    except (RedisError, OSError):
+        return frozenset()
+    if not owner:
+        return frozenset()
+    watched = set()
+    for folder_id, value in (raw or {}).items():
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            continue
+        if entry.get("state") in WATCHING_STATES and entry.get("listener") == owner.decode():
+            watched.add(folder_id.decode())
+    return frozenset(watched)

@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -51,6 +51,7 @@ __all__ = [
     "child_preexec",
     "chown_tree",
     "free_port",
+    "hold_signals",
     "log_tail",
     "port_in_use",
     "process_group_members",
@@ -66,6 +67,47 @@ PORT_PROBE_TIMEOUT_S = 0.5
 LOG_TAIL_LINES = 25
 PERSISTENT_STAND_IN_BASE = Path("/var/lib/imap-pipeline")
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+class _SignalHold:
+    """Holds stop signals while this process spawns a child and records it.
+
+    A Python signal handler runs between bytecodes of the main thread, which includes the
+    callbacks ``fork`` runs in the parent (logging's lock release among them): an exception a
+    handler raises there is printed as "Exception ignored" and lost, and one raised between a
+    spawn and the line that records the child leaves the child unrecorded. A handler that
+    raises asks :meth:`held` first; what it held is raised again, by ``signal.raise_signal``,
+    when the outermost hold ends. Only the main thread holds (handlers run only there).
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._held: list[int] = []
+
+    def held(self, signum: int) -> bool:
+        """Whether ``signum`` was held for later (a hold is open); the handler returns if so."""
+        if self._depth == 0:
+            return False
+        self._held.append(signum)
+        return True
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._held:
+                held, self._held = self._held, []
+                for signum in dict.fromkeys(held):
+                    signal.raise_signal(signum)
+
+
+hold_signals = _SignalHold()
 
 
 def free_port() -> int:
@@ -382,7 +424,7 @@ class ChildProcess:
                 "group": entry.pw_gid,
                 "extra_groups": [g.gr_gid for g in grp.getgrall() if self.run_as in g.gr_mem],
             }
-        with self.log_path.open("ab") as log:
+        with self.log_path.open("ab") as log, hold_signals():
             try:
                 self._proc = subprocess.Popen(
                     self.argv,

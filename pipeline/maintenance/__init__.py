@@ -4,6 +4,8 @@
   itself does its work once.
 - :mod:`~pipeline.maintenance.sweep`: the five-minute UIDVALIDITY sweep and the stop rule for
   servers that change UIDVALIDITY on every session.
+- :mod:`~pipeline.maintenance.looks`: which folders' UIDVALIDITY the polls saw lately (Redis),
+  so the sweep need not ask them again.
 - :mod:`~pipeline.maintenance.purge`: the rolling retention purge, in bounded batches.
 - :mod:`~pipeline.maintenance.reconcile`: re-enqueues work a lost Redis event left behind,
   and deletes the messages that stayed in no folder past the orphan grace.

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session
 
-from pipeline.models import Folder, Grant, Message, SyncFailure, Thread
+from pipeline.models import Folder, Grant, Message, Placement, SyncFailure, Thread
 
 # folders, with the 0401 columns
 folders_t = table(
@@ -49,11 +49,14 @@ folders_t = table(
     column("uidvalidity", BigInteger()),
     column("uidnext", BigInteger()),
     column("highestmodseq", BigInteger()),
+    column("status_messages", BigInteger()),
+    column("status_unseen", BigInteger()),
     column("last_synced_at", DateTime(timezone=True)),
     column("updated_at", DateTime(timezone=True)),
     column("uidvalidity_changes", Integer()),
     column("swept_uidvalidity", BigInteger()),
     column("retry_at", DateTime(timezone=True)),
+    column("reindex_uidvalidity", BigInteger()),
 )
 
 
@@ -72,6 +75,8 @@ class SweptFolder:
     uidnext: int | None = None
     highestmodseq: int | None = None
     last_synced_at: datetime | None = None
+    status_messages: int | None = None  # STATUS counts the last sync saw (no CONDSTORE)
+    status_unseen: int | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,30 @@ class MaintenanceRepository:
                 folders_t.c.swept_uidvalidity.is_distinct_from(seen),
             )
             .values(swept_uidvalidity=seen)
+        )
+
+    def holds_messages(self, folder_id: str) -> bool:
+        """Whether any message is placed in the folder (under any UIDVALIDITY)."""
+        return bool(self.session.scalar(select(exists().where(Placement.folder_id == folder_id))))
+
+    def adopt_uidvalidity(
+        self, folder_id: str, seen: int, *, uidnext: int | None, messages: int | None
+    ) -> None:
+        """Take ``seen`` as an empty folder's UIDVALIDITY at once (nothing to reindex): the
+        marks of the old numbering go (next sync looks from UID 1), the count is unchanged."""
+        self.session.execute(
+            update(folders_t)
+            .where(folders_t.c.id == folder_id)
+            .values(
+                uidvalidity=seen,
+                swept_uidvalidity=seen,
+                reindex_uidvalidity=None,
+                synced_uid=0,
+                uidnext=uidnext,
+                highestmodseq=None,
+                status_messages=messages,
+                status_unseen=0 if messages == 0 else None,
+            )
         )
 
     def stop_folder(self, folder_id: str, detail: str, retry_at: datetime) -> None:
@@ -315,9 +344,11 @@ def _swept_columns() -> Select[Any]:
         f.uidnext,
         f.highestmodseq,
         f.last_synced_at,
+        f.status_messages,
+        f.status_unseen,
     )
 
 
 def _swept(row: Any) -> SweptFolder:
-    i, rn, role, st, uv, suv, ch, ra, un, hms, ls = row
-    return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls)
+    i, rn, role, st, uv, suv, ch, ra, un, hms, ls, sm, su = row
+    return SweptFolder(str(i), rn, role, st, int(uv), suv, int(ch or 0), ra, un, hms, ls, sm, su)

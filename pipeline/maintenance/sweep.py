@@ -3,8 +3,9 @@
 Every ``SWEEP_INTERVAL_S`` the planner (:func:`plan_sweep`) gives each valid grant a check at a
 fixed offset within the interval (a hash of its id), so checks are spread evenly instead of a
 thundering herd at :00, and each grant is checked once per interval. A check
-(:func:`check_grant`) asks ``STATUS`` of each folder that was synced at least once, on a fresh
-session (a pooled one would only repeat what the last sync saw), and compares::
+(:func:`check_grant`) asks ``STATUS`` of the folders that were synced at least once and are
+due (:func:`due_for_check`), on a fresh session (a pooled one would only repeat what the last
+sync saw), and compares::
 
     server == stored                 -> fine; consecutive-change count back to 0
     server != stored, == last swept  -> the same change, still waiting for its reindex:
@@ -17,10 +18,34 @@ session (a pooled one would only repeat what the last sync saw), and compares::
                                         is the Inbox the whole grant is stopped, and
                                         ``grant.updated`` is emitted
 
+Due are the folders whose UIDVALIDITY nobody saw within the interval, and those whose look
+matters anyway: stopped ones whose retry is due, and ones with changes counted (only a fresh
+session seeing the stored value resets the count). Seen are the folders the minute's poll
+looked at (its STATUS carries UIDVALIDITY and counts a change; the poll records its looks in
+Redis, :mod:`pipeline.maintenance.looks`) and Inbox and Sent while a live listener holds them in
+IDLE (a session left open keeps its folder's UIDVALIDITY; a (re)connect's EXAMINE that differs
+publishes an event, whose sync counts the change). So an idle grant's check asks nothing and
+opens no session: its IMAP commands are the poll's STATUS and the IDLE renewals (issue 11).
+
 The same STATUS also polls the folders no listener watches (every role but Inbox and Sent): a
 ``synced`` folder whose UIDNEXT or HIGHESTMODSEQ differs from what its last sync stored gets a
-sync enqueued; on a server without CONDSTORE (no HIGHESTMODSEQ, so flag changes and expunges
-are invisible to STATUS) it is synced when its last sync is ``POLL_FALLBACK_S`` old.
+sync enqueued. A server without CONDSTORE (Courier-IMAP) gives no HIGHESTMODSEQ, so::
+
+    MESSAGES differs from the last sync's     -> an expunge: sync
+    UNSEEN differs from the last sync's       -> a \\Seen change: sync
+    nothing differs, last sync >= the flag    -> maybe another flag (\\Flagged, ...): a flag
+    refresh interval ago                         refresh (a sync), at most N folders of a grant
+                                                 per poll, oldest first (the poll only)
+
+Inbox and Sent are the listener's: the poll skips them while the listener reports them in
+IDLE, and looks at them when their last sync is ``IDLE_SAFETY_NET_S`` old and they changed
+(as a check does when it asks them), so an event lost with the listener's lease or status (a
+listener crash, a Redis flush) costs minutes, not mail.
+
+The counts are those of a STATUS the sync sent just before its SELECT (never newer than what
+it read). A quiet folder costs one STATUS per poll on every server, and a whole grant one
+``LIST "" "*" RETURN (STATUS ...)`` where the server has LIST-STATUS (RFC 5819: Dovecot,
+Cyrus); the flag refresh is the only extra, bounded by its interval and its cap.
 
 A stopped folder whose retry is due is asked again: if the server now gives the value the
 last sweep saw (stable across sessions hours apart) the folder resumes (state ``syncing``,
@@ -34,6 +59,13 @@ intervals (before, only sweeps counted, and the minute's polls reindexed it mean
 that sees the stored value remembers it as the last seen, so sessions that disagree (pooled
 ones each keeping their own value) also count. Only the sweep resets the count: it looks on a
 fresh session, while a poll or a sync may reuse the very session that set the stored value.
+
+An empty folder costs nothing to renumber: a new UIDVALIDITY of a folder the server reports
+empty (STATUS MESSAGES or SELECT EXISTS 0) and that holds no message of ours is taken at once
+(the old numbering's marks dropped), neither counted nor announced (``folder.updated``), and a
+stopped one resumes at its retry. Courier-IMAP keeps no uid db for an empty folder until a
+read-write SELECT, so each of its sessions numbers an empty INBOX afresh (by the clock): such a
+grant was stopped after five sessions.
 Enqueueing is a callback run after the commit.
 """
 
@@ -42,15 +74,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.errors import ImapFolderError
 from pipeline.grants.repository import GrantRepository
-from pipeline.imap import FolderStatus, ImapSession
+from pipeline.imap import FolderStatus, ImapSession, SelectInfo
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.sync import events
 
@@ -61,10 +94,15 @@ STOPPED_DETAIL = "stopped: UIDVALIDITY changes on every session"
 STOPPED_RETRY_S = 6 * 60 * 60  # a misconfigured server is rarely fixed within hours
 STOPPED_RETRY_MAX_S = 48 * 60 * 60  # but keep looking at least every two days
 IDLE_ROLES = frozenset({"inbox", "sent"})  # the listener watches these; the sweep polls the rest
-POLL_FALLBACK_S = 30 * 60  # without CONDSTORE, a folder is synced at least this often
+# Without CONDSTORE a folder's flags are re-read at most this often, a few folders per poll
+# (the defaults of Settings.flag_refresh_interval_s / flag_refresh_per_poll).
+FLAG_REFRESH_S = 10 * 60
+FLAG_REFRESH_PER_POLL = 2
 # A watched folder (Inbox, Sent) that changed but was not synced for this long is synced by the
 # poll too: the listener's event was lost (a Redis flush, a listener crash mid-enqueue).
 IDLE_SAFETY_NET_S = 2 * 60
+
+Status = FolderStatus | SelectInfo  # a look at a folder: a STATUS, or a sync's SELECT
 
 
 @dataclass(frozen=True)
@@ -87,6 +125,7 @@ class SweepReport:
     still_broken: list[str]
     gone: list[str]
     polled: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # empty folders renumbered (not counted)
     grant_stopped: bool = False
     grant_resumed: bool = False
 
@@ -110,10 +149,51 @@ def plan_sweep(db: Session, interval_s: float) -> list[SweepJob]:
     ]
 
 
+def batch_jobs(
+    jobs: list[SweepJob], window_s: float, max_size: int
+) -> list[tuple[float, str, list[str]]]:
+    """Group jobs whose offsets fall in the same ``window_s`` (and whose grants share a
+    provider, hence a queue), at most ``max_size`` a group: ``(countdown_s, provider,
+    grant_ids)``, the countdown being the group's earliest offset."""
+    groups: dict[tuple[int, str], list[SweepJob]] = {}
+    for job in sorted(jobs, key=lambda j: j.countdown_s):
+        groups.setdefault((int(job.countdown_s // window_s), job.provider), []).append(job)
+    out: list[tuple[float, str, list[str]]] = []
+    for (_, provider), members in groups.items():
+        for start in range(0, len(members), max_size):
+            part = members[start : start + max_size]
+            out.append((part[0].countdown_s, provider, [j.grant_id for j in part]))
+    return sorted(out)
+
+
 def retry_delay_s(changes: int) -> float:
     """Back-off of a stopped folder after ``changes`` consecutive changes."""
     doublings = max(changes - UIDVALIDITY_STOP_AFTER, 0)
     return min(math.ldexp(STOPPED_RETRY_S, min(doublings, 16)), STOPPED_RETRY_MAX_S)
+
+
+def due_for_check(
+    db: Session,
+    grant_id: str,
+    now: datetime,
+    *,
+    looked: Collection[str],
+    idle_watched: Collection[str],
+) -> list[SweptFolder]:
+    """The folders a grant's check must STATUS on a fresh session: a stopped one whose retry is
+    due, one with changes counted (only a fresh session's look at the stored value resets the
+    count), and one whose UIDVALIDITY nobody saw within the interval. Seen are the folders a
+    poll looked at (``looked``: their STATUS carried UIDVALIDITY, and a change counted) and
+    Inbox and Sent while a listener holds them in IDLE (``idle_watched``: a session that stays
+    open keeps its folder's UIDVALIDITY; its (re)connect's EXAMINE publishes a change, whose
+    sync counts it). Never commits."""
+    return [
+        folder
+        for folder in MaintenanceRepository(db).sweep_candidates(grant_id, now)
+        if folder.state == "stopped"
+        or folder.changes
+        or not (folder.id in looked or (folder.role in IDLE_ROLES and folder.id in idle_watched))
+    ]
 
 
 def check_grant(
@@ -123,8 +203,10 @@ def check_grant(
     *,
     now: datetime,
     enqueue_sync: Callable[[str], object],
+    only: Collection[str] | None = None,
 ) -> SweepReport:
-    """STATUS every swept folder of ``grant_id`` on ``imap`` and act on what changed.
+    """STATUS every swept folder of ``grant_id`` (of ``only`` folder ids, when given) on
+    ``imap`` and act on what changed.
 
     Commits its own short transactions (one per folder that needs a write) and calls
     ``enqueue_sync(folder_id)`` after they commit.
@@ -137,20 +219,23 @@ def check_grant(
         candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
     to_sync: list[str] = []
     for candidate in candidates:
+        if only is not None and candidate.id not in only:
+            continue
         try:
             status = imap.status(candidate.raw_name)
         except ImapFolderError:
             report.gone.append(candidate.id)  # folder discovery removes it
             continue
-        seen = status.uidvalidity
         with sessions.begin() as db:
             repo = MaintenanceRepository(db)
             folder = repo.lock_folder(candidate.id)
             if folder is None:
                 continue
-            action = _decide(db, repo, grant_id, folder, seen, now, report)
+            action = _decide(db, repo, grant_id, folder, status, now, report)
         if action:
             to_sync.append(folder.id)
+        elif folder.id in report.adopted:
+            continue  # an empty folder renumbered: nothing there to sync
         elif _poll_due(folder, status, now):
             report.polled.append(folder.id)
             to_sync.append(folder.id)
@@ -176,14 +261,25 @@ def poll_grant(
     *,
     now: datetime,
     enqueue_sync: Callable[[str], object],
+    flag_refresh_s: float = FLAG_REFRESH_S,
+    flag_refresh_per_poll: int = FLAG_REFRESH_PER_POLL,
+    idle_watched: Collection[str] = frozenset(),
+    looked: list[str] | None = None,
 ) -> list[str]:
-    """STATUS the folders no listener watches and enqueue a sync of those that changed.
+    """STATUS the folders no listener watches (one LIST-STATUS for all of them where the server
+    has it) and enqueue a sync of those that changed.
 
     Cheaper and more frequent than :func:`check_grant`: it reuses a pooled session and writes
     only when a folder's UIDVALIDITY changed: the change counts for the stop rule
     (:func:`count_seen_uidvalidity`), and the folder is synced (which reindexes it) unless the
-    rule stopped it. Inbox and Sent are the listener's, but are looked at too once
-    their last sync is ``IDLE_SAFETY_NET_S`` old, so a lost event costs minutes, not mail.
+    rule stopped it. Inbox and Sent are the listener's: not looked at while the listener
+    reports them in IDLE (``idle_watched``, :func:`pipeline.listener.status.idle_watched_folders`),
+    else looked at once their last sync is ``IDLE_SAFETY_NET_S`` old, so a lost event (a
+    listener down, a Redis flush) costs minutes, not mail; the sweep looks in any case.
+    Without CONDSTORE, at most ``flag_refresh_per_poll`` unchanged unwatched folders whose last
+    sync is ``flag_refresh_s`` old are synced too (oldest first), to re-read their flags.
+    The ids of the folders whose STATUS (and so UIDVALIDITY) it saw are appended to
+    ``looked`` (the sweep need not ask them again: :func:`due_for_check`).
 
     Returns:
         The ids of the folders whose sync was enqueued.
@@ -193,50 +289,95 @@ def poll_grant(
     """
     with sessions.begin() as db:
         candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
-    changed: list[str] = []
+    asked: list[SweptFolder] = []
     for folder in candidates:
         if folder.state != "synced":
             continue
         watched = folder.role in IDLE_ROLES
+        if watched and folder.id in idle_watched:
+            continue  # in IDLE now: its changes come as the listener's events
         if watched and (
             folder.last_synced_at is None
             or (now - folder.last_synced_at).total_seconds() < IDLE_SAFETY_NET_S
         ):
             continue  # the listener's business, unless its event may have been lost
-        try:
-            status = imap.status(folder.raw_name)
-        except ImapFolderError:
-            continue  # gone: folder discovery removes it
+        asked.append(folder)
+    # one LIST-STATUS where the server has it, else a STATUS each; a folder gone is left out
+    # (folder discovery removes it)
+    statuses = imap.statuses([f.raw_name for f in asked]) if asked else {}
+    changed: list[str] = []
+    stale: list[SweptFolder] = []  # flags not re-read for long, on a server without CONDSTORE
+    for folder in asked:
+        status = statuses.get(folder.raw_name)
+        if status is None:
+            continue
+        watched = folder.role in IDLE_ROLES
+        if looked is not None:
+            looked.append(folder.id)
         if status.uidvalidity != folder.uidvalidity:
-            if status.uidvalidity != folder.swept_uidvalidity:
+            if status.uidvalidity != folder.swept_uidvalidity or status.messages == 0:
                 with sessions.begin() as db:
-                    if not count_seen_uidvalidity(db, grant_id, folder.id, status.uidvalidity, now):
-                        continue  # stopped by the rule
+                    seen = count_seen_uidvalidity(db, grant_id, folder.id, now, status=status)
+                if seen is Seen.STOPPED:
+                    continue  # stopped by the rule
+                if seen is Seen.ADOPTED:
+                    continue  # an empty folder renumbered: recorded, nothing to sync
             changed.append(folder.id)
-        elif _moved_on(folder, status, now):
+        elif _moved_on(folder, status):
             changed.append(folder.id)
+        elif not watched and _flags_unseen(folder, status, now, flag_refresh_s):
+            # (IDLE reports a watched folder's flag changes: FETCH, handled by the listener)
+            stale.append(folder)
+    oldest_first = sorted(stale, key=lambda f: f.last_synced_at or datetime.min.replace(tzinfo=UTC))
+    changed.extend(f.id for f in oldest_first[:flag_refresh_per_poll])
     for folder_id in changed:
         enqueue_sync(folder_id)
     return changed
 
 
-def _moved_on(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
-    """Whether a folder changed since its last sync (any role)."""
+def _moved_on(folder: SweptFolder, status: FolderStatus) -> bool:
+    """Whether STATUS shows a change since the folder's last sync (any role)."""
     if status.uidnext != folder.uidnext:
         return True
     if status.highestmodseq is not None and folder.highestmodseq is not None:
         return status.highestmodseq != folder.highestmodseq
+    # No CONDSTORE: an expunge lowers MESSAGES, a \Seen change moves UNSEEN (the counts of a
+    # STATUS the last sync sent before its SELECT; NULL before that sync: not compared).
+    if folder.status_messages is not None and status.messages != folder.status_messages:
+        return True
+    return (
+        folder.status_unseen is not None
+        and status.unseen is not None
+        and status.unseen != folder.status_unseen
+    )
+
+
+def _flags_unseen(
+    folder: SweptFolder, status: FolderStatus, now: datetime, refresh_s: float
+) -> bool:
+    """Whether a folder's flag changes are invisible to STATUS (no HIGHESTMODSEQ on either
+    side) and its flags were last read ``refresh_s`` ago or more."""
+    if status.highestmodseq is not None and folder.highestmodseq is not None:
+        return False
     last = folder.last_synced_at
-    return last is None or (now - last).total_seconds() >= POLL_FALLBACK_S
+    return last is None or (now - last).total_seconds() >= refresh_s
 
 
 def _poll_due(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
-    """Whether a synced folder no listener watches changed since its last sync."""
-    if folder.role in IDLE_ROLES or folder.state != "synced":
+    """Whether a synced folder changed since its last sync: any folder no listener watches, and
+    Inbox and Sent once their last sync is ``IDLE_SAFETY_NET_S`` old (a listener's event lost
+    while the poll trusted it). The flag refresh of servers without CONDSTORE is the poll's
+    alone (its cap holds per poll)."""
+    if folder.state != "synced":
+        return False
+    if folder.role in IDLE_ROLES and (
+        folder.last_synced_at is None
+        or (now - folder.last_synced_at).total_seconds() < IDLE_SAFETY_NET_S
+    ):
         return False
     if status.uidvalidity != folder.uidvalidity:
         return False  # a UIDVALIDITY matter: the sweep's rule decides
-    return _moved_on(folder, status, now)
+    return _moved_on(folder, status)
 
 
 def _decide(
@@ -244,13 +385,16 @@ def _decide(
     repo: MaintenanceRepository,
     grant_id: str,
     folder: SweptFolder,
-    seen: int,
+    status: FolderStatus,
     now: datetime,
     report: SweepReport,
 ) -> bool:
     """Apply the rule to one folder (inside its row lock); True when its sync is due."""
+    seen = status.uidvalidity
     if folder.state == "stopped":
-        if seen == folder.swept_uidvalidity:
+        if seen == folder.swept_uidvalidity or _adopt_if_empty(repo, folder, status):
+            # the server kept its value, or the folder is empty (a new number costs nothing;
+            # also heals an empty Courier folder stopped before this rule knew of them)
             repo.resume_folder(folder.id)
             repo.record_sweep(folder.id, seen=seen, changes=0)
             report.resumed.append(folder.id)
@@ -267,32 +411,63 @@ def _decide(
             repo.record_sweep(folder.id, seen=seen, changes=0)
         report.same.append(folder.id)
         return False
+    if _adopt_if_empty(repo, folder, status):
+        report.adopted.append(folder.id)
+        return False
     return _count_change(db, repo, grant_id, folder, seen, now, report)
 
 
+def _adopt_if_empty(repo: MaintenanceRepository, folder: SweptFolder, status: Status) -> bool:
+    """A new UIDVALIDITY of a folder the server reports empty and we hold nothing of: nothing to
+    drop, nothing to reindex, so it is taken at once, without counting for the stop rule and
+    without ``folder.updated`` (Courier-IMAP keeps no uid db for an empty folder until a
+    read-write SELECT: every session gives it a new UIDVALIDITY). True when taken."""
+    exists = status.messages if isinstance(status, FolderStatus) else status.exists
+    if exists != 0 or status.uidvalidity == folder.uidvalidity or repo.holds_messages(folder.id):
+        return False
+    repo.adopt_uidvalidity(folder.id, status.uidvalidity, uidnext=status.uidnext, messages=0)
+    log.info(
+        "an empty folder has a new UIDVALIDITY; taken without a reindex",
+        extra={"folder_id": folder.id},
+    )
+    return True
+
+
+class Seen(Enum):
+    """What :func:`count_seen_uidvalidity` made of a UIDVALIDITY."""
+
+    SYNC = "sync"  # the stored value, or a counted change: the folder may be synced
+    ADOPTED = "adopted"  # an empty folder's new value, taken as the stored one (not counted)
+    STOPPED = "stopped"  # the folder is stopped, now or already
+
+
 def count_seen_uidvalidity(
-    db: Session, grant_id: str, folder_id: str, seen: int, now: datetime
-) -> bool:
-    """Apply the stop rule to a UIDVALIDITY a poll or a folder sync saw. Never commits.
+    db: Session, grant_id: str, folder_id: str, now: datetime, *, status: Status
+) -> Seen:
+    """Apply the stop rule to the UIDVALIDITY a poll's STATUS or a folder sync's SELECT saw.
+    Never commits.
 
     A value other than the stored one and the last one seen counts one change (the folder's
     row is locked meanwhile); at ``UIDVALIDITY_STOP_AFTER`` the folder is stopped (and, for the
     Inbox, the grant, with ``grant.updated``). The stored value is remembered as the last seen,
-    never resets the count (see the module docstring).
-
-    Returns:
-        Whether the folder may be synced (False: it is stopped, now or already).
+    never resets the count (see the module docstring). A new value of a folder the server
+    reports empty and we hold nothing of is taken at once, uncounted (:func:`_adopt_if_empty`).
     """
+    seen = status.uidvalidity
     repo = MaintenanceRepository(db)
     folder = repo.lock_folder(folder_id)
     if folder is None:
-        return True  # never synced: nothing to compare with yet
+        return Seen.SYNC  # never synced: nothing to compare with yet
     if folder.state == "stopped":
-        return False
+        return Seen.STOPPED
     if seen == folder.uidvalidity:
         repo.note_seen(folder_id, seen)
-        return True
-    return _count_change(db, repo, grant_id, folder, seen, now, SweepReport.empty())
+        return Seen.SYNC
+    if _adopt_if_empty(repo, folder, status):
+        return Seen.ADOPTED
+    if _count_change(db, repo, grant_id, folder, seen, now, SweepReport.empty()):
+        return Seen.SYNC
+    return Seen.STOPPED
 
 
 def _count_change(

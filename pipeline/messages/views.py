@@ -39,6 +39,7 @@ def message_view(
 ) -> dict[str, Any]:
     """A message in the Nylas v3 shape (``attachments`` already as :func:`attachment_view`
     dictionaries: the API builds them in SQL for whole pages)."""
+    date = unix(message.date)
     view: dict[str, Any] = {
         "id": message.id,
         "grant_id": message.grant_id,
@@ -50,13 +51,15 @@ def message_view(
         "cc": message.cc,
         "bcc": message.bcc,
         "reply_to": message.reply_to,
-        "date": unix(message.date),
-        "created_at": unix(message.date),
+        "in_reply_to": message.in_reply_to,  # the In-Reply-To header's Message-ID
+        "date": date,
+        "created_at": date,
         "unread": message.unread,
         "starred": message.starred,
         "snippet": message.snippet,
         "folders": folder_ids,
         "attachments": attachments,
+        "metadata": message.metadata_,
     }
     if include_body:
         view["body"] = message.body

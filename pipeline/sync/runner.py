@@ -43,7 +43,7 @@ from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledErr
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FetchedMessage, FolderInfo, ImapSession, MessageMeta
-from pipeline.maintenance.sweep import count_seen_uidvalidity
+from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
@@ -57,6 +57,9 @@ from pipeline.sync.store import (
 )
 
 log = logging.getLogger(__name__)
+
+INLINE_SLOT_WAIT_S = 60.0  # an inline sync waits this long for a connection slot
+INLINE_REDIS_TIMEOUT_S = 5.0  # any one Redis round trip of an inline sync's slots
 
 META_SLICE = 5000  # UIDs per metadata FETCH: keeps one response line bounded
 MAX_RANGES = 64  # a folder's initial sync is never split into more tasks than this
@@ -352,7 +355,7 @@ def sync_folder(
     *,
     now: datetime | None = None,
     budget_s: float | None = None,
-    on_batch: Callable[[], object] | None = None,
+    on_batch: Callable[[], bool] | None = None,
     uid_range: tuple[int, int] | None = None,
     range_messages: int | None = None,
     reopen: Callable[[], ImapSession] | None = None,
@@ -364,7 +367,9 @@ def sync_folder(
     every message of the retention window not stored yet under the server's UIDVALIDITY.
     Afterwards (``synced``): store new mail (UIDs from ``synced_uid`` on).
 
-    ``on_batch`` is called after every committed batch (the task renews its lock there).
+    ``on_batch`` is called after every committed batch (the task renews its lock and its
+    connection slot there); when it returns True the run stops as if its budget were spent
+    (the listener or an API request waits for the connection: :mod:`pipeline.imap.connections`).
 
     Given ``reopen`` (a new logged-in session), a batch the server breaks off (a ``BYE`` or
     ``NO`` on one corrupt message) is fetched again message by message, and what the server
@@ -433,7 +438,7 @@ def _sync_folder(
     *,
     now: datetime | None,
     budget_s: float | None,
-    on_batch: Callable[[], object] | None,
+    on_batch: Callable[[], bool] | None,
     uid_range: tuple[int, int] | None,
     range_messages: int | None,
     reopen: Callable[[], ImapSession] | None,
@@ -456,9 +461,11 @@ def _sync_folder(
     # Notifications only once the historical sync is done, and not for mail that piled up
     # while the grant was out of service for long.
     notify = live and (last_synced is None or now - last_synced < events.SILENT_AFTER)
-    imap.enable_condstore()
+    # Without CONDSTORE the poll notices expunges and \Seen changes by STATUS MESSAGES and
+    # UNSEEN (pipeline.maintenance.sweep): a STATUS before the SELECT gives this run's baseline.
+    condstore = imap.enable_condstore()
     try:
-        info = imap.select(raw_name, readonly=True, want_uidnext=True)
+        info = imap.select(raw_name, readonly=True, want_uidnext=True, want_status=not condstore)
     except ImapFolderError as exc:
         with sessions.begin() as db:
             FolderRepository(db).set_state(folder_id, "failed", str(exc))
@@ -470,14 +477,19 @@ def _sync_folder(
         messages = MessageRepository(db)
         if folder.uidvalidity is None:
             folder.uidvalidity = info.uidvalidity
-        elif not count_seen_uidvalidity(db, grant_id, folder_id, info.uidvalidity, now):
-            # a new UIDVALIDITY, and the stop rule's limit (this change counts as much as one a
-            # sweep or a poll saw): stopped, not reindexed once more
-            log.warning(
-                "UIDVALIDITY changes on every session; folder stopped",
-                extra={"grant_id": grant_id, "folder_id": folder_id},
-            )
-            return SyncOutcome(folder_id, "stopped")  # a stopped Inbox's grant.updated: the sweep
+        else:
+            seen = count_seen_uidvalidity(db, grant_id, folder_id, now, status=info)
+            if seen is Seen.STOPPED:
+                # a new UIDVALIDITY, and the stop rule's limit (this change counts as much as
+                # one a sweep or a poll saw): stopped, not reindexed once more
+                log.warning(
+                    "UIDVALIDITY changes on every session; folder stopped",
+                    extra={"grant_id": grant_id, "folder_id": folder_id},
+                )
+                return SyncOutcome(folder_id, "stopped")  # an Inbox's grant.updated: the sweep
+            if seen is Seen.ADOPTED:  # an empty folder's new number, taken as it is
+                db.refresh(folder)
+                synced_uid, stored_modseq = folder.synced_uid, folder.highestmodseq
         if folder.uidvalidity != info.uidvalidity:
             # The server renumbered the folder. Index the new UIDVALIDITY beside the old view
             # (readers keep seeing the old one) and switch at once when it is complete.
@@ -636,12 +648,15 @@ def _sync_folder(
             outcome.stored += len(items)
             outcome.failed += written.failed
             outcome.new_message_ids.extend(written.new_message_ids)
-            if on_batch is not None:
-                on_batch()  # e.g. renew the caller's lock
-            if time.monotonic() - started > budget and index + 1 < len(batches):
+            # e.g. renew the caller's lock; True: a higher priority wants the connection
+            yield_now = on_batch() if on_batch is not None else False
+            spent = time.monotonic() - started > budget
+            if (spent or yield_now) and index + 1 < len(batches):
                 outcome.remaining = sum(len(b) for b in batches[index + 1 :])
                 log.info(
-                    "sync budget spent; continuing in a new task",
+                    "sync budget spent; continuing in a new task"
+                    if spent
+                    else "connection wanted by the listener or the API; continuing in a new task",
                     extra={"grant_id": grant_id, "folder_id": folder_id, "left": outcome.remaining},
                 )
                 return outcome
@@ -685,6 +700,9 @@ def _sync_folder(
         folder.uidnext = info.uidnext
         if not initial:  # an initial sync keeps the modseq of its plan (see above)
             folder.highestmodseq = info.highestmodseq
+        counts = None if condstore else info.status
+        folder.status_messages = counts.messages if counts else None
+        folder.status_unseen = counts.unseen if counts else None
         folder.last_synced_at = now
         folder.state = "synced"
         outcome.state = "synced"
@@ -808,20 +826,55 @@ def sync_grant_inline(
     grant_id: str,
     *,
     now: datetime | None = None,
+    slot_wait_s: float = INLINE_SLOT_WAIT_S,
 ) -> list[SyncOutcome]:
     """Discover and sync every folder of a grant in this process, one after another.
 
     What the Celery tasks do spread over workers, for tests, tools and small installs.
     Orphans are finalized once, after every folder was synced: a message moved from a folder
-    synced first to one synced later keeps its id whatever the grace (even 0).
-    """
-    from pipeline.grants.service import open_grant_session
+    synced first to one synced later keeps its id whatever the grace (even 0). Its sessions
+    hold a BULK slot of the account's connection manager (``settings.redis_url``; none is
+    counted without Redis), waiting up to ``slot_wait_s`` for one.
 
+    Raises:
+        RateLimited: no connection slot of the account came within ``slot_wait_s``.
+    """
+    import redis
+
+    from pipeline.grants.service import counting_pool, open_counted_session
+    from pipeline.imap.connections import Priority
+    from pipeline.ratelimit import RateLimiter
+
+    client = (
+        redis.Redis.from_url(settings.redis_url, socket_timeout=INLINE_REDIS_TIMEOUT_S)
+        if settings.redis_url
+        else None
+    )
+    limiter = RateLimiter(client) if client is not None else None
+    pool = counting_pool(limiter, Priority.BULK)
+
+    def opener(db: Session, settings: Settings, grant: Grant) -> ImapSession:
+        return open_counted_session(db, settings, grant, pool, limiter, wait_s=slot_wait_s)
+
+    try:
+        return _sync_inline(sessions, settings, grant_id, now, opener)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _sync_inline(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    grant_id: str,
+    now: datetime | None,
+    open_session: Callable[[Session, Settings, Grant], ImapSession],
+) -> list[SyncOutcome]:
     with sessions.begin() as db:
         grant = GrantRepository(db).get(grant_id)
         if grant is None or grant.grant_status != "valid":
             return []
-        imap = open_grant_session(db, settings, grant)
+        imap = open_session(db, settings, grant)
     outcomes: list[SyncOutcome] = []
     try:
         with sessions.begin() as db:
@@ -837,7 +890,7 @@ def sync_grant_inline(
             with sessions.begin() as db:
                 current = GrantRepository(db).get(grant_id)
                 assert current is not None
-                return open_grant_session(db, settings, current)
+                return open_session(db, settings, current)
 
         for folder_id in changes.selectable:
             while True:

@@ -104,6 +104,55 @@ def _is_reply(parsed: ParsedMessage) -> bool:
     return bool(plain) and normalize_subject(parsed.subject) != plain
 
 
+def message_columns(item: ParsedItem) -> dict[str, object]:
+    """The stored columns of a message taken from its fetched, normalized form (all but
+    ``id``, ``grant_id`` and ``thread_id``)."""
+    p = item.parsed
+    return {
+        "identity_key": p.identity_key,
+        "header_hash": p.header_hash,
+        "message_id_header": _clean(p.message_id) if p.message_id else None,
+        "in_reply_to": _clean(p.in_reply_to) if p.in_reply_to else None,
+        "references": [_clean(r) for r in p.references],
+        "subject": _clean(p.subject),
+        "from_": _people(p.from_),
+        "to": _people(p.to),
+        "cc": _people(p.cc),
+        "bcc": _people(p.bcc),
+        "reply_to": _people(p.reply_to),
+        "date": p.date or item.internaldate,
+        "received_at": item.internaldate,
+        "snippet": _clean(p.snippet),
+        "body": _clean(p.body),
+        "headers": [{"name": _clean(n), "value": _clean(v)} for n, v in p.headers],
+        "size": item.size,
+        "unread": "\\Seen" not in item.flags,
+        "starred": "\\Flagged" in item.flags,
+        "flags": list(item.flags),
+        "has_attachments": any(not a.is_inline for a in p.attachments),
+    }
+
+
+def attachment_columns(
+    parsed: ParsedMessage, *, message_id: str, grant_id: str
+) -> list[dict[str, object]]:
+    """The attachment rows of a normalized message."""
+    return [
+        {
+            "id": new_id(),
+            "message_id": message_id,
+            "grant_id": grant_id,
+            "filename": _clean(a.filename) if a.filename else None,
+            "content_type": _clean(a.content_type)[:255],
+            "size": a.size,
+            "content_id": _clean(a.content_id) if a.content_id else None,
+            "is_inline": a.is_inline,
+            "part_path": a.part_path,
+        }
+        for a in parsed.attachments
+    ]
+
+
 def write_batch(
     session: Session,
     *,
@@ -145,51 +194,12 @@ def write_batch(
     attachment_rows = []
     ids: dict[str, str] = {key: mid for key, (mid, _) in known.items()}
     for key, item in fresh.items():
-        p = item.parsed
         mid = new_id()
         ids[key] = mid
         message_rows.append(
-            {
-                "id": mid,
-                "grant_id": grant_id,
-                "identity_key": key,
-                "header_hash": p.header_hash,
-                "message_id_header": _clean(p.message_id) if p.message_id else None,
-                "in_reply_to": _clean(p.in_reply_to) if p.in_reply_to else None,
-                "references": [_clean(r) for r in p.references],
-                "thread_id": threads[key],
-                "subject": _clean(p.subject),
-                "from_": _people(p.from_),
-                "to": _people(p.to),
-                "cc": _people(p.cc),
-                "bcc": _people(p.bcc),
-                "reply_to": _people(p.reply_to),
-                "date": p.date or item.internaldate,
-                "received_at": item.internaldate,
-                "snippet": _clean(p.snippet),
-                "body": _clean(p.body),
-                "headers": [{"name": _clean(n), "value": _clean(v)} for n, v in p.headers],
-                "size": item.size,
-                "unread": "\\Seen" not in item.flags,
-                "starred": "\\Flagged" in item.flags,
-                "flags": list(item.flags),
-                "has_attachments": any(not a.is_inline for a in p.attachments),
-            }
+            {"id": mid, "grant_id": grant_id, "thread_id": threads[key], **message_columns(item)}
         )
-        for a in p.attachments:
-            attachment_rows.append(
-                {
-                    "id": new_id(),
-                    "message_id": mid,
-                    "grant_id": grant_id,
-                    "filename": _clean(a.filename) if a.filename else None,
-                    "content_type": _clean(a.content_type)[:255],
-                    "size": a.size,
-                    "content_id": _clean(a.content_id) if a.content_id else None,
-                    "is_inline": a.is_inline,
-                    "part_path": a.part_path,
-                }
-            )
+        attachment_rows.extend(attachment_columns(item.parsed, message_id=mid, grant_id=grant_id))
     repo.insert_messages(message_rows)
     repo.insert_attachments(attachment_rows)
     repo.upsert_placements(

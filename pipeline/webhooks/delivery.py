@@ -69,7 +69,7 @@ from pipeline.webhooks.errors import InvalidWebhookRequest
 from pipeline.webhooks.retry import retry_delay_s
 from pipeline.webhooks.sender import AttemptResult, OutgoingRequest, Sender
 from pipeline.webhooks.settings import WebhookSettings
-from pipeline.webhooks.signing import sign
+from pipeline.webhooks.signing import encode, sign
 
 log = logging.getLogger(__name__)
 
@@ -398,14 +398,17 @@ class Drainer:
                 attempt=c.attempt,
                 application_id=self._settings.application_id,
                 obj=c.obj,
+                data=c.data,
                 max_bytes=self._settings.max_payload_bytes,
             )
+            wire = encode(notification.body, compressed=lease.compressed_delivery)
             requests.append(
                 OutgoingRequest(
                     key=c.delivery_id,
                     url=lease.webhook_url,
-                    body=notification.body,
-                    signature=sign(secret, notification.body),
+                    body=wire.body,
+                    signature=sign(secret, wire.body),
+                    content_encoding=wire.content_encoding,
                 )
             )
         return await self._sender.send_many(requests)

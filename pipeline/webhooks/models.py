@@ -96,6 +96,9 @@ class OutboxEvent(Base):
     # "<grant>:<object family>:<subject>"; deliveries with the same key go out in seq order.
     ordering_key: Mapped[str | None] = mapped_column(Text)
     object: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # Fields of ``data`` beside ``object`` (migration 0104): ``grant_id`` of message.send_success,
+    # ``grant_id``, ``reason`` and ``error`` of message.send_failed; NULL for other types.
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     occurred_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("clock_timestamp()"), nullable=False
     )

@@ -59,6 +59,7 @@ def emit(
     type: str,
     obj: dict[str, Any],
     subject_id: str | None = None,
+    data: dict[str, Any] | None = None,
 ) -> None:
     """Write one notification into the outbox, in the caller's transaction.
 
@@ -73,6 +74,8 @@ def emit(
         obj: the object as the API shows it (JSON-serializable).
         subject_id: id of the object; notifications with the same grant and subject are
             delivered to each destination in the order they were emitted.
+        data: fields of the envelope's ``data`` beside ``object`` (Nylas' send results:
+            ``grant_id``, ``reason``, ``error``).
 
     Raises:
         WebhookPayloadError: unknown ``type``, or ``obj`` is not JSON-serializable.
@@ -82,7 +85,7 @@ def emit(
             f"Unknown webhook trigger type {type!r}; use one of {', '.join(sorted(TRIGGER_TYPES))}."
         )
     try:
-        dumped = json.dumps(obj, allow_nan=False)
+        dumped = json.dumps([obj, data], allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise WebhookPayloadError(
             f"The {type} object is not JSON-serializable ({exc}); convert datetimes to unix "
@@ -90,6 +93,7 @@ def emit(
         ) from exc
     if NUL_ESCAPE in dumped:  # jsonb cannot store U+0000; mail in the wild has it
         obj = _without_nul(obj)
+        data = _without_nul(data)
     repository.insert_event(
         session,
         notification_id=new_id(),
@@ -98,6 +102,7 @@ def emit(
         subject_id=subject_id,
         ordering_key=ordering_key(grant_id, type, subject_id),
         obj=obj,
+        data=data,
     )
 
 

@@ -8,7 +8,8 @@
 
 ``source`` is what Nylas sends for an IMAP grant: ``/nylas/system`` for grant events,
 ``/imap/emails/historic`` for ``grant.imap_sync_completed``, ``/imap/emails/incremental`` for
-message and folder changes. The grant is ``data.object.grant_id`` in every object.
+message and folder changes, ``/nylas/send`` for ``message.send_success``/``send_failed``. The
+grant is ``data.object.grant_id`` in every object.
 
 A body larger than the limit (1 MB by default) is sent as ``<type>.truncated`` with the
 object's ``body`` left out; the receiver fetches the full object through the API.
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipeline.webhooks.schemas import TRUNCATED_SUFFIX
+from pipeline.webhooks.schemas import SEND_RESULT_TYPES, TRUNCATED_SUFFIX
 
 SPEC_VERSION = "1.0"
 SYSTEM_SOURCE = "/nylas/system"  # grant lifecycle, and notifications that belong to no grant
 HISTORIC_SOURCE = "/imap/emails/historic"  # the end of the initial (historic) sync
 INCREMENTAL_SOURCE = "/imap/emails/incremental"  # changes found after the initial sync
+SEND_SOURCE = "/nylas/send"  # the outcome of a scheduled send (Nylas: "message send")
 TRUNCATED_FIELDS = ("body",)
 
 
@@ -44,6 +46,8 @@ def source_for(type: str, grant_id: str | None) -> str:
     """The envelope's ``source`` for a notification type, as Nylas names it for IMAP grants."""
     if type == "grant.imap_sync_completed":
         return HISTORIC_SOURCE
+    if type in SEND_RESULT_TYPES:
+        return SEND_SOURCE
     if grant_id is None or type.startswith("grant."):
         return SYSTEM_SOURCE
     return INCREMENTAL_SOURCE
@@ -64,8 +68,14 @@ def build(
     application_id: str,
     obj: dict[str, Any],
     max_bytes: int,
+    data: dict[str, Any] | None = None,
 ) -> Notification:
-    """The envelope for one attempt, truncated to ``<type>.truncated`` when over ``max_bytes``."""
+    """The envelope for one attempt, truncated to ``<type>.truncated`` when over ``max_bytes``.
+
+    ``data``: fields of ``data`` beside ``application_id`` and ``object`` (``grant_id``,
+    ``reason``, ``error`` of the send results), kept when truncated.
+    """
+    extra = {k: v for k, v in (data or {}).items() if k not in ("application_id", "object")}
     envelope: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "type": type,
@@ -73,12 +83,12 @@ def build(
         "id": notification_id,
         "time": int(occurred_at.timestamp()),
         "webhook_delivery_attempt": attempt,
-        "data": {"application_id": application_id, "object": obj},
+        "data": {"application_id": application_id, **extra, "object": obj},
     }
     body = encode(envelope)
     if len(body) <= max_bytes:
         return Notification(notification_id, type, body, truncated=False)
     slim = {k: v for k, v in obj.items() if k not in TRUNCATED_FIELDS}
     envelope["type"] = type + TRUNCATED_SUFFIX
-    envelope["data"] = {"application_id": application_id, "object": slim}
+    envelope["data"] = {"application_id": application_id, **extra, "object": slim}
     return Notification(notification_id, envelope["type"], encode(envelope), truncated=True)

@@ -143,6 +143,7 @@ def insert_event(
     subject_id: str | None,
     ordering_key: str | None,
     obj: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> None:
     """Append one outbox row (its ``seq`` comes from the identity sequence)."""
     session.execute(
@@ -153,6 +154,7 @@ def insert_event(
             subject_id=subject_id,
             ordering_key=ordering_key,
             object=obj,
+            data=data,
         )
     )
 
@@ -261,6 +263,7 @@ class LeasedDestination:
     webhook_url: str
     secret_sealed: str
     status: str
+    compressed_delivery: bool = False
 
 
 def acquire_lease(
@@ -284,13 +287,15 @@ def acquire_lease(
             ),
         )
         .values(drain_lease_token=token, drain_lease_until=_in(lease_s))
-        .returning(w.id, w.webhook_url, w.secret_sealed, w.status)
+        .returning(w.id, w.webhook_url, w.secret_sealed, w.status, w.compressed_delivery)
         .execution_options(synchronize_session=False)
     )
     row = session.execute(stmt).first()
     if row is None:
         return None
-    return LeasedDestination(row.id, row.webhook_url, row.secret_sealed, row.status)
+    return LeasedDestination(
+        row.id, row.webhook_url, row.secret_sealed, row.status, row.compressed_delivery
+    )
 
 
 def release_lease(session: Session, destination_id: str, token: str) -> None:
@@ -345,6 +350,7 @@ class ClaimedDelivery:
     grant_id: str | None
     occurred_at: datetime
     obj: dict[str, Any]
+    data: dict[str, Any] | None = None  # ``data`` fields beside ``object`` (send results)
 
 
 def claim_due(
@@ -392,6 +398,7 @@ def claim_due(
                 OutboxEvent.grant_id,
                 OutboxEvent.occurred_at,
                 OutboxEvent.object,
+                OutboxEvent.data,
             ).where(OutboxEvent.seq.in_([c.event_seq for c in claimed]))
         )
     }
@@ -408,6 +415,7 @@ def claim_due(
                 grant_id=e.grant_id,
                 occurred_at=e.occurred_at,
                 obj=e.object,
+                data=e.data,
             )
         )
     return out

@@ -24,6 +24,8 @@ TRIGGER_TYPES: frozenset[str] = frozenset(
         "grant.deleted",
         "grant.expired",
         "grant.imap_sync_completed",
+        "message.send_success",  # a scheduled send (``send_at``) went out
+        "message.send_failed",  # a scheduled send failed for good
     }
 )
 """The Nylas v3 trigger types this engine emits (the IMAP subset)."""
@@ -32,7 +34,7 @@ NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
     {
         # Nylas' other documented types (the SDK's ``WebhookTriggers``): a destination may
         # subscribe to them, as on Nylas, but nothing here produces them (no calendars,
-        # contacts, scheduler, tracking, outbox or deliverability reports over IMAP).
+        # contacts, scheduler, tracking or deliverability reports over IMAP).
         "booking.created",
         "booking.pending",
         "booking.rescheduled",
@@ -46,8 +48,6 @@ NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
         "event.created",
         "event.updated",
         "event.deleted",
-        "message.send_success",
-        "message.send_failed",
         "message.bounce_detected",
         "message.opened",
         "message.link_clicked",
@@ -64,6 +64,10 @@ NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
 """Types a destination may subscribe to that this engine never sends (README, Webhooks)."""
 
 ACCEPTED_TRIGGER_TYPES: frozenset[str] = TRIGGER_TYPES | NEVER_EMITTED_TRIGGER_TYPES
+
+SEND_RESULT_TYPES: frozenset[str] = frozenset({"message.send_success", "message.send_failed"})
+"""Outcomes of scheduled sends (Nylas: only for messages sent with ``send_at``); their ``data``
+has ``grant_id`` (and, for a failure, ``reason`` and ``error``) beside ``object``."""
 
 TRUNCATED_SUFFIX = ".truncated"
 

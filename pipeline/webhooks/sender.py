@@ -115,8 +115,9 @@ class OutgoingRequest:
 
     key: int  # the caller's handle (delivery id)
     url: str
-    body: bytes
+    body: bytes  # as sent (gzip for a compressed destination); the signature covers these
     signature: str
+    content_encoding: str | None = None  # "gzip" for compressed_delivery
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int, into: bytearray) -> None:
@@ -343,6 +344,8 @@ class Sender:
         t0 = time.perf_counter()
         limit_s = self._settings.request_timeout_s
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: request.signature}
+        if request.content_encoding is not None:
+            headers["Content-Encoding"] = request.content_encoding
         status: int | None = None
         location = ""
         body = bytearray()

@@ -26,6 +26,7 @@ from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.schemas import (
     ACCEPTED_TRIGGER_TYPES,
+    SEND_RESULT_TYPES,
     TRUNCATED_SUFFIX,
     CreateWebhookRequest,
     TestEventResult,
@@ -34,7 +35,7 @@ from pipeline.webhooks.schemas import (
 )
 from pipeline.webhooks.sender import OutgoingRequest, Sender
 from pipeline.webhooks.settings import WebhookSettings
-from pipeline.webhooks.signing import new_secret, sign
+from pipeline.webhooks.signing import encode, new_secret, sign
 
 MOCK_GRANT_ID = "00000000-0000-4000-8000-000000000000"
 TRUNCATABLE_SAMPLES = frozenset(
@@ -91,6 +92,10 @@ def mock_object(trigger_type: str, grant_id: str = MOCK_GRANT_ID) -> dict[str, A
     """A representative ``data.object`` for a trigger type (test events, docs)."""
     family = trigger_type.split(".", 1)[0]
     now = int(datetime.now(UTC).timestamp())
+    if trigger_type in SEND_RESULT_TYPES:
+        message = mock_object("message.created", grant_id)
+        del message["body"]  # Nylas: "typically omitted" from send results; snippet stays
+        return {**message, "schedule_id": new_id(), "send_at": now - 1}
     if family == "message":
         return {
             "id": new_id(),
@@ -113,6 +118,20 @@ def mock_object(trigger_type: str, grant_id: str = MOCK_GRANT_ID) -> dict[str, A
         return grant_notification(trigger_type, sample)
     # a type this engine never emits (see README, Webhooks): a sample naming its object
     return {"id": new_id(), "grant_id": grant_id, "object": family}
+
+
+def mock_data(trigger_type: str, grant_id: str = MOCK_GRANT_ID) -> dict[str, Any] | None:
+    """The fields a trigger type's ``data`` has beside ``object`` (None: none)."""
+    if trigger_type == "message.send_success":
+        return {"grant_id": grant_id}
+    if trigger_type == "message.send_failed":
+        reason = "Test notification: the SMTP server refused every recipient."
+        return {
+            "grant_id": grant_id,
+            "reason": reason,
+            "error": {"type": "invalid_request_error", "message": reason, "status_code": 400},
+        }
+    return None
 
 
 class WebhookService:
@@ -280,12 +299,14 @@ class WebhookService:
         ssrf.check_destination(webhook_url, self._settings, resolver=self._resolver)
         notification = self._mock_notification(trigger_type)
         secret = self._box.open(destination.secret_sealed)
+        wire = encode(notification.body, compressed=destination.compressed_delivery)
         result = self._sender.post(
             OutgoingRequest(
                 key=0,
                 url=webhook_url,
-                body=notification.body,
-                signature=sign(secret, notification.body),
+                body=wire.body,
+                signature=sign(secret, wire.body),
+                content_encoding=wire.content_encoding,
             )
         )
         error = result.error_class
@@ -320,6 +341,7 @@ class WebhookService:
             attempt=1,
             application_id=self._settings.application_id,
             obj=mock_object(base),
+            data=mock_data(base),
             # a ``.truncated`` sample is the same notification over the size limit
             max_bytes=0 if base != trigger_type else self._settings.max_payload_bytes,
         )

@@ -11,13 +11,48 @@ attachments of 100 KB to 5 MB, some mail older than the window) and measures, in
    as `up` starts them (``celery -A workers worker -Q sync.* -c N``).
 
 Both figures are messages/s; the ratio is pipeline / baseline (these machines are noisy: only
-the ratio within one run means anything).
+the ratio within one run means anything). ``--listener-alive`` syncs as with a listener
+running (bulk sync then has 2 of the generic preset's 5 connections; without a listener the
+unused IDLE slots are lent, see :mod:`pipeline.imap.connections`). The last line counts the
+sync tasks sent back to the queue for want of a connection slot or login token.
+
+Measured 2026-12-07 on the development machine (2 cores shared with other sessions):
+
+- Before (main of 02:45): 5,000 messages, pipeline 143 msgs/s against imap-tools 896 = 0.16x
+  on a quiet machine (machine CPU 2.54 ms a message: the pipeline mostly waited). Bulk sync had
+  2 connections for 4 worker processes: 38 of 51 sync tasks were refused a slot or a login
+  token and came back 5 s later (a process's pooled session serves only its own tasks).
+- Lending the IDLE slots (and the listener's login token) while no listener is alive: 4
+  connections, 4 logins, 0 tasks sent back (13 tasks at 5,000, 26 at 10,000).
+- Search rows written per statement (migration 0323) instead of per row: Postgres CPU a stored
+  message 1.28-1.55 -> 0.77-0.95 ms (loaded machine; the insert of 4,500 messages alone 12.1 ->
+  4.6 s, 2.0 s with no search rows at all).
+- After, with load average 6-12 (the baseline swung 88-345 msgs/s within one run, so the
+  ratios below say little): 5,000 messages 226 msgs/s = 0.65x and 141 msgs/s = 0.68x; 10,000
+  messages 201 msgs/s = 1.51x. CPU a message, pipeline: workers 1.69-1.82 ms, Postgres
+  0.83-1.15, Dovecot 0.09-0.14; imap-tools 1.9-3.0 ms in its one process. The pipeline no
+  longer waits (the machine was saturated by all sessions); on a quiet machine its rate is
+  bounded by its CPU a message (here, under load, about 2.6 ms over 2 cores against imap-tools'
+  1.9-3.0 ms on one), not measured quiet in this session.
+- ``--listener-alive``, 5,000 messages (loaded): 120 msgs/s, 36 of 49 tasks sent back; 129
+  msgs/s, 21 of 34, once a pooled bulk session no longer closes for another bulk task of the
+  account. Chunks still bounce between the 2 processes that hold the grant's sessions and the
+  2 that do not: what is left to do is running a grant's chunks where its sessions are.
+- A process that ends a chunk runs the grant's waiting ranges on its session (workers.chunks),
+  5,000 messages, heavily loaded machine (machine CPU 14-20 ms a message, baseline 124-391
+  msgs/s within the runs): ``--listener-alive`` 136 msgs/s (0.35x), 24 of 42 tasks sent back,
+  and 100 msgs/s (0.80x), 45 of 67; without a listener 146 msgs/s (1.07x), 0 of 13. The two
+  holders run most Inbox ranges in-process (6-7 of 12); the tasks still sent back are the
+  range tasks that reach the two other processes before their range is done (they return,
+  find it done or held, and skip without a slot) and the tasks of the other folders, which are
+  not ranges. No clear gain in msgs/s under this load.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -99,6 +134,13 @@ def main() -> int:
         help="override the generic preset's per-account login budget (default: the preset's), "
         "to see what the login rate limit costs a fresh grant's first sync",
     )
+    parser.add_argument(
+        "--listener-alive",
+        action="store_true",
+        help="sync as an engine with a listener running does: a listener's heartbeat is kept "
+        "in Redis, so the account's 2 IDLE slots and its login token stay reserved (none is "
+        "lent to bulk sync, which then has 2 of the generic preset's 5 connections)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ipbench-"))
@@ -153,6 +195,14 @@ def main() -> int:
             RateLimiter(redis.Redis.from_url(settings.require_redis_url())).set_limits(
                 "generic", {"account_logins_per_min": args.logins_per_min}
             )
+        if args.listener_alive:
+            import redis
+
+            from pipeline.listener.leases import LISTENERS_KEY
+
+            forever_ms = int((time.time() + 24 * 3600) * 1000)
+            with redis.Redis.from_url(settings.require_redis_url()) as client:
+                client.zadd(LISTENERS_KEY, {"bench-listener": forever_ms})
         worker = CeleryWorker(pipeline_env(settings), work, concurrency=args.workers).start()
         os.environ.update(pipeline_env(settings))
         from workers import enqueue
@@ -187,10 +237,15 @@ def main() -> int:
             worker.stop()
         pipe_rate = stored / pipe_s
         print(
-            f"pipeline  {args.workers} Celery workers, stored in Postgres: {stored} msgs in "
+            f"pipeline  {args.workers} Celery workers, stored in Postgres"
+            f"{', a listener alive' if args.listener_alive else ''}: {stored} msgs in "
             f"{pipe_s:.1f}s = {pipe_rate:.0f} msgs/s"
         )
         print(cpu_line(pipe_cpu, stored))
+        log = worker.log()  # the tasks' outcomes (a refused one: {'rescheduled': seconds})
+        ended = re.findall(r"pipeline\.sync\.folder\[[^\]]+\] succeeded in [\d.]+s: (.*)", log)
+        sent_back = sum("rescheduled" in outcome for outcome in ended)
+        print(f"          sync tasks: {len(ended)}, {sent_back} sent back (no slot or login token)")
         # The machine is shared and noisy: measure the baseline again and keep its better run,
         # so a slow first baseline can never flatter the ratio.
         base_rate = max(base_rate, run_baseline(dovecot.port, user, password, since, dovecot_pid))

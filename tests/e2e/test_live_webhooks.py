@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from sqlalchemy import select
 
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
+from pipeline.listener.status import read_status
+from pipeline.models import Folder
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.settings import WebhookSettings
@@ -86,7 +90,18 @@ def test_changes_on_the_server_arrive_as_signed_webhooks(
     worker = CeleryWorker(env, tmp_path).start()
     listener = start_listener(env, tmp_path / "listener.log")
     try:
-        time.sleep(3)  # the listener claims the grant and enters IDLE
+        # the listener claims the grant and enters IDLE on the Inbox (a fixed 3 s was a guess)
+        with session_scope(settings.require_database_url()) as db:
+            inbox = db.scalars(
+                select(Folder.id).where(Folder.grant_id == grant_id, Folder.role == "inbox")
+            ).one()
+        status = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
+        while read_status(status, grant_id).get(inbox, {}).get("state") != "idling":
+            assert time.monotonic() < deadline, "the listener never watched the Inbox"
+            assert listener.poll() is None, "the listener exited"
+            time.sleep(0.1)
+        status.close()
         started = time.monotonic()
         append(mail_user.server, mail_user.name, mail_user.password, make_message("live one"))
         got = receiver.wait_for(

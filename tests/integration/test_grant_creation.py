@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import ipaddress
 from dataclasses import replace
 
@@ -19,6 +20,8 @@ from pipeline.imap import Endpoint, open_session
 from pipeline.local import free_port
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy
+from tests.support.courier import LocalCourier
+from tests.support.grants import connect
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -271,3 +274,37 @@ def test_a_server_a_user_named_is_checked_again_by_every_later_session(
         grant = db.get(Grant, grant_id)
         assert grant is not None
         open_grant_session(db, settings, grant).close()
+
+
+def test_a_login_asks_capability_again_only_when_the_login_did_not_announce_it(
+    settings: Settings, server_user: MailUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll logs in: the greeting's capabilities spare the CAPABILITY before the login
+    (all three servers send them; after STARTTLS the server is asked, over TLS), and a server
+    that lists its capabilities in the LOGIN's OK (Dovecot, Cyrus) is not asked again; one
+    that does not (Courier) is. Either way the session knows what the server offers once
+    logged in (what a CAPABILITY command says then)."""
+    grant_id = connect(settings, server_user)
+    sent: list[str] = []
+    command = imaplib.IMAP4._command
+
+    def counted(self: imaplib.IMAP4, name: str, *args: object) -> object:
+        sent.append(name)
+        return command(self, name, *args)
+
+    monkeypatch.setattr(imaplib.IMAP4, "_command", counted)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        imap = open_grant_session(db, settings, grant)
+    try:
+        login = list(sent)
+        typ, data = imap.raw.capability()
+        assert typ == "OK"
+        assert imap.capabilities == frozenset(data[-1].decode().upper().split())
+    finally:
+        imap.close()
+    announced = not isinstance(server_user.server, LocalCourier)
+    starttls = ["STARTTLS", "CAPABILITY"] if server_user.starttls else []
+    expected = [*starttls, "LOGIN"] + ([] if announced else ["CAPABILITY"])
+    assert login == expected

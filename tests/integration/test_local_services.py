@@ -24,7 +24,7 @@ from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 
 from pipeline.errors import ServiceError
 from pipeline.local import free_port, port_in_use
-from pipeline.local.dovecot import DOVECOT_BIN, LocalDovecot
+from pipeline.local.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
 from pipeline.local.mailgen import GeneratedMessage, append_imap, generate, seed_maildir
 from pipeline.local.postgres import EmbeddedPostgres, find_postgres_bindir
 from pipeline.local.redis import EmbeddedRedis, find_redis_server
@@ -162,11 +162,13 @@ def test_embedded_redis_keeps_its_data_in_an_append_only_file(tmp_path: Path) ->
 # --- Dovecot ----------------------------------------------------------------------------------
 
 
-def test_dovecot_starts_fast_and_users_can_log_in_at_once(tmp_path: Path) -> None:
+def test_dovecot_starts_and_users_can_log_in_at_once(tmp_path: Path) -> None:
     require("Dovecot", DOVECOT_BIN.is_file())
     started = time.monotonic()
     with LocalDovecot(tmp_path / "dovecot", free_port()) as dovecot:
-        assert time.monotonic() - started < 2.0
+        # ready once it greets (0.1-0.9 s here, cold start included): the bound is the start
+        # timeout, since how fast it starts is a benchmark's question, not a pass/fail one
+        assert time.monotonic() - started < DOVECOT_START_TIMEOUT_S
         for i in range(5):  # no waiting for Dovecot to re-read a shared passwd-file
             dovecot.add_user(f"user{i}", f"pw{i}")
             with MailBoxUnencrypted(dovecot.host, dovecot.port, timeout=10).login(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.grants.service import open_grant_session
+from pipeline.maintenance.sweep import (
+    IDLE_SAFETY_NET_S,
+    UIDVALIDITY_STOP_AFTER,
+    check_grant,
+    poll_grant,
+)
 from pipeline.models import Folder, Grant, Message, Placement
 from pipeline.sync.runner import sync_folder, sync_grant_inline
 from tests.support.courier import LocalCourier
@@ -163,3 +171,54 @@ def test_courier_losing_its_uid_db_keeps_every_id(
     assert folder.uidvalidity != old_validity
     assert (folder.reindex_uidvalidity, folder.state) == (None, "synced")
     assert ids_by_subject(settings) == before
+
+
+def test_courier_empty_folder_new_uidvalidity_every_session_costs_nothing(
+    settings: Settings, courier: LocalCourier
+) -> None:
+    """Courier keeps no uid db for an empty folder: every session numbers an empty INBOX
+    afresh. With nothing cached and nothing there, a new UIDVALIDITY has nothing to drop or
+    reindex: it is recorded, not counted by the stop rule, and no folder.updated is sent
+    (before, the grant was stopped after UIDVALIDITY_STOP_AFTER sessions)."""
+    user = MailUser(courier, f"u{uuid.uuid4().hex[:10]}", uuid.uuid4().hex)
+    courier.add_user(user.name, user.password)
+    grant_id = connect(settings, user)
+    sessions = sessions_for(settings)
+    sync_grant_inline(sessions, settings, grant_id)
+    folder_id = inbox(settings).id
+    seen = {inbox(settings).uidvalidity}
+    enqueued: list[str] = []
+    # a sync, a sweep, a poll (Inbox looked at as when the listener is away), in turn, each on
+    # a new session: every look counts for the stop rule, but not these
+    for look in range(2 * UIDVALIDITY_STOP_AFTER):
+        time.sleep(1.1)  # without a uid db, Courier's UIDVALIDITY is the session's second
+        with session_scope(settings.require_database_url()) as db:
+            grant = db.get(Grant, grant_id)
+            assert grant is not None
+            imap = open_grant_session(db, settings, grant)
+        now = datetime.now(UTC) + timedelta(seconds=IDLE_SAFETY_NET_S)
+        try:
+            if look % 3 == 0:
+                sync_folder(sessions, settings, imap, grant_id, folder_id)
+            elif look % 3 == 1:
+                check_grant(sessions, imap, grant_id, now=now, enqueue_sync=enqueued.append)
+            else:
+                poll_grant(sessions, imap, grant_id, now=now, enqueue_sync=enqueued.append)
+        finally:
+            imap.close()
+        seen.add(inbox(settings).uidvalidity)
+    assert enqueued == []  # nothing to sync either
+    assert len(seen) > 2, "Courier kept the empty INBOX's UIDVALIDITY: the test proves nothing"
+    folder = inbox(settings)
+    assert (folder.state, folder.reindex_uidvalidity) == ("synced", None)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None and grant.sync_state == "synced"
+        changes, updated = db.execute(
+            text(
+                "SELECT uidvalidity_changes, (SELECT count(*) FROM webhook_outbox "
+                "WHERE type = 'folder.updated') FROM folders WHERE id = :f"
+            ),
+            {"f": folder_id},
+        ).one()
+    assert (changes, updated) == (0, 0)

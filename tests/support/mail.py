@@ -112,6 +112,34 @@ def move(server: AnyServer, user: str, password: str, uid: int, to: str) -> None
         conn.logout()
 
 
+def store_flags(
+    server: AnyServer, user: str, password: str, folder: str, flags: str, *, add: bool = True
+) -> None:
+    """Add (or remove) ``flags`` on every message of a folder, as another client would."""
+    conn = imap_login(server, user, password)
+    try:
+        typ, data = conn.select(f'"{folder}"')
+        assert typ == "OK", data
+        typ, data = conn.store("1:*", "+FLAGS" if add else "-FLAGS", f"({flags})")
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
+def expunge_first(server: AnyServer, user: str, password: str, folder: str) -> None:
+    """Delete the first message of a folder for good (``\\Deleted`` and EXPUNGE)."""
+    conn = imap_login(server, user, password)
+    try:
+        typ, data = conn.select(f'"{folder}"')
+        assert typ == "OK", data
+        typ, data = conn.store("1", "+FLAGS", "(\\Deleted)")
+        assert typ == "OK", data
+        typ, data = conn.expunge()
+        assert typ == "OK", data
+    finally:
+        conn.logout()
+
+
 def recreate_folder(server: AnyServer, user: str, password: str, folder: str) -> int:
     """Delete a folder and make it again with the same messages, flags and dates, as a client
     restoring a backup would: the server gives it a new UIDVALIDITY (returned)."""

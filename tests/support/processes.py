@@ -60,7 +60,7 @@ class CeleryWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryWorker:
-        queues = ",".join([*queue_names(), "webhooks", "maintenance"])
+        queues = ",".join([*queue_names(), "send", "webhooks", "maintenance"])
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.process = self._spawn(queues, log)
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S

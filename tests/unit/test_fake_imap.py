@@ -6,6 +6,7 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
+import time
 
 import pytest
 from imap_tools import AND, MailBox, MailBoxStartTls, MailBoxUnencrypted
@@ -166,17 +167,36 @@ def test_flood_answers_a_command_with_endless_untagged_lines() -> None:
     assert b"X1 " not in data  # never completed
 
 
-def test_trickle_sends_the_normal_answer_one_byte_at_a_time() -> None:
-    config = FakeImapConfig(hostile={"NOOP": Hostility("trickle", 0.001)})
+def test_trickle_sends_one_byte_then_waits_its_interval() -> None:
+    # An interval far longer than any scheduling stall: the first read can only ever see one
+    # byte, however loaded the machine (a 1 ms interval let a late reader see several).
+    config = FakeImapConfig(hostile={"NOOP": Hostility("trickle", 60.0)})
     with FakeImapServer(config) as server:
         conn = imaplib.IMAP4("127.0.0.1", server.port, timeout=TIMEOUT_S)
         sock = conn.socket()
         sock.sendall(b"T1 NOOP\r\n")
-        first = sock.recv(100)
-        rest = _read_at_least(sock, len(b"T1 OK NOOP completed\r\n") - len(first))
+        assert sock.recv(100) == b"T"
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):  # the second byte is a minute away
+            sock.recv(100)
         sock.close()
-    assert len(first) == 1
-    assert first + rest == b"T1 OK NOOP completed\r\n"
+
+
+def test_trickle_sends_the_whole_normal_answer_paced() -> None:
+    answer = b"T1 OK NOOP completed\r\n"
+    interval_s = 0.01
+    config = FakeImapConfig(hostile={"NOOP": Hostility("trickle", interval_s)})
+    with FakeImapServer(config) as server:
+        conn = imaplib.IMAP4("127.0.0.1", server.port, timeout=TIMEOUT_S)
+        sock = conn.socket()
+        started = time.monotonic()
+        sock.sendall(b"T1 NOOP\r\n")
+        data = _read_at_least(sock, len(answer))
+        took = time.monotonic() - started
+        sock.close()
+    assert data == answer
+    # a lower bound only (load can only make it slower): one interval after every byte
+    assert took >= (len(answer) - 1) * interval_s
 
 
 def test_unrequested_fetch_nested_and_malformed() -> None:

@@ -45,3 +45,49 @@ def test_no_port_takes_the_presets_mode_without_a_probe() -> None:
     resolved = _request(smtp_host="smtp.example.test").resolve()
     assert (resolved.imap_port, resolved.imap_tls, resolved.imap_tls_probe) == (993, "ssl", False)
     assert (resolved.smtp_port, resolved.smtp_tls, resolved.smtp_tls_probe) == (465, "ssl", False)
+
+
+def _smtp_probe(greeting: bytes, ehlo_answer: bytes) -> str:
+    """Probe a scripted SMTP server on a local socket: the greeting (sent in two pieces, as a
+    slow server may), then ``ehlo_answer`` once EHLO arrives. Returns the mode or the error."""
+    import socket
+    import ssl
+    import threading
+
+    from pipeline.grants.tlsprobe import ProbeFailed, probe_tls
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(greeting[:10])
+            conn.sendall(greeting[10:])
+            seen.append(conn.recv(1024))
+            conn.sendall(ehlo_answer)
+            conn.recv(1024)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        found = probe_tls(
+            "127.0.0.1", "127.0.0.1", port, ssl.create_default_context(), deadline_s=5, smtp=True
+        ).tls
+    except ProbeFailed as exc:
+        found = f"{type(exc).__name__}: {exc.tried}"
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+    assert seen and seen[0].startswith(b"EHLO ")
+    return found
+
+
+def test_the_smtp_probe_requires_starttls_in_the_ehlo_answer() -> None:
+    greeting = b"220-mx.example.test ESMTP\r\n220 welcome\r\n"
+    offered = b"250-mx.example.test\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n"
+    assert _smtp_probe(greeting, offered) == "starttls"
+    missing = b"250-mx.example.test\r\n250-SIZE 1000\r\n250 AUTH PLAIN LOGIN\r\n"
+    assert _smtp_probe(greeting, missing).startswith("NoStartTls")
+    assert "refused" in _smtp_probe(greeting, b"502 no EHLO here\r\n")

@@ -317,3 +317,32 @@ def test_plaintext_injected_after_starttls_is_refused(tls_files: TlsFiles) -> No
         with pytest.raises(ImapTlsError):
             open_session(endpoint(server, tls="starttls", ca_file=tls_files.ca_file), "pw")
         assert "LOGIN" not in server.command_names()  # the password never left
+
+
+def test_a_total_deadline_bounds_several_commands_together() -> None:
+    # Each trickled NOOP (about 1 s) is well within its own command deadline; five of them are
+    # not within the 2 s the block allows in all (server search: SELECT + UID SEARCH of many
+    # folders under one deadline).
+    config = FakeImapConfig(hostile={"NOOP": Hostility("trickle", 0.04)})
+    with session_on(config) as (_, imap):
+        started = time.monotonic()
+        with (
+            pytest.raises(ImapLimitError) as caught,
+            imap.raw.total_deadline(2.0, setting="the test's 2 s"),
+        ):
+            for _ in range(5):
+                imap.noop()
+        took = time.monotonic() - started
+    assert caught.value.bound == "deadline"
+    assert caught.value.setting == "the test's 2 s"
+    assert "within 2 s" in str(caught.value)
+    assert 2.0 <= took < GENEROUS_S / 4
+
+
+def test_a_total_deadline_ends_with_its_block() -> None:
+    with session_on(FakeImapConfig()) as (_, imap):
+        with imap.raw.total_deadline(0.5, setting="the block's 0.5 s"):
+            imap.noop()
+        time.sleep(0.6)
+        imap.noop()  # past the block's end, but outside it: only the command's own deadline
+        imap.select("INBOX")

@@ -35,7 +35,9 @@ def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
             workers.tasks.sync_grant_task.name,
             workers.tasks.sync_folder_task.name,
             workers.beat_tasks.poll_grant_task.name,
+            workers.beat_tasks.poll_grants_task.name,
             workers.beat_tasks.check_uidvalidity_task.name,
+            workers.beat_tasks.check_grants_task.name,
         }
         assert set(celeryconfig.SYNC_TASKS) == names
         for name in names:

@@ -57,6 +57,17 @@ class ApiServer:
             rows = db.execute(text("SELECT type, object FROM webhook_outbox ORDER BY seq"))
             return [(str(t), dict(p)) for t, p in rows]
 
+    def outbox_rows(self) -> list[tuple[str, str | None, dict[str, Any], dict[str, Any] | None]]:
+        """Webhook notifications written so far: (type, subject id, ``data.object``, the other
+        ``data`` fields), oldest first."""
+        from sqlalchemy import text
+
+        with session_scope(self.settings.require_database_url()) as db:
+            rows = db.execute(
+                text("SELECT type, subject_id, object, data FROM webhook_outbox ORDER BY seq")
+            )
+            return [(str(t), s, dict(o), dict(d) if d else None) for t, s, o, d in rows]
+
     def nylas(self) -> Client:
         """The official SDK pointed at this server."""
         return Client(API_KEY, api_uri=self.url, timeout=HTTP_TIMEOUT_S)
@@ -112,6 +123,59 @@ def connect_and_sync(api: object, user: MailUser) -> str:
     return grant_id
 
 
+class InlineDrains:
+    """The API's send enqueuer for in-process tests: each request runs a real outbox drain
+    (:func:`pipeline.outbound.deliver.drain`) on a thread of this process, after its countdown."""
+
+    def __init__(self, settings: Settings, after_commit: Any) -> None:
+        import threading
+
+        import redis
+
+        from pipeline.outbound.deliver import DirectAccess
+        from pipeline.ratelimit import RateLimiter
+
+        self.settings = settings
+        self.sessions = sessionmaker_for(settings.require_database_url())
+        self.redis = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=10)
+        self.access = DirectAccess(settings, RateLimiter(self.redis), after_commit)
+        self._threads: list[threading.Thread | threading.Timer] = []
+        self._lock = threading.Lock()
+
+    def enqueue(self, grant_id: str, countdown: float | None) -> None:
+        """Drain the grant's outbox on a thread (after ``countdown`` seconds)."""
+        import threading
+
+        from pipeline.outbound.deliver import drain
+
+        def run() -> None:  # as the worker's task (workers/send_tasks.py) follows a drain
+            result = drain(self.sessions, self.settings, self.redis, grant_id, self.access)
+            if result.more:
+                self.enqueue(grant_id, 1.0)
+            elif result.again_in_s is not None:
+                self.enqueue(grant_id, result.again_in_s + 1.0)
+
+        worker = threading.Timer(countdown or 0.0, run)
+        worker.daemon = True
+        with self._lock:
+            self._threads.append(worker)
+        worker.start()
+
+    def close(self) -> None:
+        """Cancel pending drains, wait for running ones."""
+        for worker in self._threads:
+            if isinstance(worker, threading_timer_type()):
+                worker.cancel()
+            worker.join(timeout=30)
+
+
+def threading_timer_type() -> type:
+    """threading.Timer (a function: the module is imported lazily here)."""
+    import threading
+
+    return threading.Timer
+
+
 class Receiver:
     """A webhook receiver on 127.0.0.1: echoes challenges, records POSTs (headers, body)."""
 
@@ -160,7 +224,13 @@ class SmtpServer:
     """A local SMTP server (aiosmtpd) with STARTTLS and AUTH; keeps what it receives.
 
     ``implicit_tls``: TLS from the first byte instead (submissions port style, RFC 8314), AUTH
-    over it. ``no_tls``: neither (an old relay), no AUTH either.
+    over it. ``no_tls``: neither (an old relay), no AUTH either. ``delay_s``: the answer to
+    each message's data comes that much later (the message is kept after the wait);
+    ``data_delay_s``: the 250 after the data comes this late, the message kept first, as a
+    real server commits it before answering; ``first_rcpt_delay_s``: the first RCPT TO is
+    answered this late; ``on_message`` is called with each message (e.g. to file it in Sent
+    as Gmail does); ``refused`` recipients get a 550 at RCPT TO. ``logins`` counts successful
+    AUTHs.
     """
 
     def __init__(
@@ -172,7 +242,13 @@ class SmtpServer:
         *,
         implicit_tls: bool = False,
         no_tls: bool = False,
+        delay_s: float = 0.0,
+        data_delay_s: float = 0.0,
+        on_message: Any = None,
+        first_rcpt_delay_s: float = 0.0,
+        refused: frozenset[str] = frozenset(),
     ) -> None:
+        import asyncio
         import ssl
 
         from aiosmtpd.controller import Controller
@@ -181,11 +257,48 @@ class SmtpServer:
         from pipeline.local import free_port
 
         self.messages: list[tuple[str, list[str], bytes]] = []
+        self.logins = 0  # successful AUTHs: one per SMTP connection a sender opened
+        self.delaying = 0  # answers being held back now
         received = self.messages
+        owner = self
+
+        rcpt_delays = [first_rcpt_delay_s] if first_rcpt_delay_s else []
 
         class Handler:
+            async def handle_RCPT(
+                self,
+                server: object,
+                session: object,
+                envelope: Any,
+                address: str,
+                rcpt_options: list[str],
+            ) -> str:
+                if rcpt_delays:  # the first RCPT of the server's life waits (once)
+                    owner.delaying += 1
+                    try:
+                        await asyncio.sleep(rcpt_delays.pop())
+                    finally:
+                        owner.delaying -= 1
+                if address in refused:
+                    return "550 5.1.1 No such user here"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+                if delay_s:  # a slow server: the answer to the data comes late
+                    await asyncio.sleep(delay_s)
+                # kept before the answer, as a real server commits the message before its 250
                 received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+                if on_message is not None:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, on_message, envelope.content
+                    )
+                if data_delay_s:
+                    owner.delaying += 1
+                    try:
+                        await asyncio.sleep(data_delay_s)
+                    finally:
+                        owner.delaying -= 1
                 return "250 OK"
 
         def authenticate(
@@ -196,6 +309,8 @@ class SmtpServer:
                 and data.login.decode() == username
                 and data.password.decode() == password
             )
+            if ok:
+                owner.logins += 1
             return AuthResult(success=ok, handled=False)  # aiosmtpd sends the 235/535
 
         class ImplicitTlsController(Controller):  # type: ignore[misc]
@@ -222,7 +337,13 @@ class SmtpServer:
         self._controller.start()
 
     def close(self) -> None:
-        """Stop the server."""
+        """Stop the server, once the answers it holds back went out (at most 60 s): a
+        connection stopped mid-answer would leave its socket to the garbage collector."""
+        import time
+
+        deadline = time.monotonic() + 60
+        while self.delaying and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._controller.stop()
 
 

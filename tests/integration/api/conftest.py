@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
-from api_support import API_KEY, OTHER_KEY, SERVER_START_TIMEOUT_S, ApiServer, Receiver
+from api_support import (
+    API_KEY,
+    OTHER_KEY,
+    SERVER_START_TIMEOUT_S,
+    ApiServer,
+    InlineDrains,
+    Receiver,
+)
 from pydantic import SecretStr
 
 from pipeline.api import create_app
@@ -28,6 +35,8 @@ def api_settings(settings: Settings) -> Settings:
         update={
             "api_keys": SecretStr(f"{API_KEY},{OTHER_KEY}"),
             "mail_allowed_networks": [ipaddress.ip_network("127.0.0.0/8")],
+            # a drain QUITs as soon as it is done: the test SMTP server stops with its test
+            "smtp_idle_close_s": 0.0,
         }
     )
 
@@ -48,9 +57,18 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     def kick() -> None:
         server_info.kicks += 1
 
+    # sends are drained in this process, on threads, by the workers' own code
+    drains = InlineDrains(api_settings, kick)
+
     # webhook destinations on this machine are allowed (the test receiver listens on 127.0.0.1)
     hooks = WebhookSettings(allowed_networks=["127.0.0.0/8"])  # type: ignore[list-item]
-    app = create_app(api_settings, enqueue_sync=record, kick_webhooks=kick, webhook_settings=hooks)
+    app = create_app(
+        api_settings,
+        enqueue_sync=record,
+        kick_webhooks=kick,
+        webhook_settings=hooks,
+        enqueue_send=drains.enqueue,
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -64,6 +82,7 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     yield server_info
     server.should_exit = True
     thread.join(timeout=15)
+    drains.close()
 
 
 @pytest.fixture

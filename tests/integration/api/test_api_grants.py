@@ -169,7 +169,7 @@ def test_connectors_and_provider_detection(api: ApiServer) -> None:
     client = api.nylas()
     created = client.connectors.create({"provider": "imap"})  # type: ignore[typeddict-item]
     assert created.data.provider == "imap"
-    assert [c.provider for c in client.connectors.list().data] == ["imap"]
+    assert [c.provider for c in client.connectors.list().data] == ["imap", "icloud", "yahoo"]
     assert client.connectors.find("imap").data.provider == "imap"
     with api.http() as http:
         other = http.post("/v3/connectors", json={"provider": "google"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from html import escape as html_escape
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -260,3 +261,55 @@ def test_only_the_application_and_its_redirect_uris_are_accepted(
         {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
     )
     assert exchanged.email == mail_user.email
+
+
+@pytest.mark.parametrize("provider", ["icloud", "yahoo"])
+def test_hosted_sign_in_for_icloud_and_yahoo(
+    api: ApiServer, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch, provider: str
+) -> None:
+    """``/v3/connect/auth?provider=icloud`` (or ``yahoo``), as Nylas' hosted auth for those
+    providers: the form asks for the address and the app password, says where to get one, and
+    signs in with the engine's preset of that provider (pointed at the test Dovecot here: the
+    internet hosts are not reachable from the tests)."""
+    from dataclasses import replace
+
+    from pipeline import presets
+
+    local = replace(
+        presets.PRESETS[provider],
+        imap_host="127.0.0.1",
+        imap_port=mail_user.server.port,
+        imap_tls="starttls",
+        smtp_host=None,
+    )
+    monkeypatch.setitem(presets.PRESETS, provider, local)
+    client = api.nylas()
+    client.applications.redirect_uris.create({"url": CALLBACK, "platform": "web"})
+    url = client.auth.url_for_oauth2(
+        {"client_id": CLIENT_ID, "redirect_uri": CALLBACK, "provider": provider}  # type: ignore[typeddict-item]
+    )
+    with browser(api) as http:
+        page = http.get(url)
+        assert page.status_code == 200, page.text
+        assert html_escape(local.app_password_help or "") in page.text
+        flow = _FLOW.search(page.text)
+        assert flow is not None
+        # the address, the app password; the Dovecot login name is not the address
+        values = {"email": mail_user.email, "password": mail_user.password}
+        right = http.post(
+            "/v3/connect/auth",
+            data={"flow": flow[1], **values, "imap_username": mail_user.name},
+        )
+    assert right.status_code == 303, right.text
+    code = parse_qs(urlsplit(right.headers["location"]).query)["code"][0]
+    exchanged = client.auth.exchange_code_for_token(
+        {"redirect_uri": CALLBACK, "client_id": CLIENT_ID, "code": code}
+    )
+    grant = client.grants.find(exchanged.grant_id).data
+    assert grant.settings is not None
+    assert grant.settings["provider_preset"] == provider
+    assert grant.settings["imap_host"] == "127.0.0.1"
+
+    with browser(api) as http:
+        other = http.get(url.replace(f"provider={provider}", "provider=google"))
+    assert other.status_code == 400

@@ -6,6 +6,7 @@ Each test names the Nylas reference it checks against (developer.nylas.com, ``/d
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from api_support import (
@@ -113,6 +114,12 @@ def test_webhook_destinations_as_nylas_shows_them(api: ApiServer, receiver: Rece
         assert cut["type"] == "message.created.truncated"
         assert "body" not in cut["data"]["object"]
         assert cut["data"]["object"]["object"] == "message"
+        failed = http.post(
+            "/v3/webhooks/mock-payload", json={"trigger_type": "message.send_failed"}
+        ).json()["data"]
+        assert failed["source"] == "/nylas/send"
+        assert {"grant_id", "reason", "error", "object"} <= set(failed["data"])
+        assert failed["data"]["object"]["schedule_id"]
         unknown = http.post("/v3/webhooks/mock-payload", json={"trigger_type": "nope.created"})
         assert unknown.status_code == 400, unknown.text
 
@@ -135,13 +142,9 @@ def test_list_filters_filter_or_are_a_400(api: ApiServer, mail_user: MailUser) -
     create_folder(mail_user.server, mail_user.name, mail_user.password, "Projects/2027")
     grant_id = connect_and_sync(api, mail_user)
     client = api.nylas()
-    messages, threads, folders = client.messages, client.threads, client.folders
+    messages, folders = client.messages, client.folders
     for refused in (
-        lambda: messages.list(grant_id, {"search_query_native": "hello"}),
-        lambda: messages.list(grant_id, {"metadata_pair": "key1:value"}),
         lambda: messages.list(grant_id, {"query_imap": True}),  # type: ignore[typeddict-unknown-key]
-        lambda: threads.list(grant_id, {"search_query_native": "hello"}),
-        lambda: threads.list(grant_id, {"earliest_message_date": 1}),
     ):
         assert _status_of(refused) == 400
     assert messages.list(grant_id, {"query_imap": False}).data == []  # type: ignore[typeddict-unknown-key]
@@ -184,8 +187,25 @@ def test_an_expired_grant_answers_its_data_with_401(api: ApiServer, mail_user: M
         lambda: client.threads.list(grant_id),
         lambda: client.folders.list(grant_id),
         lambda: client.messages.list(mail_user.email),  # by address too
+        # the grant is judged before the page is: an empty page, a bad filter, a bad token
+        lambda: client.messages.list(grant_id, {"from": "nobody@example.test"}),
+        lambda: client.messages.list(grant_id, {"in": "No such folder"}),
+        lambda: client.messages.list(grant_id, {"page_token": "zzz"}),
+        lambda: client.messages.list(grant_id, {"limit": 0}),
+        # a search the store answers (its page carries the grant's check), one that matches
+        # nothing, one that does not parse, and one the server would answer
+        lambda: client.messages.list(grant_id, {"search_query_native": "SUBJECT e"}),  # type: ignore[typeddict-item]
+        lambda: client.messages.list(grant_id, {"search_query_native": "FROM nobody.nowhere"}),  # type: ignore[typeddict-item]
+        lambda: client.messages.list(grant_id, {"search_query_native": "("}),  # type: ignore[typeddict-item]
+        lambda: client.messages.list(grant_id, {"search_query_native": "BODY e"}),  # type: ignore[typeddict-item]
     ):
         assert _status_of(call) == 401
+    unknown = "0b6a4e8e-4f53-4f8e-9a3e-2f0c6c1d7a11"  # and a grant that does not exist: 404
+    for query in ("SUBJECT e", "("):
+        assert (
+            _status_of(lambda q=query: client.messages.list(unknown, {"search_query_native": q}))
+            == 404
+        )  # type: ignore[misc, typeddict-item]
     with pytest.raises(NylasApiError) as caught:
         client.messages.list(grant_id)
     assert caught.value.type == "unauthorized"
@@ -369,3 +389,311 @@ def test_delete_without_a_trash_folder_deletes(api: ApiServer, mail_user: MailUs
     assert count_in(mail_user, "INBOX") == 0
     assert client.messages.list(grant_id).data == []
     assert api.outbox()[-1] == ("message.deleted", message.id)
+
+
+def test_messages_carry_in_reply_to(api: ApiServer, mail_user: MailUser) -> None:
+    """messages: ``in_reply_to`` is the In-Reply-To header's Message-ID (null on a first
+    message), on lists, single reads and in ``select``."""
+    t = now()
+    append_many(
+        mail_user,
+        [
+            (make_message("first", message_id="<a1@example.test>", date=t), "", t),
+            (
+                make_message(
+                    "second",
+                    message_id="<b2@example.test>",
+                    in_reply_to="<a1@example.test>",
+                    date=t,
+                ),
+                "",
+                t,
+            ),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    with api.http() as http:
+        listed = http.get(f"/v3/grants/{grant_id}/messages").json()["data"]
+        by_subject = {m["subject"]: m for m in listed}
+        assert by_subject["second"]["in_reply_to"] == "<a1@example.test>"
+        assert by_subject["first"]["in_reply_to"] is None
+        one = http.get(f"/v3/grants/{grant_id}/messages/{by_subject['second']['id']}").json()
+        assert one["data"]["in_reply_to"] == "<a1@example.test>"
+        selected = http.get(
+            f"/v3/grants/{grant_id}/messages", params={"select": "in_reply_to"}
+        ).json()["data"]
+        assert {m["in_reply_to"] for m in selected} == {None, "<a1@example.test>"}
+    # the SDK reads the objects all the same
+    assert len(api.nylas().messages.list(grant_id).data) == 2
+
+
+def test_grant_locators_email_and_grant_prefixes(api: ApiServer, mail_user: MailUser) -> None:
+    """``/v3/grants/{identifier}``: the id, the address, and the ``grant:<id>`` and
+    ``email:<address>`` locators name the same grant, in every grant route."""
+    t = now()
+    append_many(mail_user, [(make_message("located", date=t), "", t)])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    for locator in (
+        grant_id,
+        mail_user.email,
+        f"grant:{grant_id}",
+        f"email:{mail_user.email}",
+        f"email:{mail_user.email.upper()}",
+    ):
+        assert client.grants.find(locator).data.id == grant_id, locator
+        assert [m.subject for m in client.messages.list(locator).data] == ["located"], locator
+        assert len(client.threads.list(locator).data) == 1, locator
+        assert "INBOX" in {f.name for f in client.folders.list(locator).data}, locator
+    for unknown in ("email:nobody@example.test", "grant:not-a-grant", "email:", "grant:"):
+        assert _status_of(lambda u=unknown: client.grants.find(u)) == 404, unknown  # type: ignore[misc]
+        assert _status_of(lambda u=unknown: client.messages.list(u)) == 404, unknown  # type: ignore[misc]
+
+
+def test_threads_filter_by_earliest_message_date(api: ApiServer, mail_user: MailUser) -> None:
+    """threads/get-threads ``earliest_message_date``: the threads whose first message is at or
+    after that time (a thread that began earlier is left out, however recent its last reply)."""
+    t = now().replace(microsecond=0)
+    old, reply, recent = t - timedelta(days=3), t - timedelta(hours=1), t - timedelta(days=1)
+    append_many(
+        mail_user,
+        [
+            (make_message("long", message_id="<l1@example.test>", date=old), "", old),
+            (
+                make_message(
+                    "Re: long",
+                    message_id="<l2@example.test>",
+                    in_reply_to="<l1@example.test>",
+                    date=reply,
+                ),
+                "",
+                reply,
+            ),
+            (make_message("fresh", message_id="<f1@example.test>", date=recent), "", recent),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    threads = api.nylas().threads
+    assert len(threads.list(grant_id).data) == 2
+    since = int((t - timedelta(days=2)).timestamp())
+    (fresh,) = threads.list(grant_id, {"earliest_message_date": since}).data
+    assert fresh.subject == "fresh"
+    assert fresh.earliest_message_date is not None and fresh.earliest_message_date >= since
+    at_old = int(old.timestamp())
+    assert len(threads.list(grant_id, {"earliest_message_date": at_old}).data) == 2
+    assert threads.list(grant_id, {"earliest_message_date": int(t.timestamp()) + 60}).data == []
+    page = threads.list(grant_id, {"earliest_message_date": at_old, "limit": 1})
+    assert page.next_cursor
+    rest = threads.list(
+        grant_id, {"earliest_message_date": at_old, "limit": 1, "page_token": page.next_cursor}
+    )
+    assert {page.data[0].subject, rest.data[0].subject} == {"fresh", "Re: long"}
+
+
+def test_message_metadata_is_kept_returned_and_filtered(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """dev-guide/metadata: ``PUT .../messages/{id}`` with ``metadata`` stores it (the whole
+    object replaced), the message returns it, and ``metadata_pair=key1:value`` (key1..key5
+    only) filters; 50 pairs, 40-character keys, 500-character string values at most."""
+    t = now()
+    append_many(mail_user, [(make_message(s, date=t), "", t) for s in ("one", "two", "three")])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    by_subject = {m.subject: m for m in client.messages.list(grant_id).data}
+    one, two = by_subject["one"], by_subject["two"]
+    assert all(m.metadata == {} for m in by_subject.values())
+    events_before = api.outbox()
+
+    stored = client.messages.update(
+        grant_id, one.id, {"metadata": {"key1": "onboarding", "note": "from the CRM"}}
+    ).data
+    assert stored.metadata == {"key1": "onboarding", "note": "from the CRM"}
+    assert client.messages.find(grant_id, one.id).data.metadata == stored.metadata
+    assert api.outbox() == events_before  # Nylas sends no notification for metadata alone
+
+    def subjects(pair: str, **more: object) -> list[str]:
+        params = {"metadata_pair": pair, **more}
+        return sorted(m.subject for m in client.messages.list(grant_id, params).data)  # type: ignore[arg-type, misc]
+
+    assert subjects("key1:onboarding") == ["one"]
+    assert subjects("key1:other") == []
+    client.messages.update(grant_id, two.id, {"metadata": {"key1": "onboarding"}})
+    assert subjects("key1:onboarding") == ["one", "two"]
+    client.messages.update(grant_id, one.id, {"unread": False})
+    assert subjects("key1:onboarding", unread=True) == ["two"]
+    # a write replaces the whole object
+    client.messages.update(grant_id, one.id, {"metadata": {"key2": "b"}})
+    assert client.messages.find(grant_id, one.id).data.metadata == {"key2": "b"}
+    assert subjects("key1:onboarding") == ["two"]
+    assert subjects("key2:b") == ["one"]
+    # kept through a sync, and in the message.updated a later change sends
+    sync(api.settings, grant_id)
+    assert client.messages.find(grant_id, one.id).data.metadata == {"key2": "b"}
+    client.messages.update(grant_id, one.id, {"starred": True})
+    updates = [o for t, o in api.outbox_objects() if t == "message.updated" and o["id"] == one.id]
+    assert updates[-1]["starred"] is True
+    assert updates[-1]["metadata"] == {"key2": "b"}
+
+    for refused_pair in ("note:from the CRM", "key1", "key6:x", ":x"):
+        assert _status_of(lambda p=refused_pair: subjects(p)) == 400, refused_pair  # type: ignore[misc]
+    for refused in (
+        {f"k{i}": "v" for i in range(51)},
+        {"k" * 41: "v"},
+        {"key1": "v" * 501},
+        {"key1": {"nested": "no"}},
+        {"key1": 5},
+    ):
+        status = _status_of(
+            lambda r=refused: client.messages.update(grant_id, two.id, {"metadata": r})
+        )  # type: ignore[misc]
+        assert status == 400, refused
+    assert client.messages.find(grant_id, two.id).data.metadata == {"key1": "onboarding"}
+    limits = {f"k{i:02}" + "x" * 37: "v" * 500 for i in range(50)}
+    assert client.messages.update(grant_id, two.id, {"metadata": limits}).data.metadata == limits
+
+
+def test_metadata_pair_is_served_by_its_index(api: ApiServer, mail_user: MailUser) -> None:
+    """With many messages of which few carry metadata (as it is used), the filter's query is
+    planned on the partial GIN index of migration 0310, not a walk of the grant's messages."""
+    from sqlalchemy import text
+
+    from pipeline.api import queries
+    from pipeline.api.pagination import DEFAULT_LIMIT
+
+    grant_id = connect_and_sync(api, mail_user)
+    with session_scope(api.settings.require_database_url()) as db:
+        db.execute(
+            text(
+                "INSERT INTO messages (id, grant_id, identity_key, header_hash, date, "
+                'received_at, "references", subject, "from", "to", cc, bcc, reply_to, snippet, '
+                "body, headers, size, unread, starred, flags, has_attachments, metadata) "
+                "SELECT gen_random_uuid(), CAST(:g AS uuid), 'bulk-' || n, md5(n::text), "
+                "now() - n * interval '1 minute', now(), '{}', '', '[]', '[]', '[]', '[]', "
+                "'[]', '', '', '[]', 0, true, false, '{}', false, CASE WHEN n % 2000 = 0 "
+                "THEN jsonb_build_object('key1', 'tag' || n) ELSE '{}'::jsonb END "
+                "FROM generate_series(1, 20000) AS n"
+            ),
+            {"g": grant_id},
+        )
+        db.execute(text("ANALYZE messages"))
+        query = queries.list_messages_query(
+            grant_id, queries.MessageFilter(metadata_pair=("key1", "tag4000")), DEFAULT_LIMIT, None
+        )
+        sql = str(query.compile(db.get_bind(), compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(str(r[0]) for r in db.execute(text(f"EXPLAIN {sql}")))
+        assert "ix_api_messages_grant_metadata" in plan, plan
+        assert len(db.execute(query).all()) == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "settings_of"),
+    [
+        # auth/custom (iCloud): the Apple ID and an app-specific password (the test Dovecot's
+        # login name is not the address, so the address is given too)
+        ("icloud", lambda u: {"username": u.name, "password": u.password, "email": u.email}),
+        # Yahoo with an app password (Nylas: the IMAP way in); address and password
+        ("yahoo", lambda u: {"email": u.email, "username": u.name, "password": u.password}),
+    ],
+)
+def test_connect_custom_takes_icloud_and_yahoo(
+    api: ApiServer,
+    mail_user: MailUser,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    settings_of: Callable[[MailUser], dict[str, str]],
+) -> None:
+    """``/v3/connect/custom`` with ``provider: "icloud"`` or ``"yahoo"`` and Nylas' settings for
+    them signs in with the engine's preset of that provider (its servers; here the preset points
+    at the test Dovecot, as the internet hosts cannot be reached from the tests)."""
+    from dataclasses import replace
+
+    from pipeline import presets
+
+    local = replace(
+        presets.PRESETS[provider],
+        imap_host="127.0.0.1",
+        imap_port=mail_user.server.port,
+        imap_tls="starttls",
+        smtp_host=None,
+    )
+    monkeypatch.setitem(presets.PRESETS, provider, local)
+    t = now()
+    append_many(mail_user, [(make_message("from the provider", date=t), "", t)])
+    client = api.nylas()
+    # Nylas apps create the provider's connector first (provider-guides/icloud)
+    assert client.connectors.create({"provider": provider}).data.provider == provider  # type: ignore[typeddict-item]
+    assert client.connectors.find(provider).data.provider == provider
+    grant = client.auth.custom_authentication(
+        {"provider": provider, "settings": settings_of(mail_user)}  # type: ignore[typeddict-item]
+    ).data
+    # the engine reports every grant as "imap" and names the preset it used in its settings
+    assert grant.provider == "imap"
+    assert grant.settings is not None and grant.settings["provider_preset"] == provider
+    assert grant.email == mail_user.email
+    sync(api.settings, grant.id)
+    assert [m.subject for m in client.messages.list(grant.id).data] == ["from the provider"]
+
+    with api.http() as http:
+        wrong = http.post(
+            "/v3/connect/custom",
+            json={"provider": provider, "settings": {**settings_of(mail_user), "password": "no"}},
+        )
+        assert wrong.status_code == 401, wrong.text
+        missing = http.post(
+            "/v3/connect/custom", json={"provider": provider, "settings": {"email": "a@b.c"}}
+        )
+        assert missing.status_code == 400, missing.text
+        assert "password" in missing.json()["error"]["message"]
+
+
+def test_connect_custom_yahoo_oauth_is_refused_with_the_way_in(api: ApiServer) -> None:
+    """Yahoo's OAuth shape (``refresh_token``) needs Nylas' Yahoo connector: a 400 that says to
+    use an app password, never a grant that cannot log in."""
+    with api.http() as http:
+        r = http.post(
+            "/v3/connect/custom",
+            json={"provider": "yahoo", "settings": {"refresh_token": "r", "email": "a@yahoo.com"}},
+        )
+    assert r.status_code == 400, r.text
+    assert "app password" in r.json()["error"]["message"]
+
+
+def test_fields_raw_mime_gives_the_message_as_the_server_has_it(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """messages (``fields=raw_mime``): the grant_id, object, id and ``raw_mime``, the whole
+    message Base64url-encoded, on a single read and on lists (fetched from the IMAP server)."""
+    import base64
+    import email
+
+    t = now()
+    raws = {
+        s: make_message(s, f"body of {s}", message_id=f"<{s}@example.test>", date=t)
+        for s in ("first", "second")
+    }
+    append_many(mail_user, [(raw, "", t) for raw in raws.values()])
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    by_subject = {m.subject: m for m in client.messages.list(grant_id).data}
+
+    def decoded(value: str | None) -> bytes:
+        assert value is not None
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).replace(b"\r\n", b"\n")
+
+    one = client.messages.find(grant_id, by_subject["first"].id, {"fields": "raw_mime"}).data
+    assert decoded(one.raw_mime) == raws["first"].replace(b"\r\n", b"\n")
+    assert email.message_from_bytes(decoded(one.raw_mime))["Message-ID"] == "<first@example.test>"
+    with api.http() as http:
+        raw_one = http.get(
+            f"/v3/grants/{grant_id}/messages/{by_subject['first'].id}",
+            params={"fields": "raw_mime"},
+        ).json()["data"]
+        assert set(raw_one) == {"id", "grant_id", "object", "raw_mime"}
+        listed = http.get(f"/v3/grants/{grant_id}/messages", params={"fields": "raw_mime"}).json()[
+            "data"
+        ]
+    assert {m["id"]: decoded(m["raw_mime"]) for m in listed} == {
+        by_subject[s].id: raw.replace(b"\r\n", b"\n") for s, raw in raws.items()
+    }
+    assert all(set(m) == {"id", "grant_id", "object", "raw_mime"} for m in listed)

@@ -161,15 +161,38 @@ def test_a_new_smtp_port_without_a_mode_is_probed_again(
     assert len(implicit_smtp.messages) == 1
 
 
-def test_smtp_that_greets_but_offers_no_starttls_is_never_sent_the_password(
+def test_smtp_that_greets_but_offers_no_starttls_is_refused_at_sign_in(
     api: ApiServer, mail_user: MailUser, tls_files: TlsFiles
 ) -> None:
+    """A plaintext SMTP port whose EHLO lists no STARTTLS would have to take the password in the
+    clear: the sign-in (connect/custom, then PATCH to that port) says so and stores nothing,
+    instead of a grant whose every send fails."""
     smtp = _smtp(tls_files, mail_user, implicit_tls=False, no_tls=True)
+    body = connect_body(mail_user)
+    body["settings"].update(  # type: ignore[attr-defined]
+        {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,  # no smtp_tls: as Nylas' settings
+            "smtp_username": mail_user.name,
+            "smtp_password": mail_user.password,
+        }
+    )
+    client = api.nylas()
     try:
         with pytest.raises(NylasApiError) as refused:
-            _send_through(api, mail_user, smtp)
+            client.auth.custom_authentication(body)  # type: ignore[arg-type]
+        assert refused.value.status_code == 400
+        assert "does not offer STARTTLS" in refused.value.args[0]
+        assert f"127.0.0.1:{smtp.port}" in refused.value.args[0]
+        assert client.grants.list().data == []
+        grant = client.auth.custom_authentication(connect_body(mail_user)).data  # type: ignore[arg-type]
+        with pytest.raises(NylasApiError) as patched:
+            client.grants.update(
+                grant.id, {"settings": {"smtp_host": "127.0.0.1", "smtp_port": smtp.port}}
+            )
+        assert patched.value.status_code == 400
+        assert "does not offer STARTTLS" in patched.value.args[0]
+        assert client.grants.find(grant.id).data.settings["smtp_port"] != smtp.port  # type: ignore[index]
     finally:
         smtp.close()
-    assert refused.value.status_code == 504
-    assert "does not offer STARTTLS" in refused.value.args[0]
     assert smtp.messages == []

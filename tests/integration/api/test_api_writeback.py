@@ -164,6 +164,7 @@ def test_folders_are_created_renamed_and_deleted_on_the_server(
 def test_imap_work_respects_the_shared_account_limits(api: ApiServer, mail_user: MailUser) -> None:
     import redis
 
+    from pipeline.imap.connections import ConnectionSlots, Priority
     from pipeline.ratelimit import RateLimiter
 
     t = now()
@@ -184,9 +185,10 @@ def test_imap_work_respects_the_shared_account_limits(api: ApiServer, mail_user:
     limiter.set_limits("generic", {"max_connections": 5})
     assert client.messages.update(grant_id, message.id, {"unread": False}).data.unread is False
     # the session stays pooled (holding one slot) and the next request reuses it
-    assert limiter.connections(grant_id) == 1
+    slots = ConnectionSlots(limiter.redis)
+    assert slots.held(grant_id) == {Priority.IDLE: 0, Priority.INTERACTIVE: 1, Priority.BULK: 0}
     assert client.messages.update(grant_id, message.id, {"starred": True}).data.starred is True
-    assert limiter.connections(grant_id) == 1
+    assert sum(slots.held(grant_id).values()) == 1
 
 
 def test_thread_updates_and_deletes_reach_every_message(

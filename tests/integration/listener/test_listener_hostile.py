@@ -33,7 +33,7 @@ import redis
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.listener.leases import conn_key
+from pipeline.imap.connections import conn_key
 from pipeline.listener.status import read_status
 from pipeline.models import Folder, Grant
 from tests.integration.listener.listener_harness import connect_grant, wait_for

@@ -1,4 +1,4 @@
-"""Leases, heartbeats and connection slots against a real Redis (the Lua scripts run there)."""
+"""Leases and heartbeats against a real Redis (the Lua scripts run there)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.listener.leases import LISTENERS_KEY, LeaseStore, conn_key, lease_key
+from pipeline.listener.leases import LISTENERS_KEY, LeaseStore, lease_key
 
 pytestmark = pytest.mark.services
 
@@ -19,8 +19,8 @@ def with_stores(
     async def main() -> None:
         client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
         try:
-            a = LeaseStore(client, "A", lease_ttl_s=0.5, slot_ttl_s=0.5)
-            b = LeaseStore(client, "B", lease_ttl_s=0.5, slot_ttl_s=0.5)
+            a = LeaseStore(client, "A", lease_ttl_s=0.5)
+            b = LeaseStore(client, "B", lease_ttl_s=0.5)
             await scenario(a, b)
         finally:
             await client.aclose()  # type: ignore[attr-defined]
@@ -60,21 +60,3 @@ def test_heartbeats_count_live_listeners(redis_url: str) -> None:
     with_stores(redis_url, scenario)
     assert LISTENERS_KEY == "imap-pipeline:listeners"
     assert lease_key("x") == "imap-pipeline:lease:x"
-
-
-def test_connection_slots_cap_an_account_and_lapse_when_not_renewed(redis_url: str) -> None:
-    async def scenario(a: LeaseStore, b: LeaseStore) -> None:
-        assert await a.acquire_slot("g", "listener:A:inbox", 2)
-        assert await a.acquire_slot("g", "listener:A:inbox", 2)  # idempotent for a holder
-        assert await b.acquire_slot("g", "worker:1", 2)
-        assert not await b.acquire_slot("g", "worker:2", 2)
-        await b.release_slot("g", "worker:1")
-        assert await b.acquire_slot("g", "worker:2", 2)
-        for _ in range(3):  # A renews, worker:2 does not
-            await asyncio.sleep(0.25)
-            await a.renew_slots([("g", "listener:A:inbox")])
-        assert await b.acquire_slot("g", "worker:3", 2)  # worker:2 lapsed
-        assert not await b.acquire_slot("g", "worker:4", 2)
-
-    with_stores(redis_url, scenario)
-    assert conn_key("g") == "imap-pipeline:conn:g"

@@ -20,9 +20,11 @@ import redis
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.grants.service import create_grant
+from pipeline.imap.connections import conn_key
 from pipeline.listener.events import CHANGED_KEY
 from pipeline.listener.idle import WatchState
-from pipeline.listener.leases import conn_key, lease_key
+from pipeline.listener.leases import lease_key
+from pipeline.listener.status import read_status
 from pipeline.local import free_port
 from pipeline.local.dovecot import LocalDovecot
 from pipeline.models import Folder, Grant
@@ -74,15 +76,22 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
             conn.select("INBOX")
             conn.store("1", "+FLAGS", "(\\Flagged)")
             wait_for(lambda: rec.count(inbox) > before, what="enqueue after a flag change")
+            # \Deleted is a flag change of its own (a FETCH the listener reports as "flags"):
+            # let it reach the workers first, so that the EXPUNGE below is a change on its own
+            # and not folded into the \Deleted one's debounce window
             time.sleep(1.2)
             before = rec.count(inbox)
             conn.store("1", "+FLAGS", "(\\Deleted)")
+            wait_for(lambda: rec.count(inbox) > before, what="enqueue after \\Deleted is set")
+            time.sleep(1.2)
+            before = rec.count(inbox)
             conn.expunge()
         finally:
             conn.logout()
-        wait_for(lambda: rec.count(inbox) > before, what="enqueue after an expunge")
         assert running.listener is not None
         reasons = running.listener.publisher.stats.by_reason
+        wait_for(lambda: reasons.get("expunge", 0) >= 1, what="the listener to see the EXPUNGE")
+        wait_for(lambda: rec.count(inbox) > before, what="enqueue after an expunge")
         assert reasons.get("exists", 0) >= 1
         assert reasons.get("flags", 0) >= 1
         assert reasons.get("expunge", 0) >= 1
@@ -320,15 +329,24 @@ def test_uidvalidity_change_ends_the_session_and_is_reported(
 def test_an_operators_max_connections_override_is_respected(
     settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
 ) -> None:
-    """``imap-pipeline:limits:<provider>`` (pipeline.ratelimit's overrides) caps listeners too."""
-    sync_redis.hset("imap-pipeline:limits:generic", "max_connections", "1")
-    grant_id, _, _ = connect_grant(settings, mail_user)
+    """``imap-pipeline:limits:<provider>`` (pipeline.ratelimit's overrides) caps listeners too:
+    with 2 connections one is kept for sync and the API, so only the Inbox is watched."""
+    sync_redis.hset("imap-pipeline:limits:generic", "max_connections", "2")
+    grant_id, inbox, sent = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(1), what="one folder idling")
         time.sleep(1.0)
-        assert running.states().get(WatchState.IDLING, 0) == 1
-        assert running.states().get(WatchState.WAITING_SLOT, 0) == 1
-        assert sync_redis.zcard(conn_key(grant_id)) == 1
+        assert running.listener is not None
+        states = {w.target.folder_id: w.state for w in running.listener.watchers()}
+        assert states == {inbox: WatchState.IDLING, sent: WatchState.WAITING_SLOT}
+        assert [m.decode() for m in sync_redis.zrange(conn_key(grant_id), 0, -1)] == [
+            f"listener:L1:{inbox}"
+        ]
+        # operators see why Sent is not watched (`imap-pipeline limits show --grant`)
+        wait_for(lambda: sent in read_status(sync_redis, grant_id), what="Sent's status")
+        status = read_status(sync_redis, grant_id)[sent]
+        assert status["state"] == "waiting_slot"
+        assert "only the Inbox is watched" in status["error"]
 
 
 def test_no_login_while_the_account_is_in_the_shared_backoff(

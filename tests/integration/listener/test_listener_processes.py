@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from pipeline.config import Settings
-from pipeline.listener.leases import LISTENERS_KEY, conn_key, lease_key
+from pipeline.imap.connections import conn_key
+from pipeline.listener.leases import LISTENERS_KEY, lease_key
 from tests.integration.listener.listener_harness import connect_grant, wait_for
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser

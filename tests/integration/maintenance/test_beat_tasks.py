@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import kombu.pools
@@ -19,14 +19,17 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
+from pipeline.listener.leases import lease_key
+from pipeline.listener.status import status_key
+from pipeline.local.dovecot import LocalDovecot
 from pipeline.maintenance.sweep import STOPPED_DETAIL, UIDVALIDITY_STOP_AFTER
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
 from tests.support.mail import append, create_folder, imap_login, make_message, move
-from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
+from tests.support.worker_resources import worker_resources as pointed_at
 
 pytestmark = pytest.mark.services
 
@@ -45,29 +48,14 @@ def _drop_broker_pools(app: Celery) -> None:
 @pytest.fixture
 def in_process_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's Celery app and worker resources at the test services."""
-    import workers.beat_tasks  # registers the tasks
-    import workers.resources
-    import workers.settings
+    import workers.beat_tasks  # noqa: F401  (registers the tasks)
     from workers.app import app
 
-    caches = (
-        workers.settings.settings,
-        workers.resources.sessions,
-        workers.resources.redis_client,
-        workers.resources.limiter_for_process,
-    )
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    for cache in caches:
-        cache.cache_clear()
-    app.conf.broker_url = settings.require_redis_url()
-    _drop_broker_pools(app)
-    yield
-    _drop_broker_pools(app)
-    workers.resources.close_all_imap()
-    for cache in caches:
-        cache.cache_clear()
+    with pointed_at(settings, monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        _drop_broker_pools(app)
+        yield
+        _drop_broker_pools(app)
 
 
 def queued(redis_url: str, queue: str) -> list[tuple[str, list[object]]]:
@@ -95,10 +83,55 @@ def test_the_sweep_plans_once_per_interval_on_the_provider_queue(
     from workers.beat_tasks import sweep_uidvalidity_task
 
     grant_id = synced_grant(settings, mail_user)
-    assert sweep_uidvalidity_task.apply().get() == {"planned": 1}
+    assert sweep_uidvalidity_task.apply().get() == {"planned": 1, "tasks": 1}
     assert sweep_uidvalidity_task.apply().get() == {"skipped": "already planned this interval"}
     assert queued(settings.require_redis_url(), QUEUE) == [
-        ("pipeline.maintenance.check_uidvalidity", [grant_id])
+        ("pipeline.maintenance.check_grants", [[grant_id]])
+    ]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_checks_of_many_grants_share_tasks(
+    settings: Settings, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    """A batch checks each grant as its own task would: a renumbered folder is counted and its
+    sync queued; a grant without a connection slot gets a check task of its own, later."""
+    import workers.resources
+    from pipeline.imap.connections import ConnectionSlots, Priority, new_holder
+    from workers.beat_tasks import check_grants_task
+
+    users = [next(_mail_user_pool) for _ in range(3)]
+    grants = [synced_grant(settings, user) for user in users]
+    first = check_grants_task.apply(args=[grants]).get()
+    with session_scope(settings.require_database_url()) as db:
+        third = db.scalar(
+            text("SELECT count(*) FROM folders WHERE grant_id = :g AND uidvalidity IS NOT NULL"),
+            {"g": grants[2]},
+        )
+    assert third >= 1
+    assert first == {"grants": 3, "asked": 3 * third, "changed": 0}  # nobody saw any folder
+    users[0].server.doveadm(
+        "mailbox", "update", "-u", users[0].name, "--uid-validity", "4000000", "INBOX"
+    )
+    slots = ConnectionSlots(redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5))
+    workers.resources.close_all_imap()  # the pooled sessions of the first round
+    taken = 0  # every slot of the third account that may be given is someone else's
+    while taken < 10 and slots.wait(grants[2], new_holder(Priority.INTERACTIVE), 5, 60.0, 0.0):
+        taken += 1
+    assert taken >= 1
+    assert check_grants_task.apply(args=[grants], routing_key=QUEUE).get() == {
+        "grants": 3,
+        "asked": 2 * third,
+        "changed": 1,
+    }
+    with session_scope(settings.require_database_url()) as db:
+        inbox = db.scalars(
+            text("SELECT id FROM folders WHERE raw_name = 'INBOX' AND grant_id = :g"),
+            {"g": grants[0]},
+        ).one()
+    assert sorted(queued(settings.require_redis_url(), QUEUE)) == [
+        ("pipeline.maintenance.check_uidvalidity", [grants[2]]),
+        ("pipeline.sync.folder", [grants[0], str(inbox)]),
     ]
 
 
@@ -119,6 +152,71 @@ def test_the_check_enqueues_a_sync_of_a_renumbered_folder(
     assert queued(settings.require_redis_url(), QUEUE) == [
         ("pipeline.sync.folder", [grant_id, str(inbox)])
     ]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_check_asks_only_folders_nobody_saw_lately(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """The minute's polls see the polled folders' UIDVALIDITY and the listener holds Inbox
+    and Sent: the five-minute check then asks nothing and opens no session; it still asks a
+    folder nobody saw, and one whose changes are counted (issue 11: IMAP commands of an idle
+    grant no more than its polls and IDLE renewals)."""
+    import workers.resources
+    from workers.beat_tasks import check_uidvalidity_task, poll_grant_task
+
+    # the checks here log in more often than an account's default budget allows
+    workers.resources.limiter_for_process().set_limits("generic", {"account_logins_per_min": 1000})
+    server, name, pw = mail_user.server, mail_user.name, mail_user.password
+    create_folder(server, name, pw, "Work")
+    append(server, name, pw, make_message("work"), folder="Work")
+    grant_id = synced_grant(settings, mail_user)
+    with session_scope(settings.require_database_url()) as db:
+        ids = dict(db.execute(text("SELECT raw_name, id::text FROM folders")).all())
+    inbox, work = ids["INBOX"], ids["Work"]
+    logins = _count_logins(server)
+
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["asked"] == 2  # nobody looked
+    assert poll_grant_task.apply(args=[grant_id]).get() == {"changed": 0}  # sees Work
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["asked"] == 1  # the Inbox
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+    client.set(lease_key(grant_id), "listener-a", ex=60)  # as a live listener writes them
+    entry = {"state": "idling", "listener": "listener-a", "at": time.time()}
+    client.hset(status_key(grant_id), inbox, json.dumps(entry))
+    before = logins()
+    assert check_uidvalidity_task.apply(args=[grant_id]).get() == {
+        "changed": 0,
+        "stopped": 0,
+        "resumed": 0,
+        "polled": 0,
+        "asked": 0,
+    }
+    assert logins() == before  # no session at all
+
+    # a change the poll saw counts, and a folder with changes counted is asked (fresh session)
+    mail_user.server.doveadm("mailbox", "update", "-u", name, "--uid-validity", "4100000", "Work")
+    poll_grant_task.apply(args=[grant_id]).get()
+    assert _changes(settings, work) == 1
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["asked"] == 1
+    assert _changes(settings, work) == 1  # the same change, its reindex not done yet
+    # past the interval a look is stale: the folder is asked again
+    client.delete(f"imap-pipeline:uidvalidity-looked:{grant_id}")
+    client.hdel(status_key(grant_id), inbox)
+    assert check_uidvalidity_task.apply(args=[grant_id]).get()["asked"] == 2
+
+
+def _changes(settings: Settings, folder_id: str) -> int:
+    with session_scope(settings.require_database_url()) as db:
+        return int(
+            db.scalar(
+                text("SELECT uidvalidity_changes FROM folders WHERE id = :f"), {"f": folder_id}
+            )
+        )
+
+
+def _count_logins(server: LocalDovecot) -> Callable[[], int]:
+    """A counter of the successful logins the test Dovecot logged so far."""
+    return lambda: server.log_path.read_text(errors="replace").count("Login: user=")
 
 
 @pytest.mark.usefixtures("in_process_worker")
@@ -297,7 +395,7 @@ def test_a_folder_renumbered_every_session_is_stopped_by_the_minute_polls(
         minutes = 0
         while archive_state()[0] != "stopped" and minutes < 2 * UIDVALIDITY_STOP_AFTER:
             minutes += 1
-            # a minute apart: the pooled session idled out (IMAP_POOL_IDLE_S), a new one polls
+            # a minute apart: the pooled session was closed (BULK_LINGER_S), a new one polls
             workers.resources.close_all_imap()
             poll_grant_task.apply(args=[grant_id]).get()
             _run_queued_syncs(redis_url)
@@ -412,3 +510,116 @@ def test_folder_discovery_respects_the_folder_cap(
         assert grant is not None and grant.folders_skipped == 1
     assert _outbox(settings, "folder.created") == []
     assert queued(settings.require_redis_url(), QUEUE) == []
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_polls_of_many_grants_share_tasks(
+    settings: Settings, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    """Idle grants' polls go in batches (a task dispatch costs about as much as a quiet poll):
+    every grant is polled, a changed folder of each is found."""
+    from workers.beat_tasks import poll_folders_task, poll_grants_task
+
+    users = [next(_mail_user_pool) for _ in range(3)]
+    grants = []
+    for user in users:
+        create_folder(user.server, user.name, user.password, "Work")
+        grants.append(synced_grant(settings, user))
+    assert poll_grants_task.apply(args=[grants]).get() == {
+        "grants": 3,
+        "changed": 0,
+        "skipped": 0,
+    }
+    for user in users[:2]:
+        append(user.server, user.name, user.password, make_message("new"), folder="Work")
+    assert poll_grants_task.apply(args=[grants]).get() == {
+        "grants": 3,
+        "changed": 2,
+        "skipped": 0,
+    }
+    planned = poll_folders_task.apply().get()
+    assert planned["planned"] == 3 and 1 <= planned["tasks"] <= 3
+    sent = [
+        args
+        for name, args in queued(settings.require_redis_url(), QUEUE)
+        if name.endswith("poll_grants")
+    ]
+    assert sorted(g for args in sent for g in args[0]) == sorted(grants)  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_poll_runs_the_folder_discovery_on_its_own_session(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """An idle grant's folder discovery rides on its poll: a folder another client made is
+    announced and queued by the poll that finds the discovery due, on the poll's session (no
+    login of its own); the planner and the discovery task leave such a grant alone, and the
+    next discovery is the first poll an interval later."""
+    from pipeline.maintenance.discovery import discovered_key
+    from pipeline.maintenance.locks import job_key
+    from workers.beat_tasks import discover_folders_task, discover_grant_task, poll_grants_task
+
+    user, redis_url = mail_user, settings.require_redis_url()
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    create_folder(user.server, user.name, user.password, "Work")
+    grant_id = synced_grant(settings, user)
+    logins = _count_logins(user.server)
+    create_folder(user.server, user.name, user.password, "Projects")
+    before = logins()
+    assert poll_grants_task.apply(args=[[grant_id]]).get() == {
+        "grants": 1,
+        "changed": 0,
+        "skipped": 0,
+    }
+    assert logins() == before + 1  # the poll's own
+    with session_scope(settings.require_database_url()) as db:
+        projects_id = db.query(Folder).filter(Folder.name == "Projects").one().id
+    assert [o["id"] for o in _outbox(settings, "folder.created")] == [projects_id]
+    assert queued(redis_url, QUEUE) == [("pipeline.sync.folder", [grant_id, projects_id])]
+    client.delete(QUEUE)
+
+    assert discover_folders_task.apply().get() == {"planned": 0, "covered": 1}
+    assert queued(redis_url, QUEUE) == []
+    assert discover_grant_task.apply(args=[grant_id]).get() == {"skipped": "discovered by a poll"}
+
+    # within the interval the polls do not list again; once it has passed, the next one does
+    _delete_folder(user, "Projects")
+    assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
+    with session_scope(settings.require_database_url()) as db:
+        assert db.query(Folder).filter(Folder.id == projects_id).count() == 1
+    interval = settings.folder_discovery_interval_s
+    client.set(discovered_key(grant_id), f"{time.time() - interval:.3f}")
+    assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
+    with session_scope(settings.require_database_url()) as db:
+        assert db.query(Folder).filter(Folder.id == projects_id).count() == 0
+    assert [o["name"] for o in _outbox(settings, "folder.deleted")] == ["Projects"]
+
+    # a grant whose polls stopped discovering is planned again after an interval and a poll
+    client.set(discovered_key(grant_id), f"{time.time() - interval - 61:.3f}")
+    client.delete(job_key("discover"))  # the next interval's planning
+    assert discover_folders_task.apply().get() == {"planned": 1}
+    assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}
+
+
+@pytest.mark.usefixtures("in_process_worker")
+def test_the_poll_finds_a_folder_made_elsewhere_on_every_server(
+    settings: Settings, server_user: MailUser
+) -> None:
+    """The poll's discovery LIST on Dovecot, Cyrus (both with LIST-STATUS for the poll itself)
+    and Courier (without): a folder another client made is added and queued for sync."""
+    from workers.beat_tasks import poll_grants_task
+
+    user = server_user
+    # Courier keeps no uid db for an empty folder: each session would see a new UIDVALIDITY
+    append(user.server, user.name, user.password, make_message("in the inbox"), flags="\\Seen")
+    grant_id = connect(settings, user)
+    sync_grant_inline(sessionmaker_for(settings.require_database_url()), settings, grant_id)
+    projects = user.folder("Projects")
+    create_folder(user.server, user.name, user.password, projects)
+    assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
+    with session_scope(settings.require_database_url()) as db:
+        found = db.query(Folder).filter(Folder.raw_name == projects).one()
+        assert found.grant_id == grant_id and found.state == "pending"
+    assert queued(settings.require_redis_url(), QUEUE) == [
+        ("pipeline.sync.folder", [grant_id, found.id])
+    ]

@@ -78,14 +78,14 @@ def test_a_changed_uidvalidity_is_reindexed_through_the_worker(
     )
     worker = CeleryWorker(pipeline_env(settings), tmp_path, concurrency=2).start()
     try:
-        producer.send_task(
-            "pipeline.maintenance.check_uidvalidity", args=[grant_id], queue="sync.generic"
+        producer.send_task(  # what the sweep sends: a batch of grants' checks
+            "pipeline.maintenance.check_grants", args=[[grant_id]], queue="sync.generic"
         )
         wait_for(lambda: inbox_uidvalidity() == NEW_UIDVALIDITY, "the reindex")
     finally:
         worker.stop()
     log = worker.log()
-    assert "pipeline.maintenance.check_uidvalidity" in log
+    assert "pipeline.maintenance.check_grants" in log
     assert "pipeline.sync.folder" in log
     with session_scope(settings.require_database_url()) as db:
         after = {s: i for s, i in db.execute(select(Message.subject, Message.id))}

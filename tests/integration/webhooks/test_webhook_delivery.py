@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import gzip
+import hashlib
+import hmac
+import json
 import threading
 import time
 import uuid
@@ -93,6 +97,49 @@ def test_notification_is_signed_over_the_exact_raw_body(
         "object": {"id": "m1", "subject": "héllo", "body": "<p>hi</p>"},
     }
     assert got.headers["content-type"] == "application/json"
+
+
+def nylas_receiver_accepts(secret: str, raw_body: bytes, signature: str) -> bool:
+    """A receiver written from Nylas' own guidance (nylas/skills, webhooks-notifications:
+    "Verify x-nylas-signature against the raw compressed body before decompressing and parsing
+    JSON"; the signature is "a hex-encoded HMAC-SHA256 of the exact request body"), with none
+    of this engine's code."""
+    expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+def test_compressed_delivery_arrives_gzipped_and_signed_as_sent(
+    uow: Uow, service: WebhookService, receiver: Receiver, drainer: Drainer
+) -> None:
+    """``compressed_delivery: true`` (Nylas, 2026-04-16): the JSON is gzip-compressed, sent with
+    ``Content-Encoding: gzip``, and ``X-Nylas-Signature`` is the HMAC of the exact request body
+    (the compressed bytes, as Nylas says to verify it); a destination without it still gets
+    plain JSON."""
+    dest, secret = _create(uow, service, receiver.url("/gz"))
+    with uow() as s:
+        service.update(s, dest, {"compressed_delivery": True})
+    plain_dest, plain_secret = _create(uow, service, receiver.url("/plain"))
+    body = "<p>" + "hello compressed world " * 500 + "</p>"
+    _emit(uow, ("message.created", "m1", {"subject": "gz", "body": body}))
+    assert drainer.drain(dest).delivered == 1
+    assert drainer.drain(plain_dest).delivered == 1
+    by_path = {got.path: got for got in receiver.received()}
+    gz, plain = by_path["/gz"], by_path["/plain"]
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gz.headers["content-type"] == "application/json"
+    assert verify(secret, gz.body, gz.headers["x-nylas-signature"])
+    assert nylas_receiver_accepts(secret, gz.body, gz.headers["x-nylas-signature"])
+    # not a signature of the inflated JSON: a receiver must verify before inflating
+    assert not nylas_receiver_accepts(
+        secret, gzip.decompress(gz.body), gz.headers["x-nylas-signature"]
+    )
+    envelope = json.loads(gzip.decompress(gz.body))
+    assert envelope["data"]["object"]["body"] == body
+    assert len(gz.body) < len(gzip.decompress(gz.body)) // 10
+    assert "content-encoding" not in plain.headers
+    assert verify(plain_secret, plain.body, plain.headers["x-nylas-signature"])
+    assert nylas_receiver_accepts(plain_secret, plain.body, plain.headers["x-nylas-signature"])
+    assert plain.json()["data"]["object"]["body"] == body
 
 
 def test_retries_keep_the_id_and_every_attempt_is_recorded(

@@ -29,8 +29,10 @@ pytestmark = pytest.mark.services
 
 Uow = functools.partial[AbstractContextManager[Session]]
 DEADLINE_S = 2.0
-# What a loaded machine may add to a deadline before the attempt is recorded.
-SLACK_S = 3.0
+# What a loaded machine may add to a deadline before the attempt is recorded: generous, since
+# the hostile receiver keeps going for 60 s (or gigabytes), so an end within the deadline plus
+# 15 s can only be the deadline's doing (3 s was a speed target on a busy 2-core CI machine).
+SLACK_S = 15.0
 BODY_LIMIT = 1024
 # A client that stops reading after BODY_LIMIT leaves at most the socket buffers' worth sent.
 SENT_BOUND_BYTES = 64 * 1024 * 1024

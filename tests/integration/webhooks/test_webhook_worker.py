@@ -33,6 +33,7 @@ pytestmark = pytest.mark.services
 Uow = functools.partial[AbstractContextManager[Session]]
 GRANT = str(uuid.uuid4())
 TRIGGERS = ["message.created", "message.updated", "message.deleted"]
+WAIT_S = 30.0  # longest wait for what takes about a second when the machine is idle
 SLOW_ANSWER_S = 4.0  # the slow destination takes this long to answer each POST
 
 
@@ -70,7 +71,7 @@ def _status(uow: Uow, dest: str) -> str:
         return s.get_one(WebhookDestination, dest).status
 
 
-def _wait_delivered(uow: Uow, dest: str, timeout_s: float = 10.0) -> None:
+def _wait_delivered(uow: Uow, dest: str, timeout_s: float = WAIT_S) -> None:
     """Wait until every delivery of ``dest`` is recorded as delivered (after the POST)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -90,17 +91,20 @@ def _sweep() -> None:
     webhook_tasks._publish(webhook_tasks.SWEEP_TASK, [])  # what beat sends
 
 
-def test_emit_commit_kick_arrives_signed_within_a_second_or_so(
+def test_emit_commit_kick_arrives_signed_at_its_first_attempt(
     wuow: Uow, wservice: WebhookService, receiver: Receiver
 ) -> None:
+    """The kick alone delivers it (no sweep runs here), with one POST: well under a second when
+    idle, which is a benchmark's figure; here the wait is generous and the count exact."""
     dest, secret = _create(wuow, wservice, receiver.url())
-    t0 = time.monotonic()
     _emit_and_kick(wuow, [("message.created", "m1", {"subject": "hi"})])
-    (got,) = receiver.wait_accepted("/hook", 1, timeout_s=15)
-    assert got.at - t0 < 5.0
+    (got,) = receiver.wait_accepted("/hook", 1, timeout_s=WAIT_S)
     assert verify(secret, got.body, got.headers["x-nylas-signature"])
     assert got.json()["data"]["object"] == {"id": "m1", "subject": "hi"}
     _wait_delivered(wuow, dest)
+    assert len(receiver.received()) == 1
+    with wuow() as s:
+        assert [d.attempts for d in repository.deliveries_for(s, dest)] == [1]
 
 
 def test_receiver_down_for_a_while_then_up_every_notification_arrives(
@@ -226,10 +230,12 @@ def test_secret_is_never_in_task_messages_or_logs(
         assert secret.encode() not in raw and sealed.encode() not in raw
         assert receiver.url().encode() not in raw
     worker.start()
-    receiver.wait_accepted("/hook", 1, timeout_s=15)
-    time.sleep(0.5)
-    log = worker.log_text()
-    assert "pipeline.webhooks.deliver" in log  # the worker logs its tasks at DEBUG ...
+    receiver.wait_accepted("/hook", 1, timeout_s=WAIT_S)
+    deadline = time.monotonic() + WAIT_S  # the worker writes its log a moment later
+    while "pipeline.webhooks.deliver" not in (log := worker.log_text()):
+        assert time.monotonic() < deadline, "the worker never logged its deliver task"
+        time.sleep(0.1)
+    # the worker logs its tasks at DEBUG ...
     assert secret not in log and sealed not in log  # ... never the secret
     assert secret not in caplog.text and sealed not in caplog.text
     r.close()

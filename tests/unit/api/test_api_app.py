@@ -61,7 +61,9 @@ def test_api_key_required(client: TestClient) -> None:
     assert ok.status_code == 200
     assert client.get("/v3/connectors", headers=auth("another-key")).status_code == 200
     body = ok.json()
-    assert body["data"] == [{"provider": "imap", "settings": {}, "scope": []}]
+    assert body["data"] == [
+        {"provider": p, "settings": {}, "scope": []} for p in ("imap", "icloud", "yahoo")
+    ]
     assert body["next_cursor"] is None
     assert body["request_id"] == ok.headers["x-request-id"]
 

@@ -39,6 +39,7 @@ def visibility_timeout_s(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 @pytest.mark.usefixtures("visibility_timeout_s")  # the app reads its configuration
 def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
     import workers.beat_tasks  # registers the tasks
+    import workers.send_tasks  # registers the tasks
     import workers.webhook_tasks  # registers the tasks
     from workers.app import app
 
@@ -46,7 +47,7 @@ def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
     assert beat_schedule.BEAT_SCHEDULE
     for name, entry in beat_schedule.BEAT_SCHEDULE.items():
         assert entry["task"] in app.tasks, name
-        assert entry["options"]["queue"] in (beat_schedule.MAINTENANCE_QUEUE, "webhooks")
+        assert entry["options"]["queue"] in (beat_schedule.MAINTENANCE_QUEUE, "webhooks", "send")
         # a missed run is dropped rather than replayed late; no entry carries a countdown, which
         # past the broker's visibility timeout would have Redis hand the message out twice
         assert entry["options"]["expires"] == entry["schedule"]
@@ -123,3 +124,19 @@ def test_limits_come_from_the_preset_with_operator_overrides() -> None:
     assert limiter.limits("gmail") == default_limits("gmail")
     with pytest.raises(ValueError, match="unknown limit"):
         limiter.set_limits("yahoo", {"speed": 1})
+
+
+def test_poll_batches_group_offsets_within_the_window_by_provider() -> None:
+    from pipeline.maintenance.sweep import SweepJob, batch_jobs
+
+    jobs = [SweepJob(f"g{i:03d}", "generic", i * 0.5) for i in range(120)]  # over 60 s
+    jobs.append(SweepJob("y", "yahoo", 1.0))
+    batches = batch_jobs(jobs, 5.0, 8)
+    assert sorted(g for _, _, ids in batches for g in ids) == sorted(j.grant_id for j in jobs)
+    assert all(len(ids) <= 8 for _, _, ids in batches)
+    assert [ids for _, provider, ids in batches if provider == "yahoo"] == [["y"]]
+    for countdown, _, ids in batches:  # each runs at its earliest member's offset, in window
+        offsets = [j.countdown_s for j in jobs if j.grant_id in ids]
+        assert countdown == min(offsets) and max(offsets) - countdown < 5.0
+    # 12 windows of 10 generic grants, 8 at most a task: 24 tasks, not 120
+    assert sum(provider == "generic" for _, provider, _ in batches) == 24

@@ -50,7 +50,8 @@ def test_bad_network_is_rejected() -> None:
 
 def test_trigger_types_are_the_nylas_imap_subset() -> None:
     assert "grant.imap_sync_completed" in TRIGGER_TYPES
-    assert len(TRIGGER_TYPES) == 11
+    assert {"message.send_success", "message.send_failed"} <= TRIGGER_TYPES
+    assert len(TRIGGER_TYPES) == 13
 
 
 def test_create_request_rejects_unknown_triggers_and_deduplicates() -> None:

@@ -1,0 +1,2 @@
+"""Outbound mail: the send outbox (:mod:`.outbox`), SMTP connections (:mod:`.smtp`) and the
+drain that sends what is due (:mod:`.deliver`). The API writes rows; workers send them."""

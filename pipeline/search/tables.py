@@ -1,0 +1,42 @@
+"""``api_message_search`` (migration 0321): each message's search text, folded once.
+
+One row per message, written by triggers on ``messages`` (inserts: one set-based statement over
+a statement's new rows, migration 0323, so a sync batch's COPY computes them together; updates
+of the subject, headers, address and date columns: per row) with the functions of migration
+0320: every Subject field
+and the four address fields as Dovecot matches them, the day of the Date header, and
+(migration 0322) the message's own ``date``, always equal to ``messages.date``: a search page
+walks a grant's rows newest first on ``(grant_id, date, message_id)``. A search then compares
+stored text (trigram GIN indexes narrow, ``LIKE`` decides) instead of computing the folding for
+every row it looks at. Declared here so that the schema comparison
+(:mod:`pipeline.schema`) sees what the migration creates.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Date, DateTime, ForeignKey, MetaData, Table, Text
+from sqlalchemy.dialects.postgresql import UUID
+
+from pipeline.models import Message
+
+metadata = MetaData()
+
+message_search = Table(
+    "api_message_search",
+    metadata,
+    Column(
+        "message_id",
+        UUID(as_uuid=False),
+        # the Column itself: ``messages`` lives on pipeline.models' MetaData
+        ForeignKey(Message.__table__.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("grant_id", UUID(as_uuid=False), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("from_text", Text, nullable=False),
+    Column("to_text", Text, nullable=False),
+    Column("cc_text", Text, nullable=False),
+    Column("bcc_text", Text, nullable=False),
+    Column("sent_day", Date, nullable=False),
+    Column("date", DateTime(timezone=True), nullable=False),
+)

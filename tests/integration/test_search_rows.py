@@ -1,0 +1,93 @@
+"""Each stored message's search row (``api_message_search``) carries the message's own date.
+
+A ``search_query_native`` page walks the search rows by their ``date`` and pages on it
+(``pipeline.api.queries.list_messages_query``, migration 0322): a row whose date differed from
+its message's would put the message out of order, or on no page at all. Whatever writes the
+rows (today a trigger on ``messages``) must keep the two equal, on insert and on update.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from pipeline.db import session_scope
+from pipeline.imap import FetchedMessage
+from pipeline.models import Folder, Grant, Message
+from pipeline.search.tables import message_search
+from pipeline.sync.store import parse_batch, write_batch
+
+pytestmark = pytest.mark.services
+
+SENT = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+
+def _raw(subject: str, n: int) -> bytes:
+    return (
+        f"From: Ann <ann@example.org>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 2 Nov 2026 1{n}:00:00 +0000\r\nMessage-ID: <{n}@example.org>\r\n\r\nbody\r\n"
+    ).encode()
+
+
+def _dates(database_url: str) -> dict[str, tuple[datetime, datetime]]:
+    """message id -> (messages.date, its search row's date)."""
+    s = message_search
+    with session_scope(database_url) as db:
+        rows = db.execute(
+            select(Message.id, Message.date, s.c.date).join(s, s.c.message_id == Message.id)
+        ).all()
+    return {str(mid): (date, row_date) for mid, date, row_date in rows}
+
+
+def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: str) -> None:
+    with session_scope(database_url) as db:
+        grant = Grant(
+            email="s@example.org",
+            provider="generic",
+            imap_host="127.0.0.1",
+            imap_port=143,
+            imap_tls="plain",
+            imap_username="s",
+            secrets_sealed="x",
+        )
+        db.add(grant)
+        db.flush()
+        folder = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
+        db.add(folder)
+        db.flush()
+        grant_id, folder_id = grant.id, folder.id
+    fetched = [
+        FetchedMessage(
+            uid=n,
+            flags=(),
+            internaldate=SENT + timedelta(hours=n),
+            size=100,
+            modseq=None,
+            raw=_raw(f"subject {n}", n),
+        )
+        for n in (1, 2, 3)
+    ]
+    items, failures = parse_batch(fetched)
+    with session_scope(database_url) as db:
+        write_batch(
+            db,
+            grant_id=grant_id,
+            folder_id=folder_id,
+            uidvalidity=1,
+            items=items,
+            failures=failures,
+        )
+    stored = _dates(database_url)
+    assert len(stored) == 3
+    assert all(date == row_date for date, row_date in stored.values()), stored
+
+    moved = sorted(stored)[0]
+    with session_scope(database_url) as db:
+        db.execute(
+            update(Message).where(Message.id == moved).values(date=SENT - timedelta(days=30))
+        )
+    after = _dates(database_url)
+    assert after[moved] == (SENT - timedelta(days=30), SENT - timedelta(days=30))
+    assert all(date == row_date for date, row_date in after.values()), after
