@@ -41,7 +41,9 @@ PG_ADMIN_URL = os.environ.get(
 WORKER_START_TIMEOUT_S = 60
 WORKER_STOP_TIMEOUT_S = 20
 WORKER_CONCURRENCY = 4
-CLEANUP_ATTEMPTS = 5
+# Emptying the tables while the worker still drains the last test's deliveries can deadlock
+# with it; the cleanup retries until this deadline (the worker's work ends well within it).
+CLEANUP_DEADLINE_S = 60.0
 
 # Fast retries so a test sees several attempts in seconds.
 TEST_WEBHOOK_ENV = {
@@ -300,20 +302,26 @@ def worker(celery_worker: WorkerEnv) -> Iterator[WorkerEnv]:
     """The module's worker (running), with the webhook tables emptied for this test."""
     # DELETE, not TRUNCATE: the worker may still be finishing the last test's work, and row
     # locks wait where TRUNCATE's table lock would deadlock with it. The cascade can still
-    # meet a drain's batch update in the other order: Postgres then cancels one; try again.
-    for attempt in range(CLEANUP_ATTEMPTS):
+    # meet a drain's batch update in the other order; this side looks for the deadlock first
+    # (a short deadlock_timeout), so Postgres cancels the cleanup, never the worker's work,
+    # and the cleanup tries again once that work has committed.
+    deadline = time.monotonic() + CLEANUP_DEADLINE_S
+    pause = 0.1
+    while True:
         try:
             with session_scope(celery_worker.database_url) as session:
                 conn = session.connection()
+                conn.exec_driver_sql("SET LOCAL deadlock_timeout = '50ms'")
                 conn.exec_driver_sql("DELETE FROM webhook_destinations")
                 conn.exec_driver_sql("DELETE FROM webhook_outbox")
             break
         except OperationalError as exc:
             if not isinstance(exc.orig, psycopg.errors.DeadlockDetected):
                 raise
-            if attempt == CLEANUP_ATTEMPTS - 1:
+            if time.monotonic() + pause > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
     if not celery_worker.running:
         celery_worker.start()
     yield celery_worker
