@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import smtplib
 import ssl
 import sys
@@ -197,6 +198,7 @@ def main() -> int:
         dovecot.stop()
         redis_server.stop()
         _admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        shutil.rmtree(folder, ignore_errors=True)  # Dovecot's mail, Redis, logs
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Grant, Message
 from pipeline.sync.runner import sync_grant_inline
-from tests.support.mail import imap_login, make_message
+from tests.support.mail import create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
 API_KEY = "test-api-key-0123456789"
@@ -85,6 +85,39 @@ def connect_body(user: MailUser, password: str | None = None) -> dict[str, objec
             "email": user.email,
         },
     }
+
+
+def connect_with_smtp(
+    api: object,
+    user: MailUser,
+    smtp: SmtpServer,
+    password: str | None = None,
+    *,
+    folders: tuple[str, ...] = (),
+) -> str:
+    """A grant with SMTP (STARTTLS on the test server, ``password`` or the user's), created
+    through the API once ``folders`` exist on the IMAP server, and synced in this process."""
+    from typing import cast
+
+    server = cast("ApiServer", api)
+    for folder in folders:
+        create_folder(user.server, user.name, user.password, folder)
+    body = connect_body(user)
+    body["settings"].update(  # type: ignore[attr-defined]
+        {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "smtp_tls": "starttls",
+            "smtp_username": user.name,
+            "smtp_password": password or user.password,
+        }
+    )
+    with server.http() as http:
+        response = http.post("/v3/connect/custom", json=body)
+    assert response.status_code == 201, response.text
+    grant_id = str(response.json()["data"]["id"])
+    sync(server.settings, grant_id)
+    return grant_id
 
 
 def append_many(user: MailUser, messages: list[tuple[bytes, str, datetime]]) -> None:

@@ -20,7 +20,7 @@ from api_support import (
     ApiServer,
     SmtpServer,
     connect_and_sync,
-    connect_body,
+    connect_with_smtp,
     count_in,
     sync,
 )
@@ -47,24 +47,7 @@ def smtp(tls_files: TlsFiles, mail_user: MailUser) -> Iterator[SmtpServer]:
 
 def connect(api: ApiServer, user: MailUser, smtp: SmtpServer) -> str:
     """A grant with SMTP, its Drafts and Sent folders made first, synced once."""
-    for folder in ("Drafts", "Sent"):
-        create_folder(user.server, user.name, user.password, folder)
-    body = connect_body(user)
-    body["settings"].update(  # type: ignore[attr-defined]
-        {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smtp.port,
-            "smtp_tls": "starttls",
-            "smtp_username": user.name,
-            "smtp_password": user.password,
-        }
-    )
-    with api.http() as http:
-        response = http.post("/v3/connect/custom", json=body)
-    assert response.status_code == 201, response.text
-    grant_id = str(response.json()["data"]["id"])
-    sync(api.settings, grant_id)
-    return grant_id
+    return connect_with_smtp(api, user, smtp, folders=("Drafts", "Sent"))
 
 
 def server_drafts(user: MailUser) -> list[tuple[str, EmailMessage]]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from api_support import ApiServer, SmtpServer, connect_body, sync
-from test_api_send import connect_with_smtp
+from api_support import ApiServer, SmtpServer, connect_body, connect_with_smtp, sync
 
 from tests.support.services import MailUser, TlsFiles
 

@@ -13,7 +13,7 @@ from email.message import EmailMessage
 import httpx
 import pytest
 import redis
-from api_support import ApiServer, SmtpServer, connect_body, count_in, now, sync
+from api_support import ApiServer, SmtpServer, connect_with_smtp, count_in, now, sync
 from nylas.models.errors import NylasApiError
 
 from pipeline.ratelimit import RateLimiter
@@ -33,25 +33,6 @@ def smtp(tls_files: TlsFiles, mail_user: MailUser) -> Iterator[SmtpServer]:
     )
     yield server
     server.close()
-
-
-def connect_with_smtp(api: ApiServer, user: MailUser, smtp: SmtpServer, password: str) -> str:
-    body = connect_body(user)
-    body["settings"].update(  # type: ignore[attr-defined]
-        {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smtp.port,
-            "smtp_tls": "starttls",
-            "smtp_username": user.name,
-            "smtp_password": password,
-        }
-    )
-    with api.http() as http:
-        response = http.post("/v3/connect/custom", json=body)
-    assert response.status_code == 201, response.text
-    grant_id = str(response.json()["data"]["id"])
-    sync(api.settings, grant_id)
-    return grant_id
 
 
 def parsed(raw: bytes) -> EmailMessage:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import pytest
-from api_support import ApiServer, SmtpServer, connect_body, count_in, now, sync
+from api_support import ApiServer, SmtpServer, connect_with_smtp, count_in, now
 from nylas.models.errors import NylasApiError
 from sqlalchemy import select, update
 
@@ -47,23 +47,8 @@ def smtp(tls_files: TlsFiles, mail_user: MailUser) -> Iterator[SmtpServer]:
 
 
 def connect(api: ApiServer, user: MailUser, smtp: SmtpServer) -> str:
-    create_folder(user.server, user.name, user.password, "Sent")
-    body = connect_body(user)
-    body["settings"].update(  # type: ignore[attr-defined]
-        {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smtp.port,
-            "smtp_tls": "starttls",
-            "smtp_username": user.name,
-            "smtp_password": user.password,
-        }
-    )
-    with api.http() as http:
-        response = http.post("/v3/connect/custom", json=body)
-    assert response.status_code == 201, response.text
-    grant_id = str(response.json()["data"]["id"])
-    sync(api.settings, grant_id)
-    return grant_id
+    """A grant with SMTP and a Sent folder, synced once."""
+    return connect_with_smtp(api, user, smtp, folders=("Sent",))
 
 
 def parsed(raw: bytes) -> EmailMessage:
