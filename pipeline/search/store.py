@@ -245,6 +245,9 @@ class StoreCondition:
         rest: the condition on the message without ``text`` (with ``text`` met by the joined
             search row, the two together are the whole search).
         folder_ids: the folders a matching copy must be in (current UIDVALIDITY), or None.
+        rest_joined: ``rest`` with the copy's EXISTS free to become a join (``rest`` keeps
+            Postgres from it, see :func:`condition`): for a thread list, where Postgres
+            hashing the copies of a folder or with a flag once beat probing them per match.
     """
 
     def __init__(
@@ -253,11 +256,13 @@ class StoreCondition:
         text: ColumnElement[bool] | None,
         rest: Condition,
         folder_ids: Sequence[str] | None = None,
+        rest_joined: Condition | None = None,
     ) -> None:
         self._whole = whole
         self.folder_ids = folder_ids
         self.text = text
         self.rest = rest
+        self.rest_joined = rest if rest_joined is None else rest_joined
 
     def __call__(self, m: Any) -> ColumnElement[bool]:
         return self._whole(m)
@@ -285,7 +290,7 @@ def condition(
         stored_node = stored[0] if len(stored) == 1 else And(tuple(stored))
     on_copy = [c for c in conjuncts if _per_copy(c)]
 
-    def build(m: Any, *, with_text: bool = True) -> ColumnElement[bool]:
+    def build(m: Any, *, with_text: bool = True, fence: bool = True) -> ColumnElement[bool]:
         p, f = _COPY, _COPY_FOLDER
         where = [
             p.message_id == m.id,
@@ -295,7 +300,7 @@ def condition(
         if folder_ids is not None:
             where.append(f.id.in_(list(folder_ids)) if folder_ids else false())
         copy_of = select(1).select_from(p).join(f, f.id == p.folder_id).where(*where)
-        if stored_node is not None and not with_text:
+        if stored_node is not None and not with_text and fence:
             # a page query joined the stored text's row (``rest``): its matches bound the
             # messages looked at, and each one's copies are probed by its id
             # (ix_placements_message). OFFSET 0 keeps Postgres from turning this EXISTS into a
@@ -315,4 +320,5 @@ def condition(
         _on_stored(stored_node) if stored_node is not None else None,
         lambda m: build(m, with_text=False),
         folder_ids,
+        lambda m: build(m, with_text=False, fence=False),
     )

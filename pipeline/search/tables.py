@@ -6,7 +6,8 @@ of the subject, headers, address and date columns: per row) with the functions o
 0320: every Subject field
 and the four address fields as Dovecot matches them, the day of the Date header, and
 (migration 0322) the message's own ``date``, always equal to ``messages.date``: a search page
-walks a grant's rows newest first on ``(grant_id, date, message_id)``. A search then compares
+walks a grant's rows newest first on ``(grant_id, date, message_id)``; and (migration 0325) its
+``thread_id``, always equal to ``messages.thread_id``. A search then compares
 stored text (trigram GIN indexes narrow, ``LIKE`` decides) instead of computing the folding for
 every row it looks at. Declared here so that the schema comparison
 (:mod:`pipeline.schema`) sees what the migration creates.
@@ -39,4 +40,8 @@ message_search = Table(
     Column("bcc_text", Text, nullable=False),
     Column("sent_day", Date, nullable=False),
     Column("date", DateTime(timezone=True), nullable=False),
+    # the message's thread (migration 0325, always equal to ``messages.thread_id``): a thread
+    # list's search finds a thread's matching rows by it
+    # (``ix_api_message_search_thread``, partial: made by the migration)
+    Column("thread_id", UUID(as_uuid=False), nullable=True),
 )

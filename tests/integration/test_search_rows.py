@@ -1,9 +1,12 @@
-"""Each stored message's search row (``api_message_search``) carries the message's own date.
+"""Each stored message's search row (``api_message_search``) carries the message's own date
+and thread.
 
 A ``search_query_native`` page walks the search rows by their ``date`` and pages on it
 (``pipeline.api.queries.list_messages_query``, migration 0322): a row whose date differed from
-its message's would put the message out of order, or on no page at all. Whatever writes the
-rows (today a trigger on ``messages``) must keep the two equal, on insert and on update.
+its message's would put the message out of order, or on no page at all. A thread list finds a
+thread's matches by the row's ``thread_id`` (migration 0325): a row left on its old thread
+after a merge would list the wrong thread, or none. Whatever writes the rows (today triggers on
+``messages``) must keep them equal to the message, on insert and on update.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
-from pipeline.models import Folder, Grant, Message
+from pipeline.messages.repository import MessageRepository
+from pipeline.models import Folder, Grant, Message, Thread
 from pipeline.search.tables import message_search
 from pipeline.sync.store import parse_batch, write_batch
 
@@ -41,7 +45,9 @@ def _dates(database_url: str) -> dict[str, tuple[datetime, datetime]]:
     return {str(mid): (date, row_date) for mid, date, row_date in rows}
 
 
-def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: str) -> None:
+def _stored_grant(database_url: str) -> tuple[str, str]:
+    """A grant with an INBOX holding three messages of three threads (distinct subjects, no
+    references): the grant's and the folder's ids."""
     with session_scope(database_url) as db:
         grant = Grant(
             email="s@example.org",
@@ -79,6 +85,26 @@ def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: s
             items=items,
             failures=failures,
         )
+    return grant_id, folder_id
+
+
+def _threads(database_url: str) -> dict[str, tuple[str | None, str | None]]:
+    """message id -> (messages.thread_id, its search row's thread_id)."""
+    s = message_search
+    with session_scope(database_url) as db:
+        rows = db.execute(
+            select(Message.id, Message.thread_id, s.c.thread_id).join(
+                s, s.c.message_id == Message.id
+            )
+        ).all()
+    return {
+        str(mid): (None if t is None else str(t), None if r is None else str(r))
+        for mid, t, r in rows
+    }
+
+
+def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: str) -> None:
+    _stored_grant(database_url)
     stored = _dates(database_url)
     assert len(stored) == 3
     assert all(date == row_date for date, row_date in stored.values()), stored
@@ -91,3 +117,27 @@ def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: s
     after = _dates(database_url)
     assert after[moved] == (SENT - timedelta(days=30), SENT - timedelta(days=30))
     assert all(date == row_date for date, row_date in after.values()), after
+
+
+def test_search_rows_follow_the_message_thread_through_merges_and_deletes(
+    database_url: str,
+) -> None:
+    _stored_grant(database_url)
+    stored = _threads(database_url)
+    assert len(stored) == 3
+    assert all(t is not None and t == row for t, row in stored.values()), stored
+    threads = sorted({t for t, _ in stored.values() if t is not None})
+    assert len(threads) == 3, stored
+
+    into, merged, deleted = threads
+    with session_scope(database_url) as db:
+        MessageRepository(db).merge_threads(into, [merged])
+    after = _threads(database_url)
+    assert sorted(t for t, _ in after.values()) == sorted([into, into, deleted])
+    assert all(t == row for t, row in after.values()), after
+
+    with session_scope(database_url) as db:  # ON DELETE SET NULL on messages.thread_id
+        db.execute(delete(Thread).where(Thread.id == deleted))
+    last = _threads(database_url)
+    assert sorted(t or "" for t, _ in last.values()) == sorted(["", into, into])
+    assert all(t == row for t, row in last.values()), last
