@@ -58,7 +58,7 @@ from pipeline.errors import ImapError
 from pipeline.messages import metadata
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Folder, Grant, Message
-from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, NewSend, OutboxRepository
+from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
 from pipeline.sync.store import ParsedItem, parse_batch, write_batch
 
 log = logging.getLogger(__name__)
@@ -361,21 +361,7 @@ def _unschedule(db: Session, grant: Grant, message_id: str | None) -> int | None
 def _schedule(db: Session, api: ApiState, grant: Grant, out: send.Outgoing) -> None:
     """Write the scheduled send of a draft, commit, ask for a drain when it is due."""
     assert out.send_at is not None
-    OutboxRepository(db).add(
-        NewSend(
-            grant_id=grant.id,
-            idempotency_key=None,
-            request_hash=out.digest,
-            send_at=datetime.fromtimestamp(out.send_at, UTC),
-            use_draft=True,
-            mail_from=grant.email,
-            recipients=out.recipients,
-            bcc=out.bcc,
-            message_id_header=out.message_id,
-            raw=out.raw,
-            request=out.view,
-        )
-    )
+    OutboxRepository(db).add(send.outbox_row(grant, out, None, use_draft=True))
     db.commit()
     send.enqueue_drain(api, grant.id, max(0.0, out.send_at - time.time()))
 

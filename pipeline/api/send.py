@@ -448,26 +448,28 @@ def enqueue_drain(api: ApiState, grant_id: str, countdown: float | None) -> None
         log.warning("send drain not enqueued (%s); the sweep will", type(exc).__name__)
 
 
+def outbox_row(grant: Grant, out: Outgoing, key: str | None, *, use_draft: bool) -> NewSend:
+    """The outbox row of a send composed as ``out`` (``key``: its idempotency key)."""
+    return NewSend(
+        grant_id=grant.id,
+        idempotency_key=key,
+        request_hash=out.digest,
+        send_at=datetime.fromtimestamp(out.send_at, UTC) if out.send_at is not None else None,
+        use_draft=use_draft,
+        mail_from=grant.email,
+        recipients=out.recipients,
+        bcc=out.bcc,
+        message_id_header=out.message_id,
+        raw=out.raw,
+        request=out.view,
+    )
+
+
 def queue_send(
     db: Session, api: ApiState, grant: Grant, out: Outgoing, key: str | None
 ) -> tuple[Row[Any], bool]:
     """Write the outbox row (or find the one ``key`` names), commit, ask for a drain."""
-    send_at = datetime.fromtimestamp(out.send_at, UTC) if out.send_at is not None else None
-    row, new = OutboxRepository(db).add(
-        NewSend(
-            grant_id=grant.id,
-            idempotency_key=key,
-            request_hash=out.digest,
-            send_at=send_at,
-            use_draft=out.use_draft,
-            mail_from=grant.email,
-            recipients=out.recipients,
-            bcc=out.bcc,
-            message_id_header=out.message_id,
-            raw=out.raw,
-            request=out.view,
-        )
-    )
+    row, new = OutboxRepository(db).add(outbox_row(grant, out, key, use_draft=out.use_draft))
     db.commit()
     if new:
         if out.send_at is not None and out.use_draft:
