@@ -287,9 +287,7 @@ class OutboxRepository:
             select(send_outbox.c.id)
             .where(
                 send_outbox.c.grant_id == grant_id,
-                send_outbox.c.state == "queued",
-                or_(send_outbox.c.send_at.is_(None), send_outbox.c.send_at <= now),
-                or_(send_outbox.c.lease_until.is_(None), send_outbox.c.lease_until < now),
+                *_queued_due(now),
             )
             .order_by(send_outbox.c.created_at, send_outbox.c.id)
             .limit(limit)
@@ -423,9 +421,7 @@ class OutboxRepository:
         to_send = (
             select(send_outbox.c.grant_id)
             .where(
-                send_outbox.c.state == "queued",
-                or_(send_outbox.c.send_at.is_(None), send_outbox.c.send_at <= now),
-                or_(send_outbox.c.lease_until.is_(None), send_outbox.c.lease_until < now),
+                *_queued_due(now),
             )
             .group_by(send_outbox.c.grant_id)
             .limit(limit)
@@ -459,9 +455,7 @@ class OutboxRepository:
                 select(send_outbox.c.id)
                 .where(
                     send_outbox.c.grant_id == grant_id,
-                    send_outbox.c.state == "queued",
-                    or_(send_outbox.c.send_at.is_(None), send_outbox.c.send_at <= now),
-                    or_(send_outbox.c.lease_until.is_(None), send_outbox.c.lease_until < now),
+                    *_queued_due(now),
                 )
                 .limit(1)
             ).first()
@@ -488,6 +482,16 @@ class OutboxRepository:
         )
         done = self.session.execute(delete(send_outbox).where(send_outbox.c.id.in_(ids)))
         return int(done.rowcount)  # type: ignore[attr-defined]
+
+
+def _queued_due(now: datetime) -> tuple[Any, ...]:
+    """The conditions of a queued row to send now: its time has come and no live drain holds
+    it (never claimed, or its claim lapsed)."""
+    return (
+        send_outbox.c.state == "queued",
+        or_(send_outbox.c.send_at.is_(None), send_outbox.c.send_at <= now),
+        or_(send_outbox.c.lease_until.is_(None), send_outbox.c.lease_until < now),
+    )
 
 
 def _unfiled_due(now: datetime) -> tuple[Any, ...]:
