@@ -32,7 +32,7 @@ from pipeline.api.deps import ApiState, enqueue_after_commit, notify_after_commi
 from pipeline.api.errors import not_found
 from pipeline.api.limits import login_turn
 from pipeline.grants.repository import GrantRepository
-from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.service import (
     find_tls_modes,
     refuse_takeover,
@@ -77,8 +77,26 @@ def sign_in(
         refuse_takeover(existing, resolved)
         grant_id = existing.id if existing is not None else None
     password = request.password.get_secret_value()
+    resolved, capabilities = _log_in(api, resolved, password, grant_id)
+    with api.sessions() as db:
+        created = store_grant(  # + grant.* event
+            db, settings, request, resolved, capabilities, user_named=True
+        )
+        extra = then(db, created.grant) if then is not None else None
+        db.commit()
+    notify_after_commit(api)
+    enqueue_after_commit(api.enqueue_sync, created.grant)
+    return SignedIn(grant=created.grant, created=created.created, extra=extra)
+
+
+def _log_in(
+    api: ApiState, resolved: ResolvedGrant, password: str, grant_id: str | None
+) -> tuple[ResolvedGrant, list[str]]:
+    """Log in as the sign-in says, in the account's login turn: the TLS mode of a port given
+    without one is found first. Returns the settings as they worked and the capabilities."""
+    settings = api.settings
     with login_turn(api, resolved, grant_id):
-        resolved = find_tls_modes(  # a port given without a TLS mode
+        resolved = find_tls_modes(
             resolved,
             settings,
             settings.mail_address_policy,
@@ -93,15 +111,7 @@ def sign_in(
             deadline_s=settings.api_sign_in_deadline_s,
             resolver=resolve_for_sign_in,
         )
-    with api.sessions() as db:
-        created = store_grant(  # + grant.* event
-            db, settings, request, resolved, capabilities, user_named=True
-        )
-        extra = then(db, created.grant) if then is not None else None
-        db.commit()
-    notify_after_commit(api)
-    enqueue_after_commit(api.enqueue_sync, created.grant)
-    return SignedIn(grant=created.grant, created=created.created, extra=extra)
+    return resolved, capabilities
 
 
 def reconnect(api: ApiState, locator: str, merge: Callable[[Grant], GrantRequest]) -> Grant:
@@ -123,22 +133,7 @@ def reconnect(api: ApiState, locator: str, merge: Callable[[Grant], GrantRequest
         request = merge(grant)
     resolved = request.resolve()
     password = request.password.get_secret_value()
-    with login_turn(api, resolved, grant_id):
-        resolved = find_tls_modes(
-            resolved,
-            settings,
-            policy,
-            deadline_s=settings.api_sign_in_deadline_s,
-            resolver=resolve_for_sign_in,
-        )
-        capabilities = verify_login(
-            resolved,
-            password,
-            settings,
-            policy,
-            deadline_s=settings.api_sign_in_deadline_s,
-            resolver=resolve_for_sign_in,
-        )
+    resolved, capabilities = _log_in(api, resolved, password, grant_id)
     with api.sessions() as db:
         current = GrantRepository(db).get_for_update(grant_id)
         if current is None:
