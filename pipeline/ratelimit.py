@@ -111,6 +111,14 @@ class LoginTurn:
         return 0.0 if self.granted else self.wait_s
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """The answer of :meth:`RateLimiter.backoff`."""
+
+    remaining_s: float  # until the account and its provider are out of back-off; 0.0: not in it
+    streak: bool  # the account has throttles counted (a good login forgets them)
+
+
 def default_limits(provider: str) -> Limits:
     """The preset's per-account limits and the provider-wide defaults."""
     p = preset(provider)
@@ -226,14 +234,30 @@ class RateLimiter:
 
     # --- tokens ---------------------------------------------------------------------------
     def try_login(
-        self, provider: str, imap_host: str, grant_id: str, *, spare: float = 0.0
+        self,
+        provider: str,
+        imap_host: str,
+        grant_id: str,
+        *,
+        spare: float = 0.0,
+        limits: Limits | None = None,
+        backoff_checked: bool = False,
     ) -> float:
         """Take a login token of the account and of the provider; 0.0, or seconds to wait.
 
         ``spare``: tokens of the account to leave in its bucket for others (bulk sync leaves
         some for the listener and the API, :data:`pipeline.imap.connections.BULK_LOGIN_SPARE`).
+        ``limits`` and ``backoff_checked`` as in :meth:`reserve_login`.
         """
-        turn = self.reserve_login(provider, imap_host, grant_id, max_wait_s=0.0, spare=spare)
+        turn = self.reserve_login(
+            provider,
+            imap_host,
+            grant_id,
+            max_wait_s=0.0,
+            spare=spare,
+            limits=limits,
+            backoff_checked=backoff_checked,
+        )
         return turn.retry_after_s
 
     def reserve_login(
@@ -244,6 +268,8 @@ class RateLimiter:
         *,
         max_wait_s: float,
         spare: float = 0.0,
+        limits: Limits | None = None,
+        backoff_checked: bool = False,
     ) -> LoginTurn:
         """Take a login token now for a login up to ``max_wait_s`` from now.
 
@@ -253,10 +279,14 @@ class RateLimiter:
         of connections costs one Redis call per login, and every login still happens within
         the provider's and the account's budget. A back-off or a longer wait is not reserved:
         ask again after ``retry_after_s``.
+
+        ``limits``: the provider's, when the caller read them already (:meth:`limits`);
+        ``backoff_checked``: the caller saw no back-off a moment ago (:meth:`backoff`), so it
+        is not read again.
         """
-        limits = self.limits(provider)
+        limits = limits or self.limits(provider)
         scope = scope_of(provider, imap_host)
-        backoff = self.backoff_remaining(scope, grant_id)
+        backoff = 0.0 if backoff_checked else self.backoff_remaining(scope, grant_id)
         if backoff > 0:
             return LoginTurn(granted=False, wait_s=backoff, backing_off=True)
         # An account may open the connections it is allowed at once (a first sync starts one
@@ -276,11 +306,21 @@ class RateLimiter:
             metrics.LOGINS.labels(provider).inc()
         return turn
 
-    def try_ops(self, provider: str, imap_host: str, grant_id: str, cost: int = 1) -> float:
-        """Take ``cost`` operation tokens of the account and provider; 0.0, or seconds to wait."""
-        limits = self.limits(provider)
+    def try_ops(
+        self,
+        provider: str,
+        imap_host: str,
+        grant_id: str,
+        cost: int = 1,
+        *,
+        limits: Limits | None = None,
+        backoff_checked: bool = False,
+    ) -> float:
+        """Take ``cost`` operation tokens of the account and provider; 0.0, or seconds to wait.
+        ``limits`` and ``backoff_checked`` as in :meth:`reserve_login`."""
+        limits = limits or self.limits(provider)
         scope = scope_of(provider, imap_host)
-        backoff = self.backoff_remaining(scope, grant_id)
+        backoff = 0.0 if backoff_checked else self.backoff_remaining(scope, grant_id)
         if backoff > 0:
             return backoff
         return self._take(
@@ -362,11 +402,18 @@ class RateLimiter:
 
     def backoff_remaining(self, scope: str, grant_id: str) -> float:
         """Seconds until the account and its provider are out of back-off (0.0: not in it)."""
+        return self.backoff(scope, grant_id).remaining_s
+
+    def backoff(self, scope: str, grant_id: str) -> Backoff:
+        """The account's and its provider's back-off, and whether the account has a streak of
+        throttles to forget after its next good login (:meth:`recovered`): one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
         pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
-        account_ms, provider_ms = self._call(pipe.execute)
-        return float(max(int(account_ms), int(provider_ms), 0)) / 1000.0
+        pipe.exists(f"{KEY_PREFIX}:backoff:n:{grant_id}")
+        account_ms, provider_ms, streak = self._call(pipe.execute)
+        remaining = float(max(int(account_ms), int(provider_ms), 0)) / 1000.0
+        return Backoff(remaining_s=remaining, streak=bool(int(streak)))
 
     def status(self, provider: str, imap_host: str, grant_id: str) -> dict[str, Any]:
         """What the limits do to this grant now, for ``grants status`` and the API."""

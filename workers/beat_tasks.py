@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,12 +44,18 @@ from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
-from pipeline.listener.status import idle_watched_folders
-from pipeline.maintenance.discovery import claim_discovery, discovered_since, unclaim_discovery
-from pipeline.maintenance.locks import job_lock
+from pipeline.listener.status import idle_watched_folders, idle_watched_folders_of
+from pipeline.maintenance.discovery import (
+    claim_discovery,
+    discovered_since,
+    discoveries_due,
+    unclaim_discovery,
+)
+from pipeline.maintenance.locks import job_lock, job_locks
 from pipeline.maintenance.looks import recent_looks, record_looks
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
 from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
+from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.maintenance.sweep import (
     batch_jobs,
     check_grant,
@@ -56,6 +63,7 @@ from pipeline.maintenance.sweep import (
     plan_sweep,
     poll_grant,
 )
+from pipeline.models import Grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import discover_folders
@@ -64,6 +72,7 @@ from workers.app import app
 from workers.resources import (
     RESCHEDULE_MAX_S,
     RESCHEDULE_MIN_S,
+    LimitsView,
     fresh_imap_for,
     imap_for,
     note_misbehaved,
@@ -171,42 +180,56 @@ def poll_folders_task() -> dict[str, Any]:
 def poll_grants_task(grant_ids: list[str]) -> dict[str, Any]:
     """Poll several grants one after another (:func:`poll_grant_task`'s work for each): one
     task per batch instead of one per grant, so a thousand idle grants do not cost a thousand
-    task dispatches a minute. A grant that is rate limited waits for the next interval; the
+    task dispatches a minute, and what every poll reads is read once for the batch
+    (:class:`_PollBatch`). A grant that is rate limited waits for the next interval; the
     batch stops after ``POLL_BATCH_BUDGET_S`` (slow servers), leaving the rest to it too."""
     started, started_at = time.monotonic(), time.time()
     changed = skipped = 0
     looks: dict[str, list[str]] = {}
-    for index, grant_id in enumerate(grant_ids):
-        if time.monotonic() - started > POLL_BATCH_BUDGET_S:
-            log.warning(
-                "poll batch over its budget; %d grants left to the next interval",
-                len(grant_ids) - index,
-            )
-            skipped += len(grant_ids) - index
-            break
-        try:
-            result = _poll_one(grant_id, looks.setdefault(grant_id, []))
-        except RateLimited:
-            skipped += 1
-            continue
-        changed += int(result.get("changed", 0))
-        skipped += "skipped" in result
+    with job_locks(redis_client(), [_poll_lock(g) for g in grant_ids], CHECK_LOCK_TTL_S) as taken:
+        batch = _PollBatch.read([g for g in grant_ids if _poll_lock(g) in taken])
+        for index, grant_id in enumerate(grant_ids):
+            if time.monotonic() - started > POLL_BATCH_BUDGET_S:
+                log.warning(
+                    "poll batch over its budget; %d grants left to the next interval",
+                    len(grant_ids) - index,
+                )
+                skipped += len(grant_ids) - index
+                break
+            if _poll_lock(grant_id) not in taken:
+                skipped += 1  # a poll of this grant is running
+                continue
+            try:
+                result = _poll_one(grant_id, looks.setdefault(grant_id, []), batch)
+            except RateLimited:
+                skipped += 1
+                continue
+            changed += int(result.get("changed", 0))
+            skipped += "skipped" in result
     _record_looks(looks, at=started_at)  # no later than they happened
     return {"grants": len(grant_ids), "changed": changed, "skipped": skipped}
 
 
 @app.task(name="pipeline.maintenance.poll_grant", bind=True)
 def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
-    """STATUS a grant's folders without IDLE on a pooled session; sync those that changed."""
+    """STATUS a grant's folders without IDLE on a new session; sync those that changed."""
     looked: list[str] = []
     started_at = time.time()
-    try:
-        return _poll_one(grant_id, looked)
-    except RateLimited as exc:
-        reschedule(self, exc)
-        return {"skipped": "rate limited"}
-    finally:
-        _record_looks({grant_id: looked}, at=started_at)
+    with job_locks(redis_client(), [_poll_lock(grant_id)], CHECK_LOCK_TTL_S) as taken:
+        if not taken:
+            return {"skipped": "a poll of this grant is running"}
+        try:
+            return _poll_one(grant_id, looked, _PollBatch.read([grant_id]))
+        except RateLimited as exc:
+            reschedule(self, exc)
+            return {"skipped": "rate limited"}
+        finally:
+            _record_looks({grant_id: looked}, at=started_at)
+
+
+def _poll_lock(grant_id: str) -> str:
+    """The job lock a poll of ``grant_id`` holds (no two polls of a grant at once)."""
+    return f"poll:{grant_id}"
 
 
 def _record_looks(looks: dict[str, list[str]], *, at: float) -> None:
@@ -216,64 +239,107 @@ def _record_looks(looks: dict[str, list[str]], *, at: float) -> None:
         record_looks(redis_client(), looks, interval_s=interval, at=at)
 
 
-def _poll_one(grant_id: str, looked: list[str]) -> dict[str, Any]:
-    """One grant's poll; appends the folders whose STATUS it saw to ``looked``.
+@dataclass(frozen=True)
+class _PollBatch:
+    """What the polls of a batch need besides their IMAP sessions, read once for all its
+    grants (a quiet poll's cost was mostly these reads, one by one): one transaction for the
+    grants and their folders, one Redis round trip for what the listener watches, one for the
+    discovery stamps, the providers' limits once. Read when the batch starts, so as old as
+    the batch (at most ``POLL_BATCH_BUDGET_S``): a folder synced meanwhile is at worst synced
+    again (nothing to do), a grant changed meanwhile is seen by the next interval's poll."""
+
+    grants: dict[str, Grant]  # the active ones (valid, not stopped)
+    folders: dict[str, list[SweptFolder]]
+    idle_watched: dict[str, frozenset[str]]
+    discovery_due: frozenset[str]
+    view: LimitsView
+
+    @classmethod
+    def read(cls, grant_ids: list[str]) -> _PollBatch:
+        now = datetime.now(UTC)
+        with sessions().begin() as db:
+            grants = {
+                g.id: g
+                for g in GrantRepository(db).get_many(grant_ids).values()
+                if g.grant_status == "valid" and g.sync_state != "stopped"
+            }
+            folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
+        discovering = [g.id for g in grants.values() if g.initial_sync_completed_at is not None]
+        return cls(
+            grants=grants,
+            folders=folders,
+            idle_watched=idle_watched_folders_of(redis_client(), list(grants)),
+            discovery_due=discoveries_due(
+                redis_client(),
+                discovering,  # the others' grant syncs discover
+                interval_s=settings().folder_discovery_interval_s,
+                poll_interval_s=settings().poll_interval_s,
+            ),
+            view=LimitsView(),
+        )
+
+
+def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, Any]:
+    """One grant's poll (its job lock held by the caller); appends the folders whose STATUS
+    it saw to ``looked``. Its session is logged out at the end unless a sync of the grant
+    follows (then pooled for it, ``BULK_LINGER_S``): the next poll is an interval away.
 
     Raises:
         RateLimited: No token or connection slot for the grant's session.
     """
-    with job_lock(redis_client(), f"poll:{grant_id}", CHECK_LOCK_TTL_S) as taken:
-        if not taken:
-            return {"skipped": "a poll of this grant is running"}
-        with sessions().begin() as db:
-            grant = GrantRepository(db).get(grant_id)
-            if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
-                return {"skipped": "grant not active"}
-            provider = grant.provider
-            discovers = grant.initial_sync_completed_at is not None  # else its grant sync does
-            try:
-                imap = imap_for(db, grant)
-            except ImapLimitError as exc:
-                note_misbehaved(grant_id, exc)
-                return {"skipped": type(exc).__name__}
-            except ImapError as exc:  # an auth failure marks the grant invalid (committed)
-                return {"skipped": type(exc).__name__}
-        healthy = False
-        to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
-        listed: list[FolderInfo] | None = None
+    grant = batch.grants.get(grant_id)
+    if grant is None:
+        return {"skipped": "grant not active"}
+    provider = grant.provider
+    # the database is written only when the login is refused (the grant marked invalid)
+    with sessions().begin() as db:
         try:
-            changed = poll_grant(
-                sessions(),
-                imap,
-                grant_id,
-                now=datetime.now(UTC),
-                enqueue_sync=to_sync.append,
-                flag_refresh_s=settings().flag_refresh_interval_s,
-                flag_refresh_per_poll=settings().flag_refresh_per_poll,
-                idle_watched=idle_watched_folders(redis_client(), grant_id),
-                looked=looked,
-            )
-            if discovers and claim_discovery(
-                redis_client(),
-                grant_id,
-                interval_s=settings().folder_discovery_interval_s,
-                poll_interval_s=settings().poll_interval_s,
-            ):
-                try:  # the interval's folder discovery, on this session (no task, no login)
-                    listed = imap.list_folders()
-                except ImapError:
-                    unclaim_discovery(redis_client(), grant_id)  # the next poll tries again
-                    raise
-            healthy = True
+            imap = imap_for(db, grant, batch.view)
         except ImapLimitError as exc:
             note_misbehaved(grant_id, exc)
             return {"skipped": type(exc).__name__}
-        except ImapError as exc:
-            log.warning("folder poll failed: %s", exc)
+        except ImapError as exc:  # an auth failure marks the grant invalid (committed)
             return {"skipped": type(exc).__name__}
-        finally:
-            release_imap(grant_id, imap, healthy=healthy)
-            _queue(grant_id, provider, to_sync)
+    healthy = False
+    to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
+    listed: list[FolderInfo] | None = None
+    try:
+        changed = poll_grant(
+            sessions(),
+            imap,
+            grant_id,
+            now=datetime.now(UTC),
+            enqueue_sync=to_sync.append,
+            flag_refresh_s=settings().flag_refresh_interval_s,
+            flag_refresh_per_poll=settings().flag_refresh_per_poll,
+            idle_watched=batch.idle_watched.get(grant_id, frozenset()),
+            looked=looked,
+            candidates=batch.folders.get(grant_id, []),
+        )
+        if grant_id in batch.discovery_due and claim_discovery(
+            redis_client(),
+            grant_id,
+            interval_s=settings().folder_discovery_interval_s,
+            poll_interval_s=settings().poll_interval_s,
+        ):
+            try:  # the interval's folder discovery, on this session (no task, no login)
+                listed = imap.list_folders()
+            except ImapError:
+                unclaim_discovery(redis_client(), grant_id)  # the next poll tries again
+                raise
+        healthy = True
+    except ImapLimitError as exc:
+        note_misbehaved(grant_id, exc)
+        return {"skipped": type(exc).__name__}
+    except ImapError as exc:
+        log.warning("folder poll failed: %s", exc)
+        return {"skipped": type(exc).__name__}
+    finally:
+        if to_sync:
+            release_imap(grant_id, imap, healthy=healthy)  # pooled for the syncs, if healthy
+        else:
+            imap.close()  # the slot goes back now, not after a linger
+        _queue(grant_id, provider, to_sync)
     if listed is not None:
         _apply_discovery(grant_id, provider, listed)
     return {"changed": len(changed)}

@@ -38,7 +38,7 @@ from pipeline.imap.connections import (
     SessionPool,
 )
 from pipeline.models import Grant
-from pipeline.ratelimit import RateLimited, RateLimiter
+from pipeline.ratelimit import Limits, RateLimited, RateLimiter, scope_of
 from workers.settings import settings
 
 REDIS_TIMEOUT_S = 10.0
@@ -76,22 +76,56 @@ def imap_pool() -> SessionPool:
     return SessionPool(connection_slots(), Priority.BULK, linger_s=BULK_LINGER_S)
 
 
-def imap_for(db: Session, grant: Grant) -> ImapSession:
+class LimitsView:
+    """The providers' limits (operator overrides included) and whether a listener is alive,
+    read from Redis once for a run of sessions (a batch of polls) instead of once per grant.
+    Readings are as old as the run (``POLL_BATCH_BUDGET_S`` at most for a poll batch): an
+    operator's change takes effect at the next run."""
+
+    def __init__(self) -> None:
+        self._limits: dict[str, Limits] = {}
+        self._listening: bool | None = None
+
+    def limits(self, provider: str) -> Limits:
+        """The provider's limits (:meth:`pipeline.ratelimit.RateLimiter.limits`)."""
+        if provider not in self._limits:
+            self._limits[provider] = limiter_for_process().limits(provider)
+        return self._limits[provider]
+
+    def listening(self) -> bool:
+        """Whether any listener is alive (:meth:`ConnectionSlots.listening`)."""
+        if self._listening is None:
+            self._listening = connection_slots().listening()
+        return self._listening
+
+
+def imap_for(db: Session, grant: Grant, view: LimitsView | None = None) -> ImapSession:
     """A logged-in session for ``grant``: this process's pooled one, or a new login.
+    ``view``: limits a batch read once for all its grants (else read for this call).
 
     Raises:
         RateLimited: No operation or login token, no free connection slot, or the account or
             provider is backing off after a throttling answer.
         ImapThrottledError: The provider refused the login for now (the back-off is recorded).
     """
+    view = view or LimitsView()
     limiter = limiter_for_process()
-    _take_ops(limiter, grant)
+    streak = _take_ops(limiter, grant, view.limits(grant.provider))
     imap = imap_pool().take(grant.id)
     if imap is not None:
         return imap
     # no listener is alive: no reconnect of one needs a token of this minute
-    spare = BULK_LOGIN_SPARE if connection_slots().listening() else BULK_LOGIN_SPARE_UNWATCHED
-    return _login(db, grant, limiter, imap_pool(), wait_s=0.0, spare=spare)
+    spare = BULK_LOGIN_SPARE if view.listening() else BULK_LOGIN_SPARE_UNWATCHED
+    return _login(
+        db,
+        grant,
+        limiter,
+        imap_pool(),
+        wait_s=0.0,
+        spare=spare,
+        limits=view.limits(grant.provider),
+        streak=streak,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -110,8 +144,18 @@ def interactive_imap_for(db: Session, grant: Grant) -> ImapSession:
         ImapThrottledError: The provider refused the login for now (the back-off is recorded).
     """
     limiter = limiter_for_process()
-    _take_ops(limiter, grant)
-    return _login(db, grant, limiter, interactive_pool(), wait_s=INTERACTIVE_WAIT_S, spare=0.0)
+    limits = limiter.limits(grant.provider)
+    streak = _take_ops(limiter, grant, limits)
+    return _login(
+        db,
+        grant,
+        limiter,
+        interactive_pool(),
+        wait_s=INTERACTIVE_WAIT_S,
+        spare=0.0,
+        limits=limits,
+        streak=streak,
+    )
 
 
 def release_imap(grant_id: str, imap: ImapSession, *, healthy: bool) -> None:
@@ -146,10 +190,17 @@ def limiter_for_process() -> RateLimiter:
     return RateLimiter(redis_client())
 
 
-def _take_ops(limiter: RateLimiter, grant: Grant) -> None:
-    wait = limiter.try_ops(grant.provider, grant.imap_host, grant.id)
+def _take_ops(limiter: RateLimiter, grant: Grant, limits: Limits) -> bool:
+    """Check the back-off and take an operation token (the login that may follow does not
+    read the back-off again); returns whether the account has a throttle streak to forget
+    after a good login."""
+    backoff = limiter.backoff(scope_of(grant.provider, grant.imap_host), grant.id)
+    wait = backoff.remaining_s or limiter.try_ops(
+        grant.provider, grant.imap_host, grant.id, limits=limits, backoff_checked=True
+    )
     if wait > 0:
         raise RateLimited(f"operations of grant {grant.id} are rate-limited", wait)
+    return backoff.streak
 
 
 def _login(
@@ -160,13 +211,22 @@ def _login(
     *,
     wait_s: float,
     spare: float,
+    limits: Limits,
+    streak: bool,
 ) -> ImapSession:
     try:
-        holder = pool.slot(grant.id, limiter.limits(grant.provider).max_connections, wait_s=wait_s)
+        holder = pool.slot(grant.id, limits.max_connections, wait_s=wait_s)
     except NoSlot as exc:
         raise RateLimited(f"grant {grant.id}: {exc}", NO_SLOT_RETRY_S) from exc
     try:
-        wait = limiter.try_login(grant.provider, grant.imap_host, grant.id, spare=spare)
+        wait = limiter.try_login(
+            grant.provider,
+            grant.imap_host,
+            grant.id,
+            spare=spare,
+            limits=limits,
+            backoff_checked=True,
+        )
         if wait > 0:
             raise RateLimited(f"logins of grant {grant.id} are rate-limited", wait)
         try:
@@ -178,7 +238,8 @@ def _login(
     except BaseException:
         pool.unslot(grant.id, holder)
         raise
-    limiter.recovered(grant.id)
+    if streak:
+        limiter.recovered(grant.id)
     return pool.admit(grant.id, holder, imap)
 
 

@@ -23,6 +23,13 @@ class GrantRepository:
             return None
         return self.session.get(Grant, grant_id)
 
+    def get_many(self, grant_ids: Sequence[str]) -> dict[str, Grant]:
+        """The grants of ``grant_ids`` that exist, by id (one query)."""
+        ids = [g for g in grant_ids if _looks_like_uuid(g)]
+        if not ids:
+            return {}
+        return {g.id: g for g in self.session.scalars(select(Grant).where(Grant.id.in_(ids)))}
+
     def get_by_email(self, email: str) -> Grant | None:
         """A grant by its email address (case-insensitive)."""
         return self.session.scalar(

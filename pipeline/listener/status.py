@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -138,13 +139,29 @@ def idle_watched_folders(client: redis.Redis[bytes], grant_id: str) -> frozenset
     needs is the listener's event, not a poll's STATUS. Best effort: Redis away or flushed, or
     a status write lost, gives fewer folders (they are polled), never more.
     """
+    return idle_watched_folders_of(client, [grant_id])[grant_id]
+
+
+def idle_watched_folders_of(
+    client: redis.Redis[bytes], grant_ids: Sequence[str]
+) -> dict[str, frozenset[str]]:
+    """:func:`idle_watched_folders` of several grants in one round trip, by grant id."""
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.get(lease_key(grant_id))
-        pipe.hgetall(status_key(grant_id))
-        owner, raw = pipe.execute()
+        for grant_id in grant_ids:
+            pipe.get(lease_key(grant_id))
+            pipe.hgetall(status_key(grant_id))
+        replies = pipe.execute()
     except (RedisError, OSError):
-        return frozenset()
+        return dict.fromkeys(grant_ids, frozenset())
+    return {
+        grant_id: _watching(owner, raw)
+        for grant_id, owner, raw in zip(grant_ids, replies[::2], replies[1::2], strict=True)
+    }
+
+
+def _watching(owner: bytes | None, raw: dict[bytes, bytes] | None) -> frozenset[str]:
+    """The folders of one grant's status hash that its lease's ``owner`` reports in IDLE."""
     if not owner:
         return frozenset()
     watched = set()

@@ -76,6 +76,51 @@ def claim_discovery(
     return bool(claimed)
 
 
+def discoveries_due(
+    client: redis.Redis[bytes],
+    grant_ids: Sequence[str],
+    *,
+    interval_s: float,
+    poll_interval_s: float,
+    now: float | None = None,
+) -> frozenset[str]:
+    """The grants among ``grant_ids`` whose polls may run a folder discovery now (no poll ran
+    one lately), read in one round trip: a batch of polls calls :func:`claim_discovery` (which
+    decides, atomically) only for these. Empty when Redis does not answer."""
+    at = time.time() if now is None else now
+    try:
+        stamps = _stamps(client, grant_ids)
+    except (RedisError, OSError) as exc:
+        log.warning("could not read %d grants' discovery stamps (%s)", len(grant_ids), exc)
+        return frozenset()
+    due_after = due_after_s(interval_s, poll_interval_s)
+    return frozenset(
+        grant_id
+        for grant_id, stamp in zip(grant_ids, stamps, strict=True)
+        if stamp is None or at - stamp >= due_after
+    )
+
+
+def _stamps(client: redis.Redis[bytes], grant_ids: Sequence[str]) -> list[float | None]:
+    """The discovery stamps of ``grant_ids`` (None: none, or unreadable), a round trip per
+    ``MGET_BATCH`` grants.
+
+    Raises:
+        RedisError, OSError: Redis did not answer.
+    """
+    raw: list[bytes | None] = []
+    for start in range(0, len(grant_ids), MGET_BATCH):
+        batch = grant_ids[start : start + MGET_BATCH]
+        raw.extend(client.mget([discovered_key(g) for g in batch]))
+    stamps: list[float | None] = []
+    for stamp in raw:
+        try:
+            stamps.append(None if stamp is None else float(stamp))
+        except ValueError:
+            stamps.append(None)
+    return stamps
+
+
 def unclaim_discovery(client: redis.Redis[bytes], grant_id: str) -> None:
     """Drop a claim whose discovery failed: the next poll (or the task) tries again."""
     try:
@@ -89,18 +134,12 @@ def discovered_since(
 ) -> frozenset[str]:
     """The grants among ``grant_ids`` a poll discovered at ``since`` (unix seconds) or later;
     empty when Redis does not answer (a round trip per ``MGET_BATCH`` grants)."""
-    stamps: list[bytes | None] = []
     try:
-        for start in range(0, len(grant_ids), MGET_BATCH):
-            batch = grant_ids[start : start + MGET_BATCH]
-            stamps.extend(client.mget([discovered_key(g) for g in batch]))
+        stamps = _stamps(client, grant_ids)
     except (RedisError, OSError):
         return frozenset()
-    out = set()
-    for grant_id, stamp in zip(grant_ids, stamps, strict=True):
-        try:
-            if stamp is not None and float(stamp) >= since:
-                out.add(grant_id)
-        except ValueError:
-            continue
-    return frozenset(out)
+    return frozenset(
+        grant_id
+        for grant_id, stamp in zip(grant_ids, stamps, strict=True)
+        if stamp is not None and stamp >= since
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -27,11 +27,15 @@ from pipeline.errors import ServiceError
 KEY_PREFIX = "imap-pipeline:job:"
 
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+local released = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    released = released + redis.call('DEL', key)
+  end
 end
-return 0
+return released
 """
+# KEYS: lock keys held with one token. ARGV: the token. Deletes those still held with it.
 
 
 def job_key(name: str) -> str:
@@ -63,3 +67,30 @@ def job_lock(
             # on a Redis error the lock lapses by its TTL; nothing else to do
             with contextlib.suppress(redis.RedisError):
                 client.register_script(_RELEASE)(keys=[key], args=[token])
+
+
+@contextmanager
+def job_locks(client: redis.Redis[bytes], names: Sequence[str], ttl_s: float) -> Iterator[set[str]]:
+    """:func:`job_lock` (``release=True``) for several jobs at once (a batch of polls): yields
+    the names whose locks were taken; each taken one is held until the block ends. One round
+    trip to take them all, one to release them.
+
+    Raises:
+        ServiceError: Redis cannot be reached.
+    """
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.set(job_key(name), token, nx=True, px=max(int(ttl_s * 1000), 1))
+    try:
+        replies = pipe.execute() if names else []
+    except redis.RedisError as exc:
+        raise ServiceError(f"Redis is not usable for {len(names)} job locks: {exc}") from exc
+    taken = {name for name, reply in zip(names, replies, strict=True) if reply}
+    try:
+        yield taken
+    finally:
+        if taken:
+            # on a Redis error the locks lapse by their TTL; nothing else to do
+            with contextlib.suppress(redis.RedisError):
+                client.register_script(_RELEASE)(keys=[job_key(n) for n in taken], args=[token])

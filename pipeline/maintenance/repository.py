@@ -158,6 +158,29 @@ class MaintenanceRepository:
         )
         return [_swept(row) for row in rows]
 
+    def sweep_candidates_of(
+        self, grant_ids: Sequence[str], now: datetime
+    ) -> dict[str, list[SweptFolder]]:
+        """:meth:`sweep_candidates` of several grants in one query, by grant id (every id of
+        ``grant_ids`` is a key)."""
+        out: dict[str, list[SweptFolder]] = {g: [] for g in grant_ids}
+        if not grant_ids:
+            return out
+        f = folders_t.c
+        rows = self.session.execute(
+            _swept_columns()
+            .add_columns(f.grant_id)
+            .where(
+                f.grant_id.in_(grant_ids),
+                f.uidvalidity.is_not(None),
+                or_(f.state != "stopped", and_(f.retry_at.is_not(None), f.retry_at <= now)),
+            )
+            .order_by(f.grant_id, f.raw_name)
+        )
+        for row in rows:
+            out.setdefault(str(row[-1]), []).append(_swept(row[:-1]))
+        return out
+
     def lock_folder(self, folder_id: str) -> SweptFolder | None:
         """Re-read a folder under a row lock (the runner may have reindexed meanwhile)."""
         row = self.session.execute(

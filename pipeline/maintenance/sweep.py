@@ -74,7 +74,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -265,6 +265,7 @@ def poll_grant(
     flag_refresh_per_poll: int = FLAG_REFRESH_PER_POLL,
     idle_watched: Collection[str] = frozenset(),
     looked: list[str] | None = None,
+    candidates: Sequence[SweptFolder] | None = None,
 ) -> list[str]:
     """STATUS the folders no listener watches (one LIST-STATUS for all of them where the server
     has it) and enqueue a sync of those that changed.
@@ -279,7 +280,9 @@ def poll_grant(
     Without CONDSTORE, at most ``flag_refresh_per_poll`` unchanged unwatched folders whose last
     sync is ``flag_refresh_s`` old are synced too (oldest first), to re-read their flags.
     The ids of the folders whose STATUS (and so UIDVALIDITY) it saw are appended to
-    ``looked`` (the sweep need not ask them again: :func:`due_for_check`).
+    ``looked`` (the sweep need not ask them again: :func:`due_for_check`). ``candidates``:
+    the grant's folders as a batch of polls read them for all its grants at once
+    (:meth:`MaintenanceRepository.sweep_candidates_of`), else read here.
 
     Returns:
         The ids of the folders whose sync was enqueued.
@@ -287,8 +290,9 @@ def poll_grant(
     Raises:
         ImapError: The session failed; the next poll looks again.
     """
-    with sessions.begin() as db:
-        candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
+    if candidates is None:
+        with sessions.begin() as db:
+            candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
     asked: list[SweptFolder] = []
     for folder in candidates:
         if folder.state != "synced":
