@@ -548,6 +548,49 @@ def test_the_polls_of_many_grants_share_tasks(
 
 
 @pytest.mark.usefixtures("in_process_worker")
+def test_a_poll_batch_gives_slots_back_at_once_and_skips_a_grant_polled_elsewhere(
+    settings: Settings, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    """Issue 11: a quiet poll holds no connection slot after it (its session is logged out
+    at once, not pooled for a sync that does not come); a poll that found a change keeps its
+    session for that sync. A grant whose poll runs elsewhere (its job lock held) is skipped
+    and its lock left alone; the batch's own locks are gone when it ends."""
+    from pipeline.imap.connections import ConnectionSlots, Priority
+    from pipeline.maintenance.locks import job_key
+    from workers.beat_tasks import poll_grants_task
+    from workers.resources import imap_pool
+
+    users = [next(_mail_user_pool) for _ in range(3)]
+    grants = []
+    for user in users:
+        create_folder(user.server, user.name, user.password, "Work")
+        grants.append(synced_grant(settings, user))
+    client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
+    slots = ConnectionSlots(client)
+    client.set(job_key(f"poll:{grants[2]}"), "another worker", ex=60)
+
+    assert poll_grants_task.apply(args=[grants]).get() == {
+        "grants": 3,
+        "changed": 0,
+        "skipped": 1,
+    }
+    assert imap_pool().pooled() == []
+    assert [slots.held(g)[Priority.BULK] for g in grants] == [0, 0, 0]
+    assert client.get(job_key(f"poll:{grants[2]}")) == b"another worker"
+    assert [client.exists(job_key(f"poll:{g}")) for g in grants[:2]] == [0, 0]
+
+    user = users[0]
+    append(user.server, user.name, user.password, make_message("new"), folder="Work")
+    assert poll_grants_task.apply(args=[grants[:2]]).get() == {
+        "grants": 2,
+        "changed": 1,
+        "skipped": 0,
+    }
+    assert imap_pool().pooled() == [grants[0]]  # for the sync it queued, still counted
+    assert [slots.held(g)[Priority.BULK] for g in grants[:2]] == [1, 0]
+
+
+@pytest.mark.usefixtures("in_process_worker")
 def test_the_poll_runs_the_folder_discovery_on_its_own_session(
     settings: Settings, mail_user: MailUser
 ) -> None:
