@@ -245,6 +245,8 @@ class StoreCondition:
         rest: the condition on the message without ``text`` (with ``text`` met by the joined
             search row, the two together are the whole search).
         folder_ids: the folders a matching copy must be in (current UIDVALIDITY), or None.
+        text_only: whether the criteria are ``text`` alone (no flag, date, size or UID key,
+            no folder), which only needs a current copy besides.
         rest_joined: ``rest`` with the copy's EXISTS free to become a join (``rest`` keeps
             Postgres from it, see :func:`condition`): for a thread list, where Postgres
             hashing the copies of a folder or with a flag once beat probing them per match.
@@ -263,6 +265,7 @@ class StoreCondition:
         self.text = text
         self.rest = rest
         self.rest_joined = rest if rest_joined is None else rest_joined
+        self.text_only = False
 
     def __call__(self, m: Any) -> ColumnElement[bool]:
         return self._whole(m)
@@ -315,10 +318,13 @@ def condition(
         text = [_sql(stored_node, m, p, grant_id)] if with_text and stored_node else []
         return and_(*text, *(_sql(c, m, p, grant_id) for c in on_message), *implied, copy)
 
-    return StoreCondition(
+    out = StoreCondition(
         build,
         _on_stored(stored_node) if stored_node is not None else None,
         lambda m: build(m, with_text=False),
         folder_ids,
         lambda m: build(m, with_text=False, fence=False),
     )
+    out.text_only = stored_node is not None and not on_message and not on_copy
+    out.text_only = out.text_only and folder_ids is None
+    return out

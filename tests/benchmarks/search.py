@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy import literal, select
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,10 +62,12 @@ from pipeline.api.queries import (  # noqa: E402
     MessageFilter,
     list_messages_query,
     list_threads_page_query,
+    walks_with_set,
 )
 from pipeline.db import migrate  # noqa: E402
 from pipeline.drafts.repository import DRAFTS_ROLE  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
+from pipeline.search.tables import message_search  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PAGE = 50
@@ -238,28 +241,48 @@ def cases() -> list[Case]:
     ]
 
 
-def statement(grant: str, case: Case, archive: str, threads: bool) -> tuple[str, dict[str, Any]]:
-    """The API's first-page statement of a case (messages: drafts left out as ``GET /messages``
-    without ``in`` does, each row the message's view as JSON and the grant's status; threads:
-    with their messages), compiled."""
+def _compiled(query: Any) -> tuple[str, dict[str, Any]]:
+    compiled = query.compile(
+        dialect=pg_psycopg.dialect(), compile_kwargs={"render_postcompile": True}
+    )
+    return str(compiled), dict(compiled.params)
+
+
+def statements(
+    grant: str, case: Case, archive: str, threads: bool, pg: psycopg.Connection[Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The API's statements for the first page of a case, compiled, the page's last (messages:
+    drafts left out as ``GET /messages`` without ``in`` does, each row the message's view as
+    JSON and the grant's status; threads: with their messages, after the plan of the search
+    text's matches whose row estimate decides how the threads are walked, planned on ``pg``
+    once here)."""
     folder_ids = [archive] if case.folder else None
     flt = MessageFilter(
         folder_ids=folder_ids,
         search=store.condition(criteria.parse(case.query), folder_ids, grant_id=grant),
     )
     if threads:
-        query = list_threads_page_query(grant, flt, PAGE + 1, None)
-    else:
-        if folder_ids is None:
-            flt.not_in_role = DRAFTS_ROLE
-        # as the API runs a standard page: rendered as JSON by Postgres, with the grant's status
-        query = list_messages_query(grant, flt, PAGE + 1, None, as_json=True).add_columns(
-            queries._grant_status(grant).label("grant_status")
+        out = []
+        matches = None
+        search = flt.search
+        if isinstance(search, store.StoreCondition) and search.text is not None:
+            s = message_search
+            counting = select(literal(1)).select_from(s).where(s.c.grant_id == grant, search.text)
+            sql, params = _compiled(counting)
+            out.append(("EXPLAIN (FORMAT JSON) " + sql, params))
+            row = pg.execute(*out[0]).fetchone()  # type: ignore[call-overload]
+            matches = float(row[0][0]["Plan"]["Plan Rows"]) if row else None
+        page = list_threads_page_query(
+            grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches)
         )
-    compiled = query.compile(
-        dialect=pg_psycopg.dialect(), compile_kwargs={"render_postcompile": True}
+        return [*out, _compiled(page)]
+    if folder_ids is None:
+        flt.not_in_role = DRAFTS_ROLE
+    # as the API runs a standard page: rendered as JSON by Postgres, with the grant's status
+    query = list_messages_query(grant, flt, PAGE + 1, None, as_json=True).add_columns(
+        queries._grant_status(grant).label("grant_status")
     )
-    return str(compiled), dict(compiled.params)
+    return [_compiled(query)]
 
 
 def timed(call: Callable[[], int], count: int) -> tuple[list[float], int]:
@@ -348,12 +371,15 @@ def run(args: argparse.Namespace) -> None:
                         response = http.get(f"/v3/grants/{grant}/{kind}", params=params)
                         return len(response.raise_for_status().json()["data"])
 
-                    sql, sql_params = statement(grant, case, archive, kind == "threads")
+                    run = statements(grant, case, archive, kind == "threads", pg)
+                    sql, sql_params = run[-1]
 
                     def pg_call(
-                        sql: str = sql, p: dict[str, Any] = sql_params, kind: str = kind
+                        run: list[tuple[str, dict[str, Any]]] = run, kind: str = kind
                     ) -> int:
-                        rows = pg.execute(sql, p).fetchall()  # type: ignore[arg-type]
+                        for sql, p in run[:-1]:
+                            pg.execute(sql, p).fetchall()  # type: ignore[arg-type]
+                        rows = pg.execute(*run[-1]).fetchall()  # type: ignore[call-overload]
                         if kind == "threads":  # a row per message of the page's threads
                             return len({row[0] for row in rows})
                         return len(rows)

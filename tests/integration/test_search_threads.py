@@ -1,0 +1,140 @@
+"""A thread list with ``search_query_native`` lists the same threads however it walks them.
+
+A search whose text Postgres expects to match a few hundred to a few thousand messages walks
+the threads with the set of the text's threads in hand and tests the whole search only on a
+thread of that set (``pipeline.api.queries._thread_has_match``, ``thread_set``); otherwise
+Postgres joins the threads to their matching search rows. The two must list the same threads
+in the same order, page for page, including a thread whose only text match has no current
+copy (in a folder whose UIDVALIDITY changed: the set has that thread, the search does not) and
+a thread that matches only with a flag of its copy.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from sqlalchemy import Connection
+
+from pipeline.api import queries
+from pipeline.api.pagination import Cursor
+from pipeline.api.queries import MessageFilter, list_threads, list_threads_query
+from pipeline.db import session_scope
+from pipeline.imap import FetchedMessage
+from pipeline.models import Folder, Grant
+from pipeline.search import criteria, store
+from pipeline.sync.store import parse_batch, write_batch
+
+pytestmark = pytest.mark.services
+
+SENT = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+THREADS = 30
+
+
+def _fetched(
+    uid: int, n: int, subject: str, minutes: int, flags: tuple[str, ...], reply_to: int = 0
+) -> FetchedMessage:
+    """Message ``n`` (a reply to ``reply_to`` unless 0), sent ``minutes`` after SENT."""
+    sent = SENT + timedelta(minutes=minutes)
+    parent = f"In-Reply-To: <{reply_to}@example.org>\r\n" if reply_to else ""
+    raw = (
+        f"From: Ann <ann@example.org>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
+        f"Date: {format_datetime(sent)}\r\nMessage-ID: <{n}@example.org>\r\n{parent}"
+        "\r\nbody\r\n"
+    ).encode()
+    return FetchedMessage(uid=uid, flags=flags, internaldate=sent, size=100, modseq=None, raw=raw)
+
+
+def _store(database_url: str) -> str:
+    """A grant whose INBOX holds THREADS threads of two messages (the reply of every third one
+    has 'invoice' in its subject, unseen in every sixth), and whose 'Old' folder (UIDVALIDITY
+    changed since its copies were stored) holds the newest threads, with 'invoice' too."""
+    with session_scope(database_url) as db:
+        grant = Grant(
+            email="t@example.org",
+            provider="generic",
+            imap_host="127.0.0.1",
+            imap_port=143,
+            imap_tls="plain",
+            imap_username="t",
+            secrets_sealed="x",
+        )
+        db.add(grant)
+        db.flush()
+        inbox = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
+        old = Folder(grant_id=grant.id, name="Old", raw_name="Old", uidvalidity=2)
+        db.add_all([inbox, old])
+        db.flush()
+        grant_id, inbox_id, old_id = grant.id, inbox.id, old.id
+    current: list[FetchedMessage] = []
+    for k in range(THREADS):
+        first, reply = 2 * k + 1, 2 * k + 2
+        subject = f"Re: report {k}" + (" invoice" if k % 3 == 0 else "")
+        flags = () if k % 6 == 0 else ("\\Seen",)
+        current.append(_fetched(first, first, f"report {k}", 10 * k, ("\\Seen",)))
+        current.append(_fetched(reply, reply, subject, 10 * k + 1, flags, reply_to=first))
+    stale = [_fetched(n + 1, 1000 + n, f"newest {n} invoice", 10_000 + n, ()) for n in range(3)]
+    for folder_id, fetched in ((inbox_id, current), (old_id, stale)):
+        items, failures = parse_batch(fetched)
+        with session_scope(database_url) as db:
+            write_batch(
+                db,
+                grant_id=grant_id,
+                folder_id=folder_id,
+                uidvalidity=1,
+                items=items,
+                failures=failures,
+            )
+    return grant_id
+
+
+def _pages(conn: Connection, grant_id: str, query: str, limit: int, thread_set: bool) -> list[str]:
+    """Every page of the thread list of ``query``, ``limit`` threads a page: the threads'
+    subjects in order."""
+    flt = MessageFilter(search=store.condition(criteria.parse(query), None, grant_id=grant_id))
+    out: list[str] = []
+    after = None
+    for _ in range(THREADS + 5):  # bounded: one thread a page at least
+        rows = conn.execute(
+            list_threads_query(grant_id, flt, limit, after, thread_set=thread_set)
+        ).all()
+        out.extend(row.subject for row in rows)
+        if len(rows) < limit:
+            return out
+        after = Cursor(rows[-1].latest_message_at, str(rows[-1].id))
+    raise AssertionError("the pages never ended")
+
+
+def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant_id = _store(database_url)
+    invoices = [f"report {k}" for k in reversed(range(0, THREADS, 3))]
+    unseen_invoices = [f"report {k}" for k in reversed(range(0, THREADS, 6))]
+    with session_scope(database_url) as db:
+        conn = db.connection()
+        for query, want in (
+            ("SUBJECT invoice", invoices),
+            ("SUBJECT invoice UNSEEN", unseen_invoices),
+            ("OR SUBJECT invoice SUBJECT nowhere", invoices),
+            (
+                'SUBJECT "report 1"',
+                [f"report {k}" for k in (19, 18, 17, 16, 15, 14, 13, 12)]
+                + ["report 11", "report 10", "report 1"],
+            ),
+        ):
+            for limit in (3, 50):
+                assert _pages(conn, grant_id, query, limit, thread_set=False) == want, query
+                assert _pages(conn, grant_id, query, limit, thread_set=True) == want, query
+
+        # as the API lists them: estimated, then walked with the set (bounds that admit it)
+        monkeypatch.setattr(queries, "THREAD_SET_MATCHES", (0, 1000))
+        flt = MessageFilter(
+            search=store.condition(criteria.parse("SUBJECT invoice"), None, grant_id=grant_id)
+        )
+        estimate = queries.text_matches_estimate(conn, grant_id, flt)
+        assert estimate is not None and queries.walks_with_set(flt, estimate)
+        page = list_threads(conn, grant_id, flt, 50, None)
+        assert [t.subject for t in page] == invoices
+        assert all(len(t.messages) == 2 for t in page)
