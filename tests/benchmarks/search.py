@@ -27,6 +27,28 @@ p99 is under the issue's 50 ms. Client, API and Postgres share the machine.
 Criteria that need the IMAP server (``BODY``, ``TEXT``, ``HEADER``, and bare words, which mean
 ``TEXT``: the store keeps one display body per message, not the text the server searches) are
 not measured here: they cost the server's SEARCH (pipeline.search.server).
+
+Measured 2026-12-07 with the first command, on one database (indexes rebuilt by migration 0326)
+for both, the code before and after the thread-search work (migrations 0325-0326,
+``pipeline.api.queries._thread_has_match``), on the 2-core machine while other benchmarks and
+test runs went on: the wall times follow the load (the same code's p99 moved 2-4x between two
+runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
+
+- messages (code unchanged): met at load 1.9-2.8, every search's API p99 5.9-19.4 ms (plain
+  list 6.3; slowest SUBJECT cafe FROM "Sender 1" UNSEEN + in=Archive); not met at load 5.8
+  (16.5-135 ms, FROM sender7@ the slowest: its trigram index scan is most of its 8.5-11 ms of
+  Postgres CPU).
+- threads: not met. At load 2.7-4.5 the plain thread list's p99 was 28-50 ms and its
+  CPU 17 ms a request (API 10, Postgres 7); searches' API p99 after 8-261 ms, before 18-192 ms
+  in paired runs, too noisy to rank. Postgres CPU ms a request, before -> after (two runs
+  each): SUBJECT invoice 20.5 -> 11.0, FROM "Sender 12" 20.6 -> 13.0, OR SUBJECT invoice FROM
+  sender7@ 25.6 -> 14.8, SUBJECT cafe FROM "Sender 1" UNSEEN 45.9 -> 18.4 (+ in=Archive 28.5 ->
+  22.0), SUBJECT invoice + in=Archive 23.0 -> 15.5, FROM sender7@ 15.0 -> 12.3, UNSEEN FLAGGED
+  26.9 -> 21.9, FROM sender10@ + in=Archive 14.5 -> 12.9, SUBJECT cafe 10.1 -> 8.7; the others
+  within 1.2 ms either way (8-9 ms; LARGER 6000 16), a search with text keys paying up to about
+  1 ms for the plan whose row estimate chooses how the threads are walked (TO me@example 8.0 ->
+  9.2).
+  The API's own CPU, 10-14 ms a request for 50 threads with their 200 messages, is what stays.
 """
 
 from __future__ import annotations
