@@ -11,6 +11,7 @@ names.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
@@ -110,15 +111,34 @@ class FilterParams(BaseModel):
     query_imap: bool | None = None
 
 
+def folded_folder_ids(params: FilterParams) -> list[str] | None:
+    """The folder ids an ``in`` filter names when its check can ride on the page statement
+    (every value an id as the API gives it, as the SDK sends them, and no search, which takes
+    the folders too; see :attr:`pipeline.api.queries.MessageFilter.folders_unchecked`); None
+    otherwise (names, or no ``in``): :func:`resolve_folders` looks them up first."""
+    if params.search_query_native is not None:
+        return None
+    names = [v.strip() for raw in params.in_ or [] for v in raw.split(",") if v.strip()]
+    if not names or len(names) > MAX_FILTER_VALUES:
+        return None
+    if not all(queries.is_uuid(n) and str(uuid.UUID(n)) == n.lower() for n in names):
+        return None
+    return list(dict.fromkeys(n.lower() for n in names))
+
+
 def message_filter(
     conn: Connection,
     api: ApiState,
     grant_id: str,
     params: FilterParams,
     orm: Callable[[], tuple[Session, Grant]],
+    *,
+    fold_folders: bool = False,
 ) -> queries.MessageFilter:
     """The filter parameters as a MessageFilter (``orm``: a session and the grant's ORM object,
-    asked for only by a search the IMAP server answers).
+    asked for only by a search the IMAP server answers). ``fold_folders``: folder ids in ``in``
+    are not looked up (:func:`folded_folder_ids`); the page statement checks them, and its
+    caller looks them up when that check fails (``MessageFilter.folders_unchecked``).
 
     Raises:
         ApiError: 400 for ``query_imap=true``, a bad ``metadata_pair`` or search, too many
@@ -132,9 +152,11 @@ def message_filter(
         )
     except metadata.MetadataError as exc:
         raise invalid_request(str(exc)) from exc
-    folder_ids = resolve_folders(conn, grant_id, params.in_)
+    folded = folded_folder_ids(params) if fold_folders else None
+    folder_ids = folded if folded is not None else resolve_folders(conn, grant_id, params.in_)
     return queries.MessageFilter(
         folder_ids=folder_ids,
+        folders_unchecked=folded is not None,
         unread=params.unread,
         starred=params.starred,
         subject=params.subject or None,

@@ -38,7 +38,15 @@ from pipeline.api.deps import (
     page_reads,
 )
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
-from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_filter, target_folder
+from pipeline.api.filters import (
+    MAX_UNIX_S,
+    FilterParams,
+    folded_folder_ids,
+    from_unix,
+    message_filter,
+    resolve_folders,
+    target_folder,
+)
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters, read_query
 from pipeline.api.rawmime import raw_mime_views
@@ -187,6 +195,23 @@ def message_page(
             raise
         if folded is not None:
             check_folded_grant(conn, grant_id, rows[0].grant_status if rows else None)
+        unchecked = folded_folder_ids(params)  # checked by the page statement
+        if unchecked is not None and not (rows and rows[0].folders_found == len(unchecked)):
+            # a folder of `in` is not the grant's, or the page is empty: look them up (a 404
+            # for an unknown one), and read the page again if that found other folders (an
+            # id-shaped folder name)
+            resolved = resolve_folders(conn, live_id, params.in_)
+            if set(resolved or ()) != set(unchecked):
+                rows = _page_rows(
+                    conn,
+                    api,
+                    live_id,
+                    params,
+                    orm,
+                    grant_status=False,
+                    as_json=rendered,
+                    fold=False,
+                )
         fields, limit = params.fields, params.limit
         include_headers = fields == "include_headers"
         next_cursor = None
@@ -227,9 +252,12 @@ def _page_rows(
     *,
     grant_status: bool,
     as_json: bool,
+    fold: bool = True,
 ) -> Sequence[Row[Any]]:
-    """The rows of the page (one more than the limit when there is a next page)."""
-    shared = message_filter(conn, api, grant_id, params, lambda: orm(grant_id))
+    """The rows of the page (one more than the limit when there is a next page); ``fold``:
+    the folders of ``in`` given by id are checked by the page statement (see
+    :func:`~pipeline.api.filters.folded_folder_ids`), not looked up first."""
+    shared = message_filter(conn, api, grant_id, params, lambda: orm(grant_id), fold_folders=fold)
     flt = replace(
         shared,
         thread_id=params.thread_id,

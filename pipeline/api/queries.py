@@ -85,6 +85,10 @@ class MessageFilter:
     """The list filters of ``GET /messages`` (and of threads, applied to their messages)."""
 
     folder_ids: list[str] | None = None
+    # folder_ids taken from the request without a lookup (ids as the API gives them): the page
+    # statement counts those of the grant (a ``folders_found`` column), and the caller looks
+    # them up (a 404 for an unknown one) only when that count says one is not the grant's
+    folders_unchecked: bool = False
     unread: bool | None = None
     starred: bool | None = None
     subject: str | None = None
@@ -405,7 +409,7 @@ def list_messages_query(
 # The filters a page statement is made once for, with its values bound per request; a page with
 # any other filter (an address, a subject, a thread, metadata, a search) is built afresh.
 _Flag = bool | None  # a boolean filter: set or not
-_Shape = tuple[bool, str | None, _Flag, _Flag, _Flag, bool, bool, bool, bool, bool, bool]
+_Shape = tuple[bool, bool, str | None, _Flag, _Flag, _Flag, bool, bool, bool, bool, bool, bool]
 
 
 def _page_shape(
@@ -430,6 +434,7 @@ def _page_shape(
         return None
     return (
         flt.folder_ids is not None,
+        flt.folder_ids is not None and flt.folders_unchecked,
         flt.not_in_role,
         flt.unread,
         flt.starred,
@@ -452,6 +457,7 @@ def _shaped_page(shape: _Shape) -> Select[Any]:
     process; a statement made once keeps its cache key."""
     (
         folders,
+        folders_found,
         not_in_role,
         unread,
         starred,
@@ -464,8 +470,9 @@ def _shaped_page(shape: _Shape) -> Select[Any]:
         as_json,
     ) = shape
     grant_id: Any = bindparam("grant_id", type_=Message.grant_id.type)
+    folder_ids: Any = bindparam("folder_ids", expanding=True)
     flt = MessageFilter(
-        folder_ids=bindparam("folder_ids", expanding=True) if folders else None,  # type: ignore[arg-type]
+        folder_ids=folder_ids if folders else None,
         not_in_role=not_in_role,
         unread=unread,
         starred=starred,
@@ -486,12 +493,26 @@ def _shaped_page(shape: _Shape) -> Select[Any]:
     )
     if grant_status:
         query = query.add_columns(_grant_status(grant_id).label("grant_status"))
+    if folders_found:
+        query = query.add_columns(_folders_found(grant_id, folder_ids).label("folders_found"))
     return query
 
 
 def _grant_status(grant_id: Any) -> ScalarSelect[Any]:
     grants = Grant.__table__
     return select(grants.c.grant_status).where(grants.c.id == grant_id).scalar_subquery()
+
+
+def _folders_found(grant_id: Any, folder_ids: Any) -> ScalarSelect[Any]:
+    """How many of ``folder_ids`` are folders of the grant (the unchecked ``in`` filter's
+    check, run once with the page: :attr:`MessageFilter.folders_unchecked`)."""
+    folders = Folder.__table__
+    return (
+        select(func.count())
+        .select_from(folders)
+        .where(folders.c.grant_id == grant_id, folders.c.id.in_(folder_ids))
+        .scalar_subquery()
+    )
 
 
 def list_messages(
@@ -509,7 +530,8 @@ def list_messages(
     as :func:`list_messages_query` describes), run on a plain connection: plain rows need none
     of the ORM's result handling (a fifth of a page's CPU). ``grant_status``: each row also
     has the grant's ``grant_status`` (a subquery run once: the grant's check without a round
-    trip of its own). The common filters run a statement made once (:func:`_shaped_page`)."""
+    trip of its own); with ``flt.folders_unchecked``, a ``folders_found`` column too. The
+    common filters run a statement made once (:func:`_shaped_page`)."""
     shape = _page_shape(flt, after, include_headers, grant_status, as_json)
     if shape is not None:
         values: dict[str, Any] = {"grant_id": grant_id, "limit": limit}
@@ -527,6 +549,9 @@ def list_messages(
     )
     if grant_status:
         query = query.add_columns(_grant_status(grant_id).label("grant_status"))
+    if flt.folder_ids is not None and flt.folders_unchecked:
+        found = _folders_found(grant_id, flt.folder_ids)
+        query = query.add_columns(found.label("folders_found"))
     return conn.execute(query).all()
 
 

@@ -422,6 +422,38 @@ def test_a_list_page_costs_the_same_queries_whatever_its_size(
             assert len(four) == len(one), (path, four)
 
 
+def test_folders_named_by_id_are_checked_by_the_page_query(
+    api: ApiServer, mailbox: dict[str, Any]
+) -> None:
+    # `in` with folder ids (as the SDK sends them) costs no lookup before the page: the page
+    # query checks the ids are the grant's, and only when they are not (or the page is empty)
+    # are they looked up, for the 404 an unknown folder gets
+    grant_id = mailbox["grant_id"]
+    base = f"/v3/grants/{grant_id}"
+    folders = {f.name: f.id for f in api.nylas().folders.list(grant_id).data}
+    archive, inbox = folders["Archive"], folders["INBOX"]
+    unknown = "00000000-0000-4000-8000-000000000001"
+    with api.http() as http:
+        assert len(_statements_of(http, base + "/messages", {"in": archive})) == 1
+        assert len(_statements_of(http, base + "/messages", {"in": "Archive"})) == 2
+        for params in (
+            {"in": unknown},
+            {"in": f"{archive},{unknown}"},  # a page of Archive's messages, and one unknown
+            {"in": [inbox, unknown]},
+            {"in": unknown, "unread": "true"},
+        ):
+            r = http.get(base + "/messages", params=params)
+            assert r.status_code == 404, (params, r.text)
+            assert r.json()["error"]["type"] == "not_found_error"
+    assert subjects_for(api, grant_id, **{"in": archive.upper()}) == {"archived"}
+    assert subjects_for(api, grant_id, **{"in": f"{archive},{archive}"}) == {"archived"}
+    assert subjects_for(api, grant_id, **{"in": [archive, "INBOX"], "starred": "true"}) == {
+        "Lunch?"
+    }
+    assert subjects_for(api, grant_id, **{"in": archive, "unread": "false"}) == set()
+    assert subjects_for(api, grant_id, **{"in": archive, "subject": "nothing"}) == set()
+
+
 def test_api_sessions_plan_pages_with_the_requests_values(api_settings: Settings) -> None:
     # with Postgres' defaults an address filter's page went from milliseconds to seconds at a
     # million messages: a grant-wide bitmap ANDed in, parallel workers, a generic plan once
