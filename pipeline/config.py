@@ -22,6 +22,7 @@ from pipeline.netguard import AddressPolicy, IpNetwork
 ENV_PREFIX = "IMAP_PIPELINE_"
 DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
 RUNTIME_ENV_NAME = "runtime.env"
+API_WORKERS_DEFAULT = 1  # `up` runs every role on one machine; compose sets 2
 
 
 def _runtime_env_file() -> Path:
@@ -234,6 +235,13 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    api_workers: int = Field(
+        default=API_WORKERS_DEFAULT,
+        ge=1,
+        le=64,
+        description="uvicorn worker processes of `imap-pipeline api` (`--workers` overrides it): "
+        "one process runs its Python on one core, so a busy API wants about one per core.",
+    )
     api_sign_in_concurrency: int = Field(
         default=8,
         ge=1,

@@ -18,8 +18,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     api = sub.add_parser("api", help="serve the HTTP API (Nylas v3 shape)")
     api.add_argument("--host", help="address to listen on (default: IMAP_PIPELINE_API_HOST)")
     api.add_argument("--port", type=int, help="port to listen on (default: IMAP_PIPELINE_API_PORT)")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument(
+        "--workers",
+        type=_positive,
+        help="uvicorn worker processes (default: IMAP_PIPELINE_API_WORKERS)",
+    )
     api.set_defaults(handler=_api)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("at least 1 worker process")
+    return number
+
+
+def worker_count(args: argparse.Namespace, settings: Settings) -> int:
+    """uvicorn processes to run: ``--workers``, else ``IMAP_PIPELINE_API_WORKERS``."""
+    return int(args.workers) if args.workers is not None else settings.api_workers
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -31,6 +47,7 @@ def _api(args: argparse.Namespace) -> int:
     settings = Settings.load()
     host = args.host or settings.api_host
     port = args.port or settings.api_port
+    workers = worker_count(args, settings)
     logging_options: dict[str, Any] = {"log_level": settings.log_level.lower()}
     if settings.log_format == "json":
         # uvicorn's loggers then go through the root handler (JSON) instead of its own
@@ -38,14 +55,14 @@ def _api(args: argparse.Namespace) -> int:
         logging.getLogger("uvicorn").setLevel(settings.log_level.upper())
     metrics.reset_multiprocess_dir()
     metrics.serve(settings.metrics_port, settings.metrics_host)
-    if args.workers > 1:
+    if workers > 1:
         # Each worker process builds its own app (and engine) from the environment.
         uvicorn.run(
             "pipeline.cli.api:app_from_environment",
             factory=True,
             host=host,
             port=port,
-            workers=args.workers,
+            workers=workers,
             timeout_keep_alive=KEEPALIVE_TIMEOUT_S,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             **logging_options,
