@@ -24,7 +24,11 @@ replayed straight on Postgres with psycopg, on connections with the API's server
 (``API_PG_OPTIONS``: the same plans). The printed ratios are
 API ÷ Postgres for p50 and p99 and Postgres ÷ API for requests per second (sequential, one
 client), then the same with ``--clients`` concurrent clients. Client, API and Postgres share the
-machine.
+machine. What is compared: the API with ``--api-workers`` processes (each with its own pool)
+against the same statements over as many psycopg connections as there are clients; each side's
+client reads every byte of each answer and parses none (http.client on one kept-alive
+connection per client, psycopg's fetchall), and concurrent clients are processes of their own
+(``--client-threads``: threads of this process, sharing its GIL, as before 2026-12-07).
 
 ``--database NAME --keep`` keeps the generated data; a later run with the same ``--database``
 reuses it (migrating it first) instead of loading again.
@@ -88,6 +92,50 @@ Tried and left out: the lists on the event loop with async psycopg (SQLAlchemy's
 no threadpool hop) cost more CPU a page than the hop (in-process, alternated: 8.0 against
 7.4 ms with uvloop, 9.7 against 8.0 ms with asyncio's loop: a 150 kB page is a dozen socket
 waits, each an add_reader/remove_reader) and was not faster at p50 under load.
+
+Then (2026-12-07, later): ``in`` with folder ids checked by the page statement instead of a
+lookup before it (``folders_found``; the lookup was the ``in`` outlier's round trip: 6.46M
+instructions a page in the API process, now 4.65M, callgrind), uvicorn on uvloop and httptools
+(a plain page 4.34M -> 3.69M instructions), and the measurement's own fixes: the timed HTTP
+client is http.client reading the bytes (httpx and ``response.json()`` cost this client 1.1-1.4
+ms of CPU a page, http.client 0.25: as much as the API process spends, on the two cores the
+API and Postgres share, while the replay's client parsed no JSON), concurrent clients are
+processes (the replay's gained as much: 4 threads of one process shared its GIL), and p99 of
+100 values is the 99th (it was the largest). Same machine, other sessions' benchmarks running
+(load average 2.8-6.2), ``--database bench --keep --requests 100 --clients 4`` (two runs) and
+the same with ``--api-workers 2`` (two runs)::
+
+    1 client: p50 / p99 / req/s   1 API process                2 API processes
+    messages                      1.4-1.6x 1.4-1.5x 1.4-1.6x   1.4x     0.9-2.0x 1.1-1.5x
+    messages page_token           1.5x     1.1-1.4x 1.4-1.5x   1.4x     1.2-2.1x 1.4-1.5x
+    in=INBOX                      1.4-1.5x 1.4-1.5x 1.4-1.5x   1.3-1.4x 0.6-1.8x 1.1-1.5x
+    unread=true                   1.3-1.5x 1.3x     1.3-1.5x   1.3-1.4x 1.4-1.8x 1.4x
+    from=<frequent>               1.4-1.5x 1.0-1.4x 1.3-1.5x   1.3-1.4x 1.0-1.6x 1.3-1.5x
+    any_email=<rare>              1.0-1.1x 0.6-2.2x 1.0-1.1x   1.3-1.5x 0.6-1.3x 1.1-1.5x
+    threads                       1.2-1.3x 0.3x     0.9-1.0x   1.3x     0.4-0.5x 1.1-1.2x
+    threads page_token            1.5-1.9x 0.9-2.0x 1.5x       1.5-1.6x 1.3-1.7x 1.3-1.5x
+    4 clients: p99 / req/s
+    messages                      2.4-2.8x 1.6-1.7x            1.2-1.6x 1.2-1.6x
+    messages page_token           1.2-1.8x 1.3-1.6x            1.4-2.8x 1.3-1.5x
+    in=INBOX                      1.6-1.9x 1.5-1.6x            1.5-2.7x 1.2-1.5x
+    unread=true                   2.5-2.7x 1.6-1.7x            2.4-2.7x 1.6x
+    from=<frequent>               1.6-1.9x 1.5x                1.8-1.9x 1.5x
+    any_email=<rare>              1.2-1.5x 1.3-1.4x            1.1-1.2x 1.2-1.3x
+    threads, threads page_token   0.2-0.3x 0.8-1.1x            0.2-0.9x 0.9-1.3x
+
+API 4 clients, 1 process: 197-267 requests/s on the first four message calls (the replay
+276-436); 2 processes: 253-345 (the replay 352-472). CPU a request (API processes and backends
+against the replay's client and backend): 1.3-1.5x on the message pages, 1.0-1.3x on the rest.
+Met: requests/s everywhere (at most 1.7x), p50 with one client (at most 1.9x). Not met every
+run: p99, one client (of 100 requests: one slow request moves it; 0.6-2.2x across runs of the
+same call), and 4 clients on a few message calls in every run (2.4-2.8x; which ones changes
+from run to run, with one API process or two). An API request wakes three threads (event
+loop, threadpool worker, backend) where the replay wakes one, and at a load average of 4-6 on
+2 cores each wake-up may wait for a core; with one process, the 4 clients' requests also meet
+in one event loop on one core. Measured but left: the API key check (one SHA-256 and a compare
+per request, 0.2 % of the process's samples), FastAPI's telemetry hooks off (1.3 % fewer
+instructions), the threadpool hop (anyio's, about a tenth of the process's Python time: the
+next candidate).
 """
 
 from __future__ import annotations
