@@ -134,8 +134,8 @@ loop, threadpool worker, backend) where the replay wakes one, and at a load aver
 2 cores each wake-up may wait for a core; with one process, the 4 clients' requests also meet
 in one event loop on one core. Measured but left: the API key check (one SHA-256 and a compare
 per request, 0.2 % of the process's samples), FastAPI's telemetry hooks off (1.3 % fewer
-instructions), the threadpool hop (anyio's, about a tenth of the process's Python time: the
-next candidate).
+instructions), the threadpool hop through the event loop's own executor instead of anyio's
+(2.7 % fewer instructions, 3.57M against 3.67M a page; callgrind).
 """
 
 from __future__ import annotations
