@@ -44,7 +44,7 @@ from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
-from pipeline.listener.status import idle_watched_folders, idle_watched_folders_of
+from pipeline.listener.status import idle_watched_folders_of
 from pipeline.maintenance.discovery import (
     claim_discovery,
     discovered_since,
@@ -52,14 +52,14 @@ from pipeline.maintenance.discovery import (
     unclaim_discovery,
 )
 from pipeline.maintenance.locks import job_lock, job_locks
-from pipeline.maintenance.looks import recent_looks, record_looks
+from pipeline.maintenance.looks import recent_looks_of, record_looks
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
 from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.maintenance.sweep import (
     batch_jobs,
     check_grant,
-    due_for_check,
+    folders_due,
     plan_sweep,
     poll_grant,
 )
@@ -436,34 +436,41 @@ def _apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> 
 @app.task(name="pipeline.maintenance.check_grants", bind=True)
 def check_grants_task(self: Task, grant_ids: list[str]) -> dict[str, Any]:
     """Check several grants one after another (:func:`check_uidvalidity_task`'s work for
-    each): one task per batch. A grant that is rate limited gets a ``check_uidvalidity`` task
-    of its own after the wait; after ``POLL_BATCH_BUDGET_S`` (slow servers) the grants left
-    go on in a new batch, so every grant is checked within its interval."""
+    each): one task per batch, what every check reads read once for the batch
+    (:class:`_CheckBatch`). A grant that is rate limited gets a ``check_uidvalidity`` task of
+    its own after the wait; after ``POLL_BATCH_BUDGET_S`` (slow servers) the grants left go
+    on in a new batch, so every grant is checked within its interval. Both are sent once the
+    batch's job locks are released, so they do not find them taken."""
     started = time.monotonic()
     queue = (self.request.delivery_info or {}).get("routing_key")  # the provider's
     asked = changed = 0
-    for index, grant_id in enumerate(grant_ids):
-        if time.monotonic() - started > POLL_BATCH_BUDGET_S:
-            left = grant_ids[index:]
-            log.warning("check batch over its budget; %d grants go on in a new one", len(left))
-            app.send_task(
-                "pipeline.maintenance.check_grants",
-                args=[left],
-                queue=queue,
-            )
-            break
-        try:
-            result = _check_one(grant_id)
-        except RateLimited as exc:
-            app.send_task(
-                "pipeline.maintenance.check_uidvalidity",
-                args=[grant_id],
-                queue=queue,
-                countdown=min(max(exc.retry_after_s, RESCHEDULE_MIN_S), RESCHEDULE_MAX_S),
-            )
-            continue
-        asked += int(result.get("asked", 0))
-        changed += int(result.get("changed", 0))
+    left: list[str] = []
+    limited: list[tuple[str, float]] = []
+    with job_locks(redis_client(), [_check_lock(g) for g in grant_ids], CHECK_LOCK_TTL_S) as taken:
+        batch = _CheckBatch.read([g for g in grant_ids if _check_lock(g) in taken])
+        for index, grant_id in enumerate(grant_ids):
+            if time.monotonic() - started > POLL_BATCH_BUDGET_S:
+                left = grant_ids[index:]
+                break
+            if _check_lock(grant_id) not in taken:
+                continue  # a check of this grant is running
+            try:
+                result = _check_one(grant_id, batch)
+            except RateLimited as exc:
+                limited.append((grant_id, exc.retry_after_s))
+                continue
+            asked += int(result.get("asked", 0))
+            changed += int(result.get("changed", 0))
+    if left:
+        log.warning("check batch over its budget; %d grants go on in a new one", len(left))
+        app.send_task("pipeline.maintenance.check_grants", args=[left], queue=queue)
+    for grant_id, retry_after_s in limited:
+        app.send_task(
+            "pipeline.maintenance.check_uidvalidity",
+            args=[grant_id],
+            queue=queue,
+            countdown=min(max(retry_after_s, RESCHEDULE_MIN_S), RESCHEDULE_MAX_S),
+        )
     return {"grants": len(grant_ids), "asked": asked, "changed": changed}
 
 
@@ -472,78 +479,112 @@ def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
     """Compare every folder's UIDVALIDITY on the server with ours; act on changes. Folders a
     poll or the listener saw within the interval are not asked again (``due_for_check``); when
     none is left, no session is opened at all."""
-    try:
-        return _check_one(grant_id)
-    except RateLimited as exc:
-        reschedule(self, exc)
-        return {"skipped": "rate limited"}
+    with job_locks(redis_client(), [_check_lock(grant_id)], CHECK_LOCK_TTL_S) as taken:
+        if not taken:
+            return {"skipped": "a check of this grant is running"}
+        try:
+            return _check_one(grant_id, _CheckBatch.read([grant_id]))
+        except RateLimited as exc:
+            reschedule(self, exc)
+            return {"skipped": "rate limited"}
 
 
-def _check_one(grant_id: str) -> dict[str, Any]:
-    """One grant's UIDVALIDITY check (:func:`check_uidvalidity_task`).
+def _check_lock(grant_id: str) -> str:
+    """The job lock a UIDVALIDITY check of ``grant_id`` holds."""
+    return f"sweep:{grant_id}"
+
+
+@dataclass(frozen=True)
+class _CheckBatch:
+    """What the UIDVALIDITY checks of a batch read once for all its grants (as
+    :class:`_PollBatch`): the valid grants and their folders in one transaction, the polls'
+    looks and the listener's watched folders in one Redis round trip each."""
+
+    now: datetime
+    grants: dict[str, Grant]  # the valid ones
+    folders: dict[str, list[SweptFolder]]
+    looked: dict[str, frozenset[str]]
+    idle_watched: dict[str, frozenset[str]]
+    view: LimitsView
+
+    @classmethod
+    def read(cls, grant_ids: list[str]) -> _CheckBatch:
+        now = datetime.now(UTC)
+        with sessions().begin() as db:
+            grants = {
+                g.id: g
+                for g in GrantRepository(db).get_many(grant_ids).values()
+                if g.grant_status == "valid"
+            }
+            folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
+        since = now.timestamp() - settings().uidvalidity_sweep_interval_s
+        return cls(
+            now=now,
+            grants=grants,
+            folders=folders,
+            looked=recent_looks_of(redis_client(), list(grants), since),
+            idle_watched=idle_watched_folders_of(redis_client(), list(grants)),
+            view=LimitsView(),
+        )
+
+
+def _check_one(grant_id: str, batch: _CheckBatch) -> dict[str, Any]:
+    """One grant's UIDVALIDITY check (:func:`check_uidvalidity_task`), its job lock held by
+    the caller.
 
     Raises:
         RateLimited: No token or connection slot for the fresh session it needs.
     """
-    interval = settings().uidvalidity_sweep_interval_s
-    with job_lock(redis_client(), f"sweep:{grant_id}", CHECK_LOCK_TTL_S) as taken:
-        if not taken:
-            return {"skipped": "a check of this grant is running"}
-        with sessions().begin() as db:
-            grant = GrantRepository(db).get(grant_id)
-            if grant is None or grant.grant_status != "valid":
-                return {"skipped": "grant invalid"}
-            provider = grant.provider
-            now = datetime.now(UTC)
-            due = due_for_check(
-                db,
-                grant_id,
-                now,
-                looked=recent_looks(redis_client(), grant_id, now.timestamp() - interval),
-                idle_watched=idle_watched_folders(redis_client(), grant_id),
-            )
-            if not due:  # every folder's UIDVALIDITY seen lately by a poll or the listener
-                return {"changed": 0, "stopped": 0, "resumed": 0, "polled": 0, "asked": 0}
-            try:
-                imap = fresh_imap_for(db, grant)
-            except RateLimited:
-                raise  # the caller sends the check again after the wait
-            except ImapAuthError:
-                return {"skipped": "grant invalid"}  # now invalid (committed with this block)
-            except ImapLimitError as exc:
-                note_misbehaved(grant_id, exc)
-                return {"skipped": type(exc).__name__}
-            except ImapError as exc:
-                # throttling is already recorded; the next sweep looks again
-                log.warning("UIDVALIDITY check could not log in: %s", exc)
-                return {"skipped": type(exc).__name__}
-        healthy = False
-        to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
+    grant = batch.grants.get(grant_id)
+    if grant is None:
+        return {"skipped": "grant invalid"}
+    provider, now = grant.provider, batch.now
+    due = folders_due(
+        batch.folders.get(grant_id, []),
+        looked=batch.looked.get(grant_id, frozenset()),
+        idle_watched=batch.idle_watched.get(grant_id, frozenset()),
+    )
+    if not due:  # every folder's UIDVALIDITY seen lately by a poll or the listener
+        return {"changed": 0, "stopped": 0, "resumed": 0, "polled": 0, "asked": 0}
+    # the database is written only when the login is refused (the grant marked invalid)
+    with sessions().begin() as db:
         try:
-            report = check_grant(
-                sessions(),
-                imap,
-                grant_id,
-                now=now,
-                enqueue_sync=to_sync.append,
-                only={f.id for f in due},
-            )
-            healthy = True
-        except ImapThrottledError:
-            with sessions().begin() as db:
-                grant = GrantRepository(db).get(grant_id)
-                if grant is not None:
-                    note_throttled(grant)
-            return {"skipped": "throttled"}
+            imap = fresh_imap_for(db, grant, batch.view)
+        except RateLimited:
+            raise  # the caller sends the check again after the wait
+        except ImapAuthError:
+            return {"skipped": "grant invalid"}  # now invalid (committed with this block)
         except ImapLimitError as exc:
             note_misbehaved(grant_id, exc)
             return {"skipped": type(exc).__name__}
         except ImapError as exc:
-            log.warning("UIDVALIDITY check failed: %s", exc)
+            # throttling is already recorded; the next sweep looks again
+            log.warning("UIDVALIDITY check could not log in: %s", exc)
             return {"skipped": type(exc).__name__}
-        finally:
-            release_imap(grant_id, imap, healthy=healthy)
-            _queue(grant_id, provider, to_sync)
+    healthy = False
+    to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
+    try:
+        report = check_grant(
+            sessions(),
+            imap,
+            grant_id,
+            now=now,
+            enqueue_sync=to_sync.append,
+            only={f.id for f in due},
+        )
+        healthy = True
+    except ImapThrottledError:
+        note_throttled(grant)
+        return {"skipped": "throttled"}
+    except ImapLimitError as exc:
+        note_misbehaved(grant_id, exc)
+        return {"skipped": type(exc).__name__}
+    except ImapError as exc:
+        log.warning("UIDVALIDITY check failed: %s", exc)
+        return {"skipped": type(exc).__name__}
+    finally:
+        release_imap(grant_id, imap, healthy=healthy)
+        _queue(grant_id, provider, to_sync)
     return {
         "changed": len(report.changed),
         "stopped": len(report.stopped),

@@ -243,11 +243,11 @@ def _login(
     return pool.admit(grant.id, holder, imap)
 
 
-def fresh_imap_for(db: Session, grant: Grant) -> ImapSession:
+def fresh_imap_for(db: Session, grant: Grant, view: LimitsView | None = None) -> ImapSession:
     """A session from a new login, closing a pooled one: what a new session of the server sees
-    (the UIDVALIDITY sweep's view). Same limits and errors as :func:`imap_for`."""
+    (the UIDVALIDITY sweep's view). Same limits, ``view`` and errors as :func:`imap_for`."""
     imap_pool().forget(grant.id)
-    return imap_for(db, grant)
+    return imap_for(db, grant, view)
 
 
 def note_misbehaved(

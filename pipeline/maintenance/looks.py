@@ -54,10 +54,24 @@ def record_looks(
 def recent_looks(client: redis.Redis[bytes], grant_id: str, since: float) -> frozenset[str]:
     """The folders of a grant whose UIDVALIDITY a poll saw at ``since`` (unix seconds) or later;
     empty when Redis does not answer."""
+    return recent_looks_of(client, [grant_id], since)[grant_id]
+
+
+def recent_looks_of(
+    client: redis.Redis[bytes], grant_ids: Sequence[str], since: float
+) -> dict[str, frozenset[str]]:
+    """:func:`recent_looks` of several grants in one round trip, by grant id."""
+    pipe = client.pipeline(transaction=False)
+    for grant_id in grant_ids:
+        pipe.hgetall(looks_key(grant_id))
     try:
-        raw: dict[bytes, bytes] = client.hgetall(looks_key(grant_id))
+        replies: list[dict[bytes, bytes]] = pipe.execute()
     except (RedisError, OSError):
-        return frozenset()
+        return dict.fromkeys(grant_ids, frozenset())
+    return {g: _since(raw, since) for g, raw in zip(grant_ids, replies, strict=True)}
+
+
+def _since(raw: dict[bytes, bytes], since: float) -> frozenset[str]:
     out = set()
     for folder_id, value in raw.items():
         try:

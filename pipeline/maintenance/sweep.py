@@ -187,9 +187,18 @@ def due_for_check(
     Inbox and Sent while a listener holds them in IDLE (``idle_watched``: a session that stays
     open keeps its folder's UIDVALIDITY; its (re)connect's EXAMINE publishes a change, whose
     sync counts it). Never commits."""
+    candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
+    return folders_due(candidates, looked=looked, idle_watched=idle_watched)
+
+
+def folders_due(
+    candidates: Sequence[SweptFolder], *, looked: Collection[str], idle_watched: Collection[str]
+) -> list[SweptFolder]:
+    """:func:`due_for_check` of a grant's ``candidates`` as a batch of checks read them for
+    all its grants (:meth:`MaintenanceRepository.sweep_candidates_of`)."""
     return [
         folder
-        for folder in MaintenanceRepository(db).sweep_candidates(grant_id, now)
+        for folder in candidates
         if folder.state == "stopped"
         or folder.changes
         or not (folder.id in looked or (folder.role in IDLE_ROLES and folder.id in idle_watched))

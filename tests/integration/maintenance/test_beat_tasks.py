@@ -98,6 +98,7 @@ def test_the_checks_of_many_grants_share_tasks(
     sync queued; a grant without a connection slot gets a check task of its own, later."""
     import workers.resources
     from pipeline.imap.connections import ConnectionSlots, Priority, new_holder
+    from pipeline.maintenance.locks import job_key
     from workers.beat_tasks import check_grants_task
 
     users = [next(_mail_user_pool) for _ in range(3)]
@@ -133,6 +134,11 @@ def test_the_checks_of_many_grants_share_tasks(
         ("pipeline.maintenance.check_uidvalidity", [grants[2]]),
         ("pipeline.sync.folder", [grants[0], str(inbox)]),
     ]
+    # the check task sent for later finds no lock of the batch in its way
+    assert slots.held(grants[2])[Priority.BULK] == 0
+    assert not redis.Redis.from_url(settings.require_redis_url()).exists(
+        job_key(f"sweep:{grants[2]}")
+    )
 
 
 @pytest.mark.usefixtures("in_process_worker")
