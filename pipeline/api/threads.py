@@ -28,6 +28,7 @@ from pipeline.api.deps import (
     notify_after_commit,
     ok,
     page_json,
+    page_json_rendered,
     page_reads,
 )
 from pipeline.api.errors import not_found, request_id_of
@@ -158,6 +159,8 @@ def thread_page(
         flt = message_filter(conn, api, live_id, params, lambda: orm(live_id))
         after = decode_cursor(params.page_token) if params.page_token is not None else None
         limit = params.limit
+        # a page with every field is rendered by Postgres (queries._thread_json_select)
+        rendered = params.select is None
         threads = queries.list_threads(
             conn,
             live_id,
@@ -167,11 +170,16 @@ def thread_page(
             latest_before=from_unix(params.latest_message_before),
             latest_after=from_unix(params.latest_message_after),
             earliest_from=from_unix(params.earliest_message_date),
+            as_json=rendered,
         )
     next_cursor = None
     if len(threads) > limit:
         last = threads[limit - 1]
         next_cursor = encode_cursor(last.latest_message_at, last.id)
+    if rendered:
+        return page_json_rendered(
+            request_id, [t.json or "null" for t in threads[:limit]], next_cursor
+        )
     selected = parse_select(params.select)
     data = [
         apply_select(thread_view(t.id, t.grant_id, t.subject, t.messages), selected)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 from datetime import timedelta
+from email.message import EmailMessage
 
 import pytest
 from api_support import ApiServer, append_many, connect_and_sync, now
 from nylas.models.errors import NylasApiError
 
-from tests.support.mail import create_folder, make_message
+from tests.support.mail import append, create_folder, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -141,3 +144,116 @@ def test_threads_list_get_and_page(api: ApiServer, mail_user: MailUser) -> None:
     with api.http() as http:
         bad = http.get(f"/v3/grants/{grant_id}/threads", params={"page_token": "zzz"})
     assert bad.status_code == 400
+
+
+def _with_attachment(raw: bytes, name: str) -> bytes:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    message.add_attachment(b"%PDF-1.4 a page\n" * 8, "application", "pdf", filename=name)
+    return message.as_bytes()
+
+
+def test_listed_threads_are_rendered_as_thread_view_renders_them(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    # a page of threads with every field is rendered by Postgres
+    # (queries._thread_json_select), a page with `select` and a single thread by
+    # threads.thread_view in Python: every field of every thread must agree, on threads with
+    # drafts, attachments, several folders, participants spelled twice, unread/starred mixes
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    for folder in ("Drafts", "Projects"):
+        create_folder(server, user, password, folder)
+    t = now()
+    root = make_message(
+        "Budget",
+        sender="Carol <carol@example.test>",
+        to="Bob <bob@example.test>, Dan <DAN@example.test>",
+        message_id="<budget@example.test>",
+        date=t - timedelta(hours=5),
+    )
+    reply = make_message(
+        "Re: Budget",
+        sender="BOB <Bob@Example.test>",
+        to="carol@example.test, Erin <erin@example.test>",
+        message_id="<budget-2@example.test>",
+        in_reply_to="<budget@example.test>",
+        date=t - timedelta(hours=4),
+    )
+    draft = make_message(
+        "Re: Budget",
+        sender="dan@example.test",
+        to="Carol <carol@example.test>",
+        message_id="<budget-draft@example.test>",
+        in_reply_to="<budget-2@example.test>",
+        date=t - timedelta(hours=1),
+    )
+    mail = [
+        ("INBOX", root, "\\Seen", t - timedelta(hours=5)),
+        ("Projects", _with_attachment(reply, "plan.pdf"), "\\Flagged", t - timedelta(hours=4)),
+        ("Drafts", _with_attachment(draft, "draft.pdf"), "\\Seen \\Draft", t - timedelta(hours=1)),
+        ("INBOX", make_message("Lone", sender="frank@example.test", date=t), "", t),
+        (
+            "Projects",
+            _with_attachment(
+                make_message("Seen and starred", date=t - timedelta(hours=2)), "a.pdf"
+            ),
+            "\\Seen \\Flagged",
+            t - timedelta(hours=2),
+        ),
+        (
+            "INBOX",
+            make_message("Read", date=t - timedelta(hours=3)),
+            "\\Seen",
+            t - timedelta(hours=3),
+        ),
+    ]
+    for folder, raw, flags, when in mail:
+        append(server, user, password, raw, folder=folder, when=when, flags=flags)
+    grant_id = connect_and_sync(api, mail_user)
+    base = f"/v3/grants/{grant_id}/threads"
+    with api.http() as http:
+        rendered = http.get(base).json()["data"]
+        every = ",".join(rendered[0])
+        in_python = http.get(base, params={"select": every}).json()["data"]
+        assert rendered == in_python
+        for thread in rendered:
+            assert thread == http.get(f"{base}/{thread['id']}").json()["data"]
+        # pages of two: the same threads, rendered the same
+        paged: list[dict[str, object]] = []
+        cursor = None
+        for _ in range(10):
+            params = {"limit": 2, **({"page_token": cursor} if cursor else {})}
+            page = http.get(base, params=params).json()
+            paged.extend(page["data"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert paged == rendered
+    by_subject = {t["subject"]: t for t in rendered}
+    assert len(rendered) == 4
+    budget = by_subject["Re: Budget"]
+    assert (len(budget["message_ids"]), len(budget["draft_ids"]), budget["has_drafts"]) == (
+        2,
+        1,
+        True,
+    )
+    assert budget["latest_draft_or_message"]["object"] == "draft"
+    assert len(budget["latest_draft_or_message"]["attachments"]) == 1
+    assert len(budget["folders"]) == 3
+    assert (budget["unread"], budget["starred"], budget["has_attachments"]) == (True, True, True)
+    # each address once, as first spelled, in the order the messages name them
+    assert budget["participants"] == [
+        {"name": "Carol", "email": "carol@example.test"},
+        {"name": "Bob", "email": "bob@example.test"},
+        {"name": "Dan", "email": "DAN@example.test"},
+        {"name": "Erin", "email": "erin@example.test"},
+    ]
+    starred = by_subject["Seen and starred"]
+    assert (starred["unread"], starred["starred"], starred["has_attachments"]) == (
+        False,
+        True,
+        True,
+    )
+    lone = by_subject["Lone"]
+    assert (lone["unread"], lone["starred"], lone["has_drafts"]) == (True, False, False)
+    assert lone["latest_draft_or_message"]["object"] == "message"
