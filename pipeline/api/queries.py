@@ -1110,14 +1110,18 @@ def _thread_json_parts() -> tuple[Any, Any, ColumnElement[Any], ColumnElement[An
     participants and its folders (scalar subqueries)."""
     page_id: Any = literal_column("page.id")
     m = _MEMBER
-    members = select(
-        m.id.label("id"),
-        m.date.label("date"),
-        m.unread.label("unread"),
-        m.starred.label("starred"),
-        m.has_attachments.label("has_attachments"),
-        _is_draft(m).label("is_draft"),
-    ).where(m.thread_id == page_id)
+    members = (
+        select(
+            m.id.label("id"),
+            m.date.label("date"),
+            m.unread.label("unread"),
+            m.starred.label("starred"),
+            m.has_attachments.label("has_attachments"),
+            _is_draft(m).label("is_draft"),
+        )
+        .where(m.thread_id == page_id)
+        .offset(0)
+    )
     mr = members.subquery("member_rows")
     empty: Any = literal_column("'[]'::json")
 

@@ -275,7 +275,7 @@ def statements(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The API's statements for the first page of a case, compiled, the page's last (messages:
     drafts left out as ``GET /messages`` without ``in`` does, each row the message's view as
-    JSON and the grant's status; threads: with their messages, after the plan of the search
+    JSON and the grant's status; threads: each one's view as JSON, after the plan of the search
     text's matches whose row estimate decides how the threads are walked, planned on ``pg``
     once here)."""
     folder_ids = [archive] if case.folder else None
@@ -294,8 +294,9 @@ def statements(
             out.append(("EXPLAIN (FORMAT JSON) " + sql, params))
             row = pg.execute(*out[0]).fetchone()  # type: ignore[call-overload]
             matches = float(row[0][0]["Plan"]["Plan Rows"]) if row else None
+        # as the API runs a page without select: each thread's view rendered by Postgres
         page = list_threads_page_query(
-            grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches)
+            grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches), as_json=True
         )
         return [*out, _compiled(page)]
     if folder_ids is None:
