@@ -49,6 +49,14 @@ runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
   1 ms for the plan whose row estimate chooses how the threads are walked (TO me@example 8.0 ->
   9.2).
   The API's own CPU, 10-14 ms a request for 50 threads with their 200 messages, is what stays.
+- threads after Postgres renders each thread's view (``queries._thread_json_select``, the
+  unfiltered page a statement made once), paired runs at load 2.4-3.0, before -> after: plain
+  list API CPU 8.6 -> 2.6 ms, Postgres 6.0 -> 9.7 (12.3 ms a request in all, 14.6 before),
+  p50 14.2 -> 11.9, p99 25.0 -> 16.3; searches' API CPU 6.4-12.5 -> 4.2-8.0 ms, their Postgres
+  CPU 1-4 ms higher (the page's statement plans in about 1.7 ms, the row statement in 0.6),
+  so a search's CPU in all is within 2.5 ms either way (NOT SEEN 18.9 -> 13.0, FROM sender10@
+  + in=Archive 21.9 -> 24.2). Goal still not met: searches' p99 16-79 ms after, 13-61 before,
+  one run each, the slowest a different search every run.
 """
 
 from __future__ import annotations
