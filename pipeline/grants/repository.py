@@ -50,8 +50,14 @@ class GrantRepository:
         return self.get(id_or_email)
 
     def get_for_update(self, grant_id: str) -> Grant | None:
-        """A grant, row-locked until the transaction ends."""
-        return self.session.scalar(select(Grant).where(Grant.id == grant_id).with_for_update())
+        """A grant, row-locked until the transaction ends, as the database has it now (an
+        instance this session already holds is refreshed)."""
+        return self.session.scalar(
+            select(Grant)
+            .where(Grant.id == grant_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
 
     def list(self, *, status: str | None = None) -> Sequence[Grant]:
         """All grants, oldest first."""

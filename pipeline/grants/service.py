@@ -425,6 +425,17 @@ def store_grant(
     return CreatedGrant(grant=grant, created=created)
 
 
+def _login_of(grant: Grant) -> tuple[object, ...]:
+    """What a login to the grant's server is made of (its server, username and secrets)."""
+    return (
+        grant.imap_host,
+        grant.imap_port,
+        grant.imap_tls,
+        grant.imap_username,
+        grant.secrets_sealed,
+    )
+
+
 def open_grant_session(
     session: Session, settings: Settings, grant: Grant, policy: AddressPolicy | None = None
 ) -> ImapSession:
@@ -442,12 +453,21 @@ def open_grant_session(
     secrets = grant_secrets(grant, settings)
     if policy is None and secrets.get(GUARD_KEY) == USER_NAMED:
         policy = settings.mail_address_policy
+    tried = _login_of(grant)
     try:
         return open_session(
             guarded(endpoint_for(grant, settings), policy), secrets["imap_password"]
         )
     except ImapAuthError as exc:
-        was_valid = grant.grant_status == "valid"
+        # ``grant`` may have been read a while ago (a poll batch reads its grants once): a
+        # refusal of credentials replaced meanwhile says nothing of the new ones
+        current = GrantRepository(session).get_for_update(grant.id)
+        if current is None or _login_of(current) != tried:
+            raise ImapError(
+                f"grant {grant.id}: its login settings changed during this login; the next "
+                "try uses the new ones"
+            ) from exc
+        was_valid = current.grant_status == "valid"
         GrantRepository(session).set_status(grant.id, "invalid", str(exc))
         grant.grant_status = "invalid"
         grant.status_detail = str(exc)

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import select, update
 
 from pipeline.config import Settings
+from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.errors import ImapAuthError
+from pipeline.errors import ImapAuthError, ImapError
 from pipeline.grants.service import expire_grant, open_grant_session
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.runner import sync_folder, sync_grant_inline
@@ -162,6 +163,35 @@ def test_a_password_changed_on_the_server_expires_the_grant_once(
     assert expired[0]["code"] == 25009  # Nylas' grant.expired object
     assert expired[0]["provider"] == "imap"
     assert "changed-elsewhere" not in str(expired)
+
+
+def test_a_login_refused_after_its_grant_got_new_credentials_leaves_the_grant_valid(
+    settings: Settings, mail_user: MailUser
+) -> None:
+    """A poll batch reads its grants when it starts; a password changed (PATCH) while the
+    batch runs makes a later poll log in with the old one. That refusal says nothing of the
+    new password: the grant stays valid and no grant.expired goes out."""
+    grant_id = synced_grant(settings, mail_user, ["before"])
+    time.sleep(1.1)  # Dovecot re-reads its passwd-file by mtime, in whole seconds
+    mail_user.server.add_user(mail_user.name, "new-password")
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)  # what the batch read: the old password
+        assert grant is not None
+        with session_scope(settings.require_database_url()) as patch:
+            sealed = SecretBox(settings.encryption_key_list).seal_json(
+                {"imap_password": "new-password"}
+            )
+            patch.execute(update(Grant).where(Grant.id == grant_id).values(secrets_sealed=sealed))
+        with pytest.raises(ImapError) as raised:
+            open_grant_session(db, settings, grant)
+        assert not isinstance(raised.value, ImapAuthError)
+        assert "changed" in str(raised.value)
+    with session_scope(settings.require_database_url()) as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        assert grant.grant_status == "valid"
+        open_grant_session(db, settings, grant).close()  # the new password works
+    assert "grant.expired" not in types(settings)
 
 
 def _state(settings: Settings) -> dict[str, tuple[bool, bool]]:
