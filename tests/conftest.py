@@ -33,7 +33,7 @@ from pipeline.config import Settings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine, migrate
 from pipeline.errors import ServiceError
-from pipeline.local import free_port
+from pipeline.local import free_port, free_ports
 from pipeline.local.dovecot import LocalDovecot
 from pipeline.local.redis import EmbeddedRedis
 from tests.support.courier import LocalCourier
@@ -152,10 +152,11 @@ def dovecot(
     """A private Dovecot: plain/STARTTLS on ``.port``, implicit TLS on ``.imaps_port``."""
     if not Path("/usr/sbin/dovecot").exists():
         service_unavailable("Dovecot (apt-get install -y dovecot-imapd)")
+    port, imaps_port = free_ports(2)
     server = LocalDovecot(
         tmp_path_factory.mktemp("dovecot"),
-        free_port(),
-        imaps_port=free_port(),
+        port,
+        imaps_port=imaps_port,
         tls_cert=tls_files.cert_file,
         tls_key=tls_files.key_file,
     )

@@ -122,6 +122,19 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now: for one
+    service with several listeners (``free_port()`` twice in a row may give the same port,
+    since the first is free again once it returns). As free as :func:`free_port`'s."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOCALHOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def port_in_use(port: int, host: str = LOCALHOST) -> bool:
     """Whether something accepts TCP connections on ``host:port``."""
     try:

@@ -139,6 +139,8 @@ class LocalDovecot(ServerContext):
             raise ValueError("tls_cert and tls_key go together")
         if imaps_port is not None and tls_cert is None:
             raise ValueError("imaps_port needs tls_cert and tls_key")
+        if imaps_port == port:
+            raise ValueError(f"port and imaps_port are both {port}: two listeners need two ports")
         self.root = root.expanduser().absolute()
         self.port = port
         self.imaps_port = imaps_port

@@ -23,7 +23,7 @@ import trustme
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 
 from pipeline.errors import ServiceError
-from pipeline.local import free_port, port_in_use
+from pipeline.local import free_port, free_ports, port_in_use
 from pipeline.local.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
 from pipeline.local.mailgen import GeneratedMessage, append_imap, generate, seed_maildir
 from pipeline.local.postgres import EmbeddedPostgres, find_postgres_bindir
@@ -295,8 +295,9 @@ def test_dovecot_offers_starttls_and_implicit_tls_with_the_given_certificate(
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
 
+    port, imaps_port = free_ports(2)
     with LocalDovecot(
-        tmp_path / "dovecot", free_port(), imaps_port=free_port(), tls_cert=cert, tls_key=key
+        tmp_path / "dovecot", port, imaps_port=imaps_port, tls_cert=cert, tls_key=key
     ) as dovecot:
         dovecot.add_user("carol", "pw")
         assert dovecot.imaps_port is not None
@@ -334,3 +335,13 @@ def test_tls_settings_must_come_together(tmp_path: Path) -> None:
         LocalDovecot(tmp_path, 1, tls_cert=tmp_path / "cert.pem")
     with pytest.raises(ValueError, match="imaps_port"):
         LocalDovecot(tmp_path, 1, imaps_port=2)
+    with pytest.raises(ValueError, match="two listeners need two ports"):
+        LocalDovecot(tmp_path, 7, imaps_port=7, tls_cert=tmp_path / "c", tls_key=tmp_path / "k")
+
+
+def test_free_ports_are_distinct() -> None:
+    """One Dovecot's plain and TLS listeners: two ``free_port()`` calls in a row returned the
+    same port once (Dovecot refused its config: "duplicate listener")."""
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    assert not any(port_in_use(port) for port in ports)
