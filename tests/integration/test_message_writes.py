@@ -18,8 +18,8 @@ from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.messages.repository import MessageRepository
 from pipeline.mime import parse_message
-from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
-from pipeline.sync.store import parse_batch, write_batch
+from pipeline.models import Attachment, Message, Placement, Thread
+from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
 
@@ -68,35 +68,8 @@ def _fetched(uid: int, raw: bytes) -> FetchedMessage:
 
 @pytest.fixture
 def folder(database_url: str) -> tuple[str, str]:
-    with session_scope(database_url) as db:
-        grant = Grant(
-            email="w@example.org",
-            provider="generic",
-            imap_host="127.0.0.1",
-            imap_port=143,
-            imap_tls="plain",
-            imap_username="w",
-            secrets_sealed="x",
-        )
-        db.add(grant)
-        db.flush()
-        row = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
-        db.add(row)
-        db.flush()
-        return grant.id, row.id
-
-
-def _write(database_url: str, grant_id: str, folder_id: str, fetched: list[FetchedMessage]) -> None:
-    items, failures = parse_batch(fetched)
-    with session_scope(database_url) as db:
-        write_batch(
-            db,
-            grant_id=grant_id,
-            folder_id=folder_id,
-            uidvalidity=1,
-            items=items,
-            failures=failures,
-        )
+    grant_id, (folder_id,) = offline_grant(database_url, "w")
+    return grant_id, folder_id
 
 
 def test_awkward_text_and_structured_columns_round_trip(
@@ -106,7 +79,7 @@ def test_awkward_text_and_structured_columns_round_trip(
     raw = _raw(AWKWARD.replace("\n", " "), "a@x", attachment=True)
     parsed = parse_message(raw)
     assert "\t" in parsed.body and "\\N" in parsed.subject  # the awkward parts survive parsing
-    _write(database_url, grant_id, folder_id, [_fetched(1, raw)])
+    write_fetched(database_url, grant_id, folder_id, [_fetched(1, raw)])
     with session_scope(database_url) as db:
         message = db.scalars(select(Message)).one()
         assert message.subject == parsed.subject
@@ -135,7 +108,7 @@ def test_rows_already_stored_fall_back_to_insert_on_conflict(
     database_url: str, folder: tuple[str, str]
 ) -> None:
     grant_id, folder_id = folder
-    _write(database_url, grant_id, folder_id, [_fetched(1, _raw("one", "one@x"))])
+    write_fetched(database_url, grant_id, folder_id, [_fetched(1, _raw("one", "one@x"))])
     with session_scope(database_url) as db:
         first = db.scalars(select(Message)).one()
         row = {

@@ -19,9 +19,9 @@ from sqlalchemy import delete, select, update
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.messages.repository import MessageRepository
-from pipeline.models import Folder, Grant, Message, Thread
+from pipeline.models import Message, Thread
 from pipeline.search.tables import message_search
-from pipeline.sync.store import parse_batch, write_batch
+from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
 
@@ -48,22 +48,7 @@ def _dates(database_url: str) -> dict[str, tuple[datetime, datetime]]:
 def _stored_grant(database_url: str) -> tuple[str, str]:
     """A grant with an INBOX holding three messages of three threads (distinct subjects, no
     references): the grant's and the folder's ids."""
-    with session_scope(database_url) as db:
-        grant = Grant(
-            email="s@example.org",
-            provider="generic",
-            imap_host="127.0.0.1",
-            imap_port=143,
-            imap_tls="plain",
-            imap_username="s",
-            secrets_sealed="x",
-        )
-        db.add(grant)
-        db.flush()
-        folder = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
-        db.add(folder)
-        db.flush()
-        grant_id, folder_id = grant.id, folder.id
+    grant_id, (folder_id,) = offline_grant(database_url, "s")
     fetched = [
         FetchedMessage(
             uid=n,
@@ -75,16 +60,7 @@ def _stored_grant(database_url: str) -> tuple[str, str]:
         )
         for n in (1, 2, 3)
     ]
-    items, failures = parse_batch(fetched)
-    with session_scope(database_url) as db:
-        write_batch(
-            db,
-            grant_id=grant_id,
-            folder_id=folder_id,
-            uidvalidity=1,
-            items=items,
-            failures=failures,
-        )
+    write_fetched(database_url, grant_id, folder_id, fetched)
     return grant_id, folder_id
 
 

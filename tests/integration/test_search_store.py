@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
-from pipeline.models import Folder, Grant, Message
+from pipeline.models import Message
 from pipeline.search import criteria, store
-from pipeline.sync.store import parse_batch, write_batch
+from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
 
@@ -54,22 +54,7 @@ def _subjects(database_url: str, grant_id: str, query: str) -> set[str]:
 
 
 def test_wildcards_and_escapes_in_a_term_are_literal(database_url: str) -> None:
-    with session_scope(database_url) as db:
-        grant = Grant(
-            email="s@example.org",
-            provider="generic",
-            imap_host="127.0.0.1",
-            imap_port=143,
-            imap_tls="plain",
-            imap_username="s",
-            secrets_sealed="x",
-        )
-        db.add(grant)
-        db.flush()
-        folder = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
-        db.add(folder)
-        db.flush()
-        grant_id, folder_id = grant.id, folder.id
+    grant_id, (folder_id,) = offline_grant(database_url, "s")
     fetched = [
         FetchedMessage(
             uid=n,
@@ -81,16 +66,7 @@ def test_wildcards_and_escapes_in_a_term_are_literal(database_url: str) -> None:
         )
         for n, subject in enumerate(SUBJECTS, start=1)
     ]
-    items, failures = parse_batch(fetched)
-    with session_scope(database_url) as db:
-        write_batch(
-            db,
-            grant_id=grant_id,
-            folder_id=folder_id,
-            uidvalidity=1,
-            items=items,
-            failures=failures,
-        )
+    write_fetched(database_url, grant_id, folder_id, fetched)
     assert _subjects(database_url, grant_id, 'SUBJECT "100%"') == {"Sale 100% off"}
     assert _subjects(database_url, grant_id, 'SUBJECT "0%"') == {"Sale 100% off"}
     assert _subjects(database_url, grant_id, "SUBJECT %") == {"Sale 100% off"}

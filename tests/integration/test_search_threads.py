@@ -22,9 +22,8 @@ from pipeline.api.pagination import Cursor
 from pipeline.api.queries import MessageFilter, list_threads, list_threads_query
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
-from pipeline.models import Folder, Grant
 from pipeline.search import criteria, store
-from pipeline.sync.store import parse_batch, write_batch
+from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
 
@@ -50,23 +49,7 @@ def _store(database_url: str) -> str:
     """A grant whose INBOX holds THREADS threads of two messages (the reply of every third one
     has 'invoice' in its subject, unseen in every sixth), and whose 'Old' folder (UIDVALIDITY
     changed since its copies were stored) holds the newest threads, with 'invoice' too."""
-    with session_scope(database_url) as db:
-        grant = Grant(
-            email="t@example.org",
-            provider="generic",
-            imap_host="127.0.0.1",
-            imap_port=143,
-            imap_tls="plain",
-            imap_username="t",
-            secrets_sealed="x",
-        )
-        db.add(grant)
-        db.flush()
-        inbox = Folder(grant_id=grant.id, name="INBOX", raw_name="INBOX", uidvalidity=1)
-        old = Folder(grant_id=grant.id, name="Old", raw_name="Old", uidvalidity=2)
-        db.add_all([inbox, old])
-        db.flush()
-        grant_id, inbox_id, old_id = grant.id, inbox.id, old.id
+    grant_id, (inbox_id, old_id) = offline_grant(database_url, "t", (("INBOX", 1), ("Old", 2)))
     current: list[FetchedMessage] = []
     for k in range(THREADS):
         first, reply = 2 * k + 1, 2 * k + 2
@@ -76,16 +59,7 @@ def _store(database_url: str) -> str:
         current.append(_fetched(reply, reply, subject, 10 * k + 1, flags, reply_to=first))
     stale = [_fetched(n + 1, 1000 + n, f"newest {n} invoice", 10_000 + n, ()) for n in range(3)]
     for folder_id, fetched in ((inbox_id, current), (old_id, stale)):
-        items, failures = parse_batch(fetched)
-        with session_scope(database_url) as db:
-            write_batch(
-                db,
-                grant_id=grant_id,
-                folder_id=folder_id,
-                uidvalidity=1,
-                items=items,
-                failures=failures,
-            )
+        write_fetched(database_url, grant_id, folder_id, fetched)
     return grant_id
 
 
