@@ -129,14 +129,11 @@ def _plan_per_grant(
     return {"planned": len(jobs), **({"covered": len(done)} if done else {})}
 
 
-@app.task(name="pipeline.maintenance.sweep_uidvalidity")
-def sweep_uidvalidity_task() -> dict[str, Any]:
-    """Plan this interval's UIDVALIDITY checks, spread over the interval: grants whose offsets
-    fall in the same ``POLL_BATCH_S`` share one ``check_grants`` task (at most
-    ``POLL_BATCH_MAX``), as polls do: an idle grant's check opens no session, and its task
-    dispatch was most of what it cost."""
-    interval = settings().uidvalidity_sweep_interval_s
-    with job_lock(redis_client(), "sweep", interval * ONCE_PER_INTERVAL, release=False) as taken:
+def _plan_batches(job: str, task: str, interval: float) -> dict[str, Any]:
+    """Send ``task`` for every valid grant, once per interval however often beat fires: grants
+    whose offsets within ``interval`` fall in the same ``POLL_BATCH_S`` share one task (at most
+    ``POLL_BATCH_MAX`` grants, its argument), sent at that offset."""
+    with job_lock(redis_client(), job, interval * ONCE_PER_INTERVAL, release=False) as taken:
         if not taken:
             return {"skipped": "already planned this interval"}
         with sessions().begin() as db:
@@ -144,36 +141,29 @@ def sweep_uidvalidity_task() -> dict[str, Any]:
         batches = batch_jobs(jobs, POLL_BATCH_S, POLL_BATCH_MAX)
         for countdown_s, provider, grant_ids in batches:
             app.send_task(
-                "pipeline.maintenance.check_grants",
+                task,
                 args=[grant_ids],
                 queue=preset(provider).queue,
                 countdown=countdown_s or None,
                 expires=countdown_s + interval,  # replaced by the next interval's
             )
     return {"planned": len(jobs), "tasks": len(batches)}
+
+
+@app.task(name="pipeline.maintenance.sweep_uidvalidity")
+def sweep_uidvalidity_task() -> dict[str, Any]:
+    """Plan this interval's UIDVALIDITY checks, spread over the interval in ``check_grants``
+    batches, as polls are: an idle grant's check opens no session, and its task dispatch was
+    most of what it cost."""
+    interval = settings().uidvalidity_sweep_interval_s
+    return _plan_batches("sweep", "pipeline.maintenance.check_grants", interval)
 
 
 @app.task(name="pipeline.maintenance.poll_folders")
 def poll_folders_task() -> dict[str, Any]:
-    """Plan this interval's polls of folders without IDLE: grants whose offsets fall in the
-    same ``POLL_BATCH_S`` share one task (at most ``POLL_BATCH_MAX``), spread over the
-    interval."""
-    interval = settings().poll_interval_s
-    with job_lock(redis_client(), "poll", interval * ONCE_PER_INTERVAL, release=False) as taken:
-        if not taken:
-            return {"skipped": "already planned this interval"}
-        with sessions().begin() as db:
-            jobs = plan_sweep(db, interval)
-        batches = batch_jobs(jobs, POLL_BATCH_S, POLL_BATCH_MAX)
-        for countdown_s, provider, grant_ids in batches:
-            app.send_task(
-                "pipeline.maintenance.poll_grants",
-                args=[grant_ids],
-                queue=preset(provider).queue,
-                countdown=countdown_s or None,
-                expires=countdown_s + interval,  # replaced by the next interval's
-            )
-    return {"planned": len(jobs), "tasks": len(batches)}
+    """Plan this interval's polls of folders without IDLE, spread over the interval in
+    ``poll_grants`` batches."""
+    return _plan_batches("poll", "pipeline.maintenance.poll_grants", settings().poll_interval_s)
 
 
 @app.task(name="pipeline.maintenance.poll_grants")
