@@ -13,18 +13,21 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import orjson
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, Select, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, not_found, request_id_of
 from pipeline.api.gate import SignInGate
+from pipeline.api.params import read_query
 from pipeline.api.queries import is_uuid
 from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
@@ -65,6 +68,29 @@ def api_state(request: Request) -> ApiState:
     """The app's :class:`ApiState`."""
     state: ApiState = request.app.state.api
     return state
+
+
+Params = TypeVar("Params", bound=BaseModel)
+
+
+async def json_page(
+    request: Request,
+    grant_id: str,
+    model: type[Params],
+    page: Callable[[ApiState, str, str, Params | RequestValidationError], bytes],
+) -> Response:
+    """A list route's answer: its query parameters read at once into ``model``
+    (:mod:`pipeline.api.params`), then the page ``page`` makes as JSON, in one threadpool call.
+    Parameters that do not validate go to ``page`` as the error, to be raised once the grant
+    is found: an unknown grant is a 404 first."""
+    try:
+        params: Params | RequestValidationError = read_query(model, request.query_params)
+    except RequestValidationError as exc:
+        params = exc
+    body = await run_in_threadpool(
+        page, api_state(request), request_id_of(request), grant_id, params
+    )
+    return Response(body, media_type="application/json")
 
 
 async def get_db(request: Request) -> AsyncIterator[Session]:

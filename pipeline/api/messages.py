@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Row
@@ -27,9 +26,9 @@ from pipeline.api.deps import (
     LiveGrant,
     Orm,
     State,
-    api_state,
     check_folded_grant,
     folded_grant_id,
+    json_page,
     live_grant_id,
     notify_after_commit,
     ok,
@@ -48,7 +47,7 @@ from pipeline.api.filters import (
     target_folder,
 )
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from pipeline.api.params import openapi_parameters, read_query
+from pipeline.api.params import openapi_parameters
 from pipeline.api.rawmime import raw_mime_views
 from pipeline.api.search import needs_server
 from pipeline.drafts import repository as drafts_repository
@@ -134,16 +133,7 @@ async def list_messages(request: Request, grant_id: GrantPath) -> Response:
     """A page of the grant's messages, newest first, with the given filters."""
     # A client walks this list more than anything else: the parameters are read at once
     # (pipeline.api.params) and the page is made in one threadpool call (message_page).
-    try:
-        params: MessageListParams | RequestValidationError = read_query(
-            MessageListParams, request.query_params
-        )
-    except RequestValidationError as exc:
-        params = exc  # raised after the grant is found: an unknown grant is a 404 first
-    body = await run_in_threadpool(
-        message_page, api_state(request), request_id_of(request), grant_id, params
-    )
-    return Response(body, media_type="application/json")
+    return await json_page(request, grant_id, MessageListParams, message_page)
 
 
 def message_page(

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
@@ -23,7 +22,7 @@ from pipeline.api.deps import (
     GrantPath,
     LiveGrant,
     State,
-    api_state,
+    json_page,
     live_grant_id,
     notify_after_commit,
     ok,
@@ -35,7 +34,7 @@ from pipeline.api.errors import not_found, request_id_of
 from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_filter, target_folder
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from pipeline.api.params import openapi_parameters, read_query
+from pipeline.api.params import openapi_parameters
 from pipeline.messages.views import message_view, unix
 from pipeline.models import Grant, Message, Thread
 
@@ -125,17 +124,7 @@ class ThreadListParams(FilterParams, _ThreadPage):
 async def list_threads(request: Request, grant_id: GrantPath) -> Response:
     """A page of threads that have a message matching every filter, most recent first;
     ``earliest_message_date``: only threads whose first message is at or after that time."""
-    # read and made as messages.list_messages makes its page: one model, one threadpool call
-    try:
-        params: ThreadListParams | RequestValidationError = read_query(
-            ThreadListParams, request.query_params
-        )
-    except RequestValidationError as exc:
-        params = exc  # raised after the grant is found: an unknown grant is a 404 first
-    body = await run_in_threadpool(
-        thread_page, api_state(request), request_id_of(request), grant_id, params
-    )
-    return Response(body, media_type="application/json")
+    return await json_page(request, grant_id, ThreadListParams, thread_page)
 
 
 def thread_page(
