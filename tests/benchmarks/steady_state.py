@@ -141,6 +141,14 @@ of its own (one per batch). An idle grant's 5-minute check (nothing due, no sess
 LOGIN, LIST-STATUS, LOGOUT: imaplib compiles a regular expression per connection, a fresh
 tag prefix) and the five Redis calls around it; the listener (0.6-0.8 ms per grant a minute,
 not looked into here) is now the second largest share.
+
+Then N = 1,000 measured (2026-12-07 11:40-11:52 UTC, main 7739b5b, ``--grants 1000 --minutes
+5 --baseline-minutes 1``, a quiet machine: busy 40 % of its 200 %, load average 1.0; nothing
+else ran): 1,000 grants added and synced in 180 s; 3.22 IMAP commands per grant per minute
+(LIST 1.21, LOGIN 1.01, LOGOUT 1.01; goal 4.16: 0.77 x, met); the engine took **10.54 % of
+one core** (goal 25 %: met), 5.89 ms CPU per grant per minute above the 0.72 % baseline:
+sync worker 6.58 %, listener 1.61 %, Redis 1.40 %, Postgres 0.53 %, webhooks worker 0.35 %,
+beat 0.07 %; Dovecot 10.92 % apart.
 """
 
 from __future__ import annotations
