@@ -40,6 +40,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    collate,
     delete,
     distinct,
     exists,
@@ -124,6 +125,26 @@ def participant_keys(m: Any) -> ColumnElement[Any]:
     expression of migrations 0303 and 0501 (keep the two identical)."""
     people = m.from_.op("||")(m.to).op("||")(m.cc).op("||")(m.bcc)
     return func.api_participant_keys(m.grant_id, people)  # type: ignore[no-any-return]
+
+
+# A thread's participants are its addresses each once, the first spelling kept, compared with
+# the ASCII letters folded and nothing else: the rule Python (threads._participants) and
+# Postgres (_thread_json_parts) can both apply exactly. Postgres' lower() follows the
+# database's locale and Python's str.lower() all of Unicode, and the two differ past ASCII
+# ('İ' is 'i' to one, 'i̇' to the other); an address's local part is the server's to compare
+# (RFC 5321), and its domain is ASCII (IDNA) or compared by the receiving system.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def participant_key(address: str) -> str:
+    """The key two spellings of one participant share: ``address`` with ASCII letters
+    lowercased (:func:`participant_key_sql` in Postgres)."""
+    return address.translate(_ASCII_LOWER)
+
+
+def participant_key_sql(address: ColumnElement[Any]) -> ColumnElement[str]:
+    """:func:`participant_key` in Postgres: lower() in the "C" collation folds ASCII only."""
+    return func.lower(collate(address, "C"))  # type: ignore[no-any-return]
 
 
 def _lowered(emails: Sequence[str]) -> list[str]:
@@ -1162,8 +1183,8 @@ def _thread_json_parts() -> tuple[Any, Any, ColumnElement[Any], ColumnElement[An
         .limit(1)
         .lateral("thread_latest")
     )
-    # everyone in From/To/Cc/Bcc of the messages oldest first, each address (lowercased) once
-    # as first spelled, as threads._participants makes them
+    # everyone in From/To/Cc/Bcc of the messages oldest first, each address once as first
+    # spelled (participant_key), as threads._participants makes them
     p = aliased(Message, name="sender")
     person = (
         func.jsonb_array_elements(p.from_.op("||")(p.to).op("||")(p.cc).op("||")(p.bcc))
@@ -1171,7 +1192,7 @@ def _thread_json_parts() -> tuple[Any, Any, ColumnElement[Any], ColumnElement[An
         .render_derived("person")
         .lateral()
     )
-    key = func.coalesce(func.lower(person.c.value.op("->>")("email")), "")
+    key = func.coalesce(participant_key_sql(person.c.value.op("->>")("email")), "")
     firsts = (
         select(
             person.c.value.label("value"),

@@ -1,8 +1,9 @@
 """Threads: list, get, update (every message, on the server first) and delete (to Trash).
 
 A thread's flags and lists are computed from its messages: unread or starred if any message is,
-participants are everyone in From/To/Cc/Bcc (first spelling of each address wins), folders the
-union of its messages' folders. Lists are newest first by the latest message, keyset-paginated.
+participants are everyone in From/To/Cc/Bcc (first spelling of each address wins, ASCII letters
+compared without case: ``queries.participant_key``), folders the union of its messages' folders.
+Lists are newest first by the latest message, keyset-paginated.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _participants(messages: list[Row[Any]]) -> list[dict[str, str]]:
     seen: dict[str, dict[str, str]] = {}
     for m in messages:
         for person in [*m.from_, *m.to, *m.cc, *m.bcc]:
-            key = str(person.get("email", "")).lower()
+            key = queries.participant_key(str(person.get("email", "")))
             if key and key not in seen:
                 seen[key] = {"name": person.get("name", ""), "email": person.get("email", "")}
     return list(seen.values())

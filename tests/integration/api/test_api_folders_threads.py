@@ -6,13 +6,16 @@ import email
 import email.policy
 from datetime import timedelta
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 import pytest
 from api_support import ApiServer, append_many, connect_and_sync, now
 from nylas.models.errors import NylasApiError
 
+from pipeline.imap import FetchedMessage
 from tests.support.mail import append, create_folder, make_message
 from tests.support.services import MailUser
+from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
 
@@ -257,3 +260,52 @@ def test_listed_threads_are_rendered_as_thread_view_renders_them(
     lone = by_subject["Lone"]
     assert (lone["unread"], lone["starred"], lone["has_drafts"]) == (True, False, False)
     assert lone["latest_draft_or_message"]["object"] == "message"
+
+
+def test_participants_with_non_ascii_addresses_are_the_same_listed_and_alone(
+    api: ApiServer,
+) -> None:
+    # a thread's participants are its addresses each once, compared with ASCII letters folded
+    # (the one rule of the page Postgres renders and of the view Python makes): Postgres'
+    # lower() and Python's str.lower() disagree past ASCII ('İ' is 'i' to one and 'i̇' to the
+    # other), and a page listed the same thread with other participants than the thread alone
+    database_url = api.settings.require_database_url()
+    grant_id, (inbox,) = offline_grant(database_url, "unicode-participants")
+    sent = now() - timedelta(hours=1)
+    headers = [
+        ("Ärger <ÄRGER@example.org>", "İlker <İLKER@example.org>, ilker@example.org"),
+        ("ärger@example.org", "STRASSE@example.org, Straße <straße@example.org>"),
+        ("Ilker <ILKER@EXAMPLE.ORG>", "i̇lker@example.org, ÄRGER@Example.org"),
+    ]
+    fetched = [
+        FetchedMessage(
+            uid=uid,
+            flags=(),
+            internaldate=sent + timedelta(minutes=uid),
+            size=100,
+            modseq=None,
+            raw=(
+                f"From: {sender}\r\nTo: {to}\r\nSubject: Grüße\r\n"
+                f"Date: {format_datetime(sent + timedelta(minutes=uid))}\r\n"
+                f"Message-ID: <u{uid}@example.org>\r\n"
+                + (f"In-Reply-To: <u{uid - 1}@example.org>\r\n" if uid > 1 else "")
+                + "Content-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n"
+            ).encode(),
+        )
+        for uid, (sender, to) in enumerate(headers, start=1)
+    ]
+    write_fetched(database_url, grant_id, inbox, fetched)
+    base = f"/v3/grants/{grant_id}/threads"
+    with api.http() as http:
+        (listed,) = http.get(base).json()["data"]
+        alone = http.get(f"{base}/{listed['id']}").json()["data"]
+    assert listed["participants"] == alone["participants"]
+    assert [p["email"] for p in listed["participants"]] == [
+        "ÄRGER@example.org",
+        "İLKER@example.org",
+        "ilker@example.org",
+        "ärger@example.org",
+        "STRASSE@example.org",
+        "straße@example.org",
+        "i̇lker@example.org",
+    ]
