@@ -32,10 +32,10 @@ import redis
 from pipeline.config import Settings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine, migrate
+from pipeline.dev import free_port, free_ports
+from pipeline.dev.dovecot import LocalDovecot
+from pipeline.dev.redis import EmbeddedRedis
 from pipeline.errors import ServiceError
-from pipeline.local import free_port, free_ports
-from pipeline.local.dovecot import LocalDovecot
-from pipeline.local.redis import EmbeddedRedis
 from tests.support.courier import LocalCourier
 from tests.support.cyrus import LocalCyrus
 from tests.support.services import SERVER_KINDS, MailUser, TlsFiles

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from pipeline.up import run_up
+    from pipeline.dev.up import run_up
 
     return run_up(Settings.load(), demo=args.demo)
 

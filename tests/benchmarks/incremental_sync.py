@@ -34,11 +34,11 @@ from sqlalchemy import select  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
+from pipeline.dev import free_port  # noqa: E402
+from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.mailgen import GeneratedMessage, seed_maildir  # noqa: E402
 from pipeline.grants.service import create_grant, open_grant_session  # noqa: E402
 from pipeline.imap import ImapSession  # noqa: E402
-from pipeline.local import free_port  # noqa: E402
-from pipeline.local.dovecot import LocalDovecot  # noqa: E402
-from pipeline.local.mailgen import GeneratedMessage, seed_maildir  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 from pipeline.sync.runner import sync_folder, sync_grant_inline  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402

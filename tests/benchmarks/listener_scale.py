@@ -6,7 +6,7 @@ One command (from the repository root)::
     .venv/bin/python tests/benchmarks/listener_scale.py --grants 100  # quicker
 
 It starts a dedicated Dovecot (STARTTLS with a throwaway CA, the settings of
-``pipeline/local/dovecot.py`` for many sessions), a private Redis and a throwaway Postgres
+``pipeline/dev/dovecot.py`` for many sessions), a private Redis and a throwaway Postgres
 database, creates N users with an Inbox and a Sent folder and N grants with their folder rows,
 then runs ``imap-pipeline listen`` as a subprocess, exactly as an operator would, and reports:
 
@@ -78,9 +78,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope  # noqa: E402
-from pipeline.local import chown_tree, free_port  # noqa: E402
-from pipeline.local.dovecot import LocalDovecot  # noqa: E402
-from pipeline.local.redis import EmbeddedRedis  # noqa: E402
+from pipeline.dev import chown_tree, free_port  # noqa: E402
+from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 from pipeline.ratelimit import PROVIDER_LOGINS_PER_MIN, RateLimiter, capacity  # noqa: E402
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from pipeline.local import free_port  # noqa: E402
-from pipeline.local.redis import EmbeddedRedis  # noqa: E402
+from pipeline.dev import free_port  # noqa: E402
+from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.ratelimit import RateLimiter, capacity  # noqa: E402
 
 HOST = "bench.test"

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.local.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Grant, Message, Placement, SyncFailure
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, grant_request

@@ -21,8 +21,8 @@ from sqlalchemy import select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.dev import free_port
 from pipeline.listener.status import read_status
-from pipeline.local import free_port
 from pipeline.models import Folder, Grant
 from tests.support.grants import connect
 from tests.support.mail import create_folder, imap_login, make_message

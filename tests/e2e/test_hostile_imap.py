@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
-from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Folder, Grant, Placement
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 from tests.support.grants import connect

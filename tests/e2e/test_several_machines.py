@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.local.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Grant, Message
 from tests.support import netns
 from tests.support.mail import append, make_message

@@ -9,8 +9,8 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
 from pipeline.imap import ImapSession
-from pipeline.local.mailgen import GeneratedMessage, seed_maildir
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import sync_folder, sync_grant_inline

@@ -22,12 +22,12 @@ import redis
 import trustme
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 
+from pipeline.dev import free_port, free_ports, port_in_use
+from pipeline.dev.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
+from pipeline.dev.mailgen import GeneratedMessage, append_imap, generate, seed_maildir
+from pipeline.dev.postgres import EmbeddedPostgres, find_postgres_bindir
+from pipeline.dev.redis import EmbeddedRedis, find_redis_server
 from pipeline.errors import ServiceError
-from pipeline.local import free_port, free_ports, port_in_use
-from pipeline.local.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
-from pipeline.local.mailgen import GeneratedMessage, append_imap, generate, seed_maildir
-from pipeline.local.postgres import EmbeddedPostgres, find_postgres_bindir
-from pipeline.local.redis import EmbeddedRedis, find_redis_server
 
 pytestmark = pytest.mark.services
 

@@ -34,8 +34,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.errors import ServiceError
-from pipeline.local import (
+from pipeline.dev import (
     LOCALHOST,
     ChildProcess,
     ServerContext,
@@ -46,6 +45,7 @@ from pipeline.local import (
     system_user,
     wait_until,
 )
+from pipeline.errors import ServiceError
 from tests.support.unpacked import library_path, run_tool, unpacked
 
 MAIL_USER = "mail"  # Debian's base system user owns every test Maildir

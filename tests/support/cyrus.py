@@ -30,8 +30,7 @@ import signal
 import socket
 from pathlib import Path
 
-from pipeline.errors import ServiceError
-from pipeline.local import (
+from pipeline.dev import (
     LOCALHOST,
     ChildProcess,
     ServerContext,
@@ -41,6 +40,7 @@ from pipeline.local import (
     reachable_dir,
     wait_until,
 )
+from pipeline.errors import ServiceError
 from tests.support.unpacked import library_path, run_tool, unpacked
 
 CYRUS_USER = "mail"  # Debian's base system user for mail; the unpacked package made no "cyrus"

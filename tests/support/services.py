@@ -6,7 +6,7 @@ from pathlib import Path
 
 import trustme
 
-from pipeline.local.dovecot import LocalDovecot
+from pipeline.dev.dovecot import LocalDovecot
 from tests.support.courier import LocalCourier
 from tests.support.cyrus import LocalCyrus
 

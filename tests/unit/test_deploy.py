@@ -23,8 +23,8 @@ import yaml
 
 from pipeline.cli import build_parser
 from pipeline.config import Settings
+from pipeline.dev.up import read_procfile
 from pipeline.listener.settings import LISTENER_ENV_PREFIX, ListenerSettings
-from pipeline.up import read_procfile
 from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX, WebhookSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.mailgen import (
+from pipeline.dev.mailgen import (
     DEFAULT_FOLDERS,
     GeneratedMessage,
     encode_modified_utf7,

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 import pipeline.mime as mime
-from pipeline.local.mailgen import generate
+from pipeline.dev.mailgen import generate
 from tests.support.corpus import CORPUS
 
 

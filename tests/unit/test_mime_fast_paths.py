@@ -19,7 +19,7 @@ from email.utils import getaddresses
 import pytest
 
 import pipeline.mime as mime
-from pipeline.local.mailgen import generate
+from pipeline.dev.mailgen import generate
 from tests.support.corpus import CORPUS
 
 

@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from pipeline.config import Settings
-    from pipeline.local import ChildProcess
-    from pipeline.up import _Interrupted, _Up
+    from pipeline.dev import ChildProcess
+    from pipeline.dev.up import _Interrupted, _Up
 
     data = Path(sys.argv[1])
     up = _Up(Settings(data_dir=data), demo=False)

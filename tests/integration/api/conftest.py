@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from pipeline.api import create_app
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.local import free_port
+from pipeline.dev import free_port
 from pipeline.models import Grant
 from pipeline.webhooks.settings import WebhookSettings
 

@@ -19,14 +19,14 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.dev import free_port
+from pipeline.dev.dovecot import LocalDovecot
 from pipeline.grants.service import create_grant
 from pipeline.imap.connections import conn_key
 from pipeline.listener.events import CHANGED_KEY
 from pipeline.listener.idle import WatchState
 from pipeline.listener.leases import lease_key
 from pipeline.listener.status import read_status
-from pipeline.local import free_port
-from pipeline.local.dovecot import LocalDovecot
 from pipeline.models import Folder, Grant
 from pipeline.netguard import AddressPolicy
 from tests.integration.listener.listener_harness import (

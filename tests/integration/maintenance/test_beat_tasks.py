@@ -17,11 +17,11 @@ from sqlalchemy import text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
+from pipeline.dev.dovecot import LocalDovecot
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.listener.leases import lease_key
 from pipeline.listener.status import status_key
-from pipeline.local.dovecot import LocalDovecot
 from pipeline.maintenance.sweep import STOPPED_DETAIL, UIDVALIDITY_STOP_AFTER
 from pipeline.models import Folder, Grant
 from pipeline.sync.runner import sync_grant_inline

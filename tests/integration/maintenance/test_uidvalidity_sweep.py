@@ -15,9 +15,9 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
+from pipeline.dev import free_port
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, open_grant_session
-from pipeline.local import free_port
 from pipeline.maintenance.sweep import (
     STOPPED_DETAIL,
     STOPPED_RETRY_S,

@@ -42,7 +42,7 @@ from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import cast
 
-from pipeline.local import system_user
+from pipeline.dev import system_user
 
 __all__ = [
     "DEFAULT_FOLDERS",

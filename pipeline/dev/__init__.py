@@ -1,10 +1,14 @@
-"""Real servers on one machine: Postgres, Redis and a throwaway Dovecot, run as child processes.
+"""Dev tooling, not the domain: real servers on one machine, the ``up`` supervisor, demo mail.
 
 ``imap-pipeline up`` and the test suite start the same classes::
 
-    EmbeddedPostgres   pipeline.local.postgres   initdb + postgres, database imap_pipeline
-    EmbeddedRedis      pipeline.local.redis      redis-server with an append-only file
-    LocalDovecot       pipeline.local.dovecot    IMAP server with users, maildirs, optional TLS
+    EmbeddedPostgres   pipeline.dev.postgres   initdb + postgres, database imap_pipeline
+    EmbeddedRedis      pipeline.dev.redis      redis-server with an append-only file
+    LocalDovecot       pipeline.dev.dovecot    IMAP server with users, maildirs, optional TLS
+
+``pipeline.dev.up`` runs the whole pipeline in one terminal (``imap-pipeline up``) and
+``pipeline.dev.mailgen`` writes realistic demo mailboxes. The domain never imports this package;
+only the CLI's ``up`` command and the tests do.
 
 Each server is a direct child of this process (nothing daemonizes): it lives in its own process
 group so a Ctrl-C in the terminal reaches only the parent, which stops the children in order,

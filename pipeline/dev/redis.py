@@ -11,8 +11,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.errors import ServiceError
-from pipeline.local import (
+from pipeline.dev import (
     LOCALHOST,
     ChildProcess,
     ServerContext,
@@ -20,6 +19,7 @@ from pipeline.local import (
     port_in_use,
     wait_until,
 )
+from pipeline.errors import ServiceError
 
 REDIS_START_TIMEOUT_S = 30.0  # loading a large append-only file takes a while
 REDIS_STOP_TIMEOUT_S = 15.0  # SIGTERM: flush the append-only file, then exit

@@ -27,8 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeline.errors import ServiceError
-from pipeline.local import (
+from pipeline.dev import (
     LOCALHOST,
     ChildProcess,
     ServerContext,
@@ -38,6 +37,7 @@ from pipeline.local import (
     reachable_dir,
     wait_until,
 )
+from pipeline.errors import ServiceError
 
 DEFAULT_DATABASE = "imap_pipeline"
 SUPERUSER = "postgres"
@@ -110,7 +110,7 @@ class EmbeddedPostgres(ServerContext):
             engine = sqlalchemy.create_engine(pg.url)
 
     Running as root, initdb and postgres run as the ``postgres`` system user and the folder is
-    given to it (see :func:`pipeline.local.reachable_dir` for folders it cannot enter).
+    given to it (see :func:`pipeline.dev.reachable_dir` for folders it cannot enter).
     """
 
     def __init__(

@@ -47,8 +47,7 @@ from rich.text import Text
 
 from pipeline.config import ENV_PREFIX, RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
-from pipeline.errors import PipelineError, ServiceError
-from pipeline.local import (
+from pipeline.dev import (
     LOCALHOST,
     can_bind,
     child_preexec,
@@ -56,9 +55,10 @@ from pipeline.local import (
     hold_signals,
     port_in_use,
 )
+from pipeline.errors import PipelineError, ServiceError
 from pipeline.metrics import MULTIPROC_ENV
 
-PROCFILE = Path(__file__).resolve().parent.parent / "deploy" / "Procfile"
+PROCFILE = Path(__file__).resolve().parents[2] / "deploy" / "Procfile"
 ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
 ROLE_KILL_WAIT_S = 5.0
 POLL_INTERVAL_S = 0.2
@@ -360,8 +360,8 @@ class _Up:
         lock.flush()
 
     def _resolve_services(self) -> None:
-        from pipeline.local.postgres import EmbeddedPostgres
-        from pipeline.local.redis import EmbeddedRedis
+        from pipeline.dev.postgres import EmbeddedPostgres
+        from pipeline.dev.redis import EmbeddedRedis
 
         pg = EmbeddedPostgres(self.data_dir / "postgres", self.settings.embedded_postgres_port)
         configured = self.settings.database_url
@@ -460,8 +460,8 @@ class _Up:
     # --- demo -------------------------------------------------------------------------------
 
     def _start_demo(self) -> dict[str, object]:
-        from pipeline.local.dovecot import LocalDovecot, ensure_dovecot_installed
-        from pipeline.local.mailgen import generate, seed_maildir
+        from pipeline.dev.dovecot import LocalDovecot, ensure_dovecot_installed
+        from pipeline.dev.mailgen import generate, seed_maildir
 
         ensure_dovecot_installed()
         state_file = self.data_dir / DEMO_STATE_NAME
