@@ -7,7 +7,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,18 +23,11 @@ from tests.support.grants import connect, grant_request
 from tests.support.mail import make_message
 from tests.support.processes import CeleryWorker, pipeline_env, run_cli
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
 SYNC_TIMEOUT_S = 120
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = SYNC_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def placed(settings: Settings) -> int:
@@ -77,7 +69,7 @@ def test_grant_creation_task_never_carries_the_password(
 
     worker = CeleryWorker(pipeline_env(settings), tmp_path).start()
     try:
-        wait_for(lambda: grant_synced(settings), "the initial sync")
+        wait_for(lambda: grant_synced(settings), "the initial sync", timeout_s=SYNC_TIMEOUT_S)
     finally:
         worker.stop()
     assert placed(settings) == 30
@@ -99,7 +91,7 @@ def test_a_worker_killed_mid_folder_loses_nothing_and_resumes(
     )
     first = CeleryWorker(env, tmp_path, concurrency=1).start()
     enqueue.sync_grant(grant_id, "generic")
-    wait_for(lambda: placed(settings) >= 40, "the sync to get going")
+    wait_for(lambda: placed(settings) >= 40, "the sync to get going", timeout_s=SYNC_TIMEOUT_S)
     first.kill()
     at_kill = placed(settings)
     assert 0 < at_kill < total, "the worker must die mid-folder for this test to mean anything"
@@ -107,7 +99,7 @@ def test_a_worker_killed_mid_folder_loses_nothing_and_resumes(
     second = CeleryWorker(env, tmp_path, concurrency=1).start()
     try:
         enqueue.sync_grant(grant_id, "generic")  # what `grants sync` or reconciliation does
-        wait_for(lambda: grant_synced(settings), "the resumed sync")
+        wait_for(lambda: grant_synced(settings), "the resumed sync", timeout_s=SYNC_TIMEOUT_S)
     finally:
         second.stop()
     with session_scope(settings.require_database_url()) as db:
@@ -141,7 +133,7 @@ def test_a_worker_skips_a_message_the_server_cannot_read_and_fetches_it_on_retry
     worker = CeleryWorker(pipeline_env(settings), tmp_path, concurrency=1).start()
     try:
         enqueue.sync_grant(grant_id, "generic")
-        wait_for(lambda: grant_synced(settings), "the initial sync")
+        wait_for(lambda: grant_synced(settings), "the initial sync", timeout_s=SYNC_TIMEOUT_S)
         assert placed(settings) == 11
         listed = run_cli(settings, "grants", "failures", grant_id, "--json")
         assert listed.returncode == 0, listed.stderr
@@ -153,7 +145,7 @@ def test_a_worker_skips_a_message_the_server_cannot_read_and_fetches_it_on_retry
         retried = run_cli(settings, "grants", "failures", grant_id, "--retry")
         assert retried.returncode == 0, retried.stderr
         assert "queued" in retried.stdout
-        wait_for(lambda: placed(settings) == 12, "the retried message")
+        wait_for(lambda: placed(settings) == 12, "the retried message", timeout_s=SYNC_TIMEOUT_S)
     finally:
         worker.stop()
     with session_scope(settings.require_database_url()) as db:
@@ -188,9 +180,13 @@ def _first_sync(
     worker = CeleryWorker(env, tmp_path, concurrency=WORKERS).start()
     try:
         enqueue.sync_grant(grant_id, "generic")
-        wait_for(lambda: grant_synced(settings), "the initial sync")
+        wait_for(lambda: grant_synced(settings), "the initial sync", timeout_s=SYNC_TIMEOUT_S)
         # the last chunk's task logs its end just after its commit
-        wait_for(lambda: len(ended(worker.log())) >= 1 + 1 + chunks, "every task's end")
+        wait_for(
+            lambda: len(ended(worker.log())) >= 1 + 1 + chunks,
+            "every task's end",
+            timeout_s=SYNC_TIMEOUT_S,
+        )
     finally:
         worker.stop()
     assert placed(settings) == total

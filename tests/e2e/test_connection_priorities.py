@@ -7,7 +7,7 @@ connections … retry shortly" to attachment downloads and ``PUT starred``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -28,6 +28,7 @@ from tests.support.grants import connect
 from tests.support.mail import create_folder, imap_login, make_message
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -38,15 +39,6 @@ WATCHED_WITHIN_S = 5.0  # the issue: Inbox and Sent watched within 5 s of the sy
 OTHER_FOLDERS = ("Projects", "Receipts", "Travel", "Newsletters")
 PER_FOLDER = 30
 ATTACHMENT = b"%PDF-1.4 quarterly figures\n" * 20
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def with_attachment(subject: str) -> bytes:
@@ -137,7 +129,7 @@ def test_after_the_initial_sync_inbox_and_sent_are_watched_and_the_api_is_served
     fill(server_user)
     grant_id = connect(settings, server_user)
     enqueue.sync_grant(grant_id, "generic")
-    wait_for(lambda: grant_synced(settings, grant_id), "the initial sync", SYNC_TIMEOUT_S)
+    wait_for(lambda: grant_synced(settings, grant_id), "the initial sync", timeout_s=SYNC_TIMEOUT_S)
 
     folders = watched_folders(settings, grant_id)
     assert set(folders) == {"inbox", "sent"}
@@ -147,7 +139,7 @@ def test_after_the_initial_sync_inbox_and_sent_are_watched_and_the_api_is_served
         status = read_status(client, grant_id)
         return all(status.get(f, {}).get("state") == "idling" for f in folders.values())
 
-    wait_for(both_idling, "Inbox and Sent to be watched", WATCHED_WITHIN_S)
+    wait_for(both_idling, "Inbox and Sent to be watched", timeout_s=WATCHED_WITHIN_S)
 
     nylas = Client(API_KEY, api_uri=url, timeout=60)
     (report,) = nylas.messages.list(grant_id, {"subject": "Quarterly report"}).data

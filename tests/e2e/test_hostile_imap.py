@@ -10,7 +10,6 @@ stay bounded, and the Dovecot grant must be synced all the same.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.support.grants import connect
 from tests.support.mail import make_message
 from tests.support.processes import CeleryWorker, memory_kib, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -91,14 +91,6 @@ SCRIPTS = {
         },
     ),
 }
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def hostile_grant(settings: Settings, port: int) -> str:
@@ -189,12 +181,12 @@ def test_a_hostile_server_costs_only_its_own_grant(
                 detail = grant_row(settings, bad).status_detail or ""
                 return detail.startswith("The IMAP server misbehaved")
 
-            wait_for(misbehaved, f"the status of the {script} grant", STATUS_TIMEOUT_S)
+            wait_for(misbehaved, f"the status of the {script} grant", timeout_s=STATUS_TIMEOUT_S)
             took = time.monotonic() - started
             wait_for(
                 lambda: grant_row(settings, good).sync_state == "synced",
                 "the Dovecot grant beside it to be synced",
-                STATUS_TIMEOUT_S,
+                timeout_s=STATUS_TIMEOUT_S,
             )
             peaks = {pid: memory_kib(pid)["VmHWM"] for pid in pool}
             assert worker.children() == pool, "a pool process died"

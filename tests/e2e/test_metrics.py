@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -44,14 +44,6 @@ def sample(port: int, name: str, **labels: str) -> float | None:
         return scrape(port).get((name, tuple(sorted(labels.items()))))
     except httpx.HTTPError:
         return None  # not serving yet
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -108,6 +100,7 @@ def test_roles_serve_what_they_did_on_their_metrics_port(
             >= MESSAGES
         ),
         f"{MESSAGES} messages counted on the sync worker's metrics port",
+        timeout_s=WAIT_S,
     )
     metrics = scrape(sync)
     assert metrics[("imap_pipeline_messages_synced_total", generic)] == MESSAGES
@@ -127,6 +120,7 @@ def test_roles_serve_what_they_did_on_their_metrics_port(
     wait_for(
         lambda: sample(listener, "imap_pipeline_idle_connections", state="held") == 1,
         "the Inbox's IDLE connection held on the listener's metrics port",
+        timeout_s=WAIT_S,
     )
     assert sample(listener, "imap_pipeline_idle_connections", state="waiting") == 0
     assert sample(listener, "imap_pipeline_logins_total", provider="generic") == 1
@@ -144,10 +138,13 @@ def test_roles_serve_what_they_did_on_their_metrics_port(
         append(mail_user.server, mail_user.name, mail_user.password, make_message("fresh"))
         hooks = ports["webhooks"]
         wait_for(
-            lambda: (sample(hooks, "imap_pipeline_webhook_deliveries_total", outcome="delivered")
-                     or 0) >= 1,
+            lambda: (
+                (sample(hooks, "imap_pipeline_webhook_deliveries_total", outcome="delivered") or 0)
+                >= 1
+            ),
             "a delivered webhook counted on the webhooks worker's metrics port",
-        )  # fmt: skip
+            timeout_s=WAIT_S,
+        )
         latency = scrape(hooks)[
             ("imap_pipeline_webhook_delivery_seconds_count", (("outcome", "delivered"),))
         ]
@@ -167,5 +164,5 @@ def scrape_when_up(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
             return False
         return True
 
-    wait_for(up, f"metrics on port {port}")
+    wait_for(up, f"metrics on port {port}", timeout_s=WAIT_S)
     return found

@@ -34,6 +34,7 @@ from tests.integration.api.api_support import SmtpServer
 from tests.support.mail import create_folder
 from tests.support.processes import CeleryWorker, RoleProcess, pipeline_env
 from tests.support.services import MailUser, TlsFiles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -146,13 +147,6 @@ def outbox_rows(settings: Settings) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in rows]
 
 
-def wait_until(predicate: Any, what: str, timeout: float = SETTLE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def make_smtp(tls_files: TlsFiles, mail_user: MailUser) -> Iterator[Any]:
     servers: list[SmtpServer] = []
@@ -190,7 +184,11 @@ def test_a_worker_killed_after_the_server_took_the_message_never_sends_it_again(
 
     sender = threading.Thread(target=send)
     sender.start()
-    wait_until(lambda: len(smtp.messages) == 1, "the server never got the message")
+    wait_for(
+        lambda: len(smtp.messages) == 1,
+        "the server to get the message",
+        timeout_s=SETTLE_TIMEOUT_S,
+    )
     stack.worker.kill()  # before the server's 250 came back
     stack.restart_worker()
     sender.join(timeout=SETTLE_TIMEOUT_S + 30)
@@ -226,7 +224,7 @@ def test_a_worker_killed_before_the_data_sends_it_once_after_the_restart(
 
     sender = threading.Thread(target=send)
     sender.start()
-    wait_until(lambda: smtp.logins == 1, "the worker never logged in")
+    wait_for(lambda: smtp.logins == 1, "the worker to log in", timeout_s=SETTLE_TIMEOUT_S)
     time.sleep(1)  # in RCPT TO now
     stack.worker.kill()
     assert smtp.messages == []
@@ -281,15 +279,18 @@ def test_a_scheduled_send_survives_a_worker_restart_and_goes_when_due(
     time.sleep(max(0.0, send_at - time.time()) + 1)
     assert smtp.messages == []
     stack.restart_worker()
-    wait_until(lambda: len(smtp.messages) == 1, "the scheduled send never went")
+    wait_for(
+        lambda: len(smtp.messages) == 1, "the scheduled send to go", timeout_s=SETTLE_TIMEOUT_S
+    )
     assert time.time() >= send_at
     found = client.messages.find_scheduled_message(grant_id, scheduled.schedule_id).data
-    wait_until(
+    wait_for(
         lambda: (
             client.messages.find_scheduled_message(grant_id, scheduled.schedule_id).data.status.code
             == "success"
         ),
-        "not marked sent",
+        "the schedule to read success",
+        timeout_s=SETTLE_TIMEOUT_S,
     )
     assert found.schedule_id == scheduled.schedule_id
     time.sleep(3 * SWEEP_S)

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +26,7 @@ from tests.support import netns
 from tests.support.mail import append, make_message
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -34,16 +35,6 @@ SEEDED = 3  # messages in each Inbox before the grants are added
 TAKEOVER_S = 30.0  # what the README promises for a machine that goes down
 SETTLE_S = 180.0  # three machines starting and syncing on a loaded 2-core machine
 CLI_TIMEOUT_S = 120
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = SETTLE_S) -> float:
-    """Poll until ``condition``; returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
-    return time.monotonic() - started
 
 
 def via(url: str, host: str) -> str:
@@ -148,13 +139,13 @@ def test_grants_move_to_the_other_machines_when_one_goes_down_and_nothing_is_los
                 )
             return done == USERS
 
-        wait_for(all_synced, "every grant's initial sync")
+        wait_for(all_synced, "every grant's initial sync", timeout_s=SETTLE_S)
 
         def spread_over_all() -> bool:
             held = owners(r, grant_ids)
             return len(held) == USERS and len(set(held.values())) == len(network.machines)
 
-        wait_for(spread_over_all, "every grant leased, on all 3 listeners")
+        wait_for(spread_over_all, "every grant leased, on all 3 listeners", timeout_s=SETTLE_S)
         spread = owners(r, grant_ids)
 
         # machine 2 goes down: its link first (nothing it held is closed politely), then it dies
@@ -177,7 +168,7 @@ def test_grants_move_to_the_other_machines_when_one_goes_down_and_nothing_is_los
         wait_for(
             lambda: all(owners(r, orphaned).get(g) in survivors for g in orphaned),
             "the orphaned grants to be leased by the other machines",
-            timeout_s=TAKEOVER_S * 3,  # to measure, not to pass: asserted below
+            timeout_s=TAKEOVER_S * 3,
         )
         took_over = time.monotonic() - went_down
         print(f"grants of the machine that went down watched again after {took_over:.1f} s")
@@ -187,7 +178,7 @@ def test_grants_move_to_the_other_machines_when_one_goes_down_and_nothing_is_los
             have = stored(settings)
             return all(f"{by_grant[g].name} while down" in have.get(g, []) for g in orphaned)
 
-        wait_for(caught_up, "the mail that arrived while the machine was down")
+        wait_for(caught_up, "the mail that arrived while the machine was down", timeout_s=SETTLE_S)
         have = stored(settings)
         for grant_id, user in by_grant.items():
             expected = {f"{user.name} old {i}" for i in range(SEEDED)}

@@ -31,6 +31,7 @@ from pipeline.sync.runner import sync_folder
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 from tests.support.worker_resources import worker_resources as pointed_at
 
 pytestmark = pytest.mark.services
@@ -60,14 +61,6 @@ def bulk_session(grant_id: str) -> ImapSession:
         grant = GrantRepository(db).get(grant_id)
         assert grant is not None
         return imap_for(db, grant)
-
-
-def wait_until(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def listener_alive(redis_url: str) -> None:
@@ -189,7 +182,7 @@ def test_an_api_request_gets_a_slot_within_a_second_while_bulk_sync_holds_all_th
 
     worker = threading.Thread(target=task)
     worker.start()
-    wait_until(lambda: batches >= 2, 5, "the task to work")
+    wait_for(lambda: batches >= 2, "the task to work", timeout_s=5)
     api = SessionPool(slots, API, linger_s=30)
     started = time.monotonic()
     holder = api.slot(grant_id, 3, wait_s=INTERACTIVE_WAIT_S)
@@ -241,7 +234,7 @@ def test_a_task_gives_its_slot_back_at_its_end_or_lingers_only_while_nobody_need
     release_imap(grant_id, bulk_session(grant_id), healthy=True)  # task end
     assert pool.pooled() == [grant_id]  # kept for the next chunk, still counted
     assert slots.held(grant_id)[BULK] == 1
-    wait_until(lambda: slots.held(grant_id)[BULK] == 0, 0.5 + 1.0, "the linger to end")
+    wait_for(lambda: slots.held(grant_id)[BULK] == 0, "the linger to end", timeout_s=0.5 + 1.0)
     assert pool.pooled() == []
 
     release_imap(grant_id, bulk_session(grant_id), healthy=False)  # a failed task
@@ -264,7 +257,9 @@ def test_a_task_gives_its_slot_back_at_its_end_or_lingers_only_while_nobody_need
     for folder in ("inbox", "sent"):
         assert slots.acquire(grant_id, idle_holder("L", folder), 3, 60)
     assert not slots.acquire(grant_id, new_holder(API), 3, 60)
-    wait_until(lambda: pool.pooled() == [], REAPER_TICK_S * 4, "the wanted session to close")
+    wait_for(
+        lambda: pool.pooled() == [], "the wanted session to close", timeout_s=REAPER_TICK_S * 4
+    )
     assert slots.held(grant_id)[BULK] == 0
 
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pytest
 import redis.asyncio as aioredis
 
 from pipeline.config import Settings
@@ -22,6 +20,7 @@ from pipeline.models import Folder
 from tests.support.grants import grant_request
 from tests.support.mail import create_folder
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 WAIT_S = 15.0  # longest wait for something that should happen within about a second
 FAST = ListenerSettings(
@@ -34,15 +33,6 @@ FAST = ListenerSettings(
     connect_timeout_s=5.0,
     command_timeout_s=10.0,
 )
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what or condition}")
-        time.sleep(0.05)
 
 
 def connect_grant(settings: Settings, user: MailUser) -> tuple[str, str, str]:
@@ -96,7 +86,11 @@ class RunningListener:
     def __enter__(self) -> RunningListener:
         self._thread.start()
         assert self._started.wait(WAIT_S)
-        wait_for(lambda: self.listener is not None and self.listener.ready.is_set())
+        wait_for(
+            lambda: self.listener is not None and self.listener.ready.is_set(),
+            "the listener to be ready",
+            timeout_s=WAIT_S,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

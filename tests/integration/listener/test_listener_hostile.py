@@ -36,11 +36,12 @@ from pipeline.db import session_scope
 from pipeline.imap.connections import conn_key
 from pipeline.listener.status import read_status
 from pipeline.models import Folder, Grant
-from tests.integration.listener.listener_harness import connect_grant, wait_for
+from tests.integration.listener.listener_harness import connect_grant
 from tests.support.fake_imap import FakeImapProcess
 from tests.support.mail import append, make_message
 from tests.support.processes import pipeline_env, run_cli
 from tests.support.services import MailUser, TlsFiles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -204,7 +205,7 @@ def test_hostile_servers_cost_only_their_own_grants(
         status = read_status(client, normal)
         return len(status) == 2 and all(s["state"] == "idling" for s in status.values())
 
-    wait_for(normal_idling, timeout_s=WAIT_S, what="the normal grant idling")
+    wait_for(normal_idling, "the normal grant idling", timeout_s=WAIT_S)
     watching_since = {f: s["at"] for f, s in read_status(client, normal).items()}
     before = memory_kib(proc.pid)["VmRSS"]
 
@@ -235,15 +236,15 @@ def test_hostile_servers_cost_only_their_own_grants(
                 and all(s["state"] == "backoff" for s in status.values())
             )
 
-        wait_for(explained, timeout_s=WAIT_S, what=f"{h.name}: its status saying why")
+        wait_for(explained, f"{h.name}: its status saying why", timeout_s=WAIT_S)
         assert set(read_status(client, grant_id)) == set(folders)
     # a little later: each connection's attempts only count up (the back-off was never reset,
     # so each wait is longer than the one before), and a server that broke a read bound put
     # its account in the back-off that workers respect too (30 s first): no reconnect storm
     wait_for(
         lambda: max(attempts(hostile["greeting-trickle"][0]), default=0) >= 3,
+        "the trickling grant's third attempt",
         timeout_s=WAIT_S,
-        what="the trickling grant's third attempt",
     )
     for h in HOSTILES:
         grant_id, folders = hostile[h.name]
@@ -272,8 +273,8 @@ def test_hostile_servers_cost_only_their_own_grants(
     append(mail_user.server, mail_user.name, mail_user.password, make_message("beside hostiles"))
     wait_for(
         lambda: sync_requests(client, normal, inbox) > requests,
+        "the normal grant's Inbox change as a sync request",
         timeout_s=EVENT_WAIT_S,
-        what="the normal grant's Inbox change as a sync request",
     )
     print(f"APPEND -> sync request of the normal grant: {time.monotonic() - appended:.2f} s")
     assert proc.poll() is None, log_text()[-3000:]

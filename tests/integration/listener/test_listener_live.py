@@ -31,13 +31,14 @@ from pipeline.models import Folder, Grant
 from pipeline.netguard import AddressPolicy
 from tests.integration.listener.listener_harness import (
     FAST,
+    WAIT_S,
     RunningListener,
     connect_grant,
-    wait_for,
 )
 from tests.support.grants import grant_request
 from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -59,13 +60,13 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
 ) -> None:
     grant_id, inbox, sent = connect_grant(settings, server_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         time.sleep(1.2)  # let the connect-time event's debounce window pass
         rec = running.recorder
 
         before = rec.count(inbox)
         append(server_user.server, server_user.name, server_user.password, make_message("new"))
-        wait_for(lambda: rec.count(inbox) > before, what="enqueue after APPEND")
+        wait_for(lambda: rec.count(inbox) > before, "enqueue after APPEND", timeout_s=WAIT_S)
         assert changed_at(sync_redis, grant_id, inbox) > 0
         assert rec.calls[-1][:3] == (grant_id, inbox, "generic")
 
@@ -75,14 +76,20 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
         try:
             conn.select("INBOX")
             conn.store("1", "+FLAGS", "(\\Flagged)")
-            wait_for(lambda: rec.count(inbox) > before, what="enqueue after a flag change")
+            wait_for(
+                lambda: rec.count(inbox) > before, "enqueue after a flag change", timeout_s=WAIT_S
+            )
             # \Deleted is a flag change of its own (a FETCH the listener reports as "flags"):
             # let it reach the workers first, so that the EXPUNGE below is a change on its own
             # and not folded into the \Deleted one's debounce window
             time.sleep(1.2)
             before = rec.count(inbox)
             conn.store("1", "+FLAGS", "(\\Deleted)")
-            wait_for(lambda: rec.count(inbox) > before, what="enqueue after \\Deleted is set")
+            wait_for(
+                lambda: rec.count(inbox) > before,
+                "enqueue after \\Deleted is set",
+                timeout_s=WAIT_S,
+            )
             time.sleep(1.2)
             before = rec.count(inbox)
             conn.expunge()
@@ -90,8 +97,12 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
             conn.logout()
         assert running.listener is not None
         reasons = running.listener.publisher.stats.by_reason
-        wait_for(lambda: reasons.get("expunge", 0) >= 1, what="the listener to see the EXPUNGE")
-        wait_for(lambda: rec.count(inbox) > before, what="enqueue after an expunge")
+        wait_for(
+            lambda: reasons.get("expunge", 0) >= 1,
+            "the listener to see the EXPUNGE",
+            timeout_s=WAIT_S,
+        )
+        wait_for(lambda: rec.count(inbox) > before, "enqueue after an expunge", timeout_s=WAIT_S)
         assert reasons.get("exists", 0) >= 1
         assert reasons.get("flags", 0) >= 1
         assert reasons.get("expunge", 0) >= 1
@@ -107,7 +118,7 @@ def test_a_burst_of_appends_becomes_a_few_enqueues(
 ) -> None:
     _grant_id, inbox, _ = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         time.sleep(1.2)
         before = running.recorder.count(inbox)
         conn = imap_login(mail_user.server, mail_user.name, mail_user.password)
@@ -138,7 +149,7 @@ def test_wrong_password_marks_the_grant_invalid_without_retrying(
                 grant = db.get(Grant, grant_id)
                 return grant is not None and grant.grant_status == "invalid"
 
-        wait_for(invalid, what="grant marked invalid")
+        wait_for(invalid, "grant marked invalid", timeout_s=WAIT_S)
         time.sleep(4 * FAST.lease_renew_s + 4 * FAST.backoff_max_s)
         assert running.listener is not None
         assert running.listener.held == []
@@ -188,7 +199,7 @@ def test_reconnects_after_a_server_restart_and_reports_what_arrived_meanwhile(
     time.sleep(1.1)
     _grant_id, inbox, _ = connect_grant(settings, user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         assert running.listener is not None
         connects = running.connects()
         time.sleep(1.2)
@@ -197,11 +208,14 @@ def test_reconnects_after_a_server_restart_and_reports_what_arrived_meanwhile(
         before = running.recorder.count(inbox)
         own_dovecot.start()
         wait_for(
-            lambda: running.connects() >= connects + 2,
-            what="both folders reconnected",
+            lambda: running.connects() >= connects + 2, "both folders reconnected", timeout_s=WAIT_S
         )
-        wait_for(lambda: running.recorder.count(inbox) > before, what="event for mail meanwhile")
-        wait_for(lambda: running.idling(2), what="idling again")
+        wait_for(
+            lambda: running.recorder.count(inbox) > before,
+            "event for mail meanwhile",
+            timeout_s=WAIT_S,
+        )
+        wait_for(lambda: running.idling(2), "idling again", timeout_s=WAIT_S)
 
 
 def test_server_without_changes_is_not_resynced_on_reconnect(
@@ -213,7 +227,7 @@ def test_server_without_changes_is_not_resynced_on_reconnect(
     time.sleep(1.1)
     _, inbox, _ = connect_grant(settings, user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         assert running.listener is not None
         connects = running.connects()
         time.sleep(1.2)
@@ -221,8 +235,7 @@ def test_server_without_changes_is_not_resynced_on_reconnect(
         own_dovecot.stop()
         own_dovecot.start()
         wait_for(
-            lambda: running.connects() >= connects + 2,
-            what="both folders reconnected",
+            lambda: running.connects() >= connects + 2, "both folders reconnected", timeout_s=WAIT_S
         )
         time.sleep(1.5)
         assert running.recorder.count(inbox) == before
@@ -236,13 +249,15 @@ def test_idle_is_renewed_without_dropping_the_connection(
     monkeypatch.setattr(idle, "idle_renew_s", lambda provider, rng=None: 0.5)
     _, inbox, _ = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         time.sleep(2.0)  # several DONE/IDLE rounds
         assert running.listener is not None
         assert all(w.connects == 1 for w in running.listener.watchers())
         before = running.recorder.count(inbox)
         append(mail_user.server, mail_user.name, mail_user.password, make_message("after renew"))
-        wait_for(lambda: running.recorder.count(inbox) > before, what="event after renewals")
+        wait_for(
+            lambda: running.recorder.count(inbox) > before, "event after renewals", timeout_s=WAIT_S
+        )
 
 
 def test_grant_connections_count_against_the_account_cap(
@@ -253,13 +268,13 @@ def test_grant_connections_count_against_the_account_cap(
     far = int(time.time() * 1000) + 60_000
     sync_redis.zadd(conn_key(grant_id), {f"worker:test:{i}": far for i in range(4)})
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(1), what="one folder idling")
+        wait_for(lambda: running.idling(1), "one folder idling", timeout_s=WAIT_S)
         time.sleep(1.0)
         assert running.states().get(WatchState.IDLING, 0) == 1
         assert running.states().get(WatchState.WAITING_SLOT, 0) == 1
         assert sync_redis.zcard(conn_key(grant_id)) == 5
         sync_redis.zrem(conn_key(grant_id), "worker:test:0")
-        wait_for(lambda: running.idling(2), timeout_s=20, what="second folder idling")
+        wait_for(lambda: running.idling(2), "second folder idling", timeout_s=20)
 
 
 def test_two_listeners_split_grants_evenly_and_hand_over_on_a_clean_stop(
@@ -272,15 +287,23 @@ def test_two_listeners_split_grants_evenly_and_hand_over_on_a_clean_stop(
     try:
         assert first.listener is not None and second.listener is not None
         a, b = first.listener, second.listener
-        wait_for(lambda: len(a.held) == 3 and len(b.held) == 3, what="an even split of six grants")
+        wait_for(
+            lambda: len(a.held) == 3 and len(b.held) == 3,
+            "an even split of six grants",
+            timeout_s=WAIT_S,
+        )
         assert set(a.held) | set(b.held) == set(grants)
         assert not set(a.held) & set(b.held)
-        wait_for(lambda: first.idling(6) and second.idling(6), what="all twelve folders idling")
+        wait_for(
+            lambda: first.idling(6) and second.idling(6),
+            "all twelve folders idling",
+            timeout_s=WAIT_S,
+        )
         first.stop()  # releases its leases: no need to wait for them to lapse
         stopped = time.monotonic()
-        wait_for(lambda: set(b.held) == set(grants), what="handover")
+        wait_for(lambda: set(b.held) == set(grants), "handover", timeout_s=WAIT_S)
         assert time.monotonic() - stopped < 2 * FAST.lease_renew_s + 1
-        wait_for(lambda: second.idling(12), what="all twelve folders idling on L2")
+        wait_for(lambda: second.idling(12), "all twelve folders idling on L2", timeout_s=WAIT_S)
     finally:
         first.stop()
         second.stop()
@@ -291,7 +314,7 @@ def test_a_flushed_redis_costs_no_reconnect(
 ) -> None:
     grant_id, inbox, _ = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         connects = running.connects()
         sync_redis.flushall()
         time.sleep(3 * FAST.lease_renew_s)
@@ -301,7 +324,11 @@ def test_a_flushed_redis_costs_no_reconnect(
         time.sleep(1.2)
         before = running.recorder.count(inbox)
         append(mail_user.server, mail_user.name, mail_user.password, make_message("after flush"))
-        wait_for(lambda: running.recorder.count(inbox) > before, what="event after the flush")
+        wait_for(
+            lambda: running.recorder.count(inbox) > before,
+            "event after the flush",
+            timeout_s=WAIT_S,
+        )
         assert changed_at(sync_redis, grant_id, inbox) > 0
 
 
@@ -315,15 +342,21 @@ def test_uidvalidity_change_ends_the_session_and_is_reported(
     append(mail_user.server, mail_user.name, mail_user.password, make_message("old"))
     _, inbox, _ = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         connects = running.connects()
         time.sleep(1.2)
         before = running.recorder.count(inbox)
         mail_user.server.doveadm(
             "mailbox", "update", "-u", mail_user.name, "--uid-validity", "2000000", "INBOX"
         )
-        wait_for(lambda: running.connects() > connects, what="a reconnect after the BYE")
-        wait_for(lambda: running.recorder.count(inbox) > before, what="event after the change")
+        wait_for(
+            lambda: running.connects() > connects, "a reconnect after the BYE", timeout_s=WAIT_S
+        )
+        wait_for(
+            lambda: running.recorder.count(inbox) > before,
+            "event after the change",
+            timeout_s=WAIT_S,
+        )
 
 
 def test_an_operators_max_connections_override_is_respected(
@@ -334,7 +367,7 @@ def test_an_operators_max_connections_override_is_respected(
     sync_redis.hset("imap-pipeline:limits:generic", "max_connections", "2")
     grant_id, inbox, sent = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(1), what="one folder idling")
+        wait_for(lambda: running.idling(1), "one folder idling", timeout_s=WAIT_S)
         time.sleep(1.0)
         assert running.listener is not None
         states = {w.target.folder_id: w.state for w in running.listener.watchers()}
@@ -343,7 +376,9 @@ def test_an_operators_max_connections_override_is_respected(
             f"listener:L1:{inbox}"
         ]
         # operators see why Sent is not watched (`imap-pipeline limits show --grant`)
-        wait_for(lambda: sent in read_status(sync_redis, grant_id), what="Sent's status")
+        wait_for(
+            lambda: sent in read_status(sync_redis, grant_id), "Sent's status", timeout_s=WAIT_S
+        )
         status = read_status(sync_redis, grant_id)[sent]
         assert status["state"] == "waiting_slot"
         assert "only the Inbox is watched" in status["error"]
@@ -359,7 +394,9 @@ def test_no_login_while_the_account_is_in_the_shared_backoff(
         time.sleep(1.0)
         assert running.connects() == 0
         assert running.states().get(WatchState.BACKOFF, 0) == 2
-        wait_for(lambda: running.idling(2), what="both folders idling after the back-off")
+        wait_for(
+            lambda: running.idling(2), "both folders idling after the back-off", timeout_s=WAIT_S
+        )
 
 
 def test_a_server_a_user_named_is_checked_again_before_the_listener_connects(
@@ -383,9 +420,10 @@ def test_a_server_a_user_named_is_checked_again_before_the_listener_connects(
             lambda: any(
                 "may connect to" in (w.last_error or "") for w in running.listener.watchers()
             ),
-            what="the host refused at connect time",
+            "the host refused at connect time",
+            timeout_s=WAIT_S,
         )
         assert running.connects() == 0
     allowed = settings.model_copy(update={"mail_allowed_networks": loopback.allowed_networks})
     with RunningListener(allowed, FAST, redis_url, "L2") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)

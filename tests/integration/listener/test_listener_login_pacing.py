@@ -23,11 +23,12 @@ from pipeline.models import Grant
 from pipeline.ratelimit import RateLimiter, capacity
 from tests.integration.listener.listener_harness import (
     FAST,
+    WAIT_S,
     RunningListener,
     connect_grant,
-    wait_for,
 )
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -74,12 +75,13 @@ def test_reconnects_after_kicks_stay_within_the_account_login_budget(
     )
     connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         for kick in range(1, KICKS + 1):
             mail_user.server.doveadm("kick", mail_user.name)
             wait_for(
                 lambda n=kick: running.connects() >= 2 + 2 * n and running.idling(2),
-                what=f"both folders back after kick {kick}",
+                f"both folders back after kick {kick}",
+                timeout_s=WAIT_S,
             )
         assert running.connects() == 2 + 2 * KICKS
     logins = list(login_starts)
@@ -103,7 +105,7 @@ def test_a_throttle_answer_backs_the_account_off_for_workers_too(
     passwd = server.users_path / mail_user.name
     saved = passwd.read_bytes()
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        wait_for(lambda: running.idling(2), what="both folders idling")
+        wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         log_start = server.log_path.stat().st_size
         refused = f"stat({passwd}) failed"
 
@@ -121,8 +123,16 @@ def test_a_throttle_answer_backs_the_account_off_for_workers_too(
             def status() -> dict[str, object]:
                 return limiter.status("generic", "127.0.0.1", grant_id)
 
-            wait_for(lambda: float(status()["account_backoff_s"]) > 0, what="account back-off")
-            wait_for(lambda: running.states().get(WatchState.BACKOFF, 0) == 2, what="backing off")
+            wait_for(
+                lambda: float(status()["account_backoff_s"]) > 0,
+                "account back-off",
+                timeout_s=WAIT_S,
+            )
+            wait_for(
+                lambda: running.states().get(WatchState.BACKOFF, 0) == 2,
+                "backing off",
+                timeout_s=WAIT_S,
+            )
             assert running.listener is not None
             assert any("UNAVAILABLE" in (w.last_error or "") for w in running.listener.watchers())
             attempts = tempfails()
@@ -138,4 +148,6 @@ def test_a_throttle_answer_backs_the_account_off_for_workers_too(
             passwd.write_bytes(saved)
         time.sleep(1.1)
         limiter._redis.delete(f"imap-pipeline:backoff:a:{grant_id}")  # as if it had elapsed
-        wait_for(lambda: running.idling(2), what="both folders back after the back-off")
+        wait_for(
+            lambda: running.idling(2), "both folders back after the back-off", timeout_s=WAIT_S
+        )

@@ -20,9 +20,10 @@ import redis
 from pipeline.config import Settings
 from pipeline.imap.connections import conn_key
 from pipeline.listener.leases import LISTENERS_KEY, lease_key
-from tests.integration.listener.listener_harness import connect_grant, wait_for
+from tests.integration.listener.listener_harness import WAIT_S, connect_grant
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -114,23 +115,26 @@ def test_two_listener_processes_split_the_grants_and_survive_a_kill(
         held = list(owners(client, ids).values())
         return held.count("P1") == 2 and held.count("P2") == 2
 
-    wait_for(split, timeout_s=40, what="two grants per listener")
+    wait_for(split, "two grants per listener", timeout_s=40)
     # each grant's two connections belong to its lease owner, and to nobody else
     for grant_id, owner in owners(client, ids).items():
-        wait_for(partial(slots_taken, client, grant_id, 2), what="two connections")
+        wait_for(partial(slots_taken, client, grant_id, 2), "two connections", timeout_s=WAIT_S)
         holders = {m.decode() for m in client.zrange(conn_key(grant_id), 0, -1)}
         assert all(h.startswith(f"listener:{owner}:") for h in holders), holders
 
     # a new message becomes a sync request in the broker, where no worker runs yet
     grant_id, inbox, _ = grants[0]
-    wait_for(lambda: len(sync_requests(client)) >= 1, what="connect-time sync requests")
+    wait_for(
+        lambda: len(sync_requests(client)) >= 1, "connect-time sync requests", timeout_s=WAIT_S
+    )
     time.sleep(1.5)
     before = sync_requests(client).count([grant_id, inbox])
     user = users[0]
     append(user.server, user.name, user.password, make_message("to the broker"))
     wait_for(
         lambda: sync_requests(client).count([grant_id, inbox]) > before,
-        what="a pipeline.sync.folder message for the Inbox",
+        "a pipeline.sync.folder message for the Inbox",
+        timeout_s=WAIT_S,
     )
 
     # P1 dies hard: no goodbye, its leases just stop being renewed
@@ -139,13 +143,13 @@ def test_two_listener_processes_split_the_grants_and_survive_a_kill(
     died = time.monotonic()
     wait_for(
         lambda: set(owners(client, ids).values()) == {"P2"},
+        "P2 taking over every grant",
         timeout_s=TAKEOVER_LIMIT_S,
-        what="P2 taking over every grant",
     )
     takeover_s = time.monotonic() - died
     assert takeover_s < TAKEOVER_LIMIT_S
     for grant_id in ids:
-        wait_for(partial(slots_taken, client, grant_id, 2), what="P2 connected")
+        wait_for(partial(slots_taken, client, grant_id, 2), "P2 connected", timeout_s=WAIT_S)
 
     # P2 stops cleanly: leases, slots and its heartbeat are given back
     second.send_signal(signal.SIGTERM)

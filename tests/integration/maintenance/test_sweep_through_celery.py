@@ -3,8 +3,7 @@ folder's sync on the provider queue, and the sync reindexes with message ids kep
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import kombu.pools
@@ -20,6 +19,7 @@ from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -51,14 +51,6 @@ def producer(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ce
     workers.settings.settings.cache_clear()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_a_changed_uidvalidity_is_reindexed_through_the_worker(
     settings: Settings, mail_user: MailUser, producer: Celery, tmp_path: Path
 ) -> None:
@@ -81,7 +73,7 @@ def test_a_changed_uidvalidity_is_reindexed_through_the_worker(
         producer.send_task(  # what the sweep sends: a batch of grants' checks
             "pipeline.maintenance.check_grants", args=[[grant_id]], queue="sync.generic"
         )
-        wait_for(lambda: inbox_uidvalidity() == NEW_UIDVALIDITY, "the reindex")
+        wait_for(lambda: inbox_uidvalidity() == NEW_UIDVALIDITY, "the reindex", timeout_s=TIMEOUT_S)
     finally:
         worker.stop()
     log = worker.log()

@@ -1,0 +1,35 @@
+"""Waiting in tests: one poll loop with a deadline, used wherever a test waits for a process.
+
+A test waits for something another process does (a worker syncs, a listener notices, a receiver
+is called). It polls a condition until it holds or a deadline passes, and then fails saying what
+it waited for. A bare ``time.sleep`` is no synchronisation: on a loaded machine it is too short,
+on a quiet one too long.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+DEFAULT_INTERVAL_S = 0.1  # short enough not to slow a test, long enough not to spin a core
+
+
+def wait_for(
+    condition: Callable[[], object],
+    what: str,
+    timeout_s: float,
+    interval_s: float = DEFAULT_INTERVAL_S,
+) -> float:
+    """Poll ``condition`` until it is truthy; return the seconds it took.
+
+    Raises:
+        AssertionError: ``condition`` was still falsy after ``timeout_s`` seconds; the message
+            names ``what`` was awaited.
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+    return time.monotonic() - started
