@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import redis
 
+from pipeline import coalesce
+
 PENDING_KEY = "imap-pipeline:ranges:{}"  # a grant's waiting ranges: "<folder id>:<lo>-<hi>"
 PENDING_TTL_S = 24 * 3600  # renewed by every plan; a set nobody drains expires
 DONE_TTL_S = 3600  # outlives any task of the range still queued (retries back off <= 600 s)
@@ -33,9 +35,8 @@ RECHECK_S = 5  # a range's task that finds it running looks again this much late
 
 
 def lock_key(folder_id: str, uid_range: tuple[int, int] | None) -> str:
-    """The lock of a folder's sync (or of one UID range of it)."""
-    suffix = f":{uid_range[0]}-{uid_range[1]}" if uid_range is not None else ""
-    return f"imap-pipeline:lock:folder:{folder_id}{suffix}"
+    """The lock of a folder's sync (or of one UID range of it): :mod:`pipeline.coalesce`."""
+    return coalesce.folder_lock_key(folder_id, uid_range)
 
 
 def _done_key(folder_id: str, uid_range: tuple[int, int]) -> str:
@@ -95,11 +96,10 @@ def claim(
             r.srem(key, member)
             continue
         lock = lock_key(folder_id, uid_range)
-        if not r.set(lock, token, nx=True, ex=lock_ttl_s):
+        if not coalesce.acquire(r, lock, token, lock_ttl_s):
             continue
         if is_done(r, folder_id, uid_range):  # finished just before our lock
-            if r.get(lock) == token.encode():
-                r.delete(lock)
+            coalesce.release(r, [lock], token)
             continue
         return folder_id, uid_range
     return None

@@ -30,6 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 from pydantic import ValidationError
 
+from pipeline import coalesce
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
     GrantNotFound,
@@ -123,13 +124,11 @@ def _reopen(grant_id: str) -> ImapSession:
         time.sleep(wait)
 
 
-def _between_batches(
-    r: redis.Redis[bytes], lock_key: str, lock_ttl: int, imap: ImapSession
-) -> bool:
+def _between_batches(run: coalesce.Coalesced, imap: ImapSession) -> bool:
     """After each committed batch: renew the folder lock and the connection slot; True when
     the listener or an API request waits for a connection of the account (stop here, the rest
     continues in a new task)."""
-    r.expire(lock_key, lock_ttl)
+    run.renew()
     return keep_alive(imap)
 
 
@@ -249,25 +248,26 @@ def _sync_folder(
     r = redis_client()
     started = time.monotonic()
     uid_range = (lo, hi) if lo is not None and hi is not None else None
-    lock_key = chunks.lock_key(folder_id, uid_range)
-    dirty_key = f"imap-pipeline:dirty:folder:{folder_id}"
+    run = coalesce.folder_sync(r, folder_id, uid_range, settings().sync_lock_ttl_s)
     token = f"{os.getpid()}:{self.request.id}"
-    lock_ttl = settings().sync_lock_ttl_s
     if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
         return {"skipped": "done"}  # run on another chunk's session (workers.chunks)
-    if not r.set(lock_key, token, nx=True, ex=lock_ttl):
-        # Someone is syncing it now: make sure they look again when they finish, and in case
-        # they died, come back once their lock has lapsed (one such retry at a time). A range
-        # is looked at again sooner: another chunk's process may be running it in-process,
-        # and then this task only has to see it done.
-        r.set(dirty_key, "1", ex=lock_ttl * 10)
-        wait = max(int(r.ttl(lock_key)), 1) + 1
+    if not run.acquire(token):
+        # Someone is syncing it now: they look again when they finish (dirty), and in case
+        # they died, this request comes back once their lock has lapsed (one such at a time).
+        # A range is looked at again sooner: another chunk's process may be running it
+        # in-process, and then this task only has to see it done.
         if uid_range is not None:
-            wait = min(wait, chunks.RECHECK_S)
-        retry_ttl = wait if uid_range is not None else wait + 5
-        if r.set(lock_key.replace(":lock:", ":retry:"), "1", nx=True, ex=retry_ttl):
+            busy = run.busy(recheck_s=chunks.RECHECK_S)
+        else:
+            busy = run.busy(retry_grace_s=5)
+        if busy.come_back:
             enqueue.sync_folder(
-                grant_id, folder_id, _provider_of(grant_id), countdown=wait, uid_range=uid_range
+                grant_id,
+                folder_id,
+                _provider_of(grant_id),
+                countdown=busy.wait_s,
+                uid_range=uid_range,
             )
         elif uid_range is None:
             folder_queue.queue_next(r, grant_id, _provider_of(grant_id))  # this slot is free
@@ -301,7 +301,7 @@ def _sync_folder(
             return {"skipped": "grant invalid"}
         healthy = False
         try:
-            outcome, imap = _run_range(r, imap, grant_id, folder_id, uid_range, lock_key)
+            outcome, imap = _run_range(run, imap, grant_id, folder_id, uid_range)
             healthy = True
         except RateLimited as exc:  # a new login for a dropped session had to wait
             reschedule(self, exc)
@@ -313,9 +313,9 @@ def _sync_folder(
             if not healthy:
                 release_imap(grant_id, imap, healthy=False)
     finally:
-        _unlock(r, lock_key, token)
+        run.release(token)
     note_behaved(grant_id)
-    _follow_up(r, grant_id, folder_id, provider, uid_range, outcome, dirty_key)
+    _follow_up(run, grant_id, folder_id, provider, uid_range, outcome)
     result: dict[str, Any] = {
         "state": outcome.state,
         "stored": outcome.stored,
@@ -333,17 +333,15 @@ MAX_RANGES_IN_PROCESS = 16
 
 
 def _run_range(
-    r: redis.Redis[bytes],
+    run: coalesce.Coalesced,
     imap: ImapSession,
     grant_id: str,
     folder_id: str,
     uid_range: tuple[int, int] | None,
-    lock_key: str,
     budget_s: float | None = None,
 ) -> tuple[SyncOutcome, ImapSession]:
-    """One run of the folder (or range) on ``imap``; returns its outcome and the session in use
-    now (the server may have dropped ``imap``, which is then closed)."""
-    lock_ttl = settings().sync_lock_ttl_s
+    """One run of the folder (or range) on ``imap``, its lock held; returns its outcome and
+    the session in use now (the server may have dropped ``imap``, which is then closed)."""
     outcome = sync_folder(
         sessions(),
         settings(),
@@ -351,7 +349,7 @@ def _run_range(
         grant_id,
         folder_id,
         budget_s=budget_s,
-        on_batch=lambda: _between_batches(r, lock_key, lock_ttl, imap),
+        on_batch=lambda: _between_batches(run, imap),
         uid_range=uid_range,
         range_messages=settings().sync_range_messages,
         reopen=lambda: _reopen(grant_id),
@@ -363,15 +361,16 @@ def _run_range(
 
 
 def _follow_up(
-    r: redis.Redis[bytes],
+    run: coalesce.Coalesced,
     grant_id: str,
     folder_id: str,
     provider: str,
     uid_range: tuple[int, int] | None,
     outcome: SyncOutcome,
-    dirty_key: str,
 ) -> None:
-    """What a run leaves to other tasks: its ranges, its rest, the grant's next folder."""
+    """What a run leaves to other tasks (its lock released): its ranges, its rest, one more
+    run of the folder if a request came meanwhile, the grant's next folder."""
+    r = run.r
     if outcome.emitted:
         kick()
     chunks.record(r, grant_id, folder_id, outcome.ranges)  # before their tasks can end
@@ -381,7 +380,7 @@ def _follow_up(
         chunks.mark_done(r, grant_id, folder_id, uid_range)
     if outcome.more:
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
-    elif uid_range is None and r.getdel(dirty_key):
+    elif uid_range is None and run.take_rerun():
         enqueue.sync_folder(grant_id, folder_id, provider)
     elif not outcome.ranges and (uid_range is None or outcome.state == "synced"):
         # this folder's run is over (for a split folder: its last range): the grant's next
@@ -412,19 +411,18 @@ def _run_waiting_ranges(
             if claimed is None:
                 break
             folder_id, uid_range = claimed
-            lock_key = chunks.lock_key(folder_id, uid_range)
+            run = coalesce.folder_sync(r, folder_id, uid_range, lock_ttl)  # claimed: held
             if not _may_continue(grant_id):
-                _unlock(r, lock_key, token)
+                run.release(token)
                 break
             healthy = False
             try:
                 outcome, imap = _run_range(
-                    r,
+                    run,
                     imap,
                     grant_id,
                     folder_id,
                     uid_range,
-                    lock_key,
                     budget_s=max(budget - (time.monotonic() - started), 1.0),
                 )
                 healthy = True
@@ -444,9 +442,9 @@ def _run_waiting_ranges(
                 )
                 break
             finally:
-                _unlock(r, lock_key, token)
+                run.release(token)
             ran += 1
-            _follow_up(r, grant_id, folder_id, provider, uid_range, outcome, "")
+            _follow_up(run, grant_id, folder_id, provider, uid_range, outcome)
             if outcome.more:
                 break  # budget spent or pre-empted: the rest is queued
     finally:
@@ -469,8 +467,3 @@ def _note_throttled(grant_id: str) -> None:
         throttled = GrantRepository(db).get(grant_id)
         if throttled is not None:
             note_throttled(throttled)  # back the account off, for every worker
-
-
-def _unlock(r: redis.Redis[bytes], lock_key: str, token: str) -> None:
-    if r.get(lock_key) == token.encode():
-        r.delete(lock_key)

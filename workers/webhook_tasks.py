@@ -17,8 +17,9 @@ Task names are the public contract; every task takes ids only (never a URL or a 
   ``IMAP_PIPELINE_WEBHOOK_RETENTION_DAYS``.
 
 Writers call :func:`kick` after committing rows written with ``pipeline.webhooks.outbox.emit``.
-Enqueues are coalesced with short-lived Redis flags that the task deletes when it *starts*, so a
-kick that comes after a dispatch began reading always enqueues another one.
+Enqueues are coalesced with short-lived Redis flags that the task deletes when it *starts*
+(the pending flags of :mod:`pipeline.coalesce`), so a kick that comes after a dispatch began
+reading always enqueues another one.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from celery.signals import worker_process_shutdown
 from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
+from pipeline import coalesce
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.errors import PipelineError
@@ -238,7 +240,7 @@ def _scheduled_key(destination_id: str) -> str:
 
 def _clear_flag(key: str) -> None:
     try:
-        flags().delete(key)
+        coalesce.clear(flags(), key)
     except ENQUEUE_ERRORS as exc:
         log.warning("could not clear %s in Redis: %s", key, exc)
 
@@ -249,13 +251,7 @@ def kick() -> None:
     Coalesced: while a dispatch is queued and has not started, further kicks do nothing.
     """
     try:
-        r = flags()
-        if r.set(KICK_FLAG, b"1", nx=True, ex=FLAG_TTL_S):
-            try:
-                _publish(DISPATCH_TASK, [])
-            except ENQUEUE_ERRORS:
-                r.delete(KICK_FLAG)
-                raise
+        coalesce.send_once(flags(), KICK_FLAG, FLAG_TTL_S, lambda: _publish(DISPATCH_TASK, []))
     except ENQUEUE_ERRORS as exc:
         log.warning("webhook dispatch not enqueued (the sweep will pick it up): %s", exc)
 
@@ -264,13 +260,9 @@ def enqueue_deliver(destination_id: str) -> None:
     """Have ``destination_id`` drained soon (coalesced like :func:`kick`); never raises."""
     flag = _deliver_flag(destination_id)
     try:
-        r = flags()
-        if r.set(flag, b"1", nx=True, ex=FLAG_TTL_S):
-            try:
-                _publish(DELIVER_TASK, [destination_id])
-            except ENQUEUE_ERRORS:
-                r.delete(flag)
-                raise
+        coalesce.send_once(
+            flags(), flag, FLAG_TTL_S, lambda: _publish(DELIVER_TASK, [destination_id])
+        )
     except ENQUEUE_ERRORS as exc:
         log.warning(
             "webhook delivery not enqueued destination=%s (the sweep will pick it up): %s",

@@ -6,11 +6,15 @@ The design, and why:
    (``workers.enqueue.sync_folder(grant_id, folder_id, provider)``) on the provider's queue
    (``sync.<provider>``). An event sent while no worker runs waits in the broker until one
    starts; nothing in the listener has to remember it. The sync task itself coalesces (a
-   per-folder lock and a "dirty" flag), so a duplicate enqueue costs one cheap task.
+   per-folder lock and a "dirty" flag: :class:`pipeline.coalesce.Coalesced`), so a duplicate
+   enqueue costs one cheap task.
 2. **Coalesced per folder before it reaches the broker.** The first change of a folder is sent
    at once (no added latency); changes within the next ``debounce_s`` (default 1 s) are folded
    into one more send at the end of that window. A burst of 500 APPENDs over a few seconds
-   becomes a handful of enqueues, never 500.
+   becomes a handful of enqueues, never 500. This debounce is kept in memory, not in Redis
+   like the other coalescing (:mod:`pipeline.coalesce`): one listener process owns a folder's
+   connection, so there is no one to share it with, and a Redis round trip per notice is what
+   it exists to save.
 3. **Recorded for reconciliation.** Before the enqueue, the change is written to the Redis hash
    :data:`CHANGED_KEY` (field ``<grant_id>:<folder_id>``, value: unix milliseconds of the last
    change seen). If an enqueue is lost (broker down, process killed between the two writes)

@@ -1,7 +1,9 @@
 """Redis job locks: a periodic job run twice, or overlapping itself, does its work once.
 
-A lock is ``SET key token NX PX ttl``; only the holder (same token) may release it, checked and
-deleted atomically in Lua. Two kinds of use:
+A job lock is a lock of :mod:`pipeline.coalesce` (``SET key token NX PX ttl``, released only by
+its holder) under a job's name. Unlike a folder sync, a job has no dirty flag: a job that
+finds its lock taken simply returns, because the next run (beat fires again within its
+interval) does the same work. Two kinds of use:
 
 - ``release=True`` (default): mutual exclusion while the job runs (purge, reconcile). The TTL is
   a safety net for a holder that died; it must exceed the job's longest run.
@@ -15,27 +17,15 @@ Keys: ``imap-pipeline:job:<name>``.
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
 
+from pipeline import coalesce
 from pipeline.errors import ServiceError
 
 KEY_PREFIX = "imap-pipeline:job:"
-
-_RELEASE = """
-local released = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    released = released + redis.call('DEL', key)
-  end
-end
-return released
-"""
-# KEYS: lock keys held with one token. ARGV: the token. Deletes those still held with it.
 
 
 def job_key(name: str) -> str:
@@ -55,9 +45,9 @@ def job_lock(
         ServiceError: Redis cannot be reached.
     """
     key = job_key(name)
-    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    token = coalesce.new_token()
     try:
-        taken = bool(client.set(key, token, nx=True, px=max(int(ttl_s * 1000), 1)))
+        taken = coalesce.acquire(client, key, token, ttl_s)
     except redis.RedisError as exc:
         raise ServiceError(f"Redis is not usable for the job lock {name!r}: {exc}") from exc
     try:
@@ -66,7 +56,7 @@ def job_lock(
         if taken and release:
             # on a Redis error the lock lapses by its TTL; nothing else to do
             with contextlib.suppress(redis.RedisError):
-                client.register_script(_RELEASE)(keys=[key], args=[token])
+                coalesce.release(client, [key], token)
 
 
 @contextmanager
@@ -78,19 +68,16 @@ def job_locks(client: redis.Redis[bytes], names: Sequence[str], ttl_s: float) ->
     Raises:
         ServiceError: Redis cannot be reached.
     """
-    token = f"{os.getpid()}:{uuid.uuid4().hex}"
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.set(job_key(name), token, nx=True, px=max(int(ttl_s * 1000), 1))
+    token = coalesce.new_token()
     try:
-        replies = pipe.execute() if names else []
+        keys = coalesce.acquire_many(client, [job_key(n) for n in names], token, ttl_s)
     except redis.RedisError as exc:
         raise ServiceError(f"Redis is not usable for {len(names)} job locks: {exc}") from exc
-    taken = {name for name, reply in zip(names, replies, strict=True) if reply}
+    taken = {name for name in names if job_key(name) in keys}
     try:
         yield taken
     finally:
         if taken:
             # on a Redis error the locks lapse by their TTL; nothing else to do
             with contextlib.suppress(redis.RedisError):
-                client.register_script(_RELEASE)(keys=[job_key(n) for n in taken], args=[token])
+                coalesce.release(client, [job_key(n) for n in taken], token)
