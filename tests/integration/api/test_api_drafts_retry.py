@@ -15,6 +15,7 @@ from test_api_drafts import connect, server_drafts
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from tests.support.services import MailUser, TlsFiles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -60,14 +61,10 @@ def test_a_draft_send_retried_after_a_timeout_sends_once(
     assert slow.value.status_code == 504
     assert len(server_drafts(mail_user)) == 1  # not sent yet as far as the API knows
 
-    deadline = time.monotonic() + 30
-    while not smtp.messages and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(smtp.messages) == 1  # the worker sent it meanwhile
+    wait_for(lambda: smtp.messages, "the worker to send it meanwhile", timeout_s=30)
+    assert len(smtp.messages) == 1
     # the row settles once the Sent copy is filed too (its MIME dropped)
-    while time.monotonic() < deadline and not settled(api):
-        time.sleep(0.2)
-    assert settled(api)
+    wait_for(lambda: settled(api), "the outbox row to settle", timeout_s=30)
 
     sent = client.drafts.send(grant_id, draft.id).data  # the retry: the first send's answer
     assert sent.subject == "slow"

@@ -26,6 +26,7 @@ from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import verify
+from tests.support.waiting import wait_for
 from workers import webhook_tasks
 
 pytestmark = pytest.mark.services
@@ -114,10 +115,7 @@ def test_receiver_down_for_a_while_then_up_every_notification_arrives(
     receiver.stop()
     events = [("message.updated", f"s{i % 6}", {"step": i}) for i in range(30)]
     _emit_and_kick(wuow, events)
-    deadline = time.monotonic() + 15
-    while _status(wuow, dest) != "failing":
-        assert time.monotonic() < deadline, "destination never went failing"
-        time.sleep(0.1)
+    wait_for(lambda: _status(wuow, dest) == "failing", "the destination to fail", timeout_s=15)
     time.sleep(2.0)  # down for a while: several retries fail
     receiver.start()
     got = receiver.wait_accepted("/hook", 30, timeout_s=60)
@@ -133,10 +131,7 @@ def test_receiver_down_for_a_while_then_up_every_notification_arrives(
             if r.json()["data"]["object"]["id"] == subject
         ]
         assert steps == sorted(steps), f"{subject} out of order: {steps}"
-    deadline = time.monotonic() + 10
-    while _status(wuow, dest) != "active":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: _status(wuow, dest) == "active", "the destination active again", timeout_s=10)
     _wait_delivered(wuow, dest)
     with wuow() as s:
         assert max(d.attempts for d in repository.deliveries_for(s, dest)) > 1
@@ -175,10 +170,7 @@ def test_redis_flushed_nothing_is_lost_once_the_sweep_runs(
     # 2. Deliveries waiting for a retry lose their scheduled tasks and flags to a flush.
     receiver.stop()
     _emit_and_kick(wuow, [("message.created", f"b{i}", {}) for i in range(5)])
-    deadline = time.monotonic() + 15
-    while _status(wuow, dest) != "failing":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: _status(wuow, dest) == "failing", "the destination to fail", timeout_s=15)
     worker.stop()
     r.flushall()
     receiver.start()
@@ -231,10 +223,13 @@ def test_secret_is_never_in_task_messages_or_logs(
         assert receiver.url().encode() not in raw
     worker.start()
     receiver.wait_accepted("/hook", 1, timeout_s=WAIT_S)
-    deadline = time.monotonic() + WAIT_S  # the worker writes its log a moment later
-    while "pipeline.webhooks.deliver" not in (log := worker.log_text()):
-        assert time.monotonic() < deadline, "the worker never logged its deliver task"
-        time.sleep(0.1)
+    # the worker writes its log a moment later
+    wait_for(
+        lambda: "pipeline.webhooks.deliver" in worker.log_text(),
+        "the worker to log its deliver task",
+        timeout_s=WAIT_S,
+    )
+    log = worker.log_text()
     # the worker logs its tasks at DEBUG ...
     assert secret not in log and sealed not in log  # ... never the secret
     assert secret not in caplog.text and sealed not in caplog.text
