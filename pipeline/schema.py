@@ -3,8 +3,10 @@
 ``migrations/env.py`` (``alembic check``, ``alembic revision --autogenerate``) and the test that
 keeps models and migrations in agreement both use these, so they compare the same way:
 
-- every domain's tables: :mod:`pipeline.models` (with :mod:`pipeline.webhooks.models`) and the
-  API's own MetaData (:mod:`pipeline.api.tables`);
+- every table, on the one MetaData of :mod:`pipeline.models` (``Base.metadata``): the models
+  there, and the tables each domain declares beside them (:mod:`pipeline.webhooks.models`,
+  :mod:`pipeline.outbound.outbox`, :mod:`pipeline.applications.tables`,
+  :mod:`pipeline.search.tables`), imported here so the MetaData holds them all;
 - column types and server defaults are compared, not only tables, columns and constraints;
 - indexes a migration creates by hand and no model declares (expression, partial and trigram
   indexes) are left alone rather than reported for removal.
@@ -19,19 +21,25 @@ from typing import Any
 
 from sqlalchemy import MetaData, create_engine
 
+# each declares its tables on Base.metadata when imported
+import pipeline.applications.tables
 import pipeline.outbound.outbox
-import pipeline.webhooks.models  # noqa: F401  (declares its tables on the shared Base)
-from pipeline.api import tables as api_tables
+import pipeline.search.tables
+import pipeline.webhooks.models  # noqa: F401
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
 from pipeline.models import Base
-from pipeline.search import tables as search_tables
 
 COMPARE_OPTIONS: dict[str, Any] = {"compare_type": True, "compare_server_default": True}
 
 
 def target_metadata() -> list[MetaData]:
-    """Every MetaData whose tables the migrations create."""
-    return [Base.metadata, api_tables.metadata, search_tables.metadata]
+    """The MetaData whose tables the migrations create.
+
+    A list, not the MetaData itself: given a MetaData, Alembic would apply its naming convention
+    to the constraints the migrations' ``op.create_table`` leaves unnamed, and name them
+    differently from the databases migrated so far.
+    """
+    return [Base.metadata]
 
 
 def include_object(

@@ -4,11 +4,11 @@
 Resources, one module (and APIRouter) each: ``connect`` (custom auth, connectors), ``hosted``
 (sign-in page, code exchange, redirect URIs), ``grants``, ``providers``, ``messages``, ``send``,
 ``folders``, ``threads``, ``attachments``, ``webhooks``. Beneath them: ``queries`` (every SQL
-query), ``tables`` (the API's own tables), ``filters`` (list filters messages and threads share),
-``writeback`` (changes sent to the IMAP server, then recorded), ``sessions`` (pooled IMAP
-sessions), ``limits`` (the shared login and operation budget), ``errors`` (the v3 error
-envelope), ``auth`` (API keys), ``pagination`` (page tokens), ``deps`` (what endpoints share),
-``app`` (the factory).
+query; the tables are the domain's, e.g. :mod:`pipeline.applications.tables`), ``filters`` (list
+filters messages and threads share), ``writeback`` (changes sent to the IMAP server, then
+recorded), ``sessions`` (pooled IMAP sessions), ``limits`` (the shared login and operation
+budget), ``errors`` (the v3 error envelope), ``auth`` (API keys), ``pagination`` (page tokens),
+``deps`` (what endpoints share), ``app`` (the factory).
 """
 
 from __future__ import annotations

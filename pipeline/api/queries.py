@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session, aliased, defer
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from pipeline.api.pagination import Cursor
-from pipeline.api.tables import auth_codes, redirect_uris
+from pipeline.applications.tables import auth_codes, redirect_uris
 from pipeline.drafts.repository import DRAFTS_ROLE
 from pipeline.messages import metadata
 from pipeline.messages.repository import MessageRepository, text_key

@@ -9,27 +9,24 @@ and the four address fields as Dovecot matches them, the day of the Date header,
 walks a grant's rows newest first on ``(grant_id, date, message_id)``; and (migration 0325) its
 ``thread_id``, always equal to ``messages.thread_id``. A search then compares
 stored text (trigram GIN indexes narrow, ``LIKE`` decides) instead of computing the folding for
-every row it looks at. Declared here so that the schema comparison
-(:mod:`pipeline.schema`) sees what the migration creates.
+every row it looks at. Declared here, on the one schema (:attr:`pipeline.models.Base.metadata`),
+so that the schema comparison (:mod:`pipeline.schema`) sees what the migration creates.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, ForeignKey, MetaData, Table, Text
+from sqlalchemy import Column, Date, DateTime, ForeignKey, Table, Text
 from sqlalchemy.dialects.postgresql import UUID
 
-from pipeline.models import Message
-
-metadata = MetaData()
+from pipeline.models import Base
 
 message_search = Table(
     "api_message_search",
-    metadata,
+    Base.metadata,
     Column(
         "message_id",
         UUID(as_uuid=False),
-        # the Column itself: ``messages`` lives on pipeline.models' MetaData
-        ForeignKey(Message.__table__.c.id, ondelete="CASCADE"),
+        ForeignKey("messages.id", ondelete="CASCADE"),
         primary_key=True,
     ),
     Column("grant_id", UUID(as_uuid=False), nullable=False),

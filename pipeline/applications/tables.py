@@ -1,9 +1,9 @@
-"""Tables only the API uses (migration 0302), as SQLAlchemy Core tables.
+"""The application's redirect URIs and hosted-auth codes (migration 0302), as Core tables on the
+one schema, :attr:`pipeline.models.Base.metadata`.
 
-They live on their own MetaData, outside :mod:`pipeline.models`, so the API owns them;
-``migrations/env.py`` compares both MetaData objects with the database (see
-:mod:`pipeline.schema`), so everything migration 0302 creates is declared here too: the unique
-URL, the foreign key to ``grants`` and the server defaults.
+``migrations/env.py`` compares that MetaData with the database (see :mod:`pipeline.schema`), so
+everything migration 0302 creates is declared here too: the unique URL, the foreign key to
+``grants`` and the server defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
-    MetaData,
     String,
     Table,
     Text,
@@ -22,13 +21,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import UUID
 
-from pipeline.models import Grant
-
-metadata = MetaData()
+from pipeline.models import Base
 
 redirect_uris = Table(
     "api_redirect_uris",
-    metadata,
+    Base.metadata,
     Column("id", UUID(as_uuid=False), primary_key=True),
     Column("url", Text, nullable=False),
     Column("platform", String(32), nullable=False, server_default="web"),
@@ -38,13 +35,12 @@ redirect_uris = Table(
 
 auth_codes = Table(
     "api_auth_codes",
-    metadata,
+    Base.metadata,
     Column("code_hash", String(64), primary_key=True),  # sha256 hex; never the code itself
     Column(
         "grant_id",
         UUID(as_uuid=False),
-        # the Column itself, not "grants.id": ``grants`` lives on pipeline.models' MetaData
-        ForeignKey(Grant.__table__.c.id, ondelete="CASCADE"),
+        ForeignKey("grants.id", ondelete="CASCADE"),
         nullable=False,
     ),
     Column("client_id", Text, nullable=False),

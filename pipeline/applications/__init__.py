@@ -1,0 +1,2 @@
+"""The API application's own records: its registered redirect URIs and the single-use
+authorization codes of hosted auth (:mod:`pipeline.applications.tables`)."""
