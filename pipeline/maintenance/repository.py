@@ -1,8 +1,7 @@
 """Every query of the periodic jobs (sweep, purge, reconcile). Never commits.
 
-The columns migration 0401 adds to ``folders`` (``uidvalidity_changes``, ``swept_uidvalidity``,
-``retry_at``) are reached through a lightweight table clause, so this module does not depend on
-the ORM model carrying them.
+The sweep's and reconciliation's reads and writes of ``folders`` go through the table itself
+(Core): their updates are bookkeeping and leave ``updated_at`` alone (:func:`_update_folders`).
 """
 
 from __future__ import annotations
@@ -10,54 +9,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    DateTime,
-    Integer,
     Select,
-    String,
+    Table,
     and_,
     case,
-    column,
     delete,
     exists,
     func,
     or_,
     select,
-    table,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from pipeline.models import Folder, Grant, Message, Placement, SyncFailure, Thread
 
-# folders, with the 0401 columns
-folders_t = table(
-    "folders",
-    column("id", UUID(as_uuid=False)),
-    column("grant_id", UUID(as_uuid=False)),
-    column("raw_name", String()),
-    column("name", String()),
-    column("synced_uid", BigInteger()),
-    column("role", String()),
-    column("state", String()),
-    column("state_detail", String()),
-    column("uidvalidity", BigInteger()),
-    column("uidnext", BigInteger()),
-    column("highestmodseq", BigInteger()),
-    column("status_messages", BigInteger()),
-    column("status_unseen", BigInteger()),
-    column("last_synced_at", DateTime(timezone=True)),
-    column("updated_at", DateTime(timezone=True)),
-    column("uidvalidity_changes", Integer()),
-    column("swept_uidvalidity", BigInteger()),
-    column("retry_at", DateTime(timezone=True)),
-    column("reindex_uidvalidity", BigInteger()),
-)
+folders = cast(Table, Folder.__table__)
+
+
+def _update_folders() -> Update:
+    """``UPDATE folders`` that leaves ``updated_at`` as it is, where the column's ``onupdate``
+    would set it to now: reconciliation reads ``updated_at`` as a folder's last sync progress
+    (:meth:`MaintenanceRepository.folders_to_retry`, ``stalled_grants``), and the sweep's
+    counts, a stop, a resume or a reset for reindex never moved it."""
+    return update(folders).values(updated_at=folders.c.updated_at)
 
 
 @dataclass(frozen=True)
@@ -119,13 +99,13 @@ class MaintenanceRepository:
         """Folders of valid grants that failed, or were left mid-sync, before ``before``:
         ``(grant_id, folder_id, provider)``."""
         rows = self.session.execute(
-            select(folders_t.c.grant_id, folders_t.c.id, Grant.provider)
-            .join(Grant, Grant.id == folders_t.c.grant_id)
+            select(folders.c.grant_id, folders.c.id, Grant.provider)
+            .join(Grant, Grant.id == folders.c.grant_id)
             .where(
                 Grant.grant_status == "valid",
                 Grant.sync_state != "stopped",
-                folders_t.c.state.in_(("failed", "syncing", "reindexing", "pending")),
-                folders_t.c.updated_at < before,
+                folders.c.state.in_(("failed", "syncing", "reindexing", "pending")),
+                folders.c.updated_at < before,
             )
         )
         return [(str(g), str(f), str(p)) for g, f, p in rows]
@@ -146,7 +126,7 @@ class MaintenanceRepository:
     # --- UIDVALIDITY sweep ----------------------------------------------------------------
     def sweep_candidates(self, grant_id: str, now: datetime) -> list[SweptFolder]:
         """Folders of a grant synced at least once; stopped ones only when their retry is due."""
-        f = folders_t.c
+        f = folders.c
         rows = self.session.execute(
             _swept_columns()
             .where(
@@ -166,7 +146,7 @@ class MaintenanceRepository:
         out: dict[str, list[SweptFolder]] = {g: [] for g in grant_ids}
         if not grant_ids:
             return out
-        f = folders_t.c
+        f = folders.c
         rows = self.session.execute(
             _swept_columns()
             .add_columns(f.grant_id)
@@ -184,7 +164,7 @@ class MaintenanceRepository:
     def lock_folder(self, folder_id: str) -> SweptFolder | None:
         """Re-read a folder under a row lock (the runner may have reindexed meanwhile)."""
         row = self.session.execute(
-            _swept_columns().where(folders_t.c.id == folder_id).with_for_update()
+            _swept_columns().where(folders.c.id == folder_id).with_for_update()
         ).one_or_none()
         if row is None or row[4] is None:
             return None
@@ -193,8 +173,8 @@ class MaintenanceRepository:
     def record_sweep(self, folder_id: str, *, seen: int, changes: int) -> None:
         """Store what a sweep saw and the resulting count of consecutive changes."""
         self.session.execute(
-            update(folders_t)
-            .where(folders_t.c.id == folder_id)
+            _update_folders()
+            .where(folders.c.id == folder_id)
             .values(swept_uidvalidity=seen, uidvalidity_changes=changes)
         )
 
@@ -202,10 +182,10 @@ class MaintenanceRepository:
         """Remember ``seen`` as the last UIDVALIDITY seen, count unchanged (a sync that found
         the folder's own value; a no-op statement when it is remembered already)."""
         self.session.execute(
-            update(folders_t)
+            _update_folders()
             .where(
-                folders_t.c.id == folder_id,
-                folders_t.c.swept_uidvalidity.is_distinct_from(seen),
+                folders.c.id == folder_id,
+                folders.c.swept_uidvalidity.is_distinct_from(seen),
             )
             .values(swept_uidvalidity=seen)
         )
@@ -220,8 +200,8 @@ class MaintenanceRepository:
         """Take ``seen`` as an empty folder's UIDVALIDITY at once (nothing to reindex): the
         marks of the old numbering go (next sync looks from UID 1), the count is unchanged."""
         self.session.execute(
-            update(folders_t)
-            .where(folders_t.c.id == folder_id)
+            _update_folders()
+            .where(folders.c.id == folder_id)
             .values(
                 uidvalidity=seen,
                 swept_uidvalidity=seen,
@@ -237,16 +217,16 @@ class MaintenanceRepository:
     def stop_folder(self, folder_id: str, detail: str, retry_at: datetime) -> None:
         """Stop syncing a folder until ``retry_at``."""
         self.session.execute(
-            update(folders_t)
-            .where(folders_t.c.id == folder_id)
+            _update_folders()
+            .where(folders.c.id == folder_id)
             .values(state="stopped", state_detail=detail, retry_at=retry_at)
         )
 
     def resume_folder(self, folder_id: str) -> None:
         """Let a stopped folder sync again (the runner reindexes it)."""
         self.session.execute(
-            update(folders_t)
-            .where(folders_t.c.id == folder_id)
+            _update_folders()
+            .where(folders.c.id == folder_id)
             .values(state="syncing", state_detail=None, retry_at=None, uidvalidity_changes=0)
         )
 
@@ -255,14 +235,14 @@ class MaintenanceRepository:
         """Make folders of a grant re-plan their whole window at their next sync: state
         ``syncing`` from UID 0, failures forgotten (tried again), a stop lifted. Folders in the
         middle of a UIDVALIDITY reindex are left to it. Returns the folder ids."""
-        f = folders_t.c
+        f = folders.c
         where = [f.grant_id == grant_id, f.state != "reindexing"]
         if names:
             where.append(or_(f.raw_name.in_(list(names)), f.name.in_(list(names))))
         ids = [
             str(i)
             for i in self.session.scalars(
-                update(folders_t)
+                _update_folders()
                 .where(*where)
                 .values(
                     state="syncing",
@@ -354,7 +334,7 @@ class MaintenanceRepository:
 
 def _swept_columns() -> Select[Any]:
     """The columns of a :class:`SweptFolder`, in its order."""
-    f = folders_t.c
+    f = folders.c
     return select(
         f.id,
         f.raw_name,
