@@ -6,9 +6,10 @@
     EmbeddedRedis      pipeline.dev.redis      redis-server with an append-only file
     LocalDovecot       pipeline.dev.dovecot    IMAP server with users, maildirs, optional TLS
 
-``pipeline.dev.up`` runs the whole pipeline in one terminal (``imap-pipeline up``) and
-``pipeline.dev.mailgen`` writes realistic demo mailboxes. The domain never imports this package;
-only the CLI's ``up`` command and the tests do.
+``pipeline.dev.up`` runs the whole pipeline in one terminal (``imap-pipeline up``),
+``pipeline.dev.mailgen`` writes realistic demo mailboxes and ``pipeline.dev.seed`` puts them
+into a server. The domain never imports this package; only the CLI's ``up`` command and the
+tests do.
 
 Each server is a direct child of this process (nothing daemonizes): it lives in its own process
 group so a Ctrl-C in the terminal reaches only the parent, which stops the children in order,

@@ -1,4 +1,3 @@
-# ruff: noqa: RUF001 - the Cyrillic text is meant to be Cyrillic
 """Realistic, reproducible mailboxes for the demo, tests and benchmarks.
 
 :func:`generate` yields messages in the order they arrived (oldest first); the same ``seed``
@@ -14,24 +13,20 @@ and ``now`` always give the same bytes. The mix:
 - flags: most older mail ``\\Seen``, some ``\\Flagged`` and ``\\Answered``, drafts ``\\Draft``;
 - about 3 % without a Message-ID; exactly ``old_fraction`` older than ``retention_days``.
 
-Two ways into a server: :func:`seed_maildir` writes files straight into a Dovecot Maildir++
-tree (thousands of messages per second; INTERNALDATE comes from the file's mtime), and
-:func:`append_imap` uses IMAP APPEND (slower, works against any server).
+The people, subjects and sentences come from :mod:`pipeline.dev.mailgen_locales`; the
+messages go into a server through :mod:`pipeline.dev.seed`.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-import os
 import random
-import socket
-import ssl
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.charset import BASE64, QP, Charset
 from email.header import Header
 from email.message import Message
@@ -39,18 +34,21 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.policy import compat32
 from email.utils import format_datetime, formataddr
-from pathlib import Path
 from typing import cast
 
-from pipeline.dev import system_user
+from pipeline.dev.mailgen_locales import (
+    DOMAINS,
+    LOCALES,
+    SPAM_DOMAINS,
+    SPAM_SUBJECTS,
+    ZONES,
+    Locale,
+)
 
 __all__ = [
     "DEFAULT_FOLDERS",
     "GeneratedMessage",
-    "append_imap",
-    "encode_modified_utf7",
     "generate",
-    "seed_maildir",
 ]
 
 DEFAULT_FOLDERS: Mapping[str, float] = {
@@ -70,19 +68,10 @@ REPLY_RATE = 0.3
 THREAD_POOL_SIZE = 40  # replies pick a parent among the last this many messages
 SECOND_ATTACHMENT_RATE = 0.15
 FLAGGED_RATE = 0.05
-IMAP_TIMEOUT_S = 60.0
 # body kinds of messages without attachments, and their weights
 BODY_KINDS: Mapping[str, float] = {"plain": 0.4, "html": 0.15, "alternative": 0.45}
-_LF = b"\n"
 _KIND_NAMES, _KIND_WEIGHTS = list(BODY_KINDS), list(BODY_KINDS.values())
 _WIRE = compat32.clone(linesep="\r\n")
-_MAILDIR_FLAGS = {
-    "\\Draft": "D",
-    "\\Flagged": "F",
-    "\\Answered": "R",
-    "\\Seen": "S",
-    "\\Deleted": "T",
-}
 
 
 @dataclass(frozen=True)
@@ -106,167 +95,12 @@ class GeneratedMessage:
     kind: str = "plain"
 
 
-@dataclass(frozen=True)
-class _Locale:
-    charset: str
-    weight: float
-    first_names: tuple[str, ...]
-    last_names: tuple[str, ...]
-    subjects: tuple[str, ...]
-    sentences: tuple[str, ...]
-    greeting: str
-    closing: str
-    reply_prefix: str = "Re: "
-
-
-_LOCALES: tuple[_Locale, ...] = (
-    _Locale(
-        "us-ascii",
-        0.62,
-        ("Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack"),
-        ("Smith", "Johnson", "Brown", "Taylor", "Miller", "Wilson", "Moore", "Clark", "Lewis"),
-        (
-            "Quarterly report",
-            "Lunch on Friday?",
-            "Invoice {n}",
-            "Meeting notes",
-            "Your order #{n} has shipped",
-            "Project kickoff",
-            "Weekend plans",
-            "Re-scheduling our call",
-            "Slides for tomorrow",
-            "Welcome to the team",
-            "Reminder: dentist appointment",
-            "Budget review {n}",
-        ),
-        (
-            "Thanks for sending this over so quickly.",
-            "Could we move the meeting to Thursday afternoon?",
-            "I have attached the latest numbers for your review.",
-            "Let me know if anything is unclear.",
-            "The deployment went smoothly last night.",
-            "We should revisit the timeline before the end of the month.",
-            "I will be out of office next week.",
-            "Please find the summary of our discussion below.",
-            "The client approved the proposal this morning.",
-            "Happy to help with the migration if needed.",
-        ),
-        "Hi {name},",
-        "Best regards,",
-    ),
-    _Locale(
-        "utf-8",
-        0.12,
-        ("Jürgen", "Zoë", "Søren", "Ana", "Łukasz", "Chloé", "Mia", "José", "Ingrid"),
-        ("Müller", "Ørsted", "García", "Kowalski", "Næss", "Dvořák", "Weiß", "Ångström"),
-        (
-            "Grüße aus München ☀",
-            "Café-Treffen am Donnerstag?",
-            "Résumé of the Zürich workshop",
-            "Angebot Nr. {n} — bitte prüfen",
-            "Skål! Fotos vom Wochenende 📷",
-            "Zaproszenie na spotkanie",
-        ),
-        (
-            "Vielen Dank für die schnelle Rückmeldung.",
-            "Können wir das Treffen auf Donnerstag verschieben?",
-            "Anbei die überarbeitete Präsentation — Änderungen sind markiert.",
-            "Das Wetter in Zürich war großartig. ☀",
-            "Dziękuję za pomoc przy wdrożeniu.",
-            "Hälsningar från Göteborg!",
-        ),
-        "Hallo {name},",
-        "Viele Grüße",
-        "AW: ",
-    ),
-    _Locale(
-        "iso-8859-1",
-        0.1,
-        ("François", "Hélène", "Jérôme", "Anaïs", "Zoé", "Björn", "Günther"),
-        ("Lefèvre", "Dubois", "Gérard", "Müller", "Bäcker", "Noël"),
-        (
-            "Réunion de l'équipe à 14h",
-            "Facture n° {n}",
-            "Votre commande a été expédiée",
-            "Congés d'été",
-            "Bestätigung Ihrer Bestellung Nr. {n}",
-            "À propos du déménagement",
-        ),
-        (
-            "Merci pour votre réponse rapide.",
-            "Pourriez-vous vérifier les chiffres du trimestre ?",
-            "Je serai absent la semaine prochaine.",
-            "Voilà le compte rendu de la réunion de mercredi.",
-            "Ich schicke Ihnen die Unterlagen morgen früh.",
-            "Le café était excellent, à refaire !",
-        ),
-        "Bonjour {name},",
-        "Cordialement,",
-        "RE: ",
-    ),
-    _Locale(
-        "koi8-r",
-        0.08,
-        ("Дмитрий", "Анна", "Сергей", "Ольга", "Николай", "Татьяна"),
-        ("Иванов", "Смирнова", "Кузнецов", "Попова", "Соколов"),
-        (
-            "Отчёт за квартал",
-            "Встреча в пятницу",
-            "Счёт N {n}",
-            "Новости проекта",
-            "Поздравляю с днём рождения!",
-        ),
-        (
-            "Спасибо за быстрый ответ.",
-            "Можем ли мы перенести встречу на четверг?",
-            "Во вложении последние данные по проекту.",
-            "Дайте знать, если что-то непонятно.",
-            "Хороших выходных!",
-        ),
-        "Здравствуйте, {name}!",
-        "С уважением,",
-    ),
-    _Locale(
-        "iso-2022-jp",
-        0.08,
-        ("太郎", "花子", "健一", "美咲", "翔太"),
-        ("山田", "佐藤", "鈴木", "高橋", "田中"),
-        (
-            "会議のお知らせ",
-            "見積書の送付 {n}",
-            "打ち合わせの件",
-            "ご注文ありがとうございます",
-            "週末の予定",
-        ),
-        (
-            "お世話になっております。",
-            "資料を添付いたしましたのでご確認ください。",
-            "来週の会議について日程を調整させてください。",
-            "ご不明な点がございましたらお知らせください。",
-            "よろしくお願いいたします。",
-        ),
-        "{name}様",
-        "以上、よろしくお願いいたします。",
-    ),
-)
-_SPAM_SUBJECTS = (
-    "You have WON a $1,000 gift card!!!",
-    "Cheap meds - 90% off today only",
-    "URGENT: verify your account now",
-    "Make money from home, guaranteed",
-    "Re: your unpaid invoice",
-)
-_SPAM_DOMAINS = ("prize-center.biz", "best-deals.top", "secure-verify.info", "promo.click")
-_DOMAINS = ("example.com", "example.org", "example.net", "mail.example.de", "corp.example.fr")
-_ZONES = tuple(timezone(timedelta(hours=h)) for h in (-8, -5, 0, 1, 2, 3, 9))
-
-
 @dataclass
 class _Sent:
     message_id: str
     subject: str
     references: tuple[str, ...]
-    locale: _Locale
+    locale: Locale
     contact: tuple[str, str]
     internaldate: datetime
 
@@ -385,7 +219,7 @@ class _Builder:
             msg["Cc"] = _address(cc, locale)
         msg["Subject"] = cast("str", _header(subject, locale))  # compat32 keeps a Header as is
         sent_at = internaldate - timedelta(seconds=rng.randint(2, 900))
-        msg["Date"] = format_datetime(sent_at.astimezone(rng.choice(_ZONES)))
+        msg["Date"] = format_datetime(sent_at.astimezone(rng.choice(ZONES)))
 
         message_id: str | None = None
         if role == "drafts" or rng.random() >= MISSING_MESSAGE_ID_RATE:
@@ -426,30 +260,30 @@ class _Builder:
             return None
         return self.rng.choice(self.pool)
 
-    def _locale(self, folder: str) -> _Locale:
+    def _locale(self, folder: str) -> Locale:
         if folder == "Reçus":
-            return _LOCALES[2]
-        return self.rng.choices(_LOCALES, [loc.weight for loc in _LOCALES])[0]
+            return LOCALES[2]
+        return self.rng.choices(LOCALES, [loc.weight for loc in LOCALES])[0]
 
-    def _contact(self, locale: _Locale, role: str) -> tuple[str, str]:
+    def _contact(self, locale: Locale, role: str) -> tuple[str, str]:
         rng = self.rng
         if role == "junk":
             word = rng.choice(("promo", "winner", "support", "noreply", "offers"))
-            return (word.title() + " Team", f"{word}@{rng.choice(_SPAM_DOMAINS)}")
+            return (word.title() + " Team", f"{word}@{rng.choice(SPAM_DOMAINS)}")
         first, last = rng.choice(locale.first_names), rng.choice(locale.last_names)
         local = f"user{rng.randint(1, 999)}" if not first.isascii() else first.lower()
         name = f"{last}{first}" if locale.charset == "iso-2022-jp" else f"{first} {last}"
-        return (name, f"{local}.{rng.randint(1, 99)}@{rng.choice(_DOMAINS)}")
+        return (name, f"{local}.{rng.randint(1, 99)}@{rng.choice(DOMAINS)}")
 
-    def _subject(self, locale: _Locale, role: str, parent: _Sent | None) -> str:
+    def _subject(self, locale: Locale, role: str, parent: _Sent | None) -> str:
         if parent is not None:
             prefix = locale.reply_prefix
             return parent.subject if parent.subject.startswith(prefix) else prefix + parent.subject
         if role == "junk":
-            return self.rng.choice(_SPAM_SUBJECTS)
+            return self.rng.choice(SPAM_SUBJECTS)
         return self.rng.choice(locale.subjects).format(n=self.rng.randint(1000, 99999))
 
-    def _body(self, locale: _Locale, name: str) -> str:
+    def _body(self, locale: Locale, name: str) -> str:
         rng = self.rng
         paragraphs = [
             " ".join(rng.sample(locale.sentences, rng.randint(1, 4)))
@@ -478,7 +312,7 @@ class _Builder:
 
     # --- MIME ---------------------------------------------------------------------------------
 
-    def _body_part(self, kind: str, text: str, locale: _Locale, sizes: tuple[int, int]) -> Message:
+    def _body_part(self, kind: str, text: str, locale: Locale, sizes: tuple[int, int]) -> Message:
         if kind == "plain":
             return self._text(text, "plain", locale, top=True)
         if kind == "html":
@@ -500,7 +334,7 @@ class _Builder:
             del part["MIME-Version"]
         return part
 
-    def _text(self, text: str, subtype: str, locale: _Locale, *, top: bool = False) -> Message:
+    def _text(self, text: str, subtype: str, locale: Locale, *, top: bool = False) -> Message:
         charset = Charset(_body_charset(locale))
         encoding = self.rng.choice(_TRANSFER_ENCODINGS[locale.charset])
         charset.body_encoding = encoding  # type: ignore[assignment]  # None (8bit) is valid
@@ -512,7 +346,7 @@ class _Builder:
             del part["MIME-Version"]
         return part
 
-    def _attachment(self, sizes: tuple[int, int], locale: _Locale) -> Message:
+    def _attachment(self, sizes: tuple[int, int], locale: Locale) -> Message:
         rng = self.rng
         low, high = sizes
         size = round(math.exp(rng.uniform(math.log(low), math.log(high))))
@@ -544,7 +378,7 @@ _TRANSFER_ENCODINGS: Mapping[str, tuple[int | None, ...]] = {
 }
 
 
-def _body_charset(locale: _Locale) -> str:
+def _body_charset(locale: Locale) -> str:
     return "utf-8" if locale.charset == "us-ascii" else locale.charset
 
 
@@ -556,13 +390,13 @@ def _folder_role(folder: str) -> str:
     return "inbox"
 
 
-def _header(text: str, locale: _Locale) -> str | Header:
+def _header(text: str, locale: Locale) -> str | Header:
     if text.isascii():
         return text
     return Header(text, _body_charset(locale))
 
 
-def _address(person: tuple[str, str], locale: _Locale) -> str:
+def _address(person: tuple[str, str], locale: Locale) -> str:
     name, address = person
     if name.isascii():
         return formataddr((name, address))
@@ -580,7 +414,7 @@ def _reorder_headers(msg: Message) -> None:
         msg[key] = value
 
 
-def _html(text: str, locale: _Locale) -> str:
+def _html(text: str, locale: Locale) -> str:
     paragraphs = "".join(
         f'<p style="margin:0 0 12px">{_escape(p).replace(chr(10), "<br>")}</p>\n'
         for p in text.strip().split("\n\n")
@@ -625,165 +459,3 @@ def _fill(rng: random.Random, head: bytes, tail: bytes, size: int) -> bytes:
 
 
 _FILE_KINDS = (_pdf, _pdf, _png, _jpeg)
-
-
-# --- into a server ----------------------------------------------------------------------------
-
-
-def encode_modified_utf7(name: str) -> str:
-    """A folder name in IMAP's modified UTF-7 (RFC 3501 section 5.1.3), as Maildir++ stores it."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            utf16 = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(utf16).rstrip(b"=").decode().replace("/", ",") + "-")
-            pending.clear()
-
-    for char in name:
-        if 0x20 <= ord(char) <= 0x7E:
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return "".join(out)
-
-
-def maildir_folder_path(maildir_root: Path, folder: str, separator: str = "/") -> Path:
-    """Where Dovecot's Maildir++ layout keeps ``folder`` (``INBOX`` is the root itself).
-
-    Raises:
-        ValueError: the name holds a ``.``, which Maildir++ uses between levels.
-    """
-    if folder.upper() == "INBOX":
-        return maildir_root
-    levels = folder.split(separator)
-    if any("." in level or not level for level in levels):
-        raise ValueError(f"folder {folder!r}: Maildir++ names cannot hold '.' or empty levels")
-    return maildir_root / ("." + ".".join(encode_modified_utf7(level) for level in levels))
-
-
-def seed_maildir(
-    maildir_root: Path,
-    messages: Iterable[GeneratedMessage],
-    owner: str | None = None,
-    *,
-    separator: str = "/",
-) -> int:
-    """Write messages straight into a Dovecot Maildir++ tree; much faster than APPEND.
-
-    Folders become ``.Name`` folders (modified UTF-7, ``.`` between levels) with a
-    ``maildirfolder`` file; each message goes through ``tmp/`` into ``cur/`` with its flags in
-    the ``:2,`` suffix and its mtime set to the INTERNALDATE, which Dovecot reports. Safe while
-    Dovecot runs: it picks up new files at the next access.
-
-    Args:
-        maildir_root: The user's Maildir++ root (``LocalDovecot.maildir(user)``).
-        messages: What to write.
-        owner: System user that must own the files (``LocalDovecot.mail_user``); None keeps
-            the current owner.
-        separator: The hierarchy separator clients see.
-
-    Returns:
-        How many messages were written.
-
-    Raises:
-        ValueError: a flag has no Maildir letter, or a folder name cannot be stored.
-    """
-    entry = system_user(owner) if owner else None
-    ids = (entry.pw_uid, entry.pw_gid) if entry else None
-    made: dict[str, Path] = {}
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    pid = os.getpid()
-    written = 0
-    for message in messages:
-        folder = made.get(message.folder)
-        if folder is None:
-            folder = made[message.folder] = _make_maildir(
-                maildir_root, maildir_folder_path(maildir_root, message.folder, separator), ids
-            )
-        letters = []
-        for flag in message.flags:
-            if flag == "\\Recent":
-                continue
-            if flag not in _MAILDIR_FLAGS:
-                raise ValueError(f"flag {flag!r} has no Maildir letter")
-            letters.append(_MAILDIR_FLAGS[flag])
-        data = message.raw.replace(b"\r\n", b"\n")
-        stamp = message.internaldate.timestamp()
-        written += 1
-        name = (
-            f"{math.floor(stamp)}.M{written % 1_000_000}P{pid}Q{written}.{host}"
-            f",S={len(data)},W={len(data) + data.count(_LF)}"
-        )
-        tmp = folder / "tmp" / name
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-        os.utime(tmp, (stamp, stamp))
-        if ids is not None:
-            os.chown(tmp, *ids)
-        tmp.rename(folder / "cur" / f"{name}:2,{''.join(sorted(letters))}")
-    return written
-
-
-def _make_maildir(root: Path, folder: Path, ids: tuple[int, int] | None) -> Path:
-    for path in (root, folder):
-        created = not path.exists()
-        for sub in ("", "cur", "new", "tmp"):
-            (path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-            if created and ids is not None:
-                os.chown(path / sub, *ids)
-    marker = folder / "maildirfolder"
-    if folder != root and not marker.exists():
-        marker.touch()
-        if ids is not None:
-            os.chown(marker, *ids)
-    return folder
-
-
-def append_imap(
-    host: str,
-    port: int,
-    user: str,
-    password: str,
-    messages: Iterable[GeneratedMessage],
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-) -> int:
-    """APPEND messages over IMAP with their INTERNALDATE and flags; folders are created.
-
-    Args:
-        host: IMAP server.
-        port: Its port.
-        user: Login name.
-        password: Password (never logged).
-        messages: What to append.
-        ssl_context: Use implicit TLS with this context; None for a plain connection.
-
-    Returns:
-        How many messages were appended.
-    """
-    from imap_tools import MailBox, MailBoxUnencrypted  # imported late: tests need it rarely
-
-    mailbox = (
-        MailBox(host, port, timeout=IMAP_TIMEOUT_S, ssl_context=ssl_context)
-        if ssl_context is not None
-        else MailBoxUnencrypted(host, port, timeout=IMAP_TIMEOUT_S)
-    )
-    appended = 0
-    with mailbox.login(user, password, initial_folder=None) as box:
-        existing = {f.name for f in box.folder.list()}
-        for message in messages:
-            if message.folder not in existing:
-                box.folder.create(message.folder)
-                existing.add(message.folder)
-            box.append(
-                message.raw,
-                message.folder,
-                dt=message.internaldate,
-                flag_set=[f for f in message.flags if f != "\\Recent"],
-            )
-            appended += 1
-    return appended

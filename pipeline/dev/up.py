@@ -461,7 +461,8 @@ class _Up:
 
     def _start_demo(self) -> dict[str, object]:
         from pipeline.dev.dovecot import LocalDovecot, ensure_dovecot_installed
-        from pipeline.dev.mailgen import generate, seed_maildir
+        from pipeline.dev.mailgen import generate
+        from pipeline.dev.seed import seed_maildir
 
         ensure_dovecot_installed()
         state_file = self.data_dir / DEMO_STATE_NAME

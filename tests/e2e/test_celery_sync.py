@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.seed import seed_maildir
 from pipeline.models import Grant, Message, Placement, SyncFailure
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, grant_request

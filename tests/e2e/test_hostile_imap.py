@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.seed import seed_maildir
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.models import Folder, Grant, Placement

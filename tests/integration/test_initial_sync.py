@@ -9,7 +9,8 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.seed import seed_maildir
 from pipeline.imap import ImapSession
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
 from pipeline.ratelimit import RateLimited

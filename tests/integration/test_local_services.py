@@ -24,9 +24,10 @@ from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 
 from pipeline.dev import free_port, free_ports, port_in_use
 from pipeline.dev.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
-from pipeline.dev.mailgen import GeneratedMessage, append_imap, generate, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage, generate
 from pipeline.dev.postgres import EmbeddedPostgres, find_postgres_bindir
 from pipeline.dev.redis import EmbeddedRedis, find_redis_server
+from pipeline.dev.seed import append_imap, seed_maildir
 from pipeline.errors import ServiceError
 
 pytestmark = pytest.mark.services

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.seed import seed_maildir
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.corpus import CORPUS

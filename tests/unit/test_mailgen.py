@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dev.mailgen import (
-    DEFAULT_FOLDERS,
-    GeneratedMessage,
-    encode_modified_utf7,
-    generate,
-    maildir_folder_path,
-    seed_maildir,
-)
+from pipeline.dev.mailgen import DEFAULT_FOLDERS, GeneratedMessage, generate
+from pipeline.dev.seed import encode_modified_utf7, maildir_folder_path, seed_maildir
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 SMALL = (2_000, 20_000)  # attachment sizes that keep these tests fast

@@ -21,7 +21,8 @@ from nylas.models.errors import NylasApiError
 from sqlalchemy import func, select
 
 from pipeline.db import session_scope
-from pipeline.dev.mailgen import GeneratedMessage, seed_maildir
+from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.seed import seed_maildir
 from pipeline.models import Folder, Message, Placement
 from pipeline.search import criteria, store
 from tests.support.corpus import corpus_files
