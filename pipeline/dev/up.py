@@ -11,10 +11,11 @@ What it does, in order::
          │  servers, remove runtime.env; exit 0
          └─ a role exits on its own: say which and how, stop everything; exit 1
 
-The roles come from ``deploy/Procfile`` (``role: command`` per line, run by ``/bin/sh``), so
-adding a process to the pipeline is adding a line there. Each role gets the resolved
-environment (service URLs, data folder) and runs in its own process group, so a Ctrl-C in the
-terminal reaches only this process, which stops the roles before the servers they use.
+The roles come from ``deploy/Procfile`` (``role: command`` per line, run by ``/bin/sh``; read
+by :mod:`pipeline.dev.roles`), so adding a process to the pipeline is adding a line there. The
+demo mailbox is :mod:`pipeline.dev.demo`'s. Each role gets the resolved environment (service
+URLs, data folder) and runs in its own process group, so a Ctrl-C in the terminal reaches only
+this process, which stops the roles before the servers they use.
 ``<data_dir>/runtime.env`` tells CLI commands in other terminals where the services are.
 """
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -33,10 +33,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -51,26 +50,19 @@ from pipeline.dev import (
     LOCALHOST,
     can_bind,
     child_preexec,
-    free_port,
     hold_signals,
     port_in_use,
 )
+from pipeline.dev.demo import connect_demo, start_demo
+from pipeline.dev.roles import PROCFILE, Role, RoleLog, read_procfile
 from pipeline.errors import PipelineError, ServiceError
 from pipeline.metrics import MULTIPROC_ENV
 
-PROCFILE = Path(__file__).resolve().parents[2] / "deploy" / "Procfile"
 ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
 ROLE_KILL_WAIT_S = 5.0
 POLL_INTERVAL_S = 0.2
 SERVICE_PROBE_TIMEOUT_S = 3  # is a configured Postgres/Redis reachable?
-GRANT_ADD_TIMEOUT_S = 120.0  # the CLI logs in to the demo server before storing the grant
 DEFAULT_SYNC_CONCURRENCY_ENV = "IMAP_PIPELINE_SYNC_CONCURRENCY"
-DEMO_USER = "demo"
-DEMO_EMAIL = "demo@localhost"
-DEMO_MESSAGES = 300
-DEMO_SEED = 20240601
-DEMO_OLD_FRACTION = 0.15  # some mail older than the 90-day window, which sync must skip
-DEMO_STATE_NAME = "demo-account.json"
 LOCK_NAME = "up.lock"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 OWN_METRICS_ROLES = frozenset({"flower"})  # serves /metrics on its own port
@@ -78,81 +70,8 @@ OWN_METRICS_ROLES = frozenset({"flower"})  # serves /metrics on its own port
 RUNTIME_ENV_OWN = frozenset(
     {"IMAP_PIPELINE_DATABASE_URL", "IMAP_PIPELINE_REDIS_URL", "IMAP_PIPELINE_DATA_DIR"}
 )
-ROLE_LOG_MAX_BYTES = 10 * 1024 * 1024  # per role log file before it is rotated
-ROLE_LOG_BACKUPS = 5  # rotated files kept per role (api.log.1 … api.log.5)
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 ROLE_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan")
-
-
-class RoleLog:
-    """A role's log file under ``<data_dir>/logs``: a line is written as it arrives, and the
-    file is rotated at :data:`ROLE_LOG_MAX_BYTES` (``api.log`` -> ``api.log.1`` -> … ->
-    ``api.log.{ROLE_LOG_BACKUPS}``, the oldest dropped)."""
-
-    def __init__(
-        self, path: Path, max_bytes: int = ROLE_LOG_MAX_BYTES, backups: int = ROLE_LOG_BACKUPS
-    ) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._file: IO[bytes] = path.open("ab", buffering=0)  # unbuffered: one write per line
-
-    def write(self, line: bytes) -> None:
-        """Append one line (bytes, with its newline), rotating first if the file is full."""
-        if self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
-            self._rotate()
-        self._file.write(line)
-
-    def _rotate(self) -> None:
-        self._file.close()
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        self._file = self.path.open("ab", buffering=0)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
-
-@dataclass(frozen=True)
-class Role:
-    """One line of the Procfile."""
-
-    name: str
-    command: str
-
-
-def read_procfile(path: Path = PROCFILE) -> list[Role]:
-    """The roles of a Procfile: ``role: command`` lines; blank lines and ``#`` comments skipped.
-
-    Raises:
-        ServiceError: the file is missing or a line is malformed.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise ServiceError(
-            f"{path} not found: `imap-pipeline up` runs from a source checkout "
-            "(git clone, then scripts/up)."
-        ) from exc
-    roles: list[Role] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        name, sep, command = stripped.partition(":")
-        name, command = name.strip(), command.strip()
-        if not sep or not name.replace("-", "").replace("_", "").isalnum() or not command:
-            raise ServiceError(f"{path}:{number}: expected `role: command`, got {stripped!r}")
-        if any(r.name == name for r in roles):
-            raise ServiceError(f"{path}:{number}: role {name!r} is listed twice")
-        roles.append(Role(name, command))
-    if not roles:
-        raise ServiceError(f"{path} lists no roles.")
-    return roles
 
 
 def redact_url(url: str) -> str:
@@ -253,7 +172,11 @@ class _Up:
         self._migrate()
         self._write_runtime_env()
         env = self._role_env()
-        demo_account = self._start_demo() if self.demo else None
+        demo_account = None
+        if self.demo:
+            demo_account, self.demo_rows = start_demo(
+                self.data_dir, self.stack, self.settings.retention_days, self.say
+            )
         self._check_ports(roles, "Stopping.")  # again: starting services took a while
         if (
             any(r.name == "flower" for r in roles)
@@ -271,7 +194,9 @@ class _Up:
         for index, role in enumerate(roles):
             self._start_role(role, ROLE_STYLES[index % len(ROLE_STYLES)], self._env_of(role, env))
         if demo_account is not None:
-            self._connect_demo(demo_account, env)
+            row = connect_demo(demo_account, env, self.data_dir, self.say)
+            if row is not None:
+                self.demo_rows.append(row)
         self._print_summary()
 
     def _wait(self) -> int:
@@ -458,110 +383,6 @@ class _Up:
                 self.runtime_env.unlink()
 
     # --- demo -------------------------------------------------------------------------------
-
-    def _start_demo(self) -> dict[str, object]:
-        from pipeline.dev.dovecot import LocalDovecot, ensure_dovecot_installed
-        from pipeline.dev.mailgen import generate
-        from pipeline.dev.seed import seed_maildir
-
-        ensure_dovecot_installed()
-        state_file = self.data_dir / DEMO_STATE_NAME
-        state: dict[str, object] = {}
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            state = json.loads(state_file.read_text())
-        saved_port = state.get("port")
-        # the same port as last time keeps the stored grant pointing at the right place
-        port = (
-            saved_port
-            if isinstance(saved_port, int) and not port_in_use(saved_port)
-            else free_port()
-        )
-        dovecot = LocalDovecot(self.data_dir / "demo-dovecot", port)
-        self.say(f"starting the demo Dovecot on {LOCALHOST}:{port} …")
-        self.stack.enter_context(dovecot)
-        saved_password = state.get("password")
-        password = saved_password if isinstance(saved_password, str) else secrets.token_urlsafe(18)
-        dovecot.add_user(DEMO_USER, password)
-        maildir = dovecot.maildir(DEMO_USER)
-        if not maildir.exists():
-            count = seed_maildir(
-                maildir,
-                generate(
-                    DEMO_MESSAGES,
-                    seed=DEMO_SEED,
-                    now=datetime.now(UTC),
-                    old_fraction=DEMO_OLD_FRACTION,
-                    owner=DEMO_EMAIL,
-                    retention_days=self.settings.retention_days,
-                ),
-                owner=dovecot.mail_user,
-            )
-            self.say(f"seeded the demo mailbox with {count} messages")
-        account: dict[str, object] = {
-            "email": DEMO_EMAIL,
-            "host": LOCALHOST,
-            "port": port,
-            "tls": "plain",
-            "username": DEMO_USER,
-            "password": password,
-        }
-        tmp = state_file.with_name(DEMO_STATE_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(account, fh, indent=2)
-        tmp.replace(state_file)
-        self.demo_rows = [
-            ("demo IMAP", f"{LOCALHOST}:{port} (plain), user {DEMO_USER}"),
-            ("demo credentials", str(state_file)),
-        ]
-        return account
-
-    def _connect_demo(self, account: Mapping[str, object], env: Mapping[str, str]) -> None:
-        argv = [
-            *_cli_command(),
-            "grants", "add",
-            "--email", DEMO_EMAIL,
-            "--host", LOCALHOST,
-            "--port", str(account["port"]),
-            "--tls", "plain",
-            "--allow-plaintext",
-            "--username", DEMO_USER,
-            "--password-stdin",
-            "--json",
-        ]  # fmt: skip
-        self.say("connecting the demo mailbox: imap-pipeline grants add --email demo@localhost …")
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            cwd=self.data_dir,
-        )
-        try:
-            # the password goes on stdin, never on a command line
-            out, err = proc.communicate(
-                (str(account["password"]) + "\n").encode(), timeout=GRANT_ADD_TIMEOUT_S
-            )
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            self.say("connecting the demo mailbox timed out", "bold red")
-            return
-        if proc.returncode != 0:
-            message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-            self.say(
-                f"connecting the demo mailbox failed (exit {proc.returncode}): {message}",
-                "bold red",
-            )
-            return
-        try:
-            grant = json.loads(out)
-            grant_id = str(grant.get("id") or grant.get("grant_id") or "?")
-        except (ValueError, AttributeError):
-            grant_id = "?"
-        self.demo_rows.append(("demo grant", f"{grant_id} ({DEMO_EMAIL})"))
-        self.say(f"demo mailbox connected as grant {grant_id}", "green")
 
     # --- roles ------------------------------------------------------------------------------
 
@@ -757,13 +578,6 @@ def _cli_hint() -> str:
         f"{script} grants list (not on PATH: run `source {script.parent / 'activate'}` "
         "first to type just imap-pipeline)"
     )
-
-
-def _cli_command() -> list[str]:
-    script = Path(sys.executable).parent / "imap-pipeline"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "pipeline.cli"]
 
 
 def _create_secret_file(path: Path, value: str) -> bool:

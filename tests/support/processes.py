@@ -129,7 +129,7 @@ class RoleProcess:
     def __init__(
         self, role: str, env: dict[str, str], log_dir: Path, *, wrap: list[str] | None = None
     ) -> None:
-        from pipeline.dev.up import read_procfile
+        from pipeline.dev.roles import read_procfile
 
         self.wrap = wrap or []  # e.g. run it in a network namespace (tests/support/netns.py)
         (self.command,) = [r.command for r in read_procfile() if r.name == role]

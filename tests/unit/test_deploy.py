@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.cli import build_parser
 from pipeline.config import Settings
-from pipeline.dev.up import read_procfile
+from pipeline.dev.roles import read_procfile
 from pipeline.listener.settings import LISTENER_ENV_PREFIX, ListenerSettings
 from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX, WebhookSettings
 
