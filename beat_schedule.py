@@ -41,7 +41,7 @@ pipeline.webhooks.purge                        1 h         webhooks     expire o
                                                                         records
 =============================================  ==========  ===========  ==========================
 
-The webhook entries mirror ``workers.webhook_tasks.WEBHOOK_BEAT_ENTRIES`` (a unit test keeps
+The webhook entries mirror ``workers.tasks.webhooks.WEBHOOK_BEAT_ENTRIES`` (a unit test keeps
 them equal); this module imports nothing from ``workers`` because the Celery configuration
 imports it.
 """

@@ -23,7 +23,12 @@ class PipelineCelery(Celery):  # type: ignore[misc]  # Celery is untyped
 
 app = PipelineCelery(
     "imap_pipeline",
-    include=["workers.tasks", "workers.webhook_tasks", "workers.beat_tasks", "workers.send_tasks"],
+    include=[
+        "workers.tasks.sync",
+        "workers.tasks.webhooks",
+        "workers.tasks.beat",
+        "workers.tasks.send",
+    ],
 )
 app.config_from_object("workers.celeryconfig")
 

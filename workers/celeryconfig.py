@@ -23,9 +23,9 @@ from kombu.entity import Exchange, Queue
 from beat_schedule import beat_schedule as build_beat_schedule
 from beat_schedule import beat_settings
 from pipeline.presets import queue_names
-from workers.send_tasks import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
 from workers.settings import settings
-from workers.webhook_tasks import WEBHOOK_TASK_ROUTES
+from workers.tasks.send import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
+from workers.tasks.webhooks import WEBHOOK_TASK_ROUTES
 
 VISIBILITY_TIMEOUT_S = 30 * 60
 RESULT_EXPIRES_S = 24 * 3600  # a grant creation's outcome stays readable this long

@@ -103,7 +103,7 @@ def enqueue_with_celery(grant_id: str, provider: str) -> None:
 
 def kick_with_celery() -> None:
     """Have the webhook outbox dispatched soon (the default kicker)."""
-    from workers.webhook_tasks import kick
+    from workers.tasks.webhooks import kick
 
     kick()
 

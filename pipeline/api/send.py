@@ -441,7 +441,7 @@ def enqueue_drain(api: ApiState, grant_id: str, countdown: float | None) -> None
         if api.enqueue_send is not None:
             api.enqueue_send(grant_id, countdown)
             return
-        from workers.send_tasks import enqueue_deliver
+        from workers.tasks.send import enqueue_deliver
 
         enqueue_deliver(grant_id, countdown)
     except Exception as exc:  # any broker/config failure: the sweep sends it

@@ -66,7 +66,7 @@ def _listen(args: argparse.Namespace) -> int:
     from pipeline.listener.protocol import limit_tls_read_buffers
     from pipeline.listener.settings import ListenerSettings
     from workers.enqueue import sync_folder
-    from workers.webhook_tasks import kick
+    from workers.tasks.webhooks import kick
 
     settings = Settings.load()
     listener_settings = ListenerSettings()

@@ -15,7 +15,7 @@ Modules, one per concept:
 - :mod:`~pipeline.webhooks.models`, :mod:`~pipeline.webhooks.repository` — tables and every query.
 - :mod:`~pipeline.webhooks.errors` — the ``WebhookError`` subtree.
 
-Celery lives outside: ``workers.webhook_tasks`` holds the thin tasks and ``kick()``.
+Celery lives outside: ``workers.tasks.webhooks`` holds the thin tasks and ``kick()``.
 """
 
 from pipeline.webhooks.errors import (

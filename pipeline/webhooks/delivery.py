@@ -23,7 +23,7 @@ attempt and gives the lease back::
                └─────────────────────────────────────────────────────────────────────────┘
 
 Drains are coroutines: the Celery worker runs many of them at once on each process's event
-loop (``workers.webhook_tasks``), so a destination that hangs or trickles costs its own drain
+loop (``workers.tasks.webhooks``), so a destination that hangs or trickles costs its own drain
 and connections, never a worker process. :class:`DrainSlots` caps the drains of one process,
 and gives destinations that are not healthy at most half of them, so healthy destinations
 always find room however many others fail.

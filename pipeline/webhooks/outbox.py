@@ -1,7 +1,7 @@
 """The transactional outbox: changes write notifications in their own transaction.
 
 Writers call :func:`emit` inside the transaction that makes the change, after the write that
-changes the object, and call ``workers.webhook_tasks.kick()`` after their commit. If the change
+changes the object, and call ``workers.tasks.webhooks.kick()`` after their commit. If the change
 rolls back, so does the notification; if the kick is lost (Redis flushed, process killed), the
 periodic sweep finds the row anyway: Postgres is the truth.
 
@@ -64,7 +64,7 @@ def emit(
     """Write one notification into the outbox, in the caller's transaction.
 
     Never commits and does no I/O beyond the INSERT. Call it after the write that changes the
-    object (so row locks order same-object changes), and ``workers.webhook_tasks.kick()``
+    object (so row locks order same-object changes), and ``workers.tasks.webhooks.kick()``
     after the commit.
 
     Args:

@@ -111,7 +111,7 @@ def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subp
 
 def _wait_worker(redis_url: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until the worker consumes: a kick on an empty outbox is taken off the queue."""
-    from workers import webhook_tasks
+    from workers.tasks import webhooks as webhook_tasks
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -145,7 +145,7 @@ def _emit(database_url: str, count: int, tag: str) -> None:
 def _pipeline_run(
     database_url: str, receiver: Receiver, paths: list[str], count: int, tag: str
 ) -> float:
-    from workers import webhook_tasks
+    from workers.tasks import webhooks as webhook_tasks
 
     before = {p: len(receiver.accepted(p)) for p in paths}
     _emit(database_url, count, tag)
@@ -199,7 +199,7 @@ def _probe_latencies(
     database_url: str, receiver: Receiver, path: str, probes: int, spacing_s: float, tag: str
 ) -> list[float]:
     """Emit ``probes`` notifications one at a time; seconds from kick to arrival of each."""
-    from workers import webhook_tasks
+    from workers.tasks import webhooks as webhook_tasks
 
     grant = str(uuid.uuid4())
     latencies = []
@@ -409,7 +409,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait(timeout=STOP_TIMEOUT_S)
-        from workers import webhook_tasks
+        from workers.tasks import webhooks as webhook_tasks
 
         webhook_tasks.reset_runtime()
         get_engine(database_url).dispose()

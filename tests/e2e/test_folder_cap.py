@@ -78,7 +78,7 @@ def test_200_folders_sync_50_with_5_tasks_queued_at_a_time(
     settings: Settings, capped: dict[str, str], tmp_path: Path
 ) -> None:
     from workers import folder_queue
-    from workers.tasks import sync_grant_task
+    from workers.tasks.sync import sync_grant_task
 
     broker: redis.Redis[bytes] = redis.Redis.from_url(settings.require_redis_url())
     with FakeImapServer(FakeImapConfig(folders=server_folders())) as server:

@@ -23,21 +23,21 @@ def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
     monkeypatch.delattr("workers.celeryconfig", raising=False)
     workers.settings.settings.cache_clear()
     try:
-        import workers.beat_tasks
-        import workers.tasks
+        import workers.tasks.beat
+        import workers.tasks.sync
 
         # import_module, not `from workers import`: that would return the module imported
         # earlier in this process (an attribute of the package), with its settings
         celeryconfig = importlib.import_module("workers.celeryconfig")
 
         names = {
-            workers.tasks.create_grant_task.name,
-            workers.tasks.sync_grant_task.name,
-            workers.tasks.sync_folder_task.name,
-            workers.beat_tasks.poll_grant_task.name,
-            workers.beat_tasks.poll_grants_task.name,
-            workers.beat_tasks.check_uidvalidity_task.name,
-            workers.beat_tasks.check_grants_task.name,
+            workers.tasks.sync.create_grant_task.name,
+            workers.tasks.sync.sync_grant_task.name,
+            workers.tasks.sync.sync_folder_task.name,
+            workers.tasks.beat.poll_grant_task.name,
+            workers.tasks.beat.poll_grants_task.name,
+            workers.tasks.beat.check_uidvalidity_task.name,
+            workers.tasks.beat.check_grants_task.name,
         }
         assert set(celeryconfig.SYNC_TASKS) == names
         for name in names:

@@ -181,7 +181,7 @@ class InlineDrains:
 
         from pipeline.outbound.deliver import drain
 
-        def run() -> None:  # as the worker's task (workers/send_tasks.py) follows a drain
+        def run() -> None:  # as the worker's task (workers/tasks/send.py) follows a drain
             result = drain(self.sessions, self.settings, self.redis, grant_id, self.access)
             if result.more:
                 self.enqueue(grant_id, 1.0)

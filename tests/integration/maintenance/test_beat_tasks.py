@@ -48,7 +48,7 @@ def _drop_broker_pools(app: Celery) -> None:
 @pytest.fixture
 def in_process_worker(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's Celery app and worker resources at the test services."""
-    import workers.beat_tasks  # noqa: F401  (registers the tasks)
+    import workers.tasks.beat  # noqa: F401  (registers the tasks)
     from workers.app import app
 
     with pointed_at(settings, monkeypatch):
@@ -80,7 +80,7 @@ def synced_grant(settings: Settings, user: MailUser) -> str:
 def test_the_sweep_plans_once_per_interval_on_the_provider_queue(
     settings: Settings, mail_user: MailUser
 ) -> None:
-    from workers.beat_tasks import sweep_uidvalidity_task
+    from workers.tasks.beat import sweep_uidvalidity_task
 
     grant_id = synced_grant(settings, mail_user)
     assert sweep_uidvalidity_task.apply().get() == {"planned": 1, "tasks": 1}
@@ -99,7 +99,7 @@ def test_the_checks_of_many_grants_share_tasks(
     import workers.resources
     from pipeline.imap.connections import ConnectionSlots, Priority, new_holder
     from pipeline.maintenance.locks import job_key
-    from workers.beat_tasks import check_grants_task
+    from workers.tasks.beat import check_grants_task
 
     users = [next(_mail_user_pool) for _ in range(3)]
     grants = [synced_grant(settings, user) for user in users]
@@ -145,7 +145,7 @@ def test_the_checks_of_many_grants_share_tasks(
 def test_the_check_enqueues_a_sync_of_a_renumbered_folder(
     settings: Settings, mail_user: MailUser
 ) -> None:
-    from workers.beat_tasks import check_uidvalidity_task
+    from workers.tasks.beat import check_uidvalidity_task
 
     grant_id = synced_grant(settings, mail_user)
     assert check_uidvalidity_task.apply(args=[grant_id]).get()["changed"] == 0
@@ -169,7 +169,7 @@ def test_the_check_asks_only_folders_nobody_saw_lately(
     folder nobody saw, and one whose changes are counted (issue 11: IMAP commands of an idle
     grant no more than its polls and IDLE renewals)."""
     import workers.resources
-    from workers.beat_tasks import check_uidvalidity_task, poll_grant_task
+    from workers.tasks.beat import check_uidvalidity_task, poll_grant_task
 
     # the checks here log in more often than an account's default budget allows
     workers.resources.limiter_for_process().set_limits("generic", {"account_logins_per_min": 1000})
@@ -229,7 +229,7 @@ def _count_logins(server: LocalDovecot) -> Callable[[], int]:
 def test_reconcile_re_enqueues_stalled_work_once_per_interval(
     settings: Settings, mail_user: MailUser, _mail_user_pool: Iterator[MailUser]
 ) -> None:
-    from workers.beat_tasks import reconcile_task
+    from workers.tasks.beat import reconcile_task
 
     stalled = connect(settings, mail_user)  # created, its sync never enqueued
     failed_grant = synced_grant(settings, next(_mail_user_pool))
@@ -256,7 +256,7 @@ def test_reconcile_re_enqueues_stalled_work_once_per_interval(
 def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
     settings: Settings, mail_user: MailUser
 ) -> None:
-    from workers.beat_tasks import FOLDER_LOCK_KEY, reconcile_task
+    from workers.tasks.beat import FOLDER_LOCK_KEY, reconcile_task
 
     grant_id = synced_grant(settings, mail_user)
     with session_scope(settings.require_database_url()) as db:
@@ -273,7 +273,7 @@ def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
 
 @pytest.mark.usefixtures("in_process_worker")
 def test_the_purge_task_runs_once_at_a_time(settings: Settings, mail_user: MailUser) -> None:
-    from workers.beat_tasks import purge_task
+    from workers.tasks.beat import purge_task
 
     # received 90 days ago minus 10 s: inside the window at sync, past it 10 s later
     old = datetime.now(UTC) - timedelta(days=89, hours=23, minutes=59, seconds=50)
@@ -299,7 +299,7 @@ def test_reconcile_finishes_the_delete_of_a_quiet_grant(
     """A message expunged on a grant where nothing else happens: the sync that saw the expunge
     only marks it orphaned (a move may re-place it); reconciliation deletes it, with its
     message.deleted, once the orphan grace is over (issue 11)."""
-    from workers.beat_tasks import reconcile_task
+    from workers.tasks.beat import reconcile_task
 
     append(mail_user.server, mail_user.name, mail_user.password, make_message("gone"))
     grant_id = synced_grant(settings, mail_user)  # also "hello"
@@ -340,7 +340,7 @@ def _run_queued_syncs(redis_url: str) -> int:
     """Run the folder syncs waiting in the broker in this process, each on a session of its
     own (as on another worker process), until none waits. Returns how many ran."""
     import workers.resources
-    from workers.tasks import sync_folder_task
+    from workers.tasks.sync import sync_folder_task
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     for ran in range(50):  # a cap: a loop of syncs queuing syncs fails the test, never hangs it
@@ -364,7 +364,7 @@ def test_a_folder_renumbered_every_session_is_stopped_by_the_minute_polls(
     stopped after UIDVALIDITY_STOP_AFTER of them with the documented status, not reindexed
     every minute with a folder.updated each time (issue 11)."""
     import workers.resources
-    from workers.beat_tasks import poll_grant_task
+    from workers.tasks.beat import poll_grant_task
 
     folders = [
         FakeFolder(b"INBOX", [sample_message(1)]),
@@ -448,8 +448,8 @@ def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
     """Folders made or removed by another client, on a grant where nothing else happens: the
     periodic discovery announces and syncs the new one, removes the vanished one, and the mail
     only the vanished one held is orphaned (issue 11)."""
-    from workers.beat_tasks import discover_folders_task, discover_grant_task
-    from workers.tasks import sync_folder_task
+    from workers.tasks.beat import discover_folders_task, discover_grant_task
+    from workers.tasks.sync import sync_folder_task
 
     user, redis_url = mail_user, settings.require_redis_url()
     create_folder(user.server, user.name, user.password, "Old")
@@ -501,7 +501,7 @@ def test_folder_discovery_respects_the_folder_cap(
     settings: Settings, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import workers.settings
-    from workers.beat_tasks import discover_grant_task
+    from workers.tasks.beat import discover_grant_task
 
     grant_id = synced_grant(settings, mail_user)
     with session_scope(settings.require_database_url()) as db:
@@ -524,7 +524,7 @@ def test_the_polls_of_many_grants_share_tasks(
 ) -> None:
     """Idle grants' polls go in batches (a task dispatch costs about as much as a quiet poll):
     every grant is polled, a changed folder of each is found."""
-    from workers.beat_tasks import poll_folders_task, poll_grants_task
+    from workers.tasks.beat import poll_folders_task, poll_grants_task
 
     users = [next(_mail_user_pool) for _ in range(3)]
     grants = []
@@ -563,8 +563,8 @@ def test_a_poll_batch_gives_slots_back_at_once_and_skips_a_grant_polled_elsewher
     and its lock left alone; the batch's own locks are gone when it ends."""
     from pipeline.imap.connections import ConnectionSlots, Priority
     from pipeline.maintenance.locks import job_key
-    from workers.beat_tasks import poll_grants_task
     from workers.resources import imap_pool
+    from workers.tasks.beat import poll_grants_task
 
     users = [next(_mail_user_pool) for _ in range(3)]
     grants = []
@@ -606,7 +606,7 @@ def test_the_poll_runs_the_folder_discovery_on_its_own_session(
     next discovery is the first poll an interval later."""
     from pipeline.maintenance.discovery import discovered_key
     from pipeline.maintenance.locks import job_key
-    from workers.beat_tasks import discover_folders_task, discover_grant_task, poll_grants_task
+    from workers.tasks.beat import discover_folders_task, discover_grant_task, poll_grants_task
 
     user, redis_url = mail_user, settings.require_redis_url()
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
@@ -656,7 +656,7 @@ def test_the_poll_finds_a_folder_made_elsewhere_on_every_server(
 ) -> None:
     """The poll's discovery LIST on Dovecot, Cyrus (both with LIST-STATUS for the poll itself)
     and Courier (without): a folder another client made is added and queued for sync."""
-    from workers.beat_tasks import poll_grants_task
+    from workers.tasks.beat import poll_grants_task
 
     user = server_user
     # Courier keeps no uid db for an empty folder: each session would see a new UIDVALIDITY

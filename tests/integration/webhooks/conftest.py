@@ -219,11 +219,11 @@ class WorkerEnv:
 def _point_test_process_at(env: dict[str, str]) -> None:
     """Make this process's Celery app, settings and webhook runtime use ``env``'s services."""
     import workers.settings
-    import workers.webhook_tasks
+    import workers.tasks.webhooks
     from workers.app import app
 
     workers.settings.settings.cache_clear()
-    workers.webhook_tasks.reset_runtime()
+    workers.tasks.webhooks.reset_runtime()
     app.conf.broker_url = env["IMAP_PIPELINE_REDIS_URL"]
     # Drop a broker pool made for another Redis earlier in this session (what Celery does
     # after a fork), and kombu's registry of producer pools, which would otherwise hand the
@@ -289,9 +289,9 @@ def worker_env(
         finally:
             worker.stop()
             import workers.settings
-            import workers.webhook_tasks
+            import workers.tasks.webhooks
 
-            workers.webhook_tasks.reset_runtime()
+            workers.tasks.webhooks.reset_runtime()
             workers.settings.settings.cache_clear()
             get_engine(database_url).dispose()
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -26,7 +26,7 @@ from pipeline.db import session_scope
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.settings import WebhookSettings
-from workers import webhook_tasks
+from workers.tasks import webhooks as webhook_tasks
 
 pytestmark = pytest.mark.services
 

@@ -27,7 +27,7 @@ from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import verify
 from tests.support.waiting import wait_for
-from workers import webhook_tasks
+from workers.tasks import webhooks as webhook_tasks
 
 pytestmark = pytest.mark.services
 

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from workers.app import app
 
-app.conf.include = ["workers.webhook_tasks"]
+app.conf.include = ["workers.tasks.webhooks"]
 
 __all__ = ["app"]

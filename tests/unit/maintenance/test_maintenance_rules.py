@@ -38,12 +38,12 @@ def visibility_timeout_s(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
 @pytest.mark.usefixtures("visibility_timeout_s")  # the app reads its configuration
 def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
-    import workers.beat_tasks  # registers the tasks
-    import workers.send_tasks  # registers the tasks
-    import workers.webhook_tasks  # registers the tasks
+    import workers.tasks.beat  # registers the tasks
+    import workers.tasks.send  # registers the tasks
+    import workers.tasks.webhooks  # registers the tasks
     from workers.app import app
 
-    assert workers.beat_tasks.purge_task.name in app.tasks
+    assert workers.tasks.beat.purge_task.name in app.tasks
     assert beat_schedule.BEAT_SCHEDULE
     for name, entry in beat_schedule.BEAT_SCHEDULE.items():
         assert entry["task"] in app.tasks, name
@@ -66,7 +66,7 @@ def test_folder_discovery_is_scheduled_at_most_every_five_minutes_and_configurab
 
 
 def test_the_webhook_entries_match_what_the_webhook_tasks_ask_for() -> None:
-    from workers.webhook_tasks import WEBHOOK_BEAT_ENTRIES
+    from workers.tasks.webhooks import WEBHOOK_BEAT_ENTRIES
 
     for name, entry in WEBHOOK_BEAT_ENTRIES.items():
         assert beat_schedule.BEAT_SCHEDULE[name] == entry

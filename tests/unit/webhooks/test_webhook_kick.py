@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from pipeline.config import Settings
-from workers import webhook_tasks
+from workers.tasks import webhooks as webhook_tasks
 
 MAX_COUNTDOWN_S = 900.0
 

@@ -84,7 +84,7 @@ from workers.resources import (
     sessions,
 )
 from workers.settings import settings
-from workers.webhook_tasks import kick
+from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pipeline.outbound.deliver import drain, sweep
 from workers import resources
 from workers.app import app
 from workers.settings import settings
-from workers.webhook_tasks import kick
+from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
 
