@@ -7,9 +7,9 @@ is served by an index (see :mod:`pipeline.api.queries`); the filters threads sha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -152,15 +152,6 @@ def message_page(
     """
     # raw_mime logs in to the server, and a refused login marks the grant invalid (committed)
     writes = not isinstance(params, RequestValidationError) and params.fields == "raw_mime"
-    # The grant's check rides on the page statement when nothing before it may reach out or
-    # write (a search the server answers, raw_mime): one round trip less per page
-    folded = (
-        folded_grant_id(grant_id)
-        if not isinstance(params, RequestValidationError)
-        and not needs_server(params.search_query_native)
-        and params.fields != "raw_mime"
-        else None
-    )
     # A standard page with every field is rendered by Postgres (queries.message_json)
     rendered = (
         not isinstance(params, RequestValidationError)
@@ -168,40 +159,23 @@ def message_page(
         and params.select is None
     )
     with page_reads(api, writes=writes) as (conn, orm):
-        if folded is None:
-            live_id = live_grant_id(conn, grant_id)
-            if isinstance(params, RequestValidationError):
-                raise params
-        else:
-            live_id = folded
-        assert not isinstance(params, RequestValidationError)
-        try:
-            rows = _page_rows(
-                conn, api, live_id, params, orm, grant_status=folded is not None, as_json=rendered
+
+        def read(
+            live_id: str, params: MessageListParams, grant_status: bool, fold: bool
+        ) -> Sequence[Row[Any]]:
+            return _page_rows(
+                conn,
+                api,
+                live_id,
+                params,
+                orm,
+                grant_status=grant_status,
+                as_json=rendered,
+                fold=fold,
             )
-        except (ApiError, DBAPIError):
-            if folded is not None:  # an unknown or expired grant answers first, as before
-                live_grant_id(conn, grant_id)
-            raise
-        if folded is not None:
-            check_folded_grant(conn, grant_id, rows[0].grant_status if rows else None)
-        unchecked = folded_folder_ids(params)  # checked by the page statement
-        if unchecked is not None and not (rows and rows[0].folders_found == len(unchecked)):
-            # a folder of `in` is not the grant's, or the page is empty: look them up (a 404
-            # for an unknown one), and read the page again if that found other folders (an
-            # id-shaped folder name)
-            resolved = resolve_folders(conn, live_id, params.in_)
-            if set(resolved or ()) != set(unchecked):
-                rows = _page_rows(
-                    conn,
-                    api,
-                    live_id,
-                    params,
-                    orm,
-                    grant_status=False,
-                    as_json=rendered,
-                    fold=False,
-                )
+
+        # the grant's check rides on the page when nothing before it may write (raw_mime)
+        live_id, params, rows = checked_page(conn, grant_id, params, read, fold_grant=not writes)
         fields, limit = params.fields, params.limit
         include_headers = fields == "include_headers"
         next_cursor = None
@@ -231,6 +205,66 @@ def message_page(
         for row in rows[:limit]
     ]
     return page_json(request_id, data, next_cursor)
+
+
+PageParams = TypeVar("PageParams", bound=FilterParams)
+PageRows = TypeVar("PageRows", bound=Sequence[Any])
+
+
+def checked_page(
+    conn: Connection,
+    grant_id: str,
+    params: PageParams | RequestValidationError,
+    read: Callable[[str, PageParams, bool, bool], PageRows],
+    *,
+    fold_grant: bool = True,
+) -> tuple[str, PageParams, PageRows]:
+    """The grant's id, the parameters and the rows of a list page (messages or threads) whose
+    checks ride on its statement where they can: ``read(grant_id, params, grant_status,
+    fold)`` reads the page, its rows with the grant's ``grant_status`` when asked (the grant
+    named by its id, ``fold_grant`` and no search the server answers, which may write:
+    :func:`~pipeline.api.deps.folded_grant_id`) and, with ``fold``, a ``folders_found`` count
+    for the folders ``in`` names by id (:func:`~pipeline.api.filters.folded_folder_ids`), not
+    looked up first. When a check fails or the page is empty, the grant and the folders are
+    looked up as without it (a 404, a 401), and the page read again if the folders were other
+    than taken.
+
+    Raises:
+        ApiError: 404 for an unknown grant or folder, 401 for an expired grant, 400 for a bad
+            parameter or page token.
+        RequestValidationError: A parameter did not validate.
+    """
+    folded = (
+        folded_grant_id(grant_id)
+        if fold_grant
+        and not isinstance(params, RequestValidationError)
+        and not needs_server(params.search_query_native)
+        else None
+    )
+    if folded is None:
+        live_id = live_grant_id(conn, grant_id)
+        if isinstance(params, RequestValidationError):
+            raise params
+    else:
+        live_id = folded
+    assert not isinstance(params, RequestValidationError)
+    try:
+        rows = read(live_id, params, folded is not None, True)
+    except (ApiError, DBAPIError):
+        if folded is not None:  # an unknown or expired grant answers first, as before
+            live_grant_id(conn, grant_id)
+        raise
+    if folded is not None:
+        check_folded_grant(conn, grant_id, rows[0].grant_status if rows else None)
+    unchecked = folded_folder_ids(params)  # checked by the page statement
+    if unchecked is not None and not (rows and rows[0].folders_found == len(unchecked)):
+        # a folder of `in` is not the grant's, or the page is empty: look them up (a 404
+        # for an unknown one), and read the page again if that found other folders (an
+        # id-shaped folder name)
+        resolved = resolve_folders(conn, live_id, params.in_)
+        if set(resolved or ()) != set(unchecked):
+            rows = read(live_id, params, False, False)
+    return live_id, params, rows
 
 
 def _page_rows(

@@ -960,6 +960,7 @@ def list_threads(
     latest_after: datetime | None = None,
     earliest_from: datetime | None = None,
     as_json: bool = False,
+    grant_status: bool = False,
 ) -> list[ThreadPage]:
     """The page :func:`list_threads_query` describes with every message of each thread, in one
     statement (:func:`list_threads_page_query`: the threads, then each one's messages
@@ -967,6 +968,8 @@ def list_threads(
     with stored-text keys, how many messages Postgres expects them to match decides how the
     threads are walked (:func:`text_matches_estimate`). ``as_json``: each thread's ``json``
     is its API view rendered by Postgres (:func:`_thread_json_select`), its ``messages`` empty.
+    ``grant_status`` and ``flt.folders_unchecked``: each thread also has the grant's status and
+    how many of the folders are the grant's, as :func:`list_messages` reads them.
     """
     if (
         as_json
@@ -978,11 +981,8 @@ def list_threads(
         values: dict[str, Any] = {"grant_id": grant_id, "limit": limit}
         if after is not None:
             values["after_at"], values["after_id"] = after.at, after.id
-        rows = conn.execute(_plain_thread_page(after is not None), values).all()
-        return [
-            ThreadPage(str(row.page_thread_id), "", "", row.page_latest_message_at, [], row.json)
-            for row in rows
-        ]
+        rows = conn.execute(_plain_thread_page(after is not None, grant_status), values).all()
+        return _rendered_threads(rows)
     matches = text_matches_estimate(conn, grant_id, flt)
     query = list_threads_page_query(
         grant_id,
@@ -995,12 +995,42 @@ def list_threads(
         thread_set=walks_with_set(flt, matches),
         as_json=as_json,
     )
+    if grant_status:
+        query = query.add_columns(_grant_status(grant_id).label("grant_status"))
+    if flt.folder_ids is not None and flt.folders_unchecked:
+        found = _folders_found(grant_id, flt.folder_ids)
+        query = query.add_columns(found.label("folders_found"))
     rows = conn.execute(query).all()
     if as_json:
-        return [
-            ThreadPage(str(row.page_thread_id), "", "", row.page_latest_message_at, [], row.json)
-            for row in rows
-        ]
+        return _rendered_threads(rows)
+    return _threads_with_members(rows)
+
+
+def _rendered_threads(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
+    """The threads of a page rendered by Postgres (:func:`_thread_json_select`)."""
+    return [
+        ThreadPage(
+            str(row.page_thread_id),
+            "",
+            "",
+            row.page_latest_message_at,
+            [],
+            row.json,
+            *_page_checks(row),
+        )
+        for row in rows
+    ]
+
+
+def _page_checks(row: Row[Any]) -> tuple[str | None, int | None]:
+    """The ``grant_status`` and ``folders_found`` a page's row carries (None: not asked)."""
+    found = row._mapping
+    return found.get("grant_status"), found.get("folders_found")
+
+
+def _threads_with_members(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
+    """The threads of a page of :func:`list_threads_page_query` rows (a thread's, then a
+    member's columns), each with its messages."""
     out: list[ThreadPage] = []
     for row in rows:
         thread_id = str(row.page_thread_id)
@@ -1012,6 +1042,8 @@ def list_threads(
                     row.page_subject,
                     row.page_latest_message_at,
                     [],
+                    None,
+                    *_page_checks(row),
                 )
             )
         if row.id is not None:
@@ -1020,7 +1052,7 @@ def list_threads(
 
 
 @cache
-def _plain_thread_page(cursor: bool) -> Select[Any]:
+def _plain_thread_page(cursor: bool, grant_status: bool) -> Select[Any]:
     """The statement of a thread page without filters rendered by Postgres (the list a client
     calls most), built once as :func:`_shaped_page` builds the message pages: its values are
     bound parameters (``grant_id``, ``limit``, ``after_at``, ``after_id``) given when it runs,
@@ -1035,7 +1067,10 @@ def _plain_thread_page(cursor: bool) -> Select[Any]:
             bindparam("after_id", type_=Thread.id.type),
         )
         query = query.where(tuple_(Thread.latest_message_at, Thread.id) < position)
-    return _thread_json_select(query.subquery("page"))
+    page = _thread_json_select(query.subquery("page"))
+    if grant_status:
+        page = page.add_columns(_grant_status(grant_id).label("grant_status"))
+    return page
 
 
 @cache
@@ -1056,6 +1091,8 @@ class ThreadPage:
     latest_message_at: datetime
     messages: list[Any]  # rows of _members_select
     json: str | None = None  # the API view rendered by Postgres (list_threads' as_json)
+    grant_status: str | None = None  # the grant's (list_threads' grant_status)
+    folders_found: int | None = None  # of the folders of `in` (MessageFilter.folders_unchecked)
 
 
 def get_thread(session: Session, grant_id: str, thread_id: str) -> Thread | None:

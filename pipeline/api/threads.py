@@ -24,7 +24,6 @@ from pipeline.api.deps import (
     LiveGrant,
     State,
     json_page,
-    live_grant_id,
     notify_after_commit,
     ok,
     page_json,
@@ -33,7 +32,7 @@ from pipeline.api.deps import (
 )
 from pipeline.api.errors import not_found, request_id_of
 from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_filter, target_folder
-from pipeline.api.messages import apply_select, parse_select
+from pipeline.api.messages import apply_select, checked_page, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters
 from pipeline.messages.views import message_view, unix
@@ -134,8 +133,9 @@ def thread_page(
     grant_id: str,
     params: ThreadListParams | RequestValidationError,
 ) -> bytes:
-    """The page ``GET /threads`` answers, as JSON (the threads and their messages in one
-    statement).
+    """The page ``GET /threads`` answers, as JSON: the threads and their messages in one
+    statement, with the grant's check and that of the folders of ``in`` when it can
+    (:func:`~pipeline.api.messages.checked_page`).
 
     Raises:
         ApiError: 404 for an unknown grant or folder, 401 for an expired grant, 400 for a bad
@@ -143,25 +143,30 @@ def thread_page(
         RequestValidationError: A parameter did not validate.
     """
     with page_reads(api) as (conn, orm):
-        live_id = live_grant_id(conn, grant_id)
-        if isinstance(params, RequestValidationError):
-            raise params
-        flt = message_filter(conn, api, live_id, params, lambda: orm(live_id))
-        after = decode_cursor(params.page_token) if params.page_token is not None else None
-        limit = params.limit
-        # a page with every field is rendered by Postgres (queries._thread_json_select)
-        rendered = params.select is None
-        threads = queries.list_threads(
-            conn,
-            live_id,
-            flt,
-            limit + 1,
-            after,
-            latest_before=from_unix(params.latest_message_before),
-            latest_after=from_unix(params.latest_message_after),
-            earliest_from=from_unix(params.earliest_message_date),
-            as_json=rendered,
-        )
+
+        def read(
+            live_id: str, params: ThreadListParams, grant_status: bool, fold: bool
+        ) -> list[queries.ThreadPage]:
+            flt = message_filter(
+                conn, api, live_id, params, lambda: orm(live_id), fold_folders=fold
+            )
+            return queries.list_threads(
+                conn,
+                live_id,
+                flt,
+                params.limit + 1,
+                decode_cursor(params.page_token) if params.page_token is not None else None,
+                latest_before=from_unix(params.latest_message_before),
+                latest_after=from_unix(params.latest_message_after),
+                earliest_from=from_unix(params.earliest_message_date),
+                as_json=params.select is None,
+                grant_status=grant_status,
+            )
+
+        _, params, threads = checked_page(conn, grant_id, params, read)
+    limit = params.limit
+    # a page with every field is rendered by Postgres (queries._thread_json_select)
+    rendered = params.select is None
     next_cursor = None
     if len(threads) > limit:
         last = threads[limit - 1]

@@ -436,15 +436,27 @@ def test_folders_named_by_id_are_checked_by_the_page_query(
     with api.http() as http:
         assert len(_statements_of(http, base + "/messages", {"in": archive})) == 1
         assert len(_statements_of(http, base + "/messages", {"in": "Archive"})) == 2
-        for params in (
-            {"in": unknown},
-            {"in": f"{archive},{unknown}"},  # a page of Archive's messages, and one unknown
-            {"in": [inbox, unknown]},
-            {"in": unknown, "unread": "true"},
-        ):
-            r = http.get(base + "/messages", params=params)
-            assert r.status_code == 404, (params, r.text)
-            assert r.json()["error"]["type"] == "not_found_error"
+        # the threads' page: the grant's check and the folders' in the page statement too
+        assert len(_statements_of(http, base + "/threads", {"in": archive})) == 1
+        assert len(_statements_of(http, base + "/threads", {"in": "Archive"})) == 2
+        for path in ("/messages", "/threads"):
+            for params in (
+                {"in": unknown},
+                {"in": f"{archive},{unknown}"},  # a page of Archive's messages, and one unknown
+                {"in": [inbox, unknown]},
+                {"in": unknown, "unread": "true"},
+            ):
+                r = http.get(base + path, params=params)
+                assert r.status_code == 404, (path, params, r.text)
+                assert r.json()["error"]["type"] == "not_found_error"
+        for params in ({"in": archive}, {"in": [archive, inbox]}, {"in": "Archive"}):
+            by_id = http.get(base + "/threads", params=params).json()["data"]
+            every = ",".join(by_id[0])  # the same threads made in Python
+            selected = http.get(base + "/threads", params={**params, "select": every})
+            assert selected.json()["data"] == by_id
+            assert by_id == [http.get(f"{base}/threads/{t['id']}").json()["data"] for t in by_id], (
+                params
+            )
     assert subjects_for(api, grant_id, **{"in": archive.upper()}) == {"archived"}
     assert subjects_for(api, grant_id, **{"in": f"{archive},{archive}"}) == {"archived"}
     assert subjects_for(api, grant_id, **{"in": [archive, "INBOX"], "starred": "true"}) == {
