@@ -9,13 +9,15 @@ import pytest
 
 import pipeline.mime as mime
 from pipeline.dev.mailgen import generate
+from pipeline.errors import MessageParseError
+from pipeline.mime import charsets, structure
 from tests.support.corpus import CORPUS
 
 
 def _both(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[object, object]:
     elided = mime.parse_message(raw)
     with monkeypatch.context() as m:
-        m.setattr(mime, "_elide_attachment_bodies", lambda data, ctx: data)
+        m.setattr(structure, "_elide_attachment_bodies", lambda data, ctx: data)
         full = mime.parse_message(raw)
     return elided, full
 
@@ -39,7 +41,7 @@ def test_sizes_and_structure_are_identical(monkeypatch: pytest.MonkeyPatch, line
         (b"x" * 300_001, "image", "b.png"),
     ]
     raw = _big(payloads, linesep=linesep)
-    assert len(raw) > mime.ELIDE_MIN_MESSAGE_BYTES
+    assert len(raw) > structure.ELIDE_MIN_MESSAGE_BYTES
     elided, full = _both(raw, monkeypatch)
     assert elided == full
     assert isinstance(elided, mime.ParsedMessage)
@@ -49,8 +51,8 @@ def test_sizes_and_structure_are_identical(monkeypatch: pytest.MonkeyPatch, line
 
 def test_the_parser_never_sees_the_elided_bytes() -> None:
     raw = _big([(b"\x00" * 2_000_000, "application", "zeros.bin")])
-    ctx = mime._Context()
-    data = mime._elide_attachment_bodies(raw, ctx)
+    ctx = charsets._Context()
+    data = structure._elide_attachment_bodies(raw, ctx)
     assert len(data) < 10_000
     assert list(ctx.elided.values()) == [2_000_000]
 
@@ -68,10 +70,10 @@ def test_generated_mail_and_the_corpus_parse_the_same(monkeypatch: pytest.Monkey
     now = datetime(2026, 11, 1, tzinfo=UTC)
     raws = [m.raw for m in generate(300, seed=3, now=now, attachment_fraction=0.2)]
     raws += [p.read_bytes() for p in sorted(CORPUS.rglob("*.eml"))]
-    assert sum(len(r) > mime.ELIDE_MIN_MESSAGE_BYTES for r in raws) >= 20
+    assert sum(len(r) > structure.ELIDE_MIN_MESSAGE_BYTES for r in raws) >= 20
     for raw in raws:
         try:
             elided, full = _both(raw, monkeypatch)
-        except mime.MessageParseError:
+        except MessageParseError:
             continue
         assert elided == full

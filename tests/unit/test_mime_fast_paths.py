@@ -1,10 +1,10 @@
 """The parser's fast paths give exactly what the general paths give.
 
-``pipeline.mime._fast_structure`` replaces the line-by-line ``BytesFeedParser`` for ordinary
-mail; these tests compare both trees (headers, payloads, preamble, epilogue, defects) over the
-corpus and generated mail, and check that anything unusual is left to the feed parser. Simple
-address lists skip ``email.utils.getaddresses``; random lists built from awkward pieces must
-split the same way.
+``pipeline.mime.structure._fast_structure`` replaces the line-by-line ``BytesFeedParser``
+for ordinary mail; these tests compare both trees (headers, payloads, preamble, epilogue,
+defects) over the corpus and generated mail, and check that anything unusual is left to the
+feed parser. Simple address lists skip ``email.utils.getaddresses``; random lists built from
+awkward pieces must split the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import pytest
 
 import pipeline.mime as mime
 from pipeline.dev.mailgen import generate
+from pipeline.errors import MessageParseError
+from pipeline.mime import headers, parser, structure
 from tests.support.corpus import CORPUS
 
 
@@ -50,10 +52,10 @@ def test_corpus_and_generated_mail_build_the_feed_parsers_tree() -> None:
     fast = 0
     for raw in _inputs():
         try:
-            data = mime._checked_input(raw)
-        except mime.MessageParseError:
+            data = parser._checked_input(raw)
+        except MessageParseError:
             continue
-        tree = mime._fast_structure(data)
+        tree = structure._fast_structure(data)
         if tree is None:
             continue
         fast += 1
@@ -74,7 +76,7 @@ NESTED = (
 @pytest.mark.parametrize("linesep", [b"\r\n", b"\n"])
 def test_nested_parts_preamble_epilogue_and_headerless_parts(linesep: bytes) -> None:
     data = NESTED.replace(b"\r\n", linesep)
-    tree = mime._fast_structure(data)
+    tree = structure._fast_structure(data)
     assert tree is not None
     assert shape(tree) == shape(feed_parser(data))
     parts = tree.get_payload()
@@ -106,7 +108,7 @@ def test_nested_parts_preamble_epilogue_and_headerless_parts(linesep: bytes) -> 
     ],
 )
 def test_unusual_mail_is_left_to_the_feed_parser(data: bytes) -> None:
-    assert mime._fast_structure(data) is None
+    assert structure._fast_structure(data) is None
     parsed = mime.parse_message(b"From: a@example.test\r\n" + data)
     assert isinstance(parsed, mime.ParsedMessage)
 
@@ -143,7 +145,7 @@ def test_simple_address_lists_split_as_getaddresses_does() -> None:
     fast = 0
     for _ in range(5000):
         text = ",".join(rnd.choice(ADDRESS_PIECES) for _ in range(rnd.randint(1, 4)))
-        pairs = mime._simple_pairs([text])
+        pairs = headers._simple_pairs([text])
         if pairs is None:
             continue
         fast += 1
