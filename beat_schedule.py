@@ -50,6 +50,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.redis import BATCH_TIMEOUT_S, BEAT_KEY_PREFIX, BEAT_LOCK_KEY
+
 SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
 POLL_INTERVAL_S = 60  # folders without an IDLE connection are checked this often
 PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
@@ -68,8 +70,6 @@ WEBHOOK_PURGE_INTERVAL_S = 3600.0
 # BEAT_LOCK_TIMEOUT_S, so a standby takes over within 30 + 5 s (the issue asks for a minute).
 BEAT_LOCK_TIMEOUT_S = 30
 BEAT_MAX_LOOP_S = 5
-BEAT_KEY_PREFIX = "imap-pipeline:redbeat:"
-BEAT_REDIS_TIMEOUT_S = 10  # every Redis call of the scheduler fails instead of hanging
 
 
 def _job(task: str, every_s: float, queue: str = MAINTENANCE_QUEUE) -> dict[str, Any]:
@@ -119,10 +119,11 @@ def beat_settings(redis_url: str) -> dict[str, Any]:
         "beat_max_loop_interval": BEAT_MAX_LOOP_S,
         "redbeat_redis_url": redis_url,
         "redbeat_redis_options": {
-            "socket_timeout": BEAT_REDIS_TIMEOUT_S,
-            "socket_connect_timeout": BEAT_REDIS_TIMEOUT_S,
+            # the scheduler's client (redbeat builds it): a call fails instead of hanging
+            "socket_timeout": BATCH_TIMEOUT_S,
+            "socket_connect_timeout": BATCH_TIMEOUT_S,
         },
         "redbeat_key_prefix": BEAT_KEY_PREFIX,
-        "redbeat_lock_key": BEAT_KEY_PREFIX + "lock",
+        "redbeat_lock_key": BEAT_LOCK_KEY,
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
     }

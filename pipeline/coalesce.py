@@ -45,6 +45,8 @@ from dataclasses import dataclass
 
 import redis
 
+from pipeline.redis import folder_dirty_key, folder_lock_key, folder_retry_key
+
 DIRTY_TTL_FACTOR = 10  # a dirty flag outlives the lock by this factor: set while a run holds
 # it, it must last until that run (renewed between batches) ends and takes it
 
@@ -178,22 +180,15 @@ class Coalesced:
 # --- the folder sync (task ``pipeline.sync.folder``) --------------------------------------------
 
 
-def folder_lock_key(folder_id: str, uid_range: tuple[int, int] | None = None) -> str:
-    """The lock of a folder's sync (or of one UID range of its initial sync)."""
-    suffix = f":{uid_range[0]}-{uid_range[1]}" if uid_range is not None else ""
-    return f"imap-pipeline:lock:folder:{folder_id}{suffix}"
-
-
 def folder_sync(
     r: redis.Redis[bytes], folder_id: str, uid_range: tuple[int, int] | None, ttl_s: int
 ) -> Coalesced:
     """The coalesced run of a folder's sync (or of one UID range of it). The dirty flag is
     the folder's: only a whole-folder run takes it."""
-    lock_key = folder_lock_key(folder_id, uid_range)
     return Coalesced(
         r,
-        lock_key=lock_key,
-        dirty_key=f"imap-pipeline:dirty:folder:{folder_id}",
-        retry_key=lock_key.replace(":lock:", ":retry:"),
+        lock_key=folder_lock_key(folder_id, uid_range),
+        dirty_key=folder_dirty_key(folder_id),
+        retry_key=folder_retry_key(folder_id, uid_range),
         ttl_s=ttl_s,
     )

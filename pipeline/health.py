@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
+from pipeline.redis import BEAT_LOCK_KEY, LISTENERS_KEY, client
+
 CHECK_TIMEOUT_S = 3.0  # one dependency's answer; probes time out after 5 s or more
-LISTENERS_KEY = "imap-pipeline:listeners"  # pipeline.listener.leases.LISTENERS_KEY
-BEAT_LOCK_KEY = "imap-pipeline:redbeat:lock"  # beat_schedule.BEAT_KEY_PREFIX + "lock"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def postgres(conninfo: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
 
 
 def _redis(url: str, timeout_s: float) -> redis.Redis[bytes]:
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return client(url, timeout_s=timeout_s)
 
 
 def redis_ping(url: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:

@@ -5,12 +5,13 @@ Every worker process (and the listener, for connections and logins) asks Redis, 
 script decides atomically. All times are the Redis server's clock (``TIME``), so machines with
 skewed clocks agree.
 
-Keys::
+Keys (built by :mod:`pipeline.redis`)::
 
     imap-pipeline:rl:<bucket>            hash {tokens, ts}: token bucket, PEXPIREd when full
         bucket = ops:p:<scope> | ops:a:<grant_id> | login:p:<scope> | login:a:<grant_id>
     imap-pipeline:backoff:a:<grant_id>   string with TTL: the account is backing off
     imap-pipeline:backoff:p:<scope>      string with TTL: the whole provider is backing off
+    imap-pipeline:backoff:n:<grant_id>   counter: the account's throttles in a row
     imap-pipeline:throttles:<scope>      sorted set: recent throttled accounts of a provider
     imap-pipeline:limits:<provider>      hash: operator overrides of :class:`Limits` fields
 
@@ -51,8 +52,15 @@ from pipeline import metrics
 from pipeline.errors import ImapThrottledError, ServiceError
 from pipeline.imap.connections import ConnectionSlots
 from pipeline.presets import preset
+from pipeline.redis import (
+    account_backoff_key,
+    backoff_streak_key,
+    bucket_key,
+    limits_key,
+    provider_backoff_key,
+    throttles_key,
+)
 
-KEY_PREFIX = "imap-pipeline"
 BURST_S = 1.0  # a bucket holds this many seconds' worth of tokens...
 MIN_BURST = 3.0  # ...and at least this many (a first sync opens a few sessions at once), but
 # never more than one minute's worth (a "6 logins per minute" account stays near 6)
@@ -214,7 +222,7 @@ class RateLimiter:
     def limits(self, provider: str) -> Limits:
         """The provider's limits with operator overrides from ``imap-pipeline:limits:<p>``."""
         base = default_limits(provider)
-        raw = self._call(self._redis.hgetall, f"{KEY_PREFIX}:limits:{preset(provider).name}")
+        raw = self._call(self._redis.hgetall, limits_key(preset(provider).name))
         overrides: dict[str, Any] = {}
         names = {f.name: f.type for f in fields(Limits)}
         for key, value in raw.items():
@@ -229,7 +237,7 @@ class RateLimiter:
         unknown = set(values) - {f.name for f in fields(Limits)}
         if unknown:
             raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
-        key = f"{KEY_PREFIX}:limits:{preset(provider).name}"
+        key = limits_key(preset(provider).name)
         self._call(self._redis.hset, key, mapping={k: str(v) for k, v in values.items()})
 
     # --- tokens ---------------------------------------------------------------------------
@@ -347,7 +355,7 @@ class RateLimiter:
 
         Returns 0.0 (taken), seconds to wait before asking again, or, with ``reserve_s``, minus
         the seconds (at most ``reserve_s``) after which the tokens taken now may be used."""
-        keys = [f"{KEY_PREFIX}:rl:{name}" for name, _ in buckets]
+        keys = [bucket_key(name) for name, _ in buckets]
         args: list[float] = [cost, int(reserve_s * 1000)]
         for name, rate in buckets:
             if rate <= 0:
@@ -369,14 +377,14 @@ class RateLimiter:
         recent = int(
             self._call(
                 self._throttle,
-                keys=[f"{KEY_PREFIX}:throttles:{scope}"],
+                keys=[throttles_key(scope)],
                 args=[grant_id, window_ms],
             )
         )
         if recent >= PROVIDER_THROTTLED_ACCOUNTS:
             self._call(
                 self._redis.set,
-                f"{KEY_PREFIX}:backoff:p:{scope}",
+                provider_backoff_key(scope),
                 "1",
                 px=int(PROVIDER_BACKOFF_S * 1000),
             )
@@ -386,19 +394,17 @@ class RateLimiter:
         """Put the account alone in back-off (doubling while it repeats), e.g. after its server
         broke a bound (:class:`pipeline.errors.ImapLimitError`): one server is no reason to
         slow its whole provider down. Returns the back-off in seconds."""
-        count_key = f"{KEY_PREFIX}:backoff:n:{grant_id}"
+        count_key = backoff_streak_key(grant_id)
         streak = int(self._call(self._redis.incr, count_key))
         self._call(self._redis.expire, count_key, THROTTLE_MEMORY_S)
         doubled = math.ldexp(ACCOUNT_BACKOFF_BASE_S, min(streak - 1, 30))
         backoff = min(doubled, ACCOUNT_BACKOFF_MAX_S)
-        self._call(
-            self._redis.set, f"{KEY_PREFIX}:backoff:a:{grant_id}", "1", px=int(backoff * 1000)
-        )
+        self._call(self._redis.set, account_backoff_key(grant_id), "1", px=int(backoff * 1000))
         return backoff
 
     def recovered(self, grant_id: str) -> None:
         """A session worked again: later throttles start from the base back-off."""
-        self._call(self._redis.delete, f"{KEY_PREFIX}:backoff:n:{grant_id}")
+        self._call(self._redis.delete, backoff_streak_key(grant_id))
 
     def backoff_remaining(self, scope: str, grant_id: str) -> float:
         """Seconds until the account and its provider are out of back-off (0.0: not in it)."""
@@ -408,9 +414,9 @@ class RateLimiter:
         """The account's and its provider's back-off, and whether the account has a streak of
         throttles to forget after its next good login (:meth:`recovered`): one round trip."""
         pipe = self._redis.pipeline(transaction=False)
-        pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
-        pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
-        pipe.exists(f"{KEY_PREFIX}:backoff:n:{grant_id}")
+        pipe.pttl(account_backoff_key(grant_id))
+        pipe.pttl(provider_backoff_key(scope))
+        pipe.exists(backoff_streak_key(grant_id))
         account_ms, provider_ms, streak = self._call(pipe.execute)
         remaining = float(max(int(account_ms), int(provider_ms), 0)) / 1000.0
         return Backoff(remaining_s=remaining, streak=bool(int(streak)))
@@ -420,8 +426,8 @@ class RateLimiter:
         scope = scope_of(provider, imap_host)
         limits = self.limits(provider)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.pttl(f"{KEY_PREFIX}:backoff:a:{grant_id}")
-        pipe.pttl(f"{KEY_PREFIX}:backoff:p:{scope}")
+        pipe.pttl(account_backoff_key(grant_id))
+        pipe.pttl(provider_backoff_key(scope))
         account_ms, provider_ms = self._call(pipe.execute)
         held = ConnectionSlots(self._redis).held(grant_id)
         return {

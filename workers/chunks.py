@@ -9,7 +9,7 @@ tasks landing on the other worker processes were refused a slot and came back 5 
 the ranges are also recorded here, and a process that ends a chunk with a healthy session
 claims the next waiting range of the grant and runs it on that session::
 
-    plan ──► record ranges (PENDING_KEY) ──► enqueue a task per range
+    plan ──► record ranges (pending_ranges_key) ──► enqueue a task per range
     a chunk ends, session healthy ──► claim a range (its lock, SET NX) ──► run it ──► done
     a range's task arrives ──► done?  skip (no slot asked)
                           └──► locked? look again in RECHECK_S (no slot asked)
@@ -27,20 +27,11 @@ from collections.abc import Sequence
 import redis
 
 from pipeline import coalesce
+from pipeline.redis import folder_lock_key, pending_ranges_key, range_done_key
 
-PENDING_KEY = "imap-pipeline:ranges:{}"  # a grant's waiting ranges: "<folder id>:<lo>-<hi>"
 PENDING_TTL_S = 24 * 3600  # renewed by every plan; a set nobody drains expires
 DONE_TTL_S = 3600  # outlives any task of the range still queued (retries back off <= 600 s)
 RECHECK_S = 5  # a range's task that finds it running looks again this much later
-
-
-def lock_key(folder_id: str, uid_range: tuple[int, int] | None) -> str:
-    """The lock of a folder's sync (or of one UID range of it): :mod:`pipeline.coalesce`."""
-    return coalesce.folder_lock_key(folder_id, uid_range)
-
-
-def _done_key(folder_id: str, uid_range: tuple[int, int]) -> str:
-    return f"imap-pipeline:done:folder:{folder_id}:{uid_range[0]}-{uid_range[1]}"
 
 
 def _member(folder_id: str, uid_range: tuple[int, int]) -> str:
@@ -54,9 +45,9 @@ def record(
     earlier plan with the same bounds (a reindex) is no longer done."""
     if not ranges:
         return
-    key = PENDING_KEY.format(grant_id)
+    key = pending_ranges_key(grant_id)
     pipe = r.pipeline(transaction=False)
-    pipe.delete(*(_done_key(folder_id, part) for part in ranges))
+    pipe.delete(*(range_done_key(folder_id, part) for part in ranges))
     pipe.sadd(key, *(_member(folder_id, part) for part in ranges))
     pipe.expire(key, PENDING_TTL_S)
     pipe.execute()
@@ -64,7 +55,7 @@ def record(
 
 def is_done(r: redis.Redis[bytes], folder_id: str, uid_range: tuple[int, int]) -> bool:
     """Whether the range was run to its end (by any process)."""
-    return bool(r.exists(_done_key(folder_id, uid_range)))
+    return bool(r.exists(range_done_key(folder_id, uid_range)))
 
 
 def mark_done(
@@ -72,8 +63,8 @@ def mark_done(
 ) -> None:
     """The range was run to its end: its tasks still queued skip it (call before unlocking)."""
     pipe = r.pipeline(transaction=False)
-    pipe.set(_done_key(folder_id, uid_range), "1", ex=DONE_TTL_S)
-    pipe.srem(PENDING_KEY.format(grant_id), _member(folder_id, uid_range))
+    pipe.set(range_done_key(folder_id, uid_range), "1", ex=DONE_TTL_S)
+    pipe.srem(pending_ranges_key(grant_id), _member(folder_id, uid_range))
     pipe.execute()
 
 
@@ -82,7 +73,7 @@ def claim(
 ) -> tuple[str, tuple[int, int]] | None:
     """Take the lock of one waiting range of the grant; ``(folder id, range)``, or None when
     every waiting range is done or held."""
-    key = PENDING_KEY.format(grant_id)
+    key = pending_ranges_key(grant_id)
     members = sorted(m.decode() for m in r.smembers(key))
     for member in members:
         folder_id, _, bounds = member.rpartition(":")
@@ -95,7 +86,7 @@ def claim(
         if is_done(r, folder_id, uid_range):
             r.srem(key, member)
             continue
-        lock = lock_key(folder_id, uid_range)
+        lock = folder_lock_key(folder_id, uid_range)
         if not coalesce.acquire(r, lock, token, lock_ttl_s):
             continue
         if is_done(r, folder_id, uid_range):  # finished just before our lock

@@ -3,8 +3,8 @@
 A grant's folder discovery (and reconciliation) used to enqueue one task per folder at once: a
 server listing 10,000 folders put 10,009 tasks ahead of every other grant's new mail. Now at
 most ``IMAP_PIPELINE_MAX_FOLDER_TASKS_PER_GRANT`` are queued; the others wait, most important
-first, in a Redis list of the grant (``WAITING_KEY``), and every folder sync that ends its
-folder's run queues the next one::
+first, in a Redis list of the grant (:func:`pipeline.redis.folders_waiting_key`), and every
+folder sync that ends its folder's run queues the next one::
 
     discovery ──► first N folder syncs ──► queue        (Inbox, Sent, roles first)
              └──► the rest ──► Redis list of the grant
@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import redis
 
+from pipeline.redis import folders_waiting_key
 from workers import enqueue
 
-WAITING_KEY = "imap-pipeline:folders-waiting:{}"  # a grant's folder ids waiting, in order
 WAITING_TTL_S = 24 * 3600  # a list nobody drains (grant removed, worker fleet gone) expires
 
 
@@ -42,7 +42,7 @@ def queue_folders(
     replace the grant's waiting list (a discovery: the complete plan), or join its end
     (``replace=False``: folders a poll found changed). Returns how many were queued now."""
     now, later = list(folder_ids[:at_once]), list(folder_ids[at_once:])
-    key = WAITING_KEY.format(grant_id)
+    key = folders_waiting_key(grant_id)
     pipe = r.pipeline(transaction=True)
     if replace:
         pipe.delete(key)
@@ -57,7 +57,7 @@ def queue_folders(
 
 def queue_next(r: redis.Redis[bytes], grant_id: str, provider: str) -> str | None:
     """A folder sync of the grant ended: queue the next waiting folder, if any."""
-    waiting = r.lpop(WAITING_KEY.format(grant_id))
+    waiting = r.lpop(folders_waiting_key(grant_id))
     if not isinstance(waiting, bytes):
         return None
     folder_id = waiting.decode()
@@ -67,4 +67,4 @@ def queue_next(r: redis.Redis[bytes], grant_id: str, provider: str) -> str | Non
 
 def waiting(r: redis.Redis[bytes], grant_id: str) -> int:
     """How many folders of the grant wait for a slot."""
-    return int(r.llen(WAITING_KEY.format(grant_id)))
+    return int(r.llen(folders_waiting_key(grant_id)))

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 ENQUEUED_AT_HEADER = "imap_pipeline_enqueued_at"  # unix seconds, set by the publisher
 SYNC_QUEUE_PREFIX = "sync."
 SYNC_TASKS = ("pipeline.sync.folder", "pipeline.sync.grant")
-REDIS_TIMEOUT_S = 2.0  # a scrape's queue-length read fails rather than hangs
 
 
 @before_task_publish.connect
@@ -60,14 +59,11 @@ def _worker_init(**_: Any) -> None:
 
 @beat_init.connect
 def _beat_init(**_: Any) -> None:
-    import redis
+    from pipeline.redis import SCRAPE_TIMEOUT_S
+    from pipeline.redis import client as redis_client
 
     s = settings()
-    client = redis.Redis.from_url(
-        s.require_redis_url(),
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-    )
+    client = redis_client(s.require_redis_url(), timeout_s=SCRAPE_TIMEOUT_S)
     backlog = metrics.BacklogCollector(
         metrics.postgres_outbox_depth(s.require_database_url()),
         metrics.redis_queue_depth(client),

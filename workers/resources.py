@@ -39,9 +39,9 @@ from pipeline.imap.connections import (
 )
 from pipeline.models import Grant
 from pipeline.ratelimit import Limits, RateLimited, RateLimiter, scope_of
+from pipeline.redis import BATCH_TIMEOUT_S, client
 from workers.settings import settings
 
-REDIS_TIMEOUT_S = 10.0
 # Starts every grant status a misbehaving server earns; the next sync that works clears it.
 MISBEHAVED_PREFIX = "The IMAP server misbehaved: "
 
@@ -57,11 +57,7 @@ def sessions() -> sessionmaker[Session]:
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis[bytes]:
     """This process's Redis client."""
-    return redis.Redis.from_url(
-        settings().require_redis_url(),
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-    )
+    return client(settings().require_redis_url(), timeout_s=BATCH_TIMEOUT_S)
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-import redis
 from fastapi import Depends, FastAPI, HTTPException
 from psycopg.types.json import set_json_loads
 from psycopg.types.string import TextLoader
@@ -55,6 +54,8 @@ from pipeline.imap.connections import (
     SessionPool,
 )
 from pipeline.ratelimit import RateLimiter
+from pipeline.redis import CALL_TIMEOUT_S
+from pipeline.redis import client as redis_client
 from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,6 @@ API_PG_OPTIONS = (
 )
 API_POOL_SIZE = 10  # connections per API process; uvicorn's threadpool shares them
 API_POOL_TIMEOUT_S = 10  # wait this long for a free connection, then fail with a 503
-REDIS_TIMEOUT_S = 5  # every rate-limit call to Redis fails after this long
 # A pooled connection idle longer than this is pinged (SELECT 1) before a request uses it, and
 # replaced when the ping fails. One used more recently is not: under load every connection goes
 # back and out within milliseconds, and a ping on each checkout was a round trip (and a
@@ -200,10 +200,7 @@ def _limiter(settings: Settings) -> RateLimiter | None:
             "(set IMAP_PIPELINE_REDIS_URL)"
         )
         return None
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-    )
-    return RateLimiter(client)
+    return RateLimiter(redis_client(settings.redis_url, timeout_s=CALL_TIMEOUT_S))
 
 
 def _fast_types(dbapi_connection: Any, _record: Any) -> None:

@@ -23,10 +23,7 @@ if TYPE_CHECKING:
     from pipeline.listener.process import Listener
 
 console = Console(stderr=True)
-REDIS_TIMEOUT_S = 5.0  # socket timeout of every Redis call of the listener
-REDIS_POOL_SIZE = 32  # Redis connections shared by all IDLE connections of the process
 HELP_WIDTH = 88  # columns of the wrapped help text
-REDIS_POOL_WAIT_S = 10.0  # waiting for a free Redis connection from the pool
 METRICS_REFRESH_S = 5.0  # the IDLE connection gauges lag the connections by at most this
 # pipeline.listener.idle.WatchState values: a connection open on the server, or one on its way
 HELD_STATES = frozenset({"idling", "renewing", "polling"})
@@ -58,13 +55,12 @@ def _settings_help() -> str:
 
 
 def _listen(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
     from pipeline import metrics
     from pipeline.db import sessionmaker_for
     from pipeline.listener.process import Listener
     from pipeline.listener.protocol import limit_tls_read_buffers
     from pipeline.listener.settings import ListenerSettings
+    from pipeline.redis import async_client
     from workers.enqueue import sync_folder
     from workers.tasks.webhooks import kick
 
@@ -82,16 +78,8 @@ def _listen(args: argparse.Namespace) -> int:
         sync_folder(grant_id, folder_id, provider)
 
     async def main() -> None:
-        pool: aioredis.BlockingConnectionPool[aioredis.Connection] = (
-            aioredis.BlockingConnectionPool.from_url(
-                redis_url,
-                max_connections=REDIS_POOL_SIZE,
-                timeout=REDIS_POOL_WAIT_S,
-                socket_timeout=REDIS_TIMEOUT_S,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
-            )
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        # pipeline.redis.CALL_TIMEOUT_S per round trip, on a pool of LISTENER_POOL_SIZE
+        client = async_client(redis_url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -111,8 +99,7 @@ def _listen(args: argparse.Namespace) -> int:
             await listener.run(stop)
         finally:
             gauges.cancel()
-            await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
-            await pool.aclose()  # type: ignore[attr-defined]
+            await client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose; and its pool
 
     asyncio.run(main())
     return 0

@@ -25,9 +25,10 @@ from pipeline.maintenance.purge import purge
 from pipeline.maintenance.repository import MaintenanceRepository
 from pipeline.presets import PRESETS
 from pipeline.ratelimit import Limits, RateLimiter
+from pipeline.redis import BATCH_TIMEOUT_S
+from pipeline.redis import client as redis_client
 
 console = Console()
-REDIS_TIMEOUT_S = 10.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,11 +112,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 
 def _redis(settings: Settings) -> redis.Redis[bytes]:
-    return redis.Redis.from_url(
-        settings.require_redis_url(),
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-    )
+    return redis_client(settings.require_redis_url(), timeout_s=BATCH_TIMEOUT_S)
 
 
 def _limiter(settings: Settings) -> RateLimiter:

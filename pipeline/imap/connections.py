@@ -20,7 +20,7 @@ How a cap of ``C`` slots is shared (:func:`shares`)::
     unreserved work slots are shared: an API request may take any slot bulk sync does not hold
 
 - IDLE slots are reserved while a listener is alive (a heartbeat in
-  :data:`pipeline.listener.leases.LISTENERS_KEY`): nobody else takes them, even while the
+  :data:`pipeline.redis.LISTENERS_KEY`): nobody else takes them, even while the
   listener is reconnecting, so Inbox and Sent are always watched. At least one slot is kept
   for work (sync and the API), or nothing would ever be synced: with ``C = 1`` nothing is
   watched (beat's polling finds new mail), with ``C = 2`` only the Inbox is (Sent is polled).
@@ -94,12 +94,11 @@ from redis.exceptions import RedisError
 
 from pipeline.errors import ImapError, ServiceError
 from pipeline.imap.client import ImapSession
-from pipeline.listener.leases import LISTENERS_KEY
 from pipeline.presets import preset
+from pipeline.redis import CALL_TIMEOUT_S, LISTENERS_KEY, conn_key, limits_key, want_key
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "imap-pipeline"
 IDLE_FOLDERS = 2  # the listener watches Inbox and Sent
 INTERACTIVE_WAIT_S = 5.0  # an API request waits this long for a slot, then gets a 429
 INTERACTIVE_POLL_S = 0.05  # how often a waiting API request asks again
@@ -117,7 +116,6 @@ LINGER_GRACE_S = 5.0  # a pooled slot outlives the linger by this much if its pr
 # 3 s wait: 429 (seen in CI, test_connection_priorities)
 BULK_LOGIN_SPARE = 3.0
 BULK_LOGIN_SPARE_UNWATCHED = 1.0  # no listener is alive: an API login only
-REDIS_TIMEOUT_S = 5.0  # any one Redis round trip of the listener
 CAP_CACHE_S = 60.0  # an operator's change of max_connections reaches listeners this fast
 
 
@@ -160,14 +158,9 @@ def idle_allowed(role: str, cap: int) -> bool:
     return reserved >= (1 if role == "inbox" else IDLE_FOLDERS)
 
 
-def conn_key(grant_id: str) -> str:
-    """The connection-slot set of a grant."""
-    return f"{KEY_PREFIX}:conn:{grant_id}"
-
-
 def want_keys(grant_id: str) -> list[str]:
     """The want flags of a grant, by priority (IDLE, INTERACTIVE, BULK)."""
-    return [f"{conn_key(grant_id)}:want:{p.value}" for p in Priority]
+    return [want_key(grant_id, p.value) for p in Priority]
 
 
 def new_holder(priority: Priority) -> str:
@@ -267,7 +260,7 @@ Re-adds a holder that vanished (Redis flushed): the connection is open, so it mu
 
 
 LISTENING_LUA = _NOW_MS + "return redis.call('ZCOUNT', KEYS[1], now, '+inf')"
-"""KEYS: the live listeners (:data:`pipeline.listener.leases.LISTENERS_KEY`). Returns how many
+"""KEYS: the live listeners (:data:`pipeline.redis.LISTENERS_KEY`). Returns how many
 have a heartbeat that has not expired."""
 
 
@@ -364,9 +357,10 @@ def priority_of(holder: str) -> Priority:
 
 
 class AsyncConnectionSlots:
-    """Slot calls on an asyncio Redis client (the listener), each under ``REDIS_TIMEOUT_S``.
-    Raise Redis's own errors (``RedisError``, ``OSError``, ``TimeoutError``); the listener
-    decides (it fails open: watching matters more than the cap while Redis is away).
+    """Slot calls on an asyncio Redis client (the listener), each under
+    :data:`pipeline.redis.CALL_TIMEOUT_S`. Raise Redis's own errors (``RedisError``,
+    ``OSError``, ``TimeoutError``); the listener decides (it fails open: watching matters more
+    than the cap while Redis is away).
     """
 
     def __init__(self, client: aioredis.Redis[bytes], *, ttl_s: float) -> None:
@@ -387,8 +381,8 @@ class AsyncConnectionSlots:
             return cached[0]
         cap = preset(provider).max_connections
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S):
-                raw = await self._redis.hget(f"{KEY_PREFIX}:limits:{name}", "max_connections")
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                raw = await self._redis.hget(limits_key(name), "max_connections")
             if raw:
                 cap = max(1, int(float(raw)))
         except (RedisError, OSError, TimeoutError, ValueError):
@@ -399,14 +393,14 @@ class AsyncConnectionSlots:
     async def acquire(self, grant_id: str, holder: str, cap: int) -> bool:
         """Take (or renew) an IDLE slot; False when the account has none to give."""
         keys = [conn_key(grant_id), *want_keys(grant_id), LISTENERS_KEY]
-        async with asyncio.timeout(REDIS_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             got = await self._acquire(keys=keys, args=_acquire_args(holder, cap, self._ttl_s))
         return bool(int(got))
 
     async def renew(self, slots: Sequence[tuple[str, str]]) -> None:
         """Keep ``(grant_id, holder)`` slots alive."""
         if slots:
-            async with asyncio.timeout(REDIS_TIMEOUT_S):
+            async with asyncio.timeout(CALL_TIMEOUT_S):
                 await self._renew(
                     keys=[conn_key(g) for g, _ in slots],
                     args=[int(self._ttl_s * 1000), *(h for _, h in slots)],
@@ -414,7 +408,7 @@ class AsyncConnectionSlots:
 
     async def release(self, grant_id: str, holder: str) -> None:
         """Give a slot back."""
-        async with asyncio.timeout(REDIS_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             await self._redis.zrem(conn_key(grant_id), holder)
 
 

@@ -5,24 +5,19 @@ leases, keeps one IMAP IDLE connection per watched folder on one asyncio event l
 every change into a coalesced, durable ``pipeline.sync.folder`` enqueue. It never writes message
 rows; its only database write marks a grant invalid after a refused login.
 
-Redis keys (details in the modules that own them)::
-
-    imap-pipeline:listeners              zset  live listeners, scored by heartbeat expiry (ms)
-    imap-pipeline:lease:<grant_id>       str   owning listener id, TTL lease_ttl_s
-    imap-pipeline:conn:<grant_id>        zset  connection slots of the account (listener and
-                                               workers), scored by expiry (ms)
-    imap-pipeline:listener:changed       hash  "<grant_id>:<folder_id>" -> unix ms of the last
-                                               change seen, for reconciliation
-    imap-pipeline:listener:status:<grant_id>  hash  folder id -> JSON: the connection's state,
-                                               why it last ended, when it is retried
+Redis keys (named in :mod:`pipeline.redis`, used by the modules below): the live listeners
+(``imap-pipeline:listeners``), one lease per grant (``imap-pipeline:lease:<grant_id>``), the
+account's connection slots (``imap-pipeline:conn:<grant_id>``, the connection manager's), the
+last change seen per folder (``imap-pipeline:listener:changed``) and the state of every IDLE
+connection (``imap-pipeline:listener:status:<grant_id>``).
 
 Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
 :mod:`~pipeline.listener.idle` (one connection's state machine),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
-(Redis leases, heartbeats, connection slots), :mod:`~pipeline.listener.process` (the process),
+(Redis leases and heartbeats), :mod:`~pipeline.listener.process` (the process),
 :mod:`~pipeline.listener.status` (connection states for operators),
 :mod:`~pipeline.listener.settings` (``IMAP_PIPELINE_LISTENER_*``).
 
-This package module imports nothing: :mod:`pipeline.ratelimit` (loaded by workers) imports
-:mod:`~pipeline.listener.leases`, which must not drag in the listener process and its imports.
+The listener uses the rate limits and the connection manager; neither imports the listener (the
+key of the live listeners, which slots read, is :data:`pipeline.redis.LISTENERS_KEY`).
 """

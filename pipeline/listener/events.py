@@ -16,12 +16,12 @@ The design, and why:
    connection, so there is no one to share it with, and a Redis round trip per notice is what
    it exists to save.
 3. **Recorded for reconciliation.** Before the enqueue, the change is written to the Redis hash
-   :data:`CHANGED_KEY` (field ``<grant_id>:<folder_id>``, value: unix milliseconds of the last
-   change seen). If an enqueue is lost (broker down, process killed between the two writes)
-   reconciliation finds folders whose last change is newer than their ``last_synced_at``. The
-   hash holds one small field per watched folder, so it never grows without bound. Losing all
-   of Redis loses both, which the architecture allows: Postgres is the truth and the periodic
-   STATUS sweep repairs it.
+   :data:`~pipeline.redis.LISTENER_CHANGED_KEY` (field ``<grant_id>:<folder_id>``, value: unix
+   milliseconds of the last change seen). If an enqueue is lost (broker down, process killed
+   between the two writes) reconciliation finds folders whose last change is newer than their
+   ``last_synced_at``. The hash holds one small field per watched folder, so it never grows
+   without bound. Losing all of Redis loses both, which the architecture allows: Postgres is the
+   truth and the periodic STATUS sweep repairs it.
 4. **Failures retry.** A failed enqueue is retried with a growing delay (up to
    :data:`RETRY_MAX_S`); the folder stays marked pending meanwhile.
 
@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pipeline.redis import CALL_TIMEOUT_S, LISTENER_CHANGED_KEY
+
 log = logging.getLogger(__name__)
 
-CHANGED_KEY = "imap-pipeline:listener:changed"  # hash "<grant_id>:<folder_id>" -> unix ms
-REDIS_TIMEOUT_S = 5.0  # one HSET; a slower Redis is treated as down for this event
 ENQUEUE_TIMEOUT_S = 30.0  # one send_task; the broker's own socket timeout is 30 s
 RETRY_BASE_S = 1.0  # first retry of a failed enqueue
 RETRY_MAX_S = 60.0  # retries of a failed enqueue never wait longer than this
@@ -63,7 +63,7 @@ class FolderRef:
 
     @property
     def key(self) -> str:
-        """Field name in :data:`CHANGED_KEY`."""
+        """Field name in :data:`~pipeline.redis.LISTENER_CHANGED_KEY`."""
         return f"{self.grant_id}:{self.folder_id}"
 
 
@@ -207,8 +207,9 @@ class ChangePublisher:
 
     async def _record(self, ref: FolderRef) -> None:
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT_S):
-                await self._redis.hset(CHANGED_KEY, ref.key, str(int(time.time() * 1000)))
+            # a slower Redis is treated as down for this event
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                await self._redis.hset(LISTENER_CHANGED_KEY, ref.key, str(int(time.time() * 1000)))
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
                 "could not record change of grant=%s folder=%s in Redis (%s)",

@@ -21,7 +21,8 @@ Fair share: with ``G`` grants to watch and ``L`` live listeners, each listener h
 ``ceil(G / L)`` leases. A new listener's heartbeat lowers everybody's cap; those above it release
 the surplus and the newcomer claims it, so listeners converge to an even spread.
 
-Every call carries a timeout through the client's socket timeout and an ``asyncio.timeout``.
+Every call carries a timeout through the client's socket timeout and an ``asyncio.timeout``
+(:data:`pipeline.redis.CALL_TIMEOUT_S`). Key names come from :mod:`pipeline.redis`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from collections.abc import Iterable, Sequence
 
 import redis.asyncio as aioredis
 
-KEY_PREFIX = "imap-pipeline"
-LISTENERS_KEY = f"{KEY_PREFIX}:listeners"
-REDIS_CALL_TIMEOUT_S = 5.0  # any one Redis round trip
+from pipeline.redis import CALL_TIMEOUT_S, LISTENERS_KEY, lease_key
+
 CLAIM_BATCH = 200  # leases claimed per round trip
 
 _NOW_MS = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
@@ -88,11 +88,6 @@ return n
 """KEYS: lease keys. ARGV: owner id. Deletes only the keys this owner holds."""
 
 
-def lease_key(grant_id: str) -> str:
-    """The lease key of a grant."""
-    return f"{KEY_PREFIX}:lease:{grant_id}"
-
-
 def fair_share(grants: int, live_listeners: int) -> int:
     """Most grants one listener should hold: ``ceil(grants / live listeners)``."""
     return math.ceil(grants / max(live_listeners, 1))
@@ -123,7 +118,7 @@ class LeaseStore:
     # --- listeners ----------------------------------------------------------------------------
     async def heartbeat(self) -> int:
         """Say this listener is alive; returns how many listeners are (this one included)."""
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             live = await self._heartbeat(
                 keys=[LISTENERS_KEY], args=[self.listener_id, self._lease_ttl_ms, "1"]
             )
@@ -131,7 +126,7 @@ class LeaseStore:
 
     async def leave(self) -> None:
         """Remove this listener from the live set (clean shutdown)."""
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             await self._heartbeat(keys=[LISTENERS_KEY], args=[self.listener_id, 0, "0"])
 
     # --- grant leases -------------------------------------------------------------------------
@@ -146,7 +141,7 @@ class LeaseStore:
         while index < len(candidates) and len(won) < want:
             batch = list(candidates[index : index + min(CLAIM_BATCH, want - len(won))])
             index += len(batch)
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            async with asyncio.timeout(CALL_TIMEOUT_S):
                 kept = await self._renew(
                     keys=[lease_key(g) for g in batch], args=[self.listener_id, self._lease_ttl_ms]
                 )
@@ -158,7 +153,7 @@ class LeaseStore:
         ids = list(grant_ids)
         if not ids:
             return set()
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             kept = await self._renew(
                 keys=[lease_key(g) for g in ids], args=[self.listener_id, self._lease_ttl_ms]
             )
@@ -168,11 +163,11 @@ class LeaseStore:
         """Give leases back (only those this listener still holds)."""
         keys = [lease_key(g) for g in grant_ids]
         if keys:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+            async with asyncio.timeout(CALL_TIMEOUT_S):
                 await self._release(keys=keys, args=[self.listener_id])
 
     async def owner(self, grant_id: str) -> str | None:
         """Who holds a grant's lease (None if nobody)."""
-        async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
             value = await self._redis.get(lease_key(grant_id))
         return value.decode() if isinstance(value, bytes) else value

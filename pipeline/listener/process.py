@@ -52,12 +52,14 @@ from pipeline.imap.connections import (
 )
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
-from pipeline.listener.leases import REDIS_CALL_TIMEOUT_S, LeaseStore, fair_share
+from pipeline.listener.leases import LeaseStore, fair_share
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.settings import ListenerSettings
 from pipeline.listener.status import StatusBoard
 from pipeline.ratelimit import LoginTurn, RateLimiter
+from pipeline.redis import CALL_TIMEOUT_S
+from pipeline.redis import client as redis_client
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +152,8 @@ class Listener:
         # Redis: every call runs on a thread (asyncio.to_thread), never on the loop.
         self._limiter_client: Redis[bytes] | None = None
         if limiter is None:
-            self._limiter_client = Redis.from_url(
-                settings.require_redis_url(),
-                socket_timeout=REDIS_CALL_TIMEOUT_S,
-                socket_connect_timeout=REDIS_CALL_TIMEOUT_S,
+            self._limiter_client = redis_client(
+                settings.require_redis_url(), timeout_s=CALL_TIMEOUT_S
             )
             limiter = RateLimiter(self._limiter_client)
         self.limiter = limiter
@@ -450,7 +450,7 @@ class Listener:
             max_wait_s=LOGIN_TURN_MAX_S,
         )
         try:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
                 return await asyncio.to_thread(reserve)
         except (ServiceError, TimeoutError) as exc:
             log.warning("grant=%s: login budget unknown (%s)", target.grant_id, exc)
@@ -462,7 +462,7 @@ class Listener:
             self.limiter.throttled, target.provider, target.endpoint.host, target.grant_id
         )
         try:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
                 return await asyncio.to_thread(record)
         except (ServiceError, TimeoutError) as exc:
             log.warning("grant=%s: could not record a throttle (%s)", target.grant_id, exc)
@@ -471,7 +471,7 @@ class Listener:
     async def _misbehaved(self, target: WatchTarget) -> float:
         """The account alone backs off (its server broke a bound), as workers would do."""
         try:
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
                 return await asyncio.to_thread(self.limiter.misbehaved, target.grant_id)
         except (ServiceError, TimeoutError) as exc:
             log.warning("grant=%s: could not record its back-off (%s)", target.grant_id, exc)
@@ -479,7 +479,7 @@ class Listener:
 
     async def _recovered(self, target: WatchTarget) -> None:
         with contextlib.suppress(ServiceError, TimeoutError):
-            async with asyncio.timeout(REDIS_CALL_TIMEOUT_S * 2):
+            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
                 await asyncio.to_thread(self.limiter.recovered, target.grant_id)
 
     def _report(

@@ -19,6 +19,7 @@ from pipeline.listener.protocol import (
     LITERAL_MAX_BYTES,
     RESPONSE_MAX_BYTES,
 )
+from pipeline.redis import conn_key
 
 LISTENER_ENV_PREFIX = "IMAP_PIPELINE_LISTENER_"
 
@@ -49,7 +50,7 @@ class ListenerSettings(BaseSettings):
     conn_slot_ttl_s: float = Field(
         default=30.0,
         ge=1.0,
-        description="A connection slot in imap-pipeline:conn:<grant_id> lapses this long after "
+        description=f"A connection slot in {conn_key('<grant_id>')} lapses this long after "
         "its holder stopped renewing it (a crashed listener frees its slots).",
     )
 

@@ -31,18 +31,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pipeline.errors import ServiceError
-from pipeline.listener.leases import KEY_PREFIX, REDIS_CALL_TIMEOUT_S, lease_key
+from pipeline.redis import CALL_TIMEOUT_S, lease_key, listener_status_key
 
 log = logging.getLogger(__name__)
 
 STATUS_TTL_S = 7 * 24 * 3600  # a crashed listener's entries go after a week at most
 ERROR_MAX_CHARS = 300  # of an error kept in the status: enough to name the bound broken
 BATCH_MAX = 500  # folder updates per pipelined round trip
-
-
-def status_key(grant_id: str) -> str:
-    """The status hash of a grant."""
-    return f"{KEY_PREFIX}:listener:status:{grant_id}"
 
 
 class StatusBoard:
@@ -97,14 +92,14 @@ class StatusBoard:
             for key, _ in batch:
                 del self._pending[key]
             try:
-                async with asyncio.timeout(REDIS_CALL_TIMEOUT_S):
+                async with asyncio.timeout(CALL_TIMEOUT_S):
                     pipe = self._redis.pipeline(transaction=False)
                     for (grant_id, folder_id), value in batch:
                         if value is None:
-                            pipe.delete(status_key(grant_id))
+                            pipe.delete(listener_status_key(grant_id))
                         else:
-                            pipe.hset(status_key(grant_id), folder_id, value)
-                            pipe.expire(status_key(grant_id), STATUS_TTL_S)
+                            pipe.hset(listener_status_key(grant_id), folder_id, value)
+                            pipe.expire(listener_status_key(grant_id), STATUS_TTL_S)
                     await pipe.execute()
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("could not write %d connection statuses (%s)", len(batch), exc)
@@ -118,7 +113,7 @@ def read_status(client: redis.Redis[bytes], grant_id: str) -> dict[str, dict[str
         ServiceError: Redis cannot be reached.
     """
     try:
-        raw: dict[bytes, bytes] = client.hgetall(status_key(grant_id))
+        raw: dict[bytes, bytes] = client.hgetall(listener_status_key(grant_id))
     except (RedisError, OSError) as exc:
         raise ServiceError(f"Cannot read the listener status from Redis: {exc}") from exc
     out: dict[str, dict[str, Any]] = {}
@@ -150,7 +145,7 @@ def idle_watched_folders_of(
         pipe = client.pipeline(transaction=False)
         for grant_id in grant_ids:
             pipe.get(lease_key(grant_id))
-            pipe.hgetall(status_key(grant_id))
+            pipe.hgetall(listener_status_key(grant_id))
         replies = pipe.execute()
     except (RedisError, OSError):
         return dict.fromkeys(grant_ids, frozenset())

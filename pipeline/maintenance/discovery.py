@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import redis
 from redis.exceptions import RedisError
 
+from pipeline.redis import folders_discovered_key
+
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "imap-pipeline:folders-discovered:"
 DISCOVERED_TTL_FACTOR = 2  # a stamp is kept two intervals: readers look back one
 MGET_BATCH = 1000  # stamps read per round trip (a planner reads every grant's)
 
@@ -39,11 +40,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
-
-
-def discovered_key(grant_id: str) -> str:
-    """The discovery stamp of a grant."""
-    return f"{KEY_PREFIX}{grant_id}"
 
 
 def due_after_s(interval_s: float, poll_interval_s: float) -> float:
@@ -67,7 +63,7 @@ def claim_discovery(
     ttl = max(1, int(interval_s * DISCOVERED_TTL_FACTOR))
     try:
         claimed = client.register_script(CLAIM_LUA)(
-            keys=[discovered_key(grant_id)],
+            keys=[folders_discovered_key(grant_id)],
             args=[f"{at:.3f}", f"{due_after_s(interval_s, poll_interval_s):.3f}", ttl],
         )
     except (RedisError, OSError) as exc:
@@ -111,7 +107,7 @@ def _stamps(client: redis.Redis[bytes], grant_ids: Sequence[str]) -> list[float 
     raw: list[bytes | None] = []
     for start in range(0, len(grant_ids), MGET_BATCH):
         batch = grant_ids[start : start + MGET_BATCH]
-        raw.extend(client.mget([discovered_key(g) for g in batch]))
+        raw.extend(client.mget([folders_discovered_key(g) for g in batch]))
     stamps: list[float | None] = []
     for stamp in raw:
         try:
@@ -124,7 +120,7 @@ def _stamps(client: redis.Redis[bytes], grant_ids: Sequence[str]) -> list[float 
 def unclaim_discovery(client: redis.Redis[bytes], grant_id: str) -> None:
     """Drop a claim whose discovery failed: the next poll (or the task) tries again."""
     try:
-        client.delete(discovered_key(grant_id))
+        client.delete(folders_discovered_key(grant_id))
     except (RedisError, OSError) as exc:
         log.warning("could not drop the discovery claim of grant %s (%s)", grant_id, exc)
 

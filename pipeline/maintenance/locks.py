@@ -24,13 +24,7 @@ import redis
 
 from pipeline import coalesce
 from pipeline.errors import ServiceError
-
-KEY_PREFIX = "imap-pipeline:job:"
-
-
-def job_key(name: str) -> str:
-    """The Redis key of the job lock called ``name``."""
-    return KEY_PREFIX + name
+from pipeline.redis import job_key
 
 
 @contextmanager

@@ -19,15 +19,11 @@ from collections.abc import Mapping, Sequence
 import redis
 from redis.exceptions import RedisError
 
+from pipeline.redis import uidvalidity_looked_key
+
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "imap-pipeline:uidvalidity-looked:"
 LOOK_TTL_FACTOR = 2  # a look is kept two sweep intervals: the sweep asks about one interval
-
-
-def looks_key(grant_id: str) -> str:
-    """The look hash of a grant."""
-    return f"{KEY_PREFIX}{grant_id}"
 
 
 def record_looks(
@@ -43,8 +39,8 @@ def record_looks(
     pipe = client.pipeline(transaction=False)
     for grant_id, folder_ids in looks.items():
         if folder_ids:
-            pipe.hset(looks_key(grant_id), mapping=dict.fromkeys(folder_ids, stamp))
-            pipe.expire(looks_key(grant_id), ttl)
+            pipe.hset(uidvalidity_looked_key(grant_id), mapping=dict.fromkeys(folder_ids, stamp))
+            pipe.expire(uidvalidity_looked_key(grant_id), ttl)
     try:
         pipe.execute()
     except (RedisError, OSError) as exc:
@@ -63,7 +59,7 @@ def recent_looks_of(
     """:func:`recent_looks` of several grants in one round trip, by grant id."""
     pipe = client.pipeline(transaction=False)
     for grant_id in grant_ids:
-        pipe.hgetall(looks_key(grant_id))
+        pipe.hgetall(uidvalidity_looked_key(grant_id))
     try:
         replies: list[dict[bytes, bytes]] = pipe.execute()
     except (RedisError, OSError):

@@ -53,13 +53,13 @@ from pipeline.outbound.outbox import OutboxRepository, send_outbox, utcnow
 from pipeline.outbound.smtp import Aborted, SendError, SmtpConnection
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited, RateLimiter
+from pipeline.redis import smtp_slot_key
 from pipeline.sync import events
 from pipeline.sync.store import parse_batch, write_batch
 from pipeline.webhooks.outbox import emit
 
 log = logging.getLogger(__name__)
 
-SLOT_KEY = "imap-pipeline:smtp-slot:{grant_id}:{slot}"
 SENT_SEARCH_WAIT_S = 10.0  # a provider that files sent mail itself has it in Sent by then
 SENT_SEARCH_EVERY_S = 0.5
 IDLE_POLL_S = 0.1  # how often a lingering drain looks for new rows
@@ -112,7 +112,7 @@ class DrainResult:
 
 
 def _slot_keys(grant_id: str, cap: int) -> list[str]:
-    return [SLOT_KEY.format(grant_id=grant_id, slot=i) for i in range(cap)]
+    return [smtp_slot_key(grant_id, i) for i in range(cap)]
 
 
 class _Heartbeat:

@@ -59,7 +59,6 @@ from pipeline.sync.store import (
 log = logging.getLogger(__name__)
 
 INLINE_SLOT_WAIT_S = 60.0  # an inline sync waits this long for a connection slot
-INLINE_REDIS_TIMEOUT_S = 5.0  # any one Redis round trip of an inline sync's slots
 
 META_SLICE = 5000  # UIDs per metadata FETCH: keeps one response line bounded
 MAX_RANGES = 64  # a folder's initial sync is never split into more tasks than this
@@ -839,16 +838,14 @@ def sync_grant_inline(
     Raises:
         RateLimited: no connection slot of the account came within ``slot_wait_s``.
     """
-    import redis
-
     from pipeline.grants.service import counting_pool, open_counted_session
     from pipeline.imap.connections import Priority
     from pipeline.ratelimit import RateLimiter
+    from pipeline.redis import CALL_TIMEOUT_S
+    from pipeline.redis import client as redis_client
 
     client = (
-        redis.Redis.from_url(settings.redis_url, socket_timeout=INLINE_REDIS_TIMEOUT_S)
-        if settings.redis_url
-        else None
+        redis_client(settings.redis_url, timeout_s=CALL_TIMEOUT_S) if settings.redis_url else None
     )
     limiter = RateLimiter(client) if client is not None else None
     pool = counting_pool(limiter, Priority.BULK)

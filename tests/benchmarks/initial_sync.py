@@ -199,7 +199,7 @@ def main() -> int:
         if args.listener_alive:
             import redis
 
-            from pipeline.listener.leases import LISTENERS_KEY
+            from pipeline.redis import LISTENERS_KEY
 
             forever_ms = int((time.time() + 24 * 3600) * 1000)
             with redis.Redis.from_url(settings.require_redis_url()) as client:

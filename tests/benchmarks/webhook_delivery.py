@@ -111,12 +111,13 @@ def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subp
 
 def _wait_worker(redis_url: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until the worker consumes: a kick on an empty outbox is taken off the queue."""
+    from pipeline.redis import WEBHOOK_KICK_KEY
     from workers.tasks import webhooks as webhook_tasks
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     deadline = time.monotonic() + START_TIMEOUT_S
     webhook_tasks.kick()
-    while client.llen("webhooks") or client.exists(webhook_tasks.KICK_FLAG):
+    while client.llen("webhooks") or client.exists(WEBHOOK_KICK_KEY):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("celery worker did not start")
         time.sleep(0.1)

@@ -25,8 +25,8 @@ from pipeline.imap.connections import (
     idle_holder,
     new_holder,
 )
-from pipeline.listener.leases import LISTENERS_KEY
 from pipeline.ratelimit import RateLimited, RateLimiter
+from pipeline.redis import LISTENERS_KEY
 from pipeline.sync.runner import sync_folder
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, make_message

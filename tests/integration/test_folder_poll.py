@@ -14,10 +14,10 @@ from beat_schedule import beat_schedule
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.grants.service import open_grant_session
-from pipeline.listener.leases import lease_key
-from pipeline.listener.status import idle_watched_folders, status_key
+from pipeline.listener.status import idle_watched_folders
 from pipeline.maintenance.sweep import check_grant, poll_grant
 from pipeline.models import Folder, Grant, Message
+from pipeline.redis import lease_key, listener_status_key
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.courier import LocalCourier
 from tests.support.grants import connect, sessions_for
@@ -257,7 +257,7 @@ def test_folders_the_listener_reports_in_idle_cost_no_status(
     # as a live listener writes them: its lease on the grant, the Inbox's status in IDLE
     client.set(lease_key(grant_id), "listener-a", ex=60)
     entry = {"state": "idling", "listener": "listener-a", "at": time.time()}
-    client.hset(status_key(grant_id), inbox_id, json.dumps(entry))
+    client.hset(listener_status_key(grant_id), inbox_id, json.dumps(entry))
     watched = idle_watched_folders(client, grant_id)
     assert watched == {inbox_id}
     commands: list[str] = []

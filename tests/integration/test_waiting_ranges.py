@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from pipeline.redis import folder_lock_key
 from workers import chunks
 
 pytestmark = pytest.mark.services
@@ -21,7 +22,7 @@ def test_a_range_is_claimed_once_and_a_done_one_never(redis_url: str) -> None:
 
     folder_id, uid_range = first
     chunks.mark_done(r, "g1", folder_id, uid_range)
-    r.delete(chunks.lock_key(folder_id, uid_range))
+    r.delete(folder_lock_key(folder_id, uid_range))
     assert chunks.is_done(r, folder_id, uid_range)
     assert chunks.claim(r, "g1", "p3:t3", 60) is None  # done: never claimed again
 
@@ -30,7 +31,7 @@ def test_a_range_whose_holder_died_is_claimable_again(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     chunks.record(r, "g1", "f1", [(1, 50)])
     assert chunks.claim(r, "g1", "p1:t1", 60) == ("f1", (1, 50))
-    r.delete(chunks.lock_key("f1", (1, 50)))  # the holder's lock lapsed
+    r.delete(folder_lock_key("f1", (1, 50)))  # the holder's lock lapsed
     assert chunks.claim(r, "g1", "p2:t2", 60) == ("f1", (1, 50))
 
 

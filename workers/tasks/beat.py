@@ -41,7 +41,6 @@ from typing import Any
 from celery import Task
 
 from beat_schedule import MAINTENANCE_QUEUE
-from pipeline.coalesce import folder_lock_key
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
@@ -67,6 +66,7 @@ from pipeline.maintenance.sweep import (
 from pipeline.models import Grant
 from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
+from pipeline.redis import folder_lock_key
 from pipeline.sync.runner import discover_folders
 from workers import enqueue, folder_queue
 from workers.app import app
@@ -99,7 +99,6 @@ POLL_BATCH_S = 5.0
 POLL_BATCH_MAX = 50
 POLL_BATCH_BUDGET_S = 45.0
 PURGE_LOCK_MARGIN_S = 60  # the purge lock outlives the run's budget by this much
-FOLDER_LOCK_KEY = folder_lock_key("{}")  # held by pipeline.sync.folder while it runs
 
 
 def _plan_per_grant(
@@ -618,7 +617,7 @@ def reconcile_task() -> dict[str, Any]:
                 now=datetime.now(UTC),
                 enqueue_grant=lambda g, p: grants.append((g, p)),
                 enqueue_folder=lambda g, f, p: folders.append((g, f, p)),
-                folder_busy=lambda f: bool(r.exists(folder_lock_key(f))),
+                folder_busy=lambda f: bool(r.exists(folder_lock_key(f))),  # a sync runs now
                 per_grant=settings().max_folder_tasks_per_grant,
             )
         for grant_id, provider in grants:  # after the read transaction, like any enqueue

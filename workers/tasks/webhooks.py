@@ -45,6 +45,13 @@ from pipeline import coalesce
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.errors import PipelineError
+from pipeline.redis import (
+    CALL_TIMEOUT_S,
+    WEBHOOK_KICK_KEY,
+    webhook_deliver_at_key,
+    webhook_deliver_queued_key,
+)
+from pipeline.redis import client as redis_client
 from pipeline.webhooks import outbox, sweep
 from pipeline.webhooks.delivery import Drainer, DrainOutcome, DrainSlots
 from pipeline.webhooks.sender import Sender
@@ -80,10 +87,7 @@ WEBHOOK_BEAT_ENTRIES: dict[str, dict[str, Any]] = {
 WEBHOOK_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.webhooks.*": {"queue": WEBHOOK_QUEUE}}
 """For ``task_routes``: so a client that sends these tasks by name reaches the right queue."""
 
-KEY_PREFIX = "imap-pipeline:webhooks"
-KICK_FLAG = f"{KEY_PREFIX}:dispatch-queued"
 FLAG_TTL_S = 10  # a lost flag suppresses enqueues at most this long (the sweep covers the rest)
-REDIS_TIMEOUT_S = 5.0
 DISPATCH_BUDGET_S = 20.0  # one dispatch task stops after this long and re-queues itself
 PURGE_BUDGET_S = 60.0
 MIN_COUNTDOWN_S = 0.05  # shorter waits are enqueued at once
@@ -190,11 +194,7 @@ def flags() -> redis.Redis[bytes]:
     global _flags
     with _lock:
         if _flags is None or _flags[0] != os.getpid():
-            client = redis.Redis.from_url(
-                settings().require_redis_url(),
-                socket_timeout=REDIS_TIMEOUT_S,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
-            )
+            client = redis_client(settings().require_redis_url(), timeout_s=CALL_TIMEOUT_S)
             _flags = (os.getpid(), client)
         return _flags[1]
 
@@ -230,14 +230,6 @@ def _publish(task_name: str, args: list[str], *, countdown: float | None = None)
     app.send_task(task_name, args=args, queue=WEBHOOK_QUEUE, countdown=countdown)
 
 
-def _deliver_flag(destination_id: str) -> str:
-    return f"{KEY_PREFIX}:deliver-queued:{destination_id}"
-
-
-def _scheduled_key(destination_id: str) -> str:
-    return f"{KEY_PREFIX}:deliver-at:{destination_id}"
-
-
 def _clear_flag(key: str) -> None:
     try:
         coalesce.clear(flags(), key)
@@ -251,14 +243,16 @@ def kick() -> None:
     Coalesced: while a dispatch is queued and has not started, further kicks do nothing.
     """
     try:
-        coalesce.send_once(flags(), KICK_FLAG, FLAG_TTL_S, lambda: _publish(DISPATCH_TASK, []))
+        coalesce.send_once(
+            flags(), WEBHOOK_KICK_KEY, FLAG_TTL_S, lambda: _publish(DISPATCH_TASK, [])
+        )
     except ENQUEUE_ERRORS as exc:
         log.warning("webhook dispatch not enqueued (the sweep will pick it up): %s", exc)
 
 
 def enqueue_deliver(destination_id: str) -> None:
     """Have ``destination_id`` drained soon (coalesced like :func:`kick`); never raises."""
-    flag = _deliver_flag(destination_id)
+    flag = webhook_deliver_queued_key(destination_id)
     try:
         coalesce.send_once(
             flags(), flag, FLAG_TTL_S, lambda: _publish(DELIVER_TASK, [destination_id])
@@ -280,7 +274,7 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
     if delay < MIN_COUNTDOWN_S:
         enqueue_deliver(destination_id)
         return
-    key = _scheduled_key(destination_id)
+    key = webhook_deliver_at_key(destination_id)
     now = time.time()
     due = now + delay
     try:
@@ -305,7 +299,7 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
 def dispatch() -> dict[str, int]:
     """Turn pending outbox rows into deliveries; enqueue the destinations' drains after commit."""
     rt = runtime()
-    _clear_flag(KICK_FLAG)  # before reading: a kick from now on enqueues another dispatch
+    _clear_flag(WEBHOOK_KICK_KEY)  # before reading: a kick from now on enqueues another dispatch
     deadline = time.monotonic() + DISPATCH_BUDGET_S
     events = deliveries = 0
     while True:
@@ -335,7 +329,7 @@ def dispatch() -> dict[str, int]:
 def deliver(destination_id: str) -> dict[str, Any]:
     """Start draining one destination on this process's event loop; return at once."""
     rt = runtime()
-    _clear_flag(_deliver_flag(destination_id))
+    _clear_flag(webhook_deliver_queued_key(destination_id))
     if rt.pending_drains() >= rt.webhook.max_drains_per_process * PENDING_DRAINS_FACTOR:
         schedule_deliver(destination_id, NO_SLOT_RETRY_S)
         return {"started": False}

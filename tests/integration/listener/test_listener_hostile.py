@@ -33,9 +33,9 @@ import redis
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.imap.connections import conn_key
 from pipeline.listener.status import read_status
 from pipeline.models import Folder, Grant
+from pipeline.redis import conn_key
 from tests.integration.listener.listener_harness import connect_grant
 from tests.support.fake_imap import FakeImapProcess
 from tests.support.mail import append, make_message

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.listener.leases import LISTENERS_KEY, LeaseStore, lease_key
+from pipeline.listener.leases import LeaseStore
+from pipeline.redis import LISTENERS_KEY, lease_key
 
 pytestmark = pytest.mark.services
 

@@ -22,13 +22,11 @@ from pipeline.db import session_scope
 from pipeline.dev import free_port
 from pipeline.dev.dovecot import LocalDovecot
 from pipeline.grants.service import create_grant
-from pipeline.imap.connections import conn_key
-from pipeline.listener.events import CHANGED_KEY
 from pipeline.listener.idle import WatchState
-from pipeline.listener.leases import lease_key
 from pipeline.listener.status import read_status
 from pipeline.models import Folder, Grant
 from pipeline.netguard import AddressPolicy
+from pipeline.redis import LISTENER_CHANGED_KEY, conn_key, lease_key
 from tests.integration.listener.listener_harness import (
     FAST,
     WAIT_S,
@@ -51,7 +49,7 @@ def sync_redis(redis_url: str) -> Iterator[redis.Redis[bytes]]:
 
 
 def changed_at(client: redis.Redis[bytes], grant_id: str, folder_id: str) -> int:
-    value = client.hget(CHANGED_KEY, f"{grant_id}:{folder_id}")
+    value = client.hget(LISTENER_CHANGED_KEY, f"{grant_id}:{folder_id}")
     return int(value) if value else 0
 
 

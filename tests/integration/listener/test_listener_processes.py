@@ -18,8 +18,7 @@ import pytest
 import redis
 
 from pipeline.config import Settings
-from pipeline.imap.connections import conn_key
-from pipeline.listener.leases import LISTENERS_KEY, lease_key
+from pipeline.redis import LISTENERS_KEY, conn_key, lease_key
 from tests.integration.listener.listener_harness import WAIT_S, connect_grant
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser

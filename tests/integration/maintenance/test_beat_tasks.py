@@ -20,10 +20,9 @@ from pipeline.db import session_scope, sessionmaker_for
 from pipeline.dev.dovecot import LocalDovecot
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
-from pipeline.listener.leases import lease_key
-from pipeline.listener.status import status_key
 from pipeline.maintenance.sweep import STOPPED_DETAIL, UIDVALIDITY_STOP_AFTER
 from pipeline.models import Folder, Grant
+from pipeline.redis import lease_key, listener_status_key
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
@@ -98,7 +97,7 @@ def test_the_checks_of_many_grants_share_tasks(
     sync queued; a grant without a connection slot gets a check task of its own, later."""
     import workers.resources
     from pipeline.imap.connections import ConnectionSlots, Priority, new_holder
-    from pipeline.maintenance.locks import job_key
+    from pipeline.redis import job_key
     from workers.tasks.beat import check_grants_task
 
     users = [next(_mail_user_pool) for _ in range(3)]
@@ -188,7 +187,7 @@ def test_the_check_asks_only_folders_nobody_saw_lately(
     client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
     client.set(lease_key(grant_id), "listener-a", ex=60)  # as a live listener writes them
     entry = {"state": "idling", "listener": "listener-a", "at": time.time()}
-    client.hset(status_key(grant_id), inbox, json.dumps(entry))
+    client.hset(listener_status_key(grant_id), inbox, json.dumps(entry))
     before = logins()
     assert check_uidvalidity_task.apply(args=[grant_id]).get() == {
         "changed": 0,
@@ -207,7 +206,7 @@ def test_the_check_asks_only_folders_nobody_saw_lately(
     assert _changes(settings, work) == 1  # the same change, its reindex not done yet
     # past the interval a look is stale: the folder is asked again
     client.delete(f"imap-pipeline:uidvalidity-looked:{grant_id}")
-    client.hdel(status_key(grant_id), inbox)
+    client.hdel(listener_status_key(grant_id), inbox)
     assert check_uidvalidity_task.apply(args=[grant_id]).get()["asked"] == 2
 
 
@@ -256,7 +255,8 @@ def test_reconcile_re_enqueues_stalled_work_once_per_interval(
 def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
     settings: Settings, mail_user: MailUser
 ) -> None:
-    from workers.tasks.beat import FOLDER_LOCK_KEY, reconcile_task
+    from pipeline.redis import folder_lock_key
+    from workers.tasks.beat import reconcile_task
 
     grant_id = synced_grant(settings, mail_user)
     with session_scope(settings.require_database_url()) as db:
@@ -267,7 +267,7 @@ def test_reconcile_leaves_a_folder_that_is_being_synced_alone(
         )
         folder_id = folder.id
     client = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
-    client.set(FOLDER_LOCK_KEY.format(folder_id), "someone", ex=60)
+    client.set(folder_lock_key(folder_id), "someone", ex=60)
     assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 1, "deleted": 0}
 
 
@@ -562,7 +562,7 @@ def test_a_poll_batch_gives_slots_back_at_once_and_skips_a_grant_polled_elsewher
     session for that sync. A grant whose poll runs elsewhere (its job lock held) is skipped
     and its lock left alone; the batch's own locks are gone when it ends."""
     from pipeline.imap.connections import ConnectionSlots, Priority
-    from pipeline.maintenance.locks import job_key
+    from pipeline.redis import job_key
     from workers.resources import imap_pool
     from workers.tasks.beat import poll_grants_task
 
@@ -604,8 +604,7 @@ def test_the_poll_runs_the_folder_discovery_on_its_own_session(
     announced and queued by the poll that finds the discovery due, on the poll's session (no
     login of its own); the planner and the discovery task leave such a grant alone, and the
     next discovery is the first poll an interval later."""
-    from pipeline.maintenance.discovery import discovered_key
-    from pipeline.maintenance.locks import job_key
+    from pipeline.redis import folders_discovered_key, job_key
     from workers.tasks.beat import discover_folders_task, discover_grant_task, poll_grants_task
 
     user, redis_url = mail_user, settings.require_redis_url()
@@ -637,14 +636,14 @@ def test_the_poll_runs_the_folder_discovery_on_its_own_session(
     with session_scope(settings.require_database_url()) as db:
         assert db.query(Folder).filter(Folder.id == projects_id).count() == 1
     interval = settings.folder_discovery_interval_s
-    client.set(discovered_key(grant_id), f"{time.time() - interval:.3f}")
+    client.set(folders_discovered_key(grant_id), f"{time.time() - interval:.3f}")
     assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
     with session_scope(settings.require_database_url()) as db:
         assert db.query(Folder).filter(Folder.id == projects_id).count() == 0
     assert [o["name"] for o in _outbox(settings, "folder.deleted")] == ["Projects"]
 
     # a grant whose polls stopped discovering is planned again after an interval and a poll
-    client.set(discovered_key(grant_id), f"{time.time() - interval - 61:.3f}")
+    client.set(folders_discovered_key(grant_id), f"{time.time() - interval - 61:.3f}")
     client.delete(job_key("discover"))  # the next interval's planning
     assert discover_folders_task.apply().get() == {"planned": 1}
     assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 import fakeredis
 import pytest
 
-from pipeline.listener.events import CHANGED_KEY, ChangePublisher, FolderRef
+from pipeline.listener.events import ChangePublisher, FolderRef
 from pipeline.listener.idle import IDLE_RENEW_MAX_S, idle_renew_s, reconnect_delay
 from pipeline.listener.leases import fair_share
 from pipeline.listener.protocol import Change, Snapshot, classify
 from pipeline.listener.settings import ListenerSettings
 from pipeline.presets import PRESETS
+from pipeline.redis import LISTENER_CHANGED_KEY
 
 INBOX = FolderRef("g1", "f1", "generic")
 SENT = FolderRef("g1", "f2", "generic")
@@ -90,7 +91,7 @@ def test_a_failed_enqueue_is_retried_and_the_change_recorded() -> None:
         assert sent == [INBOX]
 
     server = run_publisher(scenario, fail_first=1)
-    recorded = fakeredis.FakeRedis(server=server).hget(CHANGED_KEY, INBOX.key)
+    recorded = fakeredis.FakeRedis(server=server).hget(LISTENER_CHANGED_KEY, INBOX.key)
     assert recorded is not None and int(recorded) > 0
 
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from pipeline.config import Settings
+from pipeline.redis import WEBHOOK_KICK_KEY, webhook_deliver_at_key
 from workers.tasks import webhooks as webhook_tasks
 
 MAX_COUNTDOWN_S = 900.0
@@ -46,17 +47,17 @@ def test_kicks_coalesce_until_the_dispatch_starts(fake: Any) -> None:
     for _ in range(100):
         webhook_tasks.kick()
     assert published.calls == [("pipeline.webhooks.dispatch", [], None)]
-    webhook_tasks._clear_flag(webhook_tasks.KICK_FLAG)  # what the dispatch task does first
+    webhook_tasks._clear_flag(WEBHOOK_KICK_KEY)  # what the dispatch task does first
     webhook_tasks.kick()
     assert len(published.calls) == 2
-    assert 0 < r.ttl(webhook_tasks.KICK_FLAG) <= webhook_tasks.FLAG_TTL_S
+    assert 0 < r.ttl(WEBHOOK_KICK_KEY) <= webhook_tasks.FLAG_TTL_S
 
 
 def test_kick_never_raises_and_leaves_no_flag_behind(fake: Any) -> None:
     r, published = fake
     published.fail = True
     webhook_tasks.kick()
-    assert r.get(webhook_tasks.KICK_FLAG) is None
+    assert r.get(WEBHOOK_KICK_KEY) is None
     published.fail = False
     webhook_tasks.kick()
     assert len(published.calls) == 1
@@ -110,7 +111,7 @@ def test_beat_entries_run_on_the_webhooks_queue_and_expire() -> None:
 def test_a_drain_that_already_ran_does_not_block_the_next_schedule(fake: Any) -> None:
     r, published = fake
     webhook_tasks.schedule_deliver("d-1", 5.0)
-    r.set(webhook_tasks._scheduled_key("d-1"), repr(0.0).encode())  # its time has passed
+    r.set(webhook_deliver_at_key("d-1"), repr(0.0).encode())  # its time has passed
     webhook_tasks.schedule_deliver("d-1", 5.0)  # e.g. from inside that very drain
     assert len(published.calls) == 2
 
