@@ -6,19 +6,32 @@ imap-tools, the pipeline's workers, API and listener: greeting, CAPABILITY, ID, 
 (any password, or the configured one), NAMESPACE, LIST/LSUB, SELECT/EXAMINE (UIDVALIDITY,
 UIDNEXT, EXISTS), STATUS, SEARCH/UID SEARCH (ALL, UID set, SINCE), FETCH/UID FETCH (UID,
 FLAGS, RFC822.SIZE, INTERNALDATE, BODY.PEEK[] / [HEADER] / [TEXT]), APPEND, IDLE/DONE, NOOP,
-CHECK, CLOSE, UNSELECT, LOGOUT. No CONDSTORE or QRESYNC (like Courier): clients fall back to a
-UID diff.
+CHECK, CLOSE, UNSELECT, LOGOUT. No CONDSTORE or QRESYNC by default (like Courier): clients fall
+back to a UID diff; with ``CONDSTORE`` among ``capabilities`` SELECT/EXAMINE report the folder's
+``[HIGHESTMODSEQ]`` and ENABLE enables it (drop ``IDLE`` from them for a server without IDLE).
 
 Misbehaviour is scripted per command with :class:`Hostility` (or the same spec strings on the
 command line): ``flood`` (endless untagged responses), ``literal:BYTES`` (announce a literal of
 that size and stream it), ``endless-line`` (a line that never ends), ``trickle:SECONDS`` (the
 whole answer, one byte every SECONDS), ``unrequested:N`` (N FETCH responses for messages nobody
 asked for, then the normal answer), ``nested:DEPTH`` (a FETCH with DEPTH nested parentheses),
-``malformed`` (garbage lines, then the normal answer), ``hang`` (never answer), ``bye`` (``* BYE``
-and close), ``no`` (tagged NO), ``inject`` (extra bytes right after the answer: for STARTTLS,
-plaintext between its OK and the handshake). The greeting takes the same kinds. Server-wide quirks:
-``folders`` (e.g. 10,000), 8-bit folder names (``FakeFolder(b"Caf\\xe9")``), and
-``uidvalidity_per_session`` (every session sees a new UIDVALIDITY).
+``malformed`` (garbage lines, then the normal answer), ``hang`` (never answer), ``bye[:TEXT]``
+(``* BYE`` and close), ``drop`` (the normal answer, then close without a word), ``no`` (tagged
+NO), ``inject`` (extra bytes right after the answer: for STARTTLS, plaintext between its OK and
+the handshake). The greeting takes the same kinds. On IDLE, ``+KIND`` (``idling=True``) sends the
+``+ idling`` continuation first and misbehaves while the client idles. Server-wide quirks:
+``folders`` (e.g. 10,000), 8-bit folder names (``FakeFolder(b"Caf\\xe9")``),
+``uidvalidity_per_session`` (every session sees a new UIDVALIDITY), a ``password`` LOGIN checks,
+and ``answer_delay_s`` (every answer that late: a slow server).
+
+While it runs a test can :meth:`FakeImapServer.push` an untagged line to every client (an IDLE
+notice, a ``* BYE``), :meth:`~FakeImapServer.drop_all` connections, queue untagged lines for the
+next NOOP's answer (``pending_noop``), and read what it received (``commands``, ``logins``).
+
+A session can also be a raw byte script instead (``FakeImapConfig(script=[Step(...), ...])``):
+each :class:`Step` reads the command it expects, then sends its bytes verbatim (the command's
+tag at ``{tag}``), at once, trickled, or followed by an endless stream; a script sends no
+greeting of its own (its first step can).
 
 In a test (the server runs in a background thread)::
 
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import re
 import signal
@@ -75,6 +89,7 @@ KINDS = (
     "malformed",
     "hang",
     "bye",
+    "drop",
     "no",
     "inject",
 )
@@ -85,16 +100,18 @@ class Hostility:
     """How the server misbehaves when it receives one command (or greets).
 
     ``arg`` is the size in bytes for ``literal``, seconds per byte for ``trickle``, a count
-    for ``unrequested``, a depth for ``nested``, and the repeated line for ``flood`` (bytes,
-    without CRLF; a default fits the command). ``folder`` limits it to sessions that have that
-    folder selected (its name as the server lists it). ``after`` lets that many occurrences
-    of the command (counted over the server's life) pass normally first.
+    for ``unrequested``, a depth for ``nested``, the repeated line for ``flood`` (bytes,
+    without CRLF; a default fits the command) and the text for ``bye``. ``folder`` limits it to
+    sessions that have that folder selected (its name as the server lists it). ``after`` lets
+    that many occurrences of the command (counted over the server's life) pass normally first.
+    ``idling`` (IDLE only) sends the ``+ idling`` continuation before misbehaving.
     """
 
     kind: str
     arg: float | int | bytes | None = None
     folder: bytes | None = None
     after: int = 0
+    idling: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -102,18 +119,20 @@ class Hostility:
 
     @classmethod
     def parse(cls, spec: str) -> Hostility:
-        """``KIND[:ARG][@FOLDER]``, e.g. ``trickle:5@INBOX`` or ``literal:2147483648``."""
+        """``[+]KIND[:ARG][@FOLDER]``, e.g. ``trickle:5@INBOX``, ``literal:2147483648`` or
+        ``+flood`` (on IDLE: after the continuation)."""
         spec, _, folder = spec.partition("@")
-        kind, _, raw = spec.partition(":")
+        idling = spec.startswith("+")
+        kind, _, raw = spec.removeprefix("+").partition(":")
         arg: float | int | bytes | None = None
         if raw:
-            if kind == "flood":
+            if kind in ("flood", "bye"):
                 arg = raw.encode()
             elif kind == "trickle":
                 arg = float(raw)
             else:
                 arg = int(raw)
-        return cls(kind, arg, folder.encode() if folder else None)
+        return cls(kind, arg, folder.encode() if folder else None, idling=idling)
 
 
 @dataclass
@@ -124,6 +143,7 @@ class FakeFolder:
     messages: list[bytes] = field(default_factory=list)
     attributes: tuple[str, ...] = ("\\HasNoChildren",)
     uidvalidity: int = 1000
+    highestmodseq: int = 1  # reported when the server advertises CONDSTORE
     internaldate: datetime | None = None  # of every message; default: a day ago
     raw_internaldates: dict[int, bytes] = field(default_factory=dict)  # UID -> sent verbatim
 
@@ -154,7 +174,8 @@ class FakeImapConfig:
     """What the server holds and how it behaves.
 
     ``hostile`` maps a command (``SEARCH`` and ``FETCH`` cover their ``UID`` forms too) to its
-    misbehaviour; ``greeting`` misbehaves before the first command.
+    misbehaviour; ``greeting`` misbehaves before the first command. ``script``, when set, is
+    played instead of any of it.
     """
 
     folders: list[FakeFolder] = field(default_factory=default_folders)
@@ -167,6 +188,25 @@ class FakeImapConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     capabilities: str = CAPABILITIES
+    answer_delay_s: float = 0.0  # before every answer to a command
+    script: list[Step] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a scripted session.
+
+    ``expect`` names the command to read first (None: send at once; a session that sent
+    anything else is answered BAD and ended). ``send`` goes out verbatim, ``{tag}`` replaced by
+    that command's tag, one byte every ``trickle_s`` when set; then ``then`` is sent again and
+    again until the client goes away. After the last step the session waits for the client to
+    hang up.
+    """
+
+    expect: str | None
+    send: bytes = b""
+    trickle_s: float | None = None
+    then: bytes = b""
 
 
 def many_folders(count: int) -> list[FakeFolder]:
@@ -268,6 +308,7 @@ class _Session:
         self.authenticated = False
         self.tls_started = False
         self.inject_after_starttls = b""  # plaintext sent between STARTTLS's OK and TLS
+        self.idle_continued = False  # an ``idling`` hostility sent IDLE's continuation already
 
     def capabilities(self) -> str:
         """What CAPABILITY answers now (STARTTLS until it was used)."""
@@ -330,6 +371,9 @@ class _Session:
     # --- the session ----------------------------------------------------------------------
     async def run(self) -> None:
         try:
+            if self.config.script is not None:
+                await self._play(self.config.script)
+                return
             if not await self._greet():
                 return
             while True:
@@ -350,6 +394,29 @@ class _Session:
                     return
         except _Closed:
             return
+
+    async def _play(self, steps: list[Step]) -> None:
+        """Play a raw byte script (see :class:`Step`)."""
+        tag = b"*"
+        for step in steps:
+            if step.expect is not None:
+                line = await self.read_command()
+                self.server.commands.append((self.number, line))
+                tag, _, rest = line.partition(b" ")
+                if rest.split(b" ", 1)[0].upper() != step.expect.encode():
+                    await self.send(tag + b" BAD the script expected " + step.expect.encode())
+                    return
+            self.trickle_s = step.trickle_s
+            try:
+                await self.send(step.send.replace(b"{tag}", tag))
+            finally:
+                self.trickle_s = None
+            if step.then:
+                chunk = step.then * max(1, CHUNK_BYTES // len(step.then))
+                await self.stream(chunk, ENDLESS_MAX_BYTES)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await self.reader.read(CHUNK_BYTES):
+                pass
 
     async def _greet(self) -> bool:
         greeting = f"* OK [CAPABILITY {self.capabilities()}] Fake IMAP ready\r\n".encode()
@@ -372,6 +439,8 @@ class _Session:
         return hostility if seen >= hostility.after else None
 
     async def _dispatch(self, tag: bytes, command: str, args: bytes, uid: bool) -> bool:
+        if self.config.answer_delay_s:
+            await asyncio.sleep(self.config.answer_delay_s)
         hostility = self._hostility(command)
         if hostility is None:
             return await self._normal(tag, command, args, uid)
@@ -396,6 +465,9 @@ class _Session:
             return await self._normal(tag, command, args, uid)
 
         kind = how.kind
+        if how.idling and command == "IDLE":
+            await self.send(b"+ idling\r\n")
+            self.idle_continued = True
         if kind == "trickle":
             self.trickle_s = float(how.arg if isinstance(how.arg, float | int) else 5.0)
             try:
@@ -408,7 +480,11 @@ class _Session:
                     pass
             return False
         if kind == "bye":
-            await self.send(b"* BYE Fake server says goodbye\r\n")
+            text = how.arg if isinstance(how.arg, bytes) else b"Fake server says goodbye"
+            await self.send(b"* BYE " + text + b"\r\n")
+            return False
+        if kind == "drop":
+            await answer_normally()
             return False
         if kind == "inject":
             extra = (
@@ -560,11 +636,15 @@ class _Session:
             await self.send(b"* BYE Logging out\r\n" + ok)
             return False
         elif command in ("NOOP", "CHECK"):
-            await self.send(ok)
+            pending = self.server.pending_noop if command == "NOOP" else ()
+            notices = b"".join(pending.popleft() + b"\r\n" for _ in range(len(pending)))
+            await self.send(notices + ok)
         elif command == "ID":
             await self.send(b'* ID ("name" "fake-imap")\r\n' + ok)
         elif command == "ENABLE":
-            await self.send(b"* ENABLED\r\n" + ok)
+            offered = self.capabilities().upper().split()
+            enabled = [t.upper() for t in tokens if t.upper().decode("ascii", "replace") in offered]
+            await self.send(b" ".join([b"* ENABLED", *enabled]) + b"\r\n" + ok)
         elif command == "NAMESPACE":
             await self.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n' + ok)
         elif command in ("LIST", "LSUB"):
@@ -599,11 +679,14 @@ class _Session:
                 folder.messages.append(_unquote(tokens[-1]))
                 await self.send(ok)
         elif command == "IDLE":
-            await self.send(b"+ idling\r\n")
+            if not self.idle_continued:
+                await self.send(b"+ idling\r\n")
+            self.idle_continued = False
             try:
                 done = await asyncio.wait_for(self.read_line(), IDLE_MAX_S)
             except TimeoutError:
                 return False
+            self.server.commands.append((self.number, done))
             if done.upper() != b"DONE":
                 await self.send(tag + b" BAD Expected DONE\r\n")
                 return True
@@ -636,13 +719,16 @@ class _Session:
             b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] ok\r\n"
             b"* %d EXISTS\r\n* 0 RECENT\r\n"
             b"* OK [UIDVALIDITY %d] UIDs valid\r\n"
-            b"%s"
+            b"%s%s"
             b"%s OK [%s] %s completed\r\n"
             % (
                 n,
                 self._uidvalidity(folder),
                 b"* OK [UIDNEXT %d] Predicted next UID\r\n" % (n + 1)
                 if self.config.select_uidnext
+                else b"",
+                b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % folder.highestmodseq
+                if "CONDSTORE" in self.capabilities().split()
                 else b"",
                 tag,
                 mode,
@@ -701,7 +787,9 @@ class FakeImapServer:
     """The fake server, run in a background thread (a context manager).
 
     ``port`` is known once entered; ``commands`` lists ``(session number, command line)`` as
-    received, ``sessions`` counts connections, ``bytes_streamed`` counts hostile bytes sent.
+    received (an IDLE's ``DONE`` too), ``sessions`` counts connections, ``bytes_streamed`` counts
+    hostile bytes sent; ``pending_noop`` holds untagged lines (without CRLF) the next NOOP
+    answers first.
     """
 
     def __init__(self, config: FakeImapConfig | None = None, *, port: int = 0) -> None:
@@ -710,6 +798,8 @@ class FakeImapServer:
         self.commands: list[tuple[int, bytes]] = []
         self.bytes_streamed = 0
         self.sessions = 0
+        self.pending_noop: collections.deque[bytes] = collections.deque()
+        self._live: set[_Session] = set()
         self._occurrences: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -718,10 +808,55 @@ class FakeImapServer:
         self._error: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def logins(self) -> int:
+        """How many LOGIN commands arrived (refused ones too)."""
+        return self.command_names().count("LOGIN")
+
+    def push(self, line: bytes) -> None:
+        """Send an untagged ``line`` (without CRLF) to every connected client, now."""
+
+        def write() -> None:
+            for session in self._live:
+                if not session.writer.is_closing():
+                    session.writer.write(line + b"\r\n")
+
+        self._in_loop(write)
+
+    def drop_all(self) -> None:
+        """Close every client connection (after what was already written to it)."""
+
+        def close() -> None:
+            for session in self._live:
+                session.writer.close()
+
+        self._in_loop(close)
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the server's loop and return once it ran."""
+        loop = self._loop
+        if loop is None or self._thread is None or threading.current_thread() is self._thread:
+            action()
+            return
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                action()
+            finally:
+                done.set()
+
+        loop.call_soon_threadsafe(run)
+        if not done.wait(STOP_TIMEOUT_S):
+            raise RuntimeError("the fake IMAP server's loop did not run the action")
+
     def command_names(self) -> list[str]:
         """The commands received, by name (``UID FETCH`` as ``FETCH``), in order."""
         names: list[str] = []
         for _, line in self.commands:
+            if line.upper() == b"DONE":
+                names.append("DONE")
+                continue
             parts = line.split(b" ")
             word = parts[1] if len(parts) > 1 else b""
             if word.upper() == b"UID" and len(parts) > 2:
@@ -740,11 +875,14 @@ class FakeImapServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        session = _Session(self, reader, writer)
+        self._live.add(session)
         try:
-            await _Session(self, reader, writer).run()
+            await session.run()
         except (ConnectionError, OSError, ssl.SSLError, asyncio.CancelledError):
             pass
         finally:
+            self._live.discard(session)
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(writer.wait_closed(), 1)

@@ -18,6 +18,7 @@ from tests.support.fake_imap import (
     FakeImapProcess,
     FakeImapServer,
     Hostility,
+    Step,
     config_from_args,
     many_folders,
     sample_message,
@@ -249,3 +250,73 @@ def test_every_script_and_command_line_spec_builds_a_configuration() -> None:
     config, _ = config_from_args(["--on", "fetch=trickle:5@INBOX", "--greeting", "literal:10"])
     assert config.hostile["FETCH"] == Hostility("trickle", 5.0, b"INBOX")
     assert config.greeting == Hostility("literal", 10)
+
+
+def test_pushed_lines_and_dropped_connections_reach_every_client() -> None:
+    condstore = FakeImapConfig(capabilities="IMAP4rev1 IDLE CONDSTORE", password="good")
+    with FakeImapServer(condstore) as server:
+        conn = imaplib.IMAP4("127.0.0.1", server.port, timeout=TIMEOUT_S)
+        try:
+            with pytest.raises(imaplib.IMAP4.error):
+                conn.login("user", "bad")
+            conn.login("user", "good")
+            assert server.logins == 2
+            conn.select("INBOX", readonly=True)
+            assert conn.response("HIGHESTMODSEQ") == ("HIGHESTMODSEQ", [b"1"])
+            server.pending_noop.append(b"* 7 EXISTS")
+            conn.noop()
+            assert conn.response("EXISTS") == ("EXISTS", [b"3", b"7"])  # SELECT's, then NOOP's
+            server.push(b"* 8 EXISTS")
+            assert conn.readline() == b"* 8 EXISTS\r\n"
+            server.drop_all()
+            assert conn.sock.recv(100) == b""  # closed by the server
+        finally:
+            conn.shutdown()
+
+
+def test_idle_misbehaves_after_its_continuation_and_done_is_recorded() -> None:
+    flood = Hostility.parse("+flood:* 9 EXISTS")
+    assert flood == Hostility("flood", b"* 9 EXISTS", idling=True)
+    with FakeImapServer(FakeImapConfig(hostile={"IDLE": flood})) as server:
+        sock = _raw(server.port)
+        sock.sendall(b"a1 IDLE\r\n")
+        data = _read_at_least(sock, 1000)
+        assert data.split(b"\r\n")[1:4] == [b"+ idling", b"* 9 EXISTS", b"* 9 EXISTS"]
+        sock.close()
+    with FakeImapServer() as server:
+        sock = _raw(server.port)
+        sock.sendall(b"a1 IDLE\r\nDONE\r\na2 LOGOUT\r\n")
+        _read_at_least(sock, 10_000)
+        sock.close()
+        assert server.command_names() == ["IDLE", "DONE", "LOGOUT"]
+
+
+def test_drop_answers_then_closes_and_bye_says_its_text() -> None:
+    drop = FakeImapConfig(hostile={"EXAMINE": Hostility("drop")})
+    with FakeImapServer(drop) as server:
+        sock = _raw(server.port)
+        sock.sendall(b"a1 EXAMINE INBOX\r\n")
+        assert _read_at_least(sock, 10_000).endswith(b"a1 OK [READ-ONLY] EXAMINE completed\r\n")
+        sock.close()
+    bye = FakeImapConfig(greeting=Hostility.parse("bye:Too many connections"))
+    with FakeImapServer(bye) as server:
+        sock = _raw(server.port)
+        assert _read_at_least(sock, 10_000) == b"* BYE Too many connections\r\n"
+        sock.close()
+
+
+def test_a_script_is_played_verbatim_and_answers_late_when_told() -> None:
+    script = [Step(None, b"* OK hi\r\n"), Step("NOOP", b"{tag} OK {1}\r\n", then=b"x")]
+    with FakeImapServer(FakeImapConfig(script=script)) as server:
+        sock = _raw(server.port)
+        sock.sendall(b"t7 NOOP\r\n")
+        assert _read_at_least(sock, 100_000).startswith(b"* OK hi\r\nt7 OK {1}\r\nxxxx")
+        sock.close()
+    with FakeImapServer(FakeImapConfig(answer_delay_s=0.3)) as server:
+        sock = _raw(server.port)
+        sock.recv(1000)  # the greeting
+        started = time.monotonic()
+        sock.sendall(b"a1 NOOP\r\n")
+        assert _read_at_least(sock, 5) == b"a1 OK NOOP completed\r\n"
+        assert time.monotonic() - started >= 0.3
+        sock.close()

@@ -1,7 +1,8 @@
-"""One folder watcher against a scripted in-process IMAP server: the cases Dovecot cannot stage.
+"""One folder watcher against the scriptable fake IMAP server: the cases Dovecot cannot stage.
 
-The fake server speaks just enough IMAP (greeting, CAPABILITY, LOGIN, ENABLE, EXAMINE, IDLE/DONE,
-NOOP, LOGOUT) and lets a test push untagged lines, drop connections and count logins.
+The fake (tests/support/fake_imap.py) runs in its own thread with CONDSTORE on, INBOX at
+UIDVALIDITY 42, three messages and HIGHESTMODSEQ 7, and only the password "good"; a test pushes
+untagged lines, drops connections, queues notices for the next NOOP and counts logins.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from pipeline.listener.events import FolderRef
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.settings import ListenerSettings
+from tests.support.fake_imap import (
+    CAPABILITIES,
+    FakeFolder,
+    FakeImapConfig,
+    FakeImapServer,
+    Hostility,
+    sample_message,
+)
 
 SETTINGS = ListenerSettings(
     backoff_base_s=0.05,
@@ -35,123 +44,20 @@ SETTINGS = ListenerSettings(
     connect_timeout_s=2.0,
     command_timeout_s=2.0,
 )
+CONDSTORE = CAPABILITIES + " CONDSTORE"
+IDLE_FLOOD = b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))"  # sent again and again while idling
 
 
-@dataclass
-class FakeImapServer:
-    """A scripted IMAP server on 127.0.0.1."""
+def inbox() -> FakeFolder:
+    return FakeFolder(
+        b"INBOX", [sample_message(i) for i in (1, 2, 3)], uidvalidity=42, highestmodseq=7
+    )
 
-    idle: bool = True
-    password: str = "good"
-    drop_after_examine: bool = False
-    greeting: bytes = b""  # instead of the usual "* OK [CAPABILITY ...]" (e.g. a BYE)
-    highestmodseq: int = 7
-    logins: int = 0
-    commands: list[str] = field(default_factory=list)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-    pending_noop: list[bytes] = field(default_factory=list)
-    idle_flood: bytes = b""  # sent again and again after "+ idling", until the client leaves
-    answer_delay_s: float = 0.0  # before every answer (a slow server, within each deadline)
-    port: int = 0
-    _server: asyncio.Server | None = None
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        for w in self.writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    def push(self, line: bytes) -> None:
-        """Send an untagged line to every connected client."""
-        for w in self.writers:
-            if not w.is_closing():
-                w.write(line + b"\r\n")
-
-    def drop_all(self) -> None:
-        for w in self.writers:
-            w.close()
-        self.writers.clear()
-
-    def capabilities(self) -> bytes:
-        caps = b"IMAP4rev1 ENABLE CONDSTORE" + (b" IDLE" if self.idle else b"")
-        return caps
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        idle_tag = b""
-        if self.greeting:
-            writer.write(self.greeting + b"\r\n")
-            await writer.drain()
-            writer.close()
-            return
-        writer.write(b"* OK [CAPABILITY " + self.capabilities() + b"] fake ready\r\n")
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                text = line.decode().rstrip("\r\n")
-                if text == "DONE":
-                    self.commands.append("DONE")
-                    writer.write(idle_tag + b" OK Idle completed\r\n")
-                    continue
-                tag, _, rest = text.partition(" ")
-                verb = rest.split(" ", 1)[0].upper()
-                self.commands.append(verb)
-                t = tag.encode()
-                await asyncio.sleep(self.answer_delay_s)
-                if verb == "CAPABILITY":
-                    writer.write(b"* CAPABILITY " + self.capabilities() + b"\r\n" + t + b" OK\r\n")
-                elif verb == "LOGIN":
-                    self.logins += 1
-                    if rest.split(" ")[2].strip('"') == self.password:
-                        writer.write(t + b" OK [CAPABILITY " + self.capabilities() + b"] in\r\n")
-                    else:
-                        writer.write(t + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-                elif verb == "ENABLE":
-                    writer.write(b"* ENABLED CONDSTORE\r\n" + t + b" OK\r\n")
-                elif verb == "EXAMINE":
-                    writer.write(
-                        b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] x\r\n* OK [UIDNEXT 4] x\r\n"
-                        b"* OK [HIGHESTMODSEQ %d] x\r\n"
-                        % self.highestmodseq
-                        + t
-                        + b" OK [READ-ONLY] done\r\n"
-                    )
-                    if self.drop_after_examine:
-                        await writer.drain()
-                        writer.close()
-                        return
-                elif verb == "IDLE" and self.idle:
-                    idle_tag = t
-                    writer.write(b"+ idling\r\n")
-                    while self.idle_flood:  # ends when the client hangs up (drain raises)
-                        writer.write(self.idle_flood)
-                        await writer.drain()
-                elif verb == "NOOP":
-                    for pending in self.pending_noop:
-                        writer.write(pending + b"\r\n")
-                    self.pending_noop.clear()
-                    writer.write(t + b" OK NOOP done\r\n")
-                elif verb == "LOGOUT":
-                    writer.write(b"* BYE Logging out\r\n" + t + b" OK\r\n")
-                    await writer.drain()
-                    writer.close()
-                    return
-                else:
-                    writer.write(t + b" BAD unknown\r\n")
-                await writer.drain()
-        except (ConnectionError, OSError):
-            return
-        finally:
-            if writer in self.writers:
-                self.writers.remove(writer)
-            writer.close()
+def config(**options: object) -> FakeImapConfig:
+    """The watcher tests' server: CONDSTORE, one INBOX, the password "good"; ``options`` on top."""
+    base = FakeImapConfig(folders=[inbox()], password="good", capabilities=CONDSTORE)
+    return dataclasses.replace(base, **options)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -225,16 +131,9 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def run(test: Callable[[Harness], Awaitable[None]], **server_options: object) -> None:
-    async def main() -> None:
-        server = FakeImapServer(**server_options)  # type: ignore[arg-type]
-        await server.start()
-        try:
-            await test(Harness(server))
-        finally:
-            await server.close()
-
-    asyncio.run(main())
+def run(test: Callable[[Harness], Awaitable[None]], **config_options: object) -> None:
+    with FakeImapServer(config(**config_options)) as server:
+        asyncio.run(test(Harness(server)))
 
 
 def test_idle_changes_are_published_once_per_notice() -> None:
@@ -252,7 +151,7 @@ def test_idle_changes_are_published_once_per_notice() -> None:
         await until(lambda: len(h.published) >= 4)
         await watcher.stop()
         assert h.reasons()[:4] == ["reconnect", "exists", "flags", "expunge"]
-        assert h.server.commands[-2:] == ["DONE", "LOGOUT"]  # a clean goodbye
+        assert h.server.command_names()[-2:] == ["DONE", "LOGOUT"]  # a clean goodbye
         assert watcher.state is WatchState.STOPPED
 
     run(scenario)
@@ -290,7 +189,7 @@ def test_bye_reconnects_and_reports_the_reconnect() -> None:
         watcher = h.watcher()
         watcher.start()
         await until(lambda: watcher.state is WatchState.IDLING)
-        h.server.highestmodseq = 8  # something changed while we were away
+        h.server.config.folders[0].highestmodseq = 8  # something changed while we were away
         h.server.push(b"* BYE Server shutting down")
         h.server.drop_all()
         await until(lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING)
@@ -307,11 +206,11 @@ def test_no_idle_capability_falls_back_to_polling() -> None:
         await until(lambda: watcher.state is WatchState.POLLING)
         h.server.pending_noop.append(b"* 5 EXISTS")
         await until(lambda: "exists" in h.reasons())
-        assert "IDLE" not in h.server.commands
-        assert h.server.commands.count("NOOP") >= 1
+        assert "IDLE" not in h.server.command_names()
+        assert h.server.command_names().count("NOOP") >= 1
         await watcher.stop()
 
-    run(scenario, idle=False)
+    run(scenario, capabilities=CONDSTORE.replace(" IDLE", ""))
 
 
 def test_a_server_that_accepts_then_drops_gets_no_reconnect_storm() -> None:
@@ -324,7 +223,7 @@ def test_a_server_that_accepts_then_drops_gets_no_reconnect_storm() -> None:
         # a storm (reconnect at once) would log in hundreds of times
         assert 3 <= h.server.logins <= 10, h.server.logins
 
-    run(scenario, drop_after_examine=True)
+    run(scenario, hostile={"EXAMINE": Hostility("drop")})
 
 
 def test_refused_login_is_reported_once_and_never_retried() -> None:
@@ -332,7 +231,7 @@ def test_refused_login_is_reported_once_and_never_retried() -> None:
         watcher = h.watcher(password="wrong")
         watcher.start()
         await until(lambda: watcher.state is WatchState.INVALID)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time for a retry that must not come
         assert h.server.logins == 1
         assert len(h.auth_failures) == 1
         assert "wrong" not in h.auth_failures[0]  # the message never carries the password
@@ -350,7 +249,7 @@ def test_a_bye_greeting_saying_too_many_connections_is_a_throttle() -> None:
         assert not h.auth_failures  # not a reason to give the grant up
         await watcher.stop()
 
-    run(scenario, greeting=b"* BYE Too many connections from your IP, try later")
+    run(scenario, greeting=Hostility("bye", b"Too many connections from your IP, try later"))
 
 
 def test_a_throttling_bye_while_idling_is_recorded_and_a_plain_one_is_not() -> None:
@@ -386,7 +285,7 @@ def test_a_flood_while_idling_costs_the_connection_and_a_growing_back_off(
         await watcher.stop()
 
     with caplog.at_level(logging.WARNING, logger="pipeline.listener.idle"):
-        run(scenario, idle_flood=b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))\r\n")
+        run(scenario, hostile={"IDLE": Hostility("flood", IDLE_FLOOD, idling=True)})
     breaches = [r.getMessage() for r in caplog.records if "the server misbehaved" in r.message]
     attempts = [int(a) for a in re.findall(r"\(attempt (\d+)\)", " ".join(breaches))]
     assert attempts[:4] == [1, 2, 3, 4], breaches  # never reset: the delay keeps growing
@@ -444,7 +343,8 @@ def test_reconnecting_to_a_flooding_server_holds_no_more_memory_each_time() -> N
 
     tracemalloc.start(8)  # deep enough to see the listener's frames under asyncio's
     try:
-        run(scenario, idle_flood=b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))\r\n" * 100)
+        flood = b"\r\n".join([IDLE_FLOOD] * 100)
+        run(scenario, hostile={"IDLE": Hostility("flood", flood, idling=True)})
     finally:
         tracemalloc.stop()
 
