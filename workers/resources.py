@@ -40,6 +40,7 @@ from pipeline.imap.connections import (
 from pipeline.models import Grant
 from pipeline.ratelimit import Limits, RateLimited, RateLimiter, scope_of
 from pipeline.redis import BATCH_TIMEOUT_S, client
+from pipeline.sync.state import FolderState
 from workers.settings import settings
 
 # Starts every grant status a misbehaving server earns; the next sync that works clears it.
@@ -258,7 +259,7 @@ def note_misbehaved(
     with sessions().begin() as db:
         GrantRepository(db).set_detail(grant_id, detail)
         if folder_id is not None:
-            FolderRepository(db).set_state(folder_id, "failed", detail)
+            FolderRepository(db).set_state(folder_id, FolderState.FAILED, detail)
     log.warning(
         "IMAP server broke a bound; backing off",
         extra={

@@ -22,6 +22,7 @@ from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
+from pipeline.sync.state import FolderState
 
 router = APIRouter(tags=["folders"])
 
@@ -191,7 +192,7 @@ def create_folder(
             delimiter=info.delimiter if info else _delimiter(db, grant),
             role=info.role if info else None,
             attributes=list(info.attributes) if info else [],
-            state="pending",
+            state=FolderState.PENDING,
         ),
     )
     events.folder(db, "folder.created", folder)

@@ -23,6 +23,7 @@ from pipeline.grants.service import create_grant, get_grant, remove_grant
 from pipeline.grants.views import grant_dict, status_dict
 from pipeline.messages.repository import MessageRepository
 from pipeline.presets import PRESETS
+from pipeline.sync.state import GRANT_IN_INITIAL_SYNC
 
 console = Console(soft_wrap=True)
 STATUS_POLL_S = 1.0
@@ -226,7 +227,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
-    if args.once or view["sync_state"] not in ("pending", "syncing") or not console.is_terminal:
+    if args.once or view["sync_state"] not in GRANT_IN_INITIAL_SYNC or not console.is_terminal:
         console.print(_status_table(view))
         return 0
     return _follow(settings, args.grant)
@@ -310,7 +311,7 @@ def _follow(settings: Settings, grant_ref: str) -> int:
                     total=max(f["in_window"], 1),
                     state=f["state"],
                 )
-            if view["sync_state"] not in ("pending", "syncing"):
+            if view["sync_state"] not in GRANT_IN_INITIAL_SYNC:
                 break
             time.sleep(STATUS_POLL_S)
     console.print(_status_table(view))

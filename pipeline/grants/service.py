@@ -54,6 +54,7 @@ from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
 from pipeline.ratelimit import RateLimited, RateLimiter
 from pipeline.sync import events
+from pipeline.sync.state import GrantSyncState
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ def store_grant(
         refuse_takeover(grant, resolved)
     created = grant is None
     if grant is None:
-        grant = Grant(email=resolved.email, sync_state="pending")
+        grant = Grant(email=resolved.email, sync_state=GrantSyncState.PENDING)
         session.add(grant)
     grant.provider = resolved.provider
     grant.imap_host = resolved.imap_host

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
 from pipeline.models import Folder, Grant, Message, Placement, SyncFailure, Thread
+from pipeline.sync.state import GRANT_IN_INITIAL_SYNC, UNFINISHED, FolderState, GrantSyncState
 
 folders = cast(Table, Folder.__table__)
 
@@ -88,7 +89,7 @@ class MaintenanceRepository:
         rows = self.session.execute(
             select(Grant.id, Grant.provider).where(
                 Grant.grant_status == "valid",
-                Grant.sync_state.in_(("pending", "syncing")),
+                Grant.sync_state.in_(GRANT_IN_INITIAL_SYNC),
                 Grant.updated_at < before,
                 ~recent_folder,
             )
@@ -103,8 +104,8 @@ class MaintenanceRepository:
             .join(Grant, Grant.id == folders.c.grant_id)
             .where(
                 Grant.grant_status == "valid",
-                Grant.sync_state != "stopped",
-                folders.c.state.in_(("failed", "syncing", "reindexing", "pending")),
+                Grant.sync_state != GrantSyncState.STOPPED,
+                folders.c.state.in_(UNFINISHED),
                 folders.c.updated_at < before,
             )
         )
@@ -132,7 +133,9 @@ class MaintenanceRepository:
             .where(
                 f.grant_id == grant_id,
                 f.uidvalidity.is_not(None),
-                or_(f.state != "stopped", and_(f.retry_at.is_not(None), f.retry_at <= now)),
+                or_(
+                    f.state != FolderState.STOPPED, and_(f.retry_at.is_not(None), f.retry_at <= now)
+                ),
             )
             .order_by(f.raw_name)
         )
@@ -153,7 +156,9 @@ class MaintenanceRepository:
             .where(
                 f.grant_id.in_(grant_ids),
                 f.uidvalidity.is_not(None),
-                or_(f.state != "stopped", and_(f.retry_at.is_not(None), f.retry_at <= now)),
+                or_(
+                    f.state != FolderState.STOPPED, and_(f.retry_at.is_not(None), f.retry_at <= now)
+                ),
             )
             .order_by(f.grant_id, f.raw_name)
         )
@@ -219,7 +224,7 @@ class MaintenanceRepository:
         self.session.execute(
             _update_folders()
             .where(folders.c.id == folder_id)
-            .values(state="stopped", state_detail=detail, retry_at=retry_at)
+            .values(state=FolderState.STOPPED, state_detail=detail, retry_at=retry_at)
         )
 
     def resume_folder(self, folder_id: str) -> None:
@@ -227,7 +232,9 @@ class MaintenanceRepository:
         self.session.execute(
             _update_folders()
             .where(folders.c.id == folder_id)
-            .values(state="syncing", state_detail=None, retry_at=None, uidvalidity_changes=0)
+            .values(
+                state=FolderState.SYNCING, state_detail=None, retry_at=None, uidvalidity_changes=0
+            )
         )
 
     # --- reindex by hand -------------------------------------------------------------------
@@ -236,7 +243,7 @@ class MaintenanceRepository:
         ``syncing`` from UID 0, failures forgotten (tried again), a stop lifted. Folders in the
         middle of a UIDVALIDITY reindex are left to it. Returns the folder ids."""
         f = folders.c
-        where = [f.grant_id == grant_id, f.state != "reindexing"]
+        where = [f.grant_id == grant_id, f.state != FolderState.REINDEXING]
         if names:
             where.append(or_(f.raw_name.in_(list(names)), f.name.in_(list(names))))
         ids = [
@@ -245,7 +252,7 @@ class MaintenanceRepository:
                 _update_folders()
                 .where(*where)
                 .values(
-                    state="syncing",
+                    state=FolderState.SYNCING,
                     state_detail=None,
                     synced_uid=0,
                     retry_at=None,
@@ -263,10 +270,11 @@ class MaintenanceRepository:
         """Lift a grant-wide stop; True when the grant was stopped."""
         result = self.session.execute(
             update(Grant)
-            .where(Grant.id == grant_id, Grant.sync_state == "stopped")
+            .where(Grant.id == grant_id, Grant.sync_state == GrantSyncState.STOPPED)
             .values(
                 sync_state=case(
-                    (Grant.initial_sync_completed_at.is_(None), "syncing"), else_="synced"
+                    (Grant.initial_sync_completed_at.is_(None), GrantSyncState.SYNCING),
+                    else_=GrantSyncState.SYNCED,
                 ),
                 status_detail=None,
             )

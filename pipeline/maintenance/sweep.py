@@ -86,6 +86,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderStatus, ImapSession, SelectInfo
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.sync import events
+from pipeline.sync.state import FolderState, GrantSyncState
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def folders_due(
     return [
         folder
         for folder in candidates
-        if folder.state == "stopped"
+        if folder.state == FolderState.STOPPED
         or folder.changes
         or not (folder.id in looked or (folder.role in IDLE_ROLES and folder.id in idle_watched))
     ]
@@ -304,7 +305,7 @@ def poll_grant(
             candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
     asked: list[SweptFolder] = []
     for folder in candidates:
-        if folder.state != "synced":
+        if folder.state != FolderState.SYNCED:
             continue
         watched = folder.role in IDLE_ROLES
         if watched and folder.id in idle_watched:
@@ -381,7 +382,7 @@ def _poll_due(folder: SweptFolder, status: FolderStatus, now: datetime) -> bool:
     Inbox and Sent once their last sync is ``IDLE_SAFETY_NET_S`` old (a listener's event lost
     while the poll trusted it). The flag refresh of servers without CONDSTORE is the poll's
     alone (its cap holds per poll)."""
-    if folder.state != "synced":
+    if folder.state != FolderState.SYNCED:
         return False
     if folder.role in IDLE_ROLES and (
         folder.last_synced_at is None
@@ -404,7 +405,7 @@ def _decide(
 ) -> bool:
     """Apply the rule to one folder (inside its row lock); True when its sync is due."""
     seen = status.uidvalidity
-    if folder.state == "stopped":
+    if folder.state == FolderState.STOPPED:
         if seen == folder.swept_uidvalidity or _adopt_if_empty(repo, folder, status):
             # the server kept its value, or the folder is empty (a new number costs nothing;
             # also heals an empty Courier folder stopped before this rule knew of them)
@@ -471,7 +472,7 @@ def count_seen_uidvalidity(
     folder = repo.lock_folder(folder_id)
     if folder is None:
         return Seen.SYNC  # never synced: nothing to compare with yet
-    if folder.state == "stopped":
+    if folder.state == FolderState.STOPPED:
         return Seen.STOPPED
     if seen == folder.uidvalidity:
         repo.note_seen(folder_id, seen)
@@ -515,14 +516,16 @@ def _set_grant_stopped(db: Session, grant_id: str, *, stopped: bool) -> bool:
     if grant is None:
         return False
     if stopped:
-        if grant.sync_state == "stopped":
+        if grant.sync_state == GrantSyncState.STOPPED:
             return False
-        grant.sync_state = "stopped"
+        grant.sync_state = GrantSyncState.STOPPED
         grant.status_detail = f"Inbox {STOPPED_DETAIL}"
     else:
-        if grant.sync_state != "stopped":
+        if grant.sync_state != GrantSyncState.STOPPED:
             return False
-        grant.sync_state = "synced" if grant.initial_sync_completed_at else "syncing"
+        grant.sync_state = (
+            GrantSyncState.SYNCED if grant.initial_sync_completed_at else GrantSyncState.SYNCING
+        )
         grant.status_detail = None
     db.flush()
     events.grant(db, "grant.updated", grant)

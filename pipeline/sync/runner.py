@@ -47,6 +47,7 @@ from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync import events
+from pipeline.sync.state import GONE, SETTLED, FolderState, GrantSyncState
 from pipeline.sync.store import (
     ERROR_TEXT_LIMIT,
     FailedItem,
@@ -82,7 +83,7 @@ class SyncOutcome:
     """What one folder sync run did."""
 
     folder_id: str
-    state: str
+    state: str  # a FolderState, or GONE (the folder was deleted meanwhile)
     stored: int = 0
     failed: int = 0
     remaining: int = 0
@@ -179,7 +180,7 @@ def discover_folders(
                 delimiter=info.delimiter,
                 role=info.role,
                 attributes=list(info.attributes),
-                state="pending",
+                state=FolderState.PENDING,
             )
             session.add(folder)
             session.flush()
@@ -423,7 +424,7 @@ def _record_run_failure(sessions: sessionmaker[Session], folder_id: str, exc: Ex
     log.warning("folder sync failed", extra={"folder_id": folder_id, "error": type(exc).__name__})
     try:
         with sessions.begin() as db:
-            FolderRepository(db).set_state(folder_id, "failed", detail)
+            FolderRepository(db).set_state(folder_id, FolderState.FAILED, detail)
     except Exception:
         log.exception("could not record the folder's failure", extra={"folder_id": folder_id})
 
@@ -450,10 +451,12 @@ def _sync_folder(
     with sessions.begin() as db:
         folder = FolderRepository(db).get(folder_id)
         if folder is None or folder.grant_id != grant_id:
-            return SyncOutcome(folder_id, "gone")
-        if folder.state == "stopped":
-            return SyncOutcome(folder_id, "stopped")  # UIDVALIDITY stop rule (maintenance.sweep)
-        raw_name, state, synced_uid = folder.raw_name, folder.state, folder.synced_uid
+            return SyncOutcome(folder_id, GONE)
+        if folder.state == FolderState.STOPPED:
+            # the UIDVALIDITY stop rule (pipeline.maintenance.sweep)
+            return SyncOutcome(folder_id, FolderState.STOPPED)
+        raw_name, synced_uid = folder.raw_name, folder.synced_uid
+        state = FolderState(folder.state)
         stored_modseq, last_synced = folder.highestmodseq, folder.last_synced_at
         grant = GrantRepository(db).get(grant_id)
         live = grant is not None and grant.initial_sync_completed_at is not None
@@ -467,8 +470,8 @@ def _sync_folder(
         info = imap.select(raw_name, readonly=True, want_uidnext=True, want_status=not condstore)
     except ImapFolderError as exc:
         with sessions.begin() as db:
-            FolderRepository(db).set_state(folder_id, "failed", str(exc))
-        return SyncOutcome(folder_id, "failed")
+            FolderRepository(db).set_state(folder_id, FolderState.FAILED, str(exc))
+        return SyncOutcome(folder_id, FolderState.FAILED)
 
     with sessions.begin() as db:
         folder = FolderRepository(db).get_for_update(folder_id)
@@ -485,7 +488,8 @@ def _sync_folder(
                     "UIDVALIDITY changes on every session; folder stopped",
                     extra={"grant_id": grant_id, "folder_id": folder_id},
                 )
-                return SyncOutcome(folder_id, "stopped")  # an Inbox's grant.updated: the sweep
+                # (an Inbox's grant.updated: the sweep sends it)
+                return SyncOutcome(folder_id, FolderState.STOPPED)
             if seen is Seen.ADOPTED:  # an empty folder's new number, taken as it is
                 db.refresh(folder)
                 synced_uid, stored_modseq = folder.synced_uid, folder.highestmodseq
@@ -499,18 +503,18 @@ def _sync_folder(
                 )
                 folder.reindex_uidvalidity = info.uidvalidity
                 folder.highestmodseq = None  # modseqs of the old numbering mean nothing now
-            state = "reindexing"
-        elif state == "reindexing" or folder.reindex_uidvalidity is not None:
+            state = FolderState.REINDEXING
+        elif state == FolderState.REINDEXING or folder.reindex_uidvalidity is not None:
             # the server went back to the validity we hold (also after a failed reindex run)
             folder.reindex_uidvalidity = None
-            state = "synced"
-        if state == "failed" and folder.last_synced_at is not None:
-            state = "synced"  # its initial sync was complete: resume incrementally
-        if state in ("pending", "failed"):
-            state = "syncing"
+            state = FolderState.SYNCED
+        if state == FolderState.FAILED and folder.last_synced_at is not None:
+            state = FolderState.SYNCED  # its initial sync was complete: resume incrementally
+        if state in (FolderState.PENDING, FolderState.FAILED):
+            state = FolderState.SYNCING
         folder.state = state
         folder.state_detail = None
-        initial = state in ("syncing", "reindexing")
+        initial = state.initial
         # Only the UIDs this run can meet: its range, or (incremental) the new ones.
         relevant: tuple[int, int | None] = (
             uid_range if uid_range else (0, None) if initial else (synced_uid, None)
@@ -595,7 +599,7 @@ def _sync_folder(
     # A folder another client made after the grant's initial sync (periodic discovery): its
     # mail is news to the application (message.created; moved in: message.updated), unlike a
     # grant's first look or a reindex.
-    new_folder = live and state == "syncing" and last_synced is None
+    new_folder = live and state == FolderState.SYNCING and last_synced is None
 
     def store(items: list[ParsedItem], failures: list[FailedItem], vanished: int) -> WriteResult:
         with sessions.begin() as db:
@@ -679,7 +683,7 @@ def _sync_folder(
                 return outcome  # other ranges are still running; the last one finishes
         top = max((m.uid for m in todo), default=0)
         planned = folder.uidnext if uid_range is not None else info.uidnext
-        if state == "reindexing":
+        if state == FolderState.REINDEXING:
             # the switch: one transaction drops the old view and deletes what is really gone
             messages = MessageRepository(db)
             previous = messages.drop_other_placements(folder_id, info.uidvalidity)
@@ -703,8 +707,7 @@ def _sync_folder(
         folder.status_messages = counts.messages if counts else None
         folder.status_unseen = counts.unseen if counts else None
         folder.last_synced_at = now
-        folder.state = "synced"
-        outcome.state = "synced"
+        folder.state = outcome.state = FolderState.SYNCED
         outcome.grant_completed = _complete_grant_if_done(db, grant_id, now)
         if outcome.grant_completed:
             completed = GrantRepository(db).get(grant_id)
@@ -812,10 +815,10 @@ def _complete_grant_if_done(db: Session, grant_id: str, now: datetime) -> bool:
     if grant is None or grant.initial_sync_completed_at is not None:
         return False
     folders = FolderRepository(db).for_grant(grant_id)
-    if any(f.state not in ("synced", "stopped") for f in folders):
+    if any(f.state not in SETTLED for f in folders):
         return False
     grant.initial_sync_completed_at = now
-    grant.sync_state = "synced"
+    grant.sync_state = GrantSyncState.SYNCED
     return True
 
 
@@ -880,8 +883,8 @@ def _sync_inline(
             changes = discover_folders(
                 db, grant, imap.list_folders(), max_folders=settings.max_folders_per_grant
             )
-            if grant.sync_state == "pending":
-                grant.sync_state = "syncing"
+            if grant.sync_state == GrantSyncState.PENDING:
+                grant.sync_state = GrantSyncState.SYNCING
 
         def reopen() -> ImapSession:
             with sessions.begin() as db:

@@ -68,6 +68,7 @@ from pipeline.presets import preset
 from pipeline.ratelimit import RateLimited
 from pipeline.redis import folder_lock_key
 from pipeline.sync.runner import discover_folders
+from pipeline.sync.state import GrantSyncState
 from workers import enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
@@ -251,7 +252,7 @@ class _PollBatch:
             grants = {
                 g.id: g
                 for g in GrantRepository(db).get_many(grant_ids).values()
-                if g.grant_status == "valid" and g.sync_state != "stopped"
+                if g.grant_status == "valid" and g.sync_state != GrantSyncState.STOPPED
             }
             folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
         discovering = [g.id for g in grants.values() if g.initial_sync_completed_at is not None]
@@ -378,7 +379,11 @@ def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             return {"skipped": "a discovery of this grant is running"}
         with sessions().begin() as db:
             grant = GrantRepository(db).get(grant_id)
-            if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+            if (
+                grant is None
+                or grant.grant_status != "valid"
+                or grant.sync_state == GrantSyncState.STOPPED
+            ):
                 return {"skipped": "grant not active"}
             if grant.initial_sync_completed_at is None:
                 return {"skipped": "initial sync running"}  # its grant sync discovers

@@ -48,6 +48,7 @@ from pipeline.grants.service import create_grant
 from pipeline.imap import ImapSession
 from pipeline.ratelimit import RateLimited
 from pipeline.sync.runner import SyncOutcome, discover_folders, sync_folder
+from pipeline.sync.state import FolderState, GrantSyncState
 from workers import chunks, enqueue, folder_queue
 from workers.app import app
 from workers.resources import (
@@ -186,7 +187,11 @@ def sync_grant_task(self: Task, grant_id: str) -> None:
 def _sync_grant(self: Task, grant_id: str) -> None:
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+        if (
+            grant is None
+            or grant.grant_status != "valid"
+            or grant.sync_state == GrantSyncState.STOPPED
+        ):
             return
         provider = grant.provider
         try:
@@ -206,8 +211,8 @@ def _sync_grant(self: Task, grant_id: str) -> None:
                 raise
             release_imap(grant_id, imap, healthy=True)
             note_behaved(grant_id)
-            if grant.sync_state == "pending":
-                grant.sync_state = "syncing"
+            if grant.sync_state == GrantSyncState.PENDING:
+                grant.sync_state = GrantSyncState.SYNCING
     kick()
     if imap is None:
         return
@@ -281,7 +286,7 @@ def _sync_folder(
                 raise GrantNotFound(grant_id)
             if grant.grant_status != "valid":
                 return {"skipped": "grant invalid"}
-            if grant.sync_state == "stopped":
+            if grant.sync_state == GrantSyncState.STOPPED:
                 return {"skipped": "grant stopped"}
             provider = grant.provider
             try:
@@ -382,7 +387,7 @@ def _follow_up(
         enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
     elif uid_range is None and run.take_rerun():
         enqueue.sync_folder(grant_id, folder_id, provider)
-    elif not outcome.ranges and (uid_range is None or outcome.state == "synced"):
+    elif not outcome.ranges and (uid_range is None or outcome.state == FolderState.SYNCED):
         # this folder's run is over (for a split folder: its last range): the grant's next
         # waiting folder takes the slot
         folder_queue.queue_next(r, grant_id, provider)
@@ -456,7 +461,11 @@ def _may_continue(grant_id: str) -> bool:
     """The grant still syncs and may spend one more operation token."""
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if grant is None or grant.grant_status != "valid" or grant.sync_state == "stopped":
+        if (
+            grant is None
+            or grant.grant_status != "valid"
+            or grant.sync_state == GrantSyncState.STOPPED
+        ):
             return False
         wait = limiter_for_process().try_ops(grant.provider, grant.imap_host, grant.id)
     return wait <= 0

@@ -1,0 +1,98 @@
+"""The sync states of a folder (``folders.state``) and of a grant (``grants.sync_state``).
+
+The values are the strings stored in Postgres and shown by the API and the CLI; the enums are
+``StrEnum`` so a member is equal to (and stored as) its string, and a value read back from the
+database compares equal to the member.
+
+A folder's state machine (one run of it: :func:`pipeline.sync.runner.sync_folder`)::
+
+                 (1)            (2)              (3)
+    discovered -----> PENDING -----> SYNCING ----------> SYNCED <---+
+                         |             |  ^                |  |     | (4)
+                         |         (5) |  | (6)        (5) |  +-----+
+                         |             v  |                v
+                         +---(5)---> FAILED -----------(7)------> SYNCED
+
+    PENDING, SYNCING, SYNCED, FAILED ---(8)---> REINDEXING ---(9)---> SYNCED
+    any state ---(10)---> STOPPED ---(11)---> SYNCING
+
+    (1)  the server's LIST shows a new folder (:func:`pipeline.sync.runner.discover_folders`).
+    (2)  a run plans the initial sync: the UIDs of the retention window not stored yet.
+    (3)  every planned UID is stored or recorded as failed. A run that spends its budget or
+         whose worker is killed leaves the folder SYNCING; the next one plans only what is
+         missing, so nothing is lost and nothing fetched twice.
+    (4)  incremental runs: new mail from ``synced_uid`` on, flag changes, expunges.
+    (5)  a run fails (the server, the connection, the database; the folder not selectable):
+         the reason is in ``state_detail``. One message's content never fails a run.
+    (6)  the next run of a folder never synced plans again.
+    (7)  the next run of a folder synced before resumes incrementally.
+    (8)  SELECT shows a UIDVALIDITY other than the folder's: the new numbering is indexed
+         beside the old view (readers keep the old one; messages keep their ids).
+    (9)  the new numbering's window is complete and one transaction switches the view, or the
+         server went back to the UIDVALIDITY held.
+    (10) the 5th UIDVALIDITY change in a row, whether a sweep, a poll or a run saw it
+         (:mod:`pipeline.maintenance.sweep`); ``state_detail`` says so.
+    (11) ``retry_at`` passed (the sweep resumes it) or ``grants reindex``, which also puts any
+         folder but a REINDEXING one back to SYNCING from UID 0.
+
+A folder gone from the server's LIST is deleted (its messages orphaned, then deleted after a
+grace unless another folder holds them).
+
+A grant's ``sync_state`` follows its folders::
+
+    PENDING --first discovery--> SYNCING --every folder SYNCED or STOPPED--> SYNCED
+                                    |  ^                                     |
+                  the Inbox STOPPED |  | resumed, initial sync    the Inbox  |
+                                    v  | not complete             STOPPED    |
+                                   STOPPED <---------------------------------+
+                                      |
+                                      +--- resumed, initial sync complete ---> SYNCED
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FolderState(StrEnum):
+    """Where a folder is in its sync (``folders.state``); drawn in the module docstring."""
+
+    PENDING = "pending"  # discovered, never synced
+    SYNCING = "syncing"  # its initial sync is running (or will resume)
+    SYNCED = "synced"  # the window is stored; runs fetch new mail and changes
+    FAILED = "failed"  # the last run failed (``state_detail`` says why); the next retries
+    REINDEXING = "reindexing"  # a new UIDVALIDITY is indexed beside the old view
+    STOPPED = "stopped"  # given up on purpose until ``retry_at`` (``state_detail`` says why)
+
+    @property
+    def initial(self) -> bool:
+        """Whether a run in this state stores the whole window (not only what is new)."""
+        return self in (FolderState.SYNCING, FolderState.REINDEXING)
+
+
+# Folders in these states have not finished their sync: beat's reconciliation retries those
+# left untouched for long (pipeline.maintenance.reconcile).
+UNFINISHED = (
+    FolderState.FAILED,
+    FolderState.SYNCING,
+    FolderState.REINDEXING,
+    FolderState.PENDING,
+)
+# A grant's initial sync is complete once every folder is in one of these.
+SETTLED = (FolderState.SYNCED, FolderState.STOPPED)
+
+# Not a folder state: what a run reports for a folder deleted (or not the grant's) meanwhile.
+GONE = "gone"
+
+
+class GrantSyncState(StrEnum):
+    """Where a grant is in its sync (``grants.sync_state``); drawn in the module docstring."""
+
+    PENDING = "pending"  # created, no folder discovered yet
+    SYNCING = "syncing"  # its initial sync is running
+    SYNCED = "synced"  # every folder synced (or stopped) once
+    STOPPED = "stopped"  # the Inbox is stopped (UIDVALIDITY stop rule); nothing is synced
+
+
+# Grants whose initial sync has not completed (beat looks for those that stalled).
+GRANT_IN_INITIAL_SYNC = (GrantSyncState.PENDING, GrantSyncState.SYNCING)
