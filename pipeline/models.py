@@ -113,7 +113,7 @@ class Folder(Base):
     States: ``pending`` (discovered, not synced) -> ``syncing`` (initial sync running) ->
     ``synced``; ``reindexing`` while a new UIDVALIDITY is being indexed beside the old view;
     ``failed`` after an error the next run retries; ``stopped`` when we gave up on purpose
-    (``state_detail`` says why). See :mod:`pipeline.sync.runner`.
+    (``state_detail`` says why). Drawn in :mod:`pipeline.sync.state`.
     """
 
     __tablename__ = "folders"
