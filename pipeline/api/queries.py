@@ -20,7 +20,10 @@ an index of migration 0301 (or of the foundation) can serve it:
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -785,23 +788,64 @@ THREAD_SET_MATCHES = (200, 2000)
 THREAD_SET_NARROWED = 3
 
 
+# A search text's row estimate is reused for this long by the API process (at most this many
+# kept): a client walking a search's pages asks the same search again and again, and its plan
+# (about 1 ms of planning and a round trip, before the page's own statement) moves only with the
+# table's statistics, which ANALYZE renews far less often.
+ESTIMATE_REUSE_S = 60.0
+ESTIMATES_KEPT = 1024
+
+
+class _Estimates:
+    """Row estimates by statement (its SQL and bound values), each reused for
+    ``ESTIMATE_REUSE_S``; the oldest dropped past ``ESTIMATES_KEPT``. Shared by the API's
+    threadpool threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def get(self, key: str) -> float | None:
+        with self._lock:
+            found = self._rows.get(key)
+            if found is None or time.monotonic() - found[1] > ESTIMATE_REUSE_S:
+                return None
+            return found[0]
+
+    def put(self, key: str, rows: float) -> None:
+        with self._lock:
+            self._rows[key] = (rows, time.monotonic())
+            self._rows.move_to_end(key)
+            while len(self._rows) > ESTIMATES_KEPT:
+                self._rows.popitem(last=False)
+
+
+_estimates = _Estimates()
+
+
 def text_matches_estimate(conn: Connection, grant_id: str, flt: MessageFilter) -> float | None:
     """How many messages of the grant Postgres expects the stored-text keys of ``flt``'s search
     to match (its plan's row estimate, from the text columns' statistics: planned, never run;
     the trigram index scan that an exact count would cost is as dear as the page's own), or
-    None when the search has no such keys at the top."""
+    None when the search has no such keys at the top. The estimate of the same statement is
+    reused for ``ESTIMATE_REUSE_S`` (a search's next pages plan nothing more)."""
     search = _folders_in_search(flt).search
     if not isinstance(search, StoreCondition) or search.text is None:
         return None
     s = message_search
     query = select(literal(1)).select_from(s).where(s.c.grant_id == grant_id, search.text)
     compiled = query.compile(dialect=conn.dialect)
-    plan = conn.exec_driver_sql(
-        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
-    ).scalar_one()
+    sql = "EXPLAIN (FORMAT JSON) " + str(compiled)
+    key = sql + "\0" + repr(sorted(compiled.params.items()))
+    rows = _estimates.get(key)
+    if rows is not None:
+        return rows
+    plan = conn.exec_driver_sql(sql, compiled.params).scalar_one()
     if isinstance(plan, str):  # a driver that does not decode json
         plan = orjson.loads(plan)
-    return float(plan[0]["Plan"]["Plan Rows"])
+    rows = float(plan[0]["Plan"]["Plan Rows"])
+    _estimates.put(key, rows)
+    return rows
 
 
 def walks_with_set(flt: MessageFilter, matches: float | None) -> bool:

@@ -283,30 +283,29 @@ def statements(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The API's statements for the first page of a case, compiled, the page's last (messages:
     drafts left out as ``GET /messages`` without ``in`` does, each row the message's view as
-    JSON and the grant's status; threads: each one's view as JSON, after the plan of the search
-    text's matches whose row estimate decides how the threads are walked, planned on ``pg``
-    once here)."""
+    JSON and the grant's status; threads: each one's view as JSON and the grant's status,
+    walked as the row estimate of the search text's matches decides, planned on ``pg`` once
+    here: the API plans it once a minute, not per request,
+    ``pipeline.api.queries.ESTIMATE_REUSE_S``)."""
     folder_ids = [archive] if case.folder else None
     flt = MessageFilter(
         folder_ids=folder_ids,
         search=store.condition(criteria.parse(case.query), folder_ids, grant_id=grant),
     )
     if threads:
-        out = []
         matches = None
         search = flt.search
         if isinstance(search, store.StoreCondition) and search.text is not None:
             s = message_search
             counting = select(literal(1)).select_from(s).where(s.c.grant_id == grant, search.text)
             sql, params = _compiled(counting)
-            out.append(("EXPLAIN (FORMAT JSON) " + sql, params))
-            row = pg.execute(*out[0]).fetchone()  # type: ignore[call-overload]
+            row = pg.execute("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()  # type: ignore[call-overload]
             matches = float(row[0][0]["Plan"]["Plan Rows"]) if row else None
         # as the API runs a page without select: each thread's view rendered by Postgres
         page = list_threads_page_query(
             grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches), as_json=True
-        )
-        return [*out, _compiled(page)]
+        ).add_columns(queries._grant_status(grant).label("grant_status"))
+        return [_compiled(page)]
     if folder_ids is None:
         flt.not_in_role = DRAFTS_ROLE
     # as the API runs a standard page: rendered as JSON by Postgres, with the grant's status

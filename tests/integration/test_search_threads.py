@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
 
 from pipeline.api import queries
 from pipeline.api.pagination import Cursor
@@ -112,3 +112,36 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
         page = list_threads(conn, grant_id, flt, 50, None)
         assert [t.subject for t in page] == invoices
         assert all(len(t.messages) == 2 for t in page)
+
+
+def test_a_search_texts_estimate_is_planned_once_for_its_pages(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the row estimate that chooses how a thread search walks is planned by one EXPLAIN, and
+    # a client walking the search's pages asks the same search each time: the same statement's
+    # estimate is reused for a while, another search's (or grant's) planned afresh
+    grant_id = _store(database_url)
+    planned: list[str] = []
+
+    def record(*args: object) -> None:
+        if str(args[2]).startswith("EXPLAIN"):
+            planned.append(str(args[2]))
+
+    def estimate(query: str) -> float | None:
+        flt = MessageFilter(search=store.condition(criteria.parse(query), None, grant_id=grant_id))
+        return queries.text_matches_estimate(conn, grant_id, flt)
+
+    with session_scope(database_url) as db:
+        conn = db.connection()
+        event.listen(conn.engine, "before_cursor_execute", record)
+        try:
+            first = estimate("SUBJECT invoice")
+            assert first is not None and estimate("SUBJECT invoice") == first
+            assert len(planned) == 1
+            assert estimate("SUBJECT report") is not None
+            assert len(planned) == 2
+            monkeypatch.setattr(queries, "ESTIMATE_REUSE_S", -1.0)  # every estimate stale
+            assert estimate("SUBJECT invoice") == first
+            assert len(planned) == 3
+        finally:
+            event.remove(conn.engine, "before_cursor_execute", record)
