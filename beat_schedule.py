@@ -1,6 +1,8 @@
 """Every periodic job of imap-pipeline, in one place: what runs, how often, on which queue.
 
-Celery beat reads ``BEAT_SCHEDULE`` (see workers/celeryconfig.py). Exactly one beat schedules at
+Celery beat reads ``beat_schedule(settings.beat)`` (see ``workers.celeryconfig.celery_config``):
+the intervals and their defaults are ``Settings.beat`` (:mod:`pipeline.config.beat`,
+``IMAP_PIPELINE_*_INTERVAL_S``); the table shows the defaults. Exactly one beat schedules at
 a time: ``beat_settings()`` selects celery-redbeat, which keeps the schedule in Redis and holds a
 lock there; a second ``celery -A workers beat`` waits as a standby and takes over within
 ``BEAT_LOCK_TIMEOUT_S + BEAT_MAX_LOOP_S`` seconds of the active one dying. Every job is also
@@ -50,18 +52,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.config.beat import BeatSettings
 from pipeline.redis import BATCH_TIMEOUT_S, BEAT_KEY_PREFIX, BEAT_LOCK_KEY
 
-SWEEP_INTERVAL_S = 5 * 60  # the issue's five-minute UIDVALIDITY sweep
-POLL_INTERVAL_S = 60  # folders without an IDLE connection are checked this often
-PURGE_INTERVAL_S = 10 * 60  # small batches often: a day's mail leaves in many short transactions
-RECONCILE_INTERVAL_S = 5 * 60  # a lost Redis event delays work by at most this (plus the stall)
-# a folder another client made or removed is noticed within this (one LIST per grant)
-FOLDER_DISCOVERY_INTERVAL_S = 5 * 60
 MAINTENANCE_QUEUE = "maintenance"
 WEBHOOK_QUEUE = "webhooks"
 SEND_QUEUE = "send"
-OUTBOX_SWEEP_INTERVAL_S = 10.0  # the most a scheduled send is late (and a lost drain waits)
 WEBHOOK_SWEEP_INTERVAL_S = 15.0  # worst-case delay a lost Redis message adds to a delivery
 WEBHOOK_PURGE_INTERVAL_S = 3600.0
 
@@ -82,37 +78,32 @@ def _job(task: str, every_s: float, queue: str = MAINTENANCE_QUEUE) -> dict[str,
     }
 
 
-def beat_schedule(
-    *,
-    sweep_s: float = SWEEP_INTERVAL_S,
-    poll_s: float = POLL_INTERVAL_S,
-    purge_s: float = PURGE_INTERVAL_S,
-    reconcile_s: float = RECONCILE_INTERVAL_S,
-    discovery_s: float = FOLDER_DISCOVERY_INTERVAL_S,
-    outbox_s: float = OUTBOX_SWEEP_INTERVAL_S,
-) -> dict[str, dict[str, Any]]:
-    """The schedule, with intervals from settings (``IMAP_PIPELINE_*_INTERVAL_S``; see
-    workers/celeryconfig.py) or the defaults above."""
+def beat_schedule(beat: BeatSettings) -> dict[str, dict[str, Any]]:
+    """The schedule, with the intervals of ``beat`` (``Settings.beat``)."""
     return {
-        "uidvalidity-sweep": _job("pipeline.maintenance.sweep_uidvalidity", sweep_s),
-        "folder-poll": _job("pipeline.maintenance.poll_folders", poll_s),
-        "retention-purge": _job("pipeline.maintenance.purge", purge_s),
-        "reconcile": _job("pipeline.maintenance.reconcile", reconcile_s),
-        "folder-discovery": _job("pipeline.maintenance.discover_folders", discovery_s),
-        "outbox-sweep": _job("pipeline.outbox.sweep", outbox_s, SEND_QUEUE),
+        "uidvalidity-sweep": _job(
+            "pipeline.maintenance.sweep_uidvalidity", beat.uidvalidity_sweep_interval_s
+        ),
+        "folder-poll": _job("pipeline.maintenance.poll_folders", beat.poll_interval_s),
+        "retention-purge": _job("pipeline.maintenance.purge", beat.purge_interval_s),
+        "reconcile": _job("pipeline.maintenance.reconcile", beat.reconcile_interval_s),
+        "folder-discovery": _job(
+            "pipeline.maintenance.discover_folders", beat.folder_discovery_interval_s
+        ),
+        "outbox-sweep": _job("pipeline.outbox.sweep", beat.outbox_sweep_interval_s, SEND_QUEUE),
         "webhooks-sweep": _job("pipeline.webhooks.sweep", WEBHOOK_SWEEP_INTERVAL_S, WEBHOOK_QUEUE),
         "webhooks-purge": _job("pipeline.webhooks.purge", WEBHOOK_PURGE_INTERVAL_S, WEBHOOK_QUEUE),
     }
 
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = beat_schedule()  # with the default intervals
+# With the default intervals (model_construct: the defaults, without reading the environment).
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = beat_schedule(BeatSettings.model_construct())
 
 
 def beat_settings(redis_url: str) -> dict[str, Any]:
     """Celery settings that make ``celery -A workers beat`` use celery-redbeat.
 
-    Merge into the Celery configuration (``globals().update(beat_settings(broker_url))`` in
-    workers/celeryconfig.py).
+    Merged into the Celery configuration by ``workers.celeryconfig.celery_config``.
     """
     return {
         "beat_scheduler": "redbeat.RedBeatScheduler",

@@ -1,10 +1,18 @@
-"""The Celery application. Configuration is read lazily from :mod:`workers.celeryconfig`."""
+"""The Celery application, configured by :func:`workers.celeryconfig.celery_config`.
+
+The configuration is a promise (``add_defaults`` with a function): Celery evaluates it, with
+this process's settings (:func:`pipeline.config.get_settings`), the first time it reads
+``app.conf`` (a worker, beat or a client sending a task). Importing this module reads no
+settings.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import Celery
+
+from pipeline.config import get_settings
 
 # Tasks whose caller reads the result (from the Redis result backend); every other task is sent
 # without a result: with a Redis backend, a send that expects one subscribes the sending process
@@ -30,7 +38,17 @@ app = PipelineCelery(
         "workers.tasks.send",
     ],
 )
-app.config_from_object("workers.celeryconfig")
+
+
+def _configuration() -> dict[str, Any]:
+    # Imported here: the configuration names the task modules' queues and routes, and those
+    # modules import this app.
+    from workers.celeryconfig import celery_config
+
+    return celery_config(get_settings())
+
+
+app.add_defaults(_configuration)
 
 # Observability hooks (Celery signals, connected on import) in every process that uses the app:
 # the log format and the ids a task's lines carry; metrics (publishers stamp when a task was asked

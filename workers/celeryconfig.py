@@ -1,4 +1,7 @@
-"""Celery configuration: the edge where the Celery processes read settings (lazily, on first use).
+"""Celery configuration: :func:`celery_config` turns :class:`~pipeline.config.Settings` into
+Celery's settings. :mod:`workers.app` applies it to the app when Celery first reads its
+configuration, with this process's settings (:func:`pipeline.config.get_settings`); importing this
+module reads nothing.
 
 Why the numbers are what they are:
 - ``visibility_timeout``: with the Redis broker, a task a dead worker had taken is handed out
@@ -18,12 +21,13 @@ Why the numbers are what they are:
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu.entity import Exchange, Queue
 
-from beat_schedule import beat_schedule as build_beat_schedule
-from beat_schedule import beat_settings
+from beat_schedule import beat_schedule, beat_settings
+from pipeline.config import Settings
 from pipeline.presets import queue_names
-from workers.settings import settings
 from workers.tasks.send import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
 from workers.tasks.webhooks import WEBHOOK_TASK_ROUTES
 
@@ -40,60 +44,59 @@ SYNC_TASKS = (
     "pipeline.maintenance.check_grants",
 )
 
-_s = settings()
 
-broker_url = _s.require_redis_url()
-broker_transport_options = {
-    "visibility_timeout": VISIBILITY_TIMEOUT_S,
-    "socket_timeout": 30,
-    "socket_connect_timeout": 10,
-}
-broker_connection_retry_on_startup = True
-task_ignore_result = True
-# Only tasks that say ignore_result=False store a result (pipeline.grants.create: the caller
-# reads whether the account was connected, or why not); it lives in Redis for a day.
-result_backend = broker_url
-result_expires = RESULT_EXPIRES_S
-task_acks_late = True
-task_reject_on_worker_lost = True
-worker_prefetch_multiplier = 1
-task_serializer = "json"
-accept_content = ["json"]
-timezone = "UTC"
-enable_utc = True
-worker_send_task_events = True  # Flower
-task_send_sent_event = True
-worker_hijack_root_logger = False
-task_default_queue = "maintenance"
-# Each queue gets its own direct exchange and routing key. Without them Celery binds every
-# queue to the default exchange under the default routing key, and a task sent to one queue
-# is copied into all of them.
-task_queues = [
-    Queue(name, Exchange(name, type="direct"), routing_key=name)
-    for name in [*queue_names(), SEND_QUEUE, "webhooks", "maintenance"]
-]
-task_routes = {
-    **WEBHOOK_TASK_ROUTES,
-    **SEND_TASK_ROUTES,
-    "pipeline.maintenance.*": {"queue": "maintenance"},
-}
-_hard_limit_s = _s.sync_task_time_limit_s
-assert _hard_limit_s < VISIBILITY_TIMEOUT_S  # the setting's own bound keeps it so
-task_annotations = {
-    name: {"time_limit": _hard_limit_s, "soft_time_limit": _hard_limit_s - SOFT_LIMIT_MARGIN_S}
-    for name in SYNC_TASKS
-}
-task_annotations["pipeline.outbox.deliver"] = {
-    "time_limit": SEND_TASK_TIME_LIMIT_S,
-    "soft_time_limit": SEND_TASK_TIME_LIMIT_S - SOFT_LIMIT_MARGIN_S,
-}
-beat_schedule = build_beat_schedule(
-    sweep_s=_s.uidvalidity_sweep_interval_s,
-    poll_s=_s.poll_interval_s,
-    purge_s=_s.purge_interval_s,
-    reconcile_s=_s.reconcile_interval_s,
-    discovery_s=_s.folder_discovery_interval_s,
-    outbox_s=_s.outbox_sweep_interval_s,
-)
-# celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
-globals().update(beat_settings(broker_url))
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery's settings (``app.conf``) for ``settings``: broker, queues, routes, time limits
+    and the beat schedule."""
+    broker_url = settings.require_redis_url()
+    hard_limit_s = settings.sync_task_time_limit_s
+    assert hard_limit_s < VISIBILITY_TIMEOUT_S  # the setting's own bound keeps it so
+    task_annotations: dict[str, dict[str, float]] = {
+        name: {"time_limit": hard_limit_s, "soft_time_limit": hard_limit_s - SOFT_LIMIT_MARGIN_S}
+        for name in SYNC_TASKS
+    }
+    task_annotations["pipeline.outbox.deliver"] = {
+        "time_limit": SEND_TASK_TIME_LIMIT_S,
+        "soft_time_limit": SEND_TASK_TIME_LIMIT_S - SOFT_LIMIT_MARGIN_S,
+    }
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        # Only tasks that say ignore_result=False store a result (pipeline.grants.create: the
+        # caller reads whether the account was connected, or why not); it lives in Redis a day.
+        "result_backend": broker_url,
+        "result_expires": RESULT_EXPIRES_S,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_send_task_events": True,  # Flower
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": "maintenance",
+        # Each queue gets its own direct exchange and routing key. Without them Celery binds
+        # every queue to the default exchange under the default routing key, and a task sent to
+        # one queue is copied into all of them.
+        "task_queues": [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in [*queue_names(), SEND_QUEUE, "webhooks", "maintenance"]
+        ],
+        "task_routes": {
+            **WEBHOOK_TASK_ROUTES,
+            **SEND_TASK_ROUTES,
+            "pipeline.maintenance.*": {"queue": "maintenance"},
+        },
+        "task_annotations": task_annotations,
+        "beat_schedule": beat_schedule(settings.beat),
+        # celery-redbeat: one scheduler at a time, a standby takes over (see beat_schedule.py)
+        **beat_settings(broker_url),
+    }

@@ -11,7 +11,7 @@ from typing import Any
 from celery.signals import after_setup_logger, after_setup_task_logger, task_postrun, task_prerun
 
 from pipeline import logs
-from workers.settings import settings
+from pipeline.config import get_settings
 
 # the positional arguments of the tasks that take ids (workers.tasks)
 ID_ARGUMENTS = {
@@ -24,7 +24,7 @@ _tokens: dict[str, contextvars.Token[dict[str, str] | None]] = {}
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _json_lines(logger: logging.Logger | None = None, **_: Any) -> None:
-    if logger is None or settings().log_format != "json":
+    if logger is None or get_settings().log_format != "json":
         return
     for handler in logger.handlers:
         handler.setFormatter(logs.formatter("json"))

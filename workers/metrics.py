@@ -27,8 +27,8 @@ from celery.signals import (
 )
 
 from pipeline import metrics
+from pipeline.config import get_settings
 from pipeline.presets import queue_names
-from workers.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _stamp(headers: dict[str, Any] | None = None, **_: Any) -> None:
 
 
 def _serve(extra: list[Any]) -> None:
-    s = settings()
+    s = get_settings()
     metrics.reset_multiprocess_dir()
     try:
         metrics.serve(s.metrics_port, s.metrics_host, extra)
@@ -62,7 +62,7 @@ def _beat_init(**_: Any) -> None:
     from pipeline.redis import SCRAPE_TIMEOUT_S
     from pipeline.redis import client as redis_client
 
-    s = settings()
+    s = get_settings()
     client = redis_client(s.require_redis_url(), timeout_s=SCRAPE_TIMEOUT_S)
     backlog = metrics.BacklogCollector(
         metrics.postgres_outbox_depth(s.require_database_url()),

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.config import get_settings
 from pipeline.db import sessionmaker_for
 from pipeline.errors import ImapLimitError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
@@ -41,7 +42,6 @@ from pipeline.models import Grant
 from pipeline.ratelimit import Limits, RateLimited, RateLimiter, scope_of
 from pipeline.redis import BATCH_TIMEOUT_S, client
 from pipeline.sync.state import FolderState
-from workers.settings import settings
 
 # Starts every grant status a misbehaving server earns; the next sync that works clears it.
 MISBEHAVED_PREFIX = "The IMAP server misbehaved: "
@@ -52,13 +52,13 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def sessions() -> sessionmaker[Session]:
     """This process's session factory."""
-    return sessionmaker_for(settings().require_database_url())
+    return sessionmaker_for(get_settings().require_database_url())
 
 
 @lru_cache(maxsize=1)
 def redis_client() -> redis.Redis[bytes]:
     """This process's Redis client."""
-    return client(settings().require_redis_url(), timeout_s=BATCH_TIMEOUT_S)
+    return client(get_settings().require_redis_url(), timeout_s=BATCH_TIMEOUT_S)
 
 
 @lru_cache(maxsize=1)
@@ -227,7 +227,7 @@ def _login(
         if wait > 0:
             raise RateLimited(f"logins of grant {grant.id} are rate-limited", wait)
         try:
-            imap = open_grant_session(db, settings(), grant)
+            imap = open_grant_session(db, get_settings(), grant)
         except ImapThrottledError as exc:
             if not isinstance(exc, RateLimited):
                 limiter.throttled(grant.provider, grant.imap_host, grant.id)

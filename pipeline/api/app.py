@@ -46,6 +46,7 @@ from pipeline.api.auth import KeyRing, require_api_key
 from pipeline.api.deps import ApiState, SendEnqueuer, SyncEnqueuer, WebhookKicker
 from pipeline.api.gate import SignInGate
 from pipeline.config import Settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
 from pipeline.imap.connections import (
     INTERACTIVE_LINGER_S,
@@ -56,7 +57,6 @@ from pipeline.imap.connections import (
 from pipeline.ratelimit import RateLimiter
 from pipeline.redis import CALL_TIMEOUT_S
 from pipeline.redis import client as redis_client
-from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +252,8 @@ def create_app(
         max_body_bytes: Larger request bodies get a 413.
         enqueue_send: Called with ``(grant_id, countdown_s)`` after a send is committed to the
             outbox; the default enqueues ``pipeline.outbox.deliver`` on the ``send`` queue.
-        webhook_settings: SSRF guard and timeouts of ``/v3/webhooks`` (default: from the
-            environment, ``IMAP_PIPELINE_WEBHOOK_*``).
+        webhook_settings: SSRF guard and timeouts of ``/v3/webhooks`` (default: the
+            settings, ``settings.webhooks``).
 
     Raises:
         ConfigurationError: No database URL is configured.
@@ -290,7 +290,7 @@ def create_app(
             settings.api_sign_in_per_client,
             settings.api_sign_in_deadline_s,
         ),
-        webhook_settings=webhook_settings or WebhookSettings.load(),
+        webhook_settings=webhook_settings or settings.webhooks,
         enqueue_send=enqueue_send,
         reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )

@@ -30,11 +30,11 @@ from pipeline.api.gate import SignInGate
 from pipeline.api.params import read_query
 from pipeline.api.queries import is_uuid
 from pipeline.config import Settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap.connections import SessionPool
 from pipeline.models import Grant
 from pipeline.ratelimit import RateLimiter
-from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 

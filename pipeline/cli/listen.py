@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _settings_help() -> str:
-    from pipeline.listener.settings import LISTENER_ENV_PREFIX, ListenerSettings
+    from pipeline.config.listener import LISTENER_ENV_PREFIX, ListenerSettings
 
     lines = ["settings (environment, with their defaults):"]
     for name, field in ListenerSettings.model_fields.items():
@@ -59,13 +59,12 @@ def _listen(args: argparse.Namespace) -> int:
     from pipeline.db import sessionmaker_for
     from pipeline.listener.process import Listener
     from pipeline.listener.protocol import limit_tls_read_buffers
-    from pipeline.listener.settings import ListenerSettings
     from pipeline.redis import async_client
     from workers.enqueue import sync_folder
     from workers.tasks.webhooks import kick
 
     settings = Settings.load()
-    listener_settings = ListenerSettings()
+    listener_settings = settings.listener
     metrics.reset_multiprocess_dir()
     metrics.serve(settings.metrics_port, settings.metrics_host)
     limit_tls_read_buffers()

@@ -21,13 +21,13 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from pipeline.config import RUNTIME_ENV_NAME, Settings
+from pipeline.config.webhooks import WEBHOOK_ENV_PREFIX
 from pipeline.crypto import SecretBox
 from pipeline.db import check_connection, session_scope
 from pipeline.errors import ServiceError
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookError
 from pipeline.webhooks.schemas import TRIGGER_TYPES, WebhookDestinationOut
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX, WebhookSettings
 
 console = Console()
 
@@ -81,7 +81,7 @@ def _service() -> Iterator[tuple[WebhookService, Session]]:
     url = settings.require_database_url()
     check_connection(url)
     box = SecretBox(settings.encryption_key_list)
-    with WebhookService(WebhookSettings.load(), box) as service:
+    with WebhookService(settings.webhooks, box) as service:
         try:
             with session_scope(url) as session:
                 yield service, session

@@ -163,7 +163,6 @@ class _Up:
 
     def _start(self) -> None:
         roles = read_procfile(self.procfile)  # before starting anything: fail fast on typos
-        _load_role_settings()  # a setting a role would refuse stops us here, in one line
         self._check_ports(roles, "Nothing was started.")
         self._lock_data_dir()
         self._resolve_services()
@@ -519,15 +518,6 @@ class _Up:
         with self.print_lock:
             self.console.print(table)
         self.say(f"in another terminal: {_cli_hint()}")
-
-
-def _load_role_settings() -> None:
-    """Read the listener's and the webhooks' settings as the roles will (ValidationError)."""
-    from pipeline.listener.settings import ListenerSettings
-    from pipeline.webhooks.settings import WebhookSettings
-
-    ListenerSettings()
-    WebhookSettings.load()
 
 
 def _postgres_reachable(url: str) -> bool:

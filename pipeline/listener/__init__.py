@@ -16,7 +16,7 @@ Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
 (Redis leases and heartbeats), :mod:`~pipeline.listener.process` (the process),
 :mod:`~pipeline.listener.status` (connection states for operators),
-:mod:`~pipeline.listener.settings` (``IMAP_PIPELINE_LISTENER_*``).
+:mod:`~pipeline.config.listener` (``IMAP_PIPELINE_LISTENER_*``).
 
 The listener uses the rate limits and the connection manager; neither imports the listener (the
 key of the live listeners, which slots read, is :data:`pipeline.redis.LISTENERS_KEY`).

@@ -66,6 +66,7 @@ from enum import Enum
 
 from pydantic import SecretStr
 
+from pipeline.config.listener import ListenerSettings
 from pipeline.errors import (
     ImapAuthError,
     ImapError,
@@ -76,7 +77,6 @@ from pipeline.errors import (
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
 from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
-from pipeline.listener.settings import ListenerSettings
 from pipeline.presets import preset
 from pipeline.ratelimit import LoginTurn
 

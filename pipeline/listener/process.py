@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
+from pipeline.config.listener import ListenerSettings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
 from pipeline.grants.service import GUARD_KEY, USER_NAMED, endpoint_for, expire_grant, guarded
@@ -55,7 +56,6 @@ from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, Watc
 from pipeline.listener.leases import LeaseStore, fair_share
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
-from pipeline.listener.settings import ListenerSettings
 from pipeline.listener.status import StatusBoard
 from pipeline.ratelimit import LoginTurn, RateLimiter
 from pipeline.redis import CALL_TIMEOUT_S

@@ -96,7 +96,7 @@ STOPPED_RETRY_S = 6 * 60 * 60  # a misconfigured server is rarely fixed within h
 STOPPED_RETRY_MAX_S = 48 * 60 * 60  # but keep looking at least every two days
 IDLE_ROLES = frozenset({"inbox", "sent"})  # the listener watches these; the sweep polls the rest
 # Without CONDSTORE a folder's flags are re-read at most this often, a few folders per poll
-# (the defaults of Settings.flag_refresh_interval_s / flag_refresh_per_poll).
+# (the defaults of Settings.beat.flag_refresh_interval_s / flag_refresh_per_poll).
 FLAG_REFRESH_S = 10 * 60
 FLAG_REFRESH_PER_POLL = 2
 # A watched folder (Inbox, Sent) that changed but was not synced for this long is synced by the

@@ -11,13 +11,14 @@ Modules, one per concept:
 - :mod:`~pipeline.webhooks.payloads`, :mod:`~pipeline.webhooks.signing` — the Nylas v3 envelope
   and ``X-Nylas-Signature``.
 - :mod:`~pipeline.webhooks.ssrf` — refuses destinations on private/loopback/link-local addresses.
-- :mod:`~pipeline.webhooks.settings` — ``WebhookSettings`` (``IMAP_PIPELINE_WEBHOOK_*``).
+- :mod:`~pipeline.config.webhooks` — ``WebhookSettings`` (``IMAP_PIPELINE_WEBHOOK_*``).
 - :mod:`~pipeline.webhooks.models`, :mod:`~pipeline.webhooks.repository` — tables and every query.
 - :mod:`~pipeline.webhooks.errors` — the ``WebhookError`` subtree.
 
 Celery lives outside: ``workers.tasks.webhooks`` holds the thin tasks and ``kick()``.
 """
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks.errors import (
     ChallengeFailed,
     DestinationRefused,
@@ -28,7 +29,6 @@ from pipeline.webhooks.errors import (
 )
 from pipeline.webhooks.outbox import emit
 from pipeline.webhooks.schemas import TRIGGER_TYPES
-from pipeline.webhooks.settings import WebhookSettings
 
 __all__ = [
     "TRIGGER_TYPES",

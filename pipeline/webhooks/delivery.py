@@ -61,6 +61,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline import metrics
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError
 from pipeline.models import new_id
@@ -68,7 +69,6 @@ from pipeline.webhooks import payloads, repository, ssrf
 from pipeline.webhooks.errors import InvalidWebhookRequest
 from pipeline.webhooks.retry import retry_delay_s
 from pipeline.webhooks.sender import AttemptResult, OutgoingRequest, Sender
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import encode, sign
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from pipeline.webhooks.settings import WebhookSettings
+from pipeline.config.webhooks import WebhookSettings
 
 
 def retry_delay_s(

@@ -53,10 +53,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from pipeline import netguard
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.errors import AddressRefused, HostUnresolved
 from pipeline.netguard import AddressPolicy, Resolver
 from pipeline.webhooks.errors import ChallengeFailed
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import SIGNATURE_HEADER
 
 USER_AGENT = "imap-pipeline-webhooks/1"  # major version of the notification format

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.grants.views import GRANT_NOTIFICATION_CODES, grant_notification
 from pipeline.models import Grant, new_id
@@ -34,7 +35,6 @@ from pipeline.webhooks.schemas import (
     WebhookDestinationOut,
 )
 from pipeline.webhooks.sender import OutgoingRequest, Sender
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import encode, new_secret, sign
 
 MOCK_GRANT_ID = "00000000-0000-4000-8000-000000000000"

@@ -17,10 +17,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from pipeline import netguard
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.errors import AddressRefused, HostUnresolved
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, is_public
 from pipeline.webhooks.errors import DestinationRefused, InvalidWebhookRequest
-from pipeline.webhooks.settings import WebhookSettings
 
 __all__ = ["Resolver", "check_destination", "is_public", "resolve", "split_url"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks import repository
-from pipeline.webhooks.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 

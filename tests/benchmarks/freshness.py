@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from pipeline.config import Settings  # noqa: E402
+from pipeline.config.webhooks import WebhookSettings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
 from pipeline.dev import free_port  # noqa: E402
@@ -57,7 +58,6 @@ from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.sync.runner import sync_grant_inline  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
-from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, verify  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.integration.webhooks.webhook_receiver import Received, Receiver  # noqa: E402

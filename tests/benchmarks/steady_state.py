@@ -501,7 +501,7 @@ def main() -> int:
         cpu, commands, *load = measure(meter, proxy, base_s)
         baseline = report_cpu("no grants", cpu, base_s, (load[0], load[1]))
 
-        poll_s = settings.poll_interval_s
+        poll_s = settings.beat.poll_interval_s
         ideal = POLLED * 60 / poll_s + IDLE_CONNECTIONS * 2 * 60 / IDLE_RENEW_DEFAULT_S
         users: list[str] = []
         per_grant: dict[int, float] = {}

@@ -53,13 +53,13 @@ sys.path[:0] = [str(ROOT), str(RECEIVER_DIR)]
 from hostile_receiver import HostileReceiver  # noqa: E402
 from webhook_receiver import Received, Receiver  # noqa: E402
 
+from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import get_engine, migrate, session_scope  # noqa: E402
 from pipeline.dev import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.webhooks import outbox, payloads  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
-from pipeline.webhooks.settings import WebhookSettings  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, sign  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 
@@ -341,7 +341,7 @@ def main() -> int:
     try:
         migrate(database_url)
         with Receiver() as receiver:
-            settings = WebhookSettings.load()
+            settings = Settings.load().webhooks
             if args.trickling:
                 worker = _start_worker(env, folder / "worker.log", args.workers)
                 _wait_worker(redis_url, worker)

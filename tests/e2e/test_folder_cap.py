@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from pipeline.db import session_scope
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
@@ -32,7 +32,6 @@ QUEUE = "sync.generic"  # the Celery queue of provider "generic" (a list in Redi
 @pytest.fixture
 def capped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """This process's Celery producer and task code on the test services, with the caps."""
-    import workers.settings
     from workers.app import app
 
     env = pipeline_env(
@@ -43,10 +42,10 @@ def capped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
     for key, value in env.items():
         if key.startswith("IMAP_PIPELINE_"):
             monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
+    reset_settings()
     app.conf.broker_url = settings.require_redis_url()
     yield env
-    workers.settings.settings.cache_clear()
+    reset_settings()
 
 
 def server_folders() -> list[FakeFolder]:

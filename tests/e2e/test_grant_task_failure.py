@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from pipeline.errors import ImapAuthError
 from tests.support.grants import grant_request
 from tests.support.processes import CeleryWorker, pipeline_env
@@ -29,19 +29,18 @@ def forget_backend(app: object) -> None:
 @pytest.fixture
 def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point this process's Celery app (the producer side) at the test broker."""
-    import workers.settings
     from workers.app import app
 
     for key, value in pipeline_env(settings).items():
         if key.startswith("IMAP_PIPELINE_"):
             monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
+    reset_settings()
     app.conf.broker_url = settings.require_redis_url()
     app.conf.result_backend = settings.require_redis_url()
     forget_backend(app)  # built again from the test's Redis (an earlier test may have made one)
     yield
     forget_backend(app)
-    workers.settings.settings.cache_clear()
+    reset_settings()
 
 
 def test_a_refused_login_fails_the_task_and_the_caller_reads_why(

@@ -22,13 +22,13 @@ import redis
 from sqlalchemy import select
 
 from pipeline.config import Settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.listener.status import read_status
 from pipeline.models import Folder
 from pipeline.sync.runner import sync_grant_inline
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 from tests.integration.webhooks.webhook_receiver import Received, Receiver
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, imap_login, make_message

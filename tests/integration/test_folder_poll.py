@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import select
 
 from beat_schedule import beat_schedule
-from pipeline.config import Settings
+from pipeline.config import BeatSettings, Settings
 from pipeline.db import session_scope
 from pipeline.grants.service import open_grant_session
 from pipeline.listener.status import idle_watched_folders
@@ -62,8 +62,8 @@ def poll(
             grant_id,
             now=now or datetime.now(UTC),
             enqueue_sync=enqueued.append,
-            flag_refresh_s=settings.flag_refresh_interval_s,
-            flag_refresh_per_poll=settings.flag_refresh_per_poll,
+            flag_refresh_s=settings.beat.flag_refresh_interval_s,
+            flag_refresh_per_poll=settings.beat.flag_refresh_per_poll,
             idle_watched=idle_watched,
         )
     finally:
@@ -140,7 +140,7 @@ def test_a_flagged_change_is_seen_within_the_refresh_interval(
     grant_id, projects = synced_projects(settings, server_user, "first")
     server, name, pw = server_user.server, server_user.name, server_user.password
     store_flags(server, name, pw, projects, "\\Flagged")  # no STATUS item moves without CONDSTORE
-    later = datetime.now(UTC) + timedelta(seconds=settings.flag_refresh_interval_s + 1)
+    later = datetime.now(UTC) + timedelta(seconds=settings.beat.flag_refresh_interval_s + 1)
     assert poll(settings, grant_id, now=later) == [folder_id(settings, projects)]
     sync_grant_inline(sessions_for(settings), settings, grant_id)
     assert message_flags(settings) == [("first", True, True, False)]
@@ -154,12 +154,12 @@ def test_the_flag_refresh_is_capped_per_poll(settings: Settings, server_user: Ma
     append(server, name, pw, make_message("in the inbox"))  # see synced_projects
     grant_id = connect(settings, server_user)
     sync_grant_inline(sessions_for(settings), settings, grant_id)
-    later = datetime.now(UTC) + timedelta(seconds=settings.flag_refresh_interval_s + 1)
+    later = datetime.now(UTC) + timedelta(seconds=settings.beat.flag_refresh_interval_s + 1)
     refreshed = poll(settings, grant_id, now=later)
     if not isinstance(server, LocalCourier):  # HIGHESTMODSEQ tells every flag change
         assert refreshed == []
     else:
-        assert len(refreshed) == settings.flag_refresh_per_poll
+        assert len(refreshed) == settings.beat.flag_refresh_per_poll
 
 
 def test_a_quiet_folder_costs_one_status_per_poll(
@@ -221,10 +221,17 @@ def test_new_mail_in_an_unwatched_folder_is_found(
 
 
 def test_intervals_come_from_settings() -> None:
-    schedule = beat_schedule(sweep_s=120, poll_s=30, purge_s=900, reconcile_s=600)
+    schedule = beat_schedule(
+        BeatSettings(
+            uidvalidity_sweep_interval_s=120,
+            poll_interval_s=30,
+            purge_interval_s=900,
+            reconcile_interval_s=600,
+        )
+    )
     assert schedule["folder-poll"]["schedule"] == 30.0
     assert schedule["uidvalidity-sweep"]["schedule"] == 120.0
-    assert Settings().poll_interval_s == 60.0  # the documented default
+    assert Settings().beat.poll_interval_s == 60.0  # the documented default
 
 
 def test_a_lost_listener_event_is_repaired_by_the_poll(

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from tests.support.processes import pipeline_env
 
 
@@ -16,10 +16,8 @@ def worker_resources(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Ite
     """Point this process's worker settings, database sessions, Redis, limiter and IMAP pools
     at the test services; close the pooled sessions and forget them all afterwards."""
     import workers.resources
-    import workers.settings
 
     caches = (
-        workers.settings.settings,
         workers.resources.sessions,
         workers.resources.redis_client,
         workers.resources.connection_slots,
@@ -30,11 +28,13 @@ def worker_resources(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Ite
     for key, value in pipeline_env(settings).items():
         if key.startswith("IMAP_PIPELINE_"):
             monkeypatch.setenv(key, value)
+    reset_settings()
     for cache in caches:
         cache.cache_clear()
     try:
         yield
     finally:
         workers.resources.close_all_imap()
+        reset_settings()
         for cache in caches:
             cache.cache_clear()

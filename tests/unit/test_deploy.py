@@ -23,9 +23,9 @@ import yaml
 
 from pipeline.cli import build_parser
 from pipeline.config import Settings
+from pipeline.config.listener import LISTENER_ENV_PREFIX, ListenerSettings
+from pipeline.config.webhooks import WEBHOOK_ENV_PREFIX, WebhookSettings
 from pipeline.dev.roles import read_procfile
-from pipeline.listener.settings import LISTENER_ENV_PREFIX, ListenerSettings
-from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX, WebhookSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

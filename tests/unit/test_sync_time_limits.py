@@ -4,49 +4,40 @@ none)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 
 
 def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import workers.settings
-
+    # reading a task's name configures the app, if nothing did before: it needs a broker URL
     monkeypatch.setenv("IMAP_PIPELINE_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S", "700")
-    monkeypatch.delitem(sys.modules, "workers.celeryconfig", raising=False)
-    monkeypatch.delattr("workers.celeryconfig", raising=False)
-    workers.settings.settings.cache_clear()
-    try:
-        import workers.tasks.beat
-        import workers.tasks.sync
+    reset_settings()
+    import workers.tasks.beat
+    import workers.tasks.sync
+    from workers import celeryconfig
 
-        # import_module, not `from workers import`: that would return the module imported
-        # earlier in this process (an attribute of the package), with its settings
-        celeryconfig = importlib.import_module("workers.celeryconfig")
-
-        names = {
-            workers.tasks.sync.create_grant_task.name,
-            workers.tasks.sync.sync_grant_task.name,
-            workers.tasks.sync.sync_folder_task.name,
-            workers.tasks.beat.poll_grant_task.name,
-            workers.tasks.beat.poll_grants_task.name,
-            workers.tasks.beat.check_uidvalidity_task.name,
-            workers.tasks.beat.check_grants_task.name,
-        }
-        assert set(celeryconfig.SYNC_TASKS) == names
-        for name in names:
-            limits = celeryconfig.task_annotations[name]
-            assert limits["time_limit"] == 700
-            assert limits["soft_time_limit"] == 700 - celeryconfig.SOFT_LIMIT_MARGIN_S
-            assert limits["time_limit"] < celeryconfig.VISIBILITY_TIMEOUT_S
-    finally:
-        workers.settings.settings.cache_clear()
+    conf = celeryconfig.celery_config(
+        Settings(redis_url="redis://127.0.0.1:1/0", sync_task_time_limit_s=700)
+    )
+    names = {
+        workers.tasks.sync.create_grant_task.name,
+        workers.tasks.sync.sync_grant_task.name,
+        workers.tasks.sync.sync_folder_task.name,
+        workers.tasks.beat.poll_grant_task.name,
+        workers.tasks.beat.poll_grants_task.name,
+        workers.tasks.beat.check_uidvalidity_task.name,
+        workers.tasks.beat.check_grants_task.name,
+    }
+    assert set(celeryconfig.SYNC_TASKS) == names
+    for name in names:
+        limits = conf["task_annotations"][name]
+        assert limits["time_limit"] == 700
+        assert limits["soft_time_limit"] == 700 - celeryconfig.SOFT_LIMIT_MARGIN_S
+        assert limits["time_limit"] < celeryconfig.VISIBILITY_TIMEOUT_S
+    reset_settings()
 
 
 def test_the_time_limit_setting_cannot_reach_the_visibility_timeout() -> None:

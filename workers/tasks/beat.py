@@ -41,6 +41,7 @@ from typing import Any
 from celery import Task
 
 from beat_schedule import MAINTENANCE_QUEUE
+from pipeline.config import get_settings
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
@@ -84,7 +85,6 @@ from workers.resources import (
     reschedule,
     sessions,
 )
-from workers.settings import settings
 from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def sweep_uidvalidity_task() -> dict[str, Any]:
     """Plan this interval's UIDVALIDITY checks, spread over the interval in ``check_grants``
     batches, as polls are: an idle grant's check opens no session, and its task dispatch was
     most of what it cost."""
-    interval = settings().uidvalidity_sweep_interval_s
+    interval = get_settings().beat.uidvalidity_sweep_interval_s
     return _plan_batches("sweep", "pipeline.maintenance.check_grants", interval)
 
 
@@ -164,7 +164,9 @@ def sweep_uidvalidity_task() -> dict[str, Any]:
 def poll_folders_task() -> dict[str, Any]:
     """Plan this interval's polls of folders without IDLE, spread over the interval in
     ``poll_grants`` batches."""
-    return _plan_batches("poll", "pipeline.maintenance.poll_grants", settings().poll_interval_s)
+    return _plan_batches(
+        "poll", "pipeline.maintenance.poll_grants", get_settings().beat.poll_interval_s
+    )
 
 
 @app.task(name="pipeline.maintenance.poll_grants")
@@ -226,7 +228,7 @@ def _poll_lock(grant_id: str) -> str:
 def _record_looks(looks: dict[str, list[str]], *, at: float) -> None:
     """Tell the sweep which folders' UIDVALIDITY the polls saw (one round trip)."""
     if any(looks.values()):
-        interval = settings().uidvalidity_sweep_interval_s
+        interval = get_settings().beat.uidvalidity_sweep_interval_s
         record_looks(redis_client(), looks, interval_s=interval, at=at)
 
 
@@ -263,8 +265,8 @@ class _PollBatch:
             discovery_due=discoveries_due(
                 redis_client(),
                 discovering,  # the others' grant syncs discover
-                interval_s=settings().folder_discovery_interval_s,
-                poll_interval_s=settings().poll_interval_s,
+                interval_s=get_settings().beat.folder_discovery_interval_s,
+                poll_interval_s=get_settings().beat.poll_interval_s,
             ),
             view=LimitsView(),
         )
@@ -301,8 +303,8 @@ def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, 
             grant_id,
             now=datetime.now(UTC),
             enqueue_sync=to_sync.append,
-            flag_refresh_s=settings().flag_refresh_interval_s,
-            flag_refresh_per_poll=settings().flag_refresh_per_poll,
+            flag_refresh_s=get_settings().beat.flag_refresh_interval_s,
+            flag_refresh_per_poll=get_settings().beat.flag_refresh_per_poll,
             idle_watched=batch.idle_watched.get(grant_id, frozenset()),
             looked=looked,
             candidates=batch.folders.get(grant_id, []),
@@ -310,8 +312,8 @@ def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, 
         if grant_id in batch.discovery_due and claim_discovery(
             redis_client(),
             grant_id,
-            interval_s=settings().folder_discovery_interval_s,
-            poll_interval_s=settings().poll_interval_s,
+            interval_s=get_settings().beat.folder_discovery_interval_s,
+            poll_interval_s=get_settings().beat.poll_interval_s,
         ):
             try:  # the interval's folder discovery, on this session (no task, no login)
                 listed = imap.list_folders()
@@ -344,7 +346,7 @@ def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
             grant_id,
             provider,
             folder_ids,
-            settings().max_folder_tasks_per_grant,
+            get_settings().max_folder_tasks_per_grant,
             replace=False,
         )
 
@@ -352,7 +354,11 @@ def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
 def _polls_discovered(grant_ids: list[str]) -> frozenset[str]:
     """The grants whose folder discovery a poll ran lately: within the interval and one poll
     interval more (their next poll runs the next one, :mod:`pipeline.maintenance.discovery`)."""
-    since = time.time() - settings().folder_discovery_interval_s - settings().poll_interval_s
+    since = (
+        time.time()
+        - get_settings().beat.folder_discovery_interval_s
+        - get_settings().beat.poll_interval_s
+    )
     return discovered_since(redis_client(), grant_ids, since)
 
 
@@ -363,7 +369,7 @@ def discover_folders_task() -> dict[str, Any]:
     return _plan_per_grant(
         "discover",
         "pipeline.maintenance.discover_grant",
-        settings().folder_discovery_interval_s,
+        get_settings().beat.folder_discovery_interval_s,
         covered=_polls_discovered,
     )
 
@@ -420,7 +426,9 @@ def _apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> 
         grant = GrantRepository(db).get_for_update(grant_id)
         if grant is None:
             return {"skipped": "grant removed"}
-        changes = discover_folders(db, grant, listed, max_folders=settings().max_folders_per_grant)
+        changes = discover_folders(
+            db, grant, listed, max_folders=get_settings().max_folders_per_grant
+        )
     if changes.created or changes.deleted:
         kick()  # folder.created / folder.deleted
     created = set(changes.created)
@@ -512,7 +520,7 @@ class _CheckBatch:
                 if g.grant_status == "valid"
             }
             folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
-        since = now.timestamp() - settings().uidvalidity_sweep_interval_s
+        since = now.timestamp() - get_settings().beat.uidvalidity_sweep_interval_s
         return cls(
             now=now,
             grants=grants,
@@ -595,7 +603,9 @@ def purge_task() -> dict[str, Any]:
     with job_lock(redis_client(), "purge", PURGE_BUDGET_S + PURGE_LOCK_MARGIN_S) as taken:
         if not taken:
             return {"skipped": "a purge is running"}
-        result = purge(sessions(), retention_days=settings().retention_days, now=datetime.now(UTC))
+        result = purge(
+            sessions(), retention_days=get_settings().retention_days, now=datetime.now(UTC)
+        )
     if not result.complete:
         app.send_task("pipeline.maintenance.purge", queue=MAINTENANCE_QUEUE)
     return {
@@ -610,7 +620,7 @@ def purge_task() -> dict[str, Any]:
 def reconcile_task() -> dict[str, Any]:
     """Re-enqueue grants and folders whose work was lost; finish the deletes of quiet grants."""
     r = redis_client()
-    ttl = settings().reconcile_interval_s * ONCE_PER_INTERVAL
+    ttl = get_settings().beat.reconcile_interval_s * ONCE_PER_INTERVAL
     with job_lock(r, "reconcile", ttl, release=False) as taken:
         if not taken:
             return {"skipped": "already ran this interval"}
@@ -623,14 +633,14 @@ def reconcile_task() -> dict[str, Any]:
                 enqueue_grant=lambda g, p: grants.append((g, p)),
                 enqueue_folder=lambda g, f, p: folders.append((g, f, p)),
                 folder_busy=lambda f: bool(r.exists(folder_lock_key(f))),  # a sync runs now
-                per_grant=settings().max_folder_tasks_per_grant,
+                per_grant=get_settings().max_folder_tasks_per_grant,
             )
         for grant_id, provider in grants:  # after the read transaction, like any enqueue
             enqueue.sync_grant(grant_id, provider)
         for grant_id, folder_id, provider in folders:
             enqueue.sync_folder(grant_id, folder_id, provider)
         now = datetime.now(UTC)
-        orphans = finalize_quiet_orphans(sessions(), now=now, grace_s=settings().orphan_grace_s)
+        orphans = finalize_quiet_orphans(sessions(), now=now, grace_s=get_settings().orphan_grace_s)
     if orphans.messages:
         kick()  # message.deleted
     return {

@@ -19,12 +19,12 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from pipeline.config import get_settings
 from pipeline.imap import ImapSession
 from pipeline.models import Grant
 from pipeline.outbound.deliver import drain, sweep
 from workers import resources
 from workers.app import app
-from workers.settings import settings
 from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def enqueue_deliver(grant_id: str, countdown: float | None = None) -> None:
 def deliver(self: Any, grant_id: str) -> dict[str, int]:
     """One drain of the grant's outbox."""
     result = drain(
-        resources.sessions(), settings(), resources.redis_client(), grant_id, WorkerAccess()
+        resources.sessions(), get_settings(), resources.redis_client(), grant_id, WorkerAccess()
     )
     if result.more:
         enqueue_deliver(grant_id, countdown=AGAIN_AFTER_S)

@@ -31,6 +31,7 @@ from celery.signals import worker_process_shutdown
 from pydantic import ValidationError
 
 from pipeline import coalesce
+from pipeline.config import get_settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
     GrantNotFound,
@@ -65,7 +66,6 @@ from workers.resources import (
     reschedule,
     sessions,
 )
-from workers.settings import settings
 from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _limit_problem(exc: ImapLimitError | SoftTimeLimitExceeded) -> ImapLimitErro
         return exc
     from workers.celeryconfig import SOFT_LIMIT_MARGIN_S  # loaded: this runs in a worker
 
-    limit = settings().sync_task_time_limit_s
+    limit = get_settings().sync_task_time_limit_s
     return (
         f"a sync task of this grant was stopped {SOFT_LIMIT_MARGIN_S} s before its time limit "
         f"of {limit:g} s (the server answers too slowly); if it is trusted, raise "
@@ -141,7 +141,7 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
     a malformed request fails the task (FAILURE in Flower and in the result) with the
     :class:`~pipeline.errors.PipelineError` that says why; its message carries no secret.
     """
-    box = SecretBox(settings().encryption_key_list)
+    box = SecretBox(get_settings().encryption_key_list)
     fields = dict(request)
     try:
         fields["password"] = box.open(fields.pop("password_sealed", ""))
@@ -158,7 +158,7 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
             )
             raise GrantRequestInvalid(f"The grant request is invalid: {reasons}.") from None
         with sessions().begin() as db:
-            result = create_grant(db, settings(), req)
+            result = create_grant(db, get_settings(), req)
             grant_id, provider = result.grant.id, result.grant.provider
     except PipelineError as exc:
         log.warning("grant creation failed: %s", exc)
@@ -204,7 +204,7 @@ def _sync_grant(self: Task, grant_id: str) -> None:
         if imap is not None:
             try:
                 changes = discover_folders(
-                    db, grant, imap.list_folders(), max_folders=settings().max_folders_per_grant
+                    db, grant, imap.list_folders(), max_folders=get_settings().max_folders_per_grant
                 )
             except BaseException:  # a bound, a time limit, the database: never leak it
                 release_imap(grant_id, imap, healthy=False)
@@ -222,7 +222,7 @@ def _sync_grant(self: Task, grant_id: str) -> None:
         grant_id,
         provider,
         changes.selectable,
-        settings().max_folder_tasks_per_grant,
+        get_settings().max_folder_tasks_per_grant,
     )
 
 
@@ -253,7 +253,7 @@ def _sync_folder(
     r = redis_client()
     started = time.monotonic()
     uid_range = (lo, hi) if lo is not None and hi is not None else None
-    run = coalesce.folder_sync(r, folder_id, uid_range, settings().sync_lock_ttl_s)
+    run = coalesce.folder_sync(r, folder_id, uid_range, get_settings().sync_lock_ttl_s)
     token = f"{os.getpid()}:{self.request.id}"
     if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
         return {"skipped": "done"}  # run on another chunk's session (workers.chunks)
@@ -349,14 +349,14 @@ def _run_range(
     the session in use now (the server may have dropped ``imap``, which is then closed)."""
     outcome = sync_folder(
         sessions(),
-        settings(),
+        get_settings(),
         imap,
         grant_id,
         folder_id,
         budget_s=budget_s,
         on_batch=lambda: _between_batches(run, imap),
         uid_range=uid_range,
-        range_messages=settings().sync_range_messages,
+        range_messages=get_settings().sync_range_messages,
         reopen=lambda: _reopen(grant_id),
     )
     if outcome.replaced is not None:  # the server dropped ours mid-folder
@@ -404,8 +404,8 @@ def _run_waiting_ranges(
     """Run the grant's waiting ranges on ``imap`` while the chunk budget lasts and nobody of a
     higher priority wants a connection of the account; then give the session back. Returns
     how many ranges ran. A range that fails here stays waiting: its own task runs it."""
-    budget = settings().sync_chunk_budget_s
-    lock_ttl = settings().sync_lock_ttl_s
+    budget = get_settings().sync_chunk_budget_s
+    lock_ttl = get_settings().sync_lock_ttl_s
     ran = 0
     healthy = True
     try:

@@ -42,6 +42,8 @@ from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from pipeline import coalesce
+from pipeline.config import get_settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.errors import PipelineError
@@ -55,9 +57,7 @@ from pipeline.redis import client as redis_client
 from pipeline.webhooks import outbox, sweep
 from pipeline.webhooks.delivery import Drainer, DrainOutcome, DrainSlots
 from pipeline.webhooks.sender import Sender
-from pipeline.webhooks.settings import WebhookSettings
 from workers.app import app
-from workers.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def runtime() -> _Runtime:
     global _runtime
     with _lock:
         if _runtime is None or _runtime.pid != os.getpid():
-            s = settings()
-            webhook = WebhookSettings.load()
+            s = get_settings()
+            webhook = s.webhooks
             _runtime = _Runtime(
                 pid=os.getpid(),
                 database_url=s.require_database_url(),
@@ -194,7 +194,7 @@ def flags() -> redis.Redis[bytes]:
     global _flags
     with _lock:
         if _flags is None or _flags[0] != os.getpid():
-            client = redis_client(settings().require_redis_url(), timeout_s=CALL_TIMEOUT_S)
+            client = redis_client(get_settings().require_redis_url(), timeout_s=CALL_TIMEOUT_S)
             _flags = (os.getpid(), client)
         return _flags[1]
 

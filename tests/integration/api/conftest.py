@@ -21,10 +21,10 @@ from pydantic import SecretStr
 
 from pipeline.api import create_app
 from pipeline.config import Settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import session_scope
 from pipeline.dev import free_port
 from pipeline.models import Grant
-from pipeline.webhooks.settings import WebhookSettings
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from pipeline.config import Settings
+from pipeline.config.listener import ListenerSettings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.grants.service import create_grant
 from pipeline.listener.idle import WatchState
 from pipeline.listener.process import Listener
-from pipeline.listener.settings import ListenerSettings
 from pipeline.models import Folder
 from tests.support.grants import grant_request
 from tests.support.mail import create_folder

@@ -15,7 +15,7 @@ import redis
 from celery import Celery
 from sqlalchemy import text
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.dev.dovecot import LocalDovecot
 from pipeline.grants.schemas import GrantRequest
@@ -500,14 +500,13 @@ def test_folder_discovery_finds_folders_made_and_removed_by_another_client(
 def test_folder_discovery_respects_the_folder_cap(
     settings: Settings, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workers.settings
     from workers.tasks.beat import discover_grant_task
 
     grant_id = synced_grant(settings, mail_user)
     with session_scope(settings.require_database_url()) as db:
         count = db.query(Folder).filter(Folder.grant_id == grant_id).count()
     monkeypatch.setenv("IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT", str(count))
-    workers.settings.settings.cache_clear()
+    reset_settings()
     create_folder(mail_user.server, mail_user.name, mail_user.password, "One too many")
     assert discover_grant_task.apply(args=[grant_id]).get() == {"created": 0, "deleted": 0}
     with session_scope(settings.require_database_url()) as db:

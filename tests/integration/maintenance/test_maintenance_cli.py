@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import text
 
 from pipeline.cli import main
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect
@@ -37,18 +37,17 @@ def _drop_broker_pools(app: Celery) -> None:
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The CLI's environment and this process's Celery producer point at the test services."""
-    import workers.settings
     from workers.app import app
 
     for key, value in pipeline_env(settings).items():
         if key.startswith("IMAP_PIPELINE_"):
             monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
+    reset_settings()
     app.conf.broker_url = settings.require_redis_url()
     _drop_broker_pools(app)
     yield
     _drop_broker_pools(app)
-    workers.settings.settings.cache_clear()
+    reset_settings()
 
 
 def queued_tasks(redis_url: str, queue: str) -> list[tuple[str, list[object]]]:

@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import select, text
 
-from pipeline.config import Settings
+from pipeline.config import Settings, reset_settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Message
 from pipeline.sync.runner import sync_grant_inline
@@ -37,18 +37,17 @@ def _drop_broker_pools(app: Celery) -> None:
 @pytest.fixture
 def producer(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
     """This process's Celery app, sending to the test broker."""
-    import workers.settings
     from workers.app import app
 
     for key, value in pipeline_env(settings).items():
         if key.startswith("IMAP_PIPELINE_"):
             monkeypatch.setenv(key, value)
-    workers.settings.settings.cache_clear()
+    reset_settings()
     app.conf.broker_url = settings.require_redis_url()
     _drop_broker_pools(app)
     yield app
     _drop_broker_pools(app)
-    workers.settings.settings.cache_clear()
+    reset_settings()
 
 
 def test_a_changed_uidvalidity_is_reindexed_through_the_worker(

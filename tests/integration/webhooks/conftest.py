@@ -26,12 +26,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config import reset_settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox, generate_key
 from pipeline.db import get_engine, session_scope
 from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -218,11 +219,10 @@ class WorkerEnv:
 
 def _point_test_process_at(env: dict[str, str]) -> None:
     """Make this process's Celery app, settings and webhook runtime use ``env``'s services."""
-    import workers.settings
     import workers.tasks.webhooks
     from workers.app import app
 
-    workers.settings.settings.cache_clear()
+    reset_settings()
     workers.tasks.webhooks.reset_runtime()
     app.conf.broker_url = env["IMAP_PIPELINE_REDIS_URL"]
     # Drop a broker pool made for another Redis earlier in this session (what Celery does
@@ -288,11 +288,10 @@ def worker_env(
             yield worker
         finally:
             worker.stop()
-            import workers.settings
             import workers.tasks.webhooks
 
             workers.tasks.webhooks.reset_runtime()
-            workers.settings.settings.cache_clear()
+            reset_settings()
             get_engine(database_url).dispose()
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -14,13 +14,13 @@ import pytest
 from hostile_receiver import HostileReceiver
 from webhook_receiver import Receiver
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox, generate_key
 from pipeline.db import session_scope
 from pipeline.webhooks import outbox
 from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.sender import Sender
-from pipeline.webhooks.settings import WebhookSettings
 
 pytestmark = pytest.mark.services
 

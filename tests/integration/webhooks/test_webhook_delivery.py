@@ -19,13 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.webhooks import outbox, repository, sweep
 from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import verify
 
 pytestmark = pytest.mark.services

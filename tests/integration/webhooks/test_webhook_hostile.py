@@ -17,13 +17,13 @@ from hostile_receiver import METADATA_URL, HostileReceiver
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.delivery import Drainer, DrainSlots
 from pipeline.webhooks.errors import ChallengeFailed
 from pipeline.webhooks.sender import AttemptResult, OutgoingRequest, Sender
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 
 pytestmark = pytest.mark.services
 

@@ -21,11 +21,11 @@ from hostile_receiver import HostileReceiver
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 from workers.tasks import webhooks as webhook_tasks
 
 pytestmark = pytest.mark.services
@@ -65,7 +65,7 @@ def wuow(worker: WorkerEnv) -> Uow:
 @pytest.fixture
 def wservice(worker: WorkerEnv) -> Iterator[WebhookService]:
     """The service with the worker's settings and encryption key."""
-    with WebhookService(WebhookSettings.load(), SecretBox([worker.encryption_key])) as service:
+    with WebhookService(Settings.load().webhooks, SecretBox([worker.encryption_key])) as service:
         yield service
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.webhooks.errors import (
     ChallengeFailed,
@@ -22,7 +23,6 @@ from pipeline.webhooks.errors import (
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import verify
 
 pytestmark = pytest.mark.services

@@ -19,12 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
+from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.service import WebhookService
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.signing import verify
 from tests.support.waiting import wait_for
 from workers.tasks import webhooks as webhook_tasks
@@ -47,7 +47,7 @@ def wuow(worker: WorkerEnv) -> Uow:
 @pytest.fixture
 def wservice(worker: WorkerEnv) -> Iterator[WebhookService]:
     """The service with the worker's settings and encryption key."""
-    with WebhookService(WebhookSettings.load(), SecretBox([worker.encryption_key])) as service:
+    with WebhookService(Settings.load().webhooks, SecretBox([worker.encryption_key])) as service:
         yield service
 
 

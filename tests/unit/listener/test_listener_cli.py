@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.cli import build_parser
-from pipeline.listener.settings import ListenerSettings
+from pipeline.config.listener import ListenerSettings
 
 
 def test_listen_is_a_command_with_an_id_option() -> None:

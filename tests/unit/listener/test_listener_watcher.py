@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import SecretStr
 
+from pipeline.config.listener import ListenerSettings
 from pipeline.errors import ImapConnectError
 from pipeline.imap.client import Endpoint
 from pipeline.listener.events import FolderRef
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.protocol import Snapshot
-from pipeline.listener.settings import ListenerSettings
 from tests.support.fake_imap import (
     CAPABILITIES,
     FakeFolder,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import fakeredis
 import pytest
 
 import beat_schedule
+from pipeline.config import BeatSettings, Settings, reset_settings
 from pipeline.maintenance.purge import PURGE_BUDGET_S
 from pipeline.maintenance.sweep import (
     STOPPED_RETRY_MAX_S,
@@ -24,16 +24,13 @@ from pipeline.ratelimit import RateLimiter, capacity, default_limits, scope_of
 @pytest.fixture
 def visibility_timeout_s(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """The broker's visibility timeout, read from the Celery configuration."""
-    import workers.settings
-
     monkeypatch.setenv("IMAP_PIPELINE_REDIS_URL", "redis://127.0.0.1:1/0")
-    # a fresh import here, and whatever was imported before is back afterwards
-    monkeypatch.delitem(sys.modules, "workers.celeryconfig", raising=False)
-    workers.settings.settings.cache_clear()
-    from workers.celeryconfig import VISIBILITY_TIMEOUT_S
+    reset_settings()  # an app configured first in this test has a broker URL
+    from workers.celeryconfig import celery_config
 
-    yield VISIBILITY_TIMEOUT_S
-    workers.settings.settings.cache_clear()
+    conf = celery_config(Settings(redis_url="redis://127.0.0.1:1/0"))
+    yield conf["broker_transport_options"]["visibility_timeout"]
+    reset_settings()
 
 
 @pytest.mark.usefixtures("visibility_timeout_s")  # the app reads its configuration
@@ -52,17 +49,20 @@ def test_every_scheduled_job_is_a_registered_task_with_a_queue() -> None:
         # past the broker's visibility timeout would have Redis hand the message out twice
         assert entry["options"]["expires"] == entry["schedule"]
         assert "countdown" not in entry["options"] and "eta" not in entry["options"]
-    assert beat_schedule.SWEEP_INTERVAL_S == 5 * 60
+    assert beat_schedule.BEAT_SCHEDULE["uidvalidity-sweep"]["schedule"] == 5 * 60
 
 
 def test_folder_discovery_is_scheduled_at_most_every_five_minutes_and_configurable() -> None:
-    from pipeline.config import Settings
-
     default = beat_schedule.BEAT_SCHEDULE["folder-discovery"]
     assert default["task"] == "pipeline.maintenance.discover_folders"
     assert default["schedule"] <= 5 * 60
-    assert Settings().folder_discovery_interval_s <= 5 * 60
-    assert beat_schedule.beat_schedule(discovery_s=90)["folder-discovery"]["schedule"] == 90.0
+    assert Settings().beat.folder_discovery_interval_s <= 5 * 60
+    assert (
+        beat_schedule.beat_schedule(BeatSettings(folder_discovery_interval_s=90))[
+            "folder-discovery"
+        ]["schedule"]
+        == 90.0
+    )
 
 
 def test_the_webhook_entries_match_what_the_webhook_tasks_ask_for() -> None:

@@ -120,7 +120,7 @@ def test_kick_without_redis_configured_only_warns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(webhook_tasks, "_flags", None)
-    monkeypatch.setattr(webhook_tasks, "settings", lambda: Settings(redis_url=None))
+    monkeypatch.setattr(webhook_tasks, "get_settings", lambda: Settings(redis_url=None))
     webhook_tasks.kick()
     assert "IMAP_PIPELINE_REDIS_URL" in caplog.text
 
@@ -129,7 +129,7 @@ def test_a_forked_child_makes_its_own_client(fake: Any, monkeypatch: pytest.Monk
     r, _ = fake
     monkeypatch.setattr(webhook_tasks, "_flags", (os.getpid() + 1, r))  # "inherited"
     monkeypatch.setattr(
-        webhook_tasks, "settings", lambda: Settings(redis_url="redis://127.0.0.1:1/0")
+        webhook_tasks, "get_settings", lambda: Settings(redis_url="redis://127.0.0.1:1/0")
     )
     client = webhook_tasks.flags()
     assert client is not r

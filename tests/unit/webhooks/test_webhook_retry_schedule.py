@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks.retry import nominal_schedule_s, retry_delay_s
-from pipeline.webhooks.settings import WebhookSettings
 
 
 def test_defaults_make_six_attempts_over_about_twenty_minutes() -> None:

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks.errors import ChallengeFailed
 from pipeline.webhooks.sender import OutgoingRequest, Sender
-from pipeline.webhooks.settings import WebhookSettings
 
 
 @dataclass

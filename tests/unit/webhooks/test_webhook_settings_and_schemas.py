@@ -8,6 +8,8 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from pipeline.config import Settings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks.errors import WebhookPayloadError
 from pipeline.webhooks.outbox import emit, ordering_key
 from pipeline.webhooks.schemas import (
@@ -16,7 +18,6 @@ from pipeline.webhooks.schemas import (
     UpdateWebhookRequest,
     WebhookDestinationOut,
 )
-from pipeline.webhooks.settings import WebhookSettings
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,7 +25,7 @@ def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("IMAP_PIPELINE_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8, ::1/128")
     monkeypatch.setenv("IMAP_PIPELINE_WEBHOOK_APPLICATION_ID", "my-app")
     monkeypatch.setenv("IMAP_PIPELINE_DATA_DIR", "/nonexistent")
-    s = WebhookSettings.load()
+    s = Settings.load().webhooks
     assert s.max_attempts == 9
     assert s.application_id == "my-app"
     assert s.allowed_networks == [

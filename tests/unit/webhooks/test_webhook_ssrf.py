@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.webhooks.errors import DestinationRefused, InvalidWebhookRequest
-from pipeline.webhooks.settings import WebhookSettings
 from pipeline.webhooks.ssrf import check_destination, is_public, split_url
 
 PUBLIC = "93.184.215.14"

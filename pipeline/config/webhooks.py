@@ -1,4 +1,4 @@
-"""Settings of webhook delivery, read once at the edge (CLI, Celery worker, API) and passed in.
+"""Settings of webhook delivery: ``Settings.webhooks``, loaded with the rest by ``Settings.load``.
 
 Every field comes from an environment variable with the prefix ``IMAP_PIPELINE_WEBHOOK_``
 (``IMAP_PIPELINE_WEBHOOK_MAX_ATTEMPTS=8``) or from the runtime file ``imap-pipeline up`` writes.
@@ -12,12 +12,10 @@ With the defaults a failed first attempt is retried after about 40 s, 80 s, 160 
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from pipeline.config import _runtime_env_file
 
 WEBHOOK_ENV_PREFIX = "IMAP_PIPELINE_WEBHOOK_"
 
@@ -138,9 +136,3 @@ class WebhookSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @classmethod
-    def load(cls, **overrides: Any) -> WebhookSettings:
-        """Read the environment and the runtime file `up` left behind."""
-        env_file = _runtime_env_file()
-        return cls(_env_file=env_file if env_file.exists() else None, **overrides)  # type: ignore[call-arg]

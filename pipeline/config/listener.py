@@ -1,4 +1,4 @@
-"""Listener settings, read once at the edge (``imap-pipeline listen``) and passed inward.
+"""Listener settings: ``Settings.listener``, loaded with the rest by ``Settings.load``.
 
 Every field comes from an environment variable ``IMAP_PIPELINE_LISTENER_<FIELD>`` (for example
 ``IMAP_PIPELINE_LISTENER_DEBOUNCE_S=0.5``). The defaults keep the promises of issue 3: a dead

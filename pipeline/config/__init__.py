@@ -1,14 +1,27 @@
-"""Typed settings, read once at the edge (CLI, Celery app, API) and passed inward.
+"""Typed settings: one object with sections, one loader, read once at the edge and passed inward.
 
 Every setting comes from an environment variable with the prefix ``IMAP_PIPELINE_`` (for
 example ``IMAP_PIPELINE_DATABASE_URL``) or from ``<data_dir>/runtime.env``, which
 ``imap-pipeline up`` writes so that a second terminal finds the services it started.
-Nothing below ``pipeline/`` reads ``os.environ``.
+
+:class:`Settings` holds the services, secrets, sync bounds and processes; its sections are typed
+models of their own, each with its part of the variable names::
+
+    Settings                 IMAP_PIPELINE_<FIELD>            this module
+    Settings.beat            IMAP_PIPELINE_<FIELD>            pipeline.config.beat (job intervals)
+    Settings.listener        IMAP_PIPELINE_LISTENER_<FIELD>   pipeline.config.listener
+    Settings.webhooks        IMAP_PIPELINE_WEBHOOK_<FIELD>    pipeline.config.webhooks
+
+:meth:`Settings.load` is the one loader (environment + runtime file, every section at once);
+the CLI commands call it, and long-lived Celery processes take theirs from
+:func:`get_settings`. Nothing below ``pipeline/`` reads ``os.environ``: code is handed a
+``Settings`` (or the section it needs).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,8 +29,21 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.config.beat import BEAT_ENV_PREFIX, BeatSettings
+from pipeline.config.listener import LISTENER_ENV_PREFIX, ListenerSettings
+from pipeline.config.webhooks import WEBHOOK_ENV_PREFIX, WebhookSettings
 from pipeline.errors import ConfigurationError
 from pipeline.netguard import AddressPolicy, IpNetwork
+
+__all__ = [
+    "BeatSettings",
+    "ListenerSettings",
+    "Settings",
+    "WebhookSettings",
+    "describe_settings_error",
+    "get_settings",
+    "reset_settings",
+]
 
 ENV_PREFIX = "IMAP_PIPELINE_"
 DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
@@ -171,45 +197,12 @@ class Settings(BaseSettings):
         "(how soon a folder whose worker died is picked up again).",
     )
 
-    # --- periodic jobs (beat_schedule.py) ------------------------------------------------
-    uidvalidity_sweep_interval_s: float = Field(
-        default=300.0, ge=30, description="Every folder's UIDVALIDITY is compared this often."
-    )
-    poll_interval_s: float = Field(
-        default=60.0,
-        ge=5,
-        description="Folders without an IDLE connection (all but Inbox and Sent) are checked "
-        "with STATUS this often and synced when they changed.",
-    )
-    flag_refresh_interval_s: float = Field(
-        default=600.0,
-        ge=60,
-        description="On a server without CONDSTORE a flag change other than \\Seen moves no "
-        "STATUS value: a polled folder's flags are re-read (a sync) when its last sync is this "
-        "old, at most IMAP_PIPELINE_FLAG_REFRESH_PER_POLL folders of a grant per poll.",
-    )
-    flag_refresh_per_poll: int = Field(
-        default=2,
-        ge=1,
-        le=100,
-        description="At most this many folders of a grant get a flag refresh per poll "
-        "(oldest first), so a grant with many folders spreads them over several polls.",
-    )
-    purge_interval_s: float = Field(
-        default=600.0, ge=10, description="The rolling retention purge runs this often."
-    )
-    reconcile_interval_s: float = Field(
-        default=300.0,
-        ge=10,
-        description="Stalled grants and folders are re-enqueued, and orphans past their grace "
-        "deleted, this often.",
-    )
-    folder_discovery_interval_s: float = Field(
-        default=300.0,
-        ge=30,
-        description="Every grant's folders are listed this often: folders another client made "
-        "are synced and announced (folder.created), vanished ones removed (folder.deleted).",
-    )
+    # --- sections (each reads its own variables; see the module docstring) ----------------
+    # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _WEBHOOKS) is not parsed as JSON;
+    # load() passes every section in, which wins over it.
+    beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
+    listener: Annotated[ListenerSettings, NoDecode] = Field(default_factory=ListenerSettings)
+    webhooks: Annotated[WebhookSettings, NoDecode] = Field(default_factory=WebhookSettings)
 
     # --- processes --------------------------------------------------------------------------
     worker_concurrency: int = Field(
@@ -295,13 +288,6 @@ class Settings(BaseSettings):
         description="A worker keeps an account's SMTP connection this long after its last "
         "message for the next one, then QUITs.",
     )
-    outbox_sweep_interval_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=3600,
-        description="How often beat sends what is due in the outbox (scheduled sends, and "
-        "anything whose worker died): the most a scheduled send is late.",
-    )
     outbox_lease_s: float = Field(
         default=30.0,
         ge=5,
@@ -340,9 +326,14 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Read settings from the environment and the runtime file `up` left behind."""
+        """Read every setting, sections included, from the environment and the runtime file
+        `up` left behind (the one loader). ``overrides`` replace fields or whole sections."""
         env_file = _runtime_env_file()
-        return cls(_env_file=env_file if env_file.exists() else None, **overrides)
+        source: dict[str, Any] = {"_env_file": env_file if env_file.exists() else None}
+        for name, section in _SECTIONS.items():
+            if name not in overrides:
+                overrides[name] = section(**source)
+        return cls(**source, **overrides)
 
     def require_database_url(self) -> str:
         """The Postgres URL, or a ConfigurationError that says how to set it."""
@@ -389,25 +380,60 @@ class Settings(BaseSettings):
         return [k.strip() for k in raw.split(",") if k.strip()]
 
 
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "beat": BeatSettings,
+    "listener": ListenerSettings,
+    "webhooks": WebhookSettings,
+}
+_PREFIXES = {
+    "Settings": ENV_PREFIX,
+    "BeatSettings": BEAT_ENV_PREFIX,
+    "ListenerSettings": LISTENER_ENV_PREFIX,
+    "WebhookSettings": WEBHOOK_ENV_PREFIX,
+}
+_SECTION_PREFIXES = {name: _PREFIXES[section.__name__] for name, section in _SECTIONS.items()}
+
+_loaded: Settings | None = None
+_loaded_lock = threading.Lock()
+
+
+def get_settings() -> Settings:
+    """This process's settings, loaded by :meth:`Settings.load` on first use and kept.
+
+    For long-lived processes that have no ``main`` to pass settings from (Celery workers and
+    beat); a forked pool process keeps its parent's.
+    """
+    global _loaded
+    with _loaded_lock:
+        if _loaded is None:
+            _loaded = Settings.load()
+        return _loaded
+
+
+def reset_settings() -> None:
+    """Forget this process's settings: the next :func:`get_settings` reads them again (tests
+    that point the process at other services; nothing else needs it)."""
+    global _loaded
+    with _loaded_lock:
+        _loaded = None
+
+
 def describe_settings_error(exc: ValidationError) -> str | None:
     """One line naming each environment variable a settings class refused, or None.
 
     The value itself is not repeated (it may be a URL with a password or a key); pydantic's
     reason is, e.g. ``IMAP_PIPELINE_POLL_INTERVAL_S: Input should be greater than or equal
-    to 5``. None when ``exc`` is not about one of the settings classes.
+    to 5``. None when ``exc`` is not about :class:`Settings` or one of its sections.
     """
-    from pipeline.listener.settings import LISTENER_ENV_PREFIX
-    from pipeline.webhooks.settings import WEBHOOK_ENV_PREFIX
-
-    prefix = {
-        "Settings": ENV_PREFIX,
-        "ListenerSettings": LISTENER_ENV_PREFIX,
-        "WebhookSettings": WEBHOOK_ENV_PREFIX,
-    }.get(exc.title)
+    prefix = _PREFIXES.get(exc.title)
     if prefix is None:
         return None
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
-        field = str(error["loc"][0]).upper() if error["loc"] else "?"
-        parts.append(f"{prefix}{field}: {error['msg']}")
+        loc = [str(part) for part in error["loc"]]
+        if exc.title == "Settings" and len(loc) > 1 and loc[0] in _SECTION_PREFIXES:
+            name = _SECTION_PREFIXES[loc[0]] + loc[1].upper()
+        else:
+            name = prefix + (loc[0].upper() if loc else "?")
+        parts.append(f"{name}: {error['msg']}")
     return "invalid setting: " + "; ".join(parts)
