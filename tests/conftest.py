@@ -32,8 +32,8 @@ import redis
 from pipeline.config import Settings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine, migrate
-from pipeline.dev import free_port, free_ports
 from pipeline.dev.dovecot import LocalDovecot
+from pipeline.dev.ports import free_port, free_ports
 from pipeline.dev.redis import EmbeddedRedis
 from pipeline.errors import ServiceError
 from tests.support.courier import LocalCourier

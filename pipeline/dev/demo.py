@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.dev import LOCALHOST, free_port, port_in_use
+from pipeline.dev.ports import LOCALHOST, free_port, port_in_use
 
 GRANT_ADD_TIMEOUT_S = 120.0  # the CLI logs in to the demo server before storing the grant
 DEMO_USER = "demo"

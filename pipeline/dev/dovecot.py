@@ -36,16 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.dev import (
-    LOCALHOST,
+from pipeline.dev.folders import chown_tree, reachable_dir, system_user
+from pipeline.dev.ports import LOCALHOST, port_in_use
+from pipeline.dev.processes import (
     ChildProcess,
     ServerContext,
-    chown_tree,
     log_tail,
-    port_in_use,
     process_group_members,
-    reachable_dir,
-    system_user,
     wait_until,
 )
 from pipeline.errors import ServiceError
@@ -210,7 +207,7 @@ class LocalDovecot(ServerContext):
             if port is not None and port_in_use(port):
                 raise ServiceError(
                     f"Port {port} is already in use; start LocalDovecot on another "
-                    "(pipeline.dev.free_port() finds one)."
+                    "(pipeline.dev.ports.free_port() finds one)."
                 )
         self._prepare_folders()
         # left by a configuration with auth penalties: auth would retry connecting to it for 5 s

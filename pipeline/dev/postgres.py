@@ -27,16 +27,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pipeline.dev import (
-    LOCALHOST,
-    ChildProcess,
-    ServerContext,
-    chown_tree,
-    log_tail,
-    port_in_use,
-    reachable_dir,
-    wait_until,
-)
+from pipeline.dev.folders import chown_tree, reachable_dir
+from pipeline.dev.ports import LOCALHOST, port_in_use
+from pipeline.dev.processes import ChildProcess, ServerContext, log_tail, wait_until
 from pipeline.errors import ServiceError
 
 DEFAULT_DATABASE = "imap_pipeline"
@@ -110,7 +103,7 @@ class EmbeddedPostgres(ServerContext):
             engine = sqlalchemy.create_engine(pg.url)
 
     Running as root, initdb and postgres run as the ``postgres`` system user and the folder is
-    given to it (see :func:`pipeline.dev.reachable_dir` for folders it cannot enter).
+    given to it (see :func:`pipeline.dev.folders.reachable_dir` for folders it cannot enter).
     """
 
     def __init__(

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import redis
 
-from pipeline.dev import (
-    LOCALHOST,
-    ChildProcess,
-    ServerContext,
-    log_tail,
-    port_in_use,
-    wait_until,
-)
+from pipeline.dev.ports import LOCALHOST, port_in_use
+from pipeline.dev.processes import ChildProcess, ServerContext, log_tail, wait_until
 from pipeline.errors import ServiceError
 
 REDIS_START_TIMEOUT_S = 30.0  # loading a large append-only file takes a while

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.dev import system_user
+from pipeline.dev.folders import system_user
 from pipeline.dev.mailgen import GeneratedMessage
 
 __all__ = ["append_imap", "encode_modified_utf7", "maildir_folder_path", "seed_maildir"]

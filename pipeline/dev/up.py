@@ -46,14 +46,9 @@ from rich.text import Text
 
 from pipeline.config import ENV_PREFIX, RUNTIME_ENV_NAME, Settings
 from pipeline.crypto import generate_key
-from pipeline.dev import (
-    LOCALHOST,
-    can_bind,
-    child_preexec,
-    hold_signals,
-    port_in_use,
-)
 from pipeline.dev.demo import connect_demo, start_demo
+from pipeline.dev.ports import LOCALHOST, can_bind, port_in_use
+from pipeline.dev.processes import child_preexec, hold_signals
 from pipeline.dev.roles import PROCFILE, Role, RoleLog, read_procfile
 from pipeline.errors import PipelineError, ServiceError
 from pipeline.metrics import MULTIPROC_ENV

@@ -170,7 +170,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.api.app import API_PG_OPTIONS  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
-from pipeline.dev import free_port  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 API_KEY = "benchmark-key"

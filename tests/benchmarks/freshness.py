@@ -52,8 +52,8 @@ from pipeline.config import Settings  # noqa: E402
 from pipeline.config.webhooks import WebhookSettings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
-from pipeline.dev import free_port  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.sync.runner import sync_grant_inline  # noqa: E402

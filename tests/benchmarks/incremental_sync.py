@@ -34,9 +34,9 @@ from sqlalchemy import select  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
-from pipeline.dev import free_port  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
 from pipeline.dev.mailgen import GeneratedMessage  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.seed import seed_maildir  # noqa: E402
 from pipeline.grants.service import create_grant, open_grant_session  # noqa: E402
 from pipeline.imap import ImapSession  # noqa: E402

@@ -78,8 +78,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import migrate, session_scope  # noqa: E402
-from pipeline.dev import chown_tree, free_port  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.folders import chown_tree  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
 from pipeline.ratelimit import PROVIDER_LOGINS_PER_MIN, RateLimiter, capacity  # noqa: E402

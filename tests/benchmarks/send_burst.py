@@ -43,8 +43,8 @@ from nylas.models.errors import NylasApiError  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
-from pipeline.dev import free_port  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from tests.integration.api.api_support import SmtpServer  # noqa: E402
 from tests.support.mail import create_folder  # noqa: E402

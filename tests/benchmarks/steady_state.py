@@ -180,8 +180,9 @@ from sqlalchemy import func, select  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import session_scope, sessionmaker_for  # noqa: E402
-from pipeline.dev import chown_tree, free_port  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
+from pipeline.dev.folders import chown_tree  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.models import Grant  # noqa: E402

@@ -56,7 +56,7 @@ from webhook_receiver import Received, Receiver  # noqa: E402
 from pipeline.config import Settings  # noqa: E402
 from pipeline.crypto import SecretBox, generate_key  # noqa: E402
 from pipeline.db import get_engine, migrate, session_scope  # noqa: E402
-from pipeline.dev import free_port  # noqa: E402
+from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.webhooks import outbox, payloads  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402

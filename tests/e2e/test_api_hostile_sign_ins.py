@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from pipeline.config import Settings
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from tests.support.fake_imap import FakeImapProcess
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import TlsFiles

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.models import Folder, SyncFailure
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect, sessions_for

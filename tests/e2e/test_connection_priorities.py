@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.listener.status import read_status
 from pipeline.models import Folder, Grant
 from tests.support.grants import connect

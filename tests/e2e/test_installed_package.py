@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from pipeline.config import Settings
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from tests.support.processes import pipeline_env
 
 pytestmark = pytest.mark.services

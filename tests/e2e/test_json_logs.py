@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pipeline.config import Settings
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from tests.support.grants import connect
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import Settings
-from pipeline.dev import free_port
 from pipeline.dev.mailgen import GeneratedMessage
+from pipeline.dev.ports import free_port
 from pipeline.dev.seed import seed_maildir
 from tests.integration.api.api_support import Receiver
 from tests.support.grants import connect

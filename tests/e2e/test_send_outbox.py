@@ -29,7 +29,7 @@ from nylas.models.errors import NylasApiError
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from tests.integration.api.api_support import SmtpServer
 from tests.support.mail import create_folder
 from tests.support.processes import CeleryWorker, RoleProcess, pipeline_env

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 
 pytestmark = pytest.mark.services
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.dev import free_port, port_in_use
+from pipeline.dev.ports import free_port, port_in_use
 
 pytestmark = pytest.mark.services
 
@@ -292,7 +292,7 @@ def role_environments(data_dir: Path) -> dict[str, dict[str, str]]:
 
 def consecutive_free_ports(count: int) -> int:
     """The first of ``count`` consecutive ports nothing listens on (probably, as free_port)."""
-    from pipeline.dev import can_bind
+    from pipeline.dev.ports import can_bind
 
     while True:
         base = free_port()

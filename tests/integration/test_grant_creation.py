@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.errors import ConfigurationError, ImapAuthError, ImapConnectError, ImapTlsError
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, open_grant_session

@@ -22,9 +22,9 @@ import redis
 import trustme
 from imap_tools import MailBox, MailBoxStartTls, MailBoxUnencrypted
 
-from pipeline.dev import free_port, free_ports, port_in_use
 from pipeline.dev.dovecot import DOVECOT_BIN, DOVECOT_START_TIMEOUT_S, LocalDovecot
 from pipeline.dev.mailgen import GeneratedMessage, generate
+from pipeline.dev.ports import free_port, free_ports, port_in_use
 from pipeline.dev.postgres import EmbeddedPostgres, find_postgres_bindir
 from pipeline.dev.redis import EmbeddedRedis, find_redis_server
 from pipeline.dev.seed import append_imap, seed_maildir

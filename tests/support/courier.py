@@ -34,17 +34,9 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.dev import (
-    LOCALHOST,
-    ChildProcess,
-    ServerContext,
-    chown_tree,
-    log_tail,
-    port_in_use,
-    reachable_dir,
-    system_user,
-    wait_until,
-)
+from pipeline.dev.folders import chown_tree, reachable_dir, system_user
+from pipeline.dev.ports import LOCALHOST, port_in_use
+from pipeline.dev.processes import ChildProcess, ServerContext, log_tail, wait_until
 from pipeline.errors import ServiceError
 from tests.support.unpacked import library_path, run_tool, unpacked
 

@@ -30,16 +30,9 @@ import signal
 import socket
 from pathlib import Path
 
-from pipeline.dev import (
-    LOCALHOST,
-    ChildProcess,
-    ServerContext,
-    chown_tree,
-    log_tail,
-    port_in_use,
-    reachable_dir,
-    wait_until,
-)
+from pipeline.dev.folders import chown_tree, reachable_dir
+from pipeline.dev.ports import LOCALHOST, port_in_use
+from pipeline.dev.processes import ChildProcess, ServerContext, log_tail, wait_until
 from pipeline.errors import ServiceError
 from tests.support.unpacked import library_path, run_tool, unpacked
 

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from pipeline.config import Settings
-    from pipeline.dev import ChildProcess
+    from pipeline.dev.processes import ChildProcess
     from pipeline.dev.up import _Interrupted, _Up
 
     data = Path(sys.argv[1])

@@ -287,7 +287,7 @@ class SmtpServer:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-        from pipeline.dev import free_port
+        from pipeline.dev.ports import free_port
 
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.logins = 0  # successful AUTHs: one per SMTP connection a sender opened

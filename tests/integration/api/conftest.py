@@ -23,7 +23,7 @@ from pipeline.api import create_app
 from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.models import Grant
 
 

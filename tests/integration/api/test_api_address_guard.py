@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.models import Grant
 from tests.support.services import MailUser
 

@@ -68,7 +68,7 @@ def test_wrong_password_stores_nothing_and_says_why(api: ApiServer, mail_user: M
 
 
 def test_unreachable_host_is_a_provider_error(api: ApiServer, mail_user: MailUser) -> None:
-    from pipeline.dev import free_port
+    from pipeline.dev.ports import free_port
 
     body = connect_body(mail_user)
     body["settings"]["imap_port"] = free_port()  # type: ignore[index]

@@ -6,7 +6,7 @@ import pytest
 from api_support import ApiServer
 
 from pipeline.config import Settings
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from api_support import ApiServer, Receiver
 from nylas.models.errors import NylasApiError
 
 from pipeline.db import session_scope
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.webhooks import repository
 
 pytestmark = pytest.mark.services

@@ -19,8 +19,8 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
-from pipeline.dev import free_port
 from pipeline.dev.dovecot import LocalDovecot
+from pipeline.dev.ports import free_port
 from pipeline.grants.service import create_grant
 from pipeline.listener.idle import WatchState
 from pipeline.listener.status import read_status

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
-from pipeline.dev import free_port
+from pipeline.dev.ports import free_port
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, open_grant_session
 from pipeline.maintenance.sweep import (
