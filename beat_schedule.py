@@ -43,9 +43,8 @@ pipeline.webhooks.purge                        1 h         webhooks     expire o
                                                                         records
 =============================================  ==========  ===========  ==========================
 
-The webhook entries mirror ``workers.tasks.webhooks.WEBHOOK_BEAT_ENTRIES`` (a unit test keeps
-them equal); this module imports nothing from ``workers`` because the Celery configuration
-imports it.
+This module imports nothing from ``workers`` because the Celery configuration imports it; a
+unit test keeps the webhook entries' task names and queue equal to ``workers.tasks.webhooks``'.
 """
 
 from __future__ import annotations

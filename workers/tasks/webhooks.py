@@ -67,23 +67,6 @@ DELIVER_TASK = "pipeline.webhooks.deliver"
 SWEEP_TASK = "pipeline.webhooks.sweep"
 PURGE_TASK = "pipeline.webhooks.purge"
 
-SWEEP_INTERVAL_S = 15.0  # worst-case delay added by a lost Redis message
-PURGE_INTERVAL_S = 3600.0
-
-WEBHOOK_BEAT_ENTRIES: dict[str, dict[str, Any]] = {
-    "webhooks-sweep": {
-        "task": SWEEP_TASK,
-        "schedule": SWEEP_INTERVAL_S,
-        "options": {"queue": WEBHOOK_QUEUE, "expires": SWEEP_INTERVAL_S},
-    },
-    "webhooks-purge": {
-        "task": PURGE_TASK,
-        "schedule": PURGE_INTERVAL_S,
-        "options": {"queue": WEBHOOK_QUEUE, "expires": PURGE_INTERVAL_S},
-    },
-}
-"""Beat entries for ``beat_schedule.py`` to merge (``expires`` drops a backlog of stale ones)."""
-
 WEBHOOK_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.webhooks.*": {"queue": WEBHOOK_QUEUE}}
 """For ``task_routes``: so a client that sends these tasks by name reaches the right queue."""
 
@@ -397,7 +380,6 @@ __all__ = [
     "DISPATCH_TASK",
     "PURGE_TASK",
     "SWEEP_TASK",
-    "WEBHOOK_BEAT_ENTRIES",
     "WEBHOOK_QUEUE",
     "WEBHOOK_TASK_ROUTES",
     "deliver",

@@ -66,10 +66,12 @@ def test_folder_discovery_is_scheduled_at_most_every_five_minutes_and_configurab
 
 
 def test_the_webhook_entries_match_what_the_webhook_tasks_ask_for() -> None:
-    from workers.tasks.webhooks import WEBHOOK_BEAT_ENTRIES
+    from workers.tasks import webhooks
 
-    for name, entry in WEBHOOK_BEAT_ENTRIES.items():
-        assert beat_schedule.BEAT_SCHEDULE[name] == entry
+    sweep = beat_schedule.BEAT_SCHEDULE["webhooks-sweep"]
+    purge = beat_schedule.BEAT_SCHEDULE["webhooks-purge"]
+    assert (sweep["task"], purge["task"]) == (webhooks.SWEEP_TASK, webhooks.PURGE_TASK)
+    assert sweep["options"]["queue"] == purge["options"]["queue"] == webhooks.WEBHOOK_QUEUE
 
 
 def test_the_scheduler_is_redbeat_with_a_standby_within_a_minute() -> None:
