@@ -16,10 +16,10 @@ that size and stream it), ``endless-line`` (a line that never ends), ``trickle:S
 whole answer, one byte every SECONDS), ``unrequested:N`` (N FETCH responses for messages nobody
 asked for, then the normal answer), ``nested:DEPTH`` (a FETCH with DEPTH nested parentheses),
 ``malformed`` (garbage lines, then the normal answer), ``hang`` (never answer), ``bye[:TEXT]``
-(``* BYE`` and close), ``drop`` (the normal answer, then close without a word), ``no`` (tagged
-NO), ``inject`` (extra bytes right after the answer: for STARTTLS, plaintext between its OK and
-the handshake). The greeting takes the same kinds. On IDLE, ``+KIND`` (``idling=True``) sends the
-``+ idling`` continuation first and misbehaves while the client idles. Server-wide quirks:
+(``* BYE`` and close), ``drop`` (the normal answer, then close without a word), ``no[:TEXT]``
+(tagged NO), ``inject`` (extra bytes right after the answer: for STARTTLS, plaintext between its
+OK and the handshake). The greeting takes the same kinds. On IDLE, ``+KIND`` (``idling=True``)
+sends the ``+ idling`` continuation first and misbehaves while the client idles. Server-wide quirks:
 ``folders`` (e.g. 10,000), 8-bit folder names (``FakeFolder(b"Caf\\xe9")``),
 ``uidvalidity_per_session`` (every session sees a new UIDVALIDITY), a ``password`` LOGIN checks,
 and ``answer_delay_s`` (every answer that late: a slow server).
@@ -101,9 +101,10 @@ class Hostility:
 
     ``arg`` is the size in bytes for ``literal``, seconds per byte for ``trickle``, a count
     for ``unrequested``, a depth for ``nested``, the repeated line for ``flood`` (bytes,
-    without CRLF; a default fits the command) and the text for ``bye``. ``folder`` limits it to
-    sessions that have that folder selected (its name as the server lists it). ``after`` lets
-    that many occurrences of the command (counted over the server's life) pass normally first.
+    without CRLF; a default fits the command) and the text for ``bye`` and ``no``. ``folder``
+    limits it to sessions that have that folder selected (its name as the server lists it).
+    ``after`` lets that many occurrences of the command (counted over the server's life) pass
+    normally first.
     ``idling`` (IDLE only) sends the ``+ idling`` continuation before misbehaving.
     """
 
@@ -126,7 +127,7 @@ class Hostility:
         kind, _, raw = spec.removeprefix("+").partition(":")
         arg: float | int | bytes | None = None
         if raw:
-            if kind in ("flood", "bye"):
+            if kind in ("flood", "bye", "no"):
                 arg = raw.encode()
             elif kind == "trickle":
                 arg = float(raw)
@@ -500,7 +501,8 @@ class _Session:
             if normal is not None:
                 await self.send(b"* BYE Not today\r\n")
                 return False
-            await self.send(tag + b" NO [UNAVAILABLE] Fake refusal\r\n")
+            text = how.arg if isinstance(how.arg, bytes) else b"[UNAVAILABLE] Fake refusal"
+            await self.send(tag + b" NO " + text + b"\r\n")
             return True
         if kind == "malformed":
             await self.send(

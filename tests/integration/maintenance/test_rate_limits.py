@@ -3,13 +3,10 @@ login limit held by four worker processes against a real Dovecot."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +27,11 @@ from pipeline.ratelimit import (
     capacity,
     scope_of,
 )
+from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 from tests.support.grants import connect
 from tests.support.processes import pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 from tests.support.worker_resources import worker_resources as pointed_at
 
 pytestmark = pytest.mark.services
@@ -55,7 +54,7 @@ def test_a_bucket_allows_its_burst_then_says_how_long_to_wait(limiter: RateLimit
     assert granted == [0.0] * 5
     wait = limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g1")
     assert 0.0 < wait <= 0.25
-    time.sleep(wait + 0.05)
+    time.sleep(wait + 0.05)  # the bucket refills by the clock
     assert limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g1") == 0.0
     # another account has its own bucket
     assert limiter.try_ops("yahoo", "imap.mail.yahoo.com", "g2") == 0.0
@@ -215,11 +214,12 @@ def test_four_workers_hold_the_global_login_rate(
 
     # Dovecot writes its log asynchronously (its log process may lag on a loaded machine): read
     # until it shows every login the workers made, rather than after a fixed 0.5 s
-    deadline = time.monotonic() + LOG_SETTLE_MAX_S
+    wait_for(
+        lambda: len(logins()) >= logged_in,
+        f"Dovecot's log to show the workers' {logged_in} logins",
+        timeout_s=LOG_SETTLE_MAX_S,
+    )
     found = logins()
-    while len(found) < logged_in and time.monotonic() < deadline:
-        time.sleep(0.1)
-        found = logins()
     assert len(found) == logged_in, (len(found), logged_in)  # every login is in the log
     per_second = Counter(stamp for stamp, _ in found)
     per_user = Counter(user for _, user in found)
@@ -231,53 +231,13 @@ def test_four_workers_hold_the_global_login_rate(
     assert len(per_user) == WORKERS  # every worker got its share
 
 
-class ThrottlingServer:
-    """An IMAP server that greets, then refuses every login the way a provider sheds load."""
-
-    ANSWER = b"NO [UNAVAILABLE] Too many connections, try again later\r\n"
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.2)
-        self.port = self._server.getsockname()[1]
-        self.logins = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._server.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
-                with contextlib.suppress(OSError):
-                    for line in conn.makefile("rb"):
-                        tag, _, command = line.partition(b" ")
-                        if command.upper().startswith(b"CAPABILITY"):
-                            conn.sendall(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n")
-                            conn.sendall(tag + b" OK done\r\n")
-                        elif command.upper().startswith(b"LOGIN"):
-                            self.logins += 1
-                            conn.sendall(tag + b" " + self.ANSWER)
-                        else:
-                            conn.sendall(tag + b" BYE\r\n")
-                            break
-
-
 @pytest.fixture
-def throttling_server() -> Iterator[ThrottlingServer]:
-    server = ThrottlingServer()
-    yield server
-    server.close()
+def throttling_server() -> Iterator[FakeImapServer]:
+    """An IMAP server that greets, then refuses every login the way a provider sheds load."""
+    shedding = Hostility("no", b"[UNAVAILABLE] Too many connections, try again later")
+    config = FakeImapConfig(capabilities="IMAP4rev1 AUTH=PLAIN", hostile={"LOGIN": shedding})
+    with FakeImapServer(config) as server:
+        yield server
 
 
 @pytest.fixture
@@ -292,7 +252,7 @@ def test_a_throttled_login_backs_the_account_off_and_shows_in_status(
     settings: Settings,
     limiter: RateLimiter,
     mail_user: MailUser,
-    throttling_server: ThrottlingServer,
+    throttling_server: FakeImapServer,
 ) -> None:
     from workers.resources import imap_for, sessions
 
