@@ -176,7 +176,7 @@ def _mail_user_pool(dovecot: LocalDovecot) -> Iterator[MailUser]:
     ]
     for user in users:
         dovecot.add_user(user.name, user.password)
-    time.sleep(1.1)
+    time.sleep(1.1)  # Dovecot re-reads its passwd-file by mtime, in whole seconds
     return iter(users)
 
 

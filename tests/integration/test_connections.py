@@ -138,7 +138,7 @@ def test_a_crashed_holders_slot_lapses(slots: ConnectionSlots, redis_url: str) -
     assert slots.acquire("g", new_holder(BULK), cap, ttl_s=0.3)  # then its process dies
     assert slots.acquire("g", new_holder(BULK), cap, ttl_s=0.3)
     assert not slots.acquire("g", new_holder(BULK), cap, 60)
-    time.sleep(0.4)
+    time.sleep(0.4)  # the crashed holders' 0.3 s TTL runs out
     assert slots.acquire("g", new_holder(BULK), cap, 60)
     assert slots.held("g")[BULK] == 1
 
@@ -250,7 +250,7 @@ def test_a_task_gives_its_slot_back_at_its_end_or_lingers_only_while_nobody_need
     other = new_holder(BULK)
     assert slots.acquire(grant_id, other, 5, 60)
     assert not slots.acquire(grant_id, new_holder(BULK), 5, 60)
-    time.sleep(REAPER_TICK_S * 3)
+    time.sleep(REAPER_TICK_S * 3)  # time for the reaper to close it, which it must not
     assert pool.pooled() == [grant_id]
     slots.release(grant_id, other)
     # cap 3 with Inbox and Sent watched: an API request wants the one work slot

@@ -30,7 +30,7 @@ def test_a_lock_lapses_by_its_ttl_and_the_old_holder_cannot_release_the_new_one(
     r: redis.Redis[bytes],
 ) -> None:
     assert coalesce.acquire(r, "k", "dead", 0.05)
-    time.sleep(0.08)
+    time.sleep(0.08)  # the 50 ms TTL runs out
     assert coalesce.acquire(r, "k", "next", 60)
     coalesce.release(r, ["k"], "dead")
     assert r.get("k") == b"next"
@@ -47,7 +47,7 @@ def test_many_locks_in_one_round_trip(r: redis.Redis[bytes]) -> None:
 def test_renew_extends_the_lock(r: redis.Redis[bytes]) -> None:
     coalesce.acquire(r, "k", "t", 0.05)
     coalesce.renew(r, "k", 60)
-    time.sleep(0.08)
+    time.sleep(0.08)  # past the first TTL: the renewed lock must still be there
     assert r.get("k") == b"t"
 
 
@@ -92,7 +92,7 @@ def test_a_dead_holders_lock_lapses_and_the_next_request_runs(r: redis.Redis[byt
     dead = coalesce.Coalesced(r, "lock", "dirty", "retry", ttl_s=1)
     r.set("lock", "dead", px=50)  # as if taken long ago and never renewed
     assert not dead.acquire("late")
-    time.sleep(0.08)
+    time.sleep(0.08)  # the 50 ms TTL runs out
     assert dead.acquire("late")
 
 
@@ -100,7 +100,7 @@ def test_the_holder_renews_between_batches(r: redis.Redis[bytes]) -> None:
     run = _run(r, ttl_s=60)
     r.set(run.lock_key, "holder", px=50)
     run.renew()
-    time.sleep(0.08)
+    time.sleep(0.08)  # past the first TTL: the renewed lock must still be there
     assert run.held()
 
 

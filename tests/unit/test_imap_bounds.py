@@ -343,6 +343,6 @@ def test_a_total_deadline_ends_with_its_block() -> None:
     with session_on(FakeImapConfig()) as (_, imap):
         with imap.raw.total_deadline(0.5, setting="the block's 0.5 s"):
             imap.noop()
-        time.sleep(0.6)
+        time.sleep(0.6)  # the block's 0.5 s deadline would have passed by now
         imap.noop()  # past the block's end, but outside it: only the command's own deadline
         imap.select("INBOX")

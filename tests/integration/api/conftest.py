@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +24,7 @@ from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import session_scope
 from pipeline.dev.ports import free_port
 from pipeline.models import Grant
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -74,11 +74,13 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     )
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+
+    def started() -> bool:
+        if not thread.is_alive():
             pytest.fail("the API server did not start", pytrace=False)
-        time.sleep(0.02)
+        return bool(server.started)
+
+    wait_for(started, "the API server to start", SERVER_START_TIMEOUT_S, interval_s=0.02)
     yield server_info
     server.should_exit = True
     thread.join(timeout=15)

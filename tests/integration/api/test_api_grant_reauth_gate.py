@@ -15,6 +15,7 @@ from api_support import ApiServer, connect_and_sync, snapshot
 from pipeline.config import Settings
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 from tests.support.services import MailUser, TlsFiles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -72,12 +73,13 @@ def test_patch_reauth_is_bounded_by_the_sign_in_gate(
 
     first = threading.Thread(target=patch, daemon=True)
     first.start()
+
     # the first one holds the gate once its LOGIN reached the trickling server
-    deadline = time.monotonic() + WAIT_S
-    while "LOGIN" not in trickling.command_names():
-        assert time.monotonic() < deadline, "the first PATCH never reached the IMAP server"
+    def reached() -> bool:
         assert first.is_alive(), answers
-        time.sleep(0.05)
+        return "LOGIN" in trickling.command_names()
+
+    wait_for(reached, "the first PATCH to reach the IMAP server", timeout_s=WAIT_S, interval_s=0.05)
     with api.http() as http:
         started = time.monotonic()
         second = http.patch(f"/v3/grants/{grant_id}", json=body)

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from pipeline.api.app import API_PING_AFTER_IDLE_S, ping_idle_connections
 from pipeline.db import normalize_url
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -35,14 +36,15 @@ def _terminate(database_url: str, application_name: str) -> int:
                     {"name": application_name},
                 ).scalars()
             )
+
             # they exit a moment after the signal (later on a loaded machine)
-            deadline = time.monotonic() + EXIT_WAIT_S
-            while conn.execute(
-                text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
-                {"pids": pids},
-            ).scalar_one():
-                assert time.monotonic() < deadline, "terminated backends still there"
-                time.sleep(0.05)
+            def gone() -> bool:
+                return not conn.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+                    {"pids": pids},
+                ).scalar_one()
+
+            wait_for(gone, "the terminated backends to exit", EXIT_WAIT_S, interval_s=0.05)
     finally:
         admin.dispose()
     return len(pids)

@@ -202,7 +202,7 @@ def test_smtp_login_takes_a_token_of_the_accounts_login_budget(
 
     sender = threading.Thread(target=send)
     sender.start()
-    time.sleep(3)
+    time.sleep(3)  # time to be refused or sent, which it must not be
     assert answers == []  # waiting for a token, not refused
     assert smtp.messages == []
     limiter.set_limits("generic", {"account_logins_per_min": 6000})

@@ -6,6 +6,7 @@ the workers' own code (tests/e2e/test_send_outbox.py runs the Celery worker as a
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import imaplib
@@ -26,6 +27,7 @@ from pipeline.outbound.outbox import send_outbox
 from pipeline.webhooks import payloads
 from tests.support.mail import create_folder, imap_login
 from tests.support.services import MailUser, TlsFiles
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -227,23 +229,23 @@ def test_send_at_is_listed_sent_when_due_and_a_cancelled_one_never_goes(
 
     stopped = client.messages.stop_scheduled_message(grant_id, kept.schedule_id).data
     assert stopped.message
-    deadline = time.monotonic() + DUE_TIMEOUT_S
-    while not smtp.messages and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: smtp.messages, "the due message to be sent", timeout_s=DUE_TIMEOUT_S)
     assert [parsed(raw)["Subject"] for _, _, raw in smtp.messages] == ["Due soon"]
-    while time.monotonic() < deadline:
-        found = client.messages.find_scheduled_message(grant_id, due.schedule_id).data
-        if found.status.code == "success":
-            break
-        time.sleep(0.2)
+
+    def status() -> str:
+        return str(
+            client.messages.find_scheduled_message(grant_id, due.schedule_id).data.status.code
+        )
+
+    wait_for(lambda: status() == "success", "the due message's success", timeout_s=DUE_TIMEOUT_S)
+    found = client.messages.find_scheduled_message(grant_id, due.schedule_id).data
     assert found.status.code == "success" and found.close_time
     # sent: its Drafts copy goes (right after the Sent copy is filed); the cancelled one stays
-    while time.monotonic() < deadline:
-        drafts = [str(m["Subject"]) for m in sent_copies(mail_user, "Drafts")]
-        if drafts == ["Cancelled"]:
-            break
-        time.sleep(0.2)
-    assert drafts == ["Cancelled"]
+    wait_for(
+        lambda: [str(m["Subject"]) for m in sent_copies(mail_user, "Drafts")] == ["Cancelled"],
+        "only the cancelled message's Drafts copy to stay",
+        timeout_s=DUE_TIMEOUT_S,
+    )
     cancelled = client.messages.find_scheduled_message(grant_id, kept.schedule_id).data
     assert cancelled.status.code == "cancelled"
     with pytest.raises(NylasApiError) as again:
@@ -319,9 +321,8 @@ def test_a_sent_copy_that_cannot_be_filed_yet_is_filed_later_and_answered_with_i
             )
 
     def bring_sent_back() -> None:
-        deadline = time.monotonic() + DUE_TIMEOUT_S
-        while attempts() == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with contextlib.suppress(AssertionError):  # the test's own assertions say what failed
+            wait_for(attempts, "a first filing attempt", timeout_s=DUE_TIMEOUT_S)
         create_folder(mail_user.server, mail_user.name, mail_user.password, "Sent")
 
     helper = threading.Thread(target=bring_sent_back)
@@ -402,23 +403,23 @@ def test_scheduled_sends_notify_send_success_and_send_failed(
         grant_id, {"to": [{"email": REFUSED}], "subject": "Refused", "send_at": soon}
     ).data
     client.messages.send(grant_id, {"to": [{"email": "bob@example.test"}], "subject": "Now"})
-    deadline = time.monotonic() + DUE_TIMEOUT_S
-    codes: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        codes = {
-            s.schedule_id: s.status.code
-            for s in client.messages.list_scheduled_messages(grant_id).data
-        }
-        if codes == {good.schedule_id: "success", bad.schedule_id: "failed"}:
-            break
-        time.sleep(0.3)
-    assert codes == {good.schedule_id: "success", bad.schedule_id: "failed"}
-    while time.monotonic() < deadline:  # the success is written once the Sent copy is filed
-        rows = api.outbox_rows()
-        results = [r for r in rows if r[0].startswith("message.send_")]
-        if len(results) == 2:
-            break
-        time.sleep(0.3)
+
+    def codes() -> dict[str, str]:
+        listed = client.messages.list_scheduled_messages(grant_id).data
+        return {s.schedule_id: s.status.code for s in listed}
+
+    expected = {good.schedule_id: "success", bad.schedule_id: "failed"}
+    wait_for(
+        lambda: codes() == expected, f"the scheduled sends to end as {expected}", DUE_TIMEOUT_S
+    )
+
+    def send_results() -> int:
+        return sum(1 for r in api.outbox_rows() if r[0].startswith("message.send_"))
+
+    # the success is written once the Sent copy is filed
+    wait_for(lambda: send_results() == 2, "both send results in the outbox", DUE_TIMEOUT_S)
+    rows = api.outbox_rows()
+    results = [r for r in rows if r[0].startswith("message.send_")]
     assert sorted((t, s) for t, s, _, _ in results) == [
         ("message.send_failed", bad.schedule_id),
         ("message.send_success", good.schedule_id),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from pipeline.api.errors import ApiError
 from pipeline.api.gate import SignInGate
+from tests.support.waiting import wait_for
 
 WAIT_S = 10.0  # generous: how long a condition may take to come true
 
@@ -20,13 +20,6 @@ def _blocked(release: threading.Event, started: threading.Event | None = None) -
         started.set()
     assert release.wait(WAIT_S)
     return "done"
-
-
-def _until(condition: object) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def test_full_gate_refuses_at_once_in_total_and_per_client() -> None:
@@ -45,7 +38,7 @@ def test_full_gate_refuses_at_once_in_total_and_per_client() -> None:
         release.set()
         assert await first == "done"
         assert await second == "done"
-        _until(lambda: gate.running == 0)
+        wait_for(lambda: gate.running == 0, "every slot to be free", WAIT_S, interval_s=0.01)
         assert await gate.run("10.0.0.3", lambda: "ran") == "ran"
         gate.close()
 
@@ -64,7 +57,7 @@ def test_past_the_deadline_the_request_gets_504_and_the_slot_stays_taken() -> No
             await gate.run("10.0.0.2", lambda: "never runs")
         assert full.value.status == 429
         release.set()
-        _until(lambda: gate.running == 0)
+        wait_for(lambda: gate.running == 0, "every slot to be free", WAIT_S, interval_s=0.01)
         gate.close()
 
     asyncio.run(scenario())
@@ -79,7 +72,7 @@ def test_a_failing_sign_in_frees_its_slot_and_raises_its_error() -> None:
 
         with pytest.raises(ValueError, match="login refused"):
             await gate.run("10.0.0.1", fails)
-        _until(lambda: gate.running == 0)
+        wait_for(lambda: gate.running == 0, "every slot to be free", WAIT_S, interval_s=0.01)
         assert await gate.run("10.0.0.1", lambda: "again") == "again"
         gate.close()
 
