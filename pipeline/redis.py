@@ -8,7 +8,7 @@ they do not change.
 
 Keys (``<grant_id>``, ``<folder_id>``: ids of rows; expiries on the Redis server's clock)::
 
-    listeners, leases, connection slots (pipeline.listener, pipeline.imap.connections)
+    listeners, leases, connection slots (pipeline.listener, pipeline.limits.slots)
     imap-pipeline:listeners                     zset  live listeners, scored by heartbeat expiry
     imap-pipeline:lease:<grant_id>              str   owning listener id, TTL lease_ttl_s
     imap-pipeline:conn:<grant_id>               zset  the account's connection slots (holder ->
@@ -18,7 +18,7 @@ Keys (``<grant_id>``, ``<folder_id>``: ids of rows; expiries on the Redis server
                                                       last change a listener saw
     imap-pipeline:listener:status:<grant_id>    hash  folder id -> JSON: an IDLE connection's state
 
-    rate limits (pipeline.ratelimit)
+    rate limits (pipeline.limits)
     imap-pipeline:rl:<bucket>                   hash  token bucket {tokens, ts}
     imap-pipeline:backoff:a:<grant_id>          str   the account backs off (TTL)
     imap-pipeline:backoff:p:<scope>             str   the whole provider backs off (TTL)

@@ -6,8 +6,8 @@ with the listener and the API) from login until the task ends. Then it goes back
 process's pool, still counted, for at most ``BULK_LINGER_S`` so that the next chunk of the
 same grant skips a login, and is closed at once if the listener or the API waits for a slot of
 that account. A new login also takes a login token of the account and its provider, and every
-hand-out an operation token (:mod:`pipeline.ratelimit`). Without a token or slot
-:func:`imap_for` raises :class:`~pipeline.ratelimit.RateLimited`; the task reschedules itself
+hand-out an operation token (:mod:`pipeline.limits`). Without a token or slot
+:func:`imap_for` raises :class:`~pipeline.limits.RateLimited`; the task reschedules itself
 with :func:`reschedule` instead of waiting in a worker slot.
 """
 
@@ -33,13 +33,11 @@ from pipeline.imap.connections import (
     BULK_LOGIN_SPARE,
     BULK_LOGIN_SPARE_UNWATCHED,
     INTERACTIVE_WAIT_S,
-    ConnectionSlots,
     NoSlot,
-    Priority,
     SessionPool,
 )
+from pipeline.limits import ConnectionSlots, Limits, Priority, RateLimited, RateLimiter, scope_of
 from pipeline.models import Grant
-from pipeline.ratelimit import Limits, RateLimited, RateLimiter, scope_of
 from pipeline.redis import BATCH_TIMEOUT_S, client
 from pipeline.sync.state import FolderState
 
@@ -84,7 +82,7 @@ class LimitsView:
         self._listening: bool | None = None
 
     def limits(self, provider: str) -> Limits:
-        """The provider's limits (:meth:`pipeline.ratelimit.RateLimiter.limits`)."""
+        """The provider's limits (:meth:`pipeline.limits.RateLimiter.limits`)."""
         if provider not in self._limits:
             self._limits[provider] = limiter_for_process().limits(provider)
         return self._limits[provider]
@@ -173,7 +171,7 @@ def close_all_imap() -> None:
     interactive_pool().close_all()
 
 
-# --- shared rate limits and connection cap (pipeline.ratelimit) ----------------------------
+# --- shared rate limits and connection cap (pipeline.limits) ----------------------------
 
 RESCHEDULE_MIN_S = 1.0  # a denied task comes back no sooner than this
 RESCHEDULE_MAX_S = 60.0  # nor later: far below the broker's visibility timeout (30 min)

@@ -48,13 +48,8 @@ from pipeline.api.gate import SignInGate
 from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
-from pipeline.imap.connections import (
-    INTERACTIVE_LINGER_S,
-    ConnectionSlots,
-    Priority,
-    SessionPool,
-)
-from pipeline.ratelimit import RateLimiter
+from pipeline.imap.connections import INTERACTIVE_LINGER_S, SessionPool
+from pipeline.limits import ConnectionSlots, Priority, RateLimiter
 from pipeline.redis import CALL_TIMEOUT_S
 from pipeline.redis import client as redis_client
 

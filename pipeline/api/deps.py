@@ -33,8 +33,8 @@ from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap.connections import SessionPool
+from pipeline.limits import RateLimiter
 from pipeline.models import Grant
-from pipeline.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The shared login and operation limits (:mod:`pipeline.ratelimit`) on the API's paths.
+"""The shared login and operation limits (:mod:`pipeline.limits`) on the API's paths.
 
 Every login the API makes to a provider takes a login token of the account and of its provider
 first, from the same buckets the workers and the listener use:
@@ -9,7 +9,7 @@ first, from the same buckets the workers and the listener use:
   one, else the (server, username) pair, so repeated attempts at one new account are limited too;
 - the SMTP login of a send (:func:`take_login`, on the grant's account bucket).
 
-A login reserves its turn in the buckets (:meth:`~pipeline.ratelimit.RateLimiter.reserve_login`)
+A login reserves its turn in the buckets (:meth:`~pipeline.limits.RateLimiter.reserve_login`)
 and waits for it when it comes within ``MAX_TOKEN_WAIT_S``; operation tokens are asked for again
 until then (:func:`take`). A longer wait, or a provider that throttles us (the account then backs
 off), is a 429 ``rate_limit_error`` with ``Retry-After``.

@@ -10,7 +10,7 @@ The IMAP work runs in the request (the response waits for the server's answer) o
 the account's connection manager at INTERACTIVE priority (:mod:`pipeline.imap.connections`):
 the request gets a connection slot within a second (a reserved one, or one bulk sync makes room
 for), a new login takes a login token, and the request operation tokens
-(:mod:`pipeline.ratelimit`, through :mod:`pipeline.api.limits`). A short wait for a token is
+(:mod:`pipeline.limits`, through :mod:`pipeline.api.limits`). A short wait for a token is
 absorbed; no slot within ``INTERACTIVE_WAIT_S``, a longer wait for a token, or a throttling
 answer of the provider, is a 429 with Retry-After. The session stays pooled for the next
 request while nobody else needs its slot.

@@ -21,10 +21,10 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.errors import ConfigurationError
 from pipeline.grants.service import get_grant
+from pipeline.limits import Limits, RateLimiter
 from pipeline.maintenance.purge import purge
 from pipeline.maintenance.repository import MaintenanceRepository
 from pipeline.presets import PRESETS
-from pipeline.ratelimit import Limits, RateLimiter
 from pipeline.redis import BATCH_TIMEOUT_S
 from pipeline.redis import client as redis_client
 

@@ -49,10 +49,10 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.tlsprobe import NoStartTls, ProbeFailed, probe_tls, tls_context
 from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
-from pipeline.imap.connections import ConnectionSlots, NoSlot, Priority, SessionPool
+from pipeline.imap.connections import NoSlot, SessionPool
+from pipeline.limits import ConnectionSlots, Priority, RateLimited, RateLimiter
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
-from pipeline.ratelimit import RateLimited, RateLimiter
 from pipeline.sync import events
 from pipeline.sync.state import GrantSyncState
 

@@ -7,10 +7,10 @@
                     v
      +-------> WAITING_SLOT --(all of the grant's connection slots taken)--> retry in ~5 s
      |              | slot in imap-pipeline:conn:<grant_id>
-     |              |     `--(account or provider in the shared back-off of pipeline.ratelimit:
+     |              |     `--(account or provider in the shared back-off of pipeline.limits:
      |              |         BACKOFF; the login queue longer than LOGIN_TURN_MAX_S:
      |              |         LOGIN_QUEUED)--> slot given back, wait, ask again
-     |              | a login token of the account and the provider (pipeline.ratelimit)
+     |              | a login token of the account and the provider (pipeline.limits)
      |              v
      |        LOGIN_QUEUED  sleep until the reserved turn (a reconnect wave queues, no polling)
      |              |
@@ -75,10 +75,10 @@ from pipeline.errors import (
     ImapThrottledError,
 )
 from pipeline.imap.client import Endpoint
+from pipeline.limits import LoginTurn
 from pipeline.listener.events import FolderRef
 from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
 from pipeline.presets import preset
-from pipeline.ratelimit import LoginTurn
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ RENEW_JITTER_FRACTION = 0.1  # renew up to 10 % early, spread over connections
 NO_SLOT_RETRY_S = 5.0  # all connection slots of the account taken: look again this soon
 NO_SLOT_DETAIL = (
     "No connection slot for IDLE: the account's cap leaves none for this folder (with a cap "
-    "of 2 only the Inbox is watched, see pipeline.imap.connections) or other connections "
+    "of 2 only the Inbox is watched, see pipeline.limits.slots) or other connections "
     "hold more than the cap allows now; the folder is polled meanwhile."
 )
 LOGOUT_TIMEOUT_S = 3.0  # DONE + LOGOUT on stop; then the socket is just closed
@@ -138,7 +138,7 @@ class WatchContext:
     rng: random.Random = field(default_factory=random.Random)
     login_turn: Callable[[WatchTarget], Awaitable[LoginTurn]] | None = None
     """A login token of the account and its provider (shared budget and back-off of
-    :mod:`pipeline.ratelimit`); None: log in unpaced."""
+    :mod:`pipeline.limits`); None: log in unpaced."""
     throttled: Callable[[WatchTarget], Awaitable[float]] | None = None
     """Record a throttling answer in the shared back-off; returns its length in seconds."""
     misbehaved: Callable[[WatchTarget], Awaitable[float]] | None = None

@@ -14,8 +14,8 @@ skewed clocks agree):
     grant; when the owner dies the key expires and another listener claims it on its next
     round.
 
-Connection slots of the listener's IDLE connections live in the account's connection manager
-(:mod:`pipeline.imap.connections`), with the workers' and the API's.
+Connection slots of the listener's IDLE connections are the account's
+(:mod:`pipeline.limits.slots`), counted with the workers' and the API's.
 
 Fair share: with ``G`` grants to watch and ``L`` live listeners, each listener holds at most
 ``ceil(G / L)`` leases. A new listener's heartbeat lowers everybody's cap; those above it release

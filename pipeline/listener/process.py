@@ -45,8 +45,10 @@ from pipeline.config.listener import ListenerSettings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
 from pipeline.grants.service import GUARD_KEY, USER_NAMED, endpoint_for, expire_grant, guarded
-from pipeline.imap.connections import (
+from pipeline.limits import (
     AsyncConnectionSlots,
+    LoginTurn,
+    RateLimiter,
     idle_allowed,
     idle_holder,
     shares,
@@ -57,7 +59,6 @@ from pipeline.listener.leases import LeaseStore, fair_share
 from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.status import StatusBoard
-from pipeline.ratelimit import LoginTurn, RateLimiter
 from pipeline.redis import CALL_TIMEOUT_S
 from pipeline.redis import client as redis_client
 
@@ -68,7 +69,7 @@ SHUTDOWN_TIMEOUT_S = 10.0  # DONE + LOGOUT of every connection, then pending eve
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 STATUS_LOG_S = 60.0  # one status line per minute at INFO
 STARTUP_JITTER_S = 1.0  # random wait after the first heartbeat, before the first claim
-# A login turn is reserved at most this far ahead (pipeline.ratelimit.RateLimiter.reserve_login);
+# A login turn is reserved at most this far ahead (pipeline.limits.RateLimiter.reserve_login);
 # a longer queue is asked again later. Bounds the budget a listener that dies leaves reserved,
 # and so the delay of the listener that takes its grants over (issue: within 30 s). 120 s saved
 # a fifth of the listener's CPU in a 1,000-login reconnect (listener_scale: 6.8 -> 5.5 s).
@@ -438,7 +439,7 @@ class Listener:
             )
         return ok
 
-    # --- shared login budget and back-off (pipeline.ratelimit) ----------------------------------
+    # --- shared login budget and back-off (pipeline.limits) ----------------------------------
     async def _login_turn(self, target: WatchTarget) -> LoginTurn:
         """A login token of the account and the provider, reserved up to LOGIN_TURN_MAX_S ahead
         (none while either backs off). Fails open: Redis away must not stop watching."""

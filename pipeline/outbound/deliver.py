@@ -44,7 +44,8 @@ from pipeline.config import Settings
 from pipeline.errors import ImapError, PipelineError
 from pipeline.grants.service import counting_pool, open_counted_session
 from pipeline.imap import ImapSession
-from pipeline.imap.connections import INTERACTIVE_WAIT_S, Priority
+from pipeline.imap.connections import INTERACTIVE_WAIT_S
+from pipeline.limits import Priority, RateLimited, RateLimiter
 from pipeline.messages.metadata import store_metadata
 from pipeline.messages.repository import MessageRepository
 from pipeline.messages.views import attachment_view, message_view
@@ -52,7 +53,6 @@ from pipeline.models import Folder, Grant
 from pipeline.outbound.outbox import OutboxRepository, send_outbox, utcnow
 from pipeline.outbound.smtp import Aborted, SendError, SmtpConnection
 from pipeline.presets import preset
-from pipeline.ratelimit import RateLimited, RateLimiter
 from pipeline.redis import smtp_slot_key
 from pipeline.sync import events
 from pipeline.sync.store import parse_batch, write_batch

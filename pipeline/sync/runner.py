@@ -842,8 +842,7 @@ def sync_grant_inline(
         RateLimited: no connection slot of the account came within ``slot_wait_s``.
     """
     from pipeline.grants.service import counting_pool, open_counted_session
-    from pipeline.imap.connections import Priority
-    from pipeline.ratelimit import RateLimiter
+    from pipeline.limits import Priority, RateLimiter
     from pipeline.redis import CALL_TIMEOUT_S
     from pipeline.redis import client as redis_client
 

@@ -13,7 +13,7 @@ attachments of 100 KB to 5 MB, some mail older than the window) and measures, in
 Both figures are messages/s; the ratio is pipeline / baseline (these machines are noisy: only
 the ratio within one run means anything). ``--listener-alive`` syncs as with a listener
 running (bulk sync then has 2 of the generic preset's 5 connections; without a listener the
-unused IDLE slots are lent, see :mod:`pipeline.imap.connections`). The last line counts the
+unused IDLE slots are lent, see :mod:`pipeline.limits.slots`). The last line counts the
 sync tasks sent back to the queue for want of a connection slot or login token.
 
 Measured 2026-12-07 on the development machine (2 cores shared with other sessions):
@@ -191,7 +191,7 @@ def main() -> int:
         if args.logins_per_min:
             import redis
 
-            from pipeline.ratelimit import RateLimiter
+            from pipeline.limits import RateLimiter
 
             RateLimiter(redis.Redis.from_url(settings.require_redis_url())).set_limits(
                 "generic", {"account_logins_per_min": args.logins_per_min}

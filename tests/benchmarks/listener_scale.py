@@ -19,7 +19,7 @@ then runs ``imap-pipeline listen`` as a subprocess, exactly as an operator would
   ``sync.generic``) p50/p99 over ``--samples`` APPENDs, next to the floor: a bare imaplib IDLE
   client's APPEND -> ``* n EXISTS`` on the same mailboxes in the same run;
 - time to reconnect every connection after a Dovecot restart, and a clean shutdown's duration.
-  Every login takes a turn of the shared login budget (pipeline.ratelimit): all connections go
+  Every login takes a turn of the shared login budget (pipeline.limits): all connections go
   to one server, so the provider budget of ``generic:127.0.0.1`` (600 a minute unless
   ``--provider-logins-per-min`` says otherwise) sets the pace of the start-up and the reconnect.
 
@@ -82,8 +82,9 @@ from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
 from pipeline.dev.folders import chown_tree  # noqa: E402
 from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
+from pipeline.limits import RateLimiter, capacity  # noqa: E402
+from pipeline.limits.buckets import PROVIDER_LOGINS_PER_MIN  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
-from pipeline.ratelimit import PROVIDER_LOGINS_PER_MIN, RateLimiter, capacity  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUEUE = "sync.generic"  # where the generic preset's sync requests go (a Redis list)

@@ -28,7 +28,7 @@ import redis  # noqa: E402
 
 from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
-from pipeline.ratelimit import RateLimiter, capacity  # noqa: E402
+from pipeline.limits import RateLimiter, capacity  # noqa: E402
 
 HOST = "bench.test"
 MAX_SLEEP_S = 0.005

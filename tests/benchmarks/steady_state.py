@@ -185,9 +185,9 @@ from pipeline.dev.folders import chown_tree  # noqa: E402
 from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
+from pipeline.limits import RateLimiter  # noqa: E402
 from pipeline.models import Grant  # noqa: E402
 from pipeline.presets import IDLE_RENEW_DEFAULT_S, queue_names  # noqa: E402
-from pipeline.ratelimit import RateLimiter  # noqa: E402
 from pipeline.sync.runner import sync_grant_inline  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402

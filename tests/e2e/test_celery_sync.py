@@ -227,7 +227,7 @@ def test_a_first_sync_with_a_listener_alive_runs_the_chunks_on_the_sessions_bulk
     chunk with its session runs the grant's waiting chunks on it (workers.chunks); the chunk
     tasks that reach it later skip without asking for a slot. Before: 21-36 of 34-49 tasks
     sent back at 5,000 messages (each 5 s later), 120-129 msgs/s."""
-    from pipeline.imap.connections import shares
+    from pipeline.limits import shares
     from pipeline.redis import LISTENERS_KEY
 
     with redis.Redis.from_url(settings.require_redis_url()) as client:

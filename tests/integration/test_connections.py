@@ -18,14 +18,17 @@ from pipeline.imap.connections import (
     BULK_LOGIN_SPARE_UNWATCHED,
     INTERACTIVE_WAIT_S,
     REAPER_TICK_S,
-    ConnectionSlots,
     NoSlot,
-    Priority,
     SessionPool,
+)
+from pipeline.limits import (
+    ConnectionSlots,
+    Priority,
+    RateLimited,
+    RateLimiter,
     idle_holder,
     new_holder,
 )
-from pipeline.ratelimit import RateLimited, RateLimiter
 from pipeline.redis import LISTENERS_KEY
 from pipeline.sync.runner import sync_folder
 from tests.support.grants import connect, open_with_folders, sessions_for

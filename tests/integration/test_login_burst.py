@@ -1,13 +1,13 @@
 """A fresh account may open the connections it is allowed at once, never more than a minute's
-worth of logins (pipeline.ratelimit)."""
+worth of logins (pipeline.limits)."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
+from pipeline.limits import RateLimiter
 from pipeline.presets import preset
-from pipeline.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.services
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.imap.connections import (
+from pipeline.limits import (
     Priority,
     Shares,
     idle_allowed,

@@ -45,6 +45,7 @@ from pipeline.config import get_settings
 from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
+from pipeline.limits import RateLimited
 from pipeline.listener.status import idle_watched_folders_of
 from pipeline.maintenance.discovery import (
     claim_discovery,
@@ -66,7 +67,6 @@ from pipeline.maintenance.sweep import (
 )
 from pipeline.models import Grant
 from pipeline.presets import preset
-from pipeline.ratelimit import RateLimited
 from pipeline.redis import folder_lock_key
 from pipeline.sync.runner import discover_folders
 from pipeline.sync.state import GrantSyncState

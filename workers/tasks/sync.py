@@ -47,7 +47,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.imap import ImapSession
-from pipeline.ratelimit import RateLimited
+from pipeline.limits import RateLimited
 from pipeline.sync.runner import SyncOutcome, discover_folders, sync_folder
 from pipeline.sync.state import FolderState, GrantSyncState
 from workers import chunks, enqueue, folder_queue

@@ -167,8 +167,8 @@ class InlineDrains:
 
         import redis
 
+        from pipeline.limits import RateLimiter
         from pipeline.outbound.deliver import DirectAccess
-        from pipeline.ratelimit import RateLimiter
 
         self.settings = settings
         self.sessions = sessionmaker_for(settings.require_database_url())

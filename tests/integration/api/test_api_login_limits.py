@@ -1,4 +1,4 @@
-"""Logins made by the API take tokens of the shared login budget (pipeline.ratelimit).
+"""Logins made by the API take tokens of the shared login budget (pipeline.limits).
 
 With an account's (or the provider's) login budget used up, a request that would log in gets a
 429 ``rate_limit_error`` with ``Retry-After`` and the server is not asked; with budget it works.
@@ -18,8 +18,8 @@ from api_support import ApiServer, append_many, connect_and_sync, connect_body, 
 from sqlalchemy import func, select
 
 from pipeline.db import session_scope
+from pipeline.limits import RateLimiter
 from pipeline.models import Grant
-from pipeline.ratelimit import RateLimiter
 from tests.support.mail import flags_of, make_message
 from tests.support.services import MailUser
 

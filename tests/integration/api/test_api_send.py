@@ -16,7 +16,7 @@ import redis
 from api_support import ApiServer, SmtpServer, connect_with_smtp, count_in, now, sync
 from nylas.models.errors import NylasApiError
 
-from pipeline.ratelimit import RateLimiter
+from pipeline.limits import RateLimiter
 from tests.support.mail import create_folder
 from tests.support.services import MailUser, TlsFiles
 

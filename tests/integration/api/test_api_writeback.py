@@ -164,8 +164,7 @@ def test_folders_are_created_renamed_and_deleted_on_the_server(
 def test_imap_work_respects_the_shared_account_limits(api: ApiServer, mail_user: MailUser) -> None:
     import redis
 
-    from pipeline.imap.connections import ConnectionSlots, Priority
-    from pipeline.ratelimit import RateLimiter
+    from pipeline.limits import ConnectionSlots, Priority, RateLimiter
 
     t = now()
     append_many(mail_user, [(make_message("limited", date=t), "", t)])

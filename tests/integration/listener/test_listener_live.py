@@ -360,7 +360,7 @@ def test_uidvalidity_change_ends_the_session_and_is_reported(
 def test_an_operators_max_connections_override_is_respected(
     settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
 ) -> None:
-    """``imap-pipeline:limits:<provider>`` (pipeline.ratelimit's overrides) caps listeners too:
+    """``imap-pipeline:limits:<provider>`` (pipeline.limits's overrides) caps listeners too:
     with 2 connections one is kept for sync and the API, so only the Inbox is watched."""
     sync_redis.hset("imap-pipeline:limits:generic", "max_connections", "2")
     grant_id, inbox, sent = connect_grant(settings, mail_user)
@@ -385,7 +385,7 @@ def test_an_operators_max_connections_override_is_respected(
 def test_no_login_while_the_account_is_in_the_shared_backoff(
     settings: Settings, mail_user: MailUser, redis_url: str, sync_redis: redis.Redis[bytes]
 ) -> None:
-    """A throttle that workers recorded (pipeline.ratelimit) holds the listener back too."""
+    """A throttle that workers recorded (pipeline.limits) holds the listener back too."""
     grant_id, _, _ = connect_grant(settings, mail_user)
     sync_redis.set(f"imap-pipeline:backoff:a:{grant_id}", "1", px=2500)
     with RunningListener(settings, FAST, redis_url, "L1") as running:

@@ -1,4 +1,4 @@
-"""The listener logs in within the shared login budget and back-off of pipeline.ratelimit.
+"""The listener logs in within the shared login budget and back-off of pipeline.limits.
 
 Real Dovecot, Redis and Postgres; the listener runs in-process on its own thread. Dovecot ends
 sessions with ``doveadm kick``, and answers ``NO [UNAVAILABLE] Temporary authentication
@@ -17,10 +17,10 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.limits import RateLimiter, capacity
 from pipeline.listener.idle import FolderWatcher, WatchState
 from pipeline.listener.protocol import ImapConnection, Snapshot
 from pipeline.models import Grant
-from pipeline.ratelimit import RateLimiter, capacity
 from tests.integration.listener.listener_harness import (
     FAST,
     WAIT_S,

@@ -96,7 +96,7 @@ def test_the_checks_of_many_grants_share_tasks(
     """A batch checks each grant as its own task would: a renumbered folder is counted and its
     sync queued; a grant without a connection slot gets a check task of its own, later."""
     import workers.resources
-    from pipeline.imap.connections import ConnectionSlots, Priority, new_holder
+    from pipeline.limits import ConnectionSlots, Priority, new_holder
     from pipeline.redis import job_key
     from workers.tasks.beat import check_grants_task
 
@@ -560,7 +560,7 @@ def test_a_poll_batch_gives_slots_back_at_once_and_skips_a_grant_polled_elsewher
     at once, not pooled for a sync that does not come); a poll that found a change keeps its
     session for that sync. A grant whose poll runs elsewhere (its job lock held) is skipped
     and its lock left alone; the batch's own locks are gone when it ends."""
-    from pipeline.imap.connections import ConnectionSlots, Priority
+    from pipeline.limits import ConnectionSlots, Priority
     from pipeline.redis import job_key
     from workers.resources import imap_pool
     from workers.tasks.beat import poll_grants_task

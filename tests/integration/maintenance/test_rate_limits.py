@@ -19,14 +19,8 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import ImapThrottledError
 from pipeline.grants.repository import GrantRepository
-from pipeline.ratelimit import (
-    ACCOUNT_BACKOFF_BASE_S,
-    PROVIDER_THROTTLED_ACCOUNTS,
-    RateLimited,
-    RateLimiter,
-    capacity,
-    scope_of,
-)
+from pipeline.limits import RateLimited, RateLimiter, capacity, scope_of
+from pipeline.limits.backoff import ACCOUNT_BACKOFF_BASE_S, PROVIDER_THROTTLED_ACCOUNTS
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 from tests.support.grants import connect
 from tests.support.processes import pipeline_env
@@ -140,7 +134,7 @@ def test_throttling_backs_off_the_account_then_the_provider(limiter: RateLimiter
 HAMMER = """
 import sys, time
 from pipeline.grants.repository import GrantRepository
-from pipeline.ratelimit import RateLimited
+from pipeline.limits import RateLimited
 from workers.resources import imap_for, release_imap, sessions
 
 grant_id = sys.argv[1]

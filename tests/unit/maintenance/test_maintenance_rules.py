@@ -9,6 +9,7 @@ import pytest
 
 import beat_schedule
 from pipeline.config import BeatSettings, Settings, reset_settings
+from pipeline.limits import RateLimiter, capacity, default_limits, scope_of
 from pipeline.maintenance.purge import PURGE_BUDGET_S
 from pipeline.maintenance.sweep import (
     STOPPED_RETRY_MAX_S,
@@ -18,7 +19,6 @@ from pipeline.maintenance.sweep import (
     sweep_offset,
 )
 from pipeline.presets import preset
-from pipeline.ratelimit import RateLimiter, capacity, default_limits, scope_of
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Per-provider and per-account limits shared by every process, in Redis.
+"""Token buckets: per-provider and per-account rates shared by every process, in Redis.
 
 Celery's ``rate_limit`` counts per worker process; providers count per account and per source.
-Every worker process (and the listener, for connections and logins) asks Redis, where one Lua
+Every worker process (and the listener and the API, for logins) asks Redis, where one Lua
 script decides atomically. All times are the Redis server's clock (``TIME``), so machines with
 skewed clocks agree.
 
@@ -9,31 +9,20 @@ Keys (built by :mod:`pipeline.redis`)::
 
     imap-pipeline:rl:<bucket>            hash {tokens, ts}: token bucket, PEXPIREd when full
         bucket = ops:p:<scope> | ops:a:<grant_id> | login:p:<scope> | login:a:<grant_id>
-    imap-pipeline:backoff:a:<grant_id>   string with TTL: the account is backing off
-    imap-pipeline:backoff:p:<scope>      string with TTL: the whole provider is backing off
-    imap-pipeline:backoff:n:<grant_id>   counter: the account's throttles in a row
-    imap-pipeline:throttles:<scope>      sorted set: recent throttled accounts of a provider
     imap-pipeline:limits:<provider>      hash: operator overrides of :class:`Limits` fields
 
-``scope`` is the preset name (``yahoo``); for ``generic`` it is ``generic:<imap host>``, since
-unrelated servers must not share one bucket.
+A request of ``cost`` tokens takes them from *every* bucket it names (provider and account) or
+from none, and learns how long to wait otherwise. A bucket refills at ``rate`` tokens per
+second up to its capacity (the allowed burst, :func:`capacity`), so over any window ``T`` at
+most ``rate * T + capacity`` requests pass. A caller that can wait without asking again (the
+listener) may *reserve* instead (:meth:`RateLimiter.reserve_login`): the tokens are taken at
+once, the buckets go into debt, and the caller uses them when the debt would have been
+refilled, so queued callers need no polling and still pass at the bucket's rate. No token is
+given while the account or its provider backs off (:mod:`pipeline.limits.backoff`).
 
-Token buckets: a request of ``cost`` tokens takes them from *every* bucket it names (provider
-and account) or from none, and learns how long to wait otherwise. A bucket refills at ``rate``
-tokens per second up to its capacity (the allowed burst, :func:`capacity`), so over any window
-``T`` at most ``rate * T + capacity`` requests pass. A caller that can wait without asking
-again (the listener) may *reserve* instead (:meth:`RateLimiter.reserve_login`): the tokens are
-taken at once, the buckets go into debt, and the caller uses them when the debt would have been
-refilled, so queued callers need no polling and still pass at the bucket's rate.
-
-Connection slots (how many sessions an account may have open, and who wins) are the
-connection manager's, :mod:`pipeline.imap.connections`; ``max_connections`` here is its cap.
-
-Backoff: a throttling answer (``ImapThrottledError``) puts the account in backoff, doubling
-from ``ACCOUNT_BACKOFF_BASE_S`` up to ``ACCOUNT_BACKOFF_MAX_S`` while throttles repeat; when
-``PROVIDER_THROTTLED_ACCOUNTS`` accounts of one provider are throttled within
-``PROVIDER_THROTTLE_WINDOW_S``, the whole provider backs off for ``PROVIDER_BACKOFF_S``.
-:func:`RateLimiter.status` shows both.
+Connection slots (how many sessions an account may have open, and who wins) are
+:mod:`pipeline.limits.slots`; ``max_connections`` here is their cap. :meth:`RateLimiter.status`
+shows all three.
 
 Every Redis call goes through a client built with a socket timeout; a Redis error surfaces as
 :class:`pipeline.errors.ServiceError`.
@@ -41,7 +30,6 @@ Every Redis call goes through a client built with a socket timeout; a Redis erro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -49,27 +37,15 @@ from typing import Any
 import redis
 
 from pipeline import metrics
-from pipeline.errors import ImapThrottledError, ServiceError
-from pipeline.imap.connections import ConnectionSlots
+from pipeline.errors import ImapThrottledError
+from pipeline.limits.backoff import Backoffs, scope_of
+from pipeline.limits.slots import ConnectionSlots
 from pipeline.presets import preset
-from pipeline.redis import (
-    account_backoff_key,
-    backoff_streak_key,
-    bucket_key,
-    limits_key,
-    provider_backoff_key,
-    throttles_key,
-)
+from pipeline.redis import account_backoff_key, bucket_key, limits_key, provider_backoff_key
 
 BURST_S = 1.0  # a bucket holds this many seconds' worth of tokens...
 MIN_BURST = 3.0  # ...and at least this many (a first sync opens a few sessions at once), but
 # never more than one minute's worth (a "6 logins per minute" account stays near 6)
-ACCOUNT_BACKOFF_BASE_S = 30.0  # first back-off after a throttling answer
-ACCOUNT_BACKOFF_MAX_S = 15 * 60.0  # providers lift most throttles within minutes
-THROTTLE_MEMORY_S = 60 * 60  # consecutive throttles within this long double the back-off
-PROVIDER_THROTTLED_ACCOUNTS = 3  # this many throttled accounts at once: the provider is pushing
-PROVIDER_THROTTLE_WINDOW_S = 60.0
-PROVIDER_BACKOFF_S = 60.0
 
 # Provider-wide defaults: what one source (our install) may ask of a provider in total. The
 # presets give the per-account figures; these are conservative across all accounts.
@@ -119,14 +95,6 @@ class LoginTurn:
         return 0.0 if self.granted else self.wait_s
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """The answer of :meth:`RateLimiter.backoff`."""
-
-    remaining_s: float  # until the account and its provider are out of back-off; 0.0: not in it
-    streak: bool  # the account has throttles counted (a good login forgets them)
-
-
 def default_limits(provider: str) -> Limits:
     """The preset's per-account limits and the provider-wide defaults."""
     p = preset(provider)
@@ -137,12 +105,6 @@ def default_limits(provider: str) -> Limits:
         provider_logins_per_min=PROVIDER_LOGINS_PER_MIN,
         max_connections=p.max_connections,
     )
-
-
-def scope_of(provider: str, imap_host: str) -> str:
-    """The provider bucket name: the preset, or ``generic:<host>`` for unknown servers."""
-    name = preset(provider).name
-    return f"{name}:{imap_host.lower()}" if name == "generic" else name
 
 
 # KEYS: bucket hashes. ARGV: cost, the longest wait in ms a caller may reserve (0: none), then
@@ -184,39 +146,24 @@ end
 return -wait
 """
 
-# KEYS: recent-throttles zset of the provider. ARGV: grant id, window ms.
-# Returns how many distinct accounts were throttled within the window.
-THROTTLE_LUA = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('ZCARD', KEYS[1])
-"""
-
 
 def capacity(rate_per_s: float) -> float:
     """How many tokens a bucket refilling at ``rate_per_s`` holds (its allowed burst)."""
     return max(1.0, min(MIN_BURST, rate_per_s * 60.0), rate_per_s * BURST_S)
 
 
-class RateLimiter:
-    """Shared limits for one process. Cheap to create; holds only the Redis client.
+class RateLimiter(Backoffs):
+    """Shared limits for one process: token buckets, and the back-off they respect (the
+    methods of :class:`~pipeline.limits.backoff.Backoffs`). Cheap to create; holds only the
+    Redis client.
 
     Args:
-        client: A Redis client created with a socket timeout.
+        client: A Redis client built by :func:`pipeline.redis.client` (every call bounded).
     """
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
-        self._redis = client
+        super().__init__(client)
         self._bucket = client.register_script(BUCKET_LUA)
-        self._throttle = client.register_script(THROTTLE_LUA)
-
-    @property
-    def redis(self) -> redis.Redis[bytes]:
-        """The Redis client (the connection manager shares it)."""
-        return self._redis
 
     # --- configuration ------------------------------------------------------------------
     def limits(self, provider: str) -> Limits:
@@ -367,60 +314,6 @@ class RateLimiter:
         wait_ms = int(self._call(self._bucket, keys=keys, args=args))
         return wait_ms / 1000.0
 
-    # --- backoff --------------------------------------------------------------------------
-    def throttled(self, provider: str, imap_host: str, grant_id: str) -> float:
-        """Record a throttling answer; returns the account's back-off in seconds."""
-        metrics.THROTTLES.labels(provider).inc()
-        scope = scope_of(provider, imap_host)
-        backoff = self.misbehaved(grant_id)
-        window_ms = int(PROVIDER_THROTTLE_WINDOW_S * 1000)
-        recent = int(
-            self._call(
-                self._throttle,
-                keys=[throttles_key(scope)],
-                args=[grant_id, window_ms],
-            )
-        )
-        if recent >= PROVIDER_THROTTLED_ACCOUNTS:
-            self._call(
-                self._redis.set,
-                provider_backoff_key(scope),
-                "1",
-                px=int(PROVIDER_BACKOFF_S * 1000),
-            )
-        return backoff
-
-    def misbehaved(self, grant_id: str) -> float:
-        """Put the account alone in back-off (doubling while it repeats), e.g. after its server
-        broke a bound (:class:`pipeline.errors.ImapLimitError`): one server is no reason to
-        slow its whole provider down. Returns the back-off in seconds."""
-        count_key = backoff_streak_key(grant_id)
-        streak = int(self._call(self._redis.incr, count_key))
-        self._call(self._redis.expire, count_key, THROTTLE_MEMORY_S)
-        doubled = math.ldexp(ACCOUNT_BACKOFF_BASE_S, min(streak - 1, 30))
-        backoff = min(doubled, ACCOUNT_BACKOFF_MAX_S)
-        self._call(self._redis.set, account_backoff_key(grant_id), "1", px=int(backoff * 1000))
-        return backoff
-
-    def recovered(self, grant_id: str) -> None:
-        """A session worked again: later throttles start from the base back-off."""
-        self._call(self._redis.delete, backoff_streak_key(grant_id))
-
-    def backoff_remaining(self, scope: str, grant_id: str) -> float:
-        """Seconds until the account and its provider are out of back-off (0.0: not in it)."""
-        return self.backoff(scope, grant_id).remaining_s
-
-    def backoff(self, scope: str, grant_id: str) -> Backoff:
-        """The account's and its provider's back-off, and whether the account has a streak of
-        throttles to forget after its next good login (:meth:`recovered`): one round trip."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.pttl(account_backoff_key(grant_id))
-        pipe.pttl(provider_backoff_key(scope))
-        pipe.exists(backoff_streak_key(grant_id))
-        account_ms, provider_ms, streak = self._call(pipe.execute)
-        remaining = float(max(int(account_ms), int(provider_ms), 0)) / 1000.0
-        return Backoff(remaining_s=remaining, streak=bool(int(streak)))
-
     def status(self, provider: str, imap_host: str, grant_id: str) -> dict[str, Any]:
         """What the limits do to this grant now, for ``grants status`` and the API."""
         scope = scope_of(provider, imap_host)
@@ -437,15 +330,3 @@ class RateLimiter:
             "connections_by_priority": {p.name.lower(): n for p, n in held.items()},
             "max_connections": limits.max_connections,
         }
-
-    # --- plumbing -------------------------------------------------------------------------
-    def _now_ms(self) -> int:
-        seconds, micros = self._call(self._redis.time)
-        return int(seconds) * 1000 + math.floor(int(micros) / 1000)
-
-    @staticmethod
-    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as exc:
-            raise ServiceError(f"Redis is not usable for rate limits: {exc}") from exc
