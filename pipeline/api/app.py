@@ -46,7 +46,6 @@ from pipeline.api.auth import KeyRing, require_api_key
 from pipeline.api.deps import ApiState, SendEnqueuer, SyncEnqueuer, WebhookKicker
 from pipeline.api.gate import SignInGate
 from pipeline.config import Settings
-from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
 from pipeline.imap.connections import INTERACTIVE_LINGER_S, SessionPool
 from pipeline.limits import ConnectionSlots, Priority, RateLimiter
@@ -232,14 +231,14 @@ def create_app(
     *,
     enqueue_sync: SyncEnqueuer | None = None,
     kick_webhooks: WebhookKicker | None = None,
-    webhook_settings: WebhookSettings | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     enqueue_send: SendEnqueuer | None = None,
 ) -> FastAPI:
     """Build the API.
 
     Args:
-        settings: Where the database is, the API keys, IMAP timeouts and CA file.
+        settings: Where the database is, the API keys, IMAP timeouts and CA file, and the SSRF
+            guard and timeouts of ``/v3/webhooks`` (``settings.webhooks``).
         enqueue_sync: Called with ``(grant_id, provider)`` after a grant is committed; the
             default puts ``pipeline.sync.grant`` on the grant's Celery queue.
         kick_webhooks: Called after a commit that wrote webhook outbox rows; the default
@@ -247,8 +246,6 @@ def create_app(
         max_body_bytes: Larger request bodies get a 413.
         enqueue_send: Called with ``(grant_id, countdown_s)`` after a send is committed to the
             outbox; the default enqueues ``pipeline.outbox.deliver`` on the ``send`` queue.
-        webhook_settings: SSRF guard and timeouts of ``/v3/webhooks`` (default: the
-            settings, ``settings.webhooks``).
 
     Raises:
         ConfigurationError: No database URL is configured.
@@ -285,7 +282,7 @@ def create_app(
             settings.api_sign_in_per_client,
             settings.api_sign_in_deadline_s,
         ),
-        webhook_settings=webhook_settings or settings.webhooks,
+        webhook_settings=settings.webhooks,
         enqueue_send=enqueue_send,
         reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )

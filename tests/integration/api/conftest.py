@@ -63,10 +63,9 @@ def api(api_settings: Settings) -> Iterator[ApiServer]:
     # webhook destinations on this machine are allowed (the test receiver listens on 127.0.0.1)
     hooks = WebhookSettings(allowed_networks=["127.0.0.0/8"])  # type: ignore[list-item]
     app = create_app(
-        api_settings,
+        api_settings.model_copy(update={"webhooks": hooks}),
         enqueue_sync=record,
         kick_webhooks=kick,
-        webhook_settings=hooks,
         enqueue_send=drains.enqueue,
     )
     server = uvicorn.Server(
