@@ -67,6 +67,12 @@ failing a task or a command; the task's own time limit bounds the rest."""
 SCRAPE_TIMEOUT_S = 2.0
 """A metrics scrape's queue-length read: it fails rather than hangs the scrape (Prometheus
 gives a scrape 10 s by default)."""
+BROKER_TIMEOUT_S = 30.0
+"""Celery's broker connection (kombu builds it, ``workers.celeryconfig``): one round trip of
+a task message sent or fetched. The listener's enqueue waits as long
+(:data:`pipeline.listener.events.ENQUEUE_TIMEOUT_S`)."""
+BROKER_CONNECT_TIMEOUT_S = 10.0
+"""Connecting to Celery's broker."""
 LISTENER_POOL_SIZE = 32
 """Redis connections shared by all IDLE connections of one listener process."""
 LISTENER_POOL_WAIT_S = 10.0

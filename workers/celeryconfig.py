@@ -28,6 +28,7 @@ from kombu.entity import Exchange, Queue
 from beat_schedule import beat_schedule, beat_settings
 from pipeline.config import Settings
 from pipeline.presets import queue_names
+from pipeline.redis import BROKER_CONNECT_TIMEOUT_S, BROKER_TIMEOUT_S
 from workers.tasks.send import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
 from workers.tasks.webhooks import WEBHOOK_TASK_ROUTES
 
@@ -63,8 +64,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": broker_url,
         "broker_transport_options": {
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
-            "socket_timeout": 30,
-            "socket_connect_timeout": 10,
+            "socket_timeout": BROKER_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
         },
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from pipeline.redis import CALL_TIMEOUT_S, LISTENER_CHANGED_KEY
+from pipeline.redis import BROKER_TIMEOUT_S, CALL_TIMEOUT_S, LISTENER_CHANGED_KEY
 
 log = logging.getLogger(__name__)
 
-ENQUEUE_TIMEOUT_S = 30.0  # one send_task; the broker's own socket timeout is 30 s
+ENQUEUE_TIMEOUT_S = BROKER_TIMEOUT_S  # one send_task: as long as the broker's own socket timeout
 RETRY_BASE_S = 1.0  # first retry of a failed enqueue
 RETRY_MAX_S = 60.0  # retries of a failed enqueue never wait longer than this
 
