@@ -29,8 +29,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from pipeline.sync.state import FolderState, GrantSyncState
-
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -87,9 +85,8 @@ class Grant(Base):
     secrets_sealed: Mapped[str] = mapped_column(Text, nullable=False)
     grant_status: Mapped[str] = mapped_column(String(16), nullable=False, default="valid")
     status_detail: Mapped[str | None] = mapped_column(Text)
-    sync_state: Mapped[str] = mapped_column(
-        String(16), nullable=False, default=GrantSyncState.PENDING
-    )
+    # GrantSyncState (pipeline.sync.state, drawn there; spelled out: the models sit below sync)
+    sync_state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     initial_sync_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Selectable folders the server lists that are not synced: over the folder cap
@@ -135,7 +132,8 @@ class Folder(Base):
     # SELECT); the poll compares them to notice expunges and \Seen changes (migration 0504).
     status_messages: Mapped[int | None] = mapped_column(BigInteger)
     status_unseen: Mapped[int | None] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(16), nullable=False, default=FolderState.PENDING)
+    # FolderState (pipeline.sync.state; spelled out: the models sit below sync)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     state_detail: Mapped[str | None] = mapped_column(Text)
     # UIDVALIDITY stop rule (pipeline.maintenance.sweep): consecutive changes seen by sweeps,
     # the value the last sweep saw, and when a stopped folder is tried again.

@@ -15,13 +15,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from pipeline import notifications
 from pipeline.api import queries, writeback
 from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
 from pipeline.models import Folder, Grant
-from pipeline.sync import events
 from pipeline.sync.state import FolderState
 
 router = APIRouter(tags=["folders"])
@@ -195,7 +195,7 @@ def create_folder(
             state=FolderState.PENDING,
         ),
     )
-    events.folder(db, "folder.created", folder)
+    notifications.folder(db, "folder.created", folder)
     db.commit()
     notify_after_commit(api)
     (view,) = folder_views(db, grant, [folder])
@@ -248,7 +248,7 @@ def rename_folder(
     with writeback.grant_imap(db, api, grant, ops=1) as imap:
         new_raw = imap.rename_folder(old_raw, name)
     for renamed in queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter):
-        events.folder(db, "folder.updated", renamed)
+        notifications.folder(db, "folder.updated", renamed)
     db.commit()
     notify_after_commit(api)
     (view,) = folder_views(db, grant, [folder])
@@ -265,7 +265,7 @@ def delete_folder(
         raise invalid_request("The Inbox cannot be deleted.")
     with writeback.grant_imap(db, api, grant, ops=1) as imap:
         imap.delete_folder(folder.raw_name)
-    events.folder(db, "folder.deleted", folder)
+    notifications.folder(db, "folder.deleted", folder)
     queries.lock_grant_messages(db, grant.id)
     queries.delete_folder_row(db, folder.id)
     db.commit()

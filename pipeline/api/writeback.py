@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from sqlalchemy.orm import Session
 
+from pipeline import notifications
 from pipeline.api import queries
 from pipeline.api.deps import ApiState, notify_after_commit
 from pipeline.api.errors import ApiError, invalid_request, not_found
@@ -34,7 +35,6 @@ from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.imap.connections import INTERACTIVE_WAIT_S, NoSlot
 from pipeline.models import Folder, Grant, Message
-from pipeline.sync import events
 
 SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
@@ -237,7 +237,7 @@ def update_message(
             flags=flags,
         )
     # The sync will find the server already matching Postgres, so the notification is ours.
-    events.messages(db, grant.id, "message.updated", [message.id])
+    notifications.messages(db, grant.id, "message.updated", [message.id])
 
 
 def delete_message(
@@ -261,4 +261,4 @@ def delete_message(
         queries.remove_placement(db, where)
     message_id = message.id
     if queries.delete_message_if_unplaced(db, message_id):
-        events.messages_deleted(db, grant.id, [message_id])
+        notifications.messages_deleted(db, grant.id, [message_id])

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
@@ -53,8 +54,6 @@ from pipeline.imap.connections import NoSlot, SessionPool
 from pipeline.limits import ConnectionSlots, Priority, RateLimited, RateLimiter
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
-from pipeline.sync import events
-from pipeline.sync.state import GrantSyncState
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +395,7 @@ def store_grant(
         refuse_takeover(grant, resolved)
     created = grant is None
     if grant is None:
-        grant = Grant(email=resolved.email, sync_state=GrantSyncState.PENDING)
+        grant = Grant(email=resolved.email)  # sync_state: the column's default, PENDING
         session.add(grant)
     grant.provider = resolved.provider
     grant.imap_host = resolved.imap_host
@@ -415,9 +414,9 @@ def store_grant(
     session.flush()
     session.refresh(grant)  # server-side timestamps for the notification
     if created:
-        events.grant(session, "grant.created", grant)
+        notifications.grant(session, "grant.created", grant)
     else:
-        events.grant(session, "grant.updated", grant, reauthenticated=reauthentication)
+        notifications.grant(session, "grant.updated", grant, reauthenticated=reauthentication)
     log.info(
         "grant %s",
         "created" if created else "re-authenticated",
@@ -473,7 +472,7 @@ def open_grant_session(
         grant.grant_status = "invalid"
         grant.status_detail = str(exc)
         if was_valid:
-            events.grant(session, "grant.expired", grant)
+            notifications.grant(session, "grant.expired", grant)
         raise
 
 
@@ -489,13 +488,13 @@ def expire_grant(session: Session, grant_id: str, reason: str) -> bool:
     grant.grant_status = "invalid"
     grant.status_detail = reason
     session.flush()
-    events.grant(session, "grant.expired", grant)
+    notifications.grant(session, "grant.expired", grant)
     return True
 
 
 def remove_grant(session: Session, grant: Grant) -> None:
     """Delete a grant with all its data and notify ``grant.deleted`` (caller commits)."""
-    events.grant(session, "grant.deleted", grant)
+    notifications.grant(session, "grant.deleted", grant)
     GrantRepository(session).remove(grant.id)
 
 

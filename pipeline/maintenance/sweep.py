@@ -81,11 +81,11 @@ from enum import Enum
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import notifications
 from pipeline.errors import ImapFolderError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderStatus, ImapSession, SelectInfo
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
-from pipeline.sync import events
 from pipeline.sync.state import FolderState, GrantSyncState
 
 log = logging.getLogger(__name__)
@@ -528,5 +528,5 @@ def _set_grant_stopped(db: Session, grant_id: str, *, stopped: bool) -> bool:
         )
         grant.status_detail = None
     db.flush()
-    events.grant(db, "grant.updated", grant)
+    notifications.grant(db, "grant.updated", grant)
     return True

@@ -40,6 +40,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.errors import ImapError, PipelineError
 from pipeline.grants.service import counting_pool, open_counted_session
@@ -54,7 +55,6 @@ from pipeline.outbound.outbox import OutboxRepository, send_outbox, utcnow
 from pipeline.outbound.smtp import Aborted, SendError, SmtpConnection
 from pipeline.presets import preset
 from pipeline.redis import smtp_slot_key
-from pipeline.sync import events
 from pipeline.sync.store import parse_batch, write_batch
 from pipeline.webhooks.outbox import emit
 
@@ -550,7 +550,7 @@ def _store_copy(
     pairs = (row.request or {}).get("metadata")
     if ids and pairs:  # the send's metadata (checked by the API), before message.created
         store_metadata(db, ids[0], pairs)
-    events.messages(db, grant.id, "message.created", result.new_message_ids)
+    notifications.messages(db, grant.id, "message.created", result.new_message_ids)
     return ids[0] if ids else None
 
 

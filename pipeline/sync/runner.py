@@ -38,6 +38,7 @@ import psycopg
 import sqlalchemy.exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
@@ -46,7 +47,6 @@ from pipeline.imap import FetchedMessage, FolderInfo, ImapSession, MessageMeta
 from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
-from pipeline.sync import events
 from pipeline.sync.state import GONE, SETTLED, FolderState, GrantSyncState
 from pipeline.sync.store import (
     ERROR_TEXT_LIMIT,
@@ -186,7 +186,7 @@ def discover_folders(
             session.flush()
             changes.created.append(folder.id)
             if live:
-                events.folder(session, "folder.created", folder)
+                notifications.folder(session, "folder.created", folder)
         else:
             if (folder.role, list(folder.attributes)) != (info.role, list(info.attributes)):
                 folder.role = info.role
@@ -196,7 +196,7 @@ def discover_folders(
         if raw_name not in seen:
             changes.deleted.append(folder.id)
             if live:
-                events.folder(session, "folder.deleted", folder)
+                notifications.folder(session, "folder.deleted", folder)
     if changes.deleted:
         messages = MessageRepository(session)
         held = messages.held_by_folders(changes.deleted)
@@ -462,7 +462,7 @@ def _sync_folder(
         live = grant is not None and grant.initial_sync_completed_at is not None
     # Notifications only once the historical sync is done, and not for mail that piled up
     # while the grant was out of service for long.
-    notify = live and (last_synced is None or now - last_synced < events.SILENT_AFTER)
+    notify = live and (last_synced is None or now - last_synced < notifications.SILENT_AFTER)
     # Without CONDSTORE the poll notices expunges and \Seen changes by STATUS MESSAGES and
     # UNSEEN (pipeline.maintenance.sweep): a STATUS before the SELECT gives this run's baseline.
     condstore = imap.enable_condstore()
@@ -616,10 +616,10 @@ def _sync_folder(
             # a known message found here was moved or copied: same id, new folder
             MessageRepository(db).clear_orphaned(written.existing_message_ids)
             if (not initial or new_folder) and notify:
-                outcome.emitted += events.messages(
+                outcome.emitted += notifications.messages(
                     db, grant_id, "message.created", written.new_message_ids
                 )
-                outcome.emitted += events.messages(
+                outcome.emitted += notifications.messages(
                     db, grant_id, "message.updated", written.existing_message_ids
                 )
         return written
@@ -695,8 +695,8 @@ def _sync_folder(
             folder.synced_uid = max(planned or top + 1, top + 1)
             outcome.reindexed = True
             if live:
-                outcome.emitted += events.folder(db, "folder.updated", folder)
-                outcome.emitted += events.messages_deleted(
+                outcome.emitted += notifications.folder(db, "folder.updated", folder)
+                outcome.emitted += notifications.messages_deleted(
                     db, grant_id, outcome.deleted_message_ids
                 )
         folder.synced_uid = max(folder.synced_uid, planned or top + 1, top + 1)
@@ -712,7 +712,7 @@ def _sync_folder(
         if outcome.grant_completed:
             completed = GrantRepository(db).get(grant_id)
             assert completed is not None
-            outcome.emitted += events.grant(db, "grant.imap_sync_completed", completed)
+            outcome.emitted += notifications.grant(db, "grant.imap_sync_completed", completed)
     if not initial and finalize:
         deleted = finalize_orphans(sessions, grant_id, now=now, grace_s=settings.orphan_grace_s)
         outcome.deleted_message_ids.extend(deleted)
@@ -787,7 +787,7 @@ def _apply_flag_and_expunge_changes(
         # the message-level flags follow every copy (combined_flags), not this folder's alone
         repo.refresh_flags(updated)
         if live and notify:
-            outcome.emitted += events.messages(db, grant_id, "message.updated", updated)
+            outcome.emitted += notifications.messages(db, grant_id, "message.updated", updated)
 
 
 def finalize_orphans(
@@ -805,7 +805,7 @@ def finalize_orphans(
         deleted = repo.delete_unplaced(grant_id, expired)
         grant = GrantRepository(db).get(grant_id)
         if deleted and grant is not None and grant.initial_sync_completed_at is not None:
-            events.messages_deleted(db, grant_id, deleted)
+            notifications.messages_deleted(db, grant_id, deleted)
     return deleted
 
 

@@ -1,9 +1,23 @@
-"""Notifications the sync emits, written to the webhook outbox in the caller's transaction.
+"""What every change emits: the notifications (webhook events) of the application, written to
+the webhook outbox (:mod:`pipeline.webhooks.outbox`) in the caller's transaction, so they are
+sent only if the change commits.
+
+One payload builder per object, whoever makes the change:
+
+- :func:`messages` (``message.created`` / ``message.updated``) and :func:`messages_deleted`
+  (``message.deleted``): the sync (:mod:`pipeline.sync`), the API's write-back
+  (:mod:`pipeline.api.writeback`), a sent message's copy (:mod:`pipeline.outbound.deliver`);
+- :func:`folder` (``folder.created`` / ``updated`` / ``deleted``): folder discovery, a reindex
+  switch, the API's folder routes (:mod:`pipeline.api.folders`);
+- :func:`grant` (``grant.created`` / ``updated`` / ``expired`` / ``deleted`` /
+  ``imap_sync_completed``): grant sign-in and removal (:mod:`pipeline.grants.service`), the
+  UIDVALIDITY stop rule (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync.
 
 Rules (Nylas v3 semantics): nothing for mail found by the initial (historical) sync or by a
 reindex, nothing for mail that arrived while a grant was out of service for more than
 ``SILENT_AFTER``; ``message.created`` for new mail, ``message.updated`` for flag changes and
-moves (a message keeps its id), ``message.deleted`` only for mail that is really gone.
+moves (a message keeps its id), ``message.deleted`` only for mail that is really gone. The
+callers apply these rules; this module only builds and writes.
 """
 
 from __future__ import annotations
