@@ -638,8 +638,10 @@ class _Session:
             await self.send(b"* BYE Logging out\r\n" + ok)
             return False
         elif command in ("NOOP", "CHECK"):
-            pending = self.server.pending_noop if command == "NOOP" else ()
-            notices = b"".join(pending.popleft() + b"\r\n" for _ in range(len(pending)))
+            pending = self.server.pending_noop
+            notices = b""
+            while command == "NOOP" and pending:
+                notices += pending.popleft() + b"\r\n"
             await self.send(notices + ok)
         elif command == "ID":
             await self.send(b'* ID ("name" "fake-imap")\r\n' + ok)

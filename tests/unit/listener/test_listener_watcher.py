@@ -133,7 +133,11 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 def run(test: Callable[[Harness], Awaitable[None]], **config_options: object) -> None:
     with FakeImapServer(config(**config_options)) as server:
-        asyncio.run(test(Harness(server)))
+
+        async def main() -> None:
+            await test(Harness(server))
+
+        asyncio.run(main())
 
 
 def test_idle_changes_are_published_once_per_notice() -> None:
