@@ -68,7 +68,7 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
         assert changed_at(sync_redis, grant_id, inbox) > 0
         assert rec.calls[-1][:3] == (grant_id, inbox, "generic")
 
-        time.sleep(1.2)
+        time.sleep(1.2)  # the last change's debounce window passes
         before = rec.count(inbox)
         conn = imap_login(server_user.server, server_user.name, server_user.password)
         try:
@@ -88,7 +88,7 @@ def test_append_flag_change_and_expunge_each_reach_the_workers(
                 "enqueue after \\Deleted is set",
                 timeout_s=WAIT_S,
             )
-            time.sleep(1.2)
+            time.sleep(1.2)  # the last change's debounce window passes
             before = rec.count(inbox)
             conn.expunge()
         finally:
@@ -117,7 +117,7 @@ def test_a_burst_of_appends_becomes_a_few_enqueues(
     _grant_id, inbox, _ = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
-        time.sleep(1.2)
+        time.sleep(1.2)  # the connect-time events' debounce window passes
         before = running.recorder.count(inbox)
         conn = imap_login(mail_user.server, mail_user.name, mail_user.password)
         started = time.monotonic()
@@ -148,7 +148,7 @@ def test_wrong_password_marks_the_grant_invalid_without_retrying(
                 return grant is not None and grant.grant_status == "invalid"
 
         wait_for(invalid, "grant marked invalid", timeout_s=WAIT_S)
-        time.sleep(4 * FAST.lease_renew_s + 4 * FAST.backoff_max_s)
+        time.sleep(4 * FAST.lease_renew_s + 4 * FAST.backoff_max_s)  # a retry would come by now
         assert running.listener is not None
         assert running.listener.held == []
     failures = auth_failures(mail_user.server, mail_user.name)
@@ -194,13 +194,13 @@ def test_reconnects_after_a_server_restart_and_reports_what_arrived_meanwhile(
 ) -> None:
     user = MailUser(own_dovecot, "restarted", "pw-restart")
     own_dovecot.add_user(user.name, user.password)
-    time.sleep(1.1)
+    time.sleep(1.1)  # Dovecot re-reads its passwd-file by mtime, in whole seconds
     _grant_id, inbox, _ = connect_grant(settings, user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         assert running.listener is not None
         connects = running.connects()
-        time.sleep(1.2)
+        time.sleep(1.2)  # the connect-time events' debounce window passes
         own_dovecot.stop()
         deliver_to_maildir(own_dovecot, user.name, make_message("while down"))
         before = running.recorder.count(inbox)
@@ -222,20 +222,20 @@ def test_server_without_changes_is_not_resynced_on_reconnect(
     """CONDSTORE proves nothing changed across a reconnect: no needless sync."""
     user = MailUser(own_dovecot, "quiet", "pw-quiet")
     own_dovecot.add_user(user.name, user.password)
-    time.sleep(1.1)
+    time.sleep(1.1)  # Dovecot re-reads its passwd-file by mtime, in whole seconds
     _, inbox, _ = connect_grant(settings, user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         assert running.listener is not None
         connects = running.connects()
-        time.sleep(1.2)
+        time.sleep(1.2)  # the connect-time events' debounce window passes
         before = running.recorder.count(inbox)
         own_dovecot.stop()
         own_dovecot.start()
         wait_for(
             lambda: running.connects() >= connects + 2, "both folders reconnected", timeout_s=WAIT_S
         )
-        time.sleep(1.5)
+        time.sleep(1.5)  # time for an enqueue, which must not come
         assert running.recorder.count(inbox) == before
 
 
@@ -267,7 +267,7 @@ def test_grant_connections_count_against_the_account_cap(
     sync_redis.zadd(conn_key(grant_id), {f"worker:test:{i}": far for i in range(4)})
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(1), "one folder idling", timeout_s=WAIT_S)
-        time.sleep(1.0)
+        time.sleep(1.0)  # time for the waiting folder to connect, which it must not
         assert running.states().get(WatchState.IDLING, 0) == 1
         assert running.states().get(WatchState.WAITING_SLOT, 0) == 1
         assert sync_redis.zcard(conn_key(grant_id)) == 5
@@ -315,11 +315,11 @@ def test_a_flushed_redis_costs_no_reconnect(
         wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         connects = running.connects()
         sync_redis.flushall()
-        time.sleep(3 * FAST.lease_renew_s)
+        time.sleep(3 * FAST.lease_renew_s)  # several lease renewals
         assert sync_redis.get(lease_key(grant_id)) == b"L1"  # taken again, not restarted
         assert sync_redis.zcard(conn_key(grant_id)) == 2  # both open connections count again
         assert running.connects() == connects
-        time.sleep(1.2)
+        time.sleep(1.2)  # the last change's debounce window passes
         before = running.recorder.count(inbox)
         append(mail_user.server, mail_user.name, mail_user.password, make_message("after flush"))
         wait_for(
@@ -342,7 +342,7 @@ def test_uidvalidity_change_ends_the_session_and_is_reported(
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(2), "both folders idling", timeout_s=WAIT_S)
         connects = running.connects()
-        time.sleep(1.2)
+        time.sleep(1.2)  # the connect-time events' debounce window passes
         before = running.recorder.count(inbox)
         mail_user.server.doveadm(
             "mailbox", "update", "-u", mail_user.name, "--uid-validity", "2000000", "INBOX"
@@ -366,7 +366,7 @@ def test_an_operators_max_connections_override_is_respected(
     grant_id, inbox, sent = connect_grant(settings, mail_user)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
         wait_for(lambda: running.idling(1), "one folder idling", timeout_s=WAIT_S)
-        time.sleep(1.0)
+        time.sleep(1.0)  # time for the waiting folder to connect, which it must not
         assert running.listener is not None
         states = {w.target.folder_id: w.state for w in running.listener.watchers()}
         assert states == {inbox: WatchState.IDLING, sent: WatchState.WAITING_SLOT}
@@ -389,7 +389,7 @@ def test_no_login_while_the_account_is_in_the_shared_backoff(
     grant_id, _, _ = connect_grant(settings, mail_user)
     sync_redis.set(f"imap-pipeline:backoff:a:{grant_id}", "1", px=2500)
     with RunningListener(settings, FAST, redis_url, "L1") as running:
-        time.sleep(1.0)
+        time.sleep(1.0)  # time to connect, which it must not during the back-off
         assert running.connects() == 0
         assert running.states().get(WatchState.BACKOFF, 0) == 2
         wait_for(

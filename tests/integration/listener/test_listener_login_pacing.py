@@ -146,7 +146,7 @@ def test_a_throttle_answer_backs_the_account_off_for_workers_too(
         finally:
             passwd.unlink()
             passwd.write_bytes(saved)
-        time.sleep(1.1)
+        time.sleep(1.1)  # Dovecot re-reads its passwd-file by mtime, in whole seconds
         limiter._redis.delete(f"imap-pipeline:backoff:a:{grant_id}")  # as if it had elapsed
         wait_for(
             lambda: running.idling(2), "both folders back after the back-off", timeout_s=WAIT_S

@@ -126,7 +126,7 @@ def test_two_listener_processes_split_the_grants_and_survive_a_kill(
     wait_for(
         lambda: len(sync_requests(client)) >= 1, "connect-time sync requests", timeout_s=WAIT_S
     )
-    time.sleep(1.5)
+    time.sleep(1.5)  # the connect-time events' debounce window passes
     before = sync_requests(client).count([grant_id, inbox])
     user = users[0]
     append(user.server, user.name, user.password, make_message("to the broker"))
