@@ -16,11 +16,14 @@ DEFAULT_INTERVAL_S = 0.1  # short enough not to slow a test, long enough not to 
 
 def wait_for(
     condition: Callable[[], object],
-    what: str,
+    what: str | Callable[[], str],
     timeout_s: float,
     interval_s: float = DEFAULT_INTERVAL_S,
 ) -> float:
     """Poll ``condition`` until it is truthy; return the seconds it took.
+
+    ``what`` names what is awaited; a function is called at the timeout (to say what was seen
+    last, e.g. ``lambda: f"delivered, still {states}"``).
 
     Raises:
         AssertionError: ``condition`` was still falsy after ``timeout_s`` seconds; the message
@@ -30,6 +33,7 @@ def wait_for(
     deadline = started + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+            named = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {named}")
         time.sleep(interval_s)
     return time.monotonic() - started

@@ -33,6 +33,7 @@ from pipeline.db import get_engine, session_scope
 from pipeline.webhooks.delivery import Drainer
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.service import WebhookService
+from tests.support.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -176,18 +177,22 @@ class WorkerEnv:
         self._proc = subprocess.Popen(
             cmd, env=self.env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
+        proc = self._proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                self._proc = None
                 pytest.fail(
-                    f"celery worker exited with {code}:\n{self.log_text()[-3000:]}", pytrace=False
+                    f"celery worker exited with {proc.returncode}:\n{self.log_text()[-3000:]}",
+                    pytrace=False,
                 )
-            if " ready." in self.log_text()[offset:]:
-                return
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail("celery worker did not become ready in time", pytrace=False)
+            return " ready." in self.log_text()[offset:]
+
+        try:
+            wait_for(ready, "the celery worker to be ready", WORKER_START_TIMEOUT_S)
+        except AssertionError:
+            self.stop()
+            pytest.fail("celery worker did not become ready in time", pytrace=False)
 
     def stop(self) -> None:
         """Warm shutdown (unacknowledged tasks go back to Redis), then a kill if it hangs."""

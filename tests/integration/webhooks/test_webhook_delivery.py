@@ -27,6 +27,7 @@ from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.sender import Sender
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.signing import verify
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -64,11 +65,13 @@ def _emit(uow: Uow, *events: tuple[str, str, dict[str, Any]]) -> None:
 def _drain_until(
     drainer: Drainer, dest: str, done: Callable[[], bool], timeout_s: float = 20.0
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "not done in time"
+    def drained() -> bool:
+        if done():
+            return True
         drainer.drain(dest)
-        time.sleep(0.05)
+        return False
+
+    wait_for(drained, "the drains to be done", timeout_s, interval_s=0.05)
 
 
 def _status(uow: Uow, dest: str) -> str:
@@ -316,7 +319,7 @@ def test_sweep_retires_destinations_failing_too_long(
     _emit(uow, ("message.created", "m1", {}))
     drainer.drain(dest)
     assert _status(uow, dest) == "failing"
-    time.sleep(1.1)
+    time.sleep(1.1)  # failing for longer than the sweep's failed_after_s (1 s) below
     with uow() as s:
         result = sweep.sweep(s, wh_settings.model_copy(update={"failed_after_s": 1.0}))
     assert result.failed_destination_ids == [dest]
@@ -397,7 +400,7 @@ def test_drain_reports_when_the_next_retry_is_due(
     assert outcome.next_due_in_s is not None and 0 < outcome.next_due_in_s <= 2.0
     with uow() as s:
         assert repository.destinations_with_due_work(s, 10) == []
-    time.sleep(outcome.next_due_in_s + 0.1)
+    time.sleep(outcome.next_due_in_s + 0.1)  # the retry's back-off runs out
     with uow() as s:
         assert repository.destinations_with_due_work(s, 10) == [dest]
 

@@ -26,6 +26,7 @@ from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.service import WebhookService
+from tests.support.waiting import wait_for
 from workers.tasks import webhooks as webhook_tasks
 
 pytestmark = pytest.mark.services
@@ -127,10 +128,12 @@ def test_trickling_destinations_do_not_delay_a_healthy_one(
         assert {d.state for d in repository.deliveries_for(s, healthy)} == {"delivered"}
 
     # The trickling destinations fail by their deadline, say why, and are retried later.
-    deadline = time.monotonic() + 60
-    while not all(max((a for a, _, _ in _attempts(wuow, d)), default=0) >= 2 for d in trickling):
-        assert time.monotonic() < deadline, "trickling destinations were not retried"
-        time.sleep(0.2)
+    wait_for(
+        lambda: all(max((a for a, _, _ in _attempts(wuow, d)), default=0) >= 2 for d in trickling),
+        "the trickling destinations to be retried",
+        timeout_s=60,
+        interval_s=0.2,
+    )
     for dest in trickling:
         attempts = _attempts(wuow, dest)
         assert {error for _, error, _ in attempts} == {"DeadlineExceeded"}
@@ -181,18 +184,19 @@ def test_worker_memory_stays_bounded_while_receivers_answer_with_gigabytes(
     huge = _create(wuow, wservice, hostile.route("/huge", "huge_body"))
     for n in range(6):
         _emit(wuow, f"big{n}")
-    deadline = time.monotonic() + 60
-    while True:
+    states: set[str] = set()
+
+    def delivered() -> bool:
+        nonlocal states
         with wuow() as s:
             states = {
                 d.state
                 for dest in (bomb, huge, healthy)
                 for d in repository.deliveries_for(s, dest)
             }
-        if states == {"delivered"}:
-            break
-        assert time.monotonic() < deadline, f"deliveries still {states}"
-        time.sleep(0.1)
+        return states == {"delivered"}
+
+    wait_for(delivered, lambda: f"every delivery delivered, still {states}", timeout_s=60)
 
     growth = {
         pid: _status_kib(pid, "VmHWM") * 1024 - rss_before[pid] for pid in _children(worker.pid)

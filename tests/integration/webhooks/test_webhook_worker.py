@@ -74,14 +74,15 @@ def _status(uow: Uow, dest: str) -> str:
 
 def _wait_delivered(uow: Uow, dest: str, timeout_s: float = WAIT_S) -> None:
     """Wait until every delivery of ``dest`` is recorded as delivered (after the POST)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    states: set[str] = set()
+
+    def delivered() -> bool:
+        nonlocal states
         with uow() as s:
             states = {d.state for d in repository.deliveries_for(s, dest)}
-        if states == {"delivered"}:
-            return
-        assert time.monotonic() < deadline, f"deliveries still {states}"
-        time.sleep(0.05)
+        return states == {"delivered"}
+
+    wait_for(delivered, lambda: f"every delivery delivered, still {states}", timeout_s, 0.05)
 
 
 def _ids(receiver: Receiver, path: str = "/hook") -> set[str]:
@@ -162,7 +163,7 @@ def test_redis_flushed_nothing_is_lost_once_the_sweep_runs(
     assert r.llen("webhooks") >= 1
     r.flushall()
     worker.start()
-    time.sleep(1.5)
+    time.sleep(1.5)  # time for a delivery, which must not come: the kick is gone
     assert receiver.received() == []
     _sweep()
     receiver.wait_accepted("/hook", 5, timeout_s=30)
