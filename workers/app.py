@@ -10,24 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-
 from pipeline.config import get_settings
-
-# Tasks whose caller reads the result (from the Redis result backend); every other task is sent
-# without a result: with a Redis backend, a send that expects one subscribes the sending process
-# to the task's result channel until the result comes, which for the others it never does.
-RESULT_TASKS = frozenset({"pipeline.grants.create"})
-
-
-class PipelineCelery(Celery):  # type: ignore[misc]  # Celery is untyped
-    """Celery whose ``send_task`` expects a result only for :data:`RESULT_TASKS`."""
-
-    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
-        """Send ``name``; ``ignore_result`` defaults to whether its caller may read a result."""
-        options.setdefault("ignore_result", name not in RESULT_TASKS)
-        return super().send_task(name, *args, **options)
-
+from pipeline.jobs import PipelineCelery
 
 app = PipelineCelery(
     "imap_pipeline",
@@ -51,7 +35,7 @@ def _configuration() -> dict[str, Any]:
 app.add_defaults(_configuration)
 
 # Observability hooks (Celery signals, connected on import) in every process that uses the app:
-# the log format and the ids a task's lines carry; metrics (publishers stamp when a task was asked
-# for, workers and beat serve /metrics).
+# the log format and the ids a task's lines carry; metrics (workers and beat serve /metrics).
+# Publishers stamp when a task was asked for: pipeline.jobs, imported above.
 from workers import logs as _logs  # noqa: E402, F401
 from workers import metrics as _metrics  # noqa: E402, F401

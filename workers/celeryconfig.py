@@ -23,17 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu.entity import Exchange, Queue
-
 from beat_schedule import beat_schedule, beat_settings
 from pipeline.config import Settings
-from pipeline.presets import queue_names
-from pipeline.redis import BROKER_CONNECT_TIMEOUT_S, BROKER_TIMEOUT_S
-from workers.tasks.send import SEND_QUEUE, SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
+from pipeline.jobs import VISIBILITY_TIMEOUT_S, publish_config
+from workers.tasks.send import SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
 from workers.tasks.webhooks import WEBHOOK_TASK_ROUTES
 
-VISIBILITY_TIMEOUT_S = 30 * 60
-RESULT_EXPIRES_S = 24 * 3600  # a grant creation's outcome stays readable this long
 SOFT_LIMIT_MARGIN_S = 30  # between the soft and the hard limit: time to record and back off
 SYNC_TASKS = (
     "pipeline.grants.create",
@@ -61,36 +56,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "soft_time_limit": SEND_TASK_TIME_LIMIT_S - SOFT_LIMIT_MARGIN_S,
     }
     return {
-        "broker_url": broker_url,
-        "broker_transport_options": {
-            "visibility_timeout": VISIBILITY_TIMEOUT_S,
-            "socket_timeout": BROKER_TIMEOUT_S,
-            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
-        },
+        # What a sent message is and where it goes (broker, queues and their exchanges,
+        # serializer, result backend, task-sent events): the same for every sender.
+        **publish_config(broker_url),
         "broker_connection_retry_on_startup": True,
-        "task_ignore_result": True,
-        # Only tasks that say ignore_result=False store a result (pipeline.grants.create: the
-        # caller reads whether the account was connected, or why not); it lives in Redis a day.
-        "result_backend": broker_url,
-        "result_expires": RESULT_EXPIRES_S,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "timezone": "UTC",
-        "enable_utc": True,
         "worker_send_task_events": True,  # Flower
-        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "task_default_queue": "maintenance",
-        # Each queue gets its own direct exchange and routing key. Without them Celery binds
-        # every queue to the default exchange under the default routing key, and a task sent to
-        # one queue is copied into all of them.
-        "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in [*queue_names(), SEND_QUEUE, "webhooks", "maintenance"]
-        ],
         "task_routes": {
             **WEBHOOK_TASK_ROUTES,
             **SEND_TASK_ROUTES,

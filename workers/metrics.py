@@ -1,7 +1,7 @@
 """Metrics of the Celery roles: Celery signals feed :mod:`pipeline.metrics`.
 
-- ``before_task_publish`` (any process that enqueues): stamps the message with the time it was
-  asked for, so the worker can tell the sync lag.
+- the publisher (:mod:`pipeline.jobs`, in any process that enqueues) stamps the message with the
+  time it was asked for, so the worker can tell the sync lag.
 - ``worker_init`` / ``beat_init`` (the role's main process, before the pool forks): empty the
   multiprocess folder and serve ``/metrics`` on ``IMAP_PIPELINE_METRICS_PORT``; beat also serves
   the backlog gauges (outbox and queue depth), read at scrape time.
@@ -19,7 +19,6 @@ from typing import Any
 
 from celery.signals import (
     beat_init,
-    before_task_publish,
     task_postrun,
     task_retry,
     worker_init,
@@ -28,19 +27,13 @@ from celery.signals import (
 
 from pipeline import metrics
 from pipeline.config import get_settings
+from pipeline.jobs import ENQUEUED_AT_HEADER
 from pipeline.presets import queue_names
 
 log = logging.getLogger(__name__)
 
-ENQUEUED_AT_HEADER = "imap_pipeline_enqueued_at"  # unix seconds, set by the publisher
 SYNC_QUEUE_PREFIX = "sync."
 SYNC_TASKS = ("pipeline.sync.folder", "pipeline.sync.grant")
-
-
-@before_task_publish.connect
-def _stamp(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    if headers is not None:
-        headers.setdefault(ENQUEUED_AT_HEADER, time.time())
 
 
 def _serve(extra: list[Any]) -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,6 +47,7 @@ from pipeline.api.deps import ApiState, SendEnqueuer, SyncEnqueuer, WebhookKicke
 from pipeline.api.gate import SignInGate
 from pipeline.config import Settings
 from pipeline.db import CONNECT_TIMEOUT_S, normalize_url
+from pipeline.errors import ConfigurationError
 from pipeline.imap.connections import INTERACTIVE_LINGER_S, SessionPool
 from pipeline.limits import ConnectionSlots, Priority, RateLimiter
 from pipeline.redis import CALL_TIMEOUT_S
@@ -88,18 +89,17 @@ API_POOL_TIMEOUT_S = 10  # wait this long for a free connection, then fail with 
 API_PING_AFTER_IDLE_S = 1.0
 
 
-def enqueue_with_celery(grant_id: str, provider: str) -> None:
-    """Enqueue a grant's initial sync on its provider queue (the default enqueuer)."""
-    from workers import enqueue
+def _not_installed(what: str) -> Callable[..., None]:
+    """The stand-in for a job sender ``create_app`` was not given: it fails (the caller logs
+    it), and the work waits for the sweep or reconciliation, as after a broker failure."""
 
-    enqueue.sync_grant(grant_id, provider)
+    def fail(*_: object) -> None:
+        raise ConfigurationError(
+            f"The API was created without {what}: pass it to create_app "
+            "(imap-pipeline api passes pipeline.jobs.Jobs)."
+        )
 
-
-def kick_with_celery() -> None:
-    """Have the webhook outbox dispatched soon (the default kicker)."""
-    from workers.tasks.webhooks import kick
-
-    kick()
+    return fail
 
 
 class RequestContext:
@@ -236,16 +236,23 @@ def create_app(
 ) -> FastAPI:
     """Build the API.
 
+    The API never imports Celery: the process that runs it passes the three job senders
+    (``enqueue_sync``, ``kick_webhooks``, ``enqueue_send``). One not given fails when called;
+    the failure is logged and the work waits for reconciliation or a sweep, as after a broker
+    failure.
+
     Args:
         settings: Where the database is, the API keys, IMAP timeouts and CA file, and the SSRF
             guard and timeouts of ``/v3/webhooks`` (``settings.webhooks``).
-        enqueue_sync: Called with ``(grant_id, provider)`` after a grant is committed; the
-            default puts ``pipeline.sync.grant`` on the grant's Celery queue.
-        kick_webhooks: Called after a commit that wrote webhook outbox rows; the default
-            enqueues the outbox dispatch task.
+        enqueue_sync: Called with ``(grant_id, provider)`` after a grant is committed
+            (``imap-pipeline api``: :meth:`pipeline.jobs.Jobs.sync_grant`, which puts
+            ``pipeline.sync.grant`` on the grant's Celery queue).
+        kick_webhooks: Called after a commit that wrote webhook outbox rows
+            (:meth:`pipeline.jobs.Jobs.kick_webhooks`: the outbox dispatch task).
         max_body_bytes: Larger request bodies get a 413.
         enqueue_send: Called with ``(grant_id, countdown_s)`` after a send is committed to the
-            outbox; the default enqueues ``pipeline.outbox.deliver`` on the ``send`` queue.
+            outbox (:meth:`pipeline.jobs.Jobs.deliver_sends`: ``pipeline.outbox.deliver`` on
+            the ``send`` queue).
 
     Raises:
         ConfigurationError: No database URL is configured.
@@ -268,8 +275,8 @@ def create_app(
         settings=settings,
         sessions=sessionmaker(engine, expire_on_commit=False),
         keys=KeyRing(settings.api_key_list),
-        enqueue_sync=enqueue_sync or enqueue_with_celery,
-        kick_webhooks=kick_webhooks or kick_with_celery,
+        enqueue_sync=enqueue_sync or _not_installed("enqueue_sync"),
+        kick_webhooks=kick_webhooks or _not_installed("kick_webhooks"),
         max_body_bytes=max_body_bytes,
         limiter=limiter,
         imap_pool=SessionPool(
@@ -283,7 +290,7 @@ def create_app(
             settings.api_sign_in_deadline_s,
         ),
         webhook_settings=settings.webhooks,
-        enqueue_send=enqueue_send,
+        enqueue_send=enqueue_send or _not_installed("enqueue_send"),
         reads=engine.execution_options(isolation_level="AUTOCOMMIT"),
     )
     if not len(state.keys):

@@ -57,8 +57,7 @@ class ApiState:
     imap_pool: SessionPool  # IMAP sessions at INTERACTIVE priority (pipeline.imap.connections)
     sign_ins: SignInGate  # the public sign-ins' own threads (hosted page, /connect/custom)
     webhook_settings: WebhookSettings
-    # asks a worker to drain a grant's send outbox; None: the Celery task (pipeline.outbound)
-    enqueue_send: SendEnqueuer | None = None
+    enqueue_send: SendEnqueuer  # asks a worker to drain a grant's send outbox (pipeline.outbound)
     # the engine in autocommit, for the list pages' reads (read_connection): a read costs no
     # BEGIN and no ROLLBACK round trip; made from the sessions' engine when not set
     reads: Engine | None = None

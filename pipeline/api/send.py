@@ -438,12 +438,7 @@ def enqueue_drain(api: ApiState, grant_id: str, countdown: float | None) -> None
     """Ask a worker to drain the grant's outbox (after the commit); never raises: the sweep
     covers a broker that is down."""
     try:
-        if api.enqueue_send is not None:
-            api.enqueue_send(grant_id, countdown)
-            return
-        from workers.tasks.send import enqueue_deliver
-
-        enqueue_deliver(grant_id, countdown)
+        api.enqueue_send(grant_id, countdown)
     except Exception as exc:  # any broker/config failure: the sweep sends it
         log.warning("send drain not enqueued (%s); the sweep will", type(exc).__name__)
 

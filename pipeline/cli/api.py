@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 KEEPALIVE_TIMEOUT_S = 5  # idle keep-alive connections are closed after this long
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long to finish on Ctrl-C / SIGTERM
@@ -42,7 +45,6 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline import metrics
-    from pipeline.api import create_app
 
     settings = Settings.load()
     host = args.host or settings.api_host
@@ -68,7 +70,7 @@ def _api(args: argparse.Namespace) -> int:
             **logging_options,
         )
         return 0
-    app = create_app(settings)
+    app = _create_app(settings)
     _freeze_startup_objects()
     uvicorn.run(
         app,
@@ -83,11 +85,24 @@ def _api(args: argparse.Namespace) -> int:
 
 def app_from_environment() -> object:
     """The app built from the environment (uvicorn's factory for several workers)."""
-    from pipeline.api import create_app
-
-    app = create_app(Settings.load())
+    app = _create_app(Settings.load())
     _freeze_startup_objects()
     return app
+
+
+def _create_app(settings: Settings) -> FastAPI:
+    """The API, sending its background work through :class:`pipeline.jobs.Jobs` (the API itself
+    never imports Celery)."""
+    from pipeline.api import create_app
+    from pipeline.jobs import Jobs
+
+    jobs = Jobs.from_settings(settings)
+    return create_app(
+        settings,
+        enqueue_sync=jobs.sync_grant,
+        kick_webhooks=jobs.kick_webhooks,
+        enqueue_send=jobs.deliver_sends,
+    )
 
 
 def _freeze_startup_objects() -> None:

@@ -101,11 +101,11 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _enqueue_sync(grant_id: str, provider: str) -> bool:
-    from workers import enqueue
+def _enqueue_sync(settings: Settings, grant_id: str, provider: str) -> bool:
+    from pipeline.jobs import Jobs
 
     try:
-        enqueue.sync_grant(grant_id, provider)
+        Jobs.from_settings(settings).sync_grant(grant_id, provider)
     except Exception as exc:  # broker down: the grant is stored; reconciliation syncs it later
         console.print(f"[yellow]warning:[/] could not enqueue the sync ({type(exc).__name__}).")
         return False
@@ -140,7 +140,7 @@ def _add(args: argparse.Namespace) -> int:
             ) from exc
         view = grant_dict(result.grant)
         grant_id, provider = result.grant.id, result.grant.provider
-    queued = False if args.no_sync else _enqueue_sync(grant_id, provider)
+    queued = False if args.no_sync else _enqueue_sync(settings, grant_id, provider)
     if args.json:
         print(json.dumps(view, indent=2))
     else:
@@ -267,11 +267,12 @@ def _failures(args: argparse.Namespace) -> int:
             table.add_row(row["folder"], str(row["uid"]), row["recorded_at"][:19], row["error"])
         console.print(table)
     if ranges:
-        from workers import enqueue
+        from pipeline.jobs import Jobs
 
+        jobs = Jobs.from_settings(settings)
         try:
             for folder_id, uid_range in ranges.items():
-                enqueue.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
+                jobs.sync_folder(grant_id, folder_id, provider, uid_range=uid_range)
         except Exception as exc:  # broker down: put the failures back, or nothing refetches them
             with session_scope(settings.require_database_url()) as db:
                 MessageRepository(db).record_failures(
@@ -338,6 +339,6 @@ def _sync(args: argparse.Namespace) -> int:
                 "Re-authenticate it with `imap-pipeline grants add`."
             )
         grant_id, provider = grant.id, grant.provider
-    if _enqueue_sync(grant_id, provider):
+    if _enqueue_sync(settings, grant_id, provider):
         console.print(f"sync of {grant_id} queued")
     return 0

@@ -53,7 +53,7 @@ def _health(args: argparse.Namespace) -> int:
     role: str = args.role
     checks: list[Check]
     if role in ("sync", "webhooks"):
-        checks = [_celery_ping(f"{role}@{host}")]
+        checks = [_celery_ping(settings, f"{role}@{host}")]
     elif role == "beat":
         checks = [health.beat(settings.require_redis_url())]
     elif role == "listener":
@@ -68,12 +68,12 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _celery_ping(node: str) -> Check:
+def _celery_ping(settings: Settings, node: str) -> Check:
     started = time.monotonic()
     try:
-        from workers.app import app  # reads the broker URL from the settings on import
+        from pipeline.jobs import Jobs
 
-        replies = app.control.ping(destination=[node], timeout=CELERY_PING_TIMEOUT_S)
+        replies = Jobs.from_settings(settings).ping(node, CELERY_PING_TIMEOUT_S)
     except Exception as exc:  # the broker is down or the settings are missing
         return Check(node, False, f"{type(exc).__name__}: {exc}")
     if not any(node in reply for reply in replies):

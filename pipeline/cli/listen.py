@@ -57,13 +57,13 @@ def _settings_help() -> str:
 def _listen(args: argparse.Namespace) -> int:
     from pipeline import metrics
     from pipeline.db import sessionmaker_for
+    from pipeline.jobs import Jobs
     from pipeline.listener.process import Listener
     from pipeline.listener.protocol import limit_tls_read_buffers
     from pipeline.redis import async_client
-    from workers.enqueue import sync_folder
-    from workers.tasks.webhooks import kick
 
     settings = Settings.load()
+    jobs = Jobs.from_settings(settings)
     listener_settings = settings.listener
     metrics.reset_multiprocess_dir()
     metrics.serve(settings.metrics_port, settings.metrics_host)
@@ -74,7 +74,7 @@ def _listen(args: argparse.Namespace) -> int:
     sessions = sessionmaker_for(settings.require_database_url())
 
     def enqueue(grant_id: str, folder_id: str, provider: str) -> None:
-        sync_folder(grant_id, folder_id, provider)
+        jobs.sync_folder(grant_id, folder_id, provider)
 
     async def main() -> None:
         # pipeline.redis.CALL_TIMEOUT_S per round trip, on a pool of LISTENER_POOL_SIZE
@@ -90,7 +90,7 @@ def _listen(args: argparse.Namespace) -> int:
             sessions=sessions,
             enqueue=enqueue,
             listener_id=args.listener_id,
-            notify=kick,
+            notify=jobs.kick_webhooks,
         )
         console.print(f"listener [bold]{listener.id}[/] running; Ctrl-C stops it")
         gauges = asyncio.create_task(_publish_connection_states(listener, stop))

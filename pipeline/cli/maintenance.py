@@ -76,10 +76,11 @@ def _reindex(args: argparse.Namespace) -> int:
     if not folder_ids:
         console.print("no folder to reindex (unknown name, or a reindex is already running)")
         return 1
-    from workers import enqueue
+    from pipeline.jobs import Jobs
 
+    jobs = Jobs.from_settings(settings)
     for folder_id in folder_ids:  # after the commit
-        enqueue.sync_folder(grant_id, folder_id, provider)
+        jobs.sync_folder(grant_id, folder_id, provider)
     console.print(
         f"reindex of {len(folder_ids)} folder(s) of {grant_id} queued"
         + (" (grant no longer stopped)" if unstopped else "")

@@ -3,11 +3,11 @@
 The design, and why:
 
 1. **The broker is the durable queue.** A change becomes a Celery message
-   (``workers.enqueue.sync_folder(grant_id, folder_id, provider)``) on the provider's queue
-   (``sync.<provider>``). An event sent while no worker runs waits in the broker until one
-   starts; nothing in the listener has to remember it. The sync task itself coalesces (a
-   per-folder lock and a "dirty" flag: :class:`pipeline.coalesce.Coalesced`), so a duplicate
-   enqueue costs one cheap task.
+   (:meth:`pipeline.jobs.Jobs.sync_folder`: ``grant_id, folder_id, provider``) on the
+   provider's queue (``sync.<provider>``). An event sent while no worker runs waits in the
+   broker until one starts; nothing in the listener has to remember it. The sync task itself
+   coalesces (a per-folder lock and a "dirty" flag: :class:`pipeline.coalesce.Coalesced`), so
+   a duplicate enqueue costs one cheap task.
 2. **Coalesced per folder before it reaches the broker.** The first change of a folder is sent
    at once (no added latency); changes within the next ``debounce_s`` (default 1 s) are folded
    into one more send at the end of that window. A burst of 500 APPENDs over a few seconds

@@ -1,9 +1,10 @@
 """The transactional outbox: changes write notifications in their own transaction.
 
 Writers call :func:`emit` inside the transaction that makes the change, after the write that
-changes the object, and call ``workers.tasks.webhooks.kick()`` after their commit. If the change
-rolls back, so does the notification; if the kick is lost (Redis flushed, process killed), the
-periodic sweep finds the row anyway: Postgres is the truth.
+changes the object, and kick the dispatch after their commit
+(:meth:`pipeline.jobs.Jobs.kick_webhooks`; in a worker, ``workers.tasks.webhooks.kick()``). If
+the change rolls back, so does the notification; if the kick is lost (Redis flushed, process
+killed), the periodic sweep finds the row anyway: Postgres is the truth.
 
 Order: rows get an increasing ``seq``. Two transactions changing the same object are serialized
 by the row lock the change itself takes, so when ``emit`` comes after that write, the later
@@ -64,8 +65,8 @@ def emit(
     """Write one notification into the outbox, in the caller's transaction.
 
     Never commits and does no I/O beyond the INSERT. Call it after the write that changes the
-    object (so row locks order same-object changes), and ``workers.tasks.webhooks.kick()``
-    after the commit.
+    object (so row locks order same-object changes), and kick the dispatch
+    (:meth:`pipeline.jobs.Jobs.kick_webhooks`) after the commit.
 
     Args:
         session: the caller's session; its transaction carries the row.

@@ -15,24 +15,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kombu.exceptions import KombuError
-from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from pipeline.config import get_settings
 from pipeline.imap import ImapSession
+from pipeline.jobs import SEND_DELIVER_TASK as DELIVER_TASK
+from pipeline.jobs import SEND_QUEUE
 from pipeline.models import Grant
 from pipeline.outbound.deliver import drain, sweep
-from workers import resources
+from workers import enqueue, resources
 from workers.app import app
 from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
 
-SEND_QUEUE = "send"
-DELIVER_TASK = "pipeline.outbox.deliver"
 SWEEP_TASK = "pipeline.outbox.sweep"
-MAX_COUNTDOWN_S = 20 * 60  # below the broker's visibility timeout; later ones wait for the sweep
 SEND_TASK_TIME_LIMIT_S = 900  # a drain's budget plus a login and a message deadline, with room
 AGAIN_AFTER_S = 1.0  # a drain that ran out of budget or login tokens is followed this soon
 SEND_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.outbox.*": {"queue": SEND_QUEUE}}
@@ -62,12 +59,7 @@ class WorkerAccess:
 def enqueue_deliver(grant_id: str, countdown: float | None = None) -> None:
     """Ask for a drain of the grant's outbox. Call after your commit; the sweep covers a broker
     failure (it is logged, never raised)."""
-    if countdown is not None and countdown > MAX_COUNTDOWN_S:
-        return  # the sweep sends it when due
-    try:
-        app.send_task(DELIVER_TASK, args=[grant_id], queue=SEND_QUEUE, countdown=countdown or None)
-    except (KombuError, RedisError, OSError) as exc:
-        log.warning("send drain not enqueued (%s); the sweep will", type(exc).__name__)
+    enqueue.jobs.deliver_sends(grant_id, countdown)
 
 
 @app.task(name=DELIVER_TASK, bind=True, acks_late=True)  # type: ignore[misc]

@@ -38,7 +38,6 @@ from typing import Any
 
 import redis
 from celery.signals import worker_process_shutdown
-from kombu.exceptions import KombuError
 from sqlalchemy.orm import Session
 
 from pipeline import coalesce
@@ -46,7 +45,12 @@ from pipeline.config import get_settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.errors import PipelineError
+from pipeline.jobs import (  # what a process that is not a worker sends with, too
+    ENQUEUE_ERRORS,
+    FLAG_TTL_S,
+    WEBHOOK_QUEUE,
+)
+from pipeline.jobs import WEBHOOK_DISPATCH_TASK as DISPATCH_TASK
 from pipeline.redis import (
     CALL_TIMEOUT_S,
     WEBHOOK_KICK_KEY,
@@ -61,8 +65,6 @@ from workers.app import app
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_QUEUE = "webhooks"
-DISPATCH_TASK = "pipeline.webhooks.dispatch"
 DELIVER_TASK = "pipeline.webhooks.deliver"
 SWEEP_TASK = "pipeline.webhooks.sweep"
 PURGE_TASK = "pipeline.webhooks.purge"
@@ -70,7 +72,6 @@ PURGE_TASK = "pipeline.webhooks.purge"
 WEBHOOK_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.webhooks.*": {"queue": WEBHOOK_QUEUE}}
 """For ``task_routes``: so a client that sends these tasks by name reaches the right queue."""
 
-FLAG_TTL_S = 10  # a lost flag suppresses enqueues at most this long (the sweep covers the rest)
 DISPATCH_BUDGET_S = 20.0  # one dispatch task stops after this long and re-queues itself
 PURGE_BUDGET_S = 60.0
 MIN_COUNTDOWN_S = 0.05  # shorter waits are enqueued at once
@@ -85,9 +86,6 @@ PENDING_DRAINS_FACTOR = 2  # drains queued on the loop beyond the slots (most fi
 NO_SLOT_RETRY_S = 1.0  # a healthy destination that found no drain slot is asked for this soon
 NO_SLOT_RETRY_UNHEALTHY_S = 5.0  # a failing one waits longer: it is likely to fail again
 SHUTDOWN_GRACE_S = 15.0  # drains in flight at worker shutdown get this long to record
-
-# Enqueue failures are logged, never raised into the caller: the sweep re-finds the work.
-ENQUEUE_ERRORS = (redis.RedisError, KombuError, OSError, PipelineError)
 
 
 # --- per-process resources ---------------------------------------------------------------------
