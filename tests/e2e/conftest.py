@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import Settings, reset_settings
-from tests.support.processes import pipeline_env
+from pipeline.config import Settings
+from tests.support.processes import pipeline_env, this_process_on
 
 
 @pytest.fixture
@@ -15,10 +15,6 @@ def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """Point this process's Celery app (the producer side) at the test broker."""
     from workers.app import app
 
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
-    app.conf.broker_url = settings.require_redis_url()
-    yield
-    reset_settings()
+    with this_process_on(pipeline_env(settings), monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        yield

@@ -13,13 +13,13 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from pipeline.config import Settings, reset_settings
+from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.models import Folder, Grant
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
-from tests.support.processes import CeleryWorker, pipeline_env, run_cli
+from tests.support.processes import CeleryWorker, pipeline_env, run_cli, this_process_on
 
 pytestmark = pytest.mark.services
 
@@ -39,13 +39,9 @@ def capped(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict
         IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT=str(MAX_FOLDERS),
         IMAP_PIPELINE_MAX_FOLDER_TASKS_PER_GRANT=str(AT_ONCE),
     )
-    for key, value in env.items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
-    app.conf.broker_url = settings.require_redis_url()
-    yield env
-    reset_settings()
+    with this_process_on(env, monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        yield env
 
 
 def server_folders() -> list[FakeFolder]:

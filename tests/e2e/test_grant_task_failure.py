@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pipeline.config import Settings, reset_settings
+from pipeline.config import Settings
 from pipeline.errors import ImapAuthError
 from tests.support.grants import grant_request
-from tests.support.processes import CeleryWorker, pipeline_env
+from tests.support.processes import CeleryWorker, pipeline_env, this_process_on
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -31,16 +31,12 @@ def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """Point this process's Celery app (the producer side) at the test broker."""
     from workers.app import app
 
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
-    app.conf.broker_url = settings.require_redis_url()
-    app.conf.result_backend = settings.require_redis_url()
-    forget_backend(app)  # built again from the test's Redis (an earlier test may have made one)
-    yield
-    forget_backend(app)
-    reset_settings()
+    with this_process_on(pipeline_env(settings), monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        app.conf.result_backend = settings.require_redis_url()
+        forget_backend(app)  # built again from the test's Redis (an earlier test may have one)
+        yield
+        forget_backend(app)
 
 
 def test_a_refused_login_fails_the_task_and_the_caller_reads_why(

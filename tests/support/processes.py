@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
-from pipeline.config import Settings
+import pytest
+
+from pipeline.config import Settings, reset_settings
 from pipeline.presets import queue_names
 
 WORKER_READY_TIMEOUT_S = 60
@@ -47,6 +51,21 @@ def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
         env["IMAP_PIPELINE_IMAP_CA_FILE"] = str(settings.imap_ca_file)
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def this_process_on(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's ``IMAP_PIPELINE_*`` variables set from ``env`` (e.g. :func:`pipeline_env`),
+    and its settings (:func:`pipeline.config.get_settings`, which task code run in-process
+    reads) read from them; read again afterwards, once ``monkeypatch`` has restored them."""
+    for key, value in env.items():
+        if key.startswith("IMAP_PIPELINE_"):
+            monkeypatch.setenv(key, value)
+    reset_settings()
+    try:
+        yield
+    finally:
+        reset_settings()
 
 
 class CeleryWorker:

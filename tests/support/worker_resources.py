@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import Settings, reset_settings
-from tests.support.processes import pipeline_env
+from pipeline.config import Settings
+from tests.support.processes import pipeline_env, this_process_on
 
 
 @contextlib.contextmanager
@@ -25,16 +25,12 @@ def worker_resources(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Ite
         workers.resources.imap_pool,
         workers.resources.interactive_pool,
     )
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
     for cache in caches:
         cache.cache_clear()
-    try:
-        yield
-    finally:
-        workers.resources.close_all_imap()
-        reset_settings()
-        for cache in caches:
-            cache.cache_clear()
+    with this_process_on(pipeline_env(settings), monkeypatch):
+        try:
+            yield
+        finally:
+            workers.resources.close_all_imap()
+            for cache in caches:
+                cache.cache_clear()

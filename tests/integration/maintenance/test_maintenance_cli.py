@@ -14,12 +14,12 @@ from celery import Celery
 from sqlalchemy import text
 
 from pipeline.cli import main
-from pipeline.config import Settings, reset_settings
+from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, create_folder, make_message
-from tests.support.processes import pipeline_env
+from tests.support.processes import pipeline_env, this_process_on
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -39,15 +39,11 @@ def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     """The CLI's environment and this process's Celery producer point at the test services."""
     from workers.app import app
 
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
-    app.conf.broker_url = settings.require_redis_url()
-    _drop_broker_pools(app)
-    yield
-    _drop_broker_pools(app)
-    reset_settings()
+    with this_process_on(pipeline_env(settings), monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        _drop_broker_pools(app)
+        yield
+        _drop_broker_pools(app)
 
 
 def queued_tasks(redis_url: str, queue: str) -> list[tuple[str, list[object]]]:

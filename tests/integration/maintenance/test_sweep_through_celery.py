@@ -11,13 +11,13 @@ import pytest
 from celery import Celery
 from sqlalchemy import select, text
 
-from pipeline.config import Settings, reset_settings
+from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Message
 from pipeline.sync.runner import sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, make_message
-from tests.support.processes import CeleryWorker, pipeline_env
+from tests.support.processes import CeleryWorker, pipeline_env, this_process_on
 from tests.support.services import MailUser
 from tests.support.waiting import wait_for
 
@@ -39,15 +39,11 @@ def producer(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ce
     """This process's Celery app, sending to the test broker."""
     from workers.app import app
 
-    for key, value in pipeline_env(settings).items():
-        if key.startswith("IMAP_PIPELINE_"):
-            monkeypatch.setenv(key, value)
-    reset_settings()
-    app.conf.broker_url = settings.require_redis_url()
-    _drop_broker_pools(app)
-    yield app
-    _drop_broker_pools(app)
-    reset_settings()
+    with this_process_on(pipeline_env(settings), monkeypatch):
+        app.conf.broker_url = settings.require_redis_url()
+        _drop_broker_pools(app)
+        yield app
+        _drop_broker_pools(app)
 
 
 def test_a_changed_uidvalidity_is_reindexed_through_the_worker(
