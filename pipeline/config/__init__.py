@@ -14,8 +14,9 @@ models of their own, each with its part of the variable names::
 
 :meth:`Settings.load` is the one loader (environment + runtime file, every section at once);
 the CLI commands call it, and long-lived Celery processes take theirs from
-:func:`get_settings`. Nothing below ``pipeline/`` reads ``os.environ``: code is handed a
-``Settings`` (or the section it needs).
+:func:`get_settings`. Nothing else reads settings from ``os.environ``: code is handed a
+``Settings`` (or the section it needs). ``tests/unit/test_config.py`` holds every variable the
+README documents to this loader, and names the few modules that read other variables.
 """
 
 from __future__ import annotations
