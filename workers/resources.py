@@ -7,16 +7,16 @@ process's pool, still counted, for at most ``BULK_LINGER_S`` so that the next ch
 same grant skips a login, and is closed at once if the listener or the API waits for a slot of
 that account. A new login also takes a login token of the account and its provider, and every
 hand-out an operation token (:mod:`pipeline.limits`). Without a token or slot
-:func:`imap_for` raises :class:`~pipeline.limits.RateLimited`; the task reschedules itself
-with :func:`reschedule` instead of waiting in a worker slot.
+:func:`imap_for` raises :class:`~pipeline.limits.RateLimited`; the task lets it through and
+its base class (:mod:`workers.base`) sends it again later instead of waiting in a worker slot.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -159,6 +159,19 @@ def release_imap(grant_id: str, imap: ImapSession, *, healthy: bool) -> None:
     imap_pool().give_back(imap, healthy=healthy)  # not a pooled kind: closed, slot released
 
 
+@contextmanager
+def using(grant_id: str, imap: ImapSession) -> Iterator[ImapSession]:
+    """Use ``imap`` for the block, then give it back (:func:`release_imap`): healthy when the
+    block ended without an error; after one (a bound, a time limit, the database) it is
+    closed, never leaked."""
+    healthy = False
+    try:
+        yield imap
+        healthy = True
+    finally:
+        release_imap(grant_id, imap, healthy=healthy)
+
+
 def keep_alive(imap: ImapSession) -> bool:
     """Between batches: renew the session's slot; True when the listener or an API request
     waits for a slot of the account, so the task should stop here and continue later."""
@@ -173,9 +186,6 @@ def close_all_imap() -> None:
 
 # --- shared rate limits and connection cap (pipeline.limits) ----------------------------
 
-RESCHEDULE_MIN_S = 1.0  # a denied task comes back no sooner than this
-RESCHEDULE_MAX_S = 60.0  # nor later: far below the broker's visibility timeout (30 min)
-RESCHEDULE_JITTER_S = 1.0  # spreads denied tasks so they do not return in one burst
 NO_SLOT_RETRY_S = 5.0  # a task refused a connection slot comes back after this long
 
 
@@ -279,21 +289,3 @@ def note_behaved(grant_id: str) -> None:
 def note_throttled(grant: Grant) -> float:
     """Record that ``grant``'s provider throttled us mid-task; returns the back-off in seconds."""
     return limiter_for_process().throttled(grant.provider, grant.imap_host, grant.id)
-
-
-def reschedule(task: Any, exc: RateLimited) -> None:
-    """Send ``task`` again with the same arguments after the limiter's wait (bounded).
-
-    Not ``task.retry()``: a rate-limited run is not a failure and must not use up retries.
-    """
-    countdown = min(
-        max(exc.retry_after_s, RESCHEDULE_MIN_S) + random.uniform(0, RESCHEDULE_JITTER_S),
-        RESCHEDULE_MAX_S,
-    )
-    delivery = task.request.delivery_info or {}
-    task.apply_async(
-        args=task.request.args,
-        kwargs=task.request.kwargs,
-        countdown=countdown,
-        queue=delivery.get("routing_key"),
-    )

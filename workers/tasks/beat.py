@@ -72,9 +72,8 @@ from pipeline.sync.runner import discover_folders
 from pipeline.sync.state import GrantSyncState
 from workers import enqueue, folder_queue
 from workers.app import app
+from workers.base import PipelineTask, reschedule_countdown
 from workers.resources import (
-    RESCHEDULE_MAX_S,
-    RESCHEDULE_MIN_S,
     LimitsView,
     fresh_imap_for,
     imap_for,
@@ -82,8 +81,8 @@ from workers.resources import (
     note_throttled,
     redis_client,
     release_imap,
-    reschedule,
     sessions,
+    using,
 )
 from workers.tasks.webhooks import kick
 
@@ -203,8 +202,8 @@ def poll_grants_task(grant_ids: list[str]) -> dict[str, Any]:
     return {"grants": len(grant_ids), "changed": changed, "skipped": skipped}
 
 
-@app.task(name="pipeline.maintenance.poll_grant", bind=True)
-def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
+@app.task(name="pipeline.maintenance.poll_grant", base=PipelineTask)
+def poll_grant_task(grant_id: str) -> dict[str, Any]:
     """STATUS a grant's folders without IDLE on a new session; sync those that changed."""
     looked: list[str] = []
     started_at = time.time()
@@ -213,9 +212,6 @@ def poll_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             return {"skipped": "a poll of this grant is running"}
         try:
             return _poll_one(grant_id, looked, _PollBatch.read([grant_id]))
-        except RateLimited as exc:
-            reschedule(self, exc)
-            return {"skipped": "rate limited"}
         finally:
             _record_looks({grant_id: looked}, at=started_at)
 
@@ -374,8 +370,8 @@ def discover_folders_task() -> dict[str, Any]:
     )
 
 
-@app.task(name="pipeline.maintenance.discover_grant", bind=True)
-def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
+@app.task(name="pipeline.maintenance.discover_grant", base=PipelineTask)
+def discover_grant_task(grant_id: str) -> dict[str, Any]:
     """LIST a grant's folders; add (and sync) new ones, remove vanished ones. Nothing (no
     session) when a poll of the grant ran its discovery lately."""
     if _polls_discovered([grant_id]):
@@ -396,26 +392,22 @@ def discover_grant_task(self: Task, grant_id: str) -> dict[str, Any]:
             provider = grant.provider
             try:
                 imap = imap_for(db, grant)
-            except RateLimited as exc:
-                reschedule(self, exc)
-                return {"skipped": "rate limited"}
+            except RateLimited:
+                raise  # the task comes back later (workers.base)
             except ImapLimitError as exc:
                 note_misbehaved(grant_id, exc)
                 return {"skipped": type(exc).__name__}
             except ImapError as exc:  # an auth failure marks the grant invalid (committed)
                 return {"skipped": type(exc).__name__}
-        healthy = False
         try:
-            listed = imap.list_folders()
-            healthy = True
+            with using(grant_id, imap):
+                listed = imap.list_folders()
         except ImapLimitError as exc:
             note_misbehaved(grant_id, exc)
             return {"skipped": type(exc).__name__}
         except ImapError as exc:
             log.warning("folder discovery failed: %s", exc)
             return {"skipped": type(exc).__name__}
-        finally:
-            release_imap(grant_id, imap, healthy=healthy)
         return _apply_discovery(grant_id, provider, listed)
 
 
@@ -472,24 +464,20 @@ def check_grants_task(self: Task, grant_ids: list[str]) -> dict[str, Any]:
             "pipeline.maintenance.check_uidvalidity",
             args=[grant_id],
             queue=queue,
-            countdown=min(max(retry_after_s, RESCHEDULE_MIN_S), RESCHEDULE_MAX_S),
+            countdown=reschedule_countdown(retry_after_s, jitter=False),
         )
     return {"grants": len(grant_ids), "asked": asked, "changed": changed}
 
 
-@app.task(name="pipeline.maintenance.check_uidvalidity", bind=True)
-def check_uidvalidity_task(self: Task, grant_id: str) -> dict[str, Any]:
+@app.task(name="pipeline.maintenance.check_uidvalidity", base=PipelineTask)
+def check_uidvalidity_task(grant_id: str) -> dict[str, Any]:
     """Compare every folder's UIDVALIDITY on the server with ours; act on changes. Folders a
     poll or the listener saw within the interval are not asked again (``due_for_check``); when
     none is left, no session is opened at all."""
     with job_locks(redis_client(), [_check_lock(grant_id)], CHECK_LOCK_TTL_S) as taken:
         if not taken:
             return {"skipped": "a check of this grant is running"}
-        try:
-            return _check_one(grant_id, _CheckBatch.read([grant_id]))
-        except RateLimited as exc:
-            reschedule(self, exc)
-            return {"skipped": "rate limited"}
+        return _check_one(grant_id, _CheckBatch.read([grant_id]))
 
 
 def _check_lock(grant_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Thin Celery tasks: ids in, open a session, call a typed function in ``pipeline``.
+"""The sync tasks: ids in, open a session, call a typed function in ``pipeline``.
 
 Task names are the public contract (any Celery client may enqueue them):
 
@@ -14,7 +14,9 @@ Task names are the public contract (any Celery client may enqueue them):
 A server that breaks a bound of the IMAP client (:class:`pipeline.errors.ImapLimitError`), or
 keeps a task past its soft time limit (``IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S`` minus
 ``SOFT_LIMIT_MARGIN_S``, see :mod:`workers.celeryconfig`), costs its own grant: the task ends,
-the reason goes on the grant's status (and its folder's), and the account backs off.
+the reason goes on the grant's status (and its folder's), and the account backs off. That, the
+retries of transient errors and the rescheduling of a run denied a token are the base classes'
+(:mod:`workers.base`); a folder's runs are coalesced by :class:`pipeline.coalesce.Coalesced`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 from pydantic import ValidationError
 
@@ -37,9 +38,7 @@ from pipeline.errors import (
     GrantNotFound,
     GrantRequestInvalid,
     ImapAuthError,
-    ImapConnectError,
     ImapLimitError,
-    ImapProtocolError,
     ImapThrottledError,
     PipelineError,
 )
@@ -52,6 +51,7 @@ from pipeline.sync.runner import SyncOutcome, discover_folders, sync_folder
 from pipeline.sync.state import FolderState, GrantSyncState
 from workers import chunks, enqueue, folder_queue
 from workers.app import app
+from workers.base import TRANSIENT, FolderSyncTask, GrantSyncTask
 from workers.resources import (
     close_all_imap,
     fresh_imap_for,
@@ -63,28 +63,12 @@ from workers.resources import (
     note_throttled,
     redis_client,
     release_imap,
-    reschedule,
     sessions,
+    using,
 )
 from workers.tasks.webhooks import kick
 
 log = logging.getLogger(__name__)
-
-RETRY_BACKOFF_MAX_S = 600  # stays far below the broker's visibility timeout
-TRANSIENT = (ImapConnectError, ImapProtocolError, ImapThrottledError)
-
-
-def _limit_problem(exc: ImapLimitError | SoftTimeLimitExceeded) -> ImapLimitError | str:
-    if isinstance(exc, ImapLimitError):
-        return exc
-    from workers.celeryconfig import SOFT_LIMIT_MARGIN_S  # loaded: this runs in a worker
-
-    limit = get_settings().sync_task_time_limit_s
-    return (
-        f"a sync task of this grant was stopped {SOFT_LIMIT_MARGIN_S} s before its time limit "
-        f"of {limit:g} s (the server answers too slowly); if it is trusted, raise "
-        "IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S."
-    )
 
 
 @worker_process_shutdown.connect
@@ -141,22 +125,8 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
     a malformed request fails the task (FAILURE in Flower and in the result) with the
     :class:`~pipeline.errors.PipelineError` that says why; its message carries no secret.
     """
-    box = SecretBox(get_settings().encryption_key_list)
-    fields = dict(request)
     try:
-        fields["password"] = box.open(fields.pop("password_sealed", ""))
-        if fields.get("smtp_password_sealed"):
-            fields["smtp_password"] = box.open(fields.pop("smtp_password_sealed"))
-        fields.pop("smtp_password_sealed", None)
-        try:
-            req = GrantRequest.model_validate(fields)
-        except ValidationError as exc:
-            # never str(exc): pydantic repeats the input, the password among it
-            reasons = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors(include_input=False, include_url=False)
-            )
-            raise GrantRequestInvalid(f"The grant request is invalid: {reasons}.") from None
+        req = _unsealed(request)
         with sessions().begin() as db:
             result = create_grant(db, get_settings(), req)
             grant_id, provider = result.grant.id, result.grant.provider
@@ -168,23 +138,42 @@ def create_grant_task(request: dict[str, Any]) -> dict[str, Any]:
     return {"status": "valid", "grant_id": grant_id}
 
 
-@app.task(
-    name="pipeline.sync.grant",
-    bind=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    max_retries=8,
-)
-def sync_grant_task(self: Task, grant_id: str) -> None:
-    """Discover a grant's folders, then enqueue a sync of each (Inbox and Sent first)."""
+def _unsealed(request: dict[str, Any]) -> GrantRequest:
+    """The grant request of ``pipeline.grants.create``'s argument, its passwords opened.
+
+    Raises:
+        GrantRequestInvalid: A field is missing or wrong (the message names it, never a value).
+    """
+    box = SecretBox(get_settings().encryption_key_list)
+    fields = dict(request)
+    fields["password"] = box.open(fields.pop("password_sealed", ""))
+    if fields.get("smtp_password_sealed"):
+        fields["smtp_password"] = box.open(fields.pop("smtp_password_sealed"))
+    fields.pop("smtp_password_sealed", None)
     try:
-        _sync_grant(self, grant_id)
-    except (ImapLimitError, SoftTimeLimitExceeded) as exc:
-        note_misbehaved(grant_id, _limit_problem(exc))
+        return GrantRequest.model_validate(fields)
+    except ValidationError as exc:
+        # never str(exc): pydantic repeats the input, the password among it
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise GrantRequestInvalid(f"The grant request is invalid: {reasons}.") from None
 
 
-def _sync_grant(self: Task, grant_id: str) -> None:
+@app.task(name="pipeline.sync.grant", base=GrantSyncTask)
+def sync_grant_task(grant_id: str) -> None:
+    """Discover a grant's folders, then enqueue a sync of each (Inbox and Sent first)."""
+    _sync_grant(grant_id)
+
+
+def _sync_grant(grant_id: str) -> None:
+    """LIST the grant's folders, record what changed, queue their syncs (Inbox, Sent and the
+    other roles first; at most N at once, the rest as these finish).
+
+    Raises:
+        RateLimited: No token or connection slot now (the task comes back later).
+    """
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
         if (
@@ -196,121 +185,67 @@ def _sync_grant(self: Task, grant_id: str) -> None:
         provider = grant.provider
         try:
             imap = imap_for(db, grant)
-        except RateLimited as exc:
-            reschedule(self, exc)  # no token or connection slot now: come back, don't wait
-            return
         except ImapAuthError:
             imap = None  # the grant is now invalid and grant.expired is in the outbox
         if imap is not None:
-            try:
+            with using(grant_id, imap):
                 changes = discover_folders(
                     db, grant, imap.list_folders(), max_folders=get_settings().max_folders_per_grant
                 )
-            except BaseException:  # a bound, a time limit, the database: never leak it
-                release_imap(grant_id, imap, healthy=False)
-                raise
-            release_imap(grant_id, imap, healthy=True)
             note_behaved(grant_id)
             if grant.sync_state == GrantSyncState.PENDING:
                 grant.sync_state = GrantSyncState.SYNCING
     kick()
-    if imap is None:
-        return
-    # Inbox, Sent and the other roles first; at most N at once, the rest as these finish
-    folder_queue.queue_folders(
-        redis_client(),
-        grant_id,
-        provider,
-        changes.selectable,
-        get_settings().max_folder_tasks_per_grant,
-    )
+    if imap is not None:
+        folder_queue.queue_folders(
+            redis_client(),
+            grant_id,
+            provider,
+            changes.selectable,
+            get_settings().max_folder_tasks_per_grant,
+        )
 
 
-@app.task(
-    name="pipeline.sync.folder",
-    bind=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    max_retries=8,
-)
+@app.task(name="pipeline.sync.folder", bind=True, base=FolderSyncTask)
 def sync_folder_task(
     self: Task, grant_id: str, folder_id: str, lo: int | None = None, hi: int | None = None
 ) -> dict[str, Any]:
     """Sync one folder (or the UID range ``lo``..``hi`` of its initial sync) for at most
     ``sync_chunk_budget_s``; continue in a new task if work remains."""
-    try:
-        return _sync_folder(self, grant_id, folder_id, lo, hi)
-    except (ImapLimitError, SoftTimeLimitExceeded) as exc:
-        problem = _limit_problem(exc)
-        note_misbehaved(grant_id, problem, folder_id)
-        return {"limited": getattr(problem, "bound", "time limit")}
+    uid_range = (lo, hi) if lo is not None and hi is not None else None
+    return _sync_folder(f"{os.getpid()}:{self.request.id}", grant_id, folder_id, uid_range)
 
 
 def _sync_folder(
-    self: Task, grant_id: str, folder_id: str, lo: int | None, hi: int | None
+    token: str, grant_id: str, folder_id: str, uid_range: tuple[int, int] | None
 ) -> dict[str, Any]:
+    """One coalesced run of the folder (or range), ``token`` its holder's: skipped while
+    another holds it (:func:`_busy`), else run on a session of the grant, followed up, and
+    the session used for the grant's waiting ranges.
+
+    Raises:
+        RateLimited: No token or connection slot now (the task comes back later).
+    """
     r = redis_client()
     started = time.monotonic()
-    uid_range = (lo, hi) if lo is not None and hi is not None else None
     run = coalesce.folder_sync(r, folder_id, uid_range, get_settings().sync_lock_ttl_s)
-    token = f"{os.getpid()}:{self.request.id}"
     if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
         return {"skipped": "done"}  # run on another chunk's session (workers.chunks)
     if not run.acquire(token):
-        # Someone is syncing it now: they look again when they finish (dirty), and in case
-        # they died, this request comes back once their lock has lapsed (one such at a time).
-        # A range is looked at again sooner: another chunk's process may be running it
-        # in-process, and then this task only has to see it done.
-        if uid_range is not None:
-            busy = run.busy(recheck_s=chunks.RECHECK_S)
-        else:
-            busy = run.busy(retry_grace_s=5)
-        if busy.come_back:
-            enqueue.sync_folder(
-                grant_id,
-                folder_id,
-                _provider_of(grant_id),
-                countdown=busy.wait_s,
-                uid_range=uid_range,
-            )
-        elif uid_range is None:
-            folder_queue.queue_next(r, grant_id, _provider_of(grant_id))  # this slot is free
-        return {"skipped": "locked"}
+        return _busy(run, grant_id, folder_id, uid_range)
     try:
         if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
             return {"skipped": "done"}  # finished just before our lock
-        with sessions().begin() as db:
-            grant = GrantRepository(db).get(grant_id)
-            if grant is None:
-                raise GrantNotFound(grant_id)
-            if grant.grant_status != "valid":
-                return {"skipped": "grant invalid"}
-            if grant.sync_state == GrantSyncState.STOPPED:
-                return {"skipped": "grant stopped"}
-            provider = grant.provider
-            try:
-                imap = imap_for(db, grant)
-            except RateLimited as exc:
-                limited: RateLimited | None = exc
-                expired = False
-            except ImapAuthError:
-                limited, expired = None, True
-            else:
-                limited, expired = None, False
-        if limited is not None:
-            reschedule(self, limited)
-            return {"rescheduled": round(limited.retry_after_s, 2)}
-        if expired:
-            kick()  # grant.expired
-            return {"skipped": "grant invalid"}
+        opened = _open(grant_id)
+        if isinstance(opened, dict):
+            return opened
+        provider, imap = opened
         healthy = False
         try:
             outcome, imap = _run_range(run, imap, grant_id, folder_id, uid_range)
             healthy = True
-        except RateLimited as exc:  # a new login for a dropped session had to wait
-            reschedule(self, exc)
-            return {"rescheduled": round(exc.retry_after_s, 2)}
+        except RateLimited:  # a new login for a dropped session had to wait
+            raise
         except ImapThrottledError:
             _note_throttled(grant_id)
             raise
@@ -330,6 +265,50 @@ def _sync_folder(
     if more:
         result["in_process"] = more
     return result
+
+
+def _busy(
+    run: coalesce.Coalesced, grant_id: str, folder_id: str, uid_range: tuple[int, int] | None
+) -> dict[str, Any]:
+    """Someone is syncing it now: they look again when they finish (dirty), and in case they
+    died, this request comes back once their lock has lapsed (one such at a time). A range is
+    looked at again sooner: another chunk's process may be running it in-process, and then
+    this task only has to see it done."""
+    if uid_range is not None:
+        busy = run.busy(recheck_s=chunks.RECHECK_S)
+    else:
+        busy = run.busy(retry_grace_s=5)
+    if busy.come_back:
+        provider = _provider_of(grant_id)
+        enqueue.sync_folder(
+            grant_id, folder_id, provider, countdown=busy.wait_s, uid_range=uid_range
+        )
+    elif uid_range is None:
+        folder_queue.queue_next(run.r, grant_id, _provider_of(grant_id))  # this slot is free
+    return {"skipped": "locked"}
+
+
+def _open(grant_id: str) -> tuple[str, ImapSession] | dict[str, Any]:
+    """The grant's provider and a session of it, or the task's result when it may not sync.
+
+    Raises:
+        GrantNotFound: The grant is gone.
+        RateLimited: No token or connection slot now.
+    """
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get(grant_id)
+        if grant is None:
+            raise GrantNotFound(grant_id)
+        if grant.grant_status != "valid":
+            return {"skipped": "grant invalid"}
+        if grant.sync_state == GrantSyncState.STOPPED:
+            return {"skipped": "grant stopped"}
+        try:
+            return grant.provider, imap_for(db, grant)
+        except ImapAuthError:
+            pass  # the grant is now invalid: committed with this block
+    kick()  # grant.expired
+    return {"skipped": "grant invalid"}
 
 
 # A process ends its chunk with a healthy session and more of the grant's ranges wait: it runs

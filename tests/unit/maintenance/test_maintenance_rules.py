@@ -85,7 +85,7 @@ def test_the_scheduler_is_redbeat_with_a_standby_within_a_minute() -> None:
 def test_reschedule_countdown_stays_below_the_visibility_timeout(
     visibility_timeout_s: int,
 ) -> None:
-    from workers.resources import RESCHEDULE_MAX_S
+    from workers.base import RESCHEDULE_MAX_S
 
     assert visibility_timeout_s / 10 > RESCHEDULE_MAX_S
     assert visibility_timeout_s / 4 > PURGE_BUDGET_S
