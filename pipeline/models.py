@@ -210,7 +210,7 @@ class Message(Base):
         "metadata", JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
     # Set when the last placement vanished; a move re-places it within the grace period,
-    # otherwise it is deleted (message.deleted). See pipeline.sync.runner.
+    # otherwise it is deleted (message.deleted). See pipeline.sync.run.
     orphaned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()

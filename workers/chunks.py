@@ -2,7 +2,7 @@
 session of the grant runs them without a new connection.
 
 A large folder's first task splits it into UID ranges
-(:attr:`pipeline.sync.runner.SyncOutcome.ranges`), each enqueued as its own
+(:attr:`pipeline.sync.run.SyncOutcome.ranges`), each enqueued as its own
 ``pipeline.sync.folder`` task. A pooled IMAP session serves only the process that holds it, and
 bulk sync may hold only a few (2 under the generic cap of 5 while a listener runs), so chunk
 tasks landing on the other worker processes were refused a slot and came back 5 s later. Now

@@ -4,7 +4,7 @@ The values are the strings stored in Postgres and shown by the API and the CLI; 
 ``StrEnum`` so a member is equal to (and stored as) its string, and a value read back from the
 database compares equal to the member.
 
-A folder's state machine (one run of it: :func:`pipeline.sync.runner.sync_folder`)::
+A folder's state machine (one run of it: :func:`pipeline.sync.run.sync_folder`)::
 
                  (1)            (2)              (3)
     discovered -----> PENDING -----> SYNCING ----------> SYNCED <---+
@@ -16,7 +16,7 @@ A folder's state machine (one run of it: :func:`pipeline.sync.runner.sync_folder
     PENDING, SYNCING, SYNCED, FAILED ---(8)---> REINDEXING ---(9)---> SYNCED
     any state ---(10)---> STOPPED ---(11)---> SYNCING
 
-    (1)  the server's LIST shows a new folder (:func:`pipeline.sync.runner.discover_folders`).
+    (1)  the server's LIST shows a new folder (:func:`pipeline.sync.plan.discover_folders`).
     (2)  a run plans the initial sync: the UIDs of the retention window not stored yet.
     (3)  every planned UID is stored or recorded as failed. A run that spends its budget or
          whose worker is killed leaves the folder SYNCING; the next one plans only what is
@@ -96,3 +96,27 @@ class GrantSyncState(StrEnum):
 
 # Grants whose initial sync has not completed (beat looks for those that stalled).
 GRANT_IN_INITIAL_SYNC = (GrantSyncState.PENDING, GrantSyncState.SYNCING)
+
+
+def run_state(
+    current: FolderState, *, renumbered: bool, reindex_pending: bool, synced_before: bool
+) -> FolderState:
+    """The state a run works in, from the folder's state when it starts (transitions 2, 6, 7,
+    8 and the second half of 9 in the drawing).
+
+    Args:
+        current: The folder's stored state.
+        renumbered: The server's UIDVALIDITY differs from the folder's.
+        reindex_pending: The folder holds a reindex UIDVALIDITY (a reindex started).
+        synced_before: The folder's initial sync completed once (``last_synced_at`` set).
+    """
+    if renumbered:
+        return FolderState.REINDEXING
+    state = current
+    if state == FolderState.REINDEXING or reindex_pending:
+        state = FolderState.SYNCED  # the server went back to the UIDVALIDITY held
+    if state == FolderState.FAILED and synced_before:
+        return FolderState.SYNCED  # resume incrementally
+    if state in (FolderState.PENDING, FolderState.FAILED):
+        return FolderState.SYNCING
+    return state

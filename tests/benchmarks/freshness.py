@@ -56,7 +56,7 @@ from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
 from pipeline.dev.ports import free_port  # noqa: E402
 from pipeline.dev.redis import EmbeddedRedis  # noqa: E402
 from pipeline.grants.service import create_grant  # noqa: E402
-from pipeline.sync.runner import sync_grant_inline  # noqa: E402
+from pipeline.sync.run import sync_grant_inline  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, verify  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402

@@ -41,7 +41,7 @@ from pipeline.dev.seed import seed_maildir  # noqa: E402
 from pipeline.grants.service import create_grant, open_grant_session  # noqa: E402
 from pipeline.imap import ImapSession  # noqa: E402
 from pipeline.models import Folder, Grant  # noqa: E402
-from pipeline.sync.runner import sync_folder, sync_grant_inline  # noqa: E402
+from pipeline.sync.run import sync_folder, sync_grant_inline  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.support.grants import plaintext_request  # noqa: E402
 from tests.support.mail import append, imap_login, make_message  # noqa: E402

@@ -188,7 +188,7 @@ from pipeline.grants.service import create_grant  # noqa: E402
 from pipeline.limits import RateLimiter  # noqa: E402
 from pipeline.models import Grant  # noqa: E402
 from pipeline.presets import IDLE_RENEW_DEFAULT_S, queue_names  # noqa: E402
-from pipeline.sync.runner import sync_grant_inline  # noqa: E402
+from pipeline.sync.run import sync_grant_inline  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 from tests.benchmarks.database import create_database, drop_database  # noqa: E402
 from tests.support.grants import plaintext_request  # noqa: E402

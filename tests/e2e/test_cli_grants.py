@@ -12,7 +12,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.dev.ports import free_port
 from pipeline.models import Folder, SyncFailure
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.processes import run_cli

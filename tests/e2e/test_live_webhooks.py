@@ -27,7 +27,7 @@ from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
 from pipeline.listener.status import read_status
 from pipeline.models import Folder
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from pipeline.webhooks.service import WebhookService
 from tests.integration.webhooks.webhook_receiver import Received, Receiver
 from tests.support.grants import connect, sessions_for

@@ -30,7 +30,7 @@ from pipeline.limits import (
     new_holder,
 )
 from pipeline.redis import LISTENERS_KEY
-from pipeline.sync.runner import sync_folder
+from pipeline.sync.run import sync_folder
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
@@ -337,7 +337,7 @@ def test_inline_sync_and_the_in_process_send_drain_hold_slots_of_the_account(
     installs) holds a BULK slot and ``DirectAccess`` (the send drain without a worker's pool)
     an INTERACTIVE one, so with every slot they may use taken neither logs in."""
     from pipeline.outbound.deliver import DirectAccess
-    from pipeline.sync.runner import sync_grant_inline
+    from pipeline.sync.run import sync_grant_inline
 
     grant_id = connect(settings, mail_user)
     listener_alive(settings.require_redis_url())

@@ -18,7 +18,7 @@ from pipeline.listener.status import idle_watched_folders
 from pipeline.maintenance.sweep import check_grant, poll_grant
 from pipeline.models import Folder, Grant, Message
 from pipeline.redis import lease_key, listener_status_key
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.courier import LocalCourier
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import (

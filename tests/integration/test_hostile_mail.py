@@ -22,7 +22,7 @@ from pipeline.grants.service import create_grant
 from pipeline.messages.repository import text_key
 from pipeline.mime import MAX_MIME_DEPTH
 from pipeline.models import Attachment, Folder, Message, SyncFailure, Thread
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect, sessions_for

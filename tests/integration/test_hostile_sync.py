@@ -14,7 +14,7 @@ from pipeline.db import session_scope
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.models import Folder, Grant, Message, SyncFailure
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.fake_imap import (
     FakeFolder,
     FakeImapConfig,

@@ -15,7 +15,7 @@ from pipeline.db import session_scope
 from pipeline.errors import ImapAuthError, ImapError
 from pipeline.grants.service import expire_grant, open_grant_session
 from pipeline.models import Folder, Grant, Message
-from pipeline.sync.runner import sync_folder, sync_grant_inline
+from pipeline.sync.run import sync_folder, sync_grant_inline
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message, move

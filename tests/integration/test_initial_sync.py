@@ -14,7 +14,7 @@ from pipeline.dev.seed import seed_maildir
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
-from pipeline.sync.runner import sync_folder, sync_grant_inline
+from pipeline.sync.run import sync_folder, sync_grant_inline
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
 from tests.support.services import MailUser

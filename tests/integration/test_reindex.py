@@ -19,7 +19,7 @@ from pipeline.maintenance.sweep import (
     poll_grant,
 )
 from pipeline.models import Folder, Grant, Message, Placement
-from pipeline.sync.runner import sync_folder, sync_grant_inline
+from pipeline.sync.run import sync_folder, sync_grant_inline
 from tests.support.courier import LocalCourier
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message, recreate_folder

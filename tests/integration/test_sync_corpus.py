@@ -18,7 +18,7 @@ from pipeline.db import session_scope
 from pipeline.dev.mailgen import GeneratedMessage
 from pipeline.dev.seed import seed_maildir
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.corpus import CORPUS
 from tests.support.grants import connect, sessions_for
 from tests.support.services import MailUser

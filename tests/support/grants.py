@@ -11,7 +11,7 @@ from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.models import Folder, Grant
-from pipeline.sync.runner import discover_folders
+from pipeline.sync.plan import discover_folders
 from tests.support.services import MailUser
 
 

@@ -68,7 +68,7 @@ from pipeline.maintenance.sweep import (
 from pipeline.models import Grant
 from pipeline.presets import preset
 from pipeline.redis import folder_lock_key
-from pipeline.sync.runner import discover_folders
+from pipeline.sync.plan import discover_folders
 from pipeline.sync.state import GrantSyncState
 from workers import enqueue, folder_queue
 from workers.app import app

@@ -47,7 +47,8 @@ from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
-from pipeline.sync.runner import SyncOutcome, discover_folders, sync_folder
+from pipeline.sync.plan import discover_folders
+from pipeline.sync.run import SyncOutcome, sync_folder
 from pipeline.sync.state import FolderState, GrantSyncState
 from workers import chunks, enqueue, folder_queue
 from workers.app import app
@@ -83,7 +84,7 @@ def _provider_of(grant_id: str) -> str:
 
 
 # A sync whose batch the server broke off fetches it again one message at a time, with a new
-# login after each failure (pipeline.sync.runner._fetch_each): one unreadable message costs
+# login after each failure (pipeline.sync.recovery.fetch_each): one unreadable message costs
 # up to four logins in a row, more than the burst bulk sync may take (it leaves the account's
 # last tokens to the listener and the API). Rescheduled instead, the task would start over,
 # break on the same message and be refused again: it would never get past it. So a reopen

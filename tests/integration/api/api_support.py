@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Grant, Message
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.mail import create_folder, imap_login, make_message
 from tests.support.services import MailUser
 from tests.support.waiting import wait_for

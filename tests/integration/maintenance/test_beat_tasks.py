@@ -23,7 +23,7 @@ from pipeline.grants.service import create_grant
 from pipeline.maintenance.sweep import STOPPED_DETAIL, UIDVALIDITY_STOP_AFTER
 from pipeline.models import Folder, Grant
 from pipeline.redis import lease_key, listener_status_key
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.grants import connect
 from tests.support.mail import append, create_folder, imap_login, make_message, move

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from pipeline.cli import main
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, create_folder, make_message
 from tests.support.processes import pipeline_env, this_process_on

@@ -11,7 +11,7 @@ from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.maintenance.purge import SYNC_FAILURE_RETENTION_DAYS, purge
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure, Thread
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser

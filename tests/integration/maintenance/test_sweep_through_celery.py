@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from pipeline.config import Settings
 from pipeline.db import session_scope, sessionmaker_for
 from pipeline.models import Message
-from pipeline.sync.runner import sync_grant_inline
+from pipeline.sync.run import sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, make_message
 from tests.support.processes import CeleryWorker, pipeline_env, this_process_on

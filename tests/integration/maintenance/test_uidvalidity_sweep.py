@@ -28,7 +28,7 @@ from pipeline.maintenance.sweep import (
     sweep_offset,
 )
 from pipeline.models import Folder, Grant, Message
-from pipeline.sync.runner import sync_folder, sync_grant_inline
+from pipeline.sync.run import sync_folder, sync_grant_inline
 from tests.support.grants import connect
 from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
