@@ -514,19 +514,21 @@ def sync_grant_inline(
         return open_counted_session(db, settings, grant, pool, limiter, wait_s=slot_wait_s)
 
     try:
-        return _sync_inline(sessions, settings, grant_id, now, opener)
+        return sync_grant_with(sessions, settings, grant_id, opener, now=now)
     finally:
         if client is not None:
             client.close()
 
 
-def _sync_inline(
+def sync_grant_with(
     sessions: sessionmaker[Session],
     settings: Settings,
     grant_id: str,
-    now: datetime | None,
     open_session: Callable[[Session, Settings, Grant], ImapSession],
+    *,
+    now: datetime | None = None,
 ) -> list[SyncOutcome]:
+    """:func:`sync_grant_inline` on the sessions ``open_session`` gives (tests hand in a fake)."""
     with sessions.begin() as db:
         grant = GrantRepository(db).get(grant_id)
         if grant is None or grant.grant_status != "valid":

@@ -1,0 +1,274 @@
+"""The folder sync state machine on a fake IMAP session and the real store (Postgres).
+
+No mail server: :mod:`tests.support.fake_session` plays the account, so each test runs in
+milliseconds beyond its database. What a real server does differently (Dovecot, Cyrus,
+Courier, hostile ones) is tested in the other sync tests of tests/integration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import Settings
+from pipeline.crypto import generate_key
+from pipeline.db import sessionmaker_for
+from pipeline.errors import ImapProtocolError
+from pipeline.imap import ImapSession
+from pipeline.models import Folder, Grant, Message, SyncFailure
+from pipeline.sync.plan import discover_folders
+from pipeline.sync.run import SyncOutcome, sync_folder, sync_grant_with
+from pipeline.sync.state import FolderState, GrantSyncState
+from pipeline.webhooks.models import OutboxEvent
+from tests.support.fake_session import FakeMailbox
+from tests.support.mail import make_message
+from tests.support.store import offline_grant
+
+pytestmark = pytest.mark.services
+
+
+@dataclass
+class Account:
+    """A grant on a fake server, and the way to sync it."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    grant_id: str
+    mailbox: FakeMailbox
+
+    def sync(self) -> list[SyncOutcome]:
+        """Discover and sync every folder, as ``sync_grant_inline`` does."""
+        return sync_grant_with(
+            self.sessions, self.settings, self.grant_id, lambda *_: self.mailbox.session()
+        )
+
+    def folder(self, raw_name: str) -> Folder:
+        with self.sessions() as db:
+            row = db.scalars(
+                select(Folder).where(Folder.grant_id == self.grant_id, Folder.raw_name == raw_name)
+            ).one()
+            db.expunge(row)
+            return row
+
+    def sync_folder(self, raw_name: str, **kwargs: Any) -> SyncOutcome:
+        """One run of one folder on a fresh session (discovered first)."""
+        imap: ImapSession = self.mailbox.session()  # type: ignore[assignment]
+        with self.sessions.begin() as db:
+            grant = db.get(Grant, self.grant_id)
+            assert grant is not None
+            discover_folders(db, grant, imap.list_folders(), max_folders=10)
+        folder_id = self.folder(raw_name).id
+        return sync_folder(self.sessions, self.settings, imap, self.grant_id, folder_id, **kwargs)
+
+    def grant(self) -> Grant:
+        with self.sessions() as db:
+            row = db.get(Grant, self.grant_id)
+            assert row is not None
+            db.expunge(row)
+            return row
+
+    def subjects(self) -> list[str]:
+        with self.sessions() as db:
+            return sorted(
+                db.scalars(select(Message.subject).where(Message.grant_id == self.grant_id))
+            )
+
+    def message_ids(self) -> set[str]:
+        with self.sessions() as db:
+            return set(db.scalars(select(Message.id).where(Message.grant_id == self.grant_id)))
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        with self.sessions() as db:
+            rows = db.execute(
+                select(OutboxEvent.type, OutboxEvent.object).order_by(OutboxEvent.seq)
+            )
+            return [(t, dict(o)) for t, o in rows]
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.events()]
+
+
+@pytest.fixture
+def account(database_url: str) -> Iterator[Account]:
+    settings = Settings(
+        database_url=database_url,
+        encryption_keys=generate_key(),  # type: ignore[arg-type]
+        sync_batch_size=2,
+        orphan_grace_s=0,
+    )
+    grant_id, _ = offline_grant(database_url, "fake", folders=())
+    mailbox = FakeMailbox()
+    mailbox.add_folder("INBOX", role="inbox")
+    mailbox.add_folder("Sent", role="sent")
+    yield Account(settings, sessionmaker_for(database_url), grant_id, mailbox)
+
+
+def deliver(account: Account, subject: str, **kwargs: Any) -> int:
+    return account.mailbox.deliver("INBOX", make_message(subject), **kwargs)
+
+
+def test_initial_sync_stores_the_window_notifies_only_the_grant(account: Account) -> None:
+    old = datetime.now(UTC) - timedelta(days=120)
+    account.mailbox.deliver("INBOX", make_message("too old", date=old), internaldate=old)
+    for subject in ("one", "two", "three"):
+        deliver(account, subject)
+
+    outcomes = account.sync()
+
+    assert [(o.state, o.stored) for o in outcomes] == [
+        (FolderState.SYNCED, 3),
+        (FolderState.SYNCED, 0),
+    ]
+    assert account.subjects() == ["one", "three", "two"]
+    inbox = account.folder("INBOX")
+    assert (inbox.state, inbox.uidvalidity, inbox.synced_uid, inbox.to_sync) == ("synced", 1, 5, 3)
+    grant = account.grant()
+    assert grant.sync_state == GrantSyncState.SYNCED
+    assert grant.initial_sync_completed_at is not None
+    assert account.types() == ["grant.imap_sync_completed"]  # the historical sync is silent
+
+
+def test_a_run_stopped_by_its_budget_resumes_without_fetching_twice(account: Account) -> None:
+    uids = [deliver(account, f"m{i}") for i in range(5)]
+    first = account.sync_folder("INBOX", budget_s=0)  # stops after its first batch
+    assert (first.state, first.stored, first.remaining) == (FolderState.SYNCING, 2, 3)
+    assert account.folder("INBOX").state == "syncing"
+
+    second = account.sync_folder("INBOX")
+
+    assert (second.state, second.stored) == (FolderState.SYNCED, 3)
+    fetched = [
+        u for name, args in account.mailbox.calls if name == "fetch_messages" for u in args[0]
+    ]
+    assert sorted(fetched) == uids  # every message exactly once
+
+
+def test_new_mail_is_fetched_from_uidnext_and_notified(account: Account) -> None:
+    deliver(account, "old")
+    account.sync()
+    new = deliver(account, "brand new")
+    account.mailbox.calls.clear()
+
+    account.sync()
+
+    created = [o for t, o in account.events() if t == "message.created"]
+    assert [o["subject"] for o in created] == ["brand new"]
+    assert [args for name, args in account.mailbox.calls if name == "fetch_messages"] == [([new],)]
+
+
+@pytest.mark.parametrize("server", ["plain", "condstore", "qresync"])
+def test_a_flag_change_is_message_updated(database_url: str, account: Account, server: str) -> None:
+    account.mailbox.condstore = server != "plain"
+    account.mailbox.qresync = server == "qresync"
+    uid = deliver(account, "to read")
+    deliver(account, "untouched")
+    account.sync()
+
+    account.mailbox.set_flags("INBOX", uid, ["\\Seen", "\\Flagged"])
+    account.sync()
+
+    updated = [o for t, o in account.events() if t == "message.updated"]
+    assert [(o["subject"], o["unread"], o["starred"]) for o in updated] == [
+        ("to read", False, True)
+    ]
+    if server == "qresync":  # one command gives flags and expunges, no UID diff
+        assert account.mailbox.called("fetch_changes_since") == 1
+        assert account.mailbox.called("present_uids") == 0
+
+
+@pytest.mark.parametrize("server", ["plain", "qresync"])
+def test_an_expunge_is_message_deleted(account: Account, server: str) -> None:
+    account.mailbox.qresync = account.mailbox.condstore = server == "qresync"
+    gone = deliver(account, "gone")
+    deliver(account, "kept")
+    account.sync()
+    gone_id = account.message_ids()
+
+    account.mailbox.expunge("INBOX", gone)
+    account.sync()
+
+    assert account.subjects() == ["kept"]
+    deleted = [o["id"] for t, o in account.events() if t == "message.deleted"]
+    assert deleted == list(gone_id - account.message_ids())
+
+
+def test_a_uidvalidity_change_reindexes_and_keeps_message_ids(account: Account) -> None:
+    for subject in ("one", "two", "three"):
+        deliver(account, subject)
+    account.sync()
+    before = account.message_ids()
+
+    new_validity = account.mailbox.renumber("INBOX")
+    outcome = account.sync_folder("INBOX")
+
+    assert (outcome.state, outcome.reindexed, outcome.deleted_message_ids) == (
+        FolderState.SYNCED,
+        True,
+        [],
+    )
+    inbox = account.folder("INBOX")
+    assert (inbox.uidvalidity, inbox.reindex_uidvalidity) == (new_validity, None)
+    assert account.message_ids() == before  # identity, not UIDs
+    assert account.types()[-1:] == ["folder.updated"]
+    assert "message.created" not in account.types()
+
+
+def test_five_uidvalidity_changes_in_a_row_stop_the_folder(account: Account) -> None:
+    deliver(account, "one")
+    account.sync()
+
+    states = []
+    for _ in range(5):
+        account.mailbox.renumber("INBOX")
+        states.append(account.sync_folder("INBOX").state)
+
+    assert states == [FolderState.SYNCED] * 4 + [FolderState.STOPPED]
+    inbox = account.folder("INBOX")
+    assert inbox.state == FolderState.STOPPED
+    assert inbox.state_detail is not None and "UIDVALIDITY" in inbox.state_detail
+    assert account.grant().sync_state == GrantSyncState.STOPPED  # the Inbox stops the grant
+    assert account.types()[-1] == "grant.updated"
+    selects = account.mailbox.called("select")
+    assert account.sync_folder("INBOX").state == FolderState.STOPPED
+    assert account.mailbox.called("select") == selects  # a stopped folder is not even selected
+
+
+def test_a_message_the_server_cannot_return_is_recorded_and_skipped(account: Account) -> None:
+    deliver(account, "one")
+    broken = deliver(account, "broken")
+    deliver(account, "three")
+    # the batch, then the message alone twice, each on a fresh session
+    account.mailbox.fail("fetch_messages", ImapProtocolError("BYE corrupt"), uid=broken, times=3)
+
+    outcomes = account.sync()
+
+    assert (outcomes[0].state, outcomes[0].stored, outcomes[0].failed) == (FolderState.SYNCED, 2, 1)
+    assert account.subjects() == ["one", "three"]
+    with account.sessions() as db:
+        failures = db.execute(select(SyncFailure.uid, SyncFailure.error)).all()
+    assert [(uid, "could not return" in error) for uid, error in failures] == [(broken, True)]
+    account.mailbox.calls.clear()
+    account.mailbox.set_flags("INBOX", broken, ["\\Seen"])
+    account.sync()
+    assert account.mailbox.called("fetch_messages") == 0  # recorded: not fetched again
+
+
+def test_a_failed_run_leaves_the_folder_failed_and_the_next_resumes(account: Account) -> None:
+    deliver(account, "one")
+    deliver(account, "two")
+    account.mailbox.fail("fetch_messages", ImapProtocolError("connection reset"))
+
+    with pytest.raises(ImapProtocolError):
+        account.sync_folder("INBOX")  # no reopen: the error is the run's
+
+    inbox = account.folder("INBOX")
+    assert inbox.state == FolderState.FAILED
+    assert inbox.state_detail == "The last sync failed: connection reset"
+    outcome = account.sync_folder("INBOX")
+    assert (outcome.state, outcome.stored) == (FolderState.SYNCED, 2)
