@@ -167,7 +167,7 @@ class MaintenanceRepository:
         return out
 
     def lock_folder(self, folder_id: str) -> SweptFolder | None:
-        """Re-read a folder under a row lock (the runner may have reindexed meanwhile)."""
+        """Re-read a folder under a row lock (its sync may have reindexed meanwhile)."""
         row = self.session.execute(
             _swept_columns().where(folders.c.id == folder_id).with_for_update()
         ).one_or_none()
@@ -228,7 +228,7 @@ class MaintenanceRepository:
         )
 
     def resume_folder(self, folder_id: str) -> None:
-        """Let a stopped folder sync again (the runner reindexes it)."""
+        """Let a stopped folder sync again (its next sync reindexes it: pipeline.sync.run)."""
         self.session.execute(
             _update_folders()
             .where(folders.c.id == folder_id)

@@ -11,7 +11,7 @@ sync saw), and compares::
     server != stored, == last swept  -> the same change, still waiting for its reindex:
                                         enqueue the sync again, count unchanged
     server != stored, != last swept  -> a new change: count + 1, enqueue the folder's sync
-                                        (the runner reindexes, keeping message ids)
+                                        (the folder sync reindexes, keeping ids)
     count reaches UIDVALIDITY_STOP_AFTER
                                      -> folder ``stopped`` ("stopped: UIDVALIDITY changes on
                                         every session"), retried after a long back-off; if it
