@@ -15,10 +15,13 @@ job (task name)                                every       queue        what
 pipeline.maintenance.sweep_uidvalidity         5 min       maintenance  STATUS of the folders no
                                                                         poll or listener saw
                                                                         lately, spread over the
-                                                                        interval: UIDVALIDITY
-                                                                        changes (the stop rule;
-                                                                        check_grants: grants due
-                                                                        within 5 s share a task)
+                                                                        interval: a folder whose
+                                                                        UIDVALIDITY changed has
+                                                                        its cached UIDs dropped
+                                                                        and is REINDEXED (the
+                                                                        stop rule; check_grants:
+                                                                        grants due within 5 s
+                                                                        share a task)
 pipeline.maintenance.poll_folders              60 s        maintenance  STATUS of folders without
                                                                         IDLE; sync what changed
                                                                         (poll_grants: grants due
@@ -31,9 +34,13 @@ pipeline.maintenance.discover_folders          5 min       maintenance  LIST eve
                                                                         its session when due; such
                                                                         grants get no task)
 pipeline.maintenance.purge                     10 min      maintenance  rolling retention purge
-pipeline.maintenance.reconcile                 5 min       maintenance  re-enqueue stalled work;
-                                                                        delete orphans past their
-                                                                        grace (message.deleted)
+pipeline.maintenance.reconcile                 5 min       maintenance  the REINDEX job: re-sync
+                                                                        folders a sync left failed
+                                                                        or stalled (a reindex
+                                                                        included), grants stuck in
+                                                                        their initial sync; delete
+                                                                        orphans past their grace
+                                                                        (message.deleted)
 pipeline.outbox.sweep                          10 s        send         send what is due (scheduled
                                                                         sends, lost drains); close
                                                                         sends a dead worker left
@@ -42,6 +49,11 @@ pipeline.webhooks.sweep                        15 s        webhooks     re-enque
 pipeline.webhooks.purge                        1 h         webhooks     expire old delivery
                                                                         records
 =============================================  ==========  ===========  ==========================
+
+The design's "90-day purge and reindex jobs" are ``retention-purge`` and, for reindexing,
+``uidvalidity-sweep`` (a changed UIDVALIDITY) and ``reconcile`` (whatever a lost event or a dead
+worker left unsynced); a folder's reindex itself is its sync task
+(:mod:`pipeline.sync`, ``FolderState.REINDEXING``).
 
 This module imports nothing from ``workers`` because the Celery configuration imports it; a
 unit test keeps the webhook entries' task names and queue equal to ``workers.tasks.webhooks``'.
