@@ -19,7 +19,9 @@ API keys), and only redirect URIs registered for it (``/v3/applications/redirect
 in Postgres) that match exactly; anything else is a 400 in the v3 error envelope, and the page
 never redirects anywhere else. The form carries an HMAC over its parameters (so a POST
 cannot swap the redirect URI); codes are random, stored only as SHA-256 hashes, single-use and
-valid for ``CODE_TTL_S``. The page is the only HTML this API serves: the browser needs it.
+valid for ``CODE_TTL_S`` (:mod:`pipeline.applications.codes`; the redirect URIs and codes are
+stored by :mod:`pipeline.applications.repository`). The page is the only HTML this API serves:
+the browser needs it.
 """
 
 from __future__ import annotations
@@ -29,9 +31,7 @@ import hashlib
 import hmac
 import html
 import logging
-import secrets
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -41,12 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, State, ok, page
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.gate import client_of
 from pipeline.api.signin import sign_in
+from pipeline.applications import codes
+from pipeline.applications.repository import ApplicationRepository
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
+from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.models import Grant
 from pipeline.presets import PRESETS, detect
@@ -56,7 +58,6 @@ log = logging.getLogger(__name__)
 public = APIRouter(tags=["hosted auth"])  # the browser's routes: no API key
 router = APIRouter(tags=["hosted auth"])  # redirect URIs: API key
 
-CODE_TTL_S = 10 * 60  # an authorization code must be exchanged within 10 minutes
 FORM_TTL_S = 30 * 60  # a sign-in form may be submitted up to 30 minutes after it was served
 MAX_PARAM_CHARS = 2000
 ADVANCED_FIELDS = ("imap_username", "imap_host", "imap_port", "smtp_host", "smtp_port")
@@ -89,7 +90,7 @@ def application(request: Request, db: Db, api: State) -> dict[str, Any]:
             "region": "self-hosted",
             "environment": "production",
             "branding": {"name": "imap-pipeline"},
-            "callback_uris": [_uri_view(r) for r in queries.list_redirect_uris(db)],
+            "callback_uris": [_uri_view(r) for r in ApplicationRepository(db).redirect_uris()],
         },
     )
 
@@ -120,7 +121,7 @@ def _check_url(url: str) -> str:
 @router.post("/applications/redirect-uris", summary="Register a redirect URI")
 def add_redirect_uri(request: Request, db: Db, body: RedirectUriRequest) -> dict[str, Any]:
     """Allow hosted auth to send users back to ``url``."""
-    row = queries.add_redirect_uri(db, _check_url(body.url), body.platform)
+    row = ApplicationRepository(db).add_redirect_uri(_check_url(body.url), body.platform)
     db.commit()
     return ok(request, _uri_view(row))
 
@@ -128,13 +129,13 @@ def add_redirect_uri(request: Request, db: Db, body: RedirectUriRequest) -> dict
 @router.get("/applications/redirect-uris", summary="List redirect URIs")
 def list_redirect_uris(request: Request, db: Db) -> dict[str, Any]:
     """Every registered redirect URI."""
-    return page(request, [_uri_view(r) for r in queries.list_redirect_uris(db)], None)
+    return page(request, [_uri_view(r) for r in ApplicationRepository(db).redirect_uris()], None)
 
 
 @router.get("/applications/redirect-uris/{redirect_uri_id}", summary="Get a redirect URI")
 def get_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[str, Any]:
     """One registered redirect URI."""
-    row = queries.get_redirect_uri(db, redirect_uri_id)
+    row = ApplicationRepository(db).redirect_uri(redirect_uri_id)
     if row is None:
         raise not_found(f"No redirect URI {redirect_uri_id!r}.")
     return ok(request, _uri_view(row))
@@ -143,7 +144,7 @@ def get_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[str
 @router.delete("/applications/redirect-uris/{redirect_uri_id}", summary="Remove a redirect URI")
 def delete_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[str, Any]:
     """Unregister a redirect URI."""
-    if not queries.delete_redirect_uri(db, redirect_uri_id):
+    if not ApplicationRepository(db).delete_redirect_uri(redirect_uri_id):
         raise not_found(f"No redirect URI {redirect_uri_id!r}.")
     db.commit()
     return {"request_id": request_id_of(request)}
@@ -227,7 +228,7 @@ def _check_client(db: Session, api: ApiState, client_id: str, redirect_uri: str)
             "Unknown client_id: use the application id that GET /v3/applications shows "
             "(set by IMAP_PIPELINE_API_CLIENT_ID)."
         )
-    if not queries.redirect_uri_registered(db, redirect_uri):
+    if not ApplicationRepository(db).redirect_uri_registered(redirect_uri):
         raise invalid_request(
             "redirect_uri is not registered for this application: register the exact URL with "
             "POST /v3/applications/redirect-uris."
@@ -295,20 +296,6 @@ def _form(
 
 Param = Annotated[str, Query(max_length=MAX_PARAM_CHARS)]
 HOSTED_PROVIDERS = ("imap", "icloud", "yahoo")  # Nylas' providers that sign in over IMAP
-
-
-def verifier_matches(verifier: str, challenge: str) -> bool:
-    """Whether a PKCE ``code_verifier`` answers the ``code_challenge`` of the sign-in.
-
-    Two S256 spellings are accepted: RFC 7636's base64url(sha256(verifier)) without padding,
-    and what the official Nylas SDKs send (and Nylas accepts): base64 of the hex digest,
-    without padding. Both are a hash of the verifier; neither lets a code be redeemed without it.
-    """
-    digest = hashlib.sha256(verifier.encode())
-    rfc = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
-    sdk = base64.b64encode(digest.hexdigest().encode()).rstrip(b"=").decode()
-    # both compared, always: the time taken says nothing about which spelling was near
-    return hmac.compare_digest(rfc, challenge) | hmac.compare_digest(sdk, challenge)
 
 
 @public.get("/connect/auth", response_class=HTMLResponse, summary="Hosted sign-in page")
@@ -393,18 +380,13 @@ def _connect(api: ApiState, flow: Flow, grant_request: GrantRequest) -> str:
     Runs on a sign-in thread (:mod:`pipeline.api.signin`)."""
 
     def add_code(db: Session, grant: Grant) -> str:
-        code = secrets.token_urlsafe(32)
-        queries.purge_auth_codes(db)
-        queries.add_auth_code(
+        return codes.issue(
             db,
-            code_hash=hashlib.sha256(code.encode()).hexdigest(),
             grant_id=grant.id,
             client_id=flow.client_id,
             redirect_uri=flow.redirect_uri,
-            code_challenge=flow.code_challenge or None,
-            expires_at=datetime.now(UTC) + timedelta(seconds=CODE_TTL_S),
+            code_challenge=flow.code_challenge,
         )
-        return code
 
     code = sign_in(api, grant_request, add_code).extra
     assert code is not None
@@ -421,7 +403,7 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         await form.close()
     flow = _verify(api, fields.get("flow", ""))
     registered = flow is not None and await run_in_threadpool(
-        queries.redirect_uri_registered, db, flow.redirect_uri
+        ApplicationRepository(db).redirect_uri_registered, flow.redirect_uri
     )
     db.close()  # no database connection is held while the sign-in runs
     if flow is None or flow.client_id != api.settings.api_client_id or not registered:
@@ -517,22 +499,19 @@ async def token(request: Request, db: Db, api: State) -> Response:
         return _oauth_error(
             request, 400, "unsupported_grant_type", "Only authorization_code is supported."
         )
-    row = queries.redeem_auth_code(db, hashlib.sha256(body.code.encode()).hexdigest())
-    if (
-        row is None
-        or row["redirect_uri"] != body.redirect_uri
-        or row["client_id"] != body.client_id
-    ):
-        db.rollback()
-        return _oauth_error(
-            request, 400, "invalid_grant", "The code is unknown, used, expired or not yours."
+    try:
+        grant_id = codes.redeem(
+            db,
+            body.code,
+            client_id=body.client_id,
+            redirect_uri=body.redirect_uri,
+            verifier=body.code_verifier,
         )
-    challenge = row["code_challenge"]
-    if challenge and not verifier_matches(body.code_verifier or "", challenge):
+    except codes.CodeRefused as exc:
         db.rollback()
-        return _oauth_error(request, 400, "invalid_grant", "code_verifier does not match.")
+        return _oauth_error(request, 400, "invalid_grant", str(exc))
     db.commit()
-    grant = queries.grant_by_id(db, row["grant_id"])
+    grant = GrantRepository(db).get(grant_id)
     if grant is None:
         return _oauth_error(request, 400, "invalid_grant", "The grant of this code was deleted.")
     return JSONResponse(
