@@ -25,6 +25,10 @@ touches the driver, so callers catch one tree::
     │   ├── GrantNotFound
     │   ├── GrantInvalid            the grant exists but cannot be used (status says why)
     │   └── GrantConflict           the address has a grant on another server or username
+    ├── RequestError                a caller asked for what cannot be done as asked (the API
+    │   │                           answers 4xx; pipeline.api.errors.ApiError is one too)
+    │   ├── InvalidRequest          malformed, not allowed, or refused by the mail server (400)
+    │   └── NotFound                it names a message, draft or folder that is not there (404)
     └── ServiceError                a local service (Postgres, Redis) is down or unusable
 
 Messages are written for the person who reads them: they say what failed and how to fix it,
@@ -132,3 +136,16 @@ class GrantConflict(GrantError):
 
 class ServiceError(PipelineError):
     """A local service (Postgres, Redis) is down or unusable."""
+
+
+class RequestError(PipelineError):
+    """A caller (the HTTP API, the CLI, a task) asked for something that cannot be done as
+    asked; the message says what to change. Raised by the domain services the API calls."""
+
+
+class InvalidRequest(RequestError):
+    """The request is malformed or not allowed, or the mail server refused the change."""
+
+
+class NotFound(RequestError):
+    """The request names a message, draft, folder or attachment that is not there."""

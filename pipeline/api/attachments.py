@@ -22,9 +22,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries, writeback
+from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
+from pipeline.grants.interactive import grant_imap
+from pipeline.messages.placements import PlacementRepository
 from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
 
@@ -113,11 +115,11 @@ def fetch_attachment(db: Session, api: ApiState, grant: Grant, att: Attachment) 
             the account's limits are used up.
         ImapError: The server could not be reached or refused us (mapped to 4xx/504).
     """
-    locations = queries.locations_of(db, att.message_id)
+    locations = PlacementRepository(db).locations(att.message_id)
     if not locations:
         raise not_found("The message of this attachment is no longer on the server.")
     # per copy tried: SELECT, the part, its MIME header (and HEADER for a single-part message)
-    with writeback.grant_imap(db, api, grant, ops=4 * len(locations)) as imap:
+    with grant_imap(db, api, grant, ops=4 * len(locations)) as imap:
         for where in locations:
             imap.select(where.raw_name, readonly=True)
             data = imap.fetch_part(where.uid, att.part_path)

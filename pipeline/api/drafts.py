@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from pipeline.api import queries, send, writeback
+from pipeline.api import queries, send
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok, page
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.filters import ListFilter
@@ -54,8 +54,10 @@ from pipeline.api.messages import Fields, apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.drafts import mime, repository
 from pipeline.drafts.mime import DraftContent, DraftFile, Person
-from pipeline.errors import ImapError
+from pipeline.errors import ImapError, RequestError
+from pipeline.grants.interactive import grant_imap
 from pipeline.messages import metadata
+from pipeline.messages.placements import Location, PlacementRepository
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Folder, Grant, Message
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
@@ -406,7 +408,7 @@ def create_draft(
     when = datetime.now(UTC)
     raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when).as_bytes()
     # APPEND, SELECT, SEARCH, FETCH
-    with writeback.grant_imap(db, api, grant, ops=4) as imap:
+    with grant_imap(db, api, grant, ops=4) as imap:
         imap.append(folder.raw_name, raw, flags=_flags(starred), when=when)
         uidvalidity, fetched = _read_back(imap, folder.raw_name, message_id, 0)
     item = _one(fetched)
@@ -427,14 +429,14 @@ def create_draft(
     return message
 
 
-def _location(db: Session, draft: Message) -> queries.Location:
-    for where in queries.locations_of(db, draft.id):
+def _location(db: Session, draft: Message) -> Location:
+    for where in PlacementRepository(db).locations(draft.id):
         if where.role == repository.DRAFTS_ROLE:
             return where
     raise not_found("This draft is no longer in the Drafts folder on the server.")
 
 
-def _server_copy(imap: Any, where: queries.Location) -> DraftContent:
+def _server_copy(imap: Any, where: Location) -> DraftContent:
     raw = imap.fetch_raw(where.uid)
     if raw is None:
         raise not_found("This draft is no longer in the Drafts folder on the server.")
@@ -470,16 +472,15 @@ def _update(
 ) -> Message:
     where = _location(db, draft)
     # every copy of this draft in that folder goes (the sync may have found identical ones)
-    stale = sorted(
-        loc.uid for loc in queries.locations_of(db, draft.id) if loc.folder_id == where.folder_id
-    )
+    copies = PlacementRepository(db).locations(draft.id)
+    stale = sorted(loc.uid for loc in copies if loc.folder_id == where.folder_id)
     message_id = draft.message_id_header or make_msgid(domain=_domain(grant))
     starred = draft.starred if req.starred is None else req.starred
     when = datetime.now(UTC)
     _applied(db, grant, DraftContent(), req, files)  # refuse a bad request before any IMAP
     pairs = _checked_metadata(req)
     # SELECT, FETCH, APPEND, SELECT, SEARCH, FETCH, STORE, EXPUNGE
-    with writeback.grant_imap(db, api, grant, ops=8) as imap:
+    with grant_imap(db, api, grant, ops=8) as imap:
         imap.select(where.raw_name, readonly=False)
         content = _applied(db, grant, _server_copy(imap, where), req, files)
         raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when)
@@ -573,7 +574,7 @@ def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str)
     where = _location(db, draft)
     if _unschedule(db, grant, draft.message_id_header) is not None:
         db.commit()  # sent now instead of then
-    with writeback.grant_imap(db, api, grant, ops=2) as imap:  # SELECT, FETCH
+    with grant_imap(db, api, grant, ops=2) as imap:  # SELECT, FETCH
         imap.select(where.raw_name, readonly=True)
         content = _server_copy(imap, where)
     req, files = _send_request(db, grant, content, draft.metadata_)
@@ -582,14 +583,14 @@ def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str)
     key = f"draft:{draft.id}:{draft.header_hash}"
     try:
         view = send.send_now(db, api, grant, req, files, fields, key=key)
-    except ApiError:
+    except RequestError:  # what compose refused, or the send failed with
         db.rollback()
         if OutboxRepository(db).release_key(grant.id, key):  # refused for certain: may retry
             db.commit()
         raise
     try:
         _remove(db, api, grant, draft)
-    except (ImapError, ApiError) as exc:
+    except (ImapError, RequestError) as exc:
         # The mail went out; only the draft is left behind (DELETE removes it).
         log.warning(
             "draft sent, but not removed from Drafts: %s",
@@ -607,10 +608,10 @@ def remove_draft(db: Session, api: ApiState, grant: Grant, draft: Message) -> No
 
 def _remove(db: Session, api: ApiState, grant: Grant, draft: Message) -> None:
     _unschedule(db, grant, draft.message_id_header)  # a deleted draft is not sent later
-    locations = queries.locations_of(db, draft.id)
+    locations = PlacementRepository(db).locations(draft.id)
     if locations:
         # per copy: SELECT, STORE \Deleted, EXPUNGE
-        with writeback.grant_imap(db, api, grant, ops=3 * len(locations)) as imap:
+        with grant_imap(db, api, grant, ops=3 * len(locations)) as imap:
             for where in locations:
                 imap.select(where.raw_name, readonly=False)
                 imap.expunge_uids([where.uid])

@@ -10,7 +10,9 @@ with one of the Nylas v3 types::
     conflict_error          409  a sign-in names an address connected with another server or
                                  username (pipeline.grants.service: the takeover rule)
     request_too_large       413  a body over the configured limit
-    rate_limit_error        429  the provider throttled us
+    rate_limit_error        429  the provider throttled us, or the account's own limits (a
+                                 connection slot, a login or operation token) answer later:
+                                 Retry-After says when
     api_error               500  a bug (the log has the details, the response never does)
     service_unavailable     503  Postgres or another local service is down
     provider_error          504  the IMAP server could not be reached or answered badly
@@ -22,6 +24,7 @@ a password or a SQL statement.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,9 +42,13 @@ from pipeline.errors import (
     ImapError,
     ImapFolderError,
     ImapThrottledError,
+    InvalidRequest,
+    NotFound,
     PipelineError,
+    RequestError,
     ServiceError,
 )
+from pipeline.limits import RateLimited
 from pipeline.webhooks.errors import ChallengeFailed, InvalidWebhookRequest, WebhookNotFound
 
 log = logging.getLogger(__name__)
@@ -49,8 +56,13 @@ log = logging.getLogger(__name__)
 MAX_VALIDATION_DETAILS = 5  # problems listed in one message; more are summarized
 
 
-class ApiError(Exception):
-    """An error with its HTTP status and v3 type; raise it from any endpoint."""
+class ApiError(RequestError):
+    """An error with its HTTP status and v3 type; raise it from any endpoint.
+
+    A :class:`~pipeline.errors.RequestError`, so that work the domain runs for the API (an
+    IMAP session of :func:`pipeline.grants.interactive.grant_imap`) treats it as the request's
+    refusal, not as a broken session.
+    """
 
     def __init__(
         self, status: int, type_: str, message: str, *, headers: dict[str, str] | None = None
@@ -72,6 +84,12 @@ def not_found(message: str) -> ApiError:
     return ApiError(404, "not_found_error", message)
 
 
+def rate_limited(message: str, wait_s: float) -> ApiError:
+    """A 429 ``rate_limit_error`` with ``Retry-After`` (whole seconds, at least 1)."""
+    retry = max(1, math.ceil(wait_s))
+    return ApiError(429, "rate_limit_error", message, headers={"Retry-After": str(retry)})
+
+
 def request_id_of(request: Request) -> str:
     """The id the request-id middleware gave this request (``"unknown"`` outside it)."""
     return str(getattr(request.state, "request_id", "unknown"))
@@ -90,10 +108,14 @@ def error_response(request: Request, status: int, type_: str, message: str) -> J
 def from_pipeline_error(exc: PipelineError) -> ApiError:
     """Map the engine's exception tree onto HTTP statuses and v3 types."""
     message = str(exc)
-    if isinstance(exc, GrantNotFound | WebhookNotFound):
+    if isinstance(exc, GrantNotFound | WebhookNotFound | NotFound):
         return not_found(message)
-    if isinstance(exc, InvalidWebhookRequest | ChallengeFailed):
+    if isinstance(exc, InvalidWebhookRequest | ChallengeFailed | InvalidRequest):
         return invalid_request(message)
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RateLimited):  # no token or connection slot now: retry after the wait
+        return rate_limited(message, exc.retry_after_s)
     if isinstance(exc, GrantConflict):
         return ApiError(409, "conflict_error", message)
     if isinstance(exc, GrantInvalid):
@@ -176,7 +198,9 @@ def install(app: FastAPI) -> None:
                 type(exc).__name__,
                 extra={"request_id": request_id_of(request)},
             )
-        return error_response(request, mapped.status, mapped.type, mapped.message)
+        response = error_response(request, mapped.status, mapped.type, mapped.message)
+        response.headers.update(mapped.headers)
+        return response
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         # The driver's message can quote SQL and parameters: log the class only.

@@ -16,11 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from pipeline import notifications
-from pipeline.api import queries, writeback
+from pipeline.api import queries
 from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
+from pipeline.grants.interactive import grant_imap
+from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
 from pipeline.sync.state import FolderState
 
@@ -179,7 +181,7 @@ def create_folder(
         name = parent.name + delimiter + name
     if queries.find_folder(db, grant.id, name) is not None:
         raise invalid_request(f"A folder named {name!r} exists already.")
-    with writeback.grant_imap(db, api, grant, ops=2) as imap:
+    with grant_imap(db, api, grant, ops=2) as imap:
         raw_name = imap.create_folder(name)
         listed = {f.raw_name: f for f in imap.list_folders()}
     info = listed.get(raw_name)
@@ -245,7 +247,7 @@ def rename_folder(
     if queries.find_folder(db, grant.id, name) is not None:
         raise invalid_request(f"A folder named {name!r} exists already.")
     old_raw = folder.raw_name
-    with writeback.grant_imap(db, api, grant, ops=1) as imap:
+    with grant_imap(db, api, grant, ops=1) as imap:
         new_raw = imap.rename_folder(old_raw, name)
     for renamed in queries.rename_folder_rows(db, grant.id, old_raw, new_raw, folder.delimiter):
         notifications.folder(db, "folder.updated", renamed)
@@ -263,10 +265,10 @@ def delete_folder(
     folder = path_folder(db, grant, folder_id)
     if folder.role == "inbox":
         raise invalid_request("The Inbox cannot be deleted.")
-    with writeback.grant_imap(db, api, grant, ops=1) as imap:
+    with grant_imap(db, api, grant, ops=1) as imap:
         imap.delete_folder(folder.raw_name)
     notifications.folder(db, "folder.deleted", folder)
-    queries.lock_grant_messages(db, grant.id)
+    MessageRepository(db).lock_grant(grant.id)
     queries.delete_folder_row(db, folder.id)
     db.commit()
     notify_after_commit(api)

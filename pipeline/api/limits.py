@@ -3,79 +3,37 @@
 Every login the API makes to a provider takes a login token of the account and of its provider
 first, from the same buckets the workers and the listener use:
 
-- an IMAP session for write-back, attachments and filing sent mail (:mod:`.writeback`);
+- an IMAP session for write-back, drafts, attachments and searches
+  (:func:`pipeline.grants.interactive.grant_imap`, which takes the tokens itself);
 - the check login of ``POST /v3/connect/custom``, ``PATCH /v3/grants/{id}`` and the hosted
   sign-in form (:func:`connect_login`); the account is the grant of that address when there is
   one, else the (server, username) pair, so repeated attempts at one new account are limited too;
-- the SMTP login of a send (:func:`take_login`, on the grant's account bucket).
+- the SMTP login of a send (by the worker that sends it, :mod:`pipeline.outbound.deliver`).
 
 A login reserves its turn in the buckets (:meth:`~pipeline.limits.RateLimiter.reserve_login`)
 and waits for it when it comes within ``MAX_TOKEN_WAIT_S``; operation tokens are asked for again
-until then (:func:`take`). A longer wait, or a provider that throttles us (the account then backs
-off), is a 429 ``rate_limit_error`` with ``Retry-After``.
-Without Redis (``ApiState.limiter`` is None) nothing is limited.
+until then (:func:`pipeline.grants.interactive.take_login` and ``take``). A longer wait, or a
+provider that throttles us (the account then backs off), is a 429 ``rate_limit_error`` with
+``Retry-After``. Without Redis (``ApiState.limiter`` is None) nothing is limited.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
 from pipeline.api.deps import ApiState
-from pipeline.api.errors import ApiError
+from pipeline.api.errors import rate_limited
 from pipeline.errors import ImapThrottledError
+from pipeline.grants.interactive import take_login
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.service import same_account
+from pipeline.limits import RateLimited
 from pipeline.models import Grant
-
-MAX_TOKEN_WAIT_S = 3.0  # a request waits this long for a rate-limit token, then gets a 429
-
-
-def rate_limited(message: str, wait_s: float) -> ApiError:
-    """A 429 ``rate_limit_error`` with ``Retry-After`` (whole seconds, at least 1)."""
-    retry = max(1, math.ceil(wait_s))
-    return ApiError(429, "rate_limit_error", message, headers={"Retry-After": str(retry)})
-
-
-def take(take_token: Callable[[], float], what: str) -> None:
-    """Take a token, waiting up to ``MAX_TOKEN_WAIT_S``.
-
-    Raises:
-        ApiError: 429 when the token comes later than that.
-    """
-    deadline = time.monotonic() + MAX_TOKEN_WAIT_S
-    while True:
-        wait = take_token()
-        if wait <= 0:
-            return
-        if time.monotonic() + wait > deadline:
-            raise rate_limited(f"Too many {what} for this account right now; retry later.", wait)
-        time.sleep(wait)
-
-
-def take_login(api: ApiState, provider: str, imap_host: str, account: str, what: str) -> None:
-    """Take a login token of ``account`` and of its provider; wait for its turn if that comes
-    within ``MAX_TOKEN_WAIT_S``.
-
-    Raises:
-        ApiError: 429 when the turn would come later (nothing is taken then).
-    """
-    limiter = api.limiter
-    if limiter is None:
-        return
-    turn = limiter.reserve_login(provider, imap_host, account, max_wait_s=MAX_TOKEN_WAIT_S)
-    if not turn.granted:
-        raise rate_limited(
-            f"Too many {what} for this account right now; retry later.", turn.retry_after_s
-        )
-    if turn.wait_s > 0:
-        time.sleep(turn.wait_s)
 
 
 def _new_account(imap_host: str, username: str) -> str:
@@ -124,7 +82,10 @@ def login_turn(api: ApiState, resolved: ResolvedGrant, grant_id: str | None) -> 
         yield
         return
     account = grant_id or _new_account(resolved.imap_host, resolved.imap_username)
-    take_login(api, resolved.provider, resolved.imap_host, account, "logins")
+    try:
+        take_login(limiter, resolved.provider, resolved.imap_host, account, "logins")
+    except RateLimited as exc:
+        raise rate_limited(str(exc), exc.retry_after_s) from exc
     try:
         yield
     except ImapThrottledError as exc:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries, writeback
+from pipeline.api import queries
 from pipeline.api.deps import (
     ApiState,
     Db,
@@ -52,6 +52,7 @@ from pipeline.api.rawmime import raw_mime_views
 from pipeline.api.search import needs_server
 from pipeline.drafts import repository as drafts_repository
 from pipeline.messages import metadata
+from pipeline.messages import service as message_service
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 
@@ -372,7 +373,7 @@ def update_message(
             message.metadata_ = metadata.validated(body.metadata)
         except metadata.MetadataError as exc:
             raise invalid_request(str(exc)) from exc
-    writeback.update_message(
+    message_service.update_message(
         db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
     )
     db.commit()
@@ -393,7 +394,7 @@ def delete_message(
     """Move the message to the account's Trash folder; with ``hard_delete=true``, or when the
     account has no Trash folder, delete it from the server at once (irreversible)."""
     message = path_message(db, grant, message_id)
-    writeback.delete_message(db, api, grant, message, hard=hard_delete)
+    message_service.delete_message(db, api, grant, message, hard=hard_delete)
     db.commit()
     notify_after_commit(api)
     return {"request_id": request_id_of(request)}

@@ -54,18 +54,17 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    update,
 )
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, distinct_on
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, aliased, defer
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from pipeline.api.pagination import Cursor
 from pipeline.drafts.repository import DRAFTS_ROLE
 from pipeline.messages import metadata
-from pipeline.messages.repository import MessageRepository, text_key
+from pipeline.messages.placements import PlacementRepository
+from pipeline.messages.repository import text_key
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
 from pipeline.search.store import StoreCondition
 from pipeline.search.tables import message_search
@@ -644,28 +643,6 @@ def attachments_of(session: Session, message_ids: Sequence[str]) -> dict[str, li
     for att in rows:
         out.setdefault(str(att.message_id), []).append(att)
     return out
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where a message sits on the server right now."""
-
-    folder_id: str
-    raw_name: str
-    uidvalidity: int
-    uid: int
-    role: str | None
-
-
-def locations_of(session: Session, message_id: str) -> list[Location]:
-    """Current placements of a message (UIDs of the folder's current UIDVALIDITY), Inbox first."""
-    rows = session.execute(
-        select(Folder.id, Folder.raw_name, Placement.uidvalidity, Placement.uid, Folder.role)
-        .join(Folder, Folder.id == Placement.folder_id)
-        .where(Placement.message_id == message_id, Placement.uidvalidity == Folder.uidvalidity)
-        .order_by((Folder.role == "inbox").desc(), Folder.raw_name)
-    )
-    return [Location(str(f), str(r), int(v), int(u), role) for f, r, v, u, role in rows]
 
 
 # --- folders -----------------------------------------------------------------------------------
@@ -1469,83 +1446,7 @@ def list_grants(
     return list(session.scalars(query))
 
 
-# --- write-back (the API's changes, after the IMAP server accepted them) ----------------------
-
-
-def lock_grant_messages(session: Session, grant_id: str) -> None:
-    """Serialize with the sync engine's writes of this grant until the transaction ends."""
-    MessageRepository(session).lock_grant(grant_id)
-
-
-def set_message_flags(session: Session, message: Message, flags: Sequence[str]) -> None:
-    """Store a message's flags and the unread/starred they imply, on it and its placements."""
-    message.flags = list(flags)
-    message.unread = "\\Seen" not in flags
-    message.starred = "\\Flagged" in flags
-    session.execute(
-        update(Placement).where(Placement.message_id == message.id).values(flags=list(flags))
-    )
-
-
-def move_placement(
-    session: Session,
-    *,
-    message_id: str,
-    source: Location,
-    target_folder_id: str,
-    target_uidvalidity: int | None,
-    target_uid: int | None,
-    flags: Sequence[str],
-) -> None:
-    """A message left ``source``; record where it landed when the server said so (COPYUID).
-
-    Without COPYUID the next sync of the target folder finds the copy by identity and places it.
-    """
-    remove_placement(session, source)
-    if target_uid is not None and target_uidvalidity is not None:
-        stmt = pg_insert(Placement).values(
-            folder_id=target_folder_id,
-            uid=target_uid,
-            uidvalidity=target_uidvalidity,
-            message_id=message_id,
-            flags=list(flags),
-        )
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[Placement.folder_id, Placement.uidvalidity, Placement.uid],
-                set_={"message_id": message_id, "flags": list(flags)},
-            )
-        )
-
-
-def remove_placement(session: Session, location: Location) -> None:
-    """Forget one placement (the copy was expunged)."""
-    session.execute(
-        delete(Placement).where(
-            Placement.folder_id == location.folder_id,
-            Placement.uidvalidity == location.uidvalidity,
-            Placement.uid == location.uid,
-        )
-    )
-
-
-def delete_message_if_unplaced(session: Session, message_id: str) -> bool:
-    """Delete a message that no folder holds any more; True if it was deleted."""
-    placed = session.scalar(select(exists().where(Placement.message_id == message_id)))
-    if placed:
-        return False
-    session.execute(delete(Message).where(Message.id == message_id))
-    return True
-
-
-def folder_by_role(session: Session, grant_id: str, role: str) -> Folder | None:
-    """A grant's folder with ``role`` (the first by name if several claim it)."""
-    return session.scalar(
-        select(Folder)
-        .where(Folder.grant_id == grant_id, Folder.role == role)
-        .order_by(Folder.name)
-        .limit(1)
-    )
+# --- folders the API created, renamed or deleted on the server ------------------------------
 
 
 def add_folder(session: Session, folder: Folder) -> Folder:
@@ -1594,4 +1495,4 @@ def delete_folder_row(session: Session, folder_id: str) -> None:
     message_ids = [str(m) for m in session.scalars(orphans)]
     session.execute(delete(Folder).where(Folder.id == folder_id))
     for message_id in message_ids:
-        delete_message_if_unplaced(session, message_id)
+        PlacementRepository(session).delete_if_unplaced(message_id)

@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries, writeback
 from pipeline.api.deps import ApiState
+from pipeline.grants.interactive import grant_imap
+from pipeline.messages.placements import PlacementRepository
 from pipeline.models import Grant, Message
 
 
@@ -29,12 +30,12 @@ def raw_mime_views(
         ApiError: 429 when the account's IMAP limits are used up.
         ImapError: The server could not be reached or refused us (mapped to 4xx/504).
     """
-    locations = {m.id: queries.locations_of(db, m.id) for m in messages}
+    locations = {m.id: PlacementRepository(db).locations(m.id) for m in messages}
     raw: dict[str, bytes] = {}
     copies = sum(len(found) for found in locations.values())
     if copies:
         folders = len({where.raw_name for found in locations.values() for where in found})
-        with writeback.grant_imap(db, api, grant, ops=folders + copies) as imap:
+        with grant_imap(db, api, grant, ops=folders + copies) as imap:
             selected: str | None = None
             for message in messages:
                 for where in locations[message.id]:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.api.deps import ApiState
 from pipeline.api.errors import invalid_request
-from pipeline.api.writeback import grant_imap
+from pipeline.grants.interactive import grant_imap
 from pipeline.models import Grant
 from pipeline.search import criteria, server, store
 

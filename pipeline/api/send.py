@@ -48,12 +48,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from pipeline.api import queries, writeback
+from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.messages import Fields, message_views
 from pipeline.drafts.repository import drafts_folders
-from pipeline.errors import ImapError
+from pipeline.errors import ImapError, RequestError
+from pipeline.grants.interactive import grant_imap
 from pipeline.messages import metadata
 from pipeline.models import Grant, Message
 from pipeline.outbound.deliver import with_bcc
@@ -483,14 +484,14 @@ def _keep_in_drafts(db: Session, api: ApiState, grant: Grant, out: Outgoing) -> 
     if not folders:
         return
     try:
-        with writeback.grant_imap(db, api, grant, ops=1) as imap:
+        with grant_imap(db, api, grant, ops=1) as imap:
             imap.append(
                 folders[0].raw_name,
                 with_bcc(out.raw, out.bcc),
                 flags=["\\Draft", "\\Seen"],
                 when=datetime.now(UTC),
             )
-    except (ImapError, ApiError) as exc:
+    except (ImapError, RequestError) as exc:
         log.warning(
             "scheduled send not kept in Drafts: %s",
             type(exc).__name__,

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries, writeback
+from pipeline.api import queries
 from pipeline.api.deps import (
     ApiState,
     Db,
@@ -35,6 +35,8 @@ from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_fi
 from pipeline.api.messages import apply_select, checked_page, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters
+from pipeline.messages import service as message_service
+from pipeline.messages.placements import PlacementRepository
 from pipeline.messages.views import message_view, unix
 from pipeline.models import Grant, Message, Thread
 
@@ -220,9 +222,9 @@ def update_thread(
     """Mark read/unread, star/unstar or move all the thread's messages (server first)."""
     folder = target_folder(db, grant, body.folders)
     for message in _thread_messages(db, grant, thread_id):
-        if not queries.locations_of(db, message.id):
+        if not PlacementRepository(db).locations(message.id):
             continue  # a copy no folder holds any more: nothing to change on the server
-        writeback.update_message(
+        message_service.update_message(
             db, api, grant, message, unread=body.unread, starred=body.starred, folder=folder
         )
     db.commit()
@@ -238,8 +240,8 @@ def delete_thread(
     """Move every message of the thread to the account's Trash folder (delete them where the
     account has none)."""
     for message in _thread_messages(db, grant, thread_id):
-        if queries.locations_of(db, message.id):
-            writeback.delete_message(db, api, grant, message)
+        if PlacementRepository(db).locations(message.id):
+            message_service.delete_message(db, api, grant, message)
     db.commit()
     notify_after_commit(api)
     return {"request_id": request_id_of(request)}
