@@ -136,6 +136,19 @@ in one event loop on one core. Measured but left: the API key check (one SHA-256
 per request, 0.2 % of the process's samples), FastAPI's telemetry hooks off (1.3 % fewer
 instructions), the threadpool hop through the event loop's own executor instead of anyio's
 (2.7 % fewer instructions, 3.57M against 3.67M a page; callgrind).
+
+Tried again and left out (2026-12-07, 13:32-13:39 UTC, load average 7.8-12.6, one run each,
+back to back, ``--database h_api12_bench --keep --requests 100 --clients 4``): the list pages
+made on the event loop through SQLAlchemy's async engine (``AsyncConnection.run_sync``, no
+threadpool hop; the searches the IMAP server answers and ``raw_mime`` kept on the threadpool).
+The API's own figures, threadpool -> event loop: 1 client p50 messages 10.7 -> 16.1 ms,
+page_token 28.0 -> 17.4, in=INBOX 20.5 -> 19.5, unread 27.9 -> 18.5, threads 45.1 -> 62.5;
+CPU a request about the same (4.4-14.0 -> 5.0-14.5 ms); 4 clients requests/s messages
+137 -> 69, page_token 185 -> 96, unread 143 -> 73, in=INBOX 92 -> 82, threads 39 -> 45, p99
+81.5 -> 162.8 ms (messages), 68.2 -> 109.1 (unread). Fewer wake-ups did not show as lower
+latency, and one event loop doing every page's Python and every socket wait halved the
+throughput with 4 clients. (Its replay recorded nothing: :func:`record_sql` listens to the
+sessions' engine, which such pages no longer use.)
 """
 
 from __future__ import annotations

@@ -57,6 +57,19 @@ runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
   so a search's CPU in all is within 2.5 ms either way (NOT SEEN 18.9 -> 13.0, FROM sender10@
   + in=Archive 21.9 -> 24.2). Goal still not met: searches' p99 16-79 ms after, 13-61 before,
   one run each, the slowest a different search every run.
+- threads after the grant's check rides on the page statement, each thread's messages are read
+  once by its rendering (``queries._thread_aggregates``; the plain page's buffers 3,368 ->
+  2,514) and a search text's row estimate is reused for a minute (``ESTIMATE_REUSE_S``; the
+  replay's statements changed alike): ``--requests 100 --lists threads --database
+  h_api12_search --keep``, main before (A, load 9.8-10.8) and after (B, load 9.3-10.4), back
+  to back, 2026-12-07 13:23-13:31 UTC. API CPU a request lower in 16 of 18 searches (by up to
+  1.8 ms; cafe and nowhere-to-be-found 0.8-1.1 ms higher), Postgres CPU lower in 14 (by 0.1-3
+  ms: TO me@example 12.2 -> 9.9, SUBJECT cafe FROM "Sender 1" UNSEEN 22.2 -> 19.2, LARGER 6000
+  21.7 -> 19.1), within 0.5 ms higher in 4. The dearest stay the searches without text keys
+  whose matches Postgres reads all, then sorts their threads (UNSEEN FLAGGED: every starred
+  unread message of the grant and its copies' flags, 2,000 threads sorted for 51, 22,000
+  buffers, 27 ms of Postgres CPU). p99 at that load 50-220 ms (A), 45-187 (B): the goal (under
+  50 ms) is for a quiet machine to judge.
 """
 
 from __future__ import annotations
