@@ -14,14 +14,17 @@ Each policy is a small step around the task's own body, like a middleware::
       + the reason on the folder too; result {"limited": bound}
 
 A rate-limited run is not a failure: it uses up no retry, and it never waits in a worker slot
-for a token (:mod:`pipeline.limits`). What a task opens (a database session, an IMAP
-session of the grant) comes from :mod:`workers.resources`; coalescing of runs is
-:mod:`pipeline.coalesce`.
+for a token (:mod:`pipeline.limits`). A task gets its grant's IMAP session from
+:func:`grant_session` (a refused login marks the grant invalid and kicks its ``grant.expired``)
+and turns a failed IMAP step into its result with :func:`skipped` (a broken bound costs the
+grant). The per-process resources behind them are :mod:`workers.resources`; coalescing of
+runs is :mod:`pipeline.coalesce`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -31,13 +34,20 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from pipeline.config import get_settings
 from pipeline.errors import (
+    ImapAuthError,
     ImapConnectError,
+    ImapError,
     ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
 )
+from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
-from workers.resources import note_misbehaved
+from pipeline.models import Grant
+from workers.resources import LimitsView, fresh_imap_for, imap_for, note_misbehaved, sessions
+from workers.tasks.webhooks import kick
+
+log = logging.getLogger(__name__)
 
 RESCHEDULE_MIN_S = 1.0  # a denied task comes back no sooner than this
 RESCHEDULE_MAX_S = 60.0  # nor later: far below the broker's visibility timeout (30 min)
@@ -152,3 +162,38 @@ class FolderSyncTask(GrantSyncTask):
         folder_id = args[1] if len(args) > 1 else kwargs["folder_id"]
         note_misbehaved(grant_id, problem, folder_id)
         return {"limited": getattr(problem, "bound", "time limit")}
+
+
+def grant_session(
+    grant: Grant, *, view: LimitsView | None = None, fresh: bool = False
+) -> ImapSession:
+    """A session of ``grant`` for a task's IMAP work: this process's pooled one or a new login
+    (``fresh``: always a new login, what a new session of the server sees). Its transaction
+    writes only when the server refuses the login: the grant is marked invalid and its
+    ``grant.expired`` goes into the outbox, committed, then kicked. Give the session back
+    with :func:`workers.resources.using` (or ``release_imap``).
+
+    Raises:
+        RateLimited: No token or connection slot now (the task comes back later).
+        ImapAuthError: The login was refused; the grant is now invalid.
+        ImapError: Any other failure of the login (``ImapLimitError``: a bound broken).
+    """
+    opener = fresh_imap_for if fresh else imap_for
+    with sessions().begin() as db:
+        try:
+            return opener(db, grant, view)
+        except ImapAuthError as exc:
+            refused = exc  # committed with this block
+    kick()  # grant.expired
+    raise refused
+
+
+def skipped(grant_id: str, exc: ImapError, failure: str = "") -> dict[str, Any]:
+    """The result of a task whose IMAP work on ``grant_id``'s server failed with ``exc``: a
+    broken bound is recorded on the grant (the account backs off); another failure is
+    logged as ``failure`` when given (the next run tries again)."""
+    if isinstance(exc, ImapLimitError):
+        note_misbehaved(grant_id, exc)
+    elif failure:
+        log.warning("%s: %s", failure, exc)
+    return {"skipped": type(exc).__name__}

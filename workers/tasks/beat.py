@@ -42,7 +42,7 @@ from celery import Task
 
 from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.config import get_settings
-from pipeline.errors import ImapAuthError, ImapError, ImapLimitError, ImapThrottledError
+from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
 from pipeline.imap import FolderInfo
 from pipeline.limits import RateLimited
@@ -72,12 +72,9 @@ from pipeline.sync.plan import discover_folders
 from pipeline.sync.state import GrantSyncState
 from workers import enqueue, folder_queue
 from workers.app import app
-from workers.base import PipelineTask, reschedule_countdown
+from workers.base import PipelineTask, grant_session, reschedule_countdown, skipped
 from workers.resources import (
     LimitsView,
-    fresh_imap_for,
-    imap_for,
-    note_misbehaved,
     note_throttled,
     redis_client,
     release_imap,
@@ -280,15 +277,10 @@ def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, 
     if grant is None:
         return {"skipped": "grant not active"}
     provider = grant.provider
-    # the database is written only when the login is refused (the grant marked invalid)
-    with sessions().begin() as db:
-        try:
-            imap = imap_for(db, grant, batch.view)
-        except ImapLimitError as exc:
-            note_misbehaved(grant_id, exc)
-            return {"skipped": type(exc).__name__}
-        except ImapError as exc:  # an auth failure marks the grant invalid (committed)
-            return {"skipped": type(exc).__name__}
+    try:
+        imap = grant_session(grant, view=batch.view)
+    except ImapError as exc:  # RateLimited too: this poll is skipped, the next one comes
+        return skipped(grant_id, exc)
     healthy = False
     to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
     listed: list[FolderInfo] | None = None
@@ -317,12 +309,8 @@ def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, 
                 unclaim_discovery(redis_client(), grant_id)  # the next poll tries again
                 raise
         healthy = True
-    except ImapLimitError as exc:
-        note_misbehaved(grant_id, exc)
-        return {"skipped": type(exc).__name__}
     except ImapError as exc:
-        log.warning("folder poll failed: %s", exc)
-        return {"skipped": type(exc).__name__}
+        return skipped(grant_id, exc, "folder poll failed")
     finally:
         if to_sync:
             release_imap(grant_id, imap, healthy=healthy)  # pooled for the syncs, if healthy
@@ -381,34 +369,26 @@ def discover_grant_task(grant_id: str) -> dict[str, Any]:
             return {"skipped": "a discovery of this grant is running"}
         with sessions().begin() as db:
             grant = GrantRepository(db).get(grant_id)
-            if (
-                grant is None
-                or grant.grant_status != "valid"
-                or grant.sync_state == GrantSyncState.STOPPED
-            ):
-                return {"skipped": "grant not active"}
-            if grant.initial_sync_completed_at is None:
-                return {"skipped": "initial sync running"}  # its grant sync discovers
-            provider = grant.provider
-            try:
-                imap = imap_for(db, grant)
-            except RateLimited:
-                raise  # the task comes back later (workers.base)
-            except ImapLimitError as exc:
-                note_misbehaved(grant_id, exc)
-                return {"skipped": type(exc).__name__}
-            except ImapError as exc:  # an auth failure marks the grant invalid (committed)
-                return {"skipped": type(exc).__name__}
+        if (
+            grant is None
+            or grant.grant_status != "valid"
+            or grant.sync_state == GrantSyncState.STOPPED
+        ):
+            return {"skipped": "grant not active"}
+        if grant.initial_sync_completed_at is None:
+            return {"skipped": "initial sync running"}  # its grant sync discovers
+        try:
+            imap = grant_session(grant)
+        except RateLimited:
+            raise  # the task comes back later (workers.base)
+        except ImapError as exc:
+            return skipped(grant_id, exc)
         try:
             with using(grant_id, imap):
                 listed = imap.list_folders()
-        except ImapLimitError as exc:
-            note_misbehaved(grant_id, exc)
-            return {"skipped": type(exc).__name__}
         except ImapError as exc:
-            log.warning("folder discovery failed: %s", exc)
-            return {"skipped": type(exc).__name__}
-        return _apply_discovery(grant_id, provider, listed)
+            return skipped(grant_id, exc, "folder discovery failed")
+        return _apply_discovery(grant_id, grant.provider, listed)
 
 
 def _apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> dict[str, Any]:
@@ -537,21 +517,14 @@ def _check_one(grant_id: str, batch: _CheckBatch) -> dict[str, Any]:
     )
     if not due:  # every folder's UIDVALIDITY seen lately by a poll or the listener
         return {"changed": 0, "stopped": 0, "resumed": 0, "polled": 0, "asked": 0}
-    # the database is written only when the login is refused (the grant marked invalid)
-    with sessions().begin() as db:
-        try:
-            imap = fresh_imap_for(db, grant, batch.view)
-        except RateLimited:
-            raise  # the caller sends the check again after the wait
-        except ImapAuthError:
-            return {"skipped": "grant invalid"}  # now invalid (committed with this block)
-        except ImapLimitError as exc:
-            note_misbehaved(grant_id, exc)
-            return {"skipped": type(exc).__name__}
-        except ImapError as exc:
-            # throttling is already recorded; the next sweep looks again
-            log.warning("UIDVALIDITY check could not log in: %s", exc)
-            return {"skipped": type(exc).__name__}
+    try:
+        imap = grant_session(grant, view=batch.view, fresh=True)
+    except RateLimited:
+        raise  # the caller sends the check again after the wait
+    except ImapAuthError:
+        return {"skipped": "grant invalid"}  # now invalid
+    except ImapError as exc:  # throttling is already recorded; the next sweep looks again
+        return skipped(grant_id, exc, "UIDVALIDITY check could not log in")
     healthy = False
     to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
     try:
@@ -567,12 +540,8 @@ def _check_one(grant_id: str, batch: _CheckBatch) -> dict[str, Any]:
     except ImapThrottledError:
         note_throttled(grant)
         return {"skipped": "throttled"}
-    except ImapLimitError as exc:
-        note_misbehaved(grant_id, exc)
-        return {"skipped": type(exc).__name__}
     except ImapError as exc:
-        log.warning("UIDVALIDITY check failed: %s", exc)
-        return {"skipped": type(exc).__name__}
+        return skipped(grant_id, exc, "UIDVALIDITY check failed")
     finally:
         release_imap(grant_id, imap, healthy=healthy)
         _queue(grant_id, provider, to_sync)

@@ -52,7 +52,7 @@ from pipeline.sync.run import SyncOutcome, sync_folder
 from pipeline.sync.state import FolderState, GrantSyncState
 from workers import chunks, enqueue, folder_queue
 from workers.app import app
-from workers.base import TRANSIENT, FolderSyncTask, GrantSyncTask
+from workers.base import TRANSIENT, FolderSyncTask, GrantSyncTask, grant_session
 from workers.resources import (
     close_all_imap,
     fresh_imap_for,
@@ -298,18 +298,16 @@ def _open(grant_id: str) -> tuple[str, ImapSession] | dict[str, Any]:
     """
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if grant is None:
-            raise GrantNotFound(grant_id)
-        if grant.grant_status != "valid":
-            return {"skipped": "grant invalid"}
-        if grant.sync_state == GrantSyncState.STOPPED:
-            return {"skipped": "grant stopped"}
-        try:
-            return grant.provider, imap_for(db, grant)
-        except ImapAuthError:
-            pass  # the grant is now invalid: committed with this block
-    kick()  # grant.expired
-    return {"skipped": "grant invalid"}
+    if grant is None:
+        raise GrantNotFound(grant_id)
+    if grant.grant_status != "valid":
+        return {"skipped": "grant invalid"}
+    if grant.sync_state == GrantSyncState.STOPPED:
+        return {"skipped": "grant stopped"}
+    try:
+        return grant.provider, grant_session(grant)
+    except ImapAuthError:
+        return {"skipped": "grant invalid"}  # now invalid
 
 
 # A process ends its chunk with a healthy session and more of the grant's ranges wait: it runs
