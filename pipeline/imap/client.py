@@ -1,16 +1,18 @@
-"""One IMAP session: connect (implicit TLS, STARTTLS or, when allowed, plaintext), log in, and
-run the commands the sync engine needs, returning plain typed values.
+"""One IMAP session: the commands the sync engine needs, returning plain typed values.
 
-Built on imaplib through :class:`pipeline.imap.bounded.BoundedIMAP4`, which bounds every read
-(line, literal, untagged responses and bytes per command) and gives every command, and the
-whole connect + greeting + login, a total deadline; imap-tools only for modified UTF-7. Every
-driver error is wrapped in the :mod:`pipeline.errors` IMAP subtree. Fetches always use
-``BODY.PEEK`` so syncing never sets ``\\Seen``, and keep only the messages they asked for.
+:func:`pipeline.imap.login.open_session` connects and logs in (implicit TLS, STARTTLS or, when
+allowed, plaintext) and hands over an :class:`ImapSession`. Built on imaplib through
+:class:`pipeline.imap.bounded.BoundedIMAP4`, which bounds every read (line, literal, untagged
+responses and bytes per command) and gives every command, and the whole connect + greeting +
+login, a total deadline; imap-tools only for modified UTF-7. Every driver error is wrapped in
+the :mod:`pipeline.errors` IMAP subtree. Fetches always use ``BODY.PEEK`` so syncing never sets
+``\\Seen``, and keep only the messages they asked for. Answers are read into values by
+:mod:`pipeline.imap.responses`.
 
 Folder names are kept in the server's own bytes: ``FolderInfo.raw_name`` holds them one
 character per byte (ISO 8859-1), so an ASCII name (modified UTF-7, the normal case) reads as
 itself and a raw 8-bit name a server sends anyway goes back to it unchanged
-(:func:`folder_name_bytes`).
+(:func:`~pipeline.imap.responses.folder_name_bytes`).
 """
 
 from __future__ import annotations
@@ -18,56 +20,48 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
-import re
-import socket
-import ssl
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from imap_tools.imap_utf7 import utf7_decode, utf7_encode
+from imap_tools.imap_utf7 import utf7_encode
 
 from pipeline.errors import (
-    ImapAuthError,
     ImapConnectError,
     ImapError,
     ImapFolderError,
-    ImapLimitError,
     ImapProtocolError,
     ImapThrottledError,
-    ImapTlsError,
 )
 from pipeline.imap.bounded import BoundedIMAP4, ImapLimits
-from pipeline.imap.roles import detect_role
+from pipeline.imap.responses import (
+    FETCH_UID,
+    STATUS_LINE,
+    FetchedMessage,
+    FolderInfo,
+    FolderStatus,
+    MessageMeta,
+    SelectInfo,
+    as_text,
+    folder_info,
+    folder_name_bytes,
+    folder_status,
+    imap_date,
+    is_throttle,
+    message_meta,
+    uid_set,
+    unquote_name,
+    vanished_uids,
+)
 
 TlsMode = Literal["ssl", "starttls", "plain"]
 
 DEFAULT_TIMEOUT_S = 60.0  # socket timeout for every command; a hung server fails, never hangs
-THROTTLE_MARKERS = (
-    "[limit]",
-    "[throttled]",
-    "[unavailable]",
-    "too many connections",
-    "too many simultaneous",
-    "maximum number of connections",
-    "try again later",
-)
 VANISHED_LIMIT = 100_000  # expunged UIDs taken from one VANISHED answer; beyond it, diff
-MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-_FETCH_UID = re.compile(rb"UID (\d+)")
-_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
-_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
-_FETCH_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
 log = logging.getLogger(__name__)
-
-_STATUS_LINE = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ "(){]+) \((?P<items>[^()]*)\)$')
-_LIST_LINE = re.compile(rb'\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.+)$')
 
 
 @dataclass(frozen=True)
@@ -86,184 +80,6 @@ class Endpoint:
     # ``host``. None: resolve ``host`` when connecting (operator-named servers).
     address: str | None = None
     limits: ImapLimits = field(default_factory=ImapLimits)  # bytes, counts, total deadlines
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    """A folder as LIST reports it."""
-
-    raw_name: str  # the server's bytes, one char per byte (ISO 8859-1): used in commands
-    name: str  # decoded for people
-    delimiter: str | None
-    attributes: tuple[str, ...]
-    role: str | None
-
-    @property
-    def selectable(self) -> bool:
-        """False for ``\\Noselect`` / ``\\NonExistent`` containers."""
-        lowered = {a.lower() for a in self.attributes}
-        return not ({"\\noselect", "\\nonexistent"} & lowered)
-
-
-@dataclass(frozen=True)
-class SelectInfo:
-    """What SELECT/EXAMINE tells about a folder."""
-
-    uidvalidity: int
-    uidnext: int | None
-    exists: int
-    highestmodseq: int | None
-    # the STATUS sent just before this SELECT, when one was (``want_uidnext`` on a server
-    # whose SELECT omits UIDNEXT, or ``want_status``): its counts are no newer than the view
-    status: FolderStatus | None = None
-
-
-@dataclass(frozen=True)
-class FolderStatus:
-    """What STATUS tells about a folder without selecting it."""
-
-    messages: int
-    uidnext: int | None
-    uidvalidity: int
-    unseen: int | None = None
-    highestmodseq: int | None = None
-
-
-@dataclass(frozen=True)
-class MessageMeta:
-    """A message's envelope facts, without its content."""
-
-    uid: int
-    size: int
-    internaldate: datetime | None  # None: the server's INTERNALDATE could not be read
-    flags: tuple[str, ...]
-    modseq: int | None = None
-
-
-@dataclass(frozen=True)
-class FetchedMessage:
-    """A whole message as the server holds it."""
-
-    uid: int
-    size: int
-    internaldate: datetime | None  # None: the server's INTERNALDATE could not be read
-    flags: tuple[str, ...]
-    raw: bytes = field(repr=False)
-    modseq: int | None = None
-
-
-_INTERNALDATE_RE = re.compile(
-    r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*"
-)
-_MONTH_NUMBERS = {name.lower(): number for number, name in enumerate(MONTHS, start=1)}
-
-
-def parse_internaldate(value: str) -> datetime:
-    """Parse an IMAP INTERNALDATE (``"17-Jul-1996 02:44:25 -0700"``) into aware UTC.
-
-    By hand rather than with ``strptime`` (called twice per synced message, it was a visible
-    share of a sync's CPU), and independent of the locale's month names.
-    """
-    match = _INTERNALDATE_RE.fullmatch(value)
-    month = _MONTH_NUMBERS.get(match.group(2).lower(), 0) if match else 0
-    try:
-        if match is None or not month:
-            raise ValueError(value)
-        day, _, year, hour, minute, second, sign, off_h, off_m = match.groups()
-        offset = timedelta(hours=int(off_h), minutes=int(off_m)) * (-1 if sign == "-" else 1)
-        local = datetime(int(year), month, int(day), int(hour), int(minute), int(second))
-        return (local - offset).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise ImapProtocolError(f"Unreadable INTERNALDATE {value!r} from the server.") from exc
-
-
-def imap_date(day: date) -> str:
-    """A date in IMAP SEARCH syntax (``1-Feb-2026``), independent of the locale."""
-    return f"{day.day}-{MONTHS[day.month - 1]}-{day.year}"
-
-
-def uid_set(uids: Iterable[int]) -> str:
-    """Compress UIDs into an IMAP sequence set (``1:5,7,9:12``)."""
-    ordered = sorted(set(uids))
-    if not ordered:
-        raise ValueError("uid_set needs at least one UID")
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid == prev + 1:
-            prev = uid
-            continue
-        parts.append(f"{start}:{prev}" if prev != start else str(start))
-        start = prev = uid
-    parts.append(f"{start}:{prev}" if prev != start else str(start))
-    return ",".join(parts)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _is_throttle(message: str) -> bool:
-    lowered = message.lower()
-    return any(marker in lowered for marker in THROTTLE_MARKERS)
-
-
-def folder_name_bytes(raw_name: str) -> bytes:
-    """A folder's name as the server spelled it (the inverse of ``FolderInfo.raw_name``)."""
-    try:
-        return raw_name.encode("latin-1")
-    except UnicodeEncodeError:  # a name that did not come from LIST (e.g. typed by a person)
-        return raw_name.encode("utf-8")
-
-
-def _display_name(raw: bytes) -> str:
-    """A folder name for people: modified UTF-7 (RFC 3501), or 8-bit as UTF-8 if it is."""
-    if raw.upper() == b"INBOX":
-        return "INBOX"
-    if raw.isascii():
-        try:
-            return str(utf7_decode(raw))
-        except (UnicodeError, ValueError):
-            return raw.decode("ascii")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("cp1252", "replace")
-
-
-def _folder_status(items: str) -> FolderStatus | None:
-    """A STATUS response's ``NAME value`` pairs; None without UIDVALIDITY."""
-    inner = items.split()
-    try:
-        values = {inner[i].upper(): int(inner[i + 1]) for i in range(0, len(inner) - 1, 2)}
-    except ValueError:
-        return None
-    if "UIDVALIDITY" not in values:
-        return None
-    return FolderStatus(
-        messages=values.get("MESSAGES", 0),
-        uidnext=values.get("UIDNEXT"),
-        uidvalidity=values["UIDVALIDITY"],
-        unseen=values.get("UNSEEN"),
-        highestmodseq=values.get("HIGHESTMODSEQ"),
-    )
-
-
-def _unquote_name(raw: bytes) -> bytes:
-    if raw.startswith(b'"') and raw.endswith(b'"') and len(raw) >= 2:
-        return re.sub(rb"\\(.)", rb"\1", raw[1:-1])
-    return raw
-
-
-def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    if not endpoint.verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(endpoint.ca_file) if endpoint.ca_file else None)
 
 
 class ImapSession:
@@ -294,14 +110,14 @@ class ImapSession:
         # login, which a poll pays every minute. Otherwise, ask.
         _, announced = client.response("CAPABILITY")
         if announced and announced[-1]:
-            return frozenset(_text(announced[-1]).upper().split())
+            return frozenset(as_text(announced[-1]).upper().split())
         try:
             typ, data = client.capability()
         except (imaplib.IMAP4.error, OSError):
             typ, data = "NO", []  # an ImapLimitError goes up: the session is unusable
         if typ == "OK" and data and data[-1]:
-            return frozenset(_text(data[-1]).upper().split())
-        return frozenset(_text(c).upper() for c in client.capabilities)
+            return frozenset(as_text(data[-1]).upper().split())
+        return frozenset(as_text(c).upper() for c in client.capabilities)
 
     # --- plumbing -------------------------------------------------------------------------
     @property
@@ -359,7 +175,7 @@ class ImapSession:
         except imaplib.IMAP4.abort as exc:
             raise ImapProtocolError(f"The IMAP session was dropped during {what}: {exc}") from exc
         except imaplib.IMAP4.error as exc:
-            if _is_throttle(str(exc)):
+            if is_throttle(str(exc)):
                 raise ImapThrottledError(f"The server throttled {what}: {exc}") from exc
             raise ImapProtocolError(f"IMAP {what} failed: {exc}") from exc
         except TimeoutError as exc:
@@ -367,8 +183,8 @@ class ImapSession:
         except OSError as exc:
             raise ImapConnectError(f"IMAP connection lost during {what}: {exc}") from exc
         if typ != "OK":
-            detail = " ".join(_text(d) for d in data if d is not None)
-            if _is_throttle(detail):
+            detail = " ".join(as_text(d) for d in data if d is not None)
+            if is_throttle(detail):
                 raise ImapThrottledError(f"The server throttled {what}: {detail}")
             error = refused if typ == "NO" else ImapProtocolError
             raise error(f"IMAP {what} answered {typ}: {detail}")
@@ -410,18 +226,9 @@ class ImapSession:
                 line = item
             if pending is not None:
                 line, pending = pending + line, None
-            match = _LIST_LINE.match(line)
-            if not match:
-                continue
-            attrs = tuple(_text(a) for a in match["flags"].split())
-            delim_raw = match["delim"]
-            delim = None if delim_raw == b"NIL" else _text(delim_raw[1:-1]).replace("\\\\", "\\")
-            name_bytes = _unquote_name(match["name"].strip())
-            raw_name = name_bytes.decode("latin-1")  # lossless: any bytes go back unchanged
-            name = _display_name(name_bytes)
-            folders.append(
-                FolderInfo(raw_name, name, delim, attrs, detect_role(name, attrs, delim))
-            )
+            folder = folder_info(line)
+            if folder is not None:
+                folders.append(folder)
         return folders
 
     def _quoted(self, raw_name: str) -> bytes:
@@ -483,14 +290,14 @@ class ImapSession:
         except OSError as exc:
             raise ImapConnectError(f"IMAP connection lost opening a folder: {exc}") from exc
         if typ != "OK":
-            raise ImapFolderError(f"Cannot open folder {raw_name!r}: {_text(data[0])}")
+            raise ImapFolderError(f"Cannot open folder {raw_name!r}: {as_text(data[0])}")
         self.selected = raw_name
 
         def code(name: str) -> int | None:
             _, values = self.raw.response(name)
             for value in values or []:
                 if value:
-                    return int(_text(value).split()[0])
+                    return int(as_text(value).split()[0])
             return None
 
         uidvalidity = code("UIDVALIDITY")
@@ -499,7 +306,7 @@ class ImapSession:
         return SelectInfo(
             uidvalidity=uidvalidity,
             uidnext=code("UIDNEXT"),
-            exists=int(_text(data[0]) or 0),
+            exists=int(as_text(data[0]) or 0),
             highestmodseq=code("HIGHESTMODSEQ"),
         )
 
@@ -518,8 +325,8 @@ class ImapSession:
         _, data = self._call(
             "status", self._quoted(raw_name), self._status_items(), refused=ImapFolderError
         )
-        text = " ".join(_text(d if not isinstance(d, tuple) else d[-1]) for d in data if d)
-        status = _folder_status(text.rsplit("(", 1)[-1].rstrip(")"))
+        text = " ".join(as_text(d if not isinstance(d, tuple) else d[-1]) for d in data if d)
+        status = folder_status(text.rsplit("(", 1)[-1].rstrip(")"))
         if status is None:
             raise ImapProtocolError(f"STATUS of {raw_name!r} carried no UIDVALIDITY: {text}")
         return status
@@ -562,11 +369,11 @@ class ImapSession:
         for line in lines:
             if not isinstance(line, bytes):
                 continue  # None, or a name sent as a literal: asked by STATUS instead
-            match = _STATUS_LINE.match(line)
+            match = STATUS_LINE.match(line)
             if not match:
                 continue
-            raw_name = _unquote_name(match["name"]).decode("latin-1")
-            status = _folder_status(_text(match["items"]))
+            raw_name = unquote_name(match["name"]).decode("latin-1")
+            status = folder_status(as_text(match["items"]))
             if raw_name in wanted and status is not None:
                 found[raw_name] = status
         return found
@@ -594,7 +401,7 @@ class ImapSession:
         uids: list[int] = []
         for chunk in data:
             if chunk:
-                uids.extend(int(x) for x in _text(chunk).split() if x.isdigit())
+                uids.extend(int(x) for x in as_text(chunk).split() if x.isdigit())
         return sorted(uids)
 
     def uids_since(self, day: date) -> list[int]:
@@ -622,7 +429,7 @@ class ImapSession:
             line = item[0] if isinstance(item, tuple) else item
             if not isinstance(line, bytes):
                 continue
-            meta = self._meta(line)
+            meta = message_meta(line)
             if meta is not None and meta.uid in wanted:  # never what nobody asked for
                 metas.append(meta)
         return metas
@@ -636,7 +443,7 @@ class ImapSession:
         for item in data:
             line = item[0] if isinstance(item, tuple) else item
             if isinstance(line, bytes):
-                meta = self._meta(line)
+                meta = message_meta(line)
                 if meta is not None:
                     metas.append(meta)
         return metas
@@ -651,24 +458,12 @@ class ImapSession:
             meta
             for item in data
             if isinstance(line := item[0] if isinstance(item, tuple) else item, bytes)
-            and (meta := self._meta(line)) is not None
+            and (meta := message_meta(line)) is not None
         ]
-        vanished: set[int] = set()
         _, lines = self.raw.response("VANISHED")
-        for line in lines or []:
-            if line is None:  # imaplib's answer when the server sent no VANISHED
-                continue
-            text = _text(line).strip()
-            if text.upper().startswith("(EARLIER)"):
-                text = text[len("(EARLIER)") :].strip()
-            for part in text.split(","):
-                if not part:
-                    continue
-                first, _, last = part.partition(":")
-                lo, hi = sorted((int(first), int(last or first)))
-                if len(vanished) + hi - lo + 1 > VANISHED_LIMIT:
-                    return None
-                vanished.update(range(lo, hi + 1))
+        vanished = vanished_uids(lines or [], VANISHED_LIMIT)
+        if vanished is None:
+            return None
         return metas, vanished
 
     def present_uids(self, uids: Sequence[int]) -> set[int]:
@@ -676,29 +471,6 @@ class ImapSession:
         if not uids:
             return set()
         return set(self.search_uids("UID", uid_set(uids)))
-
-    def _meta(self, line: bytes) -> MessageMeta | None:
-        uid = _FETCH_UID.search(line)
-        size = _FETCH_SIZE.search(line)
-        when = _FETCH_DATE.search(line)
-        if not (uid and size and when):
-            return None  # an unsolicited FETCH (flag change elsewhere), not ours
-        flags = _FETCH_FLAGS.search(line)
-        modseq = _FETCH_MODSEQ.search(line)
-        try:
-            internaldate: datetime | None = parse_internaldate(_text(when[1]))
-        except ImapProtocolError:
-            internaldate = None  # one message's garbage date must not fail its folder
-        return MessageMeta(
-            uid=int(uid[1]),
-            size=int(size[1]),
-            internaldate=internaldate,
-            # \Recent is per-session noise, not a property of the message
-            flags=tuple(f for f in (_text(x) for x in flags[1].split()) if f != "\\Recent")
-            if flags
-            else (),
-            modseq=int(modseq[1]) if modseq else None,
-        )
 
     def fetch_messages(self, uids: Sequence[int]) -> Iterator[FetchedMessage]:
         """Whole messages (``BODY.PEEK[]``: never sets ``\\Seen``) with their metadata."""
@@ -714,7 +486,7 @@ class ImapSession:
                 continue
             # Servers may send some items after the literal: they arrive in the next element.
             tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
-            meta = self._meta(item[0] + b" " + tail)
+            meta = message_meta(item[0] + b" " + tail)
             if meta is None or meta.uid not in wanted:  # unsolicited: not ours to store
                 continue
             wanted.discard(meta.uid)  # a UID sent twice is stored once
@@ -738,7 +510,7 @@ class ImapSession:
             if not isinstance(item, tuple):
                 continue
             tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
-            uid = _FETCH_UID.search(item[0] + b" " + tail)
+            uid = FETCH_UID.search(item[0] + b" " + tail)
             if uid and int(uid[1]) in wanted:
                 out[int(uid[1])] = item[1]
         return out
@@ -757,7 +529,7 @@ class ImapSession:
             if not isinstance(item, tuple):
                 continue
             tail = data[i + 1] if i + 1 < len(data) and isinstance(data[i + 1], bytes) else b""
-            found = _FETCH_UID.search(item[0] + b" " + tail)
+            found = FETCH_UID.search(item[0] + b" " + tail)
             if found and int(found[1]) == uid:
                 return bytes(item[1])
         return None
@@ -806,136 +578,3 @@ class ImapSession:
     def noop(self) -> None:
         """NOOP: keeps the session alive and collects pending untagged responses."""
         self._call("noop")
-
-
-def _login_args(username: str, password: str) -> tuple[bytes, bytes | None, str | None]:
-    """LOGIN's arguments: quoted when ASCII; a non-ASCII password goes as a UTF-8 literal."""
-
-    def quoted(value: bytes) -> bytes:
-        return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-    user = quoted(username.encode("utf-8"))
-    if password.isascii():
-        return user, quoted(password.encode("ascii")), None
-    return user, None, password
-
-
-def _connect(endpoint: Endpoint, deadline: float) -> BoundedIMAP4:
-    ctx = _ssl_context(endpoint) if endpoint.tls != "plain" else None
-    client = BoundedIMAP4(
-        endpoint.host,
-        endpoint.port,
-        limits=endpoint.limits,
-        read_timeout_s=endpoint.timeout_s,
-        deadline=deadline,
-        ssl_context=ctx if endpoint.tls == "ssl" else None,
-        address=endpoint.address,
-    )
-    if endpoint.tls == "starttls":
-        assert ctx is not None
-        try:
-            client.starttls(ctx)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                client.shutdown()
-            raise
-    return client
-
-
-def open_session(endpoint: Endpoint, password: str) -> ImapSession:
-    """Connect and log in, within ``endpoint.limits.login_deadline_s`` in all (connect, TLS,
-    greeting, STARTTLS, LOGIN and CAPABILITY), every read bounded.
-
-    Raises:
-        ImapConnectError: The host cannot be reached.
-        ImapTlsError: TLS failed (handshake, certificate, hostname).
-        ImapAuthError: The server refused the credentials.
-        ImapThrottledError: The provider refused the login for now.
-        ImapLimitError: The server broke a bound (a trickled or endless greeting, a huge
-            literal, the login deadline).
-        ImapError: Anything else that went wrong talking to the server.
-    """
-    where = f"{endpoint.host}:{endpoint.port}"
-    deadline = time.monotonic() + endpoint.limits.login_deadline_s
-
-    def late(exc: BaseException) -> ImapLimitError | None:
-        if time.monotonic() < deadline:
-            return None
-        return ImapLimitError(
-            f"The IMAP server {where} did not complete connect, greeting and login within "
-            f"{endpoint.limits.login_deadline_s:g} s; if this server is trusted, raise "
-            "IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S.",
-            bound="deadline",
-            setting="IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S",
-        )
-
-    try:
-        client = _connect(endpoint, deadline)
-    except ImapError:
-        raise
-    except ssl.SSLCertVerificationError as exc:
-        raise ImapTlsError(
-            f"The certificate of {where} could not be verified ({exc.verify_message}). "
-            "Check the host name, or allow an unverified certificate for this grant."
-        ) from exc
-    except ssl.SSLError as exc:
-        raise ImapTlsError(
-            f"TLS with {where} failed ({exc.reason}). Check the port and TLS mode "
-            "(993 is usually implicit TLS, 143 STARTTLS)."
-        ) from exc
-    except TimeoutError as exc:
-        raise late(exc) or ImapConnectError(f"Timed out connecting to {where}.") from exc
-    except socket.gaierror as exc:
-        raise ImapConnectError(f"Cannot resolve the IMAP host {endpoint.host!r}.") from exc
-    except OSError as exc:
-        raise ImapConnectError(f"Cannot connect to {where}: {exc.strerror or exc}.") from exc
-    except imaplib.IMAP4.error as exc:
-        message = str(exc)
-        if endpoint.tls == "starttls":
-            raise ImapTlsError(f"{where} refused STARTTLS: {message}") from exc
-        if _is_throttle(message):
-            raise ImapThrottledError(f"{where} refused the connection for now: {message}") from exc
-        raise ImapProtocolError(f"{where} did not greet as an IMAP server: {message}") from exc
-    try:
-        session = _login(client, endpoint, password, where)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            client.shutdown()
-        if isinstance(exc, TimeoutError):
-            raise late(exc) or ImapConnectError(f"{where} timed out during login.") from exc
-        raise
-    client.end_login_phase()
-    return session
-
-
-def _login(client: BoundedIMAP4, endpoint: Endpoint, password: str, where: str) -> ImapSession:
-    user, quoted_password, literal = _login_args(endpoint.username, password)
-    try:
-        if literal is not None:
-            client.literal = literal.encode("utf-8")  # type: ignore[assignment]
-            typ, data = client._simple_command("LOGIN", user)
-        else:
-            typ, data = client._simple_command("LOGIN", user, quoted_password)
-    except imaplib.IMAP4.abort as exc:
-        raise ImapConnectError(f"The connection to {where} dropped during login: {exc}") from exc
-    except imaplib.IMAP4.error as exc:
-        if _is_throttle(str(exc)):
-            raise ImapThrottledError(f"{where} refused the login for now: {exc}") from exc
-        if "LOGINDISABLED" in str(exc).upper() or "plaintext" in str(exc).lower():
-            raise ImapAuthError(f"{where} does not allow a login without TLS.") from exc
-        raise ImapAuthError(f"{where} refused the login for {endpoint.username!r}: {exc}") from exc
-    except (ConnectionError, EOFError) as exc:
-        raise ImapConnectError(f"The connection to {where} dropped during login: {exc}") from exc
-    if typ != "OK":
-        detail = _text(data[-1] if data else b"")
-        if _is_throttle(detail):
-            raise ImapThrottledError(f"{where} refused the login for now: {detail}")
-        if "LOGINDISABLED" in " ".join(client.capabilities).upper():
-            raise ImapAuthError(f"{where} does not allow a login without TLS.")
-        raise ImapAuthError(
-            f"{where} refused the login for {endpoint.username!r}: "
-            f"{detail.rstrip('.') or 'wrong credentials'}. "
-            "Check the username and password (many providers need an app password)."
-        )
-    client.state = "AUTH"
-    return ImapSession(client, endpoint)

@@ -49,7 +49,8 @@ from pipeline.errors import (
     ImapThrottledError,
     ImapTlsError,
 )
-from pipeline.imap.client import THROTTLE_MARKERS, Endpoint, folder_name_bytes
+from pipeline.imap.client import Endpoint
+from pipeline.imap.responses import THROTTLE_MARKERS, folder_name_bytes
 
 # Read bounds: whatever a server sends, one connection holds at most about
 # 2 * LINE_MAX_BYTES in its stream buffer (asyncio pauses the socket above twice the limit) plus

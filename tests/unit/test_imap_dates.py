@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.errors import ImapProtocolError
-from pipeline.imap.client import imap_date, parse_internaldate
+from pipeline.imap.responses import imap_date, parse_internaldate
 
 
 def test_internaldates_read_as_strptime_reads_them() -> None:

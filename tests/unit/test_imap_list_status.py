@@ -6,16 +6,16 @@ import pytest
 
 from pipeline.errors import ImapLimitError
 from pipeline.imap import Endpoint, FolderStatus, open_session
-from pipeline.imap.client import _STATUS_LINE, _folder_status, _unquote_name
+from pipeline.imap.responses import STATUS_LINE, folder_status, unquote_name
 from tests.support.fake_imap import CAPABILITIES, FakeImapConfig, FakeImapServer, Hostility
 
 
 def parse(line: bytes) -> tuple[str, FolderStatus | None] | None:
-    match = _STATUS_LINE.match(line)
+    match = STATUS_LINE.match(line)
     if match is None:
         return None
-    name = _unquote_name(match["name"]).decode("latin-1")
-    return name, _folder_status(match["items"].decode())
+    name = unquote_name(match["name"]).decode("latin-1")
+    return name, folder_status(match["items"].decode())
 
 
 def test_quoted_atom_and_escaped_names() -> None:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline.errors import ImapError
-from pipeline.imap.client import Endpoint, open_session
+from pipeline.imap import Endpoint, open_session
 from pipeline.search import criteria, server
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 
