@@ -75,17 +75,8 @@ def api_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]
     )
     process = RoleProcess("api", env, tmp_path).start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.process is not None and process.process.poll() is None, process.log()
-            assert time.monotonic() < deadline, process.log()[-3000:]
-            time.sleep(0.2)
+        process.wait_healthy(url, START_TIMEOUT_S)
         assert process.process is not None
         yield url, process.process.pid
     finally:

@@ -102,15 +102,7 @@ def engine(settings: Settings, tmp_path: Path) -> Iterator[tuple[dict[str, str],
     roles = [RoleProcess(role, env, tmp_path).start() for role in ("sync", "listener", "api")]
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, roles[2].log()[-3000:]
-            time.sleep(0.2)
+        roles[2].wait_healthy(url, START_TIMEOUT_S)
         yield env, url
     finally:
         for role in roles:

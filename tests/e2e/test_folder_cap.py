@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from pipeline.grants.service import create_grant
 from pipeline.models import Folder, Grant
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 from tests.support.processes import CeleryWorker, pipeline_env, run_cli, this_process_on
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -99,12 +99,16 @@ def test_200_folders_sync_50_with_5_tasks_queued_at_a_time(
 
         worker = CeleryWorker(capped, tmp_path).start()
         try:
-            deadline = time.monotonic() + SYNC_TIMEOUT_S
             peak = 0
-            while not grant_synced(settings, grant_id):
-                assert time.monotonic() < deadline, "timed out waiting for the initial sync"
+
+            def synced() -> bool:
+                nonlocal peak
+                if grant_synced(settings, grant_id):
+                    return True
                 peak = max(peak, len(queued_folders(broker)))
-                time.sleep(0.05)
+                return False
+
+            wait_for(synced, "the initial sync", timeout_s=SYNC_TIMEOUT_S, interval_s=0.05)
         finally:
             worker.stop()
 

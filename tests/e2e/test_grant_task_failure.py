@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pipeline.errors import ImapAuthError
 from tests.support.grants import grant_request
 from tests.support.processes import CeleryWorker, pipeline_env, this_process_on
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -58,10 +58,11 @@ def test_a_refused_login_fails_the_task_and_the_caller_reads_why(
         assert "refused the login" in reason, reason
         assert wrong not in reason and wrong not in str(result.traceback or "")
         expected = f"Task pipeline.grants.create[{task_id}] raised expected: ImapAuthError"
-        deadline = time.monotonic() + RESULT_TIMEOUT_S
-        while expected not in worker.log():  # logged just after the result is stored
-            assert time.monotonic() < deadline, worker.log()[-3000:]
-            time.sleep(0.1)
+        wait_for(  # logged just after the result is stored
+            lambda: expected in worker.log(),
+            lambda: f"{expected!r} in the worker's log:\n{worker.log()[-3000:]}",
+            timeout_s=RESULT_TIMEOUT_S,
+        )
         log = worker.log()  # before the stop: a SIGTERM to the pool may log its own trace
     finally:
         worker.stop()

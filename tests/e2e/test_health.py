@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from pipeline.config import Settings
 from tests.support.processes import RoleProcess, pipeline_env, run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -42,16 +42,19 @@ def test_every_role_is_healthy_while_it_runs_and_not_after_it_stopped(
     settings: Settings, roles: dict[str, RoleProcess]
 ) -> None:
     waiting = set(ROLES)
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
     last: dict[str, str] = {}
-    while waiting and time.monotonic() < deadline:
+
+    def healthy() -> bool:
         for role in sorted(waiting):
             code, last[role] = health(settings, role)
             if code == 0:
                 waiting.discard(role)
-        time.sleep(0.5)
-    logs = {r: roles[r].log()[-2000:] for r in waiting}
-    assert not waiting, (last, logs)
+        return not waiting
+
+    def unhealthy() -> str:
+        return f"every role healthy: {(last, {r: roles[r].log()[-2000:] for r in waiting})}"
+
+    wait_for(healthy, unhealthy, HEALTHY_TIMEOUT_S, interval_s=0.5)
     assert "ok   listener: heartbeat of" in last["listener"]
 
     roles["listener"].stop()  # a listener leaves its heartbeat behind only when it dies

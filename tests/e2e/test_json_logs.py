@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from pipeline.dev.ports import free_port
 from tests.support.grants import connect
 from tests.support.processes import RoleProcess, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -46,30 +46,28 @@ def test_json_lines_carry_grant_and_folder_ids_of_the_task(
     try:
         grant_id = connect(settings, mail_user)
         enqueue.sync_grant(grant_id, "generic")
-        deadline = time.monotonic() + WAIT_S
-        done: list[dict[str, Any]] = []
-        while not done:
-            assert time.monotonic() < deadline, sync.log()[-3000:]
-            done = [
+
+        def folder_syncs() -> list[dict[str, Any]]:
+            return [
                 e
                 for e in json_lines(sync)
                 if e.get("task_name") == "pipeline.sync.folder" and "succeeded" in e["message"]
             ]
-            time.sleep(0.3)
+
+        wait_for(folder_syncs, lambda: f"a folder sync:\n{sync.log()[-3000:]}", WAIT_S, 0.3)
+        done = folder_syncs()
         assert done[0]["grant_id"] == grant_id
         assert done[0]["folder_id"]
         assert done[0]["task_id"]
 
-        while True:  # uvicorn's lines are JSON too
-            assert time.monotonic() < deadline, api.log()[-3000:]
+        def logged_a_request() -> bool:  # uvicorn's lines are JSON too
             try:
                 httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5)
             except httpx.HTTPError:
-                time.sleep(0.3)
-                continue
-            if any("/healthz" in e["message"] for e in json_lines(api)):
-                break
-            time.sleep(0.3)
+                return False
+            return any("/healthz" in e["message"] for e in json_lines(api))
+
+        wait_for(logged_a_request, lambda: f"a request logged:\n{api.log()[-3000:]}", WAIT_S, 0.3)
         assert all(line.startswith("{") for line in api.log().splitlines() if line.strip())
     finally:
         sync.stop()

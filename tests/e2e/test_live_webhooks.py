@@ -34,6 +34,7 @@ from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, imap_login, make_message
 from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -96,11 +97,12 @@ def test_changes_on_the_server_arrive_as_signed_webhooks(
                 select(Folder.id).where(Folder.grant_id == grant_id, Folder.role == "inbox")
             ).one()
         status = redis.Redis.from_url(settings.require_redis_url(), socket_timeout=5)
-        deadline = time.monotonic() + ARRIVAL_TIMEOUT_S
-        while read_status(status, grant_id).get(inbox, {}).get("state") != "idling":
-            assert time.monotonic() < deadline, "the listener never watched the Inbox"
+
+        def watched() -> bool:
             assert listener.poll() is None, "the listener exited"
-            time.sleep(0.1)
+            return read_status(status, grant_id).get(inbox, {}).get("state") == "idling"
+
+        wait_for(watched, "the listener to watch the Inbox", timeout_s=ARRIVAL_TIMEOUT_S)
         status.close()
         started = time.monotonic()
         append(mail_user.server, mail_user.name, mail_user.password, make_message("live one"))

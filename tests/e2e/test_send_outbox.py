@@ -62,19 +62,6 @@ class Stack:
         self.worker = CeleryWorker(self.env, self.log_dir, concurrency=2).start()
 
 
-def wait_for_api(url: str, process: RoleProcess) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert process.process is not None and process.process.poll() is None, process.log()
-        assert time.monotonic() < deadline, process.log()[-3000:]
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     port = free_port()
@@ -94,7 +81,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     try:
         worker.start()
         url = f"http://127.0.0.1:{port}"
-        wait_for_api(url, api)
+        api.wait_healthy(url, START_TIMEOUT_S)
         running = Stack(url=url, env=env, log_dir=tmp_path, worker=worker, settings=settings)
         yield running
     finally:
@@ -130,10 +117,12 @@ def connect(stack: Stack, user: MailUser, smtp: SmtpServer) -> str:
     )
     assert response.status_code == 201, response.text
     grant_id = str(response.json()["data"]["id"])
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while "Sent" not in {f.name for f in stack.nylas().folders.list(grant_id).data}:
-        assert time.monotonic() < deadline, stack.worker.log()[-3000:]
-        time.sleep(0.3)
+    wait_for(
+        lambda: "Sent" in {f.name for f in stack.nylas().folders.list(grant_id).data},
+        lambda: f"the Sent folder:\n{stack.worker.log()[-3000:]}",
+        SETTLE_TIMEOUT_S,
+        interval_s=0.3,
+    )
     return grant_id
 
 
@@ -201,7 +190,7 @@ def test_a_worker_killed_after_the_server_took_the_message_never_sends_it_again(
     with pytest.raises(NylasApiError) as repeated:
         stack.nylas().messages.send(grant_id, dict(body), overrides=key)  # type: ignore[arg-type]
     assert repeated.value.status_code == 504
-    time.sleep(LEASE_S + 3 * SWEEP_S)
+    time.sleep(LEASE_S + 3 * SWEEP_S)  # time for a resend, which must not come
     assert len(smtp.messages) == 1
 
 
@@ -225,7 +214,7 @@ def test_a_worker_killed_before_the_data_sends_it_once_after_the_restart(
     sender = threading.Thread(target=send)
     sender.start()
     wait_for(lambda: smtp.logins == 1, "the worker to log in", timeout_s=SETTLE_TIMEOUT_S)
-    time.sleep(1)  # in RCPT TO now
+    wait_for(lambda: smtp.delaying, "the worker to be held in RCPT TO", SETTLE_TIMEOUT_S)
     stack.worker.kill()
     assert smtp.messages == []
     stack.restart_worker()
@@ -276,7 +265,7 @@ def test_a_scheduled_send_survives_a_worker_restart_and_goes_when_due(
     ).data
     assert scheduled.schedule_id
     stack.worker.kill()  # it held the countdown task; Redis keeps it for 30 minutes
-    time.sleep(max(0.0, send_at - time.time()) + 1)
+    time.sleep(max(0.0, send_at - time.time()) + 1)  # past due, with no worker to send it
     assert smtp.messages == []
     stack.restart_worker()
     wait_for(
@@ -293,5 +282,5 @@ def test_a_scheduled_send_survives_a_worker_restart_and_goes_when_due(
         timeout_s=SETTLE_TIMEOUT_S,
     )
     assert found.schedule_id == scheduled.schedule_id
-    time.sleep(3 * SWEEP_S)
+    time.sleep(3 * SWEEP_S)  # time for a second send, which must not come
     assert len(smtp.messages) == 1

@@ -7,16 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
+import httpx
 import pytest
 
 from pipeline.config import Settings, reset_settings
 from pipeline.presets import queue_names
+from tests.support.waiting import wait_for
 
 WORKER_READY_TIMEOUT_S = 60
 CLI_TIMEOUT_S = 60
@@ -82,11 +83,17 @@ class CeleryWorker:
         queues = ",".join([*queue_names(), "send", "webhooks", "maintenance"])
         with self.log_path.open("wb") as log:  # the child keeps its own descriptor
             self.process = self._spawn(queues, log)
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while b" ready." not in self.log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
+        process = self.process
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.2)
+            return b" ready." in self.log_path.read_bytes()
+
+        try:
+            wait_for(ready, "the worker to be ready", WORKER_READY_TIMEOUT_S, interval_s=0.2)
+        except AssertionError as exc:
+            raise RuntimeError(f"worker did not start:\n{self.log()[-3000:]}") from exc
         return self
 
     def _spawn(self, queues: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -175,6 +182,20 @@ class RoleProcess:
     def log(self) -> str:
         """Everything it printed so far."""
         return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, url: str, timeout_s: float) -> None:
+        """Wait until ``url/healthz`` answers 200 (the API role), failing if the role exits."""
+
+        def healthy() -> bool:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            assert self.process is not None and self.process.poll() is None, self.log()
+            return False
+
+        wait_for(healthy, lambda: f"{url}/healthz:\n{self.log()[-3000:]}", timeout_s, 0.2)
 
     def kill(self) -> None:
         """SIGKILL the whole group, as a machine that dies takes everything with it."""
