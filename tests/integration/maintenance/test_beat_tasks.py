@@ -635,7 +635,7 @@ def test_the_poll_runs_the_folder_discovery_on_its_own_session(
     assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
     with session_scope(settings.require_database_url()) as db:
         assert db.query(Folder).filter(Folder.id == projects_id).count() == 1
-    interval = settings.folder_discovery_interval_s
+    interval = settings.beat.folder_discovery_interval_s
     client.set(folders_discovered_key(grant_id), f"{time.time() - interval:.3f}")
     assert poll_grants_task.apply(args=[[grant_id]]).get()["skipped"] == 0
     with session_scope(settings.require_database_url()) as db:
