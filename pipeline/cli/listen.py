@@ -57,9 +57,9 @@ def _settings_help() -> str:
 def _listen(args: argparse.Namespace) -> int:
     from pipeline import metrics
     from pipeline.db import sessionmaker_for
+    from pipeline.imap.transport import limit_tls_read_buffers
     from pipeline.jobs import Jobs
     from pipeline.listener.process import Listener
-    from pipeline.listener.protocol import limit_tls_read_buffers
     from pipeline.redis import async_client
 
     settings = Settings.load()

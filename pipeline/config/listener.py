@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.listener.protocol import (
+from pipeline.imap.aio import (
     COMMAND_MAX_BYTES,
     DEFAULT_MAX_UNTAGGED,
     FLOOD_WINDOW_S,

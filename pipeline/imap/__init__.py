@@ -4,7 +4,8 @@ Modules: :mod:`~pipeline.imap.login` (connect and log in: :func:`open_session`),
 :mod:`~pipeline.imap.client` (the session's commands), :mod:`~pipeline.imap.bounded` (imaplib
 with bounded reads and deadlines), :mod:`~pipeline.imap.responses` (answers read into typed
 values), :mod:`~pipeline.imap.roles` (folder roles), :mod:`~pipeline.imap.connections` (the
-per-account connection manager).
+per-account connection manager), :mod:`~pipeline.imap.aio` (the asyncio client the listener
+IDLEs with) and :mod:`~pipeline.imap.transport` (its TLS and socket settings).
 
 Nothing in this package imports the ORM or Celery.
 """

@@ -6,7 +6,9 @@ make them from response lines: LIST and LIST-STATUS lines, FETCH metadata, VANIS
 INTERNALDATE; plus the few things commands are written with (:func:`imap_date`,
 :func:`uid_set`, :func:`folder_name_bytes`) and what a server's "come back later" looks like
 (:data:`THROTTLE_MARKERS`). :mod:`pipeline.imap.client` (the session) and
-:mod:`pipeline.imap.aio` (the IDLE client) both read with these.
+:mod:`pipeline.imap.aio` (the IDLE client) both read with these; the IDLE client's values are
+:class:`Change` (what an untagged response says, :func:`classify`), :class:`Notices` (untagged
+responses coalesced) and :class:`Snapshot` (what EXAMINE said).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from imap_tools.imap_utf7 import utf7_decode
@@ -31,6 +34,7 @@ THROTTLE_MARKERS = (
     "maximum number of connections",
     "try again later",
 )
+BYE_TEXT_BYTES = 120  # of a BYE, greeting or notice quoted in an error message or kept
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 FETCH_UID = re.compile(rb"UID (\d+)")
@@ -39,6 +43,9 @@ _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _FETCH_MODSEQ = re.compile(rb"MODSEQ \((\d+)\)")
 STATUS_LINE = re.compile(rb'^(?P<name>"(?:[^"\\]|\\.)*"|[^ "(){]+) \((?P<items>[^()]*)\)$')
+# digit counts are bounded: a message number is 32-bit, a mod-sequence 63-bit; a longer "number"
+# from a hostile server is no match (and never reaches int(), which refuses 4,300+ digits)
+NUMBERED = re.compile(rb"^\* (\d{1,10}) ([A-Za-z]+)", re.I)
 _LIST_LINE = re.compile(rb'\((?P<flags>[^)]*)\) (?P<delim>"[^"]*"|NIL) (?P<name>.+)$')
 
 
@@ -272,3 +279,79 @@ def vanished_uids(lines: Iterable[Any], limit: int) -> set[int] | None:
                 return None
             vanished.update(range(lo, hi + 1))
     return vanished
+
+
+class Change(Enum):
+    """What an untagged response says about the selected folder."""
+
+    NONE = "none"  # keep-alive, RECENT, an OK with a code: nothing to sync
+    EXISTS = "exists"  # message count changed (usually new mail)
+    EXPUNGE = "expunge"  # a message went (EXPUNGE or QRESYNC's VANISHED)
+    FLAGS = "flags"  # an unsolicited FETCH: flags (or MODSEQ) changed
+    BYE = "bye"  # the server is closing the connection
+
+
+def classify(line: bytes) -> Change:
+    """Classify one untagged response line (``* ...``)."""
+    upper = line[:64].upper()
+    if upper.startswith(b"* BYE"):
+        return Change.BYE
+    if upper.startswith(b"* VANISHED"):
+        return Change.EXPUNGE
+    match = NUMBERED.match(line)
+    if match:
+        kind = match[2].upper()
+        if kind == b"EXISTS":
+            return Change.EXISTS
+        if kind == b"EXPUNGE":
+            return Change.EXPUNGE
+        if kind == b"FETCH":
+            return Change.FLAGS
+    return Change.NONE
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What EXAMINE said about a folder; two equal snapshots mean nothing changed.
+
+    Equality proves "unchanged" only with ``highestmodseq`` (CONDSTORE): without it a flag
+    change is invisible, see :meth:`proves_unchanged_since`.
+    """
+
+    uidvalidity: int | None
+    uidnext: int | None
+    exists: int | None
+    highestmodseq: int | None
+
+    def proves_unchanged_since(self, earlier: Snapshot | None) -> bool:
+        """True only when ``earlier`` is known and nothing (mail, flags, expunges) differs."""
+        if earlier is None or self.highestmodseq is None or earlier.highestmodseq is None:
+            return False
+        if self.uidvalidity is None or self.uidnext is None:
+            return False
+        same_counts = earlier.exists is None or earlier.exists == self.exists
+        return (
+            self.uidvalidity == earlier.uidvalidity
+            and self.uidnext == earlier.uidnext
+            and self.highestmodseq == earlier.highestmodseq
+            and same_counts
+        )
+
+
+class Notices:
+    """Untagged responses, coalesced: the first line of each kind of change and of BYE.
+
+    A listener needs to know only *that* a folder changed, so a flood of EXISTS or FETCH lines
+    costs a set lookup each, never memory.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self._kinds: set[Change] = set()
+
+    def add(self, line: bytes) -> None:
+        """Keep ``line`` if it is the first of its kind of change."""
+        kind = classify(line)
+        if kind is not Change.NONE and kind not in self._kinds:
+            self._kinds.add(kind)
+            self.lines.append(line[:BYE_TEXT_BYTES])

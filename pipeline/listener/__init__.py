@@ -11,8 +11,8 @@ account's connection slots (``imap-pipeline:conn:<grant_id>``, the connection ma
 last change seen per folder (``imap-pipeline:listener:changed``) and the state of every IDLE
 connection (``imap-pipeline:listener:status:<grant_id>``).
 
-Modules: :mod:`~pipeline.listener.protocol` (a small IMAP client for IDLE),
-:mod:`~pipeline.listener.idle` (one connection's state machine),
+Modules: :mod:`~pipeline.listener.idle` (one connection's state machine, speaking IMAP through
+the asyncio client :mod:`pipeline.imap.aio`),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
 (Redis leases and heartbeats), :mod:`~pipeline.listener.process` (the process),
 :mod:`~pipeline.listener.status` (connection states for operators),

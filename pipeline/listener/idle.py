@@ -45,7 +45,7 @@ IDLE is re-issued every ``min(preset.idle_renew_s, IDLE_RENEW_MAX_S)`` minus up 
 DONE/IDLE round trip doubles as a liveness check: a silently dead peer is noticed within one
 renewal (and sooner by TCP keep-alive).
 
-A server that breaks a read bound of :mod:`~pipeline.listener.protocol` (a flood of untagged
+A server that breaks a read bound of :mod:`~pipeline.imap.aio` (a flood of untagged
 responses, a huge line or literal, an answer not complete by its deadline) costs only its own
 connection: ``ImapLimitError`` drops it, :attr:`FolderWatcher.last_error` says which bound, the
 watcher backs off, and the other connections of the process never notice.
@@ -74,10 +74,11 @@ from pipeline.errors import (
     ImapProtocolError,
     ImapThrottledError,
 )
+from pipeline.imap.aio import ImapConnection, is_throttle
 from pipeline.imap.client import Endpoint
+from pipeline.imap.responses import Change, Snapshot, classify
 from pipeline.limits import LoginTurn
 from pipeline.listener.events import FolderRef
-from pipeline.listener.protocol import Change, ImapConnection, Snapshot, classify, is_throttle
 from pipeline.presets import preset
 
 log = logging.getLogger(__name__)

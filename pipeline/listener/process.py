@@ -45,6 +45,7 @@ from pipeline.config.listener import ListenerSettings
 from pipeline.crypto import SecretBox
 from pipeline.errors import CryptoError, ServiceError
 from pipeline.grants.service import GUARD_KEY, USER_NAMED, endpoint_for, expire_grant, guarded
+from pipeline.imap.responses import Snapshot
 from pipeline.limits import (
     AsyncConnectionSlots,
     LoginTurn,
@@ -56,7 +57,6 @@ from pipeline.limits import (
 from pipeline.listener.events import ChangePublisher, Enqueue
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
 from pipeline.listener.leases import LeaseStore, fair_share
-from pipeline.listener.protocol import Snapshot
 from pipeline.listener.repository import WatchRepository
 from pipeline.listener.status import StatusBoard
 from pipeline.redis import CALL_TIMEOUT_S

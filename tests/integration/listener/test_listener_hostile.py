@@ -57,7 +57,7 @@ LISTENER_ENV = {
     "IMAP_PIPELINE_LISTENER_BACKOFF_MAX_S": "8",
 }
 # Whatever 14 hostile connections send, the listener grows by less than this. Each holds at
-# most ~0.7 MiB (protocol.py's bounds); the rest is headroom for the interpreter's allocator
+# most ~0.7 MiB (aio.py's bounds); the rest is headroom for the interpreter's allocator
 # and code paths run for the first time. Before issue 9 one flood passed 1 GiB in seconds.
 RSS_GROWTH_MAX_KIB = 48 * 1024
 WAIT_S = 60.0  # generous: the machine is shared; conditions are polled, never slept on

@@ -17,9 +17,10 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.db import session_scope
+from pipeline.imap.aio import ImapConnection
+from pipeline.imap.responses import Snapshot
 from pipeline.limits import RateLimiter, capacity
 from pipeline.listener.idle import FolderWatcher, WatchState
-from pipeline.listener.protocol import ImapConnection, Snapshot
 from pipeline.models import Grant
 from tests.integration.listener.listener_harness import (
     FAST,

@@ -10,10 +10,10 @@ import fakeredis
 import pytest
 
 from pipeline.config.listener import ListenerSettings
+from pipeline.imap.responses import Change, Snapshot, classify
 from pipeline.listener.events import ChangePublisher, FolderRef
 from pipeline.listener.idle import IDLE_RENEW_MAX_S, idle_renew_s, reconnect_delay
 from pipeline.listener.leases import fair_share
-from pipeline.listener.protocol import Change, Snapshot, classify
 from pipeline.presets import PRESETS
 from pipeline.redis import LISTENER_CHANGED_KEY
 

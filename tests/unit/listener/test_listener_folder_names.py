@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from pipeline.imap import Endpoint, ImapLimits, open_session
-from pipeline.listener.protocol import ImapConnection
+from pipeline.imap.aio import ImapConnection
 from tests.support.fake_imap import FakeFolder, FakeImapConfig, FakeImapServer, sample_message
 
 TIMEOUT_S = 30.0

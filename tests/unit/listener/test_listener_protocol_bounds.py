@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from pipeline.errors import ImapConnectError, ImapLimitError, ImapProtocolError
-from pipeline.imap.client import Endpoint
-from pipeline.listener.protocol import (
+from pipeline.imap.aio import (
     COMMAND_MAX_BYTES,
     LINE_MAX_BYTES,
     LITERAL_MAX_BYTES,
     RESPONSE_MAX_BYTES,
     ImapConnection,
 )
+from pipeline.imap.client import Endpoint
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Step
 
 GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE ENABLE CONDSTORE] hostile ready\r\n"

@@ -24,9 +24,9 @@ from pydantic import SecretStr
 from pipeline.config.listener import ListenerSettings
 from pipeline.errors import ImapConnectError
 from pipeline.imap.client import Endpoint
+from pipeline.imap.responses import Snapshot
 from pipeline.listener.events import FolderRef
 from pipeline.listener.idle import FolderWatcher, WatchContext, WatchState, WatchTarget
-from pipeline.listener.protocol import Snapshot
 from tests.support.fake_imap import (
     CAPABILITIES,
     FakeFolder,

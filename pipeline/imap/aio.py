@@ -4,41 +4,35 @@ Why an event loop and not imaplib in threads: one listener holds 2,000 connectio
 ``tests/benchmarks/listener_scale.py`` (1,000 grants, STARTTLS, Dovecot on the same 2-core
 machine): 63 KiB of resident memory per connection here against 85 KiB per imaplib connection
 on its own thread, 2 % of one core while 2,000 connections idle, and APPEND -> event within
-a few milliseconds of a bare IDLE client. Two things made the loop that lean: one shared
-:class:`ssl.SSLContext` per trust setting (a context with the system CA store is ~800 KiB) and
-:func:`limit_tls_read_buffers` (asyncio zero-fills a 256 KiB read buffer per TLS connection).
-aioimaplib is GPL-3.0, so this module carries its own line reader. It speaks only what the
-listener needs:
+a few milliseconds of a bare IDLE client (what made the loop that lean, shared TLS contexts and
+small TLS read buffers, is in :mod:`pipeline.imap.transport`). aioimaplib is GPL-3.0, so this
+module carries its own line reader. It speaks only what the listener
+(:mod:`pipeline.listener.idle`) needs:
 
     greeting -> [STARTTLS] -> CAPABILITY -> LOGIN | AUTHENTICATE PLAIN -> ENABLE -> EXAMINE
              -> IDLE ... DONE (repeat) | NOOP (poll) -> LOGOUT
 
 Responses are read line by line; a line ending in a literal ``{n}`` is completed with the next
-``n`` bytes. Untagged responses are never collected: each is looked at once (:func:`classify`
-says which mean "the folder changed") and dropped, so a command returns at most one line per
-kind of change (:class:`Notices`). One hostile server must cost only its own connection, so
-every read is bounded (see the constants below: line, literal, response, untagged responses and
-bytes per command and per minute of IDLE) and every command has one total deadline, sending and
-answer together, however slowly the server trickles. Every failure is raised in the
-:mod:`pipeline.errors` IMAP subtree (``ImapConnectError`` for a dropped or silent connection,
-``ImapAuthError`` for refused credentials, ``ImapThrottledError`` for "come back later",
-``ImapLimitError`` for a broken bound or deadline).
+``n`` bytes. Untagged responses are never collected: each is looked at once
+(:func:`~pipeline.imap.responses.classify` says which mean "the folder changed") and dropped,
+so a command returns at most one line per kind of change (:class:`Notices`). One hostile
+server must cost only its own connection, so every read is bounded (the constants below: line,
+literal, response, untagged responses and bytes per command and per minute of IDLE) and every
+command has one total deadline, sending and answer together, however slowly the server
+trickles. Every failure is raised in the :mod:`pipeline.errors` IMAP subtree
+(``ImapConnectError`` for a dropped or silent connection, ``ImapAuthError`` for refused
+credentials, ``ImapThrottledError`` for "come back later", ``ImapLimitError`` for a broken
+bound or deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import base64
 import contextlib
-import functools
 import re
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from enum import Enum
-from pathlib import Path
 
 from pipeline.errors import (
     ImapAuthError,
@@ -50,7 +44,15 @@ from pipeline.errors import (
     ImapTlsError,
 )
 from pipeline.imap.client import Endpoint
-from pipeline.imap.responses import THROTTLE_MARKERS, folder_name_bytes
+from pipeline.imap.responses import (
+    BYE_TEXT_BYTES,
+    NUMBERED,
+    THROTTLE_MARKERS,
+    Notices,
+    Snapshot,
+    folder_name_bytes,
+)
+from pipeline.imap.transport import keepalive, ssl_context
 
 # Read bounds: whatever a server sends, one connection holds at most about
 # 2 * LINE_MAX_BYTES in its stream buffer (asyncio pauses the socket above twice the limit) plus
@@ -63,79 +65,14 @@ COMMAND_MAX_BYTES = 4 * 1024 * 1024  # read while waiting for one tagged answer,
 # FLOOD_WINDOW_S of IDLE: 50,000 typical notices; a flood ends long before it costs much CPU
 FLOOD_WINDOW_S = 60.0  # IDLE's untagged responses and bytes are counted per window this long
 DEFAULT_MAX_UNTAGGED = 10_000  # untagged responses per command and per window of IDLE
-TCP_KEEPALIVE_IDLE_S = 60  # kernel probes a silent peer after this long...
-TCP_KEEPALIVE_INTERVAL_S = 20  # ...every this long...
-TCP_KEEPALIVE_COUNT = 3  # ...and gives up after this many unanswered probes
-TLS_READ_BUFFER_BYTES = 17 * 1024  # one TLS record (16 KiB) plus headroom; asyncio's is 256 KiB
-BYE_TEXT_BYTES = 120  # of a BYE or greeting quoted in an error message
 LITERAL_DIGITS_MAX = 12  # longer sizes are refused before int() (which caps at 4,300 digits)
 
 _TAGGED = re.compile(rb"^(?P<tag>[A-Za-z0-9]+) (?P<status>OK|NO|BAD)\b ?(?P<text>.*)$", re.I)
 _LITERAL = re.compile(rb"\{(\d+)\+?\}$")
 _CODE = re.compile(rb"^\[(?P<code>[^\]]*)\]")
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.I)
-# digit counts are bounded: a message number is 32-bit, a mod-sequence 63-bit; a longer "number"
-# from a hostile server is no match (and never reaches int(), which refuses 4,300+ digits)
-_NUMBERED = re.compile(rb"^\* (\d{1,10}) ([A-Za-z]+)", re.I)
 _RESP_CODE_NUM = re.compile(rb"\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d{1,20})\]", re.I)
 _AUTH_FAILURE_CODES = {b"AUTHENTICATIONFAILED", b"AUTHORIZATIONFAILED", b"EXPIRED"}
-
-
-class Change(Enum):
-    """What an untagged response says about the selected folder."""
-
-    NONE = "none"  # keep-alive, RECENT, an OK with a code: nothing to sync
-    EXISTS = "exists"  # message count changed (usually new mail)
-    EXPUNGE = "expunge"  # a message went (EXPUNGE or QRESYNC's VANISHED)
-    FLAGS = "flags"  # an unsolicited FETCH: flags (or MODSEQ) changed
-    BYE = "bye"  # the server is closing the connection
-
-
-def classify(line: bytes) -> Change:
-    """Classify one untagged response line (``* ...``)."""
-    upper = line[:64].upper()
-    if upper.startswith(b"* BYE"):
-        return Change.BYE
-    if upper.startswith(b"* VANISHED"):
-        return Change.EXPUNGE
-    match = _NUMBERED.match(line)
-    if match:
-        kind = match[2].upper()
-        if kind == b"EXISTS":
-            return Change.EXISTS
-        if kind == b"EXPUNGE":
-            return Change.EXPUNGE
-        if kind == b"FETCH":
-            return Change.FLAGS
-    return Change.NONE
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What EXAMINE said about a folder; two equal snapshots mean nothing changed.
-
-    Equality proves "unchanged" only with ``highestmodseq`` (CONDSTORE): without it a flag
-    change is invisible, see :meth:`proves_unchanged_since`.
-    """
-
-    uidvalidity: int | None
-    uidnext: int | None
-    exists: int | None
-    highestmodseq: int | None
-
-    def proves_unchanged_since(self, earlier: Snapshot | None) -> bool:
-        """True only when ``earlier`` is known and nothing (mail, flags, expunges) differs."""
-        if earlier is None or self.highestmodseq is None or earlier.highestmodseq is None:
-            return False
-        if self.uidvalidity is None or self.uidnext is None:
-            return False
-        same_counts = earlier.exists is None or earlier.exists == self.exists
-        return (
-            self.uidvalidity == earlier.uidvalidity
-            and self.uidnext == earlier.uidnext
-            and self.highestmodseq == earlier.highestmodseq
-            and same_counts
-        )
 
 
 def quote(value: str) -> str:
@@ -143,52 +80,10 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """The TLS context for an endpoint: shared by every connection with the same trust settings.
-
-    Sharing matters at scale: a context loaded with the system's CA store holds about 800 KiB,
-    which per connection would cost gigabytes for 2,000 connections.
-    """
-    return _shared_context(endpoint.verify_tls, endpoint.ca_file)
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    if not verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
-def limit_tls_read_buffers(size: int = TLS_READ_BUFFER_BYTES) -> None:
-    """Shrink asyncio's per-connection TLS read buffer for this process (call at start-up).
-
-    asyncio allocates and zero-fills ``SSLProtocol.max_size`` (256 KiB) for every TLS
-    connection: 500 MiB for 2,000 IDLE connections that each receive a few bytes a minute.
-    One TLS record is at most 16 KiB, so a smaller buffer only means more reads for bulk
-    transfers, which a listener never makes. This changes a class attribute of the standard
-    library for the whole process, so only the listener's entry point calls it.
-    """
-    asyncio.sslproto.SSLProtocol.max_size = size
-
-
 def is_throttle(text: bytes) -> bool:
     """Whether a server's text asks us to come back later ([UNAVAILABLE], too many …)."""
     lowered = text.decode("utf-8", "replace").lower()
     return any(marker in lowered for marker in THROTTLE_MARKERS)
-
-
-def _keepalive(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPALIVE_IDLE_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPALIVE_INTERVAL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPALIVE_COUNT)
 
 
 class ReadBudget:
@@ -224,25 +119,6 @@ class ReadBudget:
                 bound="untagged responses",
                 setting="IMAP_PIPELINE_LISTENER_MAX_UNTAGGED",
             )
-
-
-class Notices:
-    """Untagged responses, coalesced: the first line of each kind of change and of BYE.
-
-    A listener needs to know only *that* a folder changed, so a flood of EXISTS or FETCH lines
-    costs a set lookup each, never memory.
-    """
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self._kinds: set[Change] = set()
-
-    def add(self, line: bytes) -> None:
-        """Keep ``line`` if it is the first of its kind of change."""
-        kind = classify(line)
-        if kind is not Change.NONE and kind not in self._kinds:
-            self._kinds.add(kind)
-            self.lines.append(line[:BYE_TEXT_BYTES])
 
 
 class ImapConnection:
@@ -321,7 +197,7 @@ class ImapConnection:
             ) from exc
         except OSError as exc:
             raise ImapConnectError(f"Cannot connect to {where}: {exc.strerror or exc}.") from exc
-        _keepalive(conn._writer)
+        keepalive(conn._writer)
         return conn
 
     async def _greeted(self, where: str) -> None:
@@ -441,7 +317,7 @@ class ImapConnection:
         def note(line: bytes) -> None:  # parsed as it comes: the lines themselves are not kept
             for name, number in _RESP_CODE_NUM.findall(line[:BYE_TEXT_BYTES]):
                 values[name.upper()] = int(number)
-            match = _NUMBERED.match(line)
+            match = NUMBERED.match(line)
             if match and match[2].upper() == b"EXISTS":
                 exists[:] = [int(match[1])]
 
