@@ -6,8 +6,9 @@ One policy, written once, used by every piece of work that must not run twice at
   ttl``. Never blocks: a request that finds the lock taken does not wait for it. Only the
   holder (same token) releases it, compared and deleted at once in Lua; the TTL is the safety
   net for a holder that died. The job locks of periodic tasks
-  (:mod:`pipeline.maintenance.locks`) and the UID-range claims of split syncs
-  (``workers.chunks``) are such locks.
+  (:mod:`pipeline.maintenance.locks`), the UID-range claims of split syncs
+  (``workers.chunks``) and the SMTP connection slots of a send drain
+  (:mod:`pipeline.outbound.deliver`, renewed with :func:`renew_held`) are such locks.
 - **Coalesced run** (:class:`Coalesced`): a lock plus a *dirty* flag, for work that a request
   arriving during a run must cause once more (a folder sync: the listener saw new mail while
   the folder was being synced)::
@@ -93,6 +94,22 @@ def release(r: redis.Redis[bytes], keys: Sequence[str], token: str) -> int:
     if not keys:
         return 0
     return int(r.register_script(_RELEASE)(keys=list(keys), args=[token]))
+
+
+_RENEW_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: one lock key. ARGV: the holder's token, the new TTL in ms. Renews it only if still held.
+
+
+def renew_held(r: redis.Redis[bytes], key: str, token: str, ttl_s: float) -> bool:
+    """Give the lock ``key`` ``ttl_s`` seconds from now if ``token`` still holds it (a holder
+    whose lock lapsed and was taken by another does not extend the other's); returns whether
+    it did."""
+    return bool(r.register_script(_RENEW_HELD)(keys=[key], args=[token, _ms(ttl_s)]))
 
 
 def renew(r: redis.Redis[bytes], key: str, ttl_s: float) -> None:

@@ -40,7 +40,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline import notifications
+from pipeline import coalesce, notifications
 from pipeline.config import Settings
 from pipeline.errors import ImapError, PipelineError
 from pipeline.grants.service import counting_pool, open_counted_session
@@ -68,19 +68,6 @@ LOGIN_POLL_S = 1.0
 SENT_COPY_WAIT_S = 15.0  # the Sent copy waits this long at most for an IMAP login or slot
 MAX_FILINGS_PER_DRAIN = 100  # Sent copies left by earlier tries that one drain files at most
 DEFAULT_BUDGET_S = 60.0  # a drain then ends; the caller enqueues another if rows remain
-
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class MailAccess(Protocol):
@@ -142,9 +129,7 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._lease_s / 3):
             try:
-                self._client.eval(  # type: ignore[no-untyped-call]
-                    _RENEW, 1, self._key, self._holder, int(self._lease_s * 1000)
-                )
+                coalesce.renew_held(self._client, self._key, self._holder, self._lease_s)
                 with self._sessions() as db:
                     db.execute(
                         update(send_outbox)
@@ -176,7 +161,7 @@ def _take_slot(
     client: redis.Redis[bytes], grant_id: str, cap: int, holder: str, lease_s: float
 ) -> str | None:
     for key in _slot_keys(grant_id, cap):
-        if client.set(key, holder, nx=True, px=int(lease_s * 1000)):
+        if coalesce.acquire(client, key, holder, lease_s):
             return key
     return None
 
@@ -205,7 +190,7 @@ def drain(
             with _Heartbeat(client, sessions, key, holder, lease_s):
                 _drain_with_slot(sessions, settings, grant_id, access, holder, deadline, result)
         finally:
-            client.eval(_RELEASE, 1, key, holder)  # type: ignore[no-untyped-call]
+            coalesce.release(client, [key], holder)
         if result.more:  # out of login tokens: the next drain comes with a countdown
             return result
         with sessions() as db:

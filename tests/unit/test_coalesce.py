@@ -121,3 +121,11 @@ def test_a_failed_send_leaves_no_flag(r: redis.Redis[bytes]) -> None:
     with pytest.raises(ConnectionError):
         coalesce.send_once(r, "flag", 10, broken)
     assert r.get("flag") is None
+
+
+def test_renew_held_extends_only_the_holders_lock(r: redis.Redis[bytes]) -> None:
+    coalesce.acquire(r, "k", "a", 0.05)
+    assert not coalesce.renew_held(r, "k", "b", 60)  # not b's
+    assert coalesce.renew_held(r, "k", "a", 60)
+    time.sleep(0.08)
+    assert r.get("k") == b"a"
