@@ -148,8 +148,18 @@ def participant_key_sql(address: ColumnElement[Any]) -> ColumnElement[str]:
     return func.lower(collate(address, "C"))  # type: ignore[no-any-return]
 
 
+def address_lower(address: str) -> str:
+    """``address`` lowercased as Postgres' ``lower()`` lowers the stored addresses (the GIN
+    keys of ``api_participant_keys``, the JSONB address filters): one character at a time, by
+    Unicode's simple mapping. ``str.lower()`` differs in two places: it maps 'İ' to 'i' plus a
+    combining dot (the full mapping) and a word's final capital sigma to U+03C2 (context), where
+    Postgres gives 'i' and U+03C3; an address asked for in Python's lowering missed its own
+    message."""
+    return "".join("i" if ch == "\u0130" else ch.lower() for ch in address)
+
+
 def _lowered(emails: Sequence[str]) -> list[str]:
-    return sorted({e.strip().lower() for e in emails if e.strip()})
+    return sorted({address_lower(e.strip()) for e in emails if e.strip()})
 
 
 def _any_of(expr: ColumnElement[Any], emails: Sequence[str]) -> ColumnElement[bool]:
