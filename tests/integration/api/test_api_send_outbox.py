@@ -374,7 +374,7 @@ def test_a_server_that_never_answers_the_data_costs_one_deadline_and_no_second_s
         assert answer.status_code == 504, answer.text
         assert answer.json()["error"]["type"] == "provider_error"
         assert "not sent again" in answer.json()["error"]["message"]
-        time.sleep(1)
+        time.sleep(1)  # time for a second send, which must not come
         assert len(server.messages) == 1
     finally:
         server.close()

@@ -221,7 +221,7 @@ def test_a_server_that_accepts_then_drops_gets_no_reconnect_storm() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # a fixed window: count the logins in it
         await watcher.stop()
         # with 0.05 s doubling up to 0.4 s: about 0.05+0.1+0.2+0.4*n -> well under 10 logins;
         # a storm (reconnect at once) would log in hundreds of times
