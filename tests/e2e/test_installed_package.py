@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.dev.ports import free_port
 from tests.support.processes import pipeline_env
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -72,16 +72,17 @@ def api(settings: Settings, installed: Path, tmp_path: Path) -> Iterator[str]:
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + API_START_TIMEOUT_S
+
+    def answers() -> bool:
+        assert proc.poll() is None, "the installed API exited"
+        try:
+            httpx.get(f"{url}/healthz", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return True
+
     try:
-        while True:
-            assert proc.poll() is None, "the installed API exited"
-            assert time.monotonic() < deadline, "the installed API did not answer"
-            try:
-                httpx.get(f"{url}/healthz", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_for(answers, "the installed API to answer", API_START_TIMEOUT_S, interval_s=0.2)
         yield url
     finally:
         os.killpg(proc.pid, 15)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from pipeline.dev.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
@@ -47,19 +48,22 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> No
     reader = threading.Thread(target=lambda: lines.extend(up.stdout or []), daemon=True)
     reader.start()
     try:
-        grant_id = None
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while grant_id is None:
+        started = time.monotonic()
+
+        def demo_grant() -> str | None:
             assert up.poll() is None, "up exited early:\n" + "".join(lines[-60:])
-            assert time.monotonic() < deadline, "no demo grant:\n" + "".join(lines[-60:])
             found = [re.search(r"demo mailbox connected as grant (\S+)", line) for line in lines]
-            grant_id = next((m.group(1) for m in found if m), None)
-            time.sleep(0.5)
+            return next((m.group(1) for m in found if m), None)
+
+        wait_for(demo_grant, lambda: "a demo grant:\n" + "".join(lines[-60:]), UP_TIMEOUT_S, 0.5)
+        grant_id = demo_grant()
+        assert grant_id is not None
         # A second terminal finds the services through runtime.env in the data folder.
         cli_env = {k: v for k, v in env.items() if not k.startswith("IMAP_PIPELINE_EMBEDDED")}
         view: dict[str, object] = {}
-        while view.get("sync_state") != "synced":
-            assert time.monotonic() < deadline, "demo never synced:\n" + "".join(lines[-60:])
+
+        def synced() -> bool:
+            nonlocal view
             status = subprocess.run(
                 [sys.executable, "-m", "pipeline.cli", "grants", "status", grant_id, "--json"],
                 env=cli_env,
@@ -70,7 +74,10 @@ def test_up_demo_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> No
             )
             assert status.returncode == 0, status.stderr
             view = json.loads(status.stdout)
-            time.sleep(1)
+            return view.get("sync_state") == "synced"
+
+        left_s = UP_TIMEOUT_S - (time.monotonic() - started)  # one deadline for both waits
+        wait_for(synced, lambda: "the demo synced:\n" + "".join(lines[-60:]), left_s, 1)
         folders = view["folders"]
         assert isinstance(folders, list)
         stored = sum(f["stored"] for f in folders)

@@ -9,20 +9,22 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from pipeline.dev.ports import free_port, port_in_use
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
 START_TIMEOUT_S = 180  # embedded Postgres (initdb), Redis and every role on a loaded machine
 STOP_TIMEOUT_S = 60
 TRACEBACK_FREE_LINES = 40  # a stop prints a few lines, never a stack
+READER_END_S = 10  # for the output's last lines, once up has exited
 
 
 @dataclass
@@ -33,16 +35,17 @@ class Up:
     data_dir: Path
     env: dict[str, str]
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None  # takes its output into ``lines``, to the pipe's end
 
     def output(self) -> str:
         return "".join(self.lines)
 
     def wait_for_line(self, text: str, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in self.lines):
+        def printed() -> bool:
             assert self.process.poll() is None, f"up exited before {text!r}:\n{self.output()}"
-            assert time.monotonic() < deadline, f"no {text!r}:\n{self.output()[-4000:]}"
-            time.sleep(0.05)
+            return any(text in line for line in self.lines)
+
+        wait_for(printed, lambda: f"{text!r}:\n{self.output()[-4000:]}", timeout_s, 0.05)
 
     def interrupt(self) -> int:
         """Ctrl-C (SIGINT to the terminal's process group), then the exit code."""
@@ -77,7 +80,8 @@ def start_up(env: dict[str, str]) -> Up:
         start_new_session=True,
     )
     up = Up(process, Path(env["IMAP_PIPELINE_DATA_DIR"]), env)
-    threading.Thread(target=lambda: up.lines.extend(process.stdout or []), daemon=True).start()
+    up.reader = threading.Thread(target=lambda: up.lines.extend(process.stdout or []), daemon=True)
+    up.reader.start()
     return up
 
 
@@ -148,15 +152,14 @@ def loading_modules(pid: int) -> None:
     imports mapped into the process marks the moment: our entry point has taken over.
     """
     maps = Path(f"/proc/{pid}/maps")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def loaded() -> bool:
         try:
-            if "pydantic_core" in maps.read_text():
-                return
+            return "pydantic_core" in maps.read_text()
         except OSError:
-            return  # it ended already: the assertions say how
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} never loaded the command's modules")
+            return True  # it ended already: the assertions say how
+
+    wait_for(loaded, f"process {pid} to load the command's modules", START_TIMEOUT_S, 0.001)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +179,8 @@ def test_ctrl_c_at_any_moment_stops_cleanly(tmp_path: Path, started: list[Up], m
     else:
         loading_modules(up.process.pid)
     code = up.interrupt()
-    time.sleep(0.2)  # the reader thread takes the last lines
+    assert up.reader is not None
+    up.reader.join(READER_END_S)  # the reader takes the last lines
     output = up.output()
     assert code in (0, 130, -signal.SIGINT), output
     assert "Traceback" not in output
@@ -193,11 +197,12 @@ def test_role_logs_grow_while_up_runs_and_the_banner_says_how_to_run_the_cli(
     started.append(up)
     up.wait_for_line("imap-pipeline is running")
     api_log = up.data_dir / "logs" / "api.log"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while b"Application startup complete" not in api_log.read_bytes():
+
+    def api_started() -> bool:
         assert up.process.poll() is None, up.output()
-        assert time.monotonic() < deadline, "api.log stayed empty while up ran"
-        time.sleep(0.2)
+        return b"Application startup complete" in api_log.read_bytes()
+
+    wait_for(api_started, "api.log to grow while up runs", START_TIMEOUT_S, interval_s=0.2)
     script = Path(sys.executable).parent / "imap-pipeline"
     # the banner names the exact command, since the venv is not on PATH
     assert f"in another terminal: {script} grants list" in up.output()
@@ -309,16 +314,19 @@ def test_up_gives_every_role_a_metrics_port_of_its_own(tmp_path: Path, started: 
     up.wait_for_line("imap-pipeline is running")
     names = ["sync", "webhooks", "beat", "listener", "api"]
     ports = dict(zip(names, range(base, base + 5), strict=True))
-    deadline = time.monotonic() + START_TIMEOUT_S
+    answers: list[httpx.Response] = []
+
+    def served(port: int) -> bool:
+        assert up.process.poll() is None, up.output()
+        try:
+            answers.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5))
+        except httpx.HTTPError:
+            return False
+        return True
+
     for role, port in ports.items():
-        while True:
-            assert up.process.poll() is None, up.output()
-            assert time.monotonic() < deadline, f"{role} serves no metrics on {port}"
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_for(partial(served, port), f"{role}'s metrics on {port}", START_TIMEOUT_S, 0.3)
+        response = answers[-1]
         assert response.status_code == 200, role
         if role == "beat":
             assert "imap_pipeline_queue_depth" in response.text
