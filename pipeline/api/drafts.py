@@ -48,7 +48,13 @@ from starlette.datastructures import FormData
 
 from pipeline.api import queries, send
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok, page
-from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
+from pipeline.api.errors import (
+    ApiError,
+    from_pipeline_error,
+    invalid_request,
+    not_found,
+    request_id_of,
+)
 from pipeline.api.filters import ListFilter
 from pipeline.api.messages import Fields, apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
@@ -60,6 +66,7 @@ from pipeline.messages import metadata
 from pipeline.messages.placements import Location, PlacementRepository
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Folder, Grant, Message
+from pipeline.outbound import compose
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
 from pipeline.sync.store import ParsedItem, parse_batch, write_batch
 
@@ -68,8 +75,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["drafts"])
 
 DRAFT_LOCK_WAIT_S = 60.0  # a change waits this long for another change of the same draft
-MAX_RECIPIENTS = send.MAX_RECIPIENTS
-MAX_ATTACHMENTS = send.MAX_ATTACHMENTS
+MAX_RECIPIENTS = compose.MAX_RECIPIENTS
+MAX_ATTACHMENTS = compose.MAX_ATTACHMENTS
 DRAFT_FLAGS = ("\\Draft", "\\Seen")
 NO_DRAFTS_FOLDER = (
     "This account has no Drafts folder on its server: create one named Drafts "
@@ -85,26 +92,26 @@ class DraftRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: list[send.Recipient] | None = None
-    cc: list[send.Recipient] | None = None
-    bcc: list[send.Recipient] | None = None
-    reply_to: list[send.Recipient] | None = None
-    from_: list[send.Recipient] | None = Field(default=None, alias="from")
+    to: list[compose.Recipient] | None = None
+    cc: list[compose.Recipient] | None = None
+    bcc: list[compose.Recipient] | None = None
+    reply_to: list[compose.Recipient] | None = None
+    from_: list[compose.Recipient] | None = Field(default=None, alias="from")
     subject: str | None = Field(default=None, max_length=998)
     body: str | None = None
     is_plaintext: bool | None = None
-    attachments: list[send.OutgoingAttachment] | None = Field(
+    attachments: list[compose.OutgoingAttachment] | None = Field(
         default=None, max_length=MAX_ATTACHMENTS
     )
     # the engine's id, or (as Nylas documents for IMAP) the RFC 822 Message-ID
     reply_to_message_id: str | None = Field(default=None, max_length=998)
-    custom_headers: list[send.CustomHeader] | None = None
+    custom_headers: list[compose.CustomHeader] | None = None
     starred: bool | None = None
     send_at: int | None = None
     tracking_options: dict[str, Any] | None = None  # accepted, not supported (ignored)
     metadata: dict[str, Any] | None = None  # kept in Postgres only (pipeline.messages.metadata)
 
-    _one_line = field_validator("subject", "reply_to_message_id")(send.one_line)
+    _one_line = field_validator("subject", "reply_to_message_id")(compose.one_line)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -123,7 +130,7 @@ def _json_files(req: DraftRequest) -> list[DraftFile] | None:
     return files
 
 
-def _file(att: send.OutgoingAttachment, content: bytes) -> DraftFile:
+def _file(att: compose.OutgoingAttachment, content: bytes) -> DraftFile:
     return DraftFile(
         filename=att.filename,
         content_type=att.content_type,
@@ -203,7 +210,7 @@ def draft_locked(db: Session, api: ApiState, grant: Grant, draft: Message) -> It
             lock.rollback()  # lets go of the lock
 
 
-def _people(recipients: list[send.Recipient]) -> list[Person]:
+def _people(recipients: list[compose.Recipient]) -> list[Person]:
     return [Person(r.email, r.name or "") for r in recipients]
 
 
@@ -237,7 +244,7 @@ def _applied(
     if req.custom_headers is not None:
         content.headers = [(h.name, h.value) for h in req.custom_headers]
     if req.reply_to_message_id is not None:
-        parent = send.reply_parent(db, grant.id, req.reply_to_message_id)
+        parent = compose.reply_parent(db, grant.id, req.reply_to_message_id)
         if parent is None:
             raise not_found(f"No message {req.reply_to_message_id!r} to reply to.")
         content.in_reply_to = parent.message_id_header
@@ -325,16 +332,16 @@ def _scheduled_send(
     pairs: dict[str, str] | None,
     send_at: int,
     message_id: str,
-) -> send.Outgoing:
+) -> compose.Outgoing:
     """The send of a draft's content at ``send_at``, kept in Drafts until then (``use_draft``:
     the worker removes the draft, found by its Message-ID, once the mail went out).
 
     Raises:
-        ApiError: 400 when the draft cannot be sent as it is (no recipient, ...).
+        InvalidRequest: The draft cannot be sent as it is (no recipient, ...).
     """
     req, files = _send_request(db, grant, content, pairs)
     req = req.model_copy(update={"send_at": send_at, "use_draft": True})
-    return send.prepare(db, grant, req, files, message_id=message_id)
+    return compose.prepare(db, grant, req, files, message_id=message_id)
 
 
 def _unschedule(db: Session, grant: Grant, message_id: str | None) -> int | None:
@@ -360,10 +367,10 @@ def _unschedule(db: Session, grant: Grant, message_id: str | None) -> int | None
     return int(row.send_at.timestamp())
 
 
-def _schedule(db: Session, api: ApiState, grant: Grant, out: send.Outgoing) -> None:
+def _schedule(db: Session, api: ApiState, grant: Grant, out: compose.Outgoing) -> None:
     """Write the scheduled send of a draft, commit, ask for a drain when it is due."""
     assert out.send_at is not None
-    OutboxRepository(db).add(send.outbox_row(grant, out, None, use_draft=True))
+    OutboxRepository(db).add(compose.outbox_row(grant, out, None, use_draft=True))
     db.commit()
     send.enqueue_drain(api, grant.id, max(0.0, out.send_at - time.time()))
 
@@ -472,8 +479,11 @@ def _update(
 ) -> Message:
     where = _location(db, draft)
     # every copy of this draft in that folder goes (the sync may have found identical ones)
-    copies = PlacementRepository(db).locations(draft.id)
-    stale = sorted(loc.uid for loc in copies if loc.folder_id == where.folder_id)
+    stale = sorted(
+        loc.uid
+        for loc in PlacementRepository(db).locations(draft.id)
+        if loc.folder_id == where.folder_id
+    )
     message_id = draft.message_id_header or make_msgid(domain=_domain(grant))
     starred = draft.starred if req.starred is None else req.starred
     when = datetime.now(UTC)
@@ -499,12 +509,13 @@ def _update(
     if send_at is not None:
         try:
             out = _scheduled_send(db, grant, content, draft.metadata_, send_at, message_id)
-        except ApiError as exc:
+        except RequestError as exc:
             db.commit()  # the old schedule stays cancelled: it held the old version
+            refused = from_pipeline_error(exc)
             raise ApiError(
-                exc.status,
-                exc.type,
-                f"The draft was saved, but cannot be sent as it now is ({exc.message}); its "
+                refused.status,
+                refused.type,
+                f"The draft was saved, but cannot be sent as it now is ({refused.message}); its "
                 "scheduled send is cancelled.",
             ) from exc
         _schedule(db, api, grant, out)
@@ -514,7 +525,7 @@ def _update(
 
 def _send_request(
     db: Session, grant: Grant, content: DraftContent, pairs: dict[str, str] | None = None
-) -> tuple[send.SendRequest, list[tuple[send.OutgoingAttachment, bytes]]]:
+) -> tuple[compose.SendRequest, list[tuple[compose.OutgoingAttachment, bytes]]]:
     """The send request of a draft's content (a reply refers to the message it answers)."""
     parent = (
         repository.message_with_header(db, grant.id, content.in_reply_to)
@@ -526,7 +537,7 @@ def _send_request(
         return [{"email": p.email, "name": p.name} for p in ps]
 
     try:
-        req = send.SendRequest.model_validate(
+        req = compose.SendRequest.model_validate(
             {
                 "to": people(content.to),
                 "cc": people(content.cc),
@@ -543,7 +554,7 @@ def _send_request(
         )
         files = [
             (
-                send.OutgoingAttachment(
+                compose.OutgoingAttachment(
                     filename=f.filename[:255],
                     content_type=f.content_type,
                     content="",

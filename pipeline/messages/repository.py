@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,26 @@ class MessageRepository:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    # --- one message --------------------------------------------------------------------------
+    def get(self, grant_id: str, message_id: str) -> Message | None:
+        """One message of a grant (None when absent or not a UUID)."""
+        try:
+            uuid.UUID(message_id)
+        except ValueError:
+            return None
+        return self.session.scalar(
+            select(Message).where(Message.id == message_id, Message.grant_id == grant_id)
+        )
+
+    def latest_with_header(self, grant_id: str, message_id_header: str) -> Message | None:
+        """The grant's latest message whose Message-ID header is ``message_id_header``."""
+        return self.session.scalar(
+            select(Message)
+            .where(Message.grant_id == grant_id, Message.message_id_header == message_id_header)
+            .order_by(Message.date.desc())
+            .limit(1)
+        )
 
     # --- locking ------------------------------------------------------------------------------
     def lock_grant(self, grant_id: str) -> None:

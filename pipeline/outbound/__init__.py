@@ -1,2 +1,3 @@
-"""Outbound mail: the send outbox (:mod:`.outbox`), SMTP connections (:mod:`.smtp`) and the
-drain that sends what is due (:mod:`.deliver`). The API writes rows; workers send them."""
+"""Outbound mail: composing a send (:mod:`.compose`), the send outbox (:mod:`.outbox`), SMTP
+connections (:mod:`.smtp`) and the drain that sends what is due (:mod:`.deliver`). The API
+writes rows; workers send them."""
