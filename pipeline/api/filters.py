@@ -25,6 +25,7 @@ from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.search import native_search
+from pipeline.folders.repository import FolderRepository
 from pipeline.messages import metadata
 from pipeline.models import Folder, Grant
 from pipeline.search.criteria import MAX_LENGTH as MAX_SEARCH_LENGTH
@@ -222,7 +223,7 @@ def target_folder(db: Session, grant: Grant, folders: list[str] | None) -> Folde
         raise invalid_request(
             "folders must name exactly one folder: an IMAP message lives in one folder."
         )
-    folder = queries.find_folder(db, grant.id, folders[0])
+    folder = FolderRepository(db).find(grant.id, folders[0])
     if folder is None:
         raise not_found(f"No folder {folders[0]!r} for this grant.")
     return folder

@@ -44,7 +44,6 @@ from sqlalchemy import (
     case,
     cast,
     collate,
-    delete,
     distinct,
     exists,
     false,
@@ -63,7 +62,6 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from pipeline.api.pagination import Cursor
 from pipeline.drafts.repository import DRAFTS_ROLE
 from pipeline.messages import metadata
-from pipeline.messages.placements import PlacementRepository
 from pipeline.messages.repository import text_key
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
 from pipeline.search.store import StoreCondition
@@ -684,49 +682,12 @@ def folder_totals(session: Session, folder_ids: Sequence[str]) -> dict[str, Fold
     return {str(fid): FolderTotals(int(t), int(u)) for fid, t, u in rows}
 
 
-def list_folders(session: Session, grant_id: str) -> list[Folder]:
-    """A grant's folders as Nylas lists them: Inbox first, then the other system folders (those
-    with a role), then the rest, each group by name."""
-    return list(
-        session.scalars(
-            select(Folder)
-            .where(Folder.grant_id == grant_id)
-            .order_by(
-                # a role-less folder's ``role = 'inbox'`` is NULL, which sorts first in DESC
-                func.coalesce(Folder.role == "inbox", False).desc(),
-                Folder.role.is_(None),
-                Folder.name,
-                Folder.id,
-            )
-        )
-    )
-
-
-def find_folder(session: Session, grant_id: str, id_or_name: str) -> Folder | None:
-    """A grant's folder by id, or by its name as shown or as the server spells it."""
-    if is_uuid(id_or_name):
-        found = session.scalar(
-            select(Folder).where(Folder.id == id_or_name, Folder.grant_id == grant_id)
-        )
-        if found is not None:
-            return found
-    return session.scalar(
-        select(Folder)
-        .where(
-            Folder.grant_id == grant_id,
-            (Folder.name == id_or_name) | (Folder.raw_name == id_or_name),
-        )
-        .order_by(Folder.name)
-        .limit(1)
-    )
-
-
 def resolve_folder_ids(
     conn: Connection, grant_id: str, ids_or_names: Sequence[str]
 ) -> list[str | None]:
-    """The id of the grant's folder each value names, as :func:`find_folder` finds it (an id
-    first, else the first by name whose name or server name it is; None: no such folder), in
-    one query for them all (no ORM objects)."""
+    """The id of the grant's folder each value names, as ``FolderRepository.find`` finds it
+    (:mod:`pipeline.folders.repository`: an id first, else the first by name whose name or
+    server name it is; None: no such folder), in one query for them all (no ORM objects)."""
     values = list(dict.fromkeys(ids_or_names))
     ids = [v for v in values if is_uuid(v)]
     folders = Folder.__table__
@@ -743,7 +704,8 @@ def resolve_folder_ids(
     for folder_id, name, raw_name in rows:
         by_id[str(folder_id)] = str(folder_id)
         for key in (name, raw_name):
-            by_name.setdefault(key, str(folder_id))  # the first by name, as find_folder's LIMIT 1
+            # the first by name, as FolderRepository.find's LIMIT 1
+            by_name.setdefault(key, str(folder_id))
     out: list[str | None] = []
     for value in ids_or_names:
         found = by_id.get(str(uuid.UUID(value))) if is_uuid(value) else None
@@ -1454,55 +1416,3 @@ def list_grants(
         query = query.where(Grant.grant_status == status)
     query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
     return list(session.scalars(query))
-
-
-# --- folders the API created, renamed or deleted on the server ------------------------------
-
-
-def add_folder(session: Session, folder: Folder) -> Folder:
-    """Store a folder the API created on the server (the sync may have found it first)."""
-    existing = session.scalar(
-        select(Folder).where(Folder.grant_id == folder.grant_id, Folder.raw_name == folder.raw_name)
-    )
-    if existing is not None:
-        return existing
-    session.add(folder)
-    session.flush()
-    return folder
-
-
-def rename_folder_rows(
-    session: Session, grant_id: str, old_raw: str, new_raw: str, delimiter: str | None
-) -> list[Folder]:
-    """Rename a folder's row and those of its subfolders (the server renamed them all);
-    returns the renamed rows."""
-    folders = session.scalars(select(Folder).where(Folder.grant_id == grant_id)).all()
-    prefix = old_raw + delimiter if delimiter else None
-    renamed: list[Folder] = []
-    for folder in folders:
-        if folder.raw_name == old_raw:
-            suffix = ""
-        elif prefix and folder.raw_name.startswith(prefix):
-            suffix = folder.raw_name[len(old_raw) :]
-        else:
-            continue
-        folder.raw_name = new_raw + suffix
-        folder.name = _decoded(folder.raw_name)
-        renamed.append(folder)
-    session.flush()
-    return renamed
-
-
-def _decoded(raw_name: str) -> str:
-    from imap_tools.imap_utf7 import utf7_decode
-
-    return "INBOX" if raw_name.upper() == "INBOX" else utf7_decode(raw_name.encode())
-
-
-def delete_folder_row(session: Session, folder_id: str) -> None:
-    """Delete a folder and its placements; messages left in no folder go with it."""
-    orphans = select(Placement.message_id).where(Placement.folder_id == folder_id)
-    message_ids = [str(m) for m in session.scalars(orphans)]
-    session.execute(delete(Folder).where(Folder.id == folder_id))
-    for message_id in message_ids:
-        PlacementRepository(session).delete_if_unplaced(message_id)

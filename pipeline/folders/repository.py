@@ -1,13 +1,17 @@
-"""Every query about folders."""
+"""Every query about folders (the sync's, and the folders the API lists, creates, renames and
+deletes)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from imap_tools.imap_utf7 import utf7_decode
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from pipeline.messages.placements import PlacementRepository
 from pipeline.models import Folder, Placement, SyncFailure
 
 
@@ -94,3 +98,94 @@ class FolderRepository:
                 .where(Folder.id == folder_id)
                 .values(to_sync=func.greatest(Folder.to_sync - by, 0))
             )
+
+    # --- the folders a person sees and changes (pipeline.folders.service) ---------------------
+    def listed(self, grant_id: str) -> list[Folder]:
+        """A grant's folders as Nylas lists them: Inbox first, then the other system folders
+        (those with a role), then the rest, each group by name."""
+        return list(
+            self.session.scalars(
+                select(Folder)
+                .where(Folder.grant_id == grant_id)
+                .order_by(
+                    # a role-less folder's ``role = 'inbox'`` is NULL, which sorts first in DESC
+                    func.coalesce(Folder.role == "inbox", False).desc(),
+                    Folder.role.is_(None),
+                    Folder.name,
+                    Folder.id,
+                )
+            )
+        )
+
+    def find(self, grant_id: str, id_or_name: str) -> Folder | None:
+        """A grant's folder by id, or by its name as shown or as the server spells it."""
+        if _is_uuid(id_or_name):
+            found = self.session.scalar(
+                select(Folder).where(Folder.id == id_or_name, Folder.grant_id == grant_id)
+            )
+            if found is not None:
+                return found
+        return self.session.scalar(
+            select(Folder)
+            .where(
+                Folder.grant_id == grant_id,
+                (Folder.name == id_or_name) | (Folder.raw_name == id_or_name),
+            )
+            .order_by(Folder.name)
+            .limit(1)
+        )
+
+    def add_created(self, folder: Folder) -> Folder:
+        """Store a folder created on the server (the sync may have found it first)."""
+        existing = self.session.scalar(
+            select(Folder).where(
+                Folder.grant_id == folder.grant_id, Folder.raw_name == folder.raw_name
+            )
+        )
+        if existing is not None:
+            return existing
+        self.session.add(folder)
+        self.session.flush()
+        return folder
+
+    def rename_tree(
+        self, grant_id: str, old_raw: str, new_raw: str, delimiter: str | None
+    ) -> list[Folder]:
+        """Rename a folder's row and those of its subfolders (the server renamed them all);
+        returns the renamed rows."""
+        folders = self.session.scalars(select(Folder).where(Folder.grant_id == grant_id)).all()
+        prefix = old_raw + delimiter if delimiter else None
+        renamed: list[Folder] = []
+        for folder in folders:
+            if folder.raw_name == old_raw:
+                suffix = ""
+            elif prefix and folder.raw_name.startswith(prefix):
+                suffix = folder.raw_name[len(old_raw) :]
+            else:
+                continue
+            folder.raw_name = new_raw + suffix
+            folder.name = _decoded(folder.raw_name)
+            renamed.append(folder)
+        self.session.flush()
+        return renamed
+
+    def delete(self, folder_id: str) -> None:
+        """Delete a folder and its placements; messages left in no folder go with it."""
+        orphans = select(Placement.message_id).where(Placement.folder_id == folder_id)
+        message_ids = [str(m) for m in self.session.scalars(orphans)]
+        self.session.execute(delete(Folder).where(Folder.id == folder_id))
+        placements = PlacementRepository(self.session)
+        for message_id in message_ids:
+            placements.delete_if_unplaced(message_id)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _decoded(raw_name: str) -> str:
+    return "INBOX" if raw_name.upper() == "INBOX" else utf7_decode(raw_name.encode())
