@@ -35,6 +35,7 @@ from tests.support.fake_imap import (
     Hostility,
     sample_message,
 )
+from tests.support.waiting import wait_for_async
 
 SETTINGS = ListenerSettings(
     backoff_base_s=0.05,
@@ -44,6 +45,7 @@ SETTINGS = ListenerSettings(
     connect_timeout_s=2.0,
     command_timeout_s=2.0,
 )
+WAIT_S = 5.0  # for what should happen within a few back-offs
 CONDSTORE = CAPABILITIES + " CONDSTORE"
 IDLE_FLOOD = b"* 9 EXISTS\r\n* 3 FETCH (FLAGS (\\Seen))"  # sent again and again while idling
 
@@ -124,13 +126,6 @@ class Harness:
         return [r for r, _ in self.published]
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def run(test: Callable[[Harness], Awaitable[None]], **config_options: object) -> None:
     with FakeImapServer(config(**config_options)) as server:
 
@@ -144,15 +139,15 @@ def test_idle_changes_are_published_once_per_notice() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         assert h.reasons() == ["reconnect"]  # no baseline: the first connect reports
         h.server.push(b"* 4 EXISTS")
         h.server.push(b"* 1 RECENT")
-        await until(lambda: len(h.published) == 2)
+        await wait_for_async(lambda: len(h.published) == 2, "two changes published", WAIT_S)
         h.server.push(b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (9))")
         h.server.push(b"* OK Still here")
         h.server.push(b"* 3 EXPUNGE")
-        await until(lambda: len(h.published) >= 4)
+        await wait_for_async(lambda: len(h.published) >= 4, "four changes published", WAIT_S)
         await watcher.stop()
         assert h.reasons()[:4] == ["reconnect", "exists", "flags", "expunge"]
         assert h.server.command_names()[-2:] == ["DONE", "LOGOUT"]  # a clean goodbye
@@ -165,10 +160,10 @@ def test_a_response_with_a_literal_is_read_whole() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         h.server.push(b"* 2 FETCH (FLAGS (\\Seen) X-LABELS {7}\r\nA\r\n * 9 EXISTS)")
         h.server.push(b"* 3 EXPUNGE")
-        await until(lambda: len(h.published) >= 3)
+        await wait_for_async(lambda: len(h.published) >= 3, "three changes published", WAIT_S)
         # the literal's bytes (which look like a line) were not taken for a response
         assert h.reasons()[:3] == ["reconnect", "flags", "expunge"]
         await watcher.stop()
@@ -181,7 +176,7 @@ def test_unchanged_folder_on_connect_is_not_published() -> None:
         same = Snapshot(uidvalidity=42, uidnext=4, exists=None, highestmodseq=7)
         watcher = h.watcher(baseline=same)
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         assert h.published == []
         await watcher.stop()
 
@@ -192,11 +187,15 @@ def test_bye_reconnects_and_reports_the_reconnect() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         h.server.config.folders[0].highestmodseq = 8  # something changed while we were away
         h.server.push(b"* BYE Server shutting down")
         h.server.drop_all()
-        await until(lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING)
+        await wait_for_async(
+            lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING,
+            "idling again after a reconnect",
+            WAIT_S,
+        )
         assert h.reasons() == ["reconnect", "reconnect"]
         await watcher.stop()
 
@@ -207,9 +206,9 @@ def test_no_idle_capability_falls_back_to_polling() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: watcher.state is WatchState.POLLING)
+        await wait_for_async(lambda: watcher.state is WatchState.POLLING, "polling", WAIT_S)
         h.server.pending_noop.append(b"* 5 EXISTS")
-        await until(lambda: "exists" in h.reasons())
+        await wait_for_async(lambda: "exists" in h.reasons(), "an exists change published", WAIT_S)
         assert "IDLE" not in h.server.command_names()
         assert h.server.command_names().count("NOOP") >= 1
         await watcher.stop()
@@ -234,7 +233,9 @@ def test_refused_login_is_reported_once_and_never_retried() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(password="wrong")
         watcher.start()
-        await until(lambda: watcher.state is WatchState.INVALID)
+        await wait_for_async(
+            lambda: watcher.state is WatchState.INVALID, "the grant invalid", WAIT_S
+        )
         await asyncio.sleep(0.5)  # time for a retry that must not come
         assert h.server.logins == 1
         assert len(h.auth_failures) == 1
@@ -248,7 +249,7 @@ def test_a_bye_greeting_saying_too_many_connections_is_a_throttle() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: h.throttles >= 1)
+        await wait_for_async(lambda: h.throttles >= 1, "a throttle recorded", WAIT_S)
         assert "Too many connections" in (watcher.last_error or "")
         assert not h.auth_failures  # not a reason to give the grant up
         await watcher.stop()
@@ -260,12 +261,16 @@ def test_a_throttling_bye_while_idling_is_recorded_and_a_plain_one_is_not() -> N
     async def scenario(h: Harness) -> None:
         watcher = h.watcher()
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         h.server.push(b"* BYE Server shutting down")
-        await until(lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING)
+        await wait_for_async(
+            lambda: watcher.connects == 2 and watcher.state is WatchState.IDLING,
+            "idling again after a reconnect",
+            WAIT_S,
+        )
         assert h.throttles == 0
         h.server.push(b"* BYE [UNAVAILABLE] Too many simultaneous connections")
-        await until(lambda: h.throttles == 1)
+        await wait_for_async(lambda: h.throttles == 1, "a throttle recorded", WAIT_S)
         await watcher.stop()
 
     run(scenario)
@@ -281,7 +286,7 @@ def test_a_flood_while_idling_costs_the_connection_and_a_growing_back_off(
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(settings=flooded)
         watcher.start()
-        await until(lambda: watcher.limit_breaches >= 4, timeout_s=30)
+        await wait_for_async(lambda: watcher.limit_breaches >= 4, "four broken bounds", 30)
         assert watcher.state in (WatchState.BACKOFF, WatchState.CONNECTING, WatchState.IDLING)
         assert "more than 100 untagged responses" in (watcher.last_error or "")
         assert h.misbehaviours >= 4  # workers see the account back off too
@@ -303,7 +308,7 @@ def test_connecting_has_one_deadline_for_every_step_together() -> None:
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(settings=slow)
         watcher.start()
-        await until(lambda: watcher.limit_breaches >= 1, timeout_s=30)
+        await wait_for_async(lambda: watcher.limit_breaches >= 1, "a broken bound", 30)
         assert "connect, log in and open the folder within 1 s" in (watcher.last_error or "")
         assert watcher.connects == 0
         await watcher.stop()
@@ -337,10 +342,10 @@ def test_reconnecting_to_a_flooding_server_holds_no_more_memory_each_time() -> N
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(settings=flooded)
         watcher.start()
-        await until(lambda: watcher.limit_breaches >= 5, timeout_s=120)
+        await wait_for_async(lambda: watcher.limit_breaches >= 5, "five floods", 120)
         held_at_5 = await held(h)
         at_5 = watcher.limit_breaches
-        await until(lambda: watcher.limit_breaches >= at_5 + 25, timeout_s=240)
+        await wait_for_async(lambda: watcher.limit_breaches >= at_5 + 25, "25 more floods", 240)
         grown = await held(h) - held_at_5
         await watcher.stop()
         assert grown < 128 * 1024, f"{grown} bytes more after 25 more floods"
@@ -368,9 +373,13 @@ def test_a_user_named_server_is_reached_at_the_address_its_check_returned() -> N
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(host="imap.only-in-the-guard.test", guard=guard)
         watcher.start()
-        await until(lambda: watcher.state is WatchState.IDLING)
+        await wait_for_async(lambda: watcher.state is WatchState.IDLING, "idling", WAIT_S)
         h.server.drop_all()  # a reconnect is checked again
-        await until(lambda: h.server.logins == 2 and watcher.state is WatchState.IDLING)
+        await wait_for_async(
+            lambda: h.server.logins == 2 and watcher.state is WatchState.IDLING,
+            "a second login, idling",
+            WAIT_S,
+        )
         await watcher.stop()
         assert checked == ["imap.only-in-the-guard.test"] * 2
 
@@ -387,7 +396,8 @@ def test_a_user_named_server_that_turned_internal_is_never_connected_to() -> Non
     async def scenario(h: Harness) -> None:
         watcher = h.watcher(guard=guard)  # 127.0.0.1: the fake server would answer
         watcher.start()
-        await until(lambda: len(refusals) >= 2)  # refused, backed off, refused again
+        # refused, backed off, refused again
+        await wait_for_async(lambda: len(refusals) >= 2, "two refusals", WAIT_S)
         await watcher.stop()
         assert h.server.commands == [] and h.server.logins == 0
         assert "cannot be used" in (watcher.last_error or "")
