@@ -1,5 +1,6 @@
 """Periodic tasks, fired by Celery beat (``beat_schedule.py``). Thin: ids in, a Redis job lock,
-a session, a call into :mod:`pipeline.maintenance`.
+a session, a call into :mod:`pipeline.maintenance` (the per-grant polls, checks and discoveries
+on a worker's IMAP sessions are :mod:`workers.grant_work`).
 
 Task names (the schedule's contract):
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,42 +42,28 @@ from celery import Task
 
 from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.config import get_settings
-from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
+from pipeline.errors import ImapError
 from pipeline.grants.repository import GrantRepository
-from pipeline.imap import FolderInfo
 from pipeline.limits import RateLimited
-from pipeline.listener.status import idle_watched_folders_of
 from pipeline.maintenance.discovery import (
-    claim_discovery,
     discovered_since,
-    discoveries_due,
-    unclaim_discovery,
 )
 from pipeline.maintenance.locks import job_lock, job_locks
-from pipeline.maintenance.looks import recent_looks_of, record_looks
+from pipeline.maintenance.looks import record_looks
 from pipeline.maintenance.purge import PURGE_BUDGET_S, purge
 from pipeline.maintenance.reconcile import finalize_quiet_orphans, reconcile
-from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.maintenance.sweep import (
     batch_jobs,
-    check_grant,
-    folders_due,
     plan_sweep,
-    poll_grant,
 )
-from pipeline.models import Grant
 from pipeline.presets import preset
 from pipeline.redis import folder_lock_key
-from pipeline.sync.plan import discover_folders
 from pipeline.sync.state import GrantSyncState
-from workers import enqueue, folder_queue
+from workers import enqueue, grant_work
 from workers.app import app
 from workers.base import PipelineTask, grant_session, reschedule_countdown, skipped
 from workers.resources import (
-    LimitsView,
-    note_throttled,
     redis_client,
-    release_imap,
     sessions,
     using,
 )
@@ -170,13 +156,14 @@ def poll_grants_task(grant_ids: list[str]) -> dict[str, Any]:
     """Poll several grants one after another (:func:`poll_grant_task`'s work for each): one
     task per batch instead of one per grant, so a thousand idle grants do not cost a thousand
     task dispatches a minute, and what every poll reads is read once for the batch
-    (:class:`_PollBatch`). A grant that is rate limited waits for the next interval; the
-    batch stops after ``POLL_BATCH_BUDGET_S`` (slow servers), leaving the rest to it too."""
+    (:class:`workers.grant_work.PollBatch`). A grant that is rate limited waits for the next
+    interval; the batch stops after ``POLL_BATCH_BUDGET_S`` (slow servers), leaving the rest
+    to it too."""
     started, started_at = time.monotonic(), time.time()
     changed = skipped = 0
     looks: dict[str, list[str]] = {}
     with job_locks(redis_client(), [_poll_lock(g) for g in grant_ids], CHECK_LOCK_TTL_S) as taken:
-        batch = _PollBatch.read([g for g in grant_ids if _poll_lock(g) in taken])
+        batch = grant_work.PollBatch.read([g for g in grant_ids if _poll_lock(g) in taken])
         for index, grant_id in enumerate(grant_ids):
             if time.monotonic() - started > POLL_BATCH_BUDGET_S:
                 log.warning(
@@ -189,7 +176,7 @@ def poll_grants_task(grant_ids: list[str]) -> dict[str, Any]:
                 skipped += 1  # a poll of this grant is running
                 continue
             try:
-                result = _poll_one(grant_id, looks.setdefault(grant_id, []), batch)
+                result = grant_work.poll_one(grant_id, looks.setdefault(grant_id, []), batch)
             except RateLimited:
                 skipped += 1
                 continue
@@ -208,7 +195,7 @@ def poll_grant_task(grant_id: str) -> dict[str, Any]:
         if not taken:
             return {"skipped": "a poll of this grant is running"}
         try:
-            return _poll_one(grant_id, looked, _PollBatch.read([grant_id]))
+            return grant_work.poll_one(grant_id, looked, grant_work.PollBatch.read([grant_id]))
         finally:
             _record_looks({grant_id: looked}, at=started_at)
 
@@ -223,116 +210,6 @@ def _record_looks(looks: dict[str, list[str]], *, at: float) -> None:
     if any(looks.values()):
         interval = get_settings().beat.uidvalidity_sweep_interval_s
         record_looks(redis_client(), looks, interval_s=interval, at=at)
-
-
-@dataclass(frozen=True)
-class _PollBatch:
-    """What the polls of a batch need besides their IMAP sessions, read once for all its
-    grants (a quiet poll's cost was mostly these reads, one by one): one transaction for the
-    grants and their folders, one Redis round trip for what the listener watches, one for the
-    discovery stamps, the providers' limits once. Read when the batch starts, so as old as
-    the batch (at most ``POLL_BATCH_BUDGET_S``): a folder synced meanwhile is at worst synced
-    again (nothing to do), a grant changed meanwhile is seen by the next interval's poll."""
-
-    grants: dict[str, Grant]  # the active ones (valid, not stopped)
-    folders: dict[str, list[SweptFolder]]
-    idle_watched: dict[str, frozenset[str]]
-    discovery_due: frozenset[str]
-    view: LimitsView
-
-    @classmethod
-    def read(cls, grant_ids: list[str]) -> _PollBatch:
-        now = datetime.now(UTC)
-        with sessions().begin() as db:
-            grants = {
-                g.id: g
-                for g in GrantRepository(db).get_many(grant_ids).values()
-                if g.grant_status == "valid" and g.sync_state != GrantSyncState.STOPPED
-            }
-            folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
-        discovering = [g.id for g in grants.values() if g.initial_sync_completed_at is not None]
-        return cls(
-            grants=grants,
-            folders=folders,
-            idle_watched=idle_watched_folders_of(redis_client(), list(grants)),
-            discovery_due=discoveries_due(
-                redis_client(),
-                discovering,  # the others' grant syncs discover
-                interval_s=get_settings().beat.folder_discovery_interval_s,
-                poll_interval_s=get_settings().beat.poll_interval_s,
-            ),
-            view=LimitsView(),
-        )
-
-
-def _poll_one(grant_id: str, looked: list[str], batch: _PollBatch) -> dict[str, Any]:
-    """One grant's poll (its job lock held by the caller); appends the folders whose STATUS
-    it saw to ``looked``. Its session is logged out at the end unless a sync of the grant
-    follows (then pooled for it, ``BULK_LINGER_S``): the next poll is an interval away.
-
-    Raises:
-        RateLimited: No token or connection slot for the grant's session.
-    """
-    grant = batch.grants.get(grant_id)
-    if grant is None:
-        return {"skipped": "grant not active"}
-    provider = grant.provider
-    try:
-        imap = grant_session(grant, view=batch.view)
-    except ImapError as exc:  # RateLimited too: this poll is skipped, the next one comes
-        return skipped(grant_id, exc)
-    healthy = False
-    to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
-    listed: list[FolderInfo] | None = None
-    try:
-        changed = poll_grant(
-            sessions(),
-            imap,
-            grant_id,
-            now=datetime.now(UTC),
-            enqueue_sync=to_sync.append,
-            flag_refresh_s=get_settings().beat.flag_refresh_interval_s,
-            flag_refresh_per_poll=get_settings().beat.flag_refresh_per_poll,
-            idle_watched=batch.idle_watched.get(grant_id, frozenset()),
-            looked=looked,
-            candidates=batch.folders.get(grant_id, []),
-        )
-        if grant_id in batch.discovery_due and claim_discovery(
-            redis_client(),
-            grant_id,
-            interval_s=get_settings().beat.folder_discovery_interval_s,
-            poll_interval_s=get_settings().beat.poll_interval_s,
-        ):
-            try:  # the interval's folder discovery, on this session (no task, no login)
-                listed = imap.list_folders()
-            except ImapError:
-                unclaim_discovery(redis_client(), grant_id)  # the next poll tries again
-                raise
-        healthy = True
-    except ImapError as exc:
-        return skipped(grant_id, exc, "folder poll failed")
-    finally:
-        if to_sync:
-            release_imap(grant_id, imap, healthy=healthy)  # pooled for the syncs, if healthy
-        else:
-            imap.close()  # the slot goes back now, not after a linger
-        _queue(grant_id, provider, to_sync)
-    if listed is not None:
-        _apply_discovery(grant_id, provider, listed)
-    return {"changed": len(changed)}
-
-
-def _queue(grant_id: str, provider: str, folder_ids: list[str]) -> None:
-    """Queue syncs of the folders a check found changed (committed), at most N at once."""
-    if folder_ids:
-        folder_queue.queue_folders(
-            redis_client(),
-            grant_id,
-            provider,
-            folder_ids,
-            get_settings().max_folder_tasks_per_grant,
-            replace=False,
-        )
 
 
 def _polls_discovered(grant_ids: list[str]) -> frozenset[str]:
@@ -388,41 +265,25 @@ def discover_grant_task(grant_id: str) -> dict[str, Any]:
                 listed = imap.list_folders()
         except ImapError as exc:
             return skipped(grant_id, exc, "folder discovery failed")
-        return _apply_discovery(grant_id, grant.provider, listed)
-
-
-def _apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> dict[str, Any]:
-    """Bring the grant's folders in line with ``listed`` (its LIST): new ones announced and
-    queued for sync, vanished ones removed."""
-    with sessions().begin() as db:  # no IMAP I/O inside the transaction
-        grant = GrantRepository(db).get_for_update(grant_id)
-        if grant is None:
-            return {"skipped": "grant removed"}
-        changes = discover_folders(
-            db, grant, listed, max_folders=get_settings().max_folders_per_grant
-        )
-    if changes.created or changes.deleted:
-        kick()  # folder.created / folder.deleted
-    created = set(changes.created)
-    _queue(grant_id, provider, [f for f in changes.selectable if f in created])
-    return {"created": len(changes.created), "deleted": len(changes.deleted)}
+        return grant_work.apply_discovery(grant_id, grant.provider, listed)
 
 
 @app.task(name="pipeline.maintenance.check_grants", bind=True)
 def check_grants_task(self: Task, grant_ids: list[str]) -> dict[str, Any]:
     """Check several grants one after another (:func:`check_uidvalidity_task`'s work for
     each): one task per batch, what every check reads read once for the batch
-    (:class:`_CheckBatch`). A grant that is rate limited gets a ``check_uidvalidity`` task of
-    its own after the wait; after ``POLL_BATCH_BUDGET_S`` (slow servers) the grants left go
-    on in a new batch, so every grant is checked within its interval. Both are sent once the
-    batch's job locks are released, so they do not find them taken."""
+    (:class:`workers.grant_work.CheckBatch`). A grant that is rate limited gets a
+    ``check_uidvalidity`` task of its own after the wait; after ``POLL_BATCH_BUDGET_S`` (slow
+    servers) the grants left go on in a new batch, so every grant is checked within its
+    interval. Both are sent once the batch's job locks are released, so they do not find them
+    taken."""
     started = time.monotonic()
     queue = (self.request.delivery_info or {}).get("routing_key")  # the provider's
     asked = changed = 0
     left: list[str] = []
     limited: list[tuple[str, float]] = []
     with job_locks(redis_client(), [_check_lock(g) for g in grant_ids], CHECK_LOCK_TTL_S) as taken:
-        batch = _CheckBatch.read([g for g in grant_ids if _check_lock(g) in taken])
+        batch = grant_work.CheckBatch.read([g for g in grant_ids if _check_lock(g) in taken])
         for index, grant_id in enumerate(grant_ids):
             if time.monotonic() - started > POLL_BATCH_BUDGET_S:
                 left = grant_ids[index:]
@@ -430,7 +291,7 @@ def check_grants_task(self: Task, grant_ids: list[str]) -> dict[str, Any]:
             if _check_lock(grant_id) not in taken:
                 continue  # a check of this grant is running
             try:
-                result = _check_one(grant_id, batch)
+                result = grant_work.check_one(grant_id, batch)
             except RateLimited as exc:
                 limited.append((grant_id, exc.retry_after_s))
                 continue
@@ -457,101 +318,12 @@ def check_uidvalidity_task(grant_id: str) -> dict[str, Any]:
     with job_locks(redis_client(), [_check_lock(grant_id)], CHECK_LOCK_TTL_S) as taken:
         if not taken:
             return {"skipped": "a check of this grant is running"}
-        return _check_one(grant_id, _CheckBatch.read([grant_id]))
+        return grant_work.check_one(grant_id, grant_work.CheckBatch.read([grant_id]))
 
 
 def _check_lock(grant_id: str) -> str:
     """The job lock a UIDVALIDITY check of ``grant_id`` holds."""
     return f"sweep:{grant_id}"
-
-
-@dataclass(frozen=True)
-class _CheckBatch:
-    """What the UIDVALIDITY checks of a batch read once for all its grants (as
-    :class:`_PollBatch`): the valid grants and their folders in one transaction, the polls'
-    looks and the listener's watched folders in one Redis round trip each."""
-
-    now: datetime
-    grants: dict[str, Grant]  # the valid ones
-    folders: dict[str, list[SweptFolder]]
-    looked: dict[str, frozenset[str]]
-    idle_watched: dict[str, frozenset[str]]
-    view: LimitsView
-
-    @classmethod
-    def read(cls, grant_ids: list[str]) -> _CheckBatch:
-        now = datetime.now(UTC)
-        with sessions().begin() as db:
-            grants = {
-                g.id: g
-                for g in GrantRepository(db).get_many(grant_ids).values()
-                if g.grant_status == "valid"
-            }
-            folders = MaintenanceRepository(db).sweep_candidates_of(list(grants), now)
-        since = now.timestamp() - get_settings().beat.uidvalidity_sweep_interval_s
-        return cls(
-            now=now,
-            grants=grants,
-            folders=folders,
-            looked=recent_looks_of(redis_client(), list(grants), since),
-            idle_watched=idle_watched_folders_of(redis_client(), list(grants)),
-            view=LimitsView(),
-        )
-
-
-def _check_one(grant_id: str, batch: _CheckBatch) -> dict[str, Any]:
-    """One grant's UIDVALIDITY check (:func:`check_uidvalidity_task`), its job lock held by
-    the caller.
-
-    Raises:
-        RateLimited: No token or connection slot for the fresh session it needs.
-    """
-    grant = batch.grants.get(grant_id)
-    if grant is None:
-        return {"skipped": "grant invalid"}
-    provider, now = grant.provider, batch.now
-    due = folders_due(
-        batch.folders.get(grant_id, []),
-        looked=batch.looked.get(grant_id, frozenset()),
-        idle_watched=batch.idle_watched.get(grant_id, frozenset()),
-    )
-    if not due:  # every folder's UIDVALIDITY seen lately by a poll or the listener
-        return {"changed": 0, "stopped": 0, "resumed": 0, "polled": 0, "asked": 0}
-    try:
-        imap = grant_session(grant, view=batch.view, fresh=True)
-    except RateLimited:
-        raise  # the caller sends the check again after the wait
-    except ImapAuthError:
-        return {"skipped": "grant invalid"}  # now invalid
-    except ImapError as exc:  # throttling is already recorded; the next sweep looks again
-        return skipped(grant_id, exc, "UIDVALIDITY check could not log in")
-    healthy = False
-    to_sync: list[str] = []  # queued at the end, at most N at once (workers.folder_queue)
-    try:
-        report = check_grant(
-            sessions(),
-            imap,
-            grant_id,
-            now=now,
-            enqueue_sync=to_sync.append,
-            only={f.id for f in due},
-        )
-        healthy = True
-    except ImapThrottledError:
-        note_throttled(grant)
-        return {"skipped": "throttled"}
-    except ImapError as exc:
-        return skipped(grant_id, exc, "UIDVALIDITY check failed")
-    finally:
-        release_imap(grant_id, imap, healthy=healthy)
-        _queue(grant_id, provider, to_sync)
-    return {
-        "changed": len(report.changed),
-        "stopped": len(report.stopped),
-        "resumed": len(report.resumed),
-        "polled": len(report.polled),
-        "asked": len(due),
-    }
 
 
 @app.task(name="pipeline.maintenance.purge")
