@@ -225,116 +225,154 @@ class FolderWatcher:
         return {"grant_id": self.target.grant_id, "folder_id": self.target.folder_id}
 
     async def _run(self) -> None:
-        settings = self._ctx.settings
-        loop = asyncio.get_running_loop()
+        """The drawing of the module docstring, one turn of the loop per connection: a slot
+        and a login turn, one session (CONNECTING, then IDLING or POLLING), a back-off; until
+        stopped (cancelled) or the login is refused (INVALID)."""
         attempt = 0
         slot_wait_reported = False
         while True:
-            self.state = WatchState.WAITING_SLOT
-            turn = LoginTurn(granted=True, wait_s=0.0)
-            async with self._ctx.login_gate:  # bounds the Redis calls of a reconnect wave too
-                got_slot = await self._ctx.acquire_slot(self.target)
-                # the slot first: a token taken while all slots are in use would be wasted
-                if got_slot and self._ctx.login_turn is not None:
-                    try:
-                        turn = await self._ctx.login_turn(self.target)
-                    except asyncio.CancelledError:  # stopped while asking: give the slot back
-                        await self._ctx.release_slot(self.target)
-                        raise
-            if not got_slot:
-                wait = NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5)
-                if not slot_wait_reported:  # once per wait: the status is no heartbeat
-                    slot_wait_reported = True
-                    self._report(NO_SLOT_DETAIL, wait)
-                await asyncio.sleep(wait)
+            turn = await self._take_slot()
+            if turn is None:  # every connection slot of the grant is taken
+                await self._wait_for_slot(report=not slot_wait_reported)
+                slot_wait_reported = True  # once per wait: the status is no heartbeat
                 continue
             slot_wait_reported = False
             if not turn.granted:
-                # The account or provider is backing off (workers were told to slow down
-                # too), or the login queue is long: no login meanwhile, the slot goes back.
-                await self._ctx.release_slot(self.target)
-                self.state = WatchState.BACKOFF if turn.backing_off else WatchState.LOGIN_QUEUED
-                wait = min(turn.wait_s, settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
-                self._report(
-                    (self._why or "The account or its provider is backing off.")
-                    if turn.backing_off
-                    else None,
-                    wait,
-                )
-                await asyncio.sleep(wait)
+                await self._wait_for_turn(turn)
                 continue
-            up_since: float | None = None
-            misbehaved = False  # broke a read bound or a deadline, or spoke no IMAP we can read
-            try:
-                if turn.wait_s > 0:
-                    self.state = WatchState.LOGIN_QUEUED
-                    await asyncio.sleep(turn.wait_s)
-                conn = await self._connect()
-                up_since = loop.time()
-                await self._watch(conn)
-            except ImapAuthError as exc:
-                self.state = WatchState.INVALID
-                self.last_error = str(exc)
-                self._report(self.last_error)
-                log.warning(
-                    "login refused for grant=%s folder=%s; marking the grant invalid: %s",
-                    self.target.grant_id,
-                    self.target.folder_id,
-                    exc,
-                    extra=self._log_extra(),
-                )
-                await self._ctx.release_slot(self.target)
-                await self._ctx.auth_failed(self.target, str(exc))
-                return
-            except ImapThrottledError as exc:
-                self.last_error = str(exc)
-                await self._record_throttle(exc)
-            except (ImapProtocolError, ImapLimitError) as exc:  # a limit is no protocol error
-                self.last_error = str(exc)
-                if isinstance(exc, ImapLimitError):
-                    self.limit_breaches += 1
-                    await self._record_misbehaviour()
-                misbehaved = True
-            except ImapError as exc:  # dropped, timed out, BYE: logged with the back-off below
-                self.last_error = str(exc)
-            except asyncio.CancelledError:
-                await self._ctx.release_slot(self.target)
-                raise
-            except Exception as exc:  # a bug must not end the watch; log it and reconnect
-                self.last_error = repr(exc)
-                log.exception(
-                    "unexpected error watching grant=%s folder=%s",
-                    self.target.grant_id,
-                    self.target.folder_id,
-                    extra=self._log_extra(),
-                )
+            ended = await self._session(turn)
+            if ended is None:
+                return  # INVALID: final
+            up_since, misbehaved = ended
+            attempt = await self._back_off(attempt, up_since, misbehaved)
+
+    async def _take_slot(self) -> LoginTurn | None:
+        """WAITING_SLOT: a connection slot, then a login turn; None without a slot."""
+        self.state = WatchState.WAITING_SLOT
+        turn = LoginTurn(granted=True, wait_s=0.0)
+        async with self._ctx.login_gate:  # bounds the Redis calls of a reconnect wave too
+            got_slot = await self._ctx.acquire_slot(self.target)
+            # the slot first: a token taken while all slots are in use would be wasted
+            if got_slot and self._ctx.login_turn is not None:
+                try:
+                    turn = await self._ctx.login_turn(self.target)
+                except asyncio.CancelledError:  # stopped while asking: give the slot back
+                    await self._ctx.release_slot(self.target)
+                    raise
+        return turn if got_slot else None
+
+    async def _wait_for_slot(self, *, report: bool) -> None:
+        """No slot free: ask again in about :data:`NO_SLOT_RETRY_S`."""
+        wait = NO_SLOT_RETRY_S * self._ctx.rng.uniform(0.5, 1.5)
+        if report:
+            self._report(NO_SLOT_DETAIL, wait)
+        await asyncio.sleep(wait)
+
+    async def _wait_for_turn(self, turn: LoginTurn) -> None:
+        """No login now: the account or provider is backing off (workers were told to slow
+        down too), or the login queue is long. The slot goes back meanwhile."""
+        await self._ctx.release_slot(self.target)
+        self.state = WatchState.BACKOFF if turn.backing_off else WatchState.LOGIN_QUEUED
+        wait = min(turn.wait_s, self._ctx.settings.backoff_max_s) * self._ctx.rng.uniform(1, 1.2)
+        self._report(
+            (self._why or "The account or its provider is backing off.")
+            if turn.backing_off
+            else None,
+            wait,
+        )
+        await asyncio.sleep(wait)
+
+    async def _session(self, turn: LoginTurn) -> tuple[float | None, bool] | None:
+        """LOGIN_QUEUED, CONNECTING, then IDLING or POLLING until the connection ends; the slot
+        is given back. Returns when it came up (loop time; None: it never did) and whether the
+        server misbehaved (broke a read bound or a deadline, or spoke no IMAP we can read), or
+        None once the login was refused (INVALID)."""
+        up_since: float | None = None
+        misbehaved = False
+        try:
+            if turn.wait_s > 0:
+                self.state = WatchState.LOGIN_QUEUED
+                await asyncio.sleep(turn.wait_s)
+            conn = await self._connect()
+            up_since = asyncio.get_running_loop().time()
+            await self._watch(conn)
+        except ImapAuthError as exc:
+            await self._invalid(exc)
+            return None
+        except ImapThrottledError as exc:
+            self.last_error = str(exc)
+            await self._record_throttle(exc)
+        except (ImapProtocolError, ImapLimitError) as exc:  # a limit is no protocol error
+            self.last_error = str(exc)
+            if isinstance(exc, ImapLimitError):
+                self.limit_breaches += 1
+                await self._record_misbehaviour()
+            misbehaved = True
+        except ImapError as exc:  # dropped, timed out, BYE: logged with the back-off
+            self.last_error = str(exc)
+        except asyncio.CancelledError:
             await self._ctx.release_slot(self.target)
-            stayed_up = up_since is not None and (
-                loop.time() - up_since >= settings.backoff_reset_after_s
-            )
-            if stayed_up and not misbehaved:
-                attempt = 0
-            delay = reconnect_delay(
-                attempt, settings.backoff_base_s, settings.backoff_max_s, self._ctx.rng
-            )
-            attempt += 1
-            self.state = WatchState.BACKOFF
-            self.retry_in_s = delay
-            self._why = self.last_error
-            self._report(self.last_error, delay)
-            log.log(
-                logging.WARNING if misbehaved else logging.INFO,
-                "grant=%s folder=%s disconnected%s: %s; reconnecting in %.1f s (attempt %d)",
+            raise
+        except Exception as exc:  # a bug must not end the watch; log it and reconnect
+            self.last_error = repr(exc)
+            log.exception(
+                "unexpected error watching grant=%s folder=%s",
                 self.target.grant_id,
                 self.target.folder_id,
-                ", the server misbehaved" if misbehaved else "",
-                self.last_error,
-                delay,
-                attempt,
                 extra=self._log_extra(),
             )
-            await asyncio.sleep(delay)
-            self.retry_in_s = None
+        await self._ctx.release_slot(self.target)
+        return up_since, misbehaved
+
+    async def _invalid(self, exc: ImapAuthError) -> None:
+        """INVALID: the login was refused; the grant is marked invalid once, the slot freed."""
+        self.state = WatchState.INVALID
+        self.last_error = str(exc)
+        self._report(self.last_error)
+        log.warning(
+            "login refused for grant=%s folder=%s; marking the grant invalid: %s",
+            self.target.grant_id,
+            self.target.folder_id,
+            exc,
+            extra=self._log_extra(),
+        )
+        await self._ctx.release_slot(self.target)
+        await self._ctx.auth_failed(self.target, str(exc))
+
+    async def _back_off(self, attempt: int, up_since: float | None, misbehaved: bool) -> int:
+        """BACKOFF: sleep ``reconnect_delay(attempt)``; returns the next attempt number.
+
+        ``attempt`` starts again only after a connection stayed up ``backoff_reset_after_s``
+        and did not misbehave.
+        """
+        settings = self._ctx.settings
+        stayed_up = up_since is not None and (
+            asyncio.get_running_loop().time() - up_since >= settings.backoff_reset_after_s
+        )
+        if stayed_up and not misbehaved:
+            attempt = 0
+        delay = reconnect_delay(
+            attempt, settings.backoff_base_s, settings.backoff_max_s, self._ctx.rng
+        )
+        attempt += 1
+        self.state = WatchState.BACKOFF
+        self.retry_in_s = delay
+        self._why = self.last_error
+        self._report(self.last_error, delay)
+        log.log(
+            logging.WARNING if misbehaved else logging.INFO,
+            "grant=%s folder=%s disconnected%s: %s; reconnecting in %.1f s (attempt %d)",
+            self.target.grant_id,
+            self.target.folder_id,
+            ", the server misbehaved" if misbehaved else "",
+            self.last_error,
+            delay,
+            attempt,
+            extra=self._log_extra(),
+        )
+        await asyncio.sleep(delay)
+        self.retry_in_s = None
+        return attempt
 
     def _report(self, error: str | None = None, retry_in_s: float | None = None) -> None:
         if self._ctx.report is not None:
