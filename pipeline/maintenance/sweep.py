@@ -303,19 +303,7 @@ def poll_grant(
     if candidates is None:
         with sessions.begin() as db:
             candidates = MaintenanceRepository(db).sweep_candidates(grant_id, now)
-    asked: list[SweptFolder] = []
-    for folder in candidates:
-        if folder.state != FolderState.SYNCED:
-            continue
-        watched = folder.role in IDLE_ROLES
-        if watched and folder.id in idle_watched:
-            continue  # in IDLE now: its changes come as the listener's events
-        if watched and (
-            folder.last_synced_at is None
-            or (now - folder.last_synced_at).total_seconds() < IDLE_SAFETY_NET_S
-        ):
-            continue  # the listener's business, unless its event may have been lost
-        asked.append(folder)
+    asked = _to_poll(candidates, now, idle_watched)
     # one LIST-STATUS where the server has it, else a STATUS each; a folder gone is left out
     # (folder discovery removes it)
     statuses = imap.statuses([f.raw_name for f in asked]) if asked else {}
@@ -347,6 +335,27 @@ def poll_grant(
     for folder_id in changed:
         enqueue_sync(folder_id)
     return changed
+
+
+def _to_poll(
+    candidates: Sequence[SweptFolder], now: datetime, idle_watched: Collection[str]
+) -> list[SweptFolder]:
+    """The synced folders a poll asks STATUS of: not Inbox and Sent while the listener has
+    them in IDLE or synced them less than ``IDLE_SAFETY_NET_S`` ago."""
+    asked: list[SweptFolder] = []
+    for folder in candidates:
+        if folder.state != FolderState.SYNCED:
+            continue
+        watched = folder.role in IDLE_ROLES
+        if watched and folder.id in idle_watched:
+            continue  # in IDLE now: its changes come as the listener's events
+        if watched and (
+            folder.last_synced_at is None
+            or (now - folder.last_synced_at).total_seconds() < IDLE_SAFETY_NET_S
+        ):
+            continue  # the listener's business, unless its event may have been lost
+        asked.append(folder)
+    return asked
 
 
 def _moved_on(folder: SweptFolder, status: FolderStatus) -> bool:
