@@ -2,16 +2,16 @@
 
 A draft lives on the server, in the account's Drafts folder (role ``drafts``), APPENDed with
 ``\\Draft`` and ``\\Seen``; Postgres holds it like any message the sync stores (a draft another
-mail client saved is listed too). The API changes the server first and records what it
-holds:
+mail client saved is listed too). The server is changed first and what it holds is recorded, by
+:mod:`pipeline.drafts.service`:
 
 - create: compose (:mod:`pipeline.drafts.mime`), APPEND, fetch the copy back and store it
   through the sync's own normalizer (the next sync recognizes it, nothing is stored twice);
 - update: read the server's copy, apply the fields given (a field left out keeps its value;
   ``attachments`` given replace the files), APPEND the new version with the same Message-ID,
   then expunge the old one; the row is rewritten in place, so the draft id stays the same;
-- send: read the server's copy, send it through :func:`pipeline.api.send.send_now` (SMTP, then
-  the copy in Sent), then expunge the draft;
+- send (here): read the server's copy, send it through :func:`pipeline.api.send.send_now`
+  (SMTP, then the copy in Sent), then expunge the draft;
 - destroy: expunge it (a draft is not moved to Trash);
 - ``send_at`` (create, update): a scheduled send of the draft's content in the outbox, kept in
   Drafts meanwhile (``use_draft``); an update makes it again from the new version, destroy and
@@ -36,7 +36,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from email.utils import make_msgid
 from typing import Annotated, Any
 
@@ -58,17 +57,15 @@ from pipeline.api.errors import (
 from pipeline.api.filters import ListFilter
 from pipeline.api.messages import Fields, apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from pipeline.drafts import mime, repository
+from pipeline.drafts import repository
+from pipeline.drafts import service as drafts
 from pipeline.drafts.mime import DraftContent, DraftFile, Person
 from pipeline.errors import ImapError, RequestError
-from pipeline.grants.interactive import grant_imap
 from pipeline.messages import metadata
-from pipeline.messages.placements import Location, PlacementRepository
 from pipeline.messages.views import attachment_view, message_view
-from pipeline.models import Folder, Grant, Message
+from pipeline.models import Grant, Message
 from pipeline.outbound import compose
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
-from pipeline.sync.store import ParsedItem, parse_batch, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +74,6 @@ router = APIRouter(tags=["drafts"])
 DRAFT_LOCK_WAIT_S = 60.0  # a change waits this long for another change of the same draft
 MAX_RECIPIENTS = compose.MAX_RECIPIENTS
 MAX_ATTACHMENTS = compose.MAX_ATTACHMENTS
-DRAFT_FLAGS = ("\\Draft", "\\Seen")
-NO_DRAFTS_FOLDER = (
-    "This account has no Drafts folder on its server: create one named Drafts "
-    "(POST /v3/grants/{id}/folders) and the drafts go there."
-)
 
 
 class DraftRequest(BaseModel):
@@ -260,43 +252,6 @@ def _applied(
     return content
 
 
-def _flags(starred: bool) -> list[str]:
-    return [*DRAFT_FLAGS, "\\Flagged"] if starred else list(DRAFT_FLAGS)
-
-
-def _read_back(imap: Any, raw_name: str, message_id: str, after_uid: int) -> tuple[int, Any]:
-    """The UIDVALIDITY of the folder and the copy just appended (found by its Message-ID,
-    the newest above ``after_uid``)."""
-    info = imap.select(raw_name, readonly=False)
-    uids = sorted(imap.search_uids("HEADER", "Message-ID", f'"{message_id}"'))
-    newer = [u for u in uids if u > after_uid]
-    fetched = list(imap.fetch_messages(newer[-1:])) if newer else []
-    return info.uidvalidity, fetched
-
-
-def _one(fetched: list[Any]) -> ParsedItem:
-    items, _ = parse_batch(fetched)
-    if not items:
-        raise ApiError(
-            502,
-            "provider_error",
-            "The IMAP server took the draft but did not give it back when asked for it; it "
-            "appears with the next sync.",
-        )
-    return items[0]
-
-
-def _drafts_folder(db: Session, grant: Grant) -> Folder:
-    folders = repository.drafts_folders(db, grant.id)
-    if not folders:
-        raise invalid_request(NO_DRAFTS_FOLDER)
-    return folders[0]
-
-
-def _domain(grant: Grant) -> str:
-    return grant.email.rpartition("@")[2] or "localhost"
-
-
 def _checked_metadata(req: DraftRequest) -> dict[str, str] | None:
     """The request's metadata checked against Nylas' rules (None: not given).
 
@@ -385,11 +340,13 @@ def create_scheduled(
     pairs: dict[str, str] | None,
     send_at: int | None,
 ) -> Message:
-    """:func:`create_draft`, then its send at ``send_at`` when given (checked first: a draft
-    that could not be sent is refused before it is saved)."""
+    """:func:`pipeline.drafts.service.append`, then its send at ``send_at`` when given (checked
+    first: a draft that could not be sent is refused before it is saved)."""
     if send_at is not None:
-        _scheduled_send(db, grant, content, pairs, send_at, make_msgid(domain=_domain(grant)))
-    draft = create_draft(db, api, grant, content, starred=starred, pairs=pairs)
+        _scheduled_send(
+            db, grant, content, pairs, send_at, make_msgid(domain=drafts.domain_of(grant))
+        )
+    draft = drafts.append(db, api, grant, content, starred=starred, pairs=pairs)
     if send_at is not None and draft.message_id_header:
         _schedule(
             db,
@@ -398,59 +355,6 @@ def create_scheduled(
             _scheduled_send(db, grant, content, pairs, send_at, draft.message_id_header),
         )
     return draft
-
-
-def create_draft(
-    db: Session,
-    api: ApiState,
-    grant: Grant,
-    content: DraftContent,
-    *,
-    starred: bool,
-    pairs: dict[str, str] | None = None,
-) -> Message:
-    """APPEND a new draft to the Drafts folder and store the server's copy."""
-    folder = _drafts_folder(db, grant)
-    message_id = make_msgid(domain=_domain(grant))
-    when = datetime.now(UTC)
-    raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when).as_bytes()
-    # APPEND, SELECT, SEARCH, FETCH
-    with grant_imap(db, api, grant, ops=4) as imap:
-        imap.append(folder.raw_name, raw, flags=_flags(starred), when=when)
-        uidvalidity, fetched = _read_back(imap, folder.raw_name, message_id, 0)
-    item = _one(fetched)
-    result = write_batch(
-        db,
-        grant_id=grant.id,
-        folder_id=folder.id,
-        uidvalidity=uidvalidity,
-        items=[item],
-        failures=[],
-    )
-    draft_id = (result.new_message_ids or result.existing_message_ids)[0]
-    if pairs is not None:
-        metadata.store_metadata(db, draft_id, pairs)
-    db.commit()
-    message = queries.get_message(db, grant.id, draft_id)
-    assert message is not None
-    return message
-
-
-def _location(db: Session, draft: Message) -> Location:
-    for where in PlacementRepository(db).locations(draft.id):
-        if where.role == repository.DRAFTS_ROLE:
-            return where
-    raise not_found("This draft is no longer in the Drafts folder on the server.")
-
-
-def _server_copy(imap: Any, where: Location) -> DraftContent:
-    raw = imap.fetch_raw(where.uid)
-    if raw is None:
-        raise not_found("This draft is no longer in the Drafts folder on the server.")
-    try:
-        return mime.read(raw)
-    except ValueError as exc:
-        raise invalid_request(f"This draft cannot be read back: {exc}.") from exc
 
 
 def update_draft(
@@ -477,31 +381,20 @@ def _update(
     req: DraftRequest,
     files: list[DraftFile] | None,
 ) -> Message:
-    where = _location(db, draft)
-    # every copy of this draft in that folder goes (the sync may have found identical ones)
-    stale = sorted(
-        loc.uid
-        for loc in PlacementRepository(db).locations(draft.id)
-        if loc.folder_id == where.folder_id
-    )
-    message_id = draft.message_id_header or make_msgid(domain=_domain(grant))
+    drafts.location(db, draft)  # a draft no longer there is answered first
+    message_id = draft.message_id_header or make_msgid(domain=drafts.domain_of(grant))
     starred = draft.starred if req.starred is None else req.starred
-    when = datetime.now(UTC)
     _applied(db, grant, DraftContent(), req, files)  # refuse a bad request before any IMAP
-    pairs = _checked_metadata(req)
-    # SELECT, FETCH, APPEND, SELECT, SEARCH, FETCH, STORE, EXPUNGE
-    with grant_imap(db, api, grant, ops=8) as imap:
-        imap.select(where.raw_name, readonly=False)
-        content = _applied(db, grant, _server_copy(imap, where), req, files)
-        raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when)
-        imap.append(where.raw_name, raw.as_bytes(), flags=_flags(starred), when=when)
-        uidvalidity, fetched = _read_back(imap, where.raw_name, message_id, where.uid)
-        item = _one(fetched)  # the old copies stay unless the new one is there
-        imap.expunge_uids(stale)
-    repository.replace_content(db, draft, item, folder_id=where.folder_id, uidvalidity=uidvalidity)
-    if pairs is not None:  # left out: the draft keeps its metadata (the row stays)
-        metadata.store_metadata(db, draft.id, pairs)
-    db.commit()
+    content = drafts.replace(
+        db,
+        api,
+        grant,
+        draft,
+        lambda base: _applied(db, grant, base, req, files),
+        message_id=message_id,
+        starred=starred,
+        pairs=_checked_metadata(req),
+    )
     # A scheduled draft goes as it now is: its send is made again from the new version, at
     # the time given or the one it had.
     send_at = _unschedule(db, grant, message_id)
@@ -582,12 +475,10 @@ def send_draft(
 
 
 def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str) -> dict[str, Any]:
-    where = _location(db, draft)
+    where = drafts.location(db, draft)
     if _unschedule(db, grant, draft.message_id_header) is not None:
         db.commit()  # sent now instead of then
-    with grant_imap(db, api, grant, ops=2) as imap:  # SELECT, FETCH
-        imap.select(where.raw_name, readonly=True)
-        content = _server_copy(imap, where)
+    content = drafts.read(db, api, grant, where)
     req, files = _send_request(db, grant, content, draft.metadata_)
     # One send per version of a draft: a retry (after a 504 while the worker was still at it,
     # or when the draft could not be removed) gets the first send's answer, never a second mail.
@@ -619,14 +510,7 @@ def remove_draft(db: Session, api: ApiState, grant: Grant, draft: Message) -> No
 
 def _remove(db: Session, api: ApiState, grant: Grant, draft: Message) -> None:
     _unschedule(db, grant, draft.message_id_header)  # a deleted draft is not sent later
-    locations = PlacementRepository(db).locations(draft.id)
-    if locations:
-        # per copy: SELECT, STORE \Deleted, EXPUNGE
-        with grant_imap(db, api, grant, ops=3 * len(locations)) as imap:
-            for where in locations:
-                imap.select(where.raw_name, readonly=False)
-                imap.expunge_uids([where.uid])
-    repository.forget_draft(db, draft.id)
+    drafts.expunge(db, api, grant, draft)
     db.commit()
 
 

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.drafts.service import DraftNotReadBack
 from pipeline.errors import (
     ConfigurationError,
     GrantConflict,
@@ -114,6 +115,8 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return invalid_request(message)
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, DraftNotReadBack):
+        return ApiError(502, "provider_error", message)
     if isinstance(exc, RateLimited):  # no token or connection slot now: retry after the wait
         return rate_limited(message, exc.retry_after_s)
     if isinstance(exc, GrantConflict):

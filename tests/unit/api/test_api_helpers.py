@@ -12,6 +12,7 @@ from pipeline.api.attachments import content_disposition, decode_part, media_typ
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, from_pipeline_error
 from pipeline.api.pagination import decode_cursor, encode_cursor
+from pipeline.drafts.service import DraftNotReadBack
 from pipeline.errors import (
     ConfigurationError,
     GrantNotFound,
@@ -19,8 +20,11 @@ from pipeline.errors import (
     ImapConnectError,
     ImapFolderError,
     ImapThrottledError,
+    InvalidRequest,
+    NotFound,
     ServiceError,
 )
+from pipeline.limits import RateLimited
 
 ID = "0b9f1c1e-8a0e-4d7e-9d2a-3f1f5b7c9d11"
 
@@ -100,8 +104,19 @@ def test_headers_are_safe() -> None:
         (ImapConnectError("x"), 504, "provider_error"),
         (ConfigurationError("x"), 400, "invalid_request_error"),
         (ServiceError("x"), 503, "service_unavailable"),
+        (InvalidRequest("x"), 400, "invalid_request_error"),
+        (NotFound("x"), 404, "not_found_error"),
+        (RateLimited("x", 1.0), 429, "rate_limit_error"),
+        (DraftNotReadBack("x"), 502, "provider_error"),
     ],
 )
 def test_pipeline_errors_map_to_v3_types(error: Exception, status: int, type_: str) -> None:
     mapped = from_pipeline_error(error)  # type: ignore[arg-type]
     assert (mapped.status, mapped.type) == (status, type_)
+
+
+def test_a_refused_token_or_slot_keeps_its_text_and_says_when_to_retry() -> None:
+    mapped = from_pipeline_error(RateLimited("All 4 IMAP connections are in use.", 4.2))
+    assert mapped.message == "All 4 IMAP connections are in use."
+    assert mapped.headers == {"Retry-After": "5"}  # whole seconds, rounded up
+    assert from_pipeline_error(RateLimited("x", 0.01)).headers == {"Retry-After": "1"}
