@@ -1,8 +1,7 @@
 """Attachments: metadata (``GET .../attachments/{id}``) and bytes (``.../download``).
 
-Only metadata is stored. A download opens an IMAP session for the grant, fetches the one MIME
-part (``BODY.PEEK[<part>]``: reading it never marks the message read) from a folder that holds
-the message, undoes its Content-Transfer-Encoding and sends it with the attachment's content
+Only metadata is stored. A download fetches the one MIME part from the server
+(:func:`pipeline.messages.content.attachment_bytes`) and sends it with the attachment's content
 type. imaplib reads a literal whole, so the part is held in memory once (at most
 ``IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES``: the IMAP client refuses a bigger literal unread) and
 then streamed to the client in chunks.
@@ -10,8 +9,6 @@ then streamed to the client in chunks.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import re
 from collections.abc import Iterator
@@ -23,10 +20,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from pipeline.api import queries
-from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
+from pipeline.api.deps import Db, LiveGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
-from pipeline.grants.interactive import grant_imap
-from pipeline.messages.placements import PlacementRepository
+from pipeline.messages import content
 from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
 
@@ -36,33 +32,6 @@ router = APIRouter(tags=["attachments"])
 
 CHUNK_BYTES = 64 * 1024  # streamed response chunk
 _MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
-_CTE = re.compile(rb"^content-transfer-encoding:[ \t]*([^\r\n;]+)", re.IGNORECASE | re.MULTILINE)
-
-
-def transfer_encoding(mime_header: bytes | None) -> str:
-    """The Content-Transfer-Encoding named in a part's header block (``7bit`` when absent)."""
-    if not mime_header:
-        return "7bit"
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", mime_header)
-    match = _CTE.search(unfolded)
-    return match[1].strip().decode("ascii", "replace").lower() if match else "7bit"
-
-
-def decode_part(data: bytes, encoding: str) -> bytes:
-    """Undo a transfer encoding; broken base64 is decoded as far as it goes."""
-    if encoding == "base64":
-        # Drop line breaks, padding and junk, then re-pad: a lone trailing character is noise.
-        compact = re.sub(rb"[^A-Za-z0-9+/]", b"", data.split(b"=", 1)[0])
-        if len(compact) % 4 == 1:
-            compact = compact[:-1]
-        compact += b"=" * (-len(compact) % 4)
-        try:
-            return base64.b64decode(compact)
-        except binascii.Error:
-            return b""
-    if encoding == "quoted-printable":
-        return binascii.a2b_qp(data)
-    return data
 
 
 def media_type(content_type: str) -> str:
@@ -107,31 +76,6 @@ def get_attachment(
     return ok(request, attachment_view(path_attachment(db, grant, attachment_id, message_id)))
 
 
-def fetch_attachment(db: Session, api: ApiState, grant: Grant, att: Attachment) -> bytes:
-    """The decoded bytes of an attachment, fetched from the IMAP server.
-
-    Raises:
-        ApiError: 404 when no folder holds the message any more, or the UID is gone; 429 when
-            the account's limits are used up.
-        ImapError: The server could not be reached or refused us (mapped to 4xx/504).
-    """
-    locations = PlacementRepository(db).locations(att.message_id)
-    if not locations:
-        raise not_found("The message of this attachment is no longer on the server.")
-    # per copy tried: SELECT, the part, its MIME header (and HEADER for a single-part message)
-    with grant_imap(db, api, grant, ops=4 * len(locations)) as imap:
-        for where in locations:
-            imap.select(where.raw_name, readonly=True)
-            data = imap.fetch_part(where.uid, att.part_path)
-            if data is None:
-                continue
-            header = imap.fetch_part(where.uid, f"{att.part_path}.MIME")
-            if not header and att.part_path == "1":
-                header = imap.fetch_part(where.uid, "HEADER")  # a single-part message
-            return decode_part(data, transfer_encoding(header))
-    raise not_found("The message of this attachment is no longer on the server.")
-
-
 @router.get(
     "/grants/{grant_id}/attachments/{attachment_id}/download",
     summary="Download an attachment",
@@ -148,7 +92,7 @@ def download_attachment(
 ) -> StreamingResponse:
     """The attachment's bytes, with its content type."""
     att = path_attachment(db, grant, attachment_id, message_id)
-    data = fetch_attachment(db, api, grant, att)
+    data = content.attachment_bytes(db, api, grant, att)
     log.info(
         "attachment downloaded",
         extra={"grant_id": grant.id, "request_id": request_id_of(request), "bytes": len(data)},

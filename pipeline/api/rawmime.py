@@ -1,9 +1,8 @@
 """``fields=raw_mime`` on messages: the whole message as the IMAP server has it.
 
 Postgres keeps the parsed message, not its bytes, so the raw message is fetched from the server
-on demand, like an attachment (``BODY.PEEK[]`` of a copy, under the account's limits: one SELECT
-per folder and one FETCH per message, on the pooled session). Nylas answers only ``grant_id``,
-``object``, ``id`` and ``raw_mime`` (Base64url) for this field set.
+on demand, like an attachment (:func:`pipeline.messages.content.raw_messages`). Nylas answers
+only ``grant_id``, ``object``, ``id`` and ``raw_mime`` (Base64url) for this field set.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from pipeline.api.deps import ApiState
-from pipeline.grants.interactive import grant_imap
-from pipeline.messages.placements import PlacementRepository
+from pipeline.messages import content
 from pipeline.models import Grant, Message
 
 
@@ -27,25 +25,10 @@ def raw_mime_views(
     no folder holds any more.
 
     Raises:
-        ApiError: 429 when the account's IMAP limits are used up.
+        RateLimited: The account's IMAP limits are used up (a 429).
         ImapError: The server could not be reached or refused us (mapped to 4xx/504).
     """
-    locations = {m.id: PlacementRepository(db).locations(m.id) for m in messages}
-    raw: dict[str, bytes] = {}
-    copies = sum(len(found) for found in locations.values())
-    if copies:
-        folders = len({where.raw_name for found in locations.values() for where in found})
-        with grant_imap(db, api, grant, ops=folders + copies) as imap:
-            selected: str | None = None
-            for message in messages:
-                for where in locations[message.id]:
-                    if where.raw_name != selected:
-                        imap.select(where.raw_name, readonly=True)
-                        selected = where.raw_name
-                    data = imap.fetch_part(where.uid, "")
-                    if data is not None:
-                        raw[message.id] = data
-                        break
+    raw = content.raw_messages(db, api, grant, messages)
     return [
         {
             "id": m.id,

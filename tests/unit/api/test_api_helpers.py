@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.api.attachments import content_disposition, decode_part, media_type, transfer_encoding
+from pipeline.api.attachments import content_disposition, media_type
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, from_pipeline_error
 from pipeline.api.pagination import decode_cursor, encode_cursor
@@ -25,6 +25,7 @@ from pipeline.errors import (
     ServiceError,
 )
 from pipeline.limits import RateLimited
+from pipeline.messages.content import decode_part, transfer_encoding
 
 ID = "0b9f1c1e-8a0e-4d7e-9d2a-3f1f5b7c9d11"
 
