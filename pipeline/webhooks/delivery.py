@@ -267,20 +267,9 @@ class Drainer:
                         next_due_in_s=None if step.due else step.next_in,
                         status=status,
                     )
-                # Send this batch; meanwhile claim the next one (claimed deliveries are not due
-                # while in flight, so it cannot take these again, nor a later change to the
-                # same object). The lease stays ours: nothing is released while in flight.
-                started = self._clock()
-                sending = asyncio.ensure_future(self._send(lease, step.claimed))
-                following: _Step | None = None
-                try:
-                    if self._may_claim(deadline):
-                        following = await self._db(
-                            self._claim_step, destination_id, token, limit, True, False
-                        )
-                finally:
-                    results = await sending
-                slow = self._clock() - started > SLOW_BATCH_S
+                results, following, slow = await self._send_claiming_next(
+                    destination_id, token, lease, step.claimed, limit, deadline
+                )
                 try:
                     batch = await self._db(self._record, destination_id, step.claimed, results)
                 except IntegrityError:
@@ -319,6 +308,34 @@ class Drainer:
         finally:
             if holding:
                 await self._db(self._release, destination_id, token)
+
+    async def _send_claiming_next(
+        self,
+        destination_id: str,
+        token: str,
+        lease: repository.LeasedDestination,
+        claimed: list[repository.ClaimedDelivery],
+        limit: int,
+        deadline: float,
+    ) -> tuple[dict[int, AttemptResult], _Step | None, bool]:
+        """Send a batch; meanwhile claim the next one (claimed deliveries are not due while in
+        flight, so it cannot take these again, nor a later change to the same object). The
+        lease stays ours: nothing is released while in flight.
+
+        Returns the batch's results, the next claim (None past the deadline) and whether the
+        batch was slow (over :data:`SLOW_BATCH_S`).
+        """
+        started = self._clock()
+        sending = asyncio.ensure_future(self._send(lease, claimed))
+        following: _Step | None = None
+        try:
+            if self._may_claim(deadline):
+                following = await self._db(
+                    self._claim_step, destination_id, token, limit, True, False
+                )
+        finally:
+            results = await sending
+        return results, following, self._clock() - started > SLOW_BATCH_S
 
     def _may_claim(self, deadline: float) -> bool:
         return self._clock() < deadline and not (self._stop is not None and self._stop.is_set())
@@ -471,6 +488,20 @@ class Drainer:
                 if status == "failed":
                     repository.abandon_pending(session, [destination_id])
         failed = len(given_up) + len(retries)
+        self._log_batch(destination_id, results, ok, given_up, retries, status)
+        return _BatchOutcome(delivered=len(ok), failed=failed, status=status)
+
+    def _log_batch(
+        self,
+        destination_id: str,
+        results: dict[int, AttemptResult],
+        ok: list[int],
+        given_up: list[int],
+        retries: dict[int, float],
+        status: str | None,
+    ) -> None:
+        """Warn of failed attempts (with one sample), log a destination that failed for good."""
+        failed = len(given_up) + len(retries)
         if failed:
             sample = results[(given_up or list(retries))[0]]
             log.warning(
@@ -500,7 +531,6 @@ class Drainer:
             failed,
             extra={"destination_id": destination_id},
         )
-        return _BatchOutcome(delivered=len(ok), failed=failed, status=status)
 
 
 @dataclass(frozen=True)
