@@ -64,7 +64,7 @@ from pipeline.errors import ImapError, RequestError
 from pipeline.messages import metadata
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
-from pipeline.outbound import compose
+from pipeline.outbound import compose, sending
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def _schedule(db: Session, api: ApiState, grant: Grant, out: compose.Outgoing) -
     assert out.send_at is not None
     OutboxRepository(db).add(compose.outbox_row(grant, out, None, use_draft=True))
     db.commit()
-    send.enqueue_drain(api, grant.id, max(0.0, out.send_at - time.time()))
+    sending.request_drain(api, grant.id, max(0.0, out.send_at - time.time()))
 
 
 def create_scheduled(

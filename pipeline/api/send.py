@@ -3,8 +3,9 @@ raw MIME: ``?type=mime`` with a ``mime`` part) and ``/v3/grants/{grant_id}/messa
 
 The message is composed by :mod:`pipeline.outbound.compose` (From is the grant's address;
 replies get In-Reply-To and References from the message replied to), written to the send
-outbox (:mod:`pipeline.outbound.outbox`) and committed; a worker sends it
-(:mod:`pipeline.outbound.deliver`) over a reused SMTP connection and files the copy in Sent.
+outbox (:mod:`pipeline.outbound.outbox`) and committed (:mod:`pipeline.outbound.sending`); a
+worker sends it (:mod:`pipeline.outbound.deliver`) over a reused SMTP connection and files the
+copy in Sent.
 
 An immediate send waits for the worker's outcome (polling the row, at most
 ``IMAP_PIPELINE_SEND_WAIT_S``) and answers as before: the sent message with its id, or the
@@ -28,7 +29,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -43,21 +43,16 @@ from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.messages import Fields, message_views
-from pipeline.drafts.repository import drafts_folders
-from pipeline.errors import ImapError, RequestError
-from pipeline.grants.interactive import grant_imap
 from pipeline.models import Grant
+from pipeline.outbound import sending
 from pipeline.outbound.compose import (
     MAX_ATTACHMENTS,
-    Outgoing,
     OutgoingAttachment,
     SendRequest,
     files_from_json,
-    outbox_row,
     prepare,
     prepare_mime,
 )
-from pipeline.outbound.deliver import with_bcc
 from pipeline.outbound.outbox import OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -74,53 +69,6 @@ SCHEDULE_STATUS = {  # outbox state -> Nylas' schedule status (code, description
     "failed": ("failed", "schedule send failed"),
     "cancelled": ("cancelled", "schedule send cancelled"),
 }
-
-
-def enqueue_drain(api: ApiState, grant_id: str, countdown: float | None) -> None:
-    """Ask a worker to drain the grant's outbox (after the commit); never raises: the sweep
-    covers a broker that is down."""
-    try:
-        api.enqueue_send(grant_id, countdown)
-    except Exception as exc:  # any broker/config failure: the sweep sends it
-        log.warning("send drain not enqueued (%s); the sweep will", type(exc).__name__)
-
-
-def queue_send(
-    db: Session, api: ApiState, grant: Grant, out: Outgoing, key: str | None
-) -> tuple[Row[Any], bool]:
-    """Write the outbox row (or find the one ``key`` names), commit, ask for a drain."""
-    row, new = OutboxRepository(db).add(outbox_row(grant, out, key, use_draft=out.use_draft))
-    db.commit()
-    if new:
-        if out.send_at is not None and out.use_draft:
-            _keep_in_drafts(db, api, grant, out)
-        delay = max(0.0, out.send_at - time.time()) if out.send_at is not None else None
-        enqueue_drain(api, grant.id, delay)
-    return row, new
-
-
-def _keep_in_drafts(db: Session, api: ApiState, grant: Grant, out: Outgoing) -> None:
-    """``use_draft``: the scheduled message also waits in the account's Drafts folder (as
-    Nylas keeps it on the provider), where the user's mail clients show it. The worker removes
-    it once sent; a cancelled send leaves it there. The outbox row is what gets sent: a
-    failure here only loses the Drafts copy."""
-    folders = drafts_folders(db, grant.id)
-    if not folders:
-        return
-    try:
-        with grant_imap(db, api, grant, ops=1) as imap:
-            imap.append(
-                folders[0].raw_name,
-                with_bcc(out.raw, out.bcc),
-                flags=["\\Draft", "\\Seen"],
-                when=datetime.now(UTC),
-            )
-    except (ImapError, RequestError) as exc:
-        log.warning(
-            "scheduled send not kept in Drafts: %s",
-            type(exc).__name__,
-            extra={"grant_id": grant.id},
-        )
 
 
 def send_now(
@@ -141,12 +89,12 @@ def send_now(
         ApiError: what the send failed with; 504 when no worker answered in time (the message
             is still sent, once).
     """
-    row, _ = queue_send(db, api, grant, prepare(db, grant, req, files, fields), key)
+    row, _ = sending.queue(db, api, grant, prepare(db, grant, req, files, fields), key)
     deadline = time.monotonic() + api.settings.send_wait_s
     pause = WAIT_POLL_FIRST_S
     while time.monotonic() < deadline:
-        current = _fresh(api, grant.id, row.id)
-        if _settled(current):
+        current = sending.current(api.sessions, grant.id, row.id)
+        if sending.settled(current):
             status, body = _answer(api, grant.id, current, fields)
             if "error" in body:
                 raise ApiError(status, body["error"]["type"], body["error"]["message"])
@@ -159,20 +107,6 @@ def send_now(
         f"No worker sent the message within {api.settings.send_wait_s:g} s; it stays queued and "
         f"is sent once (schedule {row.id}).",
     )
-
-
-def _fresh(api: ApiState, grant_id: str, outbox_id: str) -> Row[Any]:
-    with api.sessions() as db:
-        row = OutboxRepository(db).get(grant_id, outbox_id)
-    assert row is not None
-    return row
-
-
-def _settled(row: Row[Any]) -> bool:
-    """Final, and (when sent) the Sent copy done, so the answer can carry its id."""
-    if row.state not in ("sent", "failed", "cancelled"):
-        return False
-    return row.state != "sent" or row.raw is None
 
 
 def _answer(api: ApiState, grant_id: str, row: Row[Any], fields: str) -> tuple[int, dict[str, Any]]:
@@ -373,7 +307,7 @@ async def send_message(
     else:
         assert req is not None
         out = await run_in_threadpool(prepare, db, grant, req, files, fields)
-    row, new = await run_in_threadpool(queue_send, db, api, grant, out, key)
+    row, new = await run_in_threadpool(sending.queue, db, api, grant, out, key)
     if not new and row.request_hash != out.digest:
         raise ApiError(
             409,
@@ -386,12 +320,12 @@ async def send_message(
     deadline = time.monotonic() + api.settings.send_wait_s
     pause = WAIT_POLL_FIRST_S
     while True:
-        current = await run_in_threadpool(_fresh, api, grant.id, row.id)
+        current = await run_in_threadpool(sending.current, api.sessions, grant.id, row.id)
         if current.response is not None:
             return _respond(
                 request, int(current.response["status"]), current.response, repeated=True
             )
-        if _settled(current):
+        if sending.settled(current):
             status, body = await run_in_threadpool(_answer, api, grant.id, current, fields)
             return _respond(request, status, body, repeated=not new)
         if time.monotonic() >= deadline:
