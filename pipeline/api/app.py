@@ -226,6 +226,50 @@ def ping_idle_connections(engine: Engine, idle_s: float = API_PING_AFTER_IDLE_S)
             raise DisconnectionError(type(exc).__name__) from exc
 
 
+def _engine(settings: Settings) -> Engine:
+    """The API's pool: bounded, every connection with its timeouts and fast JSON/UUID types."""
+    engine = create_engine(
+        normalize_url(settings.require_database_url()),
+        pool_size=API_POOL_SIZE,
+        max_overflow=API_POOL_SIZE,
+        pool_timeout=API_POOL_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "options": API_PG_OPTIONS,
+            "application_name": "imap-pipeline-api",
+        },
+    )
+    ping_idle_connections(engine)
+    event.listen(engine, "connect", _fast_types)
+    return engine
+
+
+def _include_routers(app: FastAPI) -> None:
+    """Every route: the probes and the sign-in page open, the rest of /v3 behind an API key."""
+    auth: list[Any] = [Depends(require_api_key)]
+    # the lists first: their paths are exact (no other route of theirs to shadow), and a route
+    # matched early costs less (messages.lists)
+    for lists in (messages.lists, threads.lists):
+        app.include_router(lists, prefix="/v3", dependencies=auth)
+    app.include_router(health.router)  # probes: no API key
+    app.include_router(hosted.public, prefix="/v3")  # the browser's sign-in page: no API key
+    app.include_router(hosted.router, prefix="/v3", dependencies=auth)
+    routers = (
+        connect,
+        grants,
+        providers,
+        send,
+        messages,
+        drafts,
+        folders,
+        threads,
+        attachments,
+        webhooks,
+    )
+    for module in routers:
+        app.include_router(module.router, prefix="/v3", dependencies=auth)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -257,19 +301,7 @@ def create_app(
     Raises:
         ConfigurationError: No database URL is configured.
     """
-    engine = create_engine(
-        normalize_url(settings.require_database_url()),
-        pool_size=API_POOL_SIZE,
-        max_overflow=API_POOL_SIZE,
-        pool_timeout=API_POOL_TIMEOUT_S,
-        connect_args={
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "options": API_PG_OPTIONS,
-            "application_name": "imap-pipeline-api",
-        },
-    )
-    ping_idle_connections(engine)
-    event.listen(engine, "connect", _fast_types)
+    engine = _engine(settings)
     limiter = _limiter(settings)
     state = ApiState(
         settings=settings,
@@ -316,26 +348,5 @@ def create_app(
     app.state.api = state
     api_errors.install(app)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
-    auth: list[Any] = [Depends(require_api_key)]
-    # the lists first: their paths are exact (no other route of theirs to shadow), and a route
-    # matched early costs less (messages.lists)
-    for lists in (messages.lists, threads.lists):
-        app.include_router(lists, prefix="/v3", dependencies=auth)
-    app.include_router(health.router)  # probes: no API key
-    app.include_router(hosted.public, prefix="/v3")  # the browser's sign-in page: no API key
-    app.include_router(hosted.router, prefix="/v3", dependencies=auth)
-    routers = (
-        connect,
-        grants,
-        providers,
-        send,
-        messages,
-        drafts,
-        folders,
-        threads,
-        attachments,
-        webhooks,
-    )
-    for module in routers:
-        app.include_router(module.router, prefix="/v3", dependencies=auth)
+    _include_routers(app)
     return app

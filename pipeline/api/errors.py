@@ -165,84 +165,89 @@ _STATUS_TYPES = {
 }
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every exception into the v3 envelope."""
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    response = error_response(request, exc.status, exc.type, exc.message)
+    response.headers.update(exc.headers)
+    return response
 
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        response = error_response(request, exc.status, exc.type, exc.message)
-        response.headers.update(exc.headers)
-        return response
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return error_response(request, 400, "invalid_request_error", _validation_message(exc))
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request, 400, "invalid_request_error", _validation_message(exc))
 
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        type_ = _STATUS_TYPES.get(exc.status_code, "api_error")
-        if exc.status_code == 404:
-            message = f"No such endpoint: {request.method} {request.url.path}."
-        elif exc.status_code == 405:
-            message = f"{request.method} is not supported on {request.url.path}."
-        else:
-            message = str(exc.detail)
-        response = error_response(request, exc.status_code, type_, message)
-        for name, value in (exc.headers or {}).items():
-            response.headers[name] = value
-        return response
 
-    async def pipeline_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, PipelineError)
-        mapped = from_pipeline_error(exc)
-        if mapped.status >= 500:
-            log.warning(
-                "request failed: %s",
-                type(exc).__name__,
-                extra={"request_id": request_id_of(request)},
-            )
-        response = error_response(request, mapped.status, mapped.type, mapped.message)
-        response.headers.update(mapped.headers)
-        return response
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = _STATUS_TYPES.get(exc.status_code, "api_error")
+    if exc.status_code == 404:
+        message = f"No such endpoint: {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"{request.method} is not supported on {request.url.path}."
+    else:
+        message = str(exc.detail)
+    response = error_response(request, exc.status_code, type_, message)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
-    async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        # The driver's message can quote SQL and parameters: log the class only.
+
+async def _pipeline_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PipelineError)
+    mapped = from_pipeline_error(exc)
+    if mapped.status >= 500:
         log.warning(
-            "database error: %s",
+            "request failed: %s",
             type(exc).__name__,
             extra={"request_id": request_id_of(request)},
         )
-        if isinstance(exc, OperationalError):
-            return error_response(
-                request, 503, "service_unavailable", "The database is unavailable; retry later."
-            )
-        if isinstance(exc, DataError):  # a value Postgres cannot take: NUL, out of range, ...
-            return error_response(
-                request,
-                400,
-                "invalid_request_error",
-                "A value in the request cannot be used (for example a NUL character or a "
-                "number out of range).",
-            )
-        return error_response(
-            request, 500, "api_error", "The request failed; the server log has the details."
-        )
+    response = error_response(request, mapped.status, mapped.type, mapped.message)
+    response.headers.update(mapped.headers)
+    return response
 
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error in %s %s",
-            request.method,
-            request.url.path,
-            exc_info=exc,
-            extra={"request_id": request_id_of(request)},
-        )
-        return error_response(
-            request, 500, "api_error", "The request failed; the server log has the details."
-        )
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(PipelineError, pipeline_error)
-    app.add_exception_handler(DBAPIError, database_error)
-    app.add_exception_handler(Exception, unexpected)
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's message can quote SQL and parameters: log the class only.
+    log.warning(
+        "database error: %s",
+        type(exc).__name__,
+        extra={"request_id": request_id_of(request)},
+    )
+    if isinstance(exc, OperationalError):
+        return error_response(
+            request, 503, "service_unavailable", "The database is unavailable; retry later."
+        )
+    if isinstance(exc, DataError):  # a value Postgres cannot take: NUL, out of range, ...
+        return error_response(
+            request,
+            400,
+            "invalid_request_error",
+            "A value in the request cannot be used (for example a NUL character or a "
+            "number out of range).",
+        )
+    return error_response(
+        request, 500, "api_error", "The request failed; the server log has the details."
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error(
+        "unhandled error in %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"request_id": request_id_of(request)},
+    )
+    return error_response(
+        request, 500, "api_error", "The request failed; the server log has the details."
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every exception into the v3 envelope."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PipelineError, _pipeline_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)

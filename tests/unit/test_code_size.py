@@ -22,8 +22,6 @@ MODULES_ALLOWED = {
     "pipeline/outbound/deliver.py",  # outbound, reworked with the send move (h-apisvc)
 }
 FUNCTIONS_ALLOWED = {
-    "pipeline/api/app.py:create_app",  # the app factory (API helpers)
-    "pipeline/api/errors.py:install",  # the exception handlers (API helpers)
     "pipeline/outbound/deliver.py:_drain_with_slot",  # outbound rework (h-apisvc)
 }
 
