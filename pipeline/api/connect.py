@@ -1,8 +1,8 @@
 """Connecting accounts: ``POST /v3/connect/custom`` and the IMAP connector (``/v3/connectors``).
 
 A custom connection logs in to the IMAP server for real before anything is stored (taking a login
-token of the account and provider first, :func:`pipeline.api.limits.login_turn`), on the
-sign-in gate's own threads (:mod:`pipeline.api.signin`); a wrong password stores nothing. The
+token of the account and provider first, :func:`pipeline.grants.interactive.login_turn`), on the
+sign-in gate's own threads (:mod:`pipeline.grants.signin`); a wrong password stores nothing. The
 same address with the same server and username again re-authenticates the existing grant;
 with another server or username it is a 409 and changes nothing (the takeover rule,
 :mod:`pipeline.grants.service`). After the commit the grant's initial sync is enqueued; if the
@@ -24,8 +24,8 @@ from pipeline.api.deps import api_state, ok, page
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.gate import client_of
 from pipeline.api.grants import grant_view
-from pipeline.api.signin import sign_in
 from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.signin import sign_in
 from pipeline.presets import TlsMode
 
 router = APIRouter(tags=["connect"])
@@ -143,7 +143,7 @@ async def custom_auth(
 ) -> dict[str, Any]:
     """Log in to the IMAP server, store the grant, enqueue its initial sync.
 
-    Runs behind the sign-in gate (:mod:`pipeline.api.signin`): 429 at once when too many
+    Runs behind the sign-in gate (:mod:`pipeline.grants.signin`): 429 at once when too many
     sign-ins are in flight, 504 when the server does not finish within the deadline.
     """
     api = api_state(request)

@@ -1,6 +1,6 @@
 """The sign-in gate: public sign-ins run on threads of their own, a bounded number at once.
 
-See :mod:`pipeline.api.signin` for what runs behind it.
+See :mod:`pipeline.grants.signin` for what runs behind it.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from pipeline.api.deps import (
 )
 from pipeline.api.errors import invalid_request, request_id_of
 from pipeline.api.gate import client_of
-from pipeline.api.signin import reconnect
 from pipeline.config import Settings
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import grant_secrets, remove_grant
+from pipeline.grants.signin import reconnect
 from pipeline.grants.views import grant_dict
 from pipeline.models import Grant
 from pipeline.presets import TlsMode
@@ -158,7 +158,7 @@ async def update_grant(
     """Change settings; a real login with the merged settings must succeed first.
 
     The login is a sign-in to a server the caller names: it runs behind the sign-in gate like
-    ``/v3/connect/custom`` (:mod:`pipeline.api.signin`): 429 at once when too many are in
+    ``/v3/connect/custom`` (:mod:`pipeline.grants.signin`): 429 at once when too many are in
     flight, 504 past the sign-in deadline, no database connection held meanwhile.
     """
     api = api_state(request)
@@ -167,7 +167,11 @@ async def update_grant(
         return ok(request, grant_view(await run_in_threadpool(_find_grant, api, grant_id)))
     updated = await api.sign_ins.run(
         client_of(request),
-        lambda: reconnect(api, grant_id, lambda g: merged_request(g, new, api.settings)),
+        lambda: reconnect(
+            api,
+            lambda db: path_grant(db, grant_id),
+            lambda g: merged_request(g, new, api.settings),
+        ),
     )
     return ok(request, grant_view(updated))
 

@@ -42,14 +42,21 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.deps import ApiState, Db, State, ok, page
-from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
+from pipeline.api.errors import (
+    ApiError,
+    from_pipeline_error,
+    invalid_request,
+    not_found,
+    request_id_of,
+)
 from pipeline.api.gate import client_of
-from pipeline.api.signin import sign_in
 from pipeline.applications import codes
 from pipeline.applications.repository import ApplicationRepository
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
+from pipeline.grants.signin import sign_in
+from pipeline.limits import RateLimited
 from pipeline.models import Grant
 from pipeline.presets import PRESETS, detect
 
@@ -377,7 +384,7 @@ def _grant_request(values: dict[str, str], password: str, provider: str = "imap"
 
 def _connect(api: ApiState, flow: Flow, grant_request: GrantRequest) -> str:
     """Log in, store the grant and a code; returns the code (raises on a refused login).
-    Runs on a sign-in thread (:mod:`pipeline.api.signin`)."""
+    Runs on a sign-in thread (:mod:`pipeline.grants.signin`)."""
 
     def add_code(db: Session, grant: Grant) -> str:
         return codes.issue(
@@ -416,10 +423,11 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         code = await api.sign_ins.run(
             client_of(request), lambda: _connect(api, flow, grant_request)
         )
-    except ApiError as exc:  # a full gate, no login token now, the deadline: say so on the page
-        if exc.status not in (429, 504):
+    except (ApiError, RateLimited) as exc:  # a full gate, no login token, the deadline
+        refused = from_pipeline_error(exc)  # said on the page
+        if refused.status not in (429, 504):
             raise
-        error, status, headers = exc.message, exc.status, exc.headers
+        error, status, headers = refused.message, refused.status, refused.headers
     except ImapAuthError:
         error = (
             "The server refused this address and password. Many providers need an app "

@@ -17,6 +17,7 @@ the session pool and a way to have the webhook outbox dispatched (the API's stat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pipeline.errors import (
     InvalidRequest,
     RequestError,
 )
+from pipeline.grants.schemas import ResolvedGrant
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
 from pipeline.imap.connections import INTERACTIVE_WAIT_S, NoSlot, SessionPool
@@ -196,3 +198,34 @@ def grant_imap(
         raise
     finally:
         access.imap_pool.give_back(imap, healthy=healthy)
+
+
+def _new_account(imap_host: str, username: str) -> str:
+    # No grant id yet: a stable key for the account, without the address in Redis.
+    digest = hashlib.sha256(f"{imap_host}|{username}".lower().encode()).hexdigest()
+    return f"connect:{digest[:32]}"
+
+
+@contextlib.contextmanager
+def login_turn(
+    limiter: RateLimiter | None, resolved: ResolvedGrant, grant_id: str | None
+) -> Iterator[None]:
+    """Around one check login of a sign-in: take a login token of the account (``grant_id``,
+    or the (server, username) pair of a new one, so repeated attempts at one new account are
+    limited too) and of its provider; a throttling answer backs the account off.
+
+    Raises:
+        RateLimited: No login token comes in time, or the provider throttled the login.
+    """
+    if limiter is None:
+        yield
+        return
+    account = grant_id or _new_account(resolved.imap_host, resolved.imap_username)
+    take_login(limiter, resolved.provider, resolved.imap_host, account, "logins")
+    try:
+        yield
+    except ImapThrottledError as exc:
+        backoff = limiter.throttled(resolved.provider, resolved.imap_host, account)
+        raise RateLimited(
+            "The mail provider is limiting logins to this account; retry later.", backoff
+        ) from exc

@@ -1,14 +1,14 @@
-"""Sign-ins from the public side: the hosted page's form and ``POST /v3/connect/custom``.
+"""Sign-ins from the public side: the hosted page's form and ``POST /v3/connect/custom`` (the
+HTTP routes run these on the sign-in gate's threads, :class:`pipeline.api.gate.SignInGate`).
 
-A sign-in logs in to a server that whoever signs in names, so it is treated as hostile (the gate
-is :class:`pipeline.api.gate.SignInGate`)::
+A sign-in logs in to a server that whoever signs in names, so it is treated as hostile::
 
     request ── gate full, in total or for this client address? ── yes ──> 429 at once
        │ no
        v
     a sign-in thread (``api_sign_in_concurrency`` of them, apart from the threads
     that serve every other request):
-       resolve ─> takeover check (short DB session, closed) ─> login token
+       resolve ─> takeover check (short DB session, closed) ─> login token (login_turn)
        ─> address guard + IMAP login (no DB connection held) ─> store (short DB session)
        │
     the request waits at most ``api_sign_in_deadline_s`` ──> else 504; the thread keeps its
@@ -18,6 +18,7 @@ is :class:`pipeline.api.gate.SignInGate`)::
 server the caller names too, and runs the same way behind the same gate.
 
 Each IMAP read is bounded by the client (:mod:`pipeline.imap`); the gate bounds how many run.
+Whoever runs a sign-in passes a :class:`SignInAccess` (the API's state is one).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.api.deps import ApiState, enqueue_after_commit, notify_after_commit, path_grant
-from pipeline.api.errors import not_found
-from pipeline.api.limits import login_turn
+from pipeline.errors import NotFound
+from pipeline.grants.interactive import Interactive, kick_webhooks, login_turn
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.service import (
@@ -45,6 +46,29 @@ from pipeline.netguard import resolve_for_sign_in
 log = logging.getLogger(__name__)
 
 
+class SignInAccess(Interactive, Protocol):
+    """What a sign-in needs besides the limits: database sessions of its own (none is held
+    while a server is talked to) and a way to have the new grant synced."""
+
+    @property
+    def sessions(self) -> sessionmaker[Session]: ...
+
+    @property
+    def enqueue_sync(self) -> Callable[[str, str], None]: ...  # (grant_id, provider)
+
+
+def _enqueue_sync(access: SignInAccess, grant: Grant) -> None:
+    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
+    try:
+        access.enqueue_sync(grant.id, grant.provider)
+    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
+        log.warning(
+            "could not enqueue the sync (%s); reconciliation will pick the grant up",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )
+
+
 @dataclass(frozen=True)
 class SignedIn:
     """A committed sign-in: the grant, whether it was new, and what ``then`` returned."""
@@ -55,7 +79,7 @@ class SignedIn:
 
 
 def sign_in(
-    api: ApiState,
+    access: SignInAccess,
     request: GrantRequest,
     then: Callable[[Session, Grant], str] | None = None,
 ) -> SignedIn:
@@ -68,34 +92,34 @@ def sign_in(
         ConfigurationError: The request names no usable server.
         GrantConflict: The address is connected with another server or username.
         ImapError: The login failed (one message for refused and unreachable hosts).
-        ApiError: 429 when no login token of the account comes in time.
+        RateLimited: No login token of the account comes in time.
     """
-    settings = api.settings
+    settings = access.settings
     resolved = request.resolve()
-    with api.sessions() as db:
+    with access.sessions() as db:
         existing = GrantRepository(db).get_by_email(resolved.email)
         refuse_takeover(existing, resolved)
         grant_id = existing.id if existing is not None else None
     password = request.password.get_secret_value()
-    resolved, capabilities = _log_in(api, resolved, password, grant_id)
-    with api.sessions() as db:
+    resolved, capabilities = _log_in(access, resolved, password, grant_id)
+    with access.sessions() as db:
         created = store_grant(  # + grant.* event
             db, settings, request, resolved, capabilities, user_named=True
         )
         extra = then(db, created.grant) if then is not None else None
         db.commit()
-    notify_after_commit(api)
-    enqueue_after_commit(api.enqueue_sync, created.grant)
+    kick_webhooks(access)
+    _enqueue_sync(access, created.grant)
     return SignedIn(grant=created.grant, created=created.created, extra=extra)
 
 
 def _log_in(
-    api: ApiState, resolved: ResolvedGrant, password: str, grant_id: str | None
+    access: SignInAccess, resolved: ResolvedGrant, password: str, grant_id: str | None
 ) -> tuple[ResolvedGrant, list[str]]:
     """Log in as the sign-in says, in the account's login turn: the TLS mode of a port given
     without one is found first. Returns the settings as they worked and the capabilities."""
-    settings = api.settings
-    with login_turn(api, resolved, grant_id):
+    settings = access.settings
+    with login_turn(access.limiter, resolved, grant_id):
         resolved = find_tls_modes(
             resolved,
             settings,
@@ -114,36 +138,41 @@ def _log_in(
     return resolved, capabilities
 
 
-def reconnect(api: ApiState, locator: str, merge: Callable[[Grant], GrantRequest]) -> Grant:
+def reconnect(
+    access: SignInAccess,
+    locate: Callable[[Session], Grant],
+    merge: Callable[[Grant], GrantRequest],
+) -> Grant:
     """Change a grant's settings or credentials (``PATCH /v3/grants/{id}``; runs on a sign-in
-    thread): ``merge`` gives the sign-in from the stored grant; the login with it must succeed
-    before anything is stored. No database connection is held while the server is talked to.
+    thread): ``locate`` finds the grant (or raises), ``merge`` gives the sign-in from the stored
+    grant; the login with it must succeed before anything is stored. No database connection is
+    held while the server is talked to.
 
     Raises:
-        ApiError: 404 when there is no such grant (or it was deleted meanwhile); 400 from
-            ``merge``; 429 when no login token of the account comes in time.
+        NotFound: The grant was deleted meanwhile (what ``locate`` and ``merge`` raise, too).
+        RateLimited: No login token of the account comes in time.
         ConfigurationError: The merged settings name no usable server.
         ImapError: The login failed.
     """
-    settings = api.settings
+    settings = access.settings
     policy = settings.mail_address_policy
-    with api.sessions() as db:
-        grant = path_grant(db, locator)
+    with access.sessions() as db:
+        grant = locate(db)
         grant_id, was_valid = grant.id, grant.grant_status == "valid"
         request = merge(grant)
     resolved = request.resolve()
     password = request.password.get_secret_value()
-    resolved, capabilities = _log_in(api, resolved, password, grant_id)
-    with api.sessions() as db:
+    resolved, capabilities = _log_in(access, resolved, password, grant_id)
+    with access.sessions() as db:
         current = GrantRepository(db).get_for_update(grant_id)
         if current is None:
-            raise not_found(f"Grant {grant_id} was deleted meanwhile.")
+            raise NotFound(f"Grant {grant_id} was deleted meanwhile.")
         updated = store_grant(  # + grant.updated; the API key may move a grant anywhere
             db, settings, request, resolved, capabilities, grant=current, user_named=bool(policy)
         ).grant
         db.commit()
-    notify_after_commit(api)
-    api.imap_pool.forget(grant_id)  # the next request logs in with the new settings
+    kick_webhooks(access)
+    access.imap_pool.forget(grant_id)  # the next request logs in with the new settings
     if not was_valid:
-        enqueue_after_commit(api.enqueue_sync, updated)
+        _enqueue_sync(access, updated)
     return updated
