@@ -1,6 +1,9 @@
 """The Celery tasks, one module per area; each task takes ids, opens a session and calls a typed
-function of :mod:`pipeline` (the per-process resources and policies they share are in
-:mod:`workers.resources`; coalescing is :mod:`pipeline.coalesce`).
+function. What every task shares is written once: the policies (reschedule a rate-limited run,
+retry transient errors, a broken bound costs the grant, a grant's IMAP session) in
+:mod:`workers.base`, the per-process resources in :mod:`workers.resources`, coalescing in
+:mod:`pipeline.coalesce`. The work the sync and beat tasks call on a worker's IMAP sessions is
+:mod:`workers.folder_runs` and :mod:`workers.grant_work`.
 
 - :mod:`workers.tasks.sync`: ``pipeline.grants.create``, ``pipeline.sync.grant``,
   ``pipeline.sync.folder`` (queues ``sync.<provider>``).
