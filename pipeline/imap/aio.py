@@ -47,10 +47,10 @@ from pipeline.imap.client import Endpoint
 from pipeline.imap.responses import (
     BYE_TEXT_BYTES,
     NUMBERED,
-    THROTTLE_MARKERS,
     Notices,
     Snapshot,
     folder_name_bytes,
+    is_throttle,
 )
 from pipeline.imap.transport import keepalive, ssl_context
 
@@ -78,12 +78,6 @@ _AUTH_FAILURE_CODES = {b"AUTHENTICATIONFAILED", b"AUTHORIZATIONFAILED", b"EXPIRE
 def quote(value: str) -> str:
     """An IMAP quoted string (no CR/LF allowed; callers check)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def is_throttle(text: bytes) -> bool:
-    """Whether a server's text asks us to come back later ([UNAVAILABLE], too many …)."""
-    lowered = text.decode("utf-8", "replace").lower()
-    return any(marker in lowered for marker in THROTTLE_MARKERS)
 
 
 class ReadBudget:

@@ -167,9 +167,10 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-def is_throttle(message: str) -> bool:
+def is_throttle(message: str | bytes) -> bool:
     """Whether a server's text asks us to come back later ([UNAVAILABLE], too many …)."""
-    lowered = message.lower()
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    lowered = text.lower()
     return any(marker in lowered for marker in THROTTLE_MARKERS)
 
 

@@ -74,9 +74,9 @@ from pipeline.errors import (
     ImapProtocolError,
     ImapThrottledError,
 )
-from pipeline.imap.aio import ImapConnection, is_throttle
+from pipeline.imap.aio import ImapConnection
 from pipeline.imap.client import Endpoint
-from pipeline.imap.responses import Change, Snapshot, classify
+from pipeline.imap.responses import Change, Snapshot, classify, is_throttle
 from pipeline.limits import LoginTurn
 from pipeline.listener.events import FolderRef
 from pipeline.presets import preset
