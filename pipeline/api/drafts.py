@@ -17,9 +17,9 @@ mail client saved is listed too). The server is changed first and what it holds 
   Drafts meanwhile (``use_draft``); an update makes it again from the new version, destroy and
   send cancel it.
 
-Update, send and destroy of one draft run one at a time (:func:`draft_locked`: a Postgres
-advisory lock on the draft's id, in a transaction of its own so that the request's commits do
-not end it): the second starts from the server copy and row the first left.
+Update, send and destroy of one draft run one at a time
+(:func:`pipeline.drafts.scheduling.locked`): the second starts from the server copy and row the
+first left. Scheduling a draft's send is :mod:`pipeline.drafts.scheduling` too.
 
 Bounds: the request body (the app's 25 MB cap), at most ``MAX_RECIPIENTS`` recipients and
 ``MAX_ATTACHMENTS`` files, and the server's copy read back under the IMAP client's literal
@@ -33,8 +33,6 @@ import binascii
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from email.utils import make_msgid
 from typing import Annotated, Any
@@ -57,21 +55,20 @@ from pipeline.api.errors import (
 from pipeline.api.filters import ListFilter
 from pipeline.api.messages import Fields, apply_select, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from pipeline.drafts import repository
+from pipeline.drafts import repository, scheduling
 from pipeline.drafts import service as drafts
 from pipeline.drafts.mime import DraftContent, DraftFile, Person
 from pipeline.errors import ImapError, RequestError
 from pipeline.messages import metadata
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
-from pipeline.outbound import compose, sending
+from pipeline.outbound import compose
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["drafts"])
 
-DRAFT_LOCK_WAIT_S = 60.0  # a change waits this long for another change of the same draft
 MAX_RECIPIENTS = compose.MAX_RECIPIENTS
 MAX_ATTACHMENTS = compose.MAX_ATTACHMENTS
 
@@ -174,34 +171,6 @@ async def _parse(request: Request) -> tuple[DraftRequest, list[DraftFile] | None
 # --- what a request does to a draft -----------------------------------------------------------
 
 
-@contextmanager
-def draft_locked(db: Session, api: ApiState, grant: Grant, draft: Message) -> Iterator[Message]:
-    """Hold the draft's lock (its own database transaction, which the request's commits do not
-    end) for the block, and give the draft as the last change left it.
-
-    Raises:
-        ApiError: 409 when another change of this draft held it past ``DRAFT_LOCK_WAIT_S``;
-            404 when that change removed the draft (sent or deleted).
-    """
-    with api.sessions() as lock:
-        if not repository.lock_draft(lock, draft.id, DRAFT_LOCK_WAIT_S):
-            raise ApiError(
-                409,
-                "conflict",
-                f"Draft {draft.id} is being changed by another request for over "
-                f"{DRAFT_LOCK_WAIT_S:g} s; retry when it is done.",
-            )
-        try:
-            db.rollback()  # the request's own reads may predate the change that just ended
-            current = repository.get_draft(db, grant.id, draft.id)
-            if current is None:
-                raise not_found(f"No draft {draft.id!r} in this grant (sent or deleted).")
-            db.refresh(current)
-            yield current
-        finally:
-            lock.rollback()  # lets go of the lock
-
-
 def _people(recipients: list[compose.Recipient]) -> list[Person]:
     return [Person(r.email, r.name or "") for r in recipients]
 
@@ -280,56 +249,6 @@ def _check_send_at(req: DraftRequest) -> None:
         raise invalid_request("send_at must be at most 30 days ahead.")
 
 
-def _scheduled_send(
-    db: Session,
-    grant: Grant,
-    content: DraftContent,
-    pairs: dict[str, str] | None,
-    send_at: int,
-    message_id: str,
-) -> compose.Outgoing:
-    """The send of a draft's content at ``send_at``, kept in Drafts until then (``use_draft``:
-    the worker removes the draft, found by its Message-ID, once the mail went out).
-
-    Raises:
-        InvalidRequest: The draft cannot be sent as it is (no recipient, ...).
-    """
-    req, files = _send_request(db, grant, content, pairs)
-    req = req.model_copy(update={"send_at": send_at, "use_draft": True})
-    return compose.prepare(db, grant, req, files, message_id=message_id)
-
-
-def _unschedule(db: Session, grant: Grant, message_id: str | None) -> int | None:
-    """Cancel the draft's open scheduled send; its ``send_at`` (None: it had none).
-
-    Raises:
-        ApiError: 409 when that send has started (it goes as it was; the draft then leaves
-            Drafts).
-    """
-    if message_id is None:
-        return None
-    repo = OutboxRepository(db)
-    row = repo.draft_schedules(grant.id, [message_id]).get(message_id)
-    if row is None:
-        return None
-    if not repo.cancel(grant.id, row.id):
-        raise ApiError(
-            409,
-            "conflict",
-            f"This draft's scheduled send {row.id} has started; it goes out as it was scheduled "
-            "and the draft then leaves Drafts.",
-        )
-    return int(row.send_at.timestamp())
-
-
-def _schedule(db: Session, api: ApiState, grant: Grant, out: compose.Outgoing) -> None:
-    """Write the scheduled send of a draft, commit, ask for a drain when it is due."""
-    assert out.send_at is not None
-    OutboxRepository(db).add(compose.outbox_row(grant, out, None, use_draft=True))
-    db.commit()
-    sending.request_drain(api, grant.id, max(0.0, out.send_at - time.time()))
-
-
 def create_scheduled(
     db: Session,
     api: ApiState,
@@ -343,16 +262,16 @@ def create_scheduled(
     """:func:`pipeline.drafts.service.append`, then its send at ``send_at`` when given (checked
     first: a draft that could not be sent is refused before it is saved)."""
     if send_at is not None:
-        _scheduled_send(
+        scheduling.scheduled_send(
             db, grant, content, pairs, send_at, make_msgid(domain=drafts.domain_of(grant))
         )
     draft = drafts.append(db, api, grant, content, starred=starred, pairs=pairs)
     if send_at is not None and draft.message_id_header:
-        _schedule(
+        scheduling.schedule(
             db,
             api,
             grant,
-            _scheduled_send(db, grant, content, pairs, send_at, draft.message_id_header),
+            scheduling.scheduled_send(db, grant, content, pairs, send_at, draft.message_id_header),
         )
     return draft
 
@@ -369,7 +288,7 @@ def update_draft(
     rewrite the draft's row in place: its id stays. One change of a draft at a time."""
     _applied(db, grant, DraftContent(), req, files)  # refuse a bad request before waiting
     _check_send_at(req)
-    with draft_locked(db, api, grant, draft) as current:
+    with scheduling.locked(api.sessions, db, grant, draft) as current:
         return _update(db, api, grant, current, req, files)
 
 
@@ -397,11 +316,13 @@ def _update(
     )
     # A scheduled draft goes as it now is: its send is made again from the new version, at
     # the time given or the one it had.
-    send_at = _unschedule(db, grant, message_id)
+    send_at = scheduling.unschedule(db, grant, message_id)
     send_at = req.send_at if req.send_at is not None else send_at
     if send_at is not None:
         try:
-            out = _scheduled_send(db, grant, content, draft.metadata_, send_at, message_id)
+            out = scheduling.scheduled_send(
+                db, grant, content, draft.metadata_, send_at, message_id
+            )
         except RequestError as exc:
             db.commit()  # the old schedule stays cancelled: it held the old version
             refused = from_pipeline_error(exc)
@@ -411,58 +332,9 @@ def _update(
                 f"The draft was saved, but cannot be sent as it now is ({refused.message}); its "
                 "scheduled send is cancelled.",
             ) from exc
-        _schedule(db, api, grant, out)
+        scheduling.schedule(db, api, grant, out)
     db.commit()
     return draft
-
-
-def _send_request(
-    db: Session, grant: Grant, content: DraftContent, pairs: dict[str, str] | None = None
-) -> tuple[compose.SendRequest, list[tuple[compose.OutgoingAttachment, bytes]]]:
-    """The send request of a draft's content (a reply refers to the message it answers)."""
-    parent = (
-        repository.message_with_header(db, grant.id, content.in_reply_to)
-        if content.in_reply_to
-        else None
-    )
-
-    def people(ps: list[Person]) -> list[dict[str, str]]:
-        return [{"email": p.email, "name": p.name} for p in ps]
-
-    try:
-        req = compose.SendRequest.model_validate(
-            {
-                "to": people(content.to),
-                "cc": people(content.cc),
-                "bcc": people(content.bcc),
-                "reply_to": people(content.reply_to),
-                "from": [{"email": grant.email, "name": content.from_name}],
-                "subject": content.subject,
-                "body": content.body,
-                "is_plaintext": content.is_plaintext,
-                "reply_to_message_id": parent.id if parent is not None else None,
-                "custom_headers": [{"name": n, "value": v} for n, v in content.headers],
-                "metadata": pairs or None,
-            }
-        )
-        files = [
-            (
-                compose.OutgoingAttachment(
-                    filename=f.filename[:255],
-                    content_type=f.content_type,
-                    content="",
-                    content_id=f.content_id,
-                    is_inline=f.inline,
-                ),
-                f.content,
-            )
-            for f in content.files
-        ]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "draft"
-        raise invalid_request(f"This draft cannot be sent: {where}: {first['msg']}.") from exc
-    return req, files
 
 
 def send_draft(
@@ -470,16 +342,16 @@ def send_draft(
 ) -> dict[str, Any]:
     """Send what the server's copy of the draft holds, then expunge the draft (while no other
     change of it runs: an update meanwhile waits, then finds it gone)."""
-    with draft_locked(db, api, grant, draft) as current:
+    with scheduling.locked(api.sessions, db, grant, draft) as current:
         return _send(db, api, grant, current, fields)
 
 
 def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str) -> dict[str, Any]:
     where = drafts.location(db, draft)
-    if _unschedule(db, grant, draft.message_id_header) is not None:
+    if scheduling.unschedule(db, grant, draft.message_id_header) is not None:
         db.commit()  # sent now instead of then
     content = drafts.read(db, api, grant, where)
-    req, files = _send_request(db, grant, content, draft.metadata_)
+    req, files = scheduling.send_request(db, grant, content, draft.metadata_)
     # One send per version of a draft: a retry (after a 504 while the worker was still at it,
     # or when the draft could not be removed) gets the first send's answer, never a second mail.
     key = f"draft:{draft.id}:{draft.header_hash}"
@@ -504,12 +376,12 @@ def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str)
 
 def remove_draft(db: Session, api: ApiState, grant: Grant, draft: Message) -> None:
     """Expunge every copy of the draft and forget it (one change of a draft at a time)."""
-    with draft_locked(db, api, grant, draft) as current:
+    with scheduling.locked(api.sessions, db, grant, draft) as current:
         _remove(db, api, grant, current)
 
 
 def _remove(db: Session, api: ApiState, grant: Grant, draft: Message) -> None:
-    _unschedule(db, grant, draft.message_id_header)  # a deleted draft is not sent later
+    scheduling.unschedule(db, grant, draft.message_id_header)  # a deleted draft is not sent later
     drafts.expunge(db, api, grant, draft)
     db.commit()
 

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.drafts.scheduling import DraftBusy
 from pipeline.drafts.service import DraftNotReadBack
 from pipeline.errors import (
     ConfigurationError,
@@ -117,6 +118,8 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return exc
     if isinstance(exc, DraftNotReadBack):
         return ApiError(502, "provider_error", message)
+    if isinstance(exc, DraftBusy):
+        return ApiError(409, "conflict", message)
     if isinstance(exc, RateLimited):  # no token or connection slot now: retry after the wait
         return rate_limited(message, exc.retry_after_s)
     if isinstance(exc, GrantConflict):

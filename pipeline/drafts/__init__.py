@@ -1,4 +1,5 @@
 """Drafts: messages kept in the account's Drafts folder on the IMAP server (and in Postgres
-like any message the sync stores), composed and read back by :mod:`pipeline.drafts.mime`;
-the queries the Drafts API adds are in :mod:`pipeline.drafts.repository`.
+like any message the sync stores), composed and read back by :mod:`pipeline.drafts.mime`,
+changed on the server by :mod:`pipeline.drafts.service`, scheduled and locked by
+:mod:`pipeline.drafts.scheduling`; their queries are in :mod:`pipeline.drafts.repository`.
 """

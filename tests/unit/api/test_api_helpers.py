@@ -12,6 +12,7 @@ from pipeline.api.attachments import content_disposition, media_type
 from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, from_pipeline_error
 from pipeline.api.pagination import decode_cursor, encode_cursor
+from pipeline.drafts.scheduling import DraftBusy
 from pipeline.drafts.service import DraftNotReadBack
 from pipeline.errors import (
     ConfigurationError,
@@ -109,6 +110,7 @@ def test_headers_are_safe() -> None:
         (NotFound("x"), 404, "not_found_error"),
         (RateLimited("x", 1.0), 429, "rate_limit_error"),
         (DraftNotReadBack("x"), 502, "provider_error"),
+        (DraftBusy("x"), 409, "conflict"),
     ],
 )
 def test_pipeline_errors_map_to_v3_types(error: Exception, status: int, type_: str) -> None:
