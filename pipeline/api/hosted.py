@@ -16,12 +16,12 @@ Flow (the OAuth 2.0 authorization-code shape Nylas clients expect)::
 Only the application's own ``client_id`` is accepted (``IMAP_PIPELINE_API_CLIENT_ID``, shown by
 ``GET /v3/applications``: one install serves one application, as one Nylas application owns its
 API keys), and only redirect URIs registered for it (``/v3/applications/redirect-uris``, stored
-in Postgres) that match exactly; anything else is a 400 in the v3 error envelope, and the page
-never redirects anywhere else. The form carries an HMAC over its parameters (so a POST
-cannot swap the redirect URI); codes are random, stored only as SHA-256 hashes, single-use and
-valid for ``CODE_TTL_S`` (:mod:`pipeline.applications.codes`; the redirect URIs and codes are
-stored by :mod:`pipeline.applications.repository`). The page is the only HTML this API serves:
-the browser needs it.
+in Postgres) that match exactly (:mod:`pipeline.applications.clients`); anything else is a 400
+in the v3 error envelope, and the page never redirects anywhere else. The form carries an HMAC
+over its parameters (so a POST cannot swap the redirect URI); codes are random, stored only as
+SHA-256 hashes, single-use and valid for ``CODE_TTL_S`` (:mod:`pipeline.applications.codes`;
+the redirect URIs and codes are stored by :mod:`pipeline.applications.repository`). The page is
+the only HTML this API serves: the browser needs it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pipeline.api.errors import (
     request_id_of,
 )
 from pipeline.api.gate import client_of
-from pipeline.applications import codes
+from pipeline.applications import clients, codes
 from pipeline.applications.repository import ApplicationRepository
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
 from pipeline.grants.repository import GrantRepository
@@ -115,20 +115,12 @@ def _uri_view(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "url": row["url"], "platform": row["platform"], "settings": {}}
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    local = parts.hostname in ("localhost", "127.0.0.1", "::1")
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
-        raise invalid_request("A redirect URI is an absolute http(s) URL without a fragment.")
-    if parts.scheme == "http" and not local:
-        raise invalid_request("A redirect URI must use https (http only for localhost).")
-    return url
-
-
 @router.post("/applications/redirect-uris", summary="Register a redirect URI")
 def add_redirect_uri(request: Request, db: Db, body: RedirectUriRequest) -> dict[str, Any]:
     """Allow hosted auth to send users back to ``url``."""
-    row = ApplicationRepository(db).add_redirect_uri(_check_url(body.url), body.platform)
+    row = ApplicationRepository(db).add_redirect_uri(
+        clients.checked_redirect_uri(body.url), body.platform
+    )
     db.commit()
     return ok(request, _uri_view(row))
 
@@ -228,20 +220,6 @@ details{{margin-top:1rem}} small{{color:#555}}
     return HTMLResponse(document, status_code=status, headers=headers)
 
 
-def _check_client(db: Session, api: ApiState, client_id: str, redirect_uri: str) -> None:
-    """Refuse a client_id other than the application's, or a redirect URI not registered."""
-    if not hmac.compare_digest(client_id.encode(), api.settings.api_client_id.encode()):
-        raise invalid_request(
-            "Unknown client_id: use the application id that GET /v3/applications shows "
-            "(set by IMAP_PIPELINE_API_CLIENT_ID)."
-        )
-    if not ApplicationRepository(db).redirect_uri_registered(redirect_uri):
-        raise invalid_request(
-            "redirect_uri is not registered for this application: register the exact URL with "
-            "POST /v3/applications/redirect-uris."
-        )
-
-
 def _error_page(message: str, status: int = 400) -> HTMLResponse:
     return _page(
         "Cannot sign in",
@@ -321,10 +299,10 @@ def auth_page(
     """The sign-in form, for the application's client_id and a redirect URI registered for it.
 
     Raises:
-        ApiError: 400 ``invalid_request_error`` (JSON, nothing redirected) for another
-            client_id, an unregistered redirect URI or an unsupported parameter.
+        InvalidRequest, ApiError: 400 ``invalid_request_error`` (JSON, nothing redirected) for
+            another client_id, an unregistered redirect URI or an unsupported parameter.
     """
-    _check_client(db, api, client_id, redirect_uri)
+    clients.check_client(db, api.settings.api_client_id, client_id, redirect_uri)
     if response_type != "code":
         raise invalid_request("Only response_type=code is supported.")
     if provider not in HOSTED_PROVIDERS:
