@@ -31,7 +31,9 @@ from pipeline.api.params import read_query
 from pipeline.api.queries import is_uuid
 from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
+from pipeline.grants.interactive import kick_webhooks
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.service import enqueue_sync_after_commit
 from pipeline.imap.connections import SessionPool
 from pipeline.limits import RateLimiter
 from pipeline.models import Grant
@@ -298,23 +300,15 @@ LiveGrant = Annotated[Grant, Depends(live_grant)]
 
 
 def notify_after_commit(api: ApiState) -> None:
-    """Have the webhook outbox dispatched soon; a broker failure leaves it to the sweep."""
-    try:
-        api.kick_webhooks()
-    except Exception as exc:  # any broker/config failure: the outbox rows wait for the sweep
-        log.warning("webhook dispatch not kicked (%s); the sweep will send", type(exc).__name__)
+    """Have the webhook outbox dispatched soon; a broker failure leaves it to the sweep
+    (:func:`pipeline.grants.interactive.kick_webhooks`)."""
+    kick_webhooks(api)
 
 
 def enqueue_after_commit(enqueue: SyncEnqueuer, grant: Grant) -> None:
-    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
-    try:
-        enqueue(grant.id, grant.provider)
-    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
-        log.warning(
-            "could not enqueue the sync (%s); reconciliation will pick the grant up",
-            type(exc).__name__,
-            extra={"grant_id": grant.id},
-        )
+    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation
+    (:func:`pipeline.grants.service.enqueue_sync_after_commit`)."""
+    enqueue_sync_after_commit(enqueue, grant)
 
 
 def ok(request: Request, data: Any) -> dict[str, Any]:

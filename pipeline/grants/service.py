@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -547,3 +548,16 @@ def counting_pool(limiter: RateLimiter | None, priority: Priority) -> SessionPoo
     limiter) and keeps none open after use: for :func:`open_counted_session`."""
     slots = ConnectionSlots(limiter.redis) if limiter is not None else None
     return SessionPool(slots, priority, linger_s=0.0)
+
+
+def enqueue_sync_after_commit(enqueue: Callable[[str, str], None], grant: Grant) -> None:
+    """Enqueue a committed grant's sync with ``enqueue(grant_id, provider)``; never raises: a
+    broker failure leaves the grant to reconciliation, which syncs it later."""
+    try:
+        enqueue(grant.id, grant.provider)
+    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
+        log.warning(
+            "could not enqueue the sync (%s); reconciliation will pick the grant up",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )

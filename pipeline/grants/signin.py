@@ -35,6 +35,7 @@ from pipeline.grants.interactive import Interactive, kick_webhooks, login_turn
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
 from pipeline.grants.service import (
+    enqueue_sync_after_commit,
     find_tls_modes,
     refuse_takeover,
     store_grant,
@@ -55,18 +56,6 @@ class SignInAccess(Interactive, Protocol):
 
     @property
     def enqueue_sync(self) -> Callable[[str, str], None]: ...  # (grant_id, provider)
-
-
-def _enqueue_sync(access: SignInAccess, grant: Grant) -> None:
-    """Enqueue a grant's sync after commit; a broker failure leaves it to reconciliation."""
-    try:
-        access.enqueue_sync(grant.id, grant.provider)
-    except Exception as exc:  # any broker/config failure: the grant is stored, sync catches up
-        log.warning(
-            "could not enqueue the sync (%s); reconciliation will pick the grant up",
-            type(exc).__name__,
-            extra={"grant_id": grant.id},
-        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +98,7 @@ def sign_in(
         extra = then(db, created.grant) if then is not None else None
         db.commit()
     kick_webhooks(access)
-    _enqueue_sync(access, created.grant)
+    enqueue_sync_after_commit(access.enqueue_sync, created.grant)
     return SignedIn(grant=created.grant, created=created.created, extra=extra)
 
 
@@ -174,5 +163,5 @@ def reconnect(
     kick_webhooks(access)
     access.imap_pool.forget(grant_id)  # the next request logs in with the new settings
     if not was_valid:
-        _enqueue_sync(access, updated)
+        enqueue_sync_after_commit(access.enqueue_sync, updated)
     return updated
