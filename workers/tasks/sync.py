@@ -44,10 +44,9 @@ from pipeline.sync.plan import discover_folders
 from pipeline.sync.state import GrantSyncState
 from workers import enqueue, folder_queue, folder_runs
 from workers.app import app
-from workers.base import FolderSyncTask, GrantSyncTask
+from workers.base import FolderSyncTask, GrantSyncTask, grant_session
 from workers.resources import (
     close_all_imap,
-    imap_for,
     note_behaved,
     redis_client,
     sessions,
@@ -115,41 +114,40 @@ def sync_grant_task(grant_id: str) -> None:
 
 def _sync_grant(grant_id: str) -> None:
     """LIST the grant's folders, record what changed, queue their syncs (Inbox, Sent and the
-    other roles first; at most N at once, the rest as these finish).
+    other roles first; at most N at once, the rest as these finish). No transaction is open
+    while the server answers.
 
     Raises:
         RateLimited: No token or connection slot now (the task comes back later).
     """
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if (
-            grant is None
-            or grant.grant_status != "valid"
-            or grant.sync_state == GrantSyncState.STOPPED
-        ):
-            return
-        provider = grant.provider
-        try:
-            imap = imap_for(db, grant)
-        except ImapAuthError:
-            imap = None  # the grant is now invalid and grant.expired is in the outbox
-        if imap is not None:
-            with using(grant_id, imap):
-                changes = discover_folders(
-                    db, grant, imap.list_folders(), max_folders=get_settings().max_folders_per_grant
-                )
-            note_behaved(grant_id)
-            if grant.sync_state == GrantSyncState.PENDING:
-                grant.sync_state = GrantSyncState.SYNCING
-    kick()
-    if imap is not None:
-        folder_queue.queue_folders(
-            redis_client(),
-            grant_id,
-            provider,
-            changes.selectable,
-            get_settings().max_folder_tasks_per_grant,
+    if grant is None or grant.grant_status != "valid" or grant.sync_state == GrantSyncState.STOPPED:
+        return
+    try:
+        imap = grant_session(grant)
+    except ImapAuthError:
+        return  # the grant is now invalid, its grant.expired kicked
+    with using(grant_id, imap):
+        listed = imap.list_folders()
+    with sessions().begin() as db:
+        grant = GrantRepository(db).get_for_update(grant_id)
+        if grant is None:
+            return  # removed meanwhile
+        changes = discover_folders(
+            db, grant, listed, max_folders=get_settings().max_folders_per_grant
         )
+        if grant.sync_state == GrantSyncState.PENDING:
+            grant.sync_state = GrantSyncState.SYNCING
+    note_behaved(grant_id)
+    kick()  # folder.created / folder.deleted
+    folder_queue.queue_folders(
+        redis_client(),
+        grant_id,
+        grant.provider,
+        changes.selectable,
+        get_settings().max_folder_tasks_per_grant,
+    )
 
 
 @app.task(name="pipeline.sync.folder", bind=True, base=FolderSyncTask)
