@@ -5,10 +5,11 @@ sent only if the change commits.
 One payload builder per object, whoever makes the change:
 
 - :func:`messages` (``message.created`` / ``message.updated``) and :func:`messages_deleted`
-  (``message.deleted``): the sync (:mod:`pipeline.sync`), the API's write-back
-  (:mod:`pipeline.api.writeback`), a sent message's copy (:mod:`pipeline.outbound.deliver`);
+  (``message.deleted``): the sync (:mod:`pipeline.sync`), the write-back of changes made through
+  the API (:mod:`pipeline.messages.service`), a sent message's copy
+  (:mod:`pipeline.outbound.deliver`);
 - :func:`folder` (``folder.created`` / ``updated`` / ``deleted``): folder discovery, a reindex
-  switch, the API's folder routes (:mod:`pipeline.api.folders`);
+  switch, folders created, renamed or deleted through the API (:mod:`pipeline.folders.service`);
 - :func:`grant` (``grant.created`` / ``updated`` / ``expired`` / ``deleted`` /
   ``imap_sync_completed``): grant sign-in and removal (:mod:`pipeline.grants.service`), the
   UIDVALIDITY stop rule (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync.
