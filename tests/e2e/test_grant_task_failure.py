@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,32 +10,13 @@ from pydantic import SecretStr
 from pipeline.config import Settings
 from pipeline.errors import ImapAuthError
 from tests.support.grants import grant_request
-from tests.support.processes import CeleryWorker, pipeline_env, this_process_on
+from tests.support.processes import CeleryWorker, pipeline_env
 from tests.support.services import MailUser
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
 
 RESULT_TIMEOUT_S = 120
-
-
-def forget_backend(app: object) -> None:
-    """Drop the app's cached result backend (Celery keeps it per app or per thread)."""
-    app._backend_cache = None  # type: ignore[attr-defined]
-    app._local.__dict__.pop("backend", None)  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def celery_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point this process's Celery app (the producer side) at the test broker."""
-    from workers.app import app
-
-    with this_process_on(pipeline_env(settings), monkeypatch):
-        app.conf.broker_url = settings.require_redis_url()
-        app.conf.result_backend = settings.require_redis_url()
-        forget_backend(app)  # built again from the test's Redis (an earlier test may have one)
-        yield
-        forget_backend(app)
 
 
 def test_a_refused_login_fails_the_task_and_the_caller_reads_why(
