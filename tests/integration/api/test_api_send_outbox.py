@@ -64,12 +64,10 @@ def sent_copies(user: MailUser, folder: str = "Sent") -> list[EmailMessage]:
     conn = imap_login(user.server, user.name, user.password)
     try:
         conn.select(f'"{folder}"', readonly=True)
-        _, data = conn.uid("SEARCH", "ALL")
-        out = []
-        for uid in data[0].split():
-            _, fetched = conn.uid("FETCH", uid, "(BODY.PEEK[])")
-            out.append(parsed(fetched[0][1]))  # type: ignore[index]
-        return out
+        # One FETCH of every message: a worker may expunge from the folder meanwhile (a sent
+        # draft leaves Drafts), and a UID found by a SEARCH could be gone by its own FETCH.
+        _, fetched = conn.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        return [parsed(item[1]) for item in fetched if isinstance(item, tuple)]
     finally:
         conn.logout()
 
