@@ -19,10 +19,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
 from pipeline.api.deps import Db, LiveGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
-from pipeline.messages import content
+from pipeline.messages import content, queries
 from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
 

@@ -28,7 +28,6 @@ from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, not_found, request_id_of
 from pipeline.api.gate import SignInGate
 from pipeline.api.params import read_query
-from pipeline.api.queries import is_uuid
 from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.grants.interactive import kick_webhooks
@@ -36,6 +35,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.service import enqueue_sync_after_commit
 from pipeline.imap.connections import SessionPool
 from pipeline.limits import RateLimiter
+from pipeline.messages.queries import is_uuid
 from pipeline.models import Grant
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ def page_json(request_id: str, data: list[Any], next_cursor: str | None) -> byte
 
 def page_json_rendered(request_id: str, data: list[str], next_cursor: str | None) -> bytes:
     """The v3 envelope of a list page whose items are JSON texts already (rendered by
-    Postgres: :func:`pipeline.api.queries.message_json`), as :func:`page_json` would write it
+    Postgres: :func:`pipeline.messages.queries.message_json`), as :func:`page_json` would write it
     with those items parsed."""
     head = orjson.dumps({"request_id": request_id})[:-1]  # the object left open
     return b"".join(

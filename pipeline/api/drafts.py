@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from pipeline.api import queries, send
+from pipeline.api import send
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok, page
 from pipeline.api.errors import (
     ApiError,
@@ -59,7 +59,7 @@ from pipeline.drafts import repository, scheduling
 from pipeline.drafts import service as drafts
 from pipeline.drafts.mime import DraftContent, DraftFile, Person
 from pipeline.errors import ImapError, RequestError
-from pipeline.messages import metadata
+from pipeline.messages import metadata, queries
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 from pipeline.outbound import compose

@@ -4,7 +4,7 @@
 ``starred``, ``subject``, ``from``/``to``/``cc``/``bcc``/``any_email``, ``has_attachment``,
 ``metadata_pair``);
 :func:`list_filter` reads them once, as a FastAPI dependency, into a
-:class:`~pipeline.api.queries.MessageFilter` that each endpoint completes with its own
+:class:`~pipeline.messages.queries.MessageFilter` that each endpoint completes with its own
 parameters. ``PUT`` of a message and of a thread move to the one folder :func:`target_folder`
 names.
 """
@@ -21,12 +21,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.search import native_search
 from pipeline.folders.repository import FolderRepository
-from pipeline.messages import metadata
+from pipeline.messages import metadata, queries
 from pipeline.models import Folder, Grant
 from pipeline.search.criteria import MAX_LENGTH as MAX_SEARCH_LENGTH
 
@@ -115,7 +114,7 @@ class FilterParams(BaseModel):
 def folded_folder_ids(params: FilterParams) -> list[str] | None:
     """The folder ids an ``in`` filter names when its check can ride on the page statement
     (every value an id as the API gives it, as the SDK sends them, and no search, which takes
-    the folders too; see :attr:`pipeline.api.queries.MessageFilter.folders_unchecked`); None
+    the folders too; see :attr:`pipeline.messages.queries.MessageFilter.folders_unchecked`); None
     otherwise (names, or no ``in``): :func:`resolve_folders` looks them up first."""
     if params.search_query_native is not None:
         return None

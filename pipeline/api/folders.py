@@ -17,13 +17,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
 from pipeline.api.deps import Db, LiveGrant, State, notify_after_commit, ok, page
 from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
 from pipeline.folders import service
 from pipeline.folders.repository import FolderRepository
+from pipeline.messages import queries
 from pipeline.models import Folder, Grant
 
 router = APIRouter(tags=["folders"])

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.api import queries
 from pipeline.api.deps import (
     ApiState,
     Db,
@@ -31,6 +30,7 @@ from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import grant_secrets, remove_grant
 from pipeline.grants.signin import reconnect
 from pipeline.grants.views import grant_dict
+from pipeline.messages import queries
 from pipeline.models import Grant
 from pipeline.presets import TlsMode
 

@@ -1,7 +1,7 @@
 """Messages: ``GET /v3/grants/{grant_id}/messages`` and ``.../messages/{message_id}``.
 
 Lists are newest first and keyset-paginated (see :mod:`pipeline.api.pagination`); every filter
-is served by an index (see :mod:`pipeline.api.queries`); the filters threads share are read by
+is served by an index (see :mod:`pipeline.messages.queries`); the filters threads share are read by
 :mod:`pipeline.api.filters`.
 """
 
@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
 from pipeline.api.deps import (
     ApiState,
     Db,
@@ -51,7 +50,7 @@ from pipeline.api.params import openapi_parameters
 from pipeline.api.rawmime import raw_mime_views
 from pipeline.api.search import needs_server
 from pipeline.drafts import repository as drafts_repository
-from pipeline.messages import metadata
+from pipeline.messages import metadata, queries
 from pipeline.messages import service as message_service
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message

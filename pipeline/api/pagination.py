@@ -15,23 +15,15 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 from pipeline.api.errors import invalid_request
+from pipeline.pages import Cursor
 
 TOKEN_VERSION = 1
 MAX_TOKEN_CHARS = 512  # real tokens are ~110 characters; anything far longer is not ours
 DEFAULT_LIMIT = 50  # Nylas v3 default page size
 MAX_LIMIT = 200  # Nylas v3 maximum page size
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """The position after which the next page starts."""
-
-    at: datetime
-    id: str
 
 
 def encode_cursor(at: datetime, row_id: str) -> str:

@@ -39,10 +39,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from pipeline.api import queries
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.messages import Fields, message_views
+from pipeline.messages import queries
 from pipeline.models import Grant
 from pipeline.outbound import sending
 from pipeline.outbound.compose import (

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
-from pipeline.api import queries
 from pipeline.api.deps import (
     ApiState,
     Db,
@@ -35,6 +34,7 @@ from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_fi
 from pipeline.api.messages import apply_select, checked_page, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters
+from pipeline.messages import queries
 from pipeline.messages import service as message_service
 from pipeline.messages.placements import PlacementRepository
 from pipeline.messages.views import message_view, unix
@@ -61,7 +61,7 @@ def thread_view(
     thread_id: str, grant_id: str, subject: str, messages: list[Row[Any]]
 ) -> dict[str, Any]:
     """A thread in the Nylas v3 shape, computed from its messages (oldest first, rows as
-    :func:`pipeline.api.queries.thread_members` reads them)."""
+    :func:`pipeline.messages.queries.thread_members` reads them)."""
     latest = messages[-1] if messages else None
     thread_folders = sorted({f for m in messages for f in m.folders or ()})
     draft_ids = [m.id for m in messages if m.is_draft]  # a thread's drafts are not messages

@@ -30,7 +30,7 @@ not measured here: they cost the server's SEARCH (pipeline.search.server).
 
 Measured 2026-12-07 with the first command, on one database (indexes rebuilt by migration 0326)
 for both, the code before and after the thread-search work (migrations 0325-0326,
-``pipeline.api.queries._thread_has_match``), on the 2-core machine while other benchmarks and
+``pipeline.messages.queries._thread_has_match``), on the 2-core machine while other benchmarks and
 test runs went on: the wall times follow the load (the same code's p99 moved 2-4x between two
 runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
 
@@ -99,16 +99,16 @@ import api_list_messages  # noqa: E402
 from api_list_messages import API_KEY, percentile, start_api  # noqa: E402
 from cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 
-from pipeline.api import queries  # noqa: E402
 from pipeline.api.app import API_PG_OPTIONS  # noqa: E402
-from pipeline.api.queries import (  # noqa: E402
+from pipeline.db import migrate  # noqa: E402
+from pipeline.drafts.repository import DRAFTS_ROLE  # noqa: E402
+from pipeline.messages import queries  # noqa: E402
+from pipeline.messages.queries import (  # noqa: E402
     MessageFilter,
     list_messages_query,
     list_threads_page_query,
     walks_with_set,
 )
-from pipeline.db import migrate  # noqa: E402
-from pipeline.drafts.repository import DRAFTS_ROLE  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
 from pipeline.search.tables import message_search  # noqa: E402
 
@@ -299,7 +299,7 @@ def statements(
     JSON and the grant's status; threads: each one's view as JSON and the grant's status,
     walked as the row estimate of the search text's matches decides, planned on ``pg`` once
     here: the API plans it once a minute, not per request,
-    ``pipeline.api.queries.ESTIMATE_REUSE_S``)."""
+    ``pipeline.messages.queries.ESTIMATE_REUSE_S``)."""
     folder_ids = [archive] if case.folder else None
     flt = MessageFilter(
         folder_ids=folder_ids,

@@ -2,7 +2,7 @@
 and thread.
 
 A ``search_query_native`` page walks the search rows by their ``date`` and pages on it
-(``pipeline.api.queries.list_messages_query``, migration 0322): a row whose date differed from
+(``pipeline.messages.queries.list_messages_query``, migration 0322): a row whose date differed from
 its message's would put the message out of order, or on no page at all. A thread list finds a
 thread's matches by the row's ``thread_id`` (migration 0325): a row left on its old thread
 after a merge would list the wrong thread, or none. Whatever writes the rows (today triggers on

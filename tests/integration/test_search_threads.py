@@ -2,7 +2,7 @@
 
 A search whose text Postgres expects to match a few hundred to a few thousand messages walks
 the threads with the set of the text's threads in hand and tests the whole search only on a
-thread of that set (``pipeline.api.queries._thread_has_match``, ``thread_set``); otherwise
+thread of that set (``pipeline.messages.queries._thread_has_match``, ``thread_set``); otherwise
 Postgres joins the threads to their matching search rows. The two must list the same threads
 in the same order, page for page, including a thread whose only text match has no current
 copy (in a folder whose UIDVALIDITY changed: the set has that thread, the search does not) and
@@ -17,11 +17,11 @@ from email.utils import format_datetime
 import pytest
 from sqlalchemy import Connection, event
 
-from pipeline.api import queries
 from pipeline.api.pagination import Cursor
-from pipeline.api.queries import MessageFilter, list_threads, list_threads_query
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
+from pipeline.messages import queries
+from pipeline.messages.queries import MessageFilter, list_threads, list_threads_query
 from pipeline.search import criteria, store
 from tests.support.store import offline_grant, write_fetched
 

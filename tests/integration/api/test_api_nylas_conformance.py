@@ -558,8 +558,8 @@ def test_metadata_pair_is_served_by_its_index(api: ApiServer, mail_user: MailUse
     planned on the partial GIN index of migration 0310, not a walk of the grant's messages."""
     from sqlalchemy import text
 
-    from pipeline.api import queries
     from pipeline.api.pagination import DEFAULT_LIMIT
+    from pipeline.messages import queries
 
     grant_id = connect_and_sync(api, mail_user)
     with session_scope(api.settings.require_database_url()) as db:

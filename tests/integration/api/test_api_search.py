@@ -298,7 +298,7 @@ def test_store_answers_match_dovecot_uid_search(api: ApiServer, mail_user: MailU
 
     # through the official SDK: the engine's answer (checked above), paginated, and threads.
     # Criteria with stored-text keys at the top are paged on the search rows' own dates
-    # (pipeline.api.queries.list_messages_query): the pages must hold the same messages,
+    # (pipeline.messages.queries.list_messages_query): the pages must hold the same messages,
     # newest first, as the whole condition (_store) finds
     client = api.nylas()
     for query in (

@@ -59,11 +59,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, dis
 from sqlalchemy.orm import Session, aliased, defer
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from pipeline.api.pagination import Cursor
 from pipeline.drafts.repository import DRAFTS_ROLE
 from pipeline.messages import metadata
 from pipeline.messages.repository import text_key
 from pipeline.models import Attachment, Folder, Grant, Message, Placement, Thread
+from pipeline.pages import Cursor
 from pipeline.search.store import StoreCondition
 from pipeline.search.tables import message_search
 

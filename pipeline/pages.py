@@ -1,0 +1,26 @@
+"""Pages of stored objects: the keyset position a page starts after (:class:`Cursor`; the API's
+page tokens encode it, ``pipeline.api.pagination``) and the test every object id passes before it
+is looked up (:func:`is_uuid`)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The position after which the next page starts."""
+
+    at: datetime
+    id: str
+
+
+def is_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID (ids of every object); other strings never match a row."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
