@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from pipeline.api.deps import Db, LiveGrant, State, ok
 from pipeline.api.errors import not_found, request_id_of
-from pipeline.messages import content, queries
+from pipeline.messages import content
+from pipeline.messages import queries as message_queries
 from pipeline.messages.views import attachment_view
 from pipeline.models import Attachment, Grant
 
@@ -52,7 +53,7 @@ def path_attachment(
     db: Session, grant: Grant, attachment_id: str, message_id: str | None
 ) -> Attachment:
     """The grant's attachment named in the path, or a 404."""
-    att = queries.get_attachment(db, grant.id, attachment_id)
+    att = message_queries.get_attachment(db, grant.id, attachment_id)
     if att is None or (message_id is not None and message_id != att.message_id):
         raise not_found(f"No attachment {attachment_id!r} in this grant.")
     return att

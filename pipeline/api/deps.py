@@ -35,8 +35,8 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.service import enqueue_sync_after_commit
 from pipeline.imap.connections import SessionPool
 from pipeline.limits import RateLimiter
-from pipeline.messages.queries import is_uuid
 from pipeline.models import Grant
+from pipeline.pages import is_uuid
 
 log = logging.getLogger(__name__)
 

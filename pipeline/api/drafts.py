@@ -59,7 +59,8 @@ from pipeline.drafts import repository, scheduling
 from pipeline.drafts import service as drafts
 from pipeline.drafts.mime import DraftContent, DraftFile, Person
 from pipeline.errors import ImapError, RequestError
-from pipeline.messages import metadata, queries
+from pipeline.messages import metadata
+from pipeline.messages import queries as message_queries
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 from pipeline.outbound import compose
@@ -394,8 +395,8 @@ def draft_views(
 ) -> list[dict[str, Any]]:
     """Drafts in the Nylas v3 shape: a message's fields with ``object: "draft"``."""
     ids = [m.id for m in rows]
-    folders = queries.folder_ids_of(db, ids)
-    attachments = queries.attachments_of(db, ids)
+    folders = message_queries.folder_ids_of(db, ids)
+    attachments = message_queries.attachments_of(db, ids)
     grant_ids = {m.grant_id for m in rows}
     headers = [m.message_id_header for m in rows if m.message_id_header]
     scheduled = (
@@ -460,7 +461,7 @@ def list_drafts(
         return page(request, [], None)
     flt = replace(shared, folder_ids=wanted, thread_id=thread_id)
     after = decode_cursor(page_token) if page_token is not None else None
-    rows = queries.list_message_objects(db, grant.id, flt, limit + 1, after)
+    rows = message_queries.list_message_objects(db, grant.id, flt, limit + 1, after)
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -4,7 +4,7 @@
 ``starred``, ``subject``, ``from``/``to``/``cc``/``bcc``/``any_email``, ``has_attachment``,
 ``metadata_pair``);
 :func:`list_filter` reads them once, as a FastAPI dependency, into a
-:class:`~pipeline.messages.queries.MessageFilter` that each endpoint completes with its own
+:class:`~pipeline.messages.filters.MessageFilter` that each endpoint completes with its own
 parameters. ``PUT`` of a message and of a thread move to the one folder :func:`target_folder`
 names.
 """
@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session
 from pipeline.api.deps import ApiState, Db, LiveGrant, State
 from pipeline.api.errors import invalid_request, not_found
 from pipeline.api.search import native_search
-from pipeline.folders.repository import FolderRepository
-from pipeline.messages import metadata, queries
+from pipeline.folders.repository import FolderRepository, resolve_folder_ids
+from pipeline.messages import filters as message_filters
+from pipeline.messages import metadata
 from pipeline.models import Folder, Grant
+from pipeline.pages import is_uuid
 from pipeline.search.criteria import MAX_LENGTH as MAX_SEARCH_LENGTH
 
 MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
@@ -61,9 +63,7 @@ def resolve_folders(conn: Connection, grant_id: str, values: list[str] | None) -
     if len(names) > MAX_FILTER_VALUES:
         raise invalid_request(f"At most {MAX_FILTER_VALUES} folders in `in`.")
     ids: list[str] = []
-    for name, folder_id in zip(
-        names, queries.resolve_folder_ids(conn, grant_id, names), strict=True
-    ):
+    for name, folder_id in zip(names, resolve_folder_ids(conn, grant_id, names), strict=True):
         if folder_id is None:
             raise not_found(f"No folder {name!r} for this grant: GET .../folders lists them.")
         ids.append(folder_id)
@@ -114,14 +114,14 @@ class FilterParams(BaseModel):
 def folded_folder_ids(params: FilterParams) -> list[str] | None:
     """The folder ids an ``in`` filter names when its check can ride on the page statement
     (every value an id as the API gives it, as the SDK sends them, and no search, which takes
-    the folders too; see :attr:`pipeline.messages.queries.MessageFilter.folders_unchecked`); None
+    the folders too; see :attr:`pipeline.messages.filters.MessageFilter.folders_unchecked`); None
     otherwise (names, or no ``in``): :func:`resolve_folders` looks them up first."""
     if params.search_query_native is not None:
         return None
     names = [v.strip() for raw in params.in_ or [] for v in raw.split(",") if v.strip()]
     if not names or len(names) > MAX_FILTER_VALUES:
         return None
-    if not all(queries.is_uuid(n) and str(uuid.UUID(n)) == n.lower() for n in names):
+    if not all(is_uuid(n) and str(uuid.UUID(n)) == n.lower() for n in names):
         return None
     return list(dict.fromkeys(n.lower() for n in names))
 
@@ -134,7 +134,7 @@ def message_filter(
     orm: Callable[[], tuple[Session, Grant]],
     *,
     fold_folders: bool = False,
-) -> queries.MessageFilter:
+) -> message_filters.MessageFilter:
     """The filter parameters as a MessageFilter (``orm``: a session and the grant's ORM object,
     asked for only by a search the IMAP server answers). ``fold_folders``: folder ids in ``in``
     are not looked up (:func:`folded_folder_ids`); the page statement checks them, and its
@@ -154,7 +154,7 @@ def message_filter(
         raise invalid_request(str(exc)) from exc
     folded = folded_folder_ids(params) if fold_folders else None
     folder_ids = folded if folded is not None else resolve_folders(conn, grant_id, params.in_)
-    return queries.MessageFilter(
+    return message_filters.MessageFilter(
         folder_ids=folder_ids,
         folders_unchecked=folded is not None,
         unread=params.unread,
@@ -188,7 +188,7 @@ def list_filter(
     metadata_pair: Annotated[str | None, Query(max_length=1000)] = None,
     search_query_native: Annotated[str | None, Query(max_length=MAX_SEARCH_LENGTH)] = None,
     _unsupported: None = Depends(refuse_unsupported),
-) -> queries.MessageFilter:
+) -> message_filters.MessageFilter:
     """The filter parameters of an endpoint that declares them (drafts) as a MessageFilter."""
     params = FilterParams.model_construct(
         in_=in_,
@@ -207,7 +207,7 @@ def list_filter(
     return message_filter(db.connection(), api, grant.id, params, lambda: (db, grant))
 
 
-ListFilter = Annotated[queries.MessageFilter, Depends(list_filter)]
+ListFilter = Annotated[message_filters.MessageFilter, Depends(list_filter)]
 
 
 def target_folder(db: Session, grant: Grant, folders: list[str] | None) -> Folder | None:

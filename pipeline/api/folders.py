@@ -22,8 +22,7 @@ from pipeline.api.errors import invalid_request, not_found, request_id_of
 from pipeline.api.messages import apply_select, parse_select
 from pipeline.api.pagination import MAX_LIMIT, MAX_TOKEN_CHARS
 from pipeline.folders import service
-from pipeline.folders.repository import FolderRepository
-from pipeline.messages import queries
+from pipeline.folders.repository import FolderRepository, FolderTotals
 from pipeline.models import Folder, Grant
 
 router = APIRouter(tags=["folders"])
@@ -38,11 +37,11 @@ def folder_views(db: Session, grant: Grant, folders: list[Folder]) -> list[dict[
         parent = by_name.get(service.parent_name(f) or "")
         if parent is not None:
             children[parent.id] = children.get(parent.id, 0) + 1
-    totals = queries.folder_totals(db, [f.id for f in folders])
+    totals = FolderRepository(db).totals([f.id for f in folders])
     views = []
     for f in folders:
         parent = by_name.get(service.parent_name(f) or "")
-        counts = totals.get(f.id, queries.FolderTotals(0, 0))
+        counts = totals.get(f.id, FolderTotals(0, 0))
         views.append(
             {
                 "id": f.id,

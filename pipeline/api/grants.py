@@ -26,11 +26,11 @@ from pipeline.api.deps import (
 from pipeline.api.errors import invalid_request, request_id_of
 from pipeline.api.gate import client_of
 from pipeline.config import Settings
+from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import grant_secrets, remove_grant
 from pipeline.grants.signin import reconnect
 from pipeline.grants.views import grant_dict
-from pipeline.messages import queries
 from pipeline.models import Grant
 from pipeline.presets import TlsMode
 
@@ -86,7 +86,7 @@ def list_grants(
     grant_status: Annotated[str | None, Query(max_length=16)] = None,
 ) -> dict[str, Any]:
     """Grants, oldest first, paged by ``limit`` and ``offset`` like Nylas v3."""
-    rows = queries.list_grants(db, limit=limit, offset=offset, email=email, status=grant_status)
+    rows = GrantRepository(db).page(limit=limit, offset=offset, email=email, status=grant_status)
     return {
         "request_id": request_id_of(request),
         "data": [grant_view(g) for g in rows],

@@ -50,7 +50,8 @@ from pipeline.api.params import openapi_parameters
 from pipeline.api.rawmime import raw_mime_views
 from pipeline.api.search import needs_server
 from pipeline.drafts import repository as drafts_repository
-from pipeline.messages import metadata, queries
+from pipeline.messages import metadata
+from pipeline.messages import queries as message_queries
 from pipeline.messages import service as message_service
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
@@ -92,8 +93,8 @@ def message_views(
 ) -> list[dict[str, Any]]:
     """Views of some messages, with their folders and attachments (two more queries)."""
     ids = [m.id for m in rows]
-    folders = queries.folder_ids_of(db, ids)
-    attachments = queries.attachments_of(db, ids)
+    folders = message_queries.folder_ids_of(db, ids)
+    attachments = message_queries.attachments_of(db, ids)
     return [
         apply_select(
             message_view(
@@ -152,7 +153,7 @@ def message_page(
     """
     # raw_mime logs in to the server, and a refused login marks the grant invalid (committed)
     writes = not isinstance(params, RequestValidationError) and params.fields == "raw_mime"
-    # A standard page with every field is rendered by Postgres (queries.message_json)
+    # A standard page with every field is rendered by Postgres (message_queries.message_json)
     rendered = (
         not isinstance(params, RequestValidationError)
         and params.fields == "standard"
@@ -192,7 +193,7 @@ def message_page(
     data = [
         apply_select(
             message_view(
-                # a row with every column attribute of a message (queries.LISTED_ATTRIBUTES):
+                # a row with every column attribute of a message (LISTED_ATTRIBUTES):
                 # all that message_view reads, without the cost of ORM objects
                 cast(Message, row),
                 sorted(row.folders) if row.folders else [],
@@ -291,7 +292,7 @@ def _page_rows(
     if flt.folder_ids is None:  # drafts are listed by /drafts, as Nylas does (unless `in`)
         flt.not_in_role = drafts_repository.DRAFTS_ROLE
     after = decode_cursor(params.page_token) if params.page_token is not None else None
-    return queries.list_messages(
+    return message_queries.list_messages(
         conn,
         grant_id,
         flt,
@@ -305,7 +306,7 @@ def _page_rows(
 
 def path_message(db: Session, grant: Grant, message_id: str) -> Message:
     """The grant's message named in the path, or a 404."""
-    message = queries.get_message(db, grant.id, message_id)
+    message = message_queries.get_message(db, grant.id, message_id)
     if message is None:
         raise not_found(f"No message {message_id!r} in this grant.")
     return message

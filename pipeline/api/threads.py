@@ -2,7 +2,8 @@
 
 A thread's flags and lists are computed from its messages: unread or starred if any message is,
 participants are everyone in From/To/Cc/Bcc (first spelling of each address wins, ASCII letters
-compared without case: ``queries.participant_key``), folders the union of its messages' folders.
+compared without case: ``pipeline.messages.filters.participant_key``), folders the union
+of its messages' folders.
 Lists are newest first by the latest message, keyset-paginated.
 """
 
@@ -34,11 +35,13 @@ from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_fi
 from pipeline.api.messages import apply_select, checked_page, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters
-from pipeline.messages import queries
+from pipeline.messages import filters as message_filters
 from pipeline.messages import service as message_service
 from pipeline.messages.placements import PlacementRepository
 from pipeline.messages.views import message_view, unix
 from pipeline.models import Grant, Message, Thread
+from pipeline.threads import queries as thread_queries
+from pipeline.threads import rendered as thread_rendered
 
 router = APIRouter(tags=["threads"])
 # The list, a client's most frequent call, on a router of its own that the app matches first
@@ -51,7 +54,7 @@ def _participants(messages: list[Row[Any]]) -> list[dict[str, str]]:
     seen: dict[str, dict[str, str]] = {}
     for m in messages:
         for person in [*m.from_, *m.to, *m.cc, *m.bcc]:
-            key = queries.participant_key(str(person.get("email", "")))
+            key = message_filters.participant_key(str(person.get("email", "")))
             if key and key not in seen:
                 seen[key] = {"name": person.get("name", ""), "email": person.get("email", "")}
     return list(seen.values())
@@ -61,7 +64,7 @@ def thread_view(
     thread_id: str, grant_id: str, subject: str, messages: list[Row[Any]]
 ) -> dict[str, Any]:
     """A thread in the Nylas v3 shape, computed from its messages (oldest first, rows as
-    :func:`pipeline.messages.queries.thread_members` reads them)."""
+    :func:`pipeline.threads.rendered.thread_members` reads them)."""
     latest = messages[-1] if messages else None
     thread_folders = sorted({f for m in messages for f in m.folders or ()})
     draft_ids = [m.id for m in messages if m.is_draft]  # a thread's drafts are not messages
@@ -100,7 +103,7 @@ def thread_view(
 
 def thread_views(db: Session, threads: list[Thread]) -> list[dict[str, Any]]:
     """Threads in the Nylas v3 shape, computed from their messages (one query for all)."""
-    members = queries.thread_members(db.connection(), [t.id for t in threads])
+    members = thread_rendered.thread_members(db.connection(), [t.id for t in threads])
     return [thread_view(t.id, t.grant_id, t.subject, members.get(t.id, [])) for t in threads]
 
 
@@ -148,11 +151,11 @@ def thread_page(
 
         def read(
             live_id: str, params: ThreadListParams, grant_status: bool, fold: bool
-        ) -> list[queries.ThreadPage]:
+        ) -> list[thread_queries.ThreadPage]:
             flt = message_filter(
                 conn, api, live_id, params, lambda: orm(live_id), fold_folders=fold
             )
-            return queries.list_threads(
+            return thread_queries.list_threads(
                 conn,
                 live_id,
                 flt,
@@ -167,7 +170,7 @@ def thread_page(
 
         _, params, threads = checked_page(conn, grant_id, params, read)
     limit = params.limit
-    # a page with every field is rendered by Postgres (queries._thread_json_select)
+    # a page with every field is rendered by Postgres (thread_rendered.thread_json_select)
     rendered = params.select is None
     next_cursor = None
     if len(threads) > limit:
@@ -187,7 +190,7 @@ def thread_page(
 
 def path_thread(db: Session, grant: Grant, thread_id: str) -> Thread:
     """The grant's thread named in the path, or a 404."""
-    thread = queries.get_thread(db, grant.id, thread_id)
+    thread = thread_queries.get_thread(db, grant.id, thread_id)
     if thread is None:
         raise not_found(f"No thread {thread_id!r} in this grant.")
     return thread
@@ -212,7 +215,7 @@ class ThreadUpdate(BaseModel):
 
 def _thread_messages(db: Session, grant: Grant, thread_id: str) -> list[Message]:
     thread = path_thread(db, grant, thread_id)
-    return queries.messages_of_threads(db, [thread.id]).get(thread.id, [])
+    return thread_queries.messages_of_threads(db, [thread.id]).get(thread.id, [])
 
 
 @router.put("/grants/{grant_id}/threads/{thread_id}", summary="Update every message of a thread")

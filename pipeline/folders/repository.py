@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from imap_tools.imap_utf7 import utf7_decode
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.messages.placements import PlacementRepository
-from pipeline.models import Folder, Placement, SyncFailure
+from pipeline.models import Folder, Message, Placement, SyncFailure
+from pipeline.pages import is_uuid
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,14 @@ class FolderCounts:
     folder_id: str
     stored: int
     failed: int
+
+
+@dataclass(frozen=True)
+class FolderTotals:
+    """Messages and unread messages of one folder."""
+
+    total: int
+    unread: int
 
 
 class FolderRepository:
@@ -119,7 +128,7 @@ class FolderRepository:
 
     def find(self, grant_id: str, id_or_name: str) -> Folder | None:
         """A grant's folder by id, or by its name as shown or as the server spells it."""
-        if _is_uuid(id_or_name):
+        if is_uuid(id_or_name):
             found = self.session.scalar(
                 select(Folder).where(Folder.id == id_or_name, Folder.grant_id == grant_id)
             )
@@ -178,13 +187,53 @@ class FolderRepository:
         for message_id in message_ids:
             placements.delete_if_unplaced(message_id)
 
+    def totals(self, folder_ids: Sequence[str]) -> dict[str, FolderTotals]:
+        """Stored and unread message counts per folder (current UIDVALIDITY only)."""
+        if not folder_ids:
+            return {}
+        rows = self.session.execute(
+            select(
+                Placement.folder_id,
+                func.count(),
+                func.count().filter(Message.unread.is_(True)),
+            )
+            .join(Message, Message.id == Placement.message_id)
+            .join(Folder, Folder.id == Placement.folder_id)
+            .where(Placement.folder_id.in_(folder_ids), Placement.uidvalidity == Folder.uidvalidity)
+            .group_by(Placement.folder_id)
+        )
+        return {str(fid): FolderTotals(int(t), int(u)) for fid, t, u in rows}
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+
+def resolve_folder_ids(
+    conn: Connection, grant_id: str, ids_or_names: Sequence[str]
+) -> list[str | None]:
+    """The id of the grant's folder each value names, as ``FolderRepository.find`` finds it
+    (:mod:`pipeline.folders.repository`: an id first, else the first by name whose name or
+    server name it is; None: no such folder), in one query for them all (no ORM objects)."""
+    values = list(dict.fromkeys(ids_or_names))
+    ids = [v for v in values if is_uuid(v)]
+    folders = Folder.__table__
+    matches = (folders.c.name.in_(values)) | (folders.c.raw_name.in_(values))
+    if ids:
+        matches = matches | folders.c.id.in_(ids)
+    rows = conn.execute(
+        select(folders.c.id, folders.c.name, folders.c.raw_name)
+        .where(folders.c.grant_id == grant_id, matches)
+        .order_by(folders.c.name)
+    )
+    by_id: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for folder_id, name, raw_name in rows:
+        by_id[str(folder_id)] = str(folder_id)
+        for key in (name, raw_name):
+            # the first by name, as FolderRepository.find's LIMIT 1
+            by_name.setdefault(key, str(folder_id))
+    out: list[str | None] = []
+    for value in ids_or_names:
+        found = by_id.get(str(uuid.UUID(value))) if is_uuid(value) else None
+        out.append(found or by_name.get(value))
+    return out
 
 
 def _decoded(raw_name: str) -> str:

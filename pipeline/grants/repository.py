@@ -101,6 +101,23 @@ class GrantRepository:
         result = self.session.execute(delete(Grant).where(Grant.id == grant_id))
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def page(
+        self,
+        *,
+        limit: int,
+        offset: int,
+        email: str | None = None,
+        status: str | None = None,
+    ) -> Sequence[Grant]:
+        """Grants, oldest first, with optional filters."""
+        query = select(Grant)
+        if email:
+            query = query.where(func.lower(Grant.email) == email.strip().lower())
+        if status:
+            query = query.where(Grant.grant_status == status)
+        query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
+        return list(self.session.scalars(query))
+
 
 def _looks_like_uuid(value: str) -> bool:
     try:

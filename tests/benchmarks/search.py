@@ -30,7 +30,7 @@ not measured here: they cost the server's SEARCH (pipeline.search.server).
 
 Measured 2026-12-07 with the first command, on one database (indexes rebuilt by migration 0326)
 for both, the code before and after the thread-search work (migrations 0325-0326,
-``pipeline.messages.queries._thread_has_match``), on the 2-core machine while other benchmarks and
+``pipeline.threads.queries._thread_has_match``), on the 2-core machine while other benchmarks and
 test runs went on: the wall times follow the load (the same code's p99 moved 2-4x between two
 runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
 
@@ -49,7 +49,7 @@ runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
   1 ms for the plan whose row estimate chooses how the threads are walked (TO me@example 8.0 ->
   9.2).
   The API's own CPU, 10-14 ms a request for 50 threads with their 200 messages, is what stays.
-- threads after Postgres renders each thread's view (``queries._thread_json_select``, the
+- threads after Postgres renders each thread's view (``rendered.thread_json_select``, the
   unfiltered page a statement made once), paired runs at load 2.4-3.0, before -> after: plain
   list API CPU 8.6 -> 2.6 ms, Postgres 6.0 -> 9.7 (12.3 ms a request in all, 14.6 before),
   p50 14.2 -> 11.9, p99 25.0 -> 16.3; searches' API CPU 6.4-12.5 -> 4.2-8.0 ms, their Postgres
@@ -58,7 +58,7 @@ runs), the Postgres CPU a request much less. Goal (p99 under 50 ms):
   + in=Archive 21.9 -> 24.2). Goal still not met: searches' p99 16-79 ms after, 13-61 before,
   one run each, the slowest a different search every run.
 - threads after the grant's check rides on the page statement, each thread's messages are read
-  once by its rendering (``queries._thread_aggregates``; the plain page's buffers 3,368 ->
+  once by its rendering (``rendered._thread_aggregates``; the plain page's buffers 3,368 ->
   2,514) and a search text's row estimate is reused for a minute (``ESTIMATE_REUSE_S``; the
   replay's statements changed alike): ``--requests 100 --lists threads --database
   h_api12_search --keep``, main before (A, load 9.8-10.8) and after (B, load 9.3-10.4), back
@@ -102,15 +102,12 @@ from cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 from pipeline.api.app import API_PG_OPTIONS  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
 from pipeline.drafts.repository import DRAFTS_ROLE  # noqa: E402
-from pipeline.messages import queries  # noqa: E402
-from pipeline.messages.queries import (  # noqa: E402
-    MessageFilter,
-    list_messages_query,
-    list_threads_page_query,
-    walks_with_set,
-)
+from pipeline.messages import queries as message_queries  # noqa: E402
+from pipeline.messages.filters import MessageFilter  # noqa: E402
+from pipeline.messages.queries import list_messages_query  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
 from pipeline.search.tables import message_search  # noqa: E402
+from pipeline.threads.queries import list_threads_page_query, walks_with_set  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PAGE = 50
@@ -299,7 +296,7 @@ def statements(
     JSON and the grant's status; threads: each one's view as JSON and the grant's status,
     walked as the row estimate of the search text's matches decides, planned on ``pg`` once
     here: the API plans it once a minute, not per request,
-    ``pipeline.messages.queries.ESTIMATE_REUSE_S``)."""
+    ``pipeline.threads.queries.ESTIMATE_REUSE_S``)."""
     folder_ids = [archive] if case.folder else None
     flt = MessageFilter(
         folder_ids=folder_ids,
@@ -317,13 +314,13 @@ def statements(
         # as the API runs a page without select: each thread's view rendered by Postgres
         page = list_threads_page_query(
             grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches), as_json=True
-        ).add_columns(queries._grant_status(grant).label("grant_status"))
+        ).add_columns(message_queries.grant_status_select(grant).label("grant_status"))
         return [_compiled(page)]
     if folder_ids is None:
         flt.not_in_role = DRAFTS_ROLE
     # as the API runs a standard page: rendered as JSON by Postgres, with the grant's status
     query = list_messages_query(grant, flt, PAGE + 1, None, as_json=True).add_columns(
-        queries._grant_status(grant).label("grant_status")
+        message_queries.grant_status_select(grant).label("grant_status")
     )
     return [_compiled(query)]
 

@@ -2,7 +2,7 @@
 
 A search whose text Postgres expects to match a few hundred to a few thousand messages walks
 the threads with the set of the text's threads in hand and tests the whole search only on a
-thread of that set (``pipeline.messages.queries._thread_has_match``, ``thread_set``); otherwise
+thread of that set (``pipeline.threads.queries._thread_has_match``, ``thread_set``); otherwise
 Postgres joins the threads to their matching search rows. The two must list the same threads
 in the same order, page for page, including a thread whose only text match has no current
 copy (in a folder whose UIDVALIDITY changed: the set has that thread, the search does not) and
@@ -17,12 +17,13 @@ from email.utils import format_datetime
 import pytest
 from sqlalchemy import Connection, event
 
-from pipeline.api.pagination import Cursor
 from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
-from pipeline.messages import queries
-from pipeline.messages.queries import MessageFilter, list_threads, list_threads_query
+from pipeline.messages.filters import MessageFilter
+from pipeline.pages import Cursor
 from pipeline.search import criteria, store
+from pipeline.threads import queries as thread_queries
+from pipeline.threads.queries import list_threads, list_threads_query
 from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
@@ -103,12 +104,12 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
                 assert _pages(conn, grant_id, query, limit, thread_set=True) == want, query
 
         # as the API lists them: estimated, then walked with the set (bounds that admit it)
-        monkeypatch.setattr(queries, "THREAD_SET_MATCHES", (0, 1000))
+        monkeypatch.setattr(thread_queries, "THREAD_SET_MATCHES", (0, 1000))
         flt = MessageFilter(
             search=store.condition(criteria.parse("SUBJECT invoice"), None, grant_id=grant_id)
         )
-        estimate = queries.text_matches_estimate(conn, grant_id, flt)
-        assert estimate is not None and queries.walks_with_set(flt, estimate)
+        estimate = thread_queries.text_matches_estimate(conn, grant_id, flt)
+        assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
         page = list_threads(conn, grant_id, flt, 50, None)
         assert [t.subject for t in page] == invoices
         assert all(len(t.messages) == 2 for t in page)
@@ -129,7 +130,7 @@ def test_a_search_texts_estimate_is_planned_once_for_its_pages(
 
     def estimate(query: str) -> float | None:
         flt = MessageFilter(search=store.condition(criteria.parse(query), None, grant_id=grant_id))
-        return queries.text_matches_estimate(conn, grant_id, flt)
+        return thread_queries.text_matches_estimate(conn, grant_id, flt)
 
     with session_scope(database_url) as db:
         conn = db.connection()
@@ -140,7 +141,7 @@ def test_a_search_texts_estimate_is_planned_once_for_its_pages(
             assert len(planned) == 1
             assert estimate("SUBJECT report") is not None
             assert len(planned) == 2
-            monkeypatch.setattr(queries, "ESTIMATE_REUSE_S", -1.0)  # every estimate stale
+            monkeypatch.setattr(thread_queries, "ESTIMATE_REUSE_S", -1.0)  # every estimate stale
             assert estimate("SUBJECT invoice") == first
             assert len(planned) == 3
         finally:

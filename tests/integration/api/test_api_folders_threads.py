@@ -160,7 +160,7 @@ def test_listed_threads_are_rendered_as_thread_view_renders_them(
     api: ApiServer, mail_user: MailUser
 ) -> None:
     # a page of threads with every field is rendered by Postgres
-    # (queries._thread_json_select), a page with `select` and a single thread by
+    # (pipeline.threads.rendered.thread_json_select), a page with `select` and a single thread by
     # threads.thread_view in Python: every field of every thread must agree, on threads with
     # drafts, attachments, several folders, participants spelled twice, unread/starred mixes
     server, user, password = mail_user.server, mail_user.name, mail_user.password

@@ -361,7 +361,7 @@ def test_paging_through_120_messages_is_stable_under_inserts(
 def test_listed_messages_and_threads_are_the_objects_fetched_alone(
     api: ApiServer, mailbox: dict[str, Any]
 ) -> None:
-    # a standard list page is rendered as JSON by Postgres (queries.message_json), the other
+    # a standard list page is rendered as JSON by Postgres (message_queries.message_json), the other
     # pages from plain rows serialized by orjson, a single message from its ORM object through
     # FastAPI's encoder: every field must agree, in every `fields` variant and with `select`
     grant_id = mailbox["grant_id"]

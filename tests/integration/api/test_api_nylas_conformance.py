@@ -559,7 +559,8 @@ def test_metadata_pair_is_served_by_its_index(api: ApiServer, mail_user: MailUse
     from sqlalchemy import text
 
     from pipeline.api.pagination import DEFAULT_LIMIT
-    from pipeline.messages import queries
+    from pipeline.messages import filters as message_filters
+    from pipeline.messages import queries as message_queries
 
     grant_id = connect_and_sync(api, mail_user)
     with session_scope(api.settings.require_database_url()) as db:
@@ -577,8 +578,11 @@ def test_metadata_pair_is_served_by_its_index(api: ApiServer, mail_user: MailUse
             {"g": grant_id},
         )
         db.execute(text("ANALYZE messages"))
-        query = queries.list_messages_query(
-            grant_id, queries.MessageFilter(metadata_pair=("key1", "tag4000")), DEFAULT_LIMIT, None
+        query = message_queries.list_messages_query(
+            grant_id,
+            message_filters.MessageFilter(metadata_pair=("key1", "tag4000")),
+            DEFAULT_LIMIT,
+            None,
         )
         sql = str(query.compile(db.get_bind(), compile_kwargs={"literal_binds": True}))
         plan = "\n".join(str(r[0]) for r in db.execute(text(f"EXPLAIN {sql}")))

@@ -1,0 +1,435 @@
+"""The thread lists the API reads: newest first by the latest message, keyset-paginated, with the
+message filters applied to their messages (a search walks the threads with the set of its
+matches' threads in hand, or probes each thread: :func:`walks_with_set`); a page rendered by
+Postgres (:mod:`pipeline.threads.rendered`) or with each thread's messages. Nothing here
+commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    literal,
+    literal_column,
+    select,
+    true,
+    tuple_,
+)
+from sqlalchemy.orm import Session, aliased, defer
+
+from pipeline.messages.filters import MessageFilter, folders_in_search, message_conditions
+from pipeline.messages.queries import folders_found_select, grant_status_select, keyset_position
+from pipeline.models import Message, Thread
+from pipeline.pages import Cursor, is_uuid
+from pipeline.search.store import StoreCondition
+from pipeline.search.tables import message_search
+from pipeline.threads.rendered import members_select, thread_json_select
+
+# Aliases made once: an alias adapts each column it is asked for, and keeps what it made
+_THREAD_MESSAGE = aliased(Message, name="tm")  # a message of the listed thread
+_EARLIER_MESSAGE = aliased(Message, name="earlier")  # one before earliest_message_date
+
+
+# A thread list's search whose stored-text keys Postgres expects to match more than the first
+# and at most the second of these many messages of the grant walks the threads newest first
+# with the set of the matches' threads in hand (:func:`text_matches_estimate`,
+# :func:`_thread_has_match`). Fewer: Postgres reads the matches and their threads directly,
+# and a set of under a page of threads would have the walk pass every thread of the grant.
+# More: probing each thread walked costs less than reading every match (FROM "Sender 12",
+# 3,667 matches: 17 ms as a set, 6 ms probing; SUBJECT invoice, 1,030: 8 ms as a set, 14 ms
+# read with their threads, on a loaded 2-core machine). Other keys besides the text (a flag,
+# a date, a folder) make the walk longer and the set no larger: the bound is then
+# THREAD_SET_NARROWED times higher (SUBJECT cafe FROM "Sender 1" UNSEEN, 3,361 text matches:
+# 18 ms as a set, 53 ms otherwise).
+THREAD_SET_MATCHES = (200, 2000)
+THREAD_SET_NARROWED = 3
+
+
+# A search text's row estimate is reused for this long by the API process (at most this many
+# kept): a client walking a search's pages asks the same search again and again, and its plan
+# (about 1 ms of planning and a round trip, before the page's own statement) moves only with the
+# table's statistics, which ANALYZE renews far less often.
+ESTIMATE_REUSE_S = 60.0
+ESTIMATES_KEPT = 1024
+
+
+class _Estimates:
+    """Row estimates by statement (its SQL and bound values), each reused for
+    ``ESTIMATE_REUSE_S``; the oldest dropped past ``ESTIMATES_KEPT``. Shared by the API's
+    threadpool threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def get(self, key: str) -> float | None:
+        with self._lock:
+            found = self._rows.get(key)
+            if found is None or time.monotonic() - found[1] > ESTIMATE_REUSE_S:
+                return None
+            return found[0]
+
+    def put(self, key: str, rows: float) -> None:
+        with self._lock:
+            self._rows[key] = (rows, time.monotonic())
+            self._rows.move_to_end(key)
+            while len(self._rows) > ESTIMATES_KEPT:
+                self._rows.popitem(last=False)
+
+
+_estimates = _Estimates()
+
+
+def text_matches_estimate(conn: Connection, grant_id: str, flt: MessageFilter) -> float | None:
+    """How many messages of the grant Postgres expects the stored-text keys of ``flt``'s search
+    to match (its plan's row estimate, from the text columns' statistics: planned, never run;
+    the trigram index scan that an exact count would cost is as dear as the page's own), or
+    None when the search has no such keys at the top. The estimate of the same statement is
+    reused for ``ESTIMATE_REUSE_S`` (a search's next pages plan nothing more)."""
+    search = folders_in_search(flt).search
+    if not isinstance(search, StoreCondition) or search.text is None:
+        return None
+    s = message_search
+    query = select(literal(1)).select_from(s).where(s.c.grant_id == grant_id, search.text)
+    compiled = query.compile(dialect=conn.dialect)
+    sql = "EXPLAIN (FORMAT JSON) " + str(compiled)
+    key = sql + "\0" + repr(sorted(compiled.params.items()))
+    rows = _estimates.get(key)
+    if rows is not None:
+        return rows
+    plan = conn.exec_driver_sql(sql, compiled.params).scalar_one()
+    if isinstance(plan, str):  # a driver that does not decode json
+        plan = orjson.loads(plan)
+    rows = float(plan[0]["Plan"]["Plan Rows"])
+    _estimates.put(key, rows)
+    return rows
+
+
+def walks_with_set(flt: MessageFilter, matches: float | None) -> bool:
+    """Whether a thread list of ``flt`` whose search text is expected to match ``matches``
+    messages (:func:`text_matches_estimate`) walks the threads with the set of the matches'
+    threads (``thread_set`` of the thread queries)."""
+    if matches is None:
+        return False
+    fewest, most = THREAD_SET_MATCHES
+    search = flt.search
+    # a filter besides the search (its own folders aside) narrows it too
+    others = folders_in_search(flt) != MessageFilter(search=search)
+    narrowed = others or not (isinstance(search, StoreCondition) and search.text_only)
+    return fewest < matches <= most * (THREAD_SET_NARROWED if narrowed else 1)
+
+
+def _thread_has_match(
+    grant_id: str, flt: MessageFilter, *, thread_set: bool = False
+) -> ColumnElement[bool]:
+    """EXISTS a message of the listed thread that ``flt`` matches.
+
+    Postgres flattens it into a semi-join and chooses between walking the threads newest first
+    (probing each one's messages) and starting from the matches (the trigram indexes, a flag's
+    partial index), then their threads. The messages carry their grant here as well as the
+    thread, so that an index led by ``grant_id`` serves the second plan (``UNSEEN FLAGGED``:
+    ``ix_api_messages_grant_starred_date`` read every grant's starred messages without it).
+    With keys of the stored search text at the top, the thread's search rows are found by
+    their ``thread_id`` (migration 0325) and the text tested on them before any message is read:
+    a thread passed cost one index scan and its rows (``FROM "Sender 12"``: 20,666 buffers for a
+    page, now about 7,100), and a match found by the trigram indexes leads to its thread without
+    reading its message.
+
+    ``thread_set`` (for a text expected to match a few hundred to a few thousand messages: see
+    :data:`THREAD_SET_MATCHES`): the threads are walked newest first and each one is first
+    looked up in the set of the text matches' threads, hashed once (an IN that is not at the
+    top of the WHERE, which Postgres would turn into a join), and only a thread in the set is
+    probed for the whole search (an EXISTS that OFFSET 0 keeps a per-thread test). Postgres
+    chose instead to read every match with its copy, thread and its thread's date, and sort
+    them: ``SUBJECT invoice`` 16,500 buffers for a page, with the set 1,800.
+    """
+    m = _THREAD_MESSAGE
+    flt = folders_in_search(flt)
+    search = flt.search
+    if isinstance(search, StoreCondition) and search.text is not None:
+        s = message_search
+        rest = replace(flt, search=search.rest_joined)
+        found = (
+            select(1)
+            .select_from(s)
+            .join(m, m.id == s.c.message_id)
+            .where(
+                s.c.thread_id == Thread.id,
+                s.c.grant_id == grant_id,
+                search.text,
+                *message_conditions(m, grant_id, rest),
+            )
+        )
+        if not thread_set:
+            return exists(found)
+        threads_of_text = select(s.c.thread_id).where(s.c.grant_id == grant_id, search.text)
+        return and_(Thread.id.in_(threads_of_text).is_(True), exists(found.offset(0)))
+    return exists().where(
+        m.thread_id == Thread.id, m.grant_id == grant_id, *message_conditions(m, grant_id, flt)
+    )
+
+
+def list_threads_query(
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
+    earliest_from: datetime | None = None,
+    thread_set: bool = False,
+) -> Select[str, str, str, datetime | None]:
+    """Up to ``limit`` threads with a message matching ``flt`` (and whose latest message is in
+    the given window, and whose first message is at or after ``earliest_from``), most recent
+    first: their ``id``, ``grant_id``, ``subject`` and ``latest_message_at``. ``thread_set``:
+    walk with the set of the search text's threads (:func:`_thread_has_match`)."""
+    query = select(Thread.id, Thread.grant_id, Thread.subject, Thread.latest_message_at).where(
+        Thread.grant_id == grant_id,
+        Thread.latest_message_at.is_not(None),
+        _thread_has_match(grant_id, flt, thread_set=thread_set),
+    )
+    if latest_before is not None:
+        query = query.where(Thread.latest_message_at < latest_before)
+    if latest_after is not None:
+        query = query.where(Thread.latest_message_at > latest_after)
+    if earliest_from is not None:
+        # no message before it (ix_messages_thread); a thread whose latest message is older
+        # cannot qualify, which bounds the scan of the threads index
+        earlier = _EARLIER_MESSAGE
+        query = query.where(
+            Thread.latest_message_at >= earliest_from,
+            ~exists().where(earlier.thread_id == Thread.id, earlier.date < earliest_from),
+        )
+    if after is not None:
+        query = query.where(
+            tuple_(Thread.latest_message_at, Thread.id)
+            < keyset_position(after, Thread.latest_message_at, Thread.id)
+        )
+    return query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
+
+
+def list_threads_page_query(
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
+    earliest_from: datetime | None = None,
+    thread_set: bool = False,
+    as_json: bool = False,
+) -> Select[Any]:
+    """The statement of :func:`list_threads`: the threads of :func:`list_threads_query`, then
+    each one's messages laterally (``page_*`` columns, then a member's, NULL for none);
+    ``as_json``: each thread rendered by Postgres (:func:`thread_json_select`)."""
+    page = list_threads_query(
+        grant_id,
+        flt,
+        limit,
+        after,
+        latest_before=latest_before,
+        latest_after=latest_after,
+        earliest_from=earliest_from,
+        thread_set=thread_set,
+    ).subquery("page")
+    if as_json:
+        return thread_json_select(page)
+    members = _page_members()
+    return (
+        select(
+            page.c.id.label("page_thread_id"),
+            page.c.grant_id.label("page_grant_id"),
+            page.c.subject.label("page_subject"),
+            page.c.latest_message_at.label("page_latest_message_at"),
+            members,
+        )
+        .select_from(page.outerjoin(members, true()))
+        .order_by(page.c.latest_message_at.desc(), page.c.id.desc(), members.c.date, members.c.id)
+    )
+
+
+def list_threads(
+    conn: Connection,
+    grant_id: str,
+    flt: MessageFilter,
+    limit: int,
+    after: Cursor | None,
+    *,
+    latest_before: datetime | None = None,
+    latest_after: datetime | None = None,
+    earliest_from: datetime | None = None,
+    as_json: bool = False,
+    grant_status: bool = False,
+) -> list[ThreadPage]:
+    """The page :func:`list_threads_query` describes with every message of each thread, in one
+    statement (:func:`list_threads_page_query`: the threads, then each one's messages
+    laterally, as :func:`thread_members` reads them, with whether each is a draft); for a search
+    with stored-text keys, how many messages Postgres expects them to match decides how the
+    threads are walked (:func:`text_matches_estimate`). ``as_json``: each thread's ``json``
+    is its API view rendered by Postgres (:func:`thread_json_select`), its ``messages`` empty.
+    ``grant_status`` and ``flt.folders_unchecked``: each thread also has the grant's status and
+    how many of the folders are the grant's, as :func:`list_messages` reads them.
+    """
+    if (
+        as_json
+        and flt == MessageFilter()
+        and latest_before is None
+        and latest_after is None
+        and earliest_from is None
+    ):
+        values: dict[str, Any] = {"grant_id": grant_id, "limit": limit}
+        if after is not None:
+            values["after_at"], values["after_id"] = after.at, after.id
+        rows = conn.execute(_plain_thread_page(after is not None, grant_status), values).all()
+        return _rendered_threads(rows)
+    matches = text_matches_estimate(conn, grant_id, flt)
+    query = list_threads_page_query(
+        grant_id,
+        flt,
+        limit,
+        after,
+        latest_before=latest_before,
+        latest_after=latest_after,
+        earliest_from=earliest_from,
+        thread_set=walks_with_set(flt, matches),
+        as_json=as_json,
+    )
+    if grant_status:
+        query = query.add_columns(grant_status_select(grant_id).label("grant_status"))
+    if flt.folder_ids is not None and flt.folders_unchecked:
+        found = folders_found_select(grant_id, flt.folder_ids)
+        query = query.add_columns(found.label("folders_found"))
+    rows = conn.execute(query).all()
+    if as_json:
+        return _rendered_threads(rows)
+    return _threads_with_members(rows)
+
+
+def _rendered_threads(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
+    """The threads of a page rendered by Postgres (:func:`thread_json_select`)."""
+    return [
+        ThreadPage(
+            str(row.page_thread_id),
+            "",
+            "",
+            row.page_latest_message_at,
+            [],
+            row.json,
+            *_page_checks(row),
+        )
+        for row in rows
+    ]
+
+
+def _page_checks(row: Row[Any]) -> tuple[str | None, int | None]:
+    """The ``grant_status`` and ``folders_found`` a page's row carries (None: not asked)."""
+    found = row._mapping
+    return found.get("grant_status"), found.get("folders_found")
+
+
+def _threads_with_members(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
+    """The threads of a page of :func:`list_threads_page_query` rows (a thread's, then a
+    member's columns), each with its messages."""
+    out: list[ThreadPage] = []
+    for row in rows:
+        thread_id = str(row.page_thread_id)
+        if not out or out[-1].id != thread_id:
+            out.append(
+                ThreadPage(
+                    thread_id,
+                    str(row.page_grant_id),
+                    row.page_subject,
+                    row.page_latest_message_at,
+                    [],
+                    None,
+                    *_page_checks(row),
+                )
+            )
+        if row.id is not None:
+            out[-1].messages.append(row)
+    return out
+
+
+@cache
+def _plain_thread_page(cursor: bool, grant_status: bool) -> Select[Any]:
+    """The statement of a thread page without filters rendered by Postgres (the list a client
+    calls most), built once as :func:`_shaped_page` builds the message pages: its values are
+    bound parameters (``grant_id``, ``limit``, ``after_at``, ``after_id``) given when it runs,
+    and a statement made once keeps its cache key (building and keying a fresh one was about
+    a third of the API's CPU for such a page)."""
+    grant_id: Any = bindparam("grant_id", type_=Thread.grant_id.type)
+    limit: Any = bindparam("limit", type_=Integer)
+    query = list_threads_query(grant_id, MessageFilter(), limit, None)
+    if cursor:
+        position = tuple_(
+            bindparam("after_at", type_=Thread.latest_message_at.type),
+            bindparam("after_id", type_=Thread.id.type),
+        )
+        query = query.where(tuple_(Thread.latest_message_at, Thread.id) < position)
+    page = thread_json_select(query.subquery("page"))
+    if grant_status:
+        page = page.add_columns(grant_status_select(grant_id).label("grant_status"))
+    return page
+
+
+@cache
+def _page_members() -> Any:
+    """The messages of each thread of the ``page`` subquery, as a LATERAL subquery built once
+    (a fresh one cost a fifth of a threads page's CPU in SQLAlchemy's column bookkeeping)."""
+    return members_select(Message.thread_id == literal_column("page.id")).lateral("members")
+
+
+@dataclass
+class ThreadPage:
+    """A thread of a list page with its messages, oldest first (rows as
+    :func:`thread_members` reads them, with ``is_draft``)."""
+
+    id: str
+    grant_id: str
+    subject: str
+    latest_message_at: datetime
+    messages: list[Any]  # rows of members_select
+    json: str | None = None  # the API view rendered by Postgres (list_threads' as_json)
+    grant_status: str | None = None  # the grant's (list_threads' grant_status)
+    folders_found: int | None = None  # of the folders of `in` (MessageFilter.folders_unchecked)
+
+
+def get_thread(session: Session, grant_id: str, thread_id: str) -> Thread | None:
+    """One thread of a grant (None when absent or not a UUID)."""
+    if not is_uuid(thread_id):
+        return None
+    return session.scalar(select(Thread).where(Thread.id == thread_id, Thread.grant_id == grant_id))
+
+
+def messages_of_threads(session: Session, thread_ids: Sequence[str]) -> dict[str, list[Message]]:
+    """Every message of each thread, oldest first, without bodies and headers (loaded lazily)."""
+    out: dict[str, list[Message]] = {tid: [] for tid in thread_ids}
+    if not thread_ids:
+        return out
+    rows = session.scalars(
+        select(Message)
+        .options(defer(Message.body), defer(Message.headers))
+        .where(Message.thread_id.in_(thread_ids))
+        .order_by(Message.thread_id, Message.date, Message.id)
+    )
+    for message in rows:
+        out.setdefault(str(message.thread_id), []).append(message)
+    return out
