@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -21,7 +20,7 @@ from fastapi import Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, Select, bindparam, func, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.api.auth import KeyRing
@@ -31,7 +30,7 @@ from pipeline.api.params import read_query
 from pipeline.config import Settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.grants.interactive import kick_webhooks
-from pipeline.grants.repository import GrantRepository
+from pipeline.grants.repository import GrantRepository, grant_id_and_status
 from pipeline.grants.service import enqueue_sync_after_commit
 from pipeline.imap.connections import SessionPool
 from pipeline.limits import RateLimiter
@@ -221,7 +220,7 @@ def grant_of(db: Session, grant_id: str) -> Grant:
     Raises:
         ApiError: 404 when it was deleted meanwhile.
     """
-    grant = db.get(Grant, grant_id)
+    grant = GrantRepository(db).get(grant_id)
     if grant is None:
         raise no_grant(grant_id)
     return grant
@@ -266,14 +265,6 @@ def check_folded_grant(conn: Connection, identifier: str, status: str | None) ->
         raise expired(identifier.lower())
 
 
-@cache
-def _live_grant_select(by_email: bool) -> Select[Any]:
-    """The id and status of a grant by id or by address, built once (bound per request)."""
-    grants = Grant.__table__
-    key = func.lower(grants.c.email) if by_email else grants.c.id
-    return select(grants.c.id, grants.c.grant_status).where(key == bindparam("key"))
-
-
 def live_grant_id(conn: Connection, identifier: str) -> str:
     """The id of the live grant a path names, as :func:`live_grant` judges it, read with one
     Core statement (no ORM object: the list endpoints need only the id).
@@ -286,9 +277,9 @@ def live_grant_id(conn: Connection, identifier: str) -> str:
     if located is not None:
         kind, value = located
         if kind == "email":
-            row = conn.execute(_live_grant_select(True), {"key": value.strip().lower()}).first()
+            row = grant_id_and_status(conn, email=value)
         elif is_uuid(value):
-            row = conn.execute(_live_grant_select(False), {"key": value}).first()
+            row = grant_id_and_status(conn, grant_id=value)
     if row is None:
         raise no_grant(identifier)
     if row.grant_status == "invalid":

@@ -11,10 +11,7 @@ grouping work as for any filter.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from sqlalchemy import ColumnElement, any_, cast
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import Session
 
 from pipeline.api.deps import ApiState
@@ -22,13 +19,6 @@ from pipeline.api.errors import invalid_request
 from pipeline.grants.interactive import grant_imap
 from pipeline.models import Grant
 from pipeline.search import criteria, server, store
-
-
-def _in_ids(ids: list[str]) -> store.Condition:
-    def build(m: Any) -> ColumnElement[bool]:
-        return m.id == any_(cast(ids, ARRAY(UUID(as_uuid=False))))  # type: ignore[no-any-return]
-
-    return build
 
 
 def needs_server(query: str | None) -> bool:
@@ -73,7 +63,7 @@ def native_search(
             f"than {server.MAX_FOLDERS} folders; name the folders to search with `in`."
         )
     if not folders:
-        return _in_ids([])
+        return store.in_ids([])
     with grant_imap(db, api, grant, ops=2 * len(folders)) as imap:
         try:
             found = server.search_uids(imap, folders, node, deadline_s=server.SEARCH_DEADLINE_S)
@@ -84,4 +74,4 @@ def native_search(
             ) from exc
         except criteria.CriteriaError as exc:
             raise invalid_request(f"search_query_native: {exc}") from exc
-    return _in_ids(server.message_ids(db, found))
+    return store.in_ids(server.message_ids(db, found))

@@ -1,20 +1,17 @@
 """Threads: list, get, update (every message, on the server first) and delete (to Trash).
 
-A thread's flags and lists are computed from its messages: unread or starred if any message is,
-participants are everyone in From/To/Cc/Bcc (first spelling of each address wins, ASCII letters
-compared without case: ``pipeline.messages.filters.participant_key``), folders the union
-of its messages' folders.
-Lists are newest first by the latest message, keyset-paginated.
+A thread's view is computed from its messages (:mod:`pipeline.threads.views`), or rendered by
+Postgres for a list page with every field (:mod:`pipeline.threads.rendered`). Lists are newest
+first by the latest message, keyset-paginated (:mod:`pipeline.threads.queries`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from pipeline.api.deps import (
@@ -35,76 +32,17 @@ from pipeline.api.filters import MAX_UNIX_S, FilterParams, from_unix, message_fi
 from pipeline.api.messages import apply_select, checked_page, parse_select
 from pipeline.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from pipeline.api.params import openapi_parameters
-from pipeline.messages import filters as message_filters
 from pipeline.messages import service as message_service
 from pipeline.messages.placements import PlacementRepository
-from pipeline.messages.views import message_view, unix
 from pipeline.models import Grant, Message, Thread
 from pipeline.threads import queries as thread_queries
-from pipeline.threads import rendered as thread_rendered
+from pipeline.threads.views import thread_view, thread_views
 
 router = APIRouter(tags=["threads"])
 # The list, a client's most frequent call, on a router of its own that the app matches first
 # (pipeline.api.app): matching a path walks the included routers in order, and reaching this
 # route past all the others was a fifth of the API process's CPU per page
 lists = APIRouter(tags=["threads"])
-
-
-def _participants(messages: list[Row[Any]]) -> list[dict[str, str]]:
-    seen: dict[str, dict[str, str]] = {}
-    for m in messages:
-        for person in [*m.from_, *m.to, *m.cc, *m.bcc]:
-            key = message_filters.participant_key(str(person.get("email", "")))
-            if key and key not in seen:
-                seen[key] = {"name": person.get("name", ""), "email": person.get("email", "")}
-    return list(seen.values())
-
-
-def thread_view(
-    thread_id: str, grant_id: str, subject: str, messages: list[Row[Any]]
-) -> dict[str, Any]:
-    """A thread in the Nylas v3 shape, computed from its messages (oldest first, rows as
-    :func:`pipeline.threads.rendered.thread_members` reads them)."""
-    latest = messages[-1] if messages else None
-    thread_folders = sorted({f for m in messages for f in m.folders or ()})
-    draft_ids = [m.id for m in messages if m.is_draft]  # a thread's drafts are not messages
-    return {
-        "id": thread_id,
-        "grant_id": grant_id,
-        "object": "thread",
-        "subject": latest.subject if latest else subject,
-        "snippet": latest.snippet if latest else "",
-        "message_ids": [m.id for m in messages if not m.is_draft],
-        "draft_ids": draft_ids,
-        "has_drafts": bool(draft_ids),
-        "participants": _participants(messages),
-        "unread": any(m.unread for m in messages),
-        "starred": any(m.starred for m in messages),
-        "has_attachments": any(m.has_attachments for m in messages),
-        "folders": thread_folders,
-        "earliest_message_date": unix(messages[0].date) if messages else None,
-        "latest_message_received_date": unix(latest.date) if latest else None,
-        "latest_message_sent_date": unix(latest.date) if latest else None,
-        "latest_draft_or_message": (
-            {
-                **message_view(
-                    # a row with every column attribute of a message: all it reads
-                    cast(Message, latest),
-                    sorted(latest.folders) if latest.folders else [],
-                    latest.attachments or [],
-                ),
-                "object": "draft" if latest.is_draft else "message",
-            }
-            if latest
-            else None
-        ),
-    }
-
-
-def thread_views(db: Session, threads: list[Thread]) -> list[dict[str, Any]]:
-    """Threads in the Nylas v3 shape, computed from their messages (one query for all)."""
-    members = thread_rendered.thread_members(db.connection(), [t.id for t in threads])
-    return [thread_view(t.id, t.grant_id, t.subject, members.get(t.id, [])) for t in threads]
 
 
 class _ThreadPage(BaseModel):

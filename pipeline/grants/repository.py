@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Connection, Row, Select, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import Grant
@@ -117,6 +119,26 @@ class GrantRepository:
             query = query.where(Grant.grant_status == status)
         query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
         return list(self.session.scalars(query))
+
+
+@cache
+def _id_and_status_select(by_email: bool) -> Select[Any]:
+    """The id and status of a grant by id or by address, built once (bound per call)."""
+    grants = Grant.__table__
+    key = func.lower(grants.c.email) if by_email else grants.c.id
+    return select(grants.c.id, grants.c.grant_status).where(key == bindparam("key"))
+
+
+def grant_id_and_status(
+    conn: Connection, *, grant_id: str | None = None, email: str | None = None
+) -> Row[Any] | None:
+    """A grant's ``id`` and ``grant_status`` by id (a UUID) or by address (any case), read
+    with one Core statement on a plain connection (no ORM object: the API's lists need only
+    the id and whether the grant is live). None: no such grant."""
+    if email is not None:
+        values = {"key": email.strip().lower()}
+        return conn.execute(_id_and_status_select(True), values).first()
+    return conn.execute(_id_and_status_select(False), {"key": grant_id}).first()
 
 
 def _looks_like_uuid(value: str) -> bool:

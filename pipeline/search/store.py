@@ -43,7 +43,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import Text as TextType
 
@@ -66,6 +66,15 @@ from pipeline.search.tables import message_search
 STORE_TEXT_FIELDS = frozenset({"from", "to", "cc", "bcc", "subject"})
 
 Condition = Callable[[Any], ColumnElement[bool]]
+
+
+def in_ids(ids: list[str]) -> Condition:
+    """The condition of messages whose id is one of ``ids`` (those a server's search found)."""
+
+    def build(m: Any) -> ColumnElement[bool]:
+        return m.id == any_(cast(ids, ARRAY(UUID(as_uuid=False))))  # type: ignore[no-any-return]
+
+    return build
 
 
 def answerable(node: Node) -> bool:
