@@ -7,12 +7,14 @@ One payload builder per object, whoever makes the change:
 - :func:`messages` (``message.created`` / ``message.updated``) and :func:`messages_deleted`
   (``message.deleted``): the sync (:mod:`pipeline.sync`), the write-back of changes made through
   the API (:mod:`pipeline.messages.service`), a sent message's copy
-  (:mod:`pipeline.outbound.deliver`);
+  (:mod:`pipeline.outbound.sent_copy`);
 - :func:`folder` (``folder.created`` / ``updated`` / ``deleted``): folder discovery, a reindex
   switch, folders created, renamed or deleted through the API (:mod:`pipeline.folders.service`);
 - :func:`grant` (``grant.created`` / ``updated`` / ``expired`` / ``deleted`` /
   ``imap_sync_completed``): grant sign-in and removal (:mod:`pipeline.grants.service`), the
-  UIDVALIDITY stop rule (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync.
+  UIDVALIDITY stop rule (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync;
+- :func:`send_result` (``message.send_success`` / ``message.send_failed``): the outcome of a
+  scheduled send (:mod:`pipeline.outbound.deliver`, :mod:`pipeline.outbound.sent_copy`).
 
 Rules (Nylas v3 semantics): nothing for mail found by the initial (historical) sync or by a
 reindex, nothing for mail that arrived while a grant was out of service for more than
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from pipeline.folders.repository import FolderRepository
@@ -101,3 +105,47 @@ def grant(session: Session, type_: str, row: Grant, *, reauthenticated: bool = F
     obj = grant_notification(type_, row, reauthenticated=reauthenticated)
     emit(session, grant_id=row.id, type=type_, obj=obj, subject_id=row.id)
     return 1
+
+
+def send_result(
+    db: Session,
+    row: Row[Any],
+    *,
+    message_id: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> None:
+    """Emit ``message.send_success`` (no ``error``) or ``message.send_failed`` for a scheduled
+    send (Nylas sends them only for messages sent with ``send_at``), in the caller's
+    transaction. The object is the stored Sent copy (``message_id``) or else the message as
+    composed, with ``schedule_id``, ``send_at`` and ``use_draft`` (when true); a success's
+    object has no ``body``, as Nylas leaves it out (``snippet`` stays)."""
+    if row.send_at is None:
+        return
+    obj: dict[str, Any] | None = None
+    if message_id is not None:
+        repo = MessageRepository(db)
+        folders = repo.current_folder_ids([message_id])
+        for message, attachments in repo.with_attachments([message_id]):
+            obj = message_view(
+                message, folders.get(message.id, []), [attachment_view(a) for a in attachments]
+            )
+    if obj is None:
+        obj = dict(row.request or {})
+    obj.update(object="message", grant_id=row.grant_id, schedule_id=row.id)
+    obj["send_at"] = int(row.send_at.timestamp())
+    if row.use_draft:
+        obj["use_draft"] = True
+    data: dict[str, Any] = {"grant_id": row.grant_id}
+    if error is None:
+        obj.pop("body", None)
+        type_ = "message.send_success"
+    else:
+        type_ = "message.send_failed"
+        reason = str(error.get("message", "The send failed."))
+        data["reason"] = reason
+        data["error"] = {
+            "type": str(error.get("type", "api_error")),
+            "message": reason,
+            "status_code": int(error.get("status", 500)),
+        }
+    emit(db, grant_id=row.grant_id, type=type_, obj=obj, subject_id=row.id, data=data)

@@ -26,8 +26,8 @@ from pipeline.errors import ImapError, RequestError
 from pipeline.grants.interactive import Interactive, grant_imap
 from pipeline.models import Grant
 from pipeline.outbound.compose import Outgoing, outbox_row
-from pipeline.outbound.deliver import with_bcc
 from pipeline.outbound.outbox import OutboxRepository
+from pipeline.outbound.sent_copy import with_bcc
 
 log = logging.getLogger(__name__)
 
