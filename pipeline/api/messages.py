@@ -53,6 +53,7 @@ from pipeline.drafts import repository as drafts_repository
 from pipeline.messages import metadata
 from pipeline.messages import queries as message_queries
 from pipeline.messages import service as message_service
+from pipeline.messages.repository import MessageRepository
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
 
@@ -306,7 +307,7 @@ def _page_rows(
 
 def path_message(db: Session, grant: Grant, message_id: str) -> Message:
     """The grant's message named in the path, or a 404."""
-    message = message_queries.get_message(db, grant.id, message_id)
+    message = MessageRepository(db).get(grant.id, message_id)
     if message is None:
         raise not_found(f"No message {message_id!r} in this grant.")
     return message

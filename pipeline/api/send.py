@@ -42,7 +42,7 @@ from starlette.datastructures import FormData, UploadFile
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
 from pipeline.api.messages import Fields, message_views
-from pipeline.messages import queries as message_queries
+from pipeline.messages.repository import MessageRepository
 from pipeline.models import Grant
 from pipeline.outbound import sending
 from pipeline.outbound.compose import (
@@ -117,7 +117,7 @@ def _answer(api: ApiState, grant_id: str, row: Row[Any], fields: str) -> tuple[i
         elif row.state == "sent":
             view = dict(row.request)
             message = (
-                message_queries.get_message(db, grant_id, row.stored_message_id)
+                MessageRepository(db).get(grant_id, row.stored_message_id)
                 if row.stored_message_id
                 else None
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -11,6 +10,7 @@ from sqlalchemy import Connection, Row, Select, bindparam, delete, func, select,
 from sqlalchemy.orm import Session
 
 from pipeline.models import Grant
+from pipeline.pages import is_uuid
 
 
 class GrantRepository:
@@ -21,13 +21,13 @@ class GrantRepository:
 
     def get(self, grant_id: str) -> Grant | None:
         """A grant by id (None if absent or not a UUID)."""
-        if not _looks_like_uuid(grant_id):
+        if not is_uuid(grant_id):
             return None
         return self.session.get(Grant, grant_id)
 
     def get_many(self, grant_ids: Sequence[str]) -> dict[str, Grant]:
         """The grants of ``grant_ids`` that exist, by id (one query)."""
-        ids = [g for g in grant_ids if _looks_like_uuid(g)]
+        ids = [g for g in grant_ids if is_uuid(g)]
         if not ids:
             return {}
         return {g.id: g for g in self.session.scalars(select(Grant).where(Grant.id.in_(ids)))}
@@ -139,11 +139,3 @@ def grant_id_and_status(
         values = {"key": email.strip().lower()}
         return conn.execute(_id_and_status_select(True), values).first()
     return conn.execute(_id_and_status_select(False), {"key": grant_id}).first()
-
-
-def _looks_like_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True

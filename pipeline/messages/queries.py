@@ -425,15 +425,6 @@ def list_message_objects(
     return list(session.scalars(query))
 
 
-def get_message(session: Session, grant_id: str, message_id: str) -> Message | None:
-    """One message of a grant (None when absent or not a UUID)."""
-    if not is_uuid(message_id):
-        return None
-    return session.scalar(
-        select(Message).where(Message.id == message_id, Message.grant_id == grant_id)
-    )
-
-
 def folder_ids_of(session: Session, message_ids: Sequence[str]) -> dict[str, list[str]]:
     """The folders holding each message: message id -> folder ids (sorted)."""
     out: dict[str, list[str]] = {mid: [] for mid in message_ids}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from pipeline.models import Attachment, Folder, Message, Placement, SyncFailure, Thread
+from pipeline.pages import is_uuid
 
 
 def text_key(value: str) -> str:
@@ -53,9 +53,7 @@ class MessageRepository:
     # --- one message --------------------------------------------------------------------------
     def get(self, grant_id: str, message_id: str) -> Message | None:
         """One message of a grant (None when absent or not a UUID)."""
-        try:
-            uuid.UUID(message_id)
-        except ValueError:
+        if not is_uuid(message_id):
             return None
         return self.session.scalar(
             select(Message).where(Message.id == message_id, Message.grant_id == grant_id)
