@@ -32,7 +32,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.sync.run import SyncOutcome, sync_folder
-from pipeline.sync.state import FolderState, GrantSyncState
+from pipeline.sync.state import FolderState, GrantSyncState, grant_syncs
 from workers import chunks, enqueue, folder_queue
 from workers.base import TRANSIENT, grant_session
 from workers.resources import (
@@ -315,11 +315,7 @@ def _may_continue(grant_id: str) -> bool:
     """The grant still syncs and may spend one more operation token."""
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-        if (
-            grant is None
-            or grant.grant_status != "valid"
-            or grant.sync_state == GrantSyncState.STOPPED
-        ):
+        if not grant_syncs(grant):
             return False
         wait = limiter_for_process().try_ops(grant.provider, grant.imap_host, grant.id)
     return wait <= 0

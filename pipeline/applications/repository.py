@@ -12,14 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from pipeline.applications.tables import auth_codes, redirect_uris
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+from pipeline.pages import is_uuid
 
 
 class ApplicationRepository:
@@ -52,7 +45,7 @@ class ApplicationRepository:
 
     def redirect_uri(self, redirect_uri_id: str) -> dict[str, Any] | None:
         """One registered redirect URI by id."""
-        if not _is_uuid(redirect_uri_id):
+        if not is_uuid(redirect_uri_id):
             return None
         row = (
             self.session.execute(select(redirect_uris).where(redirect_uris.c.id == redirect_uri_id))
@@ -63,7 +56,7 @@ class ApplicationRepository:
 
     def delete_redirect_uri(self, redirect_uri_id: str) -> bool:
         """Unregister a redirect URI; False when there was none."""
-        if not _is_uuid(redirect_uri_id):
+        if not is_uuid(redirect_uri_id):
             return False
         result = self.session.execute(
             delete(redirect_uris).where(redirect_uris.c.id == redirect_uri_id)

@@ -52,6 +52,10 @@ A grant's ``sync_state`` follows its folders::
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING, TypeGuard
+
+if TYPE_CHECKING:
+    from pipeline.models import Grant
 
 
 class FolderState(StrEnum):
@@ -120,3 +124,13 @@ def run_state(
     if state in (FolderState.PENDING, FolderState.FAILED):
         return FolderState.SYNCING
     return state
+
+
+def grant_syncs(grant: Grant | None) -> TypeGuard[Grant]:
+    """The grant exists, its login works (``grant_status`` valid) and it is not stopped: work
+    for it may go on (a task that finds otherwise does nothing)."""
+    return (
+        grant is not None
+        and grant.grant_status == "valid"
+        and grant.sync_state != GrantSyncState.STOPPED
+    )

@@ -11,7 +11,6 @@ The plaintext secret exists only in the answer to :meth:`WebhookService.create` 
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.grants.views import GRANT_NOTIFICATION_CODES, grant_notification
 from pipeline.models import Grant, new_id
+from pipeline.pages import is_uuid
 from pipeline.webhooks import payloads, repository, ssrf
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
@@ -257,7 +257,7 @@ class WebhookService:
         Raises:
             WebhookNotFound: no destination with that id.
         """
-        if not _is_uuid(destination_id) or not repository.delete_destination(
+        if not is_uuid(destination_id) or not repository.delete_destination(
             session, destination_id
         ):
             raise WebhookNotFound(f"No webhook destination with id {destination_id!r}.")
@@ -352,9 +352,7 @@ class WebhookService:
 
     def _load(self, session: Session, destination_id: str) -> WebhookDestination:
         destination = (
-            repository.get_destination(session, destination_id)
-            if _is_uuid(destination_id)
-            else None
+            repository.get_destination(session, destination_id) if is_uuid(destination_id) else None
         )
         if destination is None:
             raise WebhookNotFound(
@@ -372,11 +370,3 @@ def _check_trigger_type(trigger_type: str) -> None:
             f"Unknown trigger type {trigger_type!r}; "
             f"known: {', '.join(sorted(ACCEPTED_TRIGGER_TYPES))}."
         )
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True

@@ -58,7 +58,7 @@ from pipeline.maintenance.sweep import (
 )
 from pipeline.presets import preset
 from pipeline.redis import folder_lock_key
-from pipeline.sync.state import GrantSyncState
+from pipeline.sync.state import grant_syncs
 from workers import enqueue, grant_work
 from workers.app import app
 from workers.base import PipelineTask, grant_session, reschedule_countdown, skipped
@@ -246,11 +246,7 @@ def discover_grant_task(grant_id: str) -> dict[str, Any]:
             return {"skipped": "a discovery of this grant is running"}
         with sessions().begin() as db:
             grant = GrantRepository(db).get(grant_id)
-        if (
-            grant is None
-            or grant.grant_status != "valid"
-            or grant.sync_state == GrantSyncState.STOPPED
-        ):
+        if not grant_syncs(grant):
             return {"skipped": "grant not active"}
         if grant.initial_sync_completed_at is None:
             return {"skipped": "initial sync running"}  # its grant sync discovers

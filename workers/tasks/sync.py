@@ -41,7 +41,7 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
 from pipeline.sync.plan import discover_folders
-from pipeline.sync.state import GrantSyncState
+from pipeline.sync.state import GrantSyncState, grant_syncs
 from workers import enqueue, folder_queue, folder_runs
 from workers.app import app
 from workers.base import FolderSyncTask, GrantSyncTask, grant_session
@@ -122,7 +122,7 @@ def _sync_grant(grant_id: str) -> None:
     """
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
-    if grant is None or grant.grant_status != "valid" or grant.sync_state == GrantSyncState.STOPPED:
+    if not grant_syncs(grant):
         return
     try:
         imap = grant_session(grant)
