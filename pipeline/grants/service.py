@@ -335,7 +335,7 @@ def create_grant(
         policy: Check the IMAP host with :mod:`pipeline.netguard` and log in at the checked
             address (hosts named by users: the API and the hosted page). None: hosts named by
             the operator (CLI, the Celery task), not checked. (The SMTP host is checked when a
-            send connects to it, :func:`pipeline.api.send.smtp_send`.)
+            send connects to it, :meth:`pipeline.outbound.smtp.SmtpConnection.open`.)
         grant: The grant to change (``PATCH /v3/grants/{id}`` with the API key,
             ``grants add --replace``): it takes the request's settings whatever they are.
             None: the address's grant, if any, is re-authenticated only when the request names
