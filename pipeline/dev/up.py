@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -52,6 +52,10 @@ from pipeline.dev.processes import child_preexec, hold_signals
 from pipeline.dev.roles import PROCFILE, Role, RoleLog, read_procfile
 from pipeline.errors import PipelineError, ServiceError
 from pipeline.metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from pipeline.dev.postgres import EmbeddedPostgres
+    from pipeline.dev.redis import EmbeddedRedis
 
 ROLE_STOP_TIMEOUT_S = 10.0  # a Celery warm shutdown finishes running tasks; then SIGKILL
 ROLE_KILL_WAIT_S = 5.0
@@ -283,38 +287,44 @@ class _Up:
         from pipeline.dev.redis import EmbeddedRedis
 
         pg = EmbeddedPostgres(self.data_dir / "postgres", self.settings.embedded_postgres_port)
-        configured = self.settings.database_url
-        if configured and configured != pg.url and _postgres_reachable(configured):
-            self.services.database_url = configured
-            self.services.notes["postgres"] = "configured (IMAP_PIPELINE_DATABASE_URL)"
-        else:
-            if configured and configured != pg.url:
-                self.say(
-                    f"warning: IMAP_PIPELINE_DATABASE_URL ({redact_url(configured)}) is not "
-                    "reachable; starting an embedded Postgres instead.",
-                    "yellow",
-                )
-            self.say(f"starting an embedded Postgres on {LOCALHOST}:{pg.port} …")
-            self.stack.enter_context(pg)
-            self.services.database_url = pg.url
-            self.services.notes["postgres"] = f"embedded, data in {pg.folder}"
-
+        self.services.database_url = self._configured_or_embedded(
+            "Postgres",
+            "DATABASE_URL",
+            self.settings.database_url,
+            _postgres_reachable,
+            pg,
+            pg.folder,
+        )
         rd = EmbeddedRedis(self.data_dir / "redis", self.settings.embedded_redis_port)
-        configured = self.settings.redis_url
-        if configured and configured != rd.url and _redis_reachable(configured):
-            self.services.redis_url = configured
-            self.services.notes["redis"] = "configured (IMAP_PIPELINE_REDIS_URL)"
-        else:
-            if configured and configured != rd.url:
-                self.say(
-                    f"warning: IMAP_PIPELINE_REDIS_URL ({redact_url(configured)}) is not "
-                    "reachable; starting an embedded Redis instead.",
-                    "yellow",
-                )
-            self.say(f"starting an embedded Redis on {LOCALHOST}:{rd.port} …")
-            self.stack.enter_context(rd)
-            self.services.redis_url = rd.url
-            self.services.notes["redis"] = f"embedded, data in {rd.data_dir}"
+        self.services.redis_url = self._configured_or_embedded(
+            "Redis", "REDIS_URL", self.settings.redis_url, _redis_reachable, rd, rd.data_dir
+        )
+
+    def _configured_or_embedded(
+        self,
+        name: str,
+        variable: str,
+        configured: str | None,
+        reachable: Callable[[str], bool],
+        embedded: EmbeddedPostgres | EmbeddedRedis,
+        folder: Path,
+    ) -> str:
+        """The URL of the configured server when it answers, else of ``embedded``, started (and
+        stopped with ``up``); the choice is noted for the summary."""
+        note = name.lower()
+        if configured and configured != embedded.url and reachable(configured):
+            self.services.notes[note] = f"configured (IMAP_PIPELINE_{variable})"
+            return configured
+        if configured and configured != embedded.url:
+            self.say(
+                f"warning: IMAP_PIPELINE_{variable} ({redact_url(configured)}) is not "
+                f"reachable; starting an embedded {name} instead.",
+                "yellow",
+            )
+        self.say(f"starting an embedded {name} on {LOCALHOST}:{embedded.port} …")
+        self.stack.enter_context(embedded)
+        self.services.notes[note] = f"embedded, data in {folder}"
+        return embedded.url
 
     def _ensure_key(self) -> None:
         if self.settings.encryption_keys is None and _create_secret_file(
