@@ -1,8 +1,10 @@
 """The folder sync state machine on a fake IMAP session and the real store (Postgres).
 
-No mail server: :mod:`tests.support.fake_session` plays the account, so each test runs in
-milliseconds beyond its database. What a real server does differently (Dovecot, Cyrus,
-Courier, hostile ones) is tested in the other sync tests of tests/integration.
+No mail server: :mod:`tests.support.fake_session` plays the account, and the store is the
+session's one database with each test in a transaction rolled back at its end
+(:mod:`tests.support.rollback`; the run's own commits are savepoint releases), so each test runs
+in milliseconds. What a real server does differently (Dovecot, Cyrus, Courier, hostile ones) is
+tested in the sync tests of tests/integration.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
-from pipeline.crypto import generate_key
-from pipeline.db import sessionmaker_for
 from pipeline.errors import ImapProtocolError
 from pipeline.imap import ImapSession
 from pipeline.models import Folder, Grant, Message, SyncFailure
@@ -28,6 +28,7 @@ from pipeline.sync.state import FolderState, GrantSyncState
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.fake_session import FakeMailbox
 from tests.support.mail import make_message
+from tests.support.rollback import offline_settings
 from tests.support.store import offline_grant
 
 pytestmark = pytest.mark.services
@@ -95,18 +96,13 @@ class Account:
 
 
 @pytest.fixture
-def account(database_url: str) -> Iterator[Account]:
-    settings = Settings(
-        database_url=database_url,
-        encryption_keys=generate_key(),  # type: ignore[arg-type]
-        sync_batch_size=2,
-        orphan_grace_s=0,
-    )
-    grant_id, _ = offline_grant(database_url, "fake", folders=())
+def account(pg_sessions: sessionmaker[Session]) -> Iterator[Account]:
+    settings = offline_settings(sync_batch_size=2, orphan_grace_s=0)
+    grant_id, _ = offline_grant(pg_sessions, "fake", folders=())
     mailbox = FakeMailbox()
     mailbox.add_folder("INBOX", role="inbox")
     mailbox.add_folder("Sent", role="sent")
-    yield Account(settings, sessionmaker_for(database_url), grant_id, mailbox)
+    yield Account(settings, pg_sessions, grant_id, mailbox)
 
 
 def deliver(account: Account, subject: str, **kwargs: Any) -> int:
@@ -163,7 +159,7 @@ def test_new_mail_is_fetched_from_uidnext_and_notified(account: Account) -> None
 
 
 @pytest.mark.parametrize("server", ["plain", "condstore", "qresync"])
-def test_a_flag_change_is_message_updated(database_url: str, account: Account, server: str) -> None:
+def test_a_flag_change_is_message_updated(account: Account, server: str) -> None:
     account.mailbox.condstore = server != "plain"
     account.mailbox.qresync = server == "qresync"
     uid = deliver(account, "to read")
