@@ -7,7 +7,7 @@ a send now or a delete cancels it. A change of a draft holds its lock (:func:`lo
 Postgres advisory lock on the draft's id, in a transaction of its own), so a second change
 starts from the server copy and row the first left.
 
-Errors: :class:`DraftBusy` (the API answers 409 ``conflict``) when another change holds the
+Errors: :class:`DraftBusy` (the API answers 409 ``conflict_error``) when another change holds the
 draft too long or its scheduled send has started; :class:`~pipeline.errors.NotFound` and
 :class:`~pipeline.errors.InvalidRequest` with the texts the API answers.
 """

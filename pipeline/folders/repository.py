@@ -66,7 +66,7 @@ class FolderRepository:
         return self.session.scalar(
             select(Folder)
             .where(Folder.grant_id == grant_id, Folder.role == role)
-            .order_by(Folder.name)
+            .order_by(Folder.name, Folder.id)
             .limit(1)
         )
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.drafts.repository import drafts_folders
 from pipeline.errors import ImapError, RequestError
+from pipeline.folders.repository import FolderRepository
 from pipeline.grants.interactive import Interactive, grant_imap
 from pipeline.models import Grant
 from pipeline.outbound.compose import Outgoing, outbox_row
@@ -32,6 +32,7 @@ from pipeline.outbound.sent_copy import with_bcc
 log = logging.getLogger(__name__)
 
 SETTLED_STATES = ("sent", "failed", "cancelled")
+DRAFTS_ROLE = "drafts"  # the folder a ``use_draft`` send waits in (as pipeline.drafts names it)
 
 
 class Sender(Interactive, Protocol):
@@ -73,13 +74,13 @@ def _keep_in_drafts(db: Session, sender: Sender, grant: Grant, out: Outgoing) ->
     Nylas keeps it on the provider), where the user's mail clients show it. The worker removes
     it once sent; a cancelled send leaves it there. The outbox row is what gets sent: a
     failure here only loses the Drafts copy."""
-    folders = drafts_folders(db, grant.id)
-    if not folders:
+    drafts = FolderRepository(db).by_role(grant.id, DRAFTS_ROLE)
+    if drafts is None:
         return
     try:
         with grant_imap(db, sender, grant, ops=1) as imap:
             imap.append(
-                folders[0].raw_name,
+                drafts.raw_name,
                 with_bcc(out.raw, out.bcc),
                 flags=["\\Draft", "\\Seen"],
                 when=datetime.now(UTC),

@@ -110,7 +110,7 @@ def test_headers_are_safe() -> None:
         (NotFound("x"), 404, "not_found_error"),
         (RateLimited("x", 1.0), 429, "rate_limit_error"),
         (DraftNotReadBack("x"), 502, "provider_error"),
-        (DraftBusy("x"), 409, "conflict"),
+        (DraftBusy("x"), 409, "conflict_error"),
     ],
 )
 def test_pipeline_errors_map_to_v3_types(error: Exception, status: int, type_: str) -> None:
