@@ -10,7 +10,7 @@ mail client saved is listed too). The server is changed first and what it holds 
 - update: read the server's copy, apply the fields given (a field left out keeps its value;
   ``attachments`` given replace the files), APPEND the new version with the same Message-ID,
   then expunge the old one; the row is rewritten in place, so the draft id stays the same;
-- send (here): read the server's copy, send it through :func:`pipeline.api.send.send_now`
+- send (here): read the server's copy, send it through :func:`pipeline.outbound.submit.send_now`
   (SMTP, then the copy in Sent), then expunge the draft;
 - destroy: expunge it (a draft is not moved to Trash);
 - ``send_at`` (create, update): a scheduled send of the draft's content in the outbox, kept in
@@ -63,7 +63,7 @@ from pipeline.messages import metadata
 from pipeline.messages import queries as message_queries
 from pipeline.messages.views import attachment_view, message_view
 from pipeline.models import Grant, Message
-from pipeline.outbound import compose
+from pipeline.outbound import compose, submit
 from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,10 @@ def _send(db: Session, api: ApiState, grant: Grant, draft: Message, fields: str)
     # or when the draft could not be removed) gets the first send's answer, never a second mail.
     key = f"draft:{draft.id}:{draft.header_hash}"
     try:
-        view = send.send_now(db, api, grant, req, files, fields, key=key)
+        out = compose.prepare(db, grant, req, files, fields)
+        view = submit.send_now(
+            db, api, grant, out, key, wait_s=api.settings.send_wait_s, fields=fields
+        )
     except RequestError:  # what compose refused, or the send failed with
         db.rollback()
         if OutboxRepository(db).release_key(grant.id, key):  # refused for certain: may retry

@@ -8,7 +8,8 @@ with one of the Nylas v3 types::
     not_found_error         404  unknown grant, message, folder, thread, attachment, route
     method_not_allowed      405  a known path with an unsupported method
     conflict_error          409  a sign-in names an address connected with another server or
-                                 username (pipeline.grants.service: the takeover rule)
+                                 username (pipeline.grants.service: the takeover rule); a
+                                 draft another change holds, or whose scheduled send started
     request_too_large       413  a body over the configured limit
     rate_limit_error        429  the provider throttled us, or the account's own limits (a
                                  connection slot, a login or operation token) answer later:
@@ -51,6 +52,7 @@ from pipeline.errors import (
     ServiceError,
 )
 from pipeline.limits import RateLimited
+from pipeline.outbound.submit import KeyReused, SendRefused
 from pipeline.webhooks.errors import ChallengeFailed, InvalidWebhookRequest, WebhookNotFound
 
 log = logging.getLogger(__name__)
@@ -116,10 +118,14 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return invalid_request(message)
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, SendRefused):
+        return ApiError(exc.status, exc.type, message)
+    if isinstance(exc, KeyReused):
+        return ApiError(409, "api.invalid_idempotent_request", message)
     if isinstance(exc, DraftNotReadBack):
         return ApiError(502, "provider_error", message)
     if isinstance(exc, DraftBusy):
-        return ApiError(409, "conflict", message)
+        return ApiError(409, "conflict_error", message)
     if isinstance(exc, RateLimited):  # no token or connection slot now: retry after the wait
         return rate_limited(message, exc.retry_after_s)
     if isinstance(exc, GrantConflict):

@@ -8,11 +8,13 @@ worker sends it (:mod:`pipeline.outbound.deliver`) over a reused SMTP connection
 copy in Sent.
 
 An immediate send waits for the worker's outcome (polling the row, at most
-``IMAP_PIPELINE_SEND_WAIT_S``) and answers as before: the sent message with its id, or the
-error the SMTP server caused. If the deadline passes first the answer is ``202`` with the
-composed message and its ``schedule_id`` (``GET .../messages/schedules/{id}`` follows it): the
-row stays queued and is sent once, whatever the client does next. A send with ``send_at`` is
-answered at once with its ``schedule_id``.
+``IMAP_PIPELINE_SEND_WAIT_S``; what it came to and the answer kept for its key are decided by
+:mod:`pipeline.outbound.submit`, which the route renders) and answers as before: the sent
+message with its id, or the error the SMTP server caused. If the deadline passes first the
+answer is ``202`` with the composed message and its ``schedule_id``
+(``GET .../messages/schedules/{id}`` follows it): the row stays queued and is sent once,
+whatever the client does next. A send with ``send_at`` is answered at once with its
+``schedule_id``.
 
 ``Idempotency-Key`` (Nylas semantics, per grant, one hour): the same key with the same request
 answers what the first one answered (``Idempotent-Response: true``), never sending again; with
@@ -27,7 +29,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,16 +36,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.engine import Row
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from pipeline.api.deps import ApiState, Db, LiveGrant, State, ok
 from pipeline.api.errors import ApiError, invalid_request, not_found, request_id_of
-from pipeline.api.messages import Fields, message_views
-from pipeline.messages.repository import MessageRepository
+from pipeline.api.messages import Fields
 from pipeline.models import Grant
-from pipeline.outbound import sending
+from pipeline.outbound import submit
 from pipeline.outbound.compose import (
     MAX_ATTACHMENTS,
     OutgoingAttachment,
@@ -60,8 +59,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["messages"])
 
 IDEMPOTENCY_KEY_MAX = 256  # Nylas: "Keys are up to 256 characters"
-WAIT_POLL_FIRST_S = 0.02  # an immediate send's row is looked at this soon, then less often
-WAIT_POLL_MAX_S = 0.25
 SCHEDULE_STATUS = {  # outbox state -> Nylas' schedule status (code, description)
     "queued": ("pending", "schedule send awaiting send at time"),
     "sending": ("pending", "schedule send in progress"),
@@ -69,84 +66,6 @@ SCHEDULE_STATUS = {  # outbox state -> Nylas' schedule status (code, description
     "failed": ("failed", "schedule send failed"),
     "cancelled": ("cancelled", "schedule send cancelled"),
 }
-
-
-def send_now(
-    db: Session,
-    api: ApiState,
-    grant: Grant,
-    req: SendRequest,
-    files: list[tuple[OutgoingAttachment, bytes]],
-    fields: str = "standard",
-    key: str | None = None,
-) -> dict[str, Any]:
-    """Send from a thread: queue, wait for the worker, the message view (``key``: an
-    idempotency key; a send already made with it is not made again, its answer is given).
-
-    For callers inside the API (sending a draft). Waits at most ``send_wait_s``.
-
-    Raises:
-        ApiError: what the send failed with; 504 when no worker answered in time (the message
-            is still sent, once).
-    """
-    row, _ = sending.queue(db, api, grant, prepare(db, grant, req, files, fields), key)
-    deadline = time.monotonic() + api.settings.send_wait_s
-    pause = WAIT_POLL_FIRST_S
-    while time.monotonic() < deadline:
-        current = sending.current(api.sessions, grant.id, row.id)
-        if sending.settled(current):
-            status, body = _answer(api, grant.id, current, fields)
-            if "error" in body:
-                raise ApiError(status, body["error"]["type"], body["error"]["message"])
-            return dict(body["data"])
-        time.sleep(pause)
-        pause = min(pause * 2, WAIT_POLL_MAX_S)
-    raise ApiError(
-        504,
-        "provider_error",
-        f"No worker sent the message within {api.settings.send_wait_s:g} s; it stays queued and "
-        f"is sent once (schedule {row.id}).",
-    )
-
-
-def _answer(api: ApiState, grant_id: str, row: Row[Any], fields: str) -> tuple[int, dict[str, Any]]:
-    """The answer of a settled row, as kept for repeats: ``{"status", "data"|"error"}``."""
-    with api.sessions() as db:
-        if row.response is not None:
-            kept = dict(row.response)
-        elif row.state == "sent":
-            view = dict(row.request)
-            message = (
-                MessageRepository(db).get(grant_id, row.stored_message_id)
-                if row.stored_message_id
-                else None
-            )
-            if message is not None:
-                (view,) = message_views(
-                    db,
-                    [message],
-                    include_headers=fields == "include_headers",
-                    include_basic_headers=fields == "include_basic_headers",
-                    selected=None,
-                )
-            kept = OutboxRepository(db).remember_response(row.id, {"status": 200, "data": view})
-            db.commit()
-        else:
-            error = dict(row.error or {})
-            if row.state == "cancelled":
-                error = {"status": 400, "type": "invalid_request_error", "message": "cancelled"}
-            kept = OutboxRepository(db).remember_response(
-                row.id,
-                {
-                    "status": int(error.get("status", 500)),
-                    "error": {
-                        "type": str(error.get("type", "api_error")),
-                        "message": str(error.get("message", "The send failed.")),
-                    },
-                },
-            )
-            db.commit()
-    return int(kept["status"]), kept
 
 
 def _respond(
@@ -160,14 +79,6 @@ def _respond(
         content={"request_id": request_id_of(request), "data": body["data"]},
         headers=headers,
     )
-
-
-def _scheduled_view(row: Row[Any]) -> dict[str, Any]:
-    view = dict(row.request)
-    view.update(
-        schedule_id=row.id, send_at=int(row.send_at.timestamp()), use_draft=bool(row.use_draft)
-    )
-    return view
 
 
 def schedule_view(row: Row[Any]) -> dict[str, Any]:
@@ -307,44 +218,37 @@ async def send_message(
     else:
         assert req is not None
         out = await run_in_threadpool(prepare, db, grant, req, files, fields)
-    row, new = await run_in_threadpool(sending.queue, db, api, grant, out, key)
-    if not new and row.request_hash != out.digest:
-        raise ApiError(
-            409,
-            "api.invalid_idempotent_request",
-            "This Idempotency-Key was used with a different request in the last hour; use a new "
-            "key for a new message.",
-        )
-    if row.send_at is not None:
-        return _respond(request, 200, {"data": _scheduled_view(row)}, repeated=not new)
-    deadline = time.monotonic() + api.settings.send_wait_s
-    pause = WAIT_POLL_FIRST_S
-    while True:
-        current = await run_in_threadpool(sending.current, api.sessions, grant.id, row.id)
-        if current.response is not None:
-            return _respond(
-                request, int(current.response["status"]), current.response, repeated=True
-            )
-        if sending.settled(current):
-            status, body = await run_in_threadpool(_answer, api, grant.id, current, fields)
-            return _respond(request, status, body, repeated=not new)
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, WAIT_POLL_MAX_S)
-    if not new:
+    submitted = await run_in_threadpool(submit.submit, db, api, grant, out, key)
+    outcome = submit.scheduled(submitted) or await _wait(api, grant, submitted, fields)
+    if outcome.kind is submit.Kind.IN_PROGRESS:
         raise ApiError(
             409,
             "api.concurrent_idempotent_request",
             "A request with this Idempotency-Key is still being sent; retry shortly for its "
             "answer.",
         )
-    view = dict(row.request)
-    view["schedule_id"] = row.id
-    return JSONResponse(
-        status_code=202,
-        content={"request_id": request_id_of(request), "data": view},
-    )
+    assert outcome.answer is not None
+    if outcome.kind is submit.Kind.PENDING:
+        return JSONResponse(
+            status_code=202,
+            content={"request_id": request_id_of(request), "data": outcome.answer["data"]},
+        )
+    return _respond(request, outcome.status, outcome.answer, repeated=outcome.repeated)
+
+
+async def _wait(
+    api: ApiState, grant: Grant, submitted: submit.Submitted, fields: str
+) -> submit.Outcome:
+    """:func:`pipeline.outbound.submit.submit_and_wait`'s wait, without blocking the loop."""
+    polls = submit.Polls(api.settings.send_wait_s)
+    while True:
+        outcome = await run_in_threadpool(submit.look, api.sessions, grant.id, submitted, fields)
+        if outcome is not None:
+            return outcome
+        pause = polls.next_pause()
+        if pause is None:
+            return submit.not_in_time(submitted)
+        await asyncio.sleep(pause)
 
 
 @router.get("/grants/{grant_id}/messages/schedules", summary="List scheduled messages")
