@@ -1,0 +1,136 @@
+"""Submitting a send without HTTP (pipeline.outbound.submit), as the CLI or a task would: the
+same Idempotency-Key gives the same outbox row and never a second send, its first final answer
+is kept, another request with it is refused, and a send nobody drains is not waited on past
+``wait_s``. No worker runs here: the test settles the row as a worker would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.config import Settings
+from pipeline.db import sessionmaker_for
+from pipeline.imap.connections import SessionPool
+from pipeline.limits import Priority, RateLimiter
+from pipeline.models import Grant
+from pipeline.outbound import submit
+from pipeline.outbound.compose import Outgoing, SendRequest, prepare
+from pipeline.outbound.outbox import send_outbox
+from tests.support.store import offline_grant
+
+pytestmark = pytest.mark.services
+
+WAIT_S = 0.1  # nobody drains here: the wait only has to end
+
+
+@dataclass
+class FakeSender:
+    """A :class:`~pipeline.outbound.sending.Sender` that records the drains asked for."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    drains: list[str] = field(default_factory=list)
+    limiter: RateLimiter | None = None
+    imap_pool: SessionPool = field(
+        default_factory=lambda: SessionPool(None, Priority.INTERACTIVE, linger_s=0)
+    )
+
+    @property
+    def enqueue_send(self) -> Callable[[str, float | None], None]:
+        return lambda grant_id, _countdown: self.drains.append(grant_id)
+
+    @property
+    def kick_webhooks(self) -> Callable[[], None]:
+        return lambda: None
+
+
+@pytest.fixture
+def sender(settings: Settings) -> Iterator[FakeSender]:
+    yield FakeSender(settings=settings, sessions=sessionmaker_for(settings.database_url))
+
+
+def _grant(sender: FakeSender) -> Grant:
+    grant_id, _ = offline_grant(sender.settings.database_url, "sender")
+    with sender.sessions() as db:
+        grant = db.get(Grant, grant_id)
+        assert grant is not None
+        return grant
+
+
+def _composed(db: Session, grant: Grant, subject: str = "Once") -> Outgoing:
+    req = SendRequest.model_validate(
+        {"to": [{"email": "bob@example.test"}], "subject": subject, "body": "only once"}
+    )
+    return prepare(db, grant, req, [])
+
+
+def _settle(sender: FakeSender, outbox_id: str, **values: Any) -> None:
+    """What a worker leaves on the row (a sent row's Sent copy done: ``raw`` cleared)."""
+    with sender.sessions() as db:
+        db.execute(update(send_outbox).where(send_outbox.c.id == outbox_id).values(**values))
+        db.commit()
+
+
+def test_the_same_key_gives_the_same_row_and_one_send(sender: FakeSender) -> None:
+    grant = _grant(sender)
+    with sender.sessions() as db:
+        first = submit.submit_and_wait(
+            db, sender, grant, _composed(db, grant), "key-1", wait_s=WAIT_S
+        )
+        again = submit.submit_and_wait(
+            db, sender, grant, _composed(db, grant), "key-1", wait_s=WAIT_S
+        )
+    assert first.kind is submit.Kind.PENDING
+    assert first.status == 202
+    assert first.answer is not None
+    assert first.answer["data"]["schedule_id"] == first.row.id
+    assert again.kind is submit.Kind.IN_PROGRESS  # the first is still being sent
+    assert again.row.id == first.row.id
+    assert sender.drains == [grant.id]  # one row, one drain: never a second send
+
+    _settle(sender, first.row.id, state="sent", raw=None)
+    with sender.sessions() as db:
+        answered = submit.submit_and_wait(
+            db, sender, grant, _composed(db, grant), "key-1", wait_s=WAIT_S
+        )
+        kept = submit.submit_and_wait(
+            db, sender, grant, _composed(db, grant), "key-1", wait_s=WAIT_S
+        )
+    assert answered.kind is submit.Kind.ANSWERED
+    assert answered.repeated
+    assert answered.row.id == first.row.id
+    assert answered.answer is not None
+    assert answered.answer["status"] == 200
+    assert answered.answer["data"]["subject"] == "Once"
+    assert kept.answer == answered.answer  # the first final answer is kept on the row
+    assert sender.drains == [grant.id]
+
+
+def test_the_same_key_with_another_request_is_refused(sender: FakeSender) -> None:
+    grant = _grant(sender)
+    with sender.sessions() as db:
+        submit.submit(db, sender, grant, _composed(db, grant), "key-2")
+        with pytest.raises(submit.KeyReused):
+            submit.submit(db, sender, grant, _composed(db, grant, "Other"), "key-2")
+    assert sender.drains == [grant.id]
+
+
+def test_send_now_raises_what_the_send_failed_with(sender: FakeSender) -> None:
+    grant = _grant(sender)
+    with sender.sessions() as db:
+        with pytest.raises(submit.SendRefused) as late:
+            submit.send_now(db, sender, grant, _composed(db, grant), "key-3", wait_s=WAIT_S)
+        assert late.value.status == 504
+        assert late.value.type == "provider_error"
+        row = submit.submit(db, sender, grant, _composed(db, grant), "key-3").row
+        error = {"status": 400, "type": "invalid_request_error", "message": "550 refused"}
+        _settle(sender, row.id, state="failed", error=error)
+        with pytest.raises(submit.SendRefused) as refused:
+            submit.send_now(db, sender, grant, _composed(db, grant), "key-3", wait_s=WAIT_S)
+    assert (refused.value.status, refused.value.type) == (400, "invalid_request_error")
+    assert str(refused.value) == "550 refused"
