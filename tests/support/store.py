@@ -7,8 +7,12 @@ where that commit is a savepoint release)."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,3 +79,46 @@ def write_fetched(
             items=items,
             failures=failures,
         )
+
+
+def letter(
+    uid: int,
+    subject: str,
+    at: datetime,
+    *,
+    sender: str = "Ann <ann@example.org>",
+    to: str = "Bob <bob@example.org>",
+    cc: str | None = None,
+    bcc: str | None = None,
+    flags: Sequence[str] = (),
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    attachment: bool = False,
+    internaldate: datetime | None = None,
+) -> FetchedMessage:
+    """A message as a server returns it at ``uid``: Date ``at`` (and INTERNALDATE, unless
+    given), its Message-ID ``<uid.subject@example.org>`` unless given."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    if bcc:
+        msg["Bcc"] = bcc
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(at)
+    msg["Message-ID"] = message_id or f"<{uid}.{zlib.crc32(subject.encode())}@example.org>"
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg.set_content(f"Body of {subject}")
+    if attachment:
+        msg.add_attachment(b"%PDF-1.4 x", maintype="application", subtype="pdf", filename="a.pdf")
+    raw = msg.as_bytes()
+    return FetchedMessage(
+        uid=uid,
+        size=len(raw),
+        internaldate=internaldate or at,
+        flags=tuple(flags),
+        raw=raw,
+    )
