@@ -160,18 +160,48 @@ def test_a_worker_skips_a_message_the_server_cannot_read_and_fetches_it_on_retry
 
 WORKERS = 4  # as deployed: the Procfile's sync worker processes
 
+Outcome = dict[str, object] | None  # a sync task's result, as its worker logged it
+
+
+def _ended(log: str) -> list[Outcome]:
+    """The results of the grant's sync tasks that ended (discovery, plans, chunks)."""
+    found = re.findall(
+        r"pipeline\.sync\.(?:folder|grant)\[[^\]]+\] succeeded in [\d.]+s: (\{.*\}|None)", log
+    )
+    return [ast.literal_eval(m) for m in found]
+
+
+def _in_process(outcomes: list[Outcome]) -> int:
+    """Chunks a task ran on its session after its own (workers.folder_runs)."""
+    return sum(int(o.get("in_process", 0)) for o in outcomes if o)  # type: ignore[call-overload]
+
+
+def _own_runs(outcomes: list[Outcome]) -> int:
+    """Chunks their own task ran (the plan stores nothing; every chunk stores its messages)."""
+    return sum(1 for o in outcomes if o and int(o.get("stored", 0)) > 0)  # type: ignore[call-overload]
+
+
+def _skipped_done(outcomes: list[Outcome]) -> int:
+    """Chunk tasks that found their range run by another task and skipped it (no slot asked)."""
+    return sum(1 for o in outcomes if o == {"skipped": "done"})
+
+
+def _chunks_settled(outcomes: list[Outcome], chunks: int) -> bool:
+    """Every chunk has run, and each task whose chunk another task ran has ended (a task sent
+    back for a slot, or finding its chunk running, comes again a few seconds later)."""
+    in_process = _in_process(outcomes)
+    return _own_runs(outcomes) + in_process >= chunks and _skipped_done(outcomes) >= in_process
+
 
 def _first_sync(
     settings: Settings, mail_user: MailUser, tmp_path: Path, total: int, chunks: int
-) -> tuple[list[dict[str, object] | None], int]:
+) -> tuple[list[Outcome], int]:
     """A new grant's first sync of ``total`` Inbox messages in ``chunks`` chunk tasks on
-    ``WORKERS`` worker processes; returns every task's outcome and the account's logins."""
-    from workers import enqueue
+    ``WORKERS`` worker processes; returns every task's outcome and the account's logins.
 
-    def ended(log: str) -> list[str]:  # discovery, the Inbox's plan, its chunks
-        return re.findall(
-            r"pipeline\.sync\.(?:folder|grant)\[[^\]]+\] succeeded in [\d.]+s: (\{.*\}|None)", log
-        )
+    It waits for events, never for an amount of time: the grant synced, then every chunk's
+    task ended (:func:`_chunks_settled`), however long a loaded machine takes."""
+    from workers import enqueue
 
     seed(mail_user, total)
     grant_id = connect(settings, mail_user)
@@ -182,10 +212,9 @@ def _first_sync(
     try:
         enqueue.sync_grant(grant_id, "generic")
         wait_for(lambda: grant_synced(settings), "the initial sync", timeout_s=SYNC_TIMEOUT_S)
-        # the last chunk's task logs its end just after its commit
         wait_for(
-            lambda: len(ended(worker.log())) >= 1 + 1 + chunks,
-            "every task's end",
+            lambda: _chunks_settled(_ended(worker.log()), chunks),
+            lambda: f"every chunk task's end; ended: {_ended(worker.log())}",
             timeout_s=SYNC_TIMEOUT_S,
         )
     finally:
@@ -194,7 +223,7 @@ def _first_sync(
     with session_scope(settings.require_database_url()) as db:
         subjects = db.scalars(select(Message.subject)).all()
     assert sorted(subjects) == sorted(f"m{i}" for i in range(total))  # each exactly once
-    outcomes = [ast.literal_eval(m) for m in ended(worker.log())]
+    outcomes = _ended(worker.log())
     time.sleep(0.5)  # Dovecot writes its log asynchronously
     with log_path.open("rb") as log:
         log.seek(offset)
@@ -226,7 +255,13 @@ def test_a_first_sync_with_a_listener_alive_runs_the_chunks_on_the_sessions_bulk
     IDLE, 1 for the API), but the chunks land on 4 worker processes. A process that ends a
     chunk with its session runs the grant's waiting chunks on it (workers.chunks); the chunk
     tasks that reach it later skip without asking for a slot. Before: 21-36 of 34-49 tasks
-    sent back at 5,000 messages (each 5 s later), 120-129 msgs/s."""
+    sent back at 5,000 messages (each 5 s later), 120-129 msgs/s (speed: the initial_sync
+    benchmark).
+
+    Counted, not timed: the chunks each ran once, most on the sessions bulk sync held, every
+    task whose chunk another ran skipped it, and the account saw no more logins than bulk
+    sync's share. How often a chunk that waits its turn is sent back (every 5 s) follows the
+    machine's speed, so it is not a measure here (it was: it failed at a load of 11-12)."""
     from pipeline.limits import shares
     from pipeline.redis import LISTENERS_KEY
 
@@ -234,13 +269,12 @@ def test_a_first_sync_with_a_listener_alive_runs_the_chunks_on_the_sessions_bulk
         client.zadd(LISTENERS_KEY, {"test-listener": int((time.time() + 3600) * 1000)})
     total, chunks = 600, 12
     outcomes, logins = _first_sync(settings, mail_user, tmp_path, total=total, chunks=chunks)
-    # The chunk tasks that first land on the processes without a session are still refused a
-    # slot (nothing is done yet then) and sent back; when they return their range is done
-    # and they skip without asking for one. Before, each bounced until a holder's process
-    # happened to take it.
-    in_process = sum(int(o.get("in_process", 0)) for o in outcomes if o)  # type: ignore[call-overload]
+    in_process, own = _in_process(outcomes), _own_runs(outcomes)
+    assert own + in_process == chunks, outcomes  # each chunk ran once
+    # Most chunks ran on a session a holder already had: only a task holding one of bulk
+    # sync's slots while a chunk still waited unclaimed ran its own. Before, each chunk
+    # bounced until a holder's process happened to take it.
     assert in_process >= chunks // 2, outcomes
-    refused = [o for o in outcomes if o and "rescheduled" in o]
-    assert len(refused) <= chunks, f"{len(refused)} of {len(outcomes)} sync tasks were sent back"
+    assert _skipped_done(outcomes) == in_process, outcomes  # their own tasks asked no slot
     bulk = shares(5).bulk
     assert 1 <= logins <= bulk + 1, f"{logins} logins for a bulk share of {bulk}"
