@@ -85,7 +85,7 @@ class Grant(Base):
     secrets_sealed: Mapped[str] = mapped_column(Text, nullable=False)
     grant_status: Mapped[str] = mapped_column(String(16), nullable=False, default="valid")
     status_detail: Mapped[str | None] = mapped_column(Text)
-    # GrantSyncState (pipeline.sync.state, drawn there; spelled out: the models sit below sync)
+    # GrantSyncState (pipeline.grants.state, drawn there; spelled out: the models sit below it)
     sync_state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     capabilities: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, default=list)
     initial_sync_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -110,7 +110,7 @@ class Folder(Base):
     States: ``pending`` (discovered, not synced) -> ``syncing`` (initial sync running) ->
     ``synced``; ``reindexing`` while a new UIDVALIDITY is being indexed beside the old view;
     ``failed`` after an error the next run retries; ``stopped`` when we gave up on purpose
-    (``state_detail`` says why). Drawn in :mod:`pipeline.sync.state`.
+    (``state_detail`` says why). Drawn in :mod:`pipeline.folders.state`.
     """
 
     __tablename__ = "folders"
@@ -132,7 +132,7 @@ class Folder(Base):
     # SELECT); the poll compares them to notice expunges and \Seen changes (migration 0504).
     status_messages: Mapped[int | None] = mapped_column(BigInteger)
     status_unseen: Mapped[int | None] = mapped_column(BigInteger)
-    # FolderState (pipeline.sync.state; spelled out: the models sit below sync)
+    # FolderState (pipeline.folders.state; spelled out: the models sit below it)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     state_detail: Mapped[str | None] = mapped_column(Text)
     # UIDVALIDITY stop rule (pipeline.maintenance.sweep): consecutive changes seen by sweeps,

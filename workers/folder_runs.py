@@ -28,11 +28,12 @@ from pipeline.errors import (
     ImapLimitError,
     ImapThrottledError,
 )
+from pipeline.folders.state import FolderState
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.state import GrantSyncState, grant_syncs
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.sync.run import SyncOutcome, sync_folder
-from pipeline.sync.state import FolderState, GrantSyncState, grant_syncs
 from workers import chunks, enqueue, folder_queue
 from workers.base import TRANSIENT, grant_session
 from workers.resources import (

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.config import get_settings
 from pipeline.errors import ImapAuthError, ImapError, ImapThrottledError
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.state import GrantSyncState
 from pipeline.imap import FolderInfo
 from pipeline.limits import RateLimited
 from pipeline.listener.status import idle_watched_folders_of
@@ -23,7 +24,6 @@ from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
 from pipeline.maintenance.sweep import check_grant, folders_due, poll_grant
 from pipeline.models import Grant
 from pipeline.sync.plan import discover_folders
-from pipeline.sync.state import GrantSyncState
 from workers import folder_queue
 from workers.base import grant_session, skipped
 from workers.resources import LimitsView, note_throttled, redis_client, release_imap, sessions

@@ -25,6 +25,7 @@ from pipeline.config import get_settings
 from pipeline.db import sessionmaker_for
 from pipeline.errors import ImapLimitError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.state import FolderState
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.service import open_grant_session
 from pipeline.imap import ImapSession
@@ -39,7 +40,6 @@ from pipeline.imap.connections import (
 from pipeline.limits import ConnectionSlots, Limits, Priority, RateLimited, RateLimiter, scope_of
 from pipeline.models import Grant
 from pipeline.redis import BATCH_TIMEOUT_S, client
-from pipeline.sync.state import FolderState
 
 # Starts every grant status a misbehaving server earns; the next sync that works clears it.
 MISBEHAVED_PREFIX = "The IMAP server misbehaved: "

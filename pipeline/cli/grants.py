@@ -20,10 +20,10 @@ from pipeline.folders.repository import FolderRepository
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, get_grant, remove_grant
+from pipeline.grants.state import GRANT_IN_INITIAL_SYNC
 from pipeline.grants.views import grant_dict, status_dict
 from pipeline.messages.repository import MessageRepository
 from pipeline.presets import PRESETS
-from pipeline.sync.state import GRANT_IN_INITIAL_SYNC
 
 console = Console(soft_wrap=True)
 STATUS_POLL_S = 1.0

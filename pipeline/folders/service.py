@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from pipeline import notifications
 from pipeline.errors import InvalidRequest
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.state import FolderState
 from pipeline.grants.interactive import Interactive, grant_imap
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
-from pipeline.sync.state import FolderState
 
 _NOT_IN_NAMES = "\r\n\x00*%"  # line breaks and NUL break the command; * and % are LIST wildcards
 

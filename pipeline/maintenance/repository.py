@@ -27,8 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
+from pipeline.folders.state import UNFINISHED, FolderState
+from pipeline.grants.state import GRANT_IN_INITIAL_SYNC, GrantSyncState
 from pipeline.models import Folder, Grant, Message, Placement, SyncFailure, Thread
-from pipeline.sync.state import GRANT_IN_INITIAL_SYNC, UNFINISHED, FolderState, GrantSyncState
 
 folders = cast(Table, Folder.__table__)
 

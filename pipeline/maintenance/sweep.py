@@ -83,10 +83,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline import notifications
 from pipeline.errors import ImapFolderError
+from pipeline.folders.state import FolderState
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.state import GrantSyncState
 from pipeline.imap import FolderStatus, ImapSession, SelectInfo
 from pipeline.maintenance.repository import MaintenanceRepository, SweptFolder
-from pipeline.sync.state import FolderState, GrantSyncState
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.state import FolderState
 from pipeline.imap import FolderInfo, ImapSession, MessageMeta, SelectInfo
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
-from pipeline.sync.state import FolderState
 from pipeline.sync.store import FailedItem
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Opened:
     """The folder as a run found it: its row before the run and the server's SELECT."""
 
     raw_name: str
-    state: FolderState  # the state the run works in (:func:`pipeline.sync.state.run_state`)
+    state: FolderState  # the state the run works in (:func:`pipeline.folders.state.run_state`)
     synced_uid: int
     stored_modseq: int | None  # the modseq the stored flags are current as of
     last_synced: datetime | None

@@ -8,7 +8,7 @@ run loses nothing.
   (:func:`store_each`); what it refuses again is recorded and skipped.
 - Anything else (the server, the connection, the database itself) fails the run: the folder
   becomes ``failed`` with the reason (:func:`record_run_failure`) and the next run resumes from
-  what was committed (:mod:`pipeline.sync.state`, transitions 5 to 7).
+  what was committed (:mod:`pipeline.folders.state`, transitions 5 to 7).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.errors import ImapProtocolError
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.state import FolderState
 from pipeline.imap import FetchedMessage, ImapSession
-from pipeline.sync.state import FolderState
 from pipeline.sync.store import ERROR_TEXT_LIMIT, FailedItem, ParsedItem, WriteResult
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""One run of a folder's state machine (:mod:`pipeline.sync.state` draws it), run by Celery
+"""One run of a folder's state machine (:mod:`pipeline.folders.state` draws it), run by Celery
 tasks and called directly by tests; and a whole grant synced in this process.
 
 A run (:func:`sync_folder`) goes through these steps, each its own unit of work::
@@ -6,7 +6,7 @@ A run (:func:`sync_folder`) goes through these steps, each its own unit of work:
     load     the folder's row (gone or STOPPED: nothing to do)
     select   EXAMINE the folder on the server (not selectable: FAILED)
     open     one transaction: the UIDVALIDITY stop rule, the state the run works in
-             (:func:`pipeline.sync.state.run_state`), the UIDs already stored or failed
+             (:func:`pipeline.folders.state.run_state`), the UIDs already stored or failed
     plan     what to fetch (:mod:`pipeline.sync.plan`), or ranges for several tasks
     changes  an incremental run: flags, expunges and moves (:mod:`pipeline.sync.changes`)
     batches  fetch, parse and store each batch in its own transaction; a run whose budget is
@@ -44,7 +44,9 @@ from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.state import SETTLED, FolderState, run_state
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.state import GrantSyncState
 from pipeline.imap import ImapSession, SelectInfo
 from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
 from pipeline.messages.repository import MessageRepository
@@ -58,12 +60,13 @@ from pipeline.sync.recovery import (
     refused_by_database,
     store_each,
 )
-from pipeline.sync.state import GONE, SETTLED, FolderState, GrantSyncState, run_state
 from pipeline.sync.store import FailedItem, ParsedItem, WriteResult, parse_batch, write_batch
 
 log = logging.getLogger(__name__)
 
 INLINE_SLOT_WAIT_S = 60.0  # an inline sync waits this long for a connection slot
+# Not a folder state: what a run reports for a folder deleted (or not the grant's) meanwhile.
+GONE = "gone"
 
 
 @dataclass
@@ -239,7 +242,7 @@ def _load(run: FolderRun) -> _Row | SyncOutcome:
 
 
 def _open(run: FolderRun, row: _Row, info: SelectInfo, condstore: bool) -> Opened | SyncOutcome:
-    """The run's transition (:func:`pipeline.sync.state.run_state`), in one transaction with
+    """The run's transition (:func:`pipeline.folders.state.run_state`), in one transaction with
     the stop rule and what the run can meet that is stored or failed already."""
     grant_id, folder_id = run.grant_id, run.folder_id
     synced_uid, stored_modseq = row.synced_uid, row.stored_modseq

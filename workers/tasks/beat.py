@@ -44,6 +44,7 @@ from beat_schedule import MAINTENANCE_QUEUE
 from pipeline.config import get_settings
 from pipeline.errors import ImapError
 from pipeline.grants.repository import GrantRepository
+from pipeline.grants.state import grant_syncs
 from pipeline.limits import RateLimited
 from pipeline.maintenance.discovery import (
     discovered_since,
@@ -58,7 +59,6 @@ from pipeline.maintenance.sweep import (
 )
 from pipeline.presets import preset
 from pipeline.redis import folder_lock_key
-from pipeline.sync.state import grant_syncs
 from workers import enqueue, grant_work
 from workers.app import app
 from workers.base import PipelineTask, grant_session, reschedule_countdown, skipped

@@ -40,8 +40,8 @@ from pipeline.errors import (
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant
+from pipeline.grants.state import GrantSyncState, grant_syncs
 from pipeline.sync.plan import discover_folders
-from pipeline.sync.state import GrantSyncState, grant_syncs
 from workers import enqueue, folder_queue, folder_runs
 from workers.app import app
 from workers.base import FolderSyncTask, GrantSyncTask, grant_session

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
 from pipeline.errors import ImapProtocolError
+from pipeline.folders.state import FolderState
+from pipeline.grants.state import GrantSyncState
 from pipeline.imap import ImapSession
 from pipeline.models import Folder, Grant, Message, SyncFailure
 from pipeline.sync.plan import discover_folders
 from pipeline.sync.run import SyncOutcome, sync_folder, sync_grant_with
-from pipeline.sync.state import FolderState, GrantSyncState
 from pipeline.webhooks.models import OutboxEvent
 from tests.support.fake_session import FakeMailbox
 from tests.support.mail import make_message

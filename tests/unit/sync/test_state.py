@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.folders.state import FolderState, run_state
+from pipeline.grants.state import GrantSyncState
 from pipeline.models import Folder, Grant
-from pipeline.sync.state import FolderState, GrantSyncState, run_state
 
 
 def test_states_are_the_stored_strings() -> None:
@@ -23,7 +24,7 @@ def test_states_are_the_stored_strings() -> None:
 
 
 def test_new_rows_start_pending() -> None:
-    # the models spell the default out (they sit below pipeline.sync): it must stay the enum's
+    # the models spell the default out (they sit below the states): it must stay the enum's
     assert Folder.__table__.c.state.default.arg == FolderState.PENDING  # type: ignore[attr-defined]
     assert Grant.__table__.c.sync_state.default.arg == GrantSyncState.PENDING  # type: ignore[attr-defined]
 

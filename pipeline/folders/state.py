@@ -1,8 +1,11 @@
-"""The sync states of a folder (``folders.state``) and of a grant (``grants.sync_state``).
+"""The sync states of a folder (``folders.state``), owned here, below the sync that moves
+them (:mod:`pipeline.sync`), so folder changes made through the API, beat's maintenance and the
+workers name them without importing the sync.
 
 The values are the strings stored in Postgres and shown by the API and the CLI; the enums are
 ``StrEnum`` so a member is equal to (and stored as) its string, and a value read back from the
-database compares equal to the member.
+database compares equal to the member. A grant's sync state, which follows its folders', is
+:mod:`pipeline.grants.state`.
 
 A folder's state machine (one run of it: :func:`pipeline.sync.run.sync_folder`)::
 
@@ -37,25 +40,11 @@ A folder's state machine (one run of it: :func:`pipeline.sync.run.sync_folder`):
 
 A folder gone from the server's LIST is deleted (its messages orphaned, then deleted after a
 grace unless another folder holds them).
-
-A grant's ``sync_state`` follows its folders::
-
-    PENDING --first discovery--> SYNCING --every folder SYNCED or STOPPED--> SYNCED
-                                    |  ^                                     |
-                  the Inbox STOPPED |  | resumed, initial sync    the Inbox  |
-                                    v  | not complete             STOPPED    |
-                                   STOPPED <---------------------------------+
-                                      |
-                                      +--- resumed, initial sync complete ---> SYNCED
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypeGuard
-
-if TYPE_CHECKING:
-    from pipeline.models import Grant
 
 
 class FolderState(StrEnum):
@@ -85,22 +74,6 @@ UNFINISHED = (
 # A grant's initial sync is complete once every folder is in one of these.
 SETTLED = (FolderState.SYNCED, FolderState.STOPPED)
 
-# Not a folder state: what a run reports for a folder deleted (or not the grant's) meanwhile.
-GONE = "gone"
-
-
-class GrantSyncState(StrEnum):
-    """Where a grant is in its sync (``grants.sync_state``); drawn in the module docstring."""
-
-    PENDING = "pending"  # created, no folder discovered yet
-    SYNCING = "syncing"  # its initial sync is running
-    SYNCED = "synced"  # every folder synced (or stopped) once
-    STOPPED = "stopped"  # the Inbox is stopped (UIDVALIDITY stop rule); nothing is synced
-
-
-# Grants whose initial sync has not completed (beat looks for those that stalled).
-GRANT_IN_INITIAL_SYNC = (GrantSyncState.PENDING, GrantSyncState.SYNCING)
-
 
 def run_state(
     current: FolderState, *, renumbered: bool, reindex_pending: bool, synced_before: bool
@@ -124,13 +97,3 @@ def run_state(
     if state in (FolderState.PENDING, FolderState.FAILED):
         return FolderState.SYNCING
     return state
-
-
-def grant_syncs(grant: Grant | None) -> TypeGuard[Grant]:
-    """The grant exists, its login works (``grant_status`` valid) and it is not stopped: work
-    for it may go on (a task that finds otherwise does nothing)."""
-    return (
-        grant is not None
-        and grant.grant_status == "valid"
-        and grant.sync_state != GrantSyncState.STOPPED
-    )
