@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.models import Message
 from pipeline.search import criteria, store
@@ -42,10 +42,10 @@ def _raw(subject: str, n: int) -> bytes:
     ).encode()
 
 
-def _subjects(database_url: str, grant_id: str, query: str) -> set[str]:
+def _subjects(pg_sessions: sessionmaker[Session], grant_id: str, query: str) -> set[str]:
     node = criteria.parse(query)
     assert store.answerable(node), query
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         cond = store.condition(node, None, grant_id=grant_id)
         rows = db.scalars(
             select(Message.subject).where(Message.grant_id == grant_id, cond(Message))
@@ -53,8 +53,8 @@ def _subjects(database_url: str, grant_id: str, query: str) -> set[str]:
         return set(rows)
 
 
-def test_wildcards_and_escapes_in_a_term_are_literal(database_url: str) -> None:
-    grant_id, (folder_id,) = offline_grant(database_url, "s")
+def test_wildcards_and_escapes_in_a_term_are_literal(pg_sessions: sessionmaker[Session]) -> None:
+    grant_id, (folder_id,) = offline_grant(pg_sessions, "s")
     fetched = [
         FetchedMessage(
             uid=n,
@@ -66,14 +66,14 @@ def test_wildcards_and_escapes_in_a_term_are_literal(database_url: str) -> None:
         )
         for n, subject in enumerate(SUBJECTS, start=1)
     ]
-    write_fetched(database_url, grant_id, folder_id, fetched)
-    assert _subjects(database_url, grant_id, 'SUBJECT "100%"') == {"Sale 100% off"}
-    assert _subjects(database_url, grant_id, 'SUBJECT "0%"') == {"Sale 100% off"}
-    assert _subjects(database_url, grant_id, "SUBJECT %") == {"Sale 100% off"}
-    assert _subjects(database_url, grant_id, "SUBJECT a_b") == {"file a_b.txt"}
-    assert _subjects(database_url, grant_id, "SUBJECT _") == {"file a_b.txt"}
-    assert _subjects(database_url, grant_id, 'SUBJECT "c:\\\\dir"') == {"path c:\\dir"}
-    assert _subjects(database_url, grant_id, 'SUBJECT "\\\\"') == {"path c:\\dir"}
-    assert _subjects(database_url, grant_id, "SUBJECT cafe") == {"Café crème", "cafe au lait"}
-    assert _subjects(database_url, grant_id, 'SUBJECT "CAFÉ "') == {"Café crème"}
-    assert _subjects(database_url, grant_id, 'SUBJECT "é"') == {"Café crème"}
+    write_fetched(pg_sessions, grant_id, folder_id, fetched)
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "100%"') == {"Sale 100% off"}
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "0%"') == {"Sale 100% off"}
+    assert _subjects(pg_sessions, grant_id, "SUBJECT %") == {"Sale 100% off"}
+    assert _subjects(pg_sessions, grant_id, "SUBJECT a_b") == {"file a_b.txt"}
+    assert _subjects(pg_sessions, grant_id, "SUBJECT _") == {"file a_b.txt"}
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "c:\\\\dir"') == {"path c:\\dir"}
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "\\\\"') == {"path c:\\dir"}
+    assert _subjects(pg_sessions, grant_id, "SUBJECT cafe") == {"Café crème", "cafe au lait"}
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "CAFÉ "') == {"Café crème"}
+    assert _subjects(pg_sessions, grant_id, 'SUBJECT "é"') == {"Café crème"}

@@ -16,8 +16,8 @@ from email.utils import format_datetime
 
 import pytest
 from sqlalchemy import Connection, event
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.messages.filters import MessageFilter
 from pipeline.pages import Cursor
@@ -46,11 +46,11 @@ def _fetched(
     return FetchedMessage(uid=uid, flags=flags, internaldate=sent, size=100, modseq=None, raw=raw)
 
 
-def _store(database_url: str) -> str:
+def _store(pg_sessions: sessionmaker[Session]) -> str:
     """A grant whose INBOX holds THREADS threads of two messages (the reply of every third one
     has 'invoice' in its subject, unseen in every sixth), and whose 'Old' folder (UIDVALIDITY
     changed since its copies were stored) holds the newest threads, with 'invoice' too."""
-    grant_id, (inbox_id, old_id) = offline_grant(database_url, "t", (("INBOX", 1), ("Old", 2)))
+    grant_id, (inbox_id, old_id) = offline_grant(pg_sessions, "t", (("INBOX", 1), ("Old", 2)))
     current: list[FetchedMessage] = []
     for k in range(THREADS):
         first, reply = 2 * k + 1, 2 * k + 2
@@ -60,7 +60,7 @@ def _store(database_url: str) -> str:
         current.append(_fetched(reply, reply, subject, 10 * k + 1, flags, reply_to=first))
     stale = [_fetched(n + 1, 1000 + n, f"newest {n} invoice", 10_000 + n, ()) for n in range(3)]
     for folder_id, fetched in ((inbox_id, current), (old_id, stale)):
-        write_fetched(database_url, grant_id, folder_id, fetched)
+        write_fetched(pg_sessions, grant_id, folder_id, fetched)
     return grant_id
 
 
@@ -82,12 +82,12 @@ def _pages(conn: Connection, grant_id: str, query: str, limit: int, thread_set: 
 
 
 def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    grant_id = _store(database_url)
+    grant_id = _store(pg_sessions)
     invoices = [f"report {k}" for k in reversed(range(0, THREADS, 3))]
     unseen_invoices = [f"report {k}" for k in reversed(range(0, THREADS, 6))]
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         conn = db.connection()
         for query, want in (
             ("SUBJECT invoice", invoices),
@@ -116,12 +116,12 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
 
 
 def test_a_search_texts_estimate_is_planned_once_for_its_pages(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    pg_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the row estimate that chooses how a thread search walks is planned by one EXPLAIN, and
     # a client walking the search's pages asks the same search each time: the same statement's
     # estimate is reused for a while, another search's (or grant's) planned afresh
-    grant_id = _store(database_url)
+    grant_id = _store(pg_sessions)
     planned: list[str] = []
 
     def record(*args: object) -> None:
@@ -132,7 +132,7 @@ def test_a_search_texts_estimate_is_planned_once_for_its_pages(
         flt = MessageFilter(search=store.condition(criteria.parse(query), None, grant_id=grant_id))
         return thread_queries.text_matches_estimate(conn, grant_id, flt)
 
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         conn = db.connection()
         event.listen(conn.engine, "before_cursor_execute", record)
         try:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Message, Thread
@@ -35,20 +35,20 @@ def _raw(subject: str, n: int) -> bytes:
     ).encode()
 
 
-def _dates(database_url: str) -> dict[str, tuple[datetime, datetime]]:
+def _dates(pg_sessions: sessionmaker[Session]) -> dict[str, tuple[datetime, datetime]]:
     """message id -> (messages.date, its search row's date)."""
     s = message_search
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         rows = db.execute(
             select(Message.id, Message.date, s.c.date).join(s, s.c.message_id == Message.id)
         ).all()
     return {str(mid): (date, row_date) for mid, date, row_date in rows}
 
 
-def _stored_grant(database_url: str) -> tuple[str, str]:
+def _stored_grant(pg_sessions: sessionmaker[Session]) -> tuple[str, str]:
     """A grant with an INBOX holding three messages of three threads (distinct subjects, no
     references): the grant's and the folder's ids."""
-    grant_id, (folder_id,) = offline_grant(database_url, "s")
+    grant_id, (folder_id,) = offline_grant(pg_sessions, "s")
     fetched = [
         FetchedMessage(
             uid=n,
@@ -60,14 +60,14 @@ def _stored_grant(database_url: str) -> tuple[str, str]:
         )
         for n in (1, 2, 3)
     ]
-    write_fetched(database_url, grant_id, folder_id, fetched)
+    write_fetched(pg_sessions, grant_id, folder_id, fetched)
     return grant_id, folder_id
 
 
-def _threads(database_url: str) -> dict[str, tuple[str | None, str | None]]:
+def _threads(pg_sessions: sessionmaker[Session]) -> dict[str, tuple[str | None, str | None]]:
     """message id -> (messages.thread_id, its search row's thread_id)."""
     s = message_search
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         rows = db.execute(
             select(Message.id, Message.thread_id, s.c.thread_id).join(
                 s, s.c.message_id == Message.id
@@ -79,41 +79,43 @@ def _threads(database_url: str) -> dict[str, tuple[str | None, str | None]]:
     }
 
 
-def test_search_rows_carry_the_message_date_on_insert_and_update(database_url: str) -> None:
-    _stored_grant(database_url)
-    stored = _dates(database_url)
+def test_search_rows_carry_the_message_date_on_insert_and_update(
+    pg_sessions: sessionmaker[Session],
+) -> None:
+    _stored_grant(pg_sessions)
+    stored = _dates(pg_sessions)
     assert len(stored) == 3
     assert all(date == row_date for date, row_date in stored.values()), stored
 
     moved = sorted(stored)[0]
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         db.execute(
             update(Message).where(Message.id == moved).values(date=SENT - timedelta(days=30))
         )
-    after = _dates(database_url)
+    after = _dates(pg_sessions)
     assert after[moved] == (SENT - timedelta(days=30), SENT - timedelta(days=30))
     assert all(date == row_date for date, row_date in after.values()), after
 
 
 def test_search_rows_follow_the_message_thread_through_merges_and_deletes(
-    database_url: str,
+    pg_sessions: sessionmaker[Session],
 ) -> None:
-    _stored_grant(database_url)
-    stored = _threads(database_url)
+    _stored_grant(pg_sessions)
+    stored = _threads(pg_sessions)
     assert len(stored) == 3
     assert all(t is not None and t == row for t, row in stored.values()), stored
     threads = sorted({t for t, _ in stored.values() if t is not None})
     assert len(threads) == 3, stored
 
     into, merged, deleted = threads
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         MessageRepository(db).merge_threads(into, [merged])
-    after = _threads(database_url)
+    after = _threads(pg_sessions)
     assert sorted(t for t, _ in after.values()) == sorted([into, into, deleted])
     assert all(t == row for t, row in after.values()), after
 
-    with session_scope(database_url) as db:  # ON DELETE SET NULL on messages.thread_id
+    with pg_sessions.begin() as db:  # ON DELETE SET NULL on messages.thread_id
         db.execute(delete(Thread).where(Thread.id == deleted))
-    last = _threads(database_url)
+    last = _threads(pg_sessions)
     assert sorted(t or "" for t, _ in last.values()) == sorted(["", into, into])
     assert all(t == row for t, row in last.values()), last

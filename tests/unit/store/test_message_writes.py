@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import session_scope
 from pipeline.imap import FetchedMessage
 from pipeline.messages.repository import MessageRepository
 from pipeline.mime import parse_message
@@ -67,20 +67,20 @@ def _fetched(uid: int, raw: bytes) -> FetchedMessage:
 
 
 @pytest.fixture
-def folder(database_url: str) -> tuple[str, str]:
-    grant_id, (folder_id,) = offline_grant(database_url, "w")
+def folder(pg_sessions: sessionmaker[Session]) -> tuple[str, str]:
+    grant_id, (folder_id,) = offline_grant(pg_sessions, "w")
     return grant_id, folder_id
 
 
 def test_awkward_text_and_structured_columns_round_trip(
-    database_url: str, folder: tuple[str, str]
+    pg_sessions: sessionmaker[Session], folder: tuple[str, str]
 ) -> None:
     grant_id, folder_id = folder
     raw = _raw(AWKWARD.replace("\n", " "), "a@x", attachment=True)
     parsed = parse_message(raw)
     assert "\t" in parsed.body and "\\N" in parsed.subject  # the awkward parts survive parsing
-    write_fetched(database_url, grant_id, folder_id, [_fetched(1, raw)])
-    with session_scope(database_url) as db:
+    write_fetched(pg_sessions, grant_id, folder_id, [_fetched(1, raw)])
+    with pg_sessions.begin() as db:
         message = db.scalars(select(Message)).one()
         assert message.subject == parsed.subject
         assert message.body == parsed.body
@@ -105,11 +105,11 @@ def test_awkward_text_and_structured_columns_round_trip(
 
 
 def test_rows_already_stored_fall_back_to_insert_on_conflict(
-    database_url: str, folder: tuple[str, str]
+    pg_sessions: sessionmaker[Session], folder: tuple[str, str]
 ) -> None:
     grant_id, folder_id = folder
-    write_fetched(database_url, grant_id, folder_id, [_fetched(1, _raw("one", "one@x"))])
-    with session_scope(database_url) as db:
+    write_fetched(pg_sessions, grant_id, folder_id, [_fetched(1, _raw("one", "one@x"))])
+    with pg_sessions.begin() as db:
         first = db.scalars(select(Message)).one()
         row = {
             c: getattr(first, c)
@@ -138,7 +138,7 @@ def test_rows_already_stored_fall_back_to_insert_on_conflict(
         MessageRepository(db).insert_messages(
             [{**row, "identity_key": "k1"}, {**row, "identity_key": "k2"}]
         )
-    with session_scope(database_url) as db:
+    with pg_sessions.begin() as db:
         assert db.scalar(select(func.count()).select_from(Message)) == 4
         assert db.scalar(select(func.count(func.distinct(Message.id)))) == 4
         added = db.scalars(select(Message).where(Message.identity_key == "k1")).one()
