@@ -162,3 +162,104 @@ def test_a_variable_named_like_a_section_is_ignored(monkeypatch: pytest.MonkeyPa
     for name in ("IMAP_PIPELINE_LISTENER", "IMAP_PIPELINE_WEBHOOKS", "IMAP_PIPELINE_BEAT"):
         monkeypatch.setenv(name, "not json")
     assert Settings.load().listener.debounce_s == 0.25
+
+
+# The defaults of the variables that were flat fields of Settings before the IMAP, API and sync
+# settings became sections (issue 14): moving a field must keep its variable and its default.
+FORMER_FLAT_DEFAULTS: dict[str, object] = {
+    "IMAP_PIPELINE_DATABASE_URL": None,
+    "IMAP_PIPELINE_REDIS_URL": None,
+    "IMAP_PIPELINE_EMBEDDED_POSTGRES_PORT": 55432,
+    "IMAP_PIPELINE_EMBEDDED_REDIS_PORT": 56379,
+    "IMAP_PIPELINE_ENCRYPTION_KEYS": None,
+    "IMAP_PIPELINE_API_KEYS": None,
+    "IMAP_PIPELINE_RETENTION_DAYS": 90,
+    "IMAP_PIPELINE_SYNC_BATCH_SIZE": 100,
+    "IMAP_PIPELINE_SYNC_BATCH_BYTES": 16 * 1024 * 1024,
+    "IMAP_PIPELINE_IMAP_TIMEOUT_S": 60.0,
+    "IMAP_PIPELINE_IMAP_MAX_LINE_BYTES": 16 * 1024 * 1024,
+    "IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES": 64 * 1024 * 1024,
+    "IMAP_PIPELINE_IMAP_MAX_UNTAGGED": 500_000,
+    "IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES": 96 * 1024 * 1024,
+    "IMAP_PIPELINE_IMAP_COMMAND_DEADLINE_S": 300.0,
+    "IMAP_PIPELINE_IMAP_LOGIN_DEADLINE_S": 60.0,
+    "IMAP_PIPELINE_SYNC_TASK_TIME_LIMIT_S": 900.0,
+    "IMAP_PIPELINE_IMAP_CA_FILE": None,
+    "IMAP_PIPELINE_MAIL_ALLOWED_NETWORKS": [],
+    "IMAP_PIPELINE_SYNC_CHUNK_BUDGET_S": 120.0,
+    "IMAP_PIPELINE_MAX_FOLDERS_PER_GRANT": 1000,
+    "IMAP_PIPELINE_MAX_FOLDER_TASKS_PER_GRANT": 8,
+    "IMAP_PIPELINE_SYNC_RANGE_MESSAGES": 400,
+    "IMAP_PIPELINE_ORPHAN_GRACE_S": 300.0,
+    "IMAP_PIPELINE_SYNC_LOCK_TTL_S": 60,
+    "IMAP_PIPELINE_WORKER_CONCURRENCY": 0,
+    "IMAP_PIPELINE_FLOWER_PORT": 5555,
+    "IMAP_PIPELINE_FLOWER_HOST": "127.0.0.1",
+    "IMAP_PIPELINE_METRICS_PORT": 0,
+    "IMAP_PIPELINE_METRICS_HOST": "127.0.0.1",
+    "IMAP_PIPELINE_API_HOST": "127.0.0.1",
+    "IMAP_PIPELINE_API_PORT": 8080,
+    "IMAP_PIPELINE_API_WORKERS": 1,
+    "IMAP_PIPELINE_API_SIGN_IN_CONCURRENCY": 8,
+    "IMAP_PIPELINE_API_SIGN_IN_PER_CLIENT": 2,
+    "IMAP_PIPELINE_API_SIGN_IN_DEADLINE_S": 30.0,
+    "IMAP_PIPELINE_API_CLIENT_ID": "imap-pipeline",
+    "IMAP_PIPELINE_SEND_WAIT_S": 60.0,
+    "IMAP_PIPELINE_SMTP_CONNECTIONS_PER_ACCOUNT": 2,
+    "IMAP_PIPELINE_SMTP_IDLE_CLOSE_S": 2.0,
+    "IMAP_PIPELINE_OUTBOX_LEASE_S": 30.0,
+    "IMAP_PIPELINE_LOG_LEVEL": "INFO",
+    "IMAP_PIPELINE_LOG_FORMAT": "text",
+}
+
+
+def variable_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(variable, field path) for every field of ``model`` and of its sections: a field reads
+    the variable its alias names, else its section's prefix and its own name."""
+    env_prefix = str(model.model_config.get("env_prefix", ""))
+    for name, info in model.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            yield from variable_fields(section, prefix + name + ".")
+        elif isinstance(info.validation_alias, str):
+            yield info.validation_alias.upper(), prefix + name
+        else:
+            yield env_prefix.upper() + name.upper(), prefix + name
+
+
+def field_value(settings: BaseModel, path: str) -> object:
+    value: object = settings
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def test_every_variable_maps_to_exactly_one_field() -> None:
+    fields: dict[str, list[str]] = {}
+    for variable, path in variable_fields(Settings):
+        fields.setdefault(variable, []).append(path)
+    assert {v: paths for v, paths in fields.items() if len(paths) > 1} == {}
+    documented = documented_variables() - {"IMAP_PIPELINE_DATA_DIR"}
+    assert sorted(documented - fields.keys()) == []
+    assert sorted(FORMER_FLAT_DEFAULTS.keys() - fields.keys()) == []
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_moved_fields_keep_their_defaults() -> None:
+    fields = dict(variable_fields(Settings))
+    settings = Settings.load()
+    defaults = {v: field_value(settings, fields[v]) for v in FORMER_FLAT_DEFAULTS}
+    assert defaults == FORMER_FLAT_DEFAULTS
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_moved_fields_keep_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = dict(variable_fields(Settings))
+    numbers: dict[str, int | float] = {
+        v: d for v, d in FORMER_FLAT_DEFAULTS.items() if isinstance(d, int | float)
+    }
+    for variable, default in numbers.items():
+        monkeypatch.setenv(variable, str(default + 1))
+    settings = Settings.load()
+    read = {v: field_value(settings, fields[v]) for v in numbers}
+    assert read == {v: d + 1 for v, d in numbers.items()}
