@@ -9,6 +9,7 @@ models of their own, each with its part of the variable names::
 
     Settings                 IMAP_PIPELINE_<FIELD>            this module
     Settings.beat            IMAP_PIPELINE_<FIELD>            pipeline.config.beat (job intervals)
+    Settings.imap            IMAP_PIPELINE_IMAP_<FIELD>       pipeline.config.imap (session bounds)
     Settings.listener        IMAP_PIPELINE_LISTENER_<FIELD>   pipeline.config.listener
     Settings.webhooks        IMAP_PIPELINE_WEBHOOK_<FIELD>    pipeline.config.webhooks
 
@@ -27,23 +28,27 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pipeline.config.beat import BEAT_ENV_PREFIX, BeatSettings
-from pipeline.config.listener import LISTENER_ENV_PREFIX, ListenerSettings
-from pipeline.config.webhooks import WEBHOOK_ENV_PREFIX, WebhookSettings
+from pipeline.config.beat import BeatSettings
+from pipeline.config.imap import ImapSettings
+from pipeline.config.listener import ListenerSettings
+from pipeline.config.webhooks import WebhookSettings
 from pipeline.errors import ConfigurationError
 from pipeline.netguard import AddressPolicy, IpNetwork
 
 __all__ = [
     "BeatSettings",
+    "ImapSettings",
     "ListenerSettings",
     "Settings",
     "WebhookSettings",
     "describe_settings_error",
     "get_settings",
     "reset_settings",
+    "variable_name",
+    "variable_names",
 ]
 
 ENV_PREFIX = "IMAP_PIPELINE_"
@@ -100,52 +105,12 @@ class Settings(BaseSettings):
         ge=1024 * 1024,
         description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
     )
-    imap_timeout_s: float = Field(default=60.0, gt=0, description="Socket timeout of IMAP calls.")
-    imap_max_line_bytes: int = Field(
-        default=16 * 1024 * 1024,
-        ge=64 * 1024,
-        description="Longest response line read from an IMAP server (a UID SEARCH answer of "
-        "about 2 million UIDs fits); a longer one closes the session.",
-    )
-    imap_max_literal_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1024 * 1024,
-        description="Largest literal (a message) read from an IMAP server; above the largest "
-        "message accepted: bigger messages are recorded as failures without being fetched, a "
-        "bigger literal announced anyway closes the session before any of it is read.",
-    )
-    imap_max_untagged: int = Field(
-        default=500_000,
-        ge=1000,
-        description="Untagged responses one IMAP command may receive (a metadata FETCH asks "
-        "for 5,000; the flag changes of a big folder marked read at once can be many more); "
-        "more closes the session.",
-    )
-    imap_max_command_bytes: int = Field(
-        default=96 * 1024 * 1024,
-        ge=1024 * 1024,
-        description="Bytes one IMAP command may receive in all; more closes the session.",
-    )
-    imap_command_deadline_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="Total time one IMAP command may take, however the server trickles its "
-        "answer (the socket timeout is per read).",
-    )
-    imap_login_deadline_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="Total time of connect + TLS + greeting + login + CAPABILITY.",
-    )
     sync_task_time_limit_s: float = Field(
         default=900.0,
         ge=60,
         le=1500,
         description="Hard time limit of every sync task (a soft limit 30 s earlier records "
         "why); below the broker's 30-minute visibility timeout.",
-    )
-    imap_ca_file: Path | None = Field(
-        default=None, description="Extra CA bundle trusted for IMAP/SMTP TLS (private CAs)."
     )
     mail_allowed_networks: Annotated[list[IpNetwork], NoDecode] = Field(
         default_factory=list,
@@ -199,9 +164,10 @@ class Settings(BaseSettings):
     )
 
     # --- sections (each reads its own variables; see the module docstring) ----------------
-    # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _WEBHOOKS) is not parsed as JSON;
+    # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _IMAP, ...) is not parsed as JSON;
     # load() passes every section in, which wins over it.
     beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
+    imap: Annotated[ImapSettings, NoDecode] = Field(default_factory=ImapSettings)
     listener: Annotated[ListenerSettings, NoDecode] = Field(default_factory=ListenerSettings)
     webhooks: Annotated[WebhookSettings, NoDecode] = Field(default_factory=WebhookSettings)
 
@@ -310,16 +276,6 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @model_validator(mode="after")
-    def _command_fits_a_literal(self) -> Settings:
-        # A message the literal bound lets through must not break the bound on its command.
-        if self.imap_max_command_bytes < self.imap_max_literal_bytes:
-            raise ValueError(
-                "IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES must be at least "
-                "IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES (a command carries whole messages)"
-            )
-        return self
-
     @property
     def mail_address_policy(self) -> AddressPolicy:
         """Which non-public networks user-named IMAP/SMTP hosts may reach (see netguard)."""
@@ -383,16 +339,36 @@ class Settings(BaseSettings):
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
     "beat": BeatSettings,
+    "imap": ImapSettings,
     "listener": ListenerSettings,
     "webhooks": WebhookSettings,
 }
-_PREFIXES = {
-    "Settings": ENV_PREFIX,
-    "BeatSettings": BEAT_ENV_PREFIX,
-    "ListenerSettings": LISTENER_ENV_PREFIX,
-    "WebhookSettings": WEBHOOK_ENV_PREFIX,
+_MODELS: dict[str, type[BaseSettings]] = {
+    Settings.__name__: Settings,
+    **{section.__name__: section for section in _SECTIONS.values()},
 }
-_SECTION_PREFIXES = {name: _PREFIXES[section.__name__] for name, section in _SECTIONS.items()}
+
+
+def variable_name(model: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``model``'s ``field``: its alias (a field whose variable
+    is not its section's prefix + its name keeps the name it had as a flat field), else the
+    prefix and the field's name. ``field`` may be that alias already (a refused variable)."""
+    info = model.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    if field.upper().startswith(ENV_PREFIX):
+        return field.upper()
+    return str(model.model_config.get("env_prefix", ENV_PREFIX)) + field.upper()
+
+
+def variable_names() -> set[str]:
+    """Every environment variable :meth:`Settings.load` reads, sections included."""
+    names = {variable_name(Settings, field) for field in Settings.model_fields}
+    names -= {variable_name(Settings, section) for section in _SECTIONS}
+    for section in _SECTIONS.values():
+        names |= {variable_name(section, field) for field in section.model_fields}
+    return names
+
 
 _loaded: Settings | None = None
 _loaded_lock = threading.Lock()
@@ -426,15 +402,16 @@ def describe_settings_error(exc: ValidationError) -> str | None:
     reason is, e.g. ``IMAP_PIPELINE_POLL_INTERVAL_S: Input should be greater than or equal
     to 5``. None when ``exc`` is not about :class:`Settings` or one of its sections.
     """
-    prefix = _PREFIXES.get(exc.title)
-    if prefix is None:
+    model = _MODELS.get(exc.title)
+    if model is None:
         return None
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
-        if exc.title == "Settings" and len(loc) > 1 and loc[0] in _SECTION_PREFIXES:
-            name = _SECTION_PREFIXES[loc[0]] + loc[1].upper()
-        else:
-            name = prefix + (loc[0].upper() if loc else "?")
-        parts.append(f"{name}: {error['msg']}")
+        if model is Settings and len(loc) > 1 and loc[0] in _SECTIONS:
+            parts.append(f"{variable_name(_SECTIONS[loc[0]], loc[1])}: {error['msg']}")
+        elif loc:
+            parts.append(f"{variable_name(model, loc[0])}: {error['msg']}")
+        else:  # a check of several fields; its message names them
+            parts.append(error["msg"])
     return "invalid setting: " + "; ".join(parts)

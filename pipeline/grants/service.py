@@ -34,7 +34,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from pipeline import notifications
-from pipeline.config import Settings
+from pipeline.config import ImapSettings, Settings
 from pipeline.crypto import SecretBox
 from pipeline.errors import (
     ConfigurationError,
@@ -102,29 +102,29 @@ class ImapAccount(Protocol):
     def verify_tls(self) -> bool: ...
 
 
-def endpoint_for(grant: ImapAccount, settings: Settings) -> Endpoint:
-    """How to reach a grant's IMAP server."""
+def endpoint_for(grant: ImapAccount, imap: ImapSettings) -> Endpoint:
+    """How to reach a grant's IMAP server, with the session bounds of ``Settings.imap``."""
     return Endpoint(
         host=grant.imap_host,
         port=grant.imap_port,
         tls=grant.imap_tls,  # type: ignore[arg-type]
         username=grant.imap_username,
         verify_tls=grant.verify_tls,
-        timeout_s=settings.imap_timeout_s,
-        ca_file=settings.imap_ca_file,
-        limits=imap_limits(settings),
+        timeout_s=imap.timeout_s,
+        ca_file=imap.ca_file,
+        limits=imap_limits(imap),
     )
 
 
-def imap_limits(settings: Settings) -> ImapLimits:
+def imap_limits(imap: ImapSettings) -> ImapLimits:
     """The bounds every IMAP session keeps, from the ``IMAP_PIPELINE_IMAP_*`` settings."""
     return ImapLimits(
-        max_line_bytes=settings.imap_max_line_bytes,
-        max_literal_bytes=settings.imap_max_literal_bytes,
-        max_untagged=settings.imap_max_untagged,
-        max_command_bytes=settings.imap_max_command_bytes,
-        command_deadline_s=settings.imap_command_deadline_s,
-        login_deadline_s=settings.imap_login_deadline_s,
+        max_line_bytes=imap.max_line_bytes,
+        max_literal_bytes=imap.max_literal_bytes,
+        max_untagged=imap.max_untagged,
+        max_command_bytes=imap.max_command_bytes,
+        command_deadline_s=imap.command_deadline_s,
+        login_deadline_s=imap.login_deadline_s,
     )
 
 
@@ -201,7 +201,7 @@ def verify_login(
     Raises:
         ImapError: The login failed; the message is one clear line for the user.
     """
-    endpoint = guarded(endpoint_for(resolved, settings), policy, resolver)
+    endpoint = guarded(endpoint_for(resolved, settings.imap), policy, resolver)
     if deadline_s is not None:
         limits = endpoint.limits
         endpoint = replace(
@@ -224,7 +224,7 @@ def verify_login(
 
 def find_tls_modes(
     resolved: ResolvedGrant,
-    settings: Settings,
+    imap: ImapSettings,
     policy: AddressPolicy | None = None,
     deadline_s: float | None = None,
     resolver: Resolver = resolve,
@@ -241,10 +241,8 @@ def find_tls_modes(
         ImapTlsError: Implicit TLS, but the certificate did not verify.
         ConfigurationError: The same for the SMTP port.
     """
-    budget = (
-        settings.imap_timeout_s if deadline_s is None else min(settings.imap_timeout_s, deadline_s)
-    )
-    context = tls_context(resolved.verify_tls, settings.imap_ca_file)
+    budget = imap.timeout_s if deadline_s is None else min(imap.timeout_s, deadline_s)
+    context = tls_context(resolved.verify_tls, imap.ca_file)
     # SMTP first: its host is not otherwise checked at sign-in, and a refusal costs nothing
     if resolved.smtp_tls_probe and resolved.smtp_host and resolved.smtp_port:
         host, port = resolved.smtp_host, resolved.smtp_port
@@ -351,7 +349,7 @@ def create_grant(
     if grant is None:
         refuse_takeover(repo.get_by_email(resolved.email), resolved)  # before any connection
     password = request.password.get_secret_value()
-    resolved = find_tls_modes(resolved, settings, policy)
+    resolved = find_tls_modes(resolved, settings.imap, policy)
     capabilities = verify_login(resolved, password, settings, policy)
     return store_grant(
         session, settings, request, resolved, capabilities, grant=grant, user_named=bool(policy)
@@ -457,7 +455,7 @@ def open_grant_session(
     tried = _login_of(grant)
     try:
         return open_session(
-            guarded(endpoint_for(grant, settings), policy), secrets["imap_password"]
+            guarded(endpoint_for(grant, settings.imap), policy), secrets["imap_password"]
         )
     except ImapAuthError as exc:
         # ``grant`` may have been read a while ago (a poll batch reads its grants once): a

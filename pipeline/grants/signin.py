@@ -111,7 +111,7 @@ def _log_in(
     with login_turn(access.limiter, resolved, grant_id):
         resolved = find_tls_modes(
             resolved,
-            settings,
+            settings.imap,
             settings.mail_address_policy,
             deadline_s=settings.api_sign_in_deadline_s,
             resolver=resolve_for_sign_in,

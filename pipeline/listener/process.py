@@ -103,7 +103,7 @@ def load_plan(sessions: sessionmaker[Session], settings: Settings) -> dict[str, 
     sealed: dict[str, tuple[str, str]] = {}
     for row in rows:
         sealed[row.grant_id] = (row.provider, row.secrets_sealed)
-        endpoint = endpoint_for(row, settings)
+        endpoint = endpoint_for(row, settings.imap)
         targets.setdefault(row.grant_id, []).append(
             WatchTarget(
                 grant_id=row.grant_id,

@@ -59,7 +59,7 @@ def _context(grant: Grant, settings: Settings) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    cafile = str(settings.imap_ca_file) if settings.imap_ca_file else None
+    cafile = str(settings.imap.ca_file) if settings.imap.ca_file else None
     return ssl.create_default_context(cafile=cafile)
 
 

@@ -317,7 +317,7 @@ def batches(
     A message above the literal bound is never fetched (the client would refuse its literal and
     close the session): it costs that message, recorded with the setting to raise.
     """
-    cap = settings.imap_max_literal_bytes
+    cap = settings.imap.max_literal_bytes
     too_large = [
         FailedItem(
             m.uid,

@@ -40,7 +40,7 @@ import psycopg  # noqa: E402
 from nylas import Client  # noqa: E402
 from nylas.models.errors import NylasApiError  # noqa: E402
 
-from pipeline.config import Settings  # noqa: E402
+from pipeline.config import ImapSettings, Settings  # noqa: E402
 from pipeline.crypto import generate_key  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
 from pipeline.dev.dovecot import LocalDovecot  # noqa: E402
@@ -109,7 +109,7 @@ def main() -> int:
         database_url=database_url,
         redis_url=redis_server.url,
         encryption_keys=generate_key(),  # type: ignore[arg-type]
-        imap_ca_file=tls.ca_file,
+        imap=ImapSettings(ca_file=tls.ca_file),
         data_dir=folder / "data",
     )
     port = free_port()

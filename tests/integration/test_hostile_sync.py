@@ -115,7 +115,9 @@ def test_a_message_above_the_literal_bound_is_recorded_not_fetched(settings: Set
     config = FakeImapConfig(
         folders=[FakeFolder(b"INBOX", [sample_message(1), big, sample_message(3)])]
     )
-    bounded = settings.model_copy(update={"imap_max_literal_bytes": 1024 * 1024})
+    bounded = settings.model_copy(
+        update={"imap": settings.imap.model_copy(update={"max_literal_bytes": 1024 * 1024})}
+    )
     with FakeImapServer(config) as server:
         grant_id = fake_grant(bounded, server.port)
         sync_grant_inline(sessions_for(bounded), bounded, grant_id)

@@ -48,8 +48,8 @@ def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
             "IMAP_PIPELINE_SYNC_BATCH_SIZE": str(settings.sync_batch_size),
         }
     )
-    if settings.imap_ca_file:
-        env["IMAP_PIPELINE_IMAP_CA_FILE"] = str(settings.imap_ca_file)
+    if settings.imap.ca_file:
+        env["IMAP_PIPELINE_IMAP_CA_FILE"] = str(settings.imap.ca_file)
     env.update(extra)
     return env
 

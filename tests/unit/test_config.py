@@ -159,7 +159,12 @@ def test_nothing_else_reads_the_environment() -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_a_variable_named_like_a_section_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("IMAP_PIPELINE_LISTENER", "IMAP_PIPELINE_WEBHOOKS", "IMAP_PIPELINE_BEAT"):
+    for name in (
+        "IMAP_PIPELINE_LISTENER",
+        "IMAP_PIPELINE_WEBHOOKS",
+        "IMAP_PIPELINE_BEAT",
+        "IMAP_PIPELINE_IMAP",
+    ):
         monkeypatch.setenv(name, "not json")
     assert Settings.load().listener.debounce_s == 0.25
 
@@ -263,3 +268,12 @@ def test_moved_fields_keep_their_variables(monkeypatch: pytest.MonkeyPatch) -> N
     settings = Settings.load()
     read = {v: field_value(settings, fields[v]) for v in numbers}
     assert read == {v: d + 1 for v, d in numbers.items()}
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_a_refused_pair_of_variables_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAP_PIPELINE_IMAP_MAX_LITERAL_BYTES", str(200 * 1024 * 1024))
+    with pytest.raises(ValidationError) as refused:
+        Settings.load()
+    message = describe_settings_error(refused.value) or ""
+    assert message.startswith("invalid setting: Value error, IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES")

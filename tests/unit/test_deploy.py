@@ -22,9 +22,7 @@ import pytest
 import yaml
 
 from pipeline.cli import build_parser
-from pipeline.config import Settings
-from pipeline.config.listener import LISTENER_ENV_PREFIX, ListenerSettings
-from pipeline.config.webhooks import WEBHOOK_ENV_PREFIX, WebhookSettings
+from pipeline.config import variable_names
 from pipeline.dev.roles import read_procfile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +69,7 @@ def deployments() -> dict[str, dict[str, Any]]:
 
 
 def known_settings() -> set[str]:
-    names = {"IMAP_PIPELINE_" + name.upper() for name in Settings.model_fields}
-    names |= {LISTENER_ENV_PREFIX + name.upper() for name in ListenerSettings.model_fields}
-    names |= {WEBHOOK_ENV_PREFIX + name.upper() for name in WebhookSettings.model_fields}
-    return names | PROCFILE_VARIABLES
+    return variable_names() | PROCFILE_VARIABLES
 
 
 # --- compose ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import Settings, reset_settings
+from pipeline.config import ImapSettings, Settings, reset_settings
 
 
 def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
@@ -52,7 +52,5 @@ def test_the_command_bound_must_hold_the_largest_literal() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES"):
-        Settings(imap_max_literal_bytes=200 * 1024 * 1024)
-    assert Settings(
-        imap_max_literal_bytes=200 * 1024 * 1024, imap_max_command_bytes=300 * 1024 * 1024
-    )
+        ImapSettings(max_literal_bytes=200 * 1024 * 1024)
+    assert ImapSettings(max_literal_bytes=200 * 1024 * 1024, max_command_bytes=300 * 1024 * 1024)

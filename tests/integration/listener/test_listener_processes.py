@@ -38,7 +38,7 @@ def listener_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
         IMAP_PIPELINE_DATABASE_URL=settings.require_database_url(),
         IMAP_PIPELINE_REDIS_URL=settings.require_redis_url(),
         IMAP_PIPELINE_ENCRYPTION_KEYS=settings.encryption_keys.get_secret_value(),
-        IMAP_PIPELINE_IMAP_CA_FILE=str(settings.imap_ca_file),
+        IMAP_PIPELINE_IMAP_CA_FILE=str(settings.imap.ca_file),
         IMAP_PIPELINE_DATA_DIR=str(tmp_path / "data"),
     )
     return env
