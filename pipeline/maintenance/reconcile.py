@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.maintenance.repository import MaintenanceRepository
-from pipeline.sync.changes import finalize_orphans
+from pipeline.messages.orphans import finalize_orphans
 
 GRANT_STALL_S = 15 * 60  # an initial sync commits far more often than this while it runs
 FOLDER_STALL_S = 10 * 60  # > a sync task's time budget (120 s) plus its queueing

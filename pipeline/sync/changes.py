@@ -1,21 +1,17 @@
-"""Flag changes, expunges and moves of an already synced folder, and the end of orphans.
+"""Flag changes, expunges and moves of an already synced folder.
 
 An incremental run reads what changed since the modseq its stored flags are current as of:
 with QRESYNC one ``CHANGEDSINCE ... VANISHED`` fetch gives both flags and expunges; otherwise
 CONDSTORE ``CHANGEDSINCE`` (or, without it, a bounded refresh of the most recent UIDs) gives
 the flags and a UID diff the expunges. A message whose last placement vanished is only marked
 orphaned: a move shows up as an expunge in one folder and an arrival in another, and keeps
-its id; :func:`finalize_orphans` deletes what stayed in no folder past the grace.
+its id; :func:`pipeline.messages.orphans.finalize_orphans` deletes what stayed in no folder
+past the grace.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from sqlalchemy.orm import Session, sessionmaker
-
 from pipeline import notifications
-from pipeline.grants.repository import GrantRepository
 from pipeline.messages.repository import MessageRepository
 from pipeline.sync.plan import FolderRun, Opened
 
@@ -29,7 +25,8 @@ def apply_changes(run: FolderRun, opened: Opened) -> int:
     Otherwise flags: CONDSTORE ``CHANGEDSINCE`` where the server has it, else a bounded refresh
     of the most recent UIDs; expunges: the stored UIDs the server no longer has. A message
     whose last placement vanished is only marked orphaned: a move shows up as an expunge here
-    and an arrival elsewhere, and must keep its id (see :func:`finalize_orphans`).
+    and an arrival elsewhere, and must keep its id (see
+    :func:`pipeline.messages.orphans.finalize_orphans`).
 
     Returns:
         How many notifications were written to the webhook outbox.
@@ -82,22 +79,3 @@ def apply_changes(run: FolderRun, opened: Opened) -> int:
         if opened.live and opened.notify:
             return notifications.messages(db, run.grant_id, "message.updated", updated)
     return 0
-
-
-def finalize_orphans(
-    sessions: sessionmaker[Session], grant_id: str, *, now: datetime, grace_s: float
-) -> list[str]:
-    """Delete messages that stayed in no folder for ``grace_s`` and notify ``message.deleted``.
-
-    Idempotent; beat's reconciliation calls it too, for grants whose folders are quiet
-    (:func:`pipeline.maintenance.reconcile.finalize_quiet_orphans`).
-    """
-    with sessions.begin() as db:
-        repo = MessageRepository(db)
-        repo.lock_grant(grant_id)  # a batch re-placing a moved message commits first, or waits
-        expired = repo.expired_orphans(grant_id, now - timedelta(seconds=grace_s))
-        deleted = repo.delete_unplaced(grant_id, expired)
-        grant = GrantRepository(db).get(grant_id)
-        if deleted and grant is not None and grant.initial_sync_completed_at is not None:
-            notifications.messages_deleted(db, grant_id, deleted)
-    return deleted

@@ -49,9 +49,10 @@ from pipeline.grants.repository import GrantRepository
 from pipeline.grants.state import GrantSyncState
 from pipeline.imap import ImapSession, SelectInfo
 from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
+from pipeline.messages.orphans import finalize_orphans
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
-from pipeline.sync.changes import apply_changes, finalize_orphans
+from pipeline.sync.changes import apply_changes
 from pipeline.sync.plan import FolderRun, Opened, batches, discover_folders, notify_after, plan
 from pipeline.sync.recovery import (
     BatchStore,
