@@ -16,10 +16,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from conftest import TEST_WEBHOOK_ENV, WorkerEnv, worker_env
 from hostile_receiver import HostileReceiver
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
+from webhook_worker_env import TEST_WEBHOOK_ENV, WorkerEnv, worker_env
 
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox

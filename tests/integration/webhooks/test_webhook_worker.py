@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import WorkerEnv
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
+from webhook_worker_env import WorkerEnv
 
 from pipeline.config import Settings
 from pipeline.crypto import SecretBox
