@@ -13,7 +13,7 @@ The routes are HTTP only for what they change: they call the domain's services w
 arguments, :mod:`pipeline.messages.service` (flags, moves, deletes) and
 :mod:`pipeline.messages.content` (raw messages, attachments), :mod:`pipeline.folders.service`,
 :mod:`pipeline.drafts.service`, :mod:`pipeline.outbound.compose` and
-:mod:`pipeline.outbound.sending`, :mod:`pipeline.grants.signin`, :mod:`pipeline.applications`
+:mod:`pipeline.outbound.submit`, :mod:`pipeline.grants.signin`, :mod:`pipeline.applications`
 (redirect URIs, authorization codes), on IMAP sessions of
 :func:`pipeline.grants.interactive.grant_imap`.
 """

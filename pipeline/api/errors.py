@@ -35,7 +35,8 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.drafts.scheduling import DraftBusy
-from pipeline.drafts.service import DraftNotReadBack
+from pipeline.drafts.server import DraftNotReadBack
+from pipeline.drafts.service import SavedNotSendable
 from pipeline.errors import (
     ConfigurationError,
     GrantConflict,
@@ -118,6 +119,14 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return invalid_request(message)
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, SavedNotSendable):
+        refused = from_pipeline_error(exc.refusal)
+        return ApiError(
+            refused.status,
+            refused.type,
+            f"The draft was saved, but cannot be sent as it now is ({refused.message}); its "
+            "scheduled send is cancelled.",
+        )
     if isinstance(exc, SendRefused):
         return ApiError(exc.status, exc.type, message)
     if isinstance(exc, KeyReused):

@@ -1,204 +1,286 @@
-"""Drafts on the server: a draft lives in the account's Drafts folder (role ``drafts``),
-APPENDed with ``\\Draft`` and ``\\Seen``; Postgres holds it like any message the sync stores.
-Each change is made on the server first and then recorded from what the server holds:
+"""What each change of a draft does, step by step: create, update, send and remove (the HTTP
+routes of :mod:`pipeline.api.drafts` parse a request and render the draft; a task or the CLI
+can call these as well).
 
-- :func:`append`: compose (:mod:`pipeline.drafts.mime`), APPEND, fetch the copy back and store
-  it through the sync's own normalizer (the next sync recognizes it, nothing is stored twice);
-- :func:`replace`: read the server's copy, apply the change, APPEND the new version with the
-  same Message-ID, then expunge the old copies; the row is rewritten in place, so the draft's
-  id stays the same;
-- :func:`read`: the server's copy as :class:`~pipeline.drafts.mime.DraftContent` (what a send
-  of the draft sends);
-- :func:`expunge`: every copy expunged and the draft forgotten (a draft is not moved to Trash).
+- :func:`create`: check the request (and, with ``send_at``, that the draft could be sent),
+  APPEND it with ``\\Draft`` and store the server's copy (:func:`pipeline.drafts.server.append`),
+  then write its scheduled send;
+- :func:`update`: check the request, take the draft's lock, replace the server's copy by one
+  with the request applied (same Message-ID; :func:`pipeline.drafts.server.replace`), then make
+  its scheduled send again from the new version, at the time given or the one it had;
+- :func:`send`: take the lock, cancel a scheduled send, read the server's copy, send it
+  (:func:`pipeline.outbound.submit.send_now`, one send per version of the draft), then
+  expunge the draft;
+- :func:`remove`: take the lock, cancel a scheduled send, expunge every copy and forget it.
 
-The IMAP work runs on a session of :func:`pipeline.grants.interactive.grant_imap`. The HTTP
-routes (:mod:`pipeline.api.drafts`) parse requests, hold one change of a draft at a time, and
-schedule or send drafts; they call these.
+Update, send and remove of one draft run one at a time
+(:func:`pipeline.drafts.scheduling.locked`): the second starts from the server copy and row the
+first left.
 
-Errors: :class:`~pipeline.errors.InvalidRequest` (no Drafts folder; a copy that cannot be read
-back), :class:`~pipeline.errors.NotFound` (the draft left the Drafts folder), and
-:class:`DraftNotReadBack` (the server took the draft but did not give it back).
+Errors: :class:`~pipeline.errors.InvalidRequest` and :class:`~pipeline.errors.NotFound` with
+the texts the API answers; :class:`SavedNotSendable` (an update saved, its scheduled send
+dropped); what :mod:`pipeline.drafts.server`, :mod:`pipeline.drafts.scheduling` and
+:func:`pipeline.outbound.submit.send_now` raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
+import logging
+import time
+from dataclasses import replace
 from email.utils import make_msgid
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from pipeline.drafts import mime, repository
-from pipeline.drafts.mime import DraftContent
-from pipeline.errors import InvalidRequest, NotFound, RequestError
-from pipeline.grants.interactive import Interactive, grant_imap
-from pipeline.imap import ImapSession
+from pipeline.drafts import scheduling, server
+from pipeline.drafts.mime import DraftContent, DraftFile, Person
+from pipeline.drafts.schemas import MAX_ATTACHMENTS, MAX_RECIPIENTS, DraftRequest
+from pipeline.errors import ImapError, InvalidRequest, NotFound, RequestError
 from pipeline.messages import metadata
-from pipeline.messages.placements import Location, PlacementRepository
-from pipeline.messages.repository import MessageRepository
-from pipeline.models import Folder, Grant, Message
-from pipeline.sync.store import ParsedItem, parse_batch, write_batch
+from pipeline.models import Grant, Message
+from pipeline.outbound import compose, submit
+from pipeline.outbound.outbox import MAX_SCHEDULE_AHEAD_S, OutboxRepository
+from pipeline.outbound.sending import Sender
 
-DRAFT_FLAGS = ("\\Draft", "\\Seen")
-NO_DRAFTS_FOLDER = (
-    "This account has no Drafts folder on its server: create one named Drafts "
-    "(POST /v3/grants/{id}/folders) and the drafts go there."
-)
-GONE = "This draft is no longer in the Drafts folder on the server."
+log = logging.getLogger(__name__)
 
 
-class DraftNotReadBack(RequestError):
-    """The server took the draft (APPEND) but did not give it back when asked for it; it
-    appears with the next sync (the API answers 502). The session that asked stays usable."""
+class SavedNotSendable(RequestError):
+    """An update was saved, but the draft cannot be sent as it now is, so its scheduled send
+    is cancelled; ``refusal`` is why it cannot be sent (the answer takes its status)."""
 
-
-def domain_of(grant: Grant) -> str:
-    """The domain of the grant's address (for Message-IDs)."""
-    return grant.email.rpartition("@")[2] or "localhost"
-
-
-def _flags(starred: bool) -> list[str]:
-    return [*DRAFT_FLAGS, "\\Flagged"] if starred else list(DRAFT_FLAGS)
-
-
-def _read_back(
-    imap: ImapSession, raw_name: str, message_id: str, after_uid: int
-) -> tuple[int, Any]:
-    """The UIDVALIDITY of the folder and the copy just appended (found by its Message-ID,
-    the newest above ``after_uid``)."""
-    info = imap.select(raw_name, readonly=False)
-    uids = sorted(imap.search_uids("HEADER", "Message-ID", f'"{message_id}"'))
-    newer = [u for u in uids if u > after_uid]
-    fetched = list(imap.fetch_messages(newer[-1:])) if newer else []
-    return info.uidvalidity, fetched
-
-
-def _one(fetched: list[Any]) -> ParsedItem:
-    items, _ = parse_batch(fetched)
-    if not items:
-        raise DraftNotReadBack(
-            "The IMAP server took the draft but did not give it back when asked for it; it "
-            "appears with the next sync."
+    def __init__(self, refusal: RequestError) -> None:
+        super().__init__(
+            f"The draft was saved, but cannot be sent as it now is ({refusal}); its scheduled "
+            "send is cancelled."
         )
-    return items[0]
+        self.refusal = refusal
 
 
-def _drafts_folder(db: Session, grant: Grant) -> Folder:
-    folders = repository.drafts_folders(db, grant.id)
-    if not folders:
-        raise InvalidRequest(NO_DRAFTS_FOLDER)
-    return folders[0]
+# --- what a request does to a draft -----------------------------------------------------------
 
 
-def append(
+def _people(recipients: list[compose.Recipient]) -> list[Person]:
+    return [Person(r.email, r.name or "") for r in recipients]
+
+
+def applied(
     db: Session,
-    access: Interactive,
     grant: Grant,
-    content: DraftContent,
-    *,
-    starred: bool,
-    pairs: dict[str, str] | None = None,
-) -> Message:
-    """APPEND a new draft to the Drafts folder and store the server's copy (committed: the
-    server holds it already)."""
-    folder = _drafts_folder(db, grant)
-    message_id = make_msgid(domain=domain_of(grant))
-    when = datetime.now(UTC)
-    raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when).as_bytes()
-    # APPEND, SELECT, SEARCH, FETCH
-    with grant_imap(db, access, grant, ops=4) as imap:
-        imap.append(folder.raw_name, raw, flags=_flags(starred), when=when)
-        uidvalidity, fetched = _read_back(imap, folder.raw_name, message_id, 0)
-    item = _one(fetched)
-    result = write_batch(
-        db,
-        grant_id=grant.id,
-        folder_id=folder.id,
-        uidvalidity=uidvalidity,
-        items=[item],
-        failures=[],
-    )
-    draft_id = (result.new_message_ids or result.existing_message_ids)[0]
-    if pairs is not None:
-        metadata.store_metadata(db, draft_id, pairs)
-    db.commit()
-    message = MessageRepository(db).get(grant.id, draft_id)
-    assert message is not None
-    return message
-
-
-def location(db: Session, draft: Message) -> Location:
-    """Where the draft sits in the Drafts folder.
+    base: DraftContent,
+    req: DraftRequest,
+    files: list[DraftFile] | None,
+) -> DraftContent:
+    """``base`` with what the request gives (``files`` None: the request leaves the files).
 
     Raises:
-        NotFound: It is no longer there.
+        InvalidRequest: What a draft cannot hold.
+        NotFound: An unknown reply target.
     """
-    for where in PlacementRepository(db).locations(draft.id):
-        if where.role == repository.DRAFTS_ROLE:
-            return where
-    raise NotFound(GONE)
-
-
-def _server_copy(imap: ImapSession, where: Location) -> DraftContent:
-    raw = imap.fetch_raw(where.uid)
-    if raw is None:
-        raise NotFound(GONE)
-    try:
-        return mime.read(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"This draft cannot be read back: {exc}.") from exc
-
-
-def read(db: Session, access: Interactive, grant: Grant, where: Location) -> DraftContent:
-    """The server's copy of the draft at ``where``."""
-    with grant_imap(db, access, grant, ops=2) as imap:  # SELECT, FETCH
-        imap.select(where.raw_name, readonly=True)
-        return _server_copy(imap, where)
-
-
-def replace(
-    db: Session,
-    access: Interactive,
-    grant: Grant,
-    draft: Message,
-    change: Callable[[DraftContent], DraftContent],
-    *,
-    message_id: str,
-    starred: bool,
-    pairs: dict[str, str] | None,
-) -> DraftContent:
-    """Replace the server's copy by ``change`` of it (with ``message_id``: the draft's own),
-    expunge the old copies, then rewrite the draft's row in place (committed); returns the new
-    content. ``pairs`` given replace the draft's metadata (None keeps it)."""
-    where = location(db, draft)
-    # every copy of this draft in that folder goes (the sync may have found identical ones)
-    copies = PlacementRepository(db).locations(draft.id)
-    stale = sorted(loc.uid for loc in copies if loc.folder_id == where.folder_id)
-    when = datetime.now(UTC)
-    # SELECT, FETCH, APPEND, SELECT, SEARCH, FETCH, STORE, EXPUNGE
-    with grant_imap(db, access, grant, ops=8) as imap:
-        imap.select(where.raw_name, readonly=False)
-        content = change(_server_copy(imap, where))
-        raw = mime.compose(content, sender=grant.email, message_id=message_id, when=when)
-        imap.append(where.raw_name, raw.as_bytes(), flags=_flags(starred), when=when)
-        uidvalidity, fetched = _read_back(imap, where.raw_name, message_id, where.uid)
-        item = _one(fetched)  # the old copies stay unless the new one is there
-        imap.expunge_uids(stale)
-    repository.replace_content(db, draft, item, folder_id=where.folder_id, uidvalidity=uidvalidity)
-    if pairs is not None:  # left out: the draft keeps its metadata (the row stays)
-        metadata.store_metadata(db, draft.id, pairs)
-    db.commit()
+    if req.from_ and req.from_[0].email.lower() != grant.email.lower():
+        raise InvalidRequest(f"This grant sends as {grant.email}; `from` cannot differ.")
+    content = replace(base)
+    for name in ("to", "cc", "bcc", "reply_to"):
+        given = getattr(req, name)
+        if given is not None:
+            setattr(content, name, _people(given))
+    if req.from_:
+        content.from_name = req.from_[0].name or ""
+    if req.subject is not None:
+        content.subject = req.subject
+    if req.body is not None:
+        content.body = req.body
+    if req.is_plaintext is not None:
+        content.is_plaintext = req.is_plaintext
+    if req.custom_headers is not None:
+        content.headers = [(h.name, h.value) for h in req.custom_headers]
+    if req.reply_to_message_id is not None:
+        parent = compose.reply_parent(db, grant.id, req.reply_to_message_id)
+        if parent is None:
+            raise NotFound(f"No message {req.reply_to_message_id!r} to reply to.")
+        content.in_reply_to = parent.message_id_header
+        content.references = (
+            [*parent.references, parent.message_id_header] if parent.message_id_header else []
+        )
+    if files is not None:
+        content.files = files
+    if len(content.to) + len(content.cc) + len(content.bcc) > MAX_RECIPIENTS:
+        raise InvalidRequest(f"At most {MAX_RECIPIENTS} recipients per draft.")
+    if len(content.files) > MAX_ATTACHMENTS:
+        raise InvalidRequest(f"At most {MAX_ATTACHMENTS} attachments per draft.")
     return content
 
 
-def expunge(db: Session, access: Interactive, grant: Grant, draft: Message) -> None:
-    """Expunge every copy of the draft and forget it (the caller commits)."""
-    locations = PlacementRepository(db).locations(draft.id)
-    if locations:
-        # per copy: SELECT, STORE \Deleted, EXPUNGE
-        with grant_imap(db, access, grant, ops=3 * len(locations)) as imap:
-            for where in locations:
-                imap.select(where.raw_name, readonly=False)
-                imap.expunge_uids([where.uid])
-    repository.forget_draft(db, draft.id)
+def checked_metadata(req: DraftRequest) -> dict[str, str] | None:
+    """The request's metadata checked against Nylas' rules (None: not given).
+
+    Raises:
+        InvalidRequest: Naming the rule broken.
+    """
+    if req.metadata is None:
+        return None
+    try:
+        return metadata.validated(req.metadata)
+    except metadata.MetadataError as exc:
+        raise InvalidRequest(str(exc)) from exc
+
+
+def check_send_at(req: DraftRequest) -> None:
+    """A draft's ``send_at``: in the future, at most 30 days ahead (as a send's).
+
+    Raises:
+        InvalidRequest: Otherwise.
+    """
+    if req.send_at is None:
+        return
+    if req.send_at <= time.time():
+        raise InvalidRequest("send_at must be in the future (Unix seconds).")
+    if req.send_at > time.time() + MAX_SCHEDULE_AHEAD_S:
+        raise InvalidRequest("send_at must be at most 30 days ahead.")
+
+
+# --- create -----------------------------------------------------------------------------------
+
+
+def create(
+    db: Session,
+    sender: Sender,
+    grant: Grant,
+    req: DraftRequest,
+    files: list[DraftFile] | None,
+) -> Message:
+    """Save a new draft in the Drafts folder, and its send at ``send_at`` when given (checked
+    first: a draft that could not be sent is refused before it is saved)."""
+    content = applied(db, grant, DraftContent(), req, files)
+    pairs = checked_metadata(req)
+    check_send_at(req)
+    if req.send_at is not None:
+        scheduling.scheduled_send(
+            db, grant, content, pairs, req.send_at, make_msgid(domain=server.domain_of(grant))
+        )
+    draft = server.append(db, sender, grant, content, starred=bool(req.starred), pairs=pairs)
+    if req.send_at is not None and draft.message_id_header:
+        out = scheduling.scheduled_send(
+            db, grant, content, pairs, req.send_at, draft.message_id_header
+        )
+        scheduling.schedule(db, sender, grant, out)
+    return draft
+
+
+# --- update -----------------------------------------------------------------------------------
+
+
+def update(
+    db: Session,
+    sender: Sender,
+    grant: Grant,
+    draft: Message,
+    req: DraftRequest,
+    files: list[DraftFile] | None,
+) -> Message:
+    """Replace the server's copy by one with the request applied (same Message-ID), then
+    rewrite the draft's row in place: its id stays. One change of a draft at a time.
+
+    Raises:
+        SavedNotSendable: Saved, but a scheduled draft can no longer be sent as it now is.
+    """
+    applied(db, grant, DraftContent(), req, files)  # refuse a bad request before waiting
+    check_send_at(req)
+    with scheduling.locked(sender.sessions, db, grant, draft) as current:
+        return _update(db, sender, grant, current, req, files)
+
+
+def _update(
+    db: Session,
+    sender: Sender,
+    grant: Grant,
+    draft: Message,
+    req: DraftRequest,
+    files: list[DraftFile] | None,
+) -> Message:
+    server.location(db, draft)  # a draft no longer there is answered first
+    message_id = draft.message_id_header or make_msgid(domain=server.domain_of(grant))
+    starred = draft.starred if req.starred is None else req.starred
+    applied(db, grant, DraftContent(), req, files)  # refuse a bad request before any IMAP
+    content = server.replace(
+        db,
+        sender,
+        grant,
+        draft,
+        lambda base: applied(db, grant, base, req, files),
+        message_id=message_id,
+        starred=starred,
+        pairs=checked_metadata(req),
+    )
+    # A scheduled draft goes as it now is: its send is made again from the new version, at
+    # the time given or the one it had.
+    send_at = scheduling.unschedule(db, grant, message_id)
+    send_at = req.send_at if req.send_at is not None else send_at
+    if send_at is not None:
+        try:
+            out = scheduling.scheduled_send(
+                db, grant, content, draft.metadata_, send_at, message_id
+            )
+        except RequestError as exc:
+            db.commit()  # the old schedule stays cancelled: it held the old version
+            raise SavedNotSendable(exc) from exc
+        scheduling.schedule(db, sender, grant, out)
+    db.commit()
+    return draft
+
+
+# --- send and remove --------------------------------------------------------------------------
+
+
+def send(
+    db: Session, sender: Sender, grant: Grant, draft: Message, *, fields: str, wait_s: float
+) -> dict[str, Any]:
+    """Send what the server's copy of the draft holds (waiting at most ``wait_s`` for a
+    worker), then expunge the draft (while no other change of it runs: an update meanwhile
+    waits, then finds it gone); the sent message's view."""
+    with scheduling.locked(sender.sessions, db, grant, draft) as current:
+        return _send(db, sender, grant, current, fields, wait_s)
+
+
+def _send(
+    db: Session, sender: Sender, grant: Grant, draft: Message, fields: str, wait_s: float
+) -> dict[str, Any]:
+    where = server.location(db, draft)
+    if scheduling.unschedule(db, grant, draft.message_id_header) is not None:
+        db.commit()  # sent now instead of then
+    content = server.read(db, sender, grant, where)
+    req, files = scheduling.send_request(db, grant, content, draft.metadata_)
+    # One send per version of a draft: a retry (after a 504 while the worker was still at it,
+    # or when the draft could not be removed) gets the first send's answer, never a second mail.
+    key = f"draft:{draft.id}:{draft.header_hash}"
+    try:
+        out = compose.prepare(db, grant, req, files, fields)
+        view = submit.send_now(db, sender, grant, out, key, wait_s=wait_s, fields=fields)
+    except RequestError:  # what compose refused, or the send failed with
+        db.rollback()
+        if OutboxRepository(db).release_key(grant.id, key):  # refused for certain: may retry
+            db.commit()
+        raise
+    try:
+        _remove(db, sender, grant, draft)
+    except (ImapError, RequestError) as exc:
+        # The mail went out; only the draft is left behind (DELETE removes it).
+        log.warning(
+            "draft sent, but not removed from Drafts: %s",
+            type(exc).__name__,
+            extra={"grant_id": grant.id},
+        )
+    return view
+
+
+def remove(db: Session, sender: Sender, grant: Grant, draft: Message) -> None:
+    """Expunge every copy of the draft and forget it (one change of a draft at a time)."""
+    with scheduling.locked(sender.sessions, db, grant, draft) as current:
+        _remove(db, sender, grant, current)
+
+
+def _remove(db: Session, sender: Sender, grant: Grant, draft: Message) -> None:
+    scheduling.unschedule(db, grant, draft.message_id_header)  # a deleted draft is not sent later
+    server.expunge(db, sender, grant, draft)
+    db.commit()

@@ -38,7 +38,8 @@ out of reach that long) counts as dead: a message it then still delivers shows a
 failure, never as a second send. Every other failure is certain and says why; a message refused
 before the data (sender, recipients, login) was not sent and may be sent again with a new
 request (under a new Idempotency-Key: the same key repeats the failure, as Nylas caches
-errors too; sending a draft frees the key of a certain failure, :mod:`pipeline.api.drafts`).
+errors too; sending a draft frees the key of a certain failure,
+:mod:`pipeline.drafts.service`).
 
 Idempotency: a row carries the request's ``Idempotency-Key`` (unique per grant, as Nylas scopes
 it) and a hash of the request; the same key with the same request gives the first request's

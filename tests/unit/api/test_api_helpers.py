@@ -13,7 +13,8 @@ from pipeline.api.auth import KeyRing
 from pipeline.api.errors import ApiError, from_pipeline_error
 from pipeline.api.pagination import decode_cursor, encode_cursor
 from pipeline.drafts.scheduling import DraftBusy
-from pipeline.drafts.service import DraftNotReadBack
+from pipeline.drafts.server import DraftNotReadBack
+from pipeline.drafts.service import SavedNotSendable
 from pipeline.errors import (
     ConfigurationError,
     GrantNotFound,
@@ -27,6 +28,7 @@ from pipeline.errors import (
 )
 from pipeline.limits import RateLimited
 from pipeline.messages.content import decode_part, transfer_encoding
+from pipeline.outbound.submit import KeyReused, SendRefused
 
 ID = "0b9f1c1e-8a0e-4d7e-9d2a-3f1f5b7c9d11"
 
@@ -111,11 +113,25 @@ def test_headers_are_safe() -> None:
         (RateLimited("x", 1.0), 429, "rate_limit_error"),
         (DraftNotReadBack("x"), 502, "provider_error"),
         (DraftBusy("x"), 409, "conflict_error"),
+        (SavedNotSendable(InvalidRequest("x")), 400, "invalid_request_error"),
+        (SavedNotSendable(NotFound("x")), 404, "not_found_error"),
+        (SendRefused(504, "provider_error", "x"), 504, "provider_error"),
+        (SendRefused(400, "invalid_request_error", "x"), 400, "invalid_request_error"),
+        (KeyReused("x"), 409, "api.invalid_idempotent_request"),
     ],
 )
 def test_pipeline_errors_map_to_v3_types(error: Exception, status: int, type_: str) -> None:
     mapped = from_pipeline_error(error)  # type: ignore[arg-type]
     assert (mapped.status, mapped.type) == (status, type_)
+
+
+def test_a_saved_draft_that_cannot_be_sent_says_so_with_the_refusal() -> None:
+    refusal = InvalidRequest("This draft cannot be sent: to: List should have at least 1 item.")
+    mapped = from_pipeline_error(SavedNotSendable(refusal))
+    assert mapped.message == (
+        "The draft was saved, but cannot be sent as it now is (This draft cannot be sent: to: "
+        "List should have at least 1 item.); its scheduled send is cancelled."
+    )
 
 
 def test_a_refused_token_or_slot_keeps_its_text_and_says_when_to_retry() -> None:
