@@ -1,0 +1,117 @@
+"""The thread list of ``GET /threads`` (:func:`pipeline.threads.queries.list_threads`) on the
+real store: threads newest first by their latest message, the message filters applied to their
+messages (a thread is listed when one of its messages matches), the window of the latest and the
+earliest message, and pages that walk every thread once.
+
+Threading itself (References, then subject) is the writer's (``pipeline.sync.store``); the
+search's two ways of walking threads are tests/unit/queries/test_thread_search.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.messages.filters import MessageFilter
+from pipeline.pages import Cursor
+from pipeline.threads.queries import ThreadPage, list_threads
+from tests.support.stored_mail import Mailbox, T, mailbox
+
+pytestmark = pytest.mark.services
+
+SEEN = ["\\Seen"]
+
+
+@pytest.fixture
+def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailbox:
+    """Three threads: Plans (started 5 h ago, answered 5 min ago), Budget (one unread message
+    from Carol, 1 h ago) and Trip (2 h ago, answered 90 min ago in the Archive)."""
+    box = mailbox(pg_sessions, pg_connection)
+    box.add("INBOX", "Plans", 300, flags=SEEN, message_id="<plans@example.org>")
+    box.add("INBOX", "Re: Plans", 5, flags=SEEN, in_reply_to="<plans@example.org>")
+    box.add("INBOX", "Budget", 60, sender="Carol <carol@example.org>")
+    box.add("INBOX", "Trip", 120, flags=SEEN, message_id="<trip@example.org>")
+    box.add("Archive", "Re: Trip", 90, flags=SEEN, in_reply_to="<trip@example.org>")
+    return box
+
+
+def threads(box: Mailbox, flt: MessageFilter | None = None, **kwargs: object) -> list[str]:
+    page = list_threads(box.conn, box.grant_id, flt or MessageFilter(), 50, None, **kwargs)  # type: ignore[arg-type]
+    return [t.subject for t in page]
+
+
+def test_threads_are_listed_newest_first_by_their_latest_message(mail: Mailbox) -> None:
+    assert threads(mail) == ["Plans", "Budget", "Trip"]
+
+    mail.add("INBOX", "Re: Trip", 1, flags=SEEN, in_reply_to="<trip@example.org>")  # answered
+
+    assert threads(mail) == ["Trip", "Plans", "Budget"]
+    page = list_threads(mail.conn, mail.grant_id, MessageFilter(), 50, None)
+    trip = page[0]
+    assert trip.latest_message_at == T - timedelta(minutes=1)
+    assert [m.subject for m in trip.messages] == ["Trip", "Re: Trip", "Re: Trip"]  # oldest first
+    dates = [m.date for m in trip.messages]
+    assert dates == sorted(dates)
+
+
+def test_a_thread_is_listed_when_one_of_its_messages_matches(mail: Mailbox) -> None:
+    assert threads(mail, MessageFilter(unread=True)) == ["Budget"]
+    assert threads(mail, MessageFilter(folder_ids=[mail.folders["Archive"]])) == ["Trip"]
+    assert threads(mail, MessageFilter(any_email=["carol@example.org"])) == ["Budget"]
+    assert threads(mail, MessageFilter(subject="re:")) == ["Plans", "Trip"]
+    assert threads(mail, MessageFilter(subject="re:", unread=True)) == []
+    # the whole thread comes with it, not only the matching message
+    (trip,) = list_threads(
+        mail.conn, mail.grant_id, MessageFilter(folder_ids=[mail.folders["Archive"]]), 50, None
+    )
+    assert [m.subject for m in trip.messages] == ["Trip", "Re: Trip"]
+
+
+def test_the_latest_and_earliest_message_windows(mail: Mailbox) -> None:
+    assert threads(mail, latest_before=T - timedelta(minutes=30)) == ["Budget", "Trip"]
+    assert threads(mail, latest_after=T - timedelta(minutes=90)) == ["Plans", "Budget"]  # strict
+    # no message before it: Plans started 5 h ago, Trip 2 h ago
+    assert threads(mail, earliest_from=T - timedelta(minutes=150)) == ["Budget", "Trip"]
+    assert threads(mail, earliest_from=T - timedelta(minutes=120)) == ["Budget", "Trip"]
+    assert threads(mail, earliest_from=T - timedelta(minutes=119)) == ["Budget"]
+    window = {"latest_after": T - timedelta(hours=3), "latest_before": T - timedelta(minutes=61)}
+    assert threads(mail, **window) == ["Trip"]
+
+
+def test_the_rendered_page_lists_the_same_threads(mail: Mailbox) -> None:
+    for flt in (MessageFilter(), MessageFilter(unread=False), MessageFilter(subject="re:")):
+        plain = list_threads(mail.conn, mail.grant_id, flt, 50, None)
+        rendered = list_threads(mail.conn, mail.grant_id, flt, 50, None, as_json=True)
+        assert [t.id for t in rendered] == [t.id for t in plain], flt
+        assert all(t.json is not None and t.id in t.json for t in rendered)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_thread_pages_walk_every_thread_once_while_threads_move_up(
+    pg_sessions: sessionmaker[Session], pg_connection: Connection, as_json: bool
+) -> None:
+    box = mailbox(pg_sessions, pg_connection)
+    box.put(
+        "INBOX",
+        *(box.letter(f"topic {k}", 10 * k, message_id=f"<t{k}@example.org>") for k in range(9)),
+    )
+    seen: list[ThreadPage] = []
+    after: Cursor | None = None
+    while True:
+        page = list_threads(box.conn, box.grant_id, MessageFilter(), 2, after, as_json=as_json)
+        seen.extend(page)
+        if len(page) < 2:
+            break
+        after = Cursor(page[-1].latest_message_at, page[-1].id)
+        if len(seen) == 4:  # an answer moves a thread not yet listed to the top
+            box.add("INBOX", "Re: topic 7", 1, in_reply_to="<t7@example.org>")
+    everything = list_threads(box.conn, box.grant_id, MessageFilter(), 50, None)
+    subject_of = {t.id: t.subject for t in everything}  # a rendered page has it in its JSON
+    subjects = [subject_of[t.id] for t in seen]
+    assert everything[0].subject == "topic 7"
+    assert subjects == [f"topic {k}" for k in range(9) if k != 7]  # moved above the pages read
+    keys = [(t.latest_message_at, t.id) for t in seen]
+    assert keys == sorted(keys, reverse=True)
