@@ -107,7 +107,7 @@ def test_thread_pages_walk_every_thread_once_while_threads_move_up(
             break
         after = Cursor(page[-1].latest_message_at, page[-1].id)
         if len(seen) == 4:  # an answer moves a thread not yet listed to the top
-            box.add("INBOX", "Re: topic 7", 1, in_reply_to="<t7@example.org>")
+            box.add("INBOX", "Re: topic 7", -1, in_reply_to="<t7@example.org>")
     everything = list_threads(box.conn, box.grant_id, MessageFilter(), 50, None)
     subject_of = {t.id: t.subject for t in everything}  # a rendered page has it in its JSON
     subjects = [subject_of[t.id] for t in seen]
