@@ -14,8 +14,6 @@ Keys (``<grant_id>``, ``<folder_id>``: ids of rows; expiries on the Redis server
     imap-pipeline:conn:<grant_id>               zset  the account's connection slots (holder ->
                                                       expiry ms)
     imap-pipeline:conn:<grant_id>:want:<p>      str   a holder of priority p waits for a slot
-    imap-pipeline:listener:changed              hash  "<grant_id>:<folder_id>" -> unix ms of the
-                                                      last change a listener saw
     imap-pipeline:listener:status:<grant_id>    hash  folder id -> JSON: an IDLE connection's state
 
     rate limits (pipeline.limits)
@@ -45,6 +43,10 @@ Keys (``<grant_id>``, ``<folder_id>``: ids of rows; expiries on the Redis server
     imap-pipeline:webhooks:dispatch-queued      str   a dispatch task is queued (coalescing)
     imap-pipeline:webhooks:deliver-queued:<id>  str   a destination's drain is queued
     imap-pipeline:webhooks:deliver-at:<id>      str   when a destination's next drain is due
+
+    retired: no longer written; a deployment upgraded in place may still hold them (DEL frees)
+    imap-pipeline:listener:changed              hash  a listener's last change per folder (the
+                                                      reconciliation it was kept for never read it)
 
 Clients: :func:`client` (blocking) and :func:`async_client` (asyncio, the listener) bound every
 round trip, connect included, by one of the named timeouts below; a caller picks the one that
@@ -115,7 +117,6 @@ def async_client(
 
 # --- listeners, leases, connection slots ----------------------------------------------------
 LISTENERS_KEY = "imap-pipeline:listeners"
-LISTENER_CHANGED_KEY = "imap-pipeline:listener:changed"
 
 
 def lease_key(grant_id: str) -> str:

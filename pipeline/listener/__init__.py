@@ -7,9 +7,8 @@ rows; its only database write marks a grant invalid after a refused login.
 
 Redis keys (named in :mod:`pipeline.redis`, used by the modules below): the live listeners
 (``imap-pipeline:listeners``), one lease per grant (``imap-pipeline:lease:<grant_id>``), the
-account's connection slots (``imap-pipeline:conn:<grant_id>``, the connection manager's), the
-last change seen per folder (``imap-pipeline:listener:changed``) and the state of every IDLE
-connection (``imap-pipeline:listener:status:<grant_id>``).
+account's connection slots (``imap-pipeline:conn:<grant_id>``, the connection manager's) and
+the state of every IDLE connection (``imap-pipeline:listener:status:<grant_id>``).
 
 Modules: :mod:`~pipeline.listener.idle` (one connection's state machine, speaking IMAP through
 the asyncio client :mod:`pipeline.imap.aio`),

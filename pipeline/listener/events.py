@@ -15,13 +15,10 @@ The design, and why:
    like the other coalescing (:mod:`pipeline.coalesce`): one listener process owns a folder's
    connection, so there is no one to share it with, and a Redis round trip per notice is what
    it exists to save.
-3. **Recorded for reconciliation.** Before the enqueue, the change is written to the Redis hash
-   :data:`~pipeline.redis.LISTENER_CHANGED_KEY` (field ``<grant_id>:<folder_id>``, value: unix
-   milliseconds of the last change seen). If an enqueue is lost (broker down, process killed
-   between the two writes) reconciliation finds folders whose last change is newer than their
-   ``last_synced_at``. The hash holds one small field per watched folder, so it never grows
-   without bound. Losing all of Redis loses both, which the architecture allows: Postgres is the
-   truth and the periodic STATUS sweep repairs it.
+3. **The broker's message is the only record.** A change whose enqueue is lost with its
+   process (killed before the send) is found again from Postgres, the truth: the folder's
+   next connect, in whichever listener takes the grant's lease, compares its EXAMINE
+   snapshot with what the last sync stored and publishes "reconnect" when they differ.
 4. **Failures retry.** A failed enqueue is retried with a growing delay (up to
    :data:`RETRY_MAX_S`); the folder stays marked pending meanwhile.
 
@@ -34,14 +31,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from pipeline.redis import BROKER_TIMEOUT_S, CALL_TIMEOUT_S, LISTENER_CHANGED_KEY
+from pipeline.redis import BROKER_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +53,6 @@ class FolderRef:
     grant_id: str
     folder_id: str
     provider: str
-
-    @property
-    def key(self) -> str:
-        """Field name in :data:`~pipeline.redis.LISTENER_CHANGED_KEY`."""
-        return f"{self.grant_id}:{self.folder_id}"
 
 
 @dataclass
@@ -86,7 +74,7 @@ class PublisherStats:
 
 
 class ChangePublisher:
-    """Turns folder-changed notices into coalesced, recorded sync enqueues.
+    """Turns folder-changed notices into coalesced sync enqueues.
 
     Call :meth:`folder_changed` from the event loop (it never blocks); run :meth:`run` as a
     task; call :meth:`flush` on shutdown to send what is still waiting for its window.
@@ -94,13 +82,11 @@ class ChangePublisher:
 
     def __init__(
         self,
-        redis: aioredis.Redis[bytes],
         enqueue: Enqueue,
         *,
         debounce_s: float,
         on_enqueued: Callable[[FolderRef], None] | None = None,
     ) -> None:
-        self._redis = redis
         self._enqueue = enqueue
         self._debounce_s = debounce_s
         self._on_enqueued = on_enqueued
@@ -171,7 +157,6 @@ class ChangePublisher:
         state = self._states.setdefault(ref, _FolderState())
         state.queued = False
         state.last_sent = loop.time()
-        await self._record(ref)
         try:
             await asyncio.wait_for(
                 loop.run_in_executor(
@@ -204,17 +189,3 @@ class ChangePublisher:
         )
         if self._on_enqueued is not None:
             self._on_enqueued(ref)
-
-    async def _record(self, ref: FolderRef) -> None:
-        try:
-            # a slower Redis is treated as down for this event
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                await self._redis.hset(LISTENER_CHANGED_KEY, ref.key, str(int(time.time() * 1000)))
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning(
-                "could not record change of grant=%s folder=%s in Redis (%s)",
-                ref.grant_id,
-                ref.folder_id,
-                type(exc).__name__,
-                extra={"grant_id": ref.grant_id, "folder_id": ref.folder_id},
-            )

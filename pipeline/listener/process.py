@@ -165,7 +165,7 @@ class Listener:
         self._sessions = sessions
         self._redis = redis
         self._rng = rng or random.Random()
-        self.publisher = ChangePublisher(redis, enqueue, debounce_s=listener_settings.debounce_s)
+        self.publisher = ChangePublisher(enqueue, debounce_s=listener_settings.debounce_s)
         self.leases = LeaseStore(redis, self.id, lease_ttl_s=listener_settings.lease_ttl_s)
         # IDLE priority in the account's connection manager: reserved slots for Inbox and Sent
         self.slots = AsyncConnectionSlots(redis, ttl_s=listener_settings.conn_slot_ttl_s)

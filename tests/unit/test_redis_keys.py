@@ -67,7 +67,6 @@ def test_no_module_but_pipeline_redis_spells_a_key() -> None:
         (keys.LISTENERS_KEY, "imap-pipeline:listeners"),
         (keys.lease_key("g"), "imap-pipeline:lease:g"),
         (keys.listener_status_key("g"), "imap-pipeline:listener:status:g"),
-        (keys.LISTENER_CHANGED_KEY, "imap-pipeline:listener:changed"),
         (keys.conn_key("g"), "imap-pipeline:conn:g"),
         (keys.want_key("g", 1), "imap-pipeline:conn:g:want:1"),
         (keys.bucket_key("login:a:g"), "imap-pipeline:rl:login:a:g"),
