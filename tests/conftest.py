@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import redis
 
-from pipeline.config import ImapSettings, Settings
+from pipeline.config import ImapSettings, Settings, SyncSettings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine, migrate
 from pipeline.dev.dovecot import LocalDovecot
@@ -231,5 +231,5 @@ def settings(database_url: str, redis_url: str, tls_files: TlsFiles, tmp_path: P
         encryption_keys=generate_key(),  # type: ignore[arg-type]
         imap=ImapSettings(ca_file=tls_files.ca_file),
         data_dir=tmp_path / "data",
-        sync_batch_size=20,
+        sync=SyncSettings(batch_size=20),
     )

@@ -117,7 +117,7 @@ def limit_problem(exc: ImapLimitError | SoftTimeLimitExceeded) -> ImapLimitError
         return exc
     from workers.celeryconfig import SOFT_LIMIT_MARGIN_S  # loaded: this runs in a worker
 
-    limit = get_settings().sync_task_time_limit_s
+    limit = get_settings().sync.task_time_limit_s
     return (
         f"a sync task of this grant was stopped {SOFT_LIMIT_MARGIN_S} s before its time limit "
         f"of {limit:g} s (the server answers too slowly); if it is trusted, raise "

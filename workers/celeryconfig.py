@@ -45,7 +45,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's settings (``app.conf``) for ``settings``: broker, queues, routes, time limits
     and the beat schedule."""
     broker_url = settings.require_redis_url()
-    hard_limit_s = settings.sync_task_time_limit_s
+    hard_limit_s = settings.sync.task_time_limit_s
     assert hard_limit_s < VISIBILITY_TIMEOUT_S  # the setting's own bound keeps it so
     task_annotations: dict[str, dict[str, float]] = {
         name: {"time_limit": hard_limit_s, "soft_time_limit": hard_limit_s - SOFT_LIMIT_MARGIN_S}

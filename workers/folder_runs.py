@@ -106,7 +106,7 @@ def run_folder(
     """
     r = redis_client()
     started = time.monotonic()
-    run = coalesce.folder_sync(r, folder_id, uid_range, get_settings().sync_lock_ttl_s)
+    run = coalesce.folder_sync(r, folder_id, uid_range, get_settings().sync.lock_ttl_s)
     if uid_range is not None and chunks.is_done(r, folder_id, uid_range):
         return {"skipped": "done"}  # run on another chunk's session (workers.chunks)
     if not run.acquire(token):
@@ -211,7 +211,7 @@ def _run_range(
         budget_s=budget_s,
         on_batch=lambda: _between_batches(run, imap),
         uid_range=uid_range,
-        range_messages=get_settings().sync_range_messages,
+        range_messages=get_settings().sync.range_messages,
         reopen=lambda: _reopen(grant_id),
     )
     if outcome.replaced is not None:  # the server dropped ours mid-folder
@@ -259,8 +259,8 @@ def _run_waiting_ranges(
     """Run the grant's waiting ranges on ``imap`` while the chunk budget lasts and nobody of a
     higher priority wants a connection of the account; then give the session back. Returns
     how many ranges ran. A range that fails here stays waiting: its own task runs it."""
-    budget = get_settings().sync_chunk_budget_s
-    lock_ttl = get_settings().sync_lock_ttl_s
+    budget = get_settings().sync.chunk_budget_s
+    lock_ttl = get_settings().sync.lock_ttl_s
     ran = 0
     healthy = True
     try:

@@ -138,7 +138,7 @@ def queue_changed(grant_id: str, provider: str, folder_ids: list[str]) -> None:
             grant_id,
             provider,
             folder_ids,
-            get_settings().max_folder_tasks_per_grant,
+            get_settings().sync.max_folder_tasks_per_grant,
             replace=False,
         )
 
@@ -151,7 +151,7 @@ def apply_discovery(grant_id: str, provider: str, listed: list[FolderInfo]) -> d
         if grant is None:
             return {"skipped": "grant removed"}
         changes = discover_folders(
-            db, grant, listed, max_folders=get_settings().max_folders_per_grant
+            db, grant, listed, max_folders=get_settings().sync.max_folders_per_grant
         )
     if changes.created or changes.deleted:
         kick()  # folder.created / folder.deleted

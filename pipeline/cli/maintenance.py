@@ -92,15 +92,15 @@ def _purge(args: argparse.Namespace) -> int:
     settings = Settings.load()
     now = datetime.now(UTC)
     if args.dry_run:
-        cutoff = now - timedelta(days=settings.retention_days)
+        cutoff = now - timedelta(days=settings.sync.retention_days)
         with session_scope(settings.require_database_url()) as db:
             count = MaintenanceRepository(db).count_messages_before(cutoff)
         console.print(f"{count} message(s) received before {cutoff:%Y-%m-%d %H:%M} UTC")
         return 0
     sessions = sessionmaker_for(settings.require_database_url())
-    result = purge(sessions, retention_days=settings.retention_days, now=now)
+    result = purge(sessions, retention_days=settings.sync.retention_days, now=now)
     while not result.complete:
-        more = purge(sessions, retention_days=settings.retention_days, now=now)
+        more = purge(sessions, retention_days=settings.sync.retention_days, now=now)
         more.messages += result.messages
         more.threads += result.threads
         more.sync_failures += result.sync_failures

@@ -4,13 +4,15 @@ Every setting comes from an environment variable with the prefix ``IMAP_PIPELINE
 example ``IMAP_PIPELINE_DATABASE_URL``) or from ``<data_dir>/runtime.env``, which
 ``imap-pipeline up`` writes so that a second terminal finds the services it started.
 
-:class:`Settings` holds the services, secrets, sync bounds and processes; its sections are typed
-models of their own, each with its part of the variable names::
+:class:`Settings` holds what several concerns share (the services, the secrets, which networks
+mail hosts may be on) and the processes; each concern reads a section of its own, a typed model
+with its part of the variable names::
 
     Settings                 IMAP_PIPELINE_<FIELD>            this module
     Settings.beat            IMAP_PIPELINE_<FIELD>            pipeline.config.beat (job intervals)
     Settings.imap            IMAP_PIPELINE_IMAP_<FIELD>       pipeline.config.imap (session bounds)
     Settings.listener        IMAP_PIPELINE_LISTENER_<FIELD>   pipeline.config.listener
+    Settings.sync            IMAP_PIPELINE_SYNC_<FIELD>       pipeline.config.sync (and 4 aliases)
     Settings.webhooks        IMAP_PIPELINE_WEBHOOK_<FIELD>    pipeline.config.webhooks
 
 :meth:`Settings.load` is the one loader (environment + runtime file, every section at once);
@@ -34,6 +36,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pipeline.config.beat import BeatSettings
 from pipeline.config.imap import ImapSettings
 from pipeline.config.listener import ListenerSettings
+from pipeline.config.sync import SyncSettings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.errors import ConfigurationError
 from pipeline.netguard import AddressPolicy, IpNetwork
@@ -43,6 +46,7 @@ __all__ = [
     "ImapSettings",
     "ListenerSettings",
     "Settings",
+    "SyncSettings",
     "WebhookSettings",
     "describe_settings_error",
     "get_settings",
@@ -95,23 +99,7 @@ class Settings(BaseSettings):
         description="Comma-separated API keys. Unset: `up` creates one in data_dir/api.key.",
     )
 
-    # --- sync -----------------------------------------------------------------------------
-    retention_days: int = Field(default=90, ge=1, description="Rolling window, by INTERNALDATE.")
-    sync_batch_size: int = Field(
-        default=100, ge=1, le=2000, description="Messages fetched and committed per batch."
-    )
-    sync_batch_bytes: int = Field(
-        default=16 * 1024 * 1024,
-        ge=1024 * 1024,
-        description="A fetch batch is cut when the messages' RFC822.SIZE adds up to this.",
-    )
-    sync_task_time_limit_s: float = Field(
-        default=900.0,
-        ge=60,
-        le=1500,
-        description="Hard time limit of every sync task (a soft limit 30 s earlier records "
-        "why); below the broker's 30-minute visibility timeout.",
-    )
+    # --- mail hosts (the API, the listener and the workers alike) -------------------------
     mail_allowed_networks: Annotated[list[IpNetwork], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -121,47 +109,6 @@ class Settings(BaseSettings):
             "Empty: only public addresses. The CLI (run by the operator) is not limited."
         ),
     )
-    sync_chunk_budget_s: float = Field(
-        default=120.0,
-        gt=0,
-        description="A sync task works at most this long, then continues in a new task "
-        "(keeps every task far below the broker's visibility timeout).",
-    )
-
-    max_folders_per_grant: int = Field(
-        default=1000,
-        ge=1,
-        description="Folders synced per grant. A server listing more keeps Inbox, Sent and the "
-        "other role folders first, then the folders already synced, then the rest in LIST "
-        "order; `grants status` shows how many were left out.",
-    )
-    max_folder_tasks_per_grant: int = Field(
-        default=8,
-        ge=1,
-        description="Folder syncs one grant has queued at once (discovery and reconciliation); "
-        "the others wait in Redis and are queued as these finish, so one grant with "
-        "thousands of folders cannot flood the queue ahead of every other grant.",
-    )
-    sync_range_messages: int = Field(
-        default=400,
-        ge=50,
-        description="A large initial folder sync is split into UID ranges of about this many "
-        "messages, each a task of its own, so every worker shares a big folder to the end.",
-    )
-    orphan_grace_s: float = Field(
-        default=300.0,
-        ge=0,
-        description="A message that vanished from its last folder is deleted (message.deleted) "
-        "only after this long: a move between folders re-places it first and keeps its id. "
-        "Keep it above the polling interval of folders without IDLE.",
-    )
-    sync_lock_ttl_s: int = Field(
-        default=60,
-        ge=5,
-        le=600,
-        description="A folder's sync lock lapses this long after its holder's last batch "
-        "(how soon a folder whose worker died is picked up again).",
-    )
 
     # --- sections (each reads its own variables; see the module docstring) ----------------
     # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _IMAP, ...) is not parsed as JSON;
@@ -169,6 +116,7 @@ class Settings(BaseSettings):
     beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
     imap: Annotated[ImapSettings, NoDecode] = Field(default_factory=ImapSettings)
     listener: Annotated[ListenerSettings, NoDecode] = Field(default_factory=ListenerSettings)
+    sync: Annotated[SyncSettings, NoDecode] = Field(default_factory=SyncSettings)
     webhooks: Annotated[WebhookSettings, NoDecode] = Field(default_factory=WebhookSettings)
 
     # --- processes --------------------------------------------------------------------------
@@ -341,6 +289,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "beat": BeatSettings,
     "imap": ImapSettings,
     "listener": ListenerSettings,
+    "sync": SyncSettings,
     "webhooks": WebhookSettings,
 }
 _MODELS: dict[str, type[BaseSettings]] = {

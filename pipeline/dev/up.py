@@ -173,7 +173,7 @@ class _Up:
         demo_account = None
         if self.demo:
             demo_account, self.demo_rows = start_demo(
-                self.data_dir, self.stack, self.settings.retention_days, self.say
+                self.data_dir, self.stack, self.settings.sync.retention_days, self.say
             )
         self._check_ports(roles, "Stopping.")  # again: starting services took a while
         if (

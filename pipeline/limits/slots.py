@@ -45,7 +45,7 @@ How a cap of ``C`` slots is shared (:func:`shares`)::
   the pool's, :mod:`pipeline.imap.connections`): bulk sync takes no new slot meanwhile, a
   lingering pooled session is closed at once, and a running sync task stops at its next
   committed batch and continues in a new task (pre-emption; a batch is at most
-  ``sync_batch_size`` messages).
+  ``Settings.sync.batch_size`` messages).
 - Bulk sync uses what is left and never the reserved slots (but the lent ones), nor the
   account's last login tokens (``BULK_LOGIN_SPARE``: a sync's many short tasks must not spend
   the login budget the API's and the listener's next login needs; while no listener is

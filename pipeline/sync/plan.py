@@ -119,7 +119,7 @@ class FolderChanges:
 
 def window_start(settings: Settings, now: datetime) -> datetime:
     """The oldest INTERNALDATE kept: ``now - retention_days``."""
-    return now - timedelta(days=settings.retention_days)
+    return now - timedelta(days=settings.sync.retention_days)
 
 
 # A folder name longer than this is not kept (the name is a key of a unique index, whose
@@ -328,4 +328,4 @@ def batches(
         if m.size > cap
     ]
     fits = [m for m in todo if m.size <= cap]
-    return list(_batches(fits, settings.sync_batch_size, settings.sync_batch_bytes)), too_large
+    return list(_batches(fits, settings.sync.batch_size, settings.sync.batch_bytes)), too_large

@@ -149,7 +149,7 @@ def sync_folder(
         grant_id,
         folder_id,
         now=now or datetime.now(UTC),
-        budget_s=settings.sync_chunk_budget_s if budget_s is None else budget_s,
+        budget_s=settings.sync.chunk_budget_s if budget_s is None else budget_s,
         on_batch=on_batch,
         uid_range=uid_range,
         range_messages=range_messages,
@@ -203,7 +203,7 @@ def _run(run: FolderRun) -> SyncOutcome:
         return outcome  # the folder is gone, or other ranges still run
     if not opened.initial and run.finalize:
         deleted = finalize_orphans(
-            run.sessions, run.grant_id, now=run.now, grace_s=run.settings.orphan_grace_s
+            run.sessions, run.grant_id, now=run.now, grace_s=run.settings.sync.orphan_grace_s
         )
         outcome.deleted_message_ids.extend(deleted)
         outcome.emitted += len(deleted) if opened.live else 0
@@ -544,7 +544,7 @@ def sync_grant_with(
             grant = GrantRepository(db).get(grant_id)
             assert grant is not None
             changes = discover_folders(
-                db, grant, imap.list_folders(), max_folders=settings.max_folders_per_grant
+                db, grant, imap.list_folders(), max_folders=settings.sync.max_folders_per_grant
             )
             if grant.sync_state == GrantSyncState.PENDING:
                 grant.sync_state = GrantSyncState.SYNCING
@@ -577,7 +577,7 @@ def sync_grant_with(
         imap.close()
     if outcomes:
         deleted = finalize_orphans(
-            sessions, grant_id, now=now or datetime.now(UTC), grace_s=settings.orphan_grace_s
+            sessions, grant_id, now=now or datetime.now(UTC), grace_s=settings.sync.orphan_grace_s
         )
         outcomes[-1].deleted_message_ids.extend(deleted)
     return outcomes

@@ -96,7 +96,13 @@ def test_expunge_is_message_deleted_after_the_grace_period(
     sync_grant_inline(sessions, settings, grant_id)
     # within the grace period it is only orphaned: a move could still re-place it
     assert "message.deleted" not in types(settings)
-    sync_grant_inline(sessions, settings.model_copy(update={"orphan_grace_s": 0}), grant_id)
+    sync_grant_inline(
+        sessions,
+        settings.model_copy(
+            update={"sync": settings.sync.model_copy(update={"orphan_grace_s": 0})}
+        ),
+        grant_id,
+    )
     deleted = [o for t, o in events(settings) if t == "message.deleted"]
     assert [o["id"] for o in deleted] == [doomed_id]
     with session_scope(settings.require_database_url()) as db:
@@ -114,7 +120,11 @@ def test_a_move_keeps_the_id_and_is_message_updated(
     # MOVE where the server has it; COPY + EXPUNGE on Courier, as a client does there
     move(server_user.server, server_user.name, server_user.password, 1, projects)
     sync_grant_inline(
-        sessions_for(settings), settings.model_copy(update={"orphan_grace_s": 0}), grant_id
+        sessions_for(settings),
+        settings.model_copy(
+            update={"sync": settings.sync.model_copy(update={"orphan_grace_s": 0})}
+        ),
+        grant_id,
     )
     assert "message.deleted" not in types(settings)
     assert "message.created" not in types(settings)
@@ -216,7 +226,9 @@ def test_changes_made_while_the_initial_sync_ran_reach_the_first_incremental_run
     imap, inbox = open_with_folders(settings, grant_id)
     if not qresync:  # a server that does not offer it
         imap.capabilities = imap.capabilities - {"QRESYNC"}
-    small = settings.model_copy(update={"sync_batch_size": 10})
+    small = settings.model_copy(
+        update={"sync": settings.sync.model_copy(update={"batch_size": 10})}
+    )
     try:
         first = sync_folder(sessions, small, imap, grant_id, inbox, budget_s=0)
         assert first.more and first.stored == 10  # m00..m09 stored, the rest not yet

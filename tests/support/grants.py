@@ -56,7 +56,9 @@ def open_with_folders(settings: Settings, grant_id: str) -> tuple[ImapSession, s
         grant = db.get(Grant, grant_id)
         assert grant is not None
         imap = open_grant_session(db, settings, grant)
-        discover_folders(db, grant, imap.list_folders(), max_folders=settings.max_folders_per_grant)
+        discover_folders(
+            db, grant, imap.list_folders(), max_folders=settings.sync.max_folders_per_grant
+        )
         inbox = db.scalars(
             select(Folder.id).where(Folder.grant_id == grant_id, Folder.raw_name == "INBOX")
         ).one()

@@ -45,7 +45,7 @@ def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
             "IMAP_PIPELINE_REDIS_URL": settings.require_redis_url(),
             "IMAP_PIPELINE_ENCRYPTION_KEYS": ",".join(settings.encryption_key_list),
             "IMAP_PIPELINE_DATA_DIR": str(settings.data_dir),
-            "IMAP_PIPELINE_SYNC_BATCH_SIZE": str(settings.sync_batch_size),
+            "IMAP_PIPELINE_SYNC_BATCH_SIZE": str(settings.sync.batch_size),
         }
     )
     if settings.imap.ca_file:

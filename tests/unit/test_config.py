@@ -136,9 +136,9 @@ def test_a_process_reads_its_settings_once_until_reset(monkeypatch: pytest.Monke
         first = get_settings()
         monkeypatch.setenv("IMAP_PIPELINE_RETENTION_DAYS", "40")
         assert get_settings() is first
-        assert first.retention_days == 30
+        assert first.sync.retention_days == 30
         reset_settings()
-        assert get_settings().retention_days == 40
+        assert get_settings().sync.retention_days == 40
     finally:
         reset_settings()
 

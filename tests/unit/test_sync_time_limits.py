@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ImapSettings, Settings, reset_settings
+from pipeline.config import ImapSettings, Settings, SyncSettings, reset_settings
 
 
 def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
@@ -20,7 +20,7 @@ def test_imap_tasks_have_time_limits_below_the_visibility_timeout(
     from workers import celeryconfig
 
     conf = celeryconfig.celery_config(
-        Settings(redis_url="redis://127.0.0.1:1/0", sync_task_time_limit_s=700)
+        Settings(redis_url="redis://127.0.0.1:1/0", sync=SyncSettings(task_time_limit_s=700))
     )
     names = {
         workers.tasks.sync.create_grant_task.name,
@@ -44,8 +44,8 @@ def test_the_time_limit_setting_cannot_reach_the_visibility_timeout() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        Settings(sync_task_time_limit_s=30 * 60)
-    assert Settings().sync_task_time_limit_s < 30 * 60
+        SyncSettings(task_time_limit_s=30 * 60)
+    assert Settings().sync.task_time_limit_s < 30 * 60
 
 
 def test_the_command_bound_must_hold_the_largest_literal() -> None:

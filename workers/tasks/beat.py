@@ -329,7 +329,7 @@ def purge_task() -> dict[str, Any]:
         if not taken:
             return {"skipped": "a purge is running"}
         result = purge(
-            sessions(), retention_days=get_settings().retention_days, now=datetime.now(UTC)
+            sessions(), retention_days=get_settings().sync.retention_days, now=datetime.now(UTC)
         )
     if not result.complete:
         app.send_task("pipeline.maintenance.purge", queue=MAINTENANCE_QUEUE)
@@ -358,14 +358,16 @@ def reconcile_task() -> dict[str, Any]:
                 enqueue_grant=lambda g, p: grants.append((g, p)),
                 enqueue_folder=lambda g, f, p: folders.append((g, f, p)),
                 folder_busy=lambda f: bool(r.exists(folder_lock_key(f))),  # a sync runs now
-                per_grant=get_settings().max_folder_tasks_per_grant,
+                per_grant=get_settings().sync.max_folder_tasks_per_grant,
             )
         for grant_id, provider in grants:  # after the read transaction, like any enqueue
             enqueue.sync_grant(grant_id, provider)
         for grant_id, folder_id, provider in folders:
             enqueue.sync_folder(grant_id, folder_id, provider)
         now = datetime.now(UTC)
-        orphans = finalize_quiet_orphans(sessions(), now=now, grace_s=get_settings().orphan_grace_s)
+        orphans = finalize_quiet_orphans(
+            sessions(), now=now, grace_s=get_settings().sync.orphan_grace_s
+        )
     if orphans.messages:
         kick()  # message.deleted
     return {

@@ -7,7 +7,7 @@ Task names are the public contract (any Celery client may enqueue them):
   ``smtp_password_sealed``) instead of plaintext passwords, sealed with
   :class:`pipeline.crypto.SecretBox` — see :func:`workers.enqueue.create_grant`.
 - ``pipeline.sync.grant(grant_id)``: discover folders and sync each (at most
-  ``max_folder_tasks_per_grant`` queued at once: :mod:`workers.folder_queue`).
+  ``Settings.sync.max_folder_tasks_per_grant`` queued at once: :mod:`workers.folder_queue`).
 - ``pipeline.sync.folder(grant_id, folder_id)``: sync one folder for a bounded time,
   continuing in a new task when work remains.
 
@@ -135,7 +135,7 @@ def _sync_grant(grant_id: str) -> None:
         if grant is None:
             return  # removed meanwhile
         changes = discover_folders(
-            db, grant, listed, max_folders=get_settings().max_folders_per_grant
+            db, grant, listed, max_folders=get_settings().sync.max_folders_per_grant
         )
         if grant.sync_state == GrantSyncState.PENDING:
             grant.sync_state = GrantSyncState.SYNCING
@@ -146,7 +146,7 @@ def _sync_grant(grant_id: str) -> None:
         grant_id,
         grant.provider,
         changes.selectable,
-        get_settings().max_folder_tasks_per_grant,
+        get_settings().sync.max_folder_tasks_per_grant,
     )
 
 
@@ -155,7 +155,7 @@ def sync_folder_task(
     self: Task, grant_id: str, folder_id: str, lo: int | None = None, hi: int | None = None
 ) -> dict[str, Any]:
     """Sync one folder (or the UID range ``lo``..``hi`` of its initial sync) for at most
-    ``sync_chunk_budget_s``; continue in a new task if work remains."""
+    ``Settings.sync.chunk_budget_s``; continue in a new task if work remains."""
     uid_range = (lo, hi) if lo is not None and hi is not None else None
     return folder_runs.run_folder(
         f"{os.getpid()}:{self.request.id}", grant_id, folder_id, uid_range

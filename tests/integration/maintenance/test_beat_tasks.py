@@ -328,7 +328,10 @@ def test_reconcile_finishes_the_delete_of_a_quiet_grant(
     with session_scope(settings.require_database_url()) as db:  # the grace passes
         db.execute(
             text("UPDATE messages SET orphaned_at = :t WHERE id = :m"),
-            {"t": datetime.now(UTC) - timedelta(seconds=settings.orphan_grace_s + 1), "m": gone_id},
+            {
+                "t": datetime.now(UTC) - timedelta(seconds=settings.sync.orphan_grace_s + 1),
+                "m": gone_id,
+            },
         )
     client.delete("imap-pipeline:job:reconcile")  # the next interval's run
     assert reconcile_task.apply().get() == {"grants": 0, "folders": 0, "busy": 0, "deleted": 1}

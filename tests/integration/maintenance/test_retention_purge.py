@@ -43,7 +43,9 @@ def test_a_purge_never_waits_for_a_row_a_sync_holds(
         locked = holder.scalars(
             select(Message).where(Message.subject == "d95.0").with_for_update()
         ).one()
-        result = purge(sessions, retention_days=settings.retention_days, now=NOW + timedelta(11))
+        result = purge(
+            sessions, retention_days=settings.sync.retention_days, now=NOW + timedelta(11)
+        )
         assert result.messages == 1  # the free one; the held one is skipped, not waited for
         assert locked.subject == "d95.0"
     finally:

@@ -405,7 +405,7 @@ def test_mail_deleted_while_the_folder_is_reindexed(
                 text("SELECT orphaned_at IS NOT NULL FROM messages WHERE subject = 'm00'")
             )
             assert orphaned
-        later = datetime.now(UTC) + timedelta(seconds=settings.orphan_grace_s + 1)
+        later = datetime.now(UTC) + timedelta(seconds=settings.sync.orphan_grace_s + 1)
         sync_folder(sessions, settings, imap, grant_id, inbox, now=later)
     finally:
         imap.close()

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.config import Settings
+from pipeline.config import Settings, SyncSettings
 from pipeline.errors import ImapProtocolError
 from pipeline.folders.state import FolderState
 from pipeline.grants.state import GrantSyncState
@@ -98,7 +98,7 @@ class Account:
 
 @pytest.fixture
 def account(pg_sessions: sessionmaker[Session]) -> Iterator[Account]:
-    settings = offline_settings(sync_batch_size=2, orphan_grace_s=0)
+    settings = offline_settings(sync=SyncSettings(batch_size=2, orphan_grace_s=0))
     grant_id, _ = offline_grant(pg_sessions, "fake", folders=())
     mailbox = FakeMailbox()
     mailbox.add_folder("INBOX", role="inbox")
