@@ -13,7 +13,8 @@ another client would::
     mailbox.add_folder("INBOX", role="inbox")
     uid = mailbox.deliver("INBOX", make_message("hello"))
     mailbox.set_flags("INBOX", uid, ["\\\\Seen"])
-    mailbox.expunge("INBOX", uid)
+    moved = mailbox.move("INBOX", uid, "Archive")  # a new copy there, then the expunge
+    mailbox.expunge("Archive", moved)
     mailbox.renumber("INBOX")                     # a new UIDVALIDITY, new UIDs
     mailbox.fail("fetch_messages", ImapProtocolError("BYE"), uid=uid, times=2)
     session = mailbox.session()
@@ -136,6 +137,18 @@ class FakeMailbox:
         folder = self.folders[raw_name]
         del folder.messages[uid]
         folder.vanished[uid] = folder.bump()
+
+    def move(self, source: str, uid: int, target: str, *, expunge: bool = True) -> int:
+        """Move (or, ``expunge=False``, copy) a message to ``target`` as a client does: a new
+        copy there with the same content, flags and INTERNALDATE, then the expunge; returns
+        the copy's UID."""
+        message = self.folders[source].messages[uid]
+        new_uid = self.deliver(
+            target, message.raw, flags=message.flags, internaldate=message.internaldate
+        )
+        if expunge:
+            self.expunge(source, uid)
+        return new_uid
 
     def renumber(self, raw_name: str, uidvalidity: int | None = None) -> int:
         """Give the folder a new UIDVALIDITY and its messages new UIDs (same order, same
