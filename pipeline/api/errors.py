@@ -52,6 +52,7 @@ from pipeline.errors import (
     RequestError,
     ServiceError,
 )
+from pipeline.grants.gate import GateFull, SignInTooSlow
 from pipeline.limits import RateLimited
 from pipeline.outbound.submit import KeyReused, SendRefused
 from pipeline.webhooks.errors import ChallengeFailed, InvalidWebhookRequest, WebhookNotFound
@@ -119,6 +120,12 @@ def from_pipeline_error(exc: PipelineError) -> ApiError:
         return invalid_request(message)
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, GateFull):  # a full sign-in gate: at once, never queued
+        return ApiError(
+            429, "rate_limit_error", message, headers={"Retry-After": str(exc.retry_after_s)}
+        )
+    if isinstance(exc, SignInTooSlow):
+        return ApiError(504, "provider_error", message)
     if isinstance(exc, SavedNotSendable):
         refused = from_pipeline_error(exc.refusal)
         return ApiError(

@@ -1,5 +1,5 @@
 """Sign-ins from the public side: the hosted page's form and ``POST /v3/connect/custom`` (the
-HTTP routes run these on the sign-in gate's threads, :class:`pipeline.api.gate.SignInGate`).
+HTTP routes run these on the sign-in gate's threads, :class:`pipeline.grants.gate.SignInGate`).
 
 A sign-in logs in to a server that whoever signs in names, so it is treated as hostile::
 

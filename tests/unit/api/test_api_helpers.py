@@ -26,6 +26,7 @@ from pipeline.errors import (
     NotFound,
     ServiceError,
 )
+from pipeline.grants.gate import GateFull, SignInTooSlow
 from pipeline.limits import RateLimited
 from pipeline.messages.content import decode_part, transfer_encoding
 from pipeline.outbound.submit import KeyReused, SendRefused
@@ -118,6 +119,8 @@ def test_headers_are_safe() -> None:
         (SendRefused(504, "provider_error", "x"), 504, "provider_error"),
         (SendRefused(400, "invalid_request_error", "x"), 400, "invalid_request_error"),
         (KeyReused("x"), 409, "api.invalid_idempotent_request"),
+        (GateFull(), 429, "rate_limit_error"),
+        (SignInTooSlow(1.0), 504, "provider_error"),
     ],
 )
 def test_pipeline_errors_map_to_v3_types(error: Exception, status: int, type_: str) -> None:
