@@ -18,7 +18,9 @@ Only the application's own ``client_id`` is accepted (``IMAP_PIPELINE_API_CLIENT
 API keys), and only redirect URIs registered for it (``/v3/applications/redirect-uris``, stored
 in Postgres) that match exactly (:mod:`pipeline.applications.clients`); anything else is a 400
 in the v3 error envelope, and the page never redirects anywhere else. The form carries an HMAC
-over its parameters (so a POST cannot swap the redirect URI); codes are random, stored only as
+over its parameters (so a POST cannot swap the redirect URI; the form's state is signed and
+checked, and its sign-in run, by :mod:`pipeline.applications.hosted`: this module is the page
+and the HTTP answers); codes are random, stored only as
 SHA-256 hashes, single-use and valid for ``CODE_TTL_S`` (:mod:`pipeline.applications.codes`;
 the redirect URIs and codes are stored by :mod:`pipeline.applications.repository`). The page is
 the only HTML this API serves: the browser needs it.
@@ -26,38 +28,31 @@ the only HTML this API serves: the browser needs it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import html
 import logging
-import time
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from sqlalchemy.orm import Session
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.deps import ApiState, Db, State, ok, page
 from pipeline.api.errors import (
     ApiError,
     from_pipeline_error,
-    invalid_request,
     not_found,
     request_id_of,
 )
 from pipeline.api.gate import client_of
-from pipeline.applications import clients, codes
+from pipeline.applications import clients, codes, hosted
+from pipeline.applications.hosted import Flow
 from pipeline.applications.repository import ApplicationRepository
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
 from pipeline.grants.repository import GrantRepository
-from pipeline.grants.schemas import GrantRequest
-from pipeline.grants.signin import sign_in
 from pipeline.limits import RateLimited
-from pipeline.models import Grant
 from pipeline.presets import PRESETS, detect
 
 log = logging.getLogger(__name__)
@@ -65,7 +60,6 @@ log = logging.getLogger(__name__)
 public = APIRouter(tags=["hosted auth"])  # the browser's routes: no API key
 router = APIRouter(tags=["hosted auth"])  # redirect URIs: API key
 
-FORM_TTL_S = 30 * 60  # a sign-in form may be submitted up to 30 minutes after it was served
 MAX_PARAM_CHARS = 2000
 ADVANCED_FIELDS = ("imap_username", "imap_host", "imap_port", "smtp_host", "smtp_port")
 # form-action also governs where the form's POST may redirect: the page adds the registered
@@ -152,44 +146,13 @@ def delete_redirect_uri(request: Request, db: Db, redirect_uri_id: str) -> dict[
 # --- the sign-in page (browser) ---------------------------------------------------------------
 
 
-class Flow(BaseModel):
-    """What the sign-in form carries from the GET to the POST (signed)."""
-
-    client_id: str
-    redirect_uri: str
-    state: str = ""
-    code_challenge: str = ""
-    expires: int = 0
-    provider: str = "imap"  # or icloud / yahoo: signed in with that preset
-
-
 def _form_key(api: ApiState) -> bytes:
-    # A key of its own, derived from the first encryption key (rotating that key voids forms).
-    return hashlib.sha256(
-        b"hosted-auth-form|" + api.settings.encryption_key_list[0].encode()
-    ).digest()
+    # rotating the first encryption key voids open forms
+    return hosted.form_key(api.settings.encryption_key_list[0])
 
 
-def _sign(api: ApiState, flow: Flow) -> str:
-    payload = flow.model_dump_json().encode()
-    mac = hmac.new(_form_key(api), payload, hashlib.sha256).hexdigest()
-    return base64.urlsafe_b64encode(payload).decode() + "." + mac
-
-
-def _verify(api: ApiState, token: str) -> Flow | None:
-    try:
-        encoded, mac = token.rsplit(".", 1)
-        payload = base64.urlsafe_b64decode(encoded.encode())
-    except (ValueError, TypeError):
-        return None
-    expected = hmac.new(_form_key(api), payload, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(mac, expected):
-        return None
-    try:
-        flow = Flow.model_validate_json(payload)
-    except ValidationError:
-        return None
-    return flow if flow.expires >= time.time() else None
+def _signed(api: ApiState, flow: Flow) -> str:
+    return hosted.sign(_form_key(api), flow)
 
 
 def _origin(url: str) -> str:
@@ -258,7 +221,7 @@ def _form(
         "<h1>Connect your email account</h1>"
         + (f"<p class='error' role='alert'>{html.escape(error)}</p>" if error else "")
         + "<form method='post' action='/v3/connect/auth'>"
-        + f"<input type='hidden' name='flow' value='{html.escape(_sign(api, flow), quote=True)}'>"
+        + f"<input type='hidden' name='flow' value='{html.escape(_signed(api, flow), quote=True)}'>"
         + field("email", "Email address", "email", "required autocomplete='username'")
         + "<label for='password'>Password or app password</label>"
         + "<input id='password' name='password' type='password' required "
@@ -280,7 +243,6 @@ def _form(
 
 
 Param = Annotated[str, Query(max_length=MAX_PARAM_CHARS)]
-HOSTED_PROVIDERS = ("imap", "icloud", "yahoo")  # Nylas' providers that sign in over IMAP
 
 
 @public.get("/connect/auth", response_class=HTMLResponse, summary="Hosted sign-in page")
@@ -302,80 +264,22 @@ def auth_page(
         InvalidRequest, ApiError: 400 ``invalid_request_error`` (JSON, nothing redirected) for
             another client_id, an unregistered redirect URI or an unsupported parameter.
     """
-    clients.check_client(db, api.settings.api_client_id, client_id, redirect_uri)
-    if response_type != "code":
-        raise invalid_request("Only response_type=code is supported.")
-    if provider not in HOSTED_PROVIDERS:
-        raise invalid_request(
-            "This server connects IMAP accounts only: provider=imap, or icloud and yahoo "
-            "(signed in over IMAP with an app password)."
-        )
-    if code_challenge and code_challenge_method.lower() not in ("s256",):
-        raise invalid_request("Only code_challenge_method=S256 is supported.")
-    flow = Flow(
+    flow = hosted.begin(
+        db,
+        api.settings.api_client_id,
         client_id=client_id,
         redirect_uri=redirect_uri,
+        response_type=response_type,
+        provider=provider,
         state=state,
         code_challenge=code_challenge,
-        expires=int(time.time()) + FORM_TTL_S,
-        provider=provider,
+        code_challenge_method=code_challenge_method,
     )
     return _page(
         "Connect your email account",
         _form(api, flow, email=login_hint, values={"email": login_hint}),
         redirect_uri=redirect_uri,
     )
-
-
-def _redirect_to(flow: Flow, code: str) -> str:
-    parts = urlsplit(flow.redirect_uri)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    query.append(("code", code))
-    if flow.state:
-        query.append(("state", flow.state))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _grant_request(values: dict[str, str], password: str, provider: str = "imap") -> GrantRequest:
-    """What the form says, as a grant request (``provider`` icloud or yahoo: that preset).
-
-    Raises:
-        ConfigurationError: The address or a port number is malformed.
-    """
-    try:
-        grant_request = GrantRequest(
-            email=values.get("email", ""),
-            password=SecretStr(password),
-            provider=provider if provider != "imap" else None,
-            imap_username=values.get("imap_username") or None,
-            imap_host=values.get("imap_host") or None,
-            imap_port=int(values["imap_port"]) if values.get("imap_port") else None,
-            smtp_host=values.get("smtp_host") or None,
-            smtp_port=int(values["smtp_port"]) if values.get("smtp_port") else None,
-        )
-    except (ValidationError, ValueError) as exc:
-        raise ConfigurationError(
-            "Check the address and the port numbers (whole numbers from 1 to 65535)."
-        ) from exc
-    return grant_request
-
-
-def _connect(api: ApiState, flow: Flow, grant_request: GrantRequest) -> str:
-    """Log in, store the grant and a code; returns the code (raises on a refused login).
-    Runs on a sign-in thread (:mod:`pipeline.grants.signin`)."""
-
-    def add_code(db: Session, grant: Grant) -> str:
-        return codes.issue(
-            db,
-            grant_id=grant.id,
-            client_id=flow.client_id,
-            redirect_uri=flow.redirect_uri,
-            code_challenge=flow.code_challenge,
-        )
-
-    code = sign_in(api, grant_request, add_code).extra
-    assert code is not None
-    return code
 
 
 @public.post("/connect/auth", response_class=HTMLResponse, include_in_schema=False)
@@ -386,20 +290,19 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
     finally:
         await form.close()
-    flow = _verify(api, fields.get("flow", ""))
-    registered = flow is not None and await run_in_threadpool(
-        ApplicationRepository(db).redirect_uri_registered, flow.redirect_uri
+    flow = await run_in_threadpool(
+        hosted.accepted, db, _form_key(api), api.settings.api_client_id, fields.get("flow", "")
     )
     db.close()  # no database connection is held while the sign-in runs
-    if flow is None or flow.client_id != api.settings.api_client_id or not registered:
+    if flow is None:
         return _error_page("This sign-in form has expired. Start again from the application.")
     password = fields.pop("password", "")
     values = {k: v.strip()[:MAX_PARAM_CHARS] for k, v in fields.items() if k != "flow"}
     headers: dict[str, str] = {}
     try:
-        grant_request = _grant_request(values, password, flow.provider)
+        grant_request = hosted.grant_request(values, password, flow.provider)
         code = await api.sign_ins.run(
-            client_of(request), lambda: _connect(api, flow, grant_request)
+            client_of(request), lambda: hosted.connect(api, flow, grant_request)
         )
     except (ApiError, RateLimited) as exc:  # a full gate, no login token, the deadline
         refused = from_pipeline_error(exc)  # said on the page
@@ -420,7 +323,9 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
         error, status = f"Could not reach your mail server: {exc}", 502
     else:
         log.info("hosted auth: grant connected", extra={"request_id": request_id_of(request)})
-        return RedirectResponse(_redirect_to(flow, code), status_code=303, headers=PAGE_HEADERS)
+        return RedirectResponse(
+            hosted.redirect_to(flow, code), status_code=303, headers=PAGE_HEADERS
+        )
     response = _page(
         "Connect your email account",
         _form(api, flow, email=values.get("email", ""), values=values, error=error),
