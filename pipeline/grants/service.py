@@ -49,12 +49,13 @@ from pipeline.errors import (
 )
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest, ResolvedGrant
-from pipeline.grants.tlsprobe import NoStartTls, ProbeFailed, probe_tls, tls_context
+from pipeline.grants.tlsprobe import NoStartTls, ProbeFailed, probe_tls
 from pipeline.imap import Endpoint, ImapLimits, ImapSession, open_session
 from pipeline.imap.connections import NoSlot, SessionPool
 from pipeline.limits import ConnectionSlots, Priority, RateLimited, RateLimiter
 from pipeline.models import Grant
 from pipeline.netguard import AddressPolicy, IpAddress, Resolver, check_host, resolve
+from pipeline.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def find_tls_modes(
         ConfigurationError: The same for the SMTP port.
     """
     budget = imap.timeout_s if deadline_s is None else min(imap.timeout_s, deadline_s)
-    context = tls_context(resolved.verify_tls, imap.ca_file)
+    context = client_context(resolved.verify_tls, imap.ca_file)
     # SMTP first: its host is not otherwise checked at sign-in, and a refusal costs nothing
     if resolved.smtp_tls_probe and resolved.smtp_host and resolved.smtp_port:
         host, port = resolved.smtp_host, resolved.smtp_port

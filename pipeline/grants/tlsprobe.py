@@ -18,7 +18,6 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.presets import TlsMode
 
@@ -56,16 +55,6 @@ class ProbeResult:
 
     tls: TlsMode
     tried: str
-
-
-def tls_context(verify_tls: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """The client context the IMAP and SMTP clients use for the same grant."""
-    if not verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 def probe_tls(

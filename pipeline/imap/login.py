@@ -27,15 +27,7 @@ from pipeline.errors import (
 from pipeline.imap.bounded import BoundedIMAP4
 from pipeline.imap.client import Endpoint, ImapSession
 from pipeline.imap.responses import as_text, is_throttle
-
-
-def _ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    if not endpoint.verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(endpoint.ca_file) if endpoint.ca_file else None)
+from pipeline.imap.transport import ssl_context
 
 
 def _login_args(username: str, password: str) -> tuple[bytes, bytes | None, str | None]:
@@ -51,7 +43,7 @@ def _login_args(username: str, password: str) -> tuple[bytes, bytes | None, str 
 
 
 def _connect(endpoint: Endpoint, deadline: float) -> BoundedIMAP4:
-    ctx = _ssl_context(endpoint) if endpoint.tls != "plain" else None
+    ctx = ssl_context(endpoint) if endpoint.tls != "plain" else None
     client = BoundedIMAP4(
         endpoint.host,
         endpoint.port,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
-import functools
 import socket
 import ssl
-from pathlib import Path
 
 from pipeline.imap.client import Endpoint
+from pipeline.tls import client_context
 
 TCP_KEEPALIVE_IDLE_S = 60  # kernel probes a silent peer after this long...
 TCP_KEEPALIVE_INTERVAL_S = 20  # ...every this long...
@@ -25,22 +24,13 @@ TLS_READ_BUFFER_BYTES = 17 * 1024  # one TLS record (16 KiB) plus headroom; asyn
 
 
 def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """The TLS context for an endpoint: shared by every connection with the same trust settings.
+    """The TLS context for an endpoint: shared by every connection with the same trust settings
+    (:func:`pipeline.tls.client_context`), the listener's and the workers' alike.
 
     Sharing matters at scale: a context loaded with the system's CA store holds about 800 KiB,
     which per connection would cost gigabytes for 2,000 connections.
     """
-    return _shared_context(endpoint.verify_tls, endpoint.ca_file)
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    if not verify:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    return client_context(endpoint.verify_tls, endpoint.ca_file)
 
 
 def limit_tls_read_buffers(size: int = TLS_READ_BUFFER_BYTES) -> None:

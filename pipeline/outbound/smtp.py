@@ -32,6 +32,7 @@ from pipeline.grants.service import (
     grant_secrets,
 )
 from pipeline.models import Grant
+from pipeline.tls import client_context
 
 READ_TIMEOUT_S = 60.0  # one read or write; a silent server
 LOGIN_DEADLINE_S = 60.0  # connect, TLS, greeting, EHLO, STARTTLS, AUTH in all
@@ -54,13 +55,7 @@ class SendError(PipelineError):
 
 
 def _context(grant: Grant, settings: Settings) -> ssl.SSLContext:
-    if not grant.verify_tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    cafile = str(settings.imap.ca_file) if settings.imap.ca_file else None
-    return ssl.create_default_context(cafile=cafile)
+    return client_context(grant.verify_tls, settings.imap.ca_file)
 
 
 class _PinnedSmtp(smtplib.SMTP):
