@@ -35,6 +35,7 @@ from pipeline.api import (
     grants,
     health,
     hosted,
+    lean,
     messages,
     providers,
     send,
@@ -248,7 +249,15 @@ def _include_routers(app: FastAPI) -> None:
     """Every route: the probes and the sign-in page open, the rest of /v3 behind an API key."""
     auth: list[Any] = [Depends(require_api_key)]
     # the lists first: their paths are exact (no other route of theirs to shadow), and a route
-    # matched early costs less (messages.lists)
+    # matched early costs less (messages.lists); served by lean routes, documented by FastAPI's
+    lean.install(
+        app,
+        "/v3",
+        {
+            "/grants/{grant_id}/messages": messages.list_messages,
+            "/grants/{grant_id}/threads": threads.list_threads,
+        },
+    )
     for lists in (messages.lists, threads.lists):
         app.include_router(lists, prefix="/v3", dependencies=auth)
     app.include_router(health.router)  # probes: no API key

@@ -16,7 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pipeline.api.errors import ApiError
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from IMAP_PIPELINE_API_KEYS.")
+# the credentials of the Authorization header (also read by the lean list routes: pipeline.api.lean)
+bearer = HTTPBearer(auto_error=False, description="An API key from IMAP_PIPELINE_API_KEYS.")
 
 
 def hash_key(key: str) -> bytes:
@@ -48,7 +49,7 @@ def _unauthorized(message: str) -> ApiError:
 
 async def require_api_key(
     request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
 ) -> None:
     """FastAPI dependency: a valid API key or a 401 in the v3 envelope.
 
