@@ -2,17 +2,23 @@
 the webhook outbox (:mod:`pipeline.webhooks.outbox`) in the caller's transaction, so they are
 sent only if the change commits.
 
-One payload builder per object, whoever makes the change:
+One function per object family, whoever makes the change. The object is rendered by its own
+package and handed in, so this module sits below every domain package (it imports only the
+webhook outbox and payloads, never folders, grants or messages) and any of them may emit:
 
-- :func:`messages` (``message.created`` / ``message.updated``) and :func:`messages_deleted`
-  (``message.deleted``): the sync (:mod:`pipeline.sync`), the write-back of changes made through
-  the API (:mod:`pipeline.messages.service`), a sent message's copy
-  (:mod:`pipeline.outbound.sent_copy`);
-- :func:`folder` (``folder.created`` / ``updated`` / ``deleted``): folder discovery, a reindex
-  switch, folders created, renamed or deleted through the API (:mod:`pipeline.folders.service`);
+- :func:`messages` (``message.created`` / ``message.updated``; the objects are
+  :func:`pipeline.messages.views.stored_message_views`) and :func:`messages_deleted`
+  (``message.deleted``: the id, nothing else is left): the sync (:mod:`pipeline.sync`), the
+  write-back of changes made through the API (:mod:`pipeline.messages.service`), a sent
+  message's copy (:mod:`pipeline.outbound.sent_copy`);
+- :func:`folder` (``folder.created`` / ``updated`` / ``deleted``; the object is
+  :func:`pipeline.folders.views.stored_folder_view`): folder discovery, a reindex switch,
+  folders created, renamed or deleted through the API (:mod:`pipeline.folders.service`);
 - :func:`grant` (``grant.created`` / ``updated`` / ``expired`` / ``deleted`` /
-  ``imap_sync_completed``): grant sign-in and removal (:mod:`pipeline.grants.service`), the
-  UIDVALIDITY stop rule (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync;
+  ``imap_sync_completed``; the object, the fields Nylas sends for the type, is
+  :func:`pipeline.webhooks.payloads.grant_notification`, built here from the row): grant
+  sign-in and removal (:mod:`pipeline.grants.service`), the UIDVALIDITY stop rule
+  (:mod:`pipeline.maintenance.sweep`), the end of a grant's initial sync;
 - :func:`send_result` (``message.send_success`` / ``message.send_failed``): the outcome of a
   scheduled send (:mod:`pipeline.outbound.deliver`, :mod:`pipeline.outbound.sent_copy`).
 
@@ -32,39 +38,19 @@ from typing import Any
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from pipeline.folders.repository import FolderRepository
-from pipeline.grants.views import grant_notification
-from pipeline.messages.repository import MessageRepository
-from pipeline.messages.views import (
-    attachment_view,
-    deleted_message_view,
-    folder_view,
-    message_view,
-)
-from pipeline.models import Folder, Grant
+from pipeline.models import Grant
 from pipeline.webhooks.outbox import emit
+from pipeline.webhooks.payloads import grant_notification
 
 SILENT_AFTER = timedelta(hours=72)  # mail found after a longer outage is synced silently
 
 
-def messages(session: Session, grant_id: str, type_: str, message_ids: Iterable[str]) -> int:
-    """Emit ``message.created`` / ``message.updated`` for messages; returns how many."""
-    repo = MessageRepository(session)
-    ids = list(dict.fromkeys(message_ids))
-    if not ids:
-        return 0
-    folders = repo.current_folder_ids(ids)
+def messages(session: Session, grant_id: str, type_: str, objects: Iterable[dict[str, Any]]) -> int:
+    """Emit ``message.created`` / ``message.updated``, one per message object (as
+    :func:`pipeline.messages.views.stored_message_views` renders them); returns how many."""
     count = 0
-    for message, attachments in repo.with_attachments(ids):
-        emit(
-            session,
-            grant_id=grant_id,
-            type=type_,
-            obj=message_view(
-                message, folders.get(message.id, []), [attachment_view(a) for a in attachments]
-            ),
-            subject_id=message.id,
-        )
+    for obj in objects:
+        emit(session, grant_id=grant_id, type=type_, obj=obj, subject_id=obj["id"])
         count += 1
     return count
 
@@ -77,27 +63,23 @@ def messages_deleted(session: Session, grant_id: str, message_ids: Iterable[str]
             session,
             grant_id=grant_id,
             type="message.deleted",
-            obj=deleted_message_view(message_id, grant_id),
+            obj=deleted_message(message_id, grant_id),
             subject_id=message_id,
         )
         count += 1
     return count
 
 
-def folder(session: Session, type_: str, row: Folder) -> int:
-    """Emit ``folder.created`` / ``folder.updated`` / ``folder.deleted``."""
-    obj = folder_view(row, _parent_id(session, row))
-    emit(session, grant_id=row.grant_id, type=type_, obj=obj, subject_id=row.id)
+def deleted_message(message_id: str, grant_id: str) -> dict[str, Any]:
+    """What a ``message.deleted`` notification carries: the id, nothing else is left."""
+    return {"id": message_id, "grant_id": grant_id, "object": "message"}
+
+
+def folder(session: Session, type_: str, obj: dict[str, Any]) -> int:
+    """Emit ``folder.created`` / ``folder.updated`` / ``folder.deleted`` for a folder object (as
+    :func:`pipeline.folders.views.stored_folder_view` renders it)."""
+    emit(session, grant_id=obj["grant_id"], type=type_, obj=obj, subject_id=obj["id"])
     return 1
-
-
-def _parent_id(session: Session, row: Folder) -> str | None:
-    """The id of the folder above ``row`` by the server's hierarchy delimiter, as the API
-    shows it (``pipeline.api.folders``), or None at the top level."""
-    if not row.delimiter or row.delimiter not in row.name:
-        return None
-    parent = FolderRepository(session).by_name(row.grant_id, row.name.rsplit(row.delimiter, 1)[0])
-    return parent.id if parent is not None else None
 
 
 def grant(session: Session, type_: str, row: Grant, *, reauthenticated: bool = False) -> int:
@@ -111,26 +93,18 @@ def send_result(
     db: Session,
     row: Row[Any],
     *,
-    message_id: str | None = None,
+    message: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
 ) -> None:
     """Emit ``message.send_success`` (no ``error``) or ``message.send_failed`` for a scheduled
     send (Nylas sends them only for messages sent with ``send_at``), in the caller's
-    transaction. The object is the stored Sent copy (``message_id``) or else the message as
+    transaction. The object is the stored Sent copy (``message``, as
+    :func:`pipeline.messages.views.stored_message_view` renders it) or else the message as
     composed, with ``schedule_id``, ``send_at`` and ``use_draft`` (when true); a success's
     object has no ``body``, as Nylas leaves it out (``snippet`` stays)."""
     if row.send_at is None:
         return
-    obj: dict[str, Any] | None = None
-    if message_id is not None:
-        repo = MessageRepository(db)
-        folders = repo.current_folder_ids([message_id])
-        for message, attachments in repo.with_attachments([message_id]):
-            obj = message_view(
-                message, folders.get(message.id, []), [attachment_view(a) for a in attachments]
-            )
-    if obj is None:
-        obj = dict(row.request or {})
+    obj = dict(message) if message is not None else dict(row.request or {})
     obj.update(object="message", grant_id=row.grant_id, schedule_id=row.id)
     obj["send_at"] = int(row.send_at.timestamp())
     if row.use_draft:

@@ -17,11 +17,12 @@ from pipeline.config import Settings
 from pipeline.db import session_scope
 from pipeline.errors import ConfigurationError, GrantConflict, PipelineError
 from pipeline.folders.repository import FolderRepository
+from pipeline.folders.views import status_dict
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.schemas import GrantRequest
 from pipeline.grants.service import create_grant, get_grant, remove_grant
 from pipeline.grants.state import GRANT_IN_INITIAL_SYNC
-from pipeline.grants.views import grant_dict, status_dict
+from pipeline.grants.views import grant_dict
 from pipeline.messages.repository import MessageRepository
 from pipeline.presets import PRESETS
 

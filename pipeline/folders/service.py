@@ -19,6 +19,7 @@ from pipeline import notifications
 from pipeline.errors import InvalidRequest
 from pipeline.folders.repository import FolderRepository
 from pipeline.folders.state import FolderState
+from pipeline.folders.views import stored_folder_view
 from pipeline.grants.interactive import Interactive, grant_imap
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
@@ -85,7 +86,7 @@ def create_folder(
             state=FolderState.PENDING,
         ),
     )
-    notifications.folder(db, "folder.created", folder)
+    notifications.folder(db, "folder.created", stored_folder_view(db, folder))
     return folder
 
 
@@ -147,7 +148,7 @@ def rename_folder(
         new_raw = imap.rename_folder(old_raw, full_name)
     renamed = FolderRepository(db).rename_tree(grant.id, old_raw, new_raw, folder.delimiter)
     for each in renamed:
-        notifications.folder(db, "folder.updated", each)
+        notifications.folder(db, "folder.updated", stored_folder_view(db, each))
     return True
 
 
@@ -158,6 +159,6 @@ def delete_folder(db: Session, access: Interactive, grant: Grant, folder: Folder
         raise InvalidRequest("The Inbox cannot be deleted.")
     with grant_imap(db, access, grant, ops=1) as imap:
         imap.delete_folder(folder.raw_name)
-    notifications.folder(db, "folder.deleted", folder)
+    notifications.folder(db, "folder.deleted", stored_folder_view(db, folder))
     MessageRepository(db).lock_grant(grant.id)
     FolderRepository(db).delete(folder.id)

@@ -1,11 +1,16 @@
-"""Messages, folders and threads as API objects (Nylas v3 shape), for responses and webhooks."""
+"""Messages as API objects (Nylas v3 shape), for responses and webhooks (a folder's view is
+:mod:`pipeline.folders.views`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from pipeline.models import Attachment, Folder, Message
+from sqlalchemy.orm import Session
+
+from pipeline.messages.repository import MessageRepository
+from pipeline.models import Attachment, Message
 
 
 def unix(value: datetime | None) -> int | None:
@@ -83,19 +88,27 @@ def basic_headers(message: Message) -> list[dict[str, str]]:
     return headers
 
 
-def deleted_message_view(message_id: str, grant_id: str) -> dict[str, Any]:
-    """What a ``message.deleted`` notification carries: the id, nothing else is left."""
-    return {"id": message_id, "grant_id": grant_id, "object": "message"}
+def stored_message_views(session: Session, message_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The stored messages of ``message_ids`` as a ``message.*`` notification carries them
+    (:func:`pipeline.notifications.messages`): the body, the attachments, the folders of each
+    folder's current view; an id no longer stored is left out, one given twice is shown once."""
+    repo = MessageRepository(session)
+    ids = list(dict.fromkeys(message_ids))
+    if not ids:
+        return []
+    folders = repo.current_folder_ids(ids)
+    return [
+        message_view(
+            message, folders.get(message.id, []), [attachment_view(a) for a in attachments]
+        )
+        for message, attachments in repo.with_attachments(ids)
+    ]
 
 
-def folder_view(folder: Folder, parent_id: str | None = None) -> dict[str, Any]:
-    """A folder in the Nylas v3 shape (``parent_id``: the folder above it, if any)."""
-    return {
-        "id": folder.id,
-        "grant_id": folder.grant_id,
-        "object": "folder",
-        "name": folder.name,
-        "attributes": list(folder.attributes),
-        "system_folder": folder.role is not None,
-        "parent_id": parent_id,
-    }
+def stored_message_view(session: Session, message_id: str | None) -> dict[str, Any] | None:
+    """One stored message as :func:`stored_message_views` shows it; None when it is not stored
+    (or ``message_id`` is None)."""
+    if message_id is None:
+        return None
+    views = stored_message_views(session, [message_id])
+    return views[0] if views else None

@@ -27,6 +27,7 @@ from pipeline.errors import ImapError, PipelineError
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.messages.metadata import store_metadata
+from pipeline.messages.views import stored_message_view, stored_message_views
 from pipeline.models import Folder, Grant
 from pipeline.outbound.outbox import OutboxRepository
 from pipeline.presets import preset
@@ -118,7 +119,7 @@ def file_in_sent(
             if row.use_draft and row.send_at is not None and imap is not None:
                 _remove_from_drafts(db, grant, row, imap)
             OutboxRepository(db).filed(row.id, stored)
-            notifications.send_result(db, row, message_id=stored)
+            notifications.send_result(db, row, message=stored_message_view(db, stored))
             db.commit()
         access.after_commit()
         return imap
@@ -210,5 +211,7 @@ def _store_copy(
     pairs = (row.request or {}).get("metadata")
     if ids and pairs:  # the send's metadata (checked by the API), before message.created
         store_metadata(db, ids[0], pairs)
-    notifications.messages(db, grant.id, "message.created", result.new_message_ids)
+    notifications.messages(
+        db, grant.id, "message.created", stored_message_views(db, result.new_message_ids)
+    )
     return ids[0] if ids else None

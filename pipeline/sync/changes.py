@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pipeline import notifications
 from pipeline.messages.repository import MessageRepository
+from pipeline.messages.views import stored_message_views
 from pipeline.sync.plan import FolderRun, Opened
 
 FLAG_REFRESH_LIMIT = 2000  # without CONDSTORE, re-read the flags of this many recent UIDs
@@ -77,5 +78,7 @@ def apply_changes(run: FolderRun, opened: Opened) -> int:
         # the message-level flags follow every copy (combined_flags), not this folder's alone
         repo.refresh_flags(updated)
         if opened.live and opened.notify:
-            return notifications.messages(db, run.grant_id, "message.updated", updated)
+            return notifications.messages(
+                db, run.grant_id, "message.updated", stored_message_views(db, updated)
+            )
     return 0

@@ -28,6 +28,7 @@ from pipeline import notifications
 from pipeline.config import Settings
 from pipeline.folders.repository import FolderRepository
 from pipeline.folders.state import FolderState
+from pipeline.folders.views import stored_folder_view
 from pipeline.imap import FolderInfo, ImapSession, MessageMeta, SelectInfo
 from pipeline.messages.repository import MessageRepository
 from pipeline.models import Folder, Grant
@@ -200,7 +201,7 @@ def discover_folders(
             session.flush()
             changes.created.append(folder.id)
             if live:
-                notifications.folder(session, "folder.created", folder)
+                notifications.folder(session, "folder.created", stored_folder_view(session, folder))
         else:
             if (folder.role, list(folder.attributes)) != (info.role, list(info.attributes)):
                 folder.role = info.role
@@ -210,7 +211,7 @@ def discover_folders(
         if raw_name not in seen:
             changes.deleted.append(folder.id)
             if live:
-                notifications.folder(session, "folder.deleted", folder)
+                notifications.folder(session, "folder.deleted", stored_folder_view(session, folder))
     if changes.deleted:
         messages = MessageRepository(session)
         held = messages.held_by_folders(changes.deleted)

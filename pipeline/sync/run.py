@@ -45,12 +45,14 @@ from pipeline.config import Settings
 from pipeline.errors import ImapFolderError, ImapProtocolError, ImapThrottledError
 from pipeline.folders.repository import FolderRepository
 from pipeline.folders.state import SETTLED, FolderState, run_state
+from pipeline.folders.views import stored_folder_view
 from pipeline.grants.repository import GrantRepository
 from pipeline.grants.state import GrantSyncState
 from pipeline.imap import ImapSession, SelectInfo
 from pipeline.maintenance.sweep import Seen, count_seen_uidvalidity
 from pipeline.messages.orphans import finalize_orphans
 from pipeline.messages.repository import MessageRepository
+from pipeline.messages.views import stored_message_views
 from pipeline.models import Folder, Grant
 from pipeline.sync.changes import apply_changes
 from pipeline.sync.plan import FolderRun, Opened, batches, discover_folders, notify_after, plan
@@ -399,10 +401,16 @@ def _batch_store(run: FolderRun, opened: Opened, outcome: SyncOutcome) -> BatchS
             MessageRepository(db).clear_orphaned(written.existing_message_ids)
             if notify:
                 outcome.emitted += notifications.messages(
-                    db, grant_id, "message.created", written.new_message_ids
+                    db,
+                    grant_id,
+                    "message.created",
+                    stored_message_views(db, written.new_message_ids),
                 )
                 outcome.emitted += notifications.messages(
-                    db, grant_id, "message.updated", written.existing_message_ids
+                    db,
+                    grant_id,
+                    "message.updated",
+                    stored_message_views(db, written.existing_message_ids),
                 )
         return written
 
@@ -465,7 +473,9 @@ def _switch(
     folder.synced_uid = synced_uid
     outcome.reindexed = True
     if opened.live:
-        outcome.emitted += notifications.folder(db, "folder.updated", folder)
+        outcome.emitted += notifications.folder(
+            db, "folder.updated", stored_folder_view(db, folder)
+        )
         outcome.emitted += notifications.messages_deleted(
             db, run.grant_id, outcome.deleted_message_ids
         )

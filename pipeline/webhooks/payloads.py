@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pipeline.models import Grant
 from pipeline.webhooks.schemas import SEND_RESULT_TYPES, TRUNCATED_SUFFIX
 
 SPEC_VERSION = "1.0"
@@ -92,3 +93,41 @@ def build(
     envelope["type"] = type + TRUNCATED_SUFFIX
     envelope["data"] = {"application_id": application_id, **extra, "object": slim}
     return Notification(notification_id, envelope["type"], encode(envelope), truncated=True)
+
+
+# Nylas notification codes of the grant.* types (its notification reference); the type, not the
+# code, tells them apart: grant.imap_sync_completed shares 25012 with grant.created.
+GRANT_NOTIFICATION_CODES = {
+    "grant.created": 25012,
+    "grant.updated": 25014,
+    "grant.deleted": 25013,
+    "grant.expired": 25009,
+    "grant.imap_sync_completed": 25012,
+}
+REAUTHENTICATED_CODE = 25027  # grant.updated sent for a re-authentication
+IMAP_CONNECTOR_ID = "imap"
+"""``integration_id`` of every grant: an install has one IMAP connector, always this one."""
+
+
+def grant_notification(
+    type_: str, grant: Grant, *, reauthenticated: bool = False
+) -> dict[str, Any]:
+    """``data.object`` of a ``grant.*`` notification, in the fields Nylas sends for that type."""
+    obj: dict[str, Any] = {
+        "code": REAUTHENTICATED_CODE if reauthenticated else GRANT_NOTIFICATION_CODES[type_],
+        "grant_id": grant.id,
+        "integration_id": IMAP_CONNECTOR_ID,
+        "provider": "imap",
+    }
+    if type_ == "grant.imap_sync_completed":
+        obj["type"] = type_  # Nylas echoes the type in this object only
+        return obj
+    obj["email"] = grant.email
+    if type_ == "grant.created":
+        obj["scope"] = []
+    elif type_ == "grant.updated":
+        obj["reauthentication_flag"] = reauthenticated
+    elif type_ == "grant.expired" and grant.updated_at is not None:
+        # Nylas: the last time the grant was updated successfully before it expired
+        obj["grant_updated_at"] = int(grant.updated_at.timestamp())
+    return obj

@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session
 
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
-from pipeline.grants.views import GRANT_NOTIFICATION_CODES, grant_notification
 from pipeline.models import Grant, new_id
 from pipeline.pages import is_uuid
 from pipeline.webhooks import payloads, repository, ssrf
 from pipeline.webhooks.errors import InvalidWebhookRequest, WebhookNotFound
 from pipeline.webhooks.models import WebhookDestination
+from pipeline.webhooks.payloads import GRANT_NOTIFICATION_CODES, grant_notification
 from pipeline.webhooks.schemas import (
     ACCEPTED_TRIGGER_TYPES,
     SEND_RESULT_TYPES,
