@@ -326,9 +326,9 @@ def create_app(
             linger_s=INTERACTIVE_LINGER_S,
         ),
         sign_ins=SignInGate(
-            settings.api_sign_in_concurrency,
-            settings.api_sign_in_per_client,
-            settings.api_sign_in_deadline_s,
+            settings.api.sign_in_concurrency,
+            settings.api.sign_in_per_client,
+            settings.api.sign_in_deadline_s,
         ),
         webhook_settings=settings.webhooks,
         enqueue_send=enqueue_send or _not_installed("enqueue_send"),

@@ -247,7 +247,7 @@ async def send_it(
     the sent message."""
     draft = path_draft(db, grant, draft_id)
     view = await run_in_threadpool(
-        partial(drafts.send, fields=fields, wait_s=api.settings.send_wait_s),
+        partial(drafts.send, fields=fields, wait_s=api.settings.api.send_wait_s),
         db,
         api,
         grant,

@@ -86,8 +86,8 @@ def application(request: Request, db: Db, api: State) -> dict[str, Any]:
     return ok(
         request,
         {
-            "application_id": api.settings.api_client_id,
-            "organization_id": api.settings.api_client_id,
+            "application_id": api.settings.api.client_id,
+            "organization_id": api.settings.api.client_id,
             "region": "self-hosted",
             "environment": "production",
             "branding": {"name": "imap-pipeline"},
@@ -266,7 +266,7 @@ def auth_page(
     """
     flow = hosted.begin(
         db,
-        api.settings.api_client_id,
+        api.settings.api.client_id,
         client_id=client_id,
         redirect_uri=redirect_uri,
         response_type=response_type,
@@ -291,7 +291,7 @@ async def auth_submit(request: Request, db: Db, api: State) -> Response:
     finally:
         await form.close()
     flow = await run_in_threadpool(
-        hosted.accepted, db, _form_key(api), api.settings.api_client_id, fields.get("flow", "")
+        hosted.accepted, db, _form_key(api), api.settings.api.client_id, fields.get("flow", "")
     )
     db.close()  # no database connection is held while the sign-in runs
     if flow is None:
@@ -382,7 +382,7 @@ async def token(request: Request, db: Db, api: State) -> Response:
     presented = body.client_secret or (header[7:] if header.lower().startswith("bearer ") else "")
     if not presented or not api.keys.accepts(presented):
         return _oauth_error(request, 401, "invalid_client", "client_secret must be an API key.")
-    if not hmac.compare_digest(body.client_id.encode(), api.settings.api_client_id.encode()):
+    if not hmac.compare_digest(body.client_id.encode(), api.settings.api.client_id.encode()):
         return _oauth_error(
             request, 401, "invalid_client", "Unknown client_id: GET /v3/applications shows it."
         )

@@ -240,7 +240,7 @@ async def _wait(
     api: ApiState, grant: Grant, submitted: submit.Submitted, fields: str
 ) -> submit.Outcome:
     """:func:`pipeline.outbound.submit.submit_and_wait`'s wait, without blocking the loop."""
-    polls = submit.Polls(api.settings.send_wait_s)
+    polls = submit.Polls(api.settings.api.send_wait_s)
     while True:
         outcome = await run_in_threadpool(submit.look, api.sessions, grant.id, submitted, fields)
         if outcome is not None:

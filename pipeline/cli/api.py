@@ -7,7 +7,7 @@ import gc
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Settings
+from pipeline.config import ApiSettings, Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -36,9 +36,9 @@ def _positive(value: str) -> int:
     return number
 
 
-def worker_count(args: argparse.Namespace, settings: Settings) -> int:
+def worker_count(args: argparse.Namespace, api: ApiSettings) -> int:
     """uvicorn processes to run: ``--workers``, else ``IMAP_PIPELINE_API_WORKERS``."""
-    return int(args.workers) if args.workers is not None else settings.api_workers
+    return int(args.workers) if args.workers is not None else api.workers
 
 
 def _api(args: argparse.Namespace) -> int:
@@ -47,9 +47,9 @@ def _api(args: argparse.Namespace) -> int:
     from pipeline import metrics
 
     settings = Settings.load()
-    host = args.host or settings.api_host
-    port = args.port or settings.api_port
-    workers = worker_count(args, settings)
+    host = args.host or settings.api.host
+    port = args.port or settings.api.port
+    workers = worker_count(args, settings.api)
     logging_options: dict[str, Any] = {"log_level": settings.log_level.lower()}
     if settings.log_format == "json":
         # uvicorn's loggers then go through the root handler (JSON) instead of its own

@@ -61,7 +61,7 @@ def _health(args: argparse.Namespace) -> int:
     elif role == "flower":
         checks = [health.tcp(LOOPBACK, settings.flower_port)]
     else:
-        checks = [_api_ready(settings.api_port)]
+        checks = [_api_ready(settings.api.port)]
     for check in checks:
         mark = "[green]ok  [/]" if check.ok else "[bold red]FAIL[/]"
         console.print(f"{mark} {check.name}: {check.detail}", markup=True)

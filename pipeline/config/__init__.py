@@ -9,6 +9,7 @@ mail hosts may be on) and the processes; each concern reads a section of its own
 with its part of the variable names::
 
     Settings                 IMAP_PIPELINE_<FIELD>            this module
+    Settings.api             IMAP_PIPELINE_API_<FIELD>        pipeline.config.api (and 1 alias)
     Settings.beat            IMAP_PIPELINE_<FIELD>            pipeline.config.beat (job intervals)
     Settings.imap            IMAP_PIPELINE_IMAP_<FIELD>       pipeline.config.imap (session bounds)
     Settings.listener        IMAP_PIPELINE_LISTENER_<FIELD>   pipeline.config.listener
@@ -33,6 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pipeline.config.api import ApiSettings
 from pipeline.config.beat import BeatSettings
 from pipeline.config.imap import ImapSettings
 from pipeline.config.listener import ListenerSettings
@@ -42,6 +44,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.netguard import AddressPolicy, IpNetwork
 
 __all__ = [
+    "ApiSettings",
     "BeatSettings",
     "ImapSettings",
     "ListenerSettings",
@@ -58,7 +61,6 @@ __all__ = [
 ENV_PREFIX = "IMAP_PIPELINE_"
 DEFAULT_DATA_DIR = Path("~/.imap-pipeline").expanduser()
 RUNTIME_ENV_NAME = "runtime.env"
-API_WORKERS_DEFAULT = 1  # `up` runs every role on one machine; compose sets 2
 
 
 def _runtime_env_file() -> Path:
@@ -113,6 +115,7 @@ class Settings(BaseSettings):
     # --- sections (each reads its own variables; see the module docstring) ----------------
     # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _IMAP, ...) is not parsed as JSON;
     # load() passes every section in, which wins over it.
+    api: Annotated[ApiSettings, NoDecode] = Field(default_factory=ApiSettings)
     beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
     imap: Annotated[ImapSettings, NoDecode] = Field(default_factory=ImapSettings)
     listener: Annotated[ListenerSettings, NoDecode] = Field(default_factory=ListenerSettings)
@@ -141,54 +144,8 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Address of the metrics port (the image: 0.0.0.0)."
     )
-    api_host: str = "127.0.0.1"
-    api_port: int = 8080
-    api_workers: int = Field(
-        default=API_WORKERS_DEFAULT,
-        ge=1,
-        le=64,
-        description="uvicorn worker processes of `imap-pipeline api` (`--workers` overrides it): "
-        "one process runs its Python on one core, so a busy API wants about one per core.",
-    )
-    api_sign_in_concurrency: int = Field(
-        default=8,
-        ge=1,
-        le=256,
-        description="Sign-ins (hosted page, /v3/connect/custom) one API process runs at once, "
-        "on threads of their own (never those serving other requests); more get a 429 at once.",
-    )
-    api_sign_in_per_client: int = Field(
-        default=2,
-        ge=1,
-        le=256,
-        description="Sign-ins one client address may have in flight at once; more get a 429.",
-    )
-    api_sign_in_deadline_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=300,
-        description="A sign-in (resolve, connect, greeting, login, store) is answered within "
-        "this long; a server that has not finished by then gets a 504.",
-    )
-    api_client_id: str = Field(
-        default="imap-pipeline",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9._~-]+$",
-        description=(
-            "The application's id (Nylas: client id). Hosted auth accepts only this client_id, "
-            "with a redirect URI registered at /v3/applications/redirect-uris; "
-            "GET /v3/applications shows it."
-        ),
-    )
-    send_wait_s: float = Field(
-        default=60.0,
-        gt=0,
-        le=600,
-        description="An immediate send is answered once the SMTP server took it; after this "
-        "long without the worker's result the API answers 202 with the schedule_id to follow "
-        "(the send still happens, once).",
-    )
+
+    # --- sending (the workers' SMTP connections and outbox) --------------------------------
     smtp_connections_per_account: int = Field(
         default=2,
         ge=1,
@@ -286,6 +243,7 @@ class Settings(BaseSettings):
 
 
 _SECTIONS: dict[str, type[BaseSettings]] = {
+    "api": ApiSettings,
     "beat": BeatSettings,
     "imap": ImapSettings,
     "listener": ListenerSettings,

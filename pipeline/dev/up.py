@@ -246,7 +246,7 @@ class _Up:
         names = {r.name for r in roles}
         wanted: list[tuple[str, str, int, str]] = []
         if "api" in names:
-            wanted.append(("IMAP_PIPELINE_API_PORT", "the HTTP API", s.api_port, s.api_host))
+            wanted.append(("IMAP_PIPELINE_API_PORT", "the HTTP API", s.api.port, s.api.host))
         if "flower" in names:
             wanted.append(("IMAP_PIPELINE_FLOWER_PORT", "Flower", s.flower_port, s.flower_host))
         for name, port in self._metrics_ports(roles).items():
@@ -509,7 +509,7 @@ class _Up:
         if any(rp.role.name == "api" for rp in self.roles):
             table.add_row(
                 "HTTP API",
-                f"http://{self.settings.api_host}:{self.settings.api_port}/v3 "
+                f"http://{self.settings.api.host}:{self.settings.api.port}/v3 "
                 f"(docs at /docs; key: IMAP_PIPELINE_API_KEYS or {self.data_dir / 'api.key'})",
             )
         for name, where in self.demo_rows:

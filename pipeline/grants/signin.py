@@ -6,13 +6,14 @@ A sign-in logs in to a server that whoever signs in names, so it is treated as h
     request ── gate full, in total or for this client address? ── yes ──> 429 at once
        │ no
        v
-    a sign-in thread (``api_sign_in_concurrency`` of them, apart from the threads
+    a sign-in thread (``Settings.api.sign_in_concurrency`` of them, apart from the threads
     that serve every other request):
        resolve ─> takeover check (short DB session, closed) ─> login token (login_turn)
        ─> address guard + IMAP login (no DB connection held) ─> store (short DB session)
        │
-    the request waits at most ``api_sign_in_deadline_s`` ──> else 504; the thread keeps its
-    slot until its own bounded IMAP calls end, so slow servers fill the gate, never the API.
+    the request waits at most ``Settings.api.sign_in_deadline_s`` ──> else 504; the thread
+    keeps its slot until its own bounded IMAP calls end, so slow servers fill the gate, never
+    the API.
 
 ``PATCH /v3/grants/{id}`` with new credentials or settings (:func:`reconnect`) is a sign-in to a
 server the caller names too, and runs the same way behind the same gate.
@@ -113,7 +114,7 @@ def _log_in(
             resolved,
             settings.imap,
             settings.mail_address_policy,
-            deadline_s=settings.api_sign_in_deadline_s,
+            deadline_s=settings.api.sign_in_deadline_s,
             resolver=resolve_for_sign_in,
         )
         capabilities = verify_login(
@@ -121,7 +122,7 @@ def _log_in(
             password,
             settings,
             settings.mail_address_policy,
-            deadline_s=settings.api_sign_in_deadline_s,
+            deadline_s=settings.api.sign_in_deadline_s,
             resolver=resolve_for_sign_in,
         )
     return resolved, capabilities

@@ -159,14 +159,12 @@ def test_nothing_else_reads_the_environment() -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_a_variable_named_like_a_section_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "IMAP_PIPELINE_LISTENER",
-        "IMAP_PIPELINE_WEBHOOKS",
-        "IMAP_PIPELINE_BEAT",
-        "IMAP_PIPELINE_IMAP",
-    ):
-        monkeypatch.setenv(name, "not json")
-    assert Settings.load().listener.debounce_s == 0.25
+    sections = ("LISTENER", "WEBHOOKS", "BEAT", "IMAP", "SYNC", "API")
+    for name in sections:
+        monkeypatch.setenv("IMAP_PIPELINE_" + name, "not json")
+    settings = Settings.load()
+    assert settings.listener.debounce_s == 0.25
+    assert settings.sync.batch_size == 100
 
 
 # The defaults of the variables that were flat fields of Settings before the IMAP, API and sync

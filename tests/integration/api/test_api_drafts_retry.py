@@ -32,7 +32,9 @@ def settled(api: ApiServer) -> bool:
 
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
-    return api_settings.model_copy(update={"send_wait_s": WAIT_S})
+    return api_settings.model_copy(
+        update={"api": api_settings.api.model_copy(update={"send_wait_s": WAIT_S})}
+    )
 
 
 @pytest.fixture

@@ -31,9 +31,10 @@ WAIT_S = 30.0  # longest wait for the first sign-in to reach the server
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
     """A short sign-in deadline and one sign-in per client address."""
-    return api_settings.model_copy(
-        update={"api_sign_in_deadline_s": DEADLINE_S, "api_sign_in_per_client": 1}
+    api = api_settings.api.model_copy(
+        update={"sign_in_deadline_s": DEADLINE_S, "sign_in_per_client": 1}
     )
+    return api_settings.model_copy(update={"api": api})
 
 
 @pytest.fixture

@@ -34,7 +34,9 @@ _FLOW = re.compile(r"name='flow' value='([^']+)'")
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
     """The API's settings with this module's application id."""
-    return api_settings.model_copy(update={"api_client_id": CLIENT_ID})
+    return api_settings.model_copy(
+        update={"api": api_settings.api.model_copy(update={"client_id": CLIENT_ID})}
+    )
 
 
 def browser(api: ApiServer) -> httpx.Client:
