@@ -93,8 +93,7 @@ def thread_page(
             flt = message_filter(
                 conn, api, live_id, params, lambda: orm(live_id), fold_folders=fold
             )
-            return thread_queries.list_threads(
-                conn,
+            criteria = thread_queries.ThreadCriteria(
                 live_id,
                 flt,
                 params.limit + 1,
@@ -102,8 +101,9 @@ def thread_page(
                 latest_before=from_unix(params.latest_message_before),
                 latest_after=from_unix(params.latest_message_after),
                 earliest_from=from_unix(params.earliest_message_date),
-                as_json=params.select is None,
-                grant_status=grant_status,
+            )
+            return thread_queries.list_threads(
+                conn, criteria, as_json=params.select is None, grant_status=grant_status
             )
 
         _, params, threads = checked_page(conn, grant_id, params, read)

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -185,71 +185,68 @@ def _thread_has_match(
     )
 
 
+@dataclass(frozen=True)
+class ThreadCriteria:
+    """What a thread list asks for: up to ``limit`` of the grant's threads after ``after``,
+    most recent first, that have a message ``flt`` matches, whose latest message is before
+    ``latest_before`` and after ``latest_after``, and whose first message is at or after
+    ``earliest_from`` (None: no bound). One value, so the list, its statement and its page
+    statement take the same criteria without passing each on."""
+
+    grant_id: str
+    flt: MessageFilter = field(default_factory=MessageFilter)
+    limit: int = 50
+    after: Cursor | None = None
+    latest_before: datetime | None = None
+    latest_after: datetime | None = None
+    earliest_from: datetime | None = None
+
+    @property
+    def unfiltered(self) -> bool:
+        """Every thread of the grant, newest first (the list a client calls most)."""
+        windows = (self.latest_before, self.latest_after, self.earliest_from)
+        return self.flt == MessageFilter() and windows == (None, None, None)
+
+
 def list_threads_query(
-    grant_id: str,
-    flt: MessageFilter,
-    limit: int,
-    after: Cursor | None,
-    *,
-    latest_before: datetime | None = None,
-    latest_after: datetime | None = None,
-    earliest_from: datetime | None = None,
-    thread_set: bool = False,
+    criteria: ThreadCriteria, *, thread_set: bool = False
 ) -> Select[str, str, str, datetime | None]:
-    """Up to ``limit`` threads with a message matching ``flt`` (and whose latest message is in
-    the given window, and whose first message is at or after ``earliest_from``), most recent
-    first: their ``id``, ``grant_id``, ``subject`` and ``latest_message_at``. ``thread_set``:
-    walk with the set of the search text's threads (:func:`_thread_has_match`)."""
+    """The threads ``criteria`` asks for: their ``id``, ``grant_id``, ``subject`` and
+    ``latest_message_at``. ``thread_set``: walk with the set of the search text's threads
+    (:func:`_thread_has_match`)."""
+    c = criteria
     query = select(Thread.id, Thread.grant_id, Thread.subject, Thread.latest_message_at).where(
-        Thread.grant_id == grant_id,
+        Thread.grant_id == c.grant_id,
         Thread.latest_message_at.is_not(None),
-        _thread_has_match(grant_id, flt, thread_set=thread_set),
+        _thread_has_match(c.grant_id, c.flt, thread_set=thread_set),
     )
-    if latest_before is not None:
-        query = query.where(Thread.latest_message_at < latest_before)
-    if latest_after is not None:
-        query = query.where(Thread.latest_message_at > latest_after)
-    if earliest_from is not None:
+    if c.latest_before is not None:
+        query = query.where(Thread.latest_message_at < c.latest_before)
+    if c.latest_after is not None:
+        query = query.where(Thread.latest_message_at > c.latest_after)
+    if c.earliest_from is not None:
         # no message before it (ix_messages_thread); a thread whose latest message is older
         # cannot qualify, which bounds the scan of the threads index
         earlier = _EARLIER_MESSAGE
         query = query.where(
-            Thread.latest_message_at >= earliest_from,
-            ~exists().where(earlier.thread_id == Thread.id, earlier.date < earliest_from),
+            Thread.latest_message_at >= c.earliest_from,
+            ~exists().where(earlier.thread_id == Thread.id, earlier.date < c.earliest_from),
         )
-    if after is not None:
+    if c.after is not None:
         query = query.where(
             tuple_(Thread.latest_message_at, Thread.id)
-            < keyset_position(after, Thread.latest_message_at, Thread.id)
+            < keyset_position(c.after, Thread.latest_message_at, Thread.id)
         )
-    return query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(limit)
+    return query.order_by(Thread.latest_message_at.desc(), Thread.id.desc()).limit(c.limit)
 
 
 def list_threads_page_query(
-    grant_id: str,
-    flt: MessageFilter,
-    limit: int,
-    after: Cursor | None,
-    *,
-    latest_before: datetime | None = None,
-    latest_after: datetime | None = None,
-    earliest_from: datetime | None = None,
-    thread_set: bool = False,
-    as_json: bool = False,
+    criteria: ThreadCriteria, *, thread_set: bool = False, as_json: bool = False
 ) -> Select[Any]:
     """The statement of :func:`list_threads`: the threads of :func:`list_threads_query`, then
     each one's messages laterally (``page_*`` columns, then a member's, NULL for none);
     ``as_json``: each thread rendered by Postgres (:func:`thread_json_select`)."""
-    page = list_threads_query(
-        grant_id,
-        flt,
-        limit,
-        after,
-        latest_before=latest_before,
-        latest_after=latest_after,
-        earliest_from=earliest_from,
-        thread_set=thread_set,
-    ).subquery("page")
+    page = list_threads_query(criteria, thread_set=thread_set).subquery("page")
     if as_json:
         return thread_json_select(page)
     members = _page_members()
@@ -268,14 +265,8 @@ def list_threads_page_query(
 
 def list_threads(
     conn: Connection,
-    grant_id: str,
-    flt: MessageFilter,
-    limit: int,
-    after: Cursor | None,
+    criteria: ThreadCriteria,
     *,
-    latest_before: datetime | None = None,
-    latest_after: datetime | None = None,
-    earliest_from: datetime | None = None,
     as_json: bool = False,
     grant_status: bool = False,
 ) -> list[ThreadPage]:
@@ -288,29 +279,16 @@ def list_threads(
     ``grant_status`` and ``flt.folders_unchecked``: each thread also has the grant's status and
     how many of the folders are the grant's, as :func:`list_messages` reads them.
     """
-    if (
-        as_json
-        and flt == MessageFilter()
-        and latest_before is None
-        and latest_after is None
-        and earliest_from is None
-    ):
-        values: dict[str, Any] = {"grant_id": grant_id, "limit": limit}
+    grant_id, flt, after = criteria.grant_id, criteria.flt, criteria.after
+    if as_json and criteria.unfiltered:
+        values: dict[str, Any] = {"grant_id": grant_id, "limit": criteria.limit}
         if after is not None:
             values["after_at"], values["after_id"] = after.at, after.id
         rows = conn.execute(_plain_thread_page(after is not None, grant_status), values).all()
         return _rendered_threads(rows)
     matches = text_matches_estimate(conn, grant_id, flt)
     query = list_threads_page_query(
-        grant_id,
-        flt,
-        limit,
-        after,
-        latest_before=latest_before,
-        latest_after=latest_after,
-        earliest_from=earliest_from,
-        thread_set=walks_with_set(flt, matches),
-        as_json=as_json,
+        criteria, thread_set=walks_with_set(flt, matches), as_json=as_json
     )
     if grant_status:
         query = query.add_columns(grant_status_select(grant_id).label("grant_status"))
@@ -377,7 +355,7 @@ def _plain_thread_page(cursor: bool, grant_status: bool) -> Select[Any]:
     a third of the API's CPU for such a page)."""
     grant_id: Any = bindparam("grant_id", type_=Thread.grant_id.type)
     limit: Any = bindparam("limit", type_=Integer)
-    query = list_threads_query(grant_id, MessageFilter(), limit, None)
+    query = list_threads_query(ThreadCriteria(grant_id, limit=limit))
     if cursor:
         position = tuple_(
             bindparam("after_at", type_=Thread.latest_message_at.type),

@@ -107,7 +107,11 @@ from pipeline.messages.filters import MessageFilter  # noqa: E402
 from pipeline.messages.queries import list_messages_query  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
 from pipeline.search.tables import message_search  # noqa: E402
-from pipeline.threads.queries import list_threads_page_query, walks_with_set  # noqa: E402
+from pipeline.threads.queries import (  # noqa: E402
+    ThreadCriteria,
+    list_threads_page_query,
+    walks_with_set,
+)
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 PAGE = 50
@@ -313,7 +317,9 @@ def statements(
             matches = float(row[0][0]["Plan"]["Plan Rows"]) if row else None
         # as the API runs a page without select: each thread's view rendered by Postgres
         page = list_threads_page_query(
-            grant, flt, PAGE + 1, None, thread_set=walks_with_set(flt, matches), as_json=True
+            ThreadCriteria(grant, flt, PAGE + 1),
+            thread_set=walks_with_set(flt, matches),
+            as_json=True,
         ).add_columns(message_queries.grant_status_select(grant).label("grant_status"))
         return [_compiled(page)]
     if folder_ids is None:

@@ -9,7 +9,7 @@ search's two ways of walking threads are tests/unit/queries/test_thread_search.p
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.messages.filters import MessageFilter
 from pipeline.pages import Cursor
-from pipeline.threads.queries import ThreadPage, list_threads
+from pipeline.threads.queries import ThreadCriteria, ThreadPage, list_threads
 from tests.support.stored_mail import Mailbox, T, mailbox
 
 pytestmark = pytest.mark.services
@@ -38,8 +38,8 @@ def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailb
     return box
 
 
-def threads(box: Mailbox, flt: MessageFilter | None = None, **kwargs: object) -> list[str]:
-    page = list_threads(box.conn, box.grant_id, flt or MessageFilter(), 50, None, **kwargs)  # type: ignore[arg-type]
+def threads(box: Mailbox, flt: MessageFilter | None = None, **window: datetime) -> list[str]:
+    page = list_threads(box.conn, ThreadCriteria(box.grant_id, flt or MessageFilter(), **window))
     return [t.subject for t in page]
 
 
@@ -49,7 +49,7 @@ def test_threads_are_listed_newest_first_by_their_latest_message(mail: Mailbox) 
     mail.add("INBOX", "Re: Trip", 1, flags=SEEN, in_reply_to="<trip@example.org>")  # answered
 
     assert threads(mail) == ["Trip", "Plans", "Budget"]
-    page = list_threads(mail.conn, mail.grant_id, MessageFilter(), 50, None)
+    page = list_threads(mail.conn, ThreadCriteria(mail.grant_id))
     trip = page[0]
     assert trip.latest_message_at == T - timedelta(minutes=1)
     assert [m.subject for m in trip.messages] == ["Trip", "Re: Trip", "Re: Trip"]  # oldest first
@@ -64,9 +64,8 @@ def test_a_thread_is_listed_when_one_of_its_messages_matches(mail: Mailbox) -> N
     assert threads(mail, MessageFilter(subject="re:")) == ["Plans", "Trip"]
     assert threads(mail, MessageFilter(subject="re:", unread=True)) == []
     # the whole thread comes with it, not only the matching message
-    (trip,) = list_threads(
-        mail.conn, mail.grant_id, MessageFilter(folder_ids=[mail.folders["Archive"]]), 50, None
-    )
+    archive = MessageFilter(folder_ids=[mail.folders["Archive"]])
+    (trip,) = list_threads(mail.conn, ThreadCriteria(mail.grant_id, archive))
     assert [m.subject for m in trip.messages] == ["Trip", "Re: Trip"]
 
 
@@ -83,8 +82,8 @@ def test_the_latest_and_earliest_message_windows(mail: Mailbox) -> None:
 
 def test_the_rendered_page_lists_the_same_threads(mail: Mailbox) -> None:
     for flt in (MessageFilter(), MessageFilter(unread=False), MessageFilter(subject="re:")):
-        plain = list_threads(mail.conn, mail.grant_id, flt, 50, None)
-        rendered = list_threads(mail.conn, mail.grant_id, flt, 50, None, as_json=True)
+        plain = list_threads(mail.conn, ThreadCriteria(mail.grant_id, flt))
+        rendered = list_threads(mail.conn, ThreadCriteria(mail.grant_id, flt), as_json=True)
         assert [t.id for t in rendered] == [t.id for t in plain], flt
         assert all(t.json is not None and t.id in t.json for t in rendered)
 
@@ -101,14 +100,16 @@ def test_thread_pages_walk_every_thread_once_while_threads_move_up(
     seen: list[ThreadPage] = []
     after: Cursor | None = None
     while True:
-        page = list_threads(box.conn, box.grant_id, MessageFilter(), 2, after, as_json=as_json)
+        page = list_threads(
+            box.conn, ThreadCriteria(box.grant_id, limit=2, after=after), as_json=as_json
+        )
         seen.extend(page)
         if len(page) < 2:
             break
         after = Cursor(page[-1].latest_message_at, page[-1].id)
         if len(seen) == 4:  # an answer moves a thread not yet listed to the top
             box.add("INBOX", "Re: topic 7", -1, in_reply_to="<t7@example.org>")
-    everything = list_threads(box.conn, box.grant_id, MessageFilter(), 50, None)
+    everything = list_threads(box.conn, ThreadCriteria(box.grant_id))
     subject_of = {t.id: t.subject for t in everything}  # a rendered page has it in its JSON
     subjects = [subject_of[t.id] for t in seen]
     assert everything[0].subject == "topic 7"

@@ -23,7 +23,7 @@ from pipeline.messages.filters import MessageFilter
 from pipeline.pages import Cursor
 from pipeline.search import criteria, store
 from pipeline.threads import queries as thread_queries
-from pipeline.threads.queries import list_threads, list_threads_query
+from pipeline.threads.queries import ThreadCriteria, list_threads, list_threads_query
 from tests.support.store import offline_grant, write_fetched
 
 pytestmark = pytest.mark.services
@@ -72,7 +72,7 @@ def _pages(conn: Connection, grant_id: str, query: str, limit: int, thread_set: 
     after = None
     for _ in range(THREADS + 5):  # bounded: one thread a page at least
         rows = conn.execute(
-            list_threads_query(grant_id, flt, limit, after, thread_set=thread_set)
+            list_threads_query(ThreadCriteria(grant_id, flt, limit, after), thread_set=thread_set)
         ).all()
         out.extend(row.subject for row in rows)
         if len(rows) < limit:
@@ -110,7 +110,7 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
         )
         estimate = thread_queries.text_matches_estimate(conn, grant_id, flt)
         assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
-        page = list_threads(conn, grant_id, flt, 50, None)
+        page = list_threads(conn, ThreadCriteria(grant_id, flt))
         assert [t.subject for t in page] == invoices
         assert all(len(t.messages) == 2 for t in page)
 
