@@ -5,22 +5,19 @@ is kept, another request with it is refused, and a send nobody drains is not wai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from pipeline.config import Settings
-from pipeline.db import sessionmaker_for
-from pipeline.imap.connections import SessionPool
-from pipeline.limits import Priority, RateLimiter
 from pipeline.models import Grant
 from pipeline.outbound import submit
 from pipeline.outbound.compose import Outgoing, SendRequest, prepare
 from pipeline.outbound.outbox import send_outbox
+from tests.support.sender import RecordingSender
 from tests.support.store import offline_grant
 
 pytestmark = pytest.mark.services
@@ -28,33 +25,14 @@ pytestmark = pytest.mark.services
 WAIT_S = 0.1  # nobody drains here: the wait only has to end
 
 
-@dataclass
-class FakeSender:
-    """A :class:`~pipeline.outbound.sending.Sender` that records the drains asked for."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    drains: list[str] = field(default_factory=list)
-    limiter: RateLimiter | None = None
-    imap_pool: SessionPool = field(
-        default_factory=lambda: SessionPool(None, Priority.INTERACTIVE, linger_s=0)
-    )
-
-    @property
-    def enqueue_send(self) -> Callable[[str, float | None], None]:
-        return lambda grant_id, _countdown: self.drains.append(grant_id)
-
-    @property
-    def kick_webhooks(self) -> Callable[[], None]:
-        return lambda: None
-
-
 @pytest.fixture
-def sender(settings: Settings) -> Iterator[FakeSender]:
-    yield FakeSender(settings=settings, sessions=sessionmaker_for(settings.database_url))
+def sender(settings: Settings) -> Iterator[RecordingSender]:
+    sender = RecordingSender.for_settings(settings)
+    yield sender
+    sender.close()
 
 
-def _grant(sender: FakeSender) -> Grant:
+def _grant(sender: RecordingSender) -> Grant:
     grant_id, _ = offline_grant(sender.settings.database_url, "sender")
     with sender.sessions() as db:
         grant = db.get(Grant, grant_id)
@@ -69,14 +47,14 @@ def _composed(db: Session, grant: Grant, subject: str = "Once") -> Outgoing:
     return prepare(db, grant, req, [])
 
 
-def _settle(sender: FakeSender, outbox_id: str, **values: Any) -> None:
+def _settle(sender: RecordingSender, outbox_id: str, **values: Any) -> None:
     """What a worker leaves on the row (a sent row's Sent copy done: ``raw`` cleared)."""
     with sender.sessions() as db:
         db.execute(update(send_outbox).where(send_outbox.c.id == outbox_id).values(**values))
         db.commit()
 
 
-def test_the_same_key_gives_the_same_row_and_one_send(sender: FakeSender) -> None:
+def test_the_same_key_gives_the_same_row_and_one_send(sender: RecordingSender) -> None:
     grant = _grant(sender)
     with sender.sessions() as db:
         first = submit.submit_and_wait(
@@ -111,7 +89,7 @@ def test_the_same_key_gives_the_same_row_and_one_send(sender: FakeSender) -> Non
     assert sender.drains == [grant.id]
 
 
-def test_the_same_key_with_another_request_is_refused(sender: FakeSender) -> None:
+def test_the_same_key_with_another_request_is_refused(sender: RecordingSender) -> None:
     grant = _grant(sender)
     with sender.sessions() as db:
         submit.submit(db, sender, grant, _composed(db, grant), "key-2")
@@ -120,7 +98,7 @@ def test_the_same_key_with_another_request_is_refused(sender: FakeSender) -> Non
     assert sender.drains == [grant.id]
 
 
-def test_send_now_raises_what_the_send_failed_with(sender: FakeSender) -> None:
+def test_send_now_raises_what_the_send_failed_with(sender: RecordingSender) -> None:
     grant = _grant(sender)
     with sender.sessions() as db:
         with pytest.raises(submit.SendRefused) as late:
