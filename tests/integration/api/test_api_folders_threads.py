@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Sequence
 from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -262,21 +263,25 @@ def test_listed_threads_are_rendered_as_thread_view_renders_them(
     assert lone["latest_draft_or_message"]["object"] == "message"
 
 
-def test_participants_with_non_ascii_addresses_are_the_same_listed_and_alone(
-    api: ApiServer,
-) -> None:
-    # a thread's participants are its addresses each once, compared with ASCII letters folded
-    # (the one rule of the page Postgres renders and of the view Python makes): Postgres'
-    # lower() and Python's str.lower() disagree past ASCII ('İ' is 'i' to one and 'i̇' to the
-    # other), and a page listed the same thread with other participants than the thread alone
+def _stored_raw(
+    api: ApiServer, user: str, letters: Sequence[tuple[str, str, str]], *, threaded: bool = False
+) -> str:
+    """A grant of ``user`` on a server never reached, with a message per ``(From, To,
+    Subject)`` in its Inbox, a minute apart, oldest first, headers in raw UTF-8 as a server may
+    send them; ``threaded``: each answers the one before. Returns the grant's id."""
     database_url = api.settings.require_database_url()
-    grant_id, (inbox,) = offline_grant(database_url, "unicode-participants")
+    grant_id, (inbox,) = offline_grant(database_url, user)
     sent = now() - timedelta(hours=1)
-    headers = [
-        ("Ärger <ÄRGER@example.org>", "İlker <İLKER@example.org>, ilker@example.org"),
-        ("ärger@example.org", "STRASSE@example.org, Straße <straße@example.org>"),
-        ("Ilker <ILKER@EXAMPLE.ORG>", "i̇lker@example.org, ÄRGER@Example.org"),
-    ]
+
+    def raw(uid: int, sender: str, to: str, subject: str) -> bytes:
+        answers = f"In-Reply-To: <{user}-{uid - 1}@example.org>\r\n" if threaded else ""
+        return (
+            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: {format_datetime(sent + timedelta(minutes=uid))}\r\n"
+            f"Message-ID: <{user}-{uid}@example.org>\r\n{answers if uid > 1 else ''}"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n"
+        ).encode()
+
     fetched = [
         FetchedMessage(
             uid=uid,
@@ -284,17 +289,31 @@ def test_participants_with_non_ascii_addresses_are_the_same_listed_and_alone(
             internaldate=sent + timedelta(minutes=uid),
             size=100,
             modseq=None,
-            raw=(
-                f"From: {sender}\r\nTo: {to}\r\nSubject: Grüße\r\n"
-                f"Date: {format_datetime(sent + timedelta(minutes=uid))}\r\n"
-                f"Message-ID: <u{uid}@example.org>\r\n"
-                + (f"In-Reply-To: <u{uid - 1}@example.org>\r\n" if uid > 1 else "")
-                + "Content-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n"
-            ).encode(),
+            raw=raw(uid, *letter),
         )
-        for uid, (sender, to) in enumerate(headers, start=1)
+        for uid, letter in enumerate(letters, start=1)
     ]
     write_fetched(database_url, grant_id, inbox, fetched)
+    return grant_id
+
+
+def test_participants_with_non_ascii_addresses_are_the_same_listed_and_alone(
+    api: ApiServer,
+) -> None:
+    # a thread's participants are its addresses each once, compared with ASCII letters folded
+    # (the one rule of the page Postgres renders and of the view Python makes): Postgres'
+    # lower() and Python's str.lower() disagree past ASCII ('İ' is 'i' to one and 'i̇' to the
+    # other), and a page listed the same thread with other participants than the thread alone
+    grant_id = _stored_raw(
+        api,
+        "unicode-participants",
+        [
+            ("Ärger <ÄRGER@example.org>", "İlker <İLKER@example.org>, ilker@example.org", "Grüße"),
+            ("ärger@example.org", "STRASSE@example.org, Straße <straße@example.org>", "Grüße"),
+            ("Ilker <ILKER@EXAMPLE.ORG>", "i̇lker@example.org, ÄRGER@Example.org", "Grüße"),
+        ],
+        threaded=True,
+    )
     base = f"/v3/grants/{grant_id}/threads"
     with api.http() as http:
         (listed,) = http.get(base).json()["data"]
@@ -316,30 +335,14 @@ def test_a_message_is_found_by_each_address_it_carries_past_ascii(api: ApiServer
     # index of api_participant_keys and the JSONB filters), the API lowered the asked-for ones
     # in Python, and the two disagree on 'İ' (Postgres: 'i', Python: 'i̇') and on a final 'Σ'
     # (Postgres: U+03C3, Python: U+03C2): a message was not found by its own address.
-    database_url = api.settings.require_database_url()
-    grant_id, (inbox,) = offline_grant(database_url, "unicode-filters")
-    sent = now() - timedelta(hours=1)
-    people = [
-        ("İLKER@example.org", "ΟΔΥΣΣΕΥΣ@example.org"),
-        ("ΟΔΥΣΣΕΥΣ@example.org", "Ärger <ÄRGER@example.org>"),
-    ]
-    fetched = [
-        FetchedMessage(
-            uid=uid,
-            flags=(),
-            internaldate=sent + timedelta(minutes=uid),
-            size=100,
-            modseq=None,
-            raw=(
-                f"From: {sender}\r\nTo: {to}\r\nSubject: m{uid}\r\n"
-                f"Date: {format_datetime(sent + timedelta(minutes=uid))}\r\n"
-                f"Message-ID: <f{uid}@example.org>\r\n"
-                "Content-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n"
-            ).encode(),
-        )
-        for uid, (sender, to) in enumerate(people, start=1)
-    ]
-    write_fetched(database_url, grant_id, inbox, fetched)
+    grant_id = _stored_raw(
+        api,
+        "unicode-filters",
+        [
+            ("İLKER@example.org", "ΟΔΥΣΣΕΥΣ@example.org", "m1"),
+            ("ΟΔΥΣΣΕΥΣ@example.org", "Ärger <ÄRGER@example.org>", "m2"),
+        ],
+    )
     base = f"/v3/grants/{grant_id}/messages"
 
     def subjects(**query: str) -> set[str]:
