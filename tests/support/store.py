@@ -93,11 +93,13 @@ def letter(
     flags: Sequence[str] = (),
     message_id: str | None = None,
     in_reply_to: str | None = None,
+    references: str | None = None,
     attachment: bool = False,
     internaldate: datetime | None = None,
 ) -> FetchedMessage:
     """A message as a server returns it at ``uid``: Date ``at`` (and INTERNALDATE, unless
-    given), its Message-ID ``<uid.subject@example.org>`` unless given."""
+    given), its Message-ID ``<uid.crc32(subject)@example.org>`` unless given; References is
+    ``in_reply_to`` unless given."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -110,7 +112,8 @@ def letter(
     msg["Message-ID"] = message_id or f"<{uid}.{zlib.crc32(subject.encode())}@example.org>"
     if in_reply_to:
         msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
+    if references or in_reply_to:
+        msg["References"] = references or in_reply_to
     msg.set_content(f"Body of {subject}")
     if attachment:
         msg.add_attachment(b"%PDF-1.4 x", maintype="application", subtype="pdf", filename="a.pdf")
