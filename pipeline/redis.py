@@ -176,16 +176,19 @@ def smtp_slot_key(grant_id: str, slot: int) -> str:
 
 
 # --- sync tasks -------------------------------------------------------------------------------
+def _span(uid_range: tuple[int, int] | None) -> str:
+    """A UID range's part of a key (``:<lo>-<hi>``); none for a whole folder."""
+    return f":{uid_range[0]}-{uid_range[1]}" if uid_range is not None else ""
+
+
 def folder_lock_key(folder_id: str, uid_range: tuple[int, int] | None = None) -> str:
     """The lock of a folder's sync (or of one UID range of it)."""
-    suffix = f":{uid_range[0]}-{uid_range[1]}" if uid_range is not None else ""
-    return f"imap-pipeline:lock:folder:{folder_id}{suffix}"
+    return f"imap-pipeline:lock:folder:{folder_id}{_span(uid_range)}"
 
 
 def folder_retry_key(folder_id: str, uid_range: tuple[int, int] | None = None) -> str:
     """Set while one request refused by the lock is due to come back (the holder may die)."""
-    suffix = f":{uid_range[0]}-{uid_range[1]}" if uid_range is not None else ""
-    return f"imap-pipeline:retry:folder:{folder_id}{suffix}"
+    return f"imap-pipeline:retry:folder:{folder_id}{_span(uid_range)}"
 
 
 def folder_dirty_key(folder_id: str) -> str:
@@ -195,7 +198,7 @@ def folder_dirty_key(folder_id: str) -> str:
 
 def range_done_key(folder_id: str, uid_range: tuple[int, int]) -> str:
     """Set when a UID range of a folder's first sync is done."""
-    return f"imap-pipeline:done:folder:{folder_id}:{uid_range[0]}-{uid_range[1]}"
+    return f"imap-pipeline:done:folder:{folder_id}{_span(uid_range)}"
 
 
 def pending_ranges_key(grant_id: str) -> str:
