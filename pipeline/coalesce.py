@@ -25,7 +25,7 @@ One policy, written once, used by every piece of work that must not run twice at
   task starts. ``SET flag NX EX ttl`` before sending; the task clears the flag when it
   *starts*, so a request that comes after the start (and may concern what the running task has
   already read) sends another; a failed send clears its flag at once, and the TTL bounds what a
-  lost flag can hold back. Webhook dispatch and delivery kicks (``workers.tasks.webhooks``)
+  lost flag can hold back. Webhook dispatch and delivery kicks (``workers.webhook_queue``)
   and the coalesced run's "come back" request use it.
 
 Not here, on purpose: the listener's debounce (:mod:`pipeline.listener.events`) folds the

@@ -39,7 +39,7 @@ Keys (``<grant_id>``, ``<folder_id>``: ids of rows; expiries on the Redis server
     imap-pipeline:folders-discovered:<grant_id> str   when the grant's folders were listed
     imap-pipeline:uidvalidity-looked:<grant_id> hash  folder id -> when UIDVALIDITY was checked
 
-    webhooks (workers.tasks.webhooks)
+    webhooks (workers.webhook_queue)
     imap-pipeline:webhooks:dispatch-queued      str   a dispatch task is queued (coalescing)
     imap-pipeline:webhooks:deliver-queued:<id>  str   a destination's drain is queued
     imap-pipeline:webhooks:deliver-at:<id>      str   when a destination's next drain is due

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.config import get_settings
 from pipeline.jobs import PipelineCelery
+from workers.celeryconfig import celery_config
 
 app = PipelineCelery(
     "imap_pipeline",
@@ -25,10 +26,6 @@ app = PipelineCelery(
 
 
 def _configuration() -> dict[str, Any]:
-    # Imported here: the configuration names the task modules' queues and routes, and those
-    # modules import this app.
-    from workers.celeryconfig import celery_config
-
     return celery_config(get_settings())
 
 

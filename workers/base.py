@@ -45,7 +45,7 @@ from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.models import Grant
 from workers.resources import LimitsView, fresh_imap_for, imap_for, note_misbehaved, sessions
-from workers.tasks.webhooks import kick
+from workers.webhook_queue import kick
 
 log = logging.getLogger(__name__)
 

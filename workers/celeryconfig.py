@@ -25,11 +25,14 @@ from typing import Any
 
 from beat_schedule import beat_schedule, beat_settings
 from pipeline.config import Settings
-from pipeline.jobs import VISIBILITY_TIMEOUT_S, publish_config
-from workers.tasks.send import SEND_TASK_ROUTES, SEND_TASK_TIME_LIMIT_S
-from workers.tasks.webhooks import WEBHOOK_TASK_ROUTES
+from pipeline.jobs import SEND_QUEUE, VISIBILITY_TIMEOUT_S, WEBHOOK_QUEUE, publish_config
 
 SOFT_LIMIT_MARGIN_S = 30  # between the soft and the hard limit: time to record and back off
+SEND_TASK_TIME_LIMIT_S = 900  # a drain's budget plus a login and a message deadline, with room
+# task_routes, so a client that sends these tasks by name reaches the right queue (the task
+# modules import the app, hence this configuration: the routes are named here, not there)
+WEBHOOK_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.webhooks.*": {"queue": WEBHOOK_QUEUE}}
+SEND_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.outbox.*": {"queue": SEND_QUEUE}}
 SYNC_TASKS = (
     "pipeline.grants.create",
     "pipeline.sync.grant",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.jobs import Jobs
 from workers.app import app
-from workers.tasks.webhooks import flags
+from workers.webhook_queue import flags
 
 jobs = Jobs(lambda: app, flags)
 

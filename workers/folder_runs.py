@@ -47,7 +47,7 @@ from workers.resources import (
     release_imap,
     sessions,
 )
-from workers.tasks.webhooks import kick
+from workers.webhook_queue import kick
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pipeline.sync.plan import discover_folders
 from workers import folder_queue
 from workers.base import grant_session, skipped
 from workers.resources import LimitsView, note_throttled, redis_client, release_imap, sessions
-from workers.tasks.webhooks import kick
+from workers.webhook_queue import kick
 
 log = logging.getLogger(__name__)
 

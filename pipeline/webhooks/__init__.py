@@ -15,8 +15,8 @@ Modules, one per concept:
 - :mod:`~pipeline.webhooks.models`, :mod:`~pipeline.webhooks.repository` — tables and every query.
 - :mod:`~pipeline.webhooks.errors` — the ``WebhookError`` subtree.
 
-Celery lives outside: ``workers.tasks.webhooks`` holds the thin tasks and ``kick()``; a process
-that is not a worker kicks through :meth:`pipeline.jobs.Jobs.kick_webhooks`.
+Celery lives outside: ``workers.tasks.webhooks`` holds the thin tasks, ``workers.webhook_queue``
+``kick()``; a process that is not a worker kicks through :meth:`pipeline.jobs.Jobs.kick_webhooks`.
 """
 
 from pipeline.config.webhooks import WebhookSettings

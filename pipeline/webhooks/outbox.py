@@ -2,8 +2,8 @@
 
 Writers call :func:`emit` inside the transaction that makes the change, after the write that
 changes the object, and kick the dispatch after their commit
-(:meth:`pipeline.jobs.Jobs.kick_webhooks`; in a worker, ``workers.tasks.webhooks.kick()``). If
-the change rolls back, so does the notification; if the kick is lost (Redis flushed, process
+(:meth:`pipeline.jobs.Jobs.kick_webhooks`; in a worker, ``workers.webhook_queue.kick()``).
+If the change rolls back, so does the notification; if the kick is lost (Redis flushed, process
 killed), the periodic sweep finds the row anyway: Postgres is the truth.
 
 Order: rows get an increasing ``seq``. Two transactions changing the same object are serialized

@@ -112,11 +112,11 @@ def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subp
 def _wait_worker(redis_url: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until the worker consumes: a kick on an empty outbox is taken off the queue."""
     from pipeline.redis import WEBHOOK_KICK_KEY
-    from workers.tasks import webhooks as webhook_tasks
+    from workers import webhook_queue
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     deadline = time.monotonic() + START_TIMEOUT_S
-    webhook_tasks.kick()
+    webhook_queue.kick()
     while client.llen("webhooks") or client.exists(WEBHOOK_KICK_KEY):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("celery worker did not start")
@@ -146,12 +146,12 @@ def _emit(database_url: str, count: int, tag: str) -> None:
 def _pipeline_run(
     database_url: str, receiver: Receiver, paths: list[str], count: int, tag: str
 ) -> float:
-    from workers.tasks import webhooks as webhook_tasks
+    from workers import webhook_queue
 
     before = {p: len(receiver.accepted(p)) for p in paths}
     _emit(database_url, count, tag)
     t0 = time.perf_counter()
-    webhook_tasks.kick()
+    webhook_queue.kick()
 
     # Poll, rather than receiver.wait_for(): its predicate runs on every request received and
     # would count all of them each time (quadratic CPU in the receiver's process, which is
@@ -200,7 +200,7 @@ def _probe_latencies(
     database_url: str, receiver: Receiver, path: str, probes: int, spacing_s: float, tag: str
 ) -> list[float]:
     """Emit ``probes`` notifications one at a time; seconds from kick to arrival of each."""
-    from workers.tasks import webhooks as webhook_tasks
+    from workers import webhook_queue
 
     grant = str(uuid.uuid4())
     latencies = []
@@ -215,7 +215,7 @@ def _probe_latencies(
                 subject_id=f"{tag}-{i}",
             )
         t0 = time.monotonic()
-        webhook_tasks.kick()
+        webhook_queue.kick()
 
         def arrived_one(items: list[Received], before: int = before) -> bool:
             return sum(1 for r in items if r.path == path and 200 <= r.status < 300) > before

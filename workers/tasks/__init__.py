@@ -9,8 +9,8 @@ retry transient errors, a broken bound costs the grant, a grant's IMAP session) 
   ``pipeline.sync.folder`` (queues ``sync.<provider>``).
 - :mod:`workers.tasks.beat`: ``pipeline.maintenance.*``, fired by Celery beat
   (``beat_schedule.py``).
-- :mod:`workers.tasks.webhooks`: ``pipeline.webhooks.*`` (queue ``webhooks``) and ``kick()``,
-  which writers call after committing outbox rows.
+- :mod:`workers.tasks.webhooks`: ``pipeline.webhooks.*`` (queue ``webhooks``), asked for by
+  :mod:`workers.webhook_queue` (``kick()``, which writers call after committing outbox rows).
 - :mod:`workers.tasks.send`: ``pipeline.outbox.*`` (queue ``send``).
 
 Task names are the public contract (any Celery client may enqueue them, the README lists

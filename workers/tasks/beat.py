@@ -67,7 +67,7 @@ from workers.resources import (
     sessions,
     using,
 )
-from workers.tasks.webhooks import kick
+from workers.webhook_queue import kick
 
 log = logging.getLogger(__name__)
 

@@ -20,19 +20,16 @@ from sqlalchemy.orm import Session
 from pipeline.config import get_settings
 from pipeline.imap import ImapSession
 from pipeline.jobs import SEND_DELIVER_TASK as DELIVER_TASK
-from pipeline.jobs import SEND_QUEUE
 from pipeline.models import Grant
 from pipeline.outbound.deliver import drain, sweep
 from workers import enqueue, resources
 from workers.app import app
-from workers.tasks.webhooks import kick
+from workers.webhook_queue import kick
 
 log = logging.getLogger(__name__)
 
 SWEEP_TASK = "pipeline.outbox.sweep"
-SEND_TASK_TIME_LIMIT_S = 900  # a drain's budget plus a login and a message deadline, with room
 AGAIN_AFTER_S = 1.0  # a drain that ran out of budget or login tokens is followed this soon
-SEND_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.outbox.*": {"queue": SEND_QUEUE}}
 
 
 class WorkerAccess:

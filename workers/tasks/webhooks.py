@@ -1,4 +1,5 @@
-"""Thin Celery tasks of webhook delivery (queue ``webhooks``) and ``kick()`` for writers.
+"""Thin Celery tasks of webhook delivery (queue ``webhooks``); asking for them (``kick()`` for
+writers, a destination's drain now or later) is :mod:`workers.webhook_queue`.
 
 Task names are the public contract; every task takes ids only (never a URL or a secret):
 
@@ -16,10 +17,10 @@ Task names are the public contract; every task takes ids only (never a URL or a 
 - ``pipeline.webhooks.purge()``: periodic (beat): drop delivered notifications older than
   ``IMAP_PIPELINE_WEBHOOK_RETENTION_DAYS``.
 
-Writers call :func:`kick` after committing rows written with ``pipeline.webhooks.outbox.emit``.
-Enqueues are coalesced with short-lived Redis flags that the task deletes when it *starts*
-(the pending flags of :mod:`pipeline.coalesce`), so a kick that comes after a dispatch began
-reading always enqueues another one.
+Writers call :func:`workers.webhook_queue.kick` after committing rows written with
+``pipeline.webhooks.outbox.emit``. Enqueues are coalesced with short-lived Redis flags that the
+task deletes when it *starts*, so a kick that comes after a dispatch began reading always
+enqueues another one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import math
 import os
 import threading
 import time
@@ -36,47 +36,31 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from celery.signals import worker_process_shutdown
 from sqlalchemy.orm import Session
 
-from pipeline import coalesce
 from pipeline.config import get_settings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.crypto import SecretBox
 from pipeline.db import session_scope
-from pipeline.jobs import (  # what a process that is not a worker sends with, too
-    ENQUEUE_ERRORS,
-    FLAG_TTL_S,
-    WEBHOOK_QUEUE,
-)
 from pipeline.jobs import WEBHOOK_DISPATCH_TASK as DISPATCH_TASK
-from pipeline.redis import (
-    CALL_TIMEOUT_S,
-    WEBHOOK_KICK_KEY,
-    webhook_deliver_at_key,
-    webhook_deliver_queued_key,
-)
-from pipeline.redis import client as redis_client
+from pipeline.jobs import WEBHOOK_QUEUE  # what a process that is not a worker sends with, too
+from pipeline.redis import WEBHOOK_KICK_KEY, webhook_deliver_queued_key
 from pipeline.webhooks import outbox, sweep
 from pipeline.webhooks.delivery import Drainer, DrainOutcome, DrainSlots
 from pipeline.webhooks.sender import Sender
+from workers import webhook_queue
 from workers.app import app
+from workers.webhook_queue import DELIVER_TASK, enqueue_deliver, kick, schedule_deliver
 
 log = logging.getLogger(__name__)
 
-DELIVER_TASK = "pipeline.webhooks.deliver"
 SWEEP_TASK = "pipeline.webhooks.sweep"
 PURGE_TASK = "pipeline.webhooks.purge"
 
-WEBHOOK_TASK_ROUTES: dict[str, dict[str, str]] = {"pipeline.webhooks.*": {"queue": WEBHOOK_QUEUE}}
-"""For ``task_routes``: so a client that sends these tasks by name reaches the right queue."""
 
 DISPATCH_BUDGET_S = 20.0  # one dispatch task stops after this long and re-queues itself
 PURGE_BUDGET_S = 60.0
-MIN_COUNTDOWN_S = 0.05  # shorter waits are enqueued at once
-COUNTDOWN_SLACK_S = 1.0
-DEFAULT_VISIBILITY_TIMEOUT_S = 30 * 60  # kombu's Redis default is 1 h; ours is 30 min
 # The task only hands the drain to the event loop; the drain's own bounds are its budget and
 # the request deadlines (see pipeline.webhooks.delivery).
 DELIVER_SOFT_LIMIT_S = 60
@@ -147,7 +131,6 @@ class _Runtime:
 
 
 _runtime: _Runtime | None = None
-_flags: tuple[int, redis.Redis[bytes]] | None = None
 _lock = threading.Lock()
 
 
@@ -170,107 +153,20 @@ def runtime() -> _Runtime:
         return _runtime
 
 
-def flags() -> redis.Redis[bytes]:
-    """This process's Redis client for the coalescing flags (needs only the Redis URL)."""
-    global _flags
-    with _lock:
-        if _flags is None or _flags[0] != os.getpid():
-            client = redis_client(get_settings().require_redis_url(), timeout_s=CALL_TIMEOUT_S)
-            _flags = (os.getpid(), client)
-        return _flags[1]
-
-
 def reset_runtime() -> None:
-    """Close and forget this process's resources (worker shutdown; tests)."""
-    global _runtime, _flags
+    """Close and forget this process's resources and its flags client (worker shutdown;
+    tests)."""
+    global _runtime
     with _lock:
         if _runtime is not None and _runtime.pid == os.getpid():
             _runtime.close()
-        if _flags is not None and _flags[0] == os.getpid():
-            _flags[1].close()
         _runtime = None
-        _flags = None
+    webhook_queue.reset_flags()
 
 
 @worker_process_shutdown.connect
 def _close_runtime(**_: Any) -> None:
     reset_runtime()
-
-
-def _max_countdown_s() -> float:
-    """Half the broker's visibility timeout: a countdown longer than that gets delivered twice."""
-    options = app.conf.broker_transport_options or {}
-    return float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT_S)) / 2
-
-
-# --- enqueueing --------------------------------------------------------------------------------
-
-
-def _publish(task_name: str, args: list[str], *, countdown: float | None = None) -> None:
-    """Send a task message by name to the webhooks queue (ids only in ``args``)."""
-    app.send_task(task_name, args=args, queue=WEBHOOK_QUEUE, countdown=countdown)
-
-
-def _clear_flag(key: str) -> None:
-    try:
-        coalesce.clear(flags(), key)
-    except ENQUEUE_ERRORS as exc:
-        log.warning("could not clear %s in Redis: %s", key, exc)
-
-
-def kick() -> None:
-    """Have pending outbox rows dispatched soon. Call after your commit; cheap; never raises.
-
-    Coalesced: while a dispatch is queued and has not started, further kicks do nothing.
-    """
-    try:
-        coalesce.send_once(
-            flags(), WEBHOOK_KICK_KEY, FLAG_TTL_S, lambda: _publish(DISPATCH_TASK, [])
-        )
-    except ENQUEUE_ERRORS as exc:
-        log.warning("webhook dispatch not enqueued (the sweep will pick it up): %s", exc)
-
-
-def enqueue_deliver(destination_id: str) -> None:
-    """Have ``destination_id`` drained soon (coalesced like :func:`kick`); never raises."""
-    flag = webhook_deliver_queued_key(destination_id)
-    try:
-        coalesce.send_once(
-            flags(), flag, FLAG_TTL_S, lambda: _publish(DELIVER_TASK, [destination_id])
-        )
-    except ENQUEUE_ERRORS as exc:
-        log.warning(
-            "webhook delivery not enqueued destination=%s (the sweep will pick it up): %s",
-            destination_id,
-            exc,
-        )
-
-
-def schedule_deliver(destination_id: str, delay_s: float) -> None:
-    """Have ``destination_id`` drained in ``delay_s`` seconds (capped; the sweep covers longer).
-
-    One pending scheduled drain per destination is kept, unless a sooner one is asked for.
-    """
-    delay = min(max(delay_s, 0.0), _max_countdown_s())
-    if delay < MIN_COUNTDOWN_S:
-        enqueue_deliver(destination_id)
-        return
-    key = webhook_deliver_at_key(destination_id)
-    now = time.time()
-    due = now + delay
-    try:
-        r = flags()
-        current = r.get(key)
-        if current is not None and now < float(current) <= due + COUNTDOWN_SLACK_S:
-            return  # a drain that has not run yet is scheduled no later than needed
-        r.set(key, repr(due).encode(), ex=math.ceil(delay + COUNTDOWN_SLACK_S))
-        _publish(DELIVER_TASK, [destination_id], countdown=delay)
-    except ENQUEUE_ERRORS as exc:
-        log.warning(
-            "webhook retry not scheduled destination=%s (the sweep will pick it up): %s",
-            destination_id,
-            exc,
-        )
 
 
 # --- tasks -------------------------------------------------------------------------------------
@@ -280,7 +176,9 @@ def schedule_deliver(destination_id: str, delay_s: float) -> None:
 def dispatch() -> dict[str, int]:
     """Turn pending outbox rows into deliveries; enqueue the destinations' drains after commit."""
     rt = runtime()
-    _clear_flag(WEBHOOK_KICK_KEY)  # before reading: a kick from now on enqueues another dispatch
+    webhook_queue.clear_flag(
+        WEBHOOK_KICK_KEY
+    )  # before reading: a kick from now on enqueues another dispatch
     deadline = time.monotonic() + DISPATCH_BUDGET_S
     events = deliveries = 0
     while True:
@@ -310,7 +208,7 @@ def dispatch() -> dict[str, int]:
 def deliver(destination_id: str) -> dict[str, Any]:
     """Start draining one destination on this process's event loop; return at once."""
     rt = runtime()
-    _clear_flag(webhook_deliver_queued_key(destination_id))
+    webhook_queue.clear_flag(webhook_deliver_queued_key(destination_id))
     if rt.pending_drains() >= rt.webhook.max_drains_per_process * PENDING_DRAINS_FACTOR:
         schedule_deliver(destination_id, NO_SLOT_RETRY_S)
         return {"started": False}
@@ -379,14 +277,10 @@ __all__ = [
     "PURGE_TASK",
     "SWEEP_TASK",
     "WEBHOOK_QUEUE",
-    "WEBHOOK_TASK_ROUTES",
     "deliver",
     "dispatch",
-    "enqueue_deliver",
-    "kick",
     "purge",
     "reset_runtime",
     "runtime",
-    "schedule_deliver",
     "sweep_task",
 ]

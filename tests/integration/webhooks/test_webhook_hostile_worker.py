@@ -27,7 +27,7 @@ from pipeline.db import session_scope
 from pipeline.webhooks import outbox, repository
 from pipeline.webhooks.service import WebhookService
 from tests.support.waiting import wait_for
-from workers.tasks import webhooks as webhook_tasks
+from workers import webhook_queue
 
 pytestmark = pytest.mark.services
 
@@ -88,7 +88,7 @@ def _emit(uow: Uow, subject: str) -> float:
             s, grant_id=GRANT, type="message.created", obj={"id": subject}, subject_id=subject
         )
     t0 = time.monotonic()
-    webhook_tasks.kick()  # after the commit, as writers do
+    webhook_queue.kick()  # after the commit, as writers do
     return t0
 
 

@@ -27,6 +27,7 @@ from pipeline.webhooks.models import WebhookDestination
 from pipeline.webhooks.service import WebhookService
 from pipeline.webhooks.signing import verify
 from tests.support.waiting import wait_for
+from workers import webhook_queue
 from workers.tasks import webhooks as webhook_tasks
 
 pytestmark = pytest.mark.services
@@ -64,7 +65,7 @@ def _emit_and_kick(uow: Uow, events: list[tuple[str, str, dict[str, Any]]]) -> N
             outbox.emit(
                 s, grant_id=GRANT, type=type_, obj={"id": subject, **obj}, subject_id=subject
             )
-    webhook_tasks.kick()  # after the commit, as writers do
+    webhook_queue.kick()  # after the commit, as writers do
 
 
 def _status(uow: Uow, dest: str) -> str:
@@ -90,7 +91,7 @@ def _ids(receiver: Receiver, path: str = "/hook") -> set[str]:
 
 
 def _sweep() -> None:
-    webhook_tasks._publish(webhook_tasks.SWEEP_TASK, [])  # what beat sends
+    webhook_queue._publish(webhook_tasks.SWEEP_TASK, [])  # what beat sends
 
 
 def test_emit_commit_kick_arrives_signed_at_its_first_attempt(
