@@ -5,7 +5,8 @@ HIGHESTMODSEQ, messages, flags and expunges); :meth:`FakeMailbox.session` opens 
 :class:`FakeImapSession` on it, with the methods of :class:`pipeline.imap.ImapSession` that
 :mod:`pipeline.sync` calls (``enable_condstore``, ``list_folders``, ``select``, ``search_uids``,
 ``uids_since``, ``fetch_meta``, ``fetch_changed_since``, ``fetch_changes_since``,
-``present_uids``, ``fetch_messages``, ``close``). Several sessions share one mailbox, so a
+``present_uids``, ``fetch_messages``, ``close``), and ``status``/``statuses`` that the
+UIDVALIDITY sweep and the poll ask. Several sessions share one mailbox, so a
 ``reopen`` callable can hand out fresh ones, and the test changes the mailbox between runs as
 another client would::
 
@@ -254,6 +255,27 @@ class FakeImapSession:
             exists=len(folder.messages),
             highestmodseq=folder.highestmodseq if self.condstore_enabled else None,
             status=status,
+        )
+
+    def status(self, raw_name: str) -> FolderStatus:
+        """STATUS of a folder (``ImapFolderError`` when the server has no such folder)."""
+        self.mailbox._called("status", raw_name)
+        folder = self.mailbox.folders.get(raw_name)
+        if folder is None:
+            raise ImapFolderError(f"The folder {raw_name!r} does not exist on the server.")
+        return self._status_of(folder)
+
+    def statuses(self, raw_names: Sequence[str]) -> dict[str, FolderStatus]:
+        """STATUS of several folders at once, leaving out those the server lacks."""
+        self.mailbox._called("statuses", tuple(raw_names))
+        folders = self.mailbox.folders
+        return {n: self._status_of(folders[n]) for n in raw_names if n in folders}
+
+    def _status_of(self, folder: FakeFolder) -> FolderStatus:
+        unseen = sum(1 for m in folder.messages.values() if "\\Seen" not in m.flags)
+        modseq = folder.highestmodseq if self.mailbox.condstore else None
+        return FolderStatus(
+            len(folder.messages), folder.uidnext, folder.uidvalidity, unseen, modseq
         )
 
     def search_uids(self, *criteria: str) -> list[int]:

@@ -1,5 +1,6 @@
 """The UIDVALIDITY sweep against a real Dovecot: changes found by STATUS are reindexed with
-message ids kept, and a server that changes UIDVALIDITY on every session is stopped."""
+message ids kept, and a server that changes UIDVALIDITY on every session is stopped. The stop
+rule's stop, back-off and resume on one folder is tests/unit/sync/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -151,40 +152,6 @@ def test_deleted_index_gives_fresh_uids_and_ids_are_kept(
     assert message_ids(settings, grant_id) == before
     with session_scope(settings.require_database_url()) as db:
         assert db.scalar(select(func.count()).select_from(Message)) == len(before)
-
-
-def test_a_folder_renumbered_on_every_sweep_is_stopped_then_retried(
-    settings: Settings, mail_user: MailUser
-) -> None:
-    create_folder(mail_user.server, mail_user.name, mail_user.password, "Work")
-    append(mail_user.server, mail_user.name, mail_user.password, make_message("w"), folder="Work")
-    grant_id = seeded(settings, mail_user, n=1)
-    work = folder_row(settings, grant_id, "Work")
-    for n in range(1, UIDVALIDITY_STOP_AFTER + 1):
-        mail_user.server.doveadm(
-            "mailbox", "update", "-u", mail_user.name, "--uid-validity", str(3000000 + n), "Work"
-        )
-        report = sweep(settings, grant_id)
-        if n < UIDVALIDITY_STOP_AFTER:
-            assert report.changed == [work["id"]]
-            resync(settings, grant_id, str(work["id"]))
-    assert report.stopped == [work["id"]]
-    assert not report.grant_stopped  # not the Inbox: only the folder stops
-    row = folder_row(settings, grant_id, "Work")
-    assert (row["state"], row["state_detail"]) == ("stopped", STOPPED_DETAIL)
-    retry_at = row["retry_at"]
-    assert isinstance(retry_at, datetime)
-    assert retry_at - datetime.now(UTC) > timedelta(seconds=STOPPED_RETRY_S - 60)
-    with session_scope(settings.require_database_url()) as db:
-        grant = db.get(Grant, grant_id)
-        assert grant is not None and grant.sync_state == "synced"
-    assert sweep(settings, grant_id).same == [folder_row(settings, grant_id, "INBOX")["id"]]
-
-    # hours later the server has kept the value it last showed: the folder resumes
-    later = datetime.now(UTC) + timedelta(seconds=STOPPED_RETRY_S + 1)
-    report = sweep(settings, grant_id, now=later)
-    assert report.resumed == [work["id"]]
-    assert folder_row(settings, grant_id, "Work")["state"] == "syncing"
 
 
 def test_the_sweep_polls_folders_no_listener_watches(
