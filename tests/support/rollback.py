@@ -8,8 +8,8 @@ What made such tests slow was a database per test (``database_url`` in tests/con
 ``CREATE DATABASE ... TEMPLATE`` and ``DROP``, about 0.3 s each). Here a test costs
 milliseconds:
 
-- ``pg_store_url`` (session): one database copied once from the session's migrated template
-  and dropped at the end;
+- ``pg_store_url`` and ``pg_store_engine`` (session): one database copied once from the
+  session's migrated template and dropped at the end, and one engine for it;
 - ``pg_connection`` (test): one connection to it, inside an outer transaction that is rolled
   back when the test ends, so nothing a test writes reaches the next one;
 - ``pg_sessions`` (test): a ``sessionmaker`` bound to that connection with SQLAlchemy 2's
@@ -42,7 +42,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.config import Settings
@@ -68,17 +68,23 @@ def pg_store_url(pg_template: str) -> Iterator[str]:
     """The one migrated database of this test session that rolled-back tests share."""
     name = f"ipt_store_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     copy_of_template(pg_template, name)
-    url = _pg_url(name)
-    engine = get_engine(url)  # the production engine's options (timeouts, driver)
-    yield url
-    engine.dispose()
+    yield _pg_url(name)
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def pg_store_engine(pg_store_url: str) -> Iterator[Engine]:
+    """The session's engine for :func:`pg_store_url`, with the production engine's options
+    (driver, timeouts): held here, since other fixtures clear ``get_engine``'s cache."""
+    engine = get_engine(pg_store_url)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
-def pg_connection(pg_store_url: str) -> Iterator[Connection]:
+def pg_connection(pg_store_engine: Engine) -> Iterator[Connection]:
     """A connection to the session's database inside a transaction rolled back after the test."""
-    with get_engine(pg_store_url).connect() as conn:
+    with pg_store_engine.connect() as conn:
         outer = conn.begin()
         try:
             yield conn

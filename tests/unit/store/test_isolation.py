@@ -7,10 +7,9 @@ would fail if a row written (and committed by the code under test) in the first 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.db import get_engine
 from pipeline.models import Grant
 from tests.support.store import offline_grant
 
@@ -30,14 +29,17 @@ def _grants(conn: Connection) -> int:
 
 @pytest.mark.parametrize("run", ["first", "second"])
 def test_a_committed_row_is_gone_in_the_next_test_and_never_seen_outside(
-    pg_store_url: str, pg_connection: Connection, pg_sessions: sessionmaker[Session], run: str
+    pg_store_engine: Engine,
+    pg_connection: Connection,
+    pg_sessions: sessionmaker[Session],
+    run: str,
 ) -> None:
     assert _grants(pg_connection) == 0, "a row of an earlier test survived its rollback"
 
     offline_grant(pg_sessions, MARKER)  # commits its own unit of work: a savepoint here
 
     assert _grants(pg_connection) == 1
-    with get_engine(pg_store_url).connect() as outsider:  # what every other connection sees
+    with pg_store_engine.connect() as outsider:  # what every other connection sees
         assert _grants(outsider) == 0, "a commit inside the code under test escaped"
 
 
