@@ -49,6 +49,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.sql.selectable import ScalarSelect
 
+from pipeline import driver_sql
 from pipeline.messages.filters import MessageFilter, folders_in_search, message_conditions
 from pipeline.models import Attachment, Folder, Grant, Message, Placement
 from pipeline.pages import Cursor, is_uuid
@@ -395,7 +396,7 @@ def list_messages(
             values["after"] = flt.received_after
         if after is not None:
             values["after_at"], values["after_id"] = after.at, after.id
-        return conn.execute(_shaped_page(shape), values).all()
+        return driver_sql.rows(conn, _shaped_page(shape), values)
     query = list_messages_query(
         grant_id, flt, limit, after, include_headers=include_headers, as_json=as_json
     )
