@@ -1,0 +1,376 @@
+"""What the prose names exists: when code moves, the docs and docstrings that name it move too.
+
+README.md, docs/, deploy/ and the docstrings of pipeline/, workers/, beat_schedule.py and
+tests/support name modules and objects (``pipeline.outbound.submit``,
+``pipeline.grants.service.open_counted_session``), files (``workers/tasks/sync.py``), Celery
+task names (``pipeline.sync.folder``) and settings (``IMAP_PIPELINE_SYNC_LOCK_TTL_S``). Nothing
+fails when one of them rots, so this test resolves every such reference it can check
+mechanically:
+
+- a path under ``pipeline/``, ``workers/``, ``tests/``, ``deploy/``, ``scripts/``, ``docs/`` or
+  ``migrations/`` exists (a ``*`` is a glob that matches something; ``path.py::name`` names a
+  top-level function or class of that file);
+- a dotted name starting ``pipeline.``, ``workers.``, ``tests.`` or ``beat_schedule.`` is a
+  module, an attribute of one (classes' attributes and fields included), or a task name the
+  workers register;
+- an ``IMAP_PIPELINE_*`` name outside the README is a variable the settings loader reads
+  (:func:`pipeline.config.variable_names`), a shell knob of ``deploy/Procfile`` or
+  ``deploy/compose.yaml``, or one of the test suite's own (``tests/conftest.py``); and every
+  variable the loader reads has a row in the README's configuration table.
+  (The README's names being read is ``tests/unit/test_config.py``'s.)
+
+Docstrings are read with :mod:`ast` (so code, string literals and comments are not prose), the
+Markdown and deploy files as text. A reference is a name glued to nothing that could make it
+part of something else: ``imap-pipeline.example``, ``https://host/docs/x`` and ``app.pipeline``
+are not references. The failure lists every broken reference as file:line, so one pass fixes
+them all. Prose about the past ("was ``api/queries.py``") names what is gone: write it in the
+present instead (what the thing is now, where it lives).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pipeline.config import variable_names
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+DOCSTRING_ROOTS = ("pipeline", "workers", "tests/support")
+PATH_ROOTS = ("pipeline", "workers", "tests", "deploy", "scripts", "docs", "migrations")
+DOTTED_ROOTS = ("pipeline", "workers", "tests", "beat_schedule")
+# Glued to any of these on its left, a name is part of something else (a host, a URL, a path,
+# an attribute of another object, a Redis key prefix).
+NOT_AFTER = r"(?<![\w./:~@$-])"
+PATH = re.compile(NOT_AFTER + r"((?:" + "|".join(PATH_ROOTS) + r")/[\w.*/-]*)(::\w+)?")
+DOTTED = re.compile(
+    NOT_AFTER + r"((?:" + "|".join(DOTTED_ROOTS) + r")(?:\.[A-Za-z_]\w*)+)(?![\w/-])"
+)
+# A path inside a package (`folders/state.py`, `tasks/`), as prose near its package writes it.
+RELATIVE_PATH = re.compile(NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*(?:\w+\.py)?)(?![\w.-])")
+VARIABLE = re.compile(r"IMAP_PIPELINE_[A-Z0-9_]*")
+# The end of a dotted name that is a file name, not an attribute: `beat_schedule.py`.
+FILE_SUFFIXES = {"py", "md", "toml", "yaml", "yml", "json", "txt", "ini", "cfg", "env"}
+
+
+@dataclass(frozen=True)
+class Prose:
+    """A piece of text that names things, and where it starts."""
+
+    path: Path
+    line: int
+    text: str
+
+    def at(self, offset: int) -> str:
+        line = self.line + self.text.count("\n", 0, offset)
+        return f"{self.path.relative_to(REPO).as_posix()}:{line}"
+
+
+# --- where the prose is -----------------------------------------------------------------------
+
+
+def documents() -> Iterator[Prose]:
+    """README.md, docs/ and the deploy files (their comments; names in them are checked too)."""
+    paths = [README, *sorted((REPO / "docs").rglob("*.md"))]
+    paths += sorted(p for p in (REPO / "deploy").rglob("*") if p.is_file() and p.suffix != ".json")
+    for path in paths:
+        yield Prose(path, 1, path.read_text())
+
+
+def docstrings() -> Iterator[Prose]:
+    """Every module, class and function docstring of the code the prose describes."""
+    files = [REPO / "beat_schedule.py"]
+    for root in DOCSTRING_ROOTS:
+        files += sorted((REPO / root).rglob("*.py"))
+    for path in files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(
+                node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
+            ):
+                continue
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                value = body[0].value.value
+                if isinstance(value, str):
+                    yield Prose(path, body[0].lineno, value)
+
+
+def everything() -> Iterator[Prose]:
+    yield from documents()
+    yield from docstrings()
+
+
+# --- what a reference resolves to -------------------------------------------------------------
+
+
+@cache
+def task_names() -> frozenset[str]:
+    """The names the workers register tasks under (``@app.task(name=...)``: a literal, or a
+    constant the task module imports): a task name in prose is a reference too."""
+    names = set()
+    for path in sorted((REPO / "workers").rglob("*.py")):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.keyword) and node.arg == "name"):
+                continue
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                names.add(node.value.value)
+            elif isinstance(node.value, ast.Name):
+                names.add(getattr(importlib.import_module(module), node.value.id))
+    return frozenset(names)
+
+
+def has_attribute(owner: object, name: str) -> bool:
+    """``owner.name`` exists, counting what a class declares without a value at class level:
+    annotated fields (dataclasses, NamedTuples, Protocols) and pydantic fields."""
+    if hasattr(owner, name):
+        return True
+    if isinstance(owner, type):
+        if name in getattr(owner, "model_fields", {}):
+            return True
+        return any(name in getattr(k, "__annotations__", {}) for k in owner.__mro__)
+    return False
+
+
+@cache
+def dotted_resolves(name: str) -> bool:
+    """A module, or a module's attribute followed down the chain, or a task name (``x.*``:
+    a family of task names, or a module's contents)."""
+    if name in task_names():
+        return True
+    if name.endswith(".*"):
+        family = name[:-1]
+        return any(t.startswith(family) for t in task_names()) or dotted_resolves(name[:-2])
+    parts = name.split(".")
+    module = None
+    for end in range(len(parts), 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:end]))
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not ".".join(parts[:end]).startswith(exc.name):
+                raise  # the module exists but imports something missing: a real error
+            continue
+        break
+    if module is None:
+        return False
+    owner: object = module
+    for part in parts[end:]:
+        if not has_attribute(owner, part):
+            return False
+        owner = getattr(owner, part, None)
+    return True
+
+
+def top_level_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+
+
+@cache
+def made_by_users() -> frozenset[str]:
+    """Paths .gitignore names one by one (``deploy/compose.env``): files a user makes from an
+    example the repository ships, so prose may name them although a clone has none."""
+    lines = (REPO / ".gitignore").read_text().splitlines()
+    return frozenset(line.strip("/ ") for line in lines if "/" in line and "*" not in line)
+
+
+def path_resolves(path: str, member: str | None) -> bool:
+    if path.rstrip("/") in made_by_users():
+        return True
+    if "*" in path:
+        return any(REPO.glob(path.rstrip("/")))
+    target = REPO / path
+    if not target.exists():
+        return False
+    return member is None or member[2:] in top_level_names(target)
+
+
+@cache
+def code_tree() -> tuple[frozenset[str], frozenset[str]]:
+    """(every file and folder under the code roots, the names of those folders)."""
+    paths = [
+        p.relative_to(REPO).as_posix()
+        for root in ("pipeline", "workers", "tests", "migrations")
+        for p in (REPO / root).rglob("*")
+        if "__pycache__" not in p.parts
+    ]
+    folders = frozenset(Path(p).name for p in paths if (REPO / p).is_dir())
+    return frozenset(paths), folders
+
+
+def relative_path_resolves(path: str) -> bool:
+    """Some file or folder of the code ends with ``path`` (``folders/state.py`` is
+    ``pipeline/folders/state.py``)."""
+    paths, _ = code_tree()
+    return any(p.endswith("/" + path.rstrip("/")) for p in paths)
+
+
+# --- the references ---------------------------------------------------------------------------
+
+
+def path_references(prose: Prose) -> Iterator[tuple[str, str, str | None]]:
+    """(where, path, ``::member`` or None) for each path the prose names."""
+    for match in PATH.finditer(prose.text):
+        path = match.group(1).rstrip(".-")  # a sentence's full stop, a dash after the name
+        yield prose.at(match.start()), path, match.group(2)
+
+
+def relative_path_references(prose: Prose) -> Iterator[tuple[str, str]]:
+    """Paths that start inside a package: checked only when their first folder is a folder of
+    the code (``sync/run.py``, not ``conf.d/10-mail.conf`` or ``and/or``)."""
+    _, folders = code_tree()
+    for match in RELATIVE_PATH.finditer(prose.text):
+        path = match.group(1)
+        first = path.split("/", 1)[0]
+        if first in PATH_ROOTS or first not in folders or path == first + "/":
+            continue
+        yield prose.at(match.start()), path
+
+
+def dotted_references(prose: Prose) -> Iterator[tuple[str, str]]:
+    for match in DOTTED.finditer(prose.text):
+        name = match.group(1)
+        if name.rsplit(".", 1)[1] in FILE_SUFFIXES:
+            continue
+        if prose.text.startswith(".*", match.end()):
+            name += ".*"
+        yield prose.at(match.start()), name
+
+
+def variable_references(prose: Prose) -> Iterator[tuple[str, str]]:
+    """``IMAP_PIPELINE_*`` names; a family (``IMAP_PIPELINE_LISTENER_*``, ``IMAP_PIPELINE_``)
+    is not a variable."""
+    for match in VARIABLE.finditer(prose.text):
+        name = match.group(0)
+        if name.endswith("_") or prose.text[match.end() : match.end() + 1] == "*":
+            continue
+        yield prose.at(match.start()), name
+
+
+# --- the settings -----------------------------------------------------------------------------
+
+
+def deploy_knobs() -> set[str]:
+    """Variables the process files expand themselves (``${IMAP_PIPELINE_X:-default}``)."""
+    text = "".join((REPO / "deploy" / name).read_text() for name in ("Procfile", "compose.yaml"))
+    return set(re.findall(r"\$\{(IMAP_PIPELINE_[A-Z0-9_]+)", text))
+
+
+def suite_variables() -> set[str]:
+    """``TEST_ONLY_VARIABLES`` of tests/conftest.py: read by the test suite, not the program."""
+    tree = ast.parse((REPO / "tests" / "conftest.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "TEST_ONLY_VARIABLES" for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            return set(value)
+    raise AssertionError("tests/conftest.py has no TEST_ONLY_VARIABLES")
+
+
+def readme_table_rows() -> list[str]:
+    return re.findall(r"^\| `IMAP_PIPELINE_.*$", README.read_text(), flags=re.M)
+
+
+def readme_table_covers(variable: str, rows: list[str]) -> bool:
+    """A row's first cell names the variable, whole (``IMAP_PIPELINE_WEBHOOK_BACKOFF_BASE_S``),
+    as a shorthand of the row's first name (``_BACKOFF_MAX_S``), or as a family the row sends
+    the reader on from (``IMAP_PIPELINE_LISTENER_*``: ``imap-pipeline listen --help``)."""
+    for row in rows:
+        first_cell = row.split("|")[1]
+        names = set(re.findall(r"`(IMAP_PIPELINE_[A-Z0-9_]*[A-Z0-9])`", first_cell))
+        family = re.match(r" `(IMAP_PIPELINE_[A-Z0-9]+)", first_cell)
+        if family is not None:
+            names |= {family.group(1) + s for s in re.findall(r"`(_[A-Z0-9_]+)`", first_cell)}
+        if variable in names:
+            return True
+        if any(variable.startswith(f[:-1]) for f in re.findall(r"`(IMAP_PIPELINE_\w*_\*)`", row)):
+            return True
+    return False
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+def test_every_path_the_prose_names_exists() -> None:
+    broken = [
+        f"{where}: {path}{member or ''}"
+        for prose in everything()
+        for where, path, member in path_references(prose)
+        if not path_resolves(path, member)
+    ]
+    broken += [
+        f"{where}: {path} (under no package)"
+        for prose in everything()
+        for where, path in relative_path_references(prose)
+        if not relative_path_resolves(path)
+    ]
+    assert broken == [], "paths that do not exist:\n" + "\n".join(broken)
+
+
+def test_every_dotted_name_the_prose_names_resolves() -> None:
+    broken = [
+        f"{where}: {name}"
+        for prose in everything()
+        for where, name in dotted_references(prose)
+        if not dotted_resolves(name)
+    ]
+    assert broken == [], "names that are no module, attribute or task:\n" + "\n".join(broken)
+
+
+def test_every_setting_the_prose_names_is_read() -> None:
+    known = variable_names() | deploy_knobs() | suite_variables()
+    broken = [
+        f"{where}: {name}"
+        for prose in everything()
+        if prose.path != README  # tests/unit/test_config.py holds the README to the loader
+        for where, name in variable_references(prose)
+        if name not in known
+    ]
+    assert broken == [], "variables nothing reads:\n" + "\n".join(broken)
+
+
+def test_every_setting_the_loader_reads_has_a_readme_row() -> None:
+    rows = readme_table_rows()
+    missing = sorted(v for v in variable_names() if not readme_table_covers(v, rows))
+    assert missing == [], "README.md's configuration table lacks: " + ", ".join(missing)
+
+
+def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
+    """The checks above pass vacuously if the patterns match nothing; and they must not read a
+    host, a URL or a Redis key as a reference."""
+    prose = Prose(
+        README,
+        1,
+        "`pipeline.outbound.submit`, pipeline/outbound/submit.py (outbound/deliver.py), then\n"
+        "`workers/tasks/sync.py::folder_sync.` and IMAP_PIPELINE_SYNC_LOCK_TTL_S; not\n"
+        "imap-pipeline.example.com, https://h/docs/x, app.pipeline.x, imap-pipeline:lock:1,\n"
+        "IMAP_PIPELINE_LISTENER_*, IMAP_PIPELINE_ or beat_schedule.py.",
+    )
+    assert list(dotted_references(prose)) == [("README.md:1", "pipeline.outbound.submit")]
+    assert list(path_references(prose)) == [
+        ("README.md:1", "pipeline/outbound/submit.py", None),
+        ("README.md:2", "workers/tasks/sync.py", "::folder_sync"),
+    ]
+    assert list(relative_path_references(prose)) == [("README.md:1", "outbound/deliver.py")]
+    assert list(variable_references(prose)) == [("README.md:2", "IMAP_PIPELINE_SYNC_LOCK_TTL_S")]
+    assert dotted_resolves("pipeline.config.Settings.load")
+    assert dotted_resolves("pipeline.sync.folder")  # a task name
+    assert dotted_resolves("pipeline.outbox.*")  # task names
+    assert not dotted_resolves("pipeline.nothing.*")
+    assert not dotted_resolves("pipeline.api.queries")
+    assert not dotted_resolves("pipeline.config.Settings.no_such_field")
+    assert not path_resolves("workers/tasks.py", None)
+    assert readme_table_covers("IMAP_PIPELINE_LISTENER_LEASE_TTL_S", readme_table_rows())
+    assert readme_table_covers("IMAP_PIPELINE_WEBHOOK_BACKOFF_MAX_S", readme_table_rows())
+    assert not readme_table_covers("IMAP_PIPELINE_NO_SUCH_THING", readme_table_rows())
