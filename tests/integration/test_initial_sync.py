@@ -1,4 +1,7 @@
-"""The initial sync: the retention window of every folder, normalized into Postgres."""
+"""The initial sync: the retention window of every folder, normalized into Postgres, from real
+servers. What the sync makes of the messages it fetched (threads, identities, attachments) is
+tests/unit/sync/test_what_is_stored.py; one message in two folders is
+tests/unit/sync/test_moves.py."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pipeline.dev.mailgen import GeneratedMessage
 from pipeline.dev.seed import seed_maildir
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
-from pipeline.models import Attachment, Folder, Grant, Message, Placement, SyncFailure, Thread
+from pipeline.models import Folder, Grant, Message, Placement, SyncFailure, Thread
 from pipeline.sync.run import sync_folder, sync_grant_inline
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, flags_of, make_message
@@ -119,113 +122,6 @@ def test_folders_with_non_ascii_names_and_roles(settings: Settings, server_user:
             ).all()
         )
     assert placed == {shown["Entwürfe"]: "draft", shown[f"Reçus{sep}2026"]: "kept"}
-
-
-def test_message_identity_survives_a_move_between_folders(
-    settings: Settings, mail_user: MailUser
-) -> None:
-    server = mail_user.server
-    create_folder(server, mail_user.name, mail_user.password, "Archive")
-    raw = make_message("moving")
-    append(server, mail_user.name, mail_user.password, raw)
-    grant_id = connect(settings, mail_user)
-    sessions = sessions_for(settings)
-    sync_grant_inline(sessions, settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        (original_id,) = db.scalars(select(Message.id)).all()
-    # the user moves it: a new copy in Archive with a new UID
-    append(server, mail_user.name, mail_user.password, raw, folder="Archive")
-    with session_scope(settings.require_database_url()) as db:
-        for folder in db.scalars(select(Folder)):
-            folder.state = "syncing"
-    sync_grant_inline(sessions, settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        ids = db.scalars(select(Message.id)).all()
-        folders = sorted(
-            db.scalars(
-                select(Folder.name)
-                .join(Placement, Placement.folder_id == Folder.id)
-                .where(Placement.message_id == original_id)
-            )
-        )
-    assert ids == [original_id]
-    assert folders == ["Archive", "INBOX"]
-
-
-def test_threads_by_references_then_subject(settings: Settings, mail_user: MailUser) -> None:
-    server = mail_user.server
-    root = make_message("Plans", message_id="<root@example.test>", date=NOW - timedelta(hours=3))
-    reply = make_message(
-        "Re: Plans",
-        message_id="<reply@example.test>",
-        in_reply_to="<root@example.test>",
-        date=NOW - timedelta(hours=2),
-    )
-    # a reply whose parent we never saw, matched by subject
-    orphan = make_message(
-        "RE: plans", message_id="<orphan@example.test>", date=NOW - timedelta(hours=1)
-    )
-    unrelated = make_message("Plans for lunch", message_id="<other@example.test>")
-    for raw in (reply, root, orphan, unrelated):  # child before parent on purpose
-        append(server, mail_user.name, mail_user.password, raw)
-    grant_id = connect(settings, mail_user)
-    sync_grant_inline(sessions_for(settings), settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        thread_of = dict(db.execute(select(Message.message_id_header, Message.thread_id)).all())
-    assert thread_of["<root@example.test>"] == thread_of["<reply@example.test>"]
-    assert thread_of["<orphan@example.test>"] == thread_of["<root@example.test>"]
-    assert thread_of["<other@example.test>"] != thread_of["<root@example.test>"]
-
-
-def test_messages_without_message_id_get_a_stable_identity(
-    settings: Settings, mail_user: MailUser
-) -> None:
-    server = mail_user.server
-    append(server, mail_user.name, mail_user.password, make_message("no id 1", message_id=None))
-    append(server, mail_user.name, mail_user.password, make_message("no id 2", message_id=None))
-    grant_id = connect(settings, mail_user)
-    sessions = sessions_for(settings)
-    sync_grant_inline(sessions, settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        first = dict(db.execute(select(Message.subject, Message.identity_key)).all())
-        for folder in db.scalars(select(Folder)):
-            folder.state = "syncing"
-        db.execute(Placement.__table__.delete())
-    sync_grant_inline(sessions, settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        again = dict(db.execute(select(Message.subject, Message.identity_key)).all())
-    assert set(first) == {"no id 1", "no id 2"}
-    assert first["no id 1"] != first["no id 2"]
-    assert again == first
-
-
-def _nested(depth: int) -> bytes:
-    """A message whose attachment sits ``depth`` multiparts deep (a section number that long
-    does not fit the attachments table)."""
-    inner = (
-        b'Content-Type: application/octet-stream; name="x.bin"\r\n'
-        b"Content-Disposition: attachment\r\n\r\nxyz\r\n"
-    )
-    for level in range(depth):
-        b = f"level{level}".encode()
-        inner = (
-            b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b
-            + b"\r\nContent-Type: text/plain\r\n\r\nt\r\n--" + b + b"\r\n" + inner
-            + b"\r\n--" + b + b"--\r\n"
-        )  # fmt: skip
-    return b"From: a@example.test\r\nSubject: deep\r\nMessage-ID: <deep@example.test>\r\n" + inner
-
-
-def test_an_attachment_forty_multiparts_deep_is_stored(
-    settings: Settings, mail_user: MailUser
-) -> None:
-    append(mail_user.server, mail_user.name, mail_user.password, _nested(40))
-    grant_id = connect(settings, mail_user)
-    sync_grant_inline(sessions_for(settings), settings, grant_id)
-    with session_scope(settings.require_database_url()) as db:
-        (attachment,) = db.scalars(select(Attachment)).all()
-        assert attachment.part_path == ".".join(["2"] * 40)
-        assert attachment.filename == "x.bin"
 
 
 def only_the_failure_of_uid_2(settings: Settings, grant_id: str) -> str:

@@ -84,13 +84,17 @@ class Account:
         return [t for t, _ in self.events()]
 
 
-def fake_account(sessions: sessionmaker[Session], *, orphan_grace_s: int = 0) -> Account:
-    """A grant whose server has an empty INBOX and Sent, synced in batches of two messages."""
+def fake_account(
+    sessions: sessionmaker[Session], *, orphan_grace_s: int = 0, batch_size: int = 2
+) -> Account:
+    """A grant whose server has an empty INBOX and Sent, synced in batches of ``batch_size``
+    messages (two: runs of a few messages cross batches)."""
     grant_id, _ = offline_grant(sessions, "fake", folders=())
     mailbox = FakeMailbox()
     mailbox.add_folder("INBOX", role="inbox")
     mailbox.add_folder("Sent", role="sent")
-    settings = offline_settings(sync=SyncSettings(batch_size=2, orphan_grace_s=orphan_grace_s))
+    sync = SyncSettings(batch_size=batch_size, orphan_grace_s=orphan_grace_s)
+    settings = offline_settings(sync=sync)
     return Account(settings, sessions, grant_id, mailbox)
 
 
