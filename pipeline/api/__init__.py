@@ -5,9 +5,9 @@ Resources, one module (and APIRouter) each: ``connect`` (custom auth, connectors
 (sign-in page, code exchange, redirect URIs), ``grants``, ``providers``, ``messages``, ``send``,
 ``drafts``, ``folders``, ``threads``, ``attachments``, ``webhooks``. Beneath them: ``queries``
 (the list and search pages' SQL; the tables are the domain's), ``filters`` (list filters messages
-and threads share), ``gate`` (the sign-ins' own threads), ``errors`` (the v3 error envelope and
-the mapping of the domain's errors onto it), ``auth`` (API keys), ``pagination`` (page tokens),
-``deps`` (what endpoints share), ``app`` (the factory).
+and threads share), ``gate`` (the sign-in gate's HTTP answers), ``errors`` (the v3 error
+envelope and the mapping of the domain's errors onto it), ``auth`` (API keys), ``pagination``
+(page tokens), ``deps`` (what endpoints share), ``app`` (the factory).
 
 The routes are HTTP only for what they change: they call the domain's services with typed
 arguments, :mod:`pipeline.messages.service` (flags, moves, deletes) and

@@ -1,3 +1,5 @@
-"""Outbound mail: composing a send (:mod:`.compose`) and queueing it (:mod:`.sending`), the
+"""Outbound mail: composing a send (:mod:`.compose`), queueing it (:mod:`.sending`) and
+waiting for what it came to, with the answer kept for its idempotency key (:mod:`.submit`), the
 send outbox (:mod:`.outbox`), SMTP connections (:mod:`.smtp`) and the drain that sends what is
-due (:mod:`.deliver`). The API writes rows; workers send them."""
+due (:mod:`.deliver`). The API (or the CLI, a task, a draft's send) writes rows; workers send
+them. Outbound never imports drafts: drafts send through it."""

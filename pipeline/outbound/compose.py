@@ -5,8 +5,9 @@ what the outbox keeps of it (:class:`Outgoing`: the bytes on the wire, the envel
 fields when no stored copy exists, the digest an Idempotency-Key compares).
 
 A raw MIME send (:func:`prepare_mime`) is sent as given, but for its ``Bcc`` header. Nothing
-here does I/O but reading the message replied to; :mod:`pipeline.api.send` calls it, then
-writes the outbox row (:func:`outbox_row`) that a worker sends (:mod:`pipeline.outbound.deliver`).
+here does I/O but reading the message replied to; the send route and a draft's send
+(:mod:`pipeline.drafts.service`) call it, then :mod:`pipeline.outbound.submit` writes the
+outbox row (:func:`outbox_row`) that a worker sends (:mod:`pipeline.outbound.deliver`).
 
 Errors: :class:`~pipeline.errors.InvalidRequest` for what cannot be sent as asked (its message
 says why), :class:`~pipeline.errors.NotFound` for an unknown reply target.

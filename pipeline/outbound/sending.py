@@ -3,8 +3,9 @@
 :func:`queue` writes the outbox row (or finds the one its idempotency key names), commits, and
 asks a worker to drain the grant's outbox (:mod:`pipeline.outbound.deliver`); a scheduled send
 with ``use_draft`` also waits in the account's Drafts folder meanwhile. A caller that waits for
-the outcome reads the row again (:func:`current`) until it is :func:`settled`. The HTTP API's
-send routes and sending a draft use these; the answers they give are theirs.
+the outcome reads the row again (:func:`current`) until it is :func:`settled`;
+:mod:`pipeline.outbound.submit` does that and decides the answer (the send route and sending a
+draft call it).
 
 Whoever queues passes a :class:`Sender`: an :class:`~pipeline.grants.interactive.Interactive`
 that can also open database sessions and ask for a drain (the API's state is one).
