@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import re
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -44,6 +46,7 @@ README = REPO / "README.md"
 DOCSTRING_ROOTS = ("pipeline", "workers", "tests/support")
 PATH_ROOTS = ("pipeline", "workers", "tests", "deploy", "scripts", "docs", "migrations")
 DOTTED_ROOTS = ("pipeline", "workers", "tests", "beat_schedule")
+CODE_PACKAGES = ("pipeline.", "workers.", "tests.", "beat_schedule")
 # Glued to any of these on its left, a name is part of something else (a host, a URL, a path,
 # an attribute of another object, a Redis key prefix).
 NOT_AFTER = r"(?<![\w./:~@$-])"
@@ -51,6 +54,8 @@ PATH = re.compile(NOT_AFTER + r"((?:" + "|".join(PATH_ROOTS) + r")/[\w.*/-]*)(::
 DOTTED = re.compile(
     NOT_AFTER + r"((?:" + "|".join(DOTTED_ROOTS) + r")(?:\.[A-Za-z_]\w*)+)(?![\w/-])"
 )
+# A class's attribute (`FolderRepository.by_role`, `Settings.sync.batch_size`).
+CLASS_ATTRIBUTE = re.compile(NOT_AFTER + r"([A-Z]\w*(?:\.[A-Za-z_]\w*)+)(?![\w/-])")
 # A path inside a package (`folders/state.py`, `tasks/`), as prose near its package writes it.
 RELATIVE_PATH = re.compile(NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*(?:\w+\.py)?)(?![\w.-])")
 VARIABLE = re.compile(r"IMAP_PIPELINE_[A-Z0-9_]*")
@@ -74,6 +79,11 @@ class Prose:
 # --- where the prose is -----------------------------------------------------------------------
 
 
+@cache
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def documents() -> Iterator[Prose]:
     """README.md, docs/ and the deploy files (their comments; names in them are checked too)."""
     paths = [README, *sorted((REPO / "docs").rglob("*.md"))]
@@ -88,8 +98,7 @@ def docstrings() -> Iterator[Prose]:
     for root in DOCSTRING_ROOTS:
         files += sorted((REPO / root).rglob("*.py"))
     for path in files:
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for node in ast.walk(tree):
+        for node in ast.walk(parsed(path)):
             if not isinstance(
                 node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
             ):
@@ -101,9 +110,9 @@ def docstrings() -> Iterator[Prose]:
                     yield Prose(path, body[0].lineno, value)
 
 
-def everything() -> Iterator[Prose]:
-    yield from documents()
-    yield from docstrings()
+@cache
+def everything() -> tuple[Prose, ...]:
+    return (*documents(), *docstrings())
 
 
 # --- what a reference resolves to -------------------------------------------------------------
@@ -116,7 +125,7 @@ def task_names() -> frozenset[str]:
     names = set()
     for path in sorted((REPO / "workers").rglob("*.py")):
         module = ".".join(path.relative_to(REPO).with_suffix("").parts)
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parsed(path)):
             if not (isinstance(node, ast.keyword) and node.arg == "name"):
                 continue
             if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -126,16 +135,41 @@ def task_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def has_attribute(owner: object, name: str) -> bool:
-    """``owner.name`` exists, counting what a class declares without a value at class level:
-    annotated fields (dataclasses, NamedTuples, Protocols) and pydantic fields."""
+@cache
+def assigned_on_self(klass: type) -> frozenset[str]:
+    """Attributes a class of ours sets on its instances (``self.name = ...`` in its methods)."""
+    if not klass.__module__.startswith(CODE_PACKAGES):
+        return frozenset()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
+
+
+def attribute(owner: object, name: str) -> tuple[bool, object]:
+    """Whether ``owner.name`` exists, and what the chain goes on from: its value, a field's
+    type (pydantic fields: ``Settings.sync.batch_size``), or None when only its declaration is
+    known (an annotation, an attribute set in ``__init__``), so the rest cannot be checked."""
     if hasattr(owner, name):
-        return True
-    if isinstance(owner, type):
-        if name in getattr(owner, "model_fields", {}):
-            return True
-        return any(name in getattr(k, "__annotations__", {}) for k in owner.__mro__)
-    return False
+        return True, getattr(owner, name)
+    if not isinstance(owner, type):
+        return False, None
+    fields = getattr(owner, "model_fields", {})
+    if name in fields:
+        return True, fields[name].annotation
+    declared = any(
+        name in getattr(k, "__annotations__", {}) or name in assigned_on_self(k)
+        for k in owner.__mro__
+    )
+    return declared, None
 
 
 @cache
@@ -161,17 +195,18 @@ def dotted_resolves(name: str) -> bool:
         return False
     owner: object = module
     for part in parts[end:]:
-        if not has_attribute(owner, part):
+        if owner is None:
+            return True  # declared, of no type known here: what follows cannot be checked
+        found, owner = attribute(owner, part)
+        if not found:
             return False
-        owner = getattr(owner, part, None)
     return True
 
 
 def top_level_names(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
     return {
         node.name
-        for node in tree.body
+        for node in parsed(path).body
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     }
 
@@ -245,6 +280,30 @@ def dotted_references(prose: Prose) -> Iterator[tuple[str, str]]:
         if prose.text.startswith(".*", match.end()):
             name += ".*"
         yield prose.at(match.start()), name
+
+
+@cache
+def our_classes() -> dict[str, list[str]]:
+    """Class name -> the modules of pipeline/, workers/ and tests/support that define it."""
+    classes: dict[str, list[str]] = {}
+    for root in ("pipeline", "workers", "tests/support"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            for node in parsed(path).body:
+                if isinstance(node, ast.ClassDef):
+                    classes.setdefault(node.name, []).append(module)
+    return classes
+
+
+def class_attribute_references(prose: Prose) -> Iterator[tuple[str, str]]:
+    """``Class.attribute`` where exactly one module of ours defines a class of that name, as
+    the dotted name it stands for (``pipeline.folders.repository.FolderRepository.by_role``);
+    other names (``Connection.execute``, a class two modules define) are not checked."""
+    for match in CLASS_ATTRIBUTE.finditer(prose.text):
+        name = match.group(1)
+        modules = our_classes().get(name.split(".", 1)[0], [])
+        if len(modules) == 1:
+            yield prose.at(match.start()), f"{modules[0]}.{name}"
 
 
 def variable_references(prose: Prose) -> Iterator[tuple[str, str]]:
@@ -322,7 +381,7 @@ def test_every_dotted_name_the_prose_names_resolves() -> None:
     broken = [
         f"{where}: {name}"
         for prose in everything()
-        for where, name in dotted_references(prose)
+        for where, name in [*dotted_references(prose), *class_attribute_references(prose)]
         if not dotted_resolves(name)
     ]
     assert broken == [], "names that are no module, attribute or task:\n" + "\n".join(broken)
@@ -370,6 +429,9 @@ def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
     assert not dotted_resolves("pipeline.nothing.*")
     assert not dotted_resolves("pipeline.api.queries")
     assert not dotted_resolves("pipeline.config.Settings.no_such_field")
+    assert dotted_resolves("pipeline.config.Settings.sync.batch_size")  # a section's field
+    cls = Prose(README, 1, "`FolderRepository.by_role`, `FolderRepository.gone`, `Path.name`")
+    assert [dotted_resolves(name) for _, name in class_attribute_references(cls)] == [True, False]
     assert not path_resolves("workers/tasks.py", None)
     assert readme_table_covers("IMAP_PIPELINE_LISTENER_LEASE_TTL_S", readme_table_rows())
     assert readme_table_covers("IMAP_PIPELINE_WEBHOOK_BACKOFF_MAX_S", readme_table_rows())
