@@ -32,36 +32,37 @@ pytestmark = pytest.mark.services
 def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailbox:
     """Six messages in three folders with different flags, people and attachments."""
     box = mailbox(pg_sessions, pg_connection)
-    box.add(
-        "INBOX",
-        "Quarterly report",
-        60,
-        sender="Carol <carol@example.org>",
-        flags=["\\Seen"],
-        attachment=True,
-        message_id="<q1@example.org>",
-    )
-    box.add(
-        "INBOX",
-        "Lunch?",
-        120,
-        sender="Dave <DAVE@Example.org>",
-        cc="Erin <erin@example.org>",
-        flags=["\\Flagged"],
-    )
-    box.add(
-        "INBOX",
-        "Re: Quarterly report",
-        30,
-        sender="Bob <bob@example.org>",
-        to="Carol <carol@example.org>",
-        flags=["\\Seen"],
-        in_reply_to="<q1@example.org>",
-    )
-    box.add("INBOX", "100% off_sale", 72 * 60, sender="spam@example.org")
-    box.add("Archive", "archived", 300, sender="old@example.org", bcc="Dan <dan@example.org>")
-    box.add("Drafts", "draft", 10, sender="Bob <bob@example.org>", to="zed@example.org",
-            flags=["\\Seen", "\\Draft"])  # fmt: skip
+    with box.batch():
+        box.add(
+            "INBOX",
+            "Quarterly report",
+            60,
+            sender="Carol <carol@example.org>",
+            flags=["\\Seen"],
+            attachment=True,
+            message_id="<q1@example.org>",
+        )
+        box.add(
+            "INBOX",
+            "Lunch?",
+            120,
+            sender="Dave <DAVE@Example.org>",
+            cc="Erin <erin@example.org>",
+            flags=["\\Flagged"],
+        )
+        box.add(
+            "INBOX",
+            "Re: Quarterly report",
+            30,
+            sender="Bob <bob@example.org>",
+            to="Carol <carol@example.org>",
+            flags=["\\Seen"],
+            in_reply_to="<q1@example.org>",
+        )
+        box.add("INBOX", "100% off_sale", 72 * 60, sender="spam@example.org")
+        box.add("Archive", "archived", 300, sender="old@example.org", bcc="Dan <dan@example.org>")
+        box.add("Drafts", "draft", 10, sender="Bob <bob@example.org>", to="zed@example.org",
+                flags=["\\Seen", "\\Draft"])  # fmt: skip
     box.set_metadata("Lunch?", {"key1": "team", "note": "x"})
     return box
 

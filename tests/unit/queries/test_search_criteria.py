@@ -34,15 +34,16 @@ def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailb
     Archive; "Stale" only a copy of the Archive's previous UIDVALIDITY. :data:`T` is
     2 Nov 2026, 12:00 UTC."""
     box = mailbox(pg_sessions, pg_connection)
-    box.add("INBOX", "Invoice March", 120, sender=CAROL, flags=["\\Seen"])  # UID 2
-    box.add("INBOX", "Lunch", 2 * DAY, sender="Dave <dave@example.org>",
-            cc="Erin <erin@example.org>", flags=["\\Flagged"])  # fmt: skip
-    box.add("INBOX", "invoice april", 10 * DAY, sender=CAROL,
-            flags=["\\Seen", "\\Answered", "$Work"], attachment=True)  # fmt: skip
-    box.add("INBOX", "Café crème", 180, sender="Zoë <zoe@example.org>")
-    box.add("INBOX", "Both", 300, flags=["\\Seen"], message_id="<both@example.org>")
-    box.add("Archive", "Both", 300, message_id="<both@example.org>")  # the same message
-    box.add("Archive", "Archived invoice", 40 * DAY, sender="old@example.org", flags=["\\Seen"])
+    with box.batch():
+        box.add("INBOX", "Invoice March", 120, sender=CAROL, flags=["\\Seen"])  # UID 2
+        box.add("INBOX", "Lunch", 2 * DAY, sender="Dave <dave@example.org>",
+                cc="Erin <erin@example.org>", flags=["\\Flagged"])  # fmt: skip
+        box.add("INBOX", "invoice april", 10 * DAY, sender=CAROL,
+                flags=["\\Seen", "\\Answered", "$Work"], attachment=True)  # fmt: skip
+        box.add("INBOX", "Café crème", 180, sender="Zoë <zoe@example.org>")
+        box.add("INBOX", "Both", 300, flags=["\\Seen"], message_id="<both@example.org>")
+        box.add("Archive", "Both", 300, message_id="<both@example.org>")  # the same message
+        box.add("Archive", "Archived invoice", 40 * DAY, sender="old@example.org", flags=["\\Seen"])
     stale = box.letter("Stale invoice", 60, flags=[])
     write_fetched(box.sessions, box.grant_id, box.folders["Archive"], [stale], uidvalidity=0)
     return box

@@ -23,10 +23,11 @@ def box(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailbo
     """INBOX UIDs 2 ("one"), 3 ("both"); Archive UIDs 4 ("both"), 5 ("archived"); Drafts never
     synced (no UIDVALIDITY)."""
     box = mailbox(pg_sessions, pg_connection)
-    box.add("INBOX", "one", 10)
-    box.add("INBOX", "both", 20, message_id="<both@x>")
-    box.add("Archive", "both", 20, message_id="<both@x>")
-    box.add("Archive", "archived", 30)
+    with box.batch():
+        box.add("INBOX", "one", 10)
+        box.add("INBOX", "both", 20, message_id="<both@x>")
+        box.add("Archive", "both", 20, message_id="<both@x>")
+        box.add("Archive", "archived", 30)
     with pg_sessions.begin() as db:
         db.execute(
             update(Folder).where(Folder.id == box.folders["Drafts"]).values(uidvalidity=None)

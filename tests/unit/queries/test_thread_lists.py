@@ -30,11 +30,12 @@ def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailb
     """Three threads: Plans (started 5 h ago, answered 5 min ago), Budget (one unread message
     from Carol, 1 h ago) and Trip (2 h ago, answered 90 min ago in the Archive)."""
     box = mailbox(pg_sessions, pg_connection)
-    box.add("INBOX", "Plans", 300, flags=SEEN, message_id="<plans@example.org>")
-    box.add("INBOX", "Re: Plans", 5, flags=SEEN, in_reply_to="<plans@example.org>")
-    box.add("INBOX", "Budget", 60, sender="Carol <carol@example.org>")
-    box.add("INBOX", "Trip", 120, flags=SEEN, message_id="<trip@example.org>")
-    box.add("Archive", "Re: Trip", 90, flags=SEEN, in_reply_to="<trip@example.org>")
+    with box.batch():
+        box.add("INBOX", "Plans", 300, flags=SEEN, message_id="<plans@example.org>")
+        box.add("INBOX", "Re: Plans", 5, flags=SEEN, in_reply_to="<plans@example.org>")
+        box.add("INBOX", "Budget", 60, sender="Carol <carol@example.org>")
+        box.add("INBOX", "Trip", 120, flags=SEEN, message_id="<trip@example.org>")
+        box.add("Archive", "Re: Trip", 90, flags=SEEN, in_reply_to="<trip@example.org>")
     return box
 
 

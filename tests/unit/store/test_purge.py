@@ -33,10 +33,11 @@ def mail(pg_sessions: sessionmaker[Session], pg_connection: Connection) -> Mailb
     """A thread whose root is 89 days old and whose reply is 30, an 88.5-day-old message with an
     attachment, a recent one, and two sync failures (one past its own retention)."""
     box = mailbox(pg_sessions, pg_connection)
-    box.add("INBOX", "old root", 89 * DAY, message_id="<root@example.org>")
-    box.add("INBOX", "Re: old root", 30 * DAY, in_reply_to="<root@example.org>")
-    box.add("INBOX", "old alone", 88.5 * DAY, attachment=True)
-    box.add("INBOX", "recent", 1 * DAY)
+    with box.batch():
+        box.add("INBOX", "old root", 89 * DAY, message_id="<root@example.org>")
+        box.add("INBOX", "Re: old root", 30 * DAY, in_reply_to="<root@example.org>")
+        box.add("INBOX", "old alone", 88.5 * DAY, attachment=True)
+        box.add("INBOX", "recent", 1 * DAY)
     inbox = box.folders["INBOX"]
     with pg_sessions.begin() as db:
         for uid, error, days in ((99, "broken", 0), (98, "old", SYNC_FAILURE_RETENTION_DAYS + 1)):
