@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -44,8 +43,9 @@ from pipeline.imap import ImapSession
 from pipeline.imap.connections import INTERACTIVE_WAIT_S
 from pipeline.limits import Priority, RateLimiter
 from pipeline.models import Grant
+from pipeline.outbound.drains import DrainResult, MailAccess
 from pipeline.outbound.outbox import OutboxRepository, send_outbox, utcnow
-from pipeline.outbound.sent_copy import MailAccess, file_in_sent, file_waiting
+from pipeline.outbound.sent_copy import file_in_sent, file_waiting
 from pipeline.outbound.smtp import Aborted, SendError, SmtpConnection
 from pipeline.redis import smtp_slot_key
 
@@ -55,18 +55,6 @@ IDLE_POLL_S = 0.1  # how often a lingering drain looks for new rows
 LOGIN_WAIT_MAX_S = 30.0  # longest wait for a login token before the rows go back to the queue
 LOGIN_POLL_S = 1.0
 DEFAULT_BUDGET_S = 60.0  # a drain then ends; the caller enqueues another if rows remain
-
-
-@dataclass
-class DrainResult:
-    """What one drain did."""
-
-    sent: int = 0
-    failed: int = 0
-    logins: int = 0
-    more: bool = False  # due rows remain (budget or login tokens spent): run another drain
-    again_in_s: float | None = None  # a Sent copy failed: a drain should try again this soon
-    busy: bool = False  # every slot was taken: another drain has the account
 
 
 def _slot_keys(grant_id: str, cap: int) -> list[str]:

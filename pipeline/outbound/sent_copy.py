@@ -15,7 +15,7 @@ import email.policy
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Row
@@ -29,12 +29,10 @@ from pipeline.limits import RateLimited
 from pipeline.messages.metadata import store_metadata
 from pipeline.messages.views import stored_message_view, stored_message_views
 from pipeline.models import Folder, Grant
+from pipeline.outbound.drains import DrainResult, MailAccess
 from pipeline.outbound.outbox import OutboxRepository
 from pipeline.presets import preset
 from pipeline.sync.store import parse_batch, write_batch
-
-if TYPE_CHECKING:
-    from pipeline.outbound.deliver import DrainResult
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +41,6 @@ SENT_SEARCH_EVERY_S = 0.5
 SENT_COPY_WAIT_S = 15.0  # the Sent copy waits this long at most for an IMAP login or slot
 MAX_FILINGS_PER_DRAIN = 100  # Sent copies left by earlier tries that one drain files at most
 COPY_POLL_S = 1.0  # how often a Sent copy waiting for a login or slot asks again
-
-
-class MailAccess(Protocol):
-    """What a drain needs from the process that runs it."""
-
-    def take_login(self, grant: Grant) -> float:
-        """Take a login token of the account; seconds to wait when there is none (0: taken)."""
-
-    def imap(self, db: Session, grant: Grant) -> ImapSession:
-        """A logged-in IMAP session of the grant (for the Sent copy)."""
-
-    def release_imap(self, grant_id: str, imap: ImapSession, *, healthy: bool) -> None:
-        """Give the session back."""
-
-    def after_commit(self) -> None:
-        """Webhook rows were committed (message.created of the Sent copy)."""
 
 
 def with_bcc(raw: bytes, bcc: list[dict[str, str]]) -> bytes:
