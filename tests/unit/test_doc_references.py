@@ -9,10 +9,15 @@ mechanically:
 
 - a path under ``pipeline/``, ``workers/``, ``tests/``, ``deploy/``, ``scripts/``, ``docs/`` or
   ``migrations/`` exists (a ``*`` is a glob that matches something; ``path.py::name`` names a
-  top-level function or class of that file);
+  top-level function or class of that file), and one written from inside a package
+  (``folders/state.py``, when ``folders`` is a folder of the code) is the end of a real path;
 - a dotted name starting ``pipeline.``, ``workers.``, ``tests.`` or ``beat_schedule.`` is a
   module, an attribute of one (classes' attributes and fields included), or a task name the
   workers register;
+- a Sphinx reference in a docstring (:func:`name`, :mod:`.sibling`) names something: a
+  relative one resolves from its module's package, an unqualified one is defined somewhere in
+  our code (or importable, or in the namespace of the module whose docstring it is);
+- ``Class.attribute`` resolves where exactly one module of ours defines the class;
 - an ``IMAP_PIPELINE_*`` name outside the README is a variable the settings loader reads
   (:func:`pipeline.config.variable_names`), a shell knob of ``deploy/Procfile`` or
   ``deploy/compose.yaml``, or one of the test suite's own (``tests/conftest.py``); and every
@@ -52,10 +57,15 @@ CODE_PACKAGES = ("pipeline.", "workers.", "tests.", "beat_schedule")
 NOT_AFTER = r"(?<![\w./:~@$-])"
 PATH = re.compile(NOT_AFTER + r"((?:" + "|".join(PATH_ROOTS) + r")/[\w.*/-]*)(::\w+)?")
 DOTTED = re.compile(
-    NOT_AFTER + r"((?:" + "|".join(DOTTED_ROOTS) + r")(?:\.[A-Za-z_]\w*)+)(?![\w/-])"
+    NOT_AFTER.replace("~", "")  # `~pipeline.x` is Sphinx's short form of a name
+    + r"((?:"
+    + "|".join(DOTTED_ROOTS)
+    + r")(?:\.[A-Za-z_]\w*)+)(?![\w/-])"
 )
 # A class's attribute (`FolderRepository.by_role`, `Settings.sync.batch_size`).
 CLASS_ATTRIBUTE = re.compile(NOT_AFTER + r"([A-Z]\w*(?:\.[A-Za-z_]\w*)+)(?![\w/-])")
+# A Sphinx cross-reference: :func:`name`, :mod:`.sibling`, :meth:`~Class.method`.
+ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc|obj|const):`~?([\w.]+)`")
 # A path inside a package (`folders/state.py`, `tasks/`), as prose near its package writes it.
 RELATIVE_PATH = re.compile(NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*(?:\w+\.py)?)(?![\w.-])")
 VARIABLE = re.compile(r"IMAP_PIPELINE_[A-Z0-9_]*")
@@ -70,6 +80,7 @@ class Prose:
     path: Path
     line: int
     text: str
+    module: str = ""  # a docstring's module (its package's name for an __init__.py)
 
     def at(self, offset: int) -> str:
         line = self.line + self.text.count("\n", 0, offset)
@@ -98,6 +109,7 @@ def docstrings() -> Iterator[Prose]:
     for root in DOCSTRING_ROOTS:
         files += sorted((REPO / root).rglob("*.py"))
     for path in files:
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(parsed(path)):
             if not isinstance(
                 node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef
@@ -107,7 +119,7 @@ def docstrings() -> Iterator[Prose]:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 value = body[0].value.value
                 if isinstance(value, str):
-                    yield Prose(path, body[0].lineno, value)
+                    yield Prose(path, body[0].lineno, value, module)
 
 
 @cache
@@ -306,6 +318,55 @@ def class_attribute_references(prose: Prose) -> Iterator[tuple[str, str]]:
             yield prose.at(match.start()), f"{modules[0]}.{name}"
 
 
+@cache
+def defined_names() -> frozenset[str]:
+    """Every name our code defines or assigns: functions, classes, module and class variables,
+    attributes set on instances (what an unqualified :func:`name` may mean)."""
+    names = set()
+    for root in ("pipeline", "workers", "tests/support"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            for node in ast.walk(parsed(path)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    names.add(node.name)
+                elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Store):
+                    names.add(node.id if isinstance(node, ast.Name) else node.attr)
+    return frozenset(names)
+
+
+def role_references(prose: Prose) -> Iterator[tuple[str, str]]:
+    """Sphinx references that name no root (those are dotted references), as the name they
+    stand for: a relative one (``.tables``, ``..errors``) made absolute; any other as written,
+    prefixed with the docstring's module and a ``?`` (``pipeline.api.deps?Cursor``)."""
+    for match in ROLE.finditer(prose.text):
+        name = match.group(1)
+        if name.split(".", 1)[0] in DOTTED_ROOTS:
+            continue
+        if name.startswith("."):
+            package = prose.module.split(".")
+            if prose.path.name != "__init__.py":
+                package = package[:-1]
+            dots = len(name) - len(name.lstrip("."))
+            base = package[: len(package) - dots + 1]
+            yield prose.at(match.start()), ".".join([*base, name.lstrip(".")])
+        else:
+            yield prose.at(match.start()), f"{prose.module}?{name}"
+
+
+def role_resolves(reference: str) -> bool:
+    """An absolute name resolves as a dotted one. ``module?name`` resolves when ``name`` is
+    importable (``ssl.SSLContext``), in the module's namespace (what it defines or imports), or
+    when our code defines its last part anywhere (Sphinx searches too; ``Cursor`` in
+    another module's docstring): a name defined nowhere is gone."""
+    if "?" not in reference:
+        return dotted_resolves(reference)
+    module, name = reference.split("?")
+    return (
+        name.rsplit(".", 1)[-1] in defined_names()
+        or dotted_resolves(name)
+        or (bool(module) and dotted_resolves(f"{module}.{name}"))
+    )
+
+
 def variable_references(prose: Prose) -> Iterator[tuple[str, str]]:
     """``IMAP_PIPELINE_*`` names; a family (``IMAP_PIPELINE_LISTENER_*``, ``IMAP_PIPELINE_``)
     is not a variable."""
@@ -384,6 +445,12 @@ def test_every_dotted_name_the_prose_names_resolves() -> None:
         for where, name in [*dotted_references(prose), *class_attribute_references(prose)]
         if not dotted_resolves(name)
     ]
+    broken += [
+        f"{where}: {name.rsplit('?', 1)[-1]}"
+        for prose in everything()
+        for where, name in role_references(prose)
+        if not role_resolves(name)
+    ]
     assert broken == [], "names that are no module, attribute or task:\n" + "\n".join(broken)
 
 
@@ -433,6 +500,17 @@ def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
     cls = Prose(README, 1, "`FolderRepository.by_role`, `FolderRepository.gone`, `Path.name`")
     assert [dotted_resolves(name) for _, name in class_attribute_references(cls)] == [True, False]
     assert not path_resolves("workers/tasks.py", None)
+    init = REPO / "pipeline" / "applications" / "__init__.py"
+    text = ":mod:`.tables`, :func:`~pipeline.x`, :meth:`Cursor.y`"
+    roles = Prose(init, 1, text, "pipeline.applications")
+    assert list(role_references(roles)) == [
+        ("pipeline/applications/__init__.py:1", "pipeline.applications.tables"),
+        ("pipeline/applications/__init__.py:1", "pipeline.applications?Cursor.y"),
+    ]
+    assert [name for _, name in dotted_references(roles)] == ["pipeline.x"]
+    assert role_resolves("pipeline.applications?Cursor")  # defined in pipeline.pages
+    assert role_resolves("pipeline.tls?ssl.SSLContext")
+    assert not role_resolves("pipeline.pages?no_function_of_that_name")
     assert readme_table_covers("IMAP_PIPELINE_LISTENER_LEASE_TTL_S", readme_table_rows())
     assert readme_table_covers("IMAP_PIPELINE_WEBHOOK_BACKOFF_MAX_S", readme_table_rows())
     assert not readme_table_covers("IMAP_PIPELINE_NO_SUCH_THING", readme_table_rows())
