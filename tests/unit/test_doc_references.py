@@ -48,6 +48,7 @@ from pipeline.config import variable_names
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 DOCSTRING_ROOTS = ("pipeline", "workers", "tests/support")
 PATH_ROOTS = ("pipeline", "workers", "tests", "deploy", "scripts", "docs", "migrations")
 DOTTED_ROOTS = ("pipeline", "workers", "tests", "beat_schedule")
@@ -470,6 +471,43 @@ def test_every_setting_the_loader_reads_has_a_readme_row() -> None:
     rows = readme_table_rows()
     missing = sorted(v for v in variable_names() if not readme_table_covers(v, rows))
     assert missing == [], "README.md's configuration table lacks: " + ", ".join(missing)
+
+
+def layout_entries() -> tuple[dict[str, set[str]], set[str]]:
+    """The layout drawn in docs/ARCHITECTURE.md (the fenced block that starts ``pipeline/``):
+    (package -> the words of its entry, every word of the block)."""
+    blocks = re.findall(r"^```\n(.*?)^```", ARCHITECTURE.read_text(), flags=re.M | re.S)
+    block = next(b for b in blocks if b.startswith("pipeline/\n"))
+    entries: dict[str, set[str]] = {}
+    for entry in re.split(r"^(?=  \S)", block, flags=re.M):
+        package = re.match(r"  (\w+)/\s", entry)
+        if package is not None:
+            entries[package.group(1)] = set(re.findall(r"\w+", entry))
+    return entries, set(re.findall(r"\w+", block))
+
+
+def test_the_layout_names_every_package_and_module() -> None:
+    """A newcomer reads the layout to find a concern's home: a package moved, added or split
+    without its line there is a home the page hides."""
+    entries, words = layout_entries()
+    missing = []
+    for root in ("pipeline", "workers"):
+        for path in sorted((REPO / root).iterdir()):
+            if path.suffix == ".py" and path.stem != "__init__" and path.stem not in words:
+                missing.append(f"{root}/{path.name}")
+            if not (path / "__init__.py").exists():
+                continue
+            if root == "pipeline" and path.name not in entries:
+                missing.append(f"{root}/{path.name}/ (no entry of its own)")
+            inside = entries.get(path.name, words)
+            missing += [
+                f"{root}/{path.name}/{child.name}"
+                for child in sorted(path.iterdir())
+                if child.stem not in {"__init__", "__pycache__", "__main__"}
+                and child.stem not in inside
+                and (child.suffix == ".py" or (child / "__init__.py").exists())
+            ]
+    assert missing == [], "docs/ARCHITECTURE.md's layout does not name: " + ", ".join(missing)
 
 
 def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
