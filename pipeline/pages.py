@@ -4,6 +4,7 @@ is looked up (:func:`is_uuid`)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,3 +25,15 @@ def is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_CANONICAL = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def is_canonical_uuid(value: str) -> bool:
+    """Whether ``value`` is a UUID as the API writes them, in either case (what
+    ``is_uuid(value) and str(uuid.UUID(value)) == value.lower()`` tells, with one regular
+    expression instead of parsing it twice: every list request asks it of its grant id)."""
+    return _CANONICAL.fullmatch(value) is not None

@@ -8,7 +8,6 @@ rolls back); writing endpoints call ``db.commit()`` themselves and only then enq
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pipeline.grants.service import enqueue_sync_after_commit
 from pipeline.imap.connections import SessionPool
 from pipeline.limits import RateLimiter
 from pipeline.models import Grant
-from pipeline.pages import is_uuid
+from pipeline.pages import is_canonical_uuid, is_uuid
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +246,7 @@ async def live_grant(grant: PathGrant) -> Grant:
 def folded_grant_id(identifier: str) -> str | None:
     """The grant id a path names when its check can ride on the page statement (a path with
     the id itself, as the SDK sends it; see :func:`check_folded_grant`); None otherwise."""
-    if is_uuid(identifier) and str(uuid.UUID(identifier)) == identifier.lower():
+    if is_canonical_uuid(identifier):
         return identifier.lower()
     return None
 

@@ -11,7 +11,6 @@ names.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
@@ -28,7 +27,7 @@ from pipeline.folders.repository import FolderRepository, resolve_folder_ids
 from pipeline.messages import filters as message_filters
 from pipeline.messages import metadata
 from pipeline.models import Folder, Grant
-from pipeline.pages import is_uuid
+from pipeline.pages import is_canonical_uuid
 from pipeline.search.criteria import MAX_LENGTH as MAX_SEARCH_LENGTH
 
 MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second datetime can hold
@@ -121,7 +120,7 @@ def folded_folder_ids(params: FilterParams) -> list[str] | None:
     names = [v.strip() for raw in params.in_ or [] for v in raw.split(",") if v.strip()]
     if not names or len(names) > MAX_FILTER_VALUES:
         return None
-    if not all(is_uuid(n) and str(uuid.UUID(n)) == n.lower() for n in names):
+    if not all(is_canonical_uuid(n) for n in names):
         return None
     return list(dict.fromkeys(n.lower() for n in names))
 
