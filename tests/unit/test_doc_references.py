@@ -24,6 +24,10 @@ mechanically:
   variable the loader reads has a row in the README's configuration table.
   (The README's names being read is ``tests/unit/test_config.py``'s.)
 
+And docs/ARCHITECTURE.md's pictures stay the tree: its layout names every package and module
+of pipeline/ and workers/, and the layers it draws are the import graph (each line imports only
+from the lines below it; import-linter enforces the contracts, this the drawing).
+
 Docstrings are read with :mod:`ast` (so code, string literals and comments are not prose), the
 Markdown and deploy files as text. A reference is a name glued to nothing that could make it
 part of something else: ``imap-pipeline.example``, ``https://host/docs/x`` and ``app.pipeline``
@@ -43,6 +47,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+import grimp
 
 from pipeline.config import variable_names
 
@@ -508,6 +514,51 @@ def test_the_layout_names_every_package_and_module() -> None:
                 and (child.suffix == ".py" or (child / "__init__.py").exists())
             ]
     assert missing == [], "docs/ARCHITECTURE.md's layout does not name: " + ", ".join(missing)
+
+
+def drawn_layers(top: str) -> list[set[str]]:
+    """The layers docs/ARCHITECTURE.md draws in the fenced block whose first line is ``top``,
+    top down: the names before each line's description (``drafts * | schema``); a line that
+    starts further in continues a description."""
+    for block in re.findall(r"^  ```\n(.*?)^  ```", ARCHITECTURE.read_text(), flags=re.M | re.S):
+        if block.startswith(f"  {top} "):
+            lines = [line[2:] for line in block.splitlines() if re.match(r"  \S", line)]
+            return [set(re.findall(r"\w+", re.split(r"\s{2,}", line)[0])) for line in lines]
+    raise AssertionError(f"docs/ARCHITECTURE.md draws no layers starting {top!r}")
+
+
+def imports_between_children(root: str) -> set[tuple[str, str]]:
+    """(a, b) for each import of a module under ``root.b`` by one under ``root.a`` (a != b),
+    as import-linter counts them (type-checking imports included)."""
+    graph = grimp.build_graph(root, cache_dir=None)
+    pairs = set()
+    for importer in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(importer):
+            a, b = importer.split(".")[1:2], imported.split(".")[1:2]
+            if a and b and a != b:
+                pairs.add((a[0], b[0]))
+    return pairs
+
+
+def test_the_layers_drawn_are_the_imports() -> None:
+    """The layers drawn for pipeline and workers name each package or module once, and each
+    imports only from the lines below its own: the picture is the import graph, not a wish."""
+    for root, top in (("pipeline", "cli"), ("workers", "tasks")):
+        layers = drawn_layers(top)
+        line = {name: i for i, names in enumerate(layers) for name in names}
+        children = {
+            p.stem
+            for p in (REPO / root).iterdir()
+            if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+        }
+        assert sorted(children - line.keys()) == [], f"{root}: not drawn"
+        assert sorted(line.keys() - children) == [], f"{root}: drawn, but not in the tree"
+        wrong = sorted(
+            f"{root}.{a} imports {root}.{b}, drawn " + ("beside" if line[a] == line[b] else "above")
+            for a, b in imports_between_children(root)
+            if line[a] >= line[b]
+        )
+        assert wrong == [], "ARCHITECTURE.md's layers are not the imports:\n" + "\n".join(wrong)
 
 
 def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
