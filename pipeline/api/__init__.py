@@ -3,11 +3,15 @@
 
 Resources, one module (and APIRouter) each: ``connect`` (custom auth, connectors), ``hosted``
 (sign-in page, code exchange, redirect URIs), ``grants``, ``providers``, ``messages``, ``send``,
-``drafts``, ``folders``, ``threads``, ``attachments``, ``webhooks``. Beneath them: ``queries``
-(the list and search pages' SQL; the tables are the domain's), ``filters`` (list filters messages
-and threads share), ``gate`` (the sign-in gate's HTTP answers), ``errors`` (the v3 error
-envelope and the mapping of the domain's errors onto it), ``auth`` (API keys), ``pagination``
-(page tokens), ``deps`` (what endpoints share), ``app`` (the factory).
+``drafts``, ``folders``, ``threads``, ``attachments``, ``webhooks``, ``health`` (probes, no API
+key), ``docs`` (Swagger UI). Beneath them: ``lean`` (the message and thread lists on plain
+Starlette routes, matched first), ``params`` (their query string as one model), ``search``
+(``search_query_native``), ``rawmime`` (``fields=raw_mime``), ``filters`` (list filters and a
+change's target folder, shared by messages and threads), ``gate`` (the sign-in gate's HTTP
+answers), ``errors`` (the v3 error envelope and the mapping of the domain's errors onto it),
+``auth`` (API keys), ``pagination`` (page tokens), ``deps`` (what endpoints share), ``app``
+(the factory). The SQL the pages run is the domain's (:mod:`pipeline.messages.queries`,
+:mod:`pipeline.threads.queries`); the API has none of its own.
 
 The routes are HTTP only for what they change: they call the domain's services with typed
 arguments, :mod:`pipeline.messages.service` (flags, moves, deletes) and
