@@ -14,6 +14,7 @@ mechanically:
 - a dotted name starting ``pipeline.``, ``workers.``, ``tests.`` or ``beat_schedule.`` is a
   module, an attribute of one (classes' attributes and fields included), or a task name the
   workers register;
+- a migration named by number ("migration 0321") is a revision file;
 - a Sphinx reference in a docstring (:func:`name`, :mod:`.sibling`) names something: a
   relative one resolves from its module's package, an unqualified one is defined somewhere in
   our code (or importable, or in the namespace of the module whose docstring it is);
@@ -75,6 +76,8 @@ CLASS_ATTRIBUTE = re.compile(NOT_AFTER + r"([A-Z]\w*(?:\.[A-Za-z_]\w*)+)(?![\w/-
 ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc|obj|const):`~?([\w.]+)`")
 # A path inside a package (`folders/state.py`, `tasks/`), as prose near its package writes it.
 RELATIVE_PATH = re.compile(NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*(?:\w+\.py)?)(?![\w.-])")
+# "migration 0321", "migrations `0901`-`0902`": a revision file's number.
+MIGRATION = re.compile(r"\b[Mm]igrations?\s+`?(\d{4})`?(?:\s*[-\u2013]\s*`?(\d{4})`?)?")
 VARIABLE = re.compile(r"IMAP_PIPELINE_[A-Z0-9_]*")
 # The end of a dotted name that is a file name, not an attribute: `beat_schedule.py`.
 FILE_SUFFIXES = {"py", "md", "toml", "yaml", "yml", "json", "txt", "ini", "cfg", "env"}
@@ -445,6 +448,18 @@ def test_every_path_the_prose_names_exists() -> None:
     assert broken == [], "paths that do not exist:\n" + "\n".join(broken)
 
 
+def test_every_migration_the_prose_names_exists() -> None:
+    numbers = {p.name[:4] for p in (REPO / "migrations" / "versions").glob("*.py")}
+    broken = [
+        f"{prose.at(match.start())}: {number}"
+        for prose in everything()
+        for match in MIGRATION.finditer(prose.text)
+        for number in match.groups()
+        if number is not None and number not in numbers
+    ]
+    assert broken == [], "migrations that do not exist:\n" + "\n".join(broken)
+
+
 def test_every_dotted_name_the_prose_names_resolves() -> None:
     broken = [
         f"{where}: {name}"
@@ -578,6 +593,10 @@ def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
         ("README.md:2", "workers/tasks/sync.py", "::folder_sync"),
     ]
     assert list(relative_path_references(prose)) == [("README.md:1", "outbound/deliver.py")]
+    assert [m.groups() for m in MIGRATION.finditer("migrations `0901`-`0902`, migration 0321")] == [
+        ("0901", "0902"),
+        ("0321", None),
+    ]
     assert list(variable_references(prose)) == [("README.md:2", "IMAP_PIPELINE_SYNC_LOCK_TTL_S")]
     assert dotted_resolves("pipeline.config.Settings.load")
     assert dotted_resolves("pipeline.sync.folder")  # a task name
