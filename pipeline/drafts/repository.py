@@ -16,10 +16,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from pipeline.messages.repository import MessageRepository, text_key
+from pipeline.messages.roles import DRAFTS_ROLE as DRAFTS_ROLE  # named where drafts are
 from pipeline.models import Attachment, Folder, Message, Placement
 from pipeline.sync.store import ParsedItem, attachment_columns, message_columns
-
-DRAFTS_ROLE = "drafts"
 
 
 def drafts_folders(session: Session, grant_id: str) -> list[Folder]:

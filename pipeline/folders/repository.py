@@ -12,6 +12,7 @@ from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.messages.placements import PlacementRepository
+from pipeline.messages.roles import folder_with_role
 from pipeline.models import Folder, Message, Placement, SyncFailure
 from pipeline.pages import is_uuid
 
@@ -62,13 +63,9 @@ class FolderRepository:
         )
 
     def by_role(self, grant_id: str, role: str) -> Folder | None:
-        """A grant's folder with ``role`` (the first by name if several claim it)."""
-        return self.session.scalar(
-            select(Folder)
-            .where(Folder.grant_id == grant_id, Folder.role == role)
-            .order_by(Folder.name, Folder.id)
-            .limit(1)
-        )
+        """A grant's folder with ``role`` (the first by name, then id, if several claim it:
+        :func:`pipeline.messages.roles.folder_with_role`, which every role lookup asks)."""
+        return folder_with_role(self.session, grant_id, role)
 
     def counts(self, grant_id: str) -> dict[str, FolderCounts]:
         """Stored and failed message counts per folder of a grant."""

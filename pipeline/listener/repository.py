@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pipeline.messages.roles import ROLE_PREFERENCE
 from pipeline.models import Folder, Grant
 
 WATCHED_ROLES = ("inbox", "sent")
@@ -47,8 +48,8 @@ class WatchRepository:
         """Every valid grant's Inbox and Sent folder (one folder per role).
 
         Plain rows, not ORM objects: a listener re-reads this for every grant every few
-        seconds. Where several folders claim a role, the first by name wins, as in
-        :meth:`pipeline.folders.repository.FolderRepository.by_role`.
+        seconds. Where several folders claim a role, the first by name, then id, wins
+        (:data:`~pipeline.messages.roles.ROLE_PREFERENCE`), as in every role lookup.
         """
         rows: Sequence[tuple[object, ...]] = self.session.execute(
             select(
@@ -69,7 +70,7 @@ class WatchRepository:
             )
             .join(Folder, Folder.grant_id == Grant.id)
             .where(Grant.grant_status == "valid", Folder.role.in_(WATCHED_ROLES))
-            .order_by(Grant.created_at, Grant.id, Folder.role, Folder.name)
+            .order_by(Grant.created_at, Grant.id, Folder.role, *ROLE_PREFERENCE)
         ).all()
         seen: set[tuple[object, object]] = set()
         picked: list[WatchRow] = []

@@ -6,6 +6,7 @@ batch joins or makes, and sync failures),
 (flags, moves, deletes written to the server, then recorded), :mod:`.content` (a raw message's
 or an attachment's bytes, fetched when asked for), :mod:`.filters` and :mod:`.queries` (the
 message lists), :mod:`.views` (a message as an API object), :mod:`.orphans` (the end of a
-message that stayed in no folder), :mod:`.metadata` (key-value pairs kept in Postgres only).
+message that stayed in no folder), :mod:`.metadata` (key-value pairs kept in Postgres only),
+:mod:`.roles` (the folder a role names, which every lookup of a Trash, Sent or Drafts asks).
 The thread lists and a thread's view are :mod:`pipeline.threads`.
 """

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline import notifications
@@ -32,6 +31,7 @@ from pipeline.grants.interactive import Interactive, grant_imap
 from pipeline.imap import ImapSession
 from pipeline.messages.placements import Location, PlacementRepository
 from pipeline.messages.repository import MessageRepository
+from pipeline.messages.roles import TRASH_ROLE, folder_with_role
 from pipeline.messages.views import stored_message_views
 from pipeline.models import Folder, Grant, Message
 
@@ -179,7 +179,7 @@ def delete_message(
     """Delete a message as Nylas does: move it to the grant's Trash (a copy already in Trash
     stays there), or, with ``hard`` or on an account with no Trash folder, expunge every copy
     (``\\Deleted`` + ``UID EXPUNGE``) and forget it (``message.deleted``)."""
-    trash = None if hard else _trash(db, grant.id)
+    trash = None if hard else folder_with_role(db, grant.id, TRASH_ROLE)
     if trash is not None:
         update_message(db, access, grant, message, unread=None, starred=None, folder=trash)
         return
@@ -196,16 +196,3 @@ def delete_message(
     message_id = message.id
     if placements.delete_if_unplaced(message_id):
         notifications.messages_deleted(db, grant.id, [message_id])
-
-
-def _trash(db: Session, grant_id: str) -> Folder | None:
-    """The grant's Trash: the first by name (then id) of the folders with the ``trash`` role, as
-    :meth:`pipeline.folders.repository.FolderRepository.by_role` chooses. Read here, not
-    through that repository: messages sit below folders (the folder routes' service deletes a
-    folder's messages), so this package imports nothing of ``pipeline.folders``."""
-    return db.scalar(
-        select(Folder)
-        .where(Folder.grant_id == grant_id, Folder.role == "trash")
-        .order_by(Folder.name, Folder.id)
-        .limit(1)
-    )

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pipeline.errors import ImapError, RequestError
 from pipeline.folders.repository import FolderRepository
 from pipeline.grants.interactive import Interactive, grant_imap
+from pipeline.messages.roles import DRAFTS_ROLE
 from pipeline.models import Grant
 from pipeline.outbound.compose import Outgoing, outbox_row
 from pipeline.outbound.outbox import OutboxRepository
@@ -33,7 +34,6 @@ from pipeline.outbound.sent_copy import with_bcc
 log = logging.getLogger(__name__)
 
 SETTLED_STATES = ("sent", "failed", "cancelled")
-DRAFTS_ROLE = "drafts"  # the folder a ``use_draft`` send waits in (as pipeline.drafts names it)
 
 
 class Sender(Interactive, Protocol):

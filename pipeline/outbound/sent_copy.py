@@ -17,7 +17,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +26,7 @@ from pipeline.errors import ImapError, PipelineError
 from pipeline.imap import ImapSession
 from pipeline.limits import RateLimited
 from pipeline.messages.metadata import store_metadata
+from pipeline.messages.roles import DRAFTS_ROLE, SENT_ROLE, folder_with_role
 from pipeline.messages.views import stored_message_view, stored_message_views
 from pipeline.models import Folder, Grant
 from pipeline.outbound.drains import DrainResult, MailAccess
@@ -91,9 +91,7 @@ def file_in_sent(
     stored: str | None = None
     try:
         with sessions() as db:
-            sent = db.execute(
-                select(Folder).where(Folder.grant_id == grant.id, Folder.role == "sent").limit(1)
-            ).scalar_one_or_none()
+            sent = folder_with_role(db, grant.id, SENT_ROLE)
             if sent is not None:
                 if imap is None:
                     imap = _imap_when_allowed(db, grant, access)
@@ -130,9 +128,7 @@ def file_in_sent(
 
 def _remove_from_drafts(db: Session, grant: Grant, row: Row[Any], imap: ImapSession) -> None:
     """A ``use_draft`` send went out: its copy in Drafts goes (the sync forgets its row)."""
-    drafts = db.execute(
-        select(Folder).where(Folder.grant_id == grant.id, Folder.role == "drafts").limit(1)
-    ).scalar_one_or_none()
+    drafts = folder_with_role(db, grant.id, DRAFTS_ROLE)
     if drafts is None:
         return
     imap.select(drafts.raw_name, readonly=False)

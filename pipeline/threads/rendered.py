@@ -28,7 +28,6 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by, distinct_on
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from pipeline.drafts.repository import DRAFTS_ROLE
 from pipeline.messages.filters import participant_key_sql
 from pipeline.messages.queries import (
     LISTED_ATTRIBUTES,
@@ -39,6 +38,7 @@ from pipeline.messages.queries import (
     message_object,
     unix_seconds,
 )
+from pipeline.messages.roles import DRAFTS_ROLE
 from pipeline.models import Folder, Message, Placement
 
 

@@ -101,10 +101,10 @@ from cpu import CpuMeter, cmdline_has, tree  # noqa: E402
 
 from pipeline.api.app import API_PG_OPTIONS  # noqa: E402
 from pipeline.db import migrate  # noqa: E402
-from pipeline.drafts.repository import DRAFTS_ROLE  # noqa: E402
 from pipeline.messages import queries as message_queries  # noqa: E402
 from pipeline.messages.filters import MessageFilter  # noqa: E402
 from pipeline.messages.queries import list_messages_query  # noqa: E402
+from pipeline.messages.roles import DRAFTS_ROLE  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
 from pipeline.search.tables import message_search  # noqa: E402
 from pipeline.threads.queries import (  # noqa: E402
