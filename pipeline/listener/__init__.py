@@ -15,6 +15,7 @@ the asyncio client :mod:`pipeline.imap.aio`),
 :mod:`~pipeline.listener.events` (coalesced enqueues), :mod:`~pipeline.listener.leases`
 (Redis leases and heartbeats), :mod:`~pipeline.listener.process` (the process),
 :mod:`~pipeline.listener.status` (connection states for operators),
+:mod:`~pipeline.listener.repository` (which folders of which valid grants to watch),
 :mod:`~pipeline.config.listener` (``IMAP_PIPELINE_LISTENER_*``).
 
 The listener uses the rate limits and the connection manager; neither imports the listener (the
