@@ -239,16 +239,15 @@ async def send_message(
 async def _wait(
     api: ApiState, grant: Grant, submitted: submit.Submitted, fields: str
 ) -> submit.Outcome:
-    """:func:`pipeline.outbound.submit.submit_and_wait`'s wait, without blocking the loop."""
-    polls = submit.Polls(api.settings.api.send_wait_s)
+    """:func:`pipeline.outbound.submit.submit_and_wait`'s wait (the same
+    :class:`~pipeline.outbound.submit.Wait`), without blocking the loop."""
+    wait = submit.Wait(submitted, api.settings.api.send_wait_s)
     while True:
-        outcome = await run_in_threadpool(submit.look, api.sessions, grant.id, submitted, fields)
-        if outcome is not None:
-            return outcome
-        pause = polls.next_pause()
-        if pause is None:
-            return submit.not_in_time(submitted)
-        await asyncio.sleep(pause)
+        looked = await run_in_threadpool(submit.look, api.sessions, grant.id, submitted, fields)
+        step = wait.after(looked)
+        if not isinstance(step, float):
+            return step
+        await asyncio.sleep(step)
 
 
 @router.get("/grants/{grant_id}/messages/schedules", summary="List scheduled messages")

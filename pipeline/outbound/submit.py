@@ -3,8 +3,8 @@ answer kept for its idempotency key.
 
 A composed send (:mod:`pipeline.outbound.compose`) is queued (:func:`submit`, through
 :func:`pipeline.outbound.sending.queue`); a worker sends it (:mod:`pipeline.outbound.deliver`).
-The caller then looks at the row (:func:`look`) at growing intervals (:class:`Polls`) until it
-is settled or the wait is over::
+The caller then looks at the row (:func:`look`) at growing intervals until it is settled or
+the wait is over (:class:`Wait`, the one policy of that wait)::
 
     submit ── the key names another request? ── yes ──> KeyReused
        │ no
@@ -23,7 +23,8 @@ it, never a second send (Nylas' ``Idempotency-Key`` semantics). An answer is
 ``{"status", "data"}`` or ``{"status", "error": {"type", "message"}}``.
 
 :func:`submit_and_wait` runs it all on the calling thread (the CLI, a task, sending a draft);
-the HTTP route runs the same steps without blocking its event loop. :func:`send_now` is
+the HTTP route runs the same steps and the same :class:`Wait` without blocking its event
+loop. :func:`send_now` is
 :func:`submit_and_wait` for a caller that wants the sent message or an error.
 
 Errors (:class:`~pipeline.errors.RequestError`): :class:`KeyReused`, :class:`SendRefused`.
@@ -32,6 +33,7 @@ Errors (:class:`~pipeline.errors.RequestError`): :class:`KeyReused`, :class:`Sen
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -101,17 +103,35 @@ class Submitted:
     new: bool
 
 
-class Polls:
-    """The pauses of a wait: short at first, then longer, until ``wait_s`` has passed."""
+class Wait:
+    """The immediate send's wait, written once for every caller: after each :func:`look`,
+    :meth:`after` says what comes next: the outcome (the row settled, or the wait is over:
+    :func:`not_in_time`), or how many seconds to pause before looking again, short at first
+    (:data:`WAIT_POLL_FIRST_S`), then doubling up to :data:`WAIT_POLL_MAX_S`.
 
-    def __init__(self, wait_s: float) -> None:
-        self.deadline = time.monotonic() + wait_s
+    The caller looks and pauses its own way: :func:`submit_and_wait` on its thread, the HTTP
+    route (:mod:`pipeline.api.send`) without blocking its event loop::
+
+        wait = Wait(submitted, wait_s)
+        while isinstance(step := wait.after(look(...)), float):
+            pause for ``step`` seconds
+        return step
+    """
+
+    def __init__(
+        self, submitted: Submitted, wait_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._submitted, self._clock = submitted, clock
+        self._deadline = clock() + wait_s
         self._pause = WAIT_POLL_FIRST_S
 
-    def next_pause(self) -> float | None:
-        """How long to pause before the next look (None: the wait is over)."""
-        if time.monotonic() >= self.deadline:
-            return None
+    def after(self, looked: Outcome | None) -> Outcome | float:
+        """What follows a look that came to ``looked`` (None: the row is not settled yet): an
+        outcome to answer with, or the pause (seconds) before the next look."""
+        if looked is not None:
+            return looked
+        if self._clock() >= self._deadline:
+            return not_in_time(self._submitted)
         pause = self._pause
         self._pause = min(pause * 2, WAIT_POLL_MAX_S)
         return pause
@@ -244,13 +264,10 @@ def submit_and_wait(
     at_once = scheduled(submitted)
     if at_once is not None:
         return at_once
-    polls = Polls(wait_s)
-    while (outcome := look(sender.sessions, grant.id, submitted, fields)) is None:
-        pause = polls.next_pause()
-        if pause is None:
-            return not_in_time(submitted)
-        time.sleep(pause)
-    return outcome
+    wait = Wait(submitted, wait_s)
+    while isinstance(step := wait.after(look(sender.sessions, grant.id, submitted, fields)), float):
+        time.sleep(step)
+    return step
 
 
 def send_now(
