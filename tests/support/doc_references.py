@@ -49,6 +49,10 @@ CLASS_ATTRIBUTE = re.compile(NOT_AFTER + r"([A-Z]\w*(?:\.[A-Za-z_]\w*)+)(?![\w/-
 ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc|obj|const):`~?([\w.]+)`")
 # A path inside a package (`folders/state.py`, `tasks/`), as prose near its package writes it.
 RELATIVE_PATH = re.compile(NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*(?:\w+\.py)?)(?![\w.-])")
+# A module written from inside a package, and an attribute of it (`messages/views.page_view`).
+MODULE_ATTRIBUTE = re.compile(
+    NOT_AFTER + r"([a-z_]\w*/(?:\w+/)*\w+)\.([A-Za-z_][\w.]*\w)(?![\w/-])"
+)
 # "migration 0321", "migrations `0901`-`0902`": a revision file's number.
 MIGRATION = re.compile(r"\b[Mm]igrations?\s+`?(\d{4})`?(?:\s*[-\u2013]\s*`?(\d{4})`?)?")
 VARIABLE = re.compile(r"IMAP_PIPELINE_[A-Z0-9_]*")
@@ -240,9 +244,14 @@ def code_tree() -> tuple[frozenset[str], frozenset[str]]:
 
 def relative_path_resolves(path: str) -> bool:
     """Some file or folder of the code ends with ``path`` (``folders/state.py`` is
-    ``pipeline/folders/state.py``)."""
+    ``pipeline/folders/state.py``); ``path.py:name`` is an attribute of that module."""
     paths, _ = code_tree()
-    return any(p.endswith("/" + path.rstrip("/")) for p in paths)
+    path, _, attribute = path.partition(":")
+    found = [p for p in paths if p.endswith("/" + path.rstrip("/"))]
+    if not attribute:
+        return bool(found)
+    modules = [".".join(Path(p).with_suffix("").parts) for p in found]
+    return any(dotted_resolves(f"{module}.{attribute}") for module in modules)
 
 
 # --- the references ---------------------------------------------------------------------------
@@ -265,6 +274,12 @@ def relative_path_references(prose: Prose) -> Iterator[tuple[str, str]]:
         if first in PATH_ROOTS or first not in folders or path == first + "/":
             continue
         yield prose.at(match.start()), path
+    for match in MODULE_ATTRIBUTE.finditer(prose.text):
+        module, attribute = match.groups()
+        first = module.split("/", 1)[0]
+        if first in PATH_ROOTS or first not in folders or attribute in FILE_SUFFIXES:
+            continue
+        yield prose.at(match.start()), f"{module}.py:{attribute}"
 
 
 def dotted_references(prose: Prose) -> Iterator[tuple[str, str]]:

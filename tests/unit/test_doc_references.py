@@ -271,6 +271,11 @@ def test_the_extraction_finds_what_it_should_and_nothing_else() -> None:
         ("README.md:2", "workers/tasks/sync.py", "::folder_sync"),
     ]
     assert list(relative_path_references(prose)) == [("README.md:1", "outbound/deliver.py")]
+    attributes = Prose(README, 1, "`messages/views.stored_message_views`, `folders/views.gone`")
+    assert [relative_path_resolves(path) for _, path in relative_path_references(attributes)] == [
+        True,
+        False,
+    ]
     assert [m.groups() for m in MIGRATION.finditer("migrations `0901`-`0902`, migration 0321")] == [
         ("0901", "0902"),
         ("0321", None),
