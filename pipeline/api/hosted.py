@@ -22,13 +22,13 @@ over its parameters (so a POST cannot swap the redirect URI; the form's state is
 checked, and its sign-in run, by :mod:`pipeline.applications.hosted`: this module is the page
 and the HTTP answers); codes are random, stored only as
 SHA-256 hashes, single-use and valid for ``CODE_TTL_S`` (:mod:`pipeline.applications.codes`;
-the redirect URIs and codes are stored by :mod:`pipeline.applications.repository`). The page is
-the only HTML this API serves: the browser needs it.
+the redirect URIs and codes are stored by :mod:`pipeline.applications.repository`; the code
+exchange's decisions are :mod:`pipeline.applications.token`'s, its OAuth answers this
+module's). The page is the only HTML this API serves: the browser needs it.
 """
 
 from __future__ import annotations
 
-import hmac
 import html
 import logging
 from typing import Annotated, Any
@@ -47,11 +47,11 @@ from pipeline.api.errors import (
     request_id_of,
 )
 from pipeline.api.gate import client_of
-from pipeline.applications import clients, codes, hosted
+from pipeline.applications import clients, hosted
+from pipeline.applications import token as token_exchange
 from pipeline.applications.hosted import Flow
 from pipeline.applications.repository import ApplicationRepository
 from pipeline.errors import ConfigurationError, GrantConflict, ImapAuthError, ImapError
-from pipeline.grants.repository import GrantRepository
 from pipeline.limits import RateLimited
 from pipeline.presets import PRESETS, detect
 
@@ -112,9 +112,7 @@ def _uri_view(row: dict[str, Any]) -> dict[str, Any]:
 @router.post("/applications/redirect-uris", summary="Register a redirect URI")
 def add_redirect_uri(request: Request, db: Db, body: RedirectUriRequest) -> dict[str, Any]:
     """Allow hosted auth to send users back to ``url``."""
-    row = ApplicationRepository(db).add_redirect_uri(
-        clients.checked_redirect_uri(body.url), body.platform
-    )
+    row = clients.register_redirect_uri(db, body.url, body.platform)
     db.commit()
     return ok(request, _uri_view(row))
 
@@ -382,29 +380,19 @@ async def token(request: Request, db: Db, api: State) -> Response:
     presented = body.client_secret or (header[7:] if header.lower().startswith("bearer ") else "")
     if not presented or not api.keys.accepts(presented):
         return _oauth_error(request, 401, "invalid_client", "client_secret must be an API key.")
-    if not hmac.compare_digest(body.client_id.encode(), api.settings.api.client_id.encode()):
-        return _oauth_error(
-            request, 401, "invalid_client", "Unknown client_id: GET /v3/applications shows it."
-        )
-    if body.grant_type != "authorization_code":
-        return _oauth_error(
-            request, 400, "unsupported_grant_type", "Only authorization_code is supported."
-        )
     try:
-        grant_id = codes.redeem(
+        grant = token_exchange.exchange(
             db,
-            body.code,
+            api.settings.api.client_id,
             client_id=body.client_id,
+            grant_type=body.grant_type,
+            code=body.code,
             redirect_uri=body.redirect_uri,
             verifier=body.code_verifier,
         )
-    except codes.CodeRefused as exc:
-        db.rollback()
-        return _oauth_error(request, 400, "invalid_grant", str(exc))
-    db.commit()
-    grant = GrantRepository(db).get(grant_id)
-    if grant is None:
-        return _oauth_error(request, 400, "invalid_grant", "The grant of this code was deleted.")
+    except token_exchange.TokenRefused as exc:
+        status = 401 if exc.error == "invalid_client" else 400  # RFC 6749 section 5.2
+        return _oauth_error(request, status, exc.error, str(exc))
     return JSONResponse(
         {
             "request_id": request_id_of(request),

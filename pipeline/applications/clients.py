@@ -8,6 +8,7 @@ absolute http(s) URL without a fragment, https unless it points at this machine.
 from __future__ import annotations
 
 import hmac
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
@@ -32,6 +33,16 @@ def checked_redirect_uri(url: str) -> str:
     if parts.scheme == "http" and not local:
         raise InvalidRequest("A redirect URI must use https (http only for localhost).")
     return url
+
+
+def register_redirect_uri(db: Session, url: str, platform: str) -> dict[str, Any]:
+    """Register ``url`` (checked by :func:`checked_redirect_uri`) for hosted sign-ins to send
+    users back to; returns the stored row. The caller commits.
+
+    Raises:
+        InvalidRequest: ``url`` cannot be a redirect URI.
+    """
+    return ApplicationRepository(db).add_redirect_uri(checked_redirect_uri(url), platform)
 
 
 def check_client(db: Session, application_id: str, client_id: str, redirect_uri: str) -> None:
