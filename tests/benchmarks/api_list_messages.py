@@ -149,6 +149,51 @@ CPU a request about the same (4.4-14.0 -> 5.0-14.5 ms); 4 clients requests/s mes
 latency, and one event loop doing every page's Python and every socket wait halved the
 throughput with 4 clients. (Its replay recorded nothing: :func:`record_sql` listens to the
 sessions' engine, which such pages no longer use.)
+
+Then (2026-12-07, 16:49-17:00 UTC): the lists answered by plain Starlette routes matched before
+FastAPI's (``pipeline.api.lean``: the same key check and endpoint, without FastAPI's route
+machinery and dependency solving), their page statement run on the psycopg cursor
+(``pipeline.driver_sql``: SQLAlchemy's SQL and parameters, without its execution context and
+result rows), the grant id tested by one regular expression and the page token written by
+orjson. In-process (the app through ASGI without HTTP, process CPU a request, the least of 25
+batches of 20, three alternating runs, load average 3.3-4.3): messages 1.05-1.33 -> 0.65-0.85
+ms, in=INBOX 1.11-1.39 -> 0.68-0.74, unread 1.08-1.11 -> 0.67-0.72. Over HTTP, the old code and
+the new back to back on the same data (``PYTHONPATH=<checkout> .venv/bin/python
+<checkout>/tests/benchmarks/api_list_messages.py --database h_list12_bench --keep --requests 100
+--clients 4``, each checkout a ``git archive`` of its commit; two runs of the old, three of the
+new, load average 2.5-6.4 at their starts), ratios API over Postgres::
+
+                              cpu       p99       req/s     | 4 clients: p99, req/s
+    messages             old  1.5-1.6x  2.1-2.4x  1.9-2.3x  | 1.5-1.8x  1.3x
+                         new  1.3-1.4x  1.6-5.4x  1.6-2.0x  | 1.9-2.0x  1.3-1.5x
+    messages page_token  old  1.6x      1.7-2.9x  1.9-2.0x  | 2.1-2.9x  1.7x
+                         new  1.3-1.5x  1.1-1.8x  1.3-1.6x  | 2.2-2.7x  1.4-1.8x
+    in=INBOX             old  1.4-1.5x  1.1-1.5x  1.6-2.0x  | 1.7-2.7x  1.4-1.8x
+                         new  1.2-1.3x  0.7-2.2x  1.1-1.5x  | 1.3-1.9x  1.3-1.7x
+    unread=true          old  1.3-1.6x  1.5-2.6x  1.3-1.5x  | 1.5-3.4x  1.6-1.8x
+                         new  1.1-1.5x  0.9-1.7x  1.1-1.5x  | 0.9-1.8x  1.0-1.8x
+    from=<frequent>      old  1.6-1.7x  1.2-1.5x  1.4-1.7x  | 1.5-1.7x  1.6x
+                         new  1.4-1.8x  1.1-1.2x  1.3-1.8x  | 1.4-3.1x  1.5-2.4x
+    any_email=<rare>     old  1.3-1.4x  1.2-2.6x  1.3-2.1x  | 1.1-1.4x  1.2-1.5x
+                         new  1.0-1.5x  0.9-1.8x  0.8-1.8x  | 0.9-1.5x  1.2-1.5x
+    threads              old  1.2-1.5x  1.0-1.8x  1.0-1.7x  | 1.3-1.8x  1.0-1.5x
+                         new  1.2-1.3x  1.4-2.1x  1.2-1.8x  | 0.9-1.5x  1.2-1.3x
+    threads page_token   old  1.2-1.3x  1.0-2.5x  1.2-1.7x  | 1.2-1.7x  1.0-1.6x
+                         new  1.2-1.3x  1.1-1.8x  1.3-2.2x  | 1.1-1.9x  1.2-1.3x
+
+(The address filters and the threads gain only the lean route: their statements are built per
+request, and the threads' have their own module.) The CPU ratio of the message pages fell by
+0.1-0.3 (the API's cpu column counts its Postgres backends, most of it); the latency
+ratios moved within their run-to-run swing, which on this machine is wider than the change: one
+slow request of 100 sets a p99 (messages, one client: 1.6x to 5.4x across three runs of the same
+code), and with 4 clients the one API process shares two cores with the 4 clients, the backends
+and other sessions' work. Not met in every run: p99 with one client (single outliers), and with
+4 clients ``messages page_token`` (2.2-2.7x in all three runs of the new code, 2.1-2.9x before).
+Tried and left out: a 1 ms GIL switch interval (``sys.setswitchinterval``, two runs: no better
+at p99 with 4 clients). What the API process still spends (py-spy, GIL held): writing the 170 kB
+answer to the socket (about a seventh), uvicorn's parsing and its event loop, the threadpool hop
+(anyio's: 50 us a hop against 35 for ``loop.run_in_executor``, measured alone), SQLAlchemy's
+connection checkout and return.
 """
 
 from __future__ import annotations
