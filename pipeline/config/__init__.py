@@ -13,6 +13,7 @@ with its part of the variable names::
     Settings.beat            IMAP_PIPELINE_<FIELD>            pipeline.config.beat (job intervals)
     Settings.imap            IMAP_PIPELINE_IMAP_<FIELD>       pipeline.config.imap (session bounds)
     Settings.listener        IMAP_PIPELINE_LISTENER_<FIELD>   pipeline.config.listener
+    Settings.outbound        IMAP_PIPELINE_OUTBOUND_<FIELD>   pipeline.config.outbound (3 aliases)
     Settings.sync            IMAP_PIPELINE_SYNC_<FIELD>       pipeline.config.sync (and 4 aliases)
     Settings.webhooks        IMAP_PIPELINE_WEBHOOK_<FIELD>    pipeline.config.webhooks
 
@@ -38,6 +39,7 @@ from pipeline.config.api import ApiSettings
 from pipeline.config.beat import BeatSettings
 from pipeline.config.imap import ImapSettings
 from pipeline.config.listener import ListenerSettings
+from pipeline.config.outbound import OutboundSettings
 from pipeline.config.sync import SyncSettings
 from pipeline.config.webhooks import WebhookSettings
 from pipeline.errors import ConfigurationError
@@ -48,6 +50,7 @@ __all__ = [
     "BeatSettings",
     "ImapSettings",
     "ListenerSettings",
+    "OutboundSettings",
     "Settings",
     "SyncSettings",
     "WebhookSettings",
@@ -113,12 +116,13 @@ class Settings(BaseSettings):
     )
 
     # --- sections (each reads its own variables; see the module docstring) ----------------
-    # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _IMAP, ...) is not parsed as JSON;
-    # load() passes every section in, which wins over it.
+    # NoDecode: a stray IMAP_PIPELINE_LISTENER (or _BEAT, _IMAP, _OUTBOUND, ...) is not parsed
+    # as JSON; load() passes every section in, which wins over it.
     api: Annotated[ApiSettings, NoDecode] = Field(default_factory=ApiSettings)
     beat: Annotated[BeatSettings, NoDecode] = Field(default_factory=BeatSettings)
     imap: Annotated[ImapSettings, NoDecode] = Field(default_factory=ImapSettings)
     listener: Annotated[ListenerSettings, NoDecode] = Field(default_factory=ListenerSettings)
+    outbound: Annotated[OutboundSettings, NoDecode] = Field(default_factory=OutboundSettings)
     sync: Annotated[SyncSettings, NoDecode] = Field(default_factory=SyncSettings)
     webhooks: Annotated[WebhookSettings, NoDecode] = Field(default_factory=WebhookSettings)
 
@@ -145,28 +149,6 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Address of the metrics port (the image: 0.0.0.0)."
     )
 
-    # --- sending (the workers' SMTP connections and outbox) --------------------------------
-    smtp_connections_per_account: int = Field(
-        default=2,
-        ge=1,
-        le=20,
-        description="SMTP connections the workers hold at once to one account (each sends "
-        "many messages after one login).",
-    )
-    smtp_idle_close_s: float = Field(
-        default=2.0,
-        ge=0,
-        le=300,
-        description="A worker keeps an account's SMTP connection this long after its last "
-        "message for the next one, then QUITs.",
-    )
-    outbox_lease_s: float = Field(
-        default=30.0,
-        ge=5,
-        le=600,
-        description="A drain renews its claim on an account's sends this often x 3; a worker "
-        "that died lets go of them after this long.",
-    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field(
         default="text",
@@ -247,6 +229,7 @@ _SECTIONS: dict[str, type[BaseSettings]] = {
     "beat": BeatSettings,
     "imap": ImapSettings,
     "listener": ListenerSettings,
+    "outbound": OutboundSettings,
     "sync": SyncSettings,
     "webhooks": WebhookSettings,
 }

@@ -1,13 +1,14 @@
 """Sending what the outbox holds: one drain per account connection, many messages per login.
 
 A drain (run by the Celery task ``pipeline.outbox.deliver(grant_id)``) takes one of the
-account's :data:`~pipeline.config.Settings.smtp_connections_per_account` slots in Redis (none
-free: another drain is at work and takes the new rows too), then claims due rows one at a time
-(:mod:`pipeline.outbound.outbox`), sends each over one SMTP connection (one login for the whole
-burst, taken from the account's login budget), files the copy in Sent and records the outcome.
-With nothing left it keeps the connection :data:`~pipeline.config.Settings.smtp_idle_close_s`
-for late arrivals, QUITs, lets go of its slot and looks once more (a row committed while it
-was letting go is not stranded). A drain works at most ``budget_s``, then says there is more.
+account's ``smtp_connections_per_account`` slots in Redis (the settings are
+``Settings.outbound``'s; none free: another drain is at work and takes the new rows too), then
+claims due rows one at a time (:mod:`pipeline.outbound.outbox`), sends each over one SMTP
+connection (one login for the whole burst, taken from the account's login budget), files the
+copy in Sent and records the outcome. With nothing left it keeps the connection
+``smtp_idle_close_s`` for late arrivals, QUITs, lets go of its slot and looks once more (a row
+committed while it was letting go is not stranded). A drain works at most ``budget_s``, then
+says there is more.
 
 A heartbeat thread renews the slot and the leases of the rows the drain holds every
 ``outbox_lease_s / 3``; a killed worker's slot and rows are free after ``outbox_lease_s``.
@@ -138,10 +139,12 @@ def drain(
     at once: the slots bound the connections, ``SKIP LOCKED`` claims keep rows apart."""
     result = DrainResult()
     holder = f"{uuid.uuid4().hex[:16]}"
-    lease_s = settings.outbox_lease_s
+    lease_s = settings.outbound.outbox_lease_s
     deadline = time.monotonic() + budget_s
     while True:
-        key = _take_slot(client, grant_id, settings.smtp_connections_per_account, holder, lease_s)
+        key = _take_slot(
+            client, grant_id, settings.outbound.smtp_connections_per_account, holder, lease_s
+        )
         if key is None:
             result.busy = True
             return result
@@ -193,10 +196,12 @@ def _drain_with_slot(
                     return
                 idle_since = time.monotonic()
             with sessions() as db:
-                rows = OutboxRepository(db).claim(grant_id, holder, settings.outbox_lease_s, 1)
+                rows = OutboxRepository(db).claim(
+                    grant_id, holder, settings.outbound.outbox_lease_s, 1
+                )
                 db.commit()
             if not rows:
-                if time.monotonic() - idle_since >= settings.smtp_idle_close_s:
+                if time.monotonic() - idle_since >= settings.outbound.smtp_idle_close_s:
                     return
                 time.sleep(IDLE_POLL_S)
                 continue
@@ -237,7 +242,7 @@ def _connect(
         conn = _open(settings, grant, access, deadline)
     except SendError as exc:
         with sessions() as db:
-            rows = OutboxRepository(db).claim(grant.id, holder, settings.outbox_lease_s, 1)
+            rows = OutboxRepository(db).claim(grant.id, holder, settings.outbound.outbox_lease_s, 1)
             db.commit()
         for row in rows:
             _fail(sessions, row, exc, access)
@@ -265,7 +270,7 @@ def _send_row(
             bytes(row.raw),
             row.mail_from,
             list(row.recipients),
-            partial(_start_sending, sessions, row.id, holder, settings.outbox_lease_s),
+            partial(_start_sending, sessions, row.id, holder, settings.outbound.outbox_lease_s),
         )
     except Aborted:
         return False, True
@@ -275,7 +280,7 @@ def _send_row(
         return False, exc.certain and exc.status < 500
     with sessions() as db:
         OutboxRepository(db).close(
-            row.id, "sent", from_states=("sending",), hold_s=settings.outbox_lease_s
+            row.id, "sent", from_states=("sending",), hold_s=settings.outbound.outbox_lease_s
         )
         db.commit()
     result.sent += 1

@@ -67,7 +67,9 @@ def file_waiting(
     imap: ImapSession | None = None
     for _ in range(MAX_FILINGS_PER_DRAIN):
         with sessions() as db:
-            row = OutboxRepository(db).claim_unfiled(grant.id, holder, settings.outbox_lease_s)
+            row = OutboxRepository(db).claim_unfiled(
+                grant.id, holder, settings.outbound.outbox_lease_s
+            )
             db.commit()
         if row is None:
             break

@@ -34,6 +34,7 @@ from pipeline.sync.run import sync_folder
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, make_message
 from tests.support.services import MailUser
+from tests.support.settings import section_changed
 from tests.support.waiting import wait_for
 from tests.support.worker_resources import worker_resources as pointed_at
 
@@ -273,9 +274,7 @@ def test_a_sync_asked_to_give_way_stops_after_its_committed_batch_and_resumes_la
         append(mail_user.server, mail_user.name, mail_user.password, make_message(f"m{i}"))
     grant_id = connect(settings, mail_user)
     imap, inbox = open_with_folders(settings, grant_id)
-    small = settings.model_copy(
-        update={"sync": settings.sync.model_copy(update={"batch_size": 10})}
-    )
+    small = section_changed(settings, "sync", batch_size=10)
     sessions = sessions_for(settings)
     holder = new_holder(BULK)
     assert slots.acquire(grant_id, holder, 3, 60)

@@ -23,6 +23,7 @@ from pipeline.netguard import AddressPolicy
 from tests.support.courier import LocalCourier
 from tests.support.grants import connect
 from tests.support.services import MailUser
+from tests.support.settings import section_changed
 
 pytestmark = pytest.mark.services
 
@@ -118,9 +119,7 @@ def test_implicit_tls_against_a_plain_port_is_a_tls_error(
 def test_untrusted_certificate_is_refused_unless_the_grant_allows_it(
     settings: Settings, mail_user: MailUser
 ) -> None:
-    untrusting = settings.model_copy(
-        update={"imap": settings.imap.model_copy(update={"ca_file": None})}
-    )
+    untrusting = section_changed(settings, "imap", ca_file=None)
     port = mail_user.server.imaps_port
     assert port is not None
     with (
@@ -187,9 +186,7 @@ def test_allowed_networks_get_one_answer_for_whatever_is_not_an_imap_server(
     """Loopback allowed by the operator: a closed port, Postgres, Redis and an IMAP server spoken
     to in the wrong TLS mode look alike; the real server still logs in."""
     allowed = AddressPolicy.of(["127.0.0.0/8"])
-    settings = settings.model_copy(
-        update={"imap": settings.imap.model_copy(update={"timeout_s": 2.0})}
-    )  # Postgres never greets
+    settings = section_changed(settings, "imap", timeout_s=2.0)  # Postgres never greets
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     targets = [
         (free_port(), "starttls"),

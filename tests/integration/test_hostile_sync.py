@@ -25,6 +25,7 @@ from tests.support.fake_imap import (
 from tests.support.grants import connect, sessions_for
 from tests.support.mail import append, create_folder
 from tests.support.services import MailUser
+from tests.support.settings import section_changed
 
 pytestmark = pytest.mark.services
 
@@ -115,9 +116,7 @@ def test_a_message_above_the_literal_bound_is_recorded_not_fetched(settings: Set
     config = FakeImapConfig(
         folders=[FakeFolder(b"INBOX", [sample_message(1), big, sample_message(3)])]
     )
-    bounded = settings.model_copy(
-        update={"imap": settings.imap.model_copy(update={"max_literal_bytes": 1024 * 1024})}
-    )
+    bounded = section_changed(settings, "imap", max_literal_bytes=1024 * 1024)
     with FakeImapServer(config) as server:
         grant_id = fake_grant(bounded, server.port)
         sync_grant_inline(sessions_for(bounded), bounded, grant_id)

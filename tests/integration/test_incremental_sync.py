@@ -20,6 +20,7 @@ from pipeline.webhooks.models import OutboxEvent
 from tests.support.grants import connect, open_with_folders, sessions_for
 from tests.support.mail import append, create_folder, imap_login, make_message, move
 from tests.support.services import MailUser
+from tests.support.settings import section_changed
 
 pytestmark = pytest.mark.services
 
@@ -98,9 +99,7 @@ def test_expunge_is_message_deleted_after_the_grace_period(
     assert "message.deleted" not in types(settings)
     sync_grant_inline(
         sessions,
-        settings.model_copy(
-            update={"sync": settings.sync.model_copy(update={"orphan_grace_s": 0})}
-        ),
+        section_changed(settings, "sync", orphan_grace_s=0),
         grant_id,
     )
     deleted = [o for t, o in events(settings) if t == "message.deleted"]
@@ -121,9 +120,7 @@ def test_a_move_keeps_the_id_and_is_message_updated(
     move(server_user.server, server_user.name, server_user.password, 1, projects)
     sync_grant_inline(
         sessions_for(settings),
-        settings.model_copy(
-            update={"sync": settings.sync.model_copy(update={"orphan_grace_s": 0})}
-        ),
+        section_changed(settings, "sync", orphan_grace_s=0),
         grant_id,
     )
     assert "message.deleted" not in types(settings)
@@ -226,9 +223,7 @@ def test_changes_made_while_the_initial_sync_ran_reach_the_first_incremental_run
     imap, inbox = open_with_folders(settings, grant_id)
     if not qresync:  # a server that does not offer it
         imap.capabilities = imap.capabilities - {"QRESYNC"}
-    small = settings.model_copy(
-        update={"sync": settings.sync.model_copy(update={"batch_size": 10})}
-    )
+    small = section_changed(settings, "sync", batch_size=10)
     try:
         first = sync_folder(sessions, small, imap, grant_id, inbox, budget_s=0)
         assert first.more and first.stored == 10  # m00..m09 stored, the rest not yet

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from pipeline.config import Settings, describe_settings_error, get_settings, reset_settings
+from tests.support.settings import section_changed
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -159,16 +160,18 @@ def test_nothing_else_reads_the_environment() -> None:
 
 @pytest.mark.usefixtures("clean_environment")
 def test_a_variable_named_like_a_section_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    sections = ("LISTENER", "WEBHOOKS", "BEAT", "IMAP", "SYNC", "API")
+    sections = ("LISTENER", "WEBHOOKS", "BEAT", "IMAP", "SYNC", "API", "OUTBOUND")
     for name in sections:
         monkeypatch.setenv("IMAP_PIPELINE_" + name, "not json")
     settings = Settings.load()
     assert settings.listener.debounce_s == 0.25
     assert settings.sync.batch_size == 100
+    assert settings.outbound.outbox_lease_s == 30.0
 
 
-# The defaults of the variables that were flat fields of Settings before the IMAP, API and sync
-# settings became sections (issue 14): moving a field must keep its variable and its default.
+# The defaults of the variables that were flat fields of Settings before the IMAP, API, sync and
+# outbound settings became sections (issue 14): moving a field must keep its variable and its
+# default.
 FORMER_FLAT_DEFAULTS: dict[str, object] = {
     "IMAP_PIPELINE_DATABASE_URL": None,
     "IMAP_PIPELINE_REDIS_URL": None,
@@ -216,6 +219,15 @@ FORMER_FLAT_DEFAULTS: dict[str, object] = {
 }
 
 
+# Where the outbound variables went (issue 14): the section its readers (the send drain and
+# the Sent copy) take, each field under the name it had on Settings.
+OUTBOUND_FIELDS = {
+    "IMAP_PIPELINE_SMTP_CONNECTIONS_PER_ACCOUNT": "outbound.smtp_connections_per_account",
+    "IMAP_PIPELINE_SMTP_IDLE_CLOSE_S": "outbound.smtp_idle_close_s",
+    "IMAP_PIPELINE_OUTBOX_LEASE_S": "outbound.outbox_lease_s",
+}
+
+
 def variable_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str]]:
     """(variable, field path) for every field of ``model`` and of its sections: a field reads
     the variable its alias names, else its section's prefix and its own name."""
@@ -247,6 +259,15 @@ def test_every_variable_maps_to_exactly_one_field() -> None:
     assert sorted(FORMER_FLAT_DEFAULTS.keys() - fields.keys()) == []
 
 
+def test_the_outbound_variables_are_the_outbound_section() -> None:
+    fields = dict(variable_fields(Settings))
+    assert {v: fields[v] for v in OUTBOUND_FIELDS} == OUTBOUND_FIELDS
+    assert OUTBOUND_FIELDS.keys() <= FORMER_FLAT_DEFAULTS.keys()
+    assert sorted(p for p in fields.values() if p.startswith("outbound.")) == sorted(
+        OUTBOUND_FIELDS.values()
+    )
+
+
 @pytest.mark.usefixtures("clean_environment")
 def test_moved_fields_keep_their_defaults() -> None:
     fields = dict(variable_fields(Settings))
@@ -275,3 +296,16 @@ def test_a_refused_pair_of_variables_is_named_once(monkeypatch: pytest.MonkeyPat
         Settings.load()
     message = describe_settings_error(refused.value) or ""
     assert message.startswith("invalid setting: Value error, IMAP_PIPELINE_IMAP_MAX_COMMAND_BYTES")
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_a_changed_section_field_is_changed_and_a_misspelt_one_refused() -> None:
+    settings = Settings()
+    changed = section_changed(settings, "outbound", smtp_idle_close_s=0.0)
+    assert changed.outbound.smtp_idle_close_s == 0.0
+    assert settings.outbound.smtp_idle_close_s == 2.0  # the original is not changed
+    assert changed.sync is settings.sync
+    with pytest.raises(TypeError, match="smtp_idle_close"):
+        section_changed(settings, "outbound", smtp_idle_close=0.0)
+    with pytest.raises(TypeError, match="no section"):
+        section_changed(settings, "smtp", idle_close_s=0.0)

@@ -24,6 +24,7 @@ from pipeline.config.webhooks import WebhookSettings
 from pipeline.db import session_scope
 from pipeline.dev.ports import free_port
 from pipeline.models import Grant
+from tests.support.settings import section_changed
 from tests.support.waiting import wait_for
 
 
@@ -31,14 +32,14 @@ from tests.support.waiting import wait_for
 def api_settings(settings: Settings) -> Settings:
     """The test settings with two API keys; IMAP/SMTP hosts on this machine are allowed (the
     test Dovecot and SMTP server listen on 127.0.0.1), as an operator would allow them."""
-    return settings.model_copy(
+    allowed = settings.model_copy(
         update={
             "api_keys": SecretStr(f"{API_KEY},{OTHER_KEY}"),
             "mail_allowed_networks": [ipaddress.ip_network("127.0.0.0/8")],
-            # a drain QUITs as soon as it is done: the test SMTP server stops with its test
-            "smtp_idle_close_s": 0.0,
         }
     )
+    # a drain QUITs as soon as it is done: the test SMTP server stops with its test
+    return section_changed(allowed, "outbound", smtp_idle_close_s=0.0)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from test_api_drafts import connect, server_drafts
 from pipeline.config import Settings
 from pipeline.db import session_scope
 from tests.support.services import MailUser, TlsFiles
+from tests.support.settings import section_changed
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
@@ -32,9 +33,7 @@ def settled(api: ApiServer) -> bool:
 
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
-    return api_settings.model_copy(
-        update={"api": api_settings.api.model_copy(update={"send_wait_s": WAIT_S})}
-    )
+    return section_changed(api_settings, "api", send_wait_s=WAIT_S)
 
 
 @pytest.fixture

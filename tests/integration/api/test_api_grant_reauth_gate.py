@@ -15,6 +15,7 @@ from api_support import ApiServer, connect_and_sync, snapshot
 from pipeline.config import Settings
 from tests.support.fake_imap import FakeImapConfig, FakeImapServer, Hostility
 from tests.support.services import MailUser, TlsFiles
+from tests.support.settings import section_changed
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.services
@@ -31,10 +32,7 @@ WAIT_S = 30.0  # longest wait for the first sign-in to reach the server
 @pytest.fixture
 def api_settings(api_settings: Settings) -> Settings:
     """A short sign-in deadline and one sign-in per client address."""
-    api = api_settings.api.model_copy(
-        update={"sign_in_deadline_s": DEADLINE_S, "sign_in_per_client": 1}
-    )
-    return api_settings.model_copy(update={"api": api})
+    return section_changed(api_settings, "api", sign_in_deadline_s=DEADLINE_S, sign_in_per_client=1)
 
 
 @pytest.fixture
