@@ -43,8 +43,9 @@ from __future__ import annotations
 import re
 
 import grimp
+from pydantic import BaseModel
 
-from pipeline.config import variable_names
+from pipeline.config import Settings, variable_names
 from tests.conftest import TEST_ONLY_VARIABLES
 from tests.support.doc_references import (
     ARCHITECTURE,
@@ -152,6 +153,18 @@ def test_every_setting_the_prose_names_is_read() -> None:
         if name not in known
     ]
     assert broken == [], "variables nothing reads:\n" + "\n".join(broken)
+
+
+def test_every_settings_section_has_its_readme_table() -> None:
+    """The README's configuration tables are grouped by section (`Settings.sync`: ...)."""
+    sections = [
+        name
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    ]
+    assert len(sections) >= 6
+    text = README.read_text()
+    assert [s for s in sections if f"`Settings.{s}`" not in text] == []
 
 
 def test_every_setting_the_loader_reads_has_a_readme_row() -> None:
