@@ -17,17 +17,19 @@ from sqlalchemy.orm import Session
 
 from pipeline.messages.repository import MessageRepository, text_key
 from pipeline.messages.roles import DRAFTS_ROLE as DRAFTS_ROLE  # named where drafts are
+from pipeline.messages.roles import ROLE_PREFERENCE
 from pipeline.models import Attachment, Folder, Message, Placement
 from pipeline.sync.store import ParsedItem, attachment_columns, message_columns
 
 
 def drafts_folders(session: Session, grant_id: str) -> list[Folder]:
-    """The grant's folders with the drafts role (the first by name first)."""
+    """The grant's folders with the drafts role, the role's folder
+    (:func:`~pipeline.messages.roles.folder_with_role`) first."""
     return list(
         session.scalars(
             select(Folder)
             .where(Folder.grant_id == grant_id, Folder.role == DRAFTS_ROLE)
-            .order_by(Folder.name, Folder.id)
+            .order_by(*ROLE_PREFERENCE)
         )
     )
 

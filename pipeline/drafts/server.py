@@ -37,6 +37,7 @@ from pipeline.imap import ImapSession
 from pipeline.messages import metadata
 from pipeline.messages.placements import Location, PlacementRepository
 from pipeline.messages.repository import MessageRepository
+from pipeline.messages.roles import folder_with_role
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.store import ParsedItem, parse_batch, write_batch
 
@@ -85,10 +86,11 @@ def _one(fetched: list[Any]) -> ParsedItem:
 
 
 def _drafts_folder(db: Session, grant: Grant) -> Folder:
-    folders = repository.drafts_folders(db, grant.id)
-    if not folders:
+    """The grant's Drafts folder, as every role lookup picks it (new drafts are appended to it)."""
+    drafts = folder_with_role(db, grant.id, repository.DRAFTS_ROLE)
+    if drafts is None:
         raise InvalidRequest(NO_DRAFTS_FOLDER)
-    return folders[0]
+    return drafts
 
 
 def append(

@@ -3,9 +3,9 @@
 Every role lookup asks :func:`pipeline.messages.roles.folder_with_role` (messages sit below
 folders, so the query lives there) or orders by its ``ROLE_PREFERENCE``:
 ``FolderRepository.by_role``, the Trash a deleted message moves to, the Sent folder a sent
-message's copy is filed in, the Drafts folder a ``use_draft`` send's copy leaves, and the Inbox
-and Sent the listener watches. When several folders claim the role, all of them choose the
-first by name, then by id.
+message's copy is filed in, the Drafts folder a ``use_draft`` send's copy leaves, the Drafts a
+new draft goes to, and the Inbox and Sent the listener watches. When several folders claim the
+role, all of them choose the first by name, then by id.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from pipeline.drafts import repository as drafts_repository
+from pipeline.drafts import server as drafts_server
 from pipeline.folders.repository import FolderRepository
 from pipeline.listener.repository import WatchRepository
 from pipeline.messages import service as message_service
@@ -124,6 +126,19 @@ def test_the_listener_watches_the_folder_repository_picks(
         watched = [w.folder_id for w in WatchRepository(db).watched() if w.grant_id == grant_id]
         chosen = FolderRepository(db).by_role(grant_id, role)
         assert chosen is not None and watched == [chosen.id]
+
+
+@pytest.mark.parametrize("names", NAMES)
+def test_a_new_draft_goes_to_the_drafts_folder_repository_picks(
+    pg_sessions: sessionmaker[Session], names: tuple[str, ...]
+) -> None:
+    grant_id, ids = _grant(pg_sessions, names)
+    with pg_sessions.begin() as db:
+        _claim(db, ids[1:], DRAFTS_ROLE)
+        grant = SimpleNamespace(id=grant_id)
+        chosen = FolderRepository(db).by_role(grant_id, DRAFTS_ROLE)
+        assert drafts_server._drafts_folder(db, grant) is chosen  # type: ignore[arg-type]
+        assert drafts_repository.drafts_folders(db, grant_id)[0] is chosen
 
 
 def _name_then_id(folder: Folder) -> tuple[str, str]:
