@@ -11,8 +11,8 @@ Task names (the schedule's contract):
 - ``pipeline.maintenance.check_uidvalidity(grant_id)``: STATUS the folders of one grant whose
   UIDVALIDITY no poll and no listener saw within the interval (and those with changes counted
   or a retry due) on a fresh session, none (no session) when there are none; enqueue a sync
-  (the runner reindexes) where UIDVALIDITY changed, and where a folder no listener watches (not
-  Inbox/Sent) changed since its last sync.
+  (the folder's run reindexes it, :mod:`pipeline.sync.run`) where UIDVALIDITY changed, and
+  where a folder no listener watches (not Inbox/Sent) changed since its last sync.
 - ``pipeline.maintenance.discover_folders()``: once per interval, give every valid grant a
   ``discover_grant`` at its fixed offset within the interval, but for the grants whose polls
   run their discovery (:mod:`pipeline.maintenance.discovery`).
