@@ -1,7 +1,12 @@
 """Submitting a send without HTTP (pipeline.outbound.submit), as the CLI or a task would: the
 same Idempotency-Key gives the same outbox row and never a second send, its first final answer
 is kept, another request with it is refused, and a send nobody drains is not waited on past
-``wait_s``. No worker runs here: the test settles the row as a worker would."""
+``wait_s``. No worker runs here: the test settles the row as a worker would.
+
+On the rolled-back store (:mod:`tests.support.rollback`): a wait's looks open sessions of their
+own, here savepoints in the test's one transaction, so they see the submit's commit and the
+test's settling as they would see another connection's. Sending through a worker
+and the HTTP route are tests/integration/api/test_api_send.py."""
 
 from __future__ import annotations
 
@@ -10,13 +15,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.config import Settings
 from pipeline.models import Grant
 from pipeline.outbound import submit
 from pipeline.outbound.compose import Outgoing, SendRequest, prepare
 from pipeline.outbound.outbox import send_outbox
+from tests.support.rollback import offline_settings
 from tests.support.sender import RecordingSender
 from tests.support.store import offline_grant
 
@@ -26,14 +31,14 @@ WAIT_S = 0.1  # nobody drains here: the wait only has to end
 
 
 @pytest.fixture
-def sender(settings: Settings) -> Iterator[RecordingSender]:
-    sender = RecordingSender.for_settings(settings)
+def sender(pg_sessions: sessionmaker[Session]) -> Iterator[RecordingSender]:
+    sender = RecordingSender(settings=offline_settings(), sessions=pg_sessions)
     yield sender
     sender.close()
 
 
 def _grant(sender: RecordingSender) -> Grant:
-    grant_id, _ = offline_grant(sender.settings.database_url, "sender")
+    grant_id, _ = offline_grant(sender.sessions, "sender")
     with sender.sessions() as db:
         grant = db.get(Grant, grant_id)
         assert grant is not None
