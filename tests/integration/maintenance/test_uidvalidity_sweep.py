@@ -1,6 +1,7 @@
 """The UIDVALIDITY sweep against a real Dovecot: changes found by STATUS are reindexed with
 message ids kept, and a server that changes UIDVALIDITY on every session is stopped. The stop
-rule's stop, back-off and resume on one folder is tests/unit/sync/test_sweep.py."""
+rule's stop, back-off and resume on one folder is tests/unit/sync/test_sweep.py; the plan's
+spread over the interval, tests/unit/maintenance/test_sweep_plan.py."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ from pipeline.maintenance.sweep import (
     UIDVALIDITY_STOP_AFTER,
     SweepReport,
     check_grant,
-    plan_sweep,
-    sweep_offset,
 )
 from pipeline.models import Folder, Grant, Message
 from pipeline.sync.run import sync_folder, sync_grant_inline
@@ -98,18 +97,6 @@ def seeded(settings: Settings, user: MailUser, n: int = 3) -> str:
     grant_id = connect(settings, user)
     sync_grant_inline(sessionmaker_for(settings.require_database_url()), settings, grant_id)
     return grant_id
-
-
-def test_the_plan_spreads_grants_over_the_interval(settings: Settings, mail_user: MailUser) -> None:
-    grant_id = connect(settings, mail_user)
-    with session_scope(settings.require_database_url()) as db:
-        jobs = plan_sweep(db, 300)
-    assert [(j.grant_id, j.provider) for j in jobs] == [(grant_id, "generic")]
-    assert jobs[0].countdown_s == sweep_offset(grant_id, 300)  # stable between sweeps
-    offsets = [sweep_offset(f"grant-{i}", 300) for i in range(1000)]
-    assert all(0 <= o < 300 for o in offsets)
-    per_minute = [sum(1 for o in offsets if m * 60 <= o < (m + 1) * 60) for m in range(5)]
-    assert min(per_minute) > 150  # about 200 each: no herd at :00
 
 
 def test_uidvalidity_update_keeps_message_ids(settings: Settings, mail_user: MailUser) -> None:
