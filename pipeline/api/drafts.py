@@ -155,6 +155,12 @@ def path_draft(db: Session, grant: Grant, draft_id: str) -> Message:
     return draft
 
 
+def _draft_view(db: Session, grant: Grant, draft_id: str) -> dict[str, Any]:
+    """The draft named in the path, read again, in its view (or a 404)."""
+    (view,) = draft_views(db, [path_draft(db, grant, draft_id)])
+    return view
+
+
 _BODY_DOC = {
     "requestBody": {
         "required": False,
@@ -216,7 +222,7 @@ async def create(request: Request, db: Db, api: State, grant: LiveGrant) -> dict
     req, files = await _parse(request)
     draft = await run_in_threadpool(drafts.create, db, api, grant, req, files)
     log.info("draft created", extra={"grant_id": grant.id, "request_id": request_id_of(request)})
-    (view,) = draft_views(db, [draft])
+    (view,) = await run_in_threadpool(draft_views, db, [draft])
     return ok(request, view)
 
 
@@ -227,10 +233,10 @@ async def update(
     request: Request, db: Db, api: State, grant: LiveGrant, draft_id: str
 ) -> dict[str, Any]:
     """Replace the draft on the server with the fields given applied; its id stays."""
-    draft = path_draft(db, grant, draft_id)
+    draft = await run_in_threadpool(path_draft, db, grant, draft_id)
     req, files = await _parse(request)
     await run_in_threadpool(drafts.update, db, api, grant, draft, req, files)
-    (view,) = draft_views(db, [path_draft(db, grant, draft_id)])
+    view = await run_in_threadpool(_draft_view, db, grant, draft_id)
     return ok(request, view)
 
 
@@ -245,7 +251,7 @@ async def send_it(
 ) -> dict[str, Any]:
     """Send the draft (SMTP, then the copy in Sent) and remove it from Drafts; answers with
     the sent message."""
-    draft = path_draft(db, grant, draft_id)
+    draft = await run_in_threadpool(path_draft, db, grant, draft_id)
     view = await run_in_threadpool(
         partial(drafts.send, fields=fields, wait_s=api.settings.api.send_wait_s),
         db,

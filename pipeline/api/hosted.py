@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import html
 import logging
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -381,14 +382,18 @@ async def token(request: Request, db: Db, api: State) -> Response:
     if not presented or not api.keys.accepts(presented):
         return _oauth_error(request, 401, "invalid_client", "client_secret must be an API key.")
     try:
-        grant = token_exchange.exchange(
+        # On a worker thread: a slow database must not stall every other request's loop.
+        grant = await run_in_threadpool(
+            partial(
+                token_exchange.exchange,
+                client_id=body.client_id,
+                grant_type=body.grant_type,
+                code=body.code,
+                redirect_uri=body.redirect_uri,
+                verifier=body.code_verifier,
+            ),
             db,
             api.settings.api.client_id,
-            client_id=body.client_id,
-            grant_type=body.grant_type,
-            code=body.code,
-            redirect_uri=body.redirect_uri,
-            verifier=body.code_verifier,
         )
     except token_exchange.TokenRefused as exc:
         status = 401 if exc.error == "invalid_client" else 400  # RFC 6749 section 5.2
