@@ -1,4 +1,6 @@
-"""The outbox: rows live and die with the writer's transaction; dispatch fans out in order."""
+"""The outbox's dispatch: events fan out to the destinations (verified through a receiver) that
+asked for them, in order. Writing events (they live and die with the writer's transaction) is
+tests/unit/webhooks/test_webhook_outbox_writes.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session
 from webhook_receiver import Receiver
 
 from pipeline.webhooks import outbox, repository
-from pipeline.webhooks.models import OutboxEvent, WebhookDelivery
+from pipeline.webhooks.models import WebhookDelivery
 from pipeline.webhooks.service import WebhookService
 
 pytestmark = pytest.mark.services
@@ -26,43 +28,6 @@ def _dest(
 ) -> str:
     with uow() as s:
         return service.create(s, {"webhook_url": receiver.url(path), "trigger_types": triggers}).id
-
-
-def test_emit_writes_in_the_callers_transaction_and_never_commits(uow: Uow) -> None:
-    grant = str(uuid.uuid4())
-    with pytest.raises(RuntimeError), uow() as s:
-        outbox.emit(s, grant_id=grant, type="message.created", obj={"id": "m"}, subject_id="m")
-        raise RuntimeError("the change failed")
-    with uow() as s:
-        assert s.scalars(select(OutboxEvent)).all() == []
-    with uow() as s:
-        outbox.emit(s, grant_id=grant, type="message.created", obj={"id": "m1"}, subject_id="m1")
-        outbox.emit(s, grant_id=grant, type="message.updated", obj={"id": "m1"}, subject_id="m1")
-        outbox.emit(s, grant_id=None, type="grant.deleted", obj={"id": grant}, subject_id=grant)
-        s.rollback()  # emit did not commit behind our back
-    with uow() as s:
-        assert s.scalars(select(OutboxEvent)).all() == []
-
-
-def test_rows_get_increasing_sequence_and_unique_ids(uow: Uow) -> None:
-    for i in range(3):
-        with uow() as s:
-            for j in range(3):
-                outbox.emit(s, grant_id=None, type="folder.updated", obj={"i": i, "j": j})
-    with uow() as s:
-        rows = s.scalars(select(OutboxEvent).order_by(OutboxEvent.seq)).all()
-        assert [(r.object["i"], r.object["j"]) for r in rows] == [
-            (i, j) for i in range(3) for j in range(3)
-        ]
-        assert len({r.id for r in rows}) == 9
-        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
-
-
-def test_nul_characters_are_stored_not_fatal(uow: Uow) -> None:
-    with uow() as s:
-        outbox.emit(s, grant_id=None, type="message.created", obj={"body": "a\x00b"})
-    with uow() as s:
-        assert s.scalars(select(OutboxEvent.object)).one() == {"body": "a\ufffdb"}
 
 
 def test_dispatch_fans_out_by_trigger_type(
