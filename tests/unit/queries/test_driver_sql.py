@@ -1,6 +1,10 @@
 """pipeline.driver_sql runs a statement on the psycopg cursor exactly as Connection.execute
 would: the same rows (names, values, types) for every shape of the message list page, the
-engine's cursor events, errors wrapped the same way, and SQLAlchemy itself where it must."""
+engine's cursor events, errors wrapped the same way, and SQLAlchemy itself where it must.
+
+On the session's one database (:mod:`tests.support.rollback`): each test loads its rows in a
+transaction rolled back at its end, on an engine of its own per type setup (the API's adapters
+are a connect listener, which the shared engine must not get)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, create_engine, event, literal, select
+from sqlalchemy import Connection, Engine, create_engine, event, literal, select
 from sqlalchemy.exc import DataError
 
 from pipeline import driver_sql
@@ -94,18 +98,27 @@ def _load(conn: Connection) -> None:
                 )
 
 
-@pytest.fixture(params=["api types", "default types"])
-def conn(database_url: str, request: pytest.FixtureRequest) -> Iterator[Connection]:
-    engine = create_engine(normalize_url(database_url))
+@pytest.fixture(scope="module", params=["api types", "default types"])
+def engine(pg_store_url: str, request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An engine on the session's database, with the API's type adapters or without them."""
+    engine = create_engine(normalize_url(pg_store_url))
     if request.param == "api types":  # UUIDs as text, JSON by orjson, as the API reads them
         event.listen(engine, "connect", _fast_types)
-    try:
-        with engine.begin() as setup:
-            _load(setup)
-        with engine.connect() as connection:
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def conn(engine: Engine) -> Iterator[Connection]:
+    """The six messages, loaded in a transaction rolled back when the test ends."""
+    with engine.connect() as connection:
+        outer = connection.begin()
+        try:
+            _load(connection)
             yield connection
-    finally:
-        engine.dispose()
+        finally:
+            if outer.is_active:  # a test that rolled back itself ended it (closing rolls back)
+                outer.rollback()
 
 
 SHAPES: list[tuple[MessageFilter, bool, bool]] = [
