@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased, defer
 
+from pipeline import driver_sql
 from pipeline.messages.filters import MessageFilter, folders_in_search, message_conditions
 from pipeline.messages.queries import folders_found_select, grant_status_select, keyset_position
 from pipeline.models import Message, Thread
@@ -284,8 +285,8 @@ def list_threads(
         values: dict[str, Any] = {"grant_id": grant_id, "limit": criteria.limit}
         if after is not None:
             values["after_at"], values["after_id"] = after.at, after.id
-        rows = conn.execute(_plain_thread_page(after is not None, grant_status), values).all()
-        return _rendered_threads(rows)
+        statement = _plain_thread_page(after is not None, grant_status)
+        return _rendered_threads(driver_sql.rows(conn, statement, values))
     matches = text_matches_estimate(conn, grant_id, flt)
     query = list_threads_page_query(
         criteria, thread_set=walks_with_set(flt, matches), as_json=as_json
@@ -301,7 +302,7 @@ def list_threads(
     return _threads_with_members(rows)
 
 
-def _rendered_threads(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
+def _rendered_threads(rows: Sequence[Any]) -> list[ThreadPage]:
     """The threads of a page rendered by Postgres (:func:`thread_json_select`)."""
     return [
         ThreadPage(
@@ -317,10 +318,10 @@ def _rendered_threads(rows: Sequence[Row[Any]]) -> list[ThreadPage]:
     ]
 
 
-def _page_checks(row: Row[Any]) -> tuple[str | None, int | None]:
-    """The ``grant_status`` and ``folders_found`` a page's row carries (None: not asked)."""
-    found = row._mapping
-    return found.get("grant_status"), found.get("folders_found")
+def _page_checks(row: Any) -> tuple[str | None, int | None]:
+    """The ``grant_status`` and ``folders_found`` a page's row carries (None: not asked); the
+    row is SQLAlchemy's or :func:`pipeline.driver_sql.rows`' named tuple."""
+    return getattr(row, "grant_status", None), getattr(row, "folders_found", None)
 
 
 def _threads_with_members(rows: Sequence[Row[Any]]) -> list[ThreadPage]:

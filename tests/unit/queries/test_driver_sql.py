@@ -24,6 +24,7 @@ from pipeline.db import normalize_url
 from pipeline.messages import queries
 from pipeline.messages.filters import MessageFilter
 from pipeline.pages import Cursor
+from pipeline.threads import queries as thread_queries
 
 GRANT = str(uuid.uuid4())
 FOLDERS = [str(uuid.uuid4()) for _ in range(3)]
@@ -162,6 +163,27 @@ def test_rows_are_sqlalchemys(
     assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
     assert driver_sql._plans[(id(statement), _counts(values))] is not None  # not SQLAlchemy's
     assert conn.in_transaction()  # as after Connection.execute
+
+
+@pytest.mark.parametrize("grant_status", [False, True])
+@pytest.mark.parametrize("cursor", [False, True])
+def test_thread_page_rows_are_sqlalchemys(
+    conn: Connection, cursor: bool, grant_status: bool
+) -> None:
+    statement = thread_queries._plain_thread_page(cursor, grant_status)
+    values: dict[str, Any] = {"grant_id": GRANT, "limit": 4}
+    if cursor:
+        values["after_at"], values["after_id"] = T0 - timedelta(hours=1), str(uuid.UUID(int=0))
+    expected = conn.execute(statement, values).all()
+    got = driver_sql.rows(conn, statement, values)
+    assert got, "an empty page proves nothing"
+    assert [r._fields for r in got] == [tuple(r._fields) for r in expected]
+    assert [tuple(r) for r in got] == [tuple(r) for r in expected]
+    assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
+    assert driver_sql._plans[(id(statement), ())] is not None  # not SQLAlchemy's
+    pages = thread_queries._rendered_threads(got)
+    assert pages == thread_queries._rendered_threads(expected)
+    assert {p.grant_status for p in pages} == ({"valid"} if grant_status else {None})
 
 
 def _counts(values: dict[str, Any]) -> tuple[int, ...]:
