@@ -194,6 +194,17 @@ at p99 with 4 clients). What the API process still spends (py-spy, GIL held): wr
 answer to the socket (about a seventh), uvicorn's parsing and its event loop, the threadpool hop
 (anyio's: 50 us a hop against 35 for ``loop.run_in_executor``, measured alone), SQLAlchemy's
 connection checkout and return.
+
+Then (2026-12-07, 17:08-17:12 UTC, load average 2.4-3.1): the threads' plain page (no filter,
+rendered by Postgres) run on the psycopg cursor too (``driver_sql.rows``). The statement alone
+on the API's engine, process CPU (the least of 15 batches of 20, six alternating runs):
+1.02-1.33 -> 0.78-1.05 ms; the app in-process (ASGI through the test client, least of 25
+batches of 20, three runs): threads 3.3-3.8 -> 3.0-3.8 ms, threads page_token 4.2-5.2 ->
+3.1-4.5. Measured and left: uvicorn's access log off above INFO (it formats the line's
+arguments on every response before the WARNING logger drops it): 0.66 us a request
+(timeit of the exact call), below what any figure here can show. The API's pool has no
+``pool_pre_ping`` (``ping_idle_connections`` pings only a connection idle over a second), so
+a busy list makes no ping round trip to save.
 """
 
 from __future__ import annotations
