@@ -1,6 +1,7 @@
 """pipeline.driver_sql runs a statement on the psycopg cursor exactly as Connection.execute
-would: the same rows (names, values, types) for every shape of the message list page, the
-engine's cursor events, errors wrapped the same way, and SQLAlchemy itself where it must.
+would: the same rows (names, values, types) for every shape of the message list page and
+the threads' plain page (read as list_threads reads them), the engine's cursor events,
+errors wrapped the same way, and SQLAlchemy itself where it must.
 
 On the session's one database (:mod:`tests.support.rollback`): each test loads its rows in a
 transaction rolled back at its end, on an engine of its own per type setup (the API's adapters
