@@ -204,7 +204,14 @@ batches of 20, three runs): threads 3.3-3.8 -> 3.0-3.8 ms, threads page_token 4.
 arguments on every response before the WARNING logger drops it): 0.66 us a request
 (timeit of the exact call), below what any figure here can show. The API's pool has no
 ``pool_pre_ping`` (``ping_idle_connections`` pings only a connection idle over a second), so
-a busy list makes no ping round trip to save.
+a busy list makes no ping round trip to save; a checkout and return (autocommit: no reset
+round trip) is 9 us of CPU. Over HTTP (17:14-17:16 UTC, load average 2.8-4.0, ``--database
+h_list12_bench --keep --requests 100 --clients 4 --only threads``, the commit before and after
+alternated, two runs each) the gain does not show: cpu 1.1-1.2x both, 1 client p99 0.9-1.3x
+before and 1.2-1.5x after, 4 clients p99 1.0-1.4x before and 1.2-2.2x after (one 2.2x, the
+replay's p99 at 31 ms against 42-72 in the other runs), req/s 1.1-1.3x before, 1.1-1.6x after.
+The API's cpu column counts its Postgres backend (about 9 of a page's 10 ms), so a quarter of
+a millisecond is inside its swing.
 """
 
 from __future__ import annotations
