@@ -163,7 +163,15 @@ def test_rows_are_sqlalchemys(
     assert [tuple(r) for r in got] == [tuple(r) for r in expected]
     assert [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in expected]
     assert driver_sql._plans[(id(statement), _counts(values))] is not None  # not SQLAlchemy's
-    assert conn.in_transaction()  # as after Connection.execute
+
+
+def test_a_page_begins_a_transaction_as_connection_execute_does(engine: Engine) -> None:
+    statement, values = _statement(SHAPES[0][0], False, True)
+    with engine.connect() as fresh:
+        assert not fresh.in_transaction()
+        driver_sql.rows(fresh, statement, values)
+        assert fresh.in_transaction()  # so the pool's reset and a later commit see it
+        fresh.rollback()
 
 
 @pytest.mark.parametrize("grant_status", [False, True])
