@@ -212,6 +212,18 @@ before and 1.2-1.5x after, 4 clients p99 1.0-1.4x before and 1.2-2.2x after (one
 replay's p99 at 31 ms against 42-72 in the other runs), req/s 1.1-1.3x before, 1.1-1.6x after.
 The API's cpu column counts its Postgres backend (about 9 of a page's 10 ms), so a quarter of
 a millisecond is inside its swing.
+
+Where it stands (2026-12-07, 17:30 UTC, a quiet machine: load average 0.0 at the start, nothing
+else running; ``--database h_list12_bench --keep --requests 200 --clients 4``, main at
+a555aba): one client, every call within 2x (p99 0.9-1.9x, req/s 0.9-1.6x, cpu 0.9-1.5x);
+four clients, p99 1.3-1.7x and req/s 1.0-1.8x but for ``messages page_token``'s p99, 2.3x
+(16.9 ms against 7.5), and ``from`` at 2.0x req/s. Six more runs of the four-client message
+calls (17:33-17:36, load 2-3) put each one's p99 ratio anywhere from 1.3x to 2.8x: the
+replay's own p99 moves from 6 to 12 ms between runs, so the same API is inside or outside 2x
+by the run. One Python process serving four clients is the limit (its cpu per request is
+1.2-1.5x Postgres', its requests/s 1.5-1.8x lower). Tried then and left out: a GIL switch
+interval of 0.5 ms (``sys.setswitchinterval``) in the API process, three alternated pairs:
+no steady difference.
 """
 
 from __future__ import annotations
