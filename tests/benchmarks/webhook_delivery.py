@@ -62,6 +62,7 @@ from pipeline.webhooks import outbox, payloads  # noqa: E402
 from pipeline.webhooks.service import WebhookService  # noqa: E402
 from pipeline.webhooks.signing import SIGNATURE_HEADER, sign  # noqa: E402
 from tests.benchmarks.cpu import CpuMeter, cmdline_has, tree  # noqa: E402
+from tests.support.webhook_worker import webhook_worker_command  # noqa: E402
 
 ADMIN_URL = os.environ.get("IMAP_PIPELINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 START_TIMEOUT_S = 60
@@ -80,27 +81,12 @@ def _admin(sql: str) -> None:
 
 def _start_worker(env: dict[str, str], log_file: Path, concurrency: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webhook_worker_app",
-            "worker",
-            "-Q",
-            "webhooks",
-            "-c",
-            str(concurrency),
-            "-P",
-            "prefork",
-            "-n",
-            f"bench-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "WARNING",
-            f"--logfile={log_file}",
-        ],
+        webhook_worker_command(
+            concurrency=concurrency,
+            name=f"bench-{uuid.uuid4().hex[:6]}@%h",
+            log_level="WARNING",
+            log_file=log_file,
+        ),
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pipeline.config import reset_settings
 from pipeline.crypto import generate_key
 from pipeline.db import get_engine
 from tests.support.waiting import wait_for
+from tests.support.webhook_worker import webhook_worker_command
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -84,27 +84,12 @@ class WorkerEnv:
         """Start the worker and wait until it consumes."""
         assert self._proc is None, "already running"
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webhook_worker_app",
-            "worker",
-            "-Q",
-            "webhooks",
-            "-c",
-            str(self.concurrency),
-            "-P",
-            "prefork",
-            "-n",
-            f"wh-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "DEBUG",
-            f"--logfile={self.log_file}",
-        ]
+        cmd = webhook_worker_command(
+            concurrency=self.concurrency,
+            name=f"wh-{uuid.uuid4().hex[:8]}@%h",
+            log_level="DEBUG",
+            log_file=self.log_file,
+        )
         self._proc = subprocess.Popen(
             cmd, env=self.env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
