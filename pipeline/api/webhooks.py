@@ -80,6 +80,9 @@ class MockPayloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trigger_type: str = Field(min_length=1, max_length=64)
+    # Nylas' API reference lists ``webhook_url`` as required here too (its SDKs send only
+    # ``trigger_type``): accepted, and unused, as nothing is sent
+    webhook_url: str | None = Field(default=None, max_length=2000)
 
 
 @router.post("/webhooks/mock-payload", summary="A sample notification of a trigger type")

@@ -32,9 +32,10 @@ TRIGGER_TYPES: frozenset[str] = frozenset(
 
 NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
     {
-        # Nylas' other documented types (the SDK's ``WebhookTriggers``): a destination may
-        # subscribe to them, as on Nylas, but nothing here produces them (no calendars,
-        # contacts, scheduler, tracking or deliverability reports over IMAP).
+        # Nylas' other documented types (the SDK's ``WebhookTriggers``, the ``trigger_types``
+        # of its API reference, its notification reference): a destination may subscribe to
+        # them, as on Nylas, but nothing here produces them (no calendars, contacts,
+        # scheduler, notetaker, tracking or deliverability reports over IMAP).
         "booking.created",
         "booking.pending",
         "booking.rescheduled",
@@ -57,8 +58,24 @@ NEVER_EMITTED_TRIGGER_TYPES: frozenset[str] = frozenset(
         "message.intelligence.tracking",
         "message.intelligence.return",
         "message.created.cleaned",
+        "message.created.metadata",  # Google's gmail.metadata scope only
+        "message.updated.metadata",
         "thread.replied",
         "thread.replied.legacy",
+        # delivery reports of Nylas' transactional sending and Agent Accounts
+        "message.transactional.bounced",
+        "message.transactional.complaint",
+        "message.transactional.delivered",
+        "message.transactional.rejected",
+        "message.bounced",
+        "message.complaint",
+        "message.delivered",
+        "message.rejected",
+        "notetaker.created",
+        "notetaker.updated",
+        "notetaker.deleted",
+        "notetaker.meeting_state",
+        "notetaker.media",
     }
 )
 """Types a destination may subscribe to that this engine never sends (README, Webhooks)."""

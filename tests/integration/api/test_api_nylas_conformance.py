@@ -122,6 +122,38 @@ def test_webhook_destinations_as_nylas_shows_them(api: ApiServer, receiver: Rece
         assert failed["data"]["object"]["schedule_id"]
         unknown = http.post("/v3/webhooks/mock-payload", json={"trigger_type": "nope.created"})
         assert unknown.status_code == 400, unknown.text
+        # the reference's body schema lists webhook_url as required beside trigger_type
+        with_url = http.post(
+            "/v3/webhooks/mock-payload",
+            json={"trigger_type": "folder.created", "webhook_url": receiver.url},
+        )
+        assert with_url.status_code == 200, with_url.text
+        assert with_url.json()["data"]["type"] == "folder.created"
+
+    # every type of the reference's trigger_types (api/webhook-notifications) is accepted,
+    # those nothing over IMAP produces among them
+    documented = [
+        "grant.imap_sync_completed",
+        "message.transactional.bounced",
+        "message.transactional.complaint",
+        "message.transactional.delivered",
+        "message.transactional.rejected",
+        "message.bounced",
+        "message.complaint",
+        "message.delivered",
+        "message.rejected",
+        "notetaker.created",
+        "notetaker.updated",
+        "notetaker.deleted",
+        "notetaker.meeting_state",
+        "notetaker.media",
+        "message.created.metadata",  # notification reference, Message Metadata
+        "message.updated.metadata",
+    ]
+    with api.http() as http:
+        answer = http.put(f"/v3/webhooks/{created.id}", json={"trigger_types": documented})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["trigger_types"] == documented
 
     addresses = client.webhooks.ip_addresses().data
     assert addresses.ip_addresses == []
