@@ -7,6 +7,7 @@ first by the latest message, keyset-paginated (:mod:`pipeline.threads.queries`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
@@ -52,6 +53,8 @@ class _ThreadPage(BaseModel):
     latest_message_after: Annotated[int | None, Field(ge=0, le=MAX_UNIX_S)] = None
     select: Annotated[str | None, Field(max_length=1000)] = None
     earliest_message_date: Annotated[int | None, Field(ge=0, le=MAX_UNIX_S)] = None
+    # the SDK's ListThreadsQueryParams has it (Nylas' reference does not): that one thread
+    thread_id: Annotated[str | None, Field(max_length=64)] = None
 
 
 class ThreadListParams(FilterParams, _ThreadPage):
@@ -93,6 +96,8 @@ def thread_page(
             flt = message_filter(
                 conn, api, live_id, params, lambda: orm(live_id), fold_folders=fold
             )
+            if params.thread_id is not None:
+                flt = replace(flt, thread_id=params.thread_id)
             criteria = thread_queries.ThreadCriteria(
                 live_id,
                 flt,

@@ -522,6 +522,33 @@ def test_threads_filter_by_earliest_message_date(api: ApiServer, mail_user: Mail
     assert {page.data[0].subject, rest.data[0].subject} == {"fresh", "Re: long"}
 
 
+def test_threads_filter_by_thread_id(api: ApiServer, mail_user: MailUser) -> None:
+    """The SDK's ``ListThreadsQueryParams`` has ``thread_id``: it filters (one thread, or none
+    for an id no thread has), never an unfiltered page."""
+    t = now()
+    append_many(
+        mail_user,
+        [
+            (make_message("one", message_id="<o1@example.test>", date=t), "", t),
+            (make_message("two", message_id="<t1@example.test>", date=t), "", t),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    threads = api.nylas().threads
+    every = threads.list(grant_id).data
+    assert len(every) == 2
+    for thread in every:
+        (only,) = threads.list(grant_id, {"thread_id": thread.id}).data
+        assert (only.id, only.subject) == (thread.id, thread.subject)
+        with api.http() as http:
+            selected = http.get(
+                f"/v3/grants/{grant_id}/threads", params={"thread_id": thread.id, "select": "id"}
+            )
+        assert [t["id"] for t in selected.json()["data"]] == [thread.id]
+    for nothing in ("0b6a4e8e-4f53-4f8e-9a3e-2f0c6c1d7a11", "not-a-thread"):
+        assert threads.list(grant_id, {"thread_id": nothing}).data == [], nothing
+
+
 def test_message_metadata_is_kept_returned_and_filtered(
     api: ApiServer, mail_user: MailUser
 ) -> None:
