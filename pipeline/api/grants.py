@@ -7,7 +7,8 @@ credentials and logs in with the result before anything is stored, like ``/conne
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -24,6 +25,7 @@ from pipeline.api.deps import (
     path_grant,
 )
 from pipeline.api.errors import invalid_request, request_id_of
+from pipeline.api.filters import Timestamp, from_unix
 from pipeline.api.gate import client_of
 from pipeline.config import Settings
 from pipeline.grants.repository import GrantRepository
@@ -84,9 +86,34 @@ def list_grants(
     offset: Annotated[int, Query(ge=0)] = 0,
     email: Annotated[str | None, Query(max_length=320)] = None,
     grant_status: Annotated[str | None, Query(max_length=16)] = None,
+    sort_by: Literal["created_at", "updated_at"] = "created_at",
+    order_by: Literal["asc", "desc"] = "desc",
+    since: Timestamp = None,
+    before: Timestamp = None,
+    provider: Annotated[str | None, Query(max_length=32)] = None,
+    ip: Annotated[str | None, Query(max_length=64)] = None,
+    account_id: Annotated[str | None, Query(max_length=256)] = None,
+    account_ids: Annotated[str | None, Query(max_length=4000)] = None,
+    workspace_id: Annotated[str | None, Query(max_length=256)] = None,
 ) -> dict[str, Any]:
-    """Grants, oldest first, paged by ``limit`` and ``offset`` like Nylas v3."""
-    rows = GrantRepository(db).page(limit=limit, offset=offset, email=email, status=grant_status)
+    """Grants as Nylas v3 lists them: newest first by ``created_at`` unless ``sort_by`` /
+    ``order_by`` say otherwise, paged by ``limit`` and ``offset``. Every filter filters:
+    ``provider`` is ``imap`` for every grant here, and no grant has an ``ip``, a v2
+    ``account_id`` or a ``workspace_id``, so naming one matches none."""
+    unmatched = (ip, account_id, account_ids, workspace_id)
+    if any(v is not None for v in unmatched) or provider not in (None, "imap"):
+        rows: Sequence[Grant] = []
+    else:
+        rows = GrantRepository(db).page(
+            limit=limit,
+            offset=offset,
+            email=email,
+            status=grant_status,
+            since=from_unix(since),
+            before=from_unix(before),
+            sort_by=sort_by,
+            descending=order_by == "desc",
+        )
     return {
         "request_id": request_id_of(request),
         "data": [grant_view(g) for g in rows],

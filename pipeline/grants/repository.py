@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Row, Select, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -110,14 +111,25 @@ class GrantRepository:
         offset: int,
         email: str | None = None,
         status: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+        sort_by: Literal["created_at", "updated_at"] = "created_at",
+        descending: bool = True,
     ) -> Sequence[Grant]:
-        """Grants, oldest first, with optional filters."""
+        """Grants sorted by ``sort_by`` (newest first unless not ``descending``, as Nylas
+        lists them), ``created_at`` within ``since`` and ``before`` (both inclusive)."""
         query = select(Grant)
         if email:
             query = query.where(func.lower(Grant.email) == email.strip().lower())
         if status:
             query = query.where(Grant.grant_status == status)
-        query = query.order_by(Grant.created_at, Grant.id).offset(offset).limit(limit)
+        if since is not None:
+            query = query.where(Grant.created_at >= since)
+        if before is not None:
+            query = query.where(Grant.created_at <= before)
+        key = Grant.updated_at if sort_by == "updated_at" else Grant.created_at
+        order = (key.desc(), Grant.id.desc()) if descending else (key.asc(), Grant.id.asc())
+        query = query.order_by(*order).offset(offset).limit(limit)
         return list(self.session.scalars(query))
 
 

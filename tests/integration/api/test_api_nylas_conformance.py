@@ -5,7 +5,7 @@ Each test names the Nylas reference it checks against (developer.nylas.com, ``/d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -480,6 +480,46 @@ def test_grant_locators_email_and_grant_prefixes(api: ApiServer, mail_user: Mail
     for unknown in ("email:nobody@example.test", "grant:not-a-grant", "email:", "grant:"):
         assert _status_of(lambda u=unknown: client.grants.find(u)) == 404, unknown  # type: ignore[misc]
         assert _status_of(lambda u=unknown: client.messages.list(u)) == 404, unknown  # type: ignore[misc]
+
+
+def test_grants_list_sorts_and_filters_as_nylas(
+    api: ApiServer, mail_user: MailUser, _mail_user_pool: Iterator[MailUser]
+) -> None:
+    """manage-grants/get-all-grants: newest first by default (``sort_by=created_at``,
+    ``order_by=desc``); ``since``/``before`` bound ``created_at``; ``provider``, ``ip``,
+    ``account_id(s)`` and ``workspace_id`` filter (no grant here has an ip, a v2 account or a
+    workspace), never ignored."""
+    client = api.nylas()
+    first = client.auth.custom_authentication(connect_body(mail_user)).data  # type: ignore[arg-type]
+    other = next(_mail_user_pool)
+    second = client.auth.custom_authentication(connect_body(other)).data  # type: ignore[arg-type]
+
+    def ids(params: dict[str, object] | None = None) -> list[str]:
+        return [g.id for g in client.grants.list(params).data]  # type: ignore[arg-type]
+
+    assert ids() == [second.id, first.id]
+    assert ids({"order_by": "asc"}) == [first.id, second.id]
+    assert ids({"limit": 1}) == [second.id]
+    assert ids({"limit": 1, "offset": 1}) == [first.id]
+    client.grants.update(first.id, {"settings": {"smtp_host": "smtp.example.test"}})
+    assert ids({"sort_by": "updated_at"}) == [first.id, second.id]
+    assert ids({"sort_by": "updated_at", "order_by": "asc"}) == [second.id, first.id]
+
+    assert first.created_at is not None
+    assert ids({"since": 0}) == [second.id, first.id]
+    assert ids({"since": first.created_at + 3600}) == []
+    assert ids({"before": first.created_at - 1}) == []
+    assert ids({"before": first.created_at + 3600}) == [second.id, first.id]
+    assert ids({"provider": "imap"}) == [second.id, first.id]
+    assert ids({"provider": "google"}) == []
+    assert ids({"ip": "192.0.2.1"}) == []
+    with api.http() as http:
+        for params in ({"account_id": "v2"}, {"account_ids": "v2,v3"}, {"workspace_id": "w"}):
+            answer = http.get("/v3/grants", params=params)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["data"] == [], params
+        for bad in ({"sort_by": "email"}, {"order_by": "up"}, {"since": "soon"}):
+            assert http.get("/v3/grants", params=bad).status_code == 400, bad
 
 
 def test_threads_filter_by_earliest_message_date(api: ApiServer, mail_user: MailUser) -> None:
