@@ -38,6 +38,8 @@ from pipeline.webhooks.sender import OutgoingRequest, Sender
 from pipeline.webhooks.signing import encode, new_secret, sign
 
 MOCK_GRANT_ID = "00000000-0000-4000-8000-000000000000"
+# Nylas: "The secret used is `mock-webhook-secret`" (a published value, not a credential)
+MOCK_WEBHOOK_SECRET = "mock-webhook-secret"  # noqa: S105
 TRUNCATABLE_SAMPLES = frozenset(
     {"message.created" + TRUNCATED_SUFFIX, "message.updated" + TRUNCATED_SUFFIX}
 )
@@ -281,31 +283,29 @@ class WebhookService:
     def send_test_event(
         self, session: Session, *, trigger_type: str, webhook_url: str
     ) -> TestEventResult:
-        """POST a signed sample notification to a configured destination, now, once.
+        """POST a sample notification to ``webhook_url``, now, once, as Nylas does: to any
+        URL the address guard allows (a destination or not yet one), signed with
+        :data:`MOCK_WEBHOOK_SECRET`; gzipped when a destination with that URL asks for
+        compressed deliveries.
 
-        Nothing is written; the result says whether the destination answered 2xx.
+        Nothing is written; the result says whether the URL answered 2xx.
 
         Raises:
-            InvalidWebhookRequest: unknown trigger type.
-            WebhookNotFound: no destination has that URL (the secret to sign with is its own).
+            InvalidWebhookRequest: unknown trigger type, or a malformed URL.
             DestinationRefused: the URL resolves to a non-public address not allowed.
         """
         _check_trigger_type(trigger_type)
-        destination = repository.find_destination_by_url(session, webhook_url)
-        if destination is None:
-            raise WebhookNotFound(
-                f"No webhook destination with URL {webhook_url!r}; create it first."
-            )
         ssrf.check_destination(webhook_url, self._settings, resolver=self._resolver)
+        destination = repository.find_destination_by_url(session, webhook_url)
+        compressed = destination is not None and destination.compressed_delivery
         notification = self._mock_notification(trigger_type)
-        secret = self._box.open(destination.secret_sealed)
-        wire = encode(notification.body, compressed=destination.compressed_delivery)
+        wire = encode(notification.body, compressed=compressed)
         result = self._sender.post(
             OutgoingRequest(
                 key=0,
                 url=webhook_url,
                 body=wire.body,
-                signature=sign(secret, wire.body),
+                signature=sign(MOCK_WEBHOOK_SECRET, wire.body),
                 content_encoding=wire.content_encoding,
             )
         )

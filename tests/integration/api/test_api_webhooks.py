@@ -56,10 +56,11 @@ def test_webhook_destinations_life_cycle(api: ApiServer, receiver: Receiver) -> 
             json={"trigger_type": "message.created", "webhook_url": receiver.url},
         )
     assert test.status_code == 200, test.text
-    assert test.json()["data"]["success"] is True
+    assert test.json()["data"] == "success"  # api/webhook-notifications/send_test_event
     headers, body = receiver.received[-1]
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    assert headers["x-nylas-signature"] == expected  # signed with the newest secret
+    # Nylas: "The secret used is `mock-webhook-secret`", not the destination's
+    expected = hmac.new(b"mock-webhook-secret", body, hashlib.sha256).hexdigest()
+    assert headers["x-nylas-signature"] == expected
     assert json.loads(body)["type"] == "message.created"
 
     deleted = client.webhooks.destroy(created.id)
@@ -87,17 +88,34 @@ def test_bad_webhook_requests_are_4xx(api: ApiServer, receiver: Receiver) -> Non
         )
         missing = http.get("/v3/webhooks/00000000-0000-4000-8000-000000000000")
         not_uuid = http.delete("/v3/webhooks/abc")
-        test_unknown = http.post(
+        # a URL no destination has is tested all the same (before any webhook is created)
+        test_unconfigured = http.post(
             "/v3/webhooks/send-test-event",
             json={"trigger_type": "message.created", "webhook_url": receiver.url},
+        )
+        test_private = http.post(
+            "/v3/webhooks/send-test-event",
+            json={"trigger_type": "message.created", "webhook_url": "http://10.1.2.3/hook"},
+        )
+        test_refused = http.post(
+            "/v3/webhooks/send-test-event",
+            json={
+                "trigger_type": "message.created",
+                "webhook_url": f"http://127.0.0.1:{free_port()}/nobody-listens",
+            },
         )
         listed = http.get("/v3/webhooks")
     for response in (unknown_trigger, private, no_challenge):
         assert response.status_code == 400, response.text
         assert response.json()["error"]["type"] == "invalid_request_error"
     assert "challenge" in no_challenge.json()["error"]["message"]
-    for response in (missing, not_uuid, test_unknown):
+    for response in (missing, not_uuid):
         assert response.status_code == 404, response.text
+    assert test_unconfigured.status_code == 200, test_unconfigured.text
+    assert test_unconfigured.json()["data"] == "success"
+    for response in (test_private, test_refused):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
     assert listed.json()["data"] == []
 
 

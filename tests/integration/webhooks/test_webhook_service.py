@@ -173,20 +173,28 @@ def test_get_and_delete_unknown_ids(uow: Uow, service: WebhookService, receiver:
             service.delete(s, bad)
 
 
-def test_send_test_event_is_signed_with_the_destination_secret(
+def test_send_test_event_is_signed_with_nylas_mock_secret(
     uow: Uow, service: WebhookService, receiver: Receiver
 ) -> None:
-    with uow() as s:
-        created = service.create(s, {"webhook_url": receiver.url(), "trigger_types": TRIGGERS})
+    """api/webhook-notifications/send_test_event: to the URL given, configured or not, signed
+    with the secret ``mock-webhook-secret``, as Nylas signs its test events."""
     with uow() as s:
         result = service.send_test_event(
             s, trigger_type="message.created", webhook_url=receiver.url()
         )
     assert result.success and result.status_code == 200
     (got,) = receiver.received()
-    assert created.webhook_secret is not None
-    assert verify(created.webhook_secret, got.body, got.headers["x-nylas-signature"])
+    assert verify("mock-webhook-secret", got.body, got.headers["x-nylas-signature"])
     assert got.json()["type"] == "message.created"
+    with uow() as s:
+        created = service.create(s, {"webhook_url": receiver.url(), "trigger_types": TRIGGERS})
+    with uow() as s:
+        service.send_test_event(s, trigger_type="folder.created", webhook_url=receiver.url())
+    got = receiver.received()[-1]
+    assert got.json()["type"] == "folder.created"
+    assert created.webhook_secret is not None
+    assert not verify(created.webhook_secret, got.body, got.headers["x-nylas-signature"])
+    assert verify("mock-webhook-secret", got.body, got.headers["x-nylas-signature"])
     receiver.route("/hook", status=500)
     with uow() as s:
         failed = service.send_test_event(
