@@ -273,7 +273,8 @@ def list_threads(
 ) -> list[ThreadPage]:
     """The page :func:`list_threads_query` describes with every message of each thread, in one
     statement (:func:`list_threads_page_query`: the threads, then each one's messages
-    laterally, as :func:`thread_members` reads them, with whether each is a draft); for a search
+    laterally, as :func:`thread_members` reads them, with the drafts and Sent folders holding
+    each); for a search
     with stored-text keys, how many messages Postgres expects them to match decides how the
     threads are walked (:func:`text_matches_estimate`). ``as_json``: each thread's ``json``
     is its API view rendered by Postgres (:func:`thread_json_select`), its ``messages`` empty.
@@ -379,7 +380,7 @@ def _page_members() -> Any:
 @dataclass
 class ThreadPage:
     """A thread of a list page with its messages, oldest first (rows as
-    :func:`thread_members` reads them, with ``is_draft``)."""
+    :func:`thread_members` reads them, with ``roles``)."""
 
     id: str
     grant_id: str

@@ -217,7 +217,7 @@ def test_listed_threads_are_rendered_as_thread_view_renders_them(
     base = f"/v3/grants/{grant_id}/threads"
     with api.http() as http:
         rendered = http.get(base).json()["data"]
-        every = ",".join(rendered[0])
+        every = ",".join({key for thread in rendered for key in thread})  # some have not all
         in_python = http.get(base, params={"select": every}).json()["data"]
         assert rendered == in_python
         for thread in rendered:

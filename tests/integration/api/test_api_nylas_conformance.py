@@ -24,7 +24,7 @@ from nylas.models.errors import NylasApiError
 from pipeline.db import session_scope
 from pipeline.grants.service import expire_grant
 from pipeline.webhooks import payloads
-from tests.support.mail import create_folder, imap_login, make_message
+from tests.support.mail import append, create_folder, imap_login, make_message
 from tests.support.services import MailUser
 
 pytestmark = pytest.mark.services
@@ -560,6 +560,71 @@ def test_threads_filter_by_earliest_message_date(api: ApiServer, mail_user: Mail
         grant_id, {"earliest_message_date": at_old, "limit": 1, "page_token": page.next_cursor}
     )
     assert {page.data[0].subject, rest.data[0].subject} == {"fresh", "Re: long"}
+
+
+def test_threads_tell_the_latest_received_from_the_latest_sent(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """threads/get-threads: ``latest_message_received_date`` is the most recent message received
+    in the thread and ``latest_message_sent_date`` the most recent one the account sent (here:
+    held in its Sent folder); a thread with no message of one kind has no such field (the SDKs
+    have both optional)."""
+    server, user, password = mail_user.server, mail_user.name, mail_user.password
+    create_folder(server, user, password, "Sent")
+    t = now().replace(microsecond=0)
+    me = f"Me <{mail_user.email}>"
+    mail = [
+        (
+            "INBOX",
+            make_message("Plans", message_id="<p1@example.test>", date=t - timedelta(hours=3)),
+        ),
+        (
+            "INBOX",
+            make_message(
+                "Re: Plans",
+                message_id="<p2@example.test>",
+                in_reply_to="<p1@example.test>",
+                date=t - timedelta(hours=2),
+            ),
+        ),
+        (
+            "Sent",
+            make_message(
+                "Re: Plans",
+                sender=me,
+                message_id="<p3@example.test>",
+                in_reply_to="<p2@example.test>",
+                date=t - timedelta(hours=1),
+            ),
+        ),
+        (
+            "INBOX",
+            make_message("Lone", message_id="<l1@example.test>", date=t - timedelta(hours=4)),
+        ),
+    ]
+    for folder, raw in mail:
+        when = t - timedelta(hours=1)
+        append(server, user, password, raw, folder=folder, when=when)
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    listed = {x.subject: x for x in client.threads.list(grant_id).data}
+    plans, lone = listed["Re: Plans"], listed["Lone"]
+    received, sent = (
+        int((t - timedelta(hours=2)).timestamp()),
+        int((t - timedelta(hours=1)).timestamp()),
+    )
+    for thread in (plans, client.threads.find(grant_id, plans.id).data):
+        assert (thread.latest_message_received_date, thread.latest_message_sent_date) == (
+            received,
+            sent,
+        )
+    assert lone.latest_message_received_date == int((t - timedelta(hours=4)).timestamp())
+    assert lone.latest_message_sent_date is None
+    with api.http() as http:
+        raw_lone = http.get(f"/v3/grants/{grant_id}/threads/{lone.id}").json()["data"]
+        listed_raw = http.get(f"/v3/grants/{grant_id}/threads").json()["data"]
+    assert "latest_message_sent_date" not in raw_lone
+    assert [x for x in listed_raw if x["id"] == lone.id] == [raw_lone]
 
 
 def test_threads_filter_by_thread_id(api: ApiServer, mail_user: MailUser) -> None:

@@ -10,14 +10,17 @@ search's two ways of walking threads are tests/unit/queries/test_thread_search.p
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.messages.filters import MessageFilter
 from pipeline.pages import Cursor
-from pipeline.threads.queries import ThreadCriteria, ThreadPage, list_threads
+from pipeline.threads.queries import ThreadCriteria, ThreadPage, get_thread, list_threads
+from pipeline.threads.views import thread_view, thread_views
 from tests.support.stored_mail import Mailbox, T, mailbox
 
 pytestmark = pytest.mark.services
@@ -117,3 +120,85 @@ def test_thread_pages_walk_every_thread_once_while_threads_move_up(
     assert subjects == [f"topic {k}" for k in range(9) if k != 7]  # moved above the pages read
     keys = [(t.latest_message_at, t.id) for t in seen]
     assert keys == sorted(keys, reverse=True)
+
+
+def _unix(minutes_ago: float) -> int:
+    return int((T - timedelta(minutes=minutes_ago)).timestamp())
+
+
+def test_received_and_sent_dates_tell_the_accounts_messages_from_the_others(
+    pg_sessions: sessionmaker[Session], pg_connection: Connection
+) -> None:
+    # Nylas: latest_message_received_date is the most recent message received, and
+    # latest_message_sent_date the most recent the account sent (here: held in its Sent
+    # folder); a thread with none of one kind has no such key (the SDKs' optional fields).
+    # The page rendered by Postgres, the page and the single thread built in Python agree.
+    box = mailbox(
+        pg_sessions,
+        pg_connection,
+        folders=(("INBOX", "inbox"), ("Sent", "sent"), ("Drafts", "drafts")),
+    )
+    me = "Reader <reader@example.org>"
+    with box.batch():
+        box.add("INBOX", "Plans", 300, message_id="<p1@example.org>")
+        box.add(
+            "Sent",
+            "Re: Plans",
+            120,
+            sender=me,
+            message_id="<p2@example.org>",
+            in_reply_to="<p1@example.org>",
+        )
+        box.add(
+            "INBOX", "Re: Plans", 60, message_id="<p3@example.org>", in_reply_to="<p2@example.org>"
+        )
+        box.add(
+            "Sent",
+            "Re: Plans",
+            10,
+            sender=me,
+            message_id="<p4@example.org>",
+            in_reply_to="<p3@example.org>",
+        )
+        # a draft is neither received nor sent
+        box.add(
+            "Drafts",
+            "Re: Plans",
+            5,
+            sender=me,
+            flags=["\\Draft"],
+            message_id="<p5@example.org>",
+            in_reply_to="<p4@example.org>",
+        )
+        box.add("INBOX", "Budget", 90)
+        box.add("Sent", "Memo", 45, sender=me)
+    # a message to oneself, in the Inbox and in Sent: the account sent it
+    note = box.letter("Note", 30, sender=me, to=me, message_id="<note@example.org>")
+    box.put("INBOX", note)
+    box.put("Sent", note)
+
+    plain = list_threads(box.conn, ThreadCriteria(box.grant_id))
+    in_python = [
+        orjson.loads(orjson.dumps(thread_view(t.id, t.grant_id, t.subject, t.messages)))
+        for t in plain
+    ]
+    rendered = [
+        orjson.loads(t.json or "null")
+        for t in list_threads(box.conn, ThreadCriteria(box.grant_id), as_json=True)
+    ]
+    with box.sessions() as db:
+        found = [get_thread(db, box.grant_id, t.id) for t in plain]
+        single = orjson.loads(orjson.dumps(thread_views(db, [t for t in found if t])))
+    assert rendered == in_python == single
+
+    absent = "absent"
+
+    def dates(subject: str) -> tuple[Any, Any]:
+        (view,) = [v for v in rendered if v["id"] == box.thread_of(subject)]
+        received = view.get("latest_message_received_date", absent)
+        return received, view.get("latest_message_sent_date", absent)
+
+    assert dates("Plans") == (_unix(60), _unix(10))
+    assert dates("Budget") == (_unix(90), absent)
+    assert dates("Memo") == (absent, _unix(45))
+    assert dates("Note") == (absent, _unix(30))
