@@ -40,9 +40,11 @@ class _Plan:
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]
 
 
-# (id of the statement, counts of the expanding parameters' values) -> its plan; None: run by
-# SQLAlchemy. Filled once per shape (two threads may both make a plan: the same one).
+# (id of the statement, counts of the list values) -> its plan; None: run by SQLAlchemy. Filled
+# once per shape (two threads may both make a plan: the same one), and emptied when it holds
+# _PLANS_KEPT: the counts a request may send are many, and each plan holds its statement.
 _plans: dict[tuple[int, tuple[int, ...]], _Plan | None] = {}
+_PLANS_KEPT = 2048
 
 
 def rows(conn: Connection, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
@@ -54,6 +56,8 @@ def rows(conn: Connection, statement: Executable, values: Mapping[str, Any]) -> 
     try:
         plan = _plans[key]
     except KeyError:
+        if len(_plans) >= _PLANS_KEPT:
+            _plans.clear()  # made again as used (a plan costs about a compile)
         plan = _plans.setdefault(key, _plan(conn, statement, values))
     if plan is None:
         return conn.execute(statement, dict(values)).all()

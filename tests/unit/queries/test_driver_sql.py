@@ -134,6 +134,15 @@ SHAPES: list[tuple[MessageFilter, bool, bool]] = [
     (MessageFilter(has_attachment=True, received_after=T0 - timedelta(days=1)), False, True),
     (MessageFilter(not_in_role="drafts"), False, False),  # the rows message_view reads
     (MessageFilter(folder_ids=FOLDERS[:2], folders_unchecked=True), True, False),
+    # the address filters: their keys and addresses are values of the statement made once
+    (MessageFilter(from_=["Z1@Example.test", "z4@example.test"]), False, True),
+    (MessageFilter(any_email=["z3@example.test"], not_in_role="drafts"), True, True),
+    (
+        MessageFilter(to=["z1@example.test", "z5@example.test"], from_=["z1@example.test"]),
+        False,
+        True,
+    ),
+    (MessageFilter(from_=["z0@example.test", "z2@example.test"], unread=True), False, False),
 ]
 
 
@@ -141,13 +150,7 @@ def _statement(flt: MessageFilter, cursor: bool, as_json: bool) -> tuple[Any, di
     after = Cursor(at=T0 - timedelta(hours=1), id=str(uuid.UUID(int=0))) if cursor else None
     shape = queries._page_shape(flt, after, False, True, as_json)
     assert shape is not None
-    values: dict[str, Any] = {"grant_id": GRANT, "limit": 4}
-    if flt.folder_ids is not None:
-        values["folder_ids"] = flt.folder_ids
-    if flt.received_after is not None:
-        values["after"] = flt.received_after
-    if after is not None:
-        values["after_at"], values["after_id"] = after.at, after.id
+    values = queries._shaped_values(GRANT, flt, 4, after)
     return queries._shaped_page(shape), values
 
 
@@ -197,6 +200,32 @@ def test_thread_page_rows_are_sqlalchemys(
 
 def _counts(values: dict[str, Any]) -> tuple[int, ...]:
     return tuple(len(v) for v in values.values() if isinstance(v, list))
+
+
+def test_an_address_filter_pages_on_a_statement_made_once(conn: Connection) -> None:
+    """The addresses are values: other addresses, the same statement (its cache key kept);
+    and the page is what the statement built for those addresses selects."""
+    first, values = _statement(MessageFilter(from_=["z1@example.test"]), False, True)
+    again, other = _statement(MessageFilter(from_=["z3@example.test"]), False, True)
+    assert again is first and other != values
+    built = queries.list_messages_query(
+        GRANT, MessageFilter(from_=["z3@example.test"]), 4, None, as_json=True
+    )
+    expected = [r.json for r in conn.execute(built).all()]
+    got = [r.json for r in driver_sql.rows(conn, again, other)]
+    assert len(got) == 1 and got == expected
+
+
+def test_the_plans_kept_are_bounded(conn: Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request may send any count of addresses or folders: a plan per count is made as
+    used, and the plans are emptied when they reach their bound, pages still right."""
+    monkeypatch.setattr(driver_sql, "_PLANS_KEPT", 3)
+    monkeypatch.setattr(driver_sql, "_plans", {})
+    for n in range(1, 7):
+        emails = [f"z{i}@example.test" for i in range(n)]
+        statement, values = _statement(MessageFilter(any_email=emails), False, True)
+        assert len(driver_sql.rows(conn, statement, values)) == min(n, 4)
+        assert len(driver_sql._plans) <= 3
 
 
 def test_cursor_events_see_the_same_sql(conn: Connection) -> None:
