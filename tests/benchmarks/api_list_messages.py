@@ -231,6 +231,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import itertools
 import json
 import math
 import multiprocessing
@@ -744,10 +745,18 @@ def time_pg(conn: psycopg.Connection[Any], requests: list[Statements]) -> list[f
     return latencies
 
 
+def slices(count: int, parts: int) -> list[slice]:
+    """``parts`` consecutive slices of ``count`` requests, as even as can be (none empty)."""
+    parts = max(1, min(parts, count))
+    bounds = [round(i * count / parts) for i in range(parts + 1)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
 def in_parallel(
     work: Callable[[], list[float]], clients: int, processes: bool
-) -> tuple[float, float]:
-    """``work`` in ``clients`` clients at once: wall-clock requests/s and p99 latency (ms).
+) -> tuple[list[float], float]:
+    """``work`` in ``clients`` clients at once: every request's latency (ms) and the
+    wall-clock seconds they took.
 
     ``processes``: each client is a process of its own (forked, started before the clock), as
     the clients of an API are; otherwise threads of this process, which share its GIL: the
@@ -758,7 +767,7 @@ def in_parallel(
         with ThreadPoolExecutor(max_workers=clients) as pool:
             futures = [pool.submit(work) for _ in range(clients)]
             latencies = [lat for f in futures for lat in f.result()]
-        return len(latencies) / (time.perf_counter() - started), percentile(latencies, 99)
+        return latencies, time.perf_counter() - started
     context = multiprocessing.get_context("fork")
     go = context.Event()
     results = context.SimpleQueue()
@@ -776,7 +785,7 @@ def in_parallel(
     elapsed = time.perf_counter() - started
     for proc in procs:
         proc.join(HTTP_TIMEOUT_S)
-    return len(latencies) / elapsed, percentile(latencies, 99)
+    return latencies, elapsed
 
 
 def explain(conn: psycopg.Connection[Any], statements: Statements) -> Iterator[str]:
@@ -832,15 +841,21 @@ def measure(url: str, grant: GrantData, args: argparse.Namespace) -> None:
                 # (timed first, the API met the pages cold, and Postgres replayed them warm)
                 recorded = record_sql(url, grant.id, path, queries)
                 time_api(api, path, queries[: args.warmup])
-                pids = api_processes(proc, pg)
-                cpu0 = cpu_seconds(pids)
-                api_lat = time_api(api, path, queries)
-                api_cpu = (cpu_seconds(pids) - cpu0) * 1000 / len(queries)
                 time_pg(pg, recorded[: args.warmup])
-                pids = [os.getpid(), pg.info.backend_pid]
-                cpu0 = cpu_seconds(pids)
-                pg_lat = time_pg(pg, recorded)
-                pg_cpu = (cpu_seconds(pids) - cpu0) * 1000 / len(recorded)
+                api_pids = api_processes(proc, pg)
+                pg_pids = [os.getpid(), pg.info.backend_pid]
+                api_lat, pg_lat, api_cpu, pg_cpu = [], [], 0.0, 0.0
+                # the two sides by turns, a slice of the requests each, so that load on the
+                # machine that comes and goes during the call falls on both alike
+                for part in slices(len(queries), args.slices):
+                    cpu0 = cpu_seconds(api_pids)
+                    api_lat += time_api(api, path, queries[part])
+                    api_cpu += cpu_seconds(api_pids) - cpu0
+                    cpu0 = cpu_seconds(pg_pids)
+                    pg_lat += time_pg(pg, recorded[part])
+                    pg_cpu += cpu_seconds(pg_pids) - cpu0
+                api_cpu *= 1000 / len(queries)
+                pg_cpu *= 1000 / len(recorded)
                 api_rps = len(api_lat) / (sum(api_lat) / 1000)
                 pg_rps = len(pg_lat) / (sum(pg_lat) / 1000)
                 a50, a99 = statistics.median(api_lat), percentile(api_lat, 99)
@@ -908,16 +923,25 @@ def _concurrent(
     case: Case,
     args: argparse.Namespace,
 ) -> tuple[str, float, float]:
-    def api_work() -> list[float]:
-        return time_api(api, path, queries)
-
-    def pg_work() -> list[float]:
-        with psycopg.connect(url, autocommit=True, options=API_PG_OPTIONS) as conn:
-            return time_pg(conn, recorded)
-
     processes = not args.client_threads
-    api_rps, api_p99 = in_parallel(api_work, args.clients, processes)
-    pg_rps, pg_p99 = in_parallel(pg_work, args.clients, processes)
+    api_lat: list[float] = []
+    pg_lat: list[float] = []
+    api_s = pg_s = 0.0
+    for part in slices(len(queries), args.slices):  # by turns, as with one client
+
+        def api_work(part: slice = part) -> list[float]:
+            return time_api(api, path, queries[part])
+
+        def pg_work(part: slice = part) -> list[float]:
+            with psycopg.connect(url, autocommit=True, options=API_PG_OPTIONS) as conn:
+                return time_pg(conn, recorded[part])
+
+        latencies, seconds = in_parallel(api_work, args.clients, processes)
+        api_lat, api_s = api_lat + latencies, api_s + seconds
+        latencies, seconds = in_parallel(pg_work, args.clients, processes)
+        pg_lat, pg_s = pg_lat + latencies, pg_s + seconds
+    api_rps, api_p99 = len(api_lat) / api_s, percentile(api_lat, 99)
+    pg_rps, pg_p99 = len(pg_lat) / pg_s, percentile(pg_lat, 99)
     line = (
         f"{case.label:<20} {api_p99:>7.1f} {api_rps:>6.0f} {pg_p99:>7.1f} {pg_rps:>6.0f}"
         f" {api_p99 / pg_p99:>6.1f}x {pg_rps / api_rps:>6.1f}x"
@@ -952,6 +976,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per call")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (1: skip)")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=4,
+        help="each call's requests timed in this many slices, the API and Postgres by turns",
+    )
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument(
         "--client-threads",
