@@ -21,7 +21,9 @@ first in this process against an in-process app whose engine records every SQL s
 runs (so neither timed side reads a page for the first time); those statements (less the
 grant and folder-name lookups and the pool's ping, which are the API's own overhead) are then
 replayed straight on Postgres with psycopg, on connections with the API's server settings
-(``API_PG_OPTIONS``: the same plans). The printed ratios are
+(``API_PG_OPTIONS``: the same plans). Each call's requests are timed in ``--slices`` slices,
+the API's and the replay's by turns, so that load on the machine that comes and goes during a
+call falls on both sides alike. The printed ratios are
 API ÷ Postgres for p50 and p99 and Postgres ÷ API for requests per second (sequential, one
 client), then the same with ``--clients`` concurrent clients. Client, API and Postgres share the
 machine. What is compared: the API with ``--api-workers`` processes (each with its own pool)
@@ -224,6 +226,33 @@ by the run. One Python process serving four clients is the limit (its cpu per re
 1.2-1.5x Postgres', its requests/s 1.5-1.8x lower). Tried then and left out: a GIL switch
 interval of 0.5 ms (``sys.setswitchinterval``) in the API process, three alternated pairs:
 no steady difference.
+
+Then (2026-12-07, 19:25-20:51 UTC, session 10; ``--database bench12 --keep --clients 4``,
+1,000,000 messages, the measured grant 341,422). The address filters page on a statement made
+once (``pipeline.messages.filters.address_values``: their keys and addresses are bound values),
+where each request built its statement and SQLAlchemy's cache key: in-process CPU a page (the
+page function alone, 200 pages) ``from`` 4.5 -> 1.6 ms, ``any_email`` 3.5 -> 1.8 (the plain
+page 0.9); over HTTP ``from`` went from cpu 1.5-1.6x, p50 1.5-1.7x, req/s 1.6-1.7x (1 client)
+to 1.2-1.3x, 1.2-1.4x, 1.2-1.4x. The measurement: the two sides by turns in slices (before,
+one side was timed whole, then the other), and 500 requests a call (of 200, one client's p99
+is its second slowest request). Nine runs after the change (200 requests a call in six, the
+first without slices and five in 4; 500 in three, one in 4 slices and two in 10), the machine
+quiet but for this benchmark in seven of them, 16 p99 ratios and 16 requests/s ratios a run:
+
+* requests/s: the worst ratio of a run 1.4-1.8x (2.0x in one run beside a helper's tests);
+* cpu a request (API process and its backends against the replay's client and backend):
+  1.0-1.6x on every call of every run;
+* p99: the median ratio of a run 1.05-1.35x; every p99 within 2x in two runs (worst 1.8x and
+  1.9x); in the five other quiet runs one or two calls over, a different one each run, at
+  2.1-2.8x (with a helper's tests running: 3.0x and 3.5x). Both sides' tails move from run to
+  run: the replay's own p99 for the same call (1 client, ``messages``) ranged 4.2-26 ms.
+
+What makes the API's tail heavier than the replay's: a request passes the client, the event
+loop, a threadpool worker and the backend where the replay's passes the client and the
+backend, and on this shared two-vCPU machine each hand-over can wait. Ruled out: the garbage
+collector (a probe of every collection over 3 ms in the API process: all at startup, before
+``gc.freeze``, none while serving; the API with the collector disabled, three alternated runs
+of 500 requests: p99/p50 1.2-2.0 against 1.3-1.6 with it).
 """
 
 from __future__ import annotations
@@ -973,13 +1002,13 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=1_000_000, help="messages in all")
     parser.add_argument("--grants", type=int, default=10, help="mailboxes (Zipf sizes)")
-    parser.add_argument("--requests", type=int, default=200, help="requests per call")
+    parser.add_argument("--requests", type=int, default=500, help="requests per call")
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests first")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (1: skip)")
     parser.add_argument(
         "--slices",
         type=int,
-        default=4,
+        default=10,
         help="each call's requests timed in this many slices, the API and Postgres by turns",
     )
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
