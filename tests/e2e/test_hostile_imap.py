@@ -189,6 +189,19 @@ def test_a_hostile_server_costs_only_its_own_grant(
                 "the Dovecot grant beside it to be synced",
                 timeout_s=STATUS_TIMEOUT_S,
             )
+            if hostile.folder is not None:
+                # Every folder whose run meets the hostile server ends failed, and the grant's
+                # status comes from the first: INBOX and Sent run at once, one per pool
+                # process, and meet it in either order (read once, INBOX was still syncing
+                # when Sent had failed first, 1 run in 5).
+                name = hostile.folder
+                wait_for(
+                    lambda: folder_row(settings, bad, name).state == "failed",
+                    lambda: (
+                        f"the {name} folder to be failed: {folder_row(settings, bad, name).state}"
+                    ),
+                    timeout_s=STATUS_TIMEOUT_S,
+                )
             peaks = {pid: memory_kib(pid)["VmHWM"] for pid in pool}
             assert worker.children() == pool, "a pool process died"
         finally:
