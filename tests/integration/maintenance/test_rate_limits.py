@@ -140,18 +140,19 @@ from workers.resources import imap_for, release_imap, sessions
 grant_id = sys.argv[1]
 print("ready", flush=True)  # imports done: the parent starts the clock for everybody at once
 until = float(sys.stdin.readline())
-logins = 0
+logins = denied = 0
 while time.time() < until:
     with sessions().begin() as db:
         grant = GrantRepository(db).get(grant_id)
         try:
             imap = imap_for(db, grant)
         except RateLimited as exc:
+            denied += 1
             time.sleep(min(exc.retry_after_s, 0.05))
             continue
     logins += 1
     release_imap(grant_id, imap, healthy=False)  # closed: the next round logs in again
-print(logins, flush=True)
+print(logins, denied, flush=True)
 """
 
 
@@ -193,10 +194,13 @@ def test_four_workers_hold_the_global_login_rate(
         proc.stdin.write(f"{until}\n")
         proc.stdin.close()
     logged_in = 0  # what the workers did, which Dovecot's log should show
+    asked: list[int] = []  # each worker's tries, granted or denied
     for proc in procs:
         assert proc.wait(timeout=HAMMER_S + 60) == 0
         assert proc.stdout is not None
-        logged_in += int(proc.stdout.readline())
+        granted, denied = (int(n) for n in proc.stdout.readline().split())
+        logged_in += granted
+        asked.append(granted + denied)
         proc.stdout.close()
     names = "|".join(re.escape(u.name) for u in users)
     pattern = re.compile(rf"^(\w+ +\d+ [\d:]+) .*Login: user=<({names})>", re.M)
@@ -222,7 +226,12 @@ def test_four_workers_hold_the_global_login_rate(
     assert len(found) >= PROVIDER_LOGINS_PER_S * HAMMER_S * 0.7, per_second  # not starved
     # any one-second window: the rate plus the burst (log stamps have one-second resolution)
     assert max(per_second.values()) <= PROVIDER_LOGINS_PER_S + burst, per_second
-    assert len(per_user) == WORKERS  # every worker got its share
+    # all four competed for the whole run: each asked many times more than the rate allows it.
+    # Which of them wins each token is first come, first served (a worker's Celery task retries
+    # at the wait it was told), so a loaded machine may hand one worker none in ten seconds: the
+    # share each got is not the property under test, the global rate they held together is
+    assert min(asked) >= PROVIDER_LOGINS_PER_S * HAMMER_S, asked
+    assert len(per_user) >= 2, per_user  # the limit was shared, not one worker's alone
 
 
 @pytest.fixture
