@@ -23,7 +23,8 @@ grant and folder-name lookups and the pool's ping, which are the API's own overh
 replayed straight on Postgres with psycopg, on connections with the API's server settings
 (``API_PG_OPTIONS``: the same plans). Each call's requests are timed in ``--slices`` slices,
 the API's and the replay's by turns, so that load on the machine that comes and goes during a
-call falls on both sides alike. The printed ratios are
+call falls on both sides alike; each side's connections are made before its clock starts.
+The printed ratios are
 API ÷ Postgres for p50 and p99 and Postgres ÷ API for requests per second (sequential, one
 client), then the same with ``--clients`` concurrent clients. Client, API and Postgres share the
 machine. What is compared: the API with ``--api-workers`` processes (each with its own pool)
@@ -35,224 +36,59 @@ connection per client, psycopg's fetchall), and concurrent clients are processes
 ``--database NAME --keep`` keeps the generated data; a later run with the same ``--database``
 reuses it (migrating it first) instead of loading again.
 
-Measured 2026-12-07 on the development machine (2 cores shared with other sessions, load
-average 7-12: the latencies swing, the CPU per request much less), ``--database bench --keep
---requests 100 --clients 1``, 1,000,000 messages (the measured grant holds 341,422); ratios API
-over Postgres (goal: 2x), CPU in ms per request (API processes and backends / psycopg and its
-backend)::
+Where it stands (2026-12-07, 23:08-23:38 UTC, main at 51546ab plus the HTTP client connecting
+before the clock; the machine quiet but for this benchmark, load average 1-4; ``--database
+bench13 --keep``, defaults: 500 requests a call in 10 slices, 4 clients, one API process;
+1,000,000 messages, the measured grant 341,422). Ratios API over Postgres, the range over
+four runs::
 
-                         before (threads: 3 sql)     after (two runs; 1 sql each)
-    call                 p50   p99  req/s  cpu       p50        p99        req/s      cpu
-    messages             3.5x  5.1x 3.6x   15.6/5.3  3.8-4.1x   0.4-0.5x   3.3x       1.6-2.3x
-    messages page_token  6.1x  0.4x 4.5x   16.1/5.7  3.7-4.6x   1.9-3.2x   4.1-4.2x   2.2-2.5x
-    in=INBOX             5.9x  4.5x 5.2x   20.0/5.7  2.4-2.8x   2.1-2.4x   2.4-2.7x   2.0-2.1x
-    unread=true          3.2x  1.8x 2.7x   16.1/5.7  3.5-3.7x   4.1-4.2x   3.3-3.6x   1.9-2.1x
-    from=<frequent>      2.2x  0.6x 1.9x   24.5/16.1 1.6-1.9x   0.3x       1.5-1.8x   1.3-1.6x
-    any_email=<rare>     2.2x  0.9x 1.8x   31.9/20.7 1.1-2.4x   1.1-4.4x   1.2-2.6x   1.3-1.4x
-    threads              1.7x  0.9x 1.5x   65.3/38.5 0.9-2.5x   0.2-0.7x   0.8-2.1x   0.9-1.4x
-    threads page_token   1.5x  2.1x 1.6x   33.9/18.1 1.8-2.2x   0.4x       1.6-1.7x   1.3x
+    1 client             p50        p99        req/s      cpu        | 4 clients: p99  req/s
+    messages             1.3-1.5x   1.3-1.7x   1.4-1.5x   1.2-1.4x   |  1.1-1.4x        1.5-1.6x
+    messages page_token  1.4-1.6x   1.3-1.8x   1.4-1.5x   1.3-1.4x   |  1.0-1.2x        1.3-1.6x
+    in=INBOX             1.4-1.6x   1.3-1.7x   1.4-1.6x   1.3-1.4x   |  0.9-1.2x        1.3-1.6x
+    unread=true          1.5-1.6x   1.5-1.6x   1.5-1.6x   1.4x       |  0.9-1.2x        1.3-1.5x
+    from=<frequent>      1.3-1.4x   1.3-1.4x   1.3-1.5x   1.3-1.4x   |  1.0-1.1x        1.2x
+    any_email=<rare>     1.1-1.2x   1.0-1.2x   1.2x       1.1-1.2x   |  1.0-1.1x        1.1x
+    threads              1.3x       1.2x       1.2x       1.2x       |  0.9-1.2x        1.1-1.2x
+    threads page_token   1.3-1.4x   1.2-1.3x   1.3x       1.2x       |  1.0-1.2x        1.2-1.3x
 
-(before: cpu 2.9x, 2.8x, 3.5x, 2.8x, 1.5x, 1.5x, 1.7x, 1.9x; after, messages: 9.9-11.9 ms
-against 4.6-6.1.) Then with the grant's check in the page statement (one run, load 11-15): cpu
-1.6x (8.4 ms against 5.3), 2.0x, 2.4x (``in`` still looks its folder up first), 2.0x, 1.3x,
-1.4x, 1.3x, 1.4x; p50 2.9x, 3.2x, 4.3x, 2.7x, 2.1x, 1.5x, 1.8x, 2.1x.
+The goal (p99 and requests/s within 2x) was met in every run: worst p99 1.5x, 1.7x, 1.8x,
+1.7x; worst requests/s 1.5-1.6x. Absolute figures, one client: a plain page 5.7-7.4 ms at p50
+(Postgres 4.3-5.5), 135-163 requests/s (196-228); four clients on one API process 200-293
+requests/s on the four message pages (the replay 301-419 over four backends).
 
-The CPU per request is within 2x but for the plain pages (about 2x) and ``in`` (2.4x); the
-latencies are not: an API request wakes the uvicorn loop, a threadpool worker and its Postgres
-backend where the replay wakes one backend, and on a machine with four times more runnable
-threads than cores each wake-up waits for one. What the API still spends beyond the replay's
-psycopg, in-process (ASGI without HTTP, 20,000 messages: 5-6 ms of CPU a page against 2-3 for
-the replay): the Python views of 50 messages (a fifth), building the page statement and its
-SQLAlchemy cache key (a tenth), the round trips before the page (the grant's lookup for
-threads, the folder's for ``in``), the middleware, routing and API key check on the event loop
-(about 1 ms), and the one threadpool hop.
+The last step was the measurement's: until then the timed HTTP client opened its connection
+inside the first request of each slice (a TCP connect and uvicorn's new connection), where the
+replay's connection was open before its clock. With 10 slices of 500 requests that is 2 % of
+the requests, exactly where a p99 is read: in nine runs before it, every p99 was within 2x in
+only two, one or two calls reaching 2.1-2.8x in the others (a different call each run).
 
-After a standard message page is rendered as JSON by Postgres (``queries.message_json``), the
-common filters' statement is made once (``queries._shaped_page``) and the lists are matched
-first among the routes (one run each, 2026-12-07, same command with ``--clients 4``; the
-replay's backend now renders the JSON too, and its client no longer parses JSON columns)::
+How it got here (2026-12-06/07; each step measured with this benchmark, the details in the
+commits that made them):
 
-    load 5 (before the routes' order)      p50   p99   req/s  cpu  | 4 clients: p99  req/s
-    messages                               1.9x  2.0x  1.8x   1.4x |            2.0x  2.5x
-    messages page_token                    2.1x  1.4x  2.2x   1.7x |            2.8x  2.6x
-    in=INBOX                               2.4x 16.5x  2.7x   1.8x |            2.4x  2.6x
-    unread=true                            2.1x  1.8x  2.0x   1.6x |            2.1x  2.2x
-    from=<frequent>                        1.7x  2.5x  1.9x   1.5x |            1.9x  2.1x
-    any_email=<rare>                       1.2x  1.2x  1.2x   1.2x |            1.4x  1.5x
-    threads, threads page_token            1.5-1.7x 0.3-0.4x 1.4x 1.2-1.3x |  0.5-1.0x 1.3-1.4x
-    load 10-11 (all three)
-    messages, page_token, unread           1.9-2.4x 1.4-1.8x 2.0-2.2x 1.4x |  2.2-3.4x 2.8-3.0x
-    in=INBOX                               2.9x  2.7x  2.9x   1.8x |            3.1x  3.5x
-    from, any_email                        1.7-2.0x 1.7-2.4x 1.7-1.9x 1.4-1.6x | 1.5-2.1x 1.4-2.4x
-    threads, threads page_token            1.3-2.1x 0.4x 1.2-1.6x 1.2-1.5x |    0.6-0.8x 1.4-1.5x
+* threads: one statement a page (was three); a message page rendered as JSON by Postgres
+  (``queries.message_json``); the common filters' statement made once (``queries._shaped_page``),
+  then the address filters' too (their keys and addresses bound values,
+  ``messages.filters.address_values``: in-process CPU a page ``from`` 4.5 -> 1.6 ms,
+  ``any_email`` 3.5 -> 1.8); ``in`` checks its folder ids in the page statement
+  (``folders_found``) instead of a lookup before it;
+* the lists answered by plain Starlette routes matched before FastAPI's (``pipeline.api.lean``)
+  and run on the psycopg cursor (``pipeline.driver_sql``), the page token written by orjson,
+  uvicorn on uvloop and httptools: in-process CPU a plain page 1.05-1.33 -> 0.65-0.85 ms;
+* the measurement: http.client reading every byte and parsing none (httpx and JSON parsing cost
+  this client as much CPU as the API process spent), concurrent clients as processes (threads
+  shared one GIL), p99 by nearest rank, the sides timed by turns in slices, 500 requests a
+  call, connections made before the clock.
 
-In-process (ASGI without HTTP, the first page, CPU): ``message_page`` 6.3 -> 3.6 ms (JSON by
-Postgres) -> 2.3 ms (statement made once); the whole app 4.5 ms with the lists matched first,
-5.4 ms matched last. With several clients one API process is the bottleneck (its Python runs
-on one core, the replay's backends on both): 105-114 requests/s at load 5 against 270-283.
-Tried and left out: the lists on the event loop with async psycopg (SQLAlchemy's async engine,
-no threadpool hop) cost more CPU a page than the hop (in-process, alternated: 8.0 against
-7.4 ms with uvloop, 9.7 against 8.0 ms with asyncio's loop: a 150 kB page is a dozen socket
-waits, each an add_reader/remove_reader) and was not faster at p50 under load.
-
-Then (2026-12-07, later): ``in`` with folder ids checked by the page statement instead of a
-lookup before it (``folders_found``; the lookup was the ``in`` outlier's round trip: 6.46M
-instructions a page in the API process, now 4.65M, callgrind), uvicorn on uvloop and httptools
-(a plain page 4.34M -> 3.69M instructions), and the measurement's own fixes: the timed HTTP
-client is http.client reading the bytes (httpx and ``response.json()`` cost this client 1.1-1.4
-ms of CPU a page, http.client 0.25: as much as the API process spends, on the two cores the
-API and Postgres share, while the replay's client parsed no JSON), concurrent clients are
-processes (the replay's gained as much: 4 threads of one process shared its GIL), and p99 of
-100 values is the 99th (it was the largest). Same machine, other sessions' benchmarks running
-(load average 2.8-6.2), ``--database bench --keep --requests 100 --clients 4`` (two runs) and
-the same with ``--api-workers 2`` (two runs)::
-
-    1 client: p50 / p99 / req/s   1 API process                2 API processes
-    messages                      1.4-1.6x 1.4-1.5x 1.4-1.6x   1.4x     0.9-2.0x 1.1-1.5x
-    messages page_token           1.5x     1.1-1.4x 1.4-1.5x   1.4x     1.2-2.1x 1.4-1.5x
-    in=INBOX                      1.4-1.5x 1.4-1.5x 1.4-1.5x   1.3-1.4x 0.6-1.8x 1.1-1.5x
-    unread=true                   1.3-1.5x 1.3x     1.3-1.5x   1.3-1.4x 1.4-1.8x 1.4x
-    from=<frequent>               1.4-1.5x 1.0-1.4x 1.3-1.5x   1.3-1.4x 1.0-1.6x 1.3-1.5x
-    any_email=<rare>              1.0-1.1x 0.6-2.2x 1.0-1.1x   1.3-1.5x 0.6-1.3x 1.1-1.5x
-    threads                       1.2-1.3x 0.3x     0.9-1.0x   1.3x     0.4-0.5x 1.1-1.2x
-    threads page_token            1.5-1.9x 0.9-2.0x 1.5x       1.5-1.6x 1.3-1.7x 1.3-1.5x
-    4 clients: p99 / req/s
-    messages                      2.4-2.8x 1.6-1.7x            1.2-1.6x 1.2-1.6x
-    messages page_token           1.2-1.8x 1.3-1.6x            1.4-2.8x 1.3-1.5x
-    in=INBOX                      1.6-1.9x 1.5-1.6x            1.5-2.7x 1.2-1.5x
-    unread=true                   2.5-2.7x 1.6-1.7x            2.4-2.7x 1.6x
-    from=<frequent>               1.6-1.9x 1.5x                1.8-1.9x 1.5x
-    any_email=<rare>              1.2-1.5x 1.3-1.4x            1.1-1.2x 1.2-1.3x
-    threads, threads page_token   0.2-0.3x 0.8-1.1x            0.2-0.9x 0.9-1.3x
-
-API 4 clients, 1 process: 197-267 requests/s on the first four message calls (the replay
-276-436); 2 processes: 253-345 (the replay 352-472). CPU a request (API processes and backends
-against the replay's client and backend): 1.3-1.5x on the message pages, 1.0-1.3x on the rest.
-Met: requests/s everywhere (at most 1.7x), p50 with one client (at most 1.9x). Not met every
-run: p99, one client (of 100 requests: one slow request moves it; 0.6-2.2x across runs of the
-same call), and 4 clients on a few message calls in every run (2.4-2.8x; which ones changes
-from run to run, with one API process or two). An API request wakes three threads (event
-loop, threadpool worker, backend) where the replay wakes one, and at a load average of 4-6 on
-2 cores each wake-up may wait for a core; with one process, the 4 clients' requests also meet
-in one event loop on one core. Measured but left: the API key check (one SHA-256 and a compare
-per request, 0.2 % of the process's samples), FastAPI's telemetry hooks off (1.3 % fewer
-instructions), the threadpool hop through the event loop's own executor instead of anyio's
-(2.7 % fewer instructions, 3.57M against 3.67M a page; callgrind).
-
-Tried again and left out (2026-12-07, 13:32-13:39 UTC, load average 7.8-12.6, one run each,
-back to back, ``--database h_api12_bench --keep --requests 100 --clients 4``): the list pages
-made on the event loop through SQLAlchemy's async engine (``AsyncConnection.run_sync``, no
-threadpool hop; the searches the IMAP server answers and ``raw_mime`` kept on the threadpool).
-The API's own figures, threadpool -> event loop: 1 client p50 messages 10.7 -> 16.1 ms,
-page_token 28.0 -> 17.4, in=INBOX 20.5 -> 19.5, unread 27.9 -> 18.5, threads 45.1 -> 62.5;
-CPU a request about the same (4.4-14.0 -> 5.0-14.5 ms); 4 clients requests/s messages
-137 -> 69, page_token 185 -> 96, unread 143 -> 73, in=INBOX 92 -> 82, threads 39 -> 45, p99
-81.5 -> 162.8 ms (messages), 68.2 -> 109.1 (unread). Fewer wake-ups did not show as lower
-latency, and one event loop doing every page's Python and every socket wait halved the
-throughput with 4 clients. (Its replay recorded nothing: :func:`record_sql` listens to the
-sessions' engine, which such pages no longer use.)
-
-Then (2026-12-07, 16:49-17:00 UTC): the lists answered by plain Starlette routes matched before
-FastAPI's (``pipeline.api.lean``: the same key check and endpoint, without FastAPI's route
-machinery and dependency solving), their page statement run on the psycopg cursor
-(``pipeline.driver_sql``: SQLAlchemy's SQL and parameters, without its execution context and
-result rows), the grant id tested by one regular expression and the page token written by
-orjson. In-process (the app through ASGI without HTTP, process CPU a request, the least of 25
-batches of 20, three alternating runs, load average 3.3-4.3): messages 1.05-1.33 -> 0.65-0.85
-ms, in=INBOX 1.11-1.39 -> 0.68-0.74, unread 1.08-1.11 -> 0.67-0.72. Over HTTP, the old code and
-the new back to back on the same data (``PYTHONPATH=<checkout> .venv/bin/python
-<checkout>/tests/benchmarks/api_list_messages.py --database h_list12_bench --keep --requests 100
---clients 4``, each checkout a ``git archive`` of its commit; two runs of the old, three of the
-new, load average 2.5-6.4 at their starts), ratios API over Postgres::
-
-                              cpu       p99       req/s     | 4 clients: p99, req/s
-    messages             old  1.5-1.6x  2.1-2.4x  1.9-2.3x  | 1.5-1.8x  1.3x
-                         new  1.3-1.4x  1.6-5.4x  1.6-2.0x  | 1.9-2.0x  1.3-1.5x
-    messages page_token  old  1.6x      1.7-2.9x  1.9-2.0x  | 2.1-2.9x  1.7x
-                         new  1.3-1.5x  1.1-1.8x  1.3-1.6x  | 2.2-2.7x  1.4-1.8x
-    in=INBOX             old  1.4-1.5x  1.1-1.5x  1.6-2.0x  | 1.7-2.7x  1.4-1.8x
-                         new  1.2-1.3x  0.7-2.2x  1.1-1.5x  | 1.3-1.9x  1.3-1.7x
-    unread=true          old  1.3-1.6x  1.5-2.6x  1.3-1.5x  | 1.5-3.4x  1.6-1.8x
-                         new  1.1-1.5x  0.9-1.7x  1.1-1.5x  | 0.9-1.8x  1.0-1.8x
-    from=<frequent>      old  1.6-1.7x  1.2-1.5x  1.4-1.7x  | 1.5-1.7x  1.6x
-                         new  1.4-1.8x  1.1-1.2x  1.3-1.8x  | 1.4-3.1x  1.5-2.4x
-    any_email=<rare>     old  1.3-1.4x  1.2-2.6x  1.3-2.1x  | 1.1-1.4x  1.2-1.5x
-                         new  1.0-1.5x  0.9-1.8x  0.8-1.8x  | 0.9-1.5x  1.2-1.5x
-    threads              old  1.2-1.5x  1.0-1.8x  1.0-1.7x  | 1.3-1.8x  1.0-1.5x
-                         new  1.2-1.3x  1.4-2.1x  1.2-1.8x  | 0.9-1.5x  1.2-1.3x
-    threads page_token   old  1.2-1.3x  1.0-2.5x  1.2-1.7x  | 1.2-1.7x  1.0-1.6x
-                         new  1.2-1.3x  1.1-1.8x  1.3-2.2x  | 1.1-1.9x  1.2-1.3x
-
-(The address filters and the threads gain only the lean route: their statements are built per
-request, and the threads' have their own module.) The CPU ratio of the message pages fell by
-0.1-0.3 (the API's cpu column counts its Postgres backends, most of it); the latency
-ratios moved within their run-to-run swing, which on this machine is wider than the change: one
-slow request of 100 sets a p99 (messages, one client: 1.6x to 5.4x across three runs of the same
-code), and with 4 clients the one API process shares two cores with the 4 clients, the backends
-and other sessions' work. Not met in every run: p99 with one client (single outliers), and with
-4 clients ``messages page_token`` (2.2-2.7x in all three runs of the new code, 2.1-2.9x before).
-Tried and left out: a 1 ms GIL switch interval (``sys.setswitchinterval``, two runs: no better
-at p99 with 4 clients). What the API process still spends (py-spy, GIL held): writing the 170 kB
-answer to the socket (about a seventh), uvicorn's parsing and its event loop, the threadpool hop
-(anyio's: 50 us a hop against 35 for ``loop.run_in_executor``, measured alone), SQLAlchemy's
-connection checkout and return.
-
-Then (2026-12-07, 17:08-17:12 UTC, load average 2.4-3.1): the threads' plain page (no filter,
-rendered by Postgres) run on the psycopg cursor too (``driver_sql.rows``). The statement alone
-on the API's engine, process CPU (the least of 15 batches of 20, six alternating runs):
-1.02-1.33 -> 0.78-1.05 ms; the app in-process (ASGI through the test client, least of 25
-batches of 20, three runs): threads 3.3-3.8 -> 3.0-3.8 ms, threads page_token 4.2-5.2 ->
-3.1-4.5. Measured and left: uvicorn's access log off above INFO (it formats the line's
-arguments on every response before the WARNING logger drops it): 0.66 us a request
-(timeit of the exact call), below what any figure here can show. The API's pool has no
-``pool_pre_ping`` (``ping_idle_connections`` pings only a connection idle over a second), so
-a busy list makes no ping round trip to save; a checkout and return (autocommit: no reset
-round trip) is 9 us of CPU. Over HTTP (17:14-17:16 UTC, load average 2.8-4.0, ``--database
-h_list12_bench --keep --requests 100 --clients 4 --only threads``, the commit before and after
-alternated, two runs each) the gain does not show: cpu 1.1-1.2x both, 1 client p99 0.9-1.3x
-before and 1.2-1.5x after, 4 clients p99 1.0-1.4x before and 1.2-2.2x after (one 2.2x, the
-replay's p99 at 31 ms against 42-72 in the other runs), req/s 1.1-1.3x before, 1.1-1.6x after.
-The API's cpu column counts its Postgres backend (about 9 of a page's 10 ms), so a quarter of
-a millisecond is inside its swing.
-
-Where it stands (2026-12-07, 17:30 UTC, a quiet machine: load average 0.0 at the start, nothing
-else running; ``--database h_list12_bench --keep --requests 200 --clients 4``, main at
-a555aba): one client, every call within 2x (p99 0.9-1.9x, req/s 0.9-1.6x, cpu 0.9-1.5x);
-four clients, p99 1.3-1.7x and req/s 1.0-1.8x but for ``messages page_token``'s p99, 2.3x
-(16.9 ms against 7.5), and ``from`` at 2.0x req/s. Six more runs of the four-client message
-calls (17:33-17:36, load 2-3) put each one's p99 ratio anywhere from 1.3x to 2.8x: the
-replay's own p99 moves from 6 to 12 ms between runs, so the same API is inside or outside 2x
-by the run. One Python process serving four clients is the limit (its cpu per request is
-1.2-1.5x Postgres', its requests/s 1.5-1.8x lower). Tried then and left out: a GIL switch
-interval of 0.5 ms (``sys.setswitchinterval``) in the API process, three alternated pairs:
-no steady difference.
-
-Then (2026-12-07, 19:25-20:51 UTC, session 10; ``--database bench12 --keep --clients 4``,
-1,000,000 messages, the measured grant 341,422). The address filters page on a statement made
-once (``pipeline.messages.filters.address_values``: their keys and addresses are bound values),
-where each request built its statement and SQLAlchemy's cache key: in-process CPU a page (the
-page function alone, 200 pages) ``from`` 4.5 -> 1.6 ms, ``any_email`` 3.5 -> 1.8 (the plain
-page 0.9); over HTTP ``from`` went from cpu 1.5-1.6x, p50 1.5-1.7x, req/s 1.6-1.7x (1 client)
-to 1.2-1.3x, 1.2-1.4x, 1.2-1.4x. The measurement: the two sides by turns in slices (before,
-one side was timed whole, then the other), and 500 requests a call (of 200, one client's p99
-is its second slowest request). Nine runs after the change (200 requests a call in six, the
-first without slices and five in 4; 500 in three, one in 4 slices and two in 10), the machine
-quiet but for this benchmark in seven of them, 16 p99 ratios and 16 requests/s ratios a run:
-
-* requests/s: the worst ratio of a run 1.4-1.8x (2.0x in one run beside a helper's tests);
-* cpu a request (API process and its backends against the replay's client and backend):
-  1.0-1.6x on every call of every run;
-* p99: the median ratio of a run 1.05-1.35x; every p99 within 2x in two runs (worst 1.8x and
-  1.9x); in the five other quiet runs one or two calls over, a different one each run, at
-  2.1-2.8x (with a helper's tests running: 3.0x and 3.5x). Both sides' tails move from run to
-  run: the replay's own p99 for the same call (1 client, ``messages``) ranged 4.2-26 ms.
-
-What makes the API's tail heavier than the replay's: a request passes the client, the event
-loop, a threadpool worker and the backend where the replay's passes the client and the
-backend, and on this shared two-vCPU machine each hand-over can wait. Ruled out: the garbage
-collector (a probe of every collection over 3 ms in the API process: all at startup, before
-``gc.freeze``, none while serving; the API with the collector disabled, three alternated runs
-of 500 requests: p99/p50 1.2-2.0 against 1.3-1.6 with it).
+Tried and left out: the list pages on the event loop through SQLAlchemy's async engine or async
+psycopg (no threadpool hop, but more CPU a page: a 150 kB page is a dozen socket waits, and one
+event loop doing every page halved the four-client throughput); a GIL switch interval of 1 or
+0.5 ms; FastAPI's telemetry hooks off (1.3 % fewer instructions); ``loop.run_in_executor``
+instead of anyio's hop (2.7 % fewer instructions); uvicorn's access log off (0.66 us a request);
+the garbage collector disabled (ruled out as a cause of the tail: no collection over 3 ms while
+serving, after ``gc.freeze``). An API request still wakes the event loop, a threadpool worker
+and a backend where the replay wakes one backend, and one API process's Python runs on one
+core: with four clients it serves 1.5-1.6x fewer requests a second than four backends do.
 """
 
 from __future__ import annotations
@@ -678,6 +514,10 @@ def time_api(api: str, path: str, queries: list[dict[str, str]]) -> list[float]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     latencies = []
     try:
+        # connected before the clock, as the replay's connection is: otherwise the first request
+        # of every slice carries a TCP connect and uvicorn's new connection (with 10 slices of
+        # 500 requests, 2 % of them: exactly where the p99 is read)
+        conn.connect()
         for query in queries:
             t0 = time.perf_counter()
             conn.request("GET", f"{path}?{urlencode(query)}", headers=headers)
