@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.api import (
     attachments,
+    clean,
     connect,
     docs,
     drafts,
@@ -268,6 +269,7 @@ def _include_routers(app: FastAPI) -> None:
         grants,
         providers,
         send,
+        clean,  # before messages: its path would read as .../messages/{message_id}
         messages,
         drafts,
         folders,

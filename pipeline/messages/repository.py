@@ -59,6 +59,17 @@ class MessageRepository:
             select(Message).where(Message.id == message_id, Message.grant_id == grant_id)
         )
 
+    def get_many(self, grant_id: str, message_ids: Sequence[str]) -> dict[str, Message]:
+        """The grant's messages among ``message_ids``, by their id in lower case (an id that is
+        not a UUID matches none)."""
+        ids = [i.lower() for i in message_ids if is_uuid(i)]
+        if not ids:
+            return {}
+        found = self.session.scalars(
+            select(Message).where(Message.grant_id == grant_id, Message.id.in_(ids))
+        )
+        return {m.id.lower(): m for m in found}
+
     def latest_with_header(self, grant_id: str, message_id_header: str) -> Message | None:
         """The grant's latest message whose Message-ID header is ``message_id_header``."""
         return self.session.scalar(

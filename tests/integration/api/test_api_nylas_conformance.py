@@ -865,3 +865,102 @@ def test_fields_raw_mime_gives_the_message_as_the_server_has_it(
         by_subject[s].id: raw.replace(b"\r\n", b"\n") for s, raw in raws.items()
     }
     assert all(set(m) == {"id", "grant_id", "object", "raw_mime"} for m in listed)
+
+
+def test_clean_messages_answers_each_message_with_its_conversation(
+    api: ApiServer, mail_user: MailUser
+) -> None:
+    """api/messages/clean-messages (``PUT .../messages/clean``, the SDK's ``clean_messages``):
+    the message objects with ``conversation``, the body without quoted history, signature,
+    links, images and tables (Nylas' defaults); ``select``; at most 20 ids; an unknown id a
+    404 naming it; a wrong type a 400."""
+    from tests.support.corpus import CORPUS
+
+    t = now()
+    reply_html = (
+        '<div dir="ltr">Works for me, see <a href="https://example.test/plan">the plan</a>.'
+        '<img src="https://example.test/chart.png" alt="Chart"><div><br></div>'
+        "<div>Thanks,</div><div>Ann</div></div><br>"
+        '<div class="gmail_quote"><div class="gmail_attr">On Mon, Bob wrote:</div>'
+        "<blockquote>Lunch at noon?</blockquote></div>"
+    )
+    append_many(
+        mail_user,
+        [
+            (make_message("html reply", "Works for me.", html=reply_html, date=t), "", t),
+            ((CORPUS / "php-mime-mail-parser/issue84.eml").read_bytes(), "", t),
+        ],
+    )
+    grant_id = connect_and_sync(api, mail_user)
+    client = api.nylas()
+    by_subject = {m.subject: m for m in client.messages.list(grant_id).data}
+    html_id = by_subject["html reply"].id
+    list_id = by_subject["Re: [PHP-DEV] [RFC] Remove PHP 4 Constructors"].id
+
+    cleaned = client.messages.clean_messages(grant_id, {"message_id": [html_id, list_id]}).data
+    assert [m.id for m in cleaned] == [html_id, list_id]
+    html_reply, list_reply = cleaned
+    assert html_reply.conversation == "<p>Works for me, see the plan.</p>"
+    assert html_reply.subject == "html reply" and html_reply.grant_id == grant_id
+    assert html_reply.body is not None and "Lunch at noon?" in html_reply.body  # body as stored
+    assert list_reply.conversation == "+1 from me."
+
+    kept = client.messages.clean_messages(
+        grant_id,
+        {
+            "message_id": [html_id],
+            "ignore_links": False,
+            "ignore_images": False,
+            "remove_conclusion_phrases": False,
+            "html_as_markdown": True,
+        },  # type: ignore[typeddict-unknown-key]
+    ).data[0]
+    assert kept.conversation == (
+        "Works for me, see [the plan](https://example.test/plan)."
+        " ![Chart](https://example.test/chart.png)\n\nThanks,\nAnn"
+    )
+
+    with api.http() as http:
+        url = f"/v3/grants/{grant_id}/messages/clean"
+        selected = http.put(url, params={"select": "id,subject"}, json={"message_id": [html_id]})
+        assert selected.status_code == 200, selected.text
+        assert selected.json()["data"] == [
+            {
+                "id": html_id,
+                "grant_id": grant_id,
+                "object": "message",
+                "subject": "html reply",
+                "conversation": "<p>Works for me, see the plan.</p>",
+            }
+        ]
+        unknown = "0b6a4e8e-4f53-4f8e-9a3e-2f0c6c1d7a11"
+        missing = http.put(url, json={"message_id": [html_id, unknown, "not-an-id"]})
+        assert missing.status_code == 404, missing.text
+        error = missing.json()["error"]
+        assert error["type"] == "not_found_error"
+        assert unknown in error["message"] and "not-an-id" in error["message"]
+        assert html_id not in error["message"]
+        # 21 ids (a repeated one counts once)
+        too_many = {
+            "message_id": [
+                html_id,
+                html_id,
+                *(f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(20)),
+            ]
+        }
+        for refused in (
+            too_many,
+            {"message_id": []},
+            {"message_id": html_id},
+            {"message_id": [html_id], "ignore_links": "yes"},
+            {"message_id": [html_id], "html_as_markdown": True, "images_as_markdown": False},
+            {"message_id": [html_id], "unknown_option": True},
+            {},
+        ):
+            answer = http.put(url, json=refused)
+            assert answer.status_code == 400, (refused, answer.text)
+            assert answer.json()["error"]["type"] == "invalid_request_error"
+        answer = http.put(url, json=too_many)
+        assert "At most 20 messages" in answer.json()["error"]["message"]
+    # the path is not read as a message id by the other message routes
+    assert _status_of(lambda: client.messages.find(grant_id, "clean")) == 404
