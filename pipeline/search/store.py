@@ -47,7 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import Text as TextType
 
-from pipeline.models import Folder, Placement
+from pipeline.models import Folder, Message, Placement
 from pipeline.search.criteria import (
     All,
     And,
@@ -259,6 +259,11 @@ class StoreCondition:
         rest_joined: ``rest`` with the copy's EXISTS free to become a join (``rest`` keeps
             Postgres from it, see :func:`condition`): for a thread list, where Postgres
             hashing the copies of a folder or with a flag once beat probing them per match.
+        narrow: for criteria without ``text``, what they require of the message itself (its
+            internal date and size keys ANDed at the top, and what a copy's flag implies: a
+            message with an unseen copy is unread), which its own indexes answer; every
+            message the whole condition matches meets it. None when ``text`` is given or the
+            criteria require nothing of the message itself.
     """
 
     def __init__(
@@ -275,6 +280,7 @@ class StoreCondition:
         self.rest = rest
         self.rest_joined = rest if rest_joined is None else rest_joined
         self.text_only = False
+        self.narrow: Condition | None = None
 
     def __call__(self, m: Any) -> ColumnElement[bool]:
         return self._whole(m)
@@ -322,8 +328,14 @@ def condition(
             # join stays possible: a rare flag, keyword or UID range is best found from the
             # copies; thread lists (the whole condition) gained nothing from it
             copy_of = copy_of.offset(0)
-        copy = exists(copy_of)
         implied = [i for i in (_implied(m, c) for c in on_copy) if i is not None]
+        if stored_node is None and fence and on_copy and len(implied) == len(on_copy):
+            # every copy key implies the message's (UNSEEN: unread): the messages' indexes find
+            # the candidates and each one's copies are probed by its id, where Postgres hashed
+            # every copy of the table with the flag (SINCE 04-Dec-2026 UNSEEN, a thread list
+            # at 100,000 messages: 25 of 53 ms its scan of the placements)
+            copy_of = copy_of.offset(0)
+        copy = exists(copy_of)
         text = [_sql(stored_node, m, p, grant_id)] if with_text and stored_node else []
         return and_(*text, *(_sql(c, m, p, grant_id) for c in on_message), *implied, copy)
 
@@ -336,4 +348,16 @@ def condition(
     )
     out.text_only = stored_node is not None and not on_message and not on_copy
     out.text_only = out.text_only and folder_ids is None
+    # an index of the messages serves the narrowing: a flag's implication (partial indexes on
+    # unread and starred) or an internal date (received_at); a size alone has none
+    indexed = any(_implied(Message, c) is not None for c in on_copy) or any(
+        isinstance(c, DateKey) for c in on_message
+    )
+    if stored_node is None and indexed:
+
+        def narrow(m: Any) -> ColumnElement[bool]:
+            implied = [i for i in (_implied(m, c) for c in on_copy) if i is not None]
+            return and_(*(_sql(c, m, _COPY, grant_id) for c in on_message), *implied)
+
+        out.narrow = narrow
     return out

@@ -88,7 +88,6 @@ from typing import Any
 
 import httpx
 import psycopg
-from sqlalchemy import literal, select
 from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,10 +105,10 @@ from pipeline.messages.filters import MessageFilter  # noqa: E402
 from pipeline.messages.queries import list_messages_query  # noqa: E402
 from pipeline.messages.roles import DRAFTS_ROLE  # noqa: E402
 from pipeline.search import criteria, store  # noqa: E402
-from pipeline.search.tables import message_search  # noqa: E402
 from pipeline.threads.queries import (  # noqa: E402
     ThreadCriteria,
     list_threads_page_query,
+    matches_statement,
     walks_with_set,
 )
 
@@ -308,10 +307,8 @@ def statements(
     )
     if threads:
         matches = None
-        search = flt.search
-        if isinstance(search, store.StoreCondition) and search.text is not None:
-            s = message_search
-            counting = select(literal(1)).select_from(s).where(s.c.grant_id == grant, search.text)
+        counting = matches_statement(grant, flt)
+        if counting is not None:
             sql, params = _compiled(counting)
             row = pg.execute("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()  # type: ignore[call-overload]
             matches = float(row[0][0]["Plan"]["Plan Rows"]) if row else None

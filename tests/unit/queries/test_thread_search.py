@@ -6,7 +6,9 @@ thread of that set (``pipeline.threads.queries._thread_has_match``, ``thread_set
 Postgres joins the threads to their matching search rows. The two must list the same threads
 in the same order, page for page, including a thread whose only text match has no current
 copy (in a folder whose UIDVALIDITY changed: the set has that thread, the search does not) and
-a thread that matches only with a flag of its copy.
+a thread that matches only with a flag of its copy. A search without text keys whose flag or
+internal date an index of the messages serves (UNSEEN, SINCE) walks with the set of the
+threads of the messages those keys admit, the same way.
 """
 
 from __future__ import annotations
@@ -98,6 +100,13 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
                 [f"report {k}" for k in (19, 18, 17, 16, 15, 14, 13, 12)]
                 + ["report 11", "report 10", "report 1"],
             ),
+            # no text: the set is the threads of the messages the flag or date admits (unread,
+            # received since), the newest of them in 'Old', whose copies are stale
+            ("UNSEEN", unseen_invoices),
+            ("NOT SEEN", unseen_invoices),
+            ("SINCE 2-Nov-2026 UNSEEN", unseen_invoices),
+            ("UNSEEN FLAGGED", []),
+            ("SINCE 3-Nov-2026 UNSEEN", []),
         ):
             for limit in (3, 50):
                 assert _pages(conn, grant_id, query, limit, thread_set=False) == want, query
@@ -108,11 +117,20 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
         flt = MessageFilter(
             search=store.condition(criteria.parse("SUBJECT invoice"), None, grant_id=grant_id)
         )
-        estimate = thread_queries.text_matches_estimate(conn, grant_id, flt)
+        estimate = thread_queries.matches_estimate(conn, grant_id, flt)
         assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
         page = list_threads(conn, ThreadCriteria(grant_id, flt))
         assert [t.subject for t in page] == invoices
         assert all(len(t.messages) == 2 for t in page)
+        # a flag's search is estimated by the messages it admits (the unread ones), and walked
+        # with their threads' set: the stale copies' threads in the set are probed and left out
+        flt = MessageFilter(
+            search=store.condition(criteria.parse("UNSEEN"), None, grant_id=grant_id)
+        )
+        estimate = thread_queries.matches_estimate(conn, grant_id, flt)
+        assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
+        page = list_threads(conn, ThreadCriteria(grant_id, flt))
+        assert [t.subject for t in page] == unseen_invoices
 
 
 def test_a_search_texts_estimate_is_planned_once_for_its_pages(
@@ -130,7 +148,7 @@ def test_a_search_texts_estimate_is_planned_once_for_its_pages(
 
     def estimate(query: str) -> float | None:
         flt = MessageFilter(search=store.condition(criteria.parse(query), None, grant_id=grant_id))
-        return thread_queries.text_matches_estimate(conn, grant_id, flt)
+        return thread_queries.matches_estimate(conn, grant_id, flt)
 
     with pg_sessions.begin() as db:
         conn = db.connection()
