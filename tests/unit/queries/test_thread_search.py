@@ -112,25 +112,19 @@ def test_a_thread_search_lists_the_same_threads_with_the_set_or_without(
                 assert _pages(conn, grant_id, query, limit, thread_set=False) == want, query
                 assert _pages(conn, grant_id, query, limit, thread_set=True) == want, query
 
-        # as the API lists them: estimated, then walked with the set (bounds that admit it)
+        # as the API lists them: estimated, then walked with the set (bounds that admit it). A
+        # flag's search is estimated by the messages it admits (the unread ones): the stale
+        # copies' threads in its set are probed and left out
         monkeypatch.setattr(thread_queries, "THREAD_SET_MATCHES", (0, 1000))
-        flt = MessageFilter(
-            search=store.condition(criteria.parse("SUBJECT invoice"), None, grant_id=grant_id)
-        )
-        estimate = thread_queries.matches_estimate(conn, grant_id, flt)
-        assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
-        page = list_threads(conn, ThreadCriteria(grant_id, flt))
-        assert [t.subject for t in page] == invoices
-        assert all(len(t.messages) == 2 for t in page)
-        # a flag's search is estimated by the messages it admits (the unread ones), and walked
-        # with their threads' set: the stale copies' threads in the set are probed and left out
-        flt = MessageFilter(
-            search=store.condition(criteria.parse("UNSEEN"), None, grant_id=grant_id)
-        )
-        estimate = thread_queries.matches_estimate(conn, grant_id, flt)
-        assert estimate is not None and thread_queries.walks_with_set(flt, estimate)
-        page = list_threads(conn, ThreadCriteria(grant_id, flt))
-        assert [t.subject for t in page] == unseen_invoices
+        for query, want in (("SUBJECT invoice", invoices), ("UNSEEN", unseen_invoices)):
+            flt = MessageFilter(
+                search=store.condition(criteria.parse(query), None, grant_id=grant_id)
+            )
+            estimate = thread_queries.matches_estimate(conn, grant_id, flt)
+            assert estimate is not None and thread_queries.walks_with_set(flt, estimate), query
+            page = list_threads(conn, ThreadCriteria(grant_id, flt))
+            assert [t.subject for t in page] == want, query
+            assert all(len(t.messages) == 2 for t in page), query
 
 
 def test_a_search_texts_estimate_is_planned_once_for_its_pages(
