@@ -200,15 +200,15 @@ def _tidy(lines: list[Line]) -> list[Line]:
     """Runs of blank lines as one; no blank or separator lines at either end."""
     tidy: list[Line] = []
     for line in lines:
-        if line.text.strip() or line.cells or line.markup:
+        if not line.blank:
             tidy.append(line)
-        elif tidy and (tidy[-1].text.strip() or tidy[-1].cells or tidy[-1].markup):
+        elif tidy and not tidy[-1].blank:
             tidy.append(Line("", ""))
     while tidy and not tidy[-1].cells and _SEPARATOR_RE.match(tidy[-1].text):
         if tidy[-1].markup and not tidy[-1].text:  # an image alone on its line
             break
         tidy.pop()
-    while tidy and not tidy[0].cells and not tidy[0].markup and not tidy[0].text.strip():
+    while tidy and tidy[0].blank:
         tidy.pop(0)
     return tidy
 
@@ -219,7 +219,7 @@ def _tidy(lines: list[Line]) -> list[Line]:
 def _paragraphs(lines: list[Line]) -> list[list[Line]]:
     groups: list[list[Line]] = [[]]
     for line in lines:
-        if not line.text.strip() and not line.cells and not line.markup:
+        if line.blank:
             groups.append([])
         else:
             groups[-1].append(line)

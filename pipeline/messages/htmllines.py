@@ -42,6 +42,11 @@ class Line:
     markup: str
     cells: list[str] | None = None
 
+    @property
+    def blank(self) -> bool:
+        """No text, no markup and no cells: a paragraph break."""
+        return not self.text.strip() and not self.cells and not self.markup
+
 
 # --- HTML: a tree -------------------------------------------------------------------------------
 

@@ -262,8 +262,8 @@ class StoreCondition:
         narrow: for criteria without ``text``, what they require of the message itself (its
             internal date and size keys ANDed at the top, and what a copy's flag implies: a
             message with an unseen copy is unread), which its own indexes answer; every
-            message the whole condition matches meets it. None when ``text`` is given or the
-            criteria require nothing of the message itself.
+            message the whole condition matches meets it. None when ``text`` is given or no
+            index of the messages serves it (nothing required of the message, or a size alone).
     """
 
     def __init__(
@@ -307,6 +307,14 @@ def condition(
     if stored:  # the stored text's keys ANDed in one EXISTS (see _sql)
         stored_node = stored[0] if len(stored) == 1 else And(tuple(stored))
     on_copy = [c for c in conjuncts if _per_copy(c)]
+    # the copy keys that the message's own flag implies (UNSEEN: the message is unread)
+    implying = [c for c in on_copy if _implied(Message, c) is not None]
+
+    def own(m: Any) -> list[ColumnElement[bool]]:
+        """What the criteria require of the message itself: its own keys, and what its copies'
+        flags imply of it."""
+        implied = [i for i in (_implied(m, c) for c in implying) if i is not None]
+        return [*(_sql(c, m, _COPY, grant_id) for c in on_message), *implied]
 
     def build(m: Any, *, with_text: bool = True, fence: bool = True) -> ColumnElement[bool]:
         p, f = _COPY, _COPY_FOLDER
@@ -325,19 +333,17 @@ def condition(
             # join, which it hashed over every copy of the table with the flag instead (the
             # text's rows and the implied flag, estimated as independent, looked few): SUBJECT
             # cafe FROM "Sender 1" UNSEEN read 13,741 buffers, now 1,654. Without text keys the
-            # join stays possible: a rare flag, keyword or UID range is best found from the
-            # copies; thread lists (the whole condition) gained nothing from it
+            # join stays possible (but see below): a rare keyword or UID range is best found
+            # from the copies
             copy_of = copy_of.offset(0)
-        implied = [i for i in (_implied(m, c) for c in on_copy) if i is not None]
-        if stored_node is None and fence and on_copy and len(implied) == len(on_copy):
+        if stored_node is None and fence and on_copy and len(implying) == len(on_copy):
             # every copy key implies the message's (UNSEEN: unread): the messages' indexes find
             # the candidates and each one's copies are probed by its id, where Postgres hashed
             # every copy of the table with the flag (SINCE 04-Dec-2026 UNSEEN, a thread list
             # at 100,000 messages: 25 of 53 ms its scan of the placements)
             copy_of = copy_of.offset(0)
-        copy = exists(copy_of)
         text = [_sql(stored_node, m, p, grant_id)] if with_text and stored_node else []
-        return and_(*text, *(_sql(c, m, p, grant_id) for c in on_message), *implied, copy)
+        return and_(*text, *own(m), exists(copy_of))
 
     out = StoreCondition(
         build,
@@ -350,14 +356,7 @@ def condition(
     out.text_only = out.text_only and folder_ids is None
     # an index of the messages serves the narrowing: a flag's implication (partial indexes on
     # unread and starred) or an internal date (received_at); a size alone has none
-    indexed = any(_implied(Message, c) is not None for c in on_copy) or any(
-        isinstance(c, DateKey) for c in on_message
-    )
+    indexed = bool(implying) or any(isinstance(c, DateKey) for c in on_message)
     if stored_node is None and indexed:
-
-        def narrow(m: Any) -> ColumnElement[bool]:
-            implied = [i for i in (_implied(m, c) for c in on_copy) if i is not None]
-            return and_(*(_sql(c, m, _COPY, grant_id) for c in on_message), *implied)
-
-        out.narrow = narrow
+        out.narrow = lambda m: and_(*own(m))
     return out

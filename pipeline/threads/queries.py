@@ -105,8 +105,8 @@ def matches_statement(grant_id: str, flt: MessageFilter) -> Select[Any] | None:
     """The statement whose row estimate :func:`matches_estimate` reads: the grant's search rows
     that the stored-text keys at the top of ``flt``'s search match or, for a search without
     them, the grant's messages that meet what it requires of the message itself
-    (``StoreCondition.narrow``: a flag's implication, an internal date, a size); None when the
-    search has neither."""
+    (``StoreCondition.narrow``: a flag's implication, an internal date); None when the search
+    has neither."""
     search = folders_in_search(flt).search
     if not isinstance(search, StoreCondition):
         return None
@@ -210,8 +210,8 @@ def _thread_has_match(
     )
     if not (thread_set and isinstance(search, StoreCondition) and search.narrow is not None):
         return exists(found)
-    # the threads of the messages the search's own keys admit (a flag's implication, a date, a
-    # size: the messages' indexes), hashed once, as for a text's; each thread in the set is
+    # the threads of the messages the search's own keys admit (a flag's implication, a date:
+    # the messages' indexes), hashed once, as for a text's; each thread in the set is
     # then probed for the whole search, its copies included (UNSEEN FLAGGED: the 2,000 starred
     # unread messages' copies and threads read and sorted for a page, 22,000 buffers)
     sm = _SET_MESSAGE
@@ -357,7 +357,7 @@ def _page_checks(rows: Sequence[Any]) -> Callable[[Any], tuple[str | None, int |
     """What reads the ``grant_status`` and ``folders_found`` a page's row carries (None: not
     asked); the rows are SQLAlchemy's or :func:`pipeline.driver_sql.rows`' named tuples, whose
     columns (``_fields``) are looked at once: a missing attribute of SQLAlchemy's row costs a
-    raised and caught error, twice a row (a fifth of a searched thread page's Python)."""
+    raised and caught error, twice a row."""
     fields = rows[0]._fields if rows else ()
     status, found = "grant_status" in fields, "folders_found" in fields
 
